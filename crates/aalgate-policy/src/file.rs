@@ -1,0 +1,121 @@
+//! The policy file as written by IT: a raw, serde-level model. Every key is listed here, unknown
+//! keys are errors, and `policies/schema.json` is generated from these types.
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::aal::Requirement;
+use crate::time::HumanDuration;
+
+/// One app behind the gateway: one YAML file per app.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "aalgate policy file")]
+pub struct PolicyFile {
+    /// App id: lowercase letters, digits and '-'. Used in logs, metrics and the JWT `aud`.
+    #[schemars(with = "String", regex(pattern = r"^[a-z0-9][a-z0-9-]{0,62}$"))]
+    pub app: Spanned<String>,
+    /// The host the app is reached on (`billing.clinic.example`, or `host:port` to match one port only).
+    #[schemars(with = "String")]
+    pub host: Spanned<String>,
+    /// Where allowed requests go: `http://host:port` or `https://host:port` (no path).
+    #[schemars(with = "String", regex(pattern = r"^https?://"))]
+    pub upstream: Spanned<String>,
+    /// What a path that no route matches requires. Default: `deny`.
+    #[serde(default)]
+    #[schemars(with = "Option<Requirement>")]
+    pub default: Option<Spanned<Requirement>>,
+    /// Match paths case-insensitively (ASCII letters), for apps on case-insensitive servers (IIS).
+    #[serde(default)]
+    pub case_insensitive: bool,
+    /// Session limits by AAL for this app. Defaults: aal1 30d; aal2 12h and 30m idle; aal3 12h and 15m idle.
+    #[serde(default)]
+    pub timeouts: Option<TimeoutsFile>,
+    /// Route rules. When several match, the most specific wins (see README).
+    #[serde(default)]
+    #[schemars(with = "Vec<RouteFile>")]
+    pub routes: Vec<Spanned<RouteFile>>,
+}
+
+/// One route rule.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    /// Path pattern: exact (`/login`), `*` for one segment (`/patients/*/chart`), `/**` for a prefix (`/admin/**`).
+    #[schemars(with = "String", regex(pattern = r"^/"))]
+    pub path: Spanned<String>,
+    /// Stable id for logs and metrics. Default: the path pattern.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub id: Option<Spanned<String>>,
+    /// HTTP methods this rule applies to (GET implies HEAD). Default: every method.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
+    pub methods: Option<Spanned<Vec<String>>>,
+    /// What the route requires.
+    #[schemars(with = "Requirement")]
+    pub require: Spanned<Requirement>,
+    /// Demand a fresh authentication at the route's AAL, even inside a valid session.
+    #[serde(default)]
+    #[schemars(with = "Option<StepUpFile>")]
+    pub step_up: Option<Spanned<StepUpFile>>,
+    /// Tighter idle limit for this route (may only be shorter than the app's).
+    #[serde(default)]
+    #[schemars(with = "Option<HumanDuration>")]
+    pub idle_timeout: Option<Spanned<HumanDuration>>,
+    /// Tighter absolute session limit for this route (may only be shorter than the app's).
+    #[serde(default)]
+    #[schemars(with = "Option<HumanDuration>")]
+    pub max_session_age: Option<Spanned<HumanDuration>>,
+}
+
+/// Step-up settings of a route.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepUpFile {
+    /// The last authentication must be at most this old (e.g. `5m`).
+    pub max_age: HumanDuration,
+}
+
+/// Session limits by AAL.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsFile {
+    /// AAL1 limits (NIST ceiling: 30d).
+    #[serde(default)]
+    pub aal1: Option<LimitsFile>,
+    /// AAL2 limits (NIST ceiling: 24h overall, 1h idle).
+    #[serde(default)]
+    pub aal2: Option<LimitsFile>,
+    /// AAL3 limits (NIST ceiling: 12h overall, 15m idle).
+    #[serde(default)]
+    pub aal3: Option<LimitsFile>,
+    /// Set to the reason (e.g. a risk-acceptance ticket) to allow limits above the NIST SP 800-63B-4 ceilings.
+    /// Logged as a warning at every start and reload.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub exceed_nist_ceilings: Option<Spanned<String>>,
+}
+
+/// Limits at one AAL.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Re-authenticate this long after login, whatever the activity.
+    #[serde(default)]
+    #[schemars(with = "Option<HumanDuration>")]
+    pub max_session_age: Option<Spanned<HumanDuration>>,
+    /// Re-authenticate after this long without a request.
+    #[serde(default)]
+    #[schemars(with = "Option<HumanDuration>")]
+    pub idle_timeout: Option<Spanned<HumanDuration>>,
+}
+
+/// The JSON Schema of a policy file, pretty-printed, as checked in at `policies/schema.json`.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(PolicyFile);
+    let mut s = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    s.push('\n');
+    s
+}

@@ -1,0 +1,27 @@
+//! aalgate's policy model: everything about *what* a request needs, and nothing about I/O.
+//!
+//! A request passes through this crate in three steps, all pure and synchronous:
+//! 1. [`path::normalize_target`] turns the raw request target into the one normalized path that
+//!    is both matched and forwarded (or refuses it as ambiguous);
+//! 2. [`PolicySet::lookup`] finds the app for the `Host` and the most specific route rule;
+//! 3. [`decide`] combines the rule with the session's facts and the time into a [`Decision`].
+//!
+//! Policy files are parsed into the raw [`file::PolicyFile`] (unknown keys are errors, booleans
+//! are strict), then validated by [`load`] into an immutable [`PolicySet`]; diagnostics carry
+//! `file:line:column`, what is wrong and how to fix it.
+
+pub mod aal;
+pub mod decide;
+pub mod file;
+pub mod host;
+pub mod model;
+pub mod path;
+pub mod pattern;
+pub mod time;
+
+pub use aal::{Aal, Requirement};
+pub use decide::{decide, Access, Decision, ExpiryReason, Limits, SessionFacts, Timeouts};
+pub use host::HostPort;
+pub use model::{load, load_from_strs, App, Diagnostic, Match, PolicySet, Rule, Severity, SourceLoc, Upstream};
+pub use path::{normalize_target, NormalizedTarget, PathError};
+pub use time::{format_duration, parse_duration, HumanDuration, Timestamp};

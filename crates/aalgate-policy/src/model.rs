@@ -1,0 +1,700 @@
+//! The validated policy set: produced only by [`load`], immutable, and the only thing the proxy sees.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_saphyr::{Location, Spanned};
+
+use crate::aal::Requirement;
+use crate::decide::{Access, Limits, Timeouts};
+use crate::file::{LimitsFile, PolicyFile, RouteFile};
+use crate::host::HostPort;
+use crate::path::NormalizedTarget;
+use crate::pattern::{Matcher, Methods, RoutePattern};
+use crate::time::format_duration;
+
+/// Where something was written: `file:line:column`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceLoc {
+    /// The policy file.
+    pub file: Arc<Path>,
+    /// 1-based line (0 when unknown).
+    pub line: u64,
+    /// 1-based column (0 when unknown).
+    pub column: u64,
+}
+
+impl SourceLoc {
+    fn at(file: &Arc<Path>, loc: Location) -> SourceLoc {
+        SourceLoc { file: file.clone(), line: loc.line(), column: loc.column() }
+    }
+    fn file_start(file: &Arc<Path>) -> SourceLoc {
+        SourceLoc { file: file.clone(), line: 1, column: 1 }
+    }
+}
+
+impl fmt::Display for SourceLoc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+/// Error or warning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    /// The set is refused.
+    Error,
+    /// Accepted, but IT should look.
+    Warning,
+}
+
+/// One problem in a policy file: `file:line:column: what is wrong; how to fix it`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// Error or warning.
+    pub severity: Severity,
+    /// Where.
+    pub loc: SourceLoc,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub fix: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "",
+            Severity::Warning => "warning: ",
+        };
+        write!(f, "{}: {}{}; {}", self.loc, sev, self.message, self.fix)
+    }
+}
+
+/// Where an app's allowed requests go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    /// `https` upstream.
+    pub tls: bool,
+    /// Host name or IP.
+    pub host: String,
+    /// Port (default 80/443).
+    pub port: u16,
+}
+
+impl Upstream {
+    fn parse(s: &str) -> Result<Upstream, String> {
+        let (tls, rest) = if let Some(r) = s.strip_prefix("http://") {
+            (false, r)
+        } else if let Some(r) = s.strip_prefix("https://") {
+            (true, r)
+        } else {
+            return Err("upstream must start with http:// or https://".into());
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains(['/', '?', '#', '@']) {
+            return Err("upstream must be scheme://host[:port] with no path, query or userinfo".into());
+        }
+        let hp = HostPort::parse(rest).map_err(|e| format!("upstream host: {e}"))?;
+        let port = hp.port.unwrap_or(if tls { 443 } else { 80 });
+        let host = hp.host.trim_start_matches('[').trim_end_matches(']').to_string();
+        Ok(Upstream { tls, host, port })
+    }
+
+    /// `host:port`, bracketing IPv6, for connecting.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A validated app.
+#[derive(Clone, Debug)]
+pub struct App {
+    /// App id.
+    pub name: String,
+    /// The host it serves.
+    pub host: HostPort,
+    /// Where allowed requests go.
+    pub upstream: Upstream,
+    /// What unmatched paths require.
+    pub default: Requirement,
+    /// Case-insensitive matching.
+    pub case_insensitive: bool,
+    /// Limits by AAL.
+    pub timeouts: Timeouts,
+    /// Number of route rules.
+    pub route_count: usize,
+    /// Where the app is defined.
+    pub source: SourceLoc,
+}
+
+/// A validated route rule (or an app's default, as a rule without a pattern).
+#[derive(Clone, Debug)]
+pub struct Rule {
+    /// Stable id for logs and metrics (`default` for the app default).
+    pub id: String,
+    /// Index of the app in [`PolicySet::apps`].
+    pub app: usize,
+    /// The pattern; `None` for the app default.
+    pub pattern: Option<RoutePattern>,
+    /// The methods.
+    pub methods: Methods,
+    /// What the decision needs.
+    pub access: Access,
+    /// Where the rule is written.
+    pub source: SourceLoc,
+}
+
+#[derive(Debug)]
+struct HostEntry {
+    port: Option<u16>,
+    case_insensitive: bool,
+    matcher: Matcher,
+    fallback: usize,
+}
+
+/// A complete, valid set of policies.
+#[derive(Debug)]
+pub struct PolicySet {
+    apps: Vec<App>,
+    rules: Vec<Rule>,
+    hosts: HashMap<String, Vec<HostEntry>>,
+    warnings: Vec<Diagnostic>,
+    files: Vec<PathBuf>,
+}
+
+/// What [`PolicySet::lookup`] found.
+#[derive(Debug)]
+pub struct Match<'a> {
+    /// The app.
+    pub app: &'a App,
+    /// The rule that applies (a route, or the app default).
+    pub rule: &'a Rule,
+}
+
+impl PolicySet {
+    /// The apps, in file order.
+    pub fn apps(&self) -> &[App] {
+        &self.apps
+    }
+
+    /// Every rule, app defaults included.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Warnings to log at every load.
+    pub fn warnings(&self) -> &[Diagnostic] {
+        &self.warnings
+    }
+
+    /// The files loaded.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// The app for a rule.
+    pub fn app_of(&self, rule: &Rule) -> &App {
+        &self.apps[rule.app]
+    }
+
+    /// Finds the rule for a request. `None` means no app serves this host (421).
+    pub fn lookup(&self, host: &HostPort, method: &str, target: &NormalizedTarget) -> Option<Match<'_>> {
+        let entries = self.hosts.get(&host.host)?;
+        let entry = entries
+            .iter()
+            .find(|e| e.port.is_some() && e.port == host.port)
+            .or_else(|| entries.iter().find(|e| e.port.is_none()))?;
+        let upper;
+        let method = if method.bytes().any(|b| b.is_ascii_lowercase()) {
+            upper = method.to_ascii_uppercase();
+            upper.as_str()
+        } else {
+            method
+        };
+        let index = if entry.case_insensitive {
+            let folded: Vec<String> = target.match_segments().map(|s| s.to_ascii_lowercase()).collect();
+            let segs: Vec<&str> = folded.iter().map(String::as_str).collect();
+            entry.matcher.find(&segs, method)
+        } else {
+            let segs: Vec<&str> = target.match_segments().collect();
+            entry.matcher.find(&segs, method)
+        };
+        let rule = &self.rules[index.unwrap_or(entry.fallback)];
+        Some(Match { app: &self.apps[rule.app], rule })
+    }
+}
+
+/// Collects diagnostics for one load.
+struct Diags {
+    list: Vec<Diagnostic>,
+}
+
+impl Diags {
+    fn error(&mut self, loc: SourceLoc, message: impl Into<String>, fix: impl Into<String>) {
+        self.list.push(Diagnostic { severity: Severity::Error, loc, message: message.into(), fix: fix.into() });
+    }
+    fn warn(&mut self, loc: SourceLoc, message: impl Into<String>, fix: impl Into<String>) {
+        self.list.push(Diagnostic { severity: Severity::Warning, loc, message: message.into(), fix: fix.into() });
+    }
+    fn has_errors(&self) -> bool {
+        self.list.iter().any(|d| d.severity == Severity::Error)
+    }
+}
+
+/// Lists the policy files named by `paths`: files as given, directories as their `*.yaml` /
+/// `*.yml` entries (not recursive), sorted so loading is deterministic.
+pub fn policy_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Diagnostic> {
+    let mut files = Vec::new();
+    for p in paths {
+        let io_err = |e: std::io::Error| Diagnostic {
+            severity: Severity::Error,
+            loc: SourceLoc { file: Arc::from(p.as_path()), line: 0, column: 0 },
+            message: format!("cannot read: {e}"),
+            fix: "check the path and its permissions".into(),
+        };
+        if p.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(io_err)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| f.is_file() && matches!(f.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")))
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            std::fs::metadata(p).map_err(io_err)?;
+            files.push(p.clone());
+        }
+    }
+    Ok(files)
+}
+
+/// Reads, parses and validates policy files and directories. On success the set carries its
+/// warnings; on failure every error and warning found is returned, not just the first.
+pub fn load(paths: &[PathBuf]) -> Result<PolicySet, Vec<Diagnostic>> {
+    let files = policy_files(paths).map_err(|d| vec![d])?;
+    let mut sources = Vec::new();
+    let mut diags = Diags { list: Vec::new() };
+    for f in &files {
+        match std::fs::read_to_string(f) {
+            Ok(text) => sources.push((f.clone(), text)),
+            Err(e) => diags.error(
+                SourceLoc { file: Arc::from(f.as_path()), line: 0, column: 0 },
+                format!("cannot read: {e}"),
+                "check the file's permissions and that it is UTF-8",
+            ),
+        }
+    }
+    if files.is_empty() {
+        let file: Arc<Path> = Arc::from(paths.first().map(PathBuf::as_path).unwrap_or(Path::new(".")));
+        diags.error(
+            SourceLoc { file, line: 0, column: 0 },
+            "no policy files (*.yaml, *.yml) found",
+            "add one policy file per app; see policies/ in the aalgate repository for examples",
+        );
+    }
+    let set = load_sources(&sources, &mut diags);
+    if diags.has_errors() {
+        return Err(diags.list);
+    }
+    match set {
+        Some(mut set) => {
+            set.warnings = diags.list;
+            set.files = files;
+            Ok(set)
+        }
+        None => Err(diags.list),
+    }
+}
+
+/// Parses and validates policy text already in memory (`(path, text)` pairs).
+pub fn load_from_strs(sources: &[(PathBuf, String)]) -> Result<PolicySet, Vec<Diagnostic>> {
+    let mut diags = Diags { list: Vec::new() };
+    let set = load_sources(sources, &mut diags);
+    if diags.has_errors() {
+        return Err(diags.list);
+    }
+    match set {
+        Some(mut set) => {
+            set.warnings = diags.list;
+            set.files = sources.iter().map(|(p, _)| p.clone()).collect();
+            Ok(set)
+        }
+        None => Err(diags.list),
+    }
+}
+
+fn parse_file(file: &Arc<Path>, text: &str, diags: &mut Diags) -> Option<PolicyFile> {
+    let options = serde_saphyr::options! {
+        strict_booleans: true,
+        duplicate_keys: serde_saphyr::options::DuplicateKeyPolicy::Error,
+        with_snippet: false,
+    };
+    match serde_saphyr::from_str_with_options::<PolicyFile>(text, options) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            let loc = e
+                .location()
+                .filter(|l| l.line() > 0)
+                .map(|l| SourceLoc::at(file, l))
+                .unwrap_or_else(|| SourceLoc::file_start(file));
+            let message = clean_yaml_message(&e.without_snippet().to_string());
+            let fix = yaml_fix(&message);
+            diags.error(loc, message, fix);
+            None
+        }
+    }
+}
+
+/// Drops the position suffix serde-saphyr appends, since the diagnostic prints its own.
+fn clean_yaml_message(m: &str) -> String {
+    let m = m.lines().next().unwrap_or(m);
+    let m = match m.rfind(" at line ") {
+        Some(i) => &m[..i],
+        None => m,
+    };
+    m.trim().trim_end_matches('.').to_string()
+}
+
+fn yaml_fix(message: &str) -> String {
+    if message.contains("unknown field") {
+        "remove or correct the key (keys are listed in policies/schema.json)".into()
+    } else if message.contains("missing field") {
+        "add the key".into()
+    } else if message.contains("duplicate") {
+        "keep one of the duplicate keys".into()
+    } else if message.contains("bool") {
+        "write true or false (yes/no/on/off are not booleans here)".into()
+    } else if message.contains("unknown variant") {
+        "use one of the listed values".into()
+    } else {
+        "fix the YAML at this position".into()
+    }
+}
+
+fn valid_app_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+}
+
+fn dur(d: Duration) -> String {
+    format_duration(d)
+}
+
+/// Applies a `timeouts:` section over the defaults and checks it against the NIST ceilings.
+fn build_timeouts(file: &Arc<Path>, pf: &PolicyFile, diags: &mut Diags) -> Timeouts {
+    let mut t = Timeouts::DEFAULT;
+    let Some(tf) = &pf.timeouts else { return t };
+    let over = tf.exceed_nist_ceilings.as_ref();
+    if let Some(o) = over {
+        if o.value.trim().is_empty() {
+            diags.error(SourceLoc::at(file, o.referenced), "exceed_nist_ceilings is empty", "give the reason (e.g. the risk-acceptance ticket), or remove the key");
+        }
+    }
+    let mut exceeded = false;
+    for (aal, lf) in [(crate::Aal::Aal1, &tf.aal1), (crate::Aal::Aal2, &tf.aal2), (crate::Aal::Aal3, &tf.aal3)] {
+        let Some(LimitsFile { max_session_age, idle_timeout }) = lf else { continue };
+        let ceiling = Timeouts::NIST_CEILING.get(aal);
+        let slot: &mut Limits = t.get_mut(aal);
+        if let Some(m) = max_session_age {
+            slot.max_session_age = m.value.0;
+            if m.value.0 > ceiling.max_session_age {
+                exceeded = true;
+                let msg = format!(
+                    "{aal} max_session_age {} exceeds the NIST SP 800-63B-4 ceiling of {}",
+                    dur(m.value.0),
+                    dur(ceiling.max_session_age)
+                );
+                if over.is_some() {
+                    diags.warn(SourceLoc::at(file, m.referenced), msg, "accepted by timeouts.exceed_nist_ceilings; review the risk acceptance");
+                } else {
+                    diags.error(SourceLoc::at(file, m.referenced), msg, format!("lower it to {} or less, or set timeouts.exceed_nist_ceilings: <reason>", dur(ceiling.max_session_age)));
+                }
+            }
+        }
+        if let Some(i) = idle_timeout {
+            slot.idle_timeout = Some(i.value.0);
+            if let Some(c) = ceiling.idle_timeout.filter(|c| i.value.0 > *c) {
+                exceeded = true;
+                let msg = format!("{aal} idle_timeout {} exceeds the NIST SP 800-63B-4 ceiling of {}", dur(i.value.0), dur(c));
+                if over.is_some() {
+                    diags.warn(SourceLoc::at(file, i.referenced), msg, "accepted by timeouts.exceed_nist_ceilings; review the risk acceptance");
+                } else {
+                    diags.error(SourceLoc::at(file, i.referenced), msg, format!("lower it to {} or less, or set timeouts.exceed_nist_ceilings: <reason>", dur(c)));
+                }
+            }
+            if i.value.0 > slot.max_session_age {
+                diags.error(
+                    SourceLoc::at(file, i.referenced),
+                    format!("{aal} idle_timeout {} is longer than max_session_age {}", dur(i.value.0), dur(slot.max_session_age)),
+                    "make idle_timeout shorter than max_session_age",
+                );
+            }
+        }
+    }
+    if let Some(o) = over {
+        if !exceeded {
+            diags.warn(SourceLoc::at(file, o.referenced), "exceed_nist_ceilings is set but no limit exceeds a ceiling", "remove the key");
+        }
+    }
+    t
+}
+
+struct Draft {
+    app: App,
+    routes: Vec<(RoutePattern, Rule)>,
+    default_rule: Rule,
+}
+
+fn build_app(file: &Arc<Path>, pf: &PolicyFile, app_index: usize, diags: &mut Diags) -> Option<Draft> {
+    let errors_before = diags.list.iter().filter(|d| d.severity == Severity::Error).count();
+    let name = pf.app.value.clone();
+    if !valid_app_id(&name) {
+        diags.error(SourceLoc::at(file, pf.app.referenced), format!("app id {name:?} is not valid"), "use lowercase letters, digits and '-' (at most 63), e.g. billing");
+    }
+    let host = match HostPort::parse(&pf.host.value) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            diags.error(SourceLoc::at(file, pf.host.referenced), format!("host {:?}: {e}", pf.host.value), "write a host name such as billing.clinic.example, optionally with :port");
+            None
+        }
+    };
+    let upstream = match Upstream::parse(&pf.upstream.value) {
+        Ok(u) => Some(u),
+        Err(e) => {
+            diags.error(SourceLoc::at(file, pf.upstream.referenced), format!("upstream {:?}: {e}", pf.upstream.value), "write it like http://127.0.0.1:9000");
+            None
+        }
+    };
+    let timeouts = build_timeouts(file, pf, diags);
+    let (default, default_loc) = match &pf.default {
+        Some(d) => (d.value, SourceLoc::at(file, d.referenced)),
+        None => (Requirement::Deny, SourceLoc::at(file, pf.app.referenced)),
+    };
+    match default {
+        Requirement::Public => diags.warn(default_loc.clone(), "default: public forwards every unlisted path without a session", "prefer default: deny or aal2 and list public paths as routes"),
+        Requirement::Aal1 => diags.warn(default_loc.clone(), "default: aal1 allows single-factor access to every unlisted path", "use aal2 or higher for anything that may show patient data"),
+        _ => {}
+    }
+
+    let mut routes: Vec<(RoutePattern, Rule)> = Vec::new();
+    let mut ids: HashMap<String, u64> = HashMap::new();
+    for r in &pf.routes {
+        let RouteFile { path, id, methods, require, step_up, idle_timeout, max_session_age } = &r.value;
+        let rloc = SourceLoc::at(file, r.referenced);
+        let ploc = SourceLoc::at(file, path.referenced);
+        let pattern = match RoutePattern::parse(&path.value, pf.case_insensitive) {
+            Ok(p) => p,
+            Err(e) => {
+                diags.error(ploc, format!("path {:?}: {e}", path.value), "see the pattern syntax in the README (exact, *, /**)");
+                continue;
+            }
+        };
+        if path.value == "/.aalgate" || path.value.starts_with("/.aalgate/") {
+            diags.error(ploc.clone(), "paths under /.aalgate/ belong to the gateway and are never forwarded", "remove this route");
+        }
+        let rule_id = match id {
+            Some(i) => {
+                if i.value.is_empty() || i.value.len() > 100 || !i.value.bytes().all(|b| b.is_ascii_graphic()) {
+                    diags.error(SourceLoc::at(file, i.referenced), format!("route id {:?} is not valid", i.value), "use 1 to 100 visible ASCII characters without spaces");
+                }
+                i.value.clone()
+            }
+            None => match methods {
+                Some(m) => format!("{} {}", m.value.join(",").to_ascii_uppercase(), path.value),
+                None => path.value.clone(),
+            },
+        };
+        if let Some(line) = ids.insert(rule_id.clone(), rloc.line) {
+            diags.error(rloc.clone(), format!("route id {rule_id:?} is already used at line {line}"), "give each route a distinct id (or a distinct path)");
+        }
+        let methods = match methods {
+            None => Methods::Any,
+            Some(m) => {
+                let mloc = SourceLoc::at(file, m.referenced);
+                if m.value.is_empty() {
+                    diags.error(mloc.clone(), "methods is an empty list, so the rule could never match", "list methods, or remove the key for every method");
+                }
+                let mut list = Vec::new();
+                for name in &m.value {
+                    let up = name.to_ascii_uppercase();
+                    if up.is_empty() || up.len() > 20 || !up.bytes().all(|b| b.is_ascii_uppercase()) {
+                        diags.error(mloc.clone(), format!("{name:?} is not an HTTP method"), "use names such as GET, POST, PUT, PATCH, DELETE");
+                    } else if !list.contains(&up) {
+                        list.push(up);
+                    }
+                }
+                Methods::Only(list)
+            }
+        };
+        let req = require.value;
+        let route_aal = req.aal();
+        let need_aal = |what: &str, loc: SourceLoc, diags: &mut Diags| {
+            if route_aal.is_none() {
+                diags.error(loc, format!("{what} has no effect on a `require: {req}` route"), "remove it, or require aal1, aal2 or aal3");
+            }
+        };
+        if req == Requirement::Aal1 {
+            diags.warn(SourceLoc::at(file, require.referenced), "route requires aal1 (a single factor)", "patient data needs aal2 or higher");
+        }
+        let step_up_max_age = step_up.as_ref().map(|s| {
+            need_aal("step_up", SourceLoc::at(file, s.referenced), diags);
+            s.value.max_age.0
+        });
+        let check_tighten = |what: &str, v: &Option<Spanned<crate::time::HumanDuration>>, pick: fn(Limits) -> Option<Duration>, diags: &mut Diags| {
+            let v = v.as_ref()?;
+            let loc = SourceLoc::at(file, v.referenced);
+            need_aal(what, loc.clone(), diags);
+            if let Some(aal) = route_aal {
+                if let Some(base) = pick(timeouts.get(aal)) {
+                    if v.value.0 > base {
+                        diags.error(loc, format!("{what} {} is longer than the app's {aal} limit of {}; a route may only tighten", dur(v.value.0), dur(base)), format!("use {} or less, or raise the app's timeouts.{aal}", dur(base)));
+                    }
+                }
+            }
+            Some(v.value.0)
+        };
+        let idle = check_tighten("idle_timeout", idle_timeout, |l| l.idle_timeout, diags);
+        let max_age = check_tighten("max_session_age", max_session_age, |l| Some(l.max_session_age), diags);
+        let rule = Rule {
+            id: rule_id,
+            app: app_index,
+            pattern: Some(pattern.clone()),
+            methods,
+            access: Access { require: req, step_up_max_age, timeouts, max_session_age: max_age, idle_timeout: idle },
+            source: rloc,
+        };
+        // Same pattern and overlapping methods in one app would tie.
+        for (p, other) in &routes {
+            if p.same_paths(&pattern) {
+                let both_any = matches!((&other.methods, &rule.methods), (Methods::Any, Methods::Any));
+                let both_only = matches!((&other.methods, &rule.methods), (Methods::Only(_), Methods::Only(_)));
+                if both_any || (both_only && other.methods.overlaps(&rule.methods)) {
+                    diags.error(rule.source.clone(), format!("route {:?} has the same path as the route at line {} and overlapping methods, so neither is more specific", pattern.as_str(), other.source.line), "merge the two rules, or give them disjoint methods");
+                }
+            }
+        }
+        routes.push((pattern, rule));
+    }
+    let errors_after = diags.list.iter().filter(|d| d.severity == Severity::Error).count();
+    let (host, upstream) = (host?, upstream?);
+    if errors_after > errors_before {
+        return None;
+    }
+    let default_rule = Rule {
+        id: "default".into(),
+        app: app_index,
+        pattern: None,
+        methods: Methods::Any,
+        access: Access { require: default, step_up_max_age: None, timeouts, max_session_age: None, idle_timeout: None },
+        source: default_loc,
+    };
+    Some(Draft {
+        app: App {
+            name,
+            host,
+            upstream,
+            default,
+            case_insensitive: pf.case_insensitive,
+            timeouts,
+            route_count: routes.len(),
+            source: SourceLoc::at(file, pf.app.referenced),
+        },
+        routes,
+        default_rule,
+    })
+}
+
+fn load_sources(sources: &[(PathBuf, String)], diags: &mut Diags) -> Option<PolicySet> {
+    let mut drafts: Vec<Draft> = Vec::new();
+    let mut names: HashMap<String, SourceLoc> = HashMap::new();
+    for (path, text) in sources {
+        let file: Arc<Path> = Arc::from(path.as_path());
+        let Some(pf) = parse_file(&file, text, diags) else { continue };
+        if let Some(first) = names.get(&pf.app.value) {
+            diags.error(SourceLoc::at(&file, pf.app.referenced), format!("app {:?} is already defined at {first}", pf.app.value), "give each app a distinct id");
+            continue;
+        }
+        names.insert(pf.app.value.clone(), SourceLoc::at(&file, pf.app.referenced));
+        if let Some(d) = build_app(&file, &pf, drafts.len(), diags) {
+            drafts.push(d);
+        }
+    }
+    if diags.has_errors() {
+        return None;
+    }
+    // Group apps by (host, port) and check the ones that share a host.
+    let mut groups: Vec<(HostPort, Vec<usize>)> = Vec::new();
+    for (i, d) in drafts.iter().enumerate() {
+        match groups.iter_mut().find(|(h, _)| *h == d.app.host) {
+            Some((_, v)) => v.push(i),
+            None => groups.push((d.app.host.clone(), vec![i])),
+        }
+    }
+    let mut apps = Vec::new();
+    let mut rules = Vec::new();
+    let mut hosts: HashMap<String, Vec<HostEntry>> = HashMap::new();
+    for (host, members) in &groups {
+        if members.len() > 1 {
+            check_shared_host(host, members, &drafts, diags);
+        }
+    }
+    if diags.has_errors() {
+        return None;
+    }
+    for d in &drafts {
+        apps.push(d.app.clone());
+    }
+    for (host, members) in groups {
+        let mut matcher = Matcher::default();
+        let mut fallback = None;
+        for &m in &members {
+            let d = &drafts[m];
+            for (pattern, rule) in &d.routes {
+                matcher.insert(pattern, rule.methods.clone(), rules.len());
+                rules.push(rule.clone());
+            }
+            let default_index = rules.len();
+            rules.push(d.default_rule.clone());
+            if d.app.default != Requirement::Deny || fallback.is_none() {
+                fallback = Some(default_index);
+            }
+        }
+        let case_insensitive = drafts[members[0]].app.case_insensitive;
+        let Some(fallback) = fallback else { continue };
+        hosts.entry(host.host.clone()).or_default().push(HostEntry { port: host.port, case_insensitive, matcher, fallback });
+    }
+    Some(PolicySet { apps, rules, hosts, warnings: Vec::new(), files: Vec::new() })
+}
+
+fn check_shared_host(host: &HostPort, members: &[usize], drafts: &[Draft], diags: &mut Diags) {
+    let non_deny: Vec<&Draft> = members.iter().map(|&i| &drafts[i]).filter(|d| d.app.default != Requirement::Deny).collect();
+    if non_deny.len() > 1 {
+        let d = non_deny[1];
+        diags.error(d.default_rule.source.clone(), format!("apps {:?} and {:?} share host {host} and both have a non-deny default, so an unmatched path would be ambiguous", non_deny[0].app.name, d.app.name), "set default: deny in all but one of them");
+    }
+    for (n, &a) in members.iter().enumerate() {
+        for &b in &members[n + 1..] {
+            let (da, db) = (&drafts[a], &drafts[b]);
+            if da.app.case_insensitive != db.app.case_insensitive {
+                diags.error(db.app.source.clone(), format!("app {:?} shares host {host} with {:?} but differs in case_insensitive", db.app.name, da.app.name), "use the same case_insensitive setting for apps on one host");
+            }
+            for (pa, ra) in &da.routes {
+                for (pb, rb) in &db.routes {
+                    if pa.overlaps(pb) && ra.methods.overlaps(&rb.methods) {
+                        diags.error(rb.source.clone(), format!("route {:?} of app {:?} overlaps route {:?} of app {:?} ({}) on the shared host {host}", pb.as_str(), db.app.name, pa.as_str(), da.app.name, ra.source), "give the apps different hosts, or disjoint paths or methods");
+                    }
+                }
+            }
+        }
+    }
+}
