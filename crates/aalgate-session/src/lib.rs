@@ -1,1 +1,21 @@
+//! aalgate sessions: the [`Session`] record, the [`SessionStore`] trait, and its two backends.
+//!
+//! - [`EmbeddedStore`] (redb, one file): the default. It survives a restart, and several processes
+//!   (the gateway and the `aalgate` CLI) may read and write it at once.
+//! - [`RedisStore`]: many gateway instances share sessions through Redis.
+//!
+//! Both pass the same [`conformance`] suite. Stores are keyed by [`SessionKey`], the SHA-256 of
+//! the secret [`SessionId`], so a store dump holds no usable cookie. [`Deadline`] bounds every
+//! call, so a slow store turns into an error (and the gateway fails closed) instead of a hang.
 
+mod embedded;
+mod id;
+mod redis_store;
+mod store;
+
+pub mod conformance;
+
+pub use embedded::EmbeddedStore;
+pub use id::{FlowId, SessionId, SessionKey};
+pub use redis_store::RedisStore;
+pub use store::{Deadline, Flow, Session, SessionStore, StoreError, StoreSpec};

@@ -1,0 +1,335 @@
+//! The embedded backend: one redb file, opened in multi-writer mode so the gateway and the CLI
+//! can use it at the same time. redb is synchronous, so calls run on tokio's blocking pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aalgate_policy::Timestamp;
+use async_trait::async_trait;
+use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::id::SessionKey;
+use crate::store::{Flow, Session, SessionStore, StoreError};
+
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+/// `user \0 session-key` -> expiry, so "revoke every session of a user" is one range scan.
+const USER_INDEX: TableDefinition<&str, u64> = TableDefinition::new("user_sessions");
+const FLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("flows");
+
+#[derive(Serialize, Deserialize)]
+struct StoredFlow {
+    flow: Flow,
+    expires: Timestamp,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn index_key(user: &str, key: &SessionKey) -> String {
+    format!("{user}\0{}", key.as_str())
+}
+
+/// Sessions and flows in a redb file under a state directory.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) `<dir>/sessions.redb`, creating `dir` with mode 0700.
+    pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
+        let path = dir.join("sessions.redb");
+        let mut builder = Database::builder();
+        builder.set_concurrency_mode(ConcurrencyMode::MultiWriter);
+        let db = builder.create(&path).map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
+        let tx = db.begin_write().map_err(unavailable)?;
+        {
+            tx.open_table(SESSIONS).map_err(unavailable)?;
+            tx.open_table(USER_INDEX).map_err(unavailable)?;
+            tx.open_table(FLOWS).map_err(unavailable)?;
+        }
+        tx.commit().map_err(unavailable)?;
+        Ok(EmbeddedStore { db: Arc::new(db), path })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db)).await.map_err(unavailable)?
+    }
+
+    /// Deletes expired sessions, index entries and flows. Returns how many records went.
+    pub async fn purge_expired(&self, now: Timestamp) -> Result<usize, StoreError> {
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(unavailable)?;
+            let mut n = 0;
+            {
+                let mut sessions = tx.open_table(SESSIONS).map_err(unavailable)?;
+                let dead: Vec<String> = sessions
+                    .iter()
+                    .map_err(unavailable)?
+                    .filter_map(|r| r.ok())
+                    .filter(|(_, v)| serde_json::from_slice::<Session>(v.value()).map(|s| s.expires_at <= now).unwrap_or(true))
+                    .map(|(k, _)| k.value().to_string())
+                    .collect();
+                for k in &dead {
+                    sessions.remove(k.as_str()).map_err(unavailable)?;
+                }
+                n += dead.len();
+                let mut index = tx.open_table(USER_INDEX).map_err(unavailable)?;
+                let dead: Vec<String> = index
+                    .iter()
+                    .map_err(unavailable)?
+                    .filter_map(|r| r.ok())
+                    .filter(|(_, v)| v.value() <= now.0)
+                    .map(|(k, _)| k.value().to_string())
+                    .collect();
+                for k in &dead {
+                    index.remove(k.as_str()).map_err(unavailable)?;
+                }
+                let mut flows = tx.open_table(FLOWS).map_err(unavailable)?;
+                let dead: Vec<String> = flows
+                    .iter()
+                    .map_err(unavailable)?
+                    .filter_map(|r| r.ok())
+                    .filter(|(_, v)| serde_json::from_slice::<StoredFlow>(v.value()).map(|f| f.expires <= now).unwrap_or(true))
+                    .map(|(k, _)| k.value().to_string())
+                    .collect();
+                for k in &dead {
+                    flows.remove(k.as_str()).map_err(unavailable)?;
+                }
+                n += dead.len();
+            }
+            tx.commit().map_err(unavailable)?;
+            Ok(n)
+        })
+        .await
+    }
+}
+
+fn read_flow(db: &Database, key: &str, now: Timestamp, take: bool) -> Result<Option<Flow>, StoreError> {
+    let decode = |bytes: &[u8]| -> Result<Option<Flow>, StoreError> {
+        let f: StoredFlow = serde_json::from_slice(bytes).map_err(corrupt)?;
+        Ok((f.expires > now).then_some(f.flow))
+    };
+    if take {
+        let tx = db.begin_write().map_err(unavailable)?;
+        let out = {
+            let mut t = tx.open_table(FLOWS).map_err(unavailable)?;
+            let removed = t.remove(key).map_err(unavailable)?;
+            match removed {
+                Some(v) => decode(v.value())?,
+                None => None,
+            }
+        };
+        tx.commit().map_err(unavailable)?;
+        Ok(out)
+    } else {
+        let tx = db.begin_read().map_err(unavailable)?;
+        let t = tx.open_table(FLOWS).map_err(unavailable)?;
+        match t.get(key).map_err(unavailable)? {
+            Some(v) => decode(v.value()),
+            None => Ok(None),
+        }
+    }
+}
+
+#[async_trait]
+impl SessionStore for EmbeddedStore {
+    async fn insert(&self, key: &SessionKey, session: &Session) -> Result<(), StoreError> {
+        if session.user.contains('\0') {
+            return Err(corrupt("user id contains NUL"));
+        }
+        let (key, session) = (key.clone(), session.clone());
+        self.blocking(move |db| {
+            let bytes = serde_json::to_vec(&session).map_err(corrupt)?;
+            let tx = db.begin_write().map_err(unavailable)?;
+            {
+                tx.open_table(SESSIONS).map_err(unavailable)?.insert(key.as_str(), bytes.as_slice()).map_err(unavailable)?;
+                tx.open_table(USER_INDEX)
+                    .map_err(unavailable)?
+                    .insert(index_key(&session.user, &key).as_str(), session.expires_at.0)
+                    .map_err(unavailable)?;
+            }
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn get(&self, key: &SessionKey, now: Timestamp) -> Result<Option<Session>, StoreError> {
+        let key = key.clone();
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(unavailable)?;
+            let t = tx.open_table(SESSIONS).map_err(unavailable)?;
+            let Some(v) = t.get(key.as_str()).map_err(unavailable)? else { return Ok(None) };
+            let s: Session = serde_json::from_slice(v.value()).map_err(corrupt)?;
+            Ok((s.expires_at > now).then_some(s))
+        })
+        .await
+    }
+
+    async fn touch(&self, key: &SessionKey, last_seen: Timestamp) -> Result<(), StoreError> {
+        let key = key.clone();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(unavailable)?;
+            {
+                let mut t = tx.open_table(SESSIONS).map_err(unavailable)?;
+                let current = t.get(key.as_str()).map_err(unavailable)?.map(|v| v.value().to_vec());
+                if let Some(bytes) = current {
+                    let mut s: Session = serde_json::from_slice(&bytes).map_err(corrupt)?;
+                    if last_seen > s.last_seen {
+                        s.last_seen = last_seen;
+                        let bytes = serde_json::to_vec(&s).map_err(corrupt)?;
+                        t.insert(key.as_str(), bytes.as_slice()).map_err(unavailable)?;
+                    }
+                }
+            }
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn remove(&self, key: &SessionKey) -> Result<bool, StoreError> {
+        let key = key.clone();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(unavailable)?;
+            let existed = {
+                let mut t = tx.open_table(SESSIONS).map_err(unavailable)?;
+                let removed = t.remove(key.as_str()).map_err(unavailable)?.map(|v| v.value().to_vec());
+                match removed {
+                    Some(bytes) => {
+                        if let Ok(s) = serde_json::from_slice::<Session>(&bytes) {
+                            tx.open_table(USER_INDEX)
+                                .map_err(unavailable)?
+                                .remove(index_key(&s.user, &key).as_str())
+                                .map_err(unavailable)?;
+                        }
+                        true
+                    }
+                    None => false,
+                }
+            };
+            tx.commit().map_err(unavailable)?;
+            Ok(existed)
+        })
+        .await
+    }
+
+    async fn revoke_user(&self, user: &str) -> Result<usize, StoreError> {
+        let user = user.to_string();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(unavailable)?;
+            let mut n = 0;
+            {
+                let mut index = tx.open_table(USER_INDEX).map_err(unavailable)?;
+                let (lo, hi) = (format!("{user}\0"), format!("{user}\u{1}"));
+                let keys: Vec<String> = index
+                    .range(lo.as_str()..hi.as_str())
+                    .map_err(unavailable)?
+                    .filter_map(|r| r.ok().map(|(k, _)| k.value().to_string()))
+                    .collect();
+                let mut sessions = tx.open_table(SESSIONS).map_err(unavailable)?;
+                for ik in &keys {
+                    let skey = &ik[user.len() + 1..];
+                    if sessions.remove(skey).map_err(unavailable)?.is_some() {
+                        n += 1;
+                    }
+                    index.remove(ik.as_str()).map_err(unavailable)?;
+                }
+            }
+            tx.commit().map_err(unavailable)?;
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn put_flow(&self, key: &str, flow: &Flow, ttl: Duration) -> Result<(), StoreError> {
+        let key = key.to_string();
+        let stored = StoredFlow { flow: flow.clone(), expires: Timestamp::now().plus(ttl) };
+        self.blocking(move |db| {
+            let bytes = serde_json::to_vec(&stored).map_err(corrupt)?;
+            let tx = db.begin_write().map_err(unavailable)?;
+            tx.open_table(FLOWS).map_err(unavailable)?.insert(key.as_str(), bytes.as_slice()).map_err(unavailable)?;
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn get_flow(&self, key: &str, now: Timestamp) -> Result<Option<Flow>, StoreError> {
+        let key = key.to_string();
+        self.blocking(move |db| read_flow(db, &key, now, false)).await
+    }
+
+    async fn take_flow(&self, key: &str, now: Timestamp) -> Result<Option<Flow>, StoreError> {
+        let key = key.to_string();
+        self.blocking(move |db| read_flow(db, &key, now, true)).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.blocking(|db| {
+            let tx = db.begin_read().map_err(unavailable)?;
+            tx.open_table(SESSIONS).map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        crate::conformance::run_all(&store).await;
+    }
+
+    /// The gateway and a CLI process open the same file: a second handle (a separate file
+    /// description, as another process would have) sees and makes writes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_openers_share_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = EmbeddedStore::open(dir.path()).unwrap();
+        let b = EmbeddedStore::open(dir.path()).unwrap();
+        crate::conformance::cross_handle(&a, &b).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn survives_reopen_and_purges() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = crate::SessionId::generate();
+        let now = Timestamp::now();
+        {
+            let s = EmbeddedStore::open(dir.path()).unwrap();
+            s.insert(&id.key(), &crate::conformance::session("reopen", now, 3600)).await.unwrap();
+            s.insert(&crate::SessionId::generate().key(), &crate::conformance::session("old", Timestamp(now.0 - 7200), 3600)).await.unwrap();
+        }
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        assert_eq!(s.get(&id.key(), now).await.unwrap().unwrap().user, "reopen");
+        assert_eq!(s.purge_expired(now).await.unwrap(), 1);
+        assert!(s.get(&id.key(), now).await.unwrap().is_some());
+    }
+}

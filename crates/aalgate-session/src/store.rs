@@ -1,0 +1,174 @@
+//! The session record, the store trait, and the deadline wrapper.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aalgate_policy::{Aal, SessionFacts, Timestamp};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::id::SessionKey;
+
+/// An authenticated browser session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// The user id (one person; never shared accounts).
+    pub user: String,
+    /// The level reached.
+    pub aal: Aal,
+    /// Authentication methods (RFC 8176 values, e.g. `hwk`, `swk`, `user`, `pin`).
+    pub amr: Vec<String>,
+    /// Hash of the credential used, for the audit log.
+    pub credential: Option<String>,
+    /// First authentication of this session.
+    pub auth_time: Timestamp,
+    /// Last ceremony (login, step-up or re-auth).
+    pub last_auth: Timestamp,
+    /// Last request seen (written at most every touch interval).
+    pub last_seen: Timestamp,
+    /// The store forgets the session at this time.
+    pub expires_at: Timestamp,
+}
+
+impl Session {
+    /// What the decision needs.
+    pub fn facts(&self) -> SessionFacts {
+        SessionFacts { aal: self.aal, auth_time: self.auth_time, last_auth: self.last_auth, last_seen: self.last_seen }
+    }
+}
+
+/// A pending authentication: where the browser was going, kept server-side so the auth page
+/// never takes a redirect target from the URL.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flow {
+    /// Host (and port) of the original request.
+    pub host: String,
+    /// Method of the original request.
+    pub method: String,
+    /// Normalized path and query of the original request.
+    pub url: String,
+    /// `login`, `step_up` or `reauth`.
+    pub need: String,
+    /// The level needed.
+    pub aal: Aal,
+    /// For step-up: the maximum age of the authentication, in seconds.
+    pub max_age_secs: Option<u64>,
+    /// The app.
+    pub app: String,
+    /// When the flow was created.
+    pub created: Timestamp,
+}
+
+/// Why a store call failed. Every variant means "unknown": callers fail closed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The call did not finish within its deadline.
+    #[error("session store did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The backend is unreachable or refused the call.
+    #[error("session store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data could not be decoded.
+    #[error("session store returned corrupt data: {0}")]
+    Corrupt(String),
+}
+
+/// Where sessions live, as written in the gateway config (`embedded:<dir>` or `redis://...`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreSpec {
+    /// A redb file in this directory.
+    Embedded(std::path::PathBuf),
+    /// A Redis URL (`redis://`, `rediss://`, `redis+unix://`).
+    Redis(String),
+}
+
+impl std::str::FromStr for StoreSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(dir) = s.strip_prefix("embedded:") {
+            if dir.is_empty() {
+                return Err("embedded: needs a directory, e.g. embedded:/var/lib/aalgate".into());
+            }
+            Ok(StoreSpec::Embedded(dir.into()))
+        } else if s.starts_with("redis://") || s.starts_with("rediss://") || s.starts_with("redis+unix://") {
+            Ok(StoreSpec::Redis(s.to_string()))
+        } else {
+            Err(format!("unknown store {s:?}; use embedded:<dir> or redis://host:port/db"))
+        }
+    }
+}
+
+/// Session and flow storage. Implementations must be safe to share between tasks and, for the
+/// embedded store, between processes.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Stores a new session (and adds it to its user's index).
+    async fn insert(&self, key: &SessionKey, session: &Session) -> Result<(), StoreError>;
+    /// Loads a live session; expired or absent sessions are `None`.
+    async fn get(&self, key: &SessionKey, now: Timestamp) -> Result<Option<Session>, StoreError>;
+    /// Advances `last_seen` of an existing session; never recreates a removed one.
+    async fn touch(&self, key: &SessionKey, last_seen: Timestamp) -> Result<(), StoreError>;
+    /// Removes one session (logout). Returns whether it existed.
+    async fn remove(&self, key: &SessionKey) -> Result<bool, StoreError>;
+    /// Removes every session of a user at once. Returns how many were removed.
+    async fn revoke_user(&self, user: &str) -> Result<usize, StoreError>;
+    /// Stores a flow for `ttl`.
+    async fn put_flow(&self, key: &str, flow: &Flow, ttl: Duration) -> Result<(), StoreError>;
+    /// Reads a live flow without consuming it.
+    async fn get_flow(&self, key: &str, now: Timestamp) -> Result<Option<Flow>, StoreError>;
+    /// Reads and deletes a flow atomically: of two concurrent takes, one gets it.
+    async fn take_flow(&self, key: &str, now: Timestamp) -> Result<Option<Flow>, StoreError>;
+    /// Checks the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Wraps a store so that every call has a deadline.
+pub struct Deadline<S: ?Sized> {
+    inner: Arc<S>,
+    limit: Duration,
+}
+
+impl<S: ?Sized> Deadline<S> {
+    /// Every call on `inner` fails with [`StoreError::Timeout`] after `limit`.
+    pub fn new(inner: Arc<S>, limit: Duration) -> Self {
+        Deadline { inner, limit }
+    }
+
+    async fn run<T>(&self, f: impl std::future::Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.limit, f).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Timeout(self.limit)),
+        }
+    }
+}
+
+#[async_trait]
+impl<S: SessionStore + ?Sized> SessionStore for Deadline<S> {
+    async fn insert(&self, key: &SessionKey, session: &Session) -> Result<(), StoreError> {
+        self.run(self.inner.insert(key, session)).await
+    }
+    async fn get(&self, key: &SessionKey, now: Timestamp) -> Result<Option<Session>, StoreError> {
+        self.run(self.inner.get(key, now)).await
+    }
+    async fn touch(&self, key: &SessionKey, last_seen: Timestamp) -> Result<(), StoreError> {
+        self.run(self.inner.touch(key, last_seen)).await
+    }
+    async fn remove(&self, key: &SessionKey) -> Result<bool, StoreError> {
+        self.run(self.inner.remove(key)).await
+    }
+    async fn revoke_user(&self, user: &str) -> Result<usize, StoreError> {
+        self.run(self.inner.revoke_user(user)).await
+    }
+    async fn put_flow(&self, key: &str, flow: &Flow, ttl: Duration) -> Result<(), StoreError> {
+        self.run(self.inner.put_flow(key, flow, ttl)).await
+    }
+    async fn get_flow(&self, key: &str, now: Timestamp) -> Result<Option<Flow>, StoreError> {
+        self.run(self.inner.get_flow(key, now)).await
+    }
+    async fn take_flow(&self, key: &str, now: Timestamp) -> Result<Option<Flow>, StoreError> {
+        self.run(self.inner.take_flow(key, now)).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.run(self.inner.ping()).await
+    }
+}
