@@ -177,6 +177,8 @@ pub struct Match<'a> {
     pub app: &'a App,
     /// The rule that applies (a route, or the app default).
     pub rule: &'a Rule,
+    /// Index of the rule in [`PolicySet::rules`].
+    pub rule_index: usize,
 }
 
 impl PolicySet {
@@ -198,6 +200,11 @@ impl PolicySet {
     /// The files loaded.
     pub fn files(&self) -> &[PathBuf] {
         &self.files
+    }
+
+    /// Whether some app serves this host (any port, or this port).
+    pub fn serves_host(&self, host: &HostPort) -> bool {
+        self.hosts.get(&host.host).is_some_and(|es| es.iter().any(|e| e.port.is_none() || e.port == host.port))
     }
 
     /// The app for a rule.
@@ -227,8 +234,9 @@ impl PolicySet {
             let segs: Vec<&str> = target.match_segments().collect();
             entry.matcher.find(&segs, method)
         };
-        let rule = &self.rules[index.unwrap_or(entry.fallback)];
-        Some(Match { app: &self.apps[rule.app], rule })
+        let rule_index = index.unwrap_or(entry.fallback);
+        let rule = &self.rules[rule_index];
+        Some(Match { app: &self.apps[rule.app], rule, rule_index })
     }
 }
 

@@ -1,1 +1,277 @@
-fn main(){}
+//! `aalgate`: an MFA gateway for healthcare apps that have no multi-factor login of their own.
+//!
+//! Subcommands: `run` (the gateway), `demo` (the gateway with everything defaulted and a bundled
+//! demo app), `validate` and `explain` (for IT editing policy files), `schema`.
+
+mod admin;
+mod assertion;
+mod config;
+mod demo;
+mod explain;
+mod gateway;
+mod headers;
+mod pages;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aalgate_policy::{PolicySet, Severity};
+use aalgate_session::{Deadline, EmbeddedStore, RedisStore, SessionStore, StoreSpec};
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+
+use crate::config::{Config, Listener, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "aalgate", version, about = "MFA gateway enforcing NIST SP 800-63B-4 AALs in front of legacy healthcare apps")]
+struct Cli {
+    /// Log format (overrides the config file).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway from a config file.
+    Run {
+        /// The gateway config (aalgate.yaml).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the gateway with the embedded store, the bundled demo app and policies/demo.yaml.
+    Demo {
+        /// Public listener (plain HTTP; open http://localhost:PORT/).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Admin listener (/healthz, /readyz).
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
+        /// Where the demo app listens; must match the upstream in the demo policy.
+        #[arg(long, default_value = "127.0.0.1:18080")]
+        upstream_listen: SocketAddr,
+        /// Embedded store and signing key.
+        #[arg(long, default_value = ".aalgate-demo")]
+        state_dir: PathBuf,
+        /// Policy file or directory (default: policies/demo.yaml, or the copy built into the binary).
+        #[arg(long)]
+        policies: Option<PathBuf>,
+    },
+    /// Check policy files; print every problem as file:line:column: what; how to fix.
+    Validate {
+        /// Policy files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Show which rule a request matches and what the gateway would decide.
+    Explain(explain::ExplainArgs),
+    /// Print the JSON Schema of policy files.
+    Schema,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate { paths } => return validate(&paths),
+        Command::Explain(args) => explain::run(args),
+        Command::Schema => {
+            print!("{}", aalgate_policy::file::json_schema());
+            Ok(())
+        }
+        Command::Run { config } => Config::load(&config).and_then(|mut c| {
+            if let Some(f) = cli.log_format {
+                c.log_format = f;
+            }
+            serve(c, None)
+        }),
+        Command::Demo { listen, admin_listen, upstream_listen, state_dir, policies } => {
+            demo_config(listen, admin_listen, state_dir, policies).and_then(|mut c| {
+                if let Some(f) = cli.log_format {
+                    c.log_format = f;
+                }
+                serve(c, Some(upstream_listen))
+            })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aalgate: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(paths: &[PathBuf]) -> ExitCode {
+    match aalgate_policy::load(paths) {
+        Ok(set) => {
+            for w in set.warnings() {
+                println!("{w}");
+            }
+            for app in set.apps() {
+                println!(
+                    "ok: {} ({}): host {} -> {}://{}, {} route(s), default {}",
+                    app.name,
+                    app.source.file.display(),
+                    app.host,
+                    if app.upstream.tls { "https" } else { "http" },
+                    app.upstream.address(),
+                    app.route_count,
+                    app.default
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(diags) => {
+            for d in &diags {
+                println!("{d}");
+            }
+            let n = diags.iter().filter(|d| d.severity == Severity::Error).count();
+            eprintln!("aalgate: {n} error(s); the policy set was not accepted");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+const DEMO_POLICY: &str = include_str!("../../../policies/demo.yaml");
+
+fn demo_config(listen: SocketAddr, admin: SocketAddr, state_dir: PathBuf, policies: Option<PathBuf>) -> Result<Config> {
+    if !listen.ip().is_loopback() {
+        bail!("demo listens on loopback only (plain HTTP); use `aalgate run` with TLS for anything else");
+    }
+    let policies = match policies {
+        Some(p) => p,
+        None if Path::new("policies/demo.yaml").is_file() => PathBuf::from("policies/demo.yaml"),
+        None => {
+            let p = state_dir.join("demo.yaml");
+            std::fs::create_dir_all(&state_dir).with_context(|| format!("cannot create {}", state_dir.display()))?;
+            std::fs::write(&p, DEMO_POLICY).with_context(|| format!("cannot write {}", p.display()))?;
+            p
+        }
+    };
+    Ok(Config {
+        listen: vec![Listener { addr: listen, tls: None }],
+        admin_listen: Some(admin),
+        public_origin: format!("http://localhost:{}", listen.port()),
+        public_host: aalgate_policy::HostPort { host: "localhost".into(), port: Some(listen.port()) },
+        store: StoreSpec::Embedded(state_dir.clone()),
+        store_timeout: config::DEFAULT_EMBEDDED_STORE_TIMEOUT,
+        policies: vec![policies],
+        signing_key: state_dir.join("signing-key.pem"),
+        threads: 2,
+        log_format: LogFormat::Text,
+    })
+}
+
+fn load_policies(paths: &[PathBuf]) -> Result<PolicySet> {
+    match aalgate_policy::load(paths) {
+        Ok(set) => {
+            for w in set.warnings() {
+                tracing::warn!("policy: {w}");
+            }
+            Ok(set)
+        }
+        Err(diags) => {
+            for d in &diags {
+                tracing::error!("policy: {d}");
+            }
+            bail!("the policy set has errors (run `aalgate validate` for the list); refusing to start")
+        }
+    }
+}
+
+/// Deletes expired records of the embedded store once a minute.
+struct Purge(EmbeddedStore);
+
+#[async_trait::async_trait]
+impl BackgroundService for Purge {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Err(e) = self.0.purge_expired(aalgate_policy::Timestamp::now()).await {
+                        tracing::warn!(error = %e, "purging expired sessions failed");
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+fn serve(cfg: Config, demo_upstream: Option<SocketAddr>) -> Result<()> {
+    init_logging(cfg.log_format);
+    let policy = Arc::new(load_policies(&cfg.policies)?);
+    let (raw_store, embedded): (Arc<dyn SessionStore>, Option<EmbeddedStore>) = match &cfg.store {
+        StoreSpec::Embedded(dir) => {
+            let s = EmbeddedStore::open(dir).with_context(|| format!("embedded store in {}", dir.display()))?;
+            (Arc::new(s.clone()), Some(s))
+        }
+        StoreSpec::Redis(url) => (Arc::new(RedisStore::new(url, cfg.store_timeout)?), None),
+    };
+    let store: Arc<dyn SessionStore> = Arc::new(Deadline::new(raw_store, cfg.store_timeout));
+    let signer = Arc::new(assertion::Signer::load_or_create(&cfg.signing_key, &cfg.public_origin)?);
+
+    let conf = ServerConf { threads: cfg.threads, grace_period_seconds: Some(1), graceful_shutdown_timeout_seconds: Some(5), ..Default::default() };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let gw = gateway::Gateway { policy: policy.clone(), store: store.clone(), signer, public_host: cfg.public_host.clone() };
+    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gw);
+    for l in &cfg.listen {
+        let addr = l.addr.to_string();
+        match &l.tls {
+            None => proxy.add_tcp(&addr),
+            Some((cert, key)) => {
+                let (c, k) = (cert.to_string_lossy(), key.to_string_lossy());
+                proxy.add_tls(&addr, &c, &k).map_err(|e| anyhow::anyhow!("TLS listener {addr}: {e}"))?;
+            }
+        }
+    }
+    server.add_service(proxy);
+
+    if let Some(addr) = cfg.admin_listen {
+        let mut admin = Service::new("aalgate admin".to_string(), admin::Admin { store: store.clone() });
+        admin.add_tcp(&addr.to_string());
+        server.add_service(admin);
+    }
+    if let Some(e) = embedded {
+        server.add_service(background_service("aalgate purge", Purge(e)));
+    }
+    if let Some(addr) = demo_upstream {
+        let mut app = Service::new("demo billing app".to_string(), demo::DemoBilling);
+        app.add_tcp(&addr.to_string());
+        server.add_service(app);
+    }
+
+    let listen: Vec<String> = cfg.listen.iter().map(|l| format!("{}{}", if l.tls.is_some() { "https://" } else { "http://" }, l.addr)).collect();
+    tracing::info!(
+        listen = ?listen,
+        admin = ?cfg.admin_listen.map(|a| a.to_string()),
+        store = %match &cfg.store { StoreSpec::Embedded(d) => format!("embedded:{}", d.display()), StoreSpec::Redis(_) => "redis".to_string() },
+        apps = policy.apps().len(),
+        "aalgate started"
+    );
+    if demo_upstream.is_some() {
+        tracing::info!("demo: open http://localhost:{}/ (the demo app is on {})", cfg.listen[0].addr.port(), demo_upstream.map(|a| a.to_string()).unwrap_or_default());
+    }
+    server.run_forever();
+}

@@ -1,0 +1,212 @@
+//! The gateway config file (`aalgate.yaml`): a raw serde model with unknown keys refused, and
+//! the validated [`Config`] the server uses.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aalgate_policy::HumanDuration;
+use aalgate_session::StoreSpec;
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Vec<RawListener>,
+    #[serde(default)]
+    admin_listen: Option<String>,
+    public_origin: String,
+    store: String,
+    #[serde(default)]
+    store_timeout: Option<HumanDuration>,
+    policies: PathBuf,
+    #[serde(default)]
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    signing_key: Option<PathBuf>,
+    #[serde(default)]
+    threads: Option<usize>,
+    #[serde(default)]
+    insecure_http: bool,
+    #[serde(default)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    addr: String,
+    #[serde(default)]
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A listener: plain HTTP, or TLS with a certificate and key file.
+#[derive(Clone, Debug)]
+pub struct Listener {
+    /// Address and port.
+    pub addr: SocketAddr,
+    /// Certificate chain and key (PEM), for TLS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// A validated gateway config.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Public listeners.
+    pub listen: Vec<Listener>,
+    /// Health (and later metrics) listener; never public.
+    pub admin_listen: Option<SocketAddr>,
+    /// The auth origin (`https://gateway.clinic.example`): WebAuthn origin and JWT issuer.
+    pub public_origin: String,
+    /// Host of `public_origin`.
+    pub public_host: aalgate_policy::HostPort,
+    /// Session store.
+    pub store: StoreSpec,
+    /// Deadline of every store call.
+    pub store_timeout: Duration,
+    /// Policy files or directories.
+    pub policies: Vec<PathBuf>,
+    /// The Ed25519 signing key of the upstream assertion (PKCS#8 PEM; created if missing).
+    pub signing_key: PathBuf,
+    /// Worker threads.
+    pub threads: usize,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// Default deadline of a Redis call: tens of milliseconds, well above a loopback round trip.
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(50);
+/// Default deadline of an embedded-store call: its writes wait for an fsync.
+pub const DEFAULT_EMBEDDED_STORE_TIMEOUT: Duration = Duration::from_millis(200);
+
+fn parse_addr(s: &str, what: &str) -> Result<SocketAddr> {
+    s.parse::<SocketAddr>().with_context(|| format!("{what} {s:?} is not an address:port such as 127.0.0.1:8080"))
+}
+
+impl Config {
+    /// Reads and validates a config file; relative paths are taken from the file's directory.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        let options = serde_saphyr::options! {
+            strict_booleans: true,
+            duplicate_keys: serde_saphyr::options::DuplicateKeyPolicy::Error,
+            with_snippet: false,
+        };
+        let raw: RawConfig = serde_saphyr::from_str_with_options(&text, options).map_err(|e| {
+            let (l, c) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+            anyhow::anyhow!("{}:{l}:{c}: {}", path.display(), e.without_snippet())
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_raw(raw, base).with_context(|| format!("in config {}", path.display()))
+    }
+
+    fn from_raw(raw: RawConfig, base: &Path) -> Result<Config> {
+        let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        if raw.listen.is_empty() {
+            bail!("listen: needs at least one listener");
+        }
+        let mut listen = Vec::new();
+        for l in raw.listen {
+            let addr = parse_addr(&l.addr, "listen addr")?;
+            if l.tls.is_none() && !addr.ip().is_loopback() && !raw.insecure_http {
+                bail!("listen {addr}: plain HTTP on a non-loopback address sends session cookies in clear; add tls: {{cert, key}}, or set insecure_http: true behind a TLS-terminating load balancer");
+            }
+            listen.push(Listener { addr, tls: l.tls.map(|t| (rel(t.cert), rel(t.key))) });
+        }
+        let admin_listen = raw.admin_listen.as_deref().map(|a| parse_addr(a, "admin_listen")).transpose()?;
+        let origin = raw.public_origin.trim_end_matches('/').to_string();
+        let host_part = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"))
+            .context("public_origin must start with https:// (or http:// for localhost)")?;
+        if host_part.contains(['/', '?', '#', '@']) {
+            bail!("public_origin must be scheme://host[:port] with no path");
+        }
+        let public_host = aalgate_policy::HostPort::parse(host_part).map_err(|e| anyhow::anyhow!("public_origin host: {e}"))?;
+        if origin.starts_with("http://") && public_host.host != "localhost" && !public_host.host.starts_with("127.") && public_host.host != "[::1]" {
+            bail!("public_origin {origin} is plain http on a non-local host; WebAuthn needs https");
+        }
+        let store = raw.store.parse::<StoreSpec>().map_err(anyhow::Error::msg)?;
+        let store = match store {
+            StoreSpec::Embedded(d) => StoreSpec::Embedded(rel(d)),
+            s => s,
+        };
+        let state_dir = match (raw.state_dir, &store) {
+            (Some(d), _) => rel(d),
+            (None, StoreSpec::Embedded(d)) => d.clone(),
+            (None, StoreSpec::Redis(_)) => bail!("state_dir: required with a redis store (it holds the signing key)"),
+        };
+        let signing_key = raw.signing_key.map(rel).unwrap_or_else(|| state_dir.join("signing-key.pem"));
+        let threads = raw.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+        if threads == 0 || threads > 256 {
+            bail!("threads must be 1 to 256");
+        }
+        let store_timeout = raw.store_timeout.map(|d| d.0).unwrap_or(match store {
+            StoreSpec::Embedded(_) => DEFAULT_EMBEDDED_STORE_TIMEOUT,
+            StoreSpec::Redis(_) => DEFAULT_STORE_TIMEOUT,
+        });
+        Ok(Config {
+            listen,
+            admin_listen,
+            public_origin: origin,
+            public_host,
+            store,
+            store_timeout,
+            policies: vec![rel(raw.policies)],
+            signing_key,
+            threads,
+            log_format: raw.log_format.unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(y: &str) -> Result<Config> {
+        let raw: RawConfig = serde_saphyr::from_str(y).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Config::from_raw(raw, Path::new("/etc/aalgate"))
+    }
+
+    #[test]
+    fn minimal_and_defaults() {
+        let c = parse("listen: [{addr: 127.0.0.1:8080}]\npublic_origin: http://localhost:8080\nstore: embedded:state\npolicies: policies\n").unwrap();
+        assert_eq!(c.signing_key, PathBuf::from("/etc/aalgate/state/signing-key.pem"));
+        assert_eq!(c.store_timeout, DEFAULT_EMBEDDED_STORE_TIMEOUT);
+        assert_eq!(c.public_host.port, Some(8080));
+    }
+
+    #[test]
+    fn refusals() {
+        let base = "public_origin: https://gw.example\nstore: redis://127.0.0.1/0\nstate_dir: /s\npolicies: p\n";
+        assert!(parse(&format!("listen: [{{addr: 0.0.0.0:80}}]\n{base}")).unwrap_err().to_string().contains("insecure_http"));
+        assert!(parse(&format!("listen: [{{addr: 0.0.0.0:80}}]\ninsecure_http: true\n{base}")).is_ok());
+        assert!(parse(&format!("listen: [{{addr: 0.0.0.0:443, tls: {{cert: c, key: k}}}}]\n{base}")).is_ok());
+        assert!(parse(&format!("listen: []\n{base}")).is_err());
+        assert!(parse("listen: [{addr: 127.0.0.1:1}]\npublic_origin: http://gw.example\nstore: embedded:/s\npolicies: p\n").unwrap_err().to_string().contains("https"));
+        assert!(parse("listen: [{addr: 127.0.0.1:1}]\npublic_origin: https://gw.example\nstore: memcached://x\npolicies: p\n").is_err());
+        assert!(parse("listen: [{addr: 127.0.0.1:1}]\npublic_origin: https://gw.example\nstore: redis://x\npolicies: p\n").unwrap_err().to_string().contains("state_dir"));
+        assert!(parse("listen: [{addr: 127.0.0.1:1, tls: {cert: c}}]\npublic_origin: https://gw.example\nstore: embedded:/s\npolicies: p\n").is_err());
+        assert!(parse("listen: [{addr: 127.0.0.1:1}]\npublic_origin: https://gw.example\nstore: embedded:/s\npolicies: p\nlisten_typo: 1\n").is_err());
+    }
+}

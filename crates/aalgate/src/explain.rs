@@ -1,0 +1,105 @@
+//! `aalgate explain`: which rule a request matches (file:line) and what the gateway decides,
+//! for a session described on the command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aalgate_policy::{decide, format_duration, parse_duration, Aal, Decision, HostPort, SessionFacts, Timestamp};
+use anyhow::{bail, Result};
+
+/// Arguments of `aalgate explain`.
+#[derive(clap::Args)]
+pub struct ExplainArgs {
+    /// Policy files or directories.
+    #[arg(long, required = true)]
+    policies: Vec<PathBuf>,
+    /// Request method.
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// Full URL, e.g. https://billing.clinic.example/payouts/bank-account
+    #[arg(long)]
+    url: String,
+    /// AAL the session reached (1, 2 or 3); omit for no session.
+    #[arg(long)]
+    aal: Option<Aal>,
+    /// Time since the session's authentication (e.g. 2h).
+    #[arg(long, value_parser = parse_duration, default_value = "1m")]
+    auth_age: Duration,
+    /// Time since the session's last request (e.g. 5m).
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    idle: Duration,
+    /// Time since the last step-up or re-authentication (default: the auth age).
+    #[arg(long, value_parser = parse_duration)]
+    step_up_age: Option<Duration>,
+}
+
+/// Runs the command.
+pub fn run(a: ExplainArgs) -> Result<()> {
+    let set = match aalgate_policy::load(&a.policies) {
+        Ok(s) => s,
+        Err(diags) => {
+            for d in &diags {
+                eprintln!("{d}");
+            }
+            bail!("the policy set has errors");
+        }
+    };
+    let target = aalgate_policy::normalize_target(a.url.as_bytes()).map_err(|e| anyhow::anyhow!("the gateway would refuse this URL with 400: {e}"))?;
+    let Some(authority) = target.authority() else {
+        bail!("give a full URL with scheme and host, e.g. https://billing.clinic.example/path");
+    };
+    let host = HostPort::parse(authority).map_err(|e| anyhow::anyhow!("host: {e}"))?;
+    let Some(m) = set.lookup(&host, &a.method, &target) else {
+        println!("host:     {host}: no app serves it");
+        println!("decision: 421 Misdirected Request (never forwarded)");
+        return Ok(());
+    };
+    let now = Timestamp::now();
+    let back = |d: Duration| Timestamp(now.0.saturating_sub(d.as_secs()));
+    let facts = a.aal.map(|aal| SessionFacts {
+        aal,
+        auth_time: back(a.auth_age),
+        last_auth: back(a.step_up_age.unwrap_or(a.auth_age)),
+        last_seen: back(a.idle),
+    });
+    let rule = m.rule;
+    println!("app:      {} ({})", m.app.name, m.app.source);
+    match &rule.pattern {
+        Some(p) => println!("rule:     {} {} ({})", rule.id, if p.as_str() == rule.id { String::new() } else { format!("[{}]", p.as_str()) }, rule.source),
+        None => println!("rule:     no route matches; the app default applies ({})", rule.source),
+    }
+    println!("path:     {} (normalized; this is what the upstream receives)", target.path());
+    let mut req = format!("require:  {}", rule.access.require);
+    if let Some(s) = rule.access.step_up_max_age {
+        req.push_str(&format!(", step-up within {}", format_duration(s)));
+    }
+    println!("{req}");
+    match facts {
+        None => println!("session:  none"),
+        Some(f) => {
+            let l = rule.access.limits(f.aal);
+            println!(
+                "session:  {} authenticated {} ago, idle {}; limits here: {} overall, {} idle",
+                f.aal,
+                format_duration(a.auth_age),
+                format_duration(a.idle),
+                format_duration(l.max_session_age),
+                l.idle_timeout.map(format_duration).unwrap_or_else(|| "no".into())
+            );
+        }
+    }
+    let d = decide(&rule.access, facts.as_ref(), now);
+    let text = match d {
+        Decision::Allow => "allow: forwarded upstream".to_string(),
+        Decision::Deny => "deny: 403, never forwarded".to_string(),
+        Decision::Login { aal } => format!("login: sign in at {aal} (302 to /.aalgate/auth, or 401 JSON for scripts)"),
+        Decision::StepUp { aal, max_age } => format!(
+            "step_up: a fresh {aal} authentication{} is needed",
+            max_age.map(|m| format!(" within {}", format_duration(m))).unwrap_or_default()
+        ),
+        Decision::Reauth { aal, reason } => format!("reauth: the session hit its {} limit; sign in again at {aal}", reason.as_str()),
+    };
+    println!("decision: {text}");
+    Ok(())
+}
+

@@ -1,0 +1,509 @@
+//! The request path, in pingora's phase order:
+//!
+//! `request_filter` answers everything the gateway decides itself (its own `/.aalgate/` pages,
+//! refusals, redirects to sign in) and returns `Ok(true)`; otherwise it leaves the allowed
+//! request in the context. `upstream_peer` picks the app's upstream, `upstream_request_filter`
+//! forwards the one normalized path, strips spoofable headers and adds the identity headers,
+//! `response_filter` protects the gateway's cookie and adds HSTS, and `logging` records the
+//! outcome once.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aalgate_policy::{decide, Decision, HostPort, NormalizedTarget, PathError, PolicySet, Timestamp};
+use aalgate_session::{Flow, FlowId, Session as UserSession, SessionId, SessionStore};
+use async_trait::async_trait;
+use base64::Engine;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::protocols::http::ServerSession;
+
+use crate::assertion::Signer;
+use crate::headers;
+use crate::pages;
+
+/// How often an active session's `last_seen` is written. The idle limit is measured from the
+/// stored value, so it can fire up to this much early, never late.
+pub const TOUCH_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a pending sign-in flow lives.
+pub const FLOW_TTL: Duration = Duration::from_secs(600);
+/// At most this many session cookies are tried (duplicates planted by a sibling domain).
+const MAX_COOKIES: usize = 4;
+
+/// Shared state of the gateway service.
+pub struct Gateway {
+    /// The policy set.
+    pub policy: Arc<PolicySet>,
+    /// The session store, already wrapped in a deadline.
+    pub store: Arc<dyn SessionStore>,
+    /// Signs upstream assertions.
+    pub signer: Arc<Signer>,
+    /// Host of the public origin (serves `/.aalgate/` even if no app uses it).
+    pub public_host: HostPort,
+}
+
+/// Per-request state, written by the phases and read once in `logging`.
+pub struct Ctx {
+    start: Instant,
+    request_id: String,
+    tls: bool,
+    target: Option<NormalizedTarget>,
+    rule: Option<usize>,
+    session: Option<UserSession>,
+    outcome: &'static str,
+}
+
+fn request_id() -> String {
+    let mut b = [0u8; 12];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// The request target exactly as received. pingora drops a `#fragment` before the path is
+/// stored, so for HTTP/1 it is read back from the raw request line; `#` must be refused, not
+/// silently cut.
+fn raw_target(session: &Session) -> Vec<u8> {
+    if let ServerSession::H1(h1) = session.as_downstream() {
+        let raw = h1.get_headers_raw_bytes();
+        let line_end = raw.iter().position(|&b| b == b'\n').unwrap_or(raw.len());
+        let line = &raw[..line_end];
+        let mut parts = line.split(|&b| b == b' ').filter(|p| !p.is_empty());
+        let _method = parts.next();
+        if let Some(t) = parts.next() {
+            return t.to_vec();
+        }
+    }
+    session.req_header().raw_path().to_vec()
+}
+
+fn has_request_body(req: &RequestHeader) -> bool {
+    let cl = req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).map(str::trim);
+    req.headers.contains_key(http::header::TRANSFER_ENCODING) || cl.is_some_and(|v| v != "0")
+}
+
+/// What a gateway-made response looks like.
+struct Reply {
+    status: u16,
+    content_type: &'static str,
+    body: String,
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    fn html(status: u16, body: String) -> Reply {
+        Reply { status, content_type: "text/html; charset=utf-8", body, headers: Vec::new() }
+    }
+    fn json(status: u16, body: String) -> Reply {
+        Reply { status, content_type: "application/json", body, headers: Vec::new() }
+    }
+    fn header(mut self, name: &'static str, value: String) -> Reply {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+impl Gateway {
+    async fn send(&self, session: &mut Session, ctx: &mut Ctx, reply: Reply) -> Result<bool> {
+        let req = session.req_header();
+        let head = req.method == http::Method::HEAD;
+        // A body the client is still sending would be read as the next request: close instead.
+        if has_request_body(req) {
+            session.set_keepalive(None);
+        }
+        let mut resp = ResponseHeader::build(reply.status, Some(8))?;
+        resp.insert_header("content-type", reply.content_type)?;
+        resp.insert_header("content-length", reply.body.len().to_string())?;
+        resp.insert_header("cache-control", "no-store")?;
+        resp.insert_header("x-content-type-options", "nosniff")?;
+        resp.insert_header("referrer-policy", "no-referrer")?;
+        resp.insert_header("x-frame-options", "DENY")?;
+        resp.insert_header("content-security-policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'")?;
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if ctx.tls {
+            resp.insert_header("strict-transport-security", "max-age=31536000")?;
+        }
+        for (n, v) in reply.headers {
+            resp.append_header(n, v)?;
+        }
+        session.write_response_header(Box::new(resp), head).await?;
+        if !head {
+            session.write_response_body(Some(Bytes::from(reply.body)), true).await?;
+        }
+        Ok(true)
+    }
+
+    async fn error(&self, session: &mut Session, ctx: &mut Ctx, status: u16, code: &'static str) -> Result<bool> {
+        ctx.outcome = code;
+        let reply = if headers::is_script_request(&session.req_header().headers) {
+            Reply::json(status, pages::error_json(status, code, &ctx.request_id))
+        } else {
+            let (title, text) = pages::error_text(status);
+            Reply::html(status, pages::page(title, &format!("<p>{}</p>", pages::escape(text)), &ctx.request_id))
+        };
+        let reply = if status == 503 { reply.header("retry-after", "5".into()) } else { reply };
+        self.send(session, ctx, reply).await
+    }
+
+    fn cookie_name(ctx: &Ctx) -> &'static str {
+        if ctx.tls {
+            headers::COOKIE_TLS
+        } else {
+            headers::COOKIE_PLAIN
+        }
+    }
+
+    /// Loads the session named by the cookie. Malformed values are ignored; of several
+    /// well-formed values the first live one wins. A store error is returned, never hidden.
+    async fn load_session(&self, req: &RequestHeader, ctx: &Ctx, now: Timestamp) -> Result<Option<(SessionId, UserSession)>, aalgate_session::StoreError> {
+        for value in headers::cookie_values(&req.headers, Self::cookie_name(ctx)).iter().take(MAX_COOKIES) {
+            let Some(id) = SessionId::from_cookie(value) else { continue };
+            if let Some(s) = self.store.get(&id.key(), now).await? {
+                return Ok(Some((id, s)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// `/.aalgate/...`: the gateway's own endpoints. Never forwarded.
+    async fn own_endpoint(&self, session: &mut Session, ctx: &mut Ctx, path: &str) -> Result<bool> {
+        let method = session.req_header().method.clone();
+        ctx.outcome = "gateway";
+        match path {
+            "/.aalgate/jwks.json" => {
+                if method != http::Method::GET && method != http::Method::HEAD {
+                    return self.error(session, ctx, 405, "method_not_allowed").await;
+                }
+                let reply = Reply::json(200, self.signer.jwks().to_string());
+                self.send(session, ctx, reply).await
+            }
+            "/.aalgate/auth" => {
+                if method != http::Method::GET && method != http::Method::HEAD {
+                    return self.error(session, ctx, 405, "method_not_allowed").await;
+                }
+                self.auth_page(session, ctx).await
+            }
+            "/.aalgate/logout" => {
+                if method != http::Method::POST {
+                    return self.error(session, ctx, 405, "method_not_allowed").await;
+                }
+                self.logout(session, ctx).await
+            }
+            _ => self.error(session, ctx, 404, "not_found").await,
+        }
+    }
+
+    async fn auth_page(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let flow_param = session
+            .req_header()
+            .uri
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("flow=")))
+            .and_then(FlowId::parse);
+        let flow = match flow_param {
+            None => None,
+            Some(id) => match self.store.get_flow(&id.key(), Timestamp::now()).await {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(request_id = %ctx.request_id, error = %e, "session store error on the sign-in page");
+                    return self.error(session, ctx, 503, "store_unavailable").await;
+                }
+            },
+        };
+        let body = match flow {
+            None => "<p>This sign-in link is not valid any more (links expire after 10 minutes and work once).</p>\
+                     <p>Go back to the application and open the page again.</p>"
+                .to_string(),
+            Some(f) => {
+                let what = match f.need.as_str() {
+                    "step_up" => "This action needs a fresh confirmation with your security key or passkey.",
+                    "reauth" => "Your session has timed out. Please sign in again.",
+                    _ => "Please sign in to continue.",
+                };
+                let level = match f.aal {
+                    aalgate_policy::Aal::Aal3 => "a hardware security key",
+                    aalgate_policy::Aal::Aal2 => "a passkey or security key",
+                    aalgate_policy::Aal::Aal1 => "any registered authenticator",
+                };
+                format!(
+                    "<p>{}</p><p>Required: {} (NIST {}) for <strong>{}</strong>.</p>\
+                     <p><strong>Passkey sign-in is not enabled on this gateway yet.</strong> Contact IT to be enrolled.</p>",
+                    pages::escape(what),
+                    level,
+                    f.aal.as_str().to_ascii_uppercase(),
+                    pages::escape(&f.app)
+                )
+            }
+        };
+        let reply = Reply::html(200, pages::page("Sign in", &body, &ctx.request_id));
+        self.send(session, ctx, reply).await
+    }
+
+    async fn logout(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // Cross-site POSTs carry no Lax cookie, but refuse them explicitly too.
+        let site = session.req_header().headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()).unwrap_or("");
+        if site == "cross-site" {
+            return self.error(session, ctx, 403, "cross_site").await;
+        }
+        let ids: Vec<SessionId> = headers::cookie_values(&session.req_header().headers, Self::cookie_name(ctx))
+            .iter()
+            .take(MAX_COOKIES)
+            .filter_map(|v| SessionId::from_cookie(v))
+            .collect();
+        for id in ids {
+            if let Err(e) = self.store.remove(&id.key()).await {
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "logout could not reach the session store");
+                return self.error(session, ctx, 503, "store_unavailable").await;
+            }
+        }
+        let reply = Reply::html(200, pages::page("Signed out", "<p>You are signed out. You can close this window.</p>", &ctx.request_id))
+            .header("set-cookie", clear_cookie(Self::cookie_name(ctx), ctx.tls))
+            .header("clear-site-data", "\"cookies\"".into());
+        ctx.outcome = "logout";
+        self.send(session, ctx, reply).await
+    }
+
+    /// Not allowed: keep where the browser was going under a one-time flow id, then send a
+    /// navigation to the sign-in page, or a script call a 401 JSON naming what is needed.
+    async fn challenge(&self, session: &mut Session, ctx: &mut Ctx, decision: Decision, host: &str, app: &str) -> Result<bool> {
+        let (need, aal, max_age) = match decision {
+            Decision::Login { aal } => ("login", aal, None),
+            Decision::StepUp { aal, max_age } => ("step_up", aal, max_age),
+            Decision::Reauth { aal, .. } => ("reauth", aal, None),
+            Decision::Allow | Decision::Deny => return self.error(session, ctx, 403, "denied").await,
+        };
+        let url = ctx.target.as_ref().map(|t| t.path_and_query().into_owned()).unwrap_or_else(|| "/".into());
+        let flow = Flow {
+            host: host.to_string(),
+            method: session.req_header().method.to_string(),
+            url,
+            need: need.to_string(),
+            aal,
+            max_age_secs: max_age.map(|d| d.as_secs()),
+            app: app.to_string(),
+            created: Timestamp::now(),
+        };
+        let id = FlowId::generate();
+        if let Err(e) = self.store.put_flow(&id.key(), &flow, FLOW_TTL).await {
+            tracing::warn!(request_id = %ctx.request_id, error = %e, "session store error while starting sign-in");
+            return self.error(session, ctx, 503, "store_unavailable").await;
+        }
+        ctx.outcome = need;
+        let login_url = format!("/.aalgate/auth?flow={}", id.encode());
+        let reply = if headers::is_script_request(&session.req_header().headers) {
+            let body = serde_json::json!({
+                "error": "authentication_required",
+                "need": need,
+                "aal": aal.as_str(),
+                "max_age_seconds": max_age.map(|d| d.as_secs()),
+                "login_url": login_url,
+                "request_id": ctx.request_id,
+            });
+            Reply::json(401, body.to_string())
+        } else {
+            Reply::html(302, pages::page("Sign in required", "<p>Redirecting to sign in.</p>", &ctx.request_id)).header("location", login_url)
+        };
+        self.send(session, ctx, reply).await
+    }
+}
+
+fn clear_cookie(name: &str, tls: bool) -> String {
+    let mut c = cookie::Cookie::build((name, "")).path("/").http_only(true).same_site(cookie::SameSite::Lax).max_age(cookie::time::Duration::ZERO);
+    if tls {
+        c = c.secure(true);
+    }
+    c.build().to_string()
+}
+
+fn path_error_status(e: &PathError) -> u16 {
+    match e {
+        PathError::TooLong => 414,
+        _ => 400,
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx { start: Instant::now(), request_id: request_id(), tls: false, target: None, rule: None, session: None, outcome: "none" }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.tls = session.as_downstream().digest().is_some_and(|d| d.ssl_digest.is_some());
+        let req = session.req_header();
+
+        // Exactly one Host header.
+        let mut hosts = req.headers.get_all(http::header::HOST).iter();
+        let (Some(host_value), None) = (hosts.next(), hosts.next()) else {
+            return self.error(session, ctx, 400, "bad_host").await;
+        };
+        let Some(host) = host_value.to_str().ok().and_then(|h| HostPort::parse(h).ok()) else {
+            return self.error(session, ctx, 400, "bad_host").await;
+        };
+
+        // Normalize once; anything ambiguous is refused.
+        let target = match aalgate_policy::normalize_target(&raw_target(session)) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!(request_id = %ctx.request_id, error = %e, "refused request target");
+                return self.error(session, ctx, path_error_status(&e), "bad_path").await;
+            }
+        };
+        if let Some(authority) = target.authority() {
+            if HostPort::parse(authority).ok().as_ref() != Some(&host) {
+                return self.error(session, ctx, 400, "foreign_authority").await;
+            }
+        }
+        let path = target.path().to_string();
+        ctx.target = Some(target);
+
+        let own = path == "/.aalgate" || path.starts_with("/.aalgate/");
+        let host_is_public = host.host == self.public_host.host && (self.public_host.port.is_none() || host.port.is_none() || host.port == self.public_host.port);
+        if own && (host_is_public || self.policy.serves_host(&host)) {
+            return self.own_endpoint(session, ctx, &path).await;
+        }
+
+        let method = session.req_header().method.as_str().to_string();
+        let policy = self.policy.clone();
+        let Some(m) = ctx.target.as_ref().and_then(|t| policy.lookup(&host, &method, t)) else {
+            return self.error(session, ctx, 421, "unknown_host").await;
+        };
+        ctx.rule = Some(m.rule_index);
+        let access = &m.rule.access;
+        match access.require {
+            aalgate_policy::Requirement::Deny => return self.error(session, ctx, 403, "denied").await,
+            // Public routes never touch the store, so they keep working when it is down.
+            aalgate_policy::Requirement::Public => {
+                ctx.outcome = "allow";
+                return Ok(false);
+            }
+            _ => {}
+        }
+
+        let now = Timestamp::now();
+        let loaded = match self.load_session(session.req_header(), ctx, now).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "session store error: failing closed");
+                return self.error(session, ctx, 503, "store_unavailable").await;
+            }
+        };
+        let decision = decide(access, loaded.as_ref().map(|(_, s)| s.facts()).as_ref(), now);
+        match decision {
+            Decision::Allow => {
+                if let Some((id, s)) = loaded {
+                    if now.since(s.last_seen) >= TOUCH_INTERVAL {
+                        // Off the request path: a failed touch only makes the idle limit fire earlier.
+                        let store = self.store.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = store.touch(&id.key(), now).await {
+                                tracing::debug!(error = %e, "session touch failed");
+                            }
+                        });
+                    }
+                    ctx.session = Some(s);
+                }
+                ctx.outcome = "allow";
+                Ok(false)
+            }
+            Decision::Deny => self.error(session, ctx, 403, "denied").await,
+            other => {
+                let app = m.app.name.clone();
+                self.challenge(session, ctx, other, &host.to_string(), &app).await
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(rule) = ctx.rule.and_then(|i| self.policy.rules().get(i)) else {
+            return Err(Error::explain(ErrorType::InternalError, "no rule in context"));
+        };
+        let up = &self.policy.app_of(rule).upstream;
+        Ok(Box::new(HttpPeer::new(up.address(), up.tls, up.host.clone())))
+    }
+
+    async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+        let Some(target) = &ctx.target else {
+            return Err(Error::explain(ErrorType::InternalError, "no target in context"));
+        };
+        upstream.set_raw_path(target.path_and_query().as_bytes())?;
+
+        // Hop-by-hop headers named in Connection go, and so does the Connection list itself
+        // (pingora manages the upstream connection).
+        for name in headers::connection_header_names(&upstream.headers) {
+            upstream.remove_header(&name);
+        }
+        upstream.remove_header("connection");
+        let reserved: Vec<String> = upstream.headers.keys().map(|k| k.as_str().to_string()).filter(|k| headers::is_reserved(k)).collect();
+        for name in reserved {
+            upstream.remove_header(&name);
+        }
+        if let Some(cookies) = headers::cookies_without_ours(&upstream.headers) {
+            upstream.remove_header("cookie");
+            if let Some(c) = cookies {
+                upstream.insert_header("cookie", c)?;
+            }
+        }
+
+        let client_ip: Option<IpAddr> = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        if let Some(ip) = client_ip {
+            upstream.insert_header("x-forwarded-for", ip.to_string())?;
+        }
+        upstream.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
+        if let Some(h) = session.req_header().headers.get(http::header::HOST).cloned() {
+            upstream.insert_header("x-forwarded-host", h)?;
+        }
+        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+
+        if let (Some(s), Some(rule)) = (&ctx.session, ctx.rule.and_then(|i| self.policy.rules().get(i))) {
+            let app = &self.policy.app_of(rule).name;
+            let token = self
+                .signer
+                .sign(s, app, Timestamp::now())
+                .map_err(|e| Error::because(ErrorType::InternalError, "cannot sign assertion", e))?;
+            upstream.insert_header(headers::USER, s.user.as_str())?;
+            upstream.insert_header(headers::AAL, s.aal.number().to_string())?;
+            upstream.insert_header(headers::AUTH_TIME, s.auth_time.0.to_string())?;
+            upstream.insert_header(headers::ASSERTION, token)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        // The gateway's cookie names are reserved: an upstream cannot set or clear them.
+        let set_cookies: Vec<http::HeaderValue> = resp.headers.get_all(http::header::SET_COOKIE).iter().cloned().collect();
+        if !set_cookies.is_empty() {
+            let ours = |v: &http::HeaderValue| {
+                v.to_str().ok().and_then(|s| s.split('=').next()).map(str::trim).is_some_and(|n| n == headers::COOKIE_PLAIN || n == headers::COOKIE_TLS)
+            };
+            if set_cookies.iter().any(ours) {
+                resp.remove_header("set-cookie");
+                for v in set_cookies.into_iter().filter(|v| !ours(v)) {
+                    resp.append_header("set-cookie", v)?;
+                }
+            }
+        }
+        if ctx.tls && !resp.headers.contains_key(http::header::STRICT_TRANSPORT_SECURITY) {
+            resp.insert_header("strict-transport-security", "max-age=31536000")?;
+        }
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        let rule = ctx.rule.and_then(|i| self.policy.rules().get(i)).map(|r| r.id.as_str()).unwrap_or("-");
+        tracing::debug!(
+            request_id = %ctx.request_id,
+            status,
+            outcome = ctx.outcome,
+            rule,
+            user = ctx.session.as_ref().map(|s| s.user.as_str()).unwrap_or("-"),
+            micros = ctx.start.elapsed().as_micros() as u64,
+            error = e.map(|e| e.to_string()).unwrap_or_default(),
+            "request"
+        );
+    }
+}

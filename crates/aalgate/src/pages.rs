@@ -1,0 +1,65 @@
+//! The gateway's own pages and JSON answers. Words are constant and generic: nothing here echoes
+//! a path, query or header, so no page outside the login wall can carry health detail.
+
+/// Escapes text for HTML element content and attribute values.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;margin:0;background:#f4f6f8;color:#1b1f24}\
+main{max-width:34rem;margin:12vh auto;background:#fff;padding:2rem 2.5rem;border-radius:12px;box-shadow:0 2px 12px #0002}\
+h1{font-size:1.4rem;margin-top:0}.code{color:#57606a;font-size:.85rem}button{font:inherit;padding:.5rem 1.2rem}";
+
+/// A complete page. `body_html` must already be escaped.
+pub fn page(title: &str, body_html: &str, request_id: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+<meta name=\"robots\" content=\"noindex\"><title>{t}</title><style>{STYLE}</style></head><body><main><h1>{t}</h1>{body_html}\
+<p class=\"code\">Reference: {rid}</p></main></body></html>",
+        t = escape(title),
+        rid = escape(request_id),
+    )
+}
+
+/// Title and explanation for an error status the gateway answers itself.
+pub fn error_text(status: u16) -> (&'static str, &'static str) {
+    match status {
+        400 => ("Bad request", "The address of this request is malformed or ambiguous, so it was refused. Check the link, or start again from the application's home page."),
+        403 => ("Access denied", "The access policy does not allow this page. If you need it for your work, contact IT."),
+        404 => ("Not found", "There is no gateway page at this address."),
+        405 => ("Method not allowed", "This gateway page does not accept this kind of request."),
+        414 => ("Address too long", "The address of this request is too long, so it was refused."),
+        421 => ("Unknown site", "This gateway does not serve the site you asked for. Check the address."),
+        503 => ("Sign-in temporarily unavailable", "The sign-in service cannot check your session right now, so protected pages are closed. Your session is kept; this page will work again shortly. Try again in a few seconds."),
+        _ => ("Error", "The gateway could not complete this request."),
+    }
+}
+
+/// The JSON body for an error the gateway answers itself.
+pub fn error_json(status: u16, code: &str, request_id: &str) -> String {
+    let (title, detail) = error_text(status);
+    serde_json::json!({ "error": code, "title": title, "detail": detail, "request_id": request_id }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes() {
+        assert_eq!(escape("<a href='x'>&\"</a>"), "&lt;a href=&#39;x&#39;&gt;&amp;&quot;&lt;/a&gt;");
+        let p = page("T<", "<p>x</p>", "r\"1");
+        assert!(p.contains("<h1>T&lt;</h1>") && p.contains("r&quot;1"));
+    }
+}
