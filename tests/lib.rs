@@ -1,1 +1,525 @@
+//! Test harness for the end-to-end suite: real processes on loopback ports picked at run time,
+//! each stopped when its handle drops.
+//!
+//! - [`Upstream`]: an HTTP/1.1 echo server that records every request it receives;
+//! - [`Redis`]: a real `redis-server` (append-only file, so data survives a restart);
+//! - [`Gateway`]: the built `aalgate` binary with a generated config;
+//! - [`send`]: a raw-bytes HTTP client, so hostile requests go out exactly as written.
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+/// A free loopback port (bound and released; fine for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn wait_for_port(port: u16, what: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{what} did not listen on 127.0.0.1:{port} within {timeout:?}");
+}
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+static BUILD: Once = Once::new();
+
+/// The `aalgate` binary next to this test executable, built first if needed.
+pub fn aalgate_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("AALGATE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("aalgate");
+    BUILD.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "aalgate", "--bin", "aalgate"])
+            .current_dir(workspace())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p aalgate failed");
+    });
+    bin
+}
+
+/// One request as the upstream saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    /// Method.
+    pub method: String,
+    /// Request target as received.
+    pub target: String,
+    /// Headers, names lowercased, in order.
+    pub headers: Vec<(String, String)>,
+    /// Body length.
+    pub body_len: usize,
+}
+
+impl Seen {
+    /// All values of a header.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+    /// The only value of a header (panics if several).
+    pub fn one(&self, name: &str) -> Option<&str> {
+        let v = self.all(name);
+        assert!(
+            v.len() <= 1,
+            "header {name} appears {} times: {v:?}",
+            v.len()
+        );
+        v.first().copied()
+    }
+}
+
+/// An echo upstream on its own thread. `/setcookie` answers with Set-Cookie headers.
+pub struct Upstream {
+    /// Port.
+    pub port: u16,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    /// Starts it.
+    pub fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        let port = listener.local_addr().expect("addr").port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let seen = s2.clone();
+                std::thread::spawn(move || serve_conn(conn, seen));
+            }
+        });
+        Upstream { port, seen }
+    }
+
+    /// Every request received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Forgets recorded requests.
+    pub fn clear(&self) {
+        if let Ok(mut v) = self.seen.lock() {
+            v.clear();
+        }
+    }
+}
+
+fn serve_conn(mut conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut buf = Vec::new();
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut req = httparse::Request::new(&mut headers);
+        let head_len = match req.parse(&buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => {
+                let mut chunk = [0u8; 8192];
+                match conn.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        buf.extend_from_slice(&chunk[..n]);
+                        continue;
+                    }
+                }
+            }
+            Err(_) => return,
+        };
+        let method = req.method.unwrap_or("").to_string();
+        let target = req.path.unwrap_or("").to_string();
+        let hs: Vec<(String, String)> = req
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        let cl: usize = hs
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0);
+        buf.drain(..head_len);
+        while buf.len() < cl {
+            let mut chunk = [0u8; 8192];
+            match conn.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..cl);
+        let s = Seen {
+            method: method.clone(),
+            target: target.clone(),
+            headers: hs,
+            body_len: cl,
+        };
+        if let Ok(mut v) = seen.lock() {
+            v.push(s.clone());
+        }
+        let body = serde_json::json!({ "method": method, "target": target, "headers": s.headers })
+            .to_string();
+        let extra = if target.contains("setcookie") {
+            "Set-Cookie: aalgate=planted; Path=/\r\nSet-Cookie: __Host-aalgate=planted; Path=/; Secure\r\nSet-Cookie: app=1; Path=/\r\n"
+        } else {
+            ""
+        };
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{body}",
+            body.len()
+        );
+        if conn.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// A real redis-server on a free port, with an append-only file so a restart keeps the data.
+pub struct Redis {
+    /// Port.
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+/// Finds `redis-server` or explains how to get it.
+pub fn redis_server_bin() -> String {
+    for p in ["/usr/bin/redis-server", "/usr/local/bin/redis-server"] {
+        if Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    panic!("redis-server not found: install it (apt-get install -y redis-server) or run tests/run.sh, which does");
+}
+
+impl Redis {
+    /// Starts it.
+    pub fn start() -> Redis {
+        let mut r = Redis {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(redis_server_bin())
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        wait_for_port(self.port, "redis-server", Duration::from_secs(10));
+    }
+
+    /// `redis://127.0.0.1:PORT/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Stops the server (SIGKILL: as abrupt as a crash).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    /// Public port.
+    pub port: u16,
+    /// Admin port.
+    pub admin_port: u16,
+    /// Its working directory (config, policies, state, log).
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    config: PathBuf,
+}
+
+impl Gateway {
+    /// Starts `aalgate run` with `store` (`embedded:<dir>` is filled in when `None`) and the
+    /// given policy files (name, YAML).
+    pub fn start(store: Option<&str>, policies: &[(&str, &str)]) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pdir = dir.path().join("policies");
+        std::fs::create_dir_all(&pdir).expect("mkdir");
+        for (name, yaml) in policies {
+            std::fs::write(pdir.join(name), yaml).expect("write policy");
+        }
+        let (port, admin_port) = (free_port(), free_port());
+        let store = store
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("embedded:{}", dir.path().join("state").display()));
+        let config = dir.path().join("aalgate.yaml");
+        let yaml = format!(
+            "listen:\n  - addr: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin_port}\npublic_origin: http://localhost:{port}\n\
+store: \"{store}\"\nstore_timeout: 1s\npolicies: policies\nstate_dir: state\nthreads: 2\n"
+        );
+        std::fs::write(&config, yaml).expect("write config");
+        let mut g = Gateway {
+            port,
+            admin_port,
+            dir,
+            child: None,
+            config,
+        };
+        g.spawn();
+        g
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("gateway.log"))
+            .expect("log");
+        let child = Command::new(aalgate_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start aalgate");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", self.admin_port)).is_ok()
+                && TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("aalgate exited at start ({status}):\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "aalgate did not listen on {} and {} within 20 s:\n{}",
+            self.port,
+            self.admin_port,
+            self.log()
+        );
+    }
+
+    /// Stops and starts the gateway with the same config and state.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Stops the gateway.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The embedded state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Whether the process is still running (no panic took it down).
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// The gateway's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A parsed response.
+#[derive(Debug)]
+pub struct Response {
+    /// Status (0: no response).
+    pub status: u16,
+    /// Headers, names lowercased.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// First value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+    /// All values of a header.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+    /// Body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// Body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Sends raw bytes and reads one response (until its length is complete, EOF, or 5 s).
+pub fn send(port: u16, raw: &[u8]) -> Response {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = s.write_all(raw);
+    let mut buf = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(n)) = resp.parse(&buf) {
+            let status = resp.code.unwrap_or(0);
+            let hs: Vec<(String, String)> = resp
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect();
+            let cl = hs
+                .iter()
+                .find(|(k, _)| k == "content-length")
+                .and_then(|(_, v)| v.parse::<usize>().ok());
+            let head_only = raw.starts_with(b"HEAD ") || status == 204 || status == 304;
+            if let Some(cl) = cl {
+                if head_only || buf.len() >= n + cl {
+                    let body = if head_only {
+                        Vec::new()
+                    } else {
+                        buf[n..n + cl].to_vec()
+                    };
+                    return Response {
+                        status,
+                        headers: hs,
+                        body,
+                    };
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+        let mut chunk = [0u8; 16384];
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(&buf) {
+        Ok(httparse::Status::Complete(n)) => Response {
+            status: resp.code.unwrap_or(0),
+            headers: resp
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_ascii_lowercase(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect(),
+            body: buf[n..].to_vec(),
+        },
+        _ => Response {
+            status: 0,
+            headers: Vec::new(),
+            body: buf,
+        },
+    }
+}
+
+/// A GET with extra header lines (`"Name: value"`), `Connection: close`.
+pub fn get(port: u16, host: &str, target: &str, extra: &[&str]) -> Response {
+    let mut req = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for h in extra {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    send(port, req.as_bytes())
+}

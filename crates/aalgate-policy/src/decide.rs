@@ -33,7 +33,10 @@ pub struct Timeouts {
 impl Timeouts {
     /// aalgate's defaults: stricter than the NIST SP 800-63B-4 ceilings, so they satisfy Rev. 3 too.
     pub const DEFAULT: Timeouts = Timeouts {
-        aal1: Limits { max_session_age: Duration::from_secs(30 * DAY), idle_timeout: None },
+        aal1: Limits {
+            max_session_age: Duration::from_secs(30 * DAY),
+            idle_timeout: None,
+        },
         aal2: Limits {
             max_session_age: Duration::from_secs(12 * HOUR),
             idle_timeout: Some(Duration::from_secs(30 * MIN)),
@@ -47,7 +50,10 @@ impl Timeouts {
     /// The NIST SP 800-63B-4 ceilings (section 2.x.3 of each AAL): exceeding them needs an
     /// explicit, logged override in the policy file.
     pub const NIST_CEILING: Timeouts = Timeouts {
-        aal1: Limits { max_session_age: Duration::from_secs(30 * DAY), idle_timeout: None },
+        aal1: Limits {
+            max_session_age: Duration::from_secs(30 * DAY),
+            idle_timeout: None,
+        },
         aal2: Limits {
             max_session_age: Duration::from_secs(24 * HOUR),
             idle_timeout: Some(Duration::from_secs(HOUR)),
@@ -184,19 +190,31 @@ pub fn decide(access: &Access, session: Option<&SessionFacts>, now: Timestamp) -
     };
     let limits = access.limits(s.aal);
     if now.since(s.auth_time) >= limits.max_session_age {
-        return Decision::Reauth { aal: need.max(s.aal), reason: ExpiryReason::Absolute };
+        return Decision::Reauth {
+            aal: need.max(s.aal),
+            reason: ExpiryReason::Absolute,
+        };
     }
     if let Some(idle) = limits.idle_timeout {
         if now.since(s.last_seen) >= idle {
-            return Decision::Reauth { aal: need.max(s.aal), reason: ExpiryReason::Idle };
+            return Decision::Reauth {
+                aal: need.max(s.aal),
+                reason: ExpiryReason::Idle,
+            };
         }
     }
     if s.aal < need {
-        return Decision::StepUp { aal: need, max_age: access.step_up_max_age };
+        return Decision::StepUp {
+            aal: need,
+            max_age: access.step_up_max_age,
+        };
     }
     if let Some(max_age) = access.step_up_max_age {
         if now.since(s.last_auth) >= max_age {
-            return Decision::StepUp { aal: need, max_age: Some(max_age) };
+            return Decision::StepUp {
+                aal: need,
+                max_age: Some(max_age),
+            };
         }
     }
     Decision::Allow
@@ -217,7 +235,12 @@ mod tests {
     }
 
     fn session(aal: Aal, t0: u64) -> SessionFacts {
-        SessionFacts { aal, auth_time: Timestamp(t0), last_auth: Timestamp(t0), last_seen: Timestamp(t0) }
+        SessionFacts {
+            aal,
+            auth_time: Timestamp(t0),
+            last_auth: Timestamp(t0),
+            last_seen: Timestamp(t0),
+        }
     }
 
     const T0: u64 = 1_800_000_000;
@@ -225,25 +248,47 @@ mod tests {
     #[test]
     fn public_deny_and_login() {
         let s = session(Aal::Aal3, T0);
-        assert_eq!(decide(&access(Requirement::Public), None, Timestamp(T0)), Decision::Allow);
-        assert_eq!(decide(&access(Requirement::Deny), Some(&s), Timestamp(T0)), Decision::Deny);
-        for (r, a) in [(Requirement::Aal1, Aal::Aal1), (Requirement::Aal2, Aal::Aal2), (Requirement::Aal3, Aal::Aal3)] {
-            assert_eq!(decide(&access(r), None, Timestamp(T0)), Decision::Login { aal: a });
+        assert_eq!(
+            decide(&access(Requirement::Public), None, Timestamp(T0)),
+            Decision::Allow
+        );
+        assert_eq!(
+            decide(&access(Requirement::Deny), Some(&s), Timestamp(T0)),
+            Decision::Deny
+        );
+        for (r, a) in [
+            (Requirement::Aal1, Aal::Aal1),
+            (Requirement::Aal2, Aal::Aal2),
+            (Requirement::Aal3, Aal::Aal3),
+        ] {
+            assert_eq!(
+                decide(&access(r), None, Timestamp(T0)),
+                Decision::Login { aal: a }
+            );
         }
     }
 
     #[test]
     fn weaker_session_steps_up() {
         let s = session(Aal::Aal2, T0);
-        assert_eq!(decide(&access(Requirement::Aal2), Some(&s), Timestamp(T0 + 1)), Decision::Allow);
+        assert_eq!(
+            decide(&access(Requirement::Aal2), Some(&s), Timestamp(T0 + 1)),
+            Decision::Allow
+        );
         assert_eq!(
             decide(&access(Requirement::Aal3), Some(&s), Timestamp(T0 + 1)),
-            Decision::StepUp { aal: Aal::Aal3, max_age: None }
+            Decision::StepUp {
+                aal: Aal::Aal3,
+                max_age: None
+            }
         );
         let s1 = session(Aal::Aal1, T0);
         assert_eq!(
             decide(&access(Requirement::Aal2), Some(&s1), Timestamp(T0 + 1)),
-            Decision::StepUp { aal: Aal::Aal2, max_age: None }
+            Decision::StepUp {
+                aal: Aal::Aal2,
+                max_age: None
+            }
         );
     }
 
@@ -262,29 +307,49 @@ mod tests {
             let abs = lim.max_session_age.as_secs();
             let mut s = session(aal, T0);
             s.last_seen = Timestamp(T0 + abs - 1);
-            assert_eq!(decide(&a, Some(&s), Timestamp(T0 + abs - 1)), Decision::Allow, "{aal} abs-1");
+            assert_eq!(
+                decide(&a, Some(&s), Timestamp(T0 + abs - 1)),
+                Decision::Allow,
+                "{aal} abs-1"
+            );
             s.last_seen = Timestamp(T0 + abs);
             assert_eq!(
                 decide(&a, Some(&s), Timestamp(T0 + abs)),
-                Decision::Reauth { aal, reason: ExpiryReason::Absolute },
+                Decision::Reauth {
+                    aal,
+                    reason: ExpiryReason::Absolute
+                },
                 "{aal} abs"
             );
             assert_eq!(
                 decide(&a, Some(&s), Timestamp(T0 + abs + 1)),
-                Decision::Reauth { aal, reason: ExpiryReason::Absolute },
+                Decision::Reauth {
+                    aal,
+                    reason: ExpiryReason::Absolute
+                },
                 "{aal} abs+1"
             );
             // Idle.
             let s = session(aal, T0);
             match lim.idle_timeout {
-                None => assert_eq!(decide(&a, Some(&s), Timestamp(T0 + abs - 1)), Decision::Allow),
+                None => assert_eq!(
+                    decide(&a, Some(&s), Timestamp(T0 + abs - 1)),
+                    Decision::Allow
+                ),
                 Some(idle) => {
                     let idle = idle.as_secs();
-                    assert_eq!(decide(&a, Some(&s), Timestamp(T0 + idle - 1)), Decision::Allow, "{aal} idle-1");
+                    assert_eq!(
+                        decide(&a, Some(&s), Timestamp(T0 + idle - 1)),
+                        Decision::Allow,
+                        "{aal} idle-1"
+                    );
                     for t in [T0 + idle, T0 + idle + 1] {
                         assert_eq!(
                             decide(&a, Some(&s), Timestamp(t)),
-                            Decision::Reauth { aal, reason: ExpiryReason::Idle },
+                            Decision::Reauth {
+                                aal,
+                                reason: ExpiryReason::Idle
+                            },
                             "{aal} idle"
                         );
                     }
@@ -301,14 +366,20 @@ mod tests {
         let s = session(Aal::Aal3, T0);
         // AAL3 idle is 15 min but the route says 10 min.
         assert_eq!(decide(&a, Some(&s), Timestamp(T0 + 599)), Decision::Allow);
-        assert!(matches!(decide(&a, Some(&s), Timestamp(T0 + 600)), Decision::Reauth { .. }));
+        assert!(matches!(
+            decide(&a, Some(&s), Timestamp(T0 + 600)),
+            Decision::Reauth { .. }
+        ));
         let mut s2 = s;
         s2.last_seen = Timestamp(T0 + 3599);
         assert_eq!(decide(&a, Some(&s2), Timestamp(T0 + 3599)), Decision::Allow);
         s2.last_seen = Timestamp(T0 + 3600);
         assert_eq!(
             decide(&a, Some(&s2), Timestamp(T0 + 3600)),
-            Decision::Reauth { aal: Aal::Aal3, reason: ExpiryReason::Absolute }
+            Decision::Reauth {
+                aal: Aal::Aal3,
+                reason: ExpiryReason::Absolute
+            }
         );
 
         let mut a = access(Requirement::Aal3);
@@ -319,7 +390,10 @@ mod tests {
         s.last_seen = Timestamp(T0 + 300);
         assert_eq!(
             decide(&a, Some(&s), Timestamp(T0 + 300)),
-            Decision::StepUp { aal: Aal::Aal3, max_age: Some(Duration::from_secs(300)) }
+            Decision::StepUp {
+                aal: Aal::Aal3,
+                max_age: Some(Duration::from_secs(300))
+            }
         );
         // A fresh step-up satisfies it again.
         s.last_auth = Timestamp(T0 + 300);

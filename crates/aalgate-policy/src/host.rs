@@ -33,7 +33,11 @@ impl HostPort {
         let (host, port) = if let Some(rest) = value.strip_prefix('[') {
             let end = rest.find(']').ok_or(HostError::BadChars)?;
             let v6 = &rest[..end];
-            if v6.is_empty() || !v6.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+            if v6.is_empty()
+                || !v6
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+            {
                 return Err(HostError::BadChars);
             }
             let after = &rest[end + 1..];
@@ -51,7 +55,9 @@ impl HostPort {
             if h.is_empty() {
                 return Err(HostError::Empty);
             }
-            if !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            if !h
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
                 || h.starts_with('.')
                 || h.contains("..")
             {
@@ -91,11 +97,27 @@ mod tests {
     #[test]
     fn parses_hosts() {
         let h = HostPort::parse("Billing.Clinic.Example.:8443").unwrap();
-        assert_eq!((h.host.as_str(), h.port), ("billing.clinic.example", Some(8443)));
+        assert_eq!(
+            (h.host.as_str(), h.port),
+            ("billing.clinic.example", Some(8443))
+        );
         let h = HostPort::parse("[::1]:8080").unwrap();
         assert_eq!((h.host.as_str(), h.port), ("[::1]", Some(8080)));
         assert_eq!(HostPort::parse("127.0.0.1").unwrap().port, None);
-        for bad in ["", "a b", "user@host", "host:", "host:0", "host:99999", "h%2e", "[zz]", "..", ".a", "a..b", "host:12ab"] {
+        for bad in [
+            "",
+            "a b",
+            "user@host",
+            "host:",
+            "host:0",
+            "host:99999",
+            "h%2e",
+            "[zz]",
+            "..",
+            ".a",
+            "a..b",
+            "host:12ab",
+        ] {
             assert!(HostPort::parse(bad).is_err(), "{bad}");
         }
     }

@@ -22,6 +22,8 @@ pub mod time;
 pub use aal::{Aal, Requirement};
 pub use decide::{decide, Access, Decision, ExpiryReason, Limits, SessionFacts, Timeouts};
 pub use host::HostPort;
-pub use model::{load, load_from_strs, App, Diagnostic, Match, PolicySet, Rule, Severity, SourceLoc, Upstream};
+pub use model::{
+    load, load_from_strs, App, Diagnostic, Match, PolicySet, Rule, Severity, SourceLoc, Upstream,
+};
 pub use path::{normalize_target, NormalizedTarget, PathError};
 pub use time::{format_duration, parse_duration, HumanDuration, Timestamp};

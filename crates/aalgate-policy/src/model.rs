@@ -29,10 +29,18 @@ pub struct SourceLoc {
 
 impl SourceLoc {
     fn at(file: &Arc<Path>, loc: Location) -> SourceLoc {
-        SourceLoc { file: file.clone(), line: loc.line(), column: loc.column() }
+        SourceLoc {
+            file: file.clone(),
+            line: loc.line(),
+            column: loc.column(),
+        }
     }
     fn file_start(file: &Arc<Path>) -> SourceLoc {
-        SourceLoc { file: file.clone(), line: 1, column: 1 }
+        SourceLoc {
+            file: file.clone(),
+            line: 1,
+            column: 1,
+        }
     }
 }
 
@@ -96,11 +104,17 @@ impl Upstream {
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains(['/', '?', '#', '@']) {
-            return Err("upstream must be scheme://host[:port] with no path, query or userinfo".into());
+            return Err(
+                "upstream must be scheme://host[:port] with no path, query or userinfo".into(),
+            );
         }
         let hp = HostPort::parse(rest).map_err(|e| format!("upstream host: {e}"))?;
         let port = hp.port.unwrap_or(if tls { 443 } else { 80 });
-        let host = hp.host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = hp
+            .host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         Ok(Upstream { tls, host, port })
     }
 
@@ -204,7 +218,9 @@ impl PolicySet {
 
     /// Whether some app serves this host (any port, or this port).
     pub fn serves_host(&self, host: &HostPort) -> bool {
-        self.hosts.get(&host.host).is_some_and(|es| es.iter().any(|e| e.port.is_none() || e.port == host.port))
+        self.hosts
+            .get(&host.host)
+            .is_some_and(|es| es.iter().any(|e| e.port.is_none() || e.port == host.port))
     }
 
     /// The app for a rule.
@@ -213,7 +229,12 @@ impl PolicySet {
     }
 
     /// Finds the rule for a request. `None` means no app serves this host (421).
-    pub fn lookup(&self, host: &HostPort, method: &str, target: &NormalizedTarget) -> Option<Match<'_>> {
+    pub fn lookup(
+        &self,
+        host: &HostPort,
+        method: &str,
+        target: &NormalizedTarget,
+    ) -> Option<Match<'_>> {
         let entries = self.hosts.get(&host.host)?;
         let entry = entries
             .iter()
@@ -227,7 +248,10 @@ impl PolicySet {
             method
         };
         let index = if entry.case_insensitive {
-            let folded: Vec<String> = target.match_segments().map(|s| s.to_ascii_lowercase()).collect();
+            let folded: Vec<String> = target
+                .match_segments()
+                .map(|s| s.to_ascii_lowercase())
+                .collect();
             let segs: Vec<&str> = folded.iter().map(String::as_str).collect();
             entry.matcher.find(&segs, method)
         } else {
@@ -236,7 +260,11 @@ impl PolicySet {
         };
         let rule_index = index.unwrap_or(entry.fallback);
         let rule = &self.rules[rule_index];
-        Some(Match { app: &self.apps[rule.app], rule, rule_index })
+        Some(Match {
+            app: &self.apps[rule.app],
+            rule,
+            rule_index,
+        })
     }
 }
 
@@ -247,10 +275,20 @@ struct Diags {
 
 impl Diags {
     fn error(&mut self, loc: SourceLoc, message: impl Into<String>, fix: impl Into<String>) {
-        self.list.push(Diagnostic { severity: Severity::Error, loc, message: message.into(), fix: fix.into() });
+        self.list.push(Diagnostic {
+            severity: Severity::Error,
+            loc,
+            message: message.into(),
+            fix: fix.into(),
+        });
     }
     fn warn(&mut self, loc: SourceLoc, message: impl Into<String>, fix: impl Into<String>) {
-        self.list.push(Diagnostic { severity: Severity::Warning, loc, message: message.into(), fix: fix.into() });
+        self.list.push(Diagnostic {
+            severity: Severity::Warning,
+            loc,
+            message: message.into(),
+            fix: fix.into(),
+        });
     }
     fn has_errors(&self) -> bool {
         self.list.iter().any(|d| d.severity == Severity::Error)
@@ -264,7 +302,11 @@ pub fn policy_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Diagnostic> {
     for p in paths {
         let io_err = |e: std::io::Error| Diagnostic {
             severity: Severity::Error,
-            loc: SourceLoc { file: Arc::from(p.as_path()), line: 0, column: 0 },
+            loc: SourceLoc {
+                file: Arc::from(p.as_path()),
+                line: 0,
+                column: 0,
+            },
             message: format!("cannot read: {e}"),
             fix: "check the path and its permissions".into(),
         };
@@ -272,7 +314,10 @@ pub fn policy_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, Diagnostic> {
             let mut found: Vec<PathBuf> = std::fs::read_dir(p)
                 .map_err(io_err)?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| f.is_file() && matches!(f.extension().and_then(|x| x.to_str()), Some("yaml" | "yml")))
+                .filter(|f| {
+                    f.is_file()
+                        && matches!(f.extension().and_then(|x| x.to_str()), Some("yaml" | "yml"))
+                })
                 .collect();
             found.sort();
             files.extend(found);
@@ -294,16 +339,29 @@ pub fn load(paths: &[PathBuf]) -> Result<PolicySet, Vec<Diagnostic>> {
         match std::fs::read_to_string(f) {
             Ok(text) => sources.push((f.clone(), text)),
             Err(e) => diags.error(
-                SourceLoc { file: Arc::from(f.as_path()), line: 0, column: 0 },
+                SourceLoc {
+                    file: Arc::from(f.as_path()),
+                    line: 0,
+                    column: 0,
+                },
                 format!("cannot read: {e}"),
                 "check the file's permissions and that it is UTF-8",
             ),
         }
     }
     if files.is_empty() {
-        let file: Arc<Path> = Arc::from(paths.first().map(PathBuf::as_path).unwrap_or(Path::new(".")));
+        let file: Arc<Path> = Arc::from(
+            paths
+                .first()
+                .map(PathBuf::as_path)
+                .unwrap_or(Path::new(".")),
+        );
         diags.error(
-            SourceLoc { file, line: 0, column: 0 },
+            SourceLoc {
+                file,
+                line: 0,
+                column: 0,
+            },
             "no policy files (*.yaml, *.yml) found",
             "add one policy file per app; see policies/ in the aalgate repository for examples",
         );
@@ -390,7 +448,8 @@ fn yaml_fix(message: &str) -> String {
 fn valid_app_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
 }
 
@@ -405,12 +464,26 @@ fn build_timeouts(file: &Arc<Path>, pf: &PolicyFile, diags: &mut Diags) -> Timeo
     let over = tf.exceed_nist_ceilings.as_ref();
     if let Some(o) = over {
         if o.value.trim().is_empty() {
-            diags.error(SourceLoc::at(file, o.referenced), "exceed_nist_ceilings is empty", "give the reason (e.g. the risk-acceptance ticket), or remove the key");
+            diags.error(
+                SourceLoc::at(file, o.referenced),
+                "exceed_nist_ceilings is empty",
+                "give the reason (e.g. the risk-acceptance ticket), or remove the key",
+            );
         }
     }
     let mut exceeded = false;
-    for (aal, lf) in [(crate::Aal::Aal1, &tf.aal1), (crate::Aal::Aal2, &tf.aal2), (crate::Aal::Aal3, &tf.aal3)] {
-        let Some(LimitsFile { max_session_age, idle_timeout }) = lf else { continue };
+    for (aal, lf) in [
+        (crate::Aal::Aal1, &tf.aal1),
+        (crate::Aal::Aal2, &tf.aal2),
+        (crate::Aal::Aal3, &tf.aal3),
+    ] {
+        let Some(LimitsFile {
+            max_session_age,
+            idle_timeout,
+        }) = lf
+        else {
+            continue;
+        };
         let ceiling = Timeouts::NIST_CEILING.get(aal);
         let slot: &mut Limits = t.get_mut(aal);
         if let Some(m) = max_session_age {
@@ -423,7 +496,11 @@ fn build_timeouts(file: &Arc<Path>, pf: &PolicyFile, diags: &mut Diags) -> Timeo
                     dur(ceiling.max_session_age)
                 );
                 if over.is_some() {
-                    diags.warn(SourceLoc::at(file, m.referenced), msg, "accepted by timeouts.exceed_nist_ceilings; review the risk acceptance");
+                    diags.warn(
+                        SourceLoc::at(file, m.referenced),
+                        msg,
+                        "accepted by timeouts.exceed_nist_ceilings; review the risk acceptance",
+                    );
                 } else {
                     diags.error(SourceLoc::at(file, m.referenced), msg, format!("lower it to {} or less, or set timeouts.exceed_nist_ceilings: <reason>", dur(ceiling.max_session_age)));
                 }
@@ -433,9 +510,17 @@ fn build_timeouts(file: &Arc<Path>, pf: &PolicyFile, diags: &mut Diags) -> Timeo
             slot.idle_timeout = Some(i.value.0);
             if let Some(c) = ceiling.idle_timeout.filter(|c| i.value.0 > *c) {
                 exceeded = true;
-                let msg = format!("{aal} idle_timeout {} exceeds the NIST SP 800-63B-4 ceiling of {}", dur(i.value.0), dur(c));
+                let msg = format!(
+                    "{aal} idle_timeout {} exceeds the NIST SP 800-63B-4 ceiling of {}",
+                    dur(i.value.0),
+                    dur(c)
+                );
                 if over.is_some() {
-                    diags.warn(SourceLoc::at(file, i.referenced), msg, "accepted by timeouts.exceed_nist_ceilings; review the risk acceptance");
+                    diags.warn(
+                        SourceLoc::at(file, i.referenced),
+                        msg,
+                        "accepted by timeouts.exceed_nist_ceilings; review the risk acceptance",
+                    );
                 } else {
                     diags.error(SourceLoc::at(file, i.referenced), msg, format!("lower it to {} or less, or set timeouts.exceed_nist_ceilings: <reason>", dur(c)));
                 }
@@ -443,7 +528,11 @@ fn build_timeouts(file: &Arc<Path>, pf: &PolicyFile, diags: &mut Diags) -> Timeo
             if i.value.0 > slot.max_session_age {
                 diags.error(
                     SourceLoc::at(file, i.referenced),
-                    format!("{aal} idle_timeout {} is longer than max_session_age {}", dur(i.value.0), dur(slot.max_session_age)),
+                    format!(
+                        "{aal} idle_timeout {} is longer than max_session_age {}",
+                        dur(i.value.0),
+                        dur(slot.max_session_age)
+                    ),
                     "make idle_timeout shorter than max_session_age",
                 );
             }
@@ -451,7 +540,11 @@ fn build_timeouts(file: &Arc<Path>, pf: &PolicyFile, diags: &mut Diags) -> Timeo
     }
     if let Some(o) = over {
         if !exceeded {
-            diags.warn(SourceLoc::at(file, o.referenced), "exceed_nist_ceilings is set but no limit exceeds a ceiling", "remove the key");
+            diags.warn(
+                SourceLoc::at(file, o.referenced),
+                "exceed_nist_ceilings is set but no limit exceeds a ceiling",
+                "remove the key",
+            );
         }
     }
     t
@@ -463,23 +556,44 @@ struct Draft {
     default_rule: Rule,
 }
 
-fn build_app(file: &Arc<Path>, pf: &PolicyFile, app_index: usize, diags: &mut Diags) -> Option<Draft> {
-    let errors_before = diags.list.iter().filter(|d| d.severity == Severity::Error).count();
+fn build_app(
+    file: &Arc<Path>,
+    pf: &PolicyFile,
+    app_index: usize,
+    diags: &mut Diags,
+) -> Option<Draft> {
+    let errors_before = diags
+        .list
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
     let name = pf.app.value.clone();
     if !valid_app_id(&name) {
-        diags.error(SourceLoc::at(file, pf.app.referenced), format!("app id {name:?} is not valid"), "use lowercase letters, digits and '-' (at most 63), e.g. billing");
+        diags.error(
+            SourceLoc::at(file, pf.app.referenced),
+            format!("app id {name:?} is not valid"),
+            "use lowercase letters, digits and '-' (at most 63), e.g. billing",
+        );
     }
     let host = match HostPort::parse(&pf.host.value) {
         Ok(h) => Some(h),
         Err(e) => {
-            diags.error(SourceLoc::at(file, pf.host.referenced), format!("host {:?}: {e}", pf.host.value), "write a host name such as billing.clinic.example, optionally with :port");
+            diags.error(
+                SourceLoc::at(file, pf.host.referenced),
+                format!("host {:?}: {e}", pf.host.value),
+                "write a host name such as billing.clinic.example, optionally with :port",
+            );
             None
         }
     };
     let upstream = match Upstream::parse(&pf.upstream.value) {
         Ok(u) => Some(u),
         Err(e) => {
-            diags.error(SourceLoc::at(file, pf.upstream.referenced), format!("upstream {:?}: {e}", pf.upstream.value), "write it like http://127.0.0.1:9000");
+            diags.error(
+                SourceLoc::at(file, pf.upstream.referenced),
+                format!("upstream {:?}: {e}", pf.upstream.value),
+                "write it like http://127.0.0.1:9000",
+            );
             None
         }
     };
@@ -489,31 +603,62 @@ fn build_app(file: &Arc<Path>, pf: &PolicyFile, app_index: usize, diags: &mut Di
         None => (Requirement::Deny, SourceLoc::at(file, pf.app.referenced)),
     };
     match default {
-        Requirement::Public => diags.warn(default_loc.clone(), "default: public forwards every unlisted path without a session", "prefer default: deny or aal2 and list public paths as routes"),
-        Requirement::Aal1 => diags.warn(default_loc.clone(), "default: aal1 allows single-factor access to every unlisted path", "use aal2 or higher for anything that may show patient data"),
+        Requirement::Public => diags.warn(
+            default_loc.clone(),
+            "default: public forwards every unlisted path without a session",
+            "prefer default: deny or aal2 and list public paths as routes",
+        ),
+        Requirement::Aal1 => diags.warn(
+            default_loc.clone(),
+            "default: aal1 allows single-factor access to every unlisted path",
+            "use aal2 or higher for anything that may show patient data",
+        ),
         _ => {}
     }
 
     let mut routes: Vec<(RoutePattern, Rule)> = Vec::new();
     let mut ids: HashMap<String, u64> = HashMap::new();
     for r in &pf.routes {
-        let RouteFile { path, id, methods, require, step_up, idle_timeout, max_session_age } = &r.value;
+        let RouteFile {
+            path,
+            id,
+            methods,
+            require,
+            step_up,
+            idle_timeout,
+            max_session_age,
+        } = &r.value;
         let rloc = SourceLoc::at(file, r.referenced);
         let ploc = SourceLoc::at(file, path.referenced);
         let pattern = match RoutePattern::parse(&path.value, pf.case_insensitive) {
             Ok(p) => p,
             Err(e) => {
-                diags.error(ploc, format!("path {:?}: {e}", path.value), "see the pattern syntax in the README (exact, *, /**)");
+                diags.error(
+                    ploc,
+                    format!("path {:?}: {e}", path.value),
+                    "see the pattern syntax in the README (exact, *, /**)",
+                );
                 continue;
             }
         };
         if path.value == "/.aalgate" || path.value.starts_with("/.aalgate/") {
-            diags.error(ploc.clone(), "paths under /.aalgate/ belong to the gateway and are never forwarded", "remove this route");
+            diags.error(
+                ploc.clone(),
+                "paths under /.aalgate/ belong to the gateway and are never forwarded",
+                "remove this route",
+            );
         }
         let rule_id = match id {
             Some(i) => {
-                if i.value.is_empty() || i.value.len() > 100 || !i.value.bytes().all(|b| b.is_ascii_graphic()) {
-                    diags.error(SourceLoc::at(file, i.referenced), format!("route id {:?} is not valid", i.value), "use 1 to 100 visible ASCII characters without spaces");
+                if i.value.is_empty()
+                    || i.value.len() > 100
+                    || !i.value.bytes().all(|b| b.is_ascii_graphic())
+                {
+                    diags.error(
+                        SourceLoc::at(file, i.referenced),
+                        format!("route id {:?} is not valid", i.value),
+                        "use 1 to 100 visible ASCII characters without spaces",
+                    );
                 }
                 i.value.clone()
             }
@@ -523,20 +668,33 @@ fn build_app(file: &Arc<Path>, pf: &PolicyFile, app_index: usize, diags: &mut Di
             },
         };
         if let Some(line) = ids.insert(rule_id.clone(), rloc.line) {
-            diags.error(rloc.clone(), format!("route id {rule_id:?} is already used at line {line}"), "give each route a distinct id (or a distinct path)");
+            diags.error(
+                rloc.clone(),
+                format!("route id {rule_id:?} is already used at line {line}"),
+                "give each route a distinct id (or a distinct path)",
+            );
         }
         let methods = match methods {
             None => Methods::Any,
             Some(m) => {
                 let mloc = SourceLoc::at(file, m.referenced);
                 if m.value.is_empty() {
-                    diags.error(mloc.clone(), "methods is an empty list, so the rule could never match", "list methods, or remove the key for every method");
+                    diags.error(
+                        mloc.clone(),
+                        "methods is an empty list, so the rule could never match",
+                        "list methods, or remove the key for every method",
+                    );
                 }
                 let mut list = Vec::new();
                 for name in &m.value {
                     let up = name.to_ascii_uppercase();
-                    if up.is_empty() || up.len() > 20 || !up.bytes().all(|b| b.is_ascii_uppercase()) {
-                        diags.error(mloc.clone(), format!("{name:?} is not an HTTP method"), "use names such as GET, POST, PUT, PATCH, DELETE");
+                    if up.is_empty() || up.len() > 20 || !up.bytes().all(|b| b.is_ascii_uppercase())
+                    {
+                        diags.error(
+                            mloc.clone(),
+                            format!("{name:?} is not an HTTP method"),
+                            "use names such as GET, POST, PUT, PATCH, DELETE",
+                        );
                     } else if !list.contains(&up) {
                         list.push(up);
                     }
@@ -548,17 +706,28 @@ fn build_app(file: &Arc<Path>, pf: &PolicyFile, app_index: usize, diags: &mut Di
         let route_aal = req.aal();
         let need_aal = |what: &str, loc: SourceLoc, diags: &mut Diags| {
             if route_aal.is_none() {
-                diags.error(loc, format!("{what} has no effect on a `require: {req}` route"), "remove it, or require aal1, aal2 or aal3");
+                diags.error(
+                    loc,
+                    format!("{what} has no effect on a `require: {req}` route"),
+                    "remove it, or require aal1, aal2 or aal3",
+                );
             }
         };
         if req == Requirement::Aal1 {
-            diags.warn(SourceLoc::at(file, require.referenced), "route requires aal1 (a single factor)", "patient data needs aal2 or higher");
+            diags.warn(
+                SourceLoc::at(file, require.referenced),
+                "route requires aal1 (a single factor)",
+                "patient data needs aal2 or higher",
+            );
         }
         let step_up_max_age = step_up.as_ref().map(|s| {
             need_aal("step_up", SourceLoc::at(file, s.referenced), diags);
             s.value.max_age.0
         });
-        let check_tighten = |what: &str, v: &Option<Spanned<crate::time::HumanDuration>>, pick: fn(Limits) -> Option<Duration>, diags: &mut Diags| {
+        let check_tighten = |what: &str,
+                             v: &Option<Spanned<crate::time::HumanDuration>>,
+                             pick: fn(Limits) -> Option<Duration>,
+                             diags: &mut Diags| {
             let v = v.as_ref()?;
             let loc = SourceLoc::at(file, v.referenced);
             need_aal(what, loc.clone(), diags);
@@ -572,20 +741,37 @@ fn build_app(file: &Arc<Path>, pf: &PolicyFile, app_index: usize, diags: &mut Di
             Some(v.value.0)
         };
         let idle = check_tighten("idle_timeout", idle_timeout, |l| l.idle_timeout, diags);
-        let max_age = check_tighten("max_session_age", max_session_age, |l| Some(l.max_session_age), diags);
+        let max_age = check_tighten(
+            "max_session_age",
+            max_session_age,
+            |l| Some(l.max_session_age),
+            diags,
+        );
         let rule = Rule {
             id: rule_id,
             app: app_index,
             pattern: Some(pattern.clone()),
             methods,
-            access: Access { require: req, step_up_max_age, timeouts, max_session_age: max_age, idle_timeout: idle },
+            access: Access {
+                require: req,
+                step_up_max_age,
+                timeouts,
+                max_session_age: max_age,
+                idle_timeout: idle,
+            },
             source: rloc,
         };
         // Same pattern and overlapping methods in one app would tie.
         for (p, other) in &routes {
             if p.same_paths(&pattern) {
-                let both_any = matches!((&other.methods, &rule.methods), (Methods::Any, Methods::Any));
-                let both_only = matches!((&other.methods, &rule.methods), (Methods::Only(_), Methods::Only(_)));
+                let both_any = matches!(
+                    (&other.methods, &rule.methods),
+                    (Methods::Any, Methods::Any)
+                );
+                let both_only = matches!(
+                    (&other.methods, &rule.methods),
+                    (Methods::Only(_), Methods::Only(_))
+                );
                 if both_any || (both_only && other.methods.overlaps(&rule.methods)) {
                     diags.error(rule.source.clone(), format!("route {:?} has the same path as the route at line {} and overlapping methods, so neither is more specific", pattern.as_str(), other.source.line), "merge the two rules, or give them disjoint methods");
                 }
@@ -593,7 +779,11 @@ fn build_app(file: &Arc<Path>, pf: &PolicyFile, app_index: usize, diags: &mut Di
         }
         routes.push((pattern, rule));
     }
-    let errors_after = diags.list.iter().filter(|d| d.severity == Severity::Error).count();
+    let errors_after = diags
+        .list
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .count();
     let (host, upstream) = (host?, upstream?);
     if errors_after > errors_before {
         return None;
@@ -603,7 +793,13 @@ fn build_app(file: &Arc<Path>, pf: &PolicyFile, app_index: usize, diags: &mut Di
         app: app_index,
         pattern: None,
         methods: Methods::Any,
-        access: Access { require: default, step_up_max_age: None, timeouts, max_session_age: None, idle_timeout: None },
+        access: Access {
+            require: default,
+            step_up_max_age: None,
+            timeouts,
+            max_session_age: None,
+            idle_timeout: None,
+        },
         source: default_loc,
     };
     Some(Draft {
@@ -627,12 +823,21 @@ fn load_sources(sources: &[(PathBuf, String)], diags: &mut Diags) -> Option<Poli
     let mut names: HashMap<String, SourceLoc> = HashMap::new();
     for (path, text) in sources {
         let file: Arc<Path> = Arc::from(path.as_path());
-        let Some(pf) = parse_file(&file, text, diags) else { continue };
+        let Some(pf) = parse_file(&file, text, diags) else {
+            continue;
+        };
         if let Some(first) = names.get(&pf.app.value) {
-            diags.error(SourceLoc::at(&file, pf.app.referenced), format!("app {:?} is already defined at {first}", pf.app.value), "give each app a distinct id");
+            diags.error(
+                SourceLoc::at(&file, pf.app.referenced),
+                format!("app {:?} is already defined at {first}", pf.app.value),
+                "give each app a distinct id",
+            );
             continue;
         }
-        names.insert(pf.app.value.clone(), SourceLoc::at(&file, pf.app.referenced));
+        names.insert(
+            pf.app.value.clone(),
+            SourceLoc::at(&file, pf.app.referenced),
+        );
         if let Some(d) = build_app(&file, &pf, drafts.len(), diags) {
             drafts.push(d);
         }
@@ -679,13 +884,28 @@ fn load_sources(sources: &[(PathBuf, String)], diags: &mut Diags) -> Option<Poli
         }
         let case_insensitive = drafts[members[0]].app.case_insensitive;
         let Some(fallback) = fallback else { continue };
-        hosts.entry(host.host.clone()).or_default().push(HostEntry { port: host.port, case_insensitive, matcher, fallback });
+        hosts.entry(host.host.clone()).or_default().push(HostEntry {
+            port: host.port,
+            case_insensitive,
+            matcher,
+            fallback,
+        });
     }
-    Some(PolicySet { apps, rules, hosts, warnings: Vec::new(), files: Vec::new() })
+    Some(PolicySet {
+        apps,
+        rules,
+        hosts,
+        warnings: Vec::new(),
+        files: Vec::new(),
+    })
 }
 
 fn check_shared_host(host: &HostPort, members: &[usize], drafts: &[Draft], diags: &mut Diags) {
-    let non_deny: Vec<&Draft> = members.iter().map(|&i| &drafts[i]).filter(|d| d.app.default != Requirement::Deny).collect();
+    let non_deny: Vec<&Draft> = members
+        .iter()
+        .map(|&i| &drafts[i])
+        .filter(|d| d.app.default != Requirement::Deny)
+        .collect();
     if non_deny.len() > 1 {
         let d = non_deny[1];
         diags.error(d.default_rule.source.clone(), format!("apps {:?} and {:?} share host {host} and both have a non-deny default, so an unmatched path would be ambiguous", non_deny[0].app.name, d.app.name), "set default: deny in all but one of them");
@@ -694,7 +914,14 @@ fn check_shared_host(host: &HostPort, members: &[usize], drafts: &[Draft], diags
         for &b in &members[n + 1..] {
             let (da, db) = (&drafts[a], &drafts[b]);
             if da.app.case_insensitive != db.app.case_insensitive {
-                diags.error(db.app.source.clone(), format!("app {:?} shares host {host} with {:?} but differs in case_insensitive", db.app.name, da.app.name), "use the same case_insensitive setting for apps on one host");
+                diags.error(
+                    db.app.source.clone(),
+                    format!(
+                        "app {:?} shares host {host} with {:?} but differs in case_insensitive",
+                        db.app.name, da.app.name
+                    ),
+                    "use the same case_insensitive setting for apps on one host",
+                );
             }
             for (pa, ra) in &da.routes {
                 for (pb, rb) in &db.routes {

@@ -155,7 +155,11 @@ pub fn normalize_target(raw: &[u8]) -> Result<NormalizedTarget, PathError> {
     };
     let decoded = decode_path(raw_path)?;
     let path = remove_dot_segments(&decoded)?;
-    Ok(NormalizedTarget { path, query, authority })
+    Ok(NormalizedTarget {
+        path,
+        query,
+        authority,
+    })
 }
 
 /// Splits `http://authority/rest` into its authority and the rest (`/` if the path is empty).
@@ -171,7 +175,10 @@ fn split_absolute_form(raw: &[u8]) -> Result<(Option<String>, Cow<'_, [u8]>), Pa
         return Err(PathError::UnsupportedForm);
     };
     let after = &raw[skip..];
-    let end = after.iter().position(|&b| b == b'/' || b == b'?').unwrap_or(after.len());
+    let end = after
+        .iter()
+        .position(|&b| b == b'/' || b == b'?')
+        .unwrap_or(after.len());
     let authority = &after[..end];
     if authority.is_empty()
         || !authority
@@ -189,7 +196,10 @@ fn split_absolute_form(raw: &[u8]) -> Result<(Option<String>, Cow<'_, [u8]>), Pa
         Cow::Owned(v)
     };
     // Only ASCII was accepted above, so this cannot fail.
-    Ok((Some(String::from_utf8_lossy(authority).to_ascii_lowercase()), rest))
+    Ok((
+        Some(String::from_utf8_lossy(authority).to_ascii_lowercase()),
+        rest,
+    ))
 }
 
 /// Decodes unreserved escapes, keeps the others (uppercase), refuses the ambiguous ones, and
@@ -324,7 +334,12 @@ mod tests {
 
     #[test]
     fn renormalization_is_identity() {
-        for raw in ["/a/%2e%2e/b/", "//x/./y/../z", "/caf%c3%a9/%20", "/a;p=1/./b"] {
+        for raw in [
+            "/a/%2e%2e/b/",
+            "//x/./y/../z",
+            "/caf%c3%a9/%20",
+            "/a;p=1/./b",
+        ] {
             let once = norm(raw).unwrap();
             assert_eq!(norm(&once).unwrap(), once, "{raw}");
         }

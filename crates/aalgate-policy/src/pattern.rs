@@ -34,7 +34,9 @@ pub struct RoutePattern {
 pub enum PatternError {
     #[error("path pattern must start with '/'; write it as /{0}")]
     NoLeadingSlash(String),
-    #[error("`**` may only be the last segment (as in /admin/**); use * for one segment in the middle")]
+    #[error(
+        "`**` may only be the last segment (as in /admin/**); use * for one segment in the middle"
+    )]
     InnerDoubleStar,
     #[error("`{0}` mixes a wildcard with text; a wildcard must be a whole segment (* or **)")]
     PartialWildcard(String),
@@ -50,7 +52,9 @@ impl RoutePattern {
     /// Parses a pattern such as `/admin/**`, `/patients/*/chart` or `/login`.
     pub fn parse(text: &str, case_insensitive: bool) -> Result<RoutePattern, PatternError> {
         if !text.starts_with('/') {
-            return Err(PatternError::NoLeadingSlash(text.trim_start_matches('/').to_string()));
+            return Err(PatternError::NoLeadingSlash(
+                text.trim_start_matches('/').to_string(),
+            ));
         }
         for c in ['?', '#', ';'] {
             if text.contains(c) {
@@ -89,7 +93,11 @@ impl RoutePattern {
                 s => Segment::Literal(s.to_string()),
             });
         }
-        Ok(RoutePattern { segments, prefix, text: text.to_string() })
+        Ok(RoutePattern {
+            segments,
+            prefix,
+            text: text.to_string(),
+        })
     }
 
     /// The pattern as written.
@@ -150,17 +158,21 @@ impl Methods {
     pub fn contains(&self, method: &str) -> bool {
         match self {
             Methods::Any => true,
-            Methods::Only(list) => list.iter().any(|m| m == method || (m == "GET" && method == "HEAD")),
+            Methods::Only(list) => list
+                .iter()
+                .any(|m| m == method || (m == "GET" && method == "HEAD")),
         }
     }
 
     /// Whether some method is covered by both.
     pub fn overlaps(&self, other: &Methods) -> bool {
         match (self, other) {
-            (Methods::Only(a), Methods::Only(_)) => a.iter().any(|m| other.contains(m)) || {
-                // HEAD is implied by GET on either side.
-                self.contains("HEAD") && other.contains("HEAD")
-            },
+            (Methods::Only(a), Methods::Only(_)) => {
+                a.iter().any(|m| other.contains(m)) || {
+                    // HEAD is implied by GET on either side.
+                    self.contains("HEAD") && other.contains("HEAD")
+                }
+            }
             _ => true,
         }
     }
@@ -193,7 +205,11 @@ impl Matcher {
                 Segment::Star => node.star.get_or_insert_with(Box::default),
             };
         }
-        let list = if pattern.prefix { &mut node.prefix } else { &mut node.exact };
+        let list = if pattern.prefix {
+            &mut node.prefix
+        } else {
+            &mut node.exact
+        };
         list.push((methods, index));
         // Method-specific rules first, so they beat "any method" on the same pattern.
         list.sort_by_key(|(m, _)| matches!(m, Methods::Any));
@@ -206,7 +222,9 @@ impl Matcher {
 }
 
 fn pick(list: &[(Methods, usize)], method: &str) -> Option<usize> {
-    list.iter().find(|(m, _)| m.contains(method)).map(|(_, i)| *i)
+    list.iter()
+        .find(|(m, _)| m.contains(method))
+        .map(|(_, i)| *i)
 }
 
 fn find(node: &Node, segs: &[&str], method: &str) -> Option<usize> {
@@ -243,21 +261,43 @@ mod tests {
     #[test]
     fn parse_errors_name_the_fix() {
         let e = RoutePattern::parse("admin/**", false).unwrap_err();
-        assert_eq!(e.to_string(), "path pattern must start with '/'; write it as /admin/**");
+        assert_eq!(
+            e.to_string(),
+            "path pattern must start with '/'; write it as /admin/**"
+        );
         let e = RoutePattern::parse("/admin/", false).unwrap_err();
         assert!(e.to_string().contains("write it as /admin"), "{e}");
         let e = RoutePattern::parse("/a//b/../c/**", false).unwrap_err();
         assert!(e.to_string().ends_with("write it as /a/c/**"), "{e}");
-        assert!(matches!(RoutePattern::parse("/a/**/b", false), Err(PatternError::InnerDoubleStar)));
-        assert!(matches!(RoutePattern::parse("/a*", false), Err(PatternError::PartialWildcard(_))));
-        assert!(matches!(RoutePattern::parse("/a?x", false), Err(PatternError::ForbiddenChar('?'))));
-        assert!(matches!(RoutePattern::parse("/a%2Fb", false), Err(PatternError::Path(_))));
+        assert!(matches!(
+            RoutePattern::parse("/a/**/b", false),
+            Err(PatternError::InnerDoubleStar)
+        ));
+        assert!(matches!(
+            RoutePattern::parse("/a*", false),
+            Err(PatternError::PartialWildcard(_))
+        ));
+        assert!(matches!(
+            RoutePattern::parse("/a?x", false),
+            Err(PatternError::ForbiddenChar('?'))
+        ));
+        assert!(matches!(
+            RoutePattern::parse("/a%2Fb", false),
+            Err(PatternError::Path(_))
+        ));
         assert!(RoutePattern::parse("/**", false).unwrap().is_prefix());
     }
 
     #[test]
     fn most_specific_wins() {
-        let pats = ["/**", "/admin/**", "/admin/users", "/admin/*/edit", "/admin/users/**", "/*/users"];
+        let pats = [
+            "/**",
+            "/admin/**",
+            "/admin/users",
+            "/admin/*/edit",
+            "/admin/users/**",
+            "/*/users",
+        ];
         let mut m = Matcher::default();
         for (i, s) in pats.iter().enumerate() {
             m.insert(&p(s), Methods::Any, i);

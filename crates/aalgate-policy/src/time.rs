@@ -18,7 +18,11 @@ impl Timestamp {
 
     /// Converts a `SystemTime`; times before 1970 clamp to 0.
     pub fn from_system_time(t: SystemTime) -> Timestamp {
-        Timestamp(t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))
+        Timestamp(
+            t.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        )
     }
 
     /// Time elapsed from `earlier` to `self`; zero if `earlier` is in the future.
@@ -41,13 +45,19 @@ impl fmt::Display for Timestamp {
 /// Parses a human duration such as `90s`, `15m`, `12h` or `30d` (whole seconds, > 0).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s.trim()).map_err(|e| {
-        format!("invalid duration {s:?} ({e}); write a number and a unit, e.g. 90s, 15m, 12h or 30d")
+        format!(
+            "invalid duration {s:?} ({e}); write a number and a unit, e.g. 90s, 15m, 12h or 30d"
+        )
     })?;
     if d.is_zero() {
-        return Err(format!("duration {s:?} is zero; give a positive duration such as 15m"));
+        return Err(format!(
+            "duration {s:?} is zero; give a positive duration such as 15m"
+        ));
     }
     if d.subsec_nanos() != 0 {
-        return Err(format!("duration {s:?} has a fraction of a second; use whole seconds"));
+        return Err(format!(
+            "duration {s:?} has a fraction of a second; use whole seconds"
+        ));
     }
     Ok(d)
 }
@@ -64,7 +74,9 @@ pub struct HumanDuration(pub Duration);
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration(&s).map(HumanDuration).map_err(serde::de::Error::custom)
+        parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -94,7 +106,10 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
-        assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(30 * 86400));
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * 86400)
+        );
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("1.5s").is_err());
         assert!(parse_duration("soon").is_err());
@@ -105,6 +120,9 @@ mod tests {
     fn timestamps_saturate() {
         assert_eq!(Timestamp(5).since(Timestamp(10)), Duration::ZERO);
         assert_eq!(Timestamp(10).since(Timestamp(4)), Duration::from_secs(6));
-        assert_eq!(Timestamp(u64::MAX).plus(Duration::from_secs(1)), Timestamp(u64::MAX));
+        assert_eq!(
+            Timestamp(u64::MAX).plus(Duration::from_secs(1)),
+            Timestamp(u64::MAX)
+        );
     }
 }

@@ -2,17 +2,26 @@
 
 use std::path::PathBuf;
 
-use aalgate_policy::{load_from_strs, normalize_target, Diagnostic, HostPort, PolicySet, Requirement, Severity};
+use aalgate_policy::{
+    load_from_strs, normalize_target, Diagnostic, HostPort, PolicySet, Requirement, Severity,
+};
 
 fn load(files: &[(&str, &str)]) -> Result<PolicySet, Vec<Diagnostic>> {
-    let sources: Vec<(PathBuf, String)> = files.iter().map(|(p, t)| (PathBuf::from(p), t.to_string())).collect();
+    let sources: Vec<(PathBuf, String)> = files
+        .iter()
+        .map(|(p, t)| (PathBuf::from(p), t.to_string()))
+        .collect();
     load_from_strs(&sources)
 }
 
 fn errors(files: &[(&str, &str)]) -> Vec<String> {
     match load(files) {
         Ok(_) => panic!("expected errors"),
-        Err(d) => d.iter().filter(|d| d.severity == Severity::Error).map(|d| d.to_string()).collect(),
+        Err(d) => d
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(|d| d.to_string())
+            .collect(),
     }
 }
 
@@ -39,7 +48,9 @@ routes:
 
 fn rule_for(set: &PolicySet, host: &str, method: &str, url: &str) -> (String, Requirement) {
     let t = normalize_target(url.as_bytes()).unwrap();
-    let m = set.lookup(&HostPort::parse(host).unwrap(), method, &t).expect("host known");
+    let m = set
+        .lookup(&HostPort::parse(host).unwrap(), method, &t)
+        .expect("host known");
     (m.rule.id.clone(), m.rule.access.require)
 }
 
@@ -49,33 +60,74 @@ fn valid_file_loads_and_matches_most_specific() {
     assert_eq!(set.apps().len(), 1);
     assert_eq!(set.apps()[0].route_count, 5);
     let h = "Billing.Clinic.Example:443";
-    assert_eq!(rule_for(&set, h, "GET", "/static/app.css"), ("/static/**".into(), Requirement::Public));
-    assert_eq!(rule_for(&set, h, "POST", "/payouts/bank-account"), ("POST,PUT /payouts/bank-account".into(), Requirement::Aal3));
-    assert_eq!(rule_for(&set, h, "post", "/payouts/bank-account/"), ("POST,PUT /payouts/bank-account".into(), Requirement::Aal3));
-    assert_eq!(rule_for(&set, h, "GET", "/payouts/bank-account"), ("/payouts/bank-account".into(), Requirement::Aal2));
-    assert_eq!(rule_for(&set, h, "GET", "/admin/x/audit"), ("/admin/*/audit".into(), Requirement::Deny));
-    assert_eq!(rule_for(&set, h, "GET", "/admin;x/y/audit"), ("/admin/*/audit".into(), Requirement::Deny));
-    assert_eq!(rule_for(&set, h, "GET", "/admin"), ("/admin/**".into(), Requirement::Aal3));
-    assert_eq!(rule_for(&set, h, "GET", "/static/../admin/"), ("/admin/**".into(), Requirement::Aal3));
-    assert_eq!(rule_for(&set, h, "GET", "/elsewhere?path=/static/x"), ("default".into(), Requirement::Aal2));
+    assert_eq!(
+        rule_for(&set, h, "GET", "/static/app.css"),
+        ("/static/**".into(), Requirement::Public)
+    );
+    assert_eq!(
+        rule_for(&set, h, "POST", "/payouts/bank-account"),
+        ("POST,PUT /payouts/bank-account".into(), Requirement::Aal3)
+    );
+    assert_eq!(
+        rule_for(&set, h, "post", "/payouts/bank-account/"),
+        ("POST,PUT /payouts/bank-account".into(), Requirement::Aal3)
+    );
+    assert_eq!(
+        rule_for(&set, h, "GET", "/payouts/bank-account"),
+        ("/payouts/bank-account".into(), Requirement::Aal2)
+    );
+    assert_eq!(
+        rule_for(&set, h, "GET", "/admin/x/audit"),
+        ("/admin/*/audit".into(), Requirement::Deny)
+    );
+    assert_eq!(
+        rule_for(&set, h, "GET", "/admin;x/y/audit"),
+        ("/admin/*/audit".into(), Requirement::Deny)
+    );
+    assert_eq!(
+        rule_for(&set, h, "GET", "/admin"),
+        ("/admin/**".into(), Requirement::Aal3)
+    );
+    assert_eq!(
+        rule_for(&set, h, "GET", "/static/../admin/"),
+        ("/admin/**".into(), Requirement::Aal3)
+    );
+    assert_eq!(
+        rule_for(&set, h, "GET", "/elsewhere?path=/static/x"),
+        ("default".into(), Requirement::Aal2)
+    );
     let t = normalize_target(b"/").unwrap();
-    assert!(set.lookup(&HostPort::parse("evil.example").unwrap(), "GET", &t).is_none());
+    assert!(set
+        .lookup(&HostPort::parse("evil.example").unwrap(), "GET", &t)
+        .is_none());
 }
 
 #[test]
 fn default_is_deny_and_case_sensitivity_is_per_app() {
     let y = "app: ehr\nhost: ehr.example\nupstream: http://127.0.0.1:1\nroutes:\n  - path: /Public/**\n    require: public\n";
     let set = load(&[("ehr.yaml", y)]).unwrap();
-    assert_eq!(rule_for(&set, "ehr.example", "GET", "/Public/x").1, Requirement::Public);
-    assert_eq!(rule_for(&set, "ehr.example", "GET", "/public/x").1, Requirement::Deny);
+    assert_eq!(
+        rule_for(&set, "ehr.example", "GET", "/Public/x").1,
+        Requirement::Public
+    );
+    assert_eq!(
+        rule_for(&set, "ehr.example", "GET", "/public/x").1,
+        Requirement::Deny
+    );
     let ci = y.replace("routes:", "case_insensitive: true\nroutes:");
     let set = load(&[("ehr.yaml", &ci)]).unwrap();
-    assert_eq!(rule_for(&set, "ehr.example", "GET", "/PUBLIC/x").1, Requirement::Public);
+    assert_eq!(
+        rule_for(&set, "ehr.example", "GET", "/PUBLIC/x").1,
+        Requirement::Public
+    );
 }
 
 #[test]
 fn unknown_key_is_an_error_with_position() {
-    let y = BILLING.replace("    require: public", "    require: public\n    requires: aal1");
+    let y = BILLING.replace(
+        "    require: public",
+        "    require: public\n    requires: aal1",
+    );
     let e = errors(&[("billing.yaml", &y)]);
     assert_eq!(e.len(), 1, "{e:?}");
     assert!(e[0].starts_with("billing.yaml:8:5: "), "{}", e[0]);
@@ -130,13 +182,19 @@ routes:
     require: aal2
 ";
     let e = errors(&[("b.yaml", y)]);
-    let has = |prefix: &str, needle: &str| e.iter().any(|m| m.starts_with(prefix) && m.contains(needle));
+    let has = |prefix: &str, needle: &str| {
+        e.iter()
+            .any(|m| m.starts_with(prefix) && m.contains(needle))
+    };
     assert!(has("b.yaml:1:6:", "use lowercase letters"), "{e:#?}");
     assert!(has("b.yaml:2:7:", "write a host name"), "{e:#?}");
     assert!(has("b.yaml:3:11:", "http://"), "{e:#?}");
     assert!(has("b.yaml:5:11:", "write it as /admin/**"), "{e:#?}");
     assert!(has("b.yaml:7:11:", "last segment"), "{e:#?}");
-    assert!(has("b.yaml:11:19:", "no effect on a `require: public` route"), "{e:#?}");
+    assert!(
+        has("b.yaml:11:19:", "no effect on a `require: public` route"),
+        "{e:#?}"
+    );
     assert!(has("b.yaml:12:11:", "never forwarded"), "{e:#?}");
     assert!(has("b.yaml:15:14:", "empty list"), "{e:#?}");
 }
@@ -146,49 +204,83 @@ fn nist_ceilings_need_an_explicit_override() {
     let base = "app: a\nhost: a.example\nupstream: http://127.0.0.1:1\ntimeouts:\n  aal2: { max_session_age: 36h, idle_timeout: 2h }\n";
     let e = errors(&[("a.yaml", base)]);
     assert_eq!(e.len(), 2, "{e:?}");
-    assert!(e[0].contains("exceeds the NIST SP 800-63B-4 ceiling of 1day") && e[0].contains("exceed_nist_ceilings"), "{e:?}");
+    assert!(
+        e[0].contains("exceeds the NIST SP 800-63B-4 ceiling of 1day")
+            && e[0].contains("exceed_nist_ceilings"),
+        "{e:?}"
+    );
     // At the ceiling is fine.
     let at = base.replace("36h", "24h").replace("2h", "1h");
     assert!(load(&[("a.yaml", &at)]).unwrap().warnings().is_empty());
     let over = format!("{base}  exceed_nist_ceilings: \"RISK-123 night shift\"\n");
     let set = load(&[("a.yaml", &over)]).unwrap();
     assert_eq!(set.warnings().len(), 2);
-    assert!(set.warnings()[0].to_string().contains("warning: aal2 max_session_age 1day 12h exceeds"));
-    assert_eq!(set.apps()[0].timeouts.aal2.max_session_age.as_secs(), 36 * 3600);
+    assert!(set.warnings()[0]
+        .to_string()
+        .contains("warning: aal2 max_session_age 1day 12h exceeds"));
+    assert_eq!(
+        set.apps()[0].timeouts.aal2.max_session_age.as_secs(),
+        36 * 3600
+    );
 }
 
 #[test]
 fn routes_may_only_tighten() {
     let y = "app: a\nhost: a.example\nupstream: http://127.0.0.1:1\nroutes:\n  - path: /x\n    require: aal3\n    idle_timeout: 20m\n  - path: /y\n    require: aal2\n    max_session_age: 13h\n";
     let e = errors(&[("a.yaml", y)]);
-    assert!(e.iter().any(|m| m.starts_with("a.yaml:7:19:") && m.contains("may only tighten") && m.contains("15m")), "{e:?}");
-    assert!(e.iter().any(|m| m.starts_with("a.yaml:10:22:") && m.contains("12h")), "{e:?}");
+    assert!(
+        e.iter().any(|m| m.starts_with("a.yaml:7:19:")
+            && m.contains("may only tighten")
+            && m.contains("15m")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("a.yaml:10:22:") && m.contains("12h")),
+        "{e:?}"
+    );
 }
 
 #[test]
 fn overlapping_rules_are_errors() {
     let dup = "app: a\nhost: a.example\nupstream: http://127.0.0.1:1\nroutes:\n  - path: /x\n    methods: [GET, POST]\n    require: aal2\n  - path: /x\n    methods: [post]\n    require: aal3\n";
     let e = errors(&[("a.yaml", dup)]);
-    assert!(e[0].starts_with("a.yaml:8:5:") && e[0].contains("line 5"), "{e:?}");
+    assert!(
+        e[0].starts_with("a.yaml:8:5:") && e[0].contains("line 5"),
+        "{e:?}"
+    );
 
     let a = "app: a\nhost: shared.example\nupstream: http://127.0.0.1:1\ndefault: aal2\nroutes:\n  - path: /a/**\n    require: aal2\n";
     let b = "app: b\nhost: shared.example\nupstream: http://127.0.0.1:2\nroutes:\n  - path: /b/**\n    require: aal2\n  - path: /a/x\n    require: public\n";
     let e = errors(&[("a.yaml", a), ("b.yaml", b)]);
-    assert!(e.iter().any(|m| m.starts_with("b.yaml:7:5:") && m.contains("overlaps")), "{e:?}");
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("b.yaml:7:5:") && m.contains("overlaps")),
+        "{e:?}"
+    );
     // Disjoint paths on one host are fine, and unmatched paths use the one non-deny default.
     let b_ok = b.replace("  - path: /a/x\n    require: public\n", "");
     let set = load(&[("a.yaml", a), ("b.yaml", &b_ok)]).unwrap();
     assert_eq!(rule_for(&set, "shared.example", "GET", "/b/1").0, "/b/**");
     let t = normalize_target(b"/zzz").unwrap();
-    let m = set.lookup(&HostPort::parse("shared.example").unwrap(), "GET", &t).unwrap();
+    let m = set
+        .lookup(&HostPort::parse("shared.example").unwrap(), "GET", &t)
+        .unwrap();
     assert_eq!((m.app.name.as_str(), m.rule.id.as_str()), ("a", "default"));
     // Two non-deny defaults on one host are ambiguous.
     let b_default = b_ok.replace("routes:", "default: aal3\nroutes:");
     let e = errors(&[("a.yaml", a), ("b.yaml", &b_default)]);
-    assert!(e.iter().any(|m| m.contains("both have a non-deny default")), "{e:?}");
+    assert!(
+        e.iter().any(|m| m.contains("both have a non-deny default")),
+        "{e:?}"
+    );
     // Same app id twice.
     let e = errors(&[("a.yaml", a), ("c.yaml", a)]);
-    assert!(e.iter().any(|m| m.starts_with("c.yaml:1:6:") && m.contains("already defined at a.yaml:1:6")), "{e:?}");
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("c.yaml:1:6:") && m.contains("already defined at a.yaml:1:6")),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -197,7 +289,10 @@ fn hosts_with_ports() {
     let b = "app: b\nhost: localhost\nupstream: http://127.0.0.1:2\ndefault: aal2\n";
     let set = load(&[("a.yaml", a), ("b.yaml", b)]).unwrap();
     let t = normalize_target(b"/").unwrap();
-    let app = |h: &str| set.lookup(&HostPort::parse(h).unwrap(), "GET", &t).map(|m| m.app.name.clone());
+    let app = |h: &str| {
+        set.lookup(&HostPort::parse(h).unwrap(), "GET", &t)
+            .map(|m| m.app.name.clone())
+    };
     assert_eq!(app("localhost:8080").as_deref(), Some("a"));
     assert_eq!(app("localhost:9999").as_deref(), Some("b"));
     assert_eq!(app("localhost").as_deref(), Some("b"));

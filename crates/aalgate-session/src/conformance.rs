@@ -54,33 +54,75 @@ async fn round_trip(store: &dyn SessionStore) {
     let now = Timestamp::now();
     let id = SessionId::generate();
     let s = session(&unique("rt"), now, 3600);
-    assert_eq!(store.get(&id.key(), now).await.unwrap(), None, "absent before insert");
+    assert_eq!(
+        store.get(&id.key(), now).await.unwrap(),
+        None,
+        "absent before insert"
+    );
     store.insert(&id.key(), &s).await.unwrap();
-    assert_eq!(store.get(&id.key(), now).await.unwrap(), Some(s), "round trip");
-    assert_eq!(store.get(&SessionId::generate().key(), now).await.unwrap(), None, "unknown key");
+    assert_eq!(
+        store.get(&id.key(), now).await.unwrap(),
+        Some(s),
+        "round trip"
+    );
+    assert_eq!(
+        store.get(&SessionId::generate().key(), now).await.unwrap(),
+        None,
+        "unknown key"
+    );
 }
 
 async fn expiry(store: &dyn SessionStore) {
     let now = Timestamp::now();
     let id = SessionId::generate();
-    store.insert(&id.key(), &session(&unique("exp"), now, 100)).await.unwrap();
-    assert!(store.get(&id.key(), Timestamp(now.0 + 99)).await.unwrap().is_some(), "live 1 s before expiry");
-    assert!(store.get(&id.key(), Timestamp(now.0 + 100)).await.unwrap().is_none(), "gone at expiry");
+    store
+        .insert(&id.key(), &session(&unique("exp"), now, 100))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .get(&id.key(), Timestamp(now.0 + 99))
+            .await
+            .unwrap()
+            .is_some(),
+        "live 1 s before expiry"
+    );
+    assert!(
+        store
+            .get(&id.key(), Timestamp(now.0 + 100))
+            .await
+            .unwrap()
+            .is_none(),
+        "gone at expiry"
+    );
 }
 
 async fn touch(store: &dyn SessionStore) {
     let now = Timestamp::now();
     let id = SessionId::generate();
-    store.insert(&id.key(), &session(&unique("touch"), now, 3600)).await.unwrap();
+    store
+        .insert(&id.key(), &session(&unique("touch"), now, 3600))
+        .await
+        .unwrap();
     store.touch(&id.key(), Timestamp(now.0 + 40)).await.unwrap();
-    assert_eq!(store.get(&id.key(), now).await.unwrap().unwrap().last_seen, Timestamp(now.0 + 40));
+    assert_eq!(
+        store.get(&id.key(), now).await.unwrap().unwrap().last_seen,
+        Timestamp(now.0 + 40)
+    );
     // An older touch (a slow instance) never moves the clock back.
     store.touch(&id.key(), Timestamp(now.0 + 10)).await.unwrap();
-    assert_eq!(store.get(&id.key(), now).await.unwrap().unwrap().last_seen, Timestamp(now.0 + 40));
+    assert_eq!(
+        store.get(&id.key(), now).await.unwrap().unwrap().last_seen,
+        Timestamp(now.0 + 40)
+    );
     // A touch after logout never resurrects the session.
     assert!(store.remove(&id.key()).await.unwrap());
     store.touch(&id.key(), Timestamp(now.0 + 50)).await.unwrap();
-    assert_eq!(store.get(&id.key(), now).await.unwrap(), None, "touch resurrected a removed session");
+    assert_eq!(
+        store.get(&id.key(), now).await.unwrap(),
+        None,
+        "touch resurrected a removed session"
+    );
 }
 
 async fn remove_and_revoke(store: &dyn SessionStore) {
@@ -88,21 +130,36 @@ async fn remove_and_revoke(store: &dyn SessionStore) {
     let (alice, bob) = (unique("alice"), unique("bob"));
     let ids: Vec<SessionId> = (0..3).map(|_| SessionId::generate()).collect();
     for id in &ids {
-        store.insert(&id.key(), &session(&alice, now, 3600)).await.unwrap();
+        store
+            .insert(&id.key(), &session(&alice, now, 3600))
+            .await
+            .unwrap();
     }
     let bob_id = SessionId::generate();
-    store.insert(&bob_id.key(), &session(&bob, now, 3600)).await.unwrap();
+    store
+        .insert(&bob_id.key(), &session(&bob, now, 3600))
+        .await
+        .unwrap();
     assert!(store.remove(&ids[0].key()).await.unwrap());
-    assert!(!store.remove(&ids[0].key()).await.unwrap(), "second remove reports absent");
+    assert!(
+        !store.remove(&ids[0].key()).await.unwrap(),
+        "second remove reports absent"
+    );
     assert_eq!(store.revoke_user(&alice).await.unwrap(), 2);
     for id in &ids {
         assert_eq!(store.get(&id.key(), now).await.unwrap(), None);
     }
-    assert!(store.get(&bob_id.key(), now).await.unwrap().is_some(), "other users untouched");
+    assert!(
+        store.get(&bob_id.key(), now).await.unwrap().is_some(),
+        "other users untouched"
+    );
     assert_eq!(store.revoke_user(&alice).await.unwrap(), 0);
     // A user whose name is a prefix of another's is a different user.
     let prefix = SessionId::generate();
-    store.insert(&prefix.key(), &session(&bob[..bob.len() - 1], now, 3600)).await.unwrap();
+    store
+        .insert(&prefix.key(), &session(&bob[..bob.len() - 1], now, 3600))
+        .await
+        .unwrap();
     assert_eq!(store.revoke_user(&bob[..bob.len() - 1]).await.unwrap(), 1);
     assert!(store.get(&bob_id.key(), now).await.unwrap().is_some());
 }
@@ -110,26 +167,56 @@ async fn remove_and_revoke(store: &dyn SessionStore) {
 async fn flows(store: &dyn SessionStore) {
     let now = Timestamp::now();
     let key = unique("flow");
-    store.put_flow(&key, &flow("/a?b=1"), Duration::from_secs(60)).await.unwrap();
-    assert_eq!(store.get_flow(&key, now).await.unwrap().unwrap().url, "/a?b=1");
-    assert_eq!(store.get_flow(&key, now).await.unwrap().unwrap().url, "/a?b=1", "get does not consume");
-    assert_eq!(store.take_flow(&key, now).await.unwrap().unwrap().url, "/a?b=1");
-    assert_eq!(store.take_flow(&key, now).await.unwrap(), None, "a flow is taken once");
+    store
+        .put_flow(&key, &flow("/a?b=1"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_flow(&key, now).await.unwrap().unwrap().url,
+        "/a?b=1"
+    );
+    assert_eq!(
+        store.get_flow(&key, now).await.unwrap().unwrap().url,
+        "/a?b=1",
+        "get does not consume"
+    );
+    assert_eq!(
+        store.take_flow(&key, now).await.unwrap().unwrap().url,
+        "/a?b=1"
+    );
+    assert_eq!(
+        store.take_flow(&key, now).await.unwrap(),
+        None,
+        "a flow is taken once"
+    );
     assert_eq!(store.get_flow(&key, now).await.unwrap(), None);
     // Expiry.
     let short = unique("short");
-    store.put_flow(&short, &flow("/x"), Duration::from_secs(1)).await.unwrap();
+    store
+        .put_flow(&short, &flow("/x"), Duration::from_secs(1))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(store.get_flow(&short, Timestamp::now()).await.unwrap(), None, "expired flow");
+    assert_eq!(
+        store.get_flow(&short, Timestamp::now()).await.unwrap(),
+        None,
+        "expired flow"
+    );
 }
 
 async fn flow_taken_once(store: &dyn SessionStore) {
     let now = Timestamp::now();
     for _ in 0..5 {
         let key = unique("race");
-        store.put_flow(&key, &flow("/race"), Duration::from_secs(60)).await.unwrap();
+        store
+            .put_flow(&key, &flow("/race"), Duration::from_secs(60))
+            .await
+            .unwrap();
         let (a, b) = tokio::join!(store.take_flow(&key, now), store.take_flow(&key, now));
-        let got = [a.unwrap(), b.unwrap()].iter().filter(|f| f.is_some()).count();
+        let got = [a.unwrap(), b.unwrap()]
+            .iter()
+            .filter(|f| f.is_some())
+            .count();
         assert_eq!(got, 1, "exactly one concurrent take wins");
     }
 }
@@ -140,10 +227,21 @@ pub async fn cross_handle(a: &dyn SessionStore, b: &dyn SessionStore) {
     let now = Timestamp::now();
     let user = unique("shared");
     let id = SessionId::generate();
-    a.insert(&id.key(), &session(&user, now, 3600)).await.unwrap();
-    assert!(b.get(&id.key(), now).await.unwrap().is_some(), "b sees a's insert");
+    a.insert(&id.key(), &session(&user, now, 3600))
+        .await
+        .unwrap();
+    assert!(
+        b.get(&id.key(), now).await.unwrap().is_some(),
+        "b sees a's insert"
+    );
     b.touch(&id.key(), Timestamp(now.0 + 5)).await.unwrap();
-    assert_eq!(a.get(&id.key(), now).await.unwrap().unwrap().last_seen, Timestamp(now.0 + 5));
+    assert_eq!(
+        a.get(&id.key(), now).await.unwrap().unwrap().last_seen,
+        Timestamp(now.0 + 5)
+    );
     assert_eq!(b.revoke_user(&user).await.unwrap(), 1);
-    assert!(a.get(&id.key(), now).await.unwrap().is_none(), "a sees b's revocation");
+    assert!(
+        a.get(&id.key(), now).await.unwrap().is_none(),
+        "a sees b's revocation"
+    );
 }

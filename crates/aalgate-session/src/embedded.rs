@@ -46,7 +46,8 @@ pub struct EmbeddedStore {
 impl EmbeddedStore {
     /// Opens (or creates) `<dir>/sessions.redb`, creating `dir` with mode 0700.
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -55,7 +56,9 @@ impl EmbeddedStore {
         let path = dir.join("sessions.redb");
         let mut builder = Database::builder();
         builder.set_concurrency_mode(ConcurrencyMode::MultiWriter);
-        let db = builder.create(&path).map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
+        let db = builder
+            .create(&path)
+            .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
         let tx = db.begin_write().map_err(unavailable)?;
         {
             tx.open_table(SESSIONS).map_err(unavailable)?;
@@ -63,7 +66,10 @@ impl EmbeddedStore {
             tx.open_table(FLOWS).map_err(unavailable)?;
         }
         tx.commit().map_err(unavailable)?;
-        Ok(EmbeddedStore { db: Arc::new(db), path })
+        Ok(EmbeddedStore {
+            db: Arc::new(db),
+            path,
+        })
     }
 
     /// The database file.
@@ -76,7 +82,9 @@ impl EmbeddedStore {
         f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db)).await.map_err(unavailable)?
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(unavailable)?
     }
 
     /// Deletes expired sessions, index entries and flows. Returns how many records went.
@@ -90,7 +98,11 @@ impl EmbeddedStore {
                     .iter()
                     .map_err(unavailable)?
                     .filter_map(|r| r.ok())
-                    .filter(|(_, v)| serde_json::from_slice::<Session>(v.value()).map(|s| s.expires_at <= now).unwrap_or(true))
+                    .filter(|(_, v)| {
+                        serde_json::from_slice::<Session>(v.value())
+                            .map(|s| s.expires_at <= now)
+                            .unwrap_or(true)
+                    })
                     .map(|(k, _)| k.value().to_string())
                     .collect();
                 for k in &dead {
@@ -113,7 +125,11 @@ impl EmbeddedStore {
                     .iter()
                     .map_err(unavailable)?
                     .filter_map(|r| r.ok())
-                    .filter(|(_, v)| serde_json::from_slice::<StoredFlow>(v.value()).map(|f| f.expires <= now).unwrap_or(true))
+                    .filter(|(_, v)| {
+                        serde_json::from_slice::<StoredFlow>(v.value())
+                            .map(|f| f.expires <= now)
+                            .unwrap_or(true)
+                    })
                     .map(|(k, _)| k.value().to_string())
                     .collect();
                 for k in &dead {
@@ -128,7 +144,12 @@ impl EmbeddedStore {
     }
 }
 
-fn read_flow(db: &Database, key: &str, now: Timestamp, take: bool) -> Result<Option<Flow>, StoreError> {
+fn read_flow(
+    db: &Database,
+    key: &str,
+    now: Timestamp,
+    take: bool,
+) -> Result<Option<Flow>, StoreError> {
     let decode = |bytes: &[u8]| -> Result<Option<Flow>, StoreError> {
         let f: StoredFlow = serde_json::from_slice(bytes).map_err(corrupt)?;
         Ok((f.expires > now).then_some(f.flow))
@@ -166,10 +187,16 @@ impl SessionStore for EmbeddedStore {
             let bytes = serde_json::to_vec(&session).map_err(corrupt)?;
             let tx = db.begin_write().map_err(unavailable)?;
             {
-                tx.open_table(SESSIONS).map_err(unavailable)?.insert(key.as_str(), bytes.as_slice()).map_err(unavailable)?;
+                tx.open_table(SESSIONS)
+                    .map_err(unavailable)?
+                    .insert(key.as_str(), bytes.as_slice())
+                    .map_err(unavailable)?;
                 tx.open_table(USER_INDEX)
                     .map_err(unavailable)?
-                    .insert(index_key(&session.user, &key).as_str(), session.expires_at.0)
+                    .insert(
+                        index_key(&session.user, &key).as_str(),
+                        session.expires_at.0,
+                    )
                     .map_err(unavailable)?;
             }
             tx.commit().map_err(unavailable)
@@ -182,7 +209,9 @@ impl SessionStore for EmbeddedStore {
         self.blocking(move |db| {
             let tx = db.begin_read().map_err(unavailable)?;
             let t = tx.open_table(SESSIONS).map_err(unavailable)?;
-            let Some(v) = t.get(key.as_str()).map_err(unavailable)? else { return Ok(None) };
+            let Some(v) = t.get(key.as_str()).map_err(unavailable)? else {
+                return Ok(None);
+            };
             let s: Session = serde_json::from_slice(v.value()).map_err(corrupt)?;
             Ok((s.expires_at > now).then_some(s))
         })
@@ -195,13 +224,17 @@ impl SessionStore for EmbeddedStore {
             let tx = db.begin_write().map_err(unavailable)?;
             {
                 let mut t = tx.open_table(SESSIONS).map_err(unavailable)?;
-                let current = t.get(key.as_str()).map_err(unavailable)?.map(|v| v.value().to_vec());
+                let current = t
+                    .get(key.as_str())
+                    .map_err(unavailable)?
+                    .map(|v| v.value().to_vec());
                 if let Some(bytes) = current {
                     let mut s: Session = serde_json::from_slice(&bytes).map_err(corrupt)?;
                     if last_seen > s.last_seen {
                         s.last_seen = last_seen;
                         let bytes = serde_json::to_vec(&s).map_err(corrupt)?;
-                        t.insert(key.as_str(), bytes.as_slice()).map_err(unavailable)?;
+                        t.insert(key.as_str(), bytes.as_slice())
+                            .map_err(unavailable)?;
                     }
                 }
             }
@@ -216,7 +249,10 @@ impl SessionStore for EmbeddedStore {
             let tx = db.begin_write().map_err(unavailable)?;
             let existed = {
                 let mut t = tx.open_table(SESSIONS).map_err(unavailable)?;
-                let removed = t.remove(key.as_str()).map_err(unavailable)?.map(|v| v.value().to_vec());
+                let removed = t
+                    .remove(key.as_str())
+                    .map_err(unavailable)?
+                    .map(|v| v.value().to_vec());
                 match removed {
                     Some(bytes) => {
                         if let Ok(s) = serde_json::from_slice::<Session>(&bytes) {
@@ -266,11 +302,17 @@ impl SessionStore for EmbeddedStore {
 
     async fn put_flow(&self, key: &str, flow: &Flow, ttl: Duration) -> Result<(), StoreError> {
         let key = key.to_string();
-        let stored = StoredFlow { flow: flow.clone(), expires: Timestamp::now().plus(ttl) };
+        let stored = StoredFlow {
+            flow: flow.clone(),
+            expires: Timestamp::now().plus(ttl),
+        };
         self.blocking(move |db| {
             let bytes = serde_json::to_vec(&stored).map_err(corrupt)?;
             let tx = db.begin_write().map_err(unavailable)?;
-            tx.open_table(FLOWS).map_err(unavailable)?.insert(key.as_str(), bytes.as_slice()).map_err(unavailable)?;
+            tx.open_table(FLOWS)
+                .map_err(unavailable)?
+                .insert(key.as_str(), bytes.as_slice())
+                .map_err(unavailable)?;
             tx.commit().map_err(unavailable)
         })
         .await
@@ -278,12 +320,14 @@ impl SessionStore for EmbeddedStore {
 
     async fn get_flow(&self, key: &str, now: Timestamp) -> Result<Option<Flow>, StoreError> {
         let key = key.to_string();
-        self.blocking(move |db| read_flow(db, &key, now, false)).await
+        self.blocking(move |db| read_flow(db, &key, now, false))
+            .await
     }
 
     async fn take_flow(&self, key: &str, now: Timestamp) -> Result<Option<Flow>, StoreError> {
         let key = key.to_string();
-        self.blocking(move |db| read_flow(db, &key, now, true)).await
+        self.blocking(move |db| read_flow(db, &key, now, true))
+            .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -324,8 +368,15 @@ mod tests {
         let now = Timestamp::now();
         {
             let s = EmbeddedStore::open(dir.path()).unwrap();
-            s.insert(&id.key(), &crate::conformance::session("reopen", now, 3600)).await.unwrap();
-            s.insert(&crate::SessionId::generate().key(), &crate::conformance::session("old", Timestamp(now.0 - 7200), 3600)).await.unwrap();
+            s.insert(&id.key(), &crate::conformance::session("reopen", now, 3600))
+                .await
+                .unwrap();
+            s.insert(
+                &crate::SessionId::generate().key(),
+                &crate::conformance::session("old", Timestamp(now.0 - 7200), 3600),
+            )
+            .await
+            .unwrap();
         }
         let s = EmbeddedStore::open(dir.path()).unwrap();
         assert_eq!(s.get(&id.key(), now).await.unwrap().unwrap().user, "reopen");

@@ -75,8 +75,10 @@ impl SessionKey {
 
     /// Rebuilds a key read back from a store index (64 lowercase hex digits).
     pub fn from_hex(s: &str) -> Option<SessionKey> {
-        (s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then(|| SessionKey(s.to_string()))
+        (s.len() == 64
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| SessionKey(s.to_string()))
     }
 }
 
@@ -125,7 +127,15 @@ mod tests {
         assert_ne!(SessionId::generate(), id);
         assert_eq!(id.key().as_str().len(), 64);
         assert!(SessionKey::from_hex(id.key().as_str()).is_some());
-        for bad in ["", "abc", &c[..42], &format!("{c}A"), &c.replace(|_: char| true, "+"), "0000000000000000000000000000000000000000000=", &"\u{e9}".repeat(22)] {
+        for bad in [
+            "",
+            "abc",
+            &c[..42],
+            &format!("{c}A"),
+            &c.replace(|_: char| true, "+"),
+            "0000000000000000000000000000000000000000000=",
+            &"\u{e9}".repeat(22),
+        ] {
             assert!(SessionId::from_cookie(bad).is_none(), "{bad:?}");
         }
         assert_eq!(format!("{id:?}"), "SessionId(<secret>)");

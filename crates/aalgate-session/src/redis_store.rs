@@ -43,8 +43,14 @@ pub struct RedisStore {
 impl RedisStore {
     /// Prepares a store for `url`; nothing is connected until the first call.
     pub fn new(url: &str, connect_timeout: Duration) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| unavailable(format!("bad redis url: {e}")))?;
-        Ok(RedisStore { client, conn: RwLock::new(None), init: tokio::sync::Mutex::new(()), connect_timeout })
+        let client =
+            redis::Client::open(url).map_err(|e| unavailable(format!("bad redis url: {e}")))?;
+        Ok(RedisStore {
+            client,
+            conn: RwLock::new(None),
+            init: tokio::sync::Mutex::new(()),
+            connect_timeout,
+        })
     }
 
     async fn conn(&self) -> Result<ConnectionManager, StoreError> {
@@ -60,7 +66,9 @@ impl RedisStore {
             .set_response_timeout(Some(self.connect_timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let c = ConnectionManager::new_with_config(self.client.clone(), cfg).await.map_err(unavailable)?;
+        let c = ConnectionManager::new_with_config(self.client.clone(), cfg)
+            .await
+            .map_err(unavailable)?;
         if let Ok(mut g) = self.conn.write() {
             *g = Some(c.clone());
         }
@@ -84,17 +92,36 @@ fn ukey(user: &str) -> String {
 impl SessionStore for RedisStore {
     async fn insert(&self, key: &SessionKey, session: &Session) -> Result<(), StoreError> {
         let mut c = self.conn().await?;
-        let data = serde_json::to_string(session).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let data =
+            serde_json::to_string(session).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let (k, u) = (skey(key), ukey(&session.user));
         let exp = session.expires_at.0 as i64;
         redis::pipe()
             .atomic()
-            .hset_multiple(&k, &[("data", data.as_str()), ("seen", &session.last_seen.0.to_string())])
+            .hset_multiple(
+                &k,
+                &[
+                    ("data", data.as_str()),
+                    ("seen", &session.last_seen.0.to_string()),
+                ],
+            )
             .ignore()
-            .cmd("EXPIREAT").arg(&k).arg(exp).ignore()
-            .sadd(&u, key.as_str()).ignore()
-            .cmd("EXPIREAT").arg(&u).arg(exp).arg("NX").ignore()
-            .cmd("EXPIREAT").arg(&u).arg(exp).arg("GT").ignore()
+            .cmd("EXPIREAT")
+            .arg(&k)
+            .arg(exp)
+            .ignore()
+            .sadd(&u, key.as_str())
+            .ignore()
+            .cmd("EXPIREAT")
+            .arg(&u)
+            .arg(exp)
+            .arg("NX")
+            .ignore()
+            .cmd("EXPIREAT")
+            .arg(&u)
+            .arg(exp)
+            .arg("GT")
+            .ignore()
             .query_async::<()>(&mut c)
             .await
             .map_err(unavailable)
@@ -102,10 +129,16 @@ impl SessionStore for RedisStore {
 
     async fn get(&self, key: &SessionKey, now: Timestamp) -> Result<Option<Session>, StoreError> {
         let mut c = self.conn().await?;
-        let (data, seen): (Option<String>, Option<u64>) =
-            redis::cmd("HMGET").arg(skey(key)).arg("data").arg("seen").query_async(&mut c).await.map_err(unavailable)?;
+        let (data, seen): (Option<String>, Option<u64>) = redis::cmd("HMGET")
+            .arg(skey(key))
+            .arg("data")
+            .arg("seen")
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
         let Some(data) = data else { return Ok(None) };
-        let mut s: Session = serde_json::from_str(&data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut s: Session =
+            serde_json::from_str(&data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         if let Some(seen) = seen {
             s.last_seen = s.last_seen.max(Timestamp(seen));
         }
@@ -114,7 +147,14 @@ impl SessionStore for RedisStore {
 
     async fn touch(&self, key: &SessionKey, last_seen: Timestamp) -> Result<(), StoreError> {
         let mut c = self.conn().await?;
-        redis::cmd("EVAL").arg(TOUCH).arg(1).arg(skey(key)).arg(last_seen.0).query_async::<()>(&mut c).await.map_err(unavailable)
+        redis::cmd("EVAL")
+            .arg(TOUCH)
+            .arg(1)
+            .arg(skey(key))
+            .arg(last_seen.0)
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(unavailable)
     }
 
     async fn remove(&self, key: &SessionKey) -> Result<bool, StoreError> {
@@ -140,23 +180,40 @@ impl SessionStore for RedisStore {
         let mut c = self.conn().await?;
         let data = serde_json::to_string(flow).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let ms = ttl.as_millis().max(1) as u64;
-        redis::cmd("SET").arg(fkey(key)).arg(data).arg("PX").arg(ms).query_async::<()>(&mut c).await.map_err(unavailable)
+        redis::cmd("SET")
+            .arg(fkey(key))
+            .arg(data)
+            .arg("PX")
+            .arg(ms)
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(unavailable)
     }
 
     async fn get_flow(&self, key: &str, _now: Timestamp) -> Result<Option<Flow>, StoreError> {
         let mut c = self.conn().await?;
         let v: Option<String> = c.get(fkey(key)).await.map_err(unavailable)?;
-        v.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(e.to_string()))).transpose()
+        v.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
     }
 
     async fn take_flow(&self, key: &str, _now: Timestamp) -> Result<Option<Flow>, StoreError> {
         let mut c = self.conn().await?;
-        let v: Option<String> = redis::cmd("GETDEL").arg(fkey(key)).query_async(&mut c).await.map_err(unavailable)?;
-        v.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(e.to_string()))).transpose()
+        let v: Option<String> = redis::cmd("GETDEL")
+            .arg(fkey(key))
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        v.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
         let mut c = self.conn().await?;
-        redis::cmd("PING").query_async::<String>(&mut c).await.map(|_| ()).map_err(unavailable)
+        redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
     }
 }

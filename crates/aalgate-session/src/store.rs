@@ -33,7 +33,12 @@ pub struct Session {
 impl Session {
     /// What the decision needs.
     pub fn facts(&self) -> SessionFacts {
-        SessionFacts { aal: self.aal, auth_time: self.auth_time, last_auth: self.last_auth, last_seen: self.last_seen }
+        SessionFacts {
+            aal: self.aal,
+            auth_time: self.auth_time,
+            last_auth: self.last_auth,
+            last_seen: self.last_seen,
+        }
     }
 }
 
@@ -90,10 +95,15 @@ impl std::str::FromStr for StoreSpec {
                 return Err("embedded: needs a directory, e.g. embedded:/var/lib/aalgate".into());
             }
             Ok(StoreSpec::Embedded(dir.into()))
-        } else if s.starts_with("redis://") || s.starts_with("rediss://") || s.starts_with("redis+unix://") {
+        } else if s.starts_with("redis://")
+            || s.starts_with("rediss://")
+            || s.starts_with("redis+unix://")
+        {
             Ok(StoreSpec::Redis(s.to_string()))
         } else {
-            Err(format!("unknown store {s:?}; use embedded:<dir> or redis://host:port/db"))
+            Err(format!(
+                "unknown store {s:?}; use embedded:<dir> or redis://host:port/db"
+            ))
         }
     }
 }
@@ -134,7 +144,10 @@ impl<S: ?Sized> Deadline<S> {
         Deadline { inner, limit }
     }
 
-    async fn run<T>(&self, f: impl std::future::Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    async fn run<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.limit, f).await {
             Ok(r) => r,
             Err(_) => Err(StoreError::Timeout(self.limit)),

@@ -54,19 +54,27 @@ impl Signer {
     /// Loads the key at `path`, creating it (mode 0600) if it does not exist.
     pub fn load_or_create(path: &Path, issuer: &str) -> Result<Signer> {
         let signing = if path.exists() {
-            let pem = std::fs::read_to_string(path).with_context(|| format!("cannot read signing key {}", path.display()))?;
-            SigningKey::from_pkcs8_pem(&pem).with_context(|| format!("{} is not an Ed25519 PKCS#8 PEM key", path.display()))?
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read signing key {}", path.display()))?;
+            SigningKey::from_pkcs8_pem(&pem)
+                .with_context(|| format!("{} is not an Ed25519 PKCS#8 PEM key", path.display()))?
         } else {
             let key = SigningKey::generate(&mut rand::rngs::OsRng);
-            let pem = key.to_pkcs8_pem(Default::default()).context("cannot encode the new signing key")?;
+            let pem = key
+                .to_pkcs8_pem(Default::default())
+                .context("cannot encode the new signing key")?;
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
             }
-            write_private(path, pem.as_bytes()).with_context(|| format!("cannot write signing key {}", path.display()))?;
+            write_private(path, pem.as_bytes())
+                .with_context(|| format!("cannot write signing key {}", path.display()))?;
             tracing::info!(path = %path.display(), "created a new assertion signing key");
             key
         };
-        let der = signing.to_pkcs8_der().context("cannot encode signing key")?;
+        let der = signing
+            .to_pkcs8_der()
+            .context("cannot encode signing key")?;
         let public = signing.verifying_key().to_bytes();
         let kid = URL_SAFE_NO_PAD.encode(&Sha256::digest(public)[..12]);
         let mut header = Header::new(Algorithm::EdDSA);
@@ -75,7 +83,12 @@ impl Signer {
             "keys": [{ "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid, "x": URL_SAFE_NO_PAD.encode(public) }]
         })
         .to_string();
-        Ok(Signer { key: EncodingKey::from_ed_der(der.as_bytes()), header, jwks, issuer: issuer.to_string() })
+        Ok(Signer {
+            key: EncodingKey::from_ed_der(der.as_bytes()),
+            header,
+            jwks,
+            issuer: issuer.to_string(),
+        })
     }
 
     /// The JWKS document.
@@ -84,7 +97,12 @@ impl Signer {
     }
 
     /// Signs an assertion for `session` on `app`.
-    pub fn sign(&self, session: &Session, app: &str, now: Timestamp) -> Result<String, jsonwebtoken::errors::Error> {
+    pub fn sign(
+        &self,
+        session: &Session,
+        app: &str,
+        now: Timestamp,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let claims = Claims {
             iss: &self.issuer,
             sub: &session.user,
@@ -146,11 +164,17 @@ mod tests {
         assert_eq!(data.claims["sub"], "alice");
         assert_eq!(data.claims["acr"], "aal2");
         v.set_audience(&["ehr"]);
-        assert!(jsonwebtoken::decode::<serde_json::Value>(&token, &key, &v).is_err(), "aud binds the app");
+        assert!(
+            jsonwebtoken::decode::<serde_json::Value>(&token, &key, &v).is_err(),
+            "aud binds the app"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
     }
 }

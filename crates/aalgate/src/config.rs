@@ -99,20 +99,25 @@ pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(50);
 pub const DEFAULT_EMBEDDED_STORE_TIMEOUT: Duration = Duration::from_millis(200);
 
 fn parse_addr(s: &str, what: &str) -> Result<SocketAddr> {
-    s.parse::<SocketAddr>().with_context(|| format!("{what} {s:?} is not an address:port such as 127.0.0.1:8080"))
+    s.parse::<SocketAddr>()
+        .with_context(|| format!("{what} {s:?} is not an address:port such as 127.0.0.1:8080"))
 }
 
 impl Config {
     /// Reads and validates a config file; relative paths are taken from the file's directory.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
         let options = serde_saphyr::options! {
             strict_booleans: true,
             duplicate_keys: serde_saphyr::options::DuplicateKeyPolicy::Error,
             with_snippet: false,
         };
         let raw: RawConfig = serde_saphyr::from_str_with_options(&text, options).map_err(|e| {
-            let (l, c) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+            let (l, c) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((0, 0));
             anyhow::anyhow!("{}:{l}:{c}: {}", path.display(), e.without_snippet())
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -130,9 +135,16 @@ impl Config {
             if l.tls.is_none() && !addr.ip().is_loopback() && !raw.insecure_http {
                 bail!("listen {addr}: plain HTTP on a non-loopback address sends session cookies in clear; add tls: {{cert, key}}, or set insecure_http: true behind a TLS-terminating load balancer");
             }
-            listen.push(Listener { addr, tls: l.tls.map(|t| (rel(t.cert), rel(t.key))) });
+            listen.push(Listener {
+                addr,
+                tls: l.tls.map(|t| (rel(t.cert), rel(t.key))),
+            });
         }
-        let admin_listen = raw.admin_listen.as_deref().map(|a| parse_addr(a, "admin_listen")).transpose()?;
+        let admin_listen = raw
+            .admin_listen
+            .as_deref()
+            .map(|a| parse_addr(a, "admin_listen"))
+            .transpose()?;
         let origin = raw.public_origin.trim_end_matches('/').to_string();
         let host_part = origin
             .strip_prefix("https://")
@@ -141,8 +153,13 @@ impl Config {
         if host_part.contains(['/', '?', '#', '@']) {
             bail!("public_origin must be scheme://host[:port] with no path");
         }
-        let public_host = aalgate_policy::HostPort::parse(host_part).map_err(|e| anyhow::anyhow!("public_origin host: {e}"))?;
-        if origin.starts_with("http://") && public_host.host != "localhost" && !public_host.host.starts_with("127.") && public_host.host != "[::1]" {
+        let public_host = aalgate_policy::HostPort::parse(host_part)
+            .map_err(|e| anyhow::anyhow!("public_origin host: {e}"))?;
+        if origin.starts_with("http://")
+            && public_host.host != "localhost"
+            && !public_host.host.starts_with("127.")
+            && public_host.host != "[::1]"
+        {
             bail!("public_origin {origin} is plain http on a non-local host; WebAuthn needs https");
         }
         let store = raw.store.parse::<StoreSpec>().map_err(anyhow::Error::msg)?;
@@ -153,10 +170,19 @@ impl Config {
         let state_dir = match (raw.state_dir, &store) {
             (Some(d), _) => rel(d),
             (None, StoreSpec::Embedded(d)) => d.clone(),
-            (None, StoreSpec::Redis(_)) => bail!("state_dir: required with a redis store (it holds the signing key)"),
+            (None, StoreSpec::Redis(_)) => {
+                bail!("state_dir: required with a redis store (it holds the signing key)")
+            }
         };
-        let signing_key = raw.signing_key.map(rel).unwrap_or_else(|| state_dir.join("signing-key.pem"));
-        let threads = raw.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+        let signing_key = raw
+            .signing_key
+            .map(rel)
+            .unwrap_or_else(|| state_dir.join("signing-key.pem"));
+        let threads = raw.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        });
         if threads == 0 || threads > 256 {
             bail!("threads must be 1 to 256");
         }
@@ -191,7 +217,10 @@ mod tests {
     #[test]
     fn minimal_and_defaults() {
         let c = parse("listen: [{addr: 127.0.0.1:8080}]\npublic_origin: http://localhost:8080\nstore: embedded:state\npolicies: policies\n").unwrap();
-        assert_eq!(c.signing_key, PathBuf::from("/etc/aalgate/state/signing-key.pem"));
+        assert_eq!(
+            c.signing_key,
+            PathBuf::from("/etc/aalgate/state/signing-key.pem")
+        );
         assert_eq!(c.store_timeout, DEFAULT_EMBEDDED_STORE_TIMEOUT);
         assert_eq!(c.public_host.port, Some(8080));
     }
@@ -199,9 +228,18 @@ mod tests {
     #[test]
     fn refusals() {
         let base = "public_origin: https://gw.example\nstore: redis://127.0.0.1/0\nstate_dir: /s\npolicies: p\n";
-        assert!(parse(&format!("listen: [{{addr: 0.0.0.0:80}}]\n{base}")).unwrap_err().to_string().contains("insecure_http"));
-        assert!(parse(&format!("listen: [{{addr: 0.0.0.0:80}}]\ninsecure_http: true\n{base}")).is_ok());
-        assert!(parse(&format!("listen: [{{addr: 0.0.0.0:443, tls: {{cert: c, key: k}}}}]\n{base}")).is_ok());
+        assert!(parse(&format!("listen: [{{addr: 0.0.0.0:80}}]\n{base}"))
+            .unwrap_err()
+            .to_string()
+            .contains("insecure_http"));
+        assert!(parse(&format!(
+            "listen: [{{addr: 0.0.0.0:80}}]\ninsecure_http: true\n{base}"
+        ))
+        .is_ok());
+        assert!(parse(&format!(
+            "listen: [{{addr: 0.0.0.0:443, tls: {{cert: c, key: k}}}}]\n{base}"
+        ))
+        .is_ok());
         assert!(parse(&format!("listen: []\n{base}")).is_err());
         assert!(parse("listen: [{addr: 127.0.0.1:1}]\npublic_origin: http://gw.example\nstore: embedded:/s\npolicies: p\n").unwrap_err().to_string().contains("https"));
         assert!(parse("listen: [{addr: 127.0.0.1:1}]\npublic_origin: https://gw.example\nstore: memcached://x\npolicies: p\n").is_err());

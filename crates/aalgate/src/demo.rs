@@ -58,8 +58,18 @@ impl ServeHttp for DemoBilling {
         let req = session.req_header();
         let method = req.method.as_str().to_string();
         let path = req.uri.path().to_string();
-        let who = req.headers.get("x-aalgate-user").and_then(|v| v.to_str().ok()).unwrap_or("(nobody)").to_string();
-        let aal = req.headers.get("x-aalgate-aal").and_then(|v| v.to_str().ok()).unwrap_or("-").to_string();
+        let who = req
+            .headers
+            .get("x-aalgate-user")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("(nobody)")
+            .to_string();
+        let aal = req
+            .headers
+            .get("x-aalgate-aal")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string();
         match (method.as_str(), path.as_str()) {
             ("GET", "/static/style.css") => respond(200, "text/css", CSS.into()),
             ("GET", "/healthz") => respond(200, "text/plain", "ok\n".into()),

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use aalgate_policy::{decide, format_duration, parse_duration, Aal, Decision, HostPort, SessionFacts, Timestamp};
+use aalgate_policy::{
+    decide, format_duration, parse_duration, Aal, Decision, HostPort, SessionFacts, Timestamp,
+};
 use anyhow::{bail, Result};
 
 /// Arguments of `aalgate explain`.
@@ -44,7 +46,8 @@ pub fn run(a: ExplainArgs) -> Result<()> {
             bail!("the policy set has errors");
         }
     };
-    let target = aalgate_policy::normalize_target(a.url.as_bytes()).map_err(|e| anyhow::anyhow!("the gateway would refuse this URL with 400: {e}"))?;
+    let target = aalgate_policy::normalize_target(a.url.as_bytes())
+        .map_err(|e| anyhow::anyhow!("the gateway would refuse this URL with 400: {e}"))?;
     let Some(authority) = target.authority() else {
         bail!("give a full URL with scheme and host, e.g. https://billing.clinic.example/path");
     };
@@ -65,10 +68,25 @@ pub fn run(a: ExplainArgs) -> Result<()> {
     let rule = m.rule;
     println!("app:      {} ({})", m.app.name, m.app.source);
     match &rule.pattern {
-        Some(p) => println!("rule:     {} {} ({})", rule.id, if p.as_str() == rule.id { String::new() } else { format!("[{}]", p.as_str()) }, rule.source),
-        None => println!("rule:     no route matches; the app default applies ({})", rule.source),
+        Some(p) => println!(
+            "rule:     {} {} ({})",
+            rule.id,
+            if p.as_str() == rule.id {
+                String::new()
+            } else {
+                format!("[{}]", p.as_str())
+            },
+            rule.source
+        ),
+        None => println!(
+            "rule:     no route matches; the app default applies ({})",
+            rule.source
+        ),
     }
-    println!("path:     {} (normalized; this is what the upstream receives)", target.path());
+    println!(
+        "path:     {} (normalized; this is what the upstream receives)",
+        target.path()
+    );
     let mut req = format!("require:  {}", rule.access.require);
     if let Some(s) = rule.access.step_up_max_age {
         req.push_str(&format!(", step-up within {}", format_duration(s)));
@@ -84,7 +102,9 @@ pub fn run(a: ExplainArgs) -> Result<()> {
                 format_duration(a.auth_age),
                 format_duration(a.idle),
                 format_duration(l.max_session_age),
-                l.idle_timeout.map(format_duration).unwrap_or_else(|| "no".into())
+                l.idle_timeout
+                    .map(format_duration)
+                    .unwrap_or_else(|| "no".into())
             );
         }
     }
@@ -92,14 +112,20 @@ pub fn run(a: ExplainArgs) -> Result<()> {
     let text = match d {
         Decision::Allow => "allow: forwarded upstream".to_string(),
         Decision::Deny => "deny: 403, never forwarded".to_string(),
-        Decision::Login { aal } => format!("login: sign in at {aal} (302 to /.aalgate/auth, or 401 JSON for scripts)"),
+        Decision::Login { aal } => {
+            format!("login: sign in at {aal} (302 to /.aalgate/auth, or 401 JSON for scripts)")
+        }
         Decision::StepUp { aal, max_age } => format!(
             "step_up: a fresh {aal} authentication{} is needed",
-            max_age.map(|m| format!(" within {}", format_duration(m))).unwrap_or_default()
+            max_age
+                .map(|m| format!(" within {}", format_duration(m)))
+                .unwrap_or_default()
         ),
-        Decision::Reauth { aal, reason } => format!("reauth: the session hit its {} limit; sign in again at {aal}", reason.as_str()),
+        Decision::Reauth { aal, reason } => format!(
+            "reauth: the session hit its {} limit; sign in again at {aal}",
+            reason.as_str()
+        ),
     };
     println!("decision: {text}");
     Ok(())
 }
-

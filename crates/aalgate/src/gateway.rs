@@ -11,7 +11,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aalgate_policy::{decide, Decision, HostPort, NormalizedTarget, PathError, PolicySet, Timestamp};
+use aalgate_policy::{
+    decide, Decision, HostPort, NormalizedTarget, PathError, PolicySet, Timestamp,
+};
 use aalgate_session::{Flow, FlowId, Session as UserSession, SessionId, SessionStore};
 use async_trait::async_trait;
 use base64::Engine;
@@ -31,6 +33,8 @@ pub const TOUCH_INTERVAL: Duration = Duration::from_secs(30);
 pub const FLOW_TTL: Duration = Duration::from_secs(600);
 /// At most this many session cookies are tried (duplicates planted by a sibling domain).
 const MAX_COOKIES: usize = 4;
+/// Largest request head accepted (request line and headers), as nginx's default buffers allow.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// Shared state of the gateway service.
 pub struct Gateway {
@@ -67,6 +71,9 @@ fn request_id() -> String {
 fn raw_target(session: &Session) -> Vec<u8> {
     if let ServerSession::H1(h1) = session.as_downstream() {
         let raw = h1.get_headers_raw_bytes();
+        if raw.len() > MAX_HEADER_BYTES {
+            return Vec::new();
+        }
         let line_end = raw.iter().position(|&b| b == b'\n').unwrap_or(raw.len());
         let line = &raw[..line_end];
         let mut parts = line.split(|&b| b == b' ').filter(|p| !p.is_empty());
@@ -79,7 +86,11 @@ fn raw_target(session: &Session) -> Vec<u8> {
 }
 
 fn has_request_body(req: &RequestHeader) -> bool {
-    let cl = req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).map(str::trim);
+    let cl = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
     req.headers.contains_key(http::header::TRANSFER_ENCODING) || cl.is_some_and(|v| v != "0")
 }
 
@@ -93,10 +104,20 @@ struct Reply {
 
 impl Reply {
     fn html(status: u16, body: String) -> Reply {
-        Reply { status, content_type: "text/html; charset=utf-8", body, headers: Vec::new() }
+        Reply {
+            status,
+            content_type: "text/html; charset=utf-8",
+            body,
+            headers: Vec::new(),
+        }
     }
     fn json(status: u16, body: String) -> Reply {
-        Reply { status, content_type: "application/json", body, headers: Vec::new() }
+        Reply {
+            status,
+            content_type: "application/json",
+            body,
+            headers: Vec::new(),
+        }
     }
     fn header(mut self, name: &'static str, value: String) -> Reply {
         self.headers.push((name, value));
@@ -129,20 +150,39 @@ impl Gateway {
         }
         session.write_response_header(Box::new(resp), head).await?;
         if !head {
-            session.write_response_body(Some(Bytes::from(reply.body)), true).await?;
+            session
+                .write_response_body(Some(Bytes::from(reply.body)), true)
+                .await?;
         }
         Ok(true)
     }
 
-    async fn error(&self, session: &mut Session, ctx: &mut Ctx, status: u16, code: &'static str) -> Result<bool> {
+    async fn error(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        status: u16,
+        code: &'static str,
+    ) -> Result<bool> {
         ctx.outcome = code;
         let reply = if headers::is_script_request(&session.req_header().headers) {
             Reply::json(status, pages::error_json(status, code, &ctx.request_id))
         } else {
             let (title, text) = pages::error_text(status);
-            Reply::html(status, pages::page(title, &format!("<p>{}</p>", pages::escape(text)), &ctx.request_id))
+            Reply::html(
+                status,
+                pages::page(
+                    title,
+                    &format!("<p>{}</p>", pages::escape(text)),
+                    &ctx.request_id,
+                ),
+            )
         };
-        let reply = if status == 503 { reply.header("retry-after", "5".into()) } else { reply };
+        let reply = if status == 503 {
+            reply.header("retry-after", "5".into())
+        } else {
+            reply
+        };
         self.send(session, ctx, reply).await
     }
 
@@ -156,9 +196,19 @@ impl Gateway {
 
     /// Loads the session named by the cookie. Malformed values are ignored; of several
     /// well-formed values the first live one wins. A store error is returned, never hidden.
-    async fn load_session(&self, req: &RequestHeader, ctx: &Ctx, now: Timestamp) -> Result<Option<(SessionId, UserSession)>, aalgate_session::StoreError> {
-        for value in headers::cookie_values(&req.headers, Self::cookie_name(ctx)).iter().take(MAX_COOKIES) {
-            let Some(id) = SessionId::from_cookie(value) else { continue };
+    async fn load_session(
+        &self,
+        req: &RequestHeader,
+        ctx: &Ctx,
+        now: Timestamp,
+    ) -> Result<Option<(SessionId, UserSession)>, aalgate_session::StoreError> {
+        for value in headers::cookie_values(&req.headers, Self::cookie_name(ctx))
+            .iter()
+            .take(MAX_COOKIES)
+        {
+            let Some(id) = SessionId::from_cookie(value) else {
+                continue;
+            };
             if let Some(s) = self.store.get(&id.key(), now).await? {
                 return Ok(Some((id, s)));
             }
@@ -242,38 +292,64 @@ impl Gateway {
 
     async fn logout(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         // Cross-site POSTs carry no Lax cookie, but refuse them explicitly too.
-        let site = session.req_header().headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()).unwrap_or("");
+        let site = session
+            .req_header()
+            .headers
+            .get("sec-fetch-site")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         if site == "cross-site" {
             return self.error(session, ctx, 403, "cross_site").await;
         }
-        let ids: Vec<SessionId> = headers::cookie_values(&session.req_header().headers, Self::cookie_name(ctx))
-            .iter()
-            .take(MAX_COOKIES)
-            .filter_map(|v| SessionId::from_cookie(v))
-            .collect();
+        let ids: Vec<SessionId> =
+            headers::cookie_values(&session.req_header().headers, Self::cookie_name(ctx))
+                .iter()
+                .take(MAX_COOKIES)
+                .filter_map(|v| SessionId::from_cookie(v))
+                .collect();
         for id in ids {
             if let Err(e) = self.store.remove(&id.key()).await {
                 tracing::warn!(request_id = %ctx.request_id, error = %e, "logout could not reach the session store");
                 return self.error(session, ctx, 503, "store_unavailable").await;
             }
         }
-        let reply = Reply::html(200, pages::page("Signed out", "<p>You are signed out. You can close this window.</p>", &ctx.request_id))
-            .header("set-cookie", clear_cookie(Self::cookie_name(ctx), ctx.tls))
-            .header("clear-site-data", "\"cookies\"".into());
+        let reply = Reply::html(
+            200,
+            pages::page(
+                "Signed out",
+                "<p>You are signed out. You can close this window.</p>",
+                &ctx.request_id,
+            ),
+        )
+        .header("set-cookie", clear_cookie(Self::cookie_name(ctx), ctx.tls))
+        .header("clear-site-data", "\"cookies\"".into());
         ctx.outcome = "logout";
         self.send(session, ctx, reply).await
     }
 
     /// Not allowed: keep where the browser was going under a one-time flow id, then send a
     /// navigation to the sign-in page, or a script call a 401 JSON naming what is needed.
-    async fn challenge(&self, session: &mut Session, ctx: &mut Ctx, decision: Decision, host: &str, app: &str) -> Result<bool> {
+    async fn challenge(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        decision: Decision,
+        host: &str,
+        app: &str,
+    ) -> Result<bool> {
         let (need, aal, max_age) = match decision {
             Decision::Login { aal } => ("login", aal, None),
             Decision::StepUp { aal, max_age } => ("step_up", aal, max_age),
             Decision::Reauth { aal, .. } => ("reauth", aal, None),
-            Decision::Allow | Decision::Deny => return self.error(session, ctx, 403, "denied").await,
+            Decision::Allow | Decision::Deny => {
+                return self.error(session, ctx, 403, "denied").await
+            }
         };
-        let url = ctx.target.as_ref().map(|t| t.path_and_query().into_owned()).unwrap_or_else(|| "/".into());
+        let url = ctx
+            .target
+            .as_ref()
+            .map(|t| t.path_and_query().into_owned())
+            .unwrap_or_else(|| "/".into());
         let flow = Flow {
             host: host.to_string(),
             method: session.req_header().method.to_string(),
@@ -302,14 +378,26 @@ impl Gateway {
             });
             Reply::json(401, body.to_string())
         } else {
-            Reply::html(302, pages::page("Sign in required", "<p>Redirecting to sign in.</p>", &ctx.request_id)).header("location", login_url)
+            Reply::html(
+                302,
+                pages::page(
+                    "Sign in required",
+                    "<p>Redirecting to sign in.</p>",
+                    &ctx.request_id,
+                ),
+            )
+            .header("location", login_url)
         };
         self.send(session, ctx, reply).await
     }
 }
 
 fn clear_cookie(name: &str, tls: bool) -> String {
-    let mut c = cookie::Cookie::build((name, "")).path("/").http_only(true).same_site(cookie::SameSite::Lax).max_age(cookie::time::Duration::ZERO);
+    let mut c = cookie::Cookie::build((name, ""))
+        .path("/")
+        .http_only(true)
+        .same_site(cookie::SameSite::Lax)
+        .max_age(cookie::time::Duration::ZERO);
     if tls {
         c = c.secure(true);
     }
@@ -328,11 +416,27 @@ impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx { start: Instant::now(), request_id: request_id(), tls: false, target: None, rule: None, session: None, outcome: "none" }
+        Ctx {
+            start: Instant::now(),
+            request_id: request_id(),
+            tls: false,
+            target: None,
+            rule: None,
+            session: None,
+            outcome: "none",
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        ctx.tls = session.as_downstream().digest().is_some_and(|d| d.ssl_digest.is_some());
+        ctx.tls = session
+            .as_downstream()
+            .digest()
+            .is_some_and(|d| d.ssl_digest.is_some());
+        if let ServerSession::H1(h1) = session.as_downstream() {
+            if h1.get_headers_raw_bytes().len() > MAX_HEADER_BYTES {
+                return self.error(session, ctx, 431, "headers_too_large").await;
+            }
+        }
         let req = session.req_header();
 
         // Exactly one Host header.
@@ -340,7 +444,11 @@ impl ProxyHttp for Gateway {
         let (Some(host_value), None) = (hosts.next(), hosts.next()) else {
             return self.error(session, ctx, 400, "bad_host").await;
         };
-        let Some(host) = host_value.to_str().ok().and_then(|h| HostPort::parse(h).ok()) else {
+        let Some(host) = host_value
+            .to_str()
+            .ok()
+            .and_then(|h| HostPort::parse(h).ok())
+        else {
             return self.error(session, ctx, 400, "bad_host").await;
         };
 
@@ -349,7 +457,9 @@ impl ProxyHttp for Gateway {
             Ok(t) => t,
             Err(e) => {
                 tracing::debug!(request_id = %ctx.request_id, error = %e, "refused request target");
-                return self.error(session, ctx, path_error_status(&e), "bad_path").await;
+                return self
+                    .error(session, ctx, path_error_status(&e), "bad_path")
+                    .await;
             }
         };
         if let Some(authority) = target.authority() {
@@ -361,20 +471,29 @@ impl ProxyHttp for Gateway {
         ctx.target = Some(target);
 
         let own = path == "/.aalgate" || path.starts_with("/.aalgate/");
-        let host_is_public = host.host == self.public_host.host && (self.public_host.port.is_none() || host.port.is_none() || host.port == self.public_host.port);
+        let host_is_public = host.host == self.public_host.host
+            && (self.public_host.port.is_none()
+                || host.port.is_none()
+                || host.port == self.public_host.port);
         if own && (host_is_public || self.policy.serves_host(&host)) {
             return self.own_endpoint(session, ctx, &path).await;
         }
 
         let method = session.req_header().method.as_str().to_string();
         let policy = self.policy.clone();
-        let Some(m) = ctx.target.as_ref().and_then(|t| policy.lookup(&host, &method, t)) else {
+        let Some(m) = ctx
+            .target
+            .as_ref()
+            .and_then(|t| policy.lookup(&host, &method, t))
+        else {
             return self.error(session, ctx, 421, "unknown_host").await;
         };
         ctx.rule = Some(m.rule_index);
         let access = &m.rule.access;
         match access.require {
-            aalgate_policy::Requirement::Deny => return self.error(session, ctx, 403, "denied").await,
+            aalgate_policy::Requirement::Deny => {
+                return self.error(session, ctx, 403, "denied").await
+            }
             // Public routes never touch the store, so they keep working when it is down.
             aalgate_policy::Requirement::Public => {
                 ctx.outcome = "allow";
@@ -391,7 +510,11 @@ impl ProxyHttp for Gateway {
                 return self.error(session, ctx, 503, "store_unavailable").await;
             }
         };
-        let decision = decide(access, loaded.as_ref().map(|(_, s)| s.facts()).as_ref(), now);
+        let decision = decide(
+            access,
+            loaded.as_ref().map(|(_, s)| s.facts()).as_ref(),
+            now,
+        );
         match decision {
             Decision::Allow => {
                 if let Some((id, s)) = loaded {
@@ -412,22 +535,38 @@ impl ProxyHttp for Gateway {
             Decision::Deny => self.error(session, ctx, 403, "denied").await,
             other => {
                 let app = m.app.name.clone();
-                self.challenge(session, ctx, other, &host.to_string(), &app).await
+                self.challenge(session, ctx, other, &host.to_string(), &app)
+                    .await
             }
         }
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let Some(rule) = ctx.rule.and_then(|i| self.policy.rules().get(i)) else {
-            return Err(Error::explain(ErrorType::InternalError, "no rule in context"));
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no rule in context",
+            ));
         };
         let up = &self.policy.app_of(rule).upstream;
-        Ok(Box::new(HttpPeer::new(up.address(), up.tls, up.host.clone())))
+        Ok(Box::new(HttpPeer::new(
+            up.address(),
+            up.tls,
+            up.host.clone(),
+        )))
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, upstream: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         let Some(target) = &ctx.target else {
-            return Err(Error::explain(ErrorType::InternalError, "no target in context"));
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no target in context",
+            ));
         };
         upstream.set_raw_path(target.path_and_query().as_bytes())?;
 
@@ -437,7 +576,12 @@ impl ProxyHttp for Gateway {
             upstream.remove_header(&name);
         }
         upstream.remove_header("connection");
-        let reserved: Vec<String> = upstream.headers.keys().map(|k| k.as_str().to_string()).filter(|k| headers::is_reserved(k)).collect();
+        let reserved: Vec<String> = upstream
+            .headers
+            .keys()
+            .map(|k| k.as_str().to_string())
+            .filter(|k| headers::is_reserved(k))
+            .collect();
         for name in reserved {
             upstream.remove_header(&name);
         }
@@ -448,22 +592,32 @@ impl ProxyHttp for Gateway {
             }
         }
 
-        let client_ip: Option<IpAddr> = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let client_ip: Option<IpAddr> = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
         if let Some(ip) = client_ip {
             upstream.insert_header("x-forwarded-for", ip.to_string())?;
         }
         upstream.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
-        if let Some(h) = session.req_header().headers.get(http::header::HOST).cloned() {
+        if let Some(h) = session
+            .req_header()
+            .headers
+            .get(http::header::HOST)
+            .cloned()
+        {
             upstream.insert_header("x-forwarded-host", h)?;
         }
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
 
-        if let (Some(s), Some(rule)) = (&ctx.session, ctx.rule.and_then(|i| self.policy.rules().get(i))) {
+        if let (Some(s), Some(rule)) = (
+            &ctx.session,
+            ctx.rule.and_then(|i| self.policy.rules().get(i)),
+        ) {
             let app = &self.policy.app_of(rule).name;
-            let token = self
-                .signer
-                .sign(s, app, Timestamp::now())
-                .map_err(|e| Error::because(ErrorType::InternalError, "cannot sign assertion", e))?;
+            let token = self.signer.sign(s, app, Timestamp::now()).map_err(|e| {
+                Error::because(ErrorType::InternalError, "cannot sign assertion", e)
+            })?;
             upstream.insert_header(headers::USER, s.user.as_str())?;
             upstream.insert_header(headers::AAL, s.aal.number().to_string())?;
             upstream.insert_header(headers::AUTH_TIME, s.auth_time.0.to_string())?;
@@ -472,12 +626,26 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         // The gateway's cookie names are reserved: an upstream cannot set or clear them.
-        let set_cookies: Vec<http::HeaderValue> = resp.headers.get_all(http::header::SET_COOKIE).iter().cloned().collect();
+        let set_cookies: Vec<http::HeaderValue> = resp
+            .headers
+            .get_all(http::header::SET_COOKIE)
+            .iter()
+            .cloned()
+            .collect();
         if !set_cookies.is_empty() {
             let ours = |v: &http::HeaderValue| {
-                v.to_str().ok().and_then(|s| s.split('=').next()).map(str::trim).is_some_and(|n| n == headers::COOKIE_PLAIN || n == headers::COOKIE_TLS)
+                v.to_str()
+                    .ok()
+                    .and_then(|s| s.split('=').next())
+                    .map(str::trim)
+                    .is_some_and(|n| n == headers::COOKIE_PLAIN || n == headers::COOKIE_TLS)
             };
             if set_cookies.iter().any(ours) {
                 resp.remove_header("set-cookie");
@@ -486,15 +654,26 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        if ctx.tls && !resp.headers.contains_key(http::header::STRICT_TRANSPORT_SECURITY) {
+        if ctx.tls
+            && !resp
+                .headers
+                .contains_key(http::header::STRICT_TRANSPORT_SECURITY)
+        {
             resp.insert_header("strict-transport-security", "max-age=31536000")?;
         }
         Ok(())
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
-        let rule = ctx.rule.and_then(|i| self.policy.rules().get(i)).map(|r| r.id.as_str()).unwrap_or("-");
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let rule = ctx
+            .rule
+            .and_then(|i| self.policy.rules().get(i))
+            .map(|r| r.id.as_str())
+            .unwrap_or("-");
         tracing::debug!(
             request_id = %ctx.request_id,
             status,

@@ -37,7 +37,14 @@ pub fn is_reserved(name: &str) -> bool {
         || f.starts_with("x-forwarded-")
         || matches!(
             f.as_str(),
-            "forwarded" | "x-real-ip" | "x-client-ip" | "true-client-ip" | "x-original-url" | "x-original-uri" | "x-rewrite-url" | "x-request-id"
+            "forwarded"
+                | "x-real-ip"
+                | "x-client-ip"
+                | "true-client-ip"
+                | "x-original-url"
+                | "x-original-uri"
+                | "x-rewrite-url"
+                | "x-request-id"
         )
 }
 
@@ -117,10 +124,29 @@ mod tests {
 
     #[test]
     fn reserved_in_every_spelling() {
-        for n in ["X-Aalgate-User", "x_aalgate_user", "X.AALGATE.aal", "x-aalgate-assertion", "X-AALGATE_AUTH.TIME", "X-Forwarded-For", "x_forwarded_host", "Forwarded", "X-Real-IP", "X-Original-URL", "x-rewrite-url", "X-Request-Id"] {
+        for n in [
+            "X-Aalgate-User",
+            "x_aalgate_user",
+            "X.AALGATE.aal",
+            "x-aalgate-assertion",
+            "X-AALGATE_AUTH.TIME",
+            "X-Forwarded-For",
+            "x_forwarded_host",
+            "Forwarded",
+            "X-Real-IP",
+            "X-Original-URL",
+            "x-rewrite-url",
+            "X-Request-Id",
+        ] {
             assert!(is_reserved(n), "{n}");
         }
-        for n in ["x-aal", "content-type", "x-forwarded", "authorization", "cookie"] {
+        for n in [
+            "x-aal",
+            "content-type",
+            "x-forwarded",
+            "authorization",
+            "cookie",
+        ] {
             assert!(!is_reserved(n), "{n}");
         }
     }
@@ -128,7 +154,10 @@ mod tests {
     #[test]
     fn connection_tokens() {
         let mut h = HeaderMap::new();
-        h.append("connection", HeaderValue::from_static("keep-alive, X-Aalgate-User"));
+        h.append(
+            "connection",
+            HeaderValue::from_static("keep-alive, X-Aalgate-User"),
+        );
         h.append("connection", HeaderValue::from_static("Upgrade,x-foo"));
         assert_eq!(connection_header_names(&h), ["x-aalgate-user", "x-foo"]);
     }
@@ -136,11 +165,17 @@ mod tests {
     #[test]
     fn cookies() {
         let mut h = HeaderMap::new();
-        h.append("cookie", HeaderValue::from_static("a=1; aalgate=SID; __Host-aalgate=T; b=\"2\""));
+        h.append(
+            "cookie",
+            HeaderValue::from_static("a=1; aalgate=SID; __Host-aalgate=T; b=\"2\""),
+        );
         h.append("cookie", HeaderValue::from_static("aalgate=SECOND"));
         assert_eq!(cookie_values(&h, COOKIE_PLAIN), ["SID", "SECOND"]);
         assert_eq!(cookie_values(&h, COOKIE_TLS), ["T"]);
-        assert_eq!(cookies_without_ours(&h), Some(Some("a=1; b=\"2\"".to_string())));
+        assert_eq!(
+            cookies_without_ours(&h),
+            Some(Some("a=1; b=\"2\"".to_string()))
+        );
         let mut only = HeaderMap::new();
         only.append("cookie", HeaderValue::from_static("aalgate=x"));
         assert_eq!(cookies_without_ours(&only), Some(None));

@@ -30,7 +30,11 @@ use pingora::services::listening::Service;
 use crate::config::{Config, Listener, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "aalgate", version, about = "MFA gateway enforcing NIST SP 800-63B-4 AALs in front of legacy healthcare apps")]
+#[command(
+    name = "aalgate",
+    version,
+    about = "MFA gateway enforcing NIST SP 800-63B-4 AALs in front of legacy healthcare apps"
+)]
 struct Cli {
     /// Log format (overrides the config file).
     #[arg(long, global = true, value_enum)]
@@ -78,8 +82,11 @@ enum Command {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -101,14 +108,18 @@ fn main() -> ExitCode {
             }
             serve(c, None)
         }),
-        Command::Demo { listen, admin_listen, upstream_listen, state_dir, policies } => {
-            demo_config(listen, admin_listen, state_dir, policies).and_then(|mut c| {
-                if let Some(f) = cli.log_format {
-                    c.log_format = f;
-                }
-                serve(c, Some(upstream_listen))
-            })
-        }
+        Command::Demo {
+            listen,
+            admin_listen,
+            upstream_listen,
+            state_dir,
+            policies,
+        } => demo_config(listen, admin_listen, state_dir, policies).and_then(|mut c| {
+            if let Some(f) = cli.log_format {
+                c.log_format = f;
+            }
+            serve(c, Some(upstream_listen))
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -143,7 +154,10 @@ fn validate(paths: &[PathBuf]) -> ExitCode {
             for d in &diags {
                 println!("{d}");
             }
-            let n = diags.iter().filter(|d| d.severity == Severity::Error).count();
+            let n = diags
+                .iter()
+                .filter(|d| d.severity == Severity::Error)
+                .count();
             eprintln!("aalgate: {n} error(s); the policy set was not accepted");
             ExitCode::FAILURE
         }
@@ -152,7 +166,12 @@ fn validate(paths: &[PathBuf]) -> ExitCode {
 
 const DEMO_POLICY: &str = include_str!("../../../policies/demo.yaml");
 
-fn demo_config(listen: SocketAddr, admin: SocketAddr, state_dir: PathBuf, policies: Option<PathBuf>) -> Result<Config> {
+fn demo_config(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    state_dir: PathBuf,
+    policies: Option<PathBuf>,
+) -> Result<Config> {
     if !listen.ip().is_loopback() {
         bail!("demo listens on loopback only (plain HTTP); use `aalgate run` with TLS for anything else");
     }
@@ -161,16 +180,24 @@ fn demo_config(listen: SocketAddr, admin: SocketAddr, state_dir: PathBuf, polici
         None if Path::new("policies/demo.yaml").is_file() => PathBuf::from("policies/demo.yaml"),
         None => {
             let p = state_dir.join("demo.yaml");
-            std::fs::create_dir_all(&state_dir).with_context(|| format!("cannot create {}", state_dir.display()))?;
-            std::fs::write(&p, DEMO_POLICY).with_context(|| format!("cannot write {}", p.display()))?;
+            std::fs::create_dir_all(&state_dir)
+                .with_context(|| format!("cannot create {}", state_dir.display()))?;
+            std::fs::write(&p, DEMO_POLICY)
+                .with_context(|| format!("cannot write {}", p.display()))?;
             p
         }
     };
     Ok(Config {
-        listen: vec![Listener { addr: listen, tls: None }],
+        listen: vec![Listener {
+            addr: listen,
+            tls: None,
+        }],
         admin_listen: Some(admin),
         public_origin: format!("http://localhost:{}", listen.port()),
-        public_host: aalgate_policy::HostPort { host: "localhost".into(), port: Some(listen.port()) },
+        public_host: aalgate_policy::HostPort {
+            host: "localhost".into(),
+            port: Some(listen.port()),
+        },
         store: StoreSpec::Embedded(state_dir.clone()),
         store_timeout: config::DEFAULT_EMBEDDED_STORE_TIMEOUT,
         policies: vec![policies],
@@ -222,19 +249,33 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>) -> Result<()> {
     let policy = Arc::new(load_policies(&cfg.policies)?);
     let (raw_store, embedded): (Arc<dyn SessionStore>, Option<EmbeddedStore>) = match &cfg.store {
         StoreSpec::Embedded(dir) => {
-            let s = EmbeddedStore::open(dir).with_context(|| format!("embedded store in {}", dir.display()))?;
+            let s = EmbeddedStore::open(dir)
+                .with_context(|| format!("embedded store in {}", dir.display()))?;
             (Arc::new(s.clone()), Some(s))
         }
         StoreSpec::Redis(url) => (Arc::new(RedisStore::new(url, cfg.store_timeout)?), None),
     };
     let store: Arc<dyn SessionStore> = Arc::new(Deadline::new(raw_store, cfg.store_timeout));
-    let signer = Arc::new(assertion::Signer::load_or_create(&cfg.signing_key, &cfg.public_origin)?);
+    let signer = Arc::new(assertion::Signer::load_or_create(
+        &cfg.signing_key,
+        &cfg.public_origin,
+    )?);
 
-    let conf = ServerConf { threads: cfg.threads, grace_period_seconds: Some(1), graceful_shutdown_timeout_seconds: Some(5), ..Default::default() };
+    let conf = ServerConf {
+        threads: cfg.threads,
+        grace_period_seconds: Some(1),
+        graceful_shutdown_timeout_seconds: Some(5),
+        ..Default::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let gw = gateway::Gateway { policy: policy.clone(), store: store.clone(), signer, public_host: cfg.public_host.clone() };
+    let gw = gateway::Gateway {
+        policy: policy.clone(),
+        store: store.clone(),
+        signer,
+        public_host: cfg.public_host.clone(),
+    };
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gw);
     for l in &cfg.listen {
         let addr = l.addr.to_string();
@@ -242,14 +283,21 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>) -> Result<()> {
             None => proxy.add_tcp(&addr),
             Some((cert, key)) => {
                 let (c, k) = (cert.to_string_lossy(), key.to_string_lossy());
-                proxy.add_tls(&addr, &c, &k).map_err(|e| anyhow::anyhow!("TLS listener {addr}: {e}"))?;
+                proxy
+                    .add_tls(&addr, &c, &k)
+                    .map_err(|e| anyhow::anyhow!("TLS listener {addr}: {e}"))?;
             }
         }
     }
     server.add_service(proxy);
 
     if let Some(addr) = cfg.admin_listen {
-        let mut admin = Service::new("aalgate admin".to_string(), admin::Admin { store: store.clone() });
+        let mut admin = Service::new(
+            "aalgate admin".to_string(),
+            admin::Admin {
+                store: store.clone(),
+            },
+        );
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
     }
@@ -262,7 +310,21 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>) -> Result<()> {
         server.add_service(app);
     }
 
-    let listen: Vec<String> = cfg.listen.iter().map(|l| format!("{}{}", if l.tls.is_some() { "https://" } else { "http://" }, l.addr)).collect();
+    let listen: Vec<String> = cfg
+        .listen
+        .iter()
+        .map(|l| {
+            format!(
+                "{}{}",
+                if l.tls.is_some() {
+                    "https://"
+                } else {
+                    "http://"
+                },
+                l.addr
+            )
+        })
+        .collect();
     tracing::info!(
         listen = ?listen,
         admin = ?cfg.admin_listen.map(|a| a.to_string()),
@@ -271,7 +333,11 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>) -> Result<()> {
         "aalgate started"
     );
     if demo_upstream.is_some() {
-        tracing::info!("demo: open http://localhost:{}/ (the demo app is on {})", cfg.listen[0].addr.port(), demo_upstream.map(|a| a.to_string()).unwrap_or_default());
+        tracing::info!(
+            "demo: open http://localhost:{}/ (the demo app is on {})",
+            cfg.listen[0].addr.port(),
+            demo_upstream.map(|a| a.to_string()).unwrap_or_default()
+        );
     }
     server.run_forever();
 }

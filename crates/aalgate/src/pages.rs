@@ -40,6 +40,7 @@ pub fn error_text(status: u16) -> (&'static str, &'static str) {
         404 => ("Not found", "There is no gateway page at this address."),
         405 => ("Method not allowed", "This gateway page does not accept this kind of request."),
         414 => ("Address too long", "The address of this request is too long, so it was refused."),
+        431 => ("Request too large", "The request carries too much header data (often too many or too large cookies). Clear this site's cookies and try again."),
         421 => ("Unknown site", "This gateway does not serve the site you asked for. Check the address."),
         503 => ("Sign-in temporarily unavailable", "The sign-in service cannot check your session right now, so protected pages are closed. Your session is kept; this page will work again shortly. Try again in a few seconds."),
         _ => ("Error", "The gateway could not complete this request."),
@@ -49,7 +50,8 @@ pub fn error_text(status: u16) -> (&'static str, &'static str) {
 /// The JSON body for an error the gateway answers itself.
 pub fn error_json(status: u16, code: &str, request_id: &str) -> String {
     let (title, detail) = error_text(status);
-    serde_json::json!({ "error": code, "title": title, "detail": detail, "request_id": request_id }).to_string()
+    serde_json::json!({ "error": code, "title": title, "detail": detail, "request_id": request_id })
+        .to_string()
 }
 
 #[cfg(test)]
@@ -58,7 +60,10 @@ mod tests {
 
     #[test]
     fn escapes() {
-        assert_eq!(escape("<a href='x'>&\"</a>"), "&lt;a href=&#39;x&#39;&gt;&amp;&quot;&lt;/a&gt;");
+        assert_eq!(
+            escape("<a href='x'>&\"</a>"),
+            "&lt;a href=&#39;x&#39;&gt;&amp;&quot;&lt;/a&gt;"
+        );
         let p = page("T<", "<p>x</p>", "r\"1");
         assert!(p.contains("<h1>T&lt;</h1>") && p.contains("r&quot;1"));
     }

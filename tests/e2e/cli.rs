@@ -1,0 +1,103 @@
+//! The CLI that IT uses on policy files.
+
+use std::process::Command;
+
+use aalgate_tests::{aalgate_bin, workspace};
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(aalgate_bin())
+        .args(args)
+        .current_dir(workspace())
+        .output()
+        .expect("run aalgate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn validate_accepts_the_shipped_policies() {
+    let (code, out) = run(&["validate", "policies/examples", "policies/demo.yaml"]);
+    assert_eq!(code, 0, "{out}");
+    for app in ["billing", "ehr", "portal-admin", "epcs", "demo-billing"] {
+        assert!(out.contains(&format!("ok: {app} (")), "{out}");
+    }
+}
+
+#[test]
+fn validate_reports_every_problem_with_position_and_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), "app: a\nhost: a.example\nupstream: http://127.0.0.1:1\nroutes:\n  - path: /x\n    require: aal2\n    idel_timeout: 5m\n").unwrap();
+    std::fs::write(dir.path().join("b.yaml"), "app: b\nhost: b.example\nupstream: http://127.0.0.1:1\ntimeouts:\n  aal2: { idle_timeout: 2h }\n").unwrap();
+    let (code, out) = run(&["validate", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    let a = format!("{}:7:5: ", dir.path().join("a.yaml").display());
+    let b = format!("{}:5:25: ", dir.path().join("b.yaml").display());
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&a) && l.contains("idel_timeout") && l.contains("; ")),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with(&b)
+            && l.contains("ceiling")
+            && l.contains("exceed_nist_ceilings")),
+        "{out}"
+    );
+}
+
+#[test]
+fn explain_names_the_rule_and_the_decision() {
+    let (code, out) = run(&[
+        "explain",
+        "--policies",
+        "policies/examples",
+        "--method",
+        "POST",
+        "--url",
+        "https://billing.clinic.example/payouts/./bank-account",
+        "--aal",
+        "3",
+        "--auth-age",
+        "10m",
+        "--idle",
+        "1m",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("billing.yaml:13:5"), "{out}");
+    assert!(out.contains("decision: step_up"), "{out}");
+    let (_, out) = run(&[
+        "explain",
+        "--policies",
+        "policies/examples",
+        "--url",
+        "https://billing.clinic.example/invoices",
+        "--aal",
+        "2",
+        "--idle",
+        "31m",
+    ]);
+    assert!(
+        out.contains("decision: reauth") && out.contains("idle"),
+        "{out}"
+    );
+    let (_, out) = run(&[
+        "explain",
+        "--policies",
+        "policies/examples",
+        "--url",
+        "https://unknown.example/",
+    ]);
+    assert!(out.contains("421"), "{out}");
+    let (code, out) = run(&[
+        "explain",
+        "--policies",
+        "policies/examples",
+        "--url",
+        "https://billing.clinic.example/a%2Fb",
+    ]);
+    assert!(code != 0 && out.contains("400"), "{out}");
+}

@@ -1,0 +1,344 @@
+//! Allowed requests: the forwarded path, stripped and added headers, the JWT; and what happens
+//! when a request is not allowed (302 for pages, 401 JSON for scripts).
+
+use aalgate_policy::Aal;
+use aalgate_session::EmbeddedStore;
+use aalgate_tests::{get, send, Gateway, Upstream};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+use crate::{make_session, policy};
+
+fn host(g: &Gateway) -> String {
+    format!("localhost:{}", g.port)
+}
+
+#[test]
+fn allowed_request_is_forwarded_with_identity_and_nothing_spoofed() {
+    let up = Upstream::start();
+    let g = Gateway::start(None, &[("billing.yaml", &policy(up.port))]);
+    // The CLI-style second opener writes the session while the gateway runs.
+    let store =
+        EmbeddedStore::open(&g.state_dir()).expect("open embedded store beside the gateway");
+    let cookie = make_session(&store, "alice", Aal::Aal2, 60, 1);
+
+    let r = get(
+        g.port,
+        &host(&g),
+        "/app/./x/%2e%2e/y//z?q=1&r=%2F",
+        &[
+            &format!("Cookie: theme=dark; aalgate={cookie}; other=2"),
+            "X-Aalgate-User: mallory",
+            "x_aalgate_user: mallory",
+            "X.Aalgate.Aal: 3",
+            "X-AALGATE-ASSERTION: forged",
+            "X-Forwarded-For: 6.6.6.6",
+            "X-Forwarded-Host: evil.example",
+            "X-Forwarded-Proto: https",
+            "Forwarded: for=6.6.6.6",
+            "X-Original-URL: /debug/console",
+            "X-Rewrite-URL: /debug/console",
+            "X-Request-Id: chosen-by-client",
+            "X-Hop: secret",
+            "Connection: close, X-Hop, X-Aalgate-User",
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    let s = &seen[0];
+    assert_eq!(
+        s.target, "/app/y/z?q=1&r=%2F",
+        "the normalized path is what goes upstream"
+    );
+    assert_eq!(s.all("x-aalgate-user"), ["alice"]);
+    assert_eq!(s.one("x-aalgate-aal"), Some("2"));
+    assert!(s.one("x-aalgate-auth-time").is_some());
+    assert_eq!(s.one("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(s.one("x-forwarded-proto"), Some("http"));
+    assert_eq!(s.one("x-forwarded-host"), Some(host(&g).as_str()));
+    for gone in [
+        "x_aalgate_user",
+        "x.aalgate.aal",
+        "forwarded",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-hop",
+    ] {
+        assert!(s.all(gone).is_empty(), "{gone} reached the upstream");
+    }
+    assert!(s.headers.iter().all(|(n, v)| !v.contains("mallory")
+        && !v.contains("6.6.6.6")
+        && !v.contains("evil.example")
+        && n != "x_aalgate_user"));
+    assert_ne!(s.one("x-request-id"), Some("chosen-by-client"));
+    assert_eq!(
+        s.one("x-request-id"),
+        r.header("x-request-id").or(s.one("x-request-id"))
+    );
+    assert_eq!(
+        s.one("cookie"),
+        Some("theme=dark; other=2"),
+        "the session cookie never reaches the upstream"
+    );
+
+    // The assertion verifies against the JWKS the gateway publishes.
+    let jwks = get(g.port, &host(&g), "/.aalgate/jwks.json", &[]).json();
+    let x = jwks["keys"][0]["x"].as_str().expect("jwks x");
+    let key = DecodingKey::from_ed_components(x).expect("key");
+    let mut v = Validation::new(Algorithm::EdDSA);
+    v.set_audience(&["billing"]);
+    v.set_issuer(&[format!("http://localhost:{}", g.port)]);
+    let token = s.one("x-aalgate-assertion").expect("assertion");
+    let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key, &v)
+        .expect("valid JWT")
+        .claims;
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["acr"], "aal2");
+    assert_eq!(claims["amr"], serde_json::json!(["hwk", "user"]));
+    let exp = claims["exp"].as_u64().unwrap();
+    let iat = claims["iat"].as_u64().unwrap();
+    assert!(exp > iat && exp - iat <= 60, "short-lived");
+    assert!(claims["auth_time"].as_u64().is_some());
+    assert!(jsonwebtoken::decode::<serde_json::Value>(token, &key, &{
+        let mut w = Validation::new(Algorithm::EdDSA);
+        w.set_audience(&["ehr"]);
+        w
+    })
+    .is_err());
+}
+
+#[test]
+fn public_routes_pass_without_identity_and_upstream_cannot_set_our_cookie() {
+    let up = Upstream::start();
+    let g = Gateway::start(None, &[("billing.yaml", &policy(up.port))]);
+    let r = get(
+        g.port,
+        &host(&g),
+        "/static/app.css",
+        &["X-Aalgate-User: mallory"],
+    );
+    assert_eq!(r.status, 200);
+    let s = &up.seen()[0];
+    assert!(s.all("x-aalgate-user").is_empty() && s.all("x-aalgate-assertion").is_empty());
+
+    let r = get(g.port, &host(&g), "/static/setcookie", &[]);
+    assert_eq!(r.status, 200);
+    let cookies = r.all("set-cookie");
+    assert_eq!(
+        cookies,
+        ["app=1; Path=/"],
+        "only the app's own cookie survives"
+    );
+}
+
+#[test]
+fn not_allowed_pages_redirect_and_scripts_get_401_json() {
+    let up = Upstream::start();
+    let g = Gateway::start(None, &[("billing.yaml", &policy(up.port))]);
+    let store = EmbeddedStore::open(&g.state_dir()).unwrap();
+    let h = host(&g);
+
+    // No session: a navigation is redirected to the sign-in page with an opaque flow id.
+    let r = get(
+        g.port,
+        &h,
+        "/invoices?id=7",
+        &["Accept: text/html", "Sec-Fetch-Mode: navigate"],
+    );
+    assert_eq!(r.status, 302);
+    let loc = r.header("location").unwrap().to_string();
+    assert!(
+        loc.starts_with("/.aalgate/auth?flow=") && loc.len() == "/.aalgate/auth?flow=".len() + 43,
+        "{loc}"
+    );
+    assert!(
+        !loc.contains("invoices"),
+        "the original URL stays server-side"
+    );
+    let page = get(g.port, &h, &loc, &[]);
+    assert_eq!(page.status, 200);
+    assert!(
+        page.text().contains("Please sign in") && page.text().contains("AAL2"),
+        "{}",
+        page.text()
+    );
+    assert_eq!(page.header("referrer-policy"), Some("no-referrer"));
+    let bogus = get(
+        g.port,
+        &h,
+        "/.aalgate/auth?flow=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        &[],
+    );
+    assert!(bogus.text().contains("not valid any more"));
+
+    // A script call gets 401 JSON with what is needed and where to sign in.
+    let r = get(
+        g.port,
+        &h,
+        "/api/data",
+        &["Accept: application/json", "Sec-Fetch-Mode: cors"],
+    );
+    assert_eq!(r.status, 401);
+    let j = r.json();
+    assert_eq!(j["need"], "login");
+    assert_eq!(j["aal"], "aal2");
+    assert!(j["login_url"]
+        .as_str()
+        .unwrap()
+        .starts_with("/.aalgate/auth?flow="));
+
+    // An AAL2 session on an AAL3 route must step up.
+    let aal2 = make_session(&store, "bob", Aal::Aal2, 60, 1);
+    let r = get(
+        g.port,
+        &h,
+        "/pay/now",
+        &[
+            &format!("Cookie: aalgate={aal2}"),
+            "Accept: application/json",
+        ],
+    );
+    assert_eq!(
+        (r.status, r.json()["need"].as_str()),
+        (401, Some("step_up"))
+    );
+    assert_eq!(r.json()["aal"], "aal3");
+    // A step-up route with an authentication older than its window.
+    let old = make_session(&store, "carol", Aal::Aal2, 600, 1);
+    let r = get(
+        g.port,
+        &h,
+        "/confirm",
+        &[
+            &format!("Cookie: aalgate={old}"),
+            "Accept: application/json",
+        ],
+    );
+    assert_eq!(
+        (
+            r.status,
+            r.json()["need"].as_str(),
+            r.json()["max_age_seconds"].as_u64()
+        ),
+        (401, Some("step_up"), Some(300))
+    );
+    // Idle past the AAL2 limit (30 min): re-authenticate; 1 s before the limit: allowed.
+    let idle = make_session(&store, "dave", Aal::Aal2, 3600, 30 * 60 + 1);
+    let r = get(
+        g.port,
+        &h,
+        "/x",
+        &[
+            &format!("Cookie: aalgate={idle}"),
+            "Accept: application/json",
+        ],
+    );
+    assert_eq!(r.json()["need"], "reauth");
+    let fresh = make_session(&store, "erin", Aal::Aal2, 3600, 30 * 60 - 2);
+    assert_eq!(
+        get(g.port, &h, "/x", &[&format!("Cookie: aalgate={fresh}")]).status,
+        200
+    );
+    // Forged, truncated and oversized cookies are just "no session".
+    for bad in [
+        "x",
+        &aal2[..42],
+        &"A".repeat(43),
+        &"A".repeat(5000),
+        "..%2F",
+    ] {
+        assert_eq!(
+            get(g.port, &h, "/x", &[&format!("Cookie: aalgate={bad}")]).status,
+            302,
+            "{bad}"
+        );
+    }
+    // Deny.
+    assert_eq!(
+        get(
+            g.port,
+            &h,
+            "/debug/console",
+            &[&format!("Cookie: aalgate={aal2}")]
+        )
+        .status,
+        403
+    );
+    // Only erin's request went upstream.
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].one("x-aalgate-user"), Some("erin"));
+}
+
+#[test]
+fn gateway_prefix_is_never_forwarded_and_logout_ends_the_session() {
+    let up = Upstream::start();
+    let g = Gateway::start(None, &[("billing.yaml", &policy(up.port))]);
+    let store = EmbeddedStore::open(&g.state_dir()).unwrap();
+    let h = host(&g);
+    let cookie = make_session(&store, "frank", Aal::Aal3, 60, 1);
+    for t in [
+        "/.aalgate/",
+        "/.aalgate/nope",
+        "/.aalgate",
+        "/x/../.aalgate/admin",
+        "/.%61algate/x",
+    ] {
+        let r = get(g.port, &h, t, &[&format!("Cookie: aalgate={cookie}")]);
+        assert_eq!(r.status, 404, "{t}");
+    }
+    assert_eq!(
+        get(g.port, &h, "/.aalgate/logout", &[]).status,
+        405,
+        "logout is POST only"
+    );
+    let cross = send(g.port, format!("POST /.aalgate/logout HTTP/1.1\r\nHost: {h}\r\nCookie: aalgate={cookie}\r\nSec-Fetch-Site: cross-site\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes());
+    assert_eq!(cross.status, 403);
+    assert_eq!(
+        get(g.port, &h, "/x", &[&format!("Cookie: aalgate={cookie}")]).status,
+        200
+    );
+    let out = send(g.port, format!("POST /.aalgate/logout HTTP/1.1\r\nHost: {h}\r\nCookie: aalgate={cookie}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes());
+    assert_eq!(out.status, 200);
+    assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
+    assert_eq!(
+        get(g.port, &h, "/x", &[&format!("Cookie: aalgate={cookie}")]).status,
+        302,
+        "the session is gone"
+    );
+    assert_eq!(up.seen().len(), 1);
+}
+
+#[test]
+fn embedded_sessions_survive_a_gateway_restart() {
+    let up = Upstream::start();
+    let mut g = Gateway::start(None, &[("billing.yaml", &policy(up.port))]);
+    let cookie = {
+        let store = EmbeddedStore::open(&g.state_dir()).unwrap();
+        make_session(&store, "grace", Aal::Aal2, 60, 1)
+    };
+    assert_eq!(
+        get(
+            g.port,
+            &host(&g),
+            "/x",
+            &[&format!("Cookie: aalgate={cookie}")]
+        )
+        .status,
+        200
+    );
+    g.restart();
+    assert_eq!(
+        get(
+            g.port,
+            &host(&g),
+            "/x",
+            &[&format!("Cookie: aalgate={cookie}")]
+        )
+        .status,
+        200
+    );
+    // The signing key survives too, so upstreams keep verifying.
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2);
+}

@@ -1,0 +1,80 @@
+//! The Redis backend: the shared conformance suite against a real redis-server, and the gateway
+//! failing closed while Redis is down, then recovering by itself.
+
+use std::time::Duration;
+
+use aalgate_policy::Aal;
+use aalgate_session::{conformance, RedisStore};
+use aalgate_tests::{get, Gateway, Redis, Upstream};
+
+use crate::{make_session, policy, rt};
+
+#[test]
+fn redis_store_passes_the_conformance_suite() {
+    let redis = Redis::start();
+    let a = RedisStore::new(&redis.url(), Duration::from_secs(1)).unwrap();
+    let b = RedisStore::new(&redis.url(), Duration::from_secs(1)).unwrap();
+    rt().block_on(async {
+        conformance::run_all(&a).await;
+        conformance::cross_handle(&a, &b).await;
+    });
+}
+
+#[test]
+fn redis_down_fails_closed_with_503_and_recovers() {
+    let mut redis = Redis::start();
+    let up = Upstream::start();
+    let g = Gateway::start(Some(&redis.url()), &[("billing.yaml", &policy(up.port))]);
+    let store = RedisStore::new(&redis.url(), Duration::from_secs(1)).unwrap();
+    let cookie = make_session(&store, "heidi", Aal::Aal2, 60, 1);
+    let h = format!("localhost:{}", g.port);
+    let c = format!("Cookie: aalgate={cookie}");
+    assert_eq!(get(g.port, &h, "/x", &[&c]).status, 200);
+
+    redis.stop();
+    let r = get(g.port, &h, "/x", &[&c]);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("5"));
+    assert!(
+        r.header("set-cookie").is_none(),
+        "the cookie is kept, no login loop"
+    );
+    assert!(r.text().contains("temporarily unavailable"));
+    let j = get(g.port, &h, "/x", &[&c, "Accept: application/json"]);
+    assert_eq!(
+        (j.status, j.json()["error"].as_str()),
+        (503, Some("store_unavailable"))
+    );
+    // No session yet: still 503 (the flow cannot be stored), never a pass-through.
+    assert_eq!(get(g.port, &h, "/x", &[]).status, 503);
+    // Public routes do not need the store.
+    assert_eq!(get(g.port, &h, "/static/app.css", &[]).status, 200);
+    assert_eq!(
+        get(
+            g.admin_port,
+            &format!("127.0.0.1:{}", g.admin_port),
+            "/readyz",
+            &[]
+        )
+        .status,
+        503
+    );
+
+    redis.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut status = 0;
+    while std::time::Instant::now() < deadline {
+        status = get(g.port, &h, "/x", &[&c]).status;
+        if status == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        status, 200,
+        "recovers by itself after redis-server restarts"
+    );
+    // Upstream saw the two allowed requests and the public one, nothing during the outage.
+    let seen: Vec<String> = up.seen().iter().map(|s| s.target.clone()).collect();
+    assert_eq!(seen, ["/x", "/static/app.css", "/x"]);
+}
