@@ -301,6 +301,15 @@ impl Gateway {
     /// Starts `aalgate run` with `store` (`embedded:<dir>` is filled in when `None`) and the
     /// given policy files (name, YAML).
     pub fn start(store: Option<&str>, policies: &[(&str, &str)]) -> Gateway {
+        Gateway::start_with(store, policies, false)
+    }
+
+    /// As [`Gateway::start`], with a TLS listener (a throwaway self-signed cert for localhost).
+    pub fn start_tls(policies: &[(&str, &str)]) -> Gateway {
+        Gateway::start_with(None, policies, true)
+    }
+
+    fn start_with(store: Option<&str>, policies: &[(&str, &str)], tls: bool) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let pdir = dir.path().join("policies");
         std::fs::create_dir_all(&pdir).expect("mkdir");
@@ -312,8 +321,44 @@ impl Gateway {
             .map(str::to_string)
             .unwrap_or_else(|| format!("embedded:{}", dir.path().join("state").display()));
         let config = dir.path().join("aalgate.yaml");
+        let tls_line = if tls {
+            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+            let ok = Command::new("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=localhost",
+                    "-addext",
+                    "subjectAltName=DNS:localhost",
+                ])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("run openssl (apt-get install -y openssl)");
+            assert!(ok.success(), "openssl could not make a test certificate");
+            format!(
+                "\n    tls: {{ cert: {}, key: {} }}",
+                cert.display(),
+                key.display()
+            )
+        } else {
+            String::new()
+        };
+        let scheme = if tls { "https" } else { "http" };
         let yaml = format!(
-            "listen:\n  - addr: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin_port}\npublic_origin: http://localhost:{port}\n\
+            "listen:\n  - addr: 127.0.0.1:{port}{tls_line}\nadmin_listen: 127.0.0.1:{admin_port}\npublic_origin: {scheme}://localhost:{port}\n\
 store: \"{store}\"\nstore_timeout: 1s\npolicies: policies\nstate_dir: state\nthreads: 2\n"
         );
         std::fs::write(&config, yaml).expect("write config");

@@ -3,6 +3,7 @@
 
 mod cli;
 mod hostile;
+mod listeners;
 mod proxy;
 mod redis;
 

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aalgate_policy::HumanDuration;
 use aalgate_session::StoreSpec;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -19,7 +18,7 @@ struct RawConfig {
     public_origin: String,
     store: String,
     #[serde(default)]
-    store_timeout: Option<HumanDuration>,
+    store_timeout: Option<String>,
     policies: PathBuf,
     #[serde(default)]
     state_dir: Option<PathBuf>,
@@ -118,7 +117,16 @@ impl Config {
                 .location()
                 .map(|l| (l.line(), l.column()))
                 .unwrap_or((0, 0));
-            anyhow::anyhow!("{}:{l}:{c}: {}", path.display(), e.without_snippet())
+            let msg = e.without_snippet().to_string();
+            let msg = msg
+                .lines()
+                .next()
+                .unwrap_or("")
+                .split(" at line ")
+                .next()
+                .unwrap_or("")
+                .to_string();
+            anyhow::anyhow!("{}:{l}:{c}: {msg}", path.display())
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Config::from_raw(raw, base).with_context(|| format!("in config {}", path.display()))
@@ -186,10 +194,20 @@ impl Config {
         if threads == 0 || threads > 256 {
             bail!("threads must be 1 to 256");
         }
-        let store_timeout = raw.store_timeout.map(|d| d.0).unwrap_or(match store {
-            StoreSpec::Embedded(_) => DEFAULT_EMBEDDED_STORE_TIMEOUT,
-            StoreSpec::Redis(_) => DEFAULT_STORE_TIMEOUT,
-        });
+        let store_timeout = match raw.store_timeout {
+            Some(s) => {
+                let d = humantime::parse_duration(s.trim())
+                    .with_context(|| format!("store_timeout {s:?}: write e.g. 50ms or 1s"))?;
+                if d < Duration::from_millis(1) || d > Duration::from_secs(10) {
+                    bail!("store_timeout {s:?} must be between 1ms and 10s (tens of milliseconds is right for Redis on a LAN)");
+                }
+                d
+            }
+            None => match store {
+                StoreSpec::Embedded(_) => DEFAULT_EMBEDDED_STORE_TIMEOUT,
+                StoreSpec::Redis(_) => DEFAULT_STORE_TIMEOUT,
+            },
+        };
         Ok(Config {
             listen,
             admin_listen,
@@ -223,6 +241,15 @@ mod tests {
         );
         assert_eq!(c.store_timeout, DEFAULT_EMBEDDED_STORE_TIMEOUT);
         assert_eq!(c.public_host.port, Some(8080));
+    }
+
+    #[test]
+    fn shipped_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/aalgate.example.yaml");
+        let c = Config::load(&path).unwrap();
+        assert!(c.listen[0].tls.is_some());
+        assert_eq!(c.store, StoreSpec::Redis("redis://127.0.0.1:6379/0".into()));
+        assert_eq!(c.store_timeout, DEFAULT_STORE_TIMEOUT);
     }
 
     #[test]

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs aalgate's whole test suite: unit tests, the store conformance suite (embedded and a real
+# redis-server) and the end-to-end tests of the built binary.
+#
+# Needs: cmake (pingora builds zlib-ng), redis-server, openssl and curl (TLS listener test).
+# As root on Debian it installs what is missing; otherwise it says what to install.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if ((${#need[@]})); then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "tests/run.sh: installing ${need[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "tests/run.sh: missing ${need[*]}; install them first (Debian: sudo apt-get install -y ${need[*]})" >&2
+    exit 1
+  fi
+fi
+
+# Build the binary the end-to-end tests start, then run everything.
+cargo build --locked -p aalgate --bin aalgate
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --locked --workspace --no-fail-fast "$@"
+else
+  cargo test --locked --workspace --no-fail-fast "$@"
+fi
