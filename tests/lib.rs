@@ -191,7 +191,7 @@ fn serve_conn(mut conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
         let body = serde_json::json!({ "method": method, "target": target, "headers": s.headers })
             .to_string();
         let extra = if target.contains("setcookie") {
-            "Set-Cookie: aalgate=planted; Path=/\r\nSet-Cookie: __Host-aalgate=planted; Path=/; Secure\r\nSet-Cookie: app=1; Path=/\r\n"
+            "Set-Cookie: aalgate=planted; Path=/\r\nSet-Cookie: __Host-aalgate=planted; Path=/; Secure\r\nSet-Cookie: =aalgate=planted\r\nSet-Cookie: app=1; Path=/\r\n"
         } else {
             ""
         };
@@ -269,6 +269,26 @@ impl Redis {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open but nothing answers, like a hung
+    /// or overloaded store.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .arg(sig)
+                .arg(c.id().to_string())
+                .status();
         }
     }
 

@@ -116,6 +116,14 @@ fn hostile_hosts_and_framing_are_refused() {
         (format!("GET /{} HTTP/1.1\r\nHost: localhost:{p}\r\nConnection: close\r\n\r\n", "a".repeat(9000)), vec![414, 400, 431]),
         (format!("GET /static/x HTTP/1.1\r\nHost: localhost:{p}\r\nCookie: {}\r\nConnection: close\r\n\r\n", "a=b; ".repeat(20000)), vec![431]),
         ("\x00\x01\x02garbage\r\n\r\n".into(), vec![400, 0]),
+        // h2c (or any non-WebSocket upgrade) on a public route would open a tunnel past the gateway.
+        (format!("GET /static/x HTTP/1.1\r\nHost: localhost:{p}\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"), vec![400]),
+        (format!("GET /static/x HTTP/1.1\r\nHost: localhost:{p}\r\nUpgrade: TLS/1.2\r\nConnection: Upgrade\r\n\r\n"), vec![400]),
+        // A lowercase method could be matched as one method and run as another.
+        (format!("get /static/x HTTP/1.1\r\nHost: localhost:{p}\r\nConnection: close\r\n\r\n"), vec![400]),
+        (format!("Post /static/x HTTP/1.1\r\nHost: localhost:{p}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"), vec![400]),
+        // Empty lines before the request line do not hide a fragment.
+        (format!("\r\n\r\nGET /static/x#/../../debug HTTP/1.1\r\nHost: localhost:{p}\r\nConnection: close\r\n\r\n"), vec![400]),
     ];
     let mut failures = Vec::new();
     for (raw, want) in &cases {

@@ -121,6 +121,27 @@ fn public_routes_pass_without_identity_and_upstream_cannot_set_our_cookie() {
     let s = &up.seen()[0];
     assert!(s.all("x-aalgate-user").is_empty() && s.all("x-aalgate-assertion").is_empty());
 
+    // The upstream gets the canonical host, and no method override.
+    up.clear();
+    let r = get(
+        g.port,
+        &format!("LocalHost.:{}", g.port),
+        "/static/x",
+        &[
+            "X-HTTP-Method-Override: DELETE",
+            "X_Method_Override: DELETE",
+        ],
+    );
+    assert_eq!(r.status, 200);
+    let s = &up.seen()[0];
+    assert_eq!(s.one("host"), Some(host(&g).as_str()));
+    assert_eq!(s.one("x-forwarded-host"), Some(host(&g).as_str()));
+    assert!(
+        s.headers.iter().all(|(_, v)| v != "DELETE"),
+        "{:?}",
+        s.headers
+    );
+
     let r = get(g.port, &host(&g), "/static/setcookie", &[]);
     assert_eq!(r.status, 200);
     let cookies = r.all("set-cookie");

@@ -78,3 +78,31 @@ fn redis_down_fails_closed_with_503_and_recovers() {
     let seen: Vec<String> = up.seen().iter().map(|s| s.target.clone()).collect();
     assert_eq!(seen, ["/x", "/static/app.css", "/x"]);
 }
+
+#[test]
+fn a_hung_store_hits_the_deadline_and_fails_closed() {
+    let redis = Redis::start();
+    let up = Upstream::start();
+    let g = Gateway::start(Some(&redis.url()), &[("billing.yaml", &policy(up.port))]);
+    let store = RedisStore::new(&redis.url(), Duration::from_secs(1)).unwrap();
+    let cookie = make_session(&store, "judy", Aal::Aal2, 60, 1);
+    let h = format!("localhost:{}", g.port);
+    let c = format!("Cookie: aalgate={cookie}");
+    assert_eq!(get(g.port, &h, "/x", &[&c]).status, 200);
+    redis.pause();
+    let t0 = std::time::Instant::now();
+    let r = get(g.port, &h, "/x", &[&c]);
+    let took = t0.elapsed();
+    redis.resume();
+    assert_eq!(r.status, 503, "{}", r.text());
+    // The harness sets store_timeout: 1s; the answer comes at the deadline, not after a hang.
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert_eq!(up.seen().len(), 1);
+    // Once the store answers again, the same cookie works.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut status = 0;
+    while std::time::Instant::now() < deadline && status != 200 {
+        status = get(g.port, &h, "/x", &[&c]).status;
+    }
+    assert_eq!(status, 200);
+}

@@ -247,18 +247,28 @@ impl PolicySet {
         } else {
             method
         };
-        let index = if entry.case_insensitive {
-            let folded: Vec<String> = target
-                .match_segments()
-                .map(|s| s.to_ascii_lowercase())
-                .collect();
-            let segs: Vec<&str> = folded.iter().map(String::as_str).collect();
-            entry.matcher.find(&segs, method)
-        } else {
-            let segs: Vec<&str> = target.match_segments().collect();
-            entry.matcher.find(&segs, method)
+        let find = |segs: &mut dyn Iterator<Item = &str>| -> usize {
+            let index = if entry.case_insensitive {
+                let folded: Vec<String> = segs.map(|s| s.to_ascii_lowercase()).collect();
+                let segs: Vec<&str> = folded.iter().map(String::as_str).collect();
+                entry.matcher.find(&segs, method)
+            } else {
+                let segs: Vec<&str> = segs.collect();
+                entry.matcher.find(&segs, method)
+            };
+            index.unwrap_or(entry.fallback)
         };
-        let rule_index = index.unwrap_or(entry.fallback);
+        let mut rule_index = find(&mut target.match_segments());
+        // `/admin;x` is `/admin` to a Java server but a different segment to most others: match
+        // both readings and apply the stricter rule, so neither kind of upstream is bypassed.
+        if target.has_params() {
+            let literal = find(&mut target.literal_segments());
+            if self.rules[literal].access.require.strictness()
+                > self.rules[rule_index].access.require.strictness()
+            {
+                rule_index = literal;
+            }
+        }
         let rule = &self.rules[rule_index];
         Some(Match {
             app: &self.apps[rule.app],

@@ -8,9 +8,12 @@
 //!    backslash, an encoded slash (`%2F`), NUL and other control characters (raw or encoded),
 //!    a malformed escape, bytes that do not decode to valid UTF-8 (overlong forms included),
 //!    and dot segments carrying path parameters (`..;x`).
-//! 3. Escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`) are decoded; every other escape
-//!    is kept, with uppercase hex. Raw non-ASCII bytes are percent-encoded. So `%252e` stays
-//!    `%252e` (it is not a dot segment, and the upstream sees the same bytes).
+//! 3. One canonical spelling per character, so `%24everything` and `$everything` match the same
+//!    rule: escapes of characters that may appear raw in a path segment (unreserved, the
+//!    sub-delimiters except `;`, `:` and `@`) are decoded; every other character is
+//!    percent-encoded with uppercase hex, whether it arrived raw (`{`, `"`, non-ASCII) or encoded.
+//!    `;` stays raw as the parameter separator and `%3B` stays encoded as data. So `%252e`
+//!    stays `%252e` (it is not a dot segment, and the upstream sees the same bytes).
 //! 4. Duplicate slashes are merged, then dot segments removed (RFC 3986 5.2.4; `..` above the
 //!    root stays at the root).
 //!
@@ -84,6 +87,17 @@ impl NormalizedTarget {
         }
     }
 
+    /// The segments as literal text (parameters kept), for upstreams that do not treat `;` as a
+    /// parameter separator.
+    pub fn literal_segments(&self) -> impl Iterator<Item = &str> {
+        self.path.split('/').skip(1).filter(|s| !s.is_empty())
+    }
+
+    /// Whether any segment carries `;` parameters.
+    pub fn has_params(&self) -> bool {
+        self.path.contains(';')
+    }
+
     /// The segments that matching sees: path parameters (`;jsessionid=..`) stripped from each
     /// segment, and a trailing slash ignored, so `/admin/` and `/admin;x` match as `/admin`.
     pub fn match_segments(&self) -> impl Iterator<Item = &str> {
@@ -95,8 +109,27 @@ impl NormalizedTarget {
     }
 }
 
-fn is_unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+/// Characters that stand for themselves in a path segment (RFC 3986 `pchar` less `;`).
+fn is_literal(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b'='
+                | b':'
+                | b'@'
+        )
 }
 
 fn hex_val(b: u8) -> Option<u8> {
@@ -223,7 +256,7 @@ fn decode_path(raw: &[u8]) -> Result<String, PathError> {
                     b'/' => return Err(PathError::EncodedSlash),
                     b'\\' => return Err(PathError::Backslash),
                     0..=0x1f | 0x7f => return Err(PathError::ControlChar),
-                    _ if is_unreserved(v) => out.push(v as char),
+                    _ if is_literal(v) => out.push(v as char),
                     _ => push_escaped(&mut out, v),
                 }
                 fully_decoded.push(v);
@@ -232,6 +265,11 @@ fn decode_path(raw: &[u8]) -> Result<String, PathError> {
             b'\\' => return Err(PathError::Backslash),
             0..=0x20 | 0x7f => return Err(PathError::ControlChar),
             0x80..=0xff => {
+                push_escaped(&mut out, b);
+                fully_decoded.push(b);
+                i += 1;
+            }
+            _ if !(is_literal(b) || b == b'/' || b == b';') => {
                 push_escaped(&mut out, b);
                 fully_decoded.push(b);
                 i += 1;
@@ -326,6 +364,17 @@ mod tests {
             ("/a.", "/a."),
             ("/A/B", "/A/B"),
             ("/a?x=../../b", "/a"),
+            (
+                "/fhir/Patient/1/%24everything",
+                "/fhir/Patient/1/$everything",
+            ),
+            ("/v1/items%3Abatch", "/v1/items:batch"),
+            ("/a%21%27%28%29%2A%2B%2C%3D%40%26", "/a!'()*+,=@&"),
+            ("/a{b}", "/a%7Bb%7D"),
+            ("/a%7bb%7d", "/a%7Bb%7D"),
+            ("/a\"b", "/a%22b"),
+            ("/a%3Bb;c", "/a%3Bb;c"),
+            ("/a%25", "/a%25"),
         ];
         for (raw, want) in cases {
             assert_eq!(norm(raw).as_deref(), Ok(want), "{raw}");
@@ -387,7 +436,16 @@ mod tests {
             (b"http:///x", BadAuthority),
             (b"ftp://host/x", UnsupportedForm),
             (b"/a?x=\x01", ControlChar),
+            (b"/..%c0%af../admin", InvalidUtf8),
+            (b"/%c0%afadmin", InvalidUtf8),
+            (b"/%e0%80%af", InvalidUtf8),
+            (b"/%u002e%u002e/admin", BadEscape),
+            (b"/admin%2F", EncodedSlash),
+            (b"/a\x7f", ControlChar),
+            (b"/a\r\nHost: evil", ControlChar),
+            (b"HTTP://host/..%2F", EncodedSlash),
         ];
+        assert!(cases.len() >= 45);
         for (raw, want) in cases {
             assert_eq!(
                 normalize_target(raw).map(|t| t.path().to_string()),

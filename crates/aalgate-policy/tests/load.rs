@@ -103,6 +103,26 @@ fn valid_file_loads_and_matches_most_specific() {
 }
 
 #[test]
+fn path_parameters_take_the_stricter_reading() {
+    let y = "app: a\nhost: a.example\nupstream: http://127.0.0.1:1\ndefault: public\nroutes:\n  - path: /admin/**\n    require: aal3\n  - path: /files/*\n    require: public\n  - path: /*\n    require: aal2\n";
+    let set = load(&[("a.yaml", y)]).unwrap();
+    // Java reading (/admin/users) is stricter than the literal one (default public).
+    assert_eq!(
+        rule_for(&set, "a.example", "GET", "/admin;x/users").1,
+        Requirement::Aal3
+    );
+    // Literal reading (`/files;x` is one segment: /*, aal2) is stricter than the Java one (/files/*).
+    assert_eq!(
+        rule_for(&set, "a.example", "GET", "/files;x").1,
+        Requirement::Aal2
+    );
+    assert_eq!(
+        rule_for(&set, "a.example", "GET", "/files/a;b").1,
+        Requirement::Public
+    );
+}
+
+#[test]
 fn default_is_deny_and_case_sensitivity_is_per_app() {
     let y = "app: ehr\nhost: ehr.example\nupstream: http://127.0.0.1:1\nroutes:\n  - path: /Public/**\n    require: public\n";
     let set = load(&[("ehr.yaml", y)]).unwrap();

@@ -57,6 +57,8 @@ pub struct Ctx {
     rule: Option<usize>,
     session: Option<UserSession>,
     outcome: &'static str,
+    /// The canonical `Host` (lowercase, no trailing dot) that matching used.
+    host: String,
 }
 
 fn request_id() -> String {
@@ -74,6 +76,12 @@ fn raw_target(session: &Session) -> Vec<u8> {
         if raw.len() > MAX_HEADER_BYTES {
             return Vec::new();
         }
+        // The parser skips empty lines before the request line; so must we.
+        let start = raw
+            .iter()
+            .position(|&b| b != b'\r' && b != b'\n')
+            .unwrap_or(raw.len());
+        let raw = &raw[start..];
         let line_end = raw.iter().position(|&b| b == b'\n').unwrap_or(raw.len());
         let line = &raw[..line_end];
         let mut parts = line.split(|&b| b == b' ').filter(|p| !p.is_empty());
@@ -424,6 +432,7 @@ impl ProxyHttp for Gateway {
             rule: None,
             session: None,
             outcome: "none",
+            host: String::new(),
         }
     }
 
@@ -438,6 +447,18 @@ impl ProxyHttp for Gateway {
             }
         }
         let req = session.req_header();
+
+        // Method names are case-sensitive; a lowercase one could be matched as one method and
+        // run as another upstream.
+        if req.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+            return self.error(session, ctx, 400, "bad_method").await;
+        }
+        // Only WebSocket may upgrade; `h2c` and others would open a tunnel past the gateway.
+        if let Some(up) = req.headers.get(http::header::UPGRADE) {
+            if !up.as_bytes().eq_ignore_ascii_case(b"websocket") {
+                return self.error(session, ctx, 400, "bad_upgrade").await;
+            }
+        }
 
         // Exactly one Host header.
         let mut hosts = req.headers.get_all(http::header::HOST).iter();
@@ -469,6 +490,7 @@ impl ProxyHttp for Gateway {
         }
         let path = target.path().to_string();
         ctx.target = Some(target);
+        ctx.host = host.to_string();
 
         let own = path == "/.aalgate" || path.starts_with("/.aalgate/");
         let host_is_public = host.host == self.public_host.host
@@ -569,13 +591,12 @@ impl ProxyHttp for Gateway {
             ));
         };
         upstream.set_raw_path(target.path_and_query().as_bytes())?;
+        // The upstream sees the host that matching used, not another spelling of it.
+        upstream.insert_header(http::header::HOST, ctx.host.as_str())?;
 
-        // Hop-by-hop headers named in Connection go, and so does the Connection list itself
-        // (pingora manages the upstream connection).
-        for name in headers::connection_header_names(&upstream.headers) {
-            upstream.remove_header(&name);
-        }
-        upstream.remove_header("connection");
+        // pingora has already removed hop-by-hop headers and those named in Connection (and
+        // refuses a Connection that names Host or X-Forwarded-*); what is left of Connection
+        // is its WebSocket upgrade, which must stay.
         let reserved: Vec<String> = upstream
             .headers
             .keys()
@@ -600,14 +621,7 @@ impl ProxyHttp for Gateway {
             upstream.insert_header("x-forwarded-for", ip.to_string())?;
         }
         upstream.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
-        if let Some(h) = session
-            .req_header()
-            .headers
-            .get(http::header::HOST)
-            .cloned()
-        {
-            upstream.insert_header("x-forwarded-host", h)?;
-        }
+        upstream.insert_header("x-forwarded-host", ctx.host.as_str())?;
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
 
         if let (Some(s), Some(rule)) = (
@@ -639,19 +653,11 @@ impl ProxyHttp for Gateway {
             .iter()
             .cloned()
             .collect();
-        if !set_cookies.is_empty() {
-            let ours = |v: &http::HeaderValue| {
-                v.to_str()
-                    .ok()
-                    .and_then(|s| s.split('=').next())
-                    .map(str::trim)
-                    .is_some_and(|n| n == headers::COOKIE_PLAIN || n == headers::COOKIE_TLS)
-            };
-            if set_cookies.iter().any(ours) {
-                resp.remove_header("set-cookie");
-                for v in set_cookies.into_iter().filter(|v| !ours(v)) {
-                    resp.append_header("set-cookie", v)?;
-                }
+        let ours = |v: &http::HeaderValue| headers::set_cookie_is_ours(v.as_bytes());
+        if set_cookies.iter().any(ours) {
+            resp.remove_header("set-cookie");
+            for v in set_cookies.into_iter().filter(|v| !ours(v)) {
+                resp.append_header("set-cookie", v)?;
             }
         }
         if ctx.tls

@@ -18,19 +18,24 @@ pub const AUTH_TIME: &str = "x-aalgate-auth-time";
 /// The signed JWT assertion.
 pub const ASSERTION: &str = "x-aalgate-assertion";
 
-/// Lowercases and maps `_` and `.` to `-`, the way some servers fold header names, so that
-/// `X_Aalgate.User` is caught as `x-aalgate-user`.
+/// Lowercases and maps every other non-alphanumeric byte to `-`, the way servers and CGI
+/// gateways fold header names, so that `X_Aalgate.User` is caught as `x-aalgate-user`.
 fn fold(name: &str) -> String {
     name.bytes()
-        .map(|b| match b {
-            b'_' | b'.' => '-',
-            b => b.to_ascii_lowercase() as char,
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                b.to_ascii_lowercase() as char
+            } else {
+                '-'
+            }
         })
         .collect()
 }
 
 /// Whether a client-sent header must be removed before forwarding: the gateway's identity
-/// headers in any spelling, and the forwarding/rewrite headers the gateway sets or ignores.
+/// headers in any spelling; the forwarding, client-address and URL-rewrite headers the gateway
+/// sets or ignores; identity headers other proxies use; and method overrides, which would let a
+/// request matched as one method run as another.
 pub fn is_reserved(name: &str) -> bool {
     let f = fold(name);
     f.starts_with("x-aalgate")
@@ -40,25 +45,45 @@ pub fn is_reserved(name: &str) -> bool {
             "forwarded"
                 | "x-real-ip"
                 | "x-client-ip"
+                | "client-ip"
                 | "true-client-ip"
+                | "x-cluster-client-ip"
+                | "cf-connecting-ip"
+                | "fastly-client-ip"
                 | "x-original-url"
                 | "x-original-uri"
                 | "x-rewrite-url"
+                | "x-original-host"
+                | "x-host"
+                | "front-end-https"
                 | "x-request-id"
+                | "remote-user"
+                | "x-remote-user"
+                | "x-user"
+                | "x-auth-user"
+                | "x-authenticated-user"
+                | "x-http-method-override"
+                | "x-http-method"
+                | "x-method-override"
         )
 }
 
-/// Tokens of `Connection` that name other headers (hop-by-hop), lowercased. `close`,
-/// `keep-alive` and `upgrade` are connection options, not header names.
-pub fn connection_header_names(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty() && !matches!(t.as_str(), "close" | "keep-alive" | "upgrade"))
-        .collect()
+/// Whether a `Set-Cookie` value sets one of the gateway's cookies. Works on bytes (a non-UTF-8
+/// attribute must not hide the name) and sees through a nameless `=aalgate=...`, which browsers
+/// send back as `aalgate=...`.
+pub fn set_cookie_is_ours(value: &[u8]) -> bool {
+    let pair = value.split(|&b| b == b';').next().unwrap_or(value);
+    let mut it = pair.splitn(2, |&b| b == b'=');
+    let mut name = it.next().unwrap_or(b"").trim_ascii();
+    if name.is_empty() {
+        let rest = it.next().unwrap_or(b"");
+        name = rest
+            .split(|&b| b == b'=')
+            .next()
+            .unwrap_or(b"")
+            .trim_ascii();
+    }
+    name == COOKIE_PLAIN.as_bytes() || name == COOKIE_TLS.as_bytes()
 }
 
 /// The values of cookie `name` across every `Cookie` header.
@@ -152,14 +177,22 @@ mod tests {
     }
 
     #[test]
-    fn connection_tokens() {
-        let mut h = HeaderMap::new();
-        h.append(
-            "connection",
-            HeaderValue::from_static("keep-alive, X-Aalgate-User"),
-        );
-        h.append("connection", HeaderValue::from_static("Upgrade,x-foo"));
-        assert_eq!(connection_header_names(&h), ["x-aalgate-user", "x-foo"]);
+    fn set_cookie_names() {
+        let ours: [&[u8]; 6] = [
+            b"aalgate=x; Path=/",
+            b"__Host-aalgate=x",
+            b" aalgate =x",
+            b"=aalgate=x",
+            b"aalgate=x; a=\xe9",
+            b"aalgate",
+        ];
+        for v in ours {
+            assert!(set_cookie_is_ours(v), "{}", String::from_utf8_lossy(v));
+        }
+        let theirs: [&[u8]; 5] = [b"app=1", b"aalgate2=x", b"x=aalgate", b"", b"=x"];
+        for v in theirs {
+            assert!(!set_cookie_is_ours(v), "{}", String::from_utf8_lossy(v));
+        }
     }
 
     #[test]
