@@ -155,16 +155,7 @@ fn serve_conn(mut conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
         };
         let method = req.method.unwrap_or("").to_string();
         let target = req.path.unwrap_or("").to_string();
-        let hs: Vec<(String, String)> = req
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_ascii_lowercase(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
-            .collect();
+        let hs = header_list(req.headers);
         let cl: usize = hs
             .iter()
             .find(|(n, _)| n == "content-length")
@@ -502,6 +493,18 @@ impl Response {
     }
 }
 
+fn header_list(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
 /// Sends raw bytes and reads one response (until its length is complete, EOF, or 5 s).
 pub fn send(port: u16, raw: &[u8]) -> Response {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -514,16 +517,7 @@ pub fn send(port: u16, raw: &[u8]) -> Response {
         let mut resp = httparse::Response::new(&mut headers);
         if let Ok(httparse::Status::Complete(n)) = resp.parse(&buf) {
             let status = resp.code.unwrap_or(0);
-            let hs: Vec<(String, String)> = resp
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_ascii_lowercase(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect();
+            let hs = header_list(resp.headers);
             let cl = hs
                 .iter()
                 .find(|(k, _)| k == "content-length")
@@ -558,16 +552,7 @@ pub fn send(port: u16, raw: &[u8]) -> Response {
     match resp.parse(&buf) {
         Ok(httparse::Status::Complete(n)) => Response {
             status: resp.code.unwrap_or(0),
-            headers: resp
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_ascii_lowercase(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect(),
+            headers: header_list(resp.headers),
             body: buf[n..].to_vec(),
         },
         _ => Response {

@@ -91,57 +91,44 @@ impl EmbeddedStore {
     pub async fn purge_expired(&self, now: Timestamp) -> Result<usize, StoreError> {
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(unavailable)?;
-            let mut n = 0;
-            {
-                let mut sessions = tx.open_table(SESSIONS).map_err(unavailable)?;
-                let dead: Vec<String> = sessions
-                    .iter()
-                    .map_err(unavailable)?
-                    .filter_map(|r| r.ok())
-                    .filter(|(_, v)| {
-                        serde_json::from_slice::<Session>(v.value())
-                            .map(|s| s.expires_at <= now)
-                            .unwrap_or(true)
-                    })
-                    .map(|(k, _)| k.value().to_string())
-                    .collect();
-                for k in &dead {
-                    sessions.remove(k.as_str()).map_err(unavailable)?;
-                }
-                n += dead.len();
-                let mut index = tx.open_table(USER_INDEX).map_err(unavailable)?;
-                let dead: Vec<String> = index
-                    .iter()
-                    .map_err(unavailable)?
-                    .filter_map(|r| r.ok())
-                    .filter(|(_, v)| v.value() <= now.0)
-                    .map(|(k, _)| k.value().to_string())
-                    .collect();
-                for k in &dead {
-                    index.remove(k.as_str()).map_err(unavailable)?;
-                }
-                let mut flows = tx.open_table(FLOWS).map_err(unavailable)?;
-                let dead: Vec<String> = flows
-                    .iter()
-                    .map_err(unavailable)?
-                    .filter_map(|r| r.ok())
-                    .filter(|(_, v)| {
-                        serde_json::from_slice::<StoredFlow>(v.value())
-                            .map(|f| f.expires <= now)
-                            .unwrap_or(true)
-                    })
-                    .map(|(k, _)| k.value().to_string())
-                    .collect();
-                for k in &dead {
-                    flows.remove(k.as_str()).map_err(unavailable)?;
-                }
-                n += dead.len();
-            }
+            let sessions = purge_table(&tx, SESSIONS, |v: &[u8]| {
+                serde_json::from_slice::<Session>(v)
+                    .map(|s| s.expires_at <= now)
+                    .unwrap_or(true)
+            })?;
+            purge_table(&tx, USER_INDEX, |v: u64| v <= now.0)?;
+            let flows = purge_table(&tx, FLOWS, |v: &[u8]| {
+                serde_json::from_slice::<StoredFlow>(v)
+                    .map(|f| f.expires <= now)
+                    .unwrap_or(true)
+            })?;
+            let n = sessions + flows;
             tx.commit().map_err(unavailable)?;
             Ok(n)
         })
         .await
     }
+}
+
+/// Removes the records of a `&str`-keyed table whose value `dead` says are expired (or
+/// undecodable). Returns how many went.
+fn purge_table<V: redb::Value + 'static>(
+    tx: &redb::WriteTransaction,
+    def: TableDefinition<&'static str, V>,
+    dead: impl Fn(V::SelfType<'_>) -> bool,
+) -> Result<usize, StoreError> {
+    let mut table = tx.open_table(def).map_err(unavailable)?;
+    let keys: Vec<String> = table
+        .iter()
+        .map_err(unavailable)?
+        .filter_map(|r| r.ok())
+        .filter(|(_, v)| dead(v.value()))
+        .map(|(k, _)| k.value().to_string())
+        .collect();
+    for k in &keys {
+        table.remove(k.as_str()).map_err(unavailable)?;
+    }
+    Ok(keys.len())
 }
 
 fn read_flow(
