@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use aalgate_policy::{Aal, Timestamp};
+use aalgate_policy::{Aal, Timeouts, Timestamp};
 
 use crate::{Flow, Session, SessionId, SessionStore};
 
@@ -48,6 +48,35 @@ pub async fn run_all(store: &dyn SessionStore) {
     remove_and_revoke(store).await;
     flows(store).await;
     flow_taken_once(store).await;
+    stats(store).await;
+}
+
+async fn stats(store: &dyn SessionStore) {
+    let now = Timestamp::now();
+    let limits = Timeouts::DEFAULT;
+    let before = store.stats(now, &limits).await.unwrap();
+    let put = |aal: Aal, auth_age: u64, idle: u64| {
+        let mut s = session(&unique("stats"), Timestamp(now.0 - auth_age), 86400 * 40);
+        s.aal = aal;
+        s.last_seen = Timestamp(now.0 - idle);
+        (SessionId::generate(), s)
+    };
+    let rows = [
+        put(Aal::Aal2, 60, 0),                    // active, 30 min idle left
+        put(Aal::Aal2, 60, 30 * 60 - 100),        // active, idle in 100 s
+        put(Aal::Aal2, 60, 30 * 60),              // idle: not active
+        put(Aal::Aal3, 12 * 3600 - 600, 0),       // active, absolute in 10 min
+        put(Aal::Aal3, 12 * 3600, 0),             // past absolute
+        put(Aal::Aal1, 86400, 86400),             // AAL1 has no idle limit
+    ];
+    for (id, s) in &rows {
+        store.insert(&id.key(), s).await.unwrap();
+    }
+    let after = store.stats(now, &limits).await.unwrap();
+    let d = |i: usize| after.active[i] - before.active[i];
+    assert_eq!((d(0), d(1), d(2)), (1, 2, 1), "active by AAL");
+    let e = |i: usize| after.expiring_within[i] - before.expiring_within[i];
+    assert_eq!((e(0), e(1), e(2)), (1, 2, 3), "expiring within 5/15/60 min");
 }
 
 async fn round_trip(store: &dyn SessionStore) {

@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aalgate_policy::Timestamp;
+use aalgate_policy::{Timeouts, Timestamp};
 use async_trait::async_trait;
 use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::id::SessionKey;
-use crate::store::{Flow, Session, SessionStore, StoreError};
+use crate::store::{Flow, Session, SessionStats, SessionStore, StoreError};
 
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// `user \0 session-key` -> expiry, so "revoke every session of a user" is one range scan.
@@ -322,6 +322,23 @@ impl SessionStore for EmbeddedStore {
             let tx = db.begin_read().map_err(unavailable)?;
             tx.open_table(SESSIONS).map_err(unavailable)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn stats(&self, now: Timestamp, limits: &Timeouts) -> Result<SessionStats, StoreError> {
+        let limits = *limits;
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(unavailable)?;
+            let t = tx.open_table(SESSIONS).map_err(unavailable)?;
+            let mut stats = SessionStats::default();
+            for row in t.iter().map_err(unavailable)? {
+                let (_, v) = row.map_err(unavailable)?;
+                if let Ok(s) = serde_json::from_slice::<Session>(v.value()) {
+                    stats.add(&s, now, &limits);
+                }
+            }
+            Ok(stats)
         })
         .await
     }

@@ -10,13 +10,13 @@
 use std::sync::RwLock;
 use std::time::Duration;
 
-use aalgate_policy::Timestamp;
+use aalgate_policy::{Timeouts, Timestamp};
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 
 use crate::id::SessionKey;
-use crate::store::{Flow, Session, SessionStore, StoreError};
+use crate::store::{Flow, Session, SessionStats, SessionStore, StoreError};
 
 const PREFIX: &str = "aalgate:";
 
@@ -215,5 +215,40 @@ impl SessionStore for RedisStore {
             .await
             .map(|_| ())
             .map_err(unavailable)
+    }
+
+    async fn stats(&self, now: Timestamp, limits: &Timeouts) -> Result<SessionStats, StoreError> {
+        let mut c = self.conn().await?;
+        let mut stats = SessionStats::default();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{PREFIX}s:*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            if !keys.is_empty() {
+                let mut pipe = redis::pipe();
+                for k in &keys {
+                    pipe.cmd("HMGET").arg(k).arg("data").arg("seen");
+                }
+                let rows: Vec<(Option<String>, Option<u64>)> = pipe.query_async(&mut c).await.map_err(unavailable)?;
+                for (data, seen) in rows {
+                    let Some(mut s) = data.and_then(|d| serde_json::from_str::<Session>(&d).ok()) else { continue };
+                    if let Some(seen) = seen {
+                        s.last_seen = s.last_seen.max(Timestamp(seen));
+                    }
+                    stats.add(&s, now, limits);
+                }
+            }
+            if next == 0 {
+                return Ok(stats);
+            }
+            cursor = next;
+        }
     }
 }

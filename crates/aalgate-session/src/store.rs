@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aalgate_policy::{Aal, SessionFacts, Timestamp};
+use aalgate_policy::{Aal, SessionFacts, Timeouts, Timestamp};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +38,38 @@ impl Session {
             auth_time: self.auth_time,
             last_auth: self.last_auth,
             last_seen: self.last_seen,
+        }
+    }
+}
+
+/// Live sessions in the whole store (every instance sharing it sees the same numbers).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Sessions neither past their absolute nor their idle limit, by AAL (index 0 = AAL1).
+    pub active: [u64; 3],
+    /// Of those, how many reach a limit within 5, 15 and 60 minutes.
+    pub expiring_within: [u64; 3],
+}
+
+/// The windows of [`SessionStats::expiring_within`].
+pub const EXPIRY_WINDOWS: [Duration; 3] = [Duration::from_secs(300), Duration::from_secs(900), Duration::from_secs(3600)];
+
+impl SessionStats {
+    /// Counts one stored session, judged by `limits` (the gateway's limits by AAL).
+    pub fn add(&mut self, s: &Session, now: Timestamp, limits: &Timeouts) {
+        let l = limits.get(s.aal);
+        let mut end = s.expires_at.min(s.auth_time.plus(l.max_session_age));
+        if let Some(idle) = l.idle_timeout {
+            end = end.min(s.last_seen.plus(idle));
+        }
+        if end <= now {
+            return;
+        }
+        self.active[usize::from(s.aal.number() - 1)] += 1;
+        for (i, w) in EXPIRY_WINDOWS.iter().enumerate() {
+            if end <= now.plus(*w) {
+                self.expiring_within[i] += 1;
+            }
         }
     }
 }
@@ -130,6 +162,8 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn take_flow(&self, key: &str, now: Timestamp) -> Result<Option<Flow>, StoreError>;
     /// Checks the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Counts live sessions in the whole store (a scan: call it every few seconds, not per request).
+    async fn stats(&self, now: Timestamp, limits: &Timeouts) -> Result<SessionStats, StoreError>;
 }
 
 /// Wraps a store so that every call has a deadline.
@@ -183,5 +217,13 @@ impl<S: SessionStore + ?Sized> SessionStore for Deadline<S> {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.run(self.inner.ping()).await
+    }
+    async fn stats(&self, now: Timestamp, limits: &Timeouts) -> Result<SessionStats, StoreError> {
+        // A scan, not a request-path call: it gets a longer deadline of its own.
+        let limit = self.limit.max(Duration::from_secs(5));
+        match tokio::time::timeout(limit, self.inner.stats(now, limits)).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Timeout(limit)),
+        }
     }
 }

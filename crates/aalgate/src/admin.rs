@@ -1,5 +1,5 @@
-//! The admin listener: `/healthz` (the process runs) and `/readyz` (policies loaded and the
-//! session store answers). Bind it to loopback or a management network, never the public one.
+//! The admin listener: `/healthz` (the process runs), `/readyz` (the session store answers)
+//! and `/metrics` (Prometheus). Bind it to loopback or a management network, never the public one.
 
 use std::sync::Arc;
 
@@ -12,6 +12,8 @@ use pingora::protocols::http::ServerSession;
 pub struct Admin {
     /// The (deadline-wrapped) store to probe.
     pub store: Arc<dyn SessionStore>,
+    /// The metrics to expose.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn text(status: u16, body: &str) -> http::Response<Vec<u8>> {
@@ -29,6 +31,15 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         match session.req_header().uri.path() {
             "/healthz" => text(200, "ok\n"),
+            "/metrics" => {
+                let body = self.metrics.render();
+                http::Response::builder()
+                    .status(200)
+                    .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                    .header("content-length", body.len())
+                    .body(body.into_bytes())
+                    .unwrap_or_default()
+            }
             "/readyz" => match self.store.ping().await {
                 Ok(()) => text(200, "ready\n"),
                 Err(e) => text(503, &format!("not ready: {e}\n")),

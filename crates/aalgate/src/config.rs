@@ -30,6 +30,42 @@ struct RawConfig {
     insecure_http: bool,
     #[serde(default)]
     log_format: Option<LogFormat>,
+    #[serde(default)]
+    audit: Option<RawAudit>,
+    #[serde(default)]
+    upgrade_sock: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default)]
+    output: Option<String>,
+    #[serde(default)]
+    redact_segments: Option<Vec<String>>,
+    #[serde(default)]
+    requests: Option<bool>,
+}
+
+/// Audit log settings.
+#[derive(Clone, Debug)]
+pub struct AuditConfig {
+    /// Where lines go.
+    pub sink: crate::audit::Sink,
+    /// Regular expressions; a path segment matching one is written as `{redacted}`.
+    pub redact: Vec<String>,
+    /// Whether every request decision is logged (auth events always are).
+    pub requests: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            sink: crate::audit::Sink::Stdout,
+            redact: crate::audit::DEFAULT_REDACTIONS.iter().map(|s| s.to_string()).collect(),
+            requests: true,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,6 +126,10 @@ pub struct Config {
     pub threads: usize,
     /// Log format.
     pub log_format: LogFormat,
+    /// Audit log.
+    pub audit: AuditConfig,
+    /// Socket over which a new process takes the listeners in a graceful upgrade.
+    pub upgrade_sock: PathBuf,
 }
 
 /// Default deadline of a Redis call: tens of milliseconds, well above a loopback round trip.
@@ -208,7 +248,29 @@ impl Config {
                 StoreSpec::Redis(_) => DEFAULT_STORE_TIMEOUT,
             },
         };
+        let audit = match raw.audit {
+            None => AuditConfig::default(),
+            Some(a) => {
+                let mut c = AuditConfig::default();
+                if let Some(o) = a.output {
+                    c.sink = match o.parse::<crate::audit::Sink>().map_err(anyhow::Error::msg)? {
+                        crate::audit::Sink::File(p) => crate::audit::Sink::File(rel(p)),
+                        s => s,
+                    };
+                }
+                if let Some(r) = a.redact_segments {
+                    c.redact = r;
+                }
+                if let Some(r) = a.requests {
+                    c.requests = r;
+                }
+                c
+            }
+        };
+        let upgrade_sock = raw.upgrade_sock.map(rel).unwrap_or_else(|| state_dir.join("upgrade.sock"));
         Ok(Config {
+            audit,
+            upgrade_sock,
             listen,
             admin_listen,
             public_origin: origin,

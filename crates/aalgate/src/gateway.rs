@@ -38,8 +38,12 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// Shared state of the gateway service.
 pub struct Gateway {
-    /// The policy set.
-    pub policy: Arc<PolicySet>,
+    /// The policy set in force (swapped on reload).
+    pub policies: Arc<crate::ops::Policies>,
+    /// Metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// The audit log.
+    pub audit: Arc<crate::audit::Audit>,
     /// The session store, already wrapped in a deadline.
     pub store: Arc<dyn SessionStore>,
     /// Signs upstream assertions.
@@ -59,6 +63,10 @@ pub struct Ctx {
     outcome: &'static str,
     /// The canonical `Host` (lowercase, no trailing dot) that matching used.
     host: String,
+    /// The policy snapshot this request is decided and finished on.
+    policy: Arc<PolicySet>,
+    /// When the request was handed to the upstream.
+    forwarded_at: Option<Instant>,
 }
 
 fn request_id() -> String {
@@ -315,10 +323,37 @@ impl Gateway {
                 .take(MAX_COOKIES)
                 .filter_map(|v| SessionId::from_cookie(v))
                 .collect();
+        let now = Timestamp::now();
         for id in ids {
-            if let Err(e) = self.store.remove(&id.key()).await {
-                tracing::warn!(request_id = %ctx.request_id, error = %e, "logout could not reach the session store");
-                return self.error(session, ctx, 503, "store_unavailable").await;
+            // Read first, so the end is attributed to a user in the audit log.
+            let existing = match self.store.get(&id.key(), now).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(request_id = %ctx.request_id, error = %e, "logout could not reach the session store");
+                    return self.error(session, ctx, 503, "store_unavailable").await;
+                }
+            };
+            match self.store.remove(&id.key()).await {
+                Ok(true) => {
+                    self.metrics.session_ends.with_label_values(&["logout"]).inc();
+                    if let Some(s) = &existing {
+                        self.metrics.session_age.observe(now.since(s.auth_time).as_secs_f64());
+                        self.audit.emit(&crate::audit::Event {
+                            time: crate::audit::now_rfc3339(),
+                            event: "logout",
+                            request_id: Some(&ctx.request_id),
+                            user: Some(&s.user),
+                            aal: Some(s.aal.number()),
+                            credential: s.credential.as_deref(),
+                            ..Default::default()
+                        });
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(request_id = %ctx.request_id, error = %e, "logout could not reach the session store");
+                    return self.error(session, ctx, 503, "store_unavailable").await;
+                }
             }
         }
         let reply = Reply::html(
@@ -374,6 +409,7 @@ impl Gateway {
             return self.error(session, ctx, 503, "store_unavailable").await;
         }
         ctx.outcome = need;
+        self.metrics.challenges.with_label_values(&[need, "issued"]).inc();
         let login_url = format!("/.aalgate/auth?flow={}", id.encode());
         let reply = if headers::is_script_request(&session.req_header().headers) {
             let body = serde_json::json!({
@@ -433,6 +469,8 @@ impl ProxyHttp for Gateway {
             session: None,
             outcome: "none",
             host: String::new(),
+            policy: self.policies.snapshot(),
+            forwarded_at: None,
         }
     }
 
@@ -497,12 +535,12 @@ impl ProxyHttp for Gateway {
             && (self.public_host.port.is_none()
                 || host.port.is_none()
                 || host.port == self.public_host.port);
-        if own && (host_is_public || self.policy.serves_host(&host)) {
+        if own && (host_is_public || ctx.policy.serves_host(&host)) {
             return self.own_endpoint(session, ctx, &path).await;
         }
 
         let method = session.req_header().method.as_str().to_string();
-        let policy = self.policy.clone();
+        let policy = ctx.policy.clone();
         let Some(m) = ctx
             .target
             .as_ref()
@@ -557,6 +595,27 @@ impl ProxyHttp for Gateway {
             Decision::Deny => self.error(session, ctx, 403, "denied").await,
             other => {
                 let app = m.app.name.clone();
+                if let (Decision::Reauth { reason, .. }, Some((id, s))) = (other, &loaded) {
+                    // The session is over: end it now, once, so it is counted and audited once.
+                    if let Ok(true) = self.store.remove(&id.key()).await {
+                        self.metrics.session_ends.with_label_values(&[reason.as_str()]).inc();
+                        self.metrics.session_age.observe(now.since(s.auth_time).as_secs_f64());
+                        self.audit.emit(&crate::audit::Event {
+                            time: crate::audit::now_rfc3339(),
+                            event: "session_end",
+                            request_id: Some(&ctx.request_id),
+                            user: Some(&s.user),
+                            app: Some(&app),
+                            aal: Some(s.aal.number()),
+                            credential: s.credential.as_deref(),
+                            decision: Some(reason.as_str()),
+                            ..Default::default()
+                        });
+                    }
+                }
+                if let Decision::StepUp { .. } = other {
+                    self.metrics.step_ups.with_label_values(&[&app, &m.rule.id]).inc();
+                }
                 self.challenge(session, ctx, other, &host.to_string(), &app)
                     .await
             }
@@ -564,13 +623,13 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let Some(rule) = ctx.rule.and_then(|i| self.policy.rules().get(i)) else {
+        let Some(rule) = ctx.rule.and_then(|i| ctx.policy.rules().get(i)) else {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "no rule in context",
             ));
         };
-        let up = &self.policy.app_of(rule).upstream;
+        let up = &ctx.policy.app_of(rule).upstream;
         Ok(Box::new(HttpPeer::new(
             up.address(),
             up.tls,
@@ -626,9 +685,9 @@ impl ProxyHttp for Gateway {
 
         if let (Some(s), Some(rule)) = (
             &ctx.session,
-            ctx.rule.and_then(|i| self.policy.rules().get(i)),
+            ctx.rule.and_then(|i| ctx.policy.rules().get(i)),
         ) {
-            let app = &self.policy.app_of(rule).name;
+            let app = &ctx.policy.app_of(rule).name;
             let token = self.signer.sign(s, app, Timestamp::now()).map_err(|e| {
                 Error::because(ErrorType::InternalError, "cannot sign assertion", e)
             })?;
@@ -637,6 +696,7 @@ impl ProxyHttp for Gateway {
             upstream.insert_header(headers::AUTH_TIME, s.auth_time.0.to_string())?;
             upstream.insert_header(headers::ASSERTION, token)?;
         }
+        ctx.forwarded_at = Some(Instant::now());
         Ok(())
     }
 
@@ -646,6 +706,18 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        let app = ctx.rule.and_then(|i| ctx.policy.rules().get(i)).map(|r| ctx.policy.app_of(r).name.as_str()).unwrap_or("-");
+        if let Some(t) = ctx.forwarded_at {
+            self.metrics.upstream_seconds.with_label_values(&[app]).observe(t.elapsed().as_secs_f64());
+        }
+        let class = match resp.status.as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.metrics.upstream_responses.with_label_values(&[app, class]).inc();
         // The gateway's cookie names are reserved: an upstream cannot set or clear them.
         let set_cookies: Vec<http::HeaderValue> = resp
             .headers
@@ -671,21 +743,41 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        let status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .unwrap_or(0);
-        let rule = ctx
-            .rule
-            .and_then(|i| self.policy.rules().get(i))
-            .map(|r| r.id.as_str())
-            .unwrap_or("-");
+        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        let rule = ctx.rule.and_then(|i| ctx.policy.rules().get(i));
+        let route = rule.map(|r| r.id.as_str()).unwrap_or("-");
+        let app = rule.map(|r| ctx.policy.app_of(r).name.as_str()).unwrap_or("-");
+        self.metrics.requests.with_label_values(&[app, route, ctx.outcome]).inc();
+        let (outcome, added) = match ctx.forwarded_at {
+            Some(t) => ("forwarded", t.duration_since(ctx.start)),
+            None => ("answered", ctx.start.elapsed()),
+        };
+        self.metrics.gateway_seconds.with_label_values(&[outcome]).observe(added.as_secs_f64());
+        if self.audit.logs_requests() {
+            let req = session.req_header();
+            self.audit.emit(&crate::audit::Event {
+                time: crate::audit::now_rfc3339(),
+                event: "request",
+                request_id: Some(&ctx.request_id),
+                user: ctx.session.as_ref().map(|s| s.user.as_str()),
+                app: rule.map(|_| app),
+                route: rule.map(|_| route),
+                method: Some(req.method.as_str()),
+                path: ctx.target.as_ref().map(|t| self.audit.redact_path(t.path())),
+                decision: Some(ctx.outcome),
+                status: Some(status),
+                aal: ctx.session.as_ref().map(|s| s.aal.number()),
+                credential: ctx.session.as_ref().and_then(|s| s.credential.as_deref()),
+                client_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()),
+                user_agent: crate::audit::user_agent(req.headers.get(http::header::USER_AGENT)),
+                ..Default::default()
+            });
+        }
         tracing::debug!(
             request_id = %ctx.request_id,
             status,
             outcome = ctx.outcome,
-            rule,
-            user = ctx.session.as_ref().map(|s| s.user.as_str()).unwrap_or("-"),
+            route,
             micros = ctx.start.elapsed().as_micros() as u64,
             error = e.map(|e| e.to_string()).unwrap_or_default(),
             "request"

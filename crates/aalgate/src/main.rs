@@ -5,11 +5,14 @@
 
 mod admin;
 mod assertion;
+mod audit;
 mod config;
 mod demo;
 mod explain;
 mod gateway;
 mod headers;
+mod metrics;
+mod ops;
 mod pages;
 
 use std::net::SocketAddr;
@@ -18,7 +21,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aalgate_policy::{PolicySet, Severity};
+use aalgate_policy::Severity;
 use aalgate_session::{Deadline, EmbeddedStore, RedisStore, SessionStore, StoreSpec};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -50,6 +53,10 @@ enum Command {
         /// The gateway config (aalgate.yaml).
         #[arg(long, short)]
         config: PathBuf,
+        /// Take over the listeners of a running instance (then send it SIGQUIT): a graceful
+        /// upgrade with no refused connections.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Run the gateway with the embedded store, the bundled demo app and policies/demo.yaml.
     Demo {
@@ -79,6 +86,12 @@ enum Command {
     Explain(explain::ExplainArgs),
     /// Print the JSON Schema of policy files.
     Schema,
+    /// Run only the bundled demo app (the upstream `demo` starts), e.g. as its own container.
+    DemoApp {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:18080")]
+        listen: SocketAddr,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -102,12 +115,13 @@ fn main() -> ExitCode {
             print!("{}", aalgate_policy::file::json_schema());
             Ok(())
         }
-        Command::Run { config } => Config::load(&config).and_then(|mut c| {
+        Command::Run { config, upgrade } => Config::load(&config).and_then(|mut c| {
             if let Some(f) = cli.log_format {
                 c.log_format = f;
             }
-            serve(c, None)
+            serve(c, None, upgrade)
         }),
+        Command::DemoApp { listen } => demo_app(listen),
         Command::Demo {
             listen,
             admin_listen,
@@ -118,7 +132,7 @@ fn main() -> ExitCode {
             if let Some(f) = cli.log_format {
                 c.log_format = f;
             }
-            serve(c, Some(upstream_listen))
+            serve(c, Some(upstream_listen), false)
         }),
     };
     match result {
@@ -204,24 +218,9 @@ fn demo_config(
         signing_key: state_dir.join("signing-key.pem"),
         threads: 2,
         log_format: LogFormat::Text,
+        audit: config::AuditConfig::default(),
+        upgrade_sock: state_dir.join("upgrade.sock"),
     })
-}
-
-fn load_policies(paths: &[PathBuf]) -> Result<PolicySet> {
-    match aalgate_policy::load(paths) {
-        Ok(set) => {
-            for w in set.warnings() {
-                tracing::warn!("policy: {w}");
-            }
-            Ok(set)
-        }
-        Err(diags) => {
-            for d in &diags {
-                tracing::error!("policy: {d}");
-            }
-            bail!("the policy set has errors (run `aalgate validate` for the list); refusing to start")
-        }
-    }
 }
 
 /// Deletes expired records of the embedded store once a minute.
@@ -244,34 +243,49 @@ impl BackgroundService for Purge {
     }
 }
 
-fn serve(cfg: Config, demo_upstream: Option<SocketAddr>) -> Result<()> {
+fn demo_app(listen: SocketAddr) -> Result<()> {
+    init_logging(LogFormat::Text);
+    let conf = ServerConf { threads: 1, grace_period_seconds: Some(1), graceful_shutdown_timeout_seconds: Some(5), ..Default::default() };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut app = Service::new("demo billing app".to_string(), demo::DemoBilling);
+    app.add_tcp(&listen.to_string());
+    server.add_service(app);
+    tracing::info!(%listen, "demo app started");
+    server.run_forever();
+}
+
+fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Result<()> {
     init_logging(cfg.log_format);
-    let policy = Arc::new(load_policies(&cfg.policies)?);
+    let metrics = Arc::new(metrics::Metrics::new().context("cannot register metrics")?);
+    let audit = Arc::new(audit::Audit::start(cfg.audit.sink.clone(), &cfg.audit.redact, cfg.audit.requests, metrics.clone())?);
+    let policies = Arc::new(ops::Policies::load(cfg.policies.clone(), metrics.clone(), audit.clone())?);
     let (raw_store, embedded): (Arc<dyn SessionStore>, Option<EmbeddedStore>) = match &cfg.store {
         StoreSpec::Embedded(dir) => {
-            let s = EmbeddedStore::open(dir)
-                .with_context(|| format!("embedded store in {}", dir.display()))?;
+            let s = EmbeddedStore::open(dir).with_context(|| format!("embedded store in {}", dir.display()))?;
             (Arc::new(s.clone()), Some(s))
         }
         StoreSpec::Redis(url) => (Arc::new(RedisStore::new(url, cfg.store_timeout)?), None),
     };
-    let store: Arc<dyn SessionStore> = Arc::new(Deadline::new(raw_store, cfg.store_timeout));
-    let signer = Arc::new(assertion::Signer::load_or_create(
-        &cfg.signing_key,
-        &cfg.public_origin,
-    )?);
+    let deadline: Arc<dyn SessionStore> = Arc::new(Deadline::new(raw_store, cfg.store_timeout));
+    let store: Arc<dyn SessionStore> = Arc::new(ops::Instrumented { inner: deadline, metrics: metrics.clone() });
+    let signer = Arc::new(assertion::Signer::load_or_create(&cfg.signing_key, &cfg.public_origin)?);
 
     let conf = ServerConf {
         threads: cfg.threads,
         grace_period_seconds: Some(1),
-        graceful_shutdown_timeout_seconds: Some(5),
+        graceful_shutdown_timeout_seconds: Some(10),
+        upgrade_sock: cfg.upgrade_sock.to_string_lossy().into_owned(),
         ..Default::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt { upgrade, ..Default::default() };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
     let gw = gateway::Gateway {
-        policy: policy.clone(),
+        policies: policies.clone(),
+        metrics: metrics.clone(),
+        audit: audit.clone(),
         store: store.clone(),
         signer,
         public_host: cfg.public_host.clone(),
@@ -283,24 +297,22 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>) -> Result<()> {
             None => proxy.add_tcp(&addr),
             Some((cert, key)) => {
                 let (c, k) = (cert.to_string_lossy(), key.to_string_lossy());
-                proxy
-                    .add_tls(&addr, &c, &k)
-                    .map_err(|e| anyhow::anyhow!("TLS listener {addr}: {e}"))?;
+                proxy.add_tls(&addr, &c, &k).map_err(|e| anyhow::anyhow!("TLS listener {addr}: {e}"))?;
             }
         }
     }
     server.add_service(proxy);
 
     if let Some(addr) = cfg.admin_listen {
-        let mut admin = Service::new(
-            "aalgate admin".to_string(),
-            admin::Admin {
-                store: store.clone(),
-            },
-        );
+        let mut admin = Service::new("aalgate admin".to_string(), admin::Admin { store: store.clone(), metrics: metrics.clone() });
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
     }
+    server.add_service(background_service("aalgate policy reload", ops::Reloader(policies.clone())));
+    server.add_service(background_service(
+        "aalgate store monitor",
+        ops::StoreMonitor { store: store.clone(), policies: policies.clone(), metrics: metrics.clone() },
+    ));
     if let Some(e) = embedded {
         server.add_service(background_service("aalgate purge", Purge(e)));
     }
@@ -310,34 +322,17 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>) -> Result<()> {
         server.add_service(app);
     }
 
-    let listen: Vec<String> = cfg
-        .listen
-        .iter()
-        .map(|l| {
-            format!(
-                "{}{}",
-                if l.tls.is_some() {
-                    "https://"
-                } else {
-                    "http://"
-                },
-                l.addr
-            )
-        })
-        .collect();
+    let listen: Vec<String> = cfg.listen.iter().map(|l| format!("{}{}", if l.tls.is_some() { "https://" } else { "http://" }, l.addr)).collect();
     tracing::info!(
         listen = ?listen,
         admin = ?cfg.admin_listen.map(|a| a.to_string()),
         store = %match &cfg.store { StoreSpec::Embedded(d) => format!("embedded:{}", d.display()), StoreSpec::Redis(_) => "redis".to_string() },
-        apps = policy.apps().len(),
+        apps = policies.snapshot().apps().len(),
+        upgrade,
         "aalgate started"
     );
     if demo_upstream.is_some() {
-        tracing::info!(
-            "demo: open http://localhost:{}/ (the demo app is on {})",
-            cfg.listen[0].addr.port(),
-            demo_upstream.map(|a| a.to_string()).unwrap_or_default()
-        );
+        tracing::info!("demo: open http://localhost:{}/ (the demo app is on {})", cfg.listen[0].addr.port(), demo_upstream.map(|a| a.to_string()).unwrap_or_default());
     }
     server.run_forever();
 }

@@ -1,0 +1,276 @@
+//! The audit log: one JSON line per request decision and per auth event, so an auditor can
+//! answer "who accessed what, at what AAL, when" from the log alone.
+//!
+//! PHI safety by default: no query strings, bodies, cookies or header values are ever written
+//! (the user agent is the one header kept, truncated), and path segments that look like patient
+//! identifiers are replaced by `{redacted}` before anything is written. Events go through a
+//! bounded queue to a writer thread, so the request path never waits on disk or syslog; events
+//! that do not fit are counted in `aalgate_audit_dropped_total`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::{bail, Context, Result};
+use regex::Regex;
+use serde::Serialize;
+
+use crate::metrics::Metrics;
+
+/// Queue length between the request path and the writer.
+const QUEUE: usize = 65_536;
+/// Longest user agent kept.
+const MAX_UA: usize = 256;
+
+/// Path segments redacted by default: MRN-, account- and SSN-like values and e-mail addresses.
+pub const DEFAULT_REDACTIONS: [&str; 4] = [r"^[0-9]{5,}$", r"^[A-Za-z]{1,4}-?[0-9]{5,}$", r"^[0-9]{3}-[0-9]{2}-[0-9]{4}$", r"@"];
+
+/// Where audit lines go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sink {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+    /// Appended to a file (created with mode 0640).
+    File(PathBuf),
+    /// Datagrams to a syslog socket (`/dev/log` by default), facility authpriv.
+    Syslog(PathBuf),
+}
+
+impl std::str::FromStr for Sink {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Sink, String> {
+        match s {
+            "stdout" => Ok(Sink::Stdout),
+            "stderr" => Ok(Sink::Stderr),
+            "syslog" => Ok(Sink::Syslog("/dev/log".into())),
+            _ => {
+                if let Some(p) = s.strip_prefix("file:").filter(|p| !p.is_empty()) {
+                    Ok(Sink::File(p.into()))
+                } else if let Some(p) = s.strip_prefix("syslog:").filter(|p| !p.is_empty()) {
+                    Ok(Sink::Syslog(p.into()))
+                } else {
+                    Err(format!("audit output {s:?}: use stdout, stderr, file:<path>, syslog or syslog:<socket path>"))
+                }
+            }
+        }
+    }
+}
+
+/// One audit event. Every field is optional except time and event.
+#[derive(Debug, Default, Serialize)]
+pub struct Event<'a> {
+    /// RFC 3339, UTC.
+    pub time: String,
+    /// `request`, `logout`, `session_end`, `reload`, ...
+    pub event: &'a str,
+    /// Also sent upstream as `X-Request-Id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<&'a str>,
+    /// Redacted path, never the query.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aal: Option<u8>,
+    /// Hash of the credential used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// Non-PHI detail (a reason, a policy hash, an error count).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The current time as RFC 3339 UTC with milliseconds.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// The audit log handle, shared by every request.
+pub struct Audit {
+    tx: SyncSender<String>,
+    redact: Vec<Regex>,
+    requests: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl Audit {
+    /// Opens the sink (failing now, not at the first event) and starts the writer thread.
+    pub fn start(sink: Sink, redact: &[String], requests: bool, metrics: Arc<Metrics>) -> Result<Audit> {
+        let redact = redact
+            .iter()
+            .map(|r| Regex::new(r).with_context(|| format!("audit redaction {r:?} is not a valid regular expression")))
+            .collect::<Result<Vec<_>>>()?;
+        let mut out = Output::open(&sink)?;
+        let (tx, rx) = sync_channel::<String>(QUEUE);
+        std::thread::Builder::new().name("aalgate-audit".into()).spawn(move || out.run(rx)).context("cannot start the audit writer")?;
+        Ok(Audit { tx, redact, requests, metrics })
+    }
+
+    /// Whether per-request events are written (auth events always are).
+    pub fn logs_requests(&self) -> bool {
+        self.requests
+    }
+
+    /// The path with identifier-like segments replaced by `{redacted}`.
+    pub fn redact_path(&self, path: &str) -> String {
+        let mut out = String::with_capacity(path.len());
+        for (i, seg) in path.split('/').enumerate() {
+            if i > 0 {
+                out.push('/');
+            }
+            let name = seg.split(';').next().unwrap_or(seg);
+            if !seg.is_empty() && self.redact.iter().any(|r| r.is_match(seg) || r.is_match(name)) {
+                out.push_str("{redacted}");
+            } else {
+                out.push_str(seg);
+            }
+        }
+        out
+    }
+
+    /// Queues an event; never blocks.
+    pub fn emit(&self, event: &Event<'_>) {
+        let Ok(line) = serde_json::to_string(event) else { return };
+        match self.tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.metrics.audit_dropped.inc(),
+        }
+    }
+}
+
+/// Truncates a user agent and keeps it printable.
+pub fn user_agent(v: Option<&http::HeaderValue>) -> Option<String> {
+    let v = v?.to_str().ok()?;
+    Some(v.chars().filter(|c| !c.is_control()).take(MAX_UA).collect())
+}
+
+enum Output {
+    Stdout,
+    Stderr,
+    File(std::io::BufWriter<std::fs::File>),
+    Syslog(std::os::unix::net::UnixDatagram, PathBuf),
+}
+
+impl Output {
+    fn open(sink: &Sink) -> Result<Output> {
+        Ok(match sink {
+            Sink::Stdout => Output::Stdout,
+            Sink::Stderr => Output::Stderr,
+            Sink::File(p) => {
+                if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                }
+                let mut o = std::fs::OpenOptions::new();
+                o.create(true).append(true);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    o.mode(0o640);
+                }
+                let f = o.open(p).with_context(|| format!("cannot open audit log {}", p.display()))?;
+                Output::File(std::io::BufWriter::new(f))
+            }
+            Sink::Syslog(p) => {
+                let s = std::os::unix::net::UnixDatagram::unbound().context("cannot create a syslog socket")?;
+                if !p.exists() {
+                    bail!("syslog socket {} does not exist", p.display());
+                }
+                Output::Syslog(s, p.clone())
+            }
+        })
+    }
+
+    fn write_line(&mut self, line: &str) -> std::io::Result<()> {
+        match self {
+            Output::Stdout => writeln!(std::io::stdout().lock(), "{line}"),
+            Output::Stderr => writeln!(std::io::stderr().lock(), "{line}"),
+            Output::File(f) => writeln!(f, "{line}"),
+            // RFC 3164 framing, facility authpriv (10), severity info (6).
+            Output::Syslog(s, p) => s.send_to(format!("<86>aalgate[{}]: {line}", std::process::id()).as_bytes(), p).map(|_| ()),
+        }
+    }
+
+    fn flush(&mut self) {
+        match self {
+            Output::Stdout => {
+                let _ = std::io::stdout().flush();
+            }
+            Output::File(f) => {
+                let _ = f.flush();
+            }
+            _ => {}
+        }
+    }
+
+    fn run(&mut self, rx: Receiver<String>) {
+        while let Ok(line) = rx.recv() {
+            let mut batch = vec![line];
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+                if batch.len() >= 1024 {
+                    break;
+                }
+            }
+            for l in &batch {
+                if let Err(e) = self.write_line(l) {
+                    tracing::error!(error = %e, "audit log write failed");
+                }
+            }
+            self.flush();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn audit() -> Audit {
+        let r: Vec<String> = DEFAULT_REDACTIONS.iter().map(|s| s.to_string()).collect();
+        Audit::start(Sink::Stderr, &r, true, Arc::new(Metrics::new().unwrap())).unwrap()
+    }
+
+    #[test]
+    fn redacts_identifier_like_segments() {
+        let a = audit();
+        assert_eq!(a.redact_path("/patients/12345678/chart"), "/patients/{redacted}/chart");
+        assert_eq!(a.redact_path("/mrn/MRN-0012345/notes;x=1"), "/mrn/{redacted}/notes;x=1");
+        assert_eq!(a.redact_path("/p/123-45-6789"), "/p/{redacted}");
+        assert_eq!(a.redact_path("/u/jane.doe@clinic.example/"), "/u/{redacted}/");
+        assert_eq!(a.redact_path("/invoices/2024"), "/invoices/2024");
+        assert_eq!(a.redact_path("/"), "/");
+    }
+
+    #[test]
+    fn sinks_parse() {
+        assert_eq!("file:/var/log/a.jsonl".parse::<Sink>(), Ok(Sink::File("/var/log/a.jsonl".into())));
+        assert_eq!("syslog".parse::<Sink>(), Ok(Sink::Syslog("/dev/log".into())));
+        assert!("file:".parse::<Sink>().is_err());
+        assert!("kafka".parse::<Sink>().is_err());
+    }
+
+    #[test]
+    fn events_omit_empty_fields() {
+        let e = Event { time: "t".into(), event: "logout", user: Some("alice"), ..Default::default() };
+        assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"time":"t","event":"logout","user":"alice"}"#);
+    }
+}
