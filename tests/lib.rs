@@ -312,15 +312,20 @@ impl Gateway {
     /// Starts `aalgate run` with `store` (`embedded:<dir>` is filled in when `None`) and the
     /// given policy files (name, YAML).
     pub fn start(store: Option<&str>, policies: &[(&str, &str)]) -> Gateway {
-        Gateway::start_with(store, policies, false)
+        Gateway::start_with(store, policies, false, "")
+    }
+
+    /// As [`Gateway::start`], with extra top-level config (e.g. an `audit:` section).
+    pub fn start_extra(policies: &[(&str, &str)], extra: &str) -> Gateway {
+        Gateway::start_with(None, policies, false, extra)
     }
 
     /// As [`Gateway::start`], with a TLS listener (a throwaway self-signed cert for localhost).
     pub fn start_tls(policies: &[(&str, &str)]) -> Gateway {
-        Gateway::start_with(None, policies, true)
+        Gateway::start_with(None, policies, true, "")
     }
 
-    fn start_with(store: Option<&str>, policies: &[(&str, &str)], tls: bool) -> Gateway {
+    fn start_with(store: Option<&str>, policies: &[(&str, &str)], tls: bool, extra: &str) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let pdir = dir.path().join("policies");
         std::fs::create_dir_all(&pdir).expect("mkdir");
@@ -372,7 +377,7 @@ impl Gateway {
             "listen:\n  - addr: 127.0.0.1:{port}{tls_line}\nadmin_listen: 127.0.0.1:{admin_port}\npublic_origin: {scheme}://localhost:{port}\n\
 store: \"{store}\"\nstore_timeout: 1s\npolicies: policies\nstate_dir: state\nthreads: 2\n"
         );
-        std::fs::write(&config, yaml).expect("write config");
+        std::fs::write(&config, format!("{yaml}{extra}")).expect("write config");
         let mut g = Gateway {
             port,
             admin_port,
@@ -420,6 +425,49 @@ store: \"{store}\"\nstore_timeout: 1s\npolicies: policies\nstate_dir: state\nthr
         );
     }
 
+    /// The policy directory (edit it to test reloads).
+    pub fn policy_dir(&self) -> PathBuf {
+        self.dir.path().join("policies")
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Sends a signal (`-HUP`, `-QUIT`, `-TERM`) to the gateway.
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill").arg(sig).arg(self.pid().to_string()).status();
+    }
+
+    /// Starts a second process with the same config and `--upgrade`, to take over the listeners
+    /// once this one gets SIGQUIT. The caller waits for it and kills it.
+    pub fn spawn_upgrade(&self) -> Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("gateway.log")).expect("log");
+        Command::new(aalgate_bin())
+            .arg("run")
+            .arg("--upgrade")
+            .arg("--config")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start upgrading aalgate")
+    }
+
+    /// Waits up to `timeout` for the process to exit; returns whether it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     /// Stops and starts the gateway with the same config and state.
     pub fn restart(&mut self) {
         self.stop();
@@ -454,6 +502,36 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or panics after `timeout` with `what`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The value of one sample in a Prometheus text scrape, e.g. `aalgate_store_up` or
+/// `aalgate_session_ends_total{reason="idle"}` (labels as the exposition writes them).
+pub fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+}
+
+/// Finds `promtool` or explains how to get it.
+pub fn promtool() -> String {
+    for p in ["/usr/bin/promtool", "/usr/local/bin/promtool"] {
+        if Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    panic!("promtool not found: install it (apt-get install -y prometheus) or run tests/run.sh, which does");
 }
 
 /// A parsed response.

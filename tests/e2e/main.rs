@@ -4,6 +4,7 @@
 mod cli;
 mod hostile;
 mod listeners;
+mod ops;
 mod proxy;
 mod redis;
 
