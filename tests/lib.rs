@@ -325,7 +325,12 @@ impl Gateway {
         Gateway::start_with(None, policies, true, "")
     }
 
-    fn start_with(store: Option<&str>, policies: &[(&str, &str)], tls: bool, extra: &str) -> Gateway {
+    fn start_with(
+        store: Option<&str>,
+        policies: &[(&str, &str)],
+        tls: bool,
+        extra: &str,
+    ) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let pdir = dir.path().join("policies");
         std::fs::create_dir_all(&pdir).expect("mkdir");
@@ -437,13 +442,20 @@ store: \"{store}\"\nstore_timeout: 1s\npolicies: policies\nstate_dir: state\nthr
 
     /// Sends a signal (`-HUP`, `-QUIT`, `-TERM`) to the gateway.
     pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill").arg(sig).arg(self.pid().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(sig)
+            .arg(self.pid().to_string())
+            .status();
     }
 
     /// Starts a second process with the same config and `--upgrade`, to take over the listeners
     /// once this one gets SIGQUIT. The caller waits for it and kills it.
     pub fn spawn_upgrade(&self) -> Child {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("gateway.log")).expect("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("gateway.log"))
+            .expect("log");
         Command::new(aalgate_bin())
             .arg("run")
             .arg("--upgrade")
@@ -521,7 +533,11 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
 /// The value of one sample in a Prometheus text scrape, e.g. `aalgate_store_up` or
 /// `aalgate_session_ends_total{reason="idle"}` (labels as the exposition writes them).
 pub fn sample(scrape: &str, series: &str) -> Option<f64> {
-    scrape.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+    scrape.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
 }
 
 /// Finds `promtool` or explains how to get it.

@@ -2,7 +2,8 @@
 # Runs aalgate's whole test suite: unit tests, the store conformance suite (embedded and a real
 # redis-server) and the end-to-end tests of the built binary.
 #
-# Needs: cmake (pingora builds zlib-ng), redis-server, openssl and curl (TLS listener test).
+# Needs: cmake (pingora builds zlib-ng), redis-server, openssl and curl (TLS listener test),
+# promtool (Debian package prometheus: checks the metrics scrape and the alert rules).
 # As root on Debian it installs what is missing; otherwise it says what to install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,7 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "tests/run.sh: installing ${need[*]}" >&2

@@ -2,6 +2,7 @@
 //! store and with a real redis-server. One test binary, modules by topic.
 
 mod cli;
+mod deploy;
 mod hostile;
 mod listeners;
 mod ops;

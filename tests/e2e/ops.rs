@@ -14,7 +14,13 @@ use aalgate_tests::{aalgate_bin, eventually, get, promtool, sample, send, Gatewa
 use crate::{make_session, policy};
 
 fn scrape(g: &Gateway) -> String {
-    get(g.admin_port, &format!("127.0.0.1:{}", g.admin_port), "/metrics", &[]).text()
+    get(
+        g.admin_port,
+        &format!("127.0.0.1:{}", g.admin_port),
+        "/metrics",
+        &[],
+    )
+    .text()
 }
 
 #[test]
@@ -28,29 +34,66 @@ fn metrics_count_the_session_lifecycle_and_pass_promtool() {
     let _aal3 = make_session(&store, "max", Aal::Aal3, 60, 1);
     assert_eq!(get(g.port, &h, "/static/a.css", &[]).status, 200);
     assert_eq!(get(g.port, &h, "/x", &[]).status, 302);
-    assert_eq!(get(g.port, &h, "/x", &[&format!("Cookie: aalgate={ok}")]).status, 200);
-    assert_eq!(get(g.port, &h, "/pay/now", &[&format!("Cookie: aalgate={ok}")]).status, 302);
-    assert_eq!(get(g.port, &h, "/x", &[&format!("Cookie: aalgate={idle}")]).status, 302);
+    assert_eq!(
+        get(g.port, &h, "/x", &[&format!("Cookie: aalgate={ok}")]).status,
+        200
+    );
+    assert_eq!(
+        get(g.port, &h, "/pay/now", &[&format!("Cookie: aalgate={ok}")]).status,
+        302
+    );
+    assert_eq!(
+        get(g.port, &h, "/x", &[&format!("Cookie: aalgate={idle}")]).status,
+        302
+    );
     assert_eq!(get(g.port, &h, "/debug/x", &[]).status, 403);
     // Never on the public listener: there /metrics is just a path of the app.
     assert_eq!(get(g.port, &h, "/metrics", &[]).status, 302);
 
     // The session gauges come from the store monitor (every 5 s).
-    let m = eventually(Duration::from_secs(15), "sessions_active from the store monitor", || {
-        let m = scrape(&g);
-        (sample(&m, "aalgate_sessions_active{aal=\"2\"}") == Some(1.0)).then_some(m)
-    });
+    let m = eventually(
+        Duration::from_secs(15),
+        "sessions_active from the store monitor",
+        || {
+            let m = scrape(&g);
+            (sample(&m, "aalgate_sessions_active{aal=\"2\"}") == Some(1.0)).then_some(m)
+        },
+    );
     let v = |s: &str| sample(&m, s).unwrap_or_else(|| panic!("no sample {s} in\n{m}"));
     assert_eq!(v("aalgate_sessions_active{aal=\"3\"}"), 1.0);
-    assert_eq!(v("aalgate_requests_total{app=\"billing\",decision=\"allow\",route=\"/static/**\"}"), 1.0);
-    assert_eq!(v("aalgate_requests_total{app=\"billing\",decision=\"allow\",route=\"default\"}"), 1.0);
+    assert_eq!(
+        v("aalgate_requests_total{app=\"billing\",decision=\"allow\",route=\"/static/**\"}"),
+        1.0
+    );
+    assert_eq!(
+        v("aalgate_requests_total{app=\"billing\",decision=\"allow\",route=\"default\"}"),
+        1.0
+    );
     // /x without a session, and the public /metrics probe.
-    assert_eq!(v("aalgate_requests_total{app=\"billing\",decision=\"login\",route=\"default\"}"), 2.0);
-    assert_eq!(v("aalgate_requests_total{app=\"billing\",decision=\"step_up\",route=\"/pay/**\"}"), 1.0);
-    assert_eq!(v("aalgate_requests_total{app=\"billing\",decision=\"reauth\",route=\"default\"}"), 1.0);
-    assert_eq!(v("aalgate_requests_total{app=\"billing\",decision=\"denied\",route=\"/debug/**\"}"), 1.0);
-    assert_eq!(v("aalgate_step_ups_total{app=\"billing\",route=\"/pay/**\"}"), 1.0);
-    assert_eq!(v("aalgate_challenges_total{kind=\"reauth\",result=\"issued\"}"), 1.0);
+    assert_eq!(
+        v("aalgate_requests_total{app=\"billing\",decision=\"login\",route=\"default\"}"),
+        2.0
+    );
+    assert_eq!(
+        v("aalgate_requests_total{app=\"billing\",decision=\"step_up\",route=\"/pay/**\"}"),
+        1.0
+    );
+    assert_eq!(
+        v("aalgate_requests_total{app=\"billing\",decision=\"reauth\",route=\"default\"}"),
+        1.0
+    );
+    assert_eq!(
+        v("aalgate_requests_total{app=\"billing\",decision=\"denied\",route=\"/debug/**\"}"),
+        1.0
+    );
+    assert_eq!(
+        v("aalgate_step_ups_total{app=\"billing\",route=\"/pay/**\"}"),
+        1.0
+    );
+    assert_eq!(
+        v("aalgate_challenges_total{kind=\"reauth\",result=\"issued\"}"),
+        1.0
+    );
     assert_eq!(v("aalgate_session_ends_total{reason=\"idle\"}"), 1.0);
     assert_eq!(v("aalgate_session_ends_total{reason=\"logout\"}"), 0.0);
     assert_eq!(v("aalgate_session_age_at_end_seconds_count"), 1.0);
@@ -63,16 +106,30 @@ fn metrics_count_the_session_lifecycle_and_pass_promtool() {
     assert!(v("aalgate_store_duration_seconds_count{op=\"get\"}") >= 3.0);
     assert!(m.contains("aalgate_policy_info{hash=\""));
 
-    let mut child = Command::new(promtool()).args(["check", "metrics"]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     child.stdin.take().unwrap().write_all(m.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "promtool check metrics:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn audit_log_answers_who_what_when_without_phi() {
     let up = Upstream::start();
-    let g = Gateway::start_extra(&[("billing.yaml", &policy(up.port))], "audit:\n  output: file:audit/audit.jsonl\n");
+    let g = Gateway::start_extra(
+        &[("billing.yaml", &policy(up.port))],
+        "audit:\n  output: file:audit/audit.jsonl\n",
+    );
     let store = EmbeddedStore::open(&g.state_dir()).unwrap();
     let h = format!("localhost:{}", g.port);
     let cookie = make_session(&store, "nora", Aal::Aal2, 60, 1);
@@ -80,7 +137,12 @@ fn audit_log_answers_who_what_when_without_phi() {
         g.port,
         &h,
         "/patients/12345678/chart?ssn=123-45-6789&name=Jane",
-        &[&format!("Cookie: aalgate={cookie}; theme=secret-cookie"), "User-Agent: ClinicBrowser/1.0", "X-Diagnosis: PHI-VALUE", "Authorization: Basic c2VjcmV0"],
+        &[
+            &format!("Cookie: aalgate={cookie}; theme=secret-cookie"),
+            "User-Agent: ClinicBrowser/1.0",
+            "X-Diagnosis: PHI-VALUE",
+            "Authorization: Basic c2VjcmV0",
+        ],
     );
     assert_eq!(r.status, 200);
     let logout = send(g.port, format!("POST /.aalgate/logout HTTP/1.1\r\nHost: {h}\r\nCookie: aalgate={cookie}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes());
@@ -90,11 +152,29 @@ fn audit_log_answers_who_what_when_without_phi() {
         let t = std::fs::read_to_string(&path).unwrap_or_default();
         (t.lines().count() >= 2).then_some(t)
     });
-    for secret in ["12345678", "123-45-6789", "ssn", "Jane", "secret-cookie", &cookie, "PHI-VALUE", "c2VjcmV0"] {
-        assert!(!text.contains(secret), "audit log contains {secret:?}:\n{text}");
+    for secret in [
+        "12345678",
+        "123-45-6789",
+        "ssn",
+        "Jane",
+        "secret-cookie",
+        &cookie,
+        "PHI-VALUE",
+        "c2VjcmV0",
+    ] {
+        assert!(
+            !text.contains(secret),
+            "audit log contains {secret:?}:\n{text}"
+        );
     }
-    let events: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
-    let req = events.iter().find(|e| e["event"] == "request").expect("request event");
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let req = events
+        .iter()
+        .find(|e| e["event"] == "request")
+        .expect("request event");
     assert_eq!(req["user"], "nora");
     assert_eq!(req["app"], "billing");
     assert_eq!(req["route"], "default");
@@ -108,8 +188,14 @@ fn audit_log_answers_who_what_when_without_phi() {
     assert_eq!(req["user_agent"], "ClinicBrowser/1.0");
     assert!(req["time"].as_str().unwrap().ends_with('Z'), "RFC 3339 UTC");
     // The same request id reached the upstream, so the two logs join.
-    assert_eq!(Some(req["request_id"].as_str().unwrap()), up.seen()[0].one("x-request-id"));
-    let out = events.iter().find(|e| e["event"] == "logout").expect("logout event");
+    assert_eq!(
+        Some(req["request_id"].as_str().unwrap()),
+        up.seen()[0].one("x-request-id")
+    );
+    let out = events
+        .iter()
+        .find(|e| e["event"] == "logout")
+        .expect("logout event");
     assert_eq!(out["user"], "nora");
 }
 
@@ -120,17 +206,36 @@ fn audit_log_can_go_to_syslog() {
     let sock_path = dir.path().join("log.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let g = Gateway::start_extra(&[("billing.yaml", &policy(up.port))], &format!("audit:\n  output: syslog:{}\n", sock_path.display()));
-    assert_eq!(get(g.port, &format!("localhost:{}", g.port), "/static/a.css", &[]).status, 200);
+    let g = Gateway::start_extra(
+        &[("billing.yaml", &policy(up.port))],
+        &format!("audit:\n  output: syslog:{}\n", sock_path.display()),
+    );
+    assert_eq!(
+        get(
+            g.port,
+            &format!("localhost:{}", g.port),
+            "/static/a.css",
+            &[]
+        )
+        .status,
+        200
+    );
     let mut buf = [0u8; 4096];
     let n = sock.recv(&mut buf).expect("a syslog datagram");
     let msg = String::from_utf8_lossy(&buf[..n]);
     assert!(msg.starts_with("<86>aalgate["), "{msg}");
-    assert!(msg.contains("\"event\":\"request\"") && msg.contains("\"path\":\"/static/a.css\""), "{msg}");
+    assert!(
+        msg.contains("\"event\":\"request\"") && msg.contains("\"path\":\"/static/a.css\""),
+        "{msg}"
+    );
 }
 
 fn reloads(g: &Gateway, result: &str) -> f64 {
-    sample(&scrape(g), &format!("aalgate_policy_reloads_total{{result=\"{result}\"}}")).unwrap_or(-1.0)
+    sample(
+        &scrape(g),
+        &format!("aalgate_policy_reloads_total{{result=\"{result}\"}}"),
+    )
+    .unwrap_or(-1.0)
 }
 
 #[test]
@@ -143,27 +248,44 @@ fn policy_edits_reload_atomically_and_bad_edits_keep_the_last_good_set() {
     assert_eq!(get(g.port, &h, "/open", &[]).status, 302);
 
     // A valid edit is picked up by the directory watch.
-    let opened = base.replace("routes:\n", "routes:\n  - path: /open\n    require: public\n");
+    let opened = base.replace(
+        "routes:\n",
+        "routes:\n  - path: /open\n    require: public\n",
+    );
     std::fs::write(&file, &opened).unwrap();
-    eventually(Duration::from_secs(10), "the edit to take effect", || (get(g.port, &h, "/open", &[]).status == 200).then_some(()));
+    eventually(Duration::from_secs(10), "the edit to take effect", || {
+        (get(g.port, &h, "/open", &[]).status == 200).then_some(())
+    });
     assert_eq!(reloads(&g, "success"), 2.0);
 
     // An invalid edit keeps the last good set, says where, and counts a failure.
     std::fs::write(&file, opened.replace("require: public", "require: publik")).unwrap();
-    eventually(Duration::from_secs(10), "the failed reload", || (reloads(&g, "failure") == 1.0).then_some(()));
-    assert_eq!(get(g.port, &h, "/open", &[]).status, 200, "the last good set stays in force");
+    eventually(Duration::from_secs(10), "the failed reload", || {
+        (reloads(&g, "failure") == 1.0).then_some(())
+    });
+    assert_eq!(
+        get(g.port, &h, "/open", &[]).status,
+        200,
+        "the last good set stays in force"
+    );
     assert!(g.log().contains("billing.yaml:7:14:"), "{}", g.log());
 
     // An empty directory never means allow-all (nor deny-all): the last good set stays.
     std::fs::remove_file(&file).unwrap();
-    eventually(Duration::from_secs(10), "the empty-directory reload", || (reloads(&g, "failure") == 2.0).then_some(()));
+    eventually(
+        Duration::from_secs(10),
+        "the empty-directory reload",
+        || (reloads(&g, "failure") == 2.0).then_some(()),
+    );
     assert_eq!(get(g.port, &h, "/open", &[]).status, 200);
     assert_eq!(get(g.port, &h, "/x", &[]).status, 302);
 
     // SIGHUP reloads at once.
     std::fs::write(&file, opened.replace("require: public", "require: deny")).unwrap();
     g.signal("-HUP");
-    eventually(Duration::from_secs(5), "the SIGHUP reload", || (get(g.port, &h, "/open", &[]).status == 403).then_some(()));
+    eventually(Duration::from_secs(5), "the SIGHUP reload", || {
+        (get(g.port, &h, "/open", &[]).status == 403).then_some(())
+    });
     assert!(g.alive());
     // Upstream saw only the requests the policy in force allowed.
     assert!(up.seen().iter().all(|s| s.target == "/open"));
@@ -175,13 +297,26 @@ fn an_invalid_policy_set_at_start_is_refused_with_positions() {
     std::fs::create_dir_all(dir.path().join("policies")).unwrap();
     std::fs::write(dir.path().join("policies/a.yaml"), "app: a\nhost: a.example\nupstream: http://127.0.0.1:1\nroutes:\n  - path: /x\n    require: aal9\n").unwrap();
     std::fs::write(dir.path().join("aalgate.yaml"), "listen: [{addr: 127.0.0.1:1}]\npublic_origin: http://localhost:1\nstore: embedded:state\npolicies: policies\n").unwrap();
-    let out = Command::new(aalgate_bin()).arg("run").arg("--config").arg(dir.path().join("aalgate.yaml")).output().unwrap();
+    let out = Command::new(aalgate_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(dir.path().join("aalgate.yaml"))
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("a.yaml:6:14:") && err.contains("refusing to start"), "{err}");
+    assert!(
+        err.contains("a.yaml:6:14:") && err.contains("refusing to start"),
+        "{err}"
+    );
     // An empty policy directory is refused too.
     std::fs::remove_file(dir.path().join("policies/a.yaml")).unwrap();
-    let out = Command::new(aalgate_bin()).arg("run").arg("--config").arg(dir.path().join("aalgate.yaml")).output().unwrap();
+    let out = Command::new(aalgate_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(dir.path().join("aalgate.yaml"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no policy files"));
 }
@@ -224,9 +359,24 @@ fn graceful_upgrade_under_load_fails_no_request() {
     let still_serving = get(port, &h, "/static/after.css", &[]).status;
     let _ = new.kill();
     let _ = new.wait();
-    assert!(exited, "the old process did not exit after SIGQUIT:\n{}", old.log());
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "requests failed during the upgrade ({after} succeeded):\n{}", old.log());
-    assert!(after > before, "the new process served requests after the old one left");
-    assert!(before > 50, "the load ran ({before} requests before the hand-over)");
+    assert!(
+        exited,
+        "the old process did not exit after SIGQUIT:\n{}",
+        old.log()
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "requests failed during the upgrade ({after} succeeded):\n{}",
+        old.log()
+    );
+    assert!(
+        after > before,
+        "the new process served requests after the old one left"
+    );
+    assert!(
+        before > 50,
+        "the load ran ({before} requests before the hand-over)"
+    );
     assert_eq!(still_serving, 200);
 }

@@ -62,12 +62,12 @@ async fn stats(store: &dyn SessionStore) {
         (SessionId::generate(), s)
     };
     let rows = [
-        put(Aal::Aal2, 60, 0),                    // active, 30 min idle left
-        put(Aal::Aal2, 60, 30 * 60 - 100),        // active, idle in 100 s
-        put(Aal::Aal2, 60, 30 * 60),              // idle: not active
-        put(Aal::Aal3, 12 * 3600 - 600, 0),       // active, absolute in 10 min
-        put(Aal::Aal3, 12 * 3600, 0),             // past absolute
-        put(Aal::Aal1, 86400, 86400),             // AAL1 has no idle limit
+        put(Aal::Aal2, 60, 0),              // active, 30 min idle left
+        put(Aal::Aal2, 60, 30 * 60 - 100),  // active, idle in 100 s
+        put(Aal::Aal2, 60, 30 * 60),        // idle: not active
+        put(Aal::Aal3, 12 * 3600 - 600, 0), // active, absolute in 10 min
+        put(Aal::Aal3, 12 * 3600, 0),       // past absolute
+        put(Aal::Aal1, 86400, 86400),       // AAL1 has no idle limit
     ];
     for (id, s) in &rows {
         store.insert(&id.key(), s).await.unwrap();

@@ -18,4 +18,6 @@ pub mod conformance;
 pub use embedded::EmbeddedStore;
 pub use id::{FlowId, SessionId, SessionKey};
 pub use redis_store::RedisStore;
-pub use store::{Deadline, Flow, Session, SessionStats, SessionStore, StoreError, StoreSpec, EXPIRY_WINDOWS};
+pub use store::{
+    Deadline, Flow, Session, SessionStats, SessionStore, StoreError, StoreSpec, EXPIRY_WINDOWS,
+};

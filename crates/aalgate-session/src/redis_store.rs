@@ -236,9 +236,13 @@ impl SessionStore for RedisStore {
                 for k in &keys {
                     pipe.cmd("HMGET").arg(k).arg("data").arg("seen");
                 }
-                let rows: Vec<(Option<String>, Option<u64>)> = pipe.query_async(&mut c).await.map_err(unavailable)?;
+                let rows: Vec<(Option<String>, Option<u64>)> =
+                    pipe.query_async(&mut c).await.map_err(unavailable)?;
                 for (data, seen) in rows {
-                    let Some(mut s) = data.and_then(|d| serde_json::from_str::<Session>(&d).ok()) else { continue };
+                    let Some(mut s) = data.and_then(|d| serde_json::from_str::<Session>(&d).ok())
+                    else {
+                        continue;
+                    };
                     if let Some(seen) = seen {
                         s.last_seen = s.last_seen.max(Timestamp(seen));
                     }

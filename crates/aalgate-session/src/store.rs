@@ -52,7 +52,11 @@ pub struct SessionStats {
 }
 
 /// The windows of [`SessionStats::expiring_within`].
-pub const EXPIRY_WINDOWS: [Duration; 3] = [Duration::from_secs(300), Duration::from_secs(900), Duration::from_secs(3600)];
+pub const EXPIRY_WINDOWS: [Duration; 3] = [
+    Duration::from_secs(300),
+    Duration::from_secs(900),
+    Duration::from_secs(3600),
+];
 
 impl SessionStats {
     /// Counts one stored session, judged by `limits` (the gateway's limits by AAL).

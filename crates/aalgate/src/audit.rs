@@ -25,7 +25,12 @@ const QUEUE: usize = 65_536;
 const MAX_UA: usize = 256;
 
 /// Path segments redacted by default: MRN-, account- and SSN-like values and e-mail addresses.
-pub const DEFAULT_REDACTIONS: [&str; 4] = [r"^[0-9]{5,}$", r"^[A-Za-z]{1,4}-?[0-9]{5,}$", r"^[0-9]{3}-[0-9]{2}-[0-9]{4}$", r"@"];
+pub const DEFAULT_REDACTIONS: [&str; 4] = [
+    r"^[0-9]{5,}$",
+    r"^[A-Za-z]{1,4}-?[0-9]{5,}$",
+    r"^[0-9]{3}-[0-9]{2}-[0-9]{4}$",
+    r"@",
+];
 
 /// Where audit lines go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,15 +119,32 @@ pub struct Audit {
 
 impl Audit {
     /// Opens the sink (failing now, not at the first event) and starts the writer thread.
-    pub fn start(sink: Sink, redact: &[String], requests: bool, metrics: Arc<Metrics>) -> Result<Audit> {
+    pub fn start(
+        sink: Sink,
+        redact: &[String],
+        requests: bool,
+        metrics: Arc<Metrics>,
+    ) -> Result<Audit> {
         let redact = redact
             .iter()
-            .map(|r| Regex::new(r).with_context(|| format!("audit redaction {r:?} is not a valid regular expression")))
+            .map(|r| {
+                Regex::new(r).with_context(|| {
+                    format!("audit redaction {r:?} is not a valid regular expression")
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
         let mut out = Output::open(&sink)?;
         let (tx, rx) = sync_channel::<String>(QUEUE);
-        std::thread::Builder::new().name("aalgate-audit".into()).spawn(move || out.run(rx)).context("cannot start the audit writer")?;
-        Ok(Audit { tx, redact, requests, metrics })
+        std::thread::Builder::new()
+            .name("aalgate-audit".into())
+            .spawn(move || out.run(rx))
+            .context("cannot start the audit writer")?;
+        Ok(Audit {
+            tx,
+            redact,
+            requests,
+            metrics,
+        })
     }
 
     /// Whether per-request events are written (auth events always are).
@@ -138,7 +160,12 @@ impl Audit {
                 out.push('/');
             }
             let name = seg.split(';').next().unwrap_or(seg);
-            if !seg.is_empty() && self.redact.iter().any(|r| r.is_match(seg) || r.is_match(name)) {
+            if !seg.is_empty()
+                && self
+                    .redact
+                    .iter()
+                    .any(|r| r.is_match(seg) || r.is_match(name))
+            {
                 out.push_str("{redacted}");
             } else {
                 out.push_str(seg);
@@ -149,10 +176,14 @@ impl Audit {
 
     /// Queues an event; never blocks.
     pub fn emit(&self, event: &Event<'_>) {
-        let Ok(line) = serde_json::to_string(event) else { return };
+        let Ok(line) = serde_json::to_string(event) else {
+            return;
+        };
         match self.tx.try_send(line) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.metrics.audit_dropped.inc(),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.metrics.audit_dropped.inc()
+            }
         }
     }
 }
@@ -177,7 +208,8 @@ impl Output {
             Sink::Stderr => Output::Stderr,
             Sink::File(p) => {
                 if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("cannot create {}", dir.display()))?;
                 }
                 let mut o = std::fs::OpenOptions::new();
                 o.create(true).append(true);
@@ -186,11 +218,14 @@ impl Output {
                     use std::os::unix::fs::OpenOptionsExt;
                     o.mode(0o640);
                 }
-                let f = o.open(p).with_context(|| format!("cannot open audit log {}", p.display()))?;
+                let f = o
+                    .open(p)
+                    .with_context(|| format!("cannot open audit log {}", p.display()))?;
                 Output::File(std::io::BufWriter::new(f))
             }
             Sink::Syslog(p) => {
-                let s = std::os::unix::net::UnixDatagram::unbound().context("cannot create a syslog socket")?;
+                let s = std::os::unix::net::UnixDatagram::unbound()
+                    .context("cannot create a syslog socket")?;
                 if !p.exists() {
                     bail!("syslog socket {} does not exist", p.display());
                 }
@@ -205,7 +240,12 @@ impl Output {
             Output::Stderr => writeln!(std::io::stderr().lock(), "{line}"),
             Output::File(f) => writeln!(f, "{line}"),
             // RFC 3164 framing, facility authpriv (10), severity info (6).
-            Output::Syslog(s, p) => s.send_to(format!("<86>aalgate[{}]: {line}", std::process::id()).as_bytes(), p).map(|_| ()),
+            Output::Syslog(s, p) => s
+                .send_to(
+                    format!("<86>aalgate[{}]: {line}", std::process::id()).as_bytes(),
+                    p,
+                )
+                .map(|_| ()),
         }
     }
 
@@ -252,25 +292,48 @@ mod tests {
     #[test]
     fn redacts_identifier_like_segments() {
         let a = audit();
-        assert_eq!(a.redact_path("/patients/12345678/chart"), "/patients/{redacted}/chart");
-        assert_eq!(a.redact_path("/mrn/MRN-0012345/notes;x=1"), "/mrn/{redacted}/notes;x=1");
+        assert_eq!(
+            a.redact_path("/patients/12345678/chart"),
+            "/patients/{redacted}/chart"
+        );
+        assert_eq!(
+            a.redact_path("/mrn/MRN-0012345/notes;x=1"),
+            "/mrn/{redacted}/notes;x=1"
+        );
         assert_eq!(a.redact_path("/p/123-45-6789"), "/p/{redacted}");
-        assert_eq!(a.redact_path("/u/jane.doe@clinic.example/"), "/u/{redacted}/");
+        assert_eq!(
+            a.redact_path("/u/jane.doe@clinic.example/"),
+            "/u/{redacted}/"
+        );
         assert_eq!(a.redact_path("/invoices/2024"), "/invoices/2024");
         assert_eq!(a.redact_path("/"), "/");
     }
 
     #[test]
     fn sinks_parse() {
-        assert_eq!("file:/var/log/a.jsonl".parse::<Sink>(), Ok(Sink::File("/var/log/a.jsonl".into())));
-        assert_eq!("syslog".parse::<Sink>(), Ok(Sink::Syslog("/dev/log".into())));
+        assert_eq!(
+            "file:/var/log/a.jsonl".parse::<Sink>(),
+            Ok(Sink::File("/var/log/a.jsonl".into()))
+        );
+        assert_eq!(
+            "syslog".parse::<Sink>(),
+            Ok(Sink::Syslog("/dev/log".into()))
+        );
         assert!("file:".parse::<Sink>().is_err());
         assert!("kafka".parse::<Sink>().is_err());
     }
 
     #[test]
     fn events_omit_empty_fields() {
-        let e = Event { time: "t".into(), event: "logout", user: Some("alice"), ..Default::default() };
-        assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"time":"t","event":"logout","user":"alice"}"#);
+        let e = Event {
+            time: "t".into(),
+            event: "logout",
+            user: Some("alice"),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"time":"t","event":"logout","user":"alice"}"#
+        );
     }
 }

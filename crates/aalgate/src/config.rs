@@ -62,7 +62,10 @@ impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
             sink: crate::audit::Sink::Stdout,
-            redact: crate::audit::DEFAULT_REDACTIONS.iter().map(|s| s.to_string()).collect(),
+            redact: crate::audit::DEFAULT_REDACTIONS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             requests: true,
         }
     }
@@ -253,7 +256,10 @@ impl Config {
             Some(a) => {
                 let mut c = AuditConfig::default();
                 if let Some(o) = a.output {
-                    c.sink = match o.parse::<crate::audit::Sink>().map_err(anyhow::Error::msg)? {
+                    c.sink = match o
+                        .parse::<crate::audit::Sink>()
+                        .map_err(anyhow::Error::msg)?
+                    {
                         crate::audit::Sink::File(p) => crate::audit::Sink::File(rel(p)),
                         s => s,
                     };
@@ -267,7 +273,10 @@ impl Config {
                 c
             }
         };
-        let upgrade_sock = raw.upgrade_sock.map(rel).unwrap_or_else(|| state_dir.join("upgrade.sock"));
+        let upgrade_sock = raw
+            .upgrade_sock
+            .map(rel)
+            .unwrap_or_else(|| state_dir.join("upgrade.sock"));
         Ok(Config {
             audit,
             upgrade_sock,
@@ -312,6 +321,26 @@ mod tests {
         assert!(c.listen[0].tls.is_some());
         assert_eq!(c.store, StoreSpec::Redis("redis://127.0.0.1:6379/0".into()));
         assert_eq!(c.store_timeout, DEFAULT_STORE_TIMEOUT);
+    }
+
+    #[test]
+    fn deploy_example_configs_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "yaml") {
+                Config::load(&p).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+                n += 1;
+            }
+        }
+        assert_eq!(n, 4);
+        let tls = Config::load(&dir.join("tls-production.yaml")).unwrap();
+        assert_eq!(
+            tls.audit.sink,
+            crate::audit::Sink::File("/var/log/aalgate/audit.jsonl".into())
+        );
+        assert_eq!(tls.audit.redact.len(), 5);
     }
 
     #[test]

@@ -335,9 +335,14 @@ impl Gateway {
             };
             match self.store.remove(&id.key()).await {
                 Ok(true) => {
-                    self.metrics.session_ends.with_label_values(&["logout"]).inc();
+                    self.metrics
+                        .session_ends
+                        .with_label_values(&["logout"])
+                        .inc();
                     if let Some(s) = &existing {
-                        self.metrics.session_age.observe(now.since(s.auth_time).as_secs_f64());
+                        self.metrics
+                            .session_age
+                            .observe(now.since(s.auth_time).as_secs_f64());
                         self.audit.emit(&crate::audit::Event {
                             time: crate::audit::now_rfc3339(),
                             event: "logout",
@@ -409,7 +414,10 @@ impl Gateway {
             return self.error(session, ctx, 503, "store_unavailable").await;
         }
         ctx.outcome = need;
-        self.metrics.challenges.with_label_values(&[need, "issued"]).inc();
+        self.metrics
+            .challenges
+            .with_label_values(&[need, "issued"])
+            .inc();
         let login_url = format!("/.aalgate/auth?flow={}", id.encode());
         let reply = if headers::is_script_request(&session.req_header().headers) {
             let body = serde_json::json!({
@@ -598,8 +606,13 @@ impl ProxyHttp for Gateway {
                 if let (Decision::Reauth { reason, .. }, Some((id, s))) = (other, &loaded) {
                     // The session is over: end it now, once, so it is counted and audited once.
                     if let Ok(true) = self.store.remove(&id.key()).await {
-                        self.metrics.session_ends.with_label_values(&[reason.as_str()]).inc();
-                        self.metrics.session_age.observe(now.since(s.auth_time).as_secs_f64());
+                        self.metrics
+                            .session_ends
+                            .with_label_values(&[reason.as_str()])
+                            .inc();
+                        self.metrics
+                            .session_age
+                            .observe(now.since(s.auth_time).as_secs_f64());
                         self.audit.emit(&crate::audit::Event {
                             time: crate::audit::now_rfc3339(),
                             event: "session_end",
@@ -614,7 +627,10 @@ impl ProxyHttp for Gateway {
                     }
                 }
                 if let Decision::StepUp { .. } = other {
-                    self.metrics.step_ups.with_label_values(&[&app, &m.rule.id]).inc();
+                    self.metrics
+                        .step_ups
+                        .with_label_values(&[&app, &m.rule.id])
+                        .inc();
                 }
                 self.challenge(session, ctx, other, &host.to_string(), &app)
                     .await
@@ -706,9 +722,16 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let app = ctx.rule.and_then(|i| ctx.policy.rules().get(i)).map(|r| ctx.policy.app_of(r).name.as_str()).unwrap_or("-");
+        let app = ctx
+            .rule
+            .and_then(|i| ctx.policy.rules().get(i))
+            .map(|r| ctx.policy.app_of(r).name.as_str())
+            .unwrap_or("-");
         if let Some(t) = ctx.forwarded_at {
-            self.metrics.upstream_seconds.with_label_values(&[app]).observe(t.elapsed().as_secs_f64());
+            self.metrics
+                .upstream_seconds
+                .with_label_values(&[app])
+                .observe(t.elapsed().as_secs_f64());
         }
         let class = match resp.status.as_u16() {
             100..=199 => "1xx",
@@ -717,7 +740,10 @@ impl ProxyHttp for Gateway {
             400..=499 => "4xx",
             _ => "5xx",
         };
-        self.metrics.upstream_responses.with_label_values(&[app, class]).inc();
+        self.metrics
+            .upstream_responses
+            .with_label_values(&[app, class])
+            .inc();
         // The gateway's cookie names are reserved: an upstream cannot set or clear them.
         let set_cookies: Vec<http::HeaderValue> = resp
             .headers
@@ -743,16 +769,27 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
         let rule = ctx.rule.and_then(|i| ctx.policy.rules().get(i));
         let route = rule.map(|r| r.id.as_str()).unwrap_or("-");
-        let app = rule.map(|r| ctx.policy.app_of(r).name.as_str()).unwrap_or("-");
-        self.metrics.requests.with_label_values(&[app, route, ctx.outcome]).inc();
+        let app = rule
+            .map(|r| ctx.policy.app_of(r).name.as_str())
+            .unwrap_or("-");
+        self.metrics
+            .requests
+            .with_label_values(&[app, route, ctx.outcome])
+            .inc();
         let (outcome, added) = match ctx.forwarded_at {
             Some(t) => ("forwarded", t.duration_since(ctx.start)),
             None => ("answered", ctx.start.elapsed()),
         };
-        self.metrics.gateway_seconds.with_label_values(&[outcome]).observe(added.as_secs_f64());
+        self.metrics
+            .gateway_seconds
+            .with_label_values(&[outcome])
+            .observe(added.as_secs_f64());
         if self.audit.logs_requests() {
             let req = session.req_header();
             self.audit.emit(&crate::audit::Event {
@@ -763,12 +800,18 @@ impl ProxyHttp for Gateway {
                 app: rule.map(|_| app),
                 route: rule.map(|_| route),
                 method: Some(req.method.as_str()),
-                path: ctx.target.as_ref().map(|t| self.audit.redact_path(t.path())),
+                path: ctx
+                    .target
+                    .as_ref()
+                    .map(|t| self.audit.redact_path(t.path())),
                 decision: Some(ctx.outcome),
                 status: Some(status),
                 aal: ctx.session.as_ref().map(|s| s.aal.number()),
                 credential: ctx.session.as_ref().and_then(|s| s.credential.as_deref()),
-                client_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()),
+                client_ip: session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip().to_string()),
                 user_agent: crate::audit::user_agent(req.headers.get(http::header::USER_AGENT)),
                 ..Default::default()
             });

@@ -245,7 +245,12 @@ impl BackgroundService for Purge {
 
 fn demo_app(listen: SocketAddr) -> Result<()> {
     init_logging(LogFormat::Text);
-    let conf = ServerConf { threads: 1, grace_period_seconds: Some(1), graceful_shutdown_timeout_seconds: Some(5), ..Default::default() };
+    let conf = ServerConf {
+        threads: 1,
+        grace_period_seconds: Some(1),
+        graceful_shutdown_timeout_seconds: Some(5),
+        ..Default::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut app = Service::new("demo billing app".to_string(), demo::DemoBilling);
@@ -258,18 +263,34 @@ fn demo_app(listen: SocketAddr) -> Result<()> {
 fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Result<()> {
     init_logging(cfg.log_format);
     let metrics = Arc::new(metrics::Metrics::new().context("cannot register metrics")?);
-    let audit = Arc::new(audit::Audit::start(cfg.audit.sink.clone(), &cfg.audit.redact, cfg.audit.requests, metrics.clone())?);
-    let policies = Arc::new(ops::Policies::load(cfg.policies.clone(), metrics.clone(), audit.clone())?);
+    let audit = Arc::new(audit::Audit::start(
+        cfg.audit.sink.clone(),
+        &cfg.audit.redact,
+        cfg.audit.requests,
+        metrics.clone(),
+    )?);
+    let policies = Arc::new(ops::Policies::load(
+        cfg.policies.clone(),
+        metrics.clone(),
+        audit.clone(),
+    )?);
     let (raw_store, embedded): (Arc<dyn SessionStore>, Option<EmbeddedStore>) = match &cfg.store {
         StoreSpec::Embedded(dir) => {
-            let s = EmbeddedStore::open(dir).with_context(|| format!("embedded store in {}", dir.display()))?;
+            let s = EmbeddedStore::open(dir)
+                .with_context(|| format!("embedded store in {}", dir.display()))?;
             (Arc::new(s.clone()), Some(s))
         }
         StoreSpec::Redis(url) => (Arc::new(RedisStore::new(url, cfg.store_timeout)?), None),
     };
     let deadline: Arc<dyn SessionStore> = Arc::new(Deadline::new(raw_store, cfg.store_timeout));
-    let store: Arc<dyn SessionStore> = Arc::new(ops::Instrumented { inner: deadline, metrics: metrics.clone() });
-    let signer = Arc::new(assertion::Signer::load_or_create(&cfg.signing_key, &cfg.public_origin)?);
+    let store: Arc<dyn SessionStore> = Arc::new(ops::Instrumented {
+        inner: deadline,
+        metrics: metrics.clone(),
+    });
+    let signer = Arc::new(assertion::Signer::load_or_create(
+        &cfg.signing_key,
+        &cfg.public_origin,
+    )?);
 
     let conf = ServerConf {
         threads: cfg.threads,
@@ -278,7 +299,10 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         upgrade_sock: cfg.upgrade_sock.to_string_lossy().into_owned(),
         ..Default::default()
     };
-    let opt = pingora::server::configuration::Opt { upgrade, ..Default::default() };
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
@@ -297,21 +321,36 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
             None => proxy.add_tcp(&addr),
             Some((cert, key)) => {
                 let (c, k) = (cert.to_string_lossy(), key.to_string_lossy());
-                proxy.add_tls(&addr, &c, &k).map_err(|e| anyhow::anyhow!("TLS listener {addr}: {e}"))?;
+                proxy
+                    .add_tls(&addr, &c, &k)
+                    .map_err(|e| anyhow::anyhow!("TLS listener {addr}: {e}"))?;
             }
         }
     }
     server.add_service(proxy);
 
     if let Some(addr) = cfg.admin_listen {
-        let mut admin = Service::new("aalgate admin".to_string(), admin::Admin { store: store.clone(), metrics: metrics.clone() });
+        let mut admin = Service::new(
+            "aalgate admin".to_string(),
+            admin::Admin {
+                store: store.clone(),
+                metrics: metrics.clone(),
+            },
+        );
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
     }
-    server.add_service(background_service("aalgate policy reload", ops::Reloader(policies.clone())));
+    server.add_service(background_service(
+        "aalgate policy reload",
+        ops::Reloader(policies.clone()),
+    ));
     server.add_service(background_service(
         "aalgate store monitor",
-        ops::StoreMonitor { store: store.clone(), policies: policies.clone(), metrics: metrics.clone() },
+        ops::StoreMonitor {
+            store: store.clone(),
+            policies: policies.clone(),
+            metrics: metrics.clone(),
+        },
     ));
     if let Some(e) = embedded {
         server.add_service(background_service("aalgate purge", Purge(e)));
@@ -322,7 +361,21 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         server.add_service(app);
     }
 
-    let listen: Vec<String> = cfg.listen.iter().map(|l| format!("{}{}", if l.tls.is_some() { "https://" } else { "http://" }, l.addr)).collect();
+    let listen: Vec<String> = cfg
+        .listen
+        .iter()
+        .map(|l| {
+            format!(
+                "{}{}",
+                if l.tls.is_some() {
+                    "https://"
+                } else {
+                    "http://"
+                },
+                l.addr
+            )
+        })
+        .collect();
     tracing::info!(
         listen = ?listen,
         admin = ?cfg.admin_listen.map(|a| a.to_string()),
@@ -332,7 +385,11 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         "aalgate started"
     );
     if demo_upstream.is_some() {
-        tracing::info!("demo: open http://localhost:{}/ (the demo app is on {})", cfg.listen[0].addr.port(), demo_upstream.map(|a| a.to_string()).unwrap_or_default());
+        tracing::info!(
+            "demo: open http://localhost:{}/ (the demo app is on {})",
+            cfg.listen[0].addr.port(),
+            demo_upstream.map(|a| a.to_string()).unwrap_or_default()
+        );
     }
     server.run_forever();
 }

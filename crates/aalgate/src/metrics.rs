@@ -3,17 +3,24 @@
 //! and dashboards rely on are created up front, so a series exists (at 0) before its first event.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Request and store latencies: 50 µs to 1 min.
 const LATENCY: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 /// A person tapping a key: 250 ms to 5 min.
-const CEREMONY: &[f64] = &[0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0];
+const CEREMONY: &[f64] = &[
+    0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+];
 /// Session age: 1 min to 30 days.
-const SESSION_AGE: &[f64] = &[60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 43200.0, 86400.0, 604800.0, 2592000.0];
+const SESSION_AGE: &[f64] = &[
+    60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 43200.0, 86400.0, 604800.0,
+    2592000.0,
+];
 
 /// Reasons a session ends.
 pub const END_REASONS: [&str; 5] = ["idle", "absolute", "logout", "revoked", "switch_user"];
@@ -70,14 +77,28 @@ pub struct Metrics {
     pub audit_dropped: IntCounter,
 }
 
-fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
     let c = IntCounterVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(c.clone()))?;
     Ok(c)
 }
 
-fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> prometheus::Result<HistogramVec> {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)?;
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> prometheus::Result<HistogramVec> {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )?;
     r.register(Box::new(h.clone()))?;
     Ok(h)
 }
@@ -188,7 +209,18 @@ impl Metrics {
 }
 
 /// Store operations, as labelled.
-pub const OPS: [&str; 10] = ["insert", "get", "touch", "remove", "revoke_user", "put_flow", "get_flow", "take_flow", "ping", "stats"];
+pub const OPS: [&str; 10] = [
+    "insert",
+    "get",
+    "touch",
+    "remove",
+    "revoke_user",
+    "put_flow",
+    "get_flow",
+    "take_flow",
+    "ping",
+    "stats",
+];
 
 #[cfg(test)]
 mod tests {
@@ -197,7 +229,9 @@ mod tests {
     #[test]
     fn registers_and_renders_every_family() {
         let m = Metrics::new().unwrap();
-        m.requests.with_label_values(&["billing", "/x", "allow"]).inc();
+        m.requests
+            .with_label_values(&["billing", "/x", "allow"])
+            .inc();
         let text = m.render();
         for name in [
             "aalgate_requests_total",

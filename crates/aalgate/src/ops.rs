@@ -25,10 +25,17 @@ pub struct Instrumented {
 }
 
 impl Instrumented {
-    async fn timed<T>(&self, op: &str, f: impl std::future::Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    async fn timed<T>(
+        &self,
+        op: &str,
+        f: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         let t0 = Instant::now();
         let r = f.await;
-        self.metrics.store_seconds.with_label_values(&[op]).observe(t0.elapsed().as_secs_f64());
+        self.metrics
+            .store_seconds
+            .with_label_values(&[op])
+            .observe(t0.elapsed().as_secs_f64());
         if r.is_err() {
             self.metrics.store_errors.with_label_values(&[op]).inc();
         }
@@ -51,16 +58,19 @@ impl SessionStore for Instrumented {
         self.timed("remove", self.inner.remove(key)).await
     }
     async fn revoke_user(&self, user: &str) -> Result<usize, StoreError> {
-        self.timed("revoke_user", self.inner.revoke_user(user)).await
+        self.timed("revoke_user", self.inner.revoke_user(user))
+            .await
     }
     async fn put_flow(&self, key: &str, flow: &Flow, ttl: Duration) -> Result<(), StoreError> {
-        self.timed("put_flow", self.inner.put_flow(key, flow, ttl)).await
+        self.timed("put_flow", self.inner.put_flow(key, flow, ttl))
+            .await
     }
     async fn get_flow(&self, key: &str, now: Timestamp) -> Result<Option<Flow>, StoreError> {
         self.timed("get_flow", self.inner.get_flow(key, now)).await
     }
     async fn take_flow(&self, key: &str, now: Timestamp) -> Result<Option<Flow>, StoreError> {
-        self.timed("take_flow", self.inner.take_flow(key, now)).await
+        self.timed("take_flow", self.inner.take_flow(key, now))
+            .await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.timed("ping", self.inner.ping()).await
@@ -81,7 +91,11 @@ fn fingerprint(paths: &[PathBuf]) -> String {
             h.update([0]);
         }
     }
-    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The policy in force, swapped atomically on reload. Requests take a snapshot at their start
@@ -96,7 +110,11 @@ pub struct Policies {
 
 impl Policies {
     /// Loads the first set; an invalid set is an error (the gateway refuses to start).
-    pub fn load(paths: Vec<PathBuf>, metrics: Arc<Metrics>, audit: Arc<Audit>) -> anyhow::Result<Policies> {
+    pub fn load(
+        paths: Vec<PathBuf>,
+        metrics: Arc<Metrics>,
+        audit: Arc<Audit>,
+    ) -> anyhow::Result<Policies> {
         let hash = fingerprint(&paths);
         let set = match aalgate_policy::load(&paths) {
             Ok(set) => set,
@@ -111,7 +129,13 @@ impl Policies {
         for w in set.warnings() {
             tracing::warn!("policy: {w}");
         }
-        let p = Policies { current: ArcSwap::from_pointee(set), hash: std::sync::Mutex::new(String::new()), paths, metrics, audit };
+        let p = Policies {
+            current: ArcSwap::from_pointee(set),
+            hash: std::sync::Mutex::new(String::new()),
+            paths,
+            metrics,
+            audit,
+        };
         p.mark_loaded(&hash);
         Ok(p)
     }
@@ -149,7 +173,13 @@ impl Policies {
                 self.current.store(Arc::new(set));
                 self.mark_loaded(&hash);
                 tracing::info!(hash = %hash, apps, "policy reloaded");
-                self.audit.emit(&Event { time: now_rfc3339(), event: "reload", decision: Some("success"), detail: Some(format!("policy hash {hash}")), ..Default::default() });
+                self.audit.emit(&Event {
+                    time: now_rfc3339(),
+                    event: "reload",
+                    decision: Some("success"),
+                    detail: Some(format!("policy hash {hash}")),
+                    ..Default::default()
+                });
             }
             Err(diags) => {
                 for d in &diags {
