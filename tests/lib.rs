@@ -255,6 +255,45 @@ impl Redis {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// Runs one inline command (e.g. `INFO commandstats`) and returns the reply as text.
+    pub fn command(&self, cmd: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect redis");
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = s.write_all(format!("{cmd}\r\n").as_bytes());
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            let text = String::from_utf8_lossy(&buf);
+            // A simple reply (+OK), or a bulk reply ($len then the data) once complete.
+            if text.starts_with('+') || text.starts_with('-') || text.starts_with(':') {
+                if text.ends_with("\r\n") {
+                    break;
+                }
+            } else if let Some(rest) = text.strip_prefix('$') {
+                if let Some((len, data)) = rest.split_once("\r\n") {
+                    if len.parse::<usize>().is_ok_and(|l| data.len() >= l + 2) {
+                        break;
+                    }
+                }
+            }
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// How many times Redis ran `cmd` since the last `CONFIG RESETSTAT` (0 when never).
+    pub fn calls(&self, cmd: &str) -> u64 {
+        let info = self.command("INFO commandstats");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Stops the server (SIGKILL: as abrupt as a crash).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

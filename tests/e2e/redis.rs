@@ -9,6 +9,9 @@ use aalgate_tests::{get, Gateway, Redis, Upstream};
 
 use crate::{make_session, policy, rt};
 
+/// Longer than the gateway's 1 s session-cache freshness.
+const CACHE_WINDOW: Duration = Duration::from_millis(1200);
+
 #[test]
 fn redis_store_passes_the_conformance_suite() {
     let redis = Redis::start();
@@ -32,6 +35,9 @@ fn redis_down_fails_closed_with_503_and_recovers() {
     assert_eq!(get(g.port, &h, "/x", &[&c]).status, 200);
 
     redis.stop();
+    // A session read less than 1 s ago is served from the gateway's cache (the same bound as
+    // for revocation); past that, the store is asked and the answer is 503.
+    std::thread::sleep(CACHE_WINDOW);
     let r = get(g.port, &h, "/x", &[&c]);
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.header("retry-after"), Some("5"));
@@ -90,6 +96,7 @@ fn a_hung_store_hits_the_deadline_and_fails_closed() {
     let c = format!("Cookie: aalgate={cookie}");
     assert_eq!(get(g.port, &h, "/x", &[&c]).status, 200);
     redis.pause();
+    std::thread::sleep(CACHE_WINDOW);
     let t0 = std::time::Instant::now();
     let r = get(g.port, &h, "/x", &[&c]);
     let took = t0.elapsed();
@@ -105,4 +112,51 @@ fn a_hung_store_hits_the_deadline_and_fails_closed() {
         status = get(g.port, &h, "/x", &[&c]).status;
     }
     assert_eq!(status, 200);
+}
+
+#[test]
+fn cached_sessions_cost_no_redis_round_trip_and_revocation_is_seen_within_a_second() {
+    let redis = Redis::start();
+    let up = Upstream::start();
+    let g = Gateway::start(Some(&redis.url()), &[("billing.yaml", &policy(up.port))]);
+    let store = RedisStore::new(&redis.url(), Duration::from_secs(1)).unwrap();
+    let cookie = make_session(&store, "pat", Aal::Aal2, 60, 1);
+    let h = format!("localhost:{}", g.port);
+    let c = format!("Cookie: aalgate={cookie}");
+    assert_eq!(get(g.port, &h, "/x", &[&c]).status, 200);
+    // Within the 1 s freshness window, further requests are served from the cache.
+    redis.command("CONFIG RESETSTAT");
+    let t0 = std::time::Instant::now();
+    let mut n = 0;
+    while t0.elapsed() < Duration::from_millis(500) {
+        assert_eq!(get(g.port, &h, "/x", &[&c]).status, 200);
+        n += 1;
+    }
+    let lookups = redis.calls("hmget");
+    assert!(n >= 10, "only {n} requests");
+    assert!(
+        lookups <= 1,
+        "{lookups} session lookups in Redis for {n} cached requests"
+    );
+
+    // Revoked on "another instance" (here: straight in the store): seen within about 1 s.
+    rt().block_on(async {
+        let other = RedisStore::new(&redis.url(), Duration::from_secs(1)).unwrap();
+        aalgate_session::SessionStore::revoke_user(&other, "pat").await
+    })
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        let s = get(g.port, &h, "/x", &[&c]).status;
+        if s != 200 || t0.elapsed() > Duration::from_secs(3) {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status, 302);
+    assert!(
+        t0.elapsed() <= Duration::from_millis(1300),
+        "revocation took {:?}",
+        t0.elapsed()
+    );
 }

@@ -44,6 +44,10 @@ pub struct Gateway {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The audit log.
     pub audit: Arc<crate::audit::Audit>,
+    /// Sessions read in the last second.
+    pub sessions: crate::cache::SessionCache,
+    /// Signed assertions, reused for half their lifetime.
+    pub assertions: crate::cache::AssertionCache,
     /// The session store, already wrapped in a deadline.
     pub store: Arc<dyn SessionStore>,
     /// Signs upstream assertions.
@@ -67,6 +71,8 @@ pub struct Ctx {
     policy: Arc<PolicySet>,
     /// When the request was handed to the upstream.
     forwarded_at: Option<Instant>,
+    /// Store key of the session, for the assertion cache.
+    session_key: Option<aalgate_session::SessionKey>,
 }
 
 fn request_id() -> String {
@@ -225,7 +231,12 @@ impl Gateway {
             let Some(id) = SessionId::from_cookie(value) else {
                 continue;
             };
-            if let Some(s) = self.store.get(&id.key(), now).await? {
+            let key = id.key();
+            if let Some(s) = self.sessions.get(&key, now) {
+                return Ok(Some((id, s)));
+            }
+            if let Some(s) = self.store.get(&key, now).await? {
+                self.sessions.put(&key, &s);
                 return Ok(Some((id, s)));
             }
         }
@@ -333,6 +344,7 @@ impl Gateway {
                     return self.error(session, ctx, 503, "store_unavailable").await;
                 }
             };
+            self.sessions.remove(&id.key());
             match self.store.remove(&id.key()).await {
                 Ok(true) => {
                     self.metrics
@@ -479,6 +491,7 @@ impl ProxyHttp for Gateway {
             host: String::new(),
             policy: self.policies.snapshot(),
             forwarded_at: None,
+            session_key: None,
         }
     }
 
@@ -586,15 +599,18 @@ impl ProxyHttp for Gateway {
         match decision {
             Decision::Allow => {
                 if let Some((id, s)) = loaded {
+                    let key = id.key();
                     if now.since(s.last_seen) >= TOUCH_INTERVAL {
                         // Off the request path: a failed touch only makes the idle limit fire earlier.
-                        let store = self.store.clone();
+                        self.sessions.set_last_seen(&key, now);
+                        let (store, key) = (self.store.clone(), key.clone());
                         tokio::spawn(async move {
-                            if let Err(e) = store.touch(&id.key(), now).await {
+                            if let Err(e) = store.touch(&key, now).await {
                                 tracing::debug!(error = %e, "session touch failed");
                             }
                         });
                     }
+                    ctx.session_key = Some(key);
                     ctx.session = Some(s);
                 }
                 ctx.outcome = "allow";
@@ -605,6 +621,7 @@ impl ProxyHttp for Gateway {
                 let app = m.app.name.clone();
                 if let (Decision::Reauth { reason, .. }, Some((id, s))) = (other, &loaded) {
                     // The session is over: end it now, once, so it is counted and audited once.
+                    self.sessions.remove(&id.key());
                     if let Ok(true) = self.store.remove(&id.key()).await {
                         self.metrics
                             .session_ends
@@ -704,9 +721,13 @@ impl ProxyHttp for Gateway {
             ctx.rule.and_then(|i| ctx.policy.rules().get(i)),
         ) {
             let app = &ctx.policy.app_of(rule).name;
-            let token = self.signer.sign(s, app, Timestamp::now()).map_err(|e| {
-                Error::because(ErrorType::InternalError, "cannot sign assertion", e)
-            })?;
+            let now = Timestamp::now();
+            let sign = || self.signer.sign(s, app, now);
+            let token = match &ctx.session_key {
+                Some(k) => self.assertions.get_or_sign(k, app, now, sign),
+                None => sign(),
+            }
+            .map_err(|e| Error::because(ErrorType::InternalError, "cannot sign assertion", e))?;
             upstream.insert_header(headers::USER, s.user.as_str())?;
             upstream.insert_header(headers::AAL, s.aal.number().to_string())?;
             upstream.insert_header(headers::AUTH_TIME, s.auth_time.0.to_string())?;

@@ -6,6 +6,7 @@
 mod admin;
 mod assertion;
 mod audit;
+mod cache;
 mod config;
 mod demo;
 mod explain;
@@ -243,6 +244,9 @@ impl BackgroundService for Purge {
     }
 }
 
+/// Sessions (and assertions) kept in memory: about 1 KiB each, so 64 MiB at most.
+const SESSION_CACHE_CAPACITY: usize = 65_536;
+
 fn demo_app(listen: SocketAddr) -> Result<()> {
     init_logging(LogFormat::Text);
     let conf = ServerConf {
@@ -310,6 +314,11 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         policies: policies.clone(),
         metrics: metrics.clone(),
         audit: audit.clone(),
+        sessions: cache::SessionCache::new(SESSION_CACHE_CAPACITY),
+        assertions: cache::AssertionCache::new(
+            SESSION_CACHE_CAPACITY,
+            assertion::ASSERTION_LIFETIME,
+        ),
         store: store.clone(),
         signer,
         public_host: cfg.public_host.clone(),

@@ -1,0 +1,174 @@
+//! In-process caches on the hot path.
+//!
+//! - [`SessionCache`]: a bounded map from session key to the session as last read from the
+//!   store. An entry is trusted for at most [`SESSION_FRESHNESS`] (1 s), so a cached session
+//!   costs no store round trip, and a logout or revocation made on *any* instance (or by the
+//!   CLI) is seen by every instance within 1 s, with no invalidation channel to lose messages.
+//! - [`AssertionCache`]: the signed upstream JWT per session and app, reused while it has more
+//!   than half of its lifetime left, so the gateway does not sign on every request.
+
+use std::time::{Duration, Instant};
+
+use aalgate_policy::Timestamp;
+use aalgate_session::{Session, SessionKey};
+use quick_cache::sync::Cache;
+
+/// How long a cached session is trusted without asking the store again.
+pub const SESSION_FRESHNESS: Duration = Duration::from_secs(1);
+
+#[derive(Clone)]
+struct Entry {
+    session: Session,
+    fetched: Instant,
+}
+
+/// Sessions recently read from the store.
+pub struct SessionCache {
+    inner: Cache<SessionKey, Entry>,
+}
+
+impl SessionCache {
+    /// A cache of at most `capacity` sessions.
+    pub fn new(capacity: usize) -> SessionCache {
+        SessionCache {
+            inner: Cache::new(capacity.max(1)),
+        }
+    }
+
+    /// The session, if cached less than [`SESSION_FRESHNESS`] ago and not expired at `now`.
+    pub fn get(&self, key: &SessionKey, now: Timestamp) -> Option<Session> {
+        let e = self.inner.get(key)?;
+        (e.fetched.elapsed() < SESSION_FRESHNESS && e.session.expires_at > now).then_some(e.session)
+    }
+
+    /// Remembers a session just read from the store.
+    pub fn put(&self, key: &SessionKey, session: &Session) {
+        self.inner.insert(
+            key.clone(),
+            Entry {
+                session: session.clone(),
+                fetched: Instant::now(),
+            },
+        );
+    }
+
+    /// Records a touch, so the next cached read does not touch again.
+    pub fn set_last_seen(&self, key: &SessionKey, last_seen: Timestamp) {
+        if let Some(mut e) = self.inner.get(key) {
+            e.session.last_seen = e.session.last_seen.max(last_seen);
+            self.inner.insert(key.clone(), e);
+        }
+    }
+
+    /// Forgets a session (logout, end).
+    pub fn remove(&self, key: &SessionKey) {
+        self.inner.remove(key);
+    }
+}
+
+/// Signed assertions by (session key, app).
+pub struct AssertionCache {
+    inner: Cache<(SessionKey, String), (String, Timestamp)>,
+    lifetime: Duration,
+}
+
+impl AssertionCache {
+    /// A cache of at most `capacity` tokens that each live `lifetime`.
+    pub fn new(capacity: usize, lifetime: Duration) -> AssertionCache {
+        AssertionCache {
+            inner: Cache::new(capacity.max(1)),
+            lifetime,
+        }
+    }
+
+    /// A cached token for this session and app with more than half its lifetime left, else
+    /// one made by `sign` (and cached).
+    pub fn get_or_sign<E>(
+        &self,
+        key: &SessionKey,
+        app: &str,
+        now: Timestamp,
+        sign: impl FnOnce() -> Result<String, E>,
+    ) -> Result<String, E> {
+        let k = (key.clone(), app.to_string());
+        if let Some((token, issued)) = self.inner.get(&k) {
+            if now.since(issued) < self.lifetime / 2 {
+                return Ok(token);
+            }
+        }
+        let token = sign()?;
+        self.inner.insert(k, (token.clone(), now));
+        Ok(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aalgate_policy::Aal;
+    use aalgate_session::SessionId;
+
+    fn session(now: Timestamp) -> Session {
+        Session {
+            user: "u".into(),
+            aal: Aal::Aal2,
+            amr: vec![],
+            credential: None,
+            auth_time: now,
+            last_auth: now,
+            last_seen: now,
+            expires_at: now.plus(Duration::from_secs(60)),
+        }
+    }
+
+    #[test]
+    fn sessions_are_trusted_for_one_second_only() {
+        let c = SessionCache::new(10);
+        let now = Timestamp::now();
+        let k = SessionId::generate().key();
+        assert!(c.get(&k, now).is_none());
+        c.put(&k, &session(now));
+        assert!(c.get(&k, now).is_some());
+        c.set_last_seen(&k, now.plus(Duration::from_secs(5)));
+        assert_eq!(
+            c.get(&k, now).unwrap().last_seen,
+            now.plus(Duration::from_secs(5))
+        );
+        assert!(
+            c.get(&k, now.plus(Duration::from_secs(60))).is_none(),
+            "expired sessions are not served"
+        );
+        std::thread::sleep(SESSION_FRESHNESS);
+        assert!(c.get(&k, now).is_none(), "stale after the freshness bound");
+        c.put(&k, &session(now));
+        c.remove(&k);
+        assert!(c.get(&k, now).is_none());
+    }
+
+    #[test]
+    fn assertions_are_reused_for_half_their_lifetime() {
+        let c = AssertionCache::new(10, Duration::from_secs(60));
+        let k = SessionId::generate().key();
+        let t0 = Timestamp(1_000);
+        let mut n = 0;
+        let mut sign = || -> Result<String, ()> {
+            n += 1;
+            Ok(format!("t{n}"))
+        };
+        assert_eq!(c.get_or_sign(&k, "a", t0, &mut sign), Ok("t1".into()));
+        assert_eq!(
+            c.get_or_sign(&k, "a", Timestamp(1_029), &mut sign),
+            Ok("t1".into())
+        );
+        assert_eq!(
+            c.get_or_sign(&k, "b", Timestamp(1_029), &mut sign),
+            Ok("t2".into()),
+            "per app"
+        );
+        assert_eq!(
+            c.get_or_sign(&k, "a", Timestamp(1_030), &mut sign),
+            Ok("t3".into()),
+            "renewed at half-life"
+        );
+    }
+}
