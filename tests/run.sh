@@ -32,3 +32,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --locked --workspace --no-fail-fast "$@"
 fi
+# Smoke run of the micro-benchmarks: each once, unoptimized (real runs: cargo bench).
+cargo test --locked -q -p aalgate-benches --benches

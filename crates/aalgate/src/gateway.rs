@@ -75,9 +75,11 @@ pub struct Ctx {
     session_key: Option<aalgate_session::SessionKey>,
 }
 
+/// A request id: unique, not secret, so a thread-local CSPRNG seeded once from the OS serves
+/// (no system call per request). Session and flow ids still come from the OS directly.
 fn request_id() -> String {
     let mut b = [0u8; 12];
-    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 

@@ -1,0 +1,21 @@
+//! aalgate's gateway: the pingora service and everything around it. The `aalgate` binary
+//! (`main.rs`) is the CLI on top; this library exists so that benchmarks and tests exercise the
+//! same code the binary runs.
+//!
+//! A request passes [`gateway::Gateway`]'s phases in order: own endpoints and refusals,
+//! normalization and matching ([`aalgate_policy`]), the session from [`cache::SessionCache`] or the
+//! store ([`aalgate_session`]), the decision, then forwarding with [`headers`] hygiene and an
+//! [`assertion`]; [`metrics`] and [`audit`] record it once in `logging`.
+
+pub mod admin;
+pub mod assertion;
+pub mod audit;
+pub mod cache;
+pub mod config;
+pub mod demo;
+pub mod explain;
+pub mod gateway;
+pub mod headers;
+pub mod metrics;
+pub mod ops;
+pub mod pages;
