@@ -419,7 +419,7 @@ impl Gateway {
         let scheme = if tls { "https" } else { "http" };
         let yaml = format!(
             "listen:\n  - addr: 127.0.0.1:{port}{tls_line}\nadmin_listen: 127.0.0.1:{admin_port}\npublic_origin: {scheme}://localhost:{port}\n\
-store: \"{store}\"\nstore_timeout: 1s\npolicies: policies\nstate_dir: state\nthreads: 2\n"
+store: \"{store}\"\nstore_timeout: 1s\npolicies: policies\nstate_dir: state\nthreads: 2\nsession_count_interval: 1s\n"
         );
         std::fs::write(&config, format!("{yaml}{extra}")).expect("write config");
         let mut g = Gateway {

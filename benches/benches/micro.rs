@@ -11,7 +11,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::hint::black_box;
 
 fn policy_with(routes: usize) -> aalgate_policy::PolicySet {
-    let mut y = String::from("app: bench\nhost: bench.example\nupstream: http://127.0.0.1:1\ndefault: aal2\nroutes:\n");
+    let mut y = String::from(
+        "app: bench\nhost: bench.example\nupstream: http://127.0.0.1:1\ndefault: aal2\nroutes:\n",
+    );
     for i in 0..routes {
         y.push_str(&format!("  - path: /svc{i}/items/*/detail\n    require: aal2\n  - path: /svc{i}/static/**\n    require: public\n"));
     }
@@ -55,16 +57,29 @@ fn decide_bench(c: &mut Criterion) {
     let rule = set.lookup(&host, "GET", &n).unwrap().rule;
     let now = Timestamp::now();
     let facts = session(now).facts();
-    c.bench_function("decide", |b| b.iter(|| black_box(decide(&rule.access, Some(black_box(&facts)), now))));
+    c.bench_function("decide", |b| {
+        b.iter(|| black_box(decide(&rule.access, Some(black_box(&facts)), now)))
+    });
 }
 
 fn cookie_bench(c: &mut Criterion) {
     let id = SessionId::generate();
     let mut headers = http::HeaderMap::new();
-    headers.insert("cookie", format!("_ga=GA1.2.3; theme=dark; aalgate={}; lang=en", id.to_cookie()).parse().unwrap());
+    headers.insert(
+        "cookie",
+        format!(
+            "_ga=GA1.2.3; theme=dark; aalgate={}; lang=en",
+            id.to_cookie()
+        )
+        .parse()
+        .unwrap(),
+    );
     c.bench_function("cookie_parse_and_session_id_hash", |b| {
         b.iter(|| {
-            let v = aalgate::headers::cookie_values(black_box(&headers), aalgate::headers::COOKIE_PLAIN);
+            let v = aalgate::headers::cookie_values(
+                black_box(&headers),
+                aalgate::headers::COOKIE_PLAIN,
+            );
             black_box(SessionId::from_cookie(&v[0]).map(|id| id.key()))
         })
     });
@@ -72,23 +87,41 @@ fn cookie_bench(c: &mut Criterion) {
 
 fn jwt_bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let signer = aalgate::assertion::Signer::load_or_create(&dir.path().join("k.pem"), "https://gw.example").unwrap();
+    let signer =
+        aalgate::assertion::Signer::load_or_create(&dir.path().join("k.pem"), "https://gw.example")
+            .unwrap();
     let now = Timestamp::now();
     let s = session(now);
     let key = SessionId::generate().key();
     let cache = AssertionCache::new(1024, aalgate::assertion::ASSERTION_LIFETIME);
     let mut g = c.benchmark_group("jwt_assertion");
-    g.bench_function("sign", |b| b.iter(|| black_box(signer.sign(&s, "billing", now).unwrap())));
-    g.bench_function("cached", |b| b.iter(|| black_box(cache.get_or_sign(&key, "billing", now, || signer.sign(&s, "billing", now)).unwrap())));
+    g.bench_function("sign", |b| {
+        b.iter(|| black_box(signer.sign(&s, "billing", now).unwrap()))
+    });
+    g.bench_function("cached", |b| {
+        b.iter(|| {
+            black_box(
+                cache
+                    .get_or_sign(&key, "billing", now, || signer.sign(&s, "billing", now))
+                    .unwrap(),
+            )
+        })
+    });
     g.finish();
 }
 
 fn find_redis() -> Option<&'static str> {
-    ["/usr/bin/redis-server", "/usr/local/bin/redis-server"].into_iter().find(|p| std::path::Path::new(p).exists())
+    ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
 }
 
 fn lookup_bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let now = Timestamp::now();
     let id = SessionId::generate();
     let key = id.key();
@@ -101,24 +134,52 @@ fn lookup_bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let embedded = EmbeddedStore::open(dir.path()).unwrap();
     rt.block_on(embedded.insert(&key, &session(now))).unwrap();
-    g.bench_function("embedded", |b| b.iter(|| black_box(rt.block_on(embedded.get(&key, now)).unwrap())));
+    g.bench_function("embedded", |b| {
+        b.iter(|| black_box(rt.block_on(embedded.get(&key, now)).unwrap()))
+    });
 
     if let Some(bin) = find_redis() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut child = std::process::Command::new(bin)
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(300));
-        let redis = RedisStore::new(&format!("redis://127.0.0.1:{port}/0"), Duration::from_secs(1)).unwrap();
+        let redis = RedisStore::new(
+            &format!("redis://127.0.0.1:{port}/0"),
+            Duration::from_secs(1),
+        )
+        .unwrap();
         rt.block_on(redis.insert(&key, &session(now))).unwrap();
-        g.bench_function("redis", |b| b.iter(|| black_box(rt.block_on(redis.get(&key, now)).unwrap())));
+        g.bench_function("redis", |b| {
+            b.iter(|| black_box(rt.block_on(redis.get(&key, now)).unwrap()))
+        });
         let _ = child.kill();
         let _ = child.wait();
     }
     g.finish();
 }
 
-criterion_group!(benches, match_bench, decide_bench, cookie_bench, jwt_bench, lookup_bench);
+criterion_group!(
+    benches,
+    match_bench,
+    decide_bench,
+    cookie_bench,
+    jwt_bench,
+    lookup_bench
+);
 criterion_main!(benches);

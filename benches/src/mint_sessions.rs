@@ -18,10 +18,11 @@ async fn main() -> Result<()> {
         bail!("usage: mint-sessions STORE COUNT");
     };
     let count: usize = count.parse().context("COUNT must be a number")?;
-    let store: Box<dyn SessionStore> = match spec.parse::<StoreSpec>().map_err(anyhow::Error::msg)? {
-        StoreSpec::Embedded(dir) => Box::new(EmbeddedStore::open(&dir)?),
-        StoreSpec::Redis(url) => Box::new(RedisStore::new(&url, Duration::from_secs(5))?),
-    };
+    let store: Box<dyn SessionStore> =
+        match spec.parse::<StoreSpec>().map_err(anyhow::Error::msg)? {
+            StoreSpec::Embedded(dir) => Box::new(EmbeddedStore::open(&dir)?),
+            StoreSpec::Redis(url) => Box::new(RedisStore::new(&url, Duration::from_secs(5))?),
+        };
     let now = Timestamp::now();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for i in 0..count {

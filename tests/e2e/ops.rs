@@ -103,7 +103,8 @@ fn metrics_count_the_session_lifecycle_and_pass_promtool() {
     assert!(v("aalgate_upstream_duration_seconds_count{app=\"billing\"}") >= 2.0);
     assert!(v("aalgate_upstream_responses_total{app=\"billing\",class=\"2xx\"}") >= 2.0);
     assert!(v("aalgate_gateway_duration_seconds_count{outcome=\"forwarded\"}") >= 2.0);
-    assert!(v("aalgate_store_duration_seconds_count{op=\"get\"}") >= 3.0);
+    // kim twice within the cache window (one read), lee once.
+    assert!(v("aalgate_store_duration_seconds_count{op=\"get\"}") >= 2.0);
     assert!(m.contains("aalgate_policy_info{hash=\""));
 
     let mut child = Command::new(promtool())

@@ -23,10 +23,12 @@ fn decode_32(s: &str) -> Option<[u8; 32]> {
 }
 
 fn hash_hex(b: &[u8; 32]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let d = Sha256::digest(b);
     let mut s = String::with_capacity(64);
     for x in d {
-        s.push_str(&format!("{x:02x}"));
+        s.push(HEX[usize::from(x >> 4)] as char);
+        s.push(HEX[usize::from(x & 15)] as char);
     }
     s
 }
@@ -126,6 +128,11 @@ mod tests {
         assert_eq!(SessionId::from_cookie(&c), Some(id.clone()));
         assert_ne!(SessionId::generate(), id);
         assert_eq!(id.key().as_str().len(), 64);
+        // SHA-256 of 32 zero bytes, as every other tool writes it.
+        assert_eq!(
+            hash_hex(&[0; 32]),
+            "66687aadf862bd776c8fc18b8e9f8e20089714856ee233b3902a591d0d5f2925"
+        );
         assert!(SessionKey::from_hex(id.key().as_str()).is_some());
         for bad in [
             "",

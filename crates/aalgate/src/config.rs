@@ -34,6 +34,8 @@ struct RawConfig {
     audit: Option<RawAudit>,
     #[serde(default)]
     upgrade_sock: Option<PathBuf>,
+    #[serde(default)]
+    session_count_interval: Option<aalgate_policy::HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,7 +135,12 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Socket over which a new process takes the listeners in a graceful upgrade.
     pub upgrade_sock: PathBuf,
+    /// How often live sessions are counted for the session gauges (a scan of the store).
+    pub session_count_interval: Duration,
 }
+
+/// Default of `session_count_interval`.
+pub const DEFAULT_SESSION_COUNT_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Default deadline of a Redis call: tens of milliseconds, well above a loopback round trip.
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(50);
@@ -278,6 +285,10 @@ impl Config {
             .map(rel)
             .unwrap_or_else(|| state_dir.join("upgrade.sock"));
         Ok(Config {
+            session_count_interval: raw
+                .session_count_interval
+                .map(|d| d.0)
+                .unwrap_or(DEFAULT_SESSION_COUNT_INTERVAL),
             audit,
             upgrade_sock,
             listen,

@@ -215,6 +215,7 @@ fn demo_config(
         log_format: LogFormat::Text,
         audit: config::AuditConfig::default(),
         upgrade_sock: state_dir.join("upgrade.sock"),
+        session_count_interval: config::DEFAULT_SESSION_COUNT_INTERVAL,
     })
 }
 
@@ -353,6 +354,7 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
             store: store.clone(),
             policies: policies.clone(),
             metrics: metrics.clone(),
+            count_every: cfg.session_count_interval,
         },
     ));
     if let Some(e) = embedded {
