@@ -75,14 +75,19 @@ pub struct Seen {
     pub body_len: usize,
 }
 
+/// All values of header `name` in a lowercased header list.
+fn values<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
 impl Seen {
     /// All values of a header.
     pub fn all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
+        values(&self.headers, name)
     }
     /// The only value of a header (panics if several).
     pub fn one(&self, name: &str) -> Option<&str> {
@@ -603,18 +608,11 @@ pub struct Response {
 impl Response {
     /// First value of a header.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        values(&self.headers, name).first().copied()
     }
     /// All values of a header.
     pub fn all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
+        values(&self.headers, name)
     }
     /// Body as text.
     pub fn text(&self) -> String {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use aalgate::cache::{AssertionCache, SessionCache};
-use aalgate_policy::{decide, normalize_target, Aal, HostPort, Timestamp};
+use aalgate_policy::{decide, normalize_target, HostPort, Timestamp};
 use aalgate_session::{EmbeddedStore, RedisStore, Session, SessionId, SessionStore};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::hint::black_box;
@@ -21,16 +21,7 @@ fn policy_with(routes: usize) -> aalgate_policy::PolicySet {
 }
 
 fn session(now: Timestamp) -> Session {
-    Session {
-        user: "bench".into(),
-        aal: Aal::Aal2,
-        amr: vec!["hwk".into()],
-        credential: None,
-        auth_time: now,
-        last_auth: now,
-        last_seen: now,
-        expires_at: now.plus(Duration::from_secs(3600)),
-    }
+    aalgate_session::conformance::session("bench", now, 3600)
 }
 
 fn match_bench(c: &mut Criterion) {
