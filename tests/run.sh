@@ -25,12 +25,13 @@ if ((${#need[@]})); then
   fi
 fi
 
-# Build the binary the end-to-end tests start, then run everything.
+# Build the binary the end-to-end tests start.
 cargo build --locked -p aalgate --bin aalgate
+# Smoke run of the micro-benchmarks: each once, unoptimized (real runs: cargo bench).
+cargo test --locked -p aalgate-benches --bench micro
+# Everything else; its summary is the last line.
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --workspace --no-fail-fast "$@"
 else
   cargo test --locked --workspace --no-fail-fast "$@"
 fi
-# Smoke run of the micro-benchmarks: each once, unoptimized (real runs: cargo bench).
-cargo test --locked -q -p aalgate-benches --benches
