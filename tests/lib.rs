@@ -704,3 +704,34 @@ pub fn get(port: u16, host: &str, target: &str, extra: &[&str]) -> Response {
     req.push_str("\r\n");
     send(port, req.as_bytes())
 }
+
+/// Signs out the way a browser does: the confirmation page (which sets the browser-binding
+/// cookie and carries the CSRF token in its form), then a same-origin form POST with both.
+/// `cookie` is the session cookie value (`aalgate=...`).
+pub fn logout(port: u16, host: &str, cookie: &str) -> Response {
+    let page = get(port, host, "/.aalgate/logout", &[]);
+    assert_eq!(page.status, 200, "{}", page.text());
+    let bind = page
+        .all("set-cookie")
+        .into_iter()
+        .find(|c| c.starts_with("aalgate-bind="))
+        .and_then(|c| c.split(';').next())
+        .expect("binding cookie")
+        .to_string();
+    let text = page.text();
+    let token = text
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .expect("csrf token in the form");
+    let body = format!("csrf={token}");
+    send(
+        port,
+        format!(
+            "POST /.aalgate/logout HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\nSec-Fetch-Site: same-origin\r\n\
+Cookie: aalgate={cookie}; {bind}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+}

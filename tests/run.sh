@@ -3,7 +3,9 @@
 # redis-server) and the end-to-end tests of the built binary.
 #
 # Needs: cmake (pingora builds zlib-ng), redis-server, openssl and curl (TLS listener test),
-# promtool (Debian package prometheus: checks the metrics scrape and the alert rules).
+# promtool (Debian package prometheus: checks the metrics scrape and the alert rules),
+# chromium and node/npm (the browser tests: playwright-core from npm drives Debian's Chromium
+# with WebAuthn virtual authenticators; no browser download).
 # As root on Debian it installs what is missing; otherwise it says what to install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,15 +16,23 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+[ -x /usr/lib/chromium/chromium ] || command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "tests/run.sh: installing ${need[*]}" >&2
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   else
     echo "tests/run.sh: missing ${need[*]}; install them first (Debian: sudo apt-get install -y ${need[*]})" >&2
     exit 1
   fi
+fi
+
+# The browser driver (pinned in tests/browser/package-lock.json).
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 fi
 
 # Build the binary the end-to-end tests start.

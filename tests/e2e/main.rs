@@ -1,6 +1,7 @@
 //! End-to-end tests: the built `aalgate` binary in front of an echo upstream, with the embedded
 //! store and with a real redis-server. One test binary, modules by topic.
 
+mod browser;
 mod cli;
 mod deploy;
 mod hostile;
@@ -8,6 +9,7 @@ mod listeners;
 mod ops;
 mod proxy;
 mod redis;
+mod signin;
 
 use std::time::Duration;
 

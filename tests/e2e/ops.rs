@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aalgate_policy::Aal;
 use aalgate_session::EmbeddedStore;
-use aalgate_tests::{aalgate_bin, eventually, get, promtool, sample, send, Gateway, Upstream};
+use aalgate_tests::{aalgate_bin, eventually, get, promtool, sample, Gateway, Upstream};
 
 use crate::{make_session, policy};
 
@@ -146,7 +146,7 @@ fn audit_log_answers_who_what_when_without_phi() {
         ],
     );
     assert_eq!(r.status, 200);
-    let logout = send(g.port, format!("POST /.aalgate/logout HTTP/1.1\r\nHost: {h}\r\nCookie: aalgate={cookie}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes());
+    let logout = aalgate_tests::logout(g.port, &h, &cookie);
     assert_eq!(logout.status, 200);
     let path = g.dir.path().join("audit/audit.jsonl");
     let text = eventually(Duration::from_secs(5), "audit lines", || {

@@ -179,10 +179,15 @@ fn not_allowed_pages_redirect_and_scripts_get_401_json() {
     let page = get(g.port, &h, &loc, &[]);
     assert_eq!(page.status, 200);
     assert!(
-        page.text().contains("Please sign in") && page.text().contains("AAL2"),
+        page.text().contains("<h1>Sign in</h1>")
+            && page.text().contains("Sign in to <strong>billing</strong>")
+            && !page.text().contains("invoices"),
         "{}",
         page.text()
     );
+    assert!(page
+        .header("content-security-policy")
+        .is_some_and(|c| c.contains("script-src 'self'") && c.contains("frame-ancestors 'none'")));
     assert_eq!(page.header("referrer-policy"), Some("no-referrer"));
     let bogus = get(
         g.port,
@@ -308,10 +313,15 @@ fn gateway_prefix_is_never_forwarded_and_logout_ends_the_session() {
         let r = get(g.port, &h, t, &[&format!("Cookie: aalgate={cookie}")]);
         assert_eq!(r.status, 404, "{t}");
     }
-    assert_eq!(
-        get(g.port, &h, "/.aalgate/logout", &[]).status,
-        405,
-        "logout is POST only"
+    let confirm = get(
+        g.port,
+        &h,
+        "/.aalgate/logout",
+        &[&format!("Cookie: aalgate={cookie}")],
+    );
+    assert!(
+        confirm.status == 200 && confirm.text().contains("name=\"csrf\""),
+        "GET asks to confirm, with the token in the form"
     );
     let cross = send(g.port, format!("POST /.aalgate/logout HTTP/1.1\r\nHost: {h}\r\nCookie: aalgate={cookie}\r\nSec-Fetch-Site: cross-site\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes());
     assert_eq!(cross.status, 403);
@@ -319,15 +329,24 @@ fn gateway_prefix_is_never_forwarded_and_logout_ends_the_session() {
         get(g.port, &h, "/x", &[&format!("Cookie: aalgate={cookie}")]).status,
         200
     );
-    let out = send(g.port, format!("POST /.aalgate/logout HTTP/1.1\r\nHost: {h}\r\nCookie: aalgate={cookie}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes());
+    // Same origin but no token (an app's own sign-out button): the confirmation page, and
+    // the session stays.
+    let no_token = send(g.port, format!("POST /.aalgate/logout HTTP/1.1\r\nHost: {h}\r\nCookie: aalgate={cookie}\r\nSec-Fetch-Site: same-origin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes());
+    assert!(no_token.status == 200 && no_token.text().contains("Sign out of every application"));
+    assert_eq!(
+        get(g.port, &h, "/x", &[&format!("Cookie: aalgate={cookie}")]).status,
+        200
+    );
+    let out = aalgate_tests::logout(g.port, &h, &cookie);
     assert_eq!(out.status, 200);
+    assert!(out.text().contains("You are signed out"), "{}", out.text());
     assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
     assert_eq!(
         get(g.port, &h, "/x", &[&format!("Cookie: aalgate={cookie}")]).status,
         302,
         "the session is gone"
     );
-    assert_eq!(up.seen().len(), 1);
+    assert_eq!(up.seen().len(), 2);
 }
 
 #[test]

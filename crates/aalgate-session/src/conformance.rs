@@ -36,6 +36,7 @@ fn flow(url: &str) -> Flow {
         max_age_secs: None,
         app: "billing".into(),
         created: Timestamp::now(),
+        user: None,
     }
 }
 
@@ -49,6 +50,147 @@ pub async fn run_all(store: &dyn SessionStore) {
     flows(store).await;
     flow_taken_once(store).await;
     stats(store).await;
+    links(store).await;
+    kv(store).await;
+}
+
+/// Cookie handles: one per host, resolved in one call, ended with their record.
+async fn links(store: &dyn SessionStore) {
+    let now = Timestamp::now();
+    let record = SessionId::generate().key();
+    let user = unique("links");
+    store
+        .insert(&record, &session(&user, now, 3600))
+        .await
+        .unwrap();
+    let (a, b) = (SessionId::generate().key(), SessionId::generate().key());
+    store
+        .link(&a, &record, "ehr.example", Timestamp(now.0 + 3600))
+        .await
+        .unwrap();
+    store
+        .link(&b, &record, "billing.example:8443", Timestamp(now.0 + 3600))
+        .await
+        .unwrap();
+    let (k, s) = store
+        .resolve(&a, "ehr.example", now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((k, s.user.as_str()), (record.clone(), user.as_str()));
+    assert!(store
+        .resolve(&b, "billing.example:8443", now)
+        .await
+        .unwrap()
+        .is_some());
+    // A handle is bound to its host.
+    assert!(store
+        .resolve(&a, "billing.example:8443", now)
+        .await
+        .unwrap()
+        .is_none());
+    // A session stored directly under a key resolves on any host.
+    assert_eq!(
+        store
+            .resolve(&record, "x.example", now)
+            .await
+            .unwrap()
+            .unwrap()
+            .0,
+        record
+    );
+    // Unknown handles resolve to nothing.
+    let unknown = SessionId::generate().key();
+    assert!(store
+        .resolve(&unknown, "ehr.example", now)
+        .await
+        .unwrap()
+        .is_none());
+    // The idle clock is the record's, shared by every host.
+    store.touch(&record, Timestamp(now.0 + 10)).await.unwrap();
+    let (_, s) = store
+        .resolve(&b, "billing.example:8443", now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.last_seen, Timestamp(now.0 + 10));
+    // Unlinking one host leaves the others.
+    store.unlink(&a).await.unwrap();
+    assert!(store
+        .resolve(&a, "ehr.example", now)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .resolve(&b, "billing.example:8443", now)
+        .await
+        .unwrap()
+        .is_some());
+    // Ending the record ends every handle at once.
+    assert!(store.remove(&record).await.unwrap());
+    assert!(store
+        .resolve(&b, "billing.example:8443", now)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+/// Opaque values: put, get, take once, delete, list, counters and expiry.
+async fn kv(store: &dyn SessionStore) {
+    let ns = unique("ns");
+    store.kv_put(&ns, "a", b"one", None).await.unwrap();
+    store
+        .kv_put(&ns, "b", &[0, 255, 7], Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    store
+        .kv_put(&ns, "gone", b"x", Some(Duration::from_millis(1)))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.kv_get(&ns, "a").await.unwrap().as_deref(),
+        Some(&b"one"[..])
+    );
+    assert_eq!(
+        store.kv_get(&ns, "b").await.unwrap().as_deref(),
+        Some(&[0, 255, 7][..])
+    );
+    assert_eq!(store.kv_get(&ns, "none").await.unwrap(), None);
+    // A namespace is matched literally (no glob, no prefix of another namespace).
+    store
+        .kv_put(&format!("{ns}x"), "a", b"other", None)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(store.kv_get(&ns, "gone").await.unwrap(), None);
+    let listed = store.kv_list(&ns).await.unwrap();
+    assert_eq!(
+        listed,
+        vec![
+            ("a".to_string(), b"one".to_vec()),
+            ("b".to_string(), vec![0, 255, 7])
+        ]
+    );
+    // Take works once, also under concurrency.
+    store.kv_put(&ns, "once", b"state", None).await.unwrap();
+    let (x, y) = tokio::join!(store.kv_take(&ns, "once"), store.kv_take(&ns, "once"));
+    let got = [x.unwrap(), y.unwrap()];
+    assert_eq!(got.iter().filter(|v| v.is_some()).count(), 1, "{got:?}");
+    assert!(store.kv_delete(&ns, "a").await.unwrap());
+    assert!(!store.kv_delete(&ns, "a").await.unwrap());
+    // Counters count atomically and expire.
+    let ttl = Duration::from_secs(60);
+    let (p, q) = tokio::join!(store.kv_incr(&ns, "n", ttl), store.kv_incr(&ns, "n", ttl));
+    let mut both = [p.unwrap(), q.unwrap()];
+    both.sort();
+    assert_eq!(both, [1, 2]);
+    assert_eq!(store.kv_incr(&ns, "n", ttl).await.unwrap(), 3);
+    store
+        .kv_incr(&ns, "short", Duration::from_millis(1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(store.kv_incr(&ns, "short", ttl).await.unwrap(), 1);
 }
 
 async fn stats(store: &dyn SessionStore) {

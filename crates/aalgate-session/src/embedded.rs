@@ -17,6 +17,35 @@ const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// `user \0 session-key` -> expiry, so "revoke every session of a user" is one range scan.
 const USER_INDEX: TableDefinition<&str, u64> = TableDefinition::new("user_sessions");
 const FLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("flows");
+/// Cookie handle -> linked session record (JSON [`StoredLink`]).
+const LINKS: TableDefinition<&str, &[u8]> = TableDefinition::new("links");
+/// `ns \0 key` -> 8 bytes of expiry (Unix seconds, little endian; 0 = never) and the value.
+const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
+
+#[derive(Serialize, Deserialize)]
+struct StoredLink {
+    record: String,
+    host: String,
+    expires: Timestamp,
+}
+
+fn kv_key(ns: &str, key: &str) -> String {
+    format!("{ns}\0{key}")
+}
+
+fn kv_encode(value: &[u8], ttl: Option<Duration>) -> Vec<u8> {
+    let exp = ttl.map(|t| Timestamp::now().plus(t).0.max(1)).unwrap_or(0);
+    let mut v = Vec::with_capacity(8 + value.len());
+    v.extend_from_slice(&exp.to_le_bytes());
+    v.extend_from_slice(value);
+    v
+}
+
+/// The value, if the record is well formed and live at `now`.
+fn kv_decode(raw: &[u8], now: Timestamp) -> Option<Vec<u8>> {
+    let exp = u64::from_le_bytes(raw.get(..8)?.try_into().ok()?);
+    (exp == 0 || exp > now.0).then(|| raw[8..].to_vec())
+}
 
 #[derive(Serialize, Deserialize)]
 struct StoredFlow {
@@ -64,6 +93,8 @@ impl EmbeddedStore {
             tx.open_table(SESSIONS).map_err(unavailable)?;
             tx.open_table(USER_INDEX).map_err(unavailable)?;
             tx.open_table(FLOWS).map_err(unavailable)?;
+            tx.open_table(LINKS).map_err(unavailable)?;
+            tx.open_table(KV).map_err(unavailable)?;
         }
         tx.commit().map_err(unavailable)?;
         Ok(EmbeddedStore {
@@ -102,7 +133,13 @@ impl EmbeddedStore {
                     .map(|f| f.expires <= now)
                     .unwrap_or(true)
             })?;
-            let n = sessions + flows;
+            let links = purge_table(&tx, LINKS, |v: &[u8]| {
+                serde_json::from_slice::<StoredLink>(v)
+                    .map(|l| l.expires <= now)
+                    .unwrap_or(true)
+            })?;
+            let kv = purge_table(&tx, KV, |v: &[u8]| kv_decode(v, now).is_none())?;
+            let n = sessions + flows + links + kv;
             tx.commit().map_err(unavailable)?;
             Ok(n)
         })
@@ -322,6 +359,185 @@ impl SessionStore for EmbeddedStore {
             let tx = db.begin_read().map_err(unavailable)?;
             tx.open_table(SESSIONS).map_err(unavailable)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn link(
+        &self,
+        handle: &SessionKey,
+        record: &SessionKey,
+        host: &str,
+        expires_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let handle = handle.clone();
+        let link = StoredLink {
+            record: record.as_str().to_string(),
+            host: host.to_string(),
+            expires: expires_at,
+        };
+        self.blocking(move |db| {
+            let bytes = serde_json::to_vec(&link).map_err(corrupt)?;
+            let tx = db.begin_write().map_err(unavailable)?;
+            tx.open_table(LINKS)
+                .map_err(unavailable)?
+                .insert(handle.as_str(), bytes.as_slice())
+                .map_err(unavailable)?;
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn unlink(&self, handle: &SessionKey) -> Result<(), StoreError> {
+        let handle = handle.clone();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(unavailable)?;
+            tx.open_table(LINKS)
+                .map_err(unavailable)?
+                .remove(handle.as_str())
+                .map_err(unavailable)?;
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn resolve(
+        &self,
+        handle: &SessionKey,
+        host: &str,
+        now: Timestamp,
+    ) -> Result<Option<(SessionKey, Session)>, StoreError> {
+        let (handle, host) = (handle.clone(), host.to_string());
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(unavailable)?;
+            let links = tx.open_table(LINKS).map_err(unavailable)?;
+            let record = match links.get(handle.as_str()).map_err(unavailable)? {
+                Some(v) => {
+                    let l: StoredLink = serde_json::from_slice(v.value()).map_err(corrupt)?;
+                    if l.host != host || l.expires <= now {
+                        return Ok(None);
+                    }
+                    SessionKey::from_hex(&l.record)
+                        .ok_or_else(|| corrupt("link to a malformed session key"))?
+                }
+                None => handle,
+            };
+            let t = tx.open_table(SESSIONS).map_err(unavailable)?;
+            let Some(v) = t.get(record.as_str()).map_err(unavailable)? else {
+                return Ok(None);
+            };
+            let s: Session = serde_json::from_slice(v.value()).map_err(corrupt)?;
+            Ok((s.expires_at > now).then_some((record, s)))
+        })
+        .await
+    }
+
+    async fn kv_put(
+        &self,
+        ns: &str,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let (k, v) = (kv_key(ns, key), kv_encode(value, ttl));
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(unavailable)?;
+            tx.open_table(KV)
+                .map_err(unavailable)?
+                .insert(k.as_str(), v.as_slice())
+                .map_err(unavailable)?;
+            tx.commit().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let k = kv_key(ns, key);
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(unavailable)?;
+            let t = tx.open_table(KV).map_err(unavailable)?;
+            let v = t.get(k.as_str()).map_err(unavailable)?;
+            Ok(v.and_then(|v| kv_decode(v.value(), Timestamp::now())))
+        })
+        .await
+    }
+
+    async fn kv_take(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let k = kv_key(ns, key);
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(unavailable)?;
+            let out = {
+                let mut t = tx.open_table(KV).map_err(unavailable)?;
+                let removed = t.remove(k.as_str()).map_err(unavailable)?;
+                removed.and_then(|v| kv_decode(v.value(), Timestamp::now()))
+            };
+            tx.commit().map_err(unavailable)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn kv_delete(&self, ns: &str, key: &str) -> Result<bool, StoreError> {
+        let k = kv_key(ns, key);
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(unavailable)?;
+            let existed = {
+                let mut t = tx.open_table(KV).map_err(unavailable)?;
+                let removed = t.remove(k.as_str()).map_err(unavailable)?;
+                removed.is_some_and(|v| kv_decode(v.value(), Timestamp::now()).is_some())
+            };
+            tx.commit().map_err(unavailable)?;
+            Ok(existed)
+        })
+        .await
+    }
+
+    async fn kv_list(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let (lo, hi) = (format!("{ns}\0"), format!("{ns}\u{1}"));
+        self.blocking(move |db| {
+            let now = Timestamp::now();
+            let tx = db.begin_read().map_err(unavailable)?;
+            let t = tx.open_table(KV).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in t.range(lo.as_str()..hi.as_str()).map_err(unavailable)? {
+                let (k, v) = row.map_err(unavailable)?;
+                if let Some(v) = kv_decode(v.value(), now) {
+                    out.push((k.value()[lo.len()..].to_string(), v));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn kv_incr(&self, ns: &str, key: &str, ttl: Duration) -> Result<u64, StoreError> {
+        let k = kv_key(ns, key);
+        self.blocking(move |db| {
+            let now = Timestamp::now();
+            let tx = db.begin_write().map_err(unavailable)?;
+            let n = {
+                let mut t = tx.open_table(KV).map_err(unavailable)?;
+                let current = t
+                    .get(k.as_str())
+                    .map_err(unavailable)?
+                    .map(|v| v.value().to_vec());
+                let (n, exp) = match current.as_deref() {
+                    Some(raw) if kv_decode(raw, now).is_some() => {
+                        let n = std::str::from_utf8(&raw[8..])
+                            .ok()
+                            .and_then(|s| s.parse::<u64>().ok())
+                            .unwrap_or(0);
+                        (n + 1, raw[..8].to_vec())
+                    }
+                    _ => (1, now.plus(ttl).0.max(1).to_le_bytes().to_vec()),
+                };
+                let mut v = exp;
+                v.extend_from_slice(n.to_string().as_bytes());
+                t.insert(k.as_str(), v.as_slice()).map_err(unavailable)?;
+                n
+            };
+            tx.commit().map_err(unavailable)?;
+            Ok(n)
         })
         .await
     }

@@ -2,7 +2,9 @@
 //! - `s:<key>`: a hash with `data` (the session as JSON) and `seen` (last request), expiring at
 //!   the session's absolute expiry;
 //! - `u:<user>`: the set of the user's session keys, for revoke-all;
-//! - `f:<key>`: a flow as JSON, with a TTL; taken with `GETDEL`.
+//! - `f:<key>`: a flow as JSON, with a TTL; taken with `GETDEL`;
+//! - `l:<handle>`: `<session key> <host>`, a cookie handle linked to a session, with a TTL;
+//! - `k:<ns>:<key>`: an opaque value (users, invites, ceremony state), optionally with a TTL.
 //!
 //! The connection manager reconnects by itself; until it has, calls fail fast and the gateway
 //! fails closed. It is created lazily, so the gateway starts even when Redis is down.
@@ -28,6 +30,16 @@ const REVOKE: &str = "local ks = redis.call('SMEMBERS', KEYS[1]) local n = 0 \
     for _, k in ipairs(ks) do n = n + redis.call('DEL', ARGV[1] .. k) end \
     redis.call('DEL', KEYS[1]) return n";
 
+/// Follows a handle to its session in one round trip (see [`SessionStore::resolve`]).
+const RESOLVE: &str = "local rk = ARGV[1] local l = redis.call('GET', KEYS[1]) \
+    if l then local sp = string.find(l, ' ', 1, true) if not sp then return false end \
+    if string.sub(l, sp + 1) ~= ARGV[2] then return false end rk = string.sub(l, 1, sp - 1) end \
+    local v = redis.call('HMGET', ARGV[3] .. rk, 'data', 'seen') \
+    if not v[1] then return false end return {rk, v[1], v[2] or '0'}";
+
+const INCR: &str = "local n = redis.call('INCR', KEYS[1]) \
+    if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return n";
+
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -35,6 +47,8 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 /// Sessions and flows in Redis.
 pub struct RedisStore {
     client: redis::Client,
+    resolve: redis::Script,
+    incr: redis::Script,
     conn: RwLock<Option<ConnectionManager>>,
     init: tokio::sync::Mutex<()>,
     connect_timeout: Duration,
@@ -47,6 +61,8 @@ impl RedisStore {
             redis::Client::open(url).map_err(|e| unavailable(format!("bad redis url: {e}")))?;
         Ok(RedisStore {
             client,
+            resolve: redis::Script::new(RESOLVE),
+            incr: redis::Script::new(INCR),
             conn: RwLock::new(None),
             init: tokio::sync::Mutex::new(()),
             connect_timeout,
@@ -86,6 +102,14 @@ fn fkey(key: &str) -> String {
 
 fn ukey(user: &str) -> String {
     format!("{PREFIX}u:{user}")
+}
+
+fn lkey(handle: &SessionKey) -> String {
+    format!("{PREFIX}l:{}", handle.as_str())
+}
+
+fn kkey(ns: &str, key: &str) -> String {
+    format!("{PREFIX}k:{ns}:{key}")
 }
 
 #[async_trait]
@@ -217,6 +241,142 @@ impl SessionStore for RedisStore {
             .map_err(unavailable)
     }
 
+    async fn link(
+        &self,
+        handle: &SessionKey,
+        record: &SessionKey,
+        host: &str,
+        expires_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        redis::pipe()
+            .atomic()
+            .set(lkey(handle), format!("{} {host}", record.as_str()))
+            .ignore()
+            .cmd("EXPIREAT")
+            .arg(lkey(handle))
+            .arg(expires_at.0 as i64)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn unlink(&self, handle: &SessionKey) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        c.del::<_, ()>(lkey(handle)).await.map_err(unavailable)
+    }
+
+    async fn resolve(
+        &self,
+        handle: &SessionKey,
+        host: &str,
+        now: Timestamp,
+    ) -> Result<Option<(SessionKey, Session)>, StoreError> {
+        let mut c = self.conn().await?;
+        let row: Option<(String, String, String)> = self
+            .resolve
+            .key(lkey(handle))
+            .arg(handle.as_str())
+            .arg(host)
+            .arg(format!("{PREFIX}s:"))
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        let Some((record, data, seen)) = row else {
+            return Ok(None);
+        };
+        let record = SessionKey::from_hex(&record)
+            .ok_or_else(|| StoreError::Corrupt("link to a malformed session key".into()))?;
+        let mut s: Session =
+            serde_json::from_str(&data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if let Ok(seen) = seen.parse::<u64>() {
+            s.last_seen = s.last_seen.max(Timestamp(seen));
+        }
+        Ok((s.expires_at > now).then_some((record, s)))
+    }
+
+    async fn kv_put(
+        &self,
+        ns: &str,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let mut c = self.conn().await?;
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(kkey(ns, key)).arg(value);
+        if let Some(t) = ttl {
+            cmd.arg("PX").arg(t.as_millis().max(1) as u64);
+        }
+        cmd.query_async::<()>(&mut c).await.map_err(unavailable)
+    }
+
+    async fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut c = self.conn().await?;
+        c.get(kkey(ns, key)).await.map_err(unavailable)
+    }
+
+    async fn kv_take(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut c = self.conn().await?;
+        redis::cmd("GETDEL")
+            .arg(kkey(ns, key))
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn kv_delete(&self, ns: &str, key: &str) -> Result<bool, StoreError> {
+        let mut c = self.conn().await?;
+        let n: u64 = c.del(kkey(ns, key)).await.map_err(unavailable)?;
+        Ok(n > 0)
+    }
+
+    async fn kv_list(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut c = self.conn().await?;
+        let prefix = kkey(ns, "");
+        let mut out = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{}*", glob_escape(&prefix)))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut c)
+                .await
+                .map_err(unavailable)?;
+            if !keys.is_empty() {
+                let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                    .arg(&keys)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(unavailable)?;
+                for (k, v) in keys.into_iter().zip(values) {
+                    if let Some(v) = v {
+                        out.push((k[prefix.len()..].to_string(), v));
+                    }
+                }
+            }
+            if next == 0 {
+                out.sort_by(|a, b| a.0.cmp(&b.0));
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+
+    async fn kv_incr(&self, ns: &str, key: &str, ttl: Duration) -> Result<u64, StoreError> {
+        let mut c = self.conn().await?;
+        self.incr
+            .key(kkey(ns, key))
+            .arg(ttl.as_millis().max(1) as u64)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)
+    }
+
     async fn stats(&self, now: Timestamp, limits: &Timeouts) -> Result<SessionStats, StoreError> {
         let mut c = self.conn().await?;
         let mut stats = SessionStats::default();
@@ -255,4 +415,16 @@ impl SessionStore for RedisStore {
             cursor = next;
         }
     }
+}
+
+/// Escapes Redis glob characters, so a namespace is matched literally.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for ch in s.chars() {
+        if matches!(ch, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
 }

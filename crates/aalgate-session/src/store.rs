@@ -98,6 +98,9 @@ pub struct Flow {
     pub app: String,
     /// When the flow was created.
     pub created: Timestamp,
+    /// The user whose session needs the step-up or re-authentication (one tap, their keys).
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// Why a store call failed. Every variant means "unknown": callers fail closed.
@@ -168,6 +171,47 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
     /// Counts live sessions in the whole store (a scan: call it every few seconds, not per request).
     async fn stats(&self, now: Timestamp, limits: &Timeouts) -> Result<SessionStats, StoreError>;
+
+    /// Links a cookie `handle` (one per app host, host-only) to the session stored under
+    /// `record`, for `host` only, until `expires_at`. Ending the record ends every handle.
+    async fn link(
+        &self,
+        handle: &SessionKey,
+        record: &SessionKey,
+        host: &str,
+        expires_at: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// Removes a handle (the session record stays).
+    async fn unlink(&self, handle: &SessionKey) -> Result<(), StoreError>;
+    /// Resolves a cookie in one call: a handle linked for `host` gives its record's key and
+    /// session; a key with a session stored directly under it gives that session. A handle of
+    /// another host, a dangling handle or an expired session give `None`.
+    async fn resolve(
+        &self,
+        handle: &SessionKey,
+        host: &str,
+        now: Timestamp,
+    ) -> Result<Option<(SessionKey, Session)>, StoreError>;
+
+    /// Stores an opaque value under `ns`/`key`, expiring after `ttl` (never, if `None`).
+    /// Users, credentials, invites and ceremony state live here.
+    async fn kv_put(
+        &self,
+        ns: &str,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError>;
+    /// Reads a live value.
+    async fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Reads and deletes a value atomically: of two concurrent takes, one gets it.
+    async fn kv_take(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Deletes a value. Returns whether it existed.
+    async fn kv_delete(&self, ns: &str, key: &str) -> Result<bool, StoreError>;
+    /// Every live value of a namespace (a scan: for the CLI and reports, not the request path).
+    async fn kv_list(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Adds 1 to a counter atomically and returns the new value; a new counter lives `ttl`.
+    async fn kv_incr(&self, ns: &str, key: &str, ttl: Duration) -> Result<u64, StoreError>;
 }
 
 /// Wraps a store so that every call has a deadline.
@@ -221,6 +265,56 @@ impl<S: SessionStore + ?Sized> SessionStore for Deadline<S> {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.run(self.inner.ping()).await
+    }
+    async fn link(
+        &self,
+        handle: &SessionKey,
+        record: &SessionKey,
+        host: &str,
+        expires_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.run(self.inner.link(handle, record, host, expires_at))
+            .await
+    }
+    async fn unlink(&self, handle: &SessionKey) -> Result<(), StoreError> {
+        self.run(self.inner.unlink(handle)).await
+    }
+    async fn resolve(
+        &self,
+        handle: &SessionKey,
+        host: &str,
+        now: Timestamp,
+    ) -> Result<Option<(SessionKey, Session)>, StoreError> {
+        self.run(self.inner.resolve(handle, host, now)).await
+    }
+    async fn kv_put(
+        &self,
+        ns: &str,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        self.run(self.inner.kv_put(ns, key, value, ttl)).await
+    }
+    async fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.run(self.inner.kv_get(ns, key)).await
+    }
+    async fn kv_take(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.run(self.inner.kv_take(ns, key)).await
+    }
+    async fn kv_delete(&self, ns: &str, key: &str) -> Result<bool, StoreError> {
+        self.run(self.inner.kv_delete(ns, key)).await
+    }
+    async fn kv_list(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        // A scan, like stats.
+        let limit = self.limit.max(Duration::from_secs(5));
+        match tokio::time::timeout(limit, self.inner.kv_list(ns)).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Timeout(limit)),
+        }
+    }
+    async fn kv_incr(&self, ns: &str, key: &str, ttl: Duration) -> Result<u64, StoreError> {
+        self.run(self.inner.kv_incr(ns, key, ttl)).await
     }
     async fn stats(&self, now: Timestamp, limits: &Timeouts) -> Result<SessionStats, StoreError> {
         // A scan, not a request-path call: it gets a longer deadline of its own.

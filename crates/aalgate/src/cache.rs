@@ -18,6 +18,8 @@ pub const SESSION_FRESHNESS: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 struct Entry {
+    /// The store key of the session record the cookie handle resolved to.
+    record: SessionKey,
     session: Session,
     fetched: Instant,
 }
@@ -25,6 +27,9 @@ struct Entry {
 /// Sessions recently read from the store.
 pub struct SessionCache {
     inner: Cache<SessionKey, Entry>,
+    /// Records this instance ended in the last second: every cookie handle of them (each host
+    /// has its own) stops at once here, not only the one the request carried.
+    ended: Cache<SessionKey, Instant>,
 }
 
 impl SessionCache {
@@ -32,20 +37,41 @@ impl SessionCache {
     pub fn new(capacity: usize) -> SessionCache {
         SessionCache {
             inner: Cache::new(capacity.max(1)),
+            ended: Cache::new((capacity / 16).max(16)),
         }
     }
 
     /// The session, if cached less than [`SESSION_FRESHNESS`] ago and not expired at `now`.
     pub fn get(&self, key: &SessionKey, now: Timestamp) -> Option<Session> {
-        let e = self.inner.get(key)?;
-        (e.fetched.elapsed() < SESSION_FRESHNESS && e.session.expires_at > now).then_some(e.session)
+        self.get_with_record(key, now).map(|(_, s)| s)
     }
 
-    /// Remembers a session just read from the store.
+    /// The session and its record key, if cached less than [`SESSION_FRESHNESS`] ago and not
+    /// expired at `now`.
+    pub fn get_with_record(
+        &self,
+        key: &SessionKey,
+        now: Timestamp,
+    ) -> Option<(SessionKey, Session)> {
+        let e = self.inner.get(key)?;
+        if self.ended.get(&e.record).is_some_and(|t| t >= e.fetched) {
+            return None;
+        }
+        (e.fetched.elapsed() < SESSION_FRESHNESS && e.session.expires_at > now)
+            .then_some((e.record, e.session))
+    }
+
+    /// Remembers a session just read from the store under its own key.
     pub fn put(&self, key: &SessionKey, session: &Session) {
+        self.put_linked(key, key, session);
+    }
+
+    /// Remembers a session read through the cookie handle `key`, stored under `record`.
+    pub fn put_linked(&self, key: &SessionKey, record: &SessionKey, session: &Session) {
         self.inner.insert(
             key.clone(),
             Entry {
+                record: record.clone(),
                 session: session.clone(),
                 fetched: Instant::now(),
             },
@@ -58,6 +84,11 @@ impl SessionCache {
             e.session.last_seen = e.session.last_seen.max(last_seen);
             self.inner.insert(key.clone(), e);
         }
+    }
+
+    /// A session record ended (logout, switch, re-auth): no cached handle of it is served.
+    pub fn end_record(&self, record: &SessionKey) {
+        self.ended.insert(record.clone(), Instant::now());
     }
 
     /// Forgets a session (logout, end).

@@ -36,6 +36,45 @@ struct RawConfig {
     upgrade_sock: Option<PathBuf>,
     #[serde(default)]
     session_count_interval: Option<aalgate_policy::HumanDuration>,
+    #[serde(default)]
+    rp_id: Option<String>,
+    #[serde(default)]
+    hardware_keys: Option<RawHardwareKeys>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHardwareKeys {
+    #[serde(default)]
+    aaguids: Vec<String>,
+    #[serde(default)]
+    attestation_ca: Vec<PathBuf>,
+}
+
+/// The AAL3 allow-list: hardware key models and their vendors' attestation roots.
+#[derive(Clone, Debug, Default)]
+pub struct HardwareKeysConfig {
+    /// Accepted AAGUIDs.
+    pub aaguids: Vec<uuid::Uuid>,
+    /// PEM files of attestation root certificates.
+    pub attestation_ca: Vec<PathBuf>,
+}
+
+impl HardwareKeysConfig {
+    /// Reads the CA files.
+    pub fn load(&self) -> Result<aalgate_auth::HardwareKeys> {
+        let mut ca_pems = Vec::new();
+        for p in &self.attestation_ca {
+            ca_pems.push(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("hardware_keys.attestation_ca {}", p.display()))?,
+            );
+        }
+        Ok(aalgate_auth::HardwareKeys {
+            aaguids: self.aaguids.clone(),
+            ca_pems,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +176,11 @@ pub struct Config {
     pub upgrade_sock: PathBuf,
     /// How often live sessions are counted for the session gauges (a scan of the store).
     pub session_count_interval: Duration,
+    /// The WebAuthn RP id: the auth origin's host, or a registrable parent domain of it so one
+    /// passkey serves every app host.
+    pub rp_id: String,
+    /// The AAL3 allow-list.
+    pub hardware_keys: HardwareKeysConfig,
 }
 
 /// Default of `session_count_interval`.
@@ -280,11 +324,35 @@ impl Config {
                 c
             }
         };
+        let rp_id = raw
+            .rp_id
+            .map(|r| r.trim().trim_end_matches('.').to_ascii_lowercase())
+            .unwrap_or_else(|| public_host.host.clone());
+        if !(public_host.host == rp_id || public_host.host.ends_with(&format!(".{rp_id}"))) {
+            bail!(
+                "rp_id {rp_id:?} must be the host of public_origin ({}) or a parent domain of it",
+                public_host.host
+            );
+        }
+        let mut hardware_keys = HardwareKeysConfig::default();
+        if let Some(h) = raw.hardware_keys {
+            for a in h.aaguids {
+                hardware_keys.aaguids.push(a.parse().with_context(|| {
+                    format!("hardware_keys.aaguids: {a:?} is not an AAGUID like cb69481e-8ff7-4039-93ec-0a2729a154a8")
+                })?);
+            }
+            hardware_keys.attestation_ca = h.attestation_ca.into_iter().map(rel).collect();
+            if hardware_keys.aaguids.is_empty() != hardware_keys.attestation_ca.is_empty() {
+                bail!("hardware_keys: give both aaguids and attestation_ca (the vendor roots), or neither");
+            }
+        }
         let upgrade_sock = raw
             .upgrade_sock
             .map(rel)
             .unwrap_or_else(|| state_dir.join("upgrade.sock"));
         Ok(Config {
+            rp_id,
+            hardware_keys,
             session_count_interval: raw
                 .session_count_interval
                 .map(|d| d.0)

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use aalgate_policy::{
     decide, Decision, HostPort, NormalizedTarget, PathError, PolicySet, Timestamp,
 };
-use aalgate_session::{Flow, FlowId, Session as UserSession, SessionId, SessionStore};
+use aalgate_session::{Flow, FlowId, Session as UserSession, SessionId, SessionKey, SessionStore};
 use async_trait::async_trait;
 use base64::Engine;
 use bytes::Bytes;
@@ -54,24 +54,26 @@ pub struct Gateway {
     pub signer: Arc<Signer>,
     /// Host of the public origin (serves `/.aalgate/` even if no app uses it).
     pub public_host: HostPort,
+    /// Users, ceremonies and the handoff.
+    pub signin: Arc<crate::signin::SignInService>,
 }
 
 /// Per-request state, written by the phases and read once in `logging`.
 pub struct Ctx {
     start: Instant,
-    request_id: String,
-    tls: bool,
+    pub(crate) request_id: String,
+    pub(crate) tls: bool,
     target: Option<NormalizedTarget>,
     rule: Option<usize>,
-    session: Option<UserSession>,
-    outcome: &'static str,
+    pub(crate) session: Option<UserSession>,
+    pub(crate) outcome: &'static str,
     /// The canonical `Host` (lowercase, no trailing dot) that matching used.
-    host: String,
+    pub(crate) host: String,
     /// The policy snapshot this request is decided and finished on.
-    policy: Arc<PolicySet>,
+    pub(crate) policy: Arc<PolicySet>,
     /// When the request was handed to the upstream.
     forwarded_at: Option<Instant>,
-    /// Store key of the session, for the assertion cache.
+    /// Store key of the session record, for the assertion cache.
     session_key: Option<aalgate_session::SessionKey>,
 }
 
@@ -119,15 +121,15 @@ fn has_request_body(req: &RequestHeader) -> bool {
 }
 
 /// What a gateway-made response looks like.
-struct Reply {
+pub(crate) struct Reply {
     status: u16,
-    content_type: &'static str,
+    pub(crate) content_type: &'static str,
     body: String,
     headers: Vec<(&'static str, String)>,
 }
 
 impl Reply {
-    fn html(status: u16, body: String) -> Reply {
+    pub(crate) fn html(status: u16, body: String) -> Reply {
         Reply {
             status,
             content_type: "text/html; charset=utf-8",
@@ -135,7 +137,7 @@ impl Reply {
             headers: Vec::new(),
         }
     }
-    fn json(status: u16, body: String) -> Reply {
+    pub(crate) fn json(status: u16, body: String) -> Reply {
         Reply {
             status,
             content_type: "application/json",
@@ -143,14 +145,19 @@ impl Reply {
             headers: Vec::new(),
         }
     }
-    fn header(mut self, name: &'static str, value: String) -> Reply {
+    pub(crate) fn header(mut self, name: &'static str, value: String) -> Reply {
         self.headers.push((name, value));
         self
     }
 }
 
 impl Gateway {
-    async fn send(&self, session: &mut Session, ctx: &mut Ctx, reply: Reply) -> Result<bool> {
+    pub(crate) async fn send(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        reply: Reply,
+    ) -> Result<bool> {
         let req = session.req_header();
         let head = req.method == http::Method::HEAD;
         // A body the client is still sending would be read as the next request: close instead.
@@ -164,7 +171,7 @@ impl Gateway {
         resp.insert_header("x-content-type-options", "nosniff")?;
         resp.insert_header("referrer-policy", "no-referrer")?;
         resp.insert_header("x-frame-options", "DENY")?;
-        resp.insert_header("content-security-policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'")?;
+        resp.insert_header("content-security-policy", pages::CSP)?;
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
         if ctx.tls {
             resp.insert_header("strict-transport-security", "max-age=31536000")?;
@@ -181,7 +188,7 @@ impl Gateway {
         Ok(true)
     }
 
-    async fn error(
+    pub(crate) async fn error(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
@@ -210,7 +217,7 @@ impl Gateway {
         self.send(session, ctx, reply).await
     }
 
-    fn cookie_name(ctx: &Ctx) -> &'static str {
+    pub(crate) fn cookie_name(ctx: &Ctx) -> &'static str {
         if ctx.tls {
             headers::COOKIE_TLS
         } else {
@@ -225,7 +232,7 @@ impl Gateway {
         req: &RequestHeader,
         ctx: &Ctx,
         now: Timestamp,
-    ) -> Result<Option<(SessionId, UserSession)>, aalgate_session::StoreError> {
+    ) -> Result<Option<(SessionKey, SessionKey, UserSession)>, aalgate_session::StoreError> {
         for value in headers::cookie_values(&req.headers, Self::cookie_name(ctx))
             .iter()
             .take(MAX_COOKIES)
@@ -234,12 +241,12 @@ impl Gateway {
                 continue;
             };
             let key = id.key();
-            if let Some(s) = self.sessions.get(&key, now) {
-                return Ok(Some((id, s)));
+            if let Some((record, s)) = self.sessions.get_with_record(&key, now) {
+                return Ok(Some((key, record, s)));
             }
-            if let Some(s) = self.store.get(&key, now).await? {
-                self.sessions.put(&key, &s);
-                return Ok(Some((id, s)));
+            if let Some((record, s)) = self.store.resolve(&key, &ctx.host, now).await? {
+                self.sessions.put_linked(&key, &record, &s);
+                return Ok(Some((key, record, s)));
             }
         }
         Ok(None)
@@ -257,13 +264,37 @@ impl Gateway {
                 let reply = Reply::json(200, self.signer.jwks().to_string());
                 self.send(session, ctx, reply).await
             }
-            "/.aalgate/auth" => {
+            "/.aalgate/auth" | "/.aalgate/enroll" | "/.aalgate/handoff" | "/.aalgate/switch" => {
                 if method != http::Method::GET && method != http::Method::HEAD {
                     return self.error(session, ctx, 405, "method_not_allowed").await;
                 }
-                self.auth_page(session, ctx).await
+                match path {
+                    "/.aalgate/auth" => self.auth_page(session, ctx).await,
+                    "/.aalgate/enroll" => self.enroll_page(session, ctx).await,
+                    "/.aalgate/switch" => self.switch_user(session, ctx).await,
+                    _ => self.handoff(session, ctx).await,
+                }
+            }
+            "/.aalgate/webauthn/start" | "/.aalgate/webauthn/finish" => {
+                if method != http::Method::POST {
+                    return self.error(session, ctx, 405, "method_not_allowed").await;
+                }
+                if path.ends_with("start") {
+                    self.ceremony_start(session, ctx).await
+                } else {
+                    self.ceremony_finish(session, ctx).await
+                }
+            }
+            "/.aalgate/static/aalgate.js" | "/.aalgate/static/aalgate.css" => {
+                if method != http::Method::GET && method != http::Method::HEAD {
+                    return self.error(session, ctx, 405, "method_not_allowed").await;
+                }
+                self.static_file(session, ctx, path).await
             }
             "/.aalgate/logout" => {
+                if method == http::Method::GET || method == http::Method::HEAD {
+                    return self.logout_page(session, ctx).await;
+                }
                 if method != http::Method::POST {
                     return self.error(session, ctx, 405, "method_not_allowed").await;
                 }
@@ -271,52 +302,6 @@ impl Gateway {
             }
             _ => self.error(session, ctx, 404, "not_found").await,
         }
-    }
-
-    async fn auth_page(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let flow_param = session
-            .req_header()
-            .uri
-            .query()
-            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("flow=")))
-            .and_then(FlowId::parse);
-        let flow = match flow_param {
-            None => None,
-            Some(id) => match self.store.get_flow(&id.key(), Timestamp::now()).await {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::warn!(request_id = %ctx.request_id, error = %e, "session store error on the sign-in page");
-                    return self.error(session, ctx, 503, "store_unavailable").await;
-                }
-            },
-        };
-        let body = match flow {
-            None => "<p>This sign-in link is not valid any more (links expire after 10 minutes and work once).</p>\
-                     <p>Go back to the application and open the page again.</p>"
-                .to_string(),
-            Some(f) => {
-                let what = match f.need.as_str() {
-                    "step_up" => "This action needs a fresh confirmation with your security key or passkey.",
-                    "reauth" => "Your session has timed out. Please sign in again.",
-                    _ => "Please sign in to continue.",
-                };
-                let level = match f.aal {
-                    aalgate_policy::Aal::Aal3 => "a hardware security key",
-                    aalgate_policy::Aal::Aal2 => "a passkey or security key",
-                    aalgate_policy::Aal::Aal1 => "any registered authenticator",
-                };
-                format!(
-                    "<p>{}</p><p>Required: {} (NIST {}) for <strong>{}</strong>.</p>\
-                     <p><strong>Passkey sign-in is not enabled on this gateway yet.</strong> Contact IT to be enrolled.</p>",
-                    pages::escape(what),
-                    level,
-                    f.aal.as_str().to_ascii_uppercase(),
-                    pages::escape(&f.app)
-                )
-            }
-        };
-        let reply = Reply::html(200, pages::page("Sign in", &body, &ctx.request_id));
-        self.send(session, ctx, reply).await
     }
 
     async fn logout(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -330,6 +315,11 @@ impl Gateway {
         if site == "cross-site" {
             return self.error(session, ctx, 403, "cross_site").await;
         }
+        // Same origin plus the page's token; without it (an app's own sign-out button, say),
+        // the confirmation page asks once more, with the token in its form.
+        if !self.logout_allowed(session, ctx).await {
+            return self.logout_page(session, ctx).await;
+        }
         let ids: Vec<SessionId> =
             headers::cookie_values(&session.req_header().headers, Self::cookie_name(ctx))
                 .iter()
@@ -339,7 +329,7 @@ impl Gateway {
         let now = Timestamp::now();
         for id in ids {
             // Read first, so the end is attributed to a user in the audit log.
-            let existing = match self.store.get(&id.key(), now).await {
+            let existing = match self.store.resolve(&id.key(), &ctx.host, now).await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(request_id = %ctx.request_id, error = %e, "logout could not reach the session store");
@@ -347,7 +337,13 @@ impl Gateway {
                 }
             };
             self.sessions.remove(&id.key());
-            match self.store.remove(&id.key()).await {
+            let _ = self.store.unlink(&id.key()).await;
+            let Some((record, existing)) = existing else {
+                continue;
+            };
+            let existing = Some(existing);
+            self.sessions.end_record(&record);
+            match self.store.remove(&record).await {
                 Ok(true) => {
                     self.metrics
                         .session_ends
@@ -398,6 +394,7 @@ impl Gateway {
         decision: Decision,
         host: &str,
         app: &str,
+        user: Option<String>,
     ) -> Result<bool> {
         let (need, aal, max_age) = match decision {
             Decision::Login { aal } => ("login", aal, None),
@@ -421,6 +418,9 @@ impl Gateway {
             max_age_secs: max_age.map(|d| d.as_secs()),
             app: app.to_string(),
             created: Timestamp::now(),
+            // Step-up and re-auth are for the same person (one tap, their keys); a login is
+            // for whoever signs in.
+            user: if need == "login" { None } else { user },
         };
         let id = FlowId::generate();
         if let Err(e) = self.store.put_flow(&id.key(), &flow, FLOW_TTL).await {
@@ -432,7 +432,17 @@ impl Gateway {
             .challenges
             .with_label_values(&[need, "issued"])
             .inc();
-        let login_url = format!("/.aalgate/auth?flow={}", id.encode());
+        // Ceremonies run on the auth origin; on the same host the link stays relative.
+        let login_url = if self.on_auth_origin(ctx) {
+            format!("/.aalgate/auth?flow={}", id.encode())
+        } else {
+            format!(
+                "{}://{}/.aalgate/auth?flow={}",
+                self.signin.scheme,
+                self.public_host,
+                id.encode()
+            )
+        };
         let reply = if headers::is_script_request(&session.req_header().headers) {
             let body = serde_json::json!({
                 "error": "authentication_required",
@@ -595,16 +605,15 @@ impl ProxyHttp for Gateway {
         };
         let decision = decide(
             access,
-            loaded.as_ref().map(|(_, s)| s.facts()).as_ref(),
+            loaded.as_ref().map(|(_, _, s)| s.facts()).as_ref(),
             now,
         );
         match decision {
             Decision::Allow => {
-                if let Some((id, s)) = loaded {
-                    let key = id.key();
+                if let Some((handle, key, s)) = loaded {
                     if now.since(s.last_seen) >= TOUCH_INTERVAL {
                         // Off the request path: a failed touch only makes the idle limit fire earlier.
-                        self.sessions.set_last_seen(&key, now);
+                        self.sessions.set_last_seen(&handle, now);
                         let (store, key) = (self.store.clone(), key.clone());
                         tokio::spawn(async move {
                             if let Err(e) = store.touch(&key, now).await {
@@ -621,10 +630,13 @@ impl ProxyHttp for Gateway {
             Decision::Deny => self.error(session, ctx, 403, "denied").await,
             other => {
                 let app = m.app.name.clone();
-                if let (Decision::Reauth { reason, .. }, Some((id, s))) = (other, &loaded) {
+                if let (Decision::Reauth { reason, .. }, Some((handle, record, s))) =
+                    (other, &loaded)
+                {
                     // The session is over: end it now, once, so it is counted and audited once.
-                    self.sessions.remove(&id.key());
-                    if let Ok(true) = self.store.remove(&id.key()).await {
+                    self.sessions.remove(handle);
+                    self.sessions.end_record(record);
+                    if let Ok(true) = self.store.remove(record).await {
                         self.metrics
                             .session_ends
                             .with_label_values(&[reason.as_str()])
@@ -651,7 +663,8 @@ impl ProxyHttp for Gateway {
                         .with_label_values(&[&app, &m.rule.id])
                         .inc();
                 }
-                self.challenge(session, ctx, other, &host.to_string(), &app)
+                let user = loaded.as_ref().map(|(_, _, s)| s.user.clone());
+                self.challenge(session, ctx, other, &host.to_string(), &app, user)
                     .await
             }
         }

@@ -8,6 +8,17 @@ use http::HeaderMap;
 pub const COOKIE_PLAIN: &str = "aalgate";
 /// The session cookie on a TLS listener: `__Host-` pins it to this host, Path=/ and Secure.
 pub const COOKIE_TLS: &str = "__Host-aalgate";
+/// The browser-binding cookie (ceremonies and CSRF tokens) on plain HTTP.
+pub const BIND_PLAIN: &str = "aalgate-bind";
+/// The browser-binding cookie on TLS listeners.
+pub const BIND_TLS: &str = "__Host-aalgate-bind";
+
+/// Whether a cookie name is one of the gateway's own (never forwarded, never set upstream).
+pub fn is_our_cookie(name: &[u8]) -> bool {
+    [COOKIE_PLAIN, COOKIE_TLS, BIND_PLAIN, BIND_TLS]
+        .iter()
+        .any(|n| n.as_bytes() == name)
+}
 
 /// The identity headers the gateway sets; clients can never send them.
 pub const USER: &str = "x-aalgate-user";
@@ -83,7 +94,7 @@ pub fn set_cookie_is_ours(value: &[u8]) -> bool {
             .unwrap_or(b"")
             .trim_ascii();
     }
-    name == COOKIE_PLAIN.as_bytes() || name == COOKIE_TLS.as_bytes()
+    is_our_cookie(name)
 }
 
 /// The values of cookie `name` across every `Cookie` header.
@@ -115,7 +126,7 @@ pub fn cookies_without_ours(headers: &HeaderMap) -> Option<Option<String>> {
         for pair in v.split(';') {
             let p = pair.trim();
             let name = p.split_once('=').map(|(n, _)| n.trim()).unwrap_or(p);
-            if name == COOKIE_PLAIN || name == COOKIE_TLS {
+            if is_our_cookie(name.as_bytes()) {
                 touched = true;
             } else if !p.is_empty() {
                 kept.push(p);

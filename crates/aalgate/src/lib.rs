@@ -19,3 +19,4 @@ pub mod headers;
 pub mod metrics;
 pub mod ops;
 pub mod pages;
+pub mod signin;

@@ -41,6 +41,54 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::Args)]
+struct UsersArgs {
+    /// The gateway config (its store and public_origin). Without it: the demo's
+    /// (.aalgate-demo, http://localhost:8080).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// The demo's state directory, when no --config is given.
+    #[arg(long, global = true, default_value = ".aalgate-demo")]
+    state_dir: PathBuf,
+    /// The demo's public origin, when no --config is given.
+    #[arg(long, global = true, default_value = "http://localhost:8080")]
+    origin: String,
+    #[command(subcommand)]
+    action: UsersAction,
+}
+
+#[derive(Subcommand)]
+enum UsersAction {
+    /// Print a one-time enrollment URL for USER (after IT has proofed the person).
+    Invite {
+        /// The login name (letters, digits, '.', '_', '-', '@').
+        user: String,
+        /// The name shown on the person's authenticator.
+        #[arg(long)]
+        display_name: Option<String>,
+        /// The level the person was proofed for: 3 allows only an allow-listed hardware key.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=3))]
+        aal: u8,
+        /// How long the link works.
+        #[arg(long, default_value = "24h")]
+        ttl: humantime::Duration,
+    },
+    /// List users and their credentials.
+    List,
+    /// Block sign-in and end every session of USER on every instance at once.
+    Disable {
+        /// The user.
+        user: String,
+    },
+    /// Remove one credential of USER (the ID `list` shows).
+    RevokeCredential {
+        /// The user.
+        user: String,
+        /// The credential id.
+        id: String,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway from a config file.
@@ -70,7 +118,17 @@ enum Command {
         /// Policy file or directory (default: policies/demo.yaml, or the copy built into the binary).
         #[arg(long)]
         policies: Option<PathBuf>,
+        /// PEM attestation root of hardware keys accepted for AAL3 (repeatable; with
+        /// --hardware-key-aaguid). E.g. tests/fixtures/chromium-virtual-authenticator-ca.pem
+        /// for Chrome DevTools' virtual security key.
+        #[arg(long)]
+        hardware_key_ca: Vec<PathBuf>,
+        /// AAGUID of a hardware key model accepted for AAL3 (repeatable).
+        #[arg(long)]
+        hardware_key_aaguid: Vec<uuid::Uuid>,
     },
+    /// Enroll and manage users (works beside a running gateway, with either store).
+    Users(UsersArgs),
     /// Check policy files; print every problem as file:line:column: what; how to fix.
     Validate {
         /// Policy files or directories.
@@ -117,16 +175,23 @@ fn main() -> ExitCode {
             serve(c, None, upgrade)
         }),
         Command::DemoApp { listen } => demo_app(listen),
+        Command::Users(args) => return users(args),
         Command::Demo {
             listen,
             admin_listen,
             upstream_listen,
             state_dir,
             policies,
+            hardware_key_ca,
+            hardware_key_aaguid,
         } => demo_config(listen, admin_listen, state_dir, policies).and_then(|mut c| {
             if let Some(f) = cli.log_format {
                 c.log_format = f;
             }
+            c.hardware_keys = config::HardwareKeysConfig {
+                aaguids: hardware_key_aaguid,
+                attestation_ca: hardware_key_ca,
+            };
             serve(c, Some(upstream_listen), false)
         }),
     };
@@ -216,6 +281,8 @@ fn demo_config(
         audit: config::AuditConfig::default(),
         upgrade_sock: state_dir.join("upgrade.sock"),
         session_count_interval: config::DEFAULT_SESSION_COUNT_INTERVAL,
+        rp_id: "localhost".into(),
+        hardware_keys: config::HardwareKeysConfig::default(),
     })
 }
 
@@ -286,6 +353,18 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         inner: deadline,
         metrics: metrics.clone(),
     });
+    let rp =
+        aalgate_auth::Ceremonies::new(&cfg.rp_id, &cfg.public_origin, &cfg.hardware_keys.load()?)
+            .context("WebAuthn settings (public_origin, rp_id, hardware_keys)")?;
+    let signin = Arc::new(aalgate::signin::SignInService {
+        dir: aalgate_auth::Directory::new(store.clone()),
+        rp,
+        scheme: if cfg.public_origin.starts_with("https://") {
+            "https"
+        } else {
+            "http"
+        },
+    });
     let signer = Arc::new(assertion::Signer::load_or_create(
         &cfg.signing_key,
         &cfg.public_origin,
@@ -317,6 +396,7 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         store: store.clone(),
         signer,
         public_host: cfg.public_host.clone(),
+        signin,
     };
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gw);
     for l in &cfg.listen {
@@ -397,4 +477,128 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         );
     }
     server.run_forever();
+}
+
+/// Opens the store named by a config (or the demo's) for the CLI.
+fn cli_store(args: &UsersArgs) -> Result<(Arc<dyn SessionStore>, String)> {
+    let (spec, origin, timeout) = match &args.config {
+        Some(path) => {
+            let c = Config::load(path)?;
+            (c.store, c.public_origin, c.store_timeout)
+        }
+        None => (
+            StoreSpec::Embedded(args.state_dir.clone()),
+            args.origin.trim_end_matches('/').to_string(),
+            config::DEFAULT_EMBEDDED_STORE_TIMEOUT,
+        ),
+    };
+    // The CLI is not on a request path: a generous deadline, still bounded.
+    let timeout = timeout.max(Duration::from_secs(5));
+    let store: Arc<dyn SessionStore> = match spec {
+        StoreSpec::Embedded(dir) => Arc::new(
+            EmbeddedStore::open(&dir)
+                .with_context(|| format!("embedded store in {}", dir.display()))?,
+        ),
+        StoreSpec::Redis(url) => Arc::new(RedisStore::new(&url, timeout)?),
+    };
+    Ok((Arc::new(Deadline::new(store, timeout)), origin))
+}
+
+fn users(args: UsersArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("aalgate: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(users_run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aalgate: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn fmt_time(t: Option<aalgate_policy::Timestamp>) -> String {
+    match t {
+        Some(t) => {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t.0))
+                .to_string()
+        }
+        None => "-".into(),
+    }
+}
+
+async fn users_run(args: UsersArgs) -> Result<()> {
+    let (store, origin) = cli_store(&args)?;
+    let dir = aalgate_auth::Directory::new(store);
+    let now = aalgate_policy::Timestamp::now();
+    match args.action {
+        UsersAction::Invite {
+            user,
+            display_name,
+            aal,
+            ttl,
+        } => {
+            let aal = aalgate_policy::Aal::from_number(aal).context("--aal must be 2 or 3")?;
+            let display = display_name.unwrap_or_else(|| user.clone());
+            let token = dir.invite(&user, &display, aal, ttl.into(), now).await?;
+            println!("{origin}/.aalgate/enroll?invite={}", token.expose());
+            eprintln!(
+                "One-time enrollment link for {user} ({}), valid {}. Give it to the person only after checking who they are.",
+                aal.as_str().to_ascii_uppercase(),
+                ttl
+            );
+        }
+        UsersAction::List => {
+            let users = dir.users().await?;
+            if users.is_empty() {
+                println!("no users yet; create one with `aalgate users invite USER`");
+            }
+            for u in users {
+                println!(
+                    "{}\t{}\tstatus={}\tmax_aal={}\tcreated={}\tlast_login={}",
+                    u.id,
+                    u.display_name,
+                    if u.disabled { "disabled" } else { "active" },
+                    u.max_aal().map(|a| a.as_str()).unwrap_or("none"),
+                    fmt_time(Some(u.created)),
+                    fmt_time(u.last_login)
+                );
+                for c in &u.credentials {
+                    println!(
+                        "  credential {}\tkind={}\taal={}\taaguid={}\tcreated={}\tlast_used={}{}",
+                        c.id,
+                        c.kind.as_str(),
+                        c.aal.as_str(),
+                        c.aaguid
+                            .map(|a| a.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        fmt_time(Some(c.created)),
+                        fmt_time(c.last_used),
+                        c.flagged
+                            .as_deref()
+                            .map(|f| format!("\tFLAGGED: {f}"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
+        UsersAction::Disable { user } => {
+            let n = dir.disable(&user).await?;
+            println!("{user} disabled; {n} session(s) ended on every instance");
+        }
+        UsersAction::RevokeCredential { user, id } => {
+            if !dir.revoke_credential(&user, &id).await? {
+                bail!("{user} has no credential {id}; see `aalgate users list`");
+            }
+            println!("credential {id} of {user} removed");
+        }
+    }
+    Ok(())
 }

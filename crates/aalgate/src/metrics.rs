@@ -209,7 +209,7 @@ impl Metrics {
 }
 
 /// Store operations, as labelled.
-pub const OPS: [&str; 10] = [
+pub const OPS: [&str; 18] = [
     "insert",
     "get",
     "touch",
@@ -220,6 +220,14 @@ pub const OPS: [&str; 10] = [
     "take_flow",
     "ping",
     "stats",
+    "link",
+    "unlink",
+    "kv_put",
+    "kv_get",
+    "kv_take",
+    "kv_delete",
+    "kv_list",
+    "kv_incr",
 ];
 
 #[cfg(test)]

@@ -78,6 +78,55 @@ impl SessionStore for Instrumented {
     async fn stats(&self, now: Timestamp, limits: &Timeouts) -> Result<SessionStats, StoreError> {
         self.timed("stats", self.inner.stats(now, limits)).await
     }
+    async fn link(
+        &self,
+        handle: &SessionKey,
+        record: &SessionKey,
+        host: &str,
+        expires_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.timed("link", self.inner.link(handle, record, host, expires_at))
+            .await
+    }
+    async fn unlink(&self, handle: &SessionKey) -> Result<(), StoreError> {
+        self.timed("unlink", self.inner.unlink(handle)).await
+    }
+    async fn resolve(
+        &self,
+        handle: &SessionKey,
+        host: &str,
+        now: Timestamp,
+    ) -> Result<Option<(SessionKey, Session)>, StoreError> {
+        // Labelled `get`: it is the session read of the request path.
+        self.timed("get", self.inner.resolve(handle, host, now))
+            .await
+    }
+    async fn kv_put(
+        &self,
+        ns: &str,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        self.timed("kv_put", self.inner.kv_put(ns, key, value, ttl))
+            .await
+    }
+    async fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.timed("kv_get", self.inner.kv_get(ns, key)).await
+    }
+    async fn kv_take(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.timed("kv_take", self.inner.kv_take(ns, key)).await
+    }
+    async fn kv_delete(&self, ns: &str, key: &str) -> Result<bool, StoreError> {
+        self.timed("kv_delete", self.inner.kv_delete(ns, key)).await
+    }
+    async fn kv_list(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.timed("kv_list", self.inner.kv_list(ns)).await
+    }
+    async fn kv_incr(&self, ns: &str, key: &str, ttl: Duration) -> Result<u64, StoreError> {
+        self.timed("kv_incr", self.inner.kv_incr(ns, key, ttl))
+            .await
+    }
 }
 
 /// SHA-256 over the policy files' paths and contents: changes whenever any file does.

@@ -17,15 +17,31 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-const STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;margin:0;background:#f4f6f8;color:#1b1f24}\
-main{max-width:34rem;margin:12vh auto;background:#fff;padding:2rem 2.5rem;border-radius:12px;box-shadow:0 2px 12px #0002}\
-h1{font-size:1.4rem;margin-top:0}.code{color:#57606a;font-size:.85rem}button{font:inherit;padding:.5rem 1.2rem}";
+/// The stylesheet of every gateway page, served as `/.aalgate/static/aalgate.css` (the CSP
+/// allows no inline style or script).
+pub const STYLE: &str = include_str!("../assets/aalgate.css");
+/// The ceremony script, served as `/.aalgate/static/aalgate.js`.
+pub const SCRIPT: &str = include_str!("../assets/aalgate.js");
+
+/// The Content-Security-Policy of gateway pages: own files only, no framing.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
 /// A complete page. `body_html` must already be escaped.
 pub fn page(title: &str, body_html: &str, request_id: &str) -> String {
+    page_with(title, body_html, request_id, "")
+}
+
+/// A page with attributes on `<main>` (already escaped) and the ceremony script.
+pub fn page_with(title: &str, body_html: &str, request_id: &str, main_attrs: &str) -> String {
+    let script = if main_attrs.is_empty() {
+        ""
+    } else {
+        "<script src=\"/.aalgate/static/aalgate.js\" defer></script>"
+    };
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-<meta name=\"robots\" content=\"noindex\"><title>{t}</title><style>{STYLE}</style></head><body><main><h1>{t}</h1>{body_html}\
+<meta name=\"robots\" content=\"noindex\"><title>{t}</title><link rel=\"stylesheet\" href=\"/.aalgate/static/aalgate.css\">{script}</head>\
+<body><main{main_attrs}><h1>{t}</h1>{body_html}\
 <p class=\"code\">Reference: {rid}</p></main></body></html>",
         t = escape(title),
         rid = escape(request_id),

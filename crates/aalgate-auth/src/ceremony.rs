@@ -1,0 +1,514 @@
+//! WebAuthn ceremonies (webauthn-rs) and the level each credential reaches.
+//!
+//! - **Passkey enrollment**: resident key and user verification required, no attestation.
+//!   Reaches AAL2 (a synced passkey never reaches more).
+//! - **Security key enrollment**: user verification required, `direct` attestation verified
+//!   against the configured CA list *and* AAGUID allow-list (`hardware_keys`), backup-eligible
+//!   authenticators refused. Reaches AAL3. A key that fails attestation is refused on this
+//!   path; it can still be enrolled as a passkey (AAL2).
+//! - **Sign-in**: always with user verification. Usernameless (discoverable) or with an
+//!   allow-list of the user's credentials (username-first, step-up, tap to resume).
+//!
+//! States are plain serde values the caller keeps server-side and takes once.
+
+use aalgate_policy::{Aal, Timestamp};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use der::Encode;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use webauthn_rs::prelude::{
+    AttestationCaList, AttestationCaListBuilder, AttestationMetadata, Credential as WaCredential,
+    DiscoverableAuthentication, ParsedAttestationData, Passkey, PasskeyAuthentication,
+    PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential, Url, Webauthn,
+    WebauthnBuilder, WebauthnError,
+};
+
+use crate::model::{Credential, CredentialKind, User};
+
+/// Why a ceremony failed. Users see one constant sentence; this detail goes to the log.
+#[derive(Debug, thiserror::Error)]
+pub enum CeremonyError {
+    /// The gateway's WebAuthn settings are unusable (bad origin, unreadable CA file).
+    #[error("WebAuthn configuration: {0}")]
+    Config(String),
+    /// The browser's response does not parse.
+    #[error("malformed WebAuthn response: {0}")]
+    Malformed(String),
+    /// The response failed verification (wrong challenge, origin, RP id, signature, UV...).
+    #[error("WebAuthn verification failed: {0}")]
+    Rejected(String),
+    /// A security key's attestation did not verify, or its model is not on the allow-list.
+    #[error("security key not accepted for AAL3: {0}")]
+    Untrusted(String),
+    /// The signature counter went backwards: the key may have been cloned.
+    #[error("signature counter regression on credential {0}")]
+    CounterRegression(String),
+    /// The credential is unknown, flagged, or not one of those this ceremony allowed.
+    #[error("credential not allowed here")]
+    NotAllowed,
+}
+
+/// The AAL3 allow-list: trusted attestation roots and the authenticator models (AAGUIDs)
+/// accepted under them.
+#[derive(Clone, Debug, Default)]
+pub struct HardwareKeys {
+    /// AAGUIDs of accepted hardware keys.
+    pub aaguids: Vec<Uuid>,
+    /// PEM certificates of the attestation roots (the vendors' CAs).
+    pub ca_pems: Vec<String>,
+}
+
+/// What to enroll.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegKind {
+    /// A passkey (AAL2).
+    Passkey,
+    /// An attested hardware security key (AAL3).
+    SecurityKey,
+}
+
+/// Server-side state of an enrollment.
+#[derive(Serialize, Deserialize)]
+pub enum RegState {
+    /// Passkey enrollment.
+    Passkey(PasskeyRegistration),
+    /// Security key enrollment with attestation.
+    SecurityKey(PasskeyRegistration),
+}
+
+/// Server-side state of a sign-in.
+#[derive(Serialize, Deserialize)]
+pub enum AuthState {
+    /// Against a known user's credentials (allowCredentials).
+    Known(PasskeyAuthentication),
+    /// Usernameless: the credential names its user.
+    Discoverable(DiscoverableAuthentication),
+}
+
+/// A verified sign-in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// The credential used.
+    pub credential_id: String,
+    /// Its audit fingerprint.
+    pub audit_id: String,
+    /// The level reached.
+    pub aal: Aal,
+    /// RFC 8176 methods.
+    pub amr: Vec<String>,
+    /// The kind of credential.
+    pub kind: CredentialKind,
+}
+
+/// A parsed sign-in response, before the user is known.
+pub struct SignIn {
+    resp: PublicKeyCredential,
+}
+
+impl SignIn {
+    /// Parses the browser's JSON.
+    pub fn parse(json: &[u8]) -> Result<SignIn, CeremonyError> {
+        serde_json::from_slice(json)
+            .map(|resp| SignIn { resp })
+            .map_err(|e| CeremonyError::Malformed(e.to_string()))
+    }
+
+    /// The credential id (base64url) the browser used.
+    pub fn credential_id(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.resp.get_credential_id())
+    }
+
+    /// The user handle a discoverable credential returned.
+    pub fn user_handle(&self) -> Option<Uuid> {
+        self.resp
+            .get_user_unique_id()
+            .and_then(|b| Uuid::from_slice(b).ok())
+    }
+}
+
+/// The relying party: webauthn-rs set up for the gateway's auth origin and RP id.
+pub struct Ceremonies {
+    webauthn: Webauthn,
+    ca_list: Option<AttestationCaList>,
+    /// Public keys (SPKI DER) of the configured certificates: a chain certificate with one of
+    /// them is trusted too, for vendors (and test authenticators) that attest with a
+    /// self-signed batch certificate rather than a CA-issued one.
+    pinned: Vec<Vec<u8>>,
+    aaguids: Vec<Uuid>,
+}
+
+/// The DER bodies of the PEM certificates in `pem`.
+fn pem_ders(pem: &str) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut b64 = String::new();
+    let mut inside = false;
+    for line in pem.lines().map(str::trim) {
+        if line.starts_with("-----BEGIN CERTIFICATE") {
+            inside = true;
+            b64.clear();
+        } else if line.starts_with("-----END CERTIFICATE") {
+            inside = false;
+            if let Ok(d) = base64::engine::general_purpose::STANDARD.decode(&b64) {
+                out.push(d);
+            }
+        } else if inside {
+            b64.push_str(line);
+        }
+    }
+    out
+}
+
+fn rejected(e: WebauthnError) -> CeremonyError {
+    CeremonyError::Rejected(format!("{e:?}"))
+}
+
+/// Sign-in options as the page's script expects them: a modal request, never conditional UI.
+fn request_json(rcr: &impl Serialize) -> Result<serde_json::Value, CeremonyError> {
+    let mut v = serde_json::to_value(rcr).map_err(|e| CeremonyError::Config(e.to_string()))?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("mediation");
+    }
+    Ok(v)
+}
+
+impl Ceremonies {
+    /// `origin` is the auth origin (`public_origin`); `rp_id` its host or a registrable parent
+    /// domain of it, so one passkey serves every app host.
+    pub fn new(
+        rp_id: &str,
+        origin: &str,
+        keys: &HardwareKeys,
+    ) -> Result<Ceremonies, CeremonyError> {
+        let url = Url::parse(origin)
+            .map_err(|e| CeremonyError::Config(format!("origin {origin}: {e}")))?;
+        let webauthn = WebauthnBuilder::new(rp_id, &url)
+            .and_then(|b| b.rp_name("aalgate").build())
+            .map_err(|e| {
+                CeremonyError::Config(format!("rp_id {rp_id} with origin {origin}: {e:?}"))
+            })?;
+        let ca_list = if keys.ca_pems.is_empty() || keys.aaguids.is_empty() {
+            None
+        } else {
+            let mut b = AttestationCaListBuilder::new();
+            for pem in &keys.ca_pems {
+                for aaguid in &keys.aaguids {
+                    b.insert_device_pem(
+                        pem.as_bytes(),
+                        *aaguid,
+                        "allow-listed hardware key".into(),
+                        Default::default(),
+                    )
+                    .map_err(|e| CeremonyError::Config(format!("attestation CA: {e:?}")))?;
+                }
+            }
+            Some(b.build())
+        };
+        let mut pinned = Vec::new();
+        for der in keys.ca_pems.iter().flat_map(|p| pem_ders(p)) {
+            use der::Decode;
+            let cert = x509_cert::Certificate::from_der(&der)
+                .map_err(|e| CeremonyError::Config(format!("attestation CA certificate: {e}")))?;
+            let spki = cert
+                .tbs_certificate()
+                .subject_public_key_info()
+                .to_der()
+                .map_err(|e| CeremonyError::Config(format!("attestation CA key: {e}")))?;
+            pinned.push(spki);
+        }
+        if !keys.ca_pems.is_empty() && pinned.len() < keys.ca_pems.len() {
+            return Err(CeremonyError::Config(
+                "an attestation_ca file holds no PEM certificate".into(),
+            ));
+        }
+        Ok(Ceremonies {
+            webauthn,
+            ca_list,
+            pinned,
+            aaguids: keys.aaguids.clone(),
+        })
+    }
+
+    /// Whether AAL3 hardware keys can be enrolled (an allow-list is configured).
+    pub fn hardware_keys_configured(&self) -> bool {
+        self.ca_list.is_some()
+    }
+
+    /// Starts an enrollment: the options for `navigator.credentials.create` and the state.
+    pub fn start_registration(
+        &self,
+        user: &User,
+        kind: RegKind,
+    ) -> Result<(serde_json::Value, RegState), CeremonyError> {
+        let exclude: Vec<_> = user
+            .credentials
+            .iter()
+            .map(|c| c.key.cred_id().clone())
+            .collect();
+        let exclude = (!exclude.is_empty()).then_some(exclude);
+        match kind {
+            RegKind::Passkey => {
+                let (ccr, st) = self
+                    .webauthn
+                    .start_passkey_registration(user.handle, &user.id, &user.display_name, exclude)
+                    .map_err(rejected)?;
+                let mut v =
+                    serde_json::to_value(&ccr).map_err(|e| CeremonyError::Config(e.to_string()))?;
+                // Usernameless sign-in needs a discoverable credential.
+                if let Some(sel) = v
+                    .pointer_mut("/publicKey/authenticatorSelection")
+                    .and_then(|s| s.as_object_mut())
+                {
+                    sel.insert("residentKey".into(), "required".into());
+                    sel.insert("requireResidentKey".into(), true.into());
+                }
+                Ok((v, RegState::Passkey(st)))
+            }
+            RegKind::SecurityKey => {
+                if self.ca_list.is_none() {
+                    return Err(CeremonyError::Config(
+                        "no hardware_keys allow-list (aaguids and attestation_ca) is configured"
+                            .into(),
+                    ));
+                }
+                // A passkey ceremony (UV required) that asks for `direct` attestation: webauthn-rs
+                // verifies the attestation statement's signature; the trust decision (vendor
+                // root or pinned certificate, AAGUID allow-list, not synced) is made in
+                // `finish_registration`.
+                let (ccr, st) = self
+                    .webauthn
+                    .start_passkey_registration(user.handle, &user.id, &user.display_name, exclude)
+                    .map_err(rejected)?;
+                let mut v =
+                    serde_json::to_value(&ccr).map_err(|e| CeremonyError::Config(e.to_string()))?;
+                if let Some(pk) = v.pointer_mut("/publicKey").and_then(|e| e.as_object_mut()) {
+                    pk.insert("attestation".into(), "direct".into());
+                    pk.insert("hints".into(), serde_json::json!(["security-key"]));
+                }
+                Ok((v, RegState::SecurityKey(st)))
+            }
+        }
+    }
+
+    /// Verifies an enrollment response and returns the new credential with its level.
+    pub fn finish_registration(
+        &self,
+        json: &[u8],
+        state: &RegState,
+        now: Timestamp,
+    ) -> Result<Credential, CeremonyError> {
+        let resp: RegisterPublicKeyCredential =
+            serde_json::from_slice(json).map_err(|e| CeremonyError::Malformed(e.to_string()))?;
+        let (key, kind): (Passkey, CredentialKind) = match state {
+            RegState::Passkey(st) => (
+                self.webauthn
+                    .finish_passkey_registration(&resp, st)
+                    .map_err(rejected)?,
+                CredentialKind::Passkey,
+            ),
+            RegState::SecurityKey(st) => {
+                let k = self
+                    .webauthn
+                    .finish_passkey_registration(&resp, st)
+                    .map_err(rejected)?;
+                let inner: WaCredential = k.clone().into();
+                self.trusted(&inner).map_err(CeremonyError::Untrusted)?;
+                (k, CredentialKind::SecurityKey)
+            }
+        };
+        let inner: WaCredential = key.clone().into();
+        let aaguid = match inner.attestation.metadata {
+            AttestationMetadata::Packed { aaguid } | AttestationMetadata::Tpm { aaguid, .. } => {
+                Some(aaguid)
+            }
+            _ => None,
+        };
+        let aal = match kind {
+            // Attested, allow-listed, not backup eligible (webauthn-rs refused synced ones).
+            CredentialKind::SecurityKey if !inner.backup_eligible && inner.user_verified => {
+                Aal::Aal3
+            }
+            _ if inner.user_verified => Aal::Aal2,
+            _ => Aal::Aal1,
+        };
+        Ok(Credential {
+            id: URL_SAFE_NO_PAD.encode(key.cred_id()),
+            kind,
+            aaguid,
+            aal,
+            backup_eligible: inner.backup_eligible,
+            created: now,
+            last_used: None,
+            flagged: None,
+            key,
+        })
+    }
+
+    /// Whether a security key's attestation earns AAL3: a verified statement whose chain
+    /// leads to a configured root (or contains a pinned certificate), an allow-listed AAGUID,
+    /// user verification, and no backup eligibility (a synced credential is not hardware-bound).
+    fn trusted(&self, c: &WaCredential) -> Result<Uuid, String> {
+        let aaguid = match c.attestation.metadata {
+            AttestationMetadata::Packed { aaguid } | AttestationMetadata::Tpm { aaguid, .. } => {
+                aaguid
+            }
+            ref m => return Err(format!("no attested model (metadata {m:?})")),
+        };
+        if !self.aaguids.contains(&aaguid) {
+            return Err(format!("AAGUID {aaguid} is not on hardware_keys.aaguids"));
+        }
+        if c.backup_eligible {
+            return Err("backup-eligible (synced) credential".into());
+        }
+        if !c.user_verified {
+            return Err("no user verification".into());
+        }
+        if let Some(ca) = &self.ca_list {
+            if matches!(c.verify_attestation(ca), Ok(Some(_))) {
+                return Ok(aaguid);
+            }
+        }
+        let chain = match &c.attestation.data {
+            ParsedAttestationData::Basic(chain) | ParsedAttestationData::AttCa(chain) => chain,
+            d => return Err(format!("attestation type {d:?} cannot be trusted")),
+        };
+        // A chain certificate with the public key of a configured certificate: the vendor's
+        // key made it (Chromium's virtual authenticator re-issues its self-signed batch
+        // certificate with a fresh validity, under one fixed key).
+        let pinned = chain.iter().any(|cert| {
+            cert.tbs_certificate()
+                .subject_public_key_info()
+                .to_der()
+                .is_ok_and(|spki| self.pinned.contains(&spki))
+        });
+        if pinned {
+            Ok(aaguid)
+        } else {
+            Err("attestation chain not issued by a configured hardware_keys.attestation_ca".into())
+        }
+    }
+
+    /// Starts a sign-in. `Some(creds)`: only these credentials may answer (an empty list gets
+    /// a decoy, so an unknown user name looks like any other); `None`: usernameless.
+    pub fn start_sign_in(
+        &self,
+        creds: Option<&[Credential]>,
+    ) -> Result<(serde_json::Value, AuthState), CeremonyError> {
+        match creds {
+            None => {
+                let (rcr, st) = self
+                    .webauthn
+                    .start_discoverable_authentication()
+                    .map_err(rejected)?;
+                Ok((request_json(&rcr)?, AuthState::Discoverable(st)))
+            }
+            Some(creds) => {
+                let mut keys: Vec<Passkey> = creds
+                    .iter()
+                    .filter(|c| c.usable())
+                    .map(|c| c.key.clone())
+                    .collect();
+                if keys.is_empty() {
+                    keys.extend(decoy());
+                }
+                let (rcr, st) = self
+                    .webauthn
+                    .start_passkey_authentication(&keys)
+                    .map_err(rejected)?;
+                Ok((request_json(&rcr)?, AuthState::Known(st)))
+            }
+        }
+    }
+
+    /// Verifies a sign-in for `user` (already identified: from the ceremony's state, or from
+    /// [`SignIn::user_handle`]) and updates the credential's counter and last use. `allowed`
+    /// restricts which credentials count (step-up to AAL3: the allow-listed keys only).
+    pub fn finish_sign_in(
+        &self,
+        resp: &SignIn,
+        state: AuthState,
+        user: &mut User,
+        allowed: Option<&[String]>,
+        now: Timestamp,
+    ) -> Result<Verified, CeremonyError> {
+        let id = resp.credential_id();
+        let Some(cred) = user.credentials.iter_mut().find(|c| c.id == id) else {
+            return Err(CeremonyError::NotAllowed);
+        };
+        if !cred.usable() || allowed.is_some_and(|a| !a.contains(&id)) {
+            return Err(CeremonyError::NotAllowed);
+        }
+        let result = match state {
+            AuthState::Known(st) => self.webauthn.finish_passkey_authentication(&resp.resp, &st),
+            AuthState::Discoverable(st) => {
+                if resp.user_handle() != Some(user.handle) {
+                    return Err(CeremonyError::NotAllowed);
+                }
+                self.webauthn
+                    .finish_discoverable_authentication_v2(&resp.resp, st, &cred.key)
+            }
+        };
+        let result = match result {
+            Ok(r) => r,
+            Err(WebauthnError::CredentialPossibleCompromise) => {
+                cred.flagged = Some(format!("signature counter went backwards at {}", now.0));
+                return Err(CeremonyError::CounterRegression(cred.audit_id()));
+            }
+            Err(e) => return Err(rejected(e)),
+        };
+        if !result.user_verified() {
+            return Err(CeremonyError::Rejected("user verification missing".into()));
+        }
+        cred.key.update_credential(&result);
+        cred.last_used = Some(now);
+        // A credential that became backup eligible (synced) stays at AAL2 at most.
+        let aal = if result.backup_eligible() {
+            cred.aal.min(Aal::Aal2)
+        } else {
+            cred.aal
+        };
+        let amr = match cred.kind {
+            CredentialKind::SecurityKey => vec!["hwk".into(), "user".into(), "mfa".into()],
+            CredentialKind::Passkey => vec!["swk".into(), "user".into(), "mfa".into()],
+        };
+        let v = Verified {
+            credential_id: id,
+            audit_id: cred.audit_id(),
+            aal,
+            amr,
+            kind: cred.kind,
+        };
+        user.last_login = Some(now);
+        Ok(v)
+    }
+}
+
+/// A credential that exists nowhere, so an unknown user name gets ordinary-looking options.
+fn decoy() -> Option<Passkey> {
+    use rand::RngCore;
+    let mut id = vec![0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut id);
+    let c = WaCredential {
+        cred_id: id,
+        cred: webauthn_rs::prelude::COSEKey {
+            type_: webauthn_rs::prelude::COSEAlgorithm::ES256,
+            key: webauthn_rs::prelude::COSEKeyType::EC_EC2(webauthn_rs::prelude::COSEEC2Key {
+                curve: webauthn_rs::prelude::ECDSACurve::SECP256R1,
+                x: vec![1u8; 32],
+                y: vec![2u8; 32],
+            }),
+        },
+        counter: 0,
+        transports: None,
+        user_verified: true,
+        backup_eligible: false,
+        backup_state: false,
+        // The policy type is not re-exported; its serde form is stable.
+        registration_policy: serde_json::from_value(serde_json::json!("required")).ok()?,
+        extensions: Default::default(),
+        attestation: Default::default(),
+        attestation_format: webauthn_rs::prelude::AttestationFormat::None,
+    };
+    Some(Passkey::from(c))
+}

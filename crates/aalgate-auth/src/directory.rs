@@ -1,0 +1,332 @@
+//! Users, invites, pending ceremonies, handoff codes and failure counters, kept in the
+//! session store's key-value space so every gateway instance and the CLI share them.
+//!
+//! Namespaces: `user` (id -> [`User`]), `handle` (WebAuthn user handle -> id), `cred`
+//! (credential id -> user id: a credential belongs to one account), `invite` (token hash ->
+//! [`Invite`]), `pending` (ceremony id -> [`Pending`], 5 minutes, taken once), `code`
+//! (handoff code hash -> JSON, 60 s, taken once), `fail` (user -> consecutive failures).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aalgate_policy::{Aal, Timestamp};
+use aalgate_session::{SessionStore, StoreError};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::model::{Invite, User};
+use crate::token::Token;
+
+/// How long a started ceremony can be finished.
+pub const PENDING_TTL: Duration = Duration::from_secs(300);
+/// How long a handoff code works.
+pub const CODE_TTL: Duration = Duration::from_secs(60);
+/// Consecutive failed sign-ins after which an account is throttled (NIST SP 800-63B-4: at
+/// most 100).
+pub const MAX_FAILURES: u64 = 100;
+/// How long failures are remembered; after this the count starts again.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(3600);
+/// Invites stay listed this long after they expire, for the enrollment report.
+const INVITE_KEEP: Duration = Duration::from_secs(30 * 86400);
+
+/// Why a directory call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    /// The store failed (fail closed).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A record did not decode.
+    #[error("corrupt {0} record: {1}")]
+    Corrupt(&'static str, String),
+    /// No such user.
+    #[error("no user {0:?}")]
+    NoUser(String),
+    /// Bad input from IT (a user name with spaces, say).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A started ceremony, kept server-side until it is finished once or expires.
+#[derive(Serialize, Deserialize)]
+pub struct Pending {
+    /// `enroll`, `login`, `step_up` or `reauth`.
+    pub purpose: String,
+    /// SHA-256 of the browser binding cookie: only the browser that started may finish.
+    pub binding: String,
+    /// The sign-in flow (a gateway flow key), if any.
+    pub flow: Option<String>,
+    /// The user, when known before the ceremony (username-first, step-up, re-auth, enroll).
+    pub user: Option<String>,
+    /// The invite being redeemed (its token hash).
+    pub invite: Option<String>,
+    /// Credentials that count (step-up to a level only some reach).
+    pub allowed: Option<Vec<String>>,
+    /// For an enrollment: the WebAuthn user handle the new credential was created for (a new
+    /// user gets it when the enrollment finishes).
+    #[serde(default)]
+    pub handle: Option<Uuid>,
+    /// The webauthn-rs state (a `RegState` or `AuthState`).
+    pub state: serde_json::Value,
+    /// When it started.
+    pub created: Timestamp,
+}
+
+/// Store-backed users and ceremony records.
+#[derive(Clone)]
+pub struct Directory {
+    store: Arc<dyn SessionStore>,
+}
+
+fn decode<T: DeserializeOwned>(what: &'static str, v: &[u8]) -> Result<T, DirectoryError> {
+    serde_json::from_slice(v).map_err(|e| DirectoryError::Corrupt(what, e.to_string()))
+}
+
+fn encode<T: Serialize>(what: &'static str, v: &T) -> Result<Vec<u8>, DirectoryError> {
+    serde_json::to_vec(v).map_err(|e| DirectoryError::Corrupt(what, e.to_string()))
+}
+
+/// A user name IT may create: 1-64 characters of letters, digits and `.`, `_`, `-`, `@`.
+pub fn valid_user_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+}
+
+impl Directory {
+    /// Over a (deadline-wrapped) store.
+    pub fn new(store: Arc<dyn SessionStore>) -> Directory {
+        Directory { store }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    /// A user by id.
+    pub async fn user(&self, id: &str) -> Result<Option<User>, DirectoryError> {
+        match self.store.kv_get("user", id).await? {
+            Some(v) => Ok(Some(decode("user", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A user by WebAuthn user handle.
+    pub async fn user_by_handle(&self, handle: Uuid) -> Result<Option<User>, DirectoryError> {
+        match self.store.kv_get("handle", &handle.to_string()).await? {
+            Some(id) => self.user(&String::from_utf8_lossy(&id)).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a user and its indexes.
+    pub async fn put_user(&self, user: &User) -> Result<(), DirectoryError> {
+        self.store
+            .kv_put("handle", &user.handle.to_string(), user.id.as_bytes(), None)
+            .await?;
+        for c in &user.credentials {
+            self.store
+                .kv_put("cred", &c.id, user.id.as_bytes(), None)
+                .await?;
+        }
+        self.store
+            .kv_put("user", &user.id, &encode("user", user)?, None)
+            .await?;
+        Ok(())
+    }
+
+    /// The account a credential id is registered to.
+    pub async fn credential_owner(&self, cred_id: &str) -> Result<Option<String>, DirectoryError> {
+        Ok(self
+            .store
+            .kv_get("cred", cred_id)
+            .await?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Every user, sorted by id.
+    pub async fn users(&self) -> Result<Vec<User>, DirectoryError> {
+        let mut out = Vec::new();
+        for (_, v) in self.store.kv_list("user").await? {
+            out.push(decode::<User>("user", &v)?);
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Creates a one-time enrollment invite; returns the token (shown once).
+    pub async fn invite(
+        &self,
+        user: &str,
+        display_name: &str,
+        aal: Aal,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Token, DirectoryError> {
+        if !valid_user_id(user) {
+            return Err(DirectoryError::Invalid(format!(
+                "user name {user:?}: use 1-64 letters, digits, '.', '_', '-' or '@'"
+            )));
+        }
+        if aal == Aal::Aal1 {
+            return Err(DirectoryError::Invalid(
+                "--aal 1 is not offered: every enrollment is at least AAL2 (a passkey with user verification)".into(),
+            ));
+        }
+        if let Some(u) = self.user(user).await? {
+            if u.disabled {
+                return Err(DirectoryError::Invalid(format!(
+                    "user {user} is disabled; re-enable them before inviting"
+                )));
+            }
+        }
+        let token = Token::generate();
+        let invite = Invite {
+            user: user.to_string(),
+            display_name: display_name.to_string(),
+            aal,
+            created: now,
+            expires: now.plus(ttl),
+        };
+        self.store
+            .kv_put(
+                "invite",
+                &token.hash(),
+                &encode("invite", &invite)?,
+                Some(ttl + INVITE_KEEP),
+            )
+            .await?;
+        Ok(token)
+    }
+
+    /// A live invite, without using it.
+    pub async fn peek_invite(
+        &self,
+        token: &Token,
+        now: Timestamp,
+    ) -> Result<Option<Invite>, DirectoryError> {
+        match self.store.kv_get("invite", &token.hash()).await? {
+            Some(v) => {
+                let i: Invite = decode("invite", &v)?;
+                Ok((i.expires > now).then_some(i))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Uses an invite: of two concurrent redemptions, one succeeds.
+    pub async fn take_invite(
+        &self,
+        token_hash: &str,
+        now: Timestamp,
+    ) -> Result<Option<Invite>, DirectoryError> {
+        match self.store.kv_take("invite", token_hash).await? {
+            Some(v) => {
+                let i: Invite = decode("invite", &v)?;
+                Ok((i.expires > now).then_some(i))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Every invite still kept (open or recently expired), with its token hash.
+    pub async fn invites(&self) -> Result<Vec<(String, Invite)>, DirectoryError> {
+        let mut out = Vec::new();
+        for (k, v) in self.store.kv_list("invite").await? {
+            out.push((k, decode::<Invite>("invite", &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Blocks sign-in and revokes every session of the user at once. Returns how many
+    /// sessions ended.
+    pub async fn disable(&self, id: &str) -> Result<usize, DirectoryError> {
+        let mut u = self
+            .user(id)
+            .await?
+            .ok_or_else(|| DirectoryError::NoUser(id.into()))?;
+        u.disabled = true;
+        self.put_user(&u).await?;
+        Ok(self.store.revoke_user(id).await?)
+    }
+
+    /// Removes one credential. Returns whether it existed.
+    pub async fn revoke_credential(&self, id: &str, cred: &str) -> Result<bool, DirectoryError> {
+        let mut u = self
+            .user(id)
+            .await?
+            .ok_or_else(|| DirectoryError::NoUser(id.into()))?;
+        let before = u.credentials.len();
+        u.credentials.retain(|c| c.id != cred);
+        if u.credentials.len() == before {
+            return Ok(false);
+        }
+        self.store.kv_delete("cred", cred).await?;
+        self.put_user(&u).await?;
+        Ok(true)
+    }
+
+    /// Keeps a started ceremony for [`PENDING_TTL`].
+    pub async fn put_pending(&self, id: &str, p: &Pending) -> Result<(), DirectoryError> {
+        self.store
+            .kv_put("pending", id, &encode("pending", p)?, Some(PENDING_TTL))
+            .await?;
+        Ok(())
+    }
+
+    /// Takes a started ceremony (once).
+    pub async fn take_pending(&self, id: &str) -> Result<Option<Pending>, DirectoryError> {
+        match self.store.kv_take("pending", id).await? {
+            Some(v) => Ok(Some(decode("pending", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Keeps a handoff record under a fresh code for [`CODE_TTL`]; returns the code.
+    pub async fn put_code<T: Serialize>(&self, value: &T) -> Result<Token, DirectoryError> {
+        let code = Token::generate();
+        self.store
+            .kv_put(
+                "code",
+                &code.hash(),
+                &encode("code", value)?,
+                Some(CODE_TTL),
+            )
+            .await?;
+        Ok(code)
+    }
+
+    /// Takes a handoff record (once).
+    pub async fn take_code<T: DeserializeOwned>(
+        &self,
+        code: &Token,
+    ) -> Result<Option<T>, DirectoryError> {
+        match self.store.kv_take("code", &code.hash()).await? {
+            Some(v) => Ok(Some(decode("code", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Counts a failed sign-in of `user`; returns the consecutive count.
+    pub async fn record_failure(&self, user: &str) -> Result<u64, DirectoryError> {
+        Ok(self.store.kv_incr("fail", user, FAILURE_WINDOW).await?)
+    }
+
+    /// Whether the account is throttled (too many consecutive failures).
+    pub async fn throttled(&self, user: &str) -> Result<bool, DirectoryError> {
+        let n = self
+            .store
+            .kv_get("fail", user)
+            .await?
+            .and_then(|v| String::from_utf8_lossy(&v).parse::<u64>().ok())
+            .unwrap_or(0);
+        Ok(n >= MAX_FAILURES)
+    }
+
+    /// A success ends the run of failures.
+    pub async fn clear_failures(&self, user: &str) -> Result<(), DirectoryError> {
+        self.store.kv_delete("fail", user).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,24 @@
+//! aalgate users, credentials and WebAuthn ceremonies.
+//!
+//! - [`model`]: a [`User`] with its [`Credential`]s, each with the [`Aal`](aalgate_policy::Aal)
+//!   it can reach (passkey with user verification: AAL2; attested hardware key on the
+//!   allow-list: AAL3), and the one-time [`Invite`] IT issues after proofing a person.
+//! - [`Directory`]: users, invites, ceremony state, handoff codes and failure counters, kept in
+//!   the same [`SessionStore`](aalgate_session::SessionStore) as sessions (embedded or Redis),
+//!   so the CLI and every gateway instance see the same data.
+//! - [`Ceremonies`]: enrollment and sign-in with webauthn-rs. State is serialised server-side
+//!   and taken once, so a replayed or duplicated response gives at most one success.
+//!
+//! Nothing here does network I/O of its own or knows about HTTP; the gateway calls it.
+
+pub mod ceremony;
+pub mod directory;
+pub mod model;
+pub mod token;
+
+pub use ceremony::{
+    AuthState, Ceremonies, CeremonyError, HardwareKeys, RegKind, RegState, SignIn, Verified,
+};
+pub use directory::{Directory, DirectoryError, Pending};
+pub use model::{Credential, CredentialKind, Invite, InviteStatus, User};
+pub use token::Token;

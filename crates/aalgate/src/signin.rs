@@ -1,0 +1,1510 @@
+//! The gateway's own sign-in pages and WebAuthn endpoints, and the handoff that gives each app
+//! host its own session cookie.
+//!
+//! Ceremonies run on the auth origin (`public_origin`). After a success a new session record
+//! is stored (no fixation) and the browser gets a host-only cookie *handle* linked to it: on
+//! the auth origin at once, and on the app host through `/.aalgate/handoff?code=...` with a
+//! one-time code (60 s, bound to that host and the kept URL), the way an OIDC authorization
+//! code works. Every handle points at the one record, so logout, timeouts and revocation end
+//! the session on every host at once. A browser that already holds a good enough session on
+//! the auth origin is handed off without a new ceremony: one tap per session, not per app.
+//!
+//! CSRF: every POST needs a same-origin `Origin` (or `Sec-Fetch-Site: same-origin`) *and* a
+//! token derived from the browser-binding cookie (`SameSite=Strict`, `HttpOnly`), which also
+//! binds ceremony state to the browser that started it.
+
+use std::time::{Duration, Instant};
+
+use aalgate_auth::{
+    directory::Pending, AuthState, Ceremonies, CeremonyError, CredentialKind, Directory,
+    DirectoryError, RegKind, RegState, SignIn, Token, User,
+};
+use aalgate_policy::{Aal, HostPort, Timeouts, Timestamp};
+use aalgate_session::{Flow, FlowId, Session as UserSession, SessionId, SessionKey};
+use pingora::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::gateway::{Ctx, Gateway, Reply};
+use crate::headers;
+use crate::pages::{self, escape};
+
+/// Largest JSON body a ceremony endpoint reads.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Sign-in settings and stores shared by the endpoints.
+pub struct SignInService {
+    /// Users, invites, ceremony state.
+    pub dir: Directory,
+    /// The WebAuthn relying party.
+    pub rp: Ceremonies,
+    /// `http` or `https`: the scheme of `public_origin`, used for app-host redirects too.
+    pub scheme: &'static str,
+}
+
+/// What a handoff code carries.
+#[derive(Serialize, Deserialize)]
+struct Handoff {
+    record: String,
+    host: String,
+    url: String,
+    expires_at: Timestamp,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartReq {
+    purpose: String,
+    #[serde(default)]
+    flow: Option<String>,
+    #[serde(default)]
+    invite: Option<String>,
+    #[serde(default)]
+    kind: Option<RegKind>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    switch: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FinishReq {
+    ceremony: String,
+    response: serde_json::Value,
+}
+
+/// Constant words for users; the detail goes to the log.
+const MSG_FAILED: &str = "Sign-in did not work. Nothing was changed. Press the button to try again; if it keeps failing, contact IT.";
+const MSG_EXPIRED: &str =
+    "This sign-in page has expired. Go back to the application and open the page again.";
+const MSG_THROTTLED: &str = "Too many failed attempts on this account. Wait an hour or contact IT.";
+const MSG_NO_KEY: &str = "This action needs a hardware security key registered to you, and none is. Contact IT to enroll one.";
+const MSG_FORBIDDEN: &str = "This request was refused. Reload the page and try again.";
+const MSG_UNAVAILABLE: &str =
+    "The sign-in service is temporarily unavailable. Try again in a few seconds.";
+const MSG_NOT_ENOUGH: &str =
+    "That key does not meet this page's requirement. Use your hardware security key.";
+const MSG_ENROLL_FAILED: &str = "Registration did not work. Nothing was saved. Press a button to try again; if it keeps failing, contact IT.";
+const MSG_KEY_NOT_APPROVED: &str =
+    "This security key is not on the hospital's approved list. Use an approved key, or contact IT.";
+
+fn query_param<'a>(q: Option<&'a str>, name: &str) -> Option<&'a str> {
+    q?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then_some(v)
+    })
+}
+
+fn bind_name(tls: bool) -> &'static str {
+    if tls {
+        headers::BIND_TLS
+    } else {
+        headers::BIND_PLAIN
+    }
+}
+
+fn csrf_of(binding: &str) -> String {
+    aalgate_auth::token::hash_str(&format!("csrf\0{binding}"))[..32].to_string()
+}
+
+fn cookie(name: &str, value: &str, tls: bool, strict: bool) -> String {
+    let mut c = cookie::Cookie::build((name, value))
+        .path("/")
+        .http_only(true)
+        .same_site(if strict {
+            cookie::SameSite::Strict
+        } else {
+            cookie::SameSite::Lax
+        });
+    if tls {
+        c = c.secure(true);
+    }
+    c.build().to_string()
+}
+
+fn level_words(aal: Aal) -> &'static str {
+    match aal {
+        Aal::Aal3 => "your hardware security key",
+        _ => "your passkey or security key",
+    }
+}
+
+impl Gateway {
+    fn service(&self) -> &SignInService {
+        &self.signin
+    }
+
+    /// The browser binding: the cookie value, and whether it must be set now.
+    fn binding(&self, session: &Session, ctx: &Ctx) -> (Token, bool) {
+        headers::cookie_values(&session.req_header().headers, bind_name(ctx.tls))
+            .iter()
+            .find_map(|v| Token::parse(v))
+            .map(|t| (t, false))
+            .unwrap_or_else(|| (Token::generate(), true))
+    }
+
+    /// A same-origin POST with the right token, or `None`.
+    fn checked_post(&self, session: &Session, ctx: &Ctx) -> Option<Token> {
+        let h = &session.req_header().headers;
+        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok());
+        let own = format!("{}://{}", if ctx.tls { "https" } else { "http" }, ctx.host);
+        // `Origin: null` is what a form post sends under `Referrer-Policy: no-referrer`; then
+        // the browser's own Sec-Fetch-Site decides.
+        let same = match get("origin") {
+            Some(o) if o != "null" => o == own,
+            _ => get("sec-fetch-site") == Some("same-origin"),
+        };
+        if !same || get("sec-fetch-site").is_some_and(|s| s != "same-origin") {
+            return None;
+        }
+        let bind = headers::cookie_values(h, bind_name(ctx.tls))
+            .iter()
+            .find_map(|v| Token::parse(v))?;
+        // Form posts (logout) carry the token as a field instead; see `logout_allowed`.
+        let token = get("x-aalgate-csrf").map(str::to_string);
+        let want = csrf_of(bind.expose());
+        match token {
+            Some(t) if constant_eq(t.as_bytes(), want.as_bytes()) => Some(bind),
+            _ => None,
+        }
+    }
+
+    async fn read_body(&self, session: &mut Session) -> Option<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > MAX_BODY {
+                        return None;
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Some(body),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    async fn json_error(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        status: u16,
+        code: &'static str,
+        message: &str,
+    ) -> Result<bool> {
+        ctx.outcome = code;
+        let body =
+            serde_json::json!({ "error": code, "message": message, "request_id": ctx.request_id });
+        self.send(session, ctx, Reply::json(status, body.to_string()))
+            .await
+    }
+
+    /// The canonical host string of the auth origin.
+    fn public_host_str(&self) -> String {
+        self.public_host.to_string()
+    }
+
+    /// Whether this request is on the auth origin.
+    pub(crate) fn on_auth_origin(&self, ctx: &Ctx) -> bool {
+        HostPort::parse(&ctx.host).is_ok_and(|h| {
+            h.host == self.public_host.host
+                && (h.port == self.public_host.port
+                    || h.port.is_none()
+                    || self.public_host.port.is_none())
+        })
+    }
+
+    /// The session this browser holds on this host: (cookie handle key, record key, session).
+    async fn current(
+        &self,
+        session: &Session,
+        ctx: &Ctx,
+    ) -> std::result::Result<
+        Option<(SessionKey, SessionKey, UserSession)>,
+        aalgate_session::StoreError,
+    > {
+        let now = Timestamp::now();
+        for v in headers::cookie_values(&session.req_header().headers, Self::cookie_name(ctx))
+            .iter()
+            .take(4)
+        {
+            let Some(id) = SessionId::from_cookie(v) else {
+                continue;
+            };
+            if let Some((record, s)) = self.store.resolve(&id.key(), &ctx.host, now).await? {
+                return Ok(Some((id.key(), record, s)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Static files of the pages.
+    pub(crate) async fn static_file(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        path: &str,
+    ) -> Result<bool> {
+        let (ctype, body) = match path {
+            "/.aalgate/static/aalgate.js" => ("text/javascript; charset=utf-8", pages::SCRIPT),
+            "/.aalgate/static/aalgate.css" => ("text/css; charset=utf-8", pages::STYLE),
+            _ => return self.error(session, ctx, 404, "not_found").await,
+        };
+        let mut r = Reply::html(200, body.to_string());
+        r.content_type = ctype;
+        self.send(session, ctx, r).await
+    }
+
+    /// `GET /.aalgate/auth?flow=...`: the sign-in, step-up or re-auth page, or a handoff at
+    /// once when this browser's session on the auth origin already satisfies the flow.
+    pub(crate) async fn auth_page(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if !self.on_auth_origin(ctx) {
+            return self.error(session, ctx, 404, "not_found").await;
+        }
+        let id = query_param(session.req_header().uri.query(), "flow").and_then(FlowId::parse);
+        let now = Timestamp::now();
+        let flow = match id {
+            None => None,
+            Some(id) => match self.store.get_flow(&id.key(), now).await {
+                Ok(f) => f.map(|f| (id, f)),
+                Err(e) => {
+                    tracing::warn!(request_id = %ctx.request_id, error = %e, "session store error on the sign-in page");
+                    return self.error(session, ctx, 503, "store_unavailable").await;
+                }
+            },
+        };
+        let Some((id, flow)) = flow else {
+            let reply = Reply::html(
+                200,
+                pages::page(
+                    "Sign-in link expired",
+                    "<p>This sign-in link is not valid any more (links expire after 10 minutes and work once).</p>\
+                     <p>Go back to the application and open the page again.</p>",
+                    &ctx.request_id,
+                ),
+            );
+            return self.send(session, ctx, reply).await;
+        };
+
+        // Single sign-on: a good enough session here needs no new ceremony; a session that is
+        // not good enough makes this a step-up for its user.
+        let mut flow = flow;
+        if flow.need == "login" {
+            match self.current(session, ctx).await {
+                Ok(Some((_, record, s))) if satisfies(&s, &flow, now) => {
+                    if let Ok(Some(f)) = self.store.take_flow(&id.key(), now).await {
+                        ctx.session = Some(s.clone());
+                        return self
+                            .hand_off(session, ctx, &record, &s, &f, Vec::new())
+                            .await;
+                    }
+                }
+                Ok(Some((_, _, s))) => {
+                    flow.need = "step_up".into();
+                    flow.user = Some(s.user.clone());
+                    let left = crate::gateway::FLOW_TTL.saturating_sub(now.since(flow.created));
+                    if let Err(e) = self.store.put_flow(&id.key(), &flow, left).await {
+                        tracing::warn!(request_id = %ctx.request_id, error = %e, "session store error on the sign-in page");
+                        return self.error(session, ctx, 503, "store_unavailable").await;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(request_id = %ctx.request_id, error = %e, "session store error on the sign-in page");
+                    return self.error(session, ctx, 503, "store_unavailable").await;
+                }
+            }
+        }
+
+        let (bind, set_bind) = self.binding(session, ctx);
+        let app = escape(&flow.app);
+        let (title, body) = match flow.need.as_str() {
+            "step_up" => (
+                "Confirm it's you",
+                format!(
+                    "<p>This action in <strong>{app}</strong> needs a fresh confirmation with {}.</p>\
+                     <p>Press <em>Confirm</em>, then touch the key or use its fingerprint or PIN. You will go straight back to what you were doing.</p>\
+                     <p id=\"status\" role=\"status\" aria-live=\"polite\"></p>\
+                     <button type=\"button\" data-action=\"signin\">Confirm</button>",
+                    level_words(flow.aal)
+                ),
+            ),
+            "reauth" if flow.user.is_some() => (
+                "Continue where you were",
+                format!(
+                    "<p>Your session in <strong>{app}</strong> paused. Press <em>Continue</em> and touch your key or use your fingerprint. You will land on the same page.</p>\
+                     <p id=\"status\" role=\"status\" aria-live=\"polite\"></p>\
+                     <button type=\"button\" data-action=\"signin\">Continue</button>\
+                     <p>Not you? <button type=\"button\" class=\"secondary\" data-action=\"switch\">Sign in as someone else</button> (the previous session ends).</p>"
+                ),
+            ),
+            _ => (
+                if flow.need == "switch" { "Switch user" } else { "Sign in" },
+                format!(
+                    "<p>Sign in to <strong>{app}</strong> with {}.</p>\
+                     <p id=\"status\" role=\"status\" aria-live=\"polite\"></p>\
+                     <button type=\"button\" data-action=\"switch\">Sign in with a passkey or key</button>\
+                     <details><summary>Use a security key that asks for your user name</summary>\
+                     <label for=\"username\">User name</label><input id=\"username\" name=\"username\" autocomplete=\"username\" autocapitalize=\"none\" spellcheck=\"false\">\
+                     <button type=\"button\" class=\"secondary\" data-action=\"username\">Continue with security key</button></details>",
+                    level_words(flow.aal)
+                ),
+            ),
+        };
+        let attrs = format!(
+            " data-flow=\"{}\" data-csrf=\"{}\"",
+            escape(&id.encode()),
+            escape(&csrf_of(bind.expose()))
+        );
+        let mut reply = Reply::html(200, pages::page_with(title, &body, &ctx.request_id, &attrs));
+        if set_bind {
+            reply = reply.header(
+                "set-cookie",
+                cookie(bind_name(ctx.tls), bind.expose(), ctx.tls, true),
+            );
+        }
+        ctx.outcome = "signin_page";
+        self.send(session, ctx, reply).await
+    }
+
+    /// `GET /.aalgate/switch` (any host): sign in as someone else on a shared workstation. The
+    /// sign-in page is shown even when a session exists; when a different person signs in,
+    /// the previous person's session ends on every host.
+    pub(crate) async fn switch_user(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let app = HostPort::parse(&ctx.host).ok().and_then(|h| {
+            ctx.policy
+                .apps()
+                .iter()
+                .find(|a| a.host.host == h.host)
+                .map(|a| a.name.clone())
+        });
+        let flow = Flow {
+            host: ctx.host.clone(),
+            method: "GET".into(),
+            url: "/".into(),
+            need: "switch".into(),
+            aal: Aal::Aal2,
+            max_age_secs: None,
+            app: app.unwrap_or_else(|| "the applications".into()),
+            created: Timestamp::now(),
+            user: None,
+        };
+        let id = FlowId::generate();
+        if let Err(e) = self
+            .store
+            .put_flow(&id.key(), &flow, crate::gateway::FLOW_TTL)
+            .await
+        {
+            tracing::warn!(request_id = %ctx.request_id, error = %e, "switch user: store error");
+            return self.error(session, ctx, 503, "store_unavailable").await;
+        }
+        ctx.outcome = "switch";
+        let to = format!(
+            "{}://{}/.aalgate/auth?flow={}",
+            self.service().scheme,
+            self.public_host_str(),
+            id.encode()
+        );
+        let reply = Reply::html(
+            302,
+            pages::page(
+                "Switch user",
+                "<p>Taking you to sign in.</p>",
+                &ctx.request_id,
+            ),
+        )
+        .header("location", to);
+        self.send(session, ctx, reply).await
+    }
+
+    /// `GET /.aalgate/enroll?invite=...`: the enrollment page of an invite.
+    pub(crate) async fn enroll_page(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if !self.on_auth_origin(ctx) {
+            return self.error(session, ctx, 404, "not_found").await;
+        }
+        let token = query_param(session.req_header().uri.query(), "invite").and_then(Token::parse);
+        let invite = match token {
+            None => None,
+            Some(t) => match self.service().dir.peek_invite(&t, Timestamp::now()).await {
+                Ok(i) => i.map(|i| (t, i)),
+                Err(e) => {
+                    tracing::warn!(request_id = %ctx.request_id, error = %e, "store error on the enrollment page");
+                    return self.error(session, ctx, 503, "store_unavailable").await;
+                }
+            },
+        };
+        let Some((token, invite)) = invite else {
+            let reply = Reply::html(
+                200,
+                pages::page(
+                    "Invitation not valid",
+                    "<p>This enrollment link is not valid: it was used already, or it expired.</p>\
+                     <p>Ask IT for a new one. IT will confirm who you are before sending it.</p>",
+                    &ctx.request_id,
+                ),
+            );
+            return self.send(session, ctx, reply).await;
+        };
+        let (bind, set_bind) = self.binding(session, ctx);
+        let hw = self.service().rp.hardware_keys_configured();
+        let mut buttons = String::new();
+        if invite.aal <= Aal::Aal2 {
+            buttons.push_str("<button type=\"button\" data-action=\"enroll-passkey\">Create a passkey on this device</button>");
+        }
+        if hw {
+            buttons.push_str("<button type=\"button\" class=\"secondary\" data-action=\"enroll-key\">Register a hardware security key</button>");
+        }
+        let explain = if invite.aal == Aal::Aal3 {
+            if hw {
+                "<p>Your role needs a <strong>hardware security key</strong>. Insert or hold it near the device, press the button, then touch the key and enter its PIN when asked.</p>"
+            } else {
+                "<p>Your role needs a hardware security key, but none is approved on this gateway yet. Contact IT.</p>"
+            }
+        } else {
+            "<p>A <strong>passkey</strong> lets you sign in with your fingerprint, face or device PIN. A <strong>hardware security key</strong> is a small USB or NFC key.</p>"
+        };
+        let body = format!(
+            "<p>Welcome, {}. Set up how you will sign in.</p>{explain}\
+             <p id=\"status\" role=\"status\" aria-live=\"polite\"></p>{buttons}\
+             <p>After this, you will be signed in. Next time, one touch is enough.</p>",
+            escape(&invite.display_name)
+        );
+        let attrs = format!(
+            " data-invite=\"{}\" data-csrf=\"{}\"",
+            escape(token.expose()),
+            escape(&csrf_of(bind.expose()))
+        );
+        let mut reply = Reply::html(
+            200,
+            pages::page_with("Set up sign-in", &body, &ctx.request_id, &attrs),
+        );
+        if set_bind {
+            reply = reply.header(
+                "set-cookie",
+                cookie(bind_name(ctx.tls), bind.expose(), ctx.tls, true),
+            );
+        }
+        ctx.outcome = "enroll_page";
+        self.send(session, ctx, reply).await
+    }
+
+    /// `POST /.aalgate/webauthn/start`.
+    pub(crate) async fn ceremony_start(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> Result<bool> {
+        if !self.on_auth_origin(ctx) {
+            return self.error(session, ctx, 404, "not_found").await;
+        }
+        let Some(bind) = self.checked_post(session, ctx) else {
+            return self
+                .json_error(session, ctx, 403, "csrf", MSG_FORBIDDEN)
+                .await;
+        };
+        let Some(body) = self.read_body(session).await else {
+            return self
+                .json_error(session, ctx, 413, "body_too_large", MSG_FAILED)
+                .await;
+        };
+        let req: StartReq = match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!(request_id = %ctx.request_id, error = %e, "malformed ceremony start");
+                return self
+                    .json_error(session, ctx, 400, "bad_request", MSG_FAILED)
+                    .await;
+            }
+        };
+        match self.start(&req, &bind).await {
+            Ok(Ok((id, options, kind))) => {
+                self.metrics
+                    .challenges
+                    .with_label_values(&[kind, "issued"])
+                    .inc();
+                ctx.outcome = "challenge";
+                let body = serde_json::json!({ "ceremony": id, "options": options });
+                self.send(session, ctx, Reply::json(200, body.to_string()))
+                    .await
+            }
+            Ok(Err((status, code, msg))) => self.json_error(session, ctx, status, code, msg).await,
+            Err(e) => {
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "ceremony start failed");
+                let (status, code) = match e {
+                    DirectoryError::Store(_) => (503, "store_unavailable"),
+                    _ => (500, "internal"),
+                };
+                self.json_error(session, ctx, status, code, MSG_UNAVAILABLE)
+                    .await
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn start(
+        &self,
+        req: &StartReq,
+        bind: &Token,
+    ) -> std::result::Result<
+        std::result::Result<
+            (String, serde_json::Value, &'static str),
+            (u16, &'static str, &'static str),
+        >,
+        DirectoryError,
+    > {
+        let svc = self.service();
+        let now = Timestamp::now();
+        let ceremony = Token::generate();
+        match req.purpose.as_str() {
+            "enroll" => {
+                let Some(token) = req.invite.as_deref().and_then(Token::parse) else {
+                    return Ok(Err((400, "bad_request", MSG_FAILED)));
+                };
+                let Some(invite) = svc.dir.peek_invite(&token, now).await? else {
+                    return Ok(Err((
+                        410,
+                        "invite_expired",
+                        "This enrollment link was used already or expired. Ask IT for a new one.",
+                    )));
+                };
+                let kind = req.kind.unwrap_or(RegKind::Passkey);
+                if invite.aal == Aal::Aal3 && kind != RegKind::SecurityKey {
+                    return Ok(Err((400, "needs_hardware_key", MSG_NO_KEY)));
+                }
+                let user = match svc.dir.user(&invite.user).await? {
+                    Some(u) if u.disabled => return Ok(Err((403, "disabled", MSG_FAILED))),
+                    Some(u) => u,
+                    None => new_user(&invite.user, &invite.display_name, invite.aal, now),
+                };
+                let (options, state) = match svc.rp.start_registration(&user, kind) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot start enrollment");
+                        return Ok(Err((400, "not_available", MSG_KEY_NOT_APPROVED)));
+                    }
+                };
+                let pending = Pending {
+                    purpose: "enroll".into(),
+                    binding: bind.hash(),
+                    flow: None,
+                    user: Some(user.id.clone()),
+                    invite: Some(token.hash()),
+                    allowed: None,
+                    handle: Some(user.handle),
+                    state: serde_json::to_value(&state)
+                        .map_err(|e| DirectoryError::Corrupt("state", e.to_string()))?,
+                    created: now,
+                };
+                svc.dir.put_pending(&ceremony.hash(), &pending).await?;
+                Ok(Ok((ceremony.expose().to_string(), options, "login")))
+            }
+            "signin" => {
+                let Some(flow_id) = req.flow.as_deref().and_then(FlowId::parse) else {
+                    return Ok(Err((400, "bad_request", MSG_EXPIRED)));
+                };
+                let Some(flow) = self.store.get_flow(&flow_id.key(), now).await? else {
+                    return Ok(Err((410, "flow_expired", MSG_EXPIRED)));
+                };
+                let kind = challenge_kind(&flow.need);
+                // Who may answer: the flow's user (step-up always; re-auth unless switching),
+                // a typed user name, or anyone with a discoverable credential.
+                let named = if flow.need == "step_up" || (flow.need == "reauth" && !req.switch) {
+                    flow.user.clone()
+                } else {
+                    req.username.as_deref().map(|u| u.trim().to_string())
+                };
+                let (options, state, user, allowed) = match named {
+                    Some(name) => {
+                        let user = svc.dir.user(&name).await?.filter(|u| !u.disabled);
+                        if user.is_some() && svc.dir.throttled(&name).await? {
+                            return Ok(Err((429, "throttled", MSG_THROTTLED)));
+                        }
+                        let creds: Vec<_> = user
+                            .as_ref()
+                            .map(|u| {
+                                u.credentials
+                                    .iter()
+                                    .filter(|c| {
+                                        c.usable() && (flow.need != "step_up" || c.aal >= flow.aal)
+                                    })
+                                    .cloned()
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        if flow.need == "step_up" && creds.is_empty() {
+                            return Ok(Err((409, "no_suitable_key", MSG_NO_KEY)));
+                        }
+                        let allowed: Vec<String> = creds.iter().map(|c| c.id.clone()).collect();
+                        let (o, s) = svc
+                            .rp
+                            .start_sign_in(Some(&creds))
+                            .map_err(|e| DirectoryError::Invalid(e.to_string()))?;
+                        (o, s, Some(name), Some(allowed))
+                    }
+                    None => {
+                        let (o, s) = svc
+                            .rp
+                            .start_sign_in(None)
+                            .map_err(|e| DirectoryError::Invalid(e.to_string()))?;
+                        (o, s, None, None)
+                    }
+                };
+                let pending = Pending {
+                    purpose: flow.need.clone(),
+                    binding: bind.hash(),
+                    flow: Some(flow_id.key()),
+                    user,
+                    invite: None,
+                    allowed,
+                    handle: None,
+                    state: serde_json::to_value(&state)
+                        .map_err(|e| DirectoryError::Corrupt("state", e.to_string()))?,
+                    created: now,
+                };
+                svc.dir.put_pending(&ceremony.hash(), &pending).await?;
+                Ok(Ok((ceremony.expose().to_string(), options, kind)))
+            }
+            _ => Ok(Err((400, "bad_request", MSG_FAILED))),
+        }
+    }
+
+    /// `POST /.aalgate/webauthn/finish`.
+    pub(crate) async fn ceremony_finish(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> Result<bool> {
+        if !self.on_auth_origin(ctx) {
+            return self.error(session, ctx, 404, "not_found").await;
+        }
+        let Some(bind) = self.checked_post(session, ctx) else {
+            return self
+                .json_error(session, ctx, 403, "csrf", MSG_FORBIDDEN)
+                .await;
+        };
+        let Some(body) = self.read_body(session).await else {
+            return self
+                .json_error(session, ctx, 413, "body_too_large", MSG_FAILED)
+                .await;
+        };
+        let req: FinishReq = match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!(request_id = %ctx.request_id, error = %e, "malformed ceremony finish");
+                return self
+                    .json_error(session, ctx, 400, "bad_request", MSG_FAILED)
+                    .await;
+            }
+        };
+        let Some(ceremony) = Token::parse(&req.ceremony) else {
+            return self
+                .json_error(session, ctx, 400, "bad_request", MSG_EXPIRED)
+                .await;
+        };
+        let svc = self.service();
+        // Taken once: a replayed or parallel duplicate finds nothing.
+        let pending = match svc.dir.take_pending(&ceremony.hash()).await {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                self.audit_auth(
+                    ctx,
+                    "signin_failure",
+                    None,
+                    None,
+                    None,
+                    Some("ceremony state missing (expired, used or replayed)"),
+                );
+                return self
+                    .json_error(session, ctx, 400, "ceremony_expired", MSG_EXPIRED)
+                    .await;
+            }
+            Err(e) => {
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "ceremony finish: store error");
+                return self
+                    .json_error(session, ctx, 503, "store_unavailable", MSG_UNAVAILABLE)
+                    .await;
+            }
+        };
+        if !constant_eq(pending.binding.as_bytes(), bind.hash().as_bytes()) {
+            self.audit_auth(
+                ctx,
+                "signin_failure",
+                pending.user.as_deref(),
+                None,
+                None,
+                Some("ceremony finished by another browser"),
+            );
+            return self
+                .json_error(session, ctx, 403, "csrf", MSG_FORBIDDEN)
+                .await;
+        }
+        let response = serde_json::to_vec(&req.response).unwrap_or_default();
+        let t0 = Instant::now();
+        if pending.purpose == "enroll" {
+            return self.finish_enroll(session, ctx, pending, &response).await;
+        }
+        let kind = challenge_kind(&pending.purpose);
+        let result = self.finish_sign_in(session, ctx, pending, &response).await;
+        self.metrics
+            .ceremony_seconds
+            .with_label_values(&[kind])
+            .observe(t0.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn finish_enroll(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        pending: Pending,
+        response: &[u8],
+    ) -> Result<bool> {
+        let svc = self.service();
+        let now = Timestamp::now();
+        let state: RegState = match serde_json::from_value(pending.state) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable enrollment state");
+                return self
+                    .json_error(session, ctx, 500, "internal", MSG_ENROLL_FAILED)
+                    .await;
+            }
+        };
+        let cred = match svc.rp.finish_registration(response, &state, now) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(request_id = %ctx.request_id, error = %e, "enrollment refused");
+                self.audit_auth(
+                    ctx,
+                    "enroll_failure",
+                    pending.user.as_deref(),
+                    None,
+                    None,
+                    Some(&e.to_string()),
+                );
+                let msg = if matches!(e, CeremonyError::Untrusted(_)) {
+                    MSG_KEY_NOT_APPROVED
+                } else {
+                    MSG_ENROLL_FAILED
+                };
+                return self
+                    .json_error(session, ctx, 400, "enroll_failed", msg)
+                    .await;
+            }
+        };
+        let outcome = async {
+            if svc.dir.credential_owner(&cred.id).await?.is_some() {
+                return Ok(Err("credential already registered"));
+            }
+            let Some(invite) = svc
+                .dir
+                .take_invite(pending.invite.as_deref().unwrap_or(""), now)
+                .await?
+            else {
+                return Ok(Err("invite used or expired meanwhile"));
+            };
+            if invite.aal == Aal::Aal3 && cred.aal < Aal::Aal3 {
+                return Ok(Err("AAL3 invite needs an attested hardware key"));
+            }
+            let mut user = match svc.dir.user(&invite.user).await? {
+                Some(u) => u,
+                None => {
+                    let mut u = new_user(&invite.user, &invite.display_name, invite.aal, now);
+                    // The handle the authenticator stored with the credential.
+                    u.handle = pending.handle.unwrap_or(u.handle);
+                    u
+                }
+            };
+            if Some(user.handle) != pending.handle {
+                return Ok(Err("user handle changed during enrollment"));
+            }
+            if user.disabled {
+                return Ok(Err("user disabled"));
+            }
+            user.proofed_aal = user.proofed_aal.max(invite.aal);
+            user.credentials.push(cred.clone());
+            user.last_login = Some(now);
+            svc.dir.put_user(&user).await?;
+            Ok::<_, DirectoryError>(Ok(user))
+        }
+        .await;
+        let user = match outcome {
+            Ok(Ok(u)) => u,
+            Ok(Err(why)) => {
+                self.audit_auth(
+                    ctx,
+                    "enroll_failure",
+                    pending.user.as_deref(),
+                    None,
+                    None,
+                    Some(why),
+                );
+                return self
+                    .json_error(session, ctx, 400, "enroll_failed", MSG_ENROLL_FAILED)
+                    .await;
+            }
+            Err(e) => {
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "enrollment: store error");
+                return self
+                    .json_error(session, ctx, 503, "store_unavailable", MSG_UNAVAILABLE)
+                    .await;
+            }
+        };
+        self.audit_auth(
+            ctx,
+            "enroll",
+            Some(&user.id),
+            Some(cred.aal),
+            Some(&cred.audit_id()),
+            Some(cred.kind.as_str()),
+        );
+        // Land on the first app, signed in at the level the credential reaches.
+        let target = ctx
+            .policy
+            .apps()
+            .first()
+            .map(|a| a.host.to_string())
+            .unwrap_or_else(|| self.public_host_str());
+        let flow = Flow {
+            host: landing_host(&target, &self.public_host),
+            method: "GET".into(),
+            url: "/".into(),
+            need: "login".into(),
+            aal: cred.aal,
+            max_age_secs: None,
+            app: String::new(),
+            created: now,
+            user: None,
+        };
+        let amr = match cred.kind {
+            CredentialKind::SecurityKey => vec!["hwk".into(), "user".into(), "mfa".into()],
+            CredentialKind::Passkey => vec!["swk".into(), "user".into(), "mfa".into()],
+        };
+        self.start_session(
+            session,
+            ctx,
+            &user,
+            cred.aal,
+            amr,
+            &cred.audit_id(),
+            cred.kind,
+            &flow,
+        )
+        .await
+    }
+
+    async fn finish_sign_in(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        pending: Pending,
+        response: &[u8],
+    ) -> Result<bool> {
+        let svc = self.service();
+        let now = Timestamp::now();
+        let kind = challenge_kind(&pending.purpose);
+        let fail = |this: &Self, ctx: &Ctx, user: Option<&str>, why: &str| {
+            tracing::info!(request_id = %ctx.request_id, user = user.unwrap_or("-"), reason = why, "sign-in failed");
+            this.metrics
+                .challenges
+                .with_label_values(&[kind, "failure"])
+                .inc();
+            this.audit_auth(ctx, "signin_failure", user, None, None, Some(why));
+        };
+        let state: AuthState = match serde_json::from_value(pending.state) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable sign-in state");
+                return self
+                    .json_error(session, ctx, 500, "internal", MSG_FAILED)
+                    .await;
+            }
+        };
+        let resp = match SignIn::parse(response) {
+            Ok(r) => r,
+            Err(e) => {
+                fail(self, ctx, pending.user.as_deref(), &e.to_string());
+                return self
+                    .json_error(session, ctx, 400, "signin_failed", MSG_FAILED)
+                    .await;
+            }
+        };
+        // Who: the user the ceremony was started for, or the one the credential names.
+        let user = match &pending.user {
+            Some(name) => svc.dir.user(name).await,
+            None => match resp.user_handle() {
+                Some(h) => svc.dir.user_by_handle(h).await,
+                None => Ok(None),
+            },
+        };
+        let mut user = match user {
+            Ok(Some(u)) if !u.disabled => u,
+            Ok(_) => {
+                fail(
+                    self,
+                    ctx,
+                    pending.user.as_deref(),
+                    "unknown or disabled user",
+                );
+                return self
+                    .json_error(session, ctx, 400, "signin_failed", MSG_FAILED)
+                    .await;
+            }
+            Err(e) => {
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "sign-in: store error");
+                return self
+                    .json_error(session, ctx, 503, "store_unavailable", MSG_UNAVAILABLE)
+                    .await;
+            }
+        };
+        match svc.dir.throttled(&user.id).await {
+            Ok(false) => {}
+            Ok(true) => {
+                fail(self, ctx, Some(&user.id), "throttled");
+                return self
+                    .json_error(session, ctx, 429, "throttled", MSG_THROTTLED)
+                    .await;
+            }
+            Err(e) => {
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "sign-in: store error");
+                return self
+                    .json_error(session, ctx, 503, "store_unavailable", MSG_UNAVAILABLE)
+                    .await;
+            }
+        }
+        let verified =
+            svc.rp
+                .finish_sign_in(&resp, state, &mut user, pending.allowed.as_deref(), now);
+        let v = match verified {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::info!(request_id = %ctx.request_id, user = %user.id, error = %e, "sign-in refused");
+                fail(self, ctx, Some(&user.id), &e.to_string());
+                if let CeremonyError::CounterRegression(cred) = &e {
+                    self.metrics.counter_regressions.inc();
+                    self.audit_auth(
+                        ctx,
+                        "sign_count_regression",
+                        Some(&user.id),
+                        None,
+                        Some(cred),
+                        Some("credential flagged; sign-in refused"),
+                    );
+                    let _ = svc.dir.put_user(&user).await;
+                }
+                let _ = svc.dir.record_failure(&user.id).await;
+                return self
+                    .json_error(session, ctx, 400, "signin_failed", MSG_FAILED)
+                    .await;
+            }
+        };
+        let flow = match pending.flow.as_deref() {
+            Some(k) => self.store.take_flow(k, now).await,
+            None => Ok(None),
+        };
+        let flow = match flow {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                return self
+                    .json_error(session, ctx, 410, "flow_expired", MSG_EXPIRED)
+                    .await
+            }
+            Err(e) => {
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "sign-in: store error");
+                return self
+                    .json_error(session, ctx, 503, "store_unavailable", MSG_UNAVAILABLE)
+                    .await;
+            }
+        };
+        if flow.need == "step_up" && v.aal < flow.aal {
+            fail(
+                self,
+                ctx,
+                Some(&user.id),
+                "credential below the step-up level",
+            );
+            return self
+                .json_error(session, ctx, 403, "not_enough", MSG_NOT_ENOUGH)
+                .await;
+        }
+        if let Err(e) = async {
+            svc.dir.put_user(&user).await?;
+            svc.dir.clear_failures(&user.id).await
+        }
+        .await
+        {
+            tracing::warn!(request_id = %ctx.request_id, error = %e, "sign-in: store error");
+            return self
+                .json_error(session, ctx, 503, "store_unavailable", MSG_UNAVAILABLE)
+                .await;
+        }
+        self.metrics
+            .challenges
+            .with_label_values(&[kind, "success"])
+            .inc();
+        self.audit_auth(
+            ctx,
+            kind,
+            Some(&user.id),
+            Some(v.aal),
+            Some(&v.audit_id),
+            Some(v.kind.as_str()),
+        );
+        self.start_session(
+            session,
+            ctx,
+            &user,
+            v.aal,
+            v.amr.clone(),
+            &v.audit_id,
+            v.kind,
+            &flow,
+        )
+        .await
+    }
+
+    /// A new session record for `user` (ending this browser's previous one), the auth-origin
+    /// cookie, and the way back to the kept URL.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_session(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        user: &User,
+        aal: Aal,
+        amr: Vec<String>,
+        credential: &str,
+        kind: CredentialKind,
+        flow: &Flow,
+    ) -> Result<bool> {
+        let now = Timestamp::now();
+        // The previous session of this browser ends: replaced (same person) or switched.
+        match self.current(session, ctx).await {
+            Ok(Some((handle, record, old))) => {
+                self.sessions.remove(&handle);
+                let _ = self.store.unlink(&handle).await;
+                self.sessions.end_record(&record);
+                if let Ok(true) = self.store.remove(&record).await {
+                    if old.user != user.id {
+                        self.metrics
+                            .session_ends
+                            .with_label_values(&["switch_user"])
+                            .inc();
+                        self.metrics
+                            .session_age
+                            .observe(now.since(old.auth_time).as_secs_f64());
+                        self.audit_auth(
+                            ctx,
+                            "session_end",
+                            Some(&old.user),
+                            Some(old.aal),
+                            old.credential.as_deref(),
+                            Some("switch_user"),
+                        );
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "sign-in: store error");
+                return self
+                    .json_error(session, ctx, 503, "store_unavailable", MSG_UNAVAILABLE)
+                    .await;
+            }
+        }
+        let limits = Timeouts::DEFAULT.get(aal);
+        let s = UserSession {
+            user: user.id.clone(),
+            aal,
+            amr,
+            credential: Some(credential.to_string()),
+            auth_time: now,
+            last_auth: now,
+            last_seen: now,
+            expires_at: now.plus(limits.max_session_age),
+        };
+        let record = SessionId::generate().key();
+        if let Err(e) = self.store.insert(&record, &s).await {
+            tracing::warn!(request_id = %ctx.request_id, error = %e, "sign-in: store error");
+            return self
+                .json_error(session, ctx, 503, "store_unavailable", MSG_UNAVAILABLE)
+                .await;
+        }
+        self.metrics
+            .session_starts
+            .with_label_values(&[&aal.number().to_string(), kind.as_str()])
+            .inc();
+        let handle = SessionId::generate();
+        let host = ctx.host.clone();
+        if let Err(e) = self
+            .store
+            .link(&handle.key(), &record, &host, s.expires_at)
+            .await
+        {
+            tracing::warn!(request_id = %ctx.request_id, error = %e, "sign-in: store error");
+            return self
+                .json_error(session, ctx, 503, "store_unavailable", MSG_UNAVAILABLE)
+                .await;
+        }
+        ctx.session = Some(s.clone());
+        let set = cookie(Self::cookie_name(ctx), &handle.to_cookie(), ctx.tls, false);
+        let redirect = match self.redirect_for(&record, &s, flow).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "sign-in: store error");
+                return self
+                    .json_error(session, ctx, 503, "store_unavailable", MSG_UNAVAILABLE)
+                    .await;
+            }
+        };
+        ctx.outcome = "signed_in";
+        let body = serde_json::json!({ "redirect": redirect });
+        self.send(
+            session,
+            ctx,
+            Reply::json(200, body.to_string()).header("set-cookie", set),
+        )
+        .await
+    }
+
+    /// Where the browser goes after a ceremony: the kept URL on this host, or the app host's
+    /// handoff with a one-time code.
+    async fn redirect_for(
+        &self,
+        record: &SessionKey,
+        s: &UserSession,
+        flow: &Flow,
+    ) -> std::result::Result<String, DirectoryError> {
+        if same_host(&flow.host, &self.public_host) {
+            return Ok(safe_path(&flow.url));
+        }
+        let code = self
+            .service()
+            .dir
+            .put_code(&Handoff {
+                record: record.as_str().to_string(),
+                host: flow.host.clone(),
+                url: safe_path(&flow.url),
+                expires_at: s.expires_at,
+            })
+            .await?;
+        Ok(format!(
+            "{}://{}/.aalgate/handoff?code={}",
+            self.service().scheme,
+            flow.host,
+            code.expose()
+        ))
+    }
+
+    /// Single sign-on without a ceremony: a redirect (302) to the kept URL or the handoff.
+    async fn hand_off(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        record: &SessionKey,
+        s: &UserSession,
+        flow: &Flow,
+        extra: Vec<(&'static str, String)>,
+    ) -> Result<bool> {
+        match self.redirect_for(record, s, flow).await {
+            Ok(to) => {
+                ctx.outcome = "handoff";
+                let mut r = Reply::html(
+                    302,
+                    pages::page("Signed in", "<p>Taking you back.</p>", &ctx.request_id),
+                )
+                .header("location", to);
+                for (n, v) in extra {
+                    r = r.header(n, v);
+                }
+                self.send(session, ctx, r).await
+            }
+            Err(e) => {
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "handoff: store error");
+                self.error(session, ctx, 503, "store_unavailable").await
+            }
+        }
+    }
+
+    /// `GET /.aalgate/handoff?code=...` on an app host: the code becomes this host's own
+    /// cookie handle, then the browser goes to the kept URL.
+    pub(crate) async fn handoff(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let code = query_param(session.req_header().uri.query(), "code").and_then(Token::parse);
+        let now = Timestamp::now();
+        let taken: Option<Handoff> = match code {
+            None => None,
+            Some(c) => match self.service().dir.take_code(&c).await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(request_id = %ctx.request_id, error = %e, "handoff: store error");
+                    return self.error(session, ctx, 503, "store_unavailable").await;
+                }
+            },
+        };
+        let Some(h) = taken.filter(|h| h.host == ctx.host && h.expires_at > now) else {
+            ctx.outcome = "bad_handoff";
+            let reply = Reply::html(
+                400,
+                pages::page(
+                    "Sign-in link not valid",
+                    "<p>This sign-in link was used already, expired, or belongs to another site. Go back to the application and open the page again.</p>",
+                    &ctx.request_id,
+                ),
+            );
+            return self.send(session, ctx, reply).await;
+        };
+        let Some(record) = SessionKey::from_hex(&h.record) else {
+            return self.error(session, ctx, 400, "bad_handoff").await;
+        };
+        // A previous handle of this browser on this host is replaced.
+        if let Ok(Some((old, _, _))) = self.current(session, ctx).await {
+            self.sessions.remove(&old);
+            let _ = self.store.unlink(&old).await;
+        }
+        let handle = SessionId::generate();
+        if let Err(e) = self
+            .store
+            .link(&handle.key(), &record, &ctx.host, h.expires_at)
+            .await
+        {
+            tracing::warn!(request_id = %ctx.request_id, error = %e, "handoff: store error");
+            return self.error(session, ctx, 503, "store_unavailable").await;
+        }
+        ctx.outcome = "handoff";
+        let reply = Reply::html(
+            302,
+            pages::page("Signed in", "<p>Taking you back.</p>", &ctx.request_id),
+        )
+        .header("location", safe_path(&h.url))
+        .header(
+            "set-cookie",
+            cookie(Self::cookie_name(ctx), &handle.to_cookie(), ctx.tls, false),
+        );
+        self.send(session, ctx, reply).await
+    }
+
+    /// `GET /.aalgate/logout`, or a POST without a valid token (e.g. the app's own sign-out
+    /// button): a confirmation page whose form carries the token.
+    pub(crate) async fn logout_page(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let (bind, set_bind) = self.binding(session, ctx);
+        let body = format!(
+            "<p>Sign out of every application behind this gateway on this browser?</p>\
+             <form method=\"post\" action=\"/.aalgate/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <button type=\"submit\">Sign out</button></form>",
+            escape(&csrf_of(bind.expose()))
+        );
+        let mut reply = Reply::html(200, pages::page("Sign out", &body, &ctx.request_id));
+        if set_bind {
+            reply = reply.header(
+                "set-cookie",
+                cookie(bind_name(ctx.tls), bind.expose(), ctx.tls, true),
+            );
+        }
+        ctx.outcome = "logout_page";
+        self.send(session, ctx, reply).await
+    }
+
+    /// Whether a logout POST is same-origin and carries the token (header or form field).
+    pub(crate) async fn logout_allowed(&self, session: &mut Session, ctx: &Ctx) -> bool {
+        if self.checked_post(session, ctx).is_some() {
+            return true;
+        }
+        let h = &session.req_header().headers;
+        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok());
+        let own = format!("{}://{}", if ctx.tls { "https" } else { "http" }, ctx.host);
+        // `Origin: null` is what a form post sends under `Referrer-Policy: no-referrer`; then
+        // the browser's own Sec-Fetch-Site decides.
+        let same = match get("origin") {
+            Some(o) if o != "null" => o == own,
+            _ => get("sec-fetch-site") == Some("same-origin"),
+        };
+        let Some(bind) = headers::cookie_values(h, bind_name(ctx.tls))
+            .iter()
+            .find_map(|v| Token::parse(v))
+        else {
+            return false;
+        };
+        if !same {
+            return false;
+        }
+        let Some(body) = self.read_body(session).await else {
+            return false;
+        };
+        let want = csrf_of(bind.expose());
+        String::from_utf8_lossy(&body)
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .any(|(k, v)| k == "csrf" && constant_eq(v.as_bytes(), want.as_bytes()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn audit_auth(
+        &self,
+        ctx: &Ctx,
+        event: &str,
+        user: Option<&str>,
+        aal: Option<Aal>,
+        credential: Option<&str>,
+        detail: Option<&str>,
+    ) {
+        self.audit.emit(&crate::audit::Event {
+            time: crate::audit::now_rfc3339(),
+            event,
+            request_id: Some(&ctx.request_id),
+            user,
+            aal: aal.map(|a| a.number()),
+            credential,
+            detail: detail.map(str::to_string),
+            ..Default::default()
+        });
+    }
+}
+
+/// Whether an existing session satisfies a flow without a new ceremony.
+fn satisfies(s: &UserSession, flow: &Flow, now: Timestamp) -> bool {
+    let fresh = flow
+        .max_age_secs
+        .is_none_or(|m| now.since(s.last_auth) <= Duration::from_secs(m));
+    s.aal >= flow.aal && fresh
+}
+
+fn challenge_kind(need: &str) -> &'static str {
+    match need {
+        "step_up" => "step_up",
+        "reauth" => "reauth",
+        _ => "login",
+    }
+}
+
+fn new_user(id: &str, display: &str, aal: Aal, now: Timestamp) -> User {
+    User {
+        id: id.to_string(),
+        display_name: if display.is_empty() {
+            id.to_string()
+        } else {
+            display.to_string()
+        },
+        handle: uuid::Uuid::new_v4(),
+        disabled: false,
+        proofed_aal: aal,
+        created: now,
+        last_login: None,
+        credentials: Vec::new(),
+    }
+}
+
+fn same_host(host: &str, public: &HostPort) -> bool {
+    HostPort::parse(host).is_ok_and(|h| h.host == public.host && h.port == public.port)
+}
+
+/// The landing host after enrollment: the app's host on the auth origin's port when the app
+/// host has none (the localhost demo serves both on one listener).
+fn landing_host(app_host: &str, public: &HostPort) -> String {
+    match HostPort::parse(app_host) {
+        Ok(h) if h.port.is_none() && h.host == public.host => public.to_string(),
+        Ok(h) if h.port.is_none() => match public.port {
+            Some(p) => format!("{}:{p}", h.host),
+            None => h.host.clone(),
+        },
+        _ => app_host.to_string(),
+    }
+}
+
+/// A redirect target that stays on the host: a path starting with one `/` (never `//` or
+/// `/\`, which browsers read as another host).
+fn safe_path(url: &str) -> String {
+    let ok = url.starts_with('/')
+        && !url.starts_with("//")
+        && !url.starts_with("/\\")
+        && !url.bytes().any(|b| b.is_ascii_control() || b == b'\\');
+    if ok {
+        url.to_string()
+    } else {
+        "/".to_string()
+    }
+}
+
+fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_targets_stay_on_the_host() {
+        assert_eq!(safe_path("/invoices?x=1"), "/invoices?x=1");
+        for bad in [
+            "//evil.example/",
+            "/\\evil",
+            "https://evil",
+            "evil",
+            "/a\r\nb",
+            "",
+        ] {
+            assert_eq!(safe_path(bad), "/", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn csrf_tokens_depend_on_the_binding() {
+        let (a, b) = (Token::generate(), Token::generate());
+        assert_ne!(csrf_of(a.expose()), csrf_of(b.expose()));
+        assert_eq!(csrf_of(a.expose()), csrf_of(a.expose()));
+        assert!(
+            constant_eq(b"abc", b"abc")
+                && !constant_eq(b"abc", b"abd")
+                && !constant_eq(b"ab", b"abc")
+        );
+    }
+
+    #[test]
+    fn sessions_satisfy_flows_by_level_and_freshness() {
+        let now = Timestamp(10_000);
+        let s = UserSession {
+            user: "u".into(),
+            aal: Aal::Aal2,
+            amr: vec![],
+            credential: None,
+            auth_time: Timestamp(9_000),
+            last_auth: Timestamp(9_000),
+            last_seen: now,
+            expires_at: Timestamp(50_000),
+        };
+        let mut f = Flow {
+            host: "h".into(),
+            method: "GET".into(),
+            url: "/".into(),
+            need: "login".into(),
+            aal: Aal::Aal2,
+            max_age_secs: None,
+            app: "a".into(),
+            created: now,
+            user: None,
+        };
+        assert!(satisfies(&s, &f, now));
+        f.max_age_secs = Some(999);
+        assert!(!satisfies(&s, &f, now));
+        f.max_age_secs = Some(1000);
+        assert!(satisfies(&s, &f, now));
+        f.aal = Aal::Aal3;
+        assert!(!satisfies(&s, &f, now));
+    }
+
+    #[test]
+    fn landing_host_keeps_the_demo_port() {
+        let public = HostPort {
+            host: "localhost".into(),
+            port: Some(8080),
+        };
+        assert_eq!(landing_host("localhost", &public), "localhost:8080");
+        assert_eq!(landing_host("ehr.localhost", &public), "ehr.localhost:8080");
+        assert_eq!(
+            landing_host("ehr.example:9443", &public),
+            "ehr.example:9443"
+        );
+    }
+}

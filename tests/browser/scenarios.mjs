@@ -1,0 +1,250 @@
+// Real-browser scenarios for aalgate: Debian's headless Chromium, driven with playwright-core,
+// with DevTools WebAuthn virtual authenticators (a passkey: ctap2/internal with resident keys
+// and user verification; a security key: ctap2/usb with a PIN).
+//
+// Started by tests/e2e/browser.rs, which runs the gateway and the demo upstream and passes:
+//   AALGATE_BIN, AALGATE_CONFIG  the binary and its config (for `aalgate users invite`)
+//   PORT                         the gateway's port (auth origin http://localhost:PORT,
+//                                app hosts http://ehr.localhost:PORT and http://billing.localhost:PORT)
+//   OUT                          where screenshots go (one per page shown)
+//   CHROMIUM                     the browser binary
+// Exits non-zero with a message on the first failed expectation.
+
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const { AALGATE_BIN, AALGATE_CONFIG, PORT, OUT, CHROMIUM } = process.env;
+const AUTH = `http://localhost:${PORT}`;
+const EHR = `http://ehr.localhost:${PORT}`;
+const BILLING = `http://billing.localhost:${PORT}`;
+mkdirSync(OUT, { recursive: true });
+
+let shot = 0;
+async function snap(page, name) {
+  shot += 1;
+  await page.screenshot({ path: join(OUT, `${String(shot).padStart(2, '0')}-${name}.png`), fullPage: true });
+}
+function check(cond, what) {
+  if (!cond) throw new Error(`expectation failed: ${what}`);
+  console.log(`ok - ${what}`);
+}
+function invite(user, aal) {
+  const out = execFileSync(AALGATE_BIN, ['users', '--config', AALGATE_CONFIG, 'invite', user, '--display-name', user.toUpperCase(), '--aal', String(aal), '--ttl', '1h'], { encoding: 'utf8' });
+  const url = out.trim().split('\n').pop();
+  check(url.startsWith(`${AUTH}/.aalgate/enroll?invite=`), `invite URL for ${user} printed`);
+  return url;
+}
+async function withAuthenticator(ctx, options) {
+  const page = await ctx.newPage();
+  const cdp = await ctx.newCDPSession(page);
+  await cdp.send('WebAuthn.enable', { enableUI: false });
+  const { authenticatorId } = await cdp.send('WebAuthn.addVirtualAuthenticator', {
+    options: { protocol: 'ctap2', automaticPresenceSimulation: true, ...options },
+  });
+  return { page, cdp, authenticatorId };
+}
+async function signCount(a) {
+  const { credentials } = await a.cdp.send('WebAuthn.getCredentials', { authenticatorId: a.authenticatorId });
+  return credentials.reduce((n, c) => n + c.signCount, 0);
+}
+async function text(page) {
+  return page.locator('body').innerText();
+}
+async function click(page, name) {
+  // WebAuthn needs the focused tab: each scenario tab comes to the front before it acts.
+  await page.bringToFront();
+  await page.getByRole('button', { name }).click();
+}
+// Clicks a button that submits a form, and waits for the page it loads.
+async function submit(page, name) {
+  await page.bringToFront();
+  await Promise.all([page.waitForEvent('load'), page.getByRole('button', { name }).click()]);
+}
+// Waits for a navigation to `pred(url)` after an action, or fails with the page's status text.
+async function landOn(page, pred, what) {
+  try {
+    await page.waitForURL(pred, { timeout: 15000 });
+  } catch (e) {
+    const s = await page.locator('#status').innerText().catch(() => '(no status)');
+    throw new Error(`${what}: still on ${page.url()} with status "${s}"`);
+  }
+}
+
+const profile = mkdtempSync(join(tmpdir(), 'aalgate-chromium-'));
+const ctx = await chromium.launchPersistentContext(profile, {
+  executablePath: CHROMIUM,
+  headless: true,
+  viewport: { width: 1024, height: 768 },
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
+});
+try {
+  // Each tab has its own authenticator: A nora's passkey, B nora's security key, C omar's passkey.
+  const A = await withAuthenticator(ctx, { transport: 'internal', hasResidentKey: true, hasUserVerification: true, isUserVerified: true });
+  const B = await withAuthenticator(ctx, { transport: 'usb', hasResidentKey: false, hasUserVerification: true, isUserVerified: true });
+  const C = await withAuthenticator(ctx, { transport: 'internal', hasResidentKey: true, hasUserVerification: true, isUserVerified: true });
+
+  // 1. Invite, enroll a passkey, land on the protected app.
+  await A.page.goto(invite('nora', 2));
+  await snap(A.page, 'enroll-page');
+  check((await text(A.page)).includes('Set up sign-in'), 'enrollment page shown');
+  await click(A.page, 'Create a passkey on this device');
+  await landOn(A.page, (u) => u.href.startsWith(`${EHR}/`) && !u.pathname.startsWith('/.aalgate'), 'after enrollment');
+  await snap(A.page, 'enrolled-landed');
+  let t = await text(A.page);
+  check(t.includes('signed in as nora') && t.includes('AAL2'), 'enrolled passkey: signed in as nora at AAL2 on the app host');
+
+  // 2. One tap per session, not per app: the second app host gets its session by handoff.
+  const before = await signCount(A);
+  await A.page.goto(`${BILLING}/invoices`);
+  await landOn(A.page, (u) => u.href === `${BILLING}/invoices`, 'second app');
+  await snap(A.page, 'second-app-sso');
+  check((await text(A.page)).includes('signed in as nora'), 'second app host signed in without a ceremony');
+  check((await signCount(A)) === before, 'no authenticator use for the second app');
+  const cookies = await ctx.cookies();
+  const ours = cookies.filter((c) => c.name === 'aalgate');
+  check(ours.length === 3 && ours.every((c) => !c.domain.startsWith('.') && c.httpOnly), 'one host-only cookie per host (auth origin, ehr, billing), none shared');
+
+  // 3. A second invite at AAL3 enrolls the hardware key (attested, allow-listed).
+  await B.page.goto(invite('nora', 3));
+  check(!(await text(B.page)).includes('Create a passkey'), 'AAL3 invite offers only a hardware key');
+  await click(B.page, 'Register a hardware security key');
+  await landOn(B.page, (u) => u.href.startsWith(`${EHR}/`) && !u.pathname.startsWith('/.aalgate'), 'after key enrollment');
+  check((await text(B.page)).includes('AAL3'), 'hardware key enrollment reaches AAL3');
+  const list = execFileSync(AALGATE_BIN, ['users', '--config', AALGATE_CONFIG, 'list'], { encoding: 'utf8' });
+  check(/kind=passkey\taal=aal2/.test(list) && /kind=security_key\taal=aal3\taaguid=01020304-0506-0708-0102-030405060708/.test(list), 'users list shows both credentials with kind, AAL and AAGUID');
+
+  // 4. Logout (the app's own sign-out button, then the confirmation) ends every host.
+  await A.page.goto(`${EHR}/`);
+  await submit(A.page, 'Sign out');
+  await snap(A.page, 'logout-confirm');
+  check((await text(A.page)).includes('Sign out of every application'), 'sign-out without the token asks to confirm');
+  await submit(A.page, 'Sign out');
+  await snap(A.page, 'signed-out');
+  check((await text(A.page)).includes('You are signed out'), 'signed out');
+  for (const host of [EHR, BILLING]) {
+    await A.page.goto(`${host}/invoices`);
+    check(A.page.url().startsWith(`${AUTH}/.aalgate/auth?flow=`) && (await text(A.page)).includes('Sign in'), `${host} needs sign-in after logout`);
+  }
+
+  // 5. Usernameless sign-in with the passkey: AAL2. Then an AAL3 route asks for a step-up.
+  await snap(A.page, 'signin-page');
+  await click(A.page, 'Sign in with a passkey or key');
+  await landOn(A.page, (u) => u.href === `${BILLING}/invoices`, 'usernameless sign-in');
+  check((await text(A.page)).includes('signed in as nora'), 'usernameless passkey sign-in lands on the kept URL');
+  await A.page.goto(`${EHR}/`);
+  check((await text(A.page)).includes('signed in as nora'), 'first app host handed off too');
+  await A.page.goto(`${EHR}/admin/`);
+  await snap(A.page, 'step-up-page');
+  check(A.page.url().startsWith(`${AUTH}/.aalgate/auth?flow=`) && (await text(A.page)).includes('hardware security key'), 'AAL2 session on an AAL3 route: step-up asks for the hardware key');
+  const stepUpUrl = A.page.url();
+  // The browser offers only the hardware key (allowCredentials). A client that answers the
+  // step-up challenge with the passkey anyway is refused by the gateway.
+  await A.page.bringToFront();
+  const forged = await A.page.evaluate(async () => {
+    const main = document.querySelector('main');
+    const post = async (path, body) => {
+      const r = await fetch(path, { method: 'POST', headers: { 'content-type': 'application/json', 'x-aalgate-csrf': main.dataset.csrf }, body: JSON.stringify(body) });
+      return { status: r.status, body: await r.json() };
+    };
+    const dec = (s) => { s = s.replace(/-/g, '+').replace(/_/g, '/'); while (s.length % 4) s += '='; return Uint8Array.from(atob(s), (c) => c.charCodeAt(0)); };
+    const enc = (b) => btoa(String.fromCharCode(...new Uint8Array(b))).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+    const begun = await post('/.aalgate/webauthn/start', { purpose: 'signin', flow: main.dataset.flow });
+    const offered = begun.body.options.publicKey.allowCredentials.length;
+    const pk = begun.body.options.publicKey;
+    pk.challenge = dec(pk.challenge);
+    delete pk.allowCredentials;
+    const c = await navigator.credentials.get({ publicKey: pk });
+    const response = { id: c.id, rawId: enc(c.rawId), type: c.type, extensions: {}, response: {
+      authenticatorData: enc(c.response.authenticatorData), clientDataJSON: enc(c.response.clientDataJSON),
+      signature: enc(c.response.signature), userHandle: c.response.userHandle ? enc(c.response.userHandle) : null } };
+    const done = await post('/.aalgate/webauthn/finish', { ceremony: begun.body.ceremony, response });
+    return { offered, status: done.status, error: done.body.error };
+  });
+  check(forged.offered === 1, 'step-up offers only the one hardware key');
+  check(forged.status === 400 && forged.error === 'signin_failed', `a passkey assertion for the AAL3 step-up is refused (${forged.status} ${forged.error})`);
+  await A.page.reload();
+  check(A.page.url() === stepUpUrl && (await text(A.page)).includes('Confirm'), 'still on the step-up page');
+  await B.page.goto(stepUpUrl);
+  await click(B.page, 'Confirm');
+  await landOn(B.page, (u) => u.href === `${EHR}/admin/`, 'step-up with the key');
+  await snap(B.page, 'step-up-done');
+  t = await text(B.page);
+  check(t.includes('Admin') && t.includes('signed in as nora'), 'step-up with the hardware key lands on the AAL3 page');
+
+  // 6. Idle timeout (3 s on /invoices in the test policy), one tap, same page. The finish
+  // request is kept to replay it afterwards.
+  await new Promise((r) => setTimeout(r, 4000));
+  let finish = null;
+  A.page.on('request', (req) => {
+    if (req.url().endsWith('/.aalgate/webauthn/finish')) finish = { body: req.postData(), csrf: req.headers()['x-aalgate-csrf'] };
+  });
+  await A.page.goto(`${EHR}/invoices`);
+  await snap(A.page, 'reauth-page');
+  check((await text(A.page)).includes('Continue where you were'), 'idle timeout: tap-to-resume page');
+  await click(A.page, 'Continue');
+  await landOn(A.page, (u) => u.href === `${EHR}/invoices`, 'tap to resume');
+  await snap(A.page, 'resumed');
+  check((await text(A.page)).includes('Invoices'), 'one tap: back on the same page');
+
+  // 7. The captured assertion replayed: refused.
+  check(finish !== null, 'finish request captured');
+  await A.page.goto(`${AUTH}/.aalgate/logout`);
+  const replay = await A.page.evaluate(async (f) => {
+    const r = await fetch('/.aalgate/webauthn/finish', { method: 'POST', headers: { 'content-type': 'application/json', 'x-aalgate-csrf': f.csrf }, body: f.body });
+    return { status: r.status, body: await r.json() };
+  }, finish);
+  check(replay.status === 400 && replay.body.error === 'ceremony_expired', `replayed assertion refused (${replay.status} ${replay.body.error})`);
+
+  // 8. Switch user on a shared workstation: omar signs in; nora's session ends everywhere.
+  await C.page.goto(invite('omar', 2));
+  await click(C.page, 'Create a passkey on this device');
+  await landOn(C.page, (u) => u.href.startsWith(`${EHR}/`) && !u.pathname.startsWith('/.aalgate'), 'omar enrolled');
+  await C.page.goto(`${EHR}/.aalgate/switch`);
+  await snap(C.page, 'switch-user');
+  check((await text(C.page)).includes('Switch user'), 'switch-user page shown although a session exists');
+  // Sign nora back in on this browser first, then switch to omar.
+  await A.page.goto(`${BILLING}/.aalgate/switch`);
+  await click(A.page, 'Sign in with a passkey or key');
+  await landOn(A.page, (u) => u.href === `${BILLING}/`, 'nora back');
+  check((await text(A.page)).includes('signed in as nora'), 'nora signed in again');
+  await C.page.goto(`${EHR}/.aalgate/switch`);
+  await click(C.page, 'Sign in with a passkey or key');
+  await landOn(C.page, (u) => u.href === `${EHR}/`, 'switched');
+  check((await text(C.page)).includes('signed in as omar'), 'switched to omar');
+  await C.page.goto(`${BILLING}/invoices`);
+  t = await text(C.page);
+  check(t.includes('signed in as omar') && !t.includes('nora'), "nora's session on the other app host ended too");
+
+  // 9. User verification fails: a clear message, not a hang.
+  await A.cdp.send('WebAuthn.setUserVerified', { authenticatorId: A.authenticatorId, isUserVerified: false });
+  await A.page.goto(`${EHR}/.aalgate/switch`);
+  await click(A.page, 'Sign in with a passkey or key');
+  await A.page.waitForFunction(() => document.getElementById('status').className === 'error', null, { timeout: 15000 });
+  await snap(A.page, 'uv-false');
+  t = await A.page.locator('#status').innerText();
+  check(t.includes('Not confirmed') && t.includes('try again'), 'UV false: clear failure message');
+  check(await A.page.getByRole('button', { name: 'Sign in with a passkey or key' }).isEnabled(), 'the button works again');
+
+  // 10. Pages before sign-in show no URL or route; a narrow screen still fits.
+  await A.page.goto(`${AUTH}/.aalgate/logout`);
+  await submit(A.page, 'Sign out');
+  check((await text(A.page)).includes('You are signed out'), 'signed out on the auth origin');
+  await A.page.setViewportSize({ width: 320, height: 640 });
+  await A.page.goto(`${EHR}/patients/MRN-0012345/chart?note=secret`);
+  await snap(A.page, 'narrow-signin');
+  t = await A.page.content();
+  check(!t.includes('MRN-0012345') && !t.includes('patients') && !t.includes('secret'), 'sign-in page reveals no path or query');
+  const overflow = await A.page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);
+  check(!overflow, 'readable at 320 px without horizontal scrolling');
+  await A.page.keyboard.press('Tab');
+  const focused = await A.page.evaluate(() => document.activeElement && document.activeElement.tagName);
+  check(['BUTTON', 'SUMMARY', 'INPUT'].includes(focused), `keyboard focus reaches a control (${focused})`);
+  console.log('all browser scenarios passed');
+} finally {
+  await ctx.close();
+  rmSync(profile, { recursive: true, force: true });
+}

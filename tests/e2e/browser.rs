@@ -1,0 +1,118 @@
+//! Real-browser tests: headless Chromium (Debian's) with DevTools WebAuthn virtual
+//! authenticators, driven by `tests/browser/scenarios.mjs` (playwright-core), against the built
+//! gateway in front of two app hosts (`ehr.localhost`, `billing.localhost`) served by the
+//! bundled demo app. Screenshots of every page go to `target/browser-screenshots/`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aalgate_tests::{aalgate_bin, free_port, Gateway};
+
+/// The demo app as a separate process (the upstream of both app hosts).
+struct DemoApp(Child);
+
+impl DemoApp {
+    fn start(port: u16) -> DemoApp {
+        let child = Command::new(aalgate_bin())
+            .args(["demo-app", "--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start aalgate demo-app");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "demo app did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        DemoApp(child)
+    }
+}
+
+impl Drop for DemoApp {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Debian's Chromium binary (the `/usr/bin/chromium` wrapper prints a shell warning).
+fn chromium() -> PathBuf {
+    for p in ["/usr/lib/chromium/chromium", "/usr/bin/chromium"] {
+        if Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    panic!("Chromium is missing: apt-get install -y chromium (tests/run.sh does this as root)");
+}
+
+#[test]
+fn passkeys_and_security_keys_in_chromium() {
+    let modules = root().join("tests/browser/node_modules/playwright-core");
+    assert!(
+        modules.exists(),
+        "playwright-core is missing: npm ci --prefix tests/browser (tests/run.sh does this)"
+    );
+    let upstream = free_port();
+    let _app = DemoApp::start(upstream);
+    let ehr = [
+        "app: ehr".to_string(),
+        "host: ehr.localhost".into(),
+        format!("upstream: http://127.0.0.1:{upstream}"),
+        "default: aal2".into(),
+        "routes:".into(),
+        "  - path: /static/**".into(),
+        "    require: public".into(),
+        // A short idle limit on one page, to test tap-to-resume without waiting 30 minutes.
+        "  - path: /invoices".into(),
+        "    methods: [GET]".into(),
+        "    require: aal2".into(),
+        "    idle_timeout: 3s".into(),
+        "  - path: /admin/**".into(),
+        "    require: aal3".into(),
+        String::new(),
+    ]
+    .join("\n");
+    let billing = [
+        "app: billing".to_string(),
+        "host: billing.localhost".into(),
+        format!("upstream: http://127.0.0.1:{upstream}"),
+        "default: aal2".into(),
+        "routes:".into(),
+        "  - path: /static/**".into(),
+        "    require: public".into(),
+        String::new(),
+    ]
+    .join("\n");
+    let ca = root().join("tests/fixtures/chromium-virtual-authenticator-ca.pem");
+    let extra = format!(
+        "rp_id: localhost\nhardware_keys:\n  aaguids: [01020304-0506-0708-0102-030405060708]\n  attestation_ca: [{}]\n",
+        ca.display()
+    );
+    let gw = Gateway::start_extra(
+        &[("1-ehr.yaml", &ehr), ("2-billing.yaml", &billing)],
+        &extra,
+    );
+    let out = root().join("target/browser-screenshots");
+    let status = Command::new("node")
+        .arg(root().join("tests/browser/scenarios.mjs"))
+        .env("AALGATE_BIN", aalgate_bin())
+        .env("AALGATE_CONFIG", gw.dir.path().join("aalgate.yaml"))
+        .env("PORT", gw.port.to_string())
+        .env("OUT", &out)
+        .env("CHROMIUM", chromium())
+        .status()
+        .expect("run node (apt-get install -y nodejs; tests/run.sh checks it)");
+    assert!(
+        status.success(),
+        "browser scenarios failed ({status}); screenshots in {}; gateway log:\n{}",
+        out.display(),
+        gw.log()
+    );
+    let audit = gw.log();
+    assert!(!audit.contains("panicked"), "gateway panicked:\n{audit}");
+}

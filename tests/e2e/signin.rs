@@ -1,0 +1,269 @@
+//! The sign-in endpoints without a browser: CSRF refusals, one-time handoff codes, invites,
+//! and the `aalgate users` CLI beside a running gateway, with both stores.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aalgate_auth::{Directory, User};
+use aalgate_policy::{Aal, Timestamp};
+use aalgate_session::{EmbeddedStore, RedisStore, SessionStore};
+use aalgate_tests::{aalgate_bin, eventually, get, send, Gateway, Redis, Upstream};
+
+use crate::{make_session, policy, rt};
+
+fn host(g: &Gateway) -> String {
+    format!("localhost:{}", g.port)
+}
+
+fn users(g: &Gateway, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(aalgate_bin())
+        .arg("users")
+        .arg("--config")
+        .arg(g.dir.path().join("aalgate.yaml"))
+        .args(args)
+        .output()
+        .expect("run aalgate users");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn post(port: u16, host: &str, path: &str, headers: &str, body: &str) -> aalgate_tests::Response {
+    send(
+        port,
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+}
+
+#[test]
+fn ceremony_endpoints_refuse_cross_site_and_tokenless_posts() {
+    let up = Upstream::start();
+    let g = Gateway::start(None, &[("billing.yaml", &policy(up.port))]);
+    let h = host(&g);
+    // A real page gives the binding cookie and its token.
+    let page = get(g.port, &h, "/.aalgate/logout", &[]);
+    let bind = page
+        .all("set-cookie")
+        .into_iter()
+        .find(|c| c.starts_with("aalgate-bind="))
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_string();
+    assert!(page
+        .all("set-cookie")
+        .iter()
+        .any(|c| c.contains("SameSite=Strict") && c.contains("HttpOnly")));
+    let text = page.text();
+    let token = text
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let body = r#"{"purpose":"signin","flow":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}"#;
+    for path in ["/.aalgate/webauthn/start", "/.aalgate/webauthn/finish"] {
+        for (what, headers) in [
+            ("foreign origin", format!("Origin: http://evil.example\r\nCookie: {bind}\r\nX-Aalgate-Csrf: {token}\r\n")),
+            ("cross-site fetch", format!("Origin: http://{h}\r\nSec-Fetch-Site: cross-site\r\nCookie: {bind}\r\nX-Aalgate-Csrf: {token}\r\n")),
+            ("no token", format!("Origin: http://{h}\r\nCookie: {bind}\r\n")),
+            ("wrong token", format!("Origin: http://{h}\r\nCookie: {bind}\r\nX-Aalgate-Csrf: 0123456789abcdef0123456789abcdef\r\n")),
+            ("no binding cookie", format!("Origin: http://{h}\r\nX-Aalgate-Csrf: {token}\r\n")),
+            ("no origin at all", format!("Cookie: {bind}\r\nX-Aalgate-Csrf: {token}\r\n")),
+        ] {
+            let r = post(g.port, &h, path, &headers, body);
+            assert_eq!(r.status, 403, "{path} {what}: {}", r.text());
+            assert_eq!(r.json()["error"], "csrf", "{path} {what}");
+        }
+    }
+    // With both, the request reaches the ceremony logic (here: an unknown flow).
+    let ok = format!("Origin: http://{h}\r\nCookie: {bind}\r\nX-Aalgate-Csrf: {token}\r\n");
+    let r = post(g.port, &h, "/.aalgate/webauthn/start", &ok, body);
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (410, Some("flow_expired")),
+        "{}",
+        r.text()
+    );
+    // Malformed and oversized bodies: precise refusals, never a panic.
+    let r = post(
+        g.port,
+        &h,
+        "/.aalgate/webauthn/start",
+        &ok,
+        "{\"purpose\":1}",
+    );
+    assert_eq!(r.status, 400);
+    let r = post(
+        g.port,
+        &h,
+        "/.aalgate/webauthn/finish",
+        &ok,
+        r#"{"ceremony":"nope","response":{}}"#,
+    );
+    assert_eq!(r.status, 400);
+    let unknown = r#"{"ceremony":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA","response":{}}"#;
+    let r = post(g.port, &h, "/.aalgate/webauthn/finish", &ok, unknown);
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (400, Some("ceremony_expired"))
+    );
+    let big = format!("{{\"purpose\":\"{}\"}}", "x".repeat(70_000));
+    let r = post(g.port, &h, "/.aalgate/webauthn/start", &ok, &big);
+    assert_eq!(r.status, 413);
+    // GET is not a ceremony.
+    assert_eq!(get(g.port, &h, "/.aalgate/webauthn/start", &[]).status, 405);
+    assert!(!g.log().contains("panicked"));
+}
+
+#[test]
+fn handoff_codes_and_invites_work_once_and_reveal_nothing() {
+    let up = Upstream::start();
+    let g = Gateway::start(None, &[("billing.yaml", &policy(up.port))]);
+    let h = host(&g);
+    for target in [
+        "/.aalgate/handoff?code=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "/.aalgate/handoff?code=x",
+        "/.aalgate/handoff",
+    ] {
+        let r = get(g.port, &h, target, &[]);
+        assert_eq!(r.status, 400, "{target}");
+        assert!(r.header("set-cookie").is_none(), "{target}");
+    }
+    // An invite: the page names the person and nothing else; used once it is gone.
+    let (ok, url, err) = users(
+        &g,
+        &[
+            "invite",
+            "dana",
+            "--display-name",
+            "Dana D.",
+            "--ttl",
+            "10m",
+        ],
+    );
+    assert!(ok, "{err}");
+    let url = url.trim();
+    assert!(
+        url.starts_with(&format!(
+            "http://localhost:{}/.aalgate/enroll?invite=",
+            g.port
+        )),
+        "{url}"
+    );
+    assert!(err.contains("dana") && err.contains("AAL2"), "{err}");
+    let path = &url[url.find("/.aalgate").unwrap()..];
+    let page = get(g.port, &h, path, &[]);
+    assert!(
+        page.text().contains("Welcome, Dana D.") && page.text().contains("Create a passkey"),
+        "{}",
+        page.text()
+    );
+    assert_eq!(page.header("cache-control"), Some("no-store"));
+    let bogus = get(
+        g.port,
+        &h,
+        "/.aalgate/enroll?invite=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        &[],
+    );
+    assert!(bogus.text().contains("not valid"));
+    // The store holds only the token's hash.
+    let token = &url[url.find("invite=").unwrap() + 7..];
+    drop(page);
+    let store = EmbeddedStore::open(&g.state_dir()).unwrap();
+    let invites = rt().block_on(store.kv_list("invite")).unwrap();
+    assert_eq!(invites.len(), 1);
+    assert!(
+        !invites[0].0.contains(token) && !String::from_utf8_lossy(&invites[0].1).contains(token)
+    );
+    // AAL1 and bad names are refused by the CLI.
+    assert!(!users(&g, &["invite", "x", "--aal", "1"]).0);
+    assert!(!users(&g, &["invite", "bad name"]).0);
+}
+
+/// `store` opens a fresh handle (a Redis connection belongs to the runtime that made it).
+fn disable_beside_a_running_gateway(
+    store: impl Fn() -> Arc<dyn SessionStore>,
+    g: &Gateway,
+    up: &Upstream,
+) {
+    let h = host(g);
+    let dir = Directory::new(store());
+    let now = Timestamp::now();
+    let user = User {
+        id: "ivan".into(),
+        display_name: "Ivan".into(),
+        handle: uuid::Uuid::new_v4(),
+        disabled: false,
+        proofed_aal: Aal::Aal2,
+        created: now,
+        last_login: None,
+        credentials: vec![],
+    };
+    rt().block_on(dir.put_user(&user)).unwrap();
+    let a = make_session(store().as_ref(), "ivan", Aal::Aal2, 60, 1);
+    let b = make_session(store().as_ref(), "ivan", Aal::Aal2, 60, 1);
+    for c in [&a, &b] {
+        assert_eq!(
+            get(g.port, &h, "/x", &[&format!("Cookie: aalgate={c}")]).status,
+            200
+        );
+    }
+    let (ok, out, err) = users(g, &["list"]);
+    assert!(
+        ok && out.contains("ivan\tIvan\tstatus=active\tmax_aal=none"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = users(g, &["disable", "ivan"]);
+    assert!(ok && out.contains("2 session(s) ended"), "{out}{err}");
+    for c in [&a, &b] {
+        eventually(Duration::from_secs(3), "sessions revoked", || {
+            (get(g.port, &h, "/x", &[&format!("Cookie: aalgate={c}")]).status == 302).then_some(())
+        });
+    }
+    let (_, out, _) = users(g, &["list"]);
+    assert!(out.contains("status=disabled"), "{out}");
+    assert!(!users(g, &["disable", "nobody"]).0);
+    assert!(!users(g, &["revoke-credential", "ivan", "nope"]).0);
+    // A disabled user cannot be invited.
+    assert!(!users(g, &["invite", "ivan"]).0);
+    let seen = up.seen().len();
+    assert_eq!(
+        get(g.port, &h, "/x", &[&format!("Cookie: aalgate={a}")]).status,
+        302
+    );
+    assert_eq!(
+        up.seen().len(),
+        seen,
+        "nothing forwarded after the revocation"
+    );
+}
+
+#[test]
+fn users_cli_beside_a_running_gateway_embedded() {
+    let up = Upstream::start();
+    let g = Gateway::start(None, &[("billing.yaml", &policy(up.port))]);
+    let dir = g.state_dir();
+    disable_beside_a_running_gateway(|| Arc::new(EmbeddedStore::open(&dir).unwrap()), &g, &up);
+}
+
+#[test]
+fn users_cli_beside_a_running_gateway_redis() {
+    let redis = Redis::start();
+    let up = Upstream::start();
+    let g = Gateway::start(Some(&redis.url()), &[("billing.yaml", &policy(up.port))]);
+    let url = redis.url();
+    disable_beside_a_running_gateway(
+        || Arc::new(RedisStore::new(&url, Duration::from_secs(1)).unwrap()),
+        &g,
+        &up,
+    );
+}
