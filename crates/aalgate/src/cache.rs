@@ -177,6 +177,24 @@ mod tests {
     }
 
     #[test]
+    fn an_ended_record_stops_every_cached_handle() {
+        let c = SessionCache::new(10);
+        let now = Timestamp::now();
+        let record = SessionId::generate().key();
+        let (ehr, billing) = (SessionId::generate().key(), SessionId::generate().key());
+        c.put_linked(&ehr, &record, &session(now));
+        c.put_linked(&billing, &record, &session(now));
+        assert_eq!(c.get_with_record(&ehr, now).unwrap().0, record);
+        c.end_record(&record);
+        assert!(c.get(&ehr, now).is_none() && c.get(&billing, now).is_none());
+        // A session read after the end (a new sign-in reusing nothing) is served again.
+        std::thread::sleep(Duration::from_millis(2));
+        let fresh = SessionId::generate().key();
+        c.put_linked(&fresh, &SessionId::generate().key(), &session(now));
+        assert!(c.get(&fresh, now).is_some());
+    }
+
+    #[test]
     fn assertions_are_reused_for_half_their_lifetime() {
         let c = AssertionCache::new(10, Duration::from_secs(60));
         let k = SessionId::generate().key();

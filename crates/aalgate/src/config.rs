@@ -444,4 +444,50 @@ mod tests {
         assert!(parse("listen: [{addr: 127.0.0.1:1, tls: {cert: c}}]\npublic_origin: https://gw.example\nstore: embedded:/s\npolicies: p\n").is_err());
         assert!(parse("listen: [{addr: 127.0.0.1:1}]\npublic_origin: https://gw.example\nstore: embedded:/s\npolicies: p\nlisten_typo: 1\n").is_err());
     }
+
+    #[test]
+    fn rp_id_and_hardware_keys() {
+        let base = "listen: [{addr: 127.0.0.1:1}]\npublic_origin: https://gw.clinic.example\nstore: embedded:/s\npolicies: p\n";
+        assert_eq!(parse(base).unwrap().rp_id, "gw.clinic.example");
+        assert_eq!(
+            parse(&format!("{base}rp_id: Clinic.Example.\n"))
+                .unwrap()
+                .rp_id,
+            "clinic.example"
+        );
+        for bad in [
+            "rp_id: example.org\n",
+            "rp_id: nic.example\n",
+            "rp_id: clinic.example.evil\n",
+        ] {
+            assert!(
+                parse(&format!("{base}{bad}"))
+                    .unwrap_err()
+                    .to_string()
+                    .contains("parent domain"),
+                "{bad}"
+            );
+        }
+        let c = parse(&format!("{base}hardware_keys:\n  aaguids: [cb69481e-8ff7-4039-93ec-0a2729a154a8]\n  attestation_ca: [ca.pem]\n")).unwrap();
+        assert_eq!(
+            c.hardware_keys.attestation_ca,
+            vec![PathBuf::from("/etc/aalgate/ca.pem")]
+        );
+        assert!(parse(&format!(
+            "{base}hardware_keys:\n  aaguids: [not-a-uuid]\n  attestation_ca: [ca.pem]\n"
+        ))
+        .unwrap_err()
+        .to_string()
+        .contains("AAGUID"));
+        assert!(parse(&format!(
+            "{base}hardware_keys:\n  aaguids: [cb69481e-8ff7-4039-93ec-0a2729a154a8]\n"
+        ))
+        .unwrap_err()
+        .to_string()
+        .contains("both"));
+        assert!(
+            parse(&format!("{base}hardware_keys:\n  aaguid: []\n")).is_err(),
+            "unknown keys refused"
+        );
+    }
 }
