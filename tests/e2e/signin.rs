@@ -59,7 +59,7 @@ fn ceremony_endpoints_refuse_cross_site_and_tokenless_posts() {
     assert!(page
         .all("set-cookie")
         .iter()
-        .any(|c| c.contains("SameSite=Strict") && c.contains("HttpOnly")));
+        .any(|c| c.contains("SameSite=Lax") && c.contains("HttpOnly")));
     let text = page.text();
     let token = text
         .split("name=\"csrf\" value=\"")

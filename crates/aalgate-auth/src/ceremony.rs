@@ -373,10 +373,12 @@ impl Ceremonies {
             ParsedAttestationData::Basic(chain) | ParsedAttestationData::AttCa(chain) => chain,
             d => return Err(format!("attestation type {d:?} cannot be trusted")),
         };
-        // A chain certificate with the public key of a configured certificate: the vendor's
-        // key made it (Chromium's virtual authenticator re-issues its self-signed batch
-        // certificate with a fresh validity, under one fixed key).
-        let pinned = chain.iter().any(|cert| {
+        // The *signing* certificate (x5c[0], the only one webauthn-rs checked the statement
+        // against) carries the public key of a configured certificate: the vendor's key made
+        // the attestation. Certificates further down an unverified chain prove nothing.
+        // (Chromium's virtual authenticator re-issues its self-signed batch certificate with a
+        // fresh validity, under one fixed key.)
+        let pinned = chain.first().is_some_and(|cert| {
             cert.tbs_certificate()
                 .subject_public_key_info()
                 .to_der()
@@ -395,6 +397,15 @@ impl Ceremonies {
         &self,
         creds: Option<&[Credential]>,
     ) -> Result<(serde_json::Value, AuthState), CeremonyError> {
+        self.start_sign_in_for("", creds)
+    }
+
+    /// As [`Ceremonies::start_sign_in`], with the typed user name that picks the decoy.
+    pub fn start_sign_in_for(
+        &self,
+        name: &str,
+        creds: Option<&[Credential]>,
+    ) -> Result<(serde_json::Value, AuthState), CeremonyError> {
         match creds {
             None => {
                 let (rcr, st) = self
@@ -410,7 +421,7 @@ impl Ceremonies {
                     .map(|c| c.key.clone())
                     .collect();
                 if keys.is_empty() {
-                    keys.extend(decoy());
+                    keys.extend(decoy(name));
                 }
                 let (rcr, st) = self
                     .webauthn
@@ -485,10 +496,22 @@ impl Ceremonies {
 }
 
 /// A credential that exists nowhere, so an unknown user name gets ordinary-looking options.
-fn decoy() -> Option<Passkey> {
-    use rand::RngCore;
-    let mut id = vec![0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut id);
+fn decoy(name: &str) -> Option<Passkey> {
+    use sha2::{Digest, Sha256};
+    // The same name gets the same decoy for the life of the process, so two requests do not
+    // tell a made-up name from a real one.
+    static SALT: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    let salt = SALT.get_or_init(|| {
+        use rand::RngCore;
+        let mut b = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut b);
+        b
+    });
+    let id = Sha256::new()
+        .chain_update(salt)
+        .chain_update(name.as_bytes())
+        .finalize()
+        .to_vec();
     let c = WaCredential {
         cred_id: id,
         cred: webauthn_rs::prelude::COSEKey {

@@ -251,7 +251,8 @@ impl Directory {
         Ok(self.store.revoke_user(id).await?)
     }
 
-    /// Removes one credential. Returns whether it existed.
+    /// Removes one credential, and ends the user's sessions (one of them may have been
+    /// opened with it). Returns whether it existed.
     pub async fn revoke_credential(&self, id: &str, cred: &str) -> Result<bool, DirectoryError> {
         let mut u = self
             .user(id)
@@ -264,7 +265,37 @@ impl Directory {
         }
         self.store.kv_delete("cred", cred).await?;
         self.put_user(&u).await?;
+        self.store.revoke_user(id).await?;
         Ok(true)
+    }
+
+    /// Recovery after a lost key: removes every credential and session of the user and issues
+    /// a new invite at the level the person was proofed for, so recovery is never weaker than
+    /// the original enrollment. Returns the sessions ended, that level and the new token.
+    pub async fn reset(
+        &self,
+        id: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<(usize, Aal, Token), DirectoryError> {
+        let mut u = self
+            .user(id)
+            .await?
+            .ok_or_else(|| DirectoryError::NoUser(id.into()))?;
+        if u.disabled {
+            return Err(DirectoryError::Invalid(format!(
+                "user {id} is disabled; a reset would not let them sign in"
+            )));
+        }
+        for c in &u.credentials {
+            self.store.kv_delete("cred", &c.id).await?;
+        }
+        u.credentials.clear();
+        self.put_user(&u).await?;
+        let n = self.store.revoke_user(id).await?;
+        let aal = u.proofed_aal.max(Aal::Aal2);
+        let token = self.invite(id, &u.display_name, aal, ttl, now).await?;
+        Ok((n, aal, token))
     }
 
     /// Keeps a started ceremony for [`PENDING_TTL`].

@@ -96,6 +96,8 @@ pub struct Access {
     pub max_session_age: Option<Duration>,
     /// Route tightening of the idle limit.
     pub idle_timeout: Option<Duration>,
+    /// Emergency (break-glass) sessions may use this route.
+    pub breakglass: bool,
 }
 
 impl Access {
@@ -231,6 +233,7 @@ mod tests {
             timeouts: Timeouts::DEFAULT,
             max_session_age: None,
             idle_timeout: None,
+            breakglass: false,
         }
     }
 

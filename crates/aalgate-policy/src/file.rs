@@ -68,6 +68,21 @@ pub struct RouteFile {
     #[serde(default)]
     #[schemars(with = "Option<HumanDuration>")]
     pub max_session_age: Option<Spanned<HumanDuration>>,
+    /// Whether an emergency (break-glass) session may reach this route. Default: `deny`.
+    #[serde(default)]
+    #[schemars(with = "Option<BreakGlass>")]
+    pub breakglass: Option<Spanned<BreakGlass>>,
+}
+
+/// Break-glass (emergency access) on a route.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BreakGlass {
+    /// Emergency sessions may use this route (audited, alerted, time-limited).
+    Allow,
+    /// Emergency sessions are refused here (the default).
+    #[default]
+    Deny,
 }
 
 /// Step-up settings of a route.

@@ -637,6 +637,7 @@ fn build_app(
             step_up,
             idle_timeout,
             max_session_age,
+            breakglass,
         } = &r.value;
         let rloc = SourceLoc::at(file, r.referenced);
         let ploc = SourceLoc::at(file, path.referenced);
@@ -768,6 +769,9 @@ fn build_app(
                 timeouts,
                 max_session_age: max_age,
                 idle_timeout: idle,
+                breakglass: breakglass
+                    .as_ref()
+                    .is_some_and(|b| b.value == crate::file::BreakGlass::Allow),
             },
             source: rloc,
         };
@@ -809,6 +813,7 @@ fn build_app(
             timeouts,
             max_session_age: None,
             idle_timeout: None,
+            breakglass: false,
         },
         source: default_loc,
     };

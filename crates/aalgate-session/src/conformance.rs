@@ -37,6 +37,7 @@ fn flow(url: &str) -> Flow {
         app: "billing".into(),
         created: Timestamp::now(),
         user: None,
+        browser: None,
     }
 }
 

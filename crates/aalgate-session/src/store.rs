@@ -101,6 +101,10 @@ pub struct Flow {
     /// The user whose session needs the step-up or re-authentication (one tap, their keys).
     #[serde(default)]
     pub user: Option<String>,
+    /// SHA-256 of the browser-binding cookie on the app host that started the flow: the
+    /// session is handed back to that browser only.
+    #[serde(default)]
+    pub browser: Option<String>,
 }
 
 /// Why a store call failed. Every variant means "unknown": callers fail closed.

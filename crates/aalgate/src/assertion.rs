@@ -38,6 +38,9 @@ pub struct Claims<'a> {
     pub auth_time: u64,
     /// Issued at.
     pub iat: u64,
+    /// Present (true) on an emergency (break-glass) session.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub breakglass: bool,
     /// Expires at.
     pub exp: u64,
 }
@@ -112,6 +115,7 @@ impl Signer {
             auth_time: session.auth_time.0,
             iat: now.0,
             exp: now.plus(ASSERTION_LIFETIME).0,
+            breakglass: session.amr.iter().any(|m| m == "breakglass"),
         };
         jsonwebtoken::encode(&self.header, &claims, &self.key)
     }

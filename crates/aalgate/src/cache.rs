@@ -20,6 +20,8 @@ pub const SESSION_FRESHNESS: Duration = Duration::from_secs(1);
 struct Entry {
     /// The store key of the session record the cookie handle resolved to.
     record: SessionKey,
+    /// The host the handle is bound to (empty: a session stored under its own key).
+    host: String,
     session: Session,
     fetched: Instant,
 }
@@ -41,19 +43,33 @@ impl SessionCache {
         }
     }
 
-    /// The session, if cached less than [`SESSION_FRESHNESS`] ago and not expired at `now`.
+    /// The session, if cached less than [`SESSION_FRESHNESS`] ago and not expired at `now`
+    /// (whatever host its handle is bound to).
     pub fn get(&self, key: &SessionKey, now: Timestamp) -> Option<Session> {
-        self.get_with_record(key, now).map(|(_, s)| s)
+        self.lookup(key, None, now).map(|(_, s)| s)
     }
 
-    /// The session and its record key, if cached less than [`SESSION_FRESHNESS`] ago and not
-    /// expired at `now`.
+    /// The session and its record key, if cached less than [`SESSION_FRESHNESS`] ago, not
+    /// expired at `now`, and its handle is bound to `host` (or to no host).
     pub fn get_with_record(
         &self,
         key: &SessionKey,
+        host: &str,
+        now: Timestamp,
+    ) -> Option<(SessionKey, Session)> {
+        self.lookup(key, Some(host), now)
+    }
+
+    fn lookup(
+        &self,
+        key: &SessionKey,
+        host: Option<&str>,
         now: Timestamp,
     ) -> Option<(SessionKey, Session)> {
         let e = self.inner.get(key)?;
+        if host.is_some_and(|h| !e.host.is_empty() && e.host != h) {
+            return None;
+        }
         if self.ended.get(&e.record).is_some_and(|t| t >= e.fetched) {
             return None;
         }
@@ -63,15 +79,17 @@ impl SessionCache {
 
     /// Remembers a session just read from the store under its own key.
     pub fn put(&self, key: &SessionKey, session: &Session) {
-        self.put_linked(key, key, session);
+        self.put_linked(key, key, "", session);
     }
 
-    /// Remembers a session read through the cookie handle `key`, stored under `record`.
-    pub fn put_linked(&self, key: &SessionKey, record: &SessionKey, session: &Session) {
+    /// Remembers a session read through the cookie handle `key` on `host`, stored under
+    /// `record`.
+    pub fn put_linked(&self, key: &SessionKey, record: &SessionKey, host: &str, session: &Session) {
         self.inner.insert(
             key.clone(),
             Entry {
                 record: record.clone(),
+                host: host.to_string(),
                 session: session.clone(),
                 fetched: Instant::now(),
             },
@@ -182,16 +200,31 @@ mod tests {
         let now = Timestamp::now();
         let record = SessionId::generate().key();
         let (ehr, billing) = (SessionId::generate().key(), SessionId::generate().key());
-        c.put_linked(&ehr, &record, &session(now));
-        c.put_linked(&billing, &record, &session(now));
-        assert_eq!(c.get_with_record(&ehr, now).unwrap().0, record);
+        c.put_linked(&ehr, &record, "ehr.example", &session(now));
+        c.put_linked(&billing, &record, "billing.example", &session(now));
+        assert_eq!(
+            c.get_with_record(&ehr, "ehr.example", now).unwrap().0,
+            record
+        );
+        assert!(
+            c.get_with_record(&ehr, "billing.example", now).is_none(),
+            "bound to its host"
+        );
         c.end_record(&record);
-        assert!(c.get(&ehr, now).is_none() && c.get(&billing, now).is_none());
+        assert!(c.get_with_record(&ehr, "ehr.example", now).is_none());
+        assert!(c
+            .get_with_record(&billing, "billing.example", now)
+            .is_none());
         // A session read after the end (a new sign-in reusing nothing) is served again.
         std::thread::sleep(Duration::from_millis(2));
         let fresh = SessionId::generate().key();
-        c.put_linked(&fresh, &SessionId::generate().key(), &session(now));
-        assert!(c.get(&fresh, now).is_some());
+        c.put_linked(
+            &fresh,
+            &SessionId::generate().key(),
+            "ehr.example",
+            &session(now),
+        );
+        assert!(c.get_with_record(&fresh, "ehr.example", now).is_some());
     }
 
     #[test]

@@ -40,6 +40,19 @@ struct RawConfig {
     rp_id: Option<String>,
     #[serde(default)]
     hardware_keys: Option<RawHardwareKeys>,
+    #[serde(default)]
+    breakglass: Option<RawBreakGlass>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreakGlass {
+    #[serde(default)]
+    file: Option<PathBuf>,
+    #[serde(default)]
+    audit: Option<PathBuf>,
+    #[serde(default)]
+    webhook: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -181,6 +194,8 @@ pub struct Config {
     pub rp_id: String,
     /// The AAL3 allow-list.
     pub hardware_keys: HardwareKeysConfig,
+    /// Break-glass codes file, local audit file and alert webhook.
+    pub breakglass: crate::breakglass::BreakGlassConfig,
 }
 
 /// Default of `session_count_interval`.
@@ -346,11 +361,27 @@ impl Config {
                 bail!("hardware_keys: give both aaguids and attestation_ca (the vendor roots), or neither");
             }
         }
+        let mut breakglass = crate::breakglass::BreakGlassConfig::in_dir(&state_dir);
+        if let Some(b) = raw.breakglass {
+            if let Some(f) = b.file {
+                breakglass.file = rel(f);
+            }
+            if let Some(a) = b.audit {
+                breakglass.audit = rel(a);
+            }
+            if let Some(w) = b.webhook {
+                if !(w.starts_with("https://") || w.starts_with("http://")) {
+                    bail!("breakglass.webhook {w:?} must be an http(s):// URL");
+                }
+                breakglass.webhook = Some(w);
+            }
+        }
         let upgrade_sock = raw
             .upgrade_sock
             .map(rel)
             .unwrap_or_else(|| state_dir.join("upgrade.sock"));
         Ok(Config {
+            breakglass,
             rp_id,
             hardware_keys,
             session_count_interval: raw

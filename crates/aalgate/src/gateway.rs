@@ -241,11 +241,15 @@ impl Gateway {
                 continue;
             };
             let key = id.key();
-            if let Some((record, s)) = self.sessions.get_with_record(&key, now) {
+            // Break-glass sessions live in this instance only: no store call.
+            if let Some(e) = self.signin.emergencies.get(&key, &ctx.host, now) {
+                return Ok(Some((key.clone(), key, e.session())));
+            }
+            if let Some((record, s)) = self.sessions.get_with_record(&key, &ctx.host, now) {
                 return Ok(Some((key, record, s)));
             }
             if let Some((record, s)) = self.store.resolve(&key, &ctx.host, now).await? {
-                self.sessions.put_linked(&key, &record, &s);
+                self.sessions.put_linked(&key, &record, &ctx.host, &s);
                 return Ok(Some((key, record, s)));
             }
         }
@@ -283,6 +287,15 @@ impl Gateway {
                     self.ceremony_start(session, ctx).await
                 } else {
                     self.ceremony_finish(session, ctx).await
+                }
+            }
+            "/.aalgate/breakglass" => {
+                if method == http::Method::GET || method == http::Method::HEAD {
+                    self.breakglass_page(session, ctx, None).await
+                } else if method == http::Method::POST {
+                    self.breakglass_use(session, ctx).await
+                } else {
+                    self.error(session, ctx, 405, "method_not_allowed").await
                 }
             }
             "/.aalgate/static/aalgate.js" | "/.aalgate/static/aalgate.css" => {
@@ -337,6 +350,13 @@ impl Gateway {
                 }
             };
             self.sessions.remove(&id.key());
+            if self.signin.emergencies.remove(&id.key()) {
+                self.metrics
+                    .session_ends
+                    .with_label_values(&["logout"])
+                    .inc();
+                continue;
+            }
             let _ = self.store.unlink(&id.key()).await;
             let Some((record, existing)) = existing else {
                 continue;
@@ -409,8 +429,12 @@ impl Gateway {
             .as_ref()
             .map(|t| t.path_and_query().into_owned())
             .unwrap_or_else(|| "/".into());
+        // The flow remembers this browser (its binding cookie on this host) and the app's
+        // configured host, never a port the client made up.
+        let (bind, set_bind) = self.binding(session, ctx);
         let flow = Flow {
-            host: host.to_string(),
+            host: self.canonical_host(host),
+            browser: Some(bind.hash()),
             method: session.req_header().method.to_string(),
             url,
             need: need.to_string(),
@@ -463,6 +487,11 @@ impl Gateway {
                 ),
             )
             .header("location", login_url)
+        };
+        let reply = if set_bind {
+            reply.header("set-cookie", crate::signin::bind_cookie(&bind, ctx.tls))
+        } else {
+            reply
         };
         self.send(session, ctx, reply).await
     }
@@ -603,6 +632,20 @@ impl ProxyHttp for Gateway {
                 return self.error(session, ctx, 503, "store_unavailable").await;
             }
         };
+        // An emergency session reaches only routes that allow break-glass, whatever its level.
+        if let Some((_, _, s)) = &loaded {
+            if crate::breakglass::is_emergency(s) {
+                if !access.breakglass {
+                    ctx.session = Some(s.clone());
+                    return self
+                        .error(session, ctx, 403, "breakglass_not_allowed")
+                        .await;
+                }
+                ctx.session = Some(s.clone());
+                ctx.outcome = "allow";
+                return Ok(false);
+            }
+        }
         let decision = decide(
             access,
             loaded.as_ref().map(|(_, _, s)| s.facts()).as_ref(),
@@ -747,6 +790,12 @@ impl ProxyHttp for Gateway {
             upstream.insert_header(headers::AAL, s.aal.number().to_string())?;
             upstream.insert_header(headers::AUTH_TIME, s.auth_time.0.to_string())?;
             upstream.insert_header(headers::ASSERTION, token)?;
+            if crate::breakglass::is_emergency(s) {
+                upstream.insert_header(
+                    headers::BREAKGLASS,
+                    s.credential.clone().unwrap_or_default(),
+                )?;
+            }
         }
         ctx.forwarded_at = Some(Instant::now());
         Ok(())

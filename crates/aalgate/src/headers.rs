@@ -28,6 +28,8 @@ pub const AAL: &str = "x-aalgate-aal";
 pub const AUTH_TIME: &str = "x-aalgate-auth-time";
 /// The signed JWT assertion.
 pub const ASSERTION: &str = "x-aalgate-assertion";
+/// Set on requests of an emergency (break-glass) session: the code's id.
+pub const BREAKGLASS: &str = "x-aalgate-breakglass";
 
 /// Lowercases and maps every other non-alphanumeric byte to `-`, the way servers and CGI
 /// gateways fold header names, so that `X_Aalgate.User` is caught as `x-aalgate-user`.

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod assertion;
 pub mod audit;
+pub mod breakglass;
 pub mod cache;
 pub mod config;
 pub mod demo;
@@ -19,4 +20,5 @@ pub mod headers;
 pub mod metrics;
 pub mod ops;
 pub mod pages;
+pub mod report;
 pub mod signin;

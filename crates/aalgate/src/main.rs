@@ -41,9 +41,10 @@ struct Cli {
     command: Command,
 }
 
+/// Which gateway an admin command works on.
 #[derive(clap::Args)]
-struct UsersArgs {
-    /// The gateway config (its store and public_origin). Without it: the demo's
+struct Target {
+    /// The gateway config (its store, state and public_origin). Without it: the demo's
     /// (.aalgate-demo, http://localhost:8080).
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
@@ -53,8 +54,75 @@ struct UsersArgs {
     /// The demo's public origin, when no --config is given.
     #[arg(long, global = true, default_value = "http://localhost:8080")]
     origin: String,
+}
+
+#[derive(clap::Args)]
+struct UsersArgs {
+    #[command(flatten)]
+    target: Target,
     #[command(subcommand)]
     action: UsersAction,
+}
+
+#[derive(clap::Args)]
+struct BreakglassArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(subcommand)]
+    action: BreakglassAction,
+}
+
+#[derive(Subcommand)]
+enum BreakglassAction {
+    /// Create a sealed emergency code (printed once: put it in the envelope or password manager).
+    Create {
+        /// Where the envelope is kept, e.g. ed-charge-nurse.
+        name: String,
+        /// How long the emergency session it grants lasts (1m to 12h).
+        #[arg(long, default_value = "1h")]
+        ttl: humantime::Duration,
+    },
+    /// Record the required follow-up of a use.
+    Review {
+        /// The code's id (see `aalgate report breakglass`).
+        id: String,
+        /// What was checked and found.
+        #[arg(long)]
+        note: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(subcommand)]
+    action: ReportAction,
+}
+
+/// Output format of a report.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum ReportAction {
+    /// Every user's MFA status; exits 1 when an active user cannot reach AAL2.
+    Enrollment {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Break-glass uses, who and why, and uses not reviewed within 24 h.
+    Breakglass {
+        /// How far back.
+        #[arg(long, default_value = "30d")]
+        since: humantime::Duration,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
 }
 
 #[derive(Subcommand)]
@@ -79,6 +147,15 @@ enum UsersAction {
     Disable {
         /// The user.
         user: String,
+    },
+    /// Lost key: remove every credential and session of USER and print a new invite at the
+    /// level the person was proofed for (after IT re-proofs them).
+    Reset {
+        /// The user.
+        user: String,
+        /// How long the new link works.
+        #[arg(long, default_value = "24h")]
+        ttl: humantime::Duration,
     },
     /// Remove one credential of USER (the ID `list` shows).
     RevokeCredential {
@@ -129,6 +206,10 @@ enum Command {
     },
     /// Enroll and manage users (works beside a running gateway, with either store).
     Users(UsersArgs),
+    /// Emergency access codes.
+    Breakglass(BreakglassArgs),
+    /// Compliance reports (enrollment, break-glass).
+    Report(ReportArgs),
     /// Check policy files; print every problem as file:line:column: what; how to fix.
     Validate {
         /// Policy files or directories.
@@ -175,7 +256,9 @@ fn main() -> ExitCode {
             serve(c, None, upgrade)
         }),
         Command::DemoApp { listen } => demo_app(listen),
-        Command::Users(args) => return users(args),
+        Command::Users(args) => return block_on(users_run(args)),
+        Command::Breakglass(args) => return block_on(breakglass_run(args)),
+        Command::Report(args) => return block_on(report_run(args)),
         Command::Demo {
             listen,
             admin_listen,
@@ -283,6 +366,7 @@ fn demo_config(
         session_count_interval: config::DEFAULT_SESSION_COUNT_INTERVAL,
         rp_id: "localhost".into(),
         hardware_keys: config::HardwareKeysConfig::default(),
+        breakglass: aalgate::breakglass::BreakGlassConfig::in_dir(&state_dir),
     })
 }
 
@@ -364,6 +448,8 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         } else {
             "http"
         },
+        breakglass: cfg.breakglass.clone(),
+        emergencies: Default::default(),
     });
     let signer = Arc::new(assertion::Signer::load_or_create(
         &cfg.signing_key,
@@ -480,7 +566,7 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
 }
 
 /// Opens the store named by a config (or the demo's) for the CLI.
-fn cli_store(args: &UsersArgs) -> Result<(Arc<dyn SessionStore>, String)> {
+fn cli_store(args: &Target) -> Result<(Arc<dyn SessionStore>, String)> {
     let (spec, origin, timeout) = match &args.config {
         Some(path) => {
             let c = Config::load(path)?;
@@ -504,7 +590,8 @@ fn cli_store(args: &UsersArgs) -> Result<(Arc<dyn SessionStore>, String)> {
     Ok((Arc::new(Deadline::new(store, timeout)), origin))
 }
 
-fn users(args: UsersArgs) -> ExitCode {
+/// Runs an admin command; `Ok(false)` means "finished, but report failure" (exit 1).
+fn block_on(f: impl std::future::Future<Output = Result<bool>>) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -515,11 +602,143 @@ fn users(args: UsersArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(users_run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
+    match rt.block_on(f) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("aalgate: error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn breakglass_config(t: &Target) -> Result<aalgate::breakglass::BreakGlassConfig> {
+    Ok(match &t.config {
+        Some(path) => Config::load(path)?.breakglass,
+        None => aalgate::breakglass::BreakGlassConfig::in_dir(&t.state_dir),
+    })
+}
+
+async fn breakglass_run(args: BreakglassArgs) -> Result<bool> {
+    let cfg = breakglass_config(&args.target)?;
+    match args.action {
+        BreakglassAction::Create { name, ttl } => {
+            let (code, secret) = aalgate::breakglass::create(&cfg, &name, ttl.into())?;
+            println!("{secret}");
+            eprintln!(
+                "Emergency code {} ({}) created; it grants {} of break-glass access, once. It is shown only now: seal it in the envelope or the password manager. Used at /.aalgate/breakglass on any app host.",
+                code.id, code.name, ttl
+            );
+        }
+        BreakglassAction::Review { id, note } => {
+            let c = aalgate::breakglass::review(&cfg, &id, &note)?;
+            println!("review of break-glass use {} ({}) recorded", c.id, c.name);
+        }
+    }
+    Ok(true)
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+async fn report_run(args: ReportArgs) -> Result<bool> {
+    let now = aalgate_policy::Timestamp::now();
+    match args.action {
+        ReportAction::Enrollment { format } => {
+            let (store, _) = cli_store(&args.target)?;
+            let dir = aalgate_auth::Directory::new(store);
+            let rows = aalgate::report::enrollment(&dir, now).await?;
+            let summary = aalgate::report::summary(&rows);
+            match format {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::json!({ "users": rows, "summary": summary })
+                ),
+                Format::Csv => {
+                    println!("user,status,passkeys,security_keys,max_aal,last_login");
+                    for r in &rows {
+                        println!(
+                            "{},{},{},{},{},{}",
+                            csv_field(&r.user),
+                            r.status,
+                            r.passkeys,
+                            r.security_keys,
+                            r.max_aal.as_deref().unwrap_or(""),
+                            r.last_login.as_deref().unwrap_or("")
+                        );
+                    }
+                }
+                Format::Table => {
+                    println!(
+                        "{:<24} {:<15} {:>8} {:>13} {:<8} LAST LOGIN",
+                        "USER", "STATUS", "PASSKEYS", "SECURITY KEYS", "MAX AAL"
+                    );
+                    for r in &rows {
+                        println!(
+                            "{:<24} {:<15} {:>8} {:>13} {:<8} {}",
+                            r.user,
+                            r.status,
+                            r.passkeys,
+                            r.security_keys,
+                            r.max_aal.as_deref().unwrap_or("none"),
+                            r.last_login.as_deref().unwrap_or("-")
+                        );
+                    }
+                    println!(
+                        "\n{} active user(s); {:.1}% with MFA (AAL2 or higher); {} active without.",
+                        summary.active, summary.mfa_percent, summary.active_without_mfa
+                    );
+                }
+            }
+            Ok(summary.active_without_mfa == 0)
+        }
+        ReportAction::Breakglass { since, format } => {
+            let cfg = breakglass_config(&args.target)?;
+            let rows =
+                aalgate::report::breakglass(&aalgate::breakglass::codes(&cfg)?, now, since.into());
+            match format {
+                Format::Json => println!("{}", serde_json::json!({ "uses": rows })),
+                Format::Csv => {
+                    println!("code,name,time,person,reason,app,reviewed,overdue");
+                    for r in &rows {
+                        println!(
+                            "{},{},{},{},{},{},{},{}",
+                            r.code,
+                            csv_field(&r.name),
+                            r.time,
+                            csv_field(&r.person),
+                            csv_field(&r.reason),
+                            r.app,
+                            r.reviewed,
+                            r.overdue
+                        );
+                    }
+                }
+                Format::Table => {
+                    if rows.is_empty() {
+                        println!("no break-glass use in the period");
+                    }
+                    for r in &rows {
+                        let state = if r.reviewed {
+                            "reviewed"
+                        } else if r.overdue {
+                            "NOT REVIEWED AFTER 24 H"
+                        } else {
+                            "review due"
+                        };
+                        println!(
+                            "{}  code {} ({})  by {}  for {}  reason: {}  {}",
+                            r.time, r.code, r.name, r.person, r.app, r.reason, state
+                        );
+                    }
+                }
+            }
+            Ok(!rows.iter().any(|r| r.overdue))
         }
     }
 }
@@ -534,8 +753,8 @@ fn fmt_time(t: Option<aalgate_policy::Timestamp>) -> String {
     }
 }
 
-async fn users_run(args: UsersArgs) -> Result<()> {
-    let (store, origin) = cli_store(&args)?;
+async fn users_run(args: UsersArgs) -> Result<bool> {
+    let (store, origin) = cli_store(&args.target)?;
     let dir = aalgate_auth::Directory::new(store);
     let now = aalgate_policy::Timestamp::now();
     match args.action {
@@ -597,8 +816,16 @@ async fn users_run(args: UsersArgs) -> Result<()> {
             if !dir.revoke_credential(&user, &id).await? {
                 bail!("{user} has no credential {id}; see `aalgate users list`");
             }
-            println!("credential {id} of {user} removed");
+            println!("credential {id} of {user} removed; the user's sessions ended");
+        }
+        UsersAction::Reset { user, ttl } => {
+            let (n, aal, token) = dir.reset(&user, ttl.into(), now).await?;
+            println!("{origin}/.aalgate/enroll?invite={}", token.expose());
+            eprintln!(
+                "{user}: every credential removed, {n} session(s) ended. New one-time enrollment link ({}), valid {ttl}; give it only after re-proofing the person.",
+                aal.as_str().to_ascii_uppercase()
+            );
         }
     }
-    Ok(())
+    Ok(true)
 }

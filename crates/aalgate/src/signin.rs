@@ -10,7 +10,7 @@
 //! the auth origin is handed off without a new ceremony: one tap per session, not per app.
 //!
 //! CSRF: every POST needs a same-origin `Origin` (or `Sec-Fetch-Site: same-origin`) *and* a
-//! token derived from the browser-binding cookie (`SameSite=Strict`, `HttpOnly`), which also
+//! token derived from the browser-binding cookie (`HttpOnly`, `SameSite=Lax` so a top-level redirect back to an app host carries it), which also
 //! binds ceremony state to the browser that started it.
 
 use std::time::{Duration, Instant};
@@ -39,6 +39,10 @@ pub struct SignInService {
     pub rp: Ceremonies,
     /// `http` or `https`: the scheme of `public_origin`, used for app-host redirects too.
     pub scheme: &'static str,
+    /// Break-glass codes, local audit and alert.
+    pub breakglass: crate::breakglass::BreakGlassConfig,
+    /// Live break-glass sessions of this instance and the failure throttle.
+    pub emergencies: crate::breakglass::Emergencies,
 }
 
 /// What a handoff code carries.
@@ -48,6 +52,13 @@ struct Handoff {
     host: String,
     url: String,
     expires_at: Timestamp,
+    /// The app-host browser binding of the flow: the code works only in that browser.
+    browser: Option<String>,
+}
+
+/// The `Set-Cookie` of a browser-binding cookie.
+pub(crate) fn bind_cookie(bind: &Token, tls: bool) -> String {
+    cookie(bind_name(tls), bind.expose(), tls, false)
 }
 
 #[derive(Deserialize)]
@@ -135,7 +146,7 @@ impl Gateway {
     }
 
     /// The browser binding: the cookie value, and whether it must be set now.
-    fn binding(&self, session: &Session, ctx: &Ctx) -> (Token, bool) {
+    pub(crate) fn binding(&self, session: &Session, ctx: &Ctx) -> (Token, bool) {
         headers::cookie_values(&session.req_header().headers, bind_name(ctx.tls))
             .iter()
             .find_map(|v| Token::parse(v))
@@ -203,6 +214,24 @@ impl Gateway {
     /// The canonical host string of the auth origin.
     fn public_host_str(&self) -> String {
         self.public_host.to_string()
+    }
+
+    /// The host a flow returns to: the app's configured host, with the configured port or,
+    /// when the policy names none, the auth origin's. A port the client wrote into `Host`
+    /// never becomes a redirect target.
+    pub(crate) fn canonical_host(&self, host: &str) -> String {
+        let Ok(h) = HostPort::parse(host) else {
+            return self.public_host_str();
+        };
+        let policy = self.policies.snapshot();
+        match policy.apps().iter().find(|a| a.host.host == h.host) {
+            Some(a) => HostPort {
+                host: a.host.host.clone(),
+                port: a.host.port.or(self.public_host.port),
+            }
+            .to_string(),
+            None => self.public_host_str(),
+        }
     }
 
     /// Whether this request is on the auth origin.
@@ -359,10 +388,7 @@ impl Gateway {
         );
         let mut reply = Reply::html(200, pages::page_with(title, &body, &ctx.request_id, &attrs));
         if set_bind {
-            reply = reply.header(
-                "set-cookie",
-                cookie(bind_name(ctx.tls), bind.expose(), ctx.tls, true),
-            );
+            reply = reply.header("set-cookie", bind_cookie(&bind, ctx.tls));
         }
         ctx.outcome = "signin_page";
         self.send(session, ctx, reply).await
@@ -379,8 +405,10 @@ impl Gateway {
                 .find(|a| a.host.host == h.host)
                 .map(|a| a.name.clone())
         });
+        let (bind, set_bind) = self.binding(session, ctx);
         let flow = Flow {
-            host: ctx.host.clone(),
+            host: self.canonical_host(&ctx.host),
+            browser: Some(bind.hash()),
             method: "GET".into(),
             url: "/".into(),
             need: "switch".into(),
@@ -406,7 +434,7 @@ impl Gateway {
             self.public_host_str(),
             id.encode()
         );
-        let reply = Reply::html(
+        let mut reply = Reply::html(
             302,
             pages::page(
                 "Switch user",
@@ -415,6 +443,9 @@ impl Gateway {
             ),
         )
         .header("location", to);
+        if set_bind {
+            reply = reply.header("set-cookie", bind_cookie(&bind, ctx.tls));
+        }
         self.send(session, ctx, reply).await
     }
 
@@ -480,10 +511,7 @@ impl Gateway {
             pages::page_with("Set up sign-in", &body, &ctx.request_id, &attrs),
         );
         if set_bind {
-            reply = reply.header(
-                "set-cookie",
-                cookie(bind_name(ctx.tls), bind.expose(), ctx.tls, true),
-            );
+            reply = reply.header("set-cookie", bind_cookie(&bind, ctx.tls));
         }
         ctx.outcome = "enroll_page";
         self.send(session, ctx, reply).await
@@ -616,10 +644,9 @@ impl Gateway {
                 };
                 let (options, state, user, allowed) = match named {
                     Some(name) => {
+                        // Throttling is enforced when the answer comes back, so a start never tells
+                        // a throttled (existing) account from another.
                         let user = svc.dir.user(&name).await?.filter(|u| !u.disabled);
-                        if user.is_some() && svc.dir.throttled(&name).await? {
-                            return Ok(Err((429, "throttled", MSG_THROTTLED)));
-                        }
                         let creds: Vec<_> = user
                             .as_ref()
                             .map(|u| {
@@ -638,7 +665,7 @@ impl Gateway {
                         let allowed: Vec<String> = creds.iter().map(|c| c.id.clone()).collect();
                         let (o, s) = svc
                             .rp
-                            .start_sign_in(Some(&creds))
+                            .start_sign_in_for(&name, Some(&creds))
                             .map_err(|e| DirectoryError::Invalid(e.to_string()))?;
                         (o, s, Some(name), Some(allowed))
                     }
@@ -823,7 +850,10 @@ impl Gateway {
                 return Ok(Err("user disabled"));
             }
             user.proofed_aal = user.proofed_aal.max(invite.aal);
-            user.credentials.push(cred.clone());
+            // Never above the level IT proofed the person for.
+            let mut cred = cred.clone();
+            cred.aal = cred.aal.min(user.proofed_aal);
+            user.credentials.push(cred);
             user.last_login = Some(now);
             svc.dir.put_user(&user).await?;
             Ok::<_, DirectoryError>(Ok(user))
@@ -876,6 +906,7 @@ impl Gateway {
             app: String::new(),
             created: now,
             user: None,
+            browser: None,
         };
         let amr = match cred.kind {
             CredentialKind::SecurityKey => vec!["hwk".into(), "user".into(), "mfa".into()],
@@ -1017,6 +1048,9 @@ impl Gateway {
                     .await;
             }
         };
+        // Never above the level IT proofed the person for.
+        let mut v = v;
+        v.aal = v.aal.min(user.proofed_aal.max(Aal::Aal2));
         if flow.need == "step_up" && v.aal < flow.aal {
             fail(
                 self,
@@ -1028,16 +1062,47 @@ impl Gateway {
                 .json_error(session, ctx, 403, "not_enough", MSG_NOT_ENOUGH)
                 .await;
         }
-        if let Err(e) = async {
-            svc.dir.put_user(&user).await?;
-            svc.dir.clear_failures(&user.id).await
+        // Write back only what this sign-in changed, onto a fresh read: a `disable` or
+        // `revoke-credential` that ran meanwhile wins.
+        let merged = async {
+            let Some(mut fresh) = svc.dir.user(&user.id).await? else {
+                return Ok(false);
+            };
+            let Some(used) = user.credential(&v.credential_id).cloned() else {
+                return Ok(false);
+            };
+            let Some(slot) = fresh.credentials.iter_mut().find(|c| c.id == used.id) else {
+                return Ok(false);
+            };
+            if fresh.disabled || !slot.usable() {
+                return Ok(false);
+            }
+            *slot = used;
+            fresh.last_login = user.last_login;
+            svc.dir.put_user(&fresh).await?;
+            svc.dir.clear_failures(&fresh.id).await?;
+            Ok::<_, DirectoryError>(true)
         }
-        .await
-        {
-            tracing::warn!(request_id = %ctx.request_id, error = %e, "sign-in: store error");
-            return self
-                .json_error(session, ctx, 503, "store_unavailable", MSG_UNAVAILABLE)
-                .await;
+        .await;
+        match merged {
+            Ok(true) => {}
+            Ok(false) => {
+                fail(
+                    self,
+                    ctx,
+                    Some(&user.id),
+                    "user disabled or credential revoked during sign-in",
+                );
+                return self
+                    .json_error(session, ctx, 400, "signin_failed", MSG_FAILED)
+                    .await;
+            }
+            Err(e) => {
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "sign-in: store error");
+                return self
+                    .json_error(session, ctx, 503, "store_unavailable", MSG_UNAVAILABLE)
+                    .await;
+            }
         }
         self.metrics
             .challenges
@@ -1085,24 +1150,32 @@ impl Gateway {
                 self.sessions.remove(&handle);
                 let _ = self.store.unlink(&handle).await;
                 self.sessions.end_record(&record);
-                if let Ok(true) = self.store.remove(&record).await {
-                    if old.user != user.id {
-                        self.metrics
-                            .session_ends
-                            .with_label_values(&["switch_user"])
-                            .inc();
-                        self.metrics
-                            .session_age
-                            .observe(now.since(old.auth_time).as_secs_f64());
-                        self.audit_auth(
-                            ctx,
-                            "session_end",
-                            Some(&old.user),
-                            Some(old.aal),
-                            old.credential.as_deref(),
-                            Some("switch_user"),
-                        );
+                let removed = match self.store.remove(&record).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // The previous person's session must end before a new one starts.
+                        tracing::warn!(request_id = %ctx.request_id, error = %e, "sign-in: could not end the previous session");
+                        return self
+                            .json_error(session, ctx, 503, "store_unavailable", MSG_UNAVAILABLE)
+                            .await;
                     }
+                };
+                if removed && old.user != user.id {
+                    self.metrics
+                        .session_ends
+                        .with_label_values(&["switch_user"])
+                        .inc();
+                    self.metrics
+                        .session_age
+                        .observe(now.since(old.auth_time).as_secs_f64());
+                    self.audit_auth(
+                        ctx,
+                        "session_end",
+                        Some(&old.user),
+                        Some(old.aal),
+                        old.credential.as_deref(),
+                        Some("switch_user"),
+                    );
                 }
             }
             Ok(None) => {}
@@ -1179,6 +1252,16 @@ impl Gateway {
         if same_host(&flow.host, &self.public_host) {
             return Ok(safe_path(&flow.url));
         }
+        // No browser to bind a code to (after enrollment): go to the app, whose own sign-in
+        // flow (bound to this browser) then hands the session over without a ceremony.
+        if flow.browser.is_none() {
+            return Ok(format!(
+                "{}://{}{}",
+                self.service().scheme,
+                flow.host,
+                safe_path(&flow.url)
+            ));
+        }
         let code = self
             .service()
             .dir
@@ -1187,6 +1270,7 @@ impl Gateway {
                 host: flow.host.clone(),
                 url: safe_path(&flow.url),
                 expires_at: s.expires_at,
+                browser: flow.browser.clone(),
             })
             .await?;
         Ok(format!(
@@ -1242,7 +1326,22 @@ impl Gateway {
                 }
             },
         };
-        let Some(h) = taken.filter(|h| h.host == ctx.host && h.expires_at > now) else {
+        // The code works only on its host, in the browser whose request started the flow
+        // (its binding cookie): a code sent to someone else cannot swap their session.
+        let browser = headers::cookie_values(&session.req_header().headers, bind_name(ctx.tls))
+            .iter()
+            .filter_map(|v| Token::parse(v))
+            .map(|t| t.hash())
+            .collect::<Vec<_>>();
+        let Some(h) = taken.filter(|h| {
+            h.host == ctx.host
+                && h.expires_at > now
+                && h.browser.as_ref().is_some_and(|b| {
+                    browser
+                        .iter()
+                        .any(|x| constant_eq(x.as_bytes(), b.as_bytes()))
+                })
+        }) else {
             ctx.outcome = "bad_handoff";
             let reply = Reply::html(
                 400,
@@ -1296,10 +1395,7 @@ impl Gateway {
         );
         let mut reply = Reply::html(200, pages::page("Sign out", &body, &ctx.request_id));
         if set_bind {
-            reply = reply.header(
-                "set-cookie",
-                cookie(bind_name(ctx.tls), bind.expose(), ctx.tls, true),
-            );
+            reply = reply.header("set-cookie", bind_cookie(&bind, ctx.tls));
         }
         ctx.outcome = "logout_page";
         self.send(session, ctx, reply).await
@@ -1336,6 +1432,298 @@ impl Gateway {
             .split('&')
             .filter_map(|kv| kv.split_once('='))
             .any(|(k, v)| k == "csrf" && constant_eq(v.as_bytes(), want.as_bytes()))
+    }
+
+    /// `GET /.aalgate/breakglass` (any host): the emergency access form.
+    pub(crate) async fn breakglass_page(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        problem: Option<&str>,
+    ) -> Result<bool> {
+        let (bind, set_bind) = self.binding(session, ctx);
+        let app = self
+            .app_of_host(ctx)
+            .unwrap_or_else(|| "the applications".into());
+        let problem = problem
+            .map(|p| {
+                format!(
+                    "<p id=\"status\" role=\"alert\" class=\"error\">{}</p>",
+                    escape(p)
+                )
+            })
+            .unwrap_or_default();
+        let body = format!(
+            "<p><strong>Emergency access</strong> to {} for when normal sign-in is impossible. It is recorded, \
+             IT and security are alerted at once, it ends automatically, and every use is reviewed.</p>{problem}\
+             <form method=\"post\" action=\"/.aalgate/breakglass\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <label for=\"code\">Emergency code (from the sealed envelope)</label><input id=\"code\" name=\"code\" autocomplete=\"off\" spellcheck=\"false\" required>\
+             <label for=\"person\">Your full name</label><input id=\"person\" name=\"person\" autocomplete=\"name\" required>\
+             <label for=\"reason\">Reason</label><input id=\"reason\" name=\"reason\" required>\
+             <p><button type=\"submit\">Start emergency access</button></p></form>",
+            escape(&app),
+            escape(&csrf_of(bind.expose()))
+        );
+        let mut reply = Reply::html(
+            if problem.is_empty() { 200 } else { 400 },
+            pages::page("Emergency access", &body, &ctx.request_id),
+        );
+        if set_bind {
+            reply = reply.header("set-cookie", bind_cookie(&bind, ctx.tls));
+        }
+        ctx.outcome = "breakglass_page";
+        self.send(session, ctx, reply).await
+    }
+
+    fn app_of_host(&self, ctx: &Ctx) -> Option<String> {
+        HostPort::parse(&ctx.host).ok().and_then(|h| {
+            ctx.policy
+                .apps()
+                .iter()
+                .find(|a| a.host.host == h.host && (a.host.port.is_none() || a.host.port == h.port))
+                .map(|a| a.name.clone())
+        })
+    }
+
+    /// `POST /.aalgate/breakglass`: checks the code (argon2), then a break-glass session on
+    /// this host, capped at the code's TTL. Every use and failure is audited (also to the local
+    /// file, before anything else) and alerted; failures are throttled per client address.
+    pub(crate) async fn breakglass_use(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> Result<bool> {
+        let svc = self.service();
+        let ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let app = self.app_of_host(ctx).unwrap_or_else(|| "-".into());
+        if svc.emergencies.throttled(ip) {
+            self.audit_auth(
+                ctx,
+                "breakglass_failure",
+                None,
+                None,
+                None,
+                Some("throttled"),
+            );
+            let _ = crate::breakglass::audit_local(
+                &svc.breakglass,
+                &serde_json::json!({
+                "time": crate::audit::now_rfc3339(), "event": "breakglass_failure", "reason": "throttled",
+                "app": app, "client_ip": ip.map(|i| i.to_string()), "request_id": ctx.request_id }),
+            );
+            ctx.outcome = "throttled";
+            let reply = Reply::html(
+                429,
+                pages::page(
+                    "Emergency access",
+                    "<p>Too many wrong codes from this device. Wait 15 minutes, or call IT.</p>",
+                    &ctx.request_id,
+                ),
+            );
+            return self.send(session, ctx, reply).await;
+        }
+        let Some(fields) = self.form_post(session, ctx).await else {
+            return self
+                .breakglass_page(session, ctx, Some("This form expired. Fill it in again."))
+                .await;
+        };
+        let get = |k: &str| {
+            fields
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        let (typed, person, reason) = (get("code"), get("person"), get("reason"));
+        let printable =
+            |s: &str| !s.is_empty() && s.len() <= 200 && !s.chars().any(char::is_control);
+        if !printable(&person) || !printable(&reason) {
+            return self
+                .breakglass_page(session, ctx, Some("Enter your full name and the reason."))
+                .await;
+        }
+        let now = Timestamp::now();
+        let usage = crate::breakglass::Use {
+            time: now,
+            person: person.clone(),
+            reason: reason.clone(),
+            app: app.clone(),
+            client_ip: ip.map(|i| i.to_string()),
+            reviews: Vec::new(),
+        };
+        let cfg = svc.breakglass.clone();
+        let redeemed =
+            tokio::task::spawn_blocking(move || crate::breakglass::redeem(&cfg, &typed, usage))
+                .await
+                .map_err(|e| Error::because(ErrorType::InternalError, "break-glass check", e))?;
+        let code = match redeemed {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                let n = svc.emergencies.fail(ip);
+                self.audit_auth(
+                    ctx,
+                    "breakglass_failure",
+                    Some(&person),
+                    None,
+                    None,
+                    Some("wrong or used code"),
+                );
+                let _ = crate::breakglass::audit_local(
+                    &svc.breakglass,
+                    &serde_json::json!({
+                    "time": crate::audit::now_rfc3339(), "event": "breakglass_failure", "reason": "wrong or used code",
+                    "person": person, "app": app, "client_ip": ip.map(|i| i.to_string()), "failures": n, "request_id": ctx.request_id }),
+                );
+                return self.breakglass_page(session, ctx, Some("That code is not valid (wrong, or already used). Check it and try again.")).await;
+            }
+            Err(e) => {
+                tracing::error!(request_id = %ctx.request_id, error = %e, "break-glass codes file unusable");
+                return self
+                    .error(session, ctx, 503, "breakglass_unavailable")
+                    .await;
+            }
+        };
+        // Used on another instance already? Asked of the shared store when it answers; when it
+        // does not, this instance's file is the record (the documented fallback).
+        match tokio::time::timeout(
+            Duration::from_millis(500),
+            self.store.kv_incr(
+                "breakglass-used",
+                &code.id,
+                Duration::from_secs(400 * 86400),
+            ),
+        )
+        .await
+        {
+            Ok(Ok(n)) if n > 1 => {
+                self.audit_auth(
+                    ctx,
+                    "breakglass_failure",
+                    Some(&person),
+                    None,
+                    Some(&code.id),
+                    Some("code already used on another instance"),
+                );
+                return self.breakglass_page(session, ctx, Some("That code is not valid (wrong, or already used). Check it and try again.")).await;
+            }
+            Ok(Ok(_)) => {}
+            _ => {
+                tracing::warn!(request_id = %ctx.request_id, "break-glass: session store unreachable; using the local codes file only")
+            }
+        }
+        let line = serde_json::json!({
+            "time": crate::audit::now_rfc3339(), "event": "breakglass", "code": code.id, "code_name": code.name,
+            "person": person, "reason": reason, "app": app, "client_ip": ip.map(|i| i.to_string()),
+            "ttl_secs": code.ttl_secs, "request_id": ctx.request_id });
+        if let Err(e) = crate::breakglass::audit_local(&svc.breakglass, &line) {
+            // No trail, no access.
+            tracing::error!(request_id = %ctx.request_id, error = %e, "break-glass local audit failed; refusing");
+            return self
+                .error(session, ctx, 503, "breakglass_unavailable")
+                .await;
+        }
+        self.audit.emit(&crate::audit::Event {
+            time: crate::audit::now_rfc3339(),
+            event: "breakglass",
+            request_id: Some(&ctx.request_id),
+            user: Some(&person),
+            app: Some(&app),
+            credential: Some(&code.id),
+            client_ip: ip.map(|i| i.to_string()),
+            detail: Some(format!(
+                "code {} ({}); reason: {}",
+                code.id, code.name, reason
+            )),
+            ..Default::default()
+        });
+        self.metrics.breakglass_uses.inc();
+        if let Some(hook) = svc.breakglass.webhook.clone() {
+            let (app, code2, audit, rid) = (
+                app.clone(),
+                code.clone(),
+                self.audit.clone(),
+                ctx.request_id.clone(),
+            );
+            tokio::spawn(async move {
+                match crate::breakglass::alert(&hook, &app, &code2, now).await {
+                    Ok(s) if (200..300).contains(&s) => {
+                        tracing::info!(status = s, "break-glass alert sent")
+                    }
+                    r => {
+                        let why = match r {
+                            Ok(s) => format!("status {s}"),
+                            Err(e) => e.to_string(),
+                        };
+                        tracing::error!(error = %why, "break-glass alert failed");
+                        audit.emit(&crate::audit::Event {
+                            time: crate::audit::now_rfc3339(),
+                            event: "breakglass_alert_failed",
+                            request_id: Some(&rid),
+                            detail: Some(why),
+                            ..Default::default()
+                        });
+                    }
+                }
+            });
+        }
+        let handle = SessionId::generate();
+        svc.emergencies.insert(
+            handle.key(),
+            crate::breakglass::Emergency {
+                code: code.id.clone(),
+                name: code.name.clone(),
+                person,
+                host: ctx.host.clone(),
+                started: now,
+                expires: now.plus(Duration::from_secs(code.ttl_secs)),
+            },
+        );
+        self.metrics
+            .session_starts
+            .with_label_values(&["1", "breakglass"])
+            .inc();
+        ctx.outcome = "breakglass";
+        let reply = Reply::html(
+            302,
+            pages::page(
+                "Emergency access",
+                "<p>Emergency access started.</p>",
+                &ctx.request_id,
+            ),
+        )
+        .header("location", "/".into())
+        .header(
+            "set-cookie",
+            cookie(Self::cookie_name(ctx), &handle.to_cookie(), ctx.tls, false),
+        );
+        self.send(session, ctx, reply).await
+    }
+
+    /// A same-origin form POST with the page's token: its fields, or `None`.
+    async fn form_post(&self, session: &mut Session, ctx: &Ctx) -> Option<Vec<(String, String)>> {
+        let h = &session.req_header().headers;
+        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok());
+        let own = format!("{}://{}", if ctx.tls { "https" } else { "http" }, ctx.host);
+        let same = match get("origin") {
+            Some(o) if o != "null" => o == own,
+            _ => get("sec-fetch-site") == Some("same-origin"),
+        };
+        let bind = headers::cookie_values(h, bind_name(ctx.tls))
+            .iter()
+            .find_map(|v| Token::parse(v))?;
+        if !same {
+            return None;
+        }
+        let body = self.read_body(session).await?;
+        let fields: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+        let want = csrf_of(bind.expose());
+        fields
+            .iter()
+            .any(|(k, v)| k == "csrf" && constant_eq(v.as_bytes(), want.as_bytes()))
+            .then_some(fields)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1484,6 +1872,7 @@ mod tests {
             app: "a".into(),
             created: now,
             user: None,
+            browser: None,
         };
         assert!(satisfies(&s, &f, now));
         f.max_age_secs = Some(999);
