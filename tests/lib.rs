@@ -364,6 +364,11 @@ impl Gateway {
         Gateway::start_with(None, policies, false, extra)
     }
 
+    /// As [`Gateway::start`] with a store, plus extra top-level config.
+    pub fn start_with_store_extra(store: &str, policies: &[(&str, &str)], extra: &str) -> Gateway {
+        Gateway::start_with(Some(store), policies, false, extra)
+    }
+
     /// As [`Gateway::start`], with a TLS listener (a throwaway self-signed cert for localhost).
     pub fn start_tls(policies: &[(&str, &str)]) -> Gateway {
         Gateway::start_with(None, policies, true, "")

@@ -243,6 +243,28 @@ try {
   await A.page.keyboard.press('Tab');
   const focused = await A.page.evaluate(() => document.activeElement && document.activeElement.tagName);
   check(['BUTTON', 'SUMMARY', 'INPUT'].includes(focused), `keyboard focus reaches a control (${focused})`);
+  // 11. Compliance: the enrollment report, and recovery that is never weaker than enrollment.
+  const cli = (...args) => {
+    try {
+      return { code: 0, out: execFileSync(AALGATE_BIN, [...args, '--config', AALGATE_CONFIG], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }) };
+    } catch (e) {
+      return { code: e.status, out: String(e.stdout) };
+    }
+  };
+  invite('pat', 2);
+  let rep = cli('report', 'enrollment', '--format', 'json');
+  let r = JSON.parse(rep.out);
+  const row = (u) => r.users.find((x) => x.user === u);
+  check(rep.code === 0 && r.summary.mfa_percent === 100, 'enrollment report: every active user has MFA (exit 0)');
+  check(row('nora').max_aal === 'aal3' && row('nora').passkeys === 1 && row('nora').security_keys === 1 && row('nora').last_login, 'nora: a passkey and a hardware key, AAL3, last login');
+  check(row('omar').max_aal === 'aal2' && row('pat').status === 'invited', 'omar at AAL2; pat invited');
+  const reset = cli('users', 'reset', 'nora');
+  check(reset.code === 0 && reset.out.includes('/.aalgate/enroll?invite='), 'users reset prints a new invite');
+  rep = cli('report', 'enrollment', '--format', 'csv');
+  check(rep.code === 1 && rep.out.includes('nora,active,0,0,,'), 'after the reset nora has no MFA: the report exits 1');
+  await A.page.goto(reset.out.trim());
+  t = await text(A.page);
+  check(t.includes('hardware security key') && !t.includes('Create a passkey'), "nora's new invite needs an AAL3 hardware key, like her enrollment");
   console.log('all browser scenarios passed');
 } finally {
   await ctx.close();

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use aalgate_tests::{aalgate_bin, free_port, Gateway};
 
 /// The demo app as a separate process (the upstream of both app hosts).
-struct DemoApp(Child);
+pub(crate) struct DemoApp(Child);
 
 impl DemoApp {
-    fn start(port: u16) -> DemoApp {
+    pub(crate) fn start(port: u16) -> DemoApp {
         let child = Command::new(aalgate_bin())
             .args(["demo-app", "--listen", &format!("127.0.0.1:{port}")])
             .stdout(Stdio::null())
@@ -36,12 +36,12 @@ impl Drop for DemoApp {
     }
 }
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 /// Debian's Chromium binary (the `/usr/bin/chromium` wrapper prints a shell warning).
-fn chromium() -> PathBuf {
+pub(crate) fn chromium() -> PathBuf {
     for p in ["/usr/lib/chromium/chromium", "/usr/bin/chromium"] {
         if Path::new(p).exists() {
             return p.into();

@@ -1,6 +1,7 @@
 //! End-to-end tests: the built `aalgate` binary in front of an echo upstream, with the embedded
 //! store and with a real redis-server. One test binary, modules by topic.
 
+mod breakglass;
 mod browser;
 mod cli;
 mod deploy;

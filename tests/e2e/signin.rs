@@ -222,6 +222,22 @@ fn disable_beside_a_running_gateway(
         ok && out.contains("ivan\tIvan\tstatus=active\tmax_aal=none"),
         "{out}{err}"
     );
+    // Recovery: `reset` ends every session and prints a new invite at the proofed level.
+    let c = make_session(store().as_ref(), "ivan", Aal::Aal2, 60, 1);
+    let (ok, out, err) = users(g, &["reset", "ivan", "--ttl", "1h"]);
+    assert!(
+        ok && out.contains("/.aalgate/enroll?invite=")
+            && err.contains("3 session(s) ended")
+            && err.contains("AAL2"),
+        "{out}{err}"
+    );
+    for x in [&a, &b, &c] {
+        eventually(Duration::from_secs(3), "reset ended the sessions", || {
+            (get(g.port, &h, "/x", &[&format!("Cookie: aalgate={x}")]).status == 302).then_some(())
+        });
+    }
+    let a = make_session(store().as_ref(), "ivan", Aal::Aal2, 60, 1);
+    let b = make_session(store().as_ref(), "ivan", Aal::Aal2, 60, 1);
     let (ok, out, err) = users(g, &["disable", "ivan"]);
     assert!(ok && out.contains("2 session(s) ended"), "{out}{err}");
     for c in [&a, &b] {
