@@ -199,6 +199,39 @@ try {
   }, finish);
   check(replay.status === 400 && replay.body.error === 'ceremony_expired', `replayed assertion refused (${replay.status} ${replay.body.error})`);
 
+  // 7b. A form submitted after the idle timeout is kept, and sent once after one tap.
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  await A.page.goto(`${EHR}/invoices/new`);
+  await A.page.getByLabel('Account').fill('ACME-42');
+  await A.page.getByLabel('Amount').fill('99.00');
+  await A.page.getByLabel('Note').fill('Follow-up visit, MRN 0012345');
+  await sleep(4000);
+  await submit(A.page, 'Save invoice');
+  await snap(A.page, 'form-kept-reauth');
+  check(A.page.url().startsWith(`${AUTH}/.aalgate/auth?flow=`) && !A.page.url().includes('invoices'), 'submitting after the idle timeout asks for one tap; the URL carries nothing of the form');
+  check(!(await A.page.content()).includes('ACME-42'), 'the sign-in page shows nothing of the form');
+  await click(A.page, 'Continue');
+  await landOn(A.page, (u) => u.pathname === '/.aalgate/resume', 'kept form resumed');
+  await A.page.getByText('Saved invoice #1').waitFor({ timeout: 10000 });
+  await snap(A.page, 'form-kept-sent');
+  check((await text(A.page)).includes('signed in as nora'), 'the kept form reached the app as nora, with the result page shown');
+  await A.page.reload();
+  check((await text(A.page)).includes('already sent'), 'a refresh sends nothing again');
+  await A.page.goBack();
+  await A.page.goto(`${EHR}/invoices`);
+  check((await text(A.page)).includes('1 invoice(s) saved'), 'the app received the form exactly once');
+  // Over the limit (4 KiB in this test): not kept, a clear page, the app never sees a part.
+  await A.page.goto(`${EHR}/invoices/new`);
+  await A.page.getByLabel('Note').fill('x'.repeat(5000));
+  await sleep(4000);
+  await submit(A.page, 'Save invoice');
+  await click(A.page, 'Continue');
+  await landOn(A.page, (u) => u.pathname === '/.aalgate/resume', 'too large resumed');
+  await snap(A.page, 'form-too-large');
+  check((await text(A.page)).includes('too large to keep'), 'a form over the limit: asked to submit again');
+  await A.page.goto(`${EHR}/invoices`);
+  check((await text(A.page)).includes('1 invoice(s) saved'), 'nothing of the large form reached the app');
+
   // 8. Switch user on a shared workstation: omar signs in; nora's session ends everywhere.
   await C.page.goto(invite('omar', 2));
   await click(C.page, 'Create a passkey on this device');
@@ -218,6 +251,19 @@ try {
   await C.page.goto(`${BILLING}/invoices`);
   t = await text(C.page);
   check(t.includes('signed in as omar') && !t.includes('nora'), "nora's session on the other app host ended too");
+  // A form omar started is never sent as someone else.
+  await C.page.goto(`${EHR}/invoices/new`);
+  await C.page.getByLabel('Note').fill('omar was here');
+  await sleep(4000);
+  await submit(C.page, 'Save invoice');
+  const omarReauth = C.page.url();
+  check(omarReauth.startsWith(`${AUTH}/.aalgate/auth?flow=`), "omar's idle form asks to continue");
+  await A.page.goto(omarReauth);
+  await click(A.page, 'Sign in as someone else');
+  await landOn(A.page, (u) => u.pathname === '/.aalgate/resume', 'another person resumes');
+  check((await text(A.page)).includes('Form discarded'), 'another person signing in discards the kept form');
+  await A.page.goto(`${EHR}/invoices`);
+  check((await text(A.page)).includes('1 invoice(s) saved') && (await text(A.page)).includes('signed in as nora'), 'the discarded form never reached the app');
 
   // 9. User verification fails: a clear message, not a hang.
   await A.cdp.send('WebAuthn.setUserVerified', { authenticatorId: A.authenticatorId, isUserVerified: false });

@@ -72,6 +72,10 @@ fn passkeys_and_security_keys_in_chromium() {
         "    methods: [GET]".into(),
         "    require: aal2".into(),
         "    idle_timeout: 3s".into(),
+        "  - path: /invoices".into(),
+        "    methods: [POST]".into(),
+        "    require: aal2".into(),
+        "    idle_timeout: 3s".into(),
         "  - path: /admin/**".into(),
         "    require: aal3".into(),
         String::new(),
@@ -90,7 +94,7 @@ fn passkeys_and_security_keys_in_chromium() {
     .join("\n");
     let ca = root().join("tests/fixtures/chromium-virtual-authenticator-ca.pem");
     let extra = format!(
-        "rp_id: localhost\nhardware_keys:\n  aaguids: [01020304-0506-0708-0102-030405060708]\n  attestation_ca: [{}]\n",
+        "rp_id: localhost\npreserve_body_limit: 4096\nhardware_keys:\n  aaguids: [01020304-0506-0708-0102-030405060708]\n  attestation_ca: [{}]\n",
         ca.display()
     );
     let gw = Gateway::start_extra(

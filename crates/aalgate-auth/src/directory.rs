@@ -174,12 +174,15 @@ impl Directory {
                 "--aal 1 is not offered: every enrollment is at least AAL2 (a passkey with user verification)".into(),
             ));
         }
+        // An invite never asks for less than the person was proofed for.
+        let mut aal = aal;
         if let Some(u) = self.user(user).await? {
             if u.disabled {
                 return Err(DirectoryError::Invalid(format!(
                     "user {user} is disabled; re-enable them before inviting"
                 )));
             }
+            aal = aal.max(u.proofed_aal);
         }
         let token = Token::generate();
         let invite = Invite {
@@ -291,6 +294,12 @@ impl Directory {
             self.store.kv_delete("cred", &c.id).await?;
         }
         u.credentials.clear();
+        // Older enrollment links of this person stop working too.
+        for (hash, i) in self.invites().await? {
+            if i.user == id {
+                self.store.kv_delete("invite", &hash).await?;
+            }
+        }
         self.put_user(&u).await?;
         let n = self.store.revoke_user(id).await?;
         let aal = u.proofed_aal.max(Aal::Aal2);

@@ -38,6 +38,7 @@ fn flow(url: &str) -> Flow {
         created: Timestamp::now(),
         user: None,
         browser: None,
+        kept: None,
     }
 }
 

@@ -105,6 +105,10 @@ pub struct Flow {
     /// session is handed back to that browser only.
     #[serde(default)]
     pub browser: Option<String>,
+    /// A submitted form kept across the sign-in: the one-time token of the encrypted record,
+    /// or `too_large` when it could not be kept.
+    #[serde(default)]
+    pub kept: Option<String>,
 }
 
 /// Why a store call failed. Every variant means "unknown": callers fail closed.

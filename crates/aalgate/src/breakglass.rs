@@ -149,6 +149,10 @@ impl Locked {
         f.sync_all()?;
         std::fs::rename(&tmp, &self.path)
             .with_context(|| format!("cannot replace {}", self.path.display()))?;
+        // The rename itself must survive a crash, or a used code could come back.
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).ok();
+        }
         Ok(())
     }
 }
@@ -186,7 +190,7 @@ pub fn create(cfg: &BreakGlassConfig, name: &str, ttl: Duration) -> Result<(Code
     let mut id = [0u8; 4];
     rand::rngs::OsRng.fill_bytes(&mut id);
     let code = Code {
-        id: id.iter().map(|b| format!("{b:02x}")).collect(),
+        id: id.iter().map(|b| format!("{b:02X}")).collect(),
         name: name.trim().to_string(),
         created: Timestamp::now(),
         ttl_secs: ttl.as_secs(),
@@ -202,7 +206,9 @@ pub fn create(cfg: &BreakGlassConfig, name: &str, ttl: Duration) -> Result<(Code
         .chunks(5)
         .map(|c| String::from_utf8_lossy(c).into_owned())
         .collect();
-    Ok((code, grouped.join("-")))
+    // The id goes first, so a check runs one argon2 verification, not one per code.
+    let printed = format!("{}-{}", code.id, grouped.join("-"));
+    Ok((code, printed))
 }
 
 /// Every code, for reports.
@@ -233,27 +239,55 @@ pub fn review(cfg: &BreakGlassConfig, id: &str, note: &str) -> Result<Code> {
     Ok(out)
 }
 
-/// Checks a typed code against the unused ones and marks the match used. `Ok(None)`: no match.
-/// Slow on purpose (argon2).
-pub fn redeem(cfg: &BreakGlassConfig, typed: &str, mut usage: Use) -> Result<Option<Code>> {
+/// Checks a typed code (`ID-XXXXX-...`): the unused code with that id whose argon2 hash the
+/// rest matches. Slow on purpose; the file lock is not held while hashing. Marks nothing.
+pub fn check(cfg: &BreakGlassConfig, typed: &str) -> Result<Option<Code>> {
     let typed = normalize(typed);
-    if typed.len() < 20 {
+    if typed.len() != 48 {
         return Ok(None);
     }
+    let (id, secret) = typed.split_at(8);
+    let code = {
+        let f = Locked::open(&cfg.file)?;
+        let book = f.read()?;
+        book.codes
+            .into_iter()
+            .find(|c| c.used.is_none() && c.id == id)
+    };
+    let Some(code) = code else { return Ok(None) };
+    let ok = PasswordHash::new(&code.hash).is_ok_and(|h| {
+        Argon2::default()
+            .verify_password(secret.as_bytes(), &h)
+            .is_ok()
+    });
+    Ok(ok.then_some(code))
+}
+
+/// Marks a checked code used. `Ok(false)`: it was used meanwhile (a parallel attempt won).
+pub fn mark_used(cfg: &BreakGlassConfig, id: &str, mut usage: Use) -> Result<bool> {
     let f = Locked::open(&cfg.file)?;
     let mut book = f.read()?;
-    let argon = Argon2::default();
-    let found = book.codes.iter_mut().find(|c| {
-        c.used.is_none()
-            && PasswordHash::new(&c.hash)
-                .is_ok_and(|h| argon.verify_password(typed.as_bytes(), &h).is_ok())
-    });
-    let Some(code) = found else { return Ok(None) };
+    let Some(code) = book.codes.iter_mut().find(|c| c.id == id) else {
+        return Ok(false);
+    };
+    if code.used.is_some() {
+        return Ok(false);
+    }
     usage.reviews.clear();
     code.used = Some(usage);
-    let out = code.clone();
     f.write(&book)?;
-    Ok(Some(out))
+    Ok(true)
+}
+
+/// [`check`], then [`mark_used`]: a whole use, for tests and tools.
+pub fn redeem(cfg: &BreakGlassConfig, typed: &str, usage: Use) -> Result<Option<Code>> {
+    let Some(code) = check(cfg, typed)? else {
+        return Ok(None);
+    };
+    if !mark_used(cfg, &code.id, usage)? {
+        return Ok(None);
+    }
+    Ok(codes(cfg)?.into_iter().find(|c| c.id == code.id))
 }
 
 /// Appends one line to the local audit file and fsyncs it, before anything else happens.
@@ -318,6 +352,19 @@ pub fn is_emergency(s: &UserSession) -> bool {
 pub struct Emergencies {
     sessions: Cache<SessionKey, Emergency>,
     failures: Mutex<std::collections::HashMap<IpAddr, (u32, Instant)>>,
+    /// At most two argon2 checks at a time: a flood cannot fill the blocking pool.
+    pub checks: tokio::sync::Semaphore,
+}
+
+/// The throttle key: the address, or its /64 for IPv6 (one host owns a whole /64).
+fn throttle_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
 }
 
 /// Failed attempts per client address within [`FAILURE_WINDOW`] before it is refused.
@@ -330,6 +377,7 @@ impl Default for Emergencies {
         Emergencies {
             sessions: Cache::new(1024),
             failures: Mutex::new(Default::default()),
+            checks: tokio::sync::Semaphore::new(2),
         }
     }
 }
@@ -343,6 +391,13 @@ impl Emergencies {
         self.sessions
             .get(key)
             .filter(|e| e.expires > now && e.host == host)
+    }
+
+    /// A success: the address's failures are forgotten.
+    pub fn succeeded(&self, ip: Option<IpAddr>) {
+        if let (Some(ip), Ok(mut map)) = (ip, self.failures.lock()) {
+            map.remove(&throttle_key(ip));
+        }
     }
 
     /// Starts a session.
@@ -361,7 +416,7 @@ impl Emergencies {
         let Ok(map) = self.failures.lock() else {
             return true;
         };
-        map.get(&ip)
+        map.get(&throttle_key(ip))
             .is_some_and(|(n, t)| *n >= MAX_FAILURES && t.elapsed() < FAILURE_WINDOW)
     }
 
@@ -372,9 +427,13 @@ impl Emergencies {
             return 0;
         };
         if map.len() > 10_000 {
+            // Bounded memory under a spray of addresses.
             map.retain(|_, (_, t)| t.elapsed() < FAILURE_WINDOW);
+            if map.len() > 10_000 {
+                map.clear();
+            }
         }
-        let e = map.entry(ip).or_insert((0, Instant::now()));
+        let e = map.entry(throttle_key(ip)).or_insert((0, Instant::now()));
         if e.1.elapsed() >= FAILURE_WINDOW {
             *e = (0, Instant::now());
         }
@@ -393,17 +452,22 @@ pub async fn alert(webhook: &str, app: &str, code: &Code, when: Timestamp) -> Re
         "http" => false,
         s => bail!("breakglass.webhook scheme {s} is not http or https"),
     };
-    let host = url
-        .host_str()
-        .context("breakglass.webhook has no host")?
-        .to_string();
+    let host = match url.host().context("breakglass.webhook has no host")? {
+        url::Host::Domain(d) => d.to_string(),
+        url::Host::Ipv4(a) => a.to_string(),
+        url::Host::Ipv6(a) => a.to_string(),
+    };
     let port = url
         .port_or_known_default()
         .unwrap_or(if tls { 443 } else { 80 });
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
-        .context("cannot resolve the webhook host")?
-        .next()
-        .context("the webhook host has no address")?;
+    let lookup = host.clone();
+    let addr = tokio::task::spawn_blocking(move || {
+        std::net::ToSocketAddrs::to_socket_addrs(&(lookup.as_str(), port)).map(|mut a| a.next())
+    })
+    .await
+    .context("webhook lookup")?
+    .context("cannot resolve the webhook host")?
+    .context("the webhook host has no address")?;
     let body = serde_json::json!({
         "text": format!("aalgate: emergency access (break-glass) was used for {app}. Review it within 24 hours: aalgate report breakglass."),
         "event": "breakglass_used",
@@ -415,10 +479,11 @@ pub async fn alert(webhook: &str, app: &str, code: &Code, when: Timestamp) -> Re
     .to_string();
     let peer = HttpPeer::new(addr, tls, host.clone());
     let connector = pingora::connectors::http::Connector::new(None);
-    let (mut http, _) = connector
-        .get_http_session(&peer)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (mut http, _) =
+        tokio::time::timeout(Duration::from_secs(10), connector.get_http_session(&peer))
+            .await
+            .context("the webhook did not accept a connection within 10 s")?
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
     let path = match url.query() {
         Some(q) => format!("{}?{q}", url.path()),
         None => url.path().to_string(),
@@ -481,9 +546,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = cfg(dir.path());
         let (code, secret) = create(&c, "ed-charge-nurse", Duration::from_secs(3600)).unwrap();
-        assert_eq!(normalize(&secret).len(), 40);
+        assert_eq!(normalize(&secret).len(), 48);
+        assert!(secret.starts_with(&code.id));
         let file = std::fs::read_to_string(&c.file).unwrap();
-        assert!(!file.contains(&normalize(&secret)) && file.contains("$argon2id$"));
+        assert!(!file.contains(&normalize(&secret)[8..]) && file.contains("$argon2id$"));
+        let wrong_secret = format!("{}-{}", code.id, "A".repeat(40));
+        assert!(redeem(&c, &wrong_secret, usage()).unwrap().is_none());
         // Wrong codes, then the right one typed sloppily.
         assert!(redeem(&c, "AAAAA-BBBBB-CCCCC-DDDDD-EEEEE", usage())
             .unwrap()
@@ -538,5 +606,13 @@ mod tests {
         }
         assert!(e.throttled(Some(ip)));
         assert!(!e.throttled(Some("10.0.0.10".parse().unwrap())));
+        e.succeeded(Some(ip));
+        assert!(!e.throttled(Some(ip)));
+        // IPv6: one /64 is one client.
+        for i in 0..MAX_FAILURES {
+            e.fail(Some(format!("2001:db8:1:2::{i:x}").parse().unwrap()));
+        }
+        assert!(e.throttled(Some("2001:db8:1:2:ffff::1".parse().unwrap())));
+        assert!(!e.throttled(Some("2001:db8:1:3::1".parse().unwrap())));
     }
 }

@@ -42,6 +42,10 @@ struct RawConfig {
     hardware_keys: Option<RawHardwareKeys>,
     #[serde(default)]
     breakglass: Option<RawBreakGlass>,
+    #[serde(default)]
+    preserve_body_limit: Option<usize>,
+    #[serde(default)]
+    request_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -196,6 +200,10 @@ pub struct Config {
     pub hardware_keys: HardwareKeysConfig,
     /// Break-glass codes file, local audit file and alert webhook.
     pub breakglass: crate::breakglass::BreakGlassConfig,
+    /// Largest form body kept across a sign-in, in bytes.
+    pub preserve_body_limit: usize,
+    /// The AES-256 key of kept forms (created if missing; instances sharing Redis share it).
+    pub request_key: PathBuf,
 }
 
 /// Default of `session_count_interval`.
@@ -380,7 +388,18 @@ impl Config {
             .upgrade_sock
             .map(rel)
             .unwrap_or_else(|| state_dir.join("upgrade.sock"));
+        let preserve_body_limit = raw
+            .preserve_body_limit
+            .unwrap_or(crate::preserve::DEFAULT_BODY_LIMIT);
+        if preserve_body_limit > 16 * 1024 * 1024 {
+            bail!("preserve_body_limit {preserve_body_limit} is over 16 MiB; kept forms live in the session store");
+        }
         Ok(Config {
+            preserve_body_limit,
+            request_key: raw
+                .request_key
+                .map(rel)
+                .unwrap_or_else(|| state_dir.join("request-key")),
             breakglass,
             rp_id,
             hardware_keys,

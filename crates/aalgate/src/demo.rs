@@ -12,6 +12,9 @@ use crate::pages::escape;
 /// The demo app.
 pub struct DemoBilling;
 
+/// Invoices saved since the demo app started (shows that a kept form arrives exactly once).
+static INVOICES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 const CSS: &str = "body{font:15px/1.5 Georgia,serif;margin:2rem auto;max-width:46rem;color:#222}\
 header{border-bottom:3px double #246;margin-bottom:1rem}nav a{margin-right:1rem}table{border-collapse:collapse}\
 td,th{border:1px solid #999;padding:.2rem .6rem}.who{float:right;color:#555;font-size:.9rem}";
@@ -76,7 +79,8 @@ impl ServeHttp for DemoBilling {
             ("GET", "/") => html(200, page("Home", &who, &format!("<p>Welcome. Your session is at AAL{}.</p>", escape(&aal)))),
             ("GET", "/invoices") => html(
                 200,
-                page("Invoices", &who, "<table><tr><th>No.</th><th>Account</th><th>Amount</th></tr><tr><td>1001</td><td>ACME-7</td><td>$120.00</td></tr><tr><td>1002</td><td>ACME-9</td><td>$75.50</td></tr></table>"),
+                page("Invoices", &who, &(format!("<p>{} invoice(s) saved since the app started.</p><table>", INVOICES.load(std::sync::atomic::Ordering::SeqCst))
+                    + "<tr><th>No.</th><th>Account</th><th>Amount</th></tr><tr><td>1001</td><td>ACME-7</td><td>$120.00</td></tr><tr><td>1002</td><td>ACME-9</td><td>$75.50</td></tr></table>")),
             ),
             ("GET", "/invoices/new") => html(
                 200,
@@ -85,7 +89,8 @@ impl ServeHttp for DemoBilling {
             ),
             ("POST", "/invoices") => {
                 let body = read_body(session, 1 << 20).await;
-                html(201, page("Invoice saved", &who, &format!("<p>Saved an invoice ({} bytes of form data).</p>", body.len())))
+                let n = INVOICES.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                html(201, page("Invoice saved", &who, &format!("<p>Saved invoice #{n} ({} bytes of form data).</p>", body.len())))
             }
             ("GET", "/api/invoices.json") => respond(200, "application/json", r#"[{"no":1001,"account":"ACME-7","amount":"120.00"},{"no":1002,"account":"ACME-9","amount":"75.50"}]"#.into()),
             ("GET", "/payouts/bank-account") => html(

@@ -63,8 +63,8 @@ pub struct Ctx {
     start: Instant,
     pub(crate) request_id: String,
     pub(crate) tls: bool,
-    target: Option<NormalizedTarget>,
-    rule: Option<usize>,
+    pub(crate) target: Option<NormalizedTarget>,
+    pub(crate) rule: Option<usize>,
     pub(crate) session: Option<UserSession>,
     pub(crate) outcome: &'static str,
     /// The canonical `Host` (lowercase, no trailing dot) that matching used.
@@ -72,9 +72,9 @@ pub struct Ctx {
     /// The policy snapshot this request is decided and finished on.
     pub(crate) policy: Arc<PolicySet>,
     /// When the request was handed to the upstream.
-    forwarded_at: Option<Instant>,
+    pub(crate) forwarded_at: Option<Instant>,
     /// Store key of the session record, for the assertion cache.
-    session_key: Option<aalgate_session::SessionKey>,
+    pub(crate) session_key: Option<aalgate_session::SessionKey>,
 }
 
 /// A request id: unique, not secret, so a thread-local CSPRNG seeded once from the OS serves
@@ -227,7 +227,7 @@ impl Gateway {
 
     /// Loads the session named by the cookie. Malformed values are ignored; of several
     /// well-formed values the first live one wins. A store error is returned, never hidden.
-    async fn load_session(
+    pub(crate) async fn load_session(
         &self,
         req: &RequestHeader,
         ctx: &Ctx,
@@ -289,6 +289,12 @@ impl Gateway {
                     self.ceremony_finish(session, ctx).await
                 }
             }
+            "/.aalgate/resume" => {
+                if method != http::Method::GET && method != http::Method::HEAD {
+                    return self.error(session, ctx, 405, "method_not_allowed").await;
+                }
+                self.resume(session, ctx).await
+            }
             "/.aalgate/breakglass" => {
                 if method == http::Method::GET || method == http::Method::HEAD {
                     self.breakglass_page(session, ctx, None).await
@@ -341,6 +347,22 @@ impl Gateway {
                 .collect();
         let now = Timestamp::now();
         for id in ids {
+            // Break-glass sessions live here, not in the store: they end even while it is down.
+            if self.signin.emergencies.remove(&id.key()) {
+                self.sessions.remove(&id.key());
+                self.metrics
+                    .session_ends
+                    .with_label_values(&["logout"])
+                    .inc();
+                self.audit.emit(&crate::audit::Event {
+                    time: crate::audit::now_rfc3339(),
+                    event: "breakglass_end",
+                    request_id: Some(&ctx.request_id),
+                    decision: Some("logout"),
+                    ..Default::default()
+                });
+                continue;
+            }
             // Read first, so the end is attributed to a user in the audit log.
             let existing = match self.store.resolve(&id.key(), &ctx.host, now).await {
                 Ok(s) => s,
@@ -350,13 +372,6 @@ impl Gateway {
                 }
             };
             self.sessions.remove(&id.key());
-            if self.signin.emergencies.remove(&id.key()) {
-                self.metrics
-                    .session_ends
-                    .with_label_values(&["logout"])
-                    .inc();
-                continue;
-            }
             let _ = self.store.unlink(&id.key()).await;
             let Some((record, existing)) = existing else {
                 continue;
@@ -435,6 +450,7 @@ impl Gateway {
         let flow = Flow {
             host: self.canonical_host(host),
             browser: Some(bind.hash()),
+            kept: None,
             method: session.req_header().method.to_string(),
             url,
             need: need.to_string(),
@@ -446,6 +462,18 @@ impl Gateway {
             // for whoever signs in.
             user: if need == "login" { None } else { user },
         };
+        let mut flow = flow;
+        if crate::preserve::keeps(session.req_header().method.as_str())
+            && !headers::is_script_request(&session.req_header().headers)
+        {
+            match self.keep_request(session, ctx, &flow, &bind).await {
+                Ok(kept) => flow.kept = Some(kept),
+                Err(e) => {
+                    tracing::warn!(request_id = %ctx.request_id, error = %e, "could not keep the submitted form");
+                    return self.error(session, ctx, 503, "store_unavailable").await;
+                }
+            }
+        }
         let id = FlowId::generate();
         if let Err(e) = self.store.put_flow(&id.key(), &flow, FLOW_TTL).await {
             tracing::warn!(request_id = %ctx.request_id, error = %e, "session store error while starting sign-in");

@@ -20,5 +20,7 @@ pub mod headers;
 pub mod metrics;
 pub mod ops;
 pub mod pages;
+pub mod preserve;
 pub mod report;
+pub mod resume;
 pub mod signin;

@@ -367,6 +367,8 @@ fn demo_config(
         rp_id: "localhost".into(),
         hardware_keys: config::HardwareKeysConfig::default(),
         breakglass: aalgate::breakglass::BreakGlassConfig::in_dir(&state_dir),
+        preserve_body_limit: aalgate::preserve::DEFAULT_BODY_LIMIT,
+        request_key: state_dir.join("request-key"),
     })
 }
 
@@ -450,6 +452,8 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         },
         breakglass: cfg.breakglass.clone(),
         emergencies: Default::default(),
+        sealer: aalgate::preserve::Sealer::load_or_create(&cfg.request_key)?,
+        body_limit: cfg.preserve_body_limit,
     });
     let signer = Arc::new(assertion::Signer::load_or_create(
         &cfg.signing_key,
@@ -639,10 +643,16 @@ async fn breakglass_run(args: BreakglassArgs) -> Result<bool> {
 }
 
 fn csv_field(s: &str) -> String {
+    // A leading = + - @ would run as a formula in a spreadsheet.
+    let s = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_string()
+    };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
-        s.to_string()
+        s
     }
 }
 

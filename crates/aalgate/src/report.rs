@@ -139,14 +139,15 @@ pub struct BreakGlassRow {
     pub reviews: Vec<String>,
 }
 
-/// Uses within `since` of `now`, oldest first.
+/// Uses within `since` of `now`, and every use not reviewed yet, oldest first.
 pub fn breakglass(codes: &[Code], now: Timestamp, since: Duration) -> Vec<BreakGlassRow> {
     let from = now.0.saturating_sub(since.as_secs());
     let mut rows: Vec<(u64, BreakGlassRow)> = codes
         .iter()
         .filter_map(|c| {
             let u = c.used.as_ref()?;
-            (u.time.0 >= from).then(|| {
+            // An unreviewed use stays listed whatever the window: it is still owed a review.
+            (u.time.0 >= from || u.reviews.is_empty()).then(|| {
                 (
                     u.time.0,
                     BreakGlassRow {
@@ -238,6 +239,12 @@ mod tests {
             rows.iter().map(|r| r.code.as_str()).collect::<Vec<_>>(),
             ["old", "done", "new"]
         );
-        assert!(rows[0].overdue && !rows[1].overdue && rows[1].reviewed && !rows[2].overdue);
+        assert!(
+            rows[0].overdue
+                && rows[1].overdue
+                && !rows[2].overdue
+                && rows[2].reviewed
+                && !rows[3].overdue
+        );
     }
 }

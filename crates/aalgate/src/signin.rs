@@ -43,6 +43,10 @@ pub struct SignInService {
     pub breakglass: crate::breakglass::BreakGlassConfig,
     /// Live break-glass sessions of this instance and the failure throttle.
     pub emergencies: crate::breakglass::Emergencies,
+    /// Encrypts forms kept across a sign-in.
+    pub sealer: crate::preserve::Sealer,
+    /// Largest form body kept.
+    pub body_limit: usize,
 }
 
 /// What a handoff code carries.
@@ -409,6 +413,7 @@ impl Gateway {
         let flow = Flow {
             host: self.canonical_host(&ctx.host),
             browser: Some(bind.hash()),
+            kept: None,
             method: "GET".into(),
             url: "/".into(),
             need: "switch".into(),
@@ -831,8 +836,12 @@ impl Gateway {
             else {
                 return Ok(Err("invite used or expired meanwhile"));
             };
-            if invite.aal == Aal::Aal3 && cred.aal < Aal::Aal3 {
-                return Ok(Err("AAL3 invite needs an attested hardware key"));
+            let proofed = match svc.dir.user(&invite.user).await? {
+                Some(u) => u.proofed_aal.max(invite.aal),
+                None => invite.aal,
+            };
+            if proofed == Aal::Aal3 && cred.aal < Aal::Aal3 {
+                return Ok(Err("an AAL3 person needs an attested hardware key"));
             }
             let mut user = match svc.dir.user(&invite.user).await? {
                 Some(u) => u,
@@ -907,6 +916,7 @@ impl Gateway {
             created: now,
             user: None,
             browser: None,
+            kept: None,
         };
         let amr = match cred.kind {
             CredentialKind::SecurityKey => vec!["hwk".into(), "user".into(), "mfa".into()],
@@ -1249,8 +1259,13 @@ impl Gateway {
         s: &UserSession,
         flow: &Flow,
     ) -> std::result::Result<String, DirectoryError> {
+        // A kept form is sent from the app host once the session is there.
+        let url = match flow.kept.as_deref() {
+            Some(k) => format!("/.aalgate/resume?kept={k}"),
+            None => safe_path(&flow.url),
+        };
         if same_host(&flow.host, &self.public_host) {
-            return Ok(safe_path(&flow.url));
+            return Ok(url);
         }
         // No browser to bind a code to (after enrollment): go to the app, whose own sign-in
         // flow (bound to this browser) then hands the session over without a ceremony.
@@ -1268,7 +1283,7 @@ impl Gateway {
             .put_code(&Handoff {
                 record: record.as_str().to_string(),
                 host: flow.host.clone(),
-                url: safe_path(&flow.url),
+                url,
                 expires_at: s.expires_at,
                 browser: flow.browser.clone(),
             })
@@ -1486,8 +1501,9 @@ impl Gateway {
     }
 
     /// `POST /.aalgate/breakglass`: checks the code (argon2), then a break-glass session on
-    /// this host, capped at the code's TTL. Every use and failure is audited (also to the local
-    /// file, before anything else) and alerted; failures are throttled per client address.
+    /// this host, capped at the code's TTL. Every use and failure is audited (a use also to the
+    /// local file, before the code is marked used) and alerted; failures are throttled per
+    /// client address (IPv6: per /64), and at most two checks run at once.
     pub(crate) async fn breakglass_use(
         &self,
         session: &mut Session,
@@ -1499,30 +1515,20 @@ impl Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         let app = self.app_of_host(ctx).unwrap_or_else(|| "-".into());
-        if svc.emergencies.throttled(ip) {
-            self.audit_auth(
-                ctx,
-                "breakglass_failure",
-                None,
-                None,
-                None,
-                Some("throttled"),
-            );
-            let _ = crate::breakglass::audit_local(
-                &svc.breakglass,
-                &serde_json::json!({
-                "time": crate::audit::now_rfc3339(), "event": "breakglass_failure", "reason": "throttled",
-                "app": app, "client_ip": ip.map(|i| i.to_string()), "request_id": ctx.request_id }),
-            );
-            ctx.outcome = "throttled";
-            let reply = Reply::html(
+        let busy = |this: &Self, ctx: &mut Ctx, why: &'static str| {
+            ctx.outcome = why;
+            this.audit_auth(ctx, "breakglass_failure", None, None, None, Some(why));
+            Reply::html(
                 429,
                 pages::page(
                     "Emergency access",
-                    "<p>Too many wrong codes from this device. Wait 15 minutes, or call IT.</p>",
+                    "<p>Too many attempts from this device. Wait 15 minutes, or call IT.</p>",
                     &ctx.request_id,
                 ),
-            );
+            )
+        };
+        if svc.emergencies.throttled(ip) {
+            let reply = busy(self, ctx, "throttled");
             return self.send(session, ctx, reply).await;
         }
         let Some(fields) = self.form_post(session, ctx).await else {
@@ -1538,45 +1544,51 @@ impl Gateway {
                 .unwrap_or_default()
         };
         let (typed, person, reason) = (get("code"), get("person"), get("reason"));
-        let printable =
-            |s: &str| !s.is_empty() && s.len() <= 200 && !s.chars().any(char::is_control);
+        // Printable text only: no control or bidi/format characters that could disguise a
+        // report line.
+        let printable = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 200
+                && !s.chars().any(|c| {
+                    c.is_control() || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+                })
+        };
         if !printable(&person) || !printable(&reason) {
             return self
                 .breakglass_page(session, ctx, Some("Enter your full name and the reason."))
                 .await;
         }
-        let now = Timestamp::now();
-        let usage = crate::breakglass::Use {
-            time: now,
-            person: person.clone(),
-            reason: reason.clone(),
-            app: app.clone(),
-            client_ip: ip.map(|i| i.to_string()),
-            reviews: Vec::new(),
+        let Ok(_permit) = svc.emergencies.checks.try_acquire() else {
+            let reply = busy(self, ctx, "busy");
+            return self.send(session, ctx, reply).await;
         };
+        // Counted before the slow check, so parallel guesses are throttled too.
+        let failures = svc.emergencies.fail(ip);
+        let now = Timestamp::now();
         let cfg = svc.breakglass.clone();
-        let redeemed =
-            tokio::task::spawn_blocking(move || crate::breakglass::redeem(&cfg, &typed, usage))
-                .await
-                .map_err(|e| Error::because(ErrorType::InternalError, "break-glass check", e))?;
-        let code = match redeemed {
+        let checked = tokio::task::spawn_blocking(move || crate::breakglass::check(&cfg, &typed))
+            .await
+            .map_err(|e| Error::because(ErrorType::InternalError, "break-glass check", e))?;
+        let fail_local = |reason_text: &str| {
+            let cfg = svc.breakglass.clone();
+            let line = serde_json::json!({
+                "time": crate::audit::now_rfc3339(), "event": "breakglass_failure", "reason": reason_text,
+                "person": person, "app": app, "client_ip": ip.map(|i| i.to_string()), "failures": failures,
+                "request_id": ctx.request_id });
+            tokio::task::spawn_blocking(move || crate::breakglass::audit_local(&cfg, &line))
+        };
+        let code = match checked {
             Ok(Some(c)) => c,
             Ok(None) => {
-                let n = svc.emergencies.fail(ip);
                 self.audit_auth(
                     ctx,
                     "breakglass_failure",
-                    Some(&person),
                     None,
                     None,
-                    Some("wrong or used code"),
+                    None,
+                    Some(&format!("wrong or used code; person: {person}")),
                 );
-                let _ = crate::breakglass::audit_local(
-                    &svc.breakglass,
-                    &serde_json::json!({
-                    "time": crate::audit::now_rfc3339(), "event": "breakglass_failure", "reason": "wrong or used code",
-                    "person": person, "app": app, "client_ip": ip.map(|i| i.to_string()), "failures": n, "request_id": ctx.request_id }),
-                );
+                let _ = fail_local("wrong or used code").await;
                 return self.breakglass_page(session, ctx, Some("That code is not valid (wrong, or already used). Check it and try again.")).await;
             }
             Err(e) => {
@@ -1588,7 +1600,7 @@ impl Gateway {
         };
         // Used on another instance already? Asked of the shared store when it answers; when it
         // does not, this instance's file is the record (the documented fallback).
-        match tokio::time::timeout(
+        let shared = tokio::time::timeout(
             Duration::from_millis(500),
             self.store.kv_incr(
                 "breakglass-used",
@@ -1596,17 +1608,20 @@ impl Gateway {
                 Duration::from_secs(400 * 86400),
             ),
         )
-        .await
-        {
+        .await;
+        match shared {
             Ok(Ok(n)) if n > 1 => {
                 self.audit_auth(
                     ctx,
                     "breakglass_failure",
-                    Some(&person),
+                    None,
                     None,
                     Some(&code.id),
-                    Some("code already used on another instance"),
+                    Some(&format!(
+                        "code already used on another instance; person: {person}"
+                    )),
                 );
+                let _ = fail_local("code already used on another instance").await;
                 return self.breakglass_page(session, ctx, Some("That code is not valid (wrong, or already used). Check it and try again.")).await;
             }
             Ok(Ok(_)) => {}
@@ -1614,28 +1629,65 @@ impl Gateway {
                 tracing::warn!(request_id = %ctx.request_id, "break-glass: session store unreachable; using the local codes file only")
             }
         }
+        // No trail, no access: the local audit line is written (and fsynced) first.
         let line = serde_json::json!({
             "time": crate::audit::now_rfc3339(), "event": "breakglass", "code": code.id, "code_name": code.name,
             "person": person, "reason": reason, "app": app, "client_ip": ip.map(|i| i.to_string()),
             "ttl_secs": code.ttl_secs, "request_id": ctx.request_id });
-        if let Err(e) = crate::breakglass::audit_local(&svc.breakglass, &line) {
-            // No trail, no access.
-            tracing::error!(request_id = %ctx.request_id, error = %e, "break-glass local audit failed; refusing");
+        let cfg = svc.breakglass.clone();
+        let logged =
+            tokio::task::spawn_blocking(move || crate::breakglass::audit_local(&cfg, &line)).await;
+        if !matches!(logged, Ok(Ok(()))) {
+            tracing::error!(request_id = %ctx.request_id, "break-glass local audit failed; refusing (the code stays unused)");
             return self
                 .error(session, ctx, 503, "breakglass_unavailable")
                 .await;
         }
+        let usage = crate::breakglass::Use {
+            time: now,
+            person: person.clone(),
+            reason: reason.clone(),
+            app: app.clone(),
+            client_ip: ip.map(|i| i.to_string()),
+            reviews: Vec::new(),
+        };
+        let (cfg, id) = (svc.breakglass.clone(), code.id.clone());
+        let marked =
+            tokio::task::spawn_blocking(move || crate::breakglass::mark_used(&cfg, &id, usage))
+                .await;
+        match marked {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                self.audit_auth(
+                    ctx,
+                    "breakglass_failure",
+                    None,
+                    None,
+                    Some(&code.id),
+                    Some("code used by a parallel attempt"),
+                );
+                return self.breakglass_page(session, ctx, Some("That code is not valid (wrong, or already used). Check it and try again.")).await;
+            }
+            _ => {
+                tracing::error!(request_id = %ctx.request_id, "break-glass codes file unusable");
+                return self
+                    .error(session, ctx, 503, "breakglass_unavailable")
+                    .await;
+            }
+        }
+        svc.emergencies.succeeded(ip);
+        let who = format!("breakglass:{}", code.id);
         self.audit.emit(&crate::audit::Event {
             time: crate::audit::now_rfc3339(),
             event: "breakglass",
             request_id: Some(&ctx.request_id),
-            user: Some(&person),
+            user: Some(&who),
             app: Some(&app),
             credential: Some(&code.id),
             client_ip: ip.map(|i| i.to_string()),
             detail: Some(format!(
-                "code {} ({}); reason: {}",
-                code.id, code.name, reason
+                "code {} ({}); person: {}; reason: {}",
+                code.id, code.name, person, reason
             )),
             ..Default::default()
         });
@@ -1648,25 +1700,27 @@ impl Gateway {
                 ctx.request_id.clone(),
             );
             tokio::spawn(async move {
-                match crate::breakglass::alert(&hook, &app, &code2, now).await {
-                    Ok(s) if (200..300).contains(&s) => {
-                        tracing::info!(status = s, "break-glass alert sent")
+                // A few tries: the alert matters more than its latency.
+                let mut last = String::new();
+                for attempt in 0..3u64 {
+                    match crate::breakglass::alert(&hook, &app, &code2, now).await {
+                        Ok(s) if (200..300).contains(&s) => {
+                            tracing::info!(status = s, "break-glass alert sent");
+                            return;
+                        }
+                        Ok(s) => last = format!("status {s}"),
+                        Err(e) => last = e.to_string(),
                     }
-                    r => {
-                        let why = match r {
-                            Ok(s) => format!("status {s}"),
-                            Err(e) => e.to_string(),
-                        };
-                        tracing::error!(error = %why, "break-glass alert failed");
-                        audit.emit(&crate::audit::Event {
-                            time: crate::audit::now_rfc3339(),
-                            event: "breakglass_alert_failed",
-                            request_id: Some(&rid),
-                            detail: Some(why),
-                            ..Default::default()
-                        });
-                    }
+                    tokio::time::sleep(Duration::from_secs(2 * (attempt + 1))).await;
                 }
+                tracing::error!(error = %last, "break-glass alert failed");
+                audit.emit(&crate::audit::Event {
+                    time: crate::audit::now_rfc3339(),
+                    event: "breakglass_alert_failed",
+                    request_id: Some(&rid),
+                    detail: Some(last),
+                    ..Default::default()
+                });
             });
         }
         let handle = SessionId::generate();
@@ -1873,6 +1927,7 @@ mod tests {
             created: now,
             user: None,
             browser: None,
+            kept: None,
         };
         assert!(satisfies(&s, &f, now));
         f.max_age_secs = Some(999);
