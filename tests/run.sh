@@ -5,7 +5,8 @@
 # Needs: cmake (pingora builds zlib-ng), redis-server, openssl and curl (TLS listener test),
 # promtool (Debian package prometheus: checks the metrics scrape and the alert rules),
 # chromium and node/npm (the browser tests: playwright-core from npm drives Debian's Chromium
-# with WebAuthn virtual authenticators; no browser download).
+# with WebAuthn virtual authenticators; no browser download), and python3 with pip (httpbin and
+# gunicorn from PyPI, the upstream of the transparency tests).
 # As root on Debian it installs what is missing; otherwise it says what to install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,11 @@ if ((${#need[@]})); then
     echo "tests/run.sh: missing ${need[*]}; install them first (Debian: sudo apt-get install -y ${need[*]})" >&2
     exit 1
   fi
+fi
+
+# A real app nobody here wrote, for the transparency tests: httpbin under gunicorn (PyPI).
+if ! python3 -c "import httpbin, gunicorn" >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check "httpbin==0.10.*" "gunicorn>=22"
 fi
 
 # The browser driver (pinned in tests/browser/package-lock.json).

@@ -11,6 +11,7 @@ mod ops;
 mod proxy;
 mod redis;
 mod signin;
+mod transparency;
 
 use std::time::Duration;
 

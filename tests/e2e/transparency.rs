@@ -1,0 +1,460 @@
+//! Legacy apps work unchanged behind the gateway: a real app nobody here wrote (httpbin, served
+//! by gunicorn) answers the same directly and through aalgate with a session, except for the
+//! documented added headers; bodies stream both ways.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aalgate_policy::Aal;
+use aalgate_session::EmbeddedStore;
+use aalgate_tests::{free_port, Gateway};
+
+use crate::make_session;
+
+/// httpbin under gunicorn (pip install httpbin gunicorn; tests/run.sh does).
+struct Httpbin {
+    child: Child,
+    port: u16,
+}
+
+impl Httpbin {
+    fn start() -> Httpbin {
+        // The real interpreter, not the pyenv shim, so the PID we kill is gunicorn's.
+        let py = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3");
+        let py = String::from_utf8_lossy(&py.stdout).trim().to_string();
+        let port = free_port();
+        let child = Command::new(&py)
+            .args([
+                "-m",
+                "gunicorn",
+                "-b",
+                &format!("127.0.0.1:{port}"),
+                "-w",
+                "4",
+                "-k",
+                "sync",
+                "--timeout",
+                "30",
+                "httpbin:app",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start gunicorn (pip install httpbin gunicorn)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "httpbin did not start (pip install httpbin gunicorn)"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Httpbin { child, port }
+    }
+}
+
+impl Drop for Httpbin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response read to EOF (requests say `Connection: close`), with the body de-chunked.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    first_body_byte: Option<Duration>,
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = std::str::from_utf8(&b[..eol])
+            .ok()
+            .and_then(|l| usize::from_str_radix(l.split(';').next().unwrap_or("").trim(), 16).ok());
+        let Some(size) = size else { return out };
+        if size == 0 {
+            return out;
+        }
+        let start = eol + 2;
+        if b.len() < start + size {
+            return out;
+        }
+        out.extend_from_slice(&b[start..start + size]);
+        b = &b[(start + size + 2).min(b.len())..];
+    }
+}
+
+fn exchange(port: u16, raw: &[u8]) -> Resp {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(15))).ok();
+    s.write_all(raw).expect("write");
+    let t0 = Instant::now();
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 65536];
+    let mut head_len = None;
+    let mut first_body_byte = None;
+    while let Ok(n @ 1..) = s.read(&mut chunk) {
+        buf.extend_from_slice(&chunk[..n]);
+        if head_len.is_none() {
+            head_len = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4);
+        }
+        if let Some(h) = head_len {
+            if first_body_byte.is_none() && buf.len() > h {
+                first_body_byte = Some(t0.elapsed());
+            }
+        }
+    }
+    let mut hs = [httparse::EMPTY_HEADER; 64];
+    let mut r = httparse::Response::new(&mut hs);
+    let n = match r.parse(&buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => panic!("no response: {:?}", String::from_utf8_lossy(&buf)),
+    };
+    let headers: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let raw_body = &buf[n..];
+    let body = if chunked {
+        dechunk(raw_body)
+    } else {
+        raw_body.to_vec()
+    };
+    Resp {
+        status: r.code.unwrap_or(0),
+        headers,
+        body,
+        first_body_byte,
+    }
+}
+
+fn gunzip(b: &[u8]) -> Vec<u8> {
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import gzip,sys; sys.stdout.buffer.write(gzip.decompress(sys.stdin.buffer.read()))",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child.stdin.take().unwrap().write_all(b).unwrap();
+    child.wait_with_output().unwrap().stdout
+}
+
+/// Headers that describe the connection or the moment, not the content.
+const HOP: [&str; 5] = [
+    "date",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+];
+/// Headers the gateway documents as added.
+const ADDED_RESPONSE: [&str; 2] = ["x-request-id", "strict-transport-security"];
+/// Request headers the gateway documents as added upstream (httpbin echoes them).
+const ADDED_REQUEST: [&str; 8] = [
+    "X-Aalgate-User",
+    "X-Aalgate-Aal",
+    "X-Aalgate-Auth-Time",
+    "X-Aalgate-Assertion",
+    "X-Forwarded-For",
+    "X-Forwarded-Proto",
+    "X-Forwarded-Host",
+    "X-Request-Id",
+];
+
+fn content_headers(r: &Resp, through_gateway: bool) -> Vec<(String, String)> {
+    let mut h: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| !HOP.contains(&k.as_str()))
+        .filter(|(k, _)| !(through_gateway && ADDED_RESPONSE.contains(&k.as_str())))
+        .cloned()
+        .collect();
+    h.sort();
+    h
+}
+
+/// The body, with the documented added request headers (and hop-by-hop ones) removed from
+/// httpbin's echo: one JSON document, or one per line (`/stream`).
+fn comparable_body(r: &Resp) -> Vec<u8> {
+    let gz = r
+        .headers
+        .iter()
+        .any(|(k, v)| k == "content-encoding" && v.contains("gzip"));
+    if gz {
+        // Compressed bytes differ with the echoed headers; compare what they say.
+        let unzipped = Resp {
+            status: r.status,
+            headers: Vec::new(),
+            body: gunzip(&r.body),
+            first_body_byte: None,
+        };
+        return comparable_body(&unzipped);
+    }
+    let strip = |mut v: serde_json::Value| {
+        if let Some(h) = v.get_mut("headers").and_then(|h| h.as_object_mut()) {
+            for n in ADDED_REQUEST {
+                h.remove(n);
+            }
+            h.remove("Connection");
+            h.remove("Keep-Alive");
+        }
+        serde_json::to_vec(&v).unwrap_or_default()
+    };
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&r.body) {
+        return strip(v);
+    }
+    let text = String::from_utf8_lossy(&r.body);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    let parsed: Option<Vec<serde_json::Value>> =
+        lines.iter().map(|l| serde_json::from_str(l).ok()).collect();
+    match parsed {
+        Some(vs) if !vs.is_empty() => vs
+            .into_iter()
+            .flat_map(|v| {
+                let mut b = strip(v);
+                b.push(b'\n');
+                b
+            })
+            .collect(),
+        _ => r.body.clone(),
+    }
+}
+
+#[test]
+fn httpbin_answers_the_same_through_the_gateway() {
+    let bin = Httpbin::start();
+    let policy = format!(
+        "app: httpbin\nhost: localhost\nupstream: http://127.0.0.1:{}\ndefault: aal2\n",
+        bin.port
+    );
+    let g = Gateway::start(None, &[("httpbin.yaml", &policy)]);
+    let store = EmbeddedStore::open(&g.state_dir()).unwrap();
+    let cookie = make_session(&store, "nora", Aal::Aal2, 60, 1);
+    let host = format!("localhost:{}", g.port);
+    let binary: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+    let cases: Vec<(&str, String, Vec<(&str, String)>, Vec<u8>)> = vec![
+        (
+            "GET",
+            "/anything?a=1&b=%20x&c=%E2%9C%93&d".into(),
+            vec![
+                ("X-Odd-Header", "  spaced  value ".into()),
+                ("Accept-Language", "de-CH, en;q=0.5".into()),
+            ],
+            vec![],
+        ),
+        (
+            "POST",
+            "/anything/forms?x=1".into(),
+            vec![("Content-Type", "application/x-www-form-urlencoded".into())],
+            b"note=chest+pain&mrn=0012345".to_vec(),
+        ),
+        (
+            "PUT",
+            "/anything/bin".into(),
+            vec![("Content-Type", "application/octet-stream".into())],
+            binary.clone(),
+        ),
+        (
+            "PATCH",
+            "/anything/json".into(),
+            vec![("Content-Type", "application/json".into())],
+            br#"{"a":[1,2,3]}"#.to_vec(),
+        ),
+        ("DELETE", "/anything/7".into(), vec![], vec![]),
+        ("GET", "/redirect/3".into(), vec![], vec![]),
+        ("GET", "/absolute-redirect/2".into(), vec![], vec![]),
+        (
+            "GET",
+            "/cookies/set?session_app=abc&theme=dark".into(),
+            vec![],
+            vec![],
+        ),
+        ("GET", "/stream/20".into(), vec![], vec![]),
+        (
+            "GET",
+            "/gzip".into(),
+            vec![("Accept-Encoding", "gzip".into())],
+            vec![],
+        ),
+        ("GET", "/bytes/1048576?seed=7".into(), vec![], vec![]),
+        ("GET", "/status/204".into(), vec![], vec![]),
+        ("GET", "/status/304".into(), vec![], vec![]),
+        ("GET", "/status/418".into(), vec![], vec![]),
+        (
+            "GET",
+            "/etag/abc".into(),
+            vec![("If-None-Match", "\"abc\"".into())],
+            vec![],
+        ),
+        (
+            "GET",
+            "/response-headers?Vary=Accept&Cache-Control=max-age%3D60".into(),
+            vec![],
+            vec![],
+        ),
+        ("GET", "/delay/1".into(), vec![], vec![]),
+    ];
+    for (method, target, headers, body) in cases {
+        let mut extra = String::new();
+        for (k, v) in &headers {
+            extra.push_str(&format!("{k}: {v}\r\n"));
+        }
+        let req = |cookie: Option<&str>| {
+            let mut r = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: legacy-test\r\nAccept: */*\r\n{extra}");
+            if let Some(c) = cookie {
+                r.push_str(&format!("Cookie: aalgate={c}\r\n"));
+            }
+            if !body.is_empty() || method != "GET" && method != "DELETE" {
+                r.push_str(&format!("Content-Length: {}\r\n", body.len()));
+            }
+            r.push_str("Connection: close\r\n\r\n");
+            let mut b = r.into_bytes();
+            b.extend_from_slice(&body);
+            b
+        };
+        let direct = exchange(bin.port, &req(None));
+        let via = exchange(g.port, &req(Some(&cookie)));
+        let what = format!("{method} {target}");
+        assert_eq!(direct.status, via.status, "{what}");
+        assert_eq!(
+            content_headers(&direct, false),
+            content_headers(&via, true),
+            "{what}: headers"
+        );
+        let (d, v) = (comparable_body(&direct), comparable_body(&via));
+        assert!(
+            d == v,
+            "{what}: bodies differ:\n{}\n{}",
+            String::from_utf8_lossy(&d[..d.len().min(600)]),
+            String::from_utf8_lossy(&v[..v.len().min(600)])
+        );
+        if target.starts_with("/anything") {
+            let v: serde_json::Value = serde_json::from_slice(&via.body).unwrap();
+            assert_eq!(v["headers"]["X-Aalgate-User"], "nora", "{what}");
+        }
+    }
+
+    // A slow drip: the first byte arrives long before the drip ends (nothing is buffered).
+    let drip = exchange(
+        g.port,
+        format!("GET /drip?duration=3&numbytes=3&delay=0 HTTP/1.1\r\nHost: {host}\r\nCookie: aalgate={cookie}\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(drip.status, 200);
+    assert_eq!(drip.body, b"***");
+    let first = drip.first_body_byte.expect("a body");
+    assert!(
+        first < Duration::from_millis(2500),
+        "first byte after {first:?}: the response was buffered"
+    );
+}
+
+/// Reads a request with a Content-Length body without keeping it; answers with the count.
+fn sink() -> (u16, std::thread::JoinHandle<u64>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut b).unwrap_or(0) == 0 {
+                return 0;
+            }
+            head.push(b[0]);
+        }
+        let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let len: u64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap_or(0))
+            })
+            .unwrap_or(0);
+        let mut got = 0u64;
+        let mut buf = vec![0u8; 1 << 16];
+        while got < len {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n as u64,
+            }
+        }
+        let body = got.to_string();
+        let _ = s.write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        got
+    });
+    (port, h)
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)
+                .map(|v| v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_200_mib_upload_streams_with_bounded_gateway_memory() {
+    let (port, done) = sink();
+    let policy =
+        format!("app: sink\nhost: localhost\nupstream: http://127.0.0.1:{port}\ndefault: aal2\n");
+    let g = Gateway::start(None, &[("sink.yaml", &policy)]);
+    let store = EmbeddedStore::open(&g.state_dir()).unwrap();
+    let cookie = make_session(&store, "nora", Aal::Aal2, 60, 1);
+    let before = rss_kib(g.pid(), "VmRSS:");
+    const SIZE: u64 = 200 * 1024 * 1024;
+    let mut s = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+    s.write_all(format!("POST /upload HTTP/1.1\r\nHost: localhost:{}\r\nCookie: aalgate={cookie}\r\nContent-Type: application/octet-stream\r\nContent-Length: {SIZE}\r\nConnection: close\r\n\r\n", g.port).as_bytes()).unwrap();
+    let block = vec![0x5au8; 1 << 20];
+    let mut peak = 0;
+    for i in 0..(SIZE >> 20) {
+        s.write_all(&block).unwrap();
+        if i % 16 == 0 {
+            peak = peak.max(rss_kib(g.pid(), "VmRSS:"));
+        }
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with(&SIZE.to_string()), "{out}");
+    assert_eq!(done.join().unwrap(), SIZE);
+    let grew = peak.saturating_sub(before);
+    assert!(
+        grew < 64 * 1024,
+        "gateway RSS grew {grew} KiB during a 200 MiB upload (before {before} KiB)"
+    );
+}
