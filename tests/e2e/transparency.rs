@@ -244,6 +244,9 @@ fn comparable_body(r: &Resp) -> Vec<u8> {
     }
 }
 
+/// Method, target, extra headers, body.
+type Case = (&'static str, String, Vec<(&'static str, String)>, Vec<u8>);
+
 #[test]
 fn httpbin_answers_the_same_through_the_gateway() {
     let bin = Httpbin::start();
@@ -256,7 +259,7 @@ fn httpbin_answers_the_same_through_the_gateway() {
     let cookie = make_session(&store, "nora", Aal::Aal2, 60, 1);
     let host = format!("localhost:{}", g.port);
     let binary: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
-    let cases: Vec<(&str, String, Vec<(&str, String)>, Vec<u8>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "GET",
             "/anything?a=1&b=%20x&c=%E2%9C%93&d".into(),
