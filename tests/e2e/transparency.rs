@@ -461,3 +461,155 @@ fn a_200_mib_upload_streams_with_bounded_gateway_memory() {
         "gateway RSS grew {grew} KiB during a 200 MiB upload (before {before} KiB)"
     );
 }
+
+/// A WebSocket echo server: answers the handshake, then echoes each (small) text frame.
+fn ws_echo() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut s) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut b).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                let key = text
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .starts_with("sec-websocket-key:")
+                            .then(|| l[18..].trim().to_string())
+                    })
+                    .unwrap_or_default();
+                let mut h = sha1_smol::Sha1::new();
+                h.update(format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes());
+                use base64::Engine;
+                let accept = base64::engine::general_purpose::STANDARD.encode(h.digest().bytes());
+                let _ = s.write_all(format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n").as_bytes());
+                loop {
+                    let mut hdr = [0u8; 2];
+                    if s.read_exact(&mut hdr).is_err() {
+                        return;
+                    }
+                    let len = usize::from(hdr[1] & 0x7f);
+                    let mut mask = [0u8; 4];
+                    let mut payload = vec![0u8; len];
+                    if s.read_exact(&mut mask).is_err() || s.read_exact(&mut payload).is_err() {
+                        return;
+                    }
+                    for (i, p) in payload.iter_mut().enumerate() {
+                        *p ^= mask[i % 4];
+                    }
+                    let mut out = vec![0x81, len as u8];
+                    out.extend_from_slice(&payload);
+                    if s.write_all(&out).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+fn ws_frame(text: &str) -> Vec<u8> {
+    let mask = [1u8, 2, 3, 4];
+    let mut f = vec![0x81, 0x80 | text.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// Opens a WebSocket through the gateway; returns the stream after the 101.
+fn ws_open(port: u16, cookie: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    s.write_all(format!("GET /socket HTTP/1.1\r\nHost: localhost:{port}\r\nCookie: aalgate={cookie}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut b).unwrap(),
+            1,
+            "closed during the handshake: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "the upstream's accept reached the client: {head}"
+    );
+    s
+}
+
+fn ws_echoes(s: &mut TcpStream, text: &str) -> bool {
+    if s.write_all(&ws_frame(text)).is_err() {
+        return false;
+    }
+    let mut hdr = [0u8; 2];
+    if s.read_exact(&mut hdr).is_err() {
+        return false;
+    }
+    let mut payload = vec![0u8; usize::from(hdr[1] & 0x7f)];
+    s.read_exact(&mut payload).is_ok() && payload == text.as_bytes()
+}
+
+#[test]
+fn websockets_pass_and_close_when_the_session_ends() {
+    let up = ws_echo();
+    let policy =
+        format!("app: ws\nhost: localhost\nupstream: http://127.0.0.1:{up}\ndefault: aal2\n");
+    let g = Gateway::start(None, &[("ws.yaml", &policy)]);
+    let store = EmbeddedStore::open(&g.state_dir()).unwrap();
+
+    // No session: the upgrade itself is refused.
+    let mut s = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    s.write_all(format!("GET /socket HTTP/1.1\r\nHost: localhost:{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", g.port).as_bytes()).unwrap();
+    let mut out = [0u8; 12];
+    s.read_exact(&mut out).unwrap();
+    assert!(
+        out.starts_with(b"HTTP/1.1 302") || out.starts_with(b"HTTP/1.1 401"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+
+    // A session 3 s before its absolute limit (AAL2: 12 h): open, echo, then closed.
+    let ending = make_session(&store, "wendy", Aal::Aal2, 12 * 3600 - 3, 1);
+    let mut ws = ws_open(g.port, &ending);
+    assert!(ws_echoes(&mut ws, "hello"));
+    std::thread::sleep(Duration::from_millis(3500));
+    let t = Instant::now();
+    assert!(
+        !ws_echoes(&mut ws, "after the limit"),
+        "a frame passed after the session's absolute limit"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "closed only after {:?}",
+        t.elapsed()
+    );
+
+    // Revocation (any instance, or the CLI) closes a live connection too.
+    let live = make_session(&store, "victor", Aal::Aal2, 60, 1);
+    let mut ws = ws_open(g.port, &live);
+    assert!(ws_echoes(&mut ws, "hi"));
+    crate::rt()
+        .block_on(aalgate_session::SessionStore::revoke_user(&store, "victor"))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(
+        !ws_echoes(&mut ws, "after revocation"),
+        "a frame passed after the session was revoked"
+    );
+    assert!(!g.log().contains("panicked"));
+}

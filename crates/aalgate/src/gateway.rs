@@ -75,6 +75,16 @@ pub struct Ctx {
     pub(crate) forwarded_at: Option<Instant>,
     /// Store key of the session record, for the assertion cache.
     pub(crate) session_key: Option<aalgate_session::SessionKey>,
+    /// A WebSocket upgrade: the session's cookie handle and absolute end, checked on every
+    /// frame, and when its store record was last confirmed.
+    upgrade: Option<Upgraded>,
+}
+
+/// What a live WebSocket connection is checked against.
+struct Upgraded {
+    handle: SessionKey,
+    until: Timestamp,
+    checked: Instant,
 }
 
 /// A request id: unique, not secret, so a thread-local CSPRNG seeded once from the OS serves
@@ -561,6 +571,7 @@ impl ProxyHttp for Gateway {
             policy: self.policies.snapshot(),
             forwarded_at: None,
             session_key: None,
+            upgrade: None,
         }
     }
 
@@ -692,6 +703,20 @@ impl ProxyHttp for Gateway {
                             }
                         });
                     }
+                    if session
+                        .req_header()
+                        .headers
+                        .contains_key(http::header::UPGRADE)
+                    {
+                        // The check happens at the upgrade; afterwards every frame is held to
+                        // the session's absolute end and (once a second) to its existence.
+                        let limits = access.limits(s.aal);
+                        ctx.upgrade = Some(Upgraded {
+                            handle: handle.clone(),
+                            until: s.expires_at.min(s.auth_time.plus(limits.max_session_age)),
+                            checked: Instant::now(),
+                        });
+                    }
                     ctx.session_key = Some(key);
                     ctx.session = Some(s);
                 }
@@ -739,6 +764,66 @@ impl ProxyHttp for Gateway {
                     .await
             }
         }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(up) = ctx.upgrade.as_mut() else {
+            return Ok(());
+        };
+        let now = Timestamp::now();
+        if now >= up.until {
+            return Err(Error::explain(
+                ErrorType::Custom("session_ended"),
+                "WebSocket closed: the session reached its absolute limit",
+            ));
+        }
+        if up.checked.elapsed() >= crate::cache::SESSION_FRESHNESS {
+            up.checked = Instant::now();
+            // Logout, revocation or a store that cannot confirm: the connection ends.
+            match self.store.resolve(&up.handle, &ctx.host, now).await {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return Err(Error::explain(
+                        ErrorType::Custom("session_ended"),
+                        "WebSocket closed: the session ended",
+                    ));
+                }
+                Err(e) => {
+                    return Err(Error::because(
+                        ErrorType::Custom("session_ended"),
+                        "WebSocket closed: the session store did not answer",
+                        e,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if ctx
+            .upgrade
+            .as_ref()
+            .is_some_and(|u| Timestamp::now() >= u.until)
+        {
+            return Err(Error::explain(
+                ErrorType::Custom("session_ended"),
+                "WebSocket closed: the session reached its absolute limit",
+            ));
+        }
+        Ok(None)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {

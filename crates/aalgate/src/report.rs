@@ -237,7 +237,7 @@ mod tests {
         let rows = breakglass(&codes, now, Duration::from_secs(30 * 86400));
         assert_eq!(
             rows.iter().map(|r| r.code.as_str()).collect::<Vec<_>>(),
-            ["old", "done", "new"]
+            ["ancient", "old", "done", "new"]
         );
         assert!(
             rows[0].overdue
