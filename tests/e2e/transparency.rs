@@ -599,6 +599,19 @@ fn websockets_pass_and_close_when_the_session_ends() {
         t.elapsed()
     );
 
+    // A silent client is disconnected when the session ends, without sending anything.
+    let ending = make_session(&store, "sam", Aal::Aal2, 12 * 3600 - 2, 1);
+    let mut ws = ws_open(g.port, &ending);
+    let t = Instant::now();
+    let mut b = [0u8; 1];
+    let n = ws.read(&mut b).unwrap_or(0);
+    assert_eq!(n, 0, "a silent connection stayed open");
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "closed only after {:?}",
+        t.elapsed()
+    );
+
     // Revocation (any instance, or the CLI) closes a live connection too.
     let live = make_session(&store, "victor", Aal::Aal2, 60, 1);
     let mut ws = ws_open(g.port, &live);
@@ -612,4 +625,57 @@ fn websockets_pass_and_close_when_the_session_ends() {
         "a frame passed after the session was revoked"
     );
     assert!(!g.log().contains("panicked"));
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let up = aalgate_tests::Upstream::start();
+    let g = Gateway::start(None, &[("billing.yaml", &crate::policy(up.port))]);
+    let store = EmbeddedStore::open(&g.state_dir()).unwrap();
+    let cookie = make_session(&store, "nora", Aal::Aal2, 60, 1);
+    let h = format!("localhost:{}", g.port);
+    // Two allowed requests on one connection, sent at once.
+    let raw = format!(
+        "GET /first HTTP/1.1\r\nHost: {h}\r\nCookie: aalgate={cookie}\r\n\r\nGET /second HTTP/1.1\r\nHost: {h}\r\nCookie: aalgate={cookie}\r\nConnection: close\r\n\r\n"
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    s.write_all(raw.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    // pingora answers the first and closes rather than read a pipelined request from the same
+    // buffer: safe (no desynchronisation), and HTTP/1.1 clients resend unanswered requests.
+    // Whatever it answers, it answers in order, and only what it answered went upstream.
+    let answered = text.matches("HTTP/1.1 200").count();
+    let paths: Vec<String> = up.seen().iter().map(|r| r.target.clone()).collect();
+    assert!(
+        answered >= 1 && paths.len() == answered,
+        "{answered} answers for {paths:?}"
+    );
+    assert_eq!(paths[..], ["/first", "/second"][..answered]);
+    let first = text.find("\"/first\"").expect("the first answer");
+    assert!(
+        text.find("\"/second\"").is_none_or(|second| second > first),
+        "out of order: {text}"
+    );
+    // A request the gateway answers itself (sign-in needed) with a body still on the wire: the
+    // connection closes, so nothing behind it is read as the next request.
+    let raw = format!(
+        "POST /api/x HTTP/1.1\r\nHost: {h}\r\nAccept: application/json\r\nContent-Length: 100\r\n\r\npartial"
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    s.write_all(raw.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = s.write_all(
+        format!("GET /smuggled HTTP/1.1\r\nHost: {h}\r\nCookie: aalgate={cookie}\r\n\r\n")
+            .as_bytes(),
+    );
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+    assert!(!up.seen().iter().any(|r| r.target == "/smuggled"));
 }

@@ -29,6 +29,9 @@ use crate::pages;
 /// How often an active session's `last_seen` is written. The idle limit is measured from the
 /// stored value, so it can fire up to this much early, never late.
 pub const TOUCH_INTERVAL: Duration = Duration::from_secs(30);
+/// A WebSocket client silent this long is disconnected (pingora's default downstream read
+/// timeout), so a session's end reaches every live connection within this bound.
+pub const WEBSOCKET_SILENCE: Duration = Duration::from_secs(60);
 /// How long a pending sign-in flow lives.
 pub const FLOW_TTL: Duration = Duration::from_secs(600);
 /// At most this many session cookies are tried (duplicates planted by a sibling domain).
@@ -711,9 +714,14 @@ impl ProxyHttp for Gateway {
                         // The check happens at the upgrade; afterwards every frame is held to
                         // the session's absolute end and (once a second) to its existence.
                         let limits = access.limits(s.aal);
+                        let until = s.expires_at.min(s.auth_time.plus(limits.max_session_age));
+                        // A silent client is closed by the downstream read timeout: pingora's
+                        // 60 s, or the session's end if that comes first.
+                        let left = Duration::from_secs(until.0.saturating_sub(now.0).max(1));
+                        session.set_read_timeout(Some(left.min(WEBSOCKET_SILENCE)));
                         ctx.upgrade = Some(Upgraded {
                             handle: handle.clone(),
-                            until: s.expires_at.min(s.auth_time.plus(limits.max_session_age)),
+                            until,
                             checked: Instant::now(),
                         });
                     }
