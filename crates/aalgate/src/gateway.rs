@@ -88,6 +88,45 @@ struct Upgraded {
     handle: SessionKey,
     until: Timestamp,
     checked: Instant,
+    /// Set when the connection is over, so the watcher never touches a reused descriptor.
+    over: Arc<std::sync::Mutex<bool>>,
+}
+
+/// Watches a quiet WebSocket connection: once a second it checks the session's absolute end
+/// and its existence in the store; when the session is over it shuts the client socket down, so
+/// pingora's proxy loop ends and the connection closes at once, frames or not.
+fn watch_upgrade(
+    store: Arc<dyn SessionStore>,
+    handle: SessionKey,
+    host: String,
+    until: Timestamp,
+    fd: i32,
+    over: Arc<std::sync::Mutex<bool>>,
+) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(crate::cache::SESSION_FRESHNESS).await;
+            if over.lock().map(|o| *o).unwrap_or(true) {
+                return;
+            }
+            let now = Timestamp::now();
+            let ended =
+                now >= until || !matches!(store.resolve(&handle, &host, now).await, Ok(Some(_)));
+            if ended {
+                let Ok(mut o) = over.lock() else { return };
+                if !*o {
+                    // SAFETY: `fd` is the client socket of a connection that is not over: the
+                    // lock is held, and `logging` sets `over` (under this lock) before pingora
+                    // drops the stream, so the descriptor cannot have been closed and reused.
+                    unsafe {
+                        libc::shutdown(fd, libc::SHUT_RDWR);
+                    }
+                    *o = true;
+                }
+                return;
+            }
+        }
+    });
 }
 
 /// A request id: unique, not secret, so a thread-local CSPRNG seeded once from the OS serves
@@ -719,10 +758,22 @@ impl ProxyHttp for Gateway {
                         // 60 s, or the session's end if that comes first.
                         let left = Duration::from_secs(until.0.saturating_sub(now.0).max(1));
                         session.set_read_timeout(Some(left.min(WEBSOCKET_SILENCE)));
+                        let over = Arc::new(std::sync::Mutex::new(false));
+                        if let Some(fd) = session.as_downstream().stream().map(|st| st.id()) {
+                            watch_upgrade(
+                                self.store.clone(),
+                                handle.clone(),
+                                ctx.host.clone(),
+                                until,
+                                fd,
+                                over.clone(),
+                            );
+                        }
                         ctx.upgrade = Some(Upgraded {
                             handle: handle.clone(),
                             until,
                             checked: Instant::now(),
+                            over,
                         });
                     }
                     ctx.session_key = Some(key);
@@ -975,6 +1026,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if let Some(up) = &ctx.upgrade {
+            if let Ok(mut o) = up.over.lock() {
+                *o = true;
+            }
+        }
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
