@@ -158,13 +158,13 @@ impl Gateway {
             .unwrap_or_else(|| (Token::generate(), true))
     }
 
-    /// A same-origin POST with the right token, or `None`.
-    fn checked_post(&self, session: &Session, ctx: &Ctx) -> Option<Token> {
+    /// A same-origin request (`Origin`, or `Sec-Fetch-Site` when a form post sends
+    /// `Origin: null` under `Referrer-Policy: no-referrer`) from a browser with a binding
+    /// cookie: that binding, or `None`.
+    fn same_origin_binding(&self, session: &Session, ctx: &Ctx) -> Option<Token> {
         let h = &session.req_header().headers;
         let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok());
         let own = format!("{}://{}", if ctx.tls { "https" } else { "http" }, ctx.host);
-        // `Origin: null` is what a form post sends under `Referrer-Policy: no-referrer`; then
-        // the browser's own Sec-Fetch-Site decides.
         let same = match get("origin") {
             Some(o) if o != "null" => o == own,
             _ => get("sec-fetch-site") == Some("same-origin"),
@@ -172,16 +172,21 @@ impl Gateway {
         if !same || get("sec-fetch-site").is_some_and(|s| s != "same-origin") {
             return None;
         }
-        let bind = headers::cookie_values(h, bind_name(ctx.tls))
+        headers::cookie_values(h, bind_name(ctx.tls))
             .iter()
-            .find_map(|v| Token::parse(v))?;
-        // Form posts (logout) carry the token as a field instead; see `logout_allowed`.
-        let token = get("x-aalgate-csrf").map(str::to_string);
-        let want = csrf_of(bind.expose());
-        match token {
-            Some(t) if constant_eq(t.as_bytes(), want.as_bytes()) => Some(bind),
-            _ => None,
-        }
+            .find_map(|v| Token::parse(v))
+    }
+
+    /// A same-origin POST with the right token in `X-Aalgate-Csrf`: the binding, or `None`.
+    fn checked_post(&self, session: &Session, ctx: &Ctx) -> Option<Token> {
+        let bind = self.same_origin_binding(session, ctx)?;
+        let token = session
+            .req_header()
+            .headers
+            .get("x-aalgate-csrf")?
+            .to_str()
+            .ok()?;
+        constant_eq(token.as_bytes(), csrf_of(bind.expose()).as_bytes()).then_some(bind)
     }
 
     async fn read_body(&self, session: &mut Session) -> Option<Vec<u8>> {
@@ -522,33 +527,48 @@ impl Gateway {
         self.send(session, ctx, reply).await
     }
 
+    /// The common front of the ceremony endpoints: the auth origin only, CSRF, a bounded body,
+    /// JSON. `Err(sent)`: the refusal was sent; return it.
+    async fn ceremony_input<T: serde::de::DeserializeOwned>(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> Result<std::result::Result<(Token, T), bool>> {
+        if !self.on_auth_origin(ctx) {
+            return self.error(session, ctx, 404, "not_found").await.map(Err);
+        }
+        let Some(bind) = self.checked_post(session, ctx) else {
+            return self
+                .json_error(session, ctx, 403, "csrf", MSG_FORBIDDEN)
+                .await
+                .map(Err);
+        };
+        let Some(body) = self.read_body(session).await else {
+            return self
+                .json_error(session, ctx, 413, "body_too_large", MSG_FAILED)
+                .await
+                .map(Err);
+        };
+        match serde_json::from_slice(&body) {
+            Ok(r) => Ok(Ok((bind, r))),
+            Err(e) => {
+                tracing::info!(request_id = %ctx.request_id, error = %e, "malformed ceremony request");
+                self.json_error(session, ctx, 400, "bad_request", MSG_FAILED)
+                    .await
+                    .map(Err)
+            }
+        }
+    }
+
     /// `POST /.aalgate/webauthn/start`.
     pub(crate) async fn ceremony_start(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
     ) -> Result<bool> {
-        if !self.on_auth_origin(ctx) {
-            return self.error(session, ctx, 404, "not_found").await;
-        }
-        let Some(bind) = self.checked_post(session, ctx) else {
-            return self
-                .json_error(session, ctx, 403, "csrf", MSG_FORBIDDEN)
-                .await;
-        };
-        let Some(body) = self.read_body(session).await else {
-            return self
-                .json_error(session, ctx, 413, "body_too_large", MSG_FAILED)
-                .await;
-        };
-        let req: StartReq = match serde_json::from_slice(&body) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::info!(request_id = %ctx.request_id, error = %e, "malformed ceremony start");
-                return self
-                    .json_error(session, ctx, 400, "bad_request", MSG_FAILED)
-                    .await;
-            }
+        let (bind, req): (Token, StartReq) = match self.ceremony_input(session, ctx).await? {
+            Ok(x) => x,
+            Err(sent) => return Ok(sent),
         };
         match self.start(&req, &bind).await {
             Ok(Ok((id, options, kind))) => {
@@ -707,27 +727,9 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut Ctx,
     ) -> Result<bool> {
-        if !self.on_auth_origin(ctx) {
-            return self.error(session, ctx, 404, "not_found").await;
-        }
-        let Some(bind) = self.checked_post(session, ctx) else {
-            return self
-                .json_error(session, ctx, 403, "csrf", MSG_FORBIDDEN)
-                .await;
-        };
-        let Some(body) = self.read_body(session).await else {
-            return self
-                .json_error(session, ctx, 413, "body_too_large", MSG_FAILED)
-                .await;
-        };
-        let req: FinishReq = match serde_json::from_slice(&body) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::info!(request_id = %ctx.request_id, error = %e, "malformed ceremony finish");
-                return self
-                    .json_error(session, ctx, 400, "bad_request", MSG_FAILED)
-                    .await;
-            }
+        let (bind, req): (Token, FinishReq) = match self.ceremony_input(session, ctx).await? {
+            Ok(x) => x,
+            Err(sent) => return Ok(sent),
         };
         let Some(ceremony) = Token::parse(&req.ceremony) else {
             return self
@@ -1418,35 +1420,7 @@ impl Gateway {
 
     /// Whether a logout POST is same-origin and carries the token (header or form field).
     pub(crate) async fn logout_allowed(&self, session: &mut Session, ctx: &Ctx) -> bool {
-        if self.checked_post(session, ctx).is_some() {
-            return true;
-        }
-        let h = &session.req_header().headers;
-        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok());
-        let own = format!("{}://{}", if ctx.tls { "https" } else { "http" }, ctx.host);
-        // `Origin: null` is what a form post sends under `Referrer-Policy: no-referrer`; then
-        // the browser's own Sec-Fetch-Site decides.
-        let same = match get("origin") {
-            Some(o) if o != "null" => o == own,
-            _ => get("sec-fetch-site") == Some("same-origin"),
-        };
-        let Some(bind) = headers::cookie_values(h, bind_name(ctx.tls))
-            .iter()
-            .find_map(|v| Token::parse(v))
-        else {
-            return false;
-        };
-        if !same {
-            return false;
-        }
-        let Some(body) = self.read_body(session).await else {
-            return false;
-        };
-        let want = csrf_of(bind.expose());
-        String::from_utf8_lossy(&body)
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .any(|(k, v)| k == "csrf" && constant_eq(v.as_bytes(), want.as_bytes()))
+        self.checked_post(session, ctx).is_some() || self.form_post(session, ctx).await.is_some()
     }
 
     /// `GET /.aalgate/breakglass` (any host): the emergency access form.
@@ -1756,21 +1730,9 @@ impl Gateway {
         self.send(session, ctx, reply).await
     }
 
-    /// A same-origin form POST with the page's token: its fields, or `None`.
+    /// A same-origin form POST with the page's token in its `csrf` field: its fields, or `None`.
     async fn form_post(&self, session: &mut Session, ctx: &Ctx) -> Option<Vec<(String, String)>> {
-        let h = &session.req_header().headers;
-        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok());
-        let own = format!("{}://{}", if ctx.tls { "https" } else { "http" }, ctx.host);
-        let same = match get("origin") {
-            Some(o) if o != "null" => o == own,
-            _ => get("sec-fetch-site") == Some("same-origin"),
-        };
-        let bind = headers::cookie_values(h, bind_name(ctx.tls))
-            .iter()
-            .find_map(|v| Token::parse(v))?;
-        if !same {
-            return None;
-        }
+        let bind = self.same_origin_binding(session, ctx)?;
         let body = self.read_body(session).await?;
         let fields: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
         let want = csrf_of(bind.expose());
