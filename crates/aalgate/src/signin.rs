@@ -205,6 +205,19 @@ impl Gateway {
         }
     }
 
+    /// The store failed during a ceremony: 503 with the constant words, the cause in the log.
+    async fn store_down(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        e: &(dyn std::fmt::Display + Sync),
+        what: &str,
+    ) -> Result<bool> {
+        tracing::warn!(request_id = %ctx.request_id, error = %e, "{what}");
+        self.json_error(session, ctx, 503, "store_unavailable", MSG_UNAVAILABLE)
+            .await
+    }
+
     async fn json_error(
         &self,
         session: &mut Session,
@@ -754,9 +767,8 @@ impl Gateway {
                     .await;
             }
             Err(e) => {
-                tracing::warn!(request_id = %ctx.request_id, error = %e, "ceremony finish: store error");
                 return self
-                    .json_error(session, ctx, 503, "store_unavailable", MSG_UNAVAILABLE)
+                    .store_down(session, ctx, &e, "ceremony finish: store error")
                     .await;
             }
         };
@@ -886,9 +898,8 @@ impl Gateway {
                     .await;
             }
             Err(e) => {
-                tracing::warn!(request_id = %ctx.request_id, error = %e, "enrollment: store error");
                 return self
-                    .json_error(session, ctx, 503, "store_unavailable", MSG_UNAVAILABLE)
+                    .store_down(session, ctx, &e, "enrollment: store error")
                     .await;
             }
         };
@@ -995,9 +1006,8 @@ impl Gateway {
                     .await;
             }
             Err(e) => {
-                tracing::warn!(request_id = %ctx.request_id, error = %e, "sign-in: store error");
                 return self
-                    .json_error(session, ctx, 503, "store_unavailable", MSG_UNAVAILABLE)
+                    .store_down(session, ctx, &e, "sign-in: store error")
                     .await;
             }
         };
@@ -1010,9 +1020,8 @@ impl Gateway {
                     .await;
             }
             Err(e) => {
-                tracing::warn!(request_id = %ctx.request_id, error = %e, "sign-in: store error");
                 return self
-                    .json_error(session, ctx, 503, "store_unavailable", MSG_UNAVAILABLE)
+                    .store_down(session, ctx, &e, "sign-in: store error")
                     .await;
             }
         }
@@ -1054,9 +1063,8 @@ impl Gateway {
                     .await
             }
             Err(e) => {
-                tracing::warn!(request_id = %ctx.request_id, error = %e, "sign-in: store error");
                 return self
-                    .json_error(session, ctx, 503, "store_unavailable", MSG_UNAVAILABLE)
+                    .store_down(session, ctx, &e, "sign-in: store error")
                     .await;
             }
         };
@@ -1110,9 +1118,8 @@ impl Gateway {
                     .await;
             }
             Err(e) => {
-                tracing::warn!(request_id = %ctx.request_id, error = %e, "sign-in: store error");
                 return self
-                    .json_error(session, ctx, 503, "store_unavailable", MSG_UNAVAILABLE)
+                    .store_down(session, ctx, &e, "sign-in: store error")
                     .await;
             }
         }
@@ -1166,9 +1173,13 @@ impl Gateway {
                     Ok(r) => r,
                     Err(e) => {
                         // The previous person's session must end before a new one starts.
-                        tracing::warn!(request_id = %ctx.request_id, error = %e, "sign-in: could not end the previous session");
                         return self
-                            .json_error(session, ctx, 503, "store_unavailable", MSG_UNAVAILABLE)
+                            .store_down(
+                                session,
+                                ctx,
+                                &e,
+                                "sign-in: could not end the previous session",
+                            )
                             .await;
                     }
                 };
@@ -1192,9 +1203,8 @@ impl Gateway {
             }
             Ok(None) => {}
             Err(e) => {
-                tracing::warn!(request_id = %ctx.request_id, error = %e, "sign-in: store error");
                 return self
-                    .json_error(session, ctx, 503, "store_unavailable", MSG_UNAVAILABLE)
+                    .store_down(session, ctx, &e, "sign-in: store error")
                     .await;
             }
         }
@@ -1211,9 +1221,8 @@ impl Gateway {
         };
         let record = SessionId::generate().key();
         if let Err(e) = self.store.insert(&record, &s).await {
-            tracing::warn!(request_id = %ctx.request_id, error = %e, "sign-in: store error");
             return self
-                .json_error(session, ctx, 503, "store_unavailable", MSG_UNAVAILABLE)
+                .store_down(session, ctx, &e, "sign-in: store error")
                 .await;
         }
         self.metrics
@@ -1227,9 +1236,8 @@ impl Gateway {
             .link(&handle.key(), &record, &host, s.expires_at)
             .await
         {
-            tracing::warn!(request_id = %ctx.request_id, error = %e, "sign-in: store error");
             return self
-                .json_error(session, ctx, 503, "store_unavailable", MSG_UNAVAILABLE)
+                .store_down(session, ctx, &e, "sign-in: store error")
                 .await;
         }
         ctx.session = Some(s.clone());
@@ -1237,9 +1245,8 @@ impl Gateway {
         let redirect = match self.redirect_for(&record, &s, flow).await {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(request_id = %ctx.request_id, error = %e, "sign-in: store error");
                 return self
-                    .json_error(session, ctx, 503, "store_unavailable", MSG_UNAVAILABLE)
+                    .store_down(session, ctx, &e, "sign-in: store error")
                     .await;
             }
         };
