@@ -101,7 +101,8 @@ fn breakglass_works_with_redis_down_and_is_loud() {
 
     // Redis goes away: normal sign-in fails closed, break-glass still works.
     redis.stop();
-    let out = root().join("target/browser-screenshots");
+    let out = root().join("target/browser-screenshots/breakglass");
+    let _ = std::fs::remove_dir_all(&out);
     let run = Command::new("node")
         .arg(root().join("tests/browser/breakglass.mjs"))
         .env("PORT", g.port.to_string())

@@ -101,7 +101,8 @@ fn passkeys_and_security_keys_in_chromium() {
         &[("1-ehr.yaml", &ehr), ("2-billing.yaml", &billing)],
         &extra,
     );
-    let out = root().join("target/browser-screenshots");
+    let out = root().join("target/browser-screenshots/scenarios");
+    let _ = std::fs::remove_dir_all(&out);
     let status = Command::new("node")
         .arg(root().join("tests/browser/scenarios.mjs"))
         .env("AALGATE_BIN", aalgate_bin())
