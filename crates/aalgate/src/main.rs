@@ -754,13 +754,8 @@ async fn report_run(args: ReportArgs) -> Result<bool> {
 }
 
 fn fmt_time(t: Option<aalgate_policy::Timestamp>) -> String {
-    match t {
-        Some(t) => {
-            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t.0))
-                .to_string()
-        }
-        None => "-".into(),
-    }
+    t.map(aalgate::report::rfc3339)
+        .unwrap_or_else(|| "-".into())
 }
 
 async fn users_run(args: UsersArgs) -> Result<bool> {

@@ -10,7 +10,8 @@ use serde::Serialize;
 
 use crate::breakglass::Code;
 
-fn rfc3339(t: Timestamp) -> String {
+/// A timestamp as RFC 3339 UTC, to the second.
+pub fn rfc3339(t: Timestamp) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t.0)).to_string()
 }
 

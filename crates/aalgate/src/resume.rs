@@ -10,7 +10,6 @@ use pingora::http::RequestHeader;
 use pingora::prelude::*;
 
 use crate::gateway::{Ctx, Gateway, Reply};
-use crate::headers;
 use crate::pages;
 use crate::preserve::{KeptRequest, KEPT_HEADERS};
 
@@ -158,18 +157,9 @@ impl Gateway {
             tracing::warn!(request_id = %ctx.request_id, "resume: kept form does not decrypt (key changed?)");
             return self.resume_page(session, ctx, "Please submit the form again", "The form could not be restored, so it was not sent. Go back to it and submit it again.", "resume_gone").await;
         };
-        let browser_ok = headers::cookie_values(
-            &session.req_header().headers,
-            if ctx.tls {
-                headers::BIND_TLS
-            } else {
-                headers::BIND_PLAIN
-            },
-        )
-        .iter()
-        .filter_map(|v| Token::parse(v))
-        .any(|t| t.hash() == kept.browser);
-        if !browser_ok || kept.host != self.canonical_host(&ctx.host) {
+        if !self.is_bound_browser(session, ctx, &kept.browser)
+            || kept.host != self.canonical_host(&ctx.host)
+        {
             return self
                 .resume_page(session, ctx, "Nothing to send", gone, "resume_gone")
                 .await;

@@ -149,6 +149,14 @@ impl Gateway {
         &self.signin
     }
 
+    /// Whether this request comes from the browser whose binding cookie hashes to `hash`.
+    pub(crate) fn is_bound_browser(&self, session: &Session, ctx: &Ctx, hash: &str) -> bool {
+        headers::cookie_values(&session.req_header().headers, bind_name(ctx.tls))
+            .iter()
+            .filter_map(|v| Token::parse(v))
+            .any(|t| constant_eq(t.hash().as_bytes(), hash.as_bytes()))
+    }
+
     /// The browser binding: the cookie value, and whether it must be set now.
     pub(crate) fn binding(&self, session: &Session, ctx: &Ctx) -> (Token, bool) {
         headers::cookie_values(&session.req_header().headers, bind_name(ctx.tls))
@@ -1352,19 +1360,12 @@ impl Gateway {
         };
         // The code works only on its host, in the browser whose request started the flow
         // (its binding cookie): a code sent to someone else cannot swap their session.
-        let browser = headers::cookie_values(&session.req_header().headers, bind_name(ctx.tls))
-            .iter()
-            .filter_map(|v| Token::parse(v))
-            .map(|t| t.hash())
-            .collect::<Vec<_>>();
         let Some(h) = taken.filter(|h| {
             h.host == ctx.host
                 && h.expires_at > now
-                && h.browser.as_ref().is_some_and(|b| {
-                    browser
-                        .iter()
-                        .any(|x| constant_eq(x.as_bytes(), b.as_bytes()))
-                })
+                && h.browser
+                    .as_ref()
+                    .is_some_and(|b| self.is_bound_browser(session, ctx, b))
         }) else {
             ctx.outcome = "bad_handoff";
             let reply = Reply::html(
