@@ -740,3 +740,33 @@ Cookie: aalgate={cookie}; {bind}\r\nContent-Type: application/x-www-form-urlenco
         .as_bytes(),
     )
 }
+
+/// Verifies an assertion with PyJWT (an implementation independent of the gateway's), against
+/// the gateway's JWKS, audience and issuer. Returns the claims, or PyJWT's error text.
+pub fn pyjwt_decode(
+    token: &str,
+    jwks: &str,
+    audience: &str,
+    issuer: &str,
+) -> Result<serde_json::Value, String> {
+    const SCRIPT: &str = r#"
+import json, sys, jwt
+token, jwks, aud, iss = sys.argv[1:5]
+key = jwt.PyJWK(json.loads(jwks)["keys"][0])
+try:
+    print(json.dumps(jwt.decode(token, key, algorithms=["EdDSA"], audience=aud, issuer=iss,
+                                options={"require": ["exp", "iat", "sub"]})))
+except jwt.PyJWTError as e:
+    print("invalid: %s" % e); sys.exit(3)
+"#;
+    let out = Command::new("python3")
+        .args(["-c", SCRIPT, token, jwks, audience, issuer])
+        .output()
+        .expect("python3 (tests/run.sh installs PyJWT)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))
+    } else {
+        Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+    }
+}

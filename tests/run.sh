@@ -32,8 +32,8 @@ if ((${#need[@]})); then
 fi
 
 # A real app nobody here wrote, for the transparency tests: httpbin under gunicorn (PyPI).
-if ! python3 -c "import httpbin, gunicorn" >/dev/null 2>&1; then
-  python3 -m pip install --quiet --disable-pip-version-check "httpbin==0.10.*" "gunicorn>=22"
+if ! python3 -c "import httpbin, gunicorn, jwt" >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check "httpbin==0.10.*" "gunicorn>=22" "PyJWT[crypto]>=2.8"
 fi
 
 # The browser driver (pinned in tests/browser/package-lock.json).

@@ -1,11 +1,11 @@
 //! End-to-end tests: the built `aalgate` binary in front of an echo upstream, with the embedded
 //! store and with a real redis-server. One test binary, modules by topic.
 
+mod attacks;
 mod breakglass;
 mod browser;
 mod cli;
 mod deploy;
-mod hostile;
 mod listeners;
 mod ops;
 mod proxy;

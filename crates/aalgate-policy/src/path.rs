@@ -51,6 +51,10 @@ pub enum PathError {
     DotSegmentParams,
     #[error("path has a segment that is empty apart from parameters (`/;x/`)")]
     EmptyParamSegment,
+    /// Windows and IIS backends drop a trailing dot or space from a name, so `/admin./x` and
+    /// `/admin%20/x` would reach `/admin/x` without matching its rule.
+    #[error("path has a segment ending in a dot or a space (`/admin./`, `/admin%20/`)")]
+    TrailingDotOrSpace,
     #[error("path is longer than {MAX_PATH_LEN} bytes or has more than {MAX_SEGMENTS} segments")]
     TooLong,
 }
@@ -306,6 +310,9 @@ fn remove_dot_segments(path: &str) -> Result<String, PathError> {
                 return Err(PathError::EmptyParamSegment);
             }
         }
+        if name != "." && name != ".." && (name.ends_with('.') || name.ends_with("%20")) {
+            return Err(PathError::TrailingDotOrSpace);
+        }
         match seg {
             "" => {}
             "." => trailing_slash = true,
@@ -355,13 +362,13 @@ mod tests {
             ("/../../etc/passwd", "/etc/passwd"),
             ("/a//../b", "/b"),
             ("/%61%62c", "/abc"),
-            ("/%7e%2D%5f%2E", "/~-_."),
+            ("/%7e%2D%5f%2Ex", "/~-_.x"),
             ("/a%20b", "/a%20b"),
             ("/a%2eb", "/a.b"),
             ("/caf%c3%a9", "/caf%C3%A9"),
             ("/%252e%252e/admin", "/%252e%252e/admin"),
             ("/a;jsessionid=1/b", "/a;jsessionid=1/b"),
-            ("/a.", "/a."),
+            ("/a.b/.c", "/a.b/.c"),
             ("/A/B", "/A/B"),
             ("/a?x=../../b", "/a"),
             (
@@ -386,7 +393,7 @@ mod tests {
         for raw in [
             "/a/%2e%2e/b/",
             "//x/./y/../z",
-            "/caf%c3%a9/%20",
+            "/caf%c3%a9/%20x",
             "/a;p=1/./b",
         ] {
             let once = norm(raw).unwrap();
@@ -411,6 +418,12 @@ mod tests {
             (b"/pub/..%5Cadmin", Backslash),
             (b"/pub/..%5cadmin", Backslash),
             (b"/admin%00.css", ControlChar),
+            (b"/admin./x", TrailingDotOrSpace),
+            (b"/admin../x", TrailingDotOrSpace),
+            (b"/admin%2e/x", TrailingDotOrSpace),
+            (b"/admin%20/x", TrailingDotOrSpace),
+            (b"/a.", TrailingDotOrSpace),
+            (b"/x/admin.;p/y", TrailingDotOrSpace),
             (b"/admin\x00", ControlChar),
             (b"/admin%0d%0aX-Aalgate-User:%20root", ControlChar),
             (b"/admin%09", ControlChar),

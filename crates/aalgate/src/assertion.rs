@@ -12,8 +12,7 @@ use anyhow::{Context, Result};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
-use ed25519_dalek::SigningKey;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use ed25519_dalek::{Signer as _, SigningKey};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -47,8 +46,9 @@ pub struct Claims<'a> {
 
 /// Signs assertions and serves the public key.
 pub struct Signer {
-    key: EncodingKey,
-    header: Header,
+    key: SigningKey,
+    /// The encoded protected header, `{"alg":"EdDSA","kid":...,"typ":"JWT"}`.
+    header: String,
     jwks: String,
     issuer: String,
 }
@@ -75,19 +75,17 @@ impl Signer {
             tracing::info!(path = %path.display(), "created a new assertion signing key");
             key
         };
-        let der = signing
-            .to_pkcs8_der()
-            .context("cannot encode signing key")?;
         let public = signing.verifying_key().to_bytes();
         let kid = URL_SAFE_NO_PAD.encode(&Sha256::digest(public)[..12]);
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(kid.clone());
+        let header = URL_SAFE_NO_PAD.encode(
+            serde_json::json!({ "typ": "JWT", "alg": "EdDSA", "kid": kid }).to_string(),
+        );
         let jwks = serde_json::json!({
             "keys": [{ "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid, "x": URL_SAFE_NO_PAD.encode(public) }]
         })
         .to_string();
         Ok(Signer {
-            key: EncodingKey::from_ed_der(der.as_bytes()),
+            key: signing,
             header,
             jwks,
             issuer: issuer.to_string(),
@@ -105,7 +103,7 @@ impl Signer {
         session: &Session,
         app: &str,
         now: Timestamp,
-    ) -> Result<String, jsonwebtoken::errors::Error> {
+    ) -> Result<String, serde_json::Error> {
         let claims = Claims {
             iss: &self.issuer,
             sub: &session.user,
@@ -117,7 +115,22 @@ impl Signer {
             exp: now.plus(ASSERTION_LIFETIME).0,
             breakglass: session.amr.iter().any(|m| m == "breakglass"),
         };
-        jsonwebtoken::encode(&self.header, &claims, &self.key)
+        Ok(self.compact_jws(&serde_json::to_vec(&claims)?))
+    }
+
+    /// A JWS in compact serialization (RFC 7515 section 7.1) with EdDSA over Ed25519
+    /// (RFC 8037): `header.payload.signature`, each part base64url without padding.
+    /// Hand-assembled because the JWT crates pull an RSA implementation with an open
+    /// advisory (RUSTSEC-2023-0071); Ed25519 signing itself is ed25519-dalek's.
+    fn compact_jws(&self, payload: &[u8]) -> String {
+        let mut out = String::with_capacity(self.header.len() + payload.len() * 4 / 3 + 90);
+        out.push_str(&self.header);
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(payload, &mut out);
+        let signature = self.key.sign(out.as_bytes());
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut out);
+        out
     }
 }
 
@@ -137,7 +150,30 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use aalgate_policy::Aal;
-    use jsonwebtoken::{DecodingKey, Validation};
+    use ed25519_dalek::{Signature, VerifyingKey};
+
+    /// RFC 8037 appendix A.4: Ed25519 is deterministic, so the JWS must match byte for byte.
+    #[test]
+    fn matches_the_rfc_8037_example() {
+        let d = URL_SAFE_NO_PAD
+            .decode("nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A")
+            .unwrap();
+        let key = SigningKey::from_bytes(&d.try_into().unwrap());
+        assert_eq!(
+            URL_SAFE_NO_PAD.encode(key.verifying_key().to_bytes()),
+            "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
+        );
+        let s = Signer {
+            key,
+            header: URL_SAFE_NO_PAD.encode(r#"{"alg":"EdDSA"}"#),
+            jwks: String::new(),
+            issuer: String::new(),
+        };
+        assert_eq!(
+            s.compact_jws(b"Example of Ed25519 signing"),
+            "eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc.hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg"
+        );
+    }
 
     #[test]
     fn signs_and_verifies_against_jwks() {
@@ -159,19 +195,28 @@ mod tests {
         };
         let token = s.sign(&session, "billing", now).unwrap();
         let jwks: serde_json::Value = serde_json::from_str(s.jwks()).unwrap();
-        let x = jwks["keys"][0]["x"].as_str().unwrap();
-        let key = DecodingKey::from_ed_components(x).unwrap();
-        let mut v = Validation::new(Algorithm::EdDSA);
-        v.set_audience(&["billing"]);
-        v.set_issuer(&["https://gw.example"]);
-        let data = jsonwebtoken::decode::<serde_json::Value>(&token, &key, &v).unwrap();
-        assert_eq!(data.claims["sub"], "alice");
-        assert_eq!(data.claims["acr"], "aal2");
-        v.set_audience(&["ehr"]);
-        assert!(
-            jsonwebtoken::decode::<serde_json::Value>(&token, &key, &v).is_err(),
-            "aud binds the app"
-        );
+        let x = URL_SAFE_NO_PAD
+            .decode(jwks["keys"][0]["x"].as_str().unwrap())
+            .unwrap();
+        let public = VerifyingKey::from_bytes(&x.try_into().unwrap()).unwrap();
+        let (signed, sig) = token.rsplit_once('.').unwrap();
+        let sig = Signature::from_slice(&URL_SAFE_NO_PAD.decode(sig).unwrap()).unwrap();
+        public.verify_strict(signed.as_bytes(), &sig).unwrap();
+        let mut tampered = signed.to_string();
+        tampered.push('A');
+        assert!(public.verify_strict(tampered.as_bytes(), &sig).is_err());
+        let (header, claims) = signed.split_once('.').unwrap();
+        let header: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+        assert_eq!(header["alg"], "EdDSA");
+        assert_eq!(header["kid"], jwks["keys"][0]["kid"]);
+        let claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).unwrap()).unwrap();
+        assert_eq!(claims["sub"], "alice");
+        assert_eq!(claims["acr"], "aal2");
+        assert_eq!(claims["aud"], "billing");
+        assert_eq!(claims["iss"], "https://gw.example");
+        assert_eq!(claims["exp"].as_u64(), Some(now.0 + 60));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

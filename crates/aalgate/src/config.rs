@@ -46,6 +46,10 @@ struct RawConfig {
     preserve_body_limit: Option<usize>,
     #[serde(default)]
     request_key: Option<PathBuf>,
+    #[serde(default)]
+    upstream_connect_timeout: Option<aalgate_policy::HumanDuration>,
+    #[serde(default)]
+    upstream_timeout: Option<aalgate_policy::HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,7 +208,16 @@ pub struct Config {
     pub preserve_body_limit: usize,
     /// The AES-256 key of kept forms (created if missing; instances sharing Redis share it).
     pub request_key: PathBuf,
+    /// How long connecting to an upstream may take before the answer is 504.
+    pub upstream_connect_timeout: Duration,
+    /// How long an upstream may stay silent (between reads or writes) before the answer is 504.
+    pub upstream_timeout: Duration,
 }
+
+/// Default of `upstream_connect_timeout`.
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default of `upstream_timeout`.
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Default of `session_count_interval`.
 pub const DEFAULT_SESSION_COUNT_INTERVAL: Duration = Duration::from_secs(30);
@@ -395,6 +408,14 @@ impl Config {
             bail!("preserve_body_limit {preserve_body_limit} is over 16 MiB; kept forms live in the session store");
         }
         Ok(Config {
+            upstream_connect_timeout: raw
+                .upstream_connect_timeout
+                .map(|d| d.0)
+                .unwrap_or(DEFAULT_UPSTREAM_CONNECT_TIMEOUT),
+            upstream_timeout: raw
+                .upstream_timeout
+                .map(|d| d.0)
+                .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
             preserve_body_limit,
             request_key: raw
                 .request_key

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::http::ServerSession;
+use pingora::proxy::FailToProxy;
 
 use crate::assertion::Signer;
 use crate::headers;
@@ -59,6 +60,8 @@ pub struct Gateway {
     pub public_host: HostPort,
     /// Users, ceremonies and the handoff.
     pub signin: Arc<crate::signin::SignInService>,
+    /// Upstream connect timeout, and how long an upstream may stay silent.
+    pub upstream_timeouts: (Duration, Duration),
 }
 
 /// Per-request state, written by the phases and read once in `logging`.
@@ -153,14 +156,49 @@ fn raw_target(session: &Session) -> Vec<u8> {
             .unwrap_or(raw.len());
         let raw = &raw[start..];
         let line_end = raw.iter().position(|&b| b == b'\n').unwrap_or(raw.len());
-        let line = &raw[..line_end];
-        let mut parts = line.split(|&b| b == b' ').filter(|p| !p.is_empty());
-        let _method = parts.next();
-        if let Some(t) = parts.next() {
-            return t.to_vec();
-        }
+        let line = raw[..line_end].strip_suffix(b"\r").unwrap_or(&raw[..line_end]);
+        // Exactly `method SP target SP version`: a space inside the target would be read one
+        // way here and another way by a lenient parser downstream.
+        let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        return match parts.as_slice() {
+            [m, t, v] if !m.is_empty() && !t.is_empty() && !v.is_empty() => t.to_vec(),
+            _ => Vec::new(),
+        };
     }
     session.req_header().raw_path().to_vec()
+}
+
+/// Whether the raw request head has a header line named `name` (lowercase).
+fn raw_has_header(raw: &[u8], name: &[u8]) -> bool {
+    raw.split(|&b| b == b'\n').skip(1).any(|line| {
+        line.iter()
+            .position(|&b| b == b':')
+            .is_some_and(|i| line[..i].trim_ascii().eq_ignore_ascii_case(name))
+    })
+}
+
+/// One `Transfer-Encoding: chunked` and no Content-Length, or at most one well-formed
+/// Content-Length (digits only) and no Transfer-Encoding.
+fn framing_is_unambiguous(req: &RequestHeader) -> bool {
+    let te: Vec<_> = req
+        .headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .collect();
+    let cl: Vec<_> = req
+        .headers
+        .get_all(http::header::CONTENT_LENGTH)
+        .iter()
+        .collect();
+    match (te.as_slice(), cl.as_slice()) {
+        ([], []) => true,
+        ([], [v]) => {
+            let v = v.as_bytes();
+            !v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit)
+        }
+        ([v], []) => v.as_bytes() == b"chunked",
+        _ => false,
+    }
 }
 
 fn has_request_body(req: &RequestHeader) -> bool {
@@ -641,6 +679,19 @@ impl ProxyHttp for Gateway {
             }
         }
 
+        // Message framing the upstream cannot read differently: chunked alone, or one
+        // Content-Length. Both at once, or any other transfer coding, is a smuggling attempt.
+        // pingora drops Content-Length when Transfer-Encoding is present, so look at the raw
+        // header for the pair.
+        let te_and_cl = req.headers.contains_key(http::header::TRANSFER_ENCODING)
+            && match session.as_downstream() {
+                ServerSession::H1(h1) => raw_has_header(&h1.get_headers_raw_bytes(), b"content-length"),
+                _ => false,
+            };
+        if te_and_cl || !framing_is_unambiguous(req) {
+            return self.error(session, ctx, 400, "bad_framing").await;
+        }
+
         // Exactly one Host header.
         let mut hosts = req.headers.get_all(http::header::HOST).iter();
         let (Some(host_value), None) = (hosts.next(), hosts.next()) else {
@@ -712,6 +763,15 @@ impl ProxyHttp for Gateway {
                 tracing::warn!(request_id = %ctx.request_id, error = %e, "session store error: failing closed");
                 return self.error(session, ctx, 503, "store_unavailable").await;
             }
+        };
+        // A `last_seen` ahead of this clock means the clock was stepped back (or another
+        // instance runs ahead): measure limits from the later of the two, never the earlier.
+        let now = match &loaded {
+            Some((_, _, s)) if s.last_seen > now => {
+                Timestamp::observe(s.last_seen);
+                Timestamp::now()
+            }
+            _ => now,
         };
         // An emergency session reaches only routes that allow break-glass, whatever its level.
         if let Some((_, _, s)) = &loaded {
@@ -893,11 +953,46 @@ impl ProxyHttp for Gateway {
             ));
         };
         let up = &ctx.policy.app_of(rule).upstream;
-        Ok(Box::new(HttpPeer::new(
-            up.address(),
-            up.tls,
-            up.host.clone(),
-        )))
+        let mut peer = HttpPeer::new(up.address(), up.tls, up.host.clone());
+        let (connect, silence) = self.upstream_timeouts;
+        peer.options.connection_timeout = Some(connect);
+        peer.options.total_connection_timeout = Some(connect);
+        // A WebSocket may be quiet for long; its life is bounded by the session instead.
+        if ctx.upgrade.is_none() {
+            peer.options.read_timeout = Some(silence);
+            peer.options.write_timeout = Some(silence);
+        }
+        Ok(Box::new(peer))
+    }
+
+    /// Upstream failures get the gateway's own page: 504 when the upstream did not answer in
+    /// time, 502 otherwise. pingora retries only idempotent requests on a reused connection
+    /// (`error_while_proxy`), so a POST that reached the upstream is never sent twice.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        use pingora::ErrorSource;
+        let (code, outcome) = match (e.esource(), e.etype()) {
+            (_, ErrorType::HTTPStatus(c)) => (*c, "error"),
+            (
+                ErrorSource::Upstream,
+                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
+            ) => (504, "upstream_timeout"),
+            (ErrorSource::Upstream, _) => (502, "upstream_error"),
+            (
+                ErrorSource::Downstream,
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+            ) => (0, "client_gone"),
+            (ErrorSource::Downstream, _) => (400, "bad_request"),
+            _ => (500, "internal_error"),
+        };
+        tracing::warn!(request_id = %ctx.request_id, status = code, error = %e, "proxying failed");
+        if code > 0 && session.response_written().is_none() {
+            let _ = self.error(session, ctx, code, outcome).await;
+        }
+        ctx.outcome = outcome;
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn upstream_request_filter(

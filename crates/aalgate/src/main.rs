@@ -369,6 +369,8 @@ fn demo_config(
         breakglass: aalgate::breakglass::BreakGlassConfig::in_dir(&state_dir),
         preserve_body_limit: aalgate::preserve::DEFAULT_BODY_LIMIT,
         request_key: state_dir.join("request-key"),
+        upstream_connect_timeout: config::DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+        upstream_timeout: config::DEFAULT_UPSTREAM_TIMEOUT,
     })
 }
 
@@ -487,6 +489,7 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         signer,
         public_host: cfg.public_host.clone(),
         signin,
+        upstream_timeouts: (cfg.upstream_connect_timeout, cfg.upstream_timeout),
     };
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gw);
     for l in &cfg.listen {

@@ -58,6 +58,8 @@ pub fn error_text(status: u16) -> (&'static str, &'static str) {
         414 => ("Address too long", "The address of this request is too long, so it was refused."),
         431 => ("Request too large", "The request carries too much header data (often too many or too large cookies). Clear this site's cookies and try again."),
         421 => ("Unknown site", "This gateway does not serve the site you asked for. Check the address."),
+        502 => ("Application unavailable", "The application behind this gateway did not answer properly. Your session is kept; try again in a moment, and contact IT if it persists."),
+        504 => ("Application not responding", "The application behind this gateway did not answer in time. If you submitted a form, check in the application whether it went through before sending it again."),
         503 => ("Sign-in temporarily unavailable", "The sign-in service cannot check your session right now, so protected pages are closed. Your session is kept; this page will work again shortly. Try again in a few seconds."),
         _ => ("Error", "The gateway could not complete this request."),
     }

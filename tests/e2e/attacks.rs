@@ -1,0 +1,363 @@
+//! The attack corpus (`tests/attacks/*.yaml`, format in `tests/attacks/README.md`): raw
+//! requests against the real binary, each with the status it must get and exactly what the
+//! upstream may receive. On top of each case's own expectations, three rules hold for every
+//! case: the upstream receives nothing a case does not list; identity headers reaching it are
+//! the gateway's own; and no redirect leaves the gateway's origin.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aalgate_policy::Aal;
+use aalgate_session::{EmbeddedStore, SessionStore};
+use aalgate_tests::{send, workspace, Gateway, Upstream};
+use serde::Deserialize;
+
+use crate::{make_session, policy, rt};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseFile {
+    /// What the file covers (documentation only).
+    #[allow(dead_code)]
+    about: String,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    /// Defaults to the target or the request's first line.
+    #[serde(default)]
+    name: Option<String>,
+    /// Whose cookie `{cookie}` (and the short form) carries; `none` sends no cookie.
+    #[serde(default = "none")]
+    session: String,
+    /// Short form: `METHOD target` is sent with Host, the session cookie and `headers`.
+    #[serde(default)]
+    target: Option<String>,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    headers: Vec<String>,
+    /// Long form: the exact bytes (YAML escapes `\r`, `\n`, `\0`, `\xHH`), with placeholders.
+    #[serde(default)]
+    request: Option<String>,
+    status: Statuses,
+    /// The request targets the upstream receives, in order; empty: nothing at all.
+    #[serde(default)]
+    upstream: Vec<String>,
+    /// Headers of the forwarded request: a value (exactly once), `!value` (once, anything but
+    /// that), or null (absent).
+    #[serde(default)]
+    forwarded: BTreeMap<String, Option<String>>,
+    /// Response headers: a value (exactly once), or null (absent).
+    #[serde(default)]
+    response: BTreeMap<String, Option<String>>,
+    /// Strings that must not appear anywhere in the response (headers or body).
+    #[serde(default)]
+    never_echoed: Vec<String>,
+}
+
+fn none() -> String {
+    "none".into()
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Statuses {
+    One(u16),
+    Any(Vec<u16>),
+}
+
+impl Statuses {
+    fn allows(&self, s: u16) -> bool {
+        match self {
+            Statuses::One(x) => *x == s,
+            Statuses::Any(v) => v.contains(&s),
+        }
+    }
+}
+
+/// The identity headers only the gateway may set, folded the way servers fold names.
+const IDENTITY: &[&str] = &[
+    "x-aalgate-user",
+    "x-aalgate-aal",
+    "x-aalgate-auth-time",
+    "x-aalgate-assertion",
+    "x-aalgate-breakglass",
+    "remote-user",
+    "x-remote-user",
+    "x-forwarded-user",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+fn fold(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// One cookie per case session kind.
+struct Sessions {
+    cookies: BTreeMap<&'static str, (String, &'static str, &'static str)>,
+}
+
+impl Sessions {
+    fn mint(store: &EmbeddedStore) -> Sessions {
+        let mut cookies = BTreeMap::new();
+        let mut add = |kind: &'static str, user: &'static str, aal: Aal, auth_age, idle| {
+            let c = make_session(store, user, aal, auth_age, idle);
+            let n = match aal {
+                Aal::Aal1 => "1",
+                Aal::Aal2 => "2",
+                Aal::Aal3 => "3",
+            };
+            cookies.insert(kind, (c, user, n));
+        };
+        add("aal1", "ann-aal1", Aal::Aal1, 60, 1);
+        add("aal2", "bob-aal2", Aal::Aal2, 60, 1);
+        add("aal3", "cat-aal3", Aal::Aal3, 60, 1);
+        // Step-up on /confirm needs an authentication within 5 minutes.
+        add("aal2-stale", "dan-stale", Aal::Aal2, 600, 1);
+        // Past the AAL2 idle limit (30 min) and the absolute limit (12 h).
+        add("aal2-idle", "eve-idle", Aal::Aal2, 3600, 31 * 60);
+        add("aal2-old", "fay-old", Aal::Aal2, 13 * 3600, 1);
+        add("revoked", "gus-revoked", Aal::Aal3, 60, 1);
+        rt().block_on(store.revoke_user("gus-revoked"))
+            .expect("revoke");
+        let good = cookies["aal3"].0.clone();
+        let mut flipped = good.clone().into_bytes();
+        let i = flipped.len() / 2;
+        flipped[i] = if flipped[i] == b'A' { b'B' } else { b'A' };
+        let derived: [(&'static str, String); 5] = [
+            // A well-formed id that was never issued (a planted or guessed cookie).
+            (
+                "forged",
+                aalgate_session::SessionId::generate().to_cookie(),
+            ),
+            ("tampered", String::from_utf8(flipped).unwrap_or_default()),
+            ("truncated", good[..good.len() - 4].to_string()),
+            ("extended", format!("{good}AAAA")),
+            ("oversized", format!("{good}{}", "A".repeat(3000))),
+        ];
+        for (kind, c) in derived {
+            cookies.insert(kind, (c, "nobody", "-"));
+        }
+        Sessions { cookies }
+    }
+}
+
+/// Fills in `{name}` placeholders, and `{repeat:N:text}` (text without `}`) N times.
+fn expand(s: &str, vars: &[(String, String)]) -> String {
+    let mut out = s.to_string();
+    while let Some(start) = out.find("{repeat:") {
+        let rest = &out[start + 8..];
+        let (Some((n, tail)), Some(end)) = (rest.split_once(':'), rest.find('}')) else {
+            panic!("bad repeat placeholder in {s:?}");
+        };
+        let text = &tail[..end - n.len() - 1];
+        let filled = text.repeat(n.parse().expect("repeat count"));
+        out.replace_range(start..start + 8 + end + 1, &filled);
+    }
+    for (k, v) in vars {
+        out = out.replace(k.as_str(), v);
+    }
+    out
+}
+
+/// Whether a redirect stays on the gateway: a path on this origin, or the origin itself.
+fn location_is_safe(loc: &str, origin: &str) -> bool {
+    let on_origin = loc
+        .strip_prefix(origin)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'));
+    let relative = loc.starts_with('/') && !loc.starts_with("//") && !loc.starts_with("/\\");
+    (on_origin || relative) && !loc.contains(['\r', '\n', '\t', '\\'])
+}
+
+fn corpus_files() -> Vec<PathBuf> {
+    let dir = workspace().join("tests/attacks");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        // Cases that need another runner (pure functions, WebAuthn) carry their own suffix.
+        .filter(|p| {
+            !p.file_stem()
+                .and_then(|s| s.to_str())
+                .is_some_and(|s| s.starts_with("unit-"))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn attack_corpus() {
+    let up = Upstream::start();
+    let ehr = format!(
+        "app: ehr\nhost: ehr.localhost\nupstream: http://127.0.0.1:{}\ncase_insensitive: true\n\
+default: aal2\nroutes:\n  - path: /admin/**\n    require: deny\n",
+        up.port
+    );
+    let mut g = Gateway::start(
+        None,
+        &[("billing.yaml", &policy(up.port)), ("ehr.yaml", &ehr)],
+    );
+    let store = EmbeddedStore::open(&g.state_dir()).expect("open embedded store");
+    let sessions = Sessions::mint(&store);
+    let host = format!("localhost:{}", g.port);
+    let origin = format!("http://{host}");
+    let port = g.port.to_string();
+
+    let mut failures = Vec::new();
+    let mut total = 0usize;
+    let mut forwarded_total = 0usize;
+    for file in corpus_files() {
+        let fname = file.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(&file).expect("read corpus file");
+        let cf: CaseFile = serde_saphyr::from_str(&text)
+            .unwrap_or_else(|e| panic!("{fname}: {e}"));
+        for case in cf.cases {
+            total += 1;
+            let (cookie_value, user, aal) = match case.session.as_str() {
+                "none" => (String::new(), "nobody", "-"),
+                k => match sessions.cookies.get(k) {
+                    Some((c, u, a)) => (c.clone(), *u, *a),
+                    None => panic!("{fname}: unknown session kind {k:?}"),
+                },
+            };
+            let cookie = format!("aalgate={cookie_value}");
+            let mut vars: Vec<(String, String)> = [
+                ("{host}", host.as_str()),
+                ("{origin}", origin.as_str()),
+                ("{port}", port.as_str()),
+                ("{cookie}", cookie.as_str()),
+                ("{user}", user),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            for (kind, (c, _, _)) in &sessions.cookies {
+                vars.push((format!("{{cookie:{kind}}}"), c.clone()));
+            }
+            let raw = match (&case.request, &case.target) {
+                (Some(r), None) => expand(r, &vars),
+                (None, Some(t)) => {
+                    let mut r = format!(
+                        "{} {} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n",
+                        case.method.as_deref().unwrap_or("GET"),
+                        expand(t, &vars)
+                    );
+                    if case.session != "none" {
+                        r.push_str(&format!("Cookie: {cookie}\r\n"));
+                    }
+                    for h in &case.headers {
+                        r.push_str(&expand(h, &vars));
+                        r.push_str("\r\n");
+                    }
+                    r.push_str("\r\n");
+                    r
+                }
+                _ => panic!("{fname}: a case needs exactly one of `target` and `request`"),
+            };
+            let name = case.name.clone().unwrap_or_else(|| {
+                case.target.clone().unwrap_or_else(|| {
+                    raw.lines().next().unwrap_or_default().to_string()
+                })
+            });
+            let id = format!("{fname}: {name} [{}]", case.session);
+            up.clear();
+            let r = send(g.port, raw.as_bytes());
+            let mut fail = |what: String| failures.push(format!("{id}: {what}"));
+
+            if !case.status.allows(r.status) {
+                fail(format!("status {} (body {:.120})", r.status, r.text()));
+            }
+            let seen = up.seen();
+            forwarded_total += seen.len();
+            let targets: Vec<&str> = seen.iter().map(|s| s.target.as_str()).collect();
+            let want: Vec<String> = case.upstream.iter().map(|t| expand(t, &vars)).collect();
+            if targets != want {
+                fail(format!("upstream received {targets:?}, expected {want:?}"));
+            }
+            for s in &seen {
+                for (n, v) in &s.headers {
+                    if !IDENTITY.contains(&fold(n).as_str()) {
+                        continue;
+                    }
+                    // Only the gateway's own spelling, once, with the session's values.
+                    let ours = match n.as_str() {
+                        "x-aalgate-user" => v == user,
+                        "x-aalgate-aal" => v == aal,
+                        "x-aalgate-auth-time" | "x-aalgate-assertion" => user != "nobody",
+                        _ => false,
+                    } && s.all(n).len() == 1;
+                    if !ours {
+                        fail(format!("identity header {n}: {v} reached the upstream"));
+                    }
+                }
+                for (n, want) in &case.forwarded {
+                    let got = s.all(n);
+                    let want = want.as_ref().map(|w| expand(w, &vars));
+                    let ok = match &want {
+                        None => got.is_empty(),
+                        Some(w) => match w.strip_prefix('!') {
+                            Some(not) => got.len() == 1 && got[0] != not,
+                            None => got == [w.as_str()],
+                        },
+                    };
+                    if !ok {
+                        fail(format!("forwarded {n}: {got:?}, expected {want:?}"));
+                    }
+                }
+            }
+            for (n, want) in &case.response {
+                let got = r.all(n);
+                let ok = match want {
+                    None => got.is_empty(),
+                    Some(w) => got == [expand(w, &vars).as_str()],
+                };
+                if !ok {
+                    fail(format!("response {n}: {got:?}, expected {want:?}"));
+                }
+            }
+            for loc in r.all("location") {
+                if !location_is_safe(loc, &origin) {
+                    fail(format!("redirect off the gateway: {loc}"));
+                }
+            }
+            let whole = format!("{:?}{}", r.headers, r.text());
+            for s in &case.never_echoed {
+                let s = expand(s, &vars);
+                if whole.contains(&s) {
+                    fail(format!("response echoes {s:?}"));
+                }
+            }
+        }
+    }
+    // A smuggled request would arrive after its case finished: nothing may come late.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        up.seen().is_empty(),
+        "late upstream requests: {:?}",
+        up.seen()
+    );
+    assert!(total >= 300, "the corpus has only {total} cases");
+    assert!(g.alive(), "gateway died");
+    assert!(!g.log().contains("panicked"), "{}", g.log());
+    assert!(
+        failures.is_empty(),
+        "{} of {total} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    eprintln!("attack corpus: {total} cases, {forwarded_total} forwarded requests, all as expected");
+}
