@@ -300,6 +300,7 @@ impl Ceremonies {
     ) -> Result<Credential, CeremonyError> {
         let resp: RegisterPublicKeyCredential =
             serde_json::from_slice(json).map_err(|e| CeremonyError::Malformed(e.to_string()))?;
+        top_level_only(&resp.response.client_data_json)?;
         let (key, kind): (Passkey, CredentialKind) = match state {
             RegState::Passkey(st) => (
                 self.webauthn
@@ -443,6 +444,7 @@ impl Ceremonies {
         allowed: Option<&[String]>,
         now: Timestamp,
     ) -> Result<Verified, CeremonyError> {
+        top_level_only(&resp.resp.response.client_data_json)?;
         let id = resp.credential_id();
         let Some(cred) = user.credentials.iter_mut().find(|c| c.id == id) else {
             return Err(CeremonyError::NotAllowed);
@@ -493,6 +495,27 @@ impl Ceremonies {
         user.last_login = Some(now);
         Ok(v)
     }
+}
+
+/// Refuses a ceremony run inside a cross-origin frame (`crossOrigin: true` or a `topOrigin`):
+/// the gateway's pages are never framed (`X-Frame-Options: DENY`), so such a response can only
+/// come from a page that embedded them to phish a tap. webauthn-rs does not check this.
+fn top_level_only(client_data_json: &[u8]) -> Result<(), CeremonyError> {
+    #[derive(serde::Deserialize)]
+    struct ClientData {
+        #[serde(default, rename = "crossOrigin")]
+        cross_origin: Option<bool>,
+        #[serde(default, rename = "topOrigin")]
+        top_origin: Option<String>,
+    }
+    let cd: ClientData = serde_json::from_slice(client_data_json)
+        .map_err(|e| CeremonyError::Malformed(format!("clientDataJSON: {e}")))?;
+    if cd.cross_origin == Some(true) || cd.top_origin.is_some() {
+        return Err(CeremonyError::Rejected(
+            "the ceremony ran in a cross-origin frame".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A credential that exists nowhere, so an unknown user name gets ordinary-looking options.

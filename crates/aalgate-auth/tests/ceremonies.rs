@@ -66,7 +66,20 @@ fn register(
     u: &mut User,
     kind: RegKind,
 ) -> Result<(), CeremonyError> {
+    register_with(rp, auth, u, kind, |_, s| s)
+}
+
+/// As [`register`], with the server state changed first (e.g. an enrollment made under a lax
+/// user-verification policy, to test that sign-in still demands UV).
+fn register_with(
+    rp: &Ceremonies,
+    auth: &mut dyn WebauthnAuthenticator,
+    u: &mut User,
+    kind: RegKind,
+    hook: impl FnOnce(&mut serde_json::Value, RegState) -> RegState,
+) -> Result<(), CeremonyError> {
     let (mut opts, state) = rp.start_registration(u, kind)?;
+    let state = hook(&mut opts, state);
     // The software authenticators cannot store resident keys; the server does not depend on
     // it (usernameless sign-in is covered by the browser tests with Chromium's authenticator).
     if let Some(sel) = opts
@@ -353,4 +366,205 @@ async fn invites_are_single_use_and_expire() {
     assert!(d.throttled("nora").await.unwrap());
     d.clear_failures("nora").await.unwrap();
     assert!(!d.throttled("nora").await.unwrap());
+}
+
+/// The WebAuthn part of the attack corpus: `tests/attacks/unit-webauthn.yaml`.
+mod corpus {
+    use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use serde::Deserialize;
+    use sha2::{Digest, Sha256};
+    use webauthn_authenticator_rs::AuthenticatorBackendHashedClientData;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Corpus {
+        #[allow(dead_code)]
+        about: String,
+        cases: Vec<Case>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Case {
+        name: String,
+        authenticator: String,
+        #[serde(default)]
+        origin: Option<String>,
+        #[serde(default, rename = "type")]
+        type_: Option<String>,
+        #[serde(default)]
+        cross_origin: Option<bool>,
+        #[serde(default)]
+        rp_id: Option<String>,
+        #[serde(default)]
+        challenge: Option<String>,
+        #[serde(default)]
+        step_up: bool,
+        #[serde(default)]
+        mutate: Option<String>,
+        expect: String,
+    }
+
+    /// Turns every "user verification required" in a serialized server state into
+    /// "discouraged".
+    fn relax_uv(opts: &mut serde_json::Value, state: RegState) -> RegState {
+        fn walk(v: &mut serde_json::Value) {
+            match v {
+                serde_json::Value::String(s) if s == "required" => *s = "discouraged".into(),
+                serde_json::Value::Array(a) => a.iter_mut().for_each(walk),
+                serde_json::Value::Object(o) => {
+                    for (k, x) in o.iter_mut() {
+                        let k = k.to_ascii_lowercase();
+                        if k.contains("policy") || k.contains("verification") {
+                            walk(x);
+                        } else if x.is_object() || x.is_array() {
+                            walk(x);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        walk(opts);
+        let mut v = serde_json::to_value(&state).unwrap();
+        walk(&mut v);
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// Signs a sign-in for `opts` with exactly the client data the case describes.
+    fn forge(
+        auth: &mut dyn AuthenticatorBackendHashedClientData,
+        c: &Case,
+        mut opts: webauthn_rs::prelude::RequestChallengeResponse,
+        other_challenge: &[u8],
+    ) -> Vec<u8> {
+        let challenge = match c.challenge.as_deref() {
+            None => opts.public_key.challenge.clone(),
+            Some("other-flow") => other_challenge.to_vec(),
+            Some("garbage") => b"0123456789abcdef0123456789abcdef".to_vec(),
+            Some(x) => panic!("{}: unknown challenge {x}", c.name),
+        };
+        let mut client = serde_json::json!({
+            "type": c.type_.as_deref().unwrap_or("webauthn.get"),
+            "challenge": URL_SAFE_NO_PAD.encode(challenge),
+            "origin": c.origin.as_deref().unwrap_or(ORIGIN),
+        });
+        if let Some(x) = c.cross_origin {
+            client["crossOrigin"] = x.into();
+        }
+        let client = serde_json::to_vec(&client).unwrap();
+        if let Some(rp) = &c.rp_id {
+            opts.public_key.rp_id = rp.clone();
+        }
+        if c.authenticator == "passkey-no-uv" {
+            // The browser is told UV is not needed (a tampered page); the server must not care.
+            opts.public_key.user_verification = serde_json::from_value("discouraged".into()).unwrap();
+        }
+        let mut cred = auth
+            .perform_auth(Sha256::digest(&client).to_vec(), opts.public_key, 60_000)
+            .unwrap_or_else(|e| panic!("{}: authenticator refused: {e:?}", c.name));
+        cred.response.client_data_json = client;
+        match c.mutate.as_deref() {
+            Some("signature") => {
+                let n = cred.response.signature.len();
+                cred.response.signature[n / 2] ^= 1;
+            }
+            Some("auth-data") => cred.response.authenticator_data[0] ^= 1,
+            _ => {}
+        }
+        serde_json::to_vec(&cred).unwrap()
+    }
+
+    #[test]
+    fn forged_sign_ins_are_refused() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/attacks/unit-webauthn.yaml");
+        let corpus: Corpus =
+            serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut failures = Vec::new();
+        for c in &corpus.cases {
+            let (mut token, rp) = token_and_rp();
+            let mut passkey = SoftPasskey::new(c.authenticator != "passkey-no-uv");
+            let mut u = user("ann");
+            // Every account holds a passkey; `key` cases add an attested security key.
+            register(&rp, &mut SoftPasskey::new(true), &mut u, RegKind::Passkey).unwrap();
+            let auth: &mut dyn AuthenticatorBackendHashedClientData = match c.authenticator.as_str()
+            {
+                "key" => {
+                    register(&rp, &mut token, &mut u, RegKind::SecurityKey).unwrap();
+                    &mut token
+                }
+                "passkey" => {
+                    register(&rp, &mut passkey, &mut u, RegKind::Passkey).unwrap();
+                    &mut passkey
+                }
+                "passkey-no-uv" => {
+                    // Enrolled under a lax policy (as an older deployment might have), it
+                    // never verifies the user: sign-in must still refuse it.
+                    register_with(&rp, &mut passkey, &mut u, RegKind::Passkey, relax_uv).unwrap();
+                    &mut passkey
+                }
+                x => panic!("{}: unknown authenticator {x}", c.name),
+            };
+            if c.mutate.as_deref() == Some("counter") {
+                // The server saw a higher counter than the key sends: a clone was used.
+                let i = u.credentials.len() - 1;
+                let mut inner: webauthn_rs::prelude::Credential =
+                    u.credentials[i].key.clone().into();
+                inner.counter += 1000;
+                u.credentials[i].key = inner.into();
+            }
+            let owner = if c.mutate.as_deref() == Some("other-user") {
+                let mut v = user("victim");
+                register(&rp, &mut SoftPasskey::new(true), &mut v, RegKind::Passkey).unwrap();
+                v
+            } else {
+                u.clone()
+            };
+            let allowed: Option<Vec<String>> = c.step_up.then(|| {
+                owner
+                    .credentials
+                    .iter()
+                    .filter(|k| k.aal == Aal::Aal3)
+                    .map(|k| k.id.clone())
+                    .collect()
+            });
+            let (other, _) = rp.start_sign_in(Some(&u.credentials)).unwrap();
+            let other: RequestChallengeResponse = serde_json::from_value(other).unwrap();
+            let (opts, mut state) = rp.start_sign_in(Some(&u.credentials)).unwrap();
+            let opts: RequestChallengeResponse = serde_json::from_value(opts).unwrap();
+            let json = forge(auth, c, opts, &other.public_key.challenge);
+            let mut target = owner;
+            match c.mutate.as_deref() {
+                Some("replay") => {
+                    // Accepted once, then presented again against a new challenge.
+                    let r = SignIn::parse(&json).unwrap();
+                    rp.finish_sign_in(&r, state, &mut target, None, Timestamp::now())
+                        .unwrap_or_else(|e| panic!("{}: first use refused: {e}", c.name));
+                    state = rp.start_sign_in(Some(&target.credentials)).unwrap().1;
+                }
+                Some("counter") => {
+                    let i = target.credentials.len() - 1;
+                    let mut inner: webauthn_rs::prelude::Credential =
+                        target.credentials[i].key.clone().into();
+                    inner.counter += 1000;
+                    target.credentials[i].key = inner.into();
+                }
+                _ => {}
+            }
+            let got = SignIn::parse(&json).and_then(|r| {
+                rp.finish_sign_in(&r, state, &mut target, allowed.as_deref(), Timestamp::now())
+            });
+            let outcome = match &got {
+                Ok(v) => format!("{:?}", v.aal).to_lowercase(),
+                Err(_) => "refused".to_string(),
+            };
+            if outcome != c.expect {
+                failures.push(format!("{}: {outcome} ({got:?}), expected {}", c.name, c.expect));
+            }
+        }
+        assert!(corpus.cases.len() >= 20);
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
 }
