@@ -207,6 +207,8 @@ pub struct Redis {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Persistence arguments of the next start.
+    persistence: Vec<String>,
 }
 
 /// Finds `redis-server` or explains how to get it.
@@ -226,6 +228,16 @@ impl Redis {
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
+            persistence: [
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ]
+            .map(String::from)
+            .to_vec(),
         };
         r.spawn();
         r
@@ -233,18 +245,8 @@ impl Redis {
 
     fn spawn(&mut self) {
         let child = Command::new(redis_server_bin())
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &self.port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(&self.persistence)
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -332,6 +334,14 @@ impl Redis {
         self.stop();
         self.spawn();
     }
+
+    /// Crashes it (SIGKILL) and starts it again with other persistence arguments, e.g.
+    /// `["--appendonly", "no"]` to load the last RDB snapshot instead of the append-only file.
+    pub fn restart_with(&mut self, persistence: &[&str]) {
+        self.stop();
+        self.persistence = persistence.iter().map(|s| s.to_string()).collect();
+        self.spawn();
+    }
 }
 
 impl Drop for Redis {
@@ -344,6 +354,8 @@ impl Drop for Redis {
 pub struct Gateway {
     /// Public port.
     pub port: u16,
+    /// Extra environment of the process (e.g. libfaketime's).
+    env: Vec<(String, String)>,
     /// Admin port.
     pub admin_port: u16,
     /// Its working directory (config, policies, state, log).
@@ -372,6 +384,18 @@ impl Gateway {
     /// As [`Gateway::start`], with a TLS listener (a throwaway self-signed cert for localhost).
     pub fn start_tls(policies: &[(&str, &str)]) -> Gateway {
         Gateway::start_with(None, policies, true, "")
+    }
+
+    /// As [`Gateway::start_extra`], with extra environment variables for the process.
+    pub fn start_env(policies: &[(&str, &str)], extra: &str, env: &[(&str, &str)]) -> Gateway {
+        let mut g = Gateway::start_with(None, policies, false, extra);
+        g.stop();
+        g.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        g.spawn();
+        g
     }
 
     fn start_with(
@@ -429,11 +453,12 @@ impl Gateway {
         let scheme = if tls { "https" } else { "http" };
         let yaml = format!(
             "listen:\n  - addr: 127.0.0.1:{port}{tls_line}\nadmin_listen: 127.0.0.1:{admin_port}\npublic_origin: {scheme}://localhost:{port}\n\
-store: \"{store}\"\nstore_timeout: 1s\npolicies: policies\nstate_dir: state\nthreads: 2\nsession_count_interval: 1s\n"
+store: \"{store}\"\nstore_timeout: 1s\npolicies: policies\nstate_dir: state\nthreads: 2\nsession_count_interval: 1s\nshutdown_grace: 3s\n"
         );
         std::fs::write(&config, format!("{yaml}{extra}")).expect("write config");
         let mut g = Gateway {
             port,
+            env: Vec::new(),
             admin_port,
             dir,
             child: None,
@@ -454,6 +479,7 @@ store: \"{store}\"\nstore_timeout: 1s\npolicies: policies\nstate_dir: state\nthr
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -139,10 +139,7 @@ impl Sessions {
         flipped[i] = if flipped[i] == b'A' { b'B' } else { b'A' };
         let derived: [(&'static str, String); 5] = [
             // A well-formed id that was never issued (a planted or guessed cookie).
-            (
-                "forged",
-                aalgate_session::SessionId::generate().to_cookie(),
-            ),
+            ("forged", aalgate_session::SessionId::generate().to_cookie()),
             ("tampered", String::from_utf8(flipped).unwrap_or_default()),
             ("truncated", good[..good.len() - 4].to_string()),
             ("extended", format!("{good}AAAA")),
@@ -221,10 +218,13 @@ default: aal2\nroutes:\n  - path: /admin/**\n    require: deny\n",
     let mut total = 0usize;
     let mut forwarded_total = 0usize;
     for file in corpus_files() {
-        let fname = file.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let fname = file
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         let text = std::fs::read_to_string(&file).expect("read corpus file");
-        let cf: CaseFile = serde_saphyr::from_str(&text)
-            .unwrap_or_else(|e| panic!("{fname}: {e}"));
+        let cf: CaseFile = serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{fname}: {e}"));
         for case in cf.cases {
             total += 1;
             let (cookie_value, user, aal) = match case.session.as_str() {
@@ -269,9 +269,9 @@ default: aal2\nroutes:\n  - path: /admin/**\n    require: deny\n",
                 _ => panic!("{fname}: a case needs exactly one of `target` and `request`"),
             };
             let name = case.name.clone().unwrap_or_else(|| {
-                case.target.clone().unwrap_or_else(|| {
-                    raw.lines().next().unwrap_or_default().to_string()
-                })
+                case.target
+                    .clone()
+                    .unwrap_or_else(|| raw.lines().next().unwrap_or_default().to_string())
             });
             let id = format!("{fname}: {name} [{}]", case.session);
             up.clear();
@@ -359,5 +359,7 @@ default: aal2\nroutes:\n  - path: /admin/**\n    require: deny\n",
         failures.len(),
         failures.join("\n")
     );
-    eprintln!("attack corpus: {total} cases, {forwarded_total} forwarded requests, all as expected");
+    eprintln!(
+        "attack corpus: {total} cases, {forwarded_total} forwarded requests, all as expected"
+    );
 }

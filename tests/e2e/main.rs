@@ -6,6 +6,7 @@ mod breakglass;
 mod browser;
 mod cli;
 mod deploy;
+mod faults;
 mod listeners;
 mod ops;
 mod proxy;

@@ -459,7 +459,8 @@ mod corpus {
         }
         if c.authenticator == "passkey-no-uv" {
             // The browser is told UV is not needed (a tampered page); the server must not care.
-            opts.public_key.user_verification = serde_json::from_value("discouraged".into()).unwrap();
+            opts.public_key.user_verification =
+                serde_json::from_value("discouraged".into()).unwrap();
         }
         let mut cred = auth
             .perform_auth(Sha256::digest(&client).to_vec(), opts.public_key, 60_000)
@@ -561,7 +562,10 @@ mod corpus {
                 Err(_) => "refused".to_string(),
             };
             if outcome != c.expect {
-                failures.push(format!("{}: {outcome} ({got:?}), expected {}", c.name, c.expect));
+                failures.push(format!(
+                    "{}: {outcome} ({got:?}), expected {}",
+                    c.name, c.expect
+                ));
             }
         }
         assert!(corpus.cases.len() >= 20);

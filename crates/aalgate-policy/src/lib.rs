@@ -13,6 +13,8 @@
 pub mod aal;
 pub mod decide;
 pub mod file;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod host;
 pub mod model;
 pub mod path;

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use aalgate_policy::{
-    decide, load_from_strs, normalize_target, Aal, Decision, ExpiryReason, HostPort,
-    SessionFacts, Timestamp,
+    decide, load_from_strs, normalize_target, Aal, Decision, ExpiryReason, HostPort, SessionFacts,
+    Timestamp,
 };
 use serde::Deserialize;
 
@@ -81,6 +81,10 @@ fn every_limit_holds_one_second_either_side() {
             failures.push(format!("{}: got {got}, expected {}", c.name, c.expect));
         }
     }
-    assert!(corpus.cases.len() >= 40, "only {} cases", corpus.cases.len());
+    assert!(
+        corpus.cases.len() >= 40,
+        "only {} cases",
+        corpus.cases.len()
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

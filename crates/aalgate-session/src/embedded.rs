@@ -354,6 +354,11 @@ impl SessionStore for EmbeddedStore {
             .await
     }
 
+    async fn durable(&self) -> Result<bool, StoreError> {
+        // Every write is a redb transaction committed with fsync.
+        Ok(true)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.blocking(|db| {
             let tx = db.begin_read().map_err(unavailable)?;

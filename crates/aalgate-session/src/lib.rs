@@ -8,6 +8,7 @@
 //! the secret [`SessionId`], so a store dump holds no usable cookie. [`Deadline`] bounds every
 //! call, so a slow store turns into an error (and the gateway fails closed) instead of a hang.
 
+pub mod cookie;
 mod embedded;
 mod id;
 mod redis_store;
@@ -15,6 +16,7 @@ mod store;
 
 pub mod conformance;
 
+pub use cookie::cookie_values;
 pub use embedded::EmbeddedStore;
 pub use id::{FlowId, SessionId, SessionKey};
 pub use redis_store::RedisStore;

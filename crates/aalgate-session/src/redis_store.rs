@@ -241,6 +241,16 @@ impl SessionStore for RedisStore {
             .map_err(unavailable)
     }
 
+    async fn durable(&self) -> Result<bool, StoreError> {
+        let mut c = self.conn().await?;
+        let info: String = redis::cmd("INFO")
+            .arg("persistence")
+            .query_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(info.lines().any(|l| l.trim() == "aof_enabled:1"))
+    }
+
     async fn link(
         &self,
         handle: &SessionKey,

@@ -177,6 +177,10 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn take_flow(&self, key: &str, now: Timestamp) -> Result<Option<Flow>, StoreError>;
     /// Checks the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Whether every acknowledged write survives a restart of the store (Redis: the
+    /// append-only file is on). Without it, a logout written after the last snapshot is lost
+    /// when the store restarts from that snapshot, and the session comes back.
+    async fn durable(&self) -> Result<bool, StoreError>;
     /// Counts live sessions in the whole store (a scan: call it every few seconds, not per request).
     async fn stats(&self, now: Timestamp, limits: &Timeouts) -> Result<SessionStats, StoreError>;
 
@@ -273,6 +277,9 @@ impl<S: SessionStore + ?Sized> SessionStore for Deadline<S> {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.run(self.inner.ping()).await
+    }
+    async fn durable(&self) -> Result<bool, StoreError> {
+        self.run(self.inner.durable()).await
     }
     async fn link(
         &self,

@@ -77,9 +77,8 @@ impl Signer {
         };
         let public = signing.verifying_key().to_bytes();
         let kid = URL_SAFE_NO_PAD.encode(&Sha256::digest(public)[..12]);
-        let header = URL_SAFE_NO_PAD.encode(
-            serde_json::json!({ "typ": "JWT", "alg": "EdDSA", "kid": kid }).to_string(),
-        );
+        let header = URL_SAFE_NO_PAD
+            .encode(serde_json::json!({ "typ": "JWT", "alg": "EdDSA", "kid": kid }).to_string());
         let jwks = serde_json::json!({
             "keys": [{ "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": kid, "x": URL_SAFE_NO_PAD.encode(public) }]
         })

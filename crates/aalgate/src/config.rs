@@ -50,6 +50,8 @@ struct RawConfig {
     upstream_connect_timeout: Option<aalgate_policy::HumanDuration>,
     #[serde(default)]
     upstream_timeout: Option<aalgate_policy::HumanDuration>,
+    #[serde(default)]
+    shutdown_grace: Option<aalgate_policy::HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,7 +214,13 @@ pub struct Config {
     pub upstream_connect_timeout: Duration,
     /// How long an upstream may stay silent (between reads or writes) before the answer is 504.
     pub upstream_timeout: Duration,
+    /// On SIGTERM or SIGQUIT: how long in-flight requests get to finish. pingora stops
+    /// accepting at once, waits this long in full, then ends whatever is left.
+    pub shutdown_grace: Duration,
 }
+
+/// Default of `shutdown_grace`.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Default of `upstream_connect_timeout`.
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -408,6 +416,10 @@ impl Config {
             bail!("preserve_body_limit {preserve_body_limit} is over 16 MiB; kept forms live in the session store");
         }
         Ok(Config {
+            shutdown_grace: raw
+                .shutdown_grace
+                .map(|d| d.0)
+                .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
             upstream_connect_timeout: raw
                 .upstream_connect_timeout
                 .map(|d| d.0)

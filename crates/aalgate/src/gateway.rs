@@ -156,7 +156,9 @@ fn raw_target(session: &Session) -> Vec<u8> {
             .unwrap_or(raw.len());
         let raw = &raw[start..];
         let line_end = raw.iter().position(|&b| b == b'\n').unwrap_or(raw.len());
-        let line = raw[..line_end].strip_suffix(b"\r").unwrap_or(&raw[..line_end]);
+        let line = raw[..line_end]
+            .strip_suffix(b"\r")
+            .unwrap_or(&raw[..line_end]);
         // Exactly `method SP target SP version`: a space inside the target would be read one
         // way here and another way by a lenient parser downstream.
         let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
@@ -685,7 +687,9 @@ impl ProxyHttp for Gateway {
         // header for the pair.
         let te_and_cl = req.headers.contains_key(http::header::TRANSFER_ENCODING)
             && match session.as_downstream() {
-                ServerSession::H1(h1) => raw_has_header(&h1.get_headers_raw_bytes(), b"content-length"),
+                ServerSession::H1(h1) => {
+                    raw_has_header(&h1.get_headers_raw_bytes(), b"content-length")
+                }
                 _ => false,
             };
         if te_and_cl || !framing_is_unambiguous(req) {

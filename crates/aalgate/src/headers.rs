@@ -101,18 +101,13 @@ pub fn set_cookie_is_ours(value: &[u8]) -> bool {
 
 /// The values of cookie `name` across every `Cookie` header.
 pub fn cookie_values(headers: &HeaderMap, name: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for v in headers.get_all(http::header::COOKIE) {
-        let Ok(v) = v.to_str() else { continue };
-        for pair in v.split(';') {
-            if let Some((n, val)) = pair.trim().split_once('=') {
-                if n.trim() == name {
-                    out.push(val.trim().trim_matches('"').to_string());
-                }
-            }
-        }
-    }
-    out
+    aalgate_session::cookie_values(
+        headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .map(|v| v.as_bytes()),
+        name,
+    )
 }
 
 /// The `Cookie` header to forward: every cookie except the gateway's own (both names), bytes

@@ -371,6 +371,7 @@ fn demo_config(
         request_key: state_dir.join("request-key"),
         upstream_connect_timeout: config::DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
         upstream_timeout: config::DEFAULT_UPSTREAM_TIMEOUT,
+        shutdown_grace: Duration::from_secs(1),
     })
 }
 
@@ -464,8 +465,8 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
 
     let conf = ServerConf {
         threads: cfg.threads,
-        grace_period_seconds: Some(1),
-        graceful_shutdown_timeout_seconds: Some(10),
+        grace_period_seconds: Some(cfg.shutdown_grace.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(5),
         upgrade_sock: cfg.upgrade_sock.to_string_lossy().into_owned(),
         ..Default::default()
     };

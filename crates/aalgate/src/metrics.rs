@@ -60,6 +60,8 @@ pub struct Metrics {
     pub store_seconds: HistogramVec,
     /// 1 when the store answered the last probe.
     pub store_up: IntGauge,
+    /// 1 when the store keeps every acknowledged write across a restart (Redis AOF on).
+    pub store_durable: IntGauge,
     /// Policy reloads by result.
     pub reloads: IntCounterVec,
     /// Unix time of the last successful policy load.
@@ -142,6 +144,11 @@ impl Metrics {
             store_seconds: histogram_vec(&r, "aalgate_store_duration_seconds", "Session store call latency, by operation.", &["op"], LATENCY)?,
             store_up: {
                 let g = IntGauge::new("aalgate_store_up", "1 if the session store answered the last probe, else 0.")?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            store_durable: {
+                let g = IntGauge::new("aalgate_store_durable", "1 if the session store keeps every acknowledged write across a restart (Redis: appendonly yes), else 0. At 0, a restart from an older snapshot revives logged-out sessions.")?;
                 r.register(Box::new(g.clone()))?;
                 g
             },
@@ -246,6 +253,7 @@ mod tests {
             "aalgate_session_ends_total",
             "aalgate_sessions_active",
             "aalgate_store_up",
+            "aalgate_store_durable",
             "aalgate_policy_reloads_total",
             "aalgate_breakglass_uses_total",
             "aalgate_sign_count_regressions_total",

@@ -75,6 +75,9 @@ impl SessionStore for Instrumented {
     async fn ping(&self) -> Result<(), StoreError> {
         self.timed("ping", self.inner.ping()).await
     }
+    async fn durable(&self) -> Result<bool, StoreError> {
+        self.timed("ping", self.inner.durable()).await
+    }
     async fn stats(&self, now: Timestamp, limits: &Timeouts) -> Result<SessionStats, StoreError> {
         self.timed("stats", self.inner.stats(now, limits)).await
     }
@@ -330,12 +333,22 @@ impl BackgroundService for StoreMonitor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tick = tokio::time::interval(MONITOR);
         let mut last_count: Option<Instant> = None;
+        let mut last_durable: Option<bool> = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => {
                     let m = &self.metrics;
                     let up = self.store.ping().await.is_ok();
                     m.store_up.set(i64::from(up));
+                    if up {
+                        if let Ok(d) = self.store.durable().await {
+                            if !d && last_durable != Some(false) {
+                                tracing::warn!("the session store is not durable (Redis: appendonly no): a restart from an older snapshot brings logged-out sessions back; set appendonly yes (deploy/redis.conf)");
+                            }
+                            m.store_durable.set(i64::from(d));
+                            last_durable = Some(d);
+                        }
+                    }
                     if up && last_count.is_none_or(|t| t.elapsed() >= self.count_every) {
                         last_count = Some(Instant::now());
                         let limits = loosest(&self.policies.snapshot());

@@ -1,0 +1,380 @@
+//! Faults with real processes: a Redis crash with and without the append-only file, an
+//! upstream that is down, silent or drops a POST, wall-clock steps of five minutes (libfaketime
+//! under the real binary), and SIGTERM with requests in flight. Redis kill/pause/restart and a
+//! gateway restart with the embedded store are in `redis.rs` and `proxy.rs`.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aalgate_policy::Aal;
+use aalgate_session::{EmbeddedStore, RedisStore, SessionStore};
+use aalgate_tests::{eventually, free_port, get, logout, sample, send, Gateway, Redis, Upstream};
+
+use crate::{make_session, policy, rt};
+
+/// Longer than the gateway's 1 s session-cache freshness.
+const CACHE_WINDOW: Duration = Duration::from_millis(1200);
+
+fn scrape(g: &Gateway) -> String {
+    get(
+        g.admin_port,
+        &format!("127.0.0.1:{}", g.admin_port),
+        "/metrics",
+        &[],
+    )
+    .text()
+}
+
+#[test]
+fn a_logout_survives_a_redis_crash_and_the_gateway_flags_a_store_without_aof() {
+    let mut redis = Redis::start();
+    let up = Upstream::start();
+    let g = Gateway::start(Some(&redis.url()), &[("billing.yaml", &policy(up.port))]);
+    // A store per runtime: `make_session` runs each call on a runtime of its own.
+    let store = || RedisStore::new(&redis.url(), Duration::from_secs(1)).unwrap();
+    let h = format!("localhost:{}", g.port);
+    let olga = make_session(&store(), "olga", Aal::Aal2, 60, 1);
+    let pete = make_session(&store(), "pete", Aal::Aal2, 60, 1);
+    let (co, cp) = (
+        format!("Cookie: aalgate={olga}"),
+        format!("Cookie: aalgate={pete}"),
+    );
+    assert_eq!(get(g.port, &h, "/x", &[&co]).status, 200);
+    assert_eq!(get(g.port, &h, "/x", &[&cp]).status, 200);
+    // An RDB snapshot now holds both sessions.
+    assert!(redis.command("SAVE").starts_with("+OK"));
+    // Then olga signs out and IT revokes pete.
+    assert_eq!(logout(g.port, &h, &olga).status, 200);
+    rt().block_on(async { store().revoke_user("pete").await })
+        .unwrap();
+
+    // Crash; Redis restarts from its append-only file, which has both removals.
+    redis.restart();
+    std::thread::sleep(CACHE_WINDOW);
+    for c in [&co, &cp] {
+        let status = eventually(Duration::from_secs(15), "redis back", || {
+            let s = get(g.port, &h, "/x", &[c]).status;
+            (s != 503).then_some(s)
+        });
+        assert_eq!(status, 302, "an ended session came back after a crash");
+    }
+    assert_eq!(sample(&scrape(&g), "aalgate_store_durable"), Some(1.0));
+
+    // The hazard the AOF closes: the same crash, restarted from the RDB snapshot alone, has the
+    // sessions again. The gateway cannot tell a revived session from a live one, so it reports
+    // the store (metric, alert rule, log line) instead.
+    redis.restart_with(&["--appendonly", "no", "--save", ""]);
+    eventually(Duration::from_secs(15), "store_durable 0", || {
+        (sample(&scrape(&g), "aalgate_store_durable") == Some(0.0)).then_some(())
+    });
+    assert!(g.log().contains("not durable"), "{}", g.log());
+    let revived = eventually(Duration::from_secs(10), "redis answers", || {
+        let s = get(g.port, &h, "/x", &[&co]).status;
+        (s != 503).then_some(s)
+    });
+    assert_eq!(
+        revived, 200,
+        "control: without the AOF the snapshot's copy of the session is live again"
+    );
+}
+
+/// What the scripted upstream does with one request.
+#[derive(Clone, Copy, PartialEq)]
+enum Act {
+    /// 200 at once, keep-alive.
+    Answer,
+    /// 200 after a delay.
+    AnswerAfter(Duration),
+    /// Read the request, then close without answering.
+    Drop,
+    /// Read the request, then say nothing for 10 s.
+    Hang,
+}
+
+/// An upstream that records `METHOD target` of each request and acts as `script` says.
+fn scripted_upstream(script: fn(&str, &str) -> Act) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let seen = s2.clone();
+            std::thread::spawn(move || serve(conn, seen, script));
+        }
+    });
+    (port, seen)
+}
+
+fn serve(mut conn: TcpStream, seen: Arc<Mutex<Vec<String>>>, script: fn(&str, &str) -> Act) {
+    let mut buf = Vec::new();
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        let n = match req.parse(&buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => {
+                let mut chunk = [0u8; 8192];
+                match conn.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(k) => {
+                        buf.extend_from_slice(&chunk[..k]);
+                        continue;
+                    }
+                }
+            }
+            Err(_) => return,
+        };
+        let (method, target) = (
+            req.method.unwrap_or("").to_string(),
+            req.path.unwrap_or("").to_string(),
+        );
+        let cl: usize = req
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+            .unwrap_or(0);
+        buf.drain(..n);
+        while buf.len() < cl {
+            let mut chunk = [0u8; 8192];
+            match conn.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            }
+        }
+        buf.drain(..cl);
+        if let Ok(mut v) = seen.lock() {
+            v.push(format!("{method} {target}"));
+        }
+        match script(&method, &target) {
+            Act::Drop => return,
+            Act::Hang => {
+                std::thread::sleep(Duration::from_secs(10));
+                return;
+            }
+            Act::AnswerAfter(d) => std::thread::sleep(d),
+            Act::Answer => {}
+        }
+        let body = "ok";
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\r\n{body}",
+            body.len()
+        );
+        if conn.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+fn count(seen: &Arc<Mutex<Vec<String>>>, what: &str) -> usize {
+    seen.lock()
+        .map(|v| v.iter().filter(|s| *s == what).count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn upstream_down_is_a_502_after_the_auth_check() {
+    // Nothing listens on this port.
+    let dead = free_port();
+    let g = Gateway::start(None, &[("billing.yaml", &policy(dead))]);
+    let store = EmbeddedStore::open(&g.state_dir()).unwrap();
+    let c = format!(
+        "Cookie: aalgate={}",
+        make_session(&store, "quinn", Aal::Aal2, 60, 1)
+    );
+    let h = format!("localhost:{}", g.port);
+
+    let r = get(g.port, &h, "/x", &[&c]);
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("Application unavailable"), "{}", r.text());
+    assert!(
+        !r.text().contains(&dead.to_string()),
+        "no upstream address on the page"
+    );
+    let j = get(g.port, &h, "/x", &[&c, "Accept: application/json"]);
+    assert_eq!(
+        (j.status, j.json()["error"].as_str()),
+        (502, Some("upstream_error"))
+    );
+    // The policy comes first: no session is still a sign-in, a denied route still 403.
+    assert_eq!(get(g.port, &h, "/x", &[]).status, 302);
+    assert_eq!(get(g.port, &h, "/debug/x", &[&c]).status, 403);
+    assert_eq!(get(g.port, &h, "/static/a.css", &[]).status, 502);
+}
+
+#[test]
+fn a_silent_upstream_is_a_504_and_a_post_is_never_sent_twice() {
+    let (port, seen) = scripted_upstream(|method, target| match (method, target) {
+        (_, "/hang") => Act::Hang,
+        ("POST", "/drop") => Act::Drop,
+        _ => Act::Answer,
+    });
+    let g = Gateway::start_extra(
+        &[("billing.yaml", &policy(port))],
+        "upstream_timeout: 1s\nupstream_connect_timeout: 1s\n",
+    );
+    let store = EmbeddedStore::open(&g.state_dir()).unwrap();
+    let cookie = make_session(&store, "rita", Aal::Aal2, 60, 1);
+    let h = format!("localhost:{}", g.port);
+    let post = |target: &str| {
+        let body = "dose=5mg&x=1";
+        send(
+            g.port,
+            format!(
+                "POST {target} HTTP/1.1\r\nHost: {h}\r\nCookie: aalgate={cookie}\r\n\
+Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+    };
+    // A pooled connection first, so the POST below goes out on a reused one: the case where a
+    // proxy is tempted to retry.
+    assert_eq!(
+        get(g.port, &h, "/warm", &[&format!("Cookie: aalgate={cookie}")]).status,
+        200
+    );
+    let r = post("/drop");
+    assert_eq!(r.status, 502, "{}", r.text());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        count(&seen, "POST /drop"),
+        1,
+        "{:?}",
+        seen.lock().map(|v| v.clone())
+    );
+
+    let t0 = Instant::now();
+    let r = post("/hang");
+    let took = t0.elapsed();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.text().contains("did not answer in time"), "{}", r.text());
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(count(&seen, "POST /hang"), 1, "a POST is never retried");
+
+    let r = get(g.port, &h, "/hang", &[&format!("Cookie: aalgate={cookie}")]);
+    assert_eq!(r.status, 504);
+}
+
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+#[test]
+fn wall_clock_steps_of_five_minutes_never_reopen_a_session() {
+    assert!(
+        Path::new(FAKETIME_LIB).exists(),
+        "libfaketime missing: apt-get install -y faketime (tests/run.sh does)"
+    );
+    let up = Upstream::start();
+    let clock = tempfile::NamedTempFile::new().unwrap();
+    let set_clock = |offset: &str| {
+        std::fs::write(clock.path(), offset).unwrap();
+        // libfaketime rereads the file on every call (FAKETIME_NO_CACHE); the gateway caches a
+        // session for 1 s.
+        std::thread::sleep(CACHE_WINDOW);
+    };
+    set_clock("+0");
+    let clock_path = clock.path().display().to_string();
+    let g = Gateway::start_env(
+        &[("billing.yaml", &policy(up.port))],
+        "",
+        &[
+            ("LD_PRELOAD", FAKETIME_LIB),
+            ("FAKETIME_TIMESTAMP_FILE", &clock_path),
+            ("FAKETIME_NO_CACHE", "1"),
+            // tokio's timers and pingora's timeouts stay on real monotonic time.
+            ("DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    let store = EmbeddedStore::open(&g.state_dir()).unwrap();
+    let h = format!("localhost:{}", g.port);
+    let mk = |user: &str, auth_age: u64, idle: u64| {
+        format!(
+            "Cookie: aalgate={}",
+            make_session(&store, user, Aal::Aal2, auth_age, idle)
+        )
+    };
+    // AAL2: 30 min idle, 12 h absolute.
+    let idle_expired = mk("ida", 3600, 31 * 60);
+    let too_old = mk("olaf", 12 * 3600 + 30, 1);
+    let near_idle = mk("nils", 3600, 27 * 60);
+    let fresh = mk("fred", 60, 1);
+    let status = |c: &str| get(g.port, &h, "/x", &[c]).status;
+
+    // The clock steps back five minutes: the expired sessions would look 26 min idle and
+    // 11 h 55 min old, yet stay closed.
+    set_clock("-300");
+    assert_eq!(status(&idle_expired), 302, "idle-expired session reopened");
+    assert_eq!(status(&too_old), 302, "absolute-expired session reopened");
+    assert_eq!(status(&fresh), 200);
+
+    // Five minutes ahead: limits arrive early, which fails closed. This also proves the
+    // gateway runs on the fake clock: 27 min idle becomes 32.
+    set_clock("+300");
+    assert_eq!(
+        status(&near_idle),
+        302,
+        "the gateway does not see the fake clock"
+    );
+    assert_eq!(status(&fresh), 200);
+
+    // Back to the right time: what closed stays closed, the rest works.
+    set_clock("+0");
+    assert_eq!(status(&near_idle), 302);
+    assert_eq!(status(&idle_expired), 302);
+    assert_eq!(status(&fresh), 200);
+    let seen: Vec<String> = up
+        .seen()
+        .iter()
+        .map(|s| s.one("x-aalgate-user").unwrap_or("").to_string())
+        .collect();
+    assert_eq!(seen, ["fred", "fred", "fred"]);
+    assert!(!g.log().contains("panicked"), "{}", g.log());
+}
+
+#[test]
+fn sigterm_lets_in_flight_requests_finish() {
+    let (port, seen) = scripted_upstream(|_, _| Act::AnswerAfter(Duration::from_millis(1500)));
+    let mut g = Gateway::start(None, &[("billing.yaml", &policy(port))]);
+    let store = EmbeddedStore::open(&g.state_dir()).unwrap();
+    let cookie = make_session(&store, "sam", Aal::Aal2, 60, 1);
+    let gport = g.port;
+    let workers: Vec<_> = (0..8)
+        .map(|i| {
+            let c = format!("Cookie: aalgate={cookie}");
+            std::thread::spawn(move || {
+                let target = if i % 2 == 0 {
+                    format!("/static/{i}")
+                } else {
+                    format!("/work/{i}")
+                };
+                get(gport, &format!("localhost:{gport}"), &target, &[&c]).status
+            })
+        })
+        .collect();
+    // All eight are in flight (the upstream takes 1.5 s); then the service manager stops us.
+    eventually(Duration::from_secs(5), "requests in flight", || {
+        (seen.lock().map(|v| v.len()).unwrap_or(0) == 8).then_some(())
+    });
+    g.signal("-TERM");
+    let statuses: Vec<u16> = workers.into_iter().map(|w| w.join().unwrap_or(0)).collect();
+    assert_eq!(
+        statuses,
+        [200; 8],
+        "in-flight requests were cut:\n{}",
+        g.log()
+    );
+    assert!(
+        g.wait_exit(Duration::from_secs(15)),
+        "no exit after SIGTERM"
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", gport)).is_err(),
+        "still listening"
+    );
+    assert!(!g.log().contains("panicked"), "{}", g.log());
+}
