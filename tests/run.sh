@@ -6,7 +6,9 @@
 # promtool (Debian package prometheus: checks the metrics scrape and the alert rules),
 # chromium and node/npm (the browser tests: playwright-core from npm drives Debian's Chromium
 # with WebAuthn virtual authenticators; no browser download), and python3 with pip (httpbin and
-# gunicorn from PyPI, the upstream of the transparency tests).
+# gunicorn from PyPI, the upstream of the transparency tests; PyJWT verifies the assertion),
+# libfaketime (Debian package faketime: wall-clock steps under the real binary), and
+# cargo-audit with the RustSec snapshot (tests/audit.sh).
 # As root on Debian it installs what is missing; otherwise it says what to install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +22,7 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 [ -x /usr/lib/chromium/chromium ] || command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(faketime)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "tests/run.sh: installing ${need[*]}" >&2
@@ -41,13 +44,19 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
   npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 fi
 
+# Dependencies against the RustSec advisory snapshot (offline; installs cargo-audit if needed).
+bash tests/audit.sh
+
 # Build the binary the end-to-end tests start.
 cargo build --locked -p aalgate --bin aalgate
 # Smoke run of the micro-benchmarks: each once, unoptimized (real runs: cargo bench).
 cargo test --locked -p aalgate-benches --bench micro
-# Everything else; its summary is the last line.
+# Everything but the soak, then the soak alone (it measures the gateway's memory, so nothing
+# else should run beside it). AALGATE_SOAK_SECS sets its length (default 150).
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --locked --workspace --no-fail-fast "$@"
+  cargo nextest run --locked --workspace --no-fail-fast -E 'not binary(soak)' "$@"
+  cargo nextest run --locked -p aalgate-tests --test soak --no-capture
 else
-  cargo test --locked --workspace --no-fail-fast "$@"
+  cargo test --locked --workspace --no-fail-fast "$@" -- --skip soak
+  cargo test --locked -p aalgate-tests --test soak -- --nocapture
 fi

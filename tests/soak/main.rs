@@ -1,0 +1,349 @@
+//! Soak: a bounded mixed load against the real binary with a real Redis, restarted twice.
+//!
+//! `AALGATE_SOAK_SECS` sets the length (default 150 s; tests/run.sh runs it on its own after
+//! the rest of the suite). The load mixes public requests, valid sessions, expired sessions,
+//! forged and tampered cookies, and no cookie at all; the client names what it sends in the
+//! path, and the upstream checks every request it receives against it. Asserted:
+//! - 0 requests forwarded without a valid session (and each forwarded one carries its user);
+//! - 0 panics, the gateway alive at the end;
+//! - gateway memory flat: RSS at the end within 10% of RSS after warm-up;
+//! - valid sessions are served again after each Redis restart (no login loop).
+//!
+//! The figures go to stderr and to `target/soak-report.txt`.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aalgate_policy::{Aal, Timestamp};
+use aalgate_session::{RedisStore, Session, SessionId, SessionStore};
+use aalgate_tests::{send, workspace, Gateway, Redis};
+
+const KINDS: [&str; 6] = ["public", "valid", "expired", "forged", "tampered", "none"];
+
+#[derive(Default)]
+struct Seen {
+    forwarded: [AtomicU64; 6],
+    /// Forwarded without a valid session, or with another user's identity.
+    violations: AtomicU64,
+}
+
+fn policy(port: u16) -> String {
+    format!(
+        "app: soak\nhost: localhost\nupstream: http://127.0.0.1:{port}\ndefault: aal2\nroutes:\n  - path: /public/**\n    require: public\n"
+    )
+}
+
+/// Upstream: checks each request's path (`/{public|app}/{kind}/{user}/{n}`) against the identity
+/// the gateway added.
+fn upstream(seen: Arc<Seen>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let seen = seen.clone();
+            std::thread::spawn(move || serve(conn, &seen));
+        }
+    });
+    port
+}
+
+fn serve(mut conn: TcpStream, seen: &Seen) {
+    let mut buf = Vec::new();
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        let n = match req.parse(&buf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => {
+                let mut chunk = [0u8; 8192];
+                match conn.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(k) => {
+                        buf.extend_from_slice(&chunk[..k]);
+                        continue;
+                    }
+                }
+            }
+            Err(_) => return,
+        };
+        let path = req.path.unwrap_or("").to_string();
+        let user = req
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("x-aalgate-user"))
+            .map(|h| String::from_utf8_lossy(h.value).into_owned());
+        let cl: usize = req
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+            .unwrap_or(0);
+        buf.drain(..n);
+        while buf.len() < cl {
+            let mut chunk = [0u8; 8192];
+            match conn.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            }
+        }
+        buf.drain(..cl);
+        let parts: Vec<&str> = path.split('/').collect();
+        let (area, kind, want_user) = (
+            parts.get(1).copied().unwrap_or(""),
+            parts.get(2).copied().unwrap_or(""),
+            parts.get(3).copied().unwrap_or(""),
+        );
+        if let Some(i) = KINDS.iter().position(|k| *k == kind) {
+            seen.forwarded[i].fetch_add(1, Ordering::Relaxed);
+        }
+        let ok = match area {
+            "public" => true,
+            "app" => kind == "valid" && user.as_deref() == Some(want_user),
+            _ => false,
+        };
+        if !ok {
+            seen.violations.fetch_add(1, Ordering::Relaxed);
+            eprintln!("VIOLATION: {path} reached the upstream as {user:?}");
+        }
+        let resp = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        if conn.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn median(v: &mut [u64]) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+fn mint(redis: &Redis, user: &str, idle: u64) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let store = RedisStore::new(&redis.url(), Duration::from_secs(2)).expect("store");
+    let now = Timestamp::now();
+    let id = SessionId::generate();
+    let s = Session {
+        user: user.to_string(),
+        aal: Aal::Aal2,
+        amr: vec!["swk".into(), "user".into(), "mfa".into()],
+        credential: Some("soak".into()),
+        auth_time: Timestamp(now.0 - 60),
+        last_auth: Timestamp(now.0 - 60),
+        last_seen: Timestamp(now.0 - idle),
+        expires_at: now.plus(Duration::from_secs(86400)),
+    };
+    rt.block_on(store.insert(&id.key(), &s)).expect("insert");
+    id.to_cookie()
+}
+
+#[derive(Default)]
+struct Tally {
+    /// (kind, status) -> count.
+    by: std::collections::BTreeMap<(usize, u16), u64>,
+}
+
+#[test]
+fn soak() {
+    let secs: u64 = std::env::var("AALGATE_SOAK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150);
+    let run = Duration::from_secs(secs);
+    let mut redis = Redis::start();
+    let seen = Arc::new(Seen::default());
+    let up = upstream(seen.clone());
+    let mut g = Gateway::start(Some(&redis.url()), &[("soak.yaml", &policy(up))]);
+    let host = format!("localhost:{}", g.port);
+
+    let valid: Vec<(String, String)> = (0..40)
+        .map(|i| {
+            let u = format!("user{i}");
+            (mint(&redis, &u, 1), u)
+        })
+        .collect();
+    let expired: Vec<String> = (0..200)
+        .map(|i| mint(&redis, &format!("idle{i}"), 31 * 60))
+        .collect();
+    let tampered: Vec<String> = valid
+        .iter()
+        .map(|(c, _)| {
+            let mut b = c.clone().into_bytes();
+            b[10] = if b[10] == b'x' { b'y' } else { b'x' };
+            String::from_utf8(b).unwrap_or_default()
+        })
+        .collect();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..6)
+        .map(|w| {
+            let (stop, tally, host) = (stop.clone(), tally.clone(), host.clone());
+            let (valid, expired, tampered) = (valid.clone(), expired.clone(), tampered.clone());
+            let port = g.port;
+            std::thread::spawn(move || {
+                let mut local = Tally::default();
+                let mut n: usize = w;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let k = n % KINDS.len();
+                    let (cookie, user) = match KINDS[k] {
+                        "valid" => {
+                            let (c, u) = &valid[n % valid.len()];
+                            (Some(c.clone()), u.clone())
+                        }
+                        "expired" => (Some(expired[n % expired.len()].clone()), "x".into()),
+                        "forged" => (Some(SessionId::generate().to_cookie()), "x".into()),
+                        "tampered" => (Some(tampered[n % tampered.len()].clone()), "x".into()),
+                        _ => (None, "x".into()),
+                    };
+                    let area = if KINDS[k] == "public" { "public" } else { "app" };
+                    let method = if n % 7 == 0 { "POST" } else { "GET" };
+                    let mut req = format!(
+                        "{method} /{area}/{}/{user}/{n} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n",
+                        KINDS[k]
+                    );
+                    if let Some(c) = cookie {
+                        req.push_str(&format!("Cookie: aalgate={c}\r\n"));
+                    }
+                    if method == "POST" {
+                        req.push_str("Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 9\r\n\r\nnote=soak");
+                    } else {
+                        req.push_str("\r\n");
+                    }
+                    let status = send(port, req.as_bytes()).status;
+                    *local.by.entry((k, status)).or_default() += 1;
+                }
+                if let Ok(mut t) = tally.lock() {
+                    for (key, v) in local.by {
+                        *t.by.entry(key).or_default() += v;
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Memory: sampled every second; the baseline is the median of the samples between 20% and
+    // 30% of the run (warm), the end the median of the last 10%.
+    let pid = g.pid();
+    let mut samples: Vec<(f64, u64)> = Vec::new();
+    let mut restarts = 0;
+    let mut recovered = Vec::new();
+    while started.elapsed() < run {
+        std::thread::sleep(Duration::from_secs(1));
+        let frac = started.elapsed().as_secs_f64() / run.as_secs_f64();
+        samples.push((frac, rss_kib(pid)));
+        if (restarts == 0 && frac >= 0.4) || (restarts == 1 && frac >= 0.7) {
+            restarts += 1;
+            redis.restart();
+            // A valid session is served again by itself, with the same cookie.
+            let (c, u) = &valid[0];
+            let t0 = Instant::now();
+            let mut ok = false;
+            while t0.elapsed() < Duration::from_secs(20) {
+                let r = send(
+                    g.port,
+                    format!("GET /app/valid/{u}/probe HTTP/1.1\r\nHost: {host}\r\nCookie: aalgate={c}\r\nConnection: close\r\n\r\n").as_bytes(),
+                );
+                if r.status == 200 {
+                    ok = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            recovered.push((ok, t0.elapsed()));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = w.join();
+    }
+
+    let mut warm: Vec<u64> = samples
+        .iter()
+        .filter(|(f, _)| (0.2..0.3).contains(f))
+        .map(|s| s.1)
+        .collect();
+    let mut end: Vec<u64> = samples
+        .iter()
+        .filter(|(f, _)| *f >= 0.9)
+        .map(|s| s.1)
+        .collect();
+    let (warm, end) = (median(&mut warm), median(&mut end));
+    let growth = end as f64 / warm.max(1) as f64 - 1.0;
+
+    let t = tally.lock().map(|t| t.by.clone()).unwrap_or_default();
+    let total: u64 = t.values().sum();
+    let mut report = format!(
+        "soak: {secs} s, {total} requests ({:.0}/s), Redis restarted {restarts} times\n",
+        total as f64 / secs as f64
+    );
+    for (k, kind) in KINDS.iter().enumerate() {
+        let line: Vec<String> = t
+            .iter()
+            .filter(|((i, _), _)| *i == k)
+            .map(|((_, s), n)| format!("{s}: {n}"))
+            .collect();
+        report.push_str(&format!(
+            "  {kind:9} forwarded {:7}  statuses {{{}}}\n",
+            seen.forwarded[k].load(Ordering::Relaxed),
+            line.join(", ")
+        ));
+    }
+    report.push_str(&format!(
+        "  forwarded without a valid session: {}\n  recovery after Redis restarts: {:?}\n  gateway RSS: {warm} KiB after warm-up, {end} KiB at the end ({:+.1}%)\n",
+        seen.violations.load(Ordering::Relaxed),
+        recovered,
+        growth * 100.0
+    ));
+    eprint!("{report}");
+    let _ = std::fs::write(workspace().join("target/soak-report.txt"), &report);
+
+    assert_eq!(seen.violations.load(Ordering::Relaxed), 0, "{report}");
+    for k in [2, 3, 4, 5] {
+        assert_eq!(
+            seen.forwarded[k].load(Ordering::Relaxed),
+            0,
+            "{} forwarded\n{report}",
+            KINDS[k]
+        );
+    }
+    assert!(
+        seen.forwarded[1].load(Ordering::Relaxed) > 0,
+        "no valid request served\n{report}"
+    );
+    assert_eq!(restarts, 2, "{report}");
+    assert!(
+        recovered.iter().all(|(ok, _)| *ok),
+        "a valid session did not come back\n{report}"
+    );
+    assert!(g.alive(), "gateway died\n{report}");
+    assert!(
+        !g.log().contains("panicked"),
+        "panic in the gateway log:\n{}",
+        g.log()
+    );
+    assert!(
+        growth < 0.10,
+        "gateway RSS grew {:.1}%\n{report}",
+        growth * 100.0
+    );
+    g.stop();
+}
