@@ -215,7 +215,7 @@ fn soak() {
                         _ => (None, "x".into()),
                     };
                     let area = if KINDS[k] == "public" { "public" } else { "app" };
-                    let method = if n % 7 == 0 { "POST" } else { "GET" };
+                    let method = if n.is_multiple_of(7) { "POST" } else { "GET" };
                     let mut req = format!(
                         "{method} /{area}/{}/{user}/{n} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n",
                         KINDS[k]

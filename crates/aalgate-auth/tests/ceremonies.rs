@@ -415,10 +415,10 @@ mod corpus {
                 serde_json::Value::Array(a) => a.iter_mut().for_each(walk),
                 serde_json::Value::Object(o) => {
                     for (k, x) in o.iter_mut() {
+                        // Strings only under a UV key; objects and arrays everywhere.
                         let k = k.to_ascii_lowercase();
-                        if k.contains("policy") || k.contains("verification") {
-                            walk(x);
-                        } else if x.is_object() || x.is_array() {
+                        let uv_key = k.contains("policy") || k.contains("verification");
+                        if uv_key || x.is_object() || x.is_array() {
                             walk(x);
                         }
                     }
