@@ -131,16 +131,24 @@ try {
   }
 
   // 5. Usernameless sign-in with the passkey: AAL2. Then an AAL3 route asks for a step-up.
+  // An attacker planted a well-formed session cookie on every host first (fixation).
+  const PLANT = 'fixatedfixatedfixatedfixatedfixatedfixated';
+  await ctx.addCookies([AUTH, EHR, BILLING].map((url) => ({ name: 'aalgate', value: PLANT, url })));
+  const sessionCookie = async (url) => (await ctx.cookies(url)).find((c) => c.name === 'aalgate')?.value;
   await snap(A.page, 'signin-page');
   await click(A.page, 'Sign in with a passkey or key');
   await landOn(A.page, (u) => u.href === `${BILLING}/invoices`, 'usernameless sign-in');
   check((await text(A.page)).includes('signed in as nora'), 'usernameless passkey sign-in lands on the kept URL');
+  const afterLogin = await sessionCookie(BILLING);
+  check(afterLogin && afterLogin !== PLANT, 'fixation: the planted cookie is replaced by a new id at login');
   await A.page.goto(`${EHR}/`);
   check((await text(A.page)).includes('signed in as nora'), 'first app host handed off too');
   await A.page.goto(`${EHR}/admin/`);
   await snap(A.page, 'step-up-page');
   check(A.page.url().startsWith(`${AUTH}/.aalgate/auth?flow=`) && (await text(A.page)).includes('hardware security key'), 'AAL2 session on an AAL3 route: step-up asks for the hardware key');
   const stepUpUrl = A.page.url();
+  const beforeStepUp = await sessionCookie(EHR);
+  check(beforeStepUp && beforeStepUp !== PLANT, 'fixation: the planted cookie on the second app host is replaced too');
   // The browser offers only the hardware key (allowCredentials). A client that answers the
   // step-up challenge with the passkey anyway is refused by the gateway.
   await A.page.bringToFront();
@@ -174,6 +182,8 @@ try {
   await snap(B.page, 'step-up-done');
   t = await text(B.page);
   check(t.includes('Admin') && t.includes('signed in as nora'), 'step-up with the hardware key lands on the AAL3 page');
+  const afterStepUp = await sessionCookie(EHR);
+  check(afterStepUp && afterStepUp !== beforeStepUp && afterStepUp !== PLANT, 'fixation: the step-up issues a new session id');
 
   // 6. Idle timeout (3 s on /invoices in the test policy), one tap, same page. The finish
   // request is kept to replay it afterwards.

@@ -83,6 +83,7 @@ fn redis_down_fails_closed_with_503_and_recovers() {
     // Upstream saw the two allowed requests and the public one, nothing during the outage.
     let seen: Vec<String> = up.seen().iter().map(|s| s.target.clone()).collect();
     assert_eq!(seen, ["/x", "/static/app.css", "/x"]);
+    assert!(!g.log().contains("panicked"), "{}", g.log());
 }
 
 #[test]
@@ -112,6 +113,7 @@ fn a_hung_store_hits_the_deadline_and_fails_closed() {
         status = get(g.port, &h, "/x", &[&c]).status;
     }
     assert_eq!(status, 200);
+    assert!(!g.log().contains("panicked"), "{}", g.log());
 }
 
 #[test]
