@@ -138,49 +138,54 @@ impl Upstream {
     }
 }
 
-fn serve_conn(mut conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut buf = Vec::new();
+/// Reads the next request off `conn`: its head and a `Content-Length` body (what follows stays
+/// in `buf` for the next call). `None` at EOF, on a read error or on a malformed head.
+pub fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Seen> {
     loop {
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut req = httparse::Request::new(&mut headers);
-        let head_len = match req.parse(&buf) {
-            Ok(httparse::Status::Complete(n)) => n,
+        match req.parse(buf) {
+            Ok(httparse::Status::Complete(head_len)) => {
+                let hs = header_list(req.headers);
+                let cl: usize = hs
+                    .iter()
+                    .find(|(n, _)| n == "content-length")
+                    .and_then(|(_, v)| v.trim().parse().ok())
+                    .unwrap_or(0);
+                let seen = Seen {
+                    method: req.method.unwrap_or("").to_string(),
+                    target: req.path.unwrap_or("").to_string(),
+                    headers: hs,
+                    body_len: cl,
+                };
+                buf.drain(..head_len);
+                while buf.len() < cl {
+                    let mut chunk = [0u8; 8192];
+                    match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => return None,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                buf.drain(..cl);
+                return Some(seen);
+            }
             Ok(httparse::Status::Partial) => {
                 let mut chunk = [0u8; 8192];
                 match conn.read(&mut chunk) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => {
-                        buf.extend_from_slice(&chunk[..n]);
-                        continue;
-                    }
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
                 }
             }
-            Err(_) => return,
-        };
-        let method = req.method.unwrap_or("").to_string();
-        let target = req.path.unwrap_or("").to_string();
-        let hs = header_list(req.headers);
-        let cl: usize = hs
-            .iter()
-            .find(|(n, _)| n == "content-length")
-            .and_then(|(_, v)| v.trim().parse().ok())
-            .unwrap_or(0);
-        buf.drain(..head_len);
-        while buf.len() < cl {
-            let mut chunk = [0u8; 8192];
-            match conn.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
+            Err(_) => return None,
         }
-        buf.drain(..cl);
-        let s = Seen {
-            method: method.clone(),
-            target: target.clone(),
-            headers: hs,
-            body_len: cl,
-        };
+    }
+}
+
+fn serve_conn(mut conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut buf = Vec::new();
+    while let Some(s) = read_request(&mut conn, &mut buf) {
+        let (method, target) = (s.method.clone(), s.target.clone());
         if let Ok(mut v) = seen.lock() {
             v.push(s.clone());
         }
@@ -577,6 +582,17 @@ store: \"{store}\"\nstore_timeout: 1s\npolicies: policies\nstate_dir: state\nthr
     /// Whether the process is still running (no panic took it down).
     pub fn alive(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// The admin listener's Prometheus scrape.
+    pub fn scrape(&self) -> String {
+        get(
+            self.admin_port,
+            &format!("127.0.0.1:{}", self.admin_port),
+            "/metrics",
+            &[],
+        )
+        .text()
     }
 
     /// The gateway's log so far.

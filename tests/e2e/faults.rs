@@ -3,7 +3,7 @@
 //! under the real binary), and SIGTERM with requests in flight. Redis kill/pause/restart and a
 //! gateway restart with the embedded store are in `redis.rs` and `proxy.rs`.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -11,22 +11,14 @@ use std::time::{Duration, Instant};
 
 use aalgate_policy::Aal;
 use aalgate_session::{EmbeddedStore, RedisStore, SessionStore};
-use aalgate_tests::{eventually, free_port, get, logout, sample, send, Gateway, Redis, Upstream};
+use aalgate_tests::{
+    eventually, free_port, get, logout, read_request, sample, send, Gateway, Redis, Upstream,
+};
 
 use crate::{make_session, policy, rt};
 
 /// Longer than the gateway's 1 s session-cache freshness.
 const CACHE_WINDOW: Duration = Duration::from_millis(1200);
-
-fn scrape(g: &Gateway) -> String {
-    get(
-        g.admin_port,
-        &format!("127.0.0.1:{}", g.admin_port),
-        "/metrics",
-        &[],
-    )
-    .text()
-}
 
 #[test]
 fn a_logout_survives_a_redis_crash_and_the_gateway_flags_a_store_without_aof() {
@@ -61,14 +53,14 @@ fn a_logout_survives_a_redis_crash_and_the_gateway_flags_a_store_without_aof() {
         });
         assert_eq!(status, 302, "an ended session came back after a crash");
     }
-    assert_eq!(sample(&scrape(&g), "aalgate_store_durable"), Some(1.0));
+    assert_eq!(sample(&g.scrape(), "aalgate_store_durable"), Some(1.0));
 
     // The hazard the AOF closes: the same crash, restarted from the RDB snapshot alone, has the
     // sessions again. The gateway cannot tell a revived session from a live one, so it reports
     // the store (metric, alert rule, log line) instead.
     redis.restart_with(&["--appendonly", "no", "--save", ""]);
     eventually(Duration::from_secs(15), "store_durable 0", || {
-        (sample(&scrape(&g), "aalgate_store_durable") == Some(0.0)).then_some(())
+        (sample(&g.scrape(), "aalgate_store_durable") == Some(0.0)).then_some(())
     });
     assert!(g.log().contains("not durable"), "{}", g.log());
     let revived = eventually(Duration::from_secs(10), "redis answers", || {
@@ -111,42 +103,8 @@ fn scripted_upstream(script: fn(&str, &str) -> Act) -> (u16, Arc<Mutex<Vec<Strin
 
 fn serve(mut conn: TcpStream, seen: Arc<Mutex<Vec<String>>>, script: fn(&str, &str) -> Act) {
     let mut buf = Vec::new();
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut headers);
-        let n = match req.parse(&buf) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => {
-                let mut chunk = [0u8; 8192];
-                match conn.read(&mut chunk) {
-                    Ok(0) | Err(_) => return,
-                    Ok(k) => {
-                        buf.extend_from_slice(&chunk[..k]);
-                        continue;
-                    }
-                }
-            }
-            Err(_) => return,
-        };
-        let (method, target) = (
-            req.method.unwrap_or("").to_string(),
-            req.path.unwrap_or("").to_string(),
-        );
-        let cl: usize = req
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
-            .unwrap_or(0);
-        buf.drain(..n);
-        while buf.len() < cl {
-            let mut chunk = [0u8; 8192];
-            match conn.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(k) => buf.extend_from_slice(&chunk[..k]),
-            }
-        }
-        buf.drain(..cl);
+    while let Some(req) = read_request(&mut conn, &mut buf) {
+        let (method, target) = (req.method, req.target);
         if let Ok(mut v) = seen.lock() {
             v.push(format!("{method} {target}"));
         }

@@ -13,16 +13,6 @@ use aalgate_tests::{aalgate_bin, eventually, get, promtool, sample, Gateway, Ups
 
 use crate::{make_session, policy};
 
-fn scrape(g: &Gateway) -> String {
-    get(
-        g.admin_port,
-        &format!("127.0.0.1:{}", g.admin_port),
-        "/metrics",
-        &[],
-    )
-    .text()
-}
-
 #[test]
 fn metrics_count_the_session_lifecycle_and_pass_promtool() {
     let up = Upstream::start();
@@ -55,7 +45,7 @@ fn metrics_count_the_session_lifecycle_and_pass_promtool() {
         Duration::from_secs(15),
         "sessions_active from the store monitor",
         || {
-            let m = scrape(&g);
+            let m = g.scrape();
             (sample(&m, "aalgate_sessions_active{aal=\"2\"}") == Some(1.0)).then_some(m)
         },
     );
@@ -233,7 +223,7 @@ fn audit_log_can_go_to_syslog() {
 
 fn reloads(g: &Gateway, result: &str) -> f64 {
     sample(
-        &scrape(g),
+        &g.scrape(),
         &format!("aalgate_policy_reloads_total{{result=\"{result}\"}}"),
     )
     .unwrap_or(-1.0)

@@ -11,7 +11,7 @@
 //!
 //! The figures go to stderr and to `target/soak-report.txt`.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use aalgate_policy::{Aal, Timestamp};
 use aalgate_session::{RedisStore, Session, SessionId, SessionStore};
-use aalgate_tests::{send, workspace, Gateway, Redis};
+use aalgate_tests::{read_request, send, workspace, Gateway, Redis};
 
 const KINDS: [&str; 6] = ["public", "valid", "expired", "forged", "tampered", "none"];
 
@@ -52,44 +52,9 @@ fn upstream(seen: Arc<Seen>) -> u16 {
 
 fn serve(mut conn: TcpStream, seen: &Seen) {
     let mut buf = Vec::new();
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut req = httparse::Request::new(&mut headers);
-        let n = match req.parse(&buf) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => {
-                let mut chunk = [0u8; 8192];
-                match conn.read(&mut chunk) {
-                    Ok(0) | Err(_) => return,
-                    Ok(k) => {
-                        buf.extend_from_slice(&chunk[..k]);
-                        continue;
-                    }
-                }
-            }
-            Err(_) => return,
-        };
-        let path = req.path.unwrap_or("").to_string();
-        let user = req
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("x-aalgate-user"))
-            .map(|h| String::from_utf8_lossy(h.value).into_owned());
-        let cl: usize = req
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
-            .unwrap_or(0);
-        buf.drain(..n);
-        while buf.len() < cl {
-            let mut chunk = [0u8; 8192];
-            match conn.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(k) => buf.extend_from_slice(&chunk[..k]),
-            }
-        }
-        buf.drain(..cl);
+    while let Some(req) = read_request(&mut conn, &mut buf) {
+        let path = req.target.clone();
+        let user = req.one("x-aalgate-user").map(str::to_string);
         let parts: Vec<&str> = path.split('/').collect();
         let (area, kind, want_user) = (
             parts.get(1).copied().unwrap_or(""),
