@@ -130,6 +130,14 @@ impl Upstream {
         self.seen.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
+    /// Every request received so far, forgotten at once (none can slip between read and clear).
+    pub fn take(&self) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
+
     /// Forgets recorded requests.
     pub fn clear(&self) {
         if let Ok(mut v) = self.seen.lock() {
@@ -138,15 +146,30 @@ impl Upstream {
     }
 }
 
-/// Reads the next request off `conn`: its head and a `Content-Length` body (what follows stays
-/// in `buf` for the next call). `None` at EOF, on a read error or on a malformed head.
+/// Reads the next request off `conn`: its head and its body, by `Content-Length` or chunked
+/// (what follows stays in `buf` for the next call). `None` at EOF or on a read error. A head or
+/// chunked body that does not parse is returned as method `<malformed>` (and the rest of the
+/// buffer dropped), so a test sees that *something* reached the upstream.
 pub fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Seen> {
-    loop {
+    let malformed = |buf: &mut Vec<u8>| {
+        let target = String::from_utf8_lossy(&buf[..buf.len().min(80)]).into_owned();
+        buf.clear();
+        Some(Seen {
+            method: "<malformed>".into(),
+            target,
+            headers: Vec::new(),
+            body_len: 0,
+        })
+    };
+    let (mut seen, chunked) = loop {
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(buf) {
             Ok(httparse::Status::Complete(head_len)) => {
                 let hs = header_list(req.headers);
+                let chunked = hs.iter().any(|(n, v)| {
+                    n == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked")
+                });
                 let cl: usize = hs
                     .iter()
                     .find(|(n, _)| n == "content-length")
@@ -156,27 +179,76 @@ pub fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Seen> {
                     method: req.method.unwrap_or("").to_string(),
                     target: req.path.unwrap_or("").to_string(),
                     headers: hs,
-                    body_len: cl,
+                    body_len: if chunked { 0 } else { cl },
                 };
                 buf.drain(..head_len);
-                while buf.len() < cl {
-                    let mut chunk = [0u8; 8192];
-                    match conn.read(&mut chunk) {
-                        Ok(0) | Err(_) => return None,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                break (seen, chunked);
+            }
+            Ok(httparse::Status::Partial) => fill(conn, buf)?,
+            Err(_) => return malformed(buf),
+        }
+    };
+    if !chunked {
+        while buf.len() < seen.body_len {
+            fill(conn, buf)?;
+        }
+        buf.drain(..seen.body_len);
+        return Some(seen);
+    }
+    // Chunked: size line, data, CRLF; then trailers up to an empty line.
+    loop {
+        let line = loop {
+            if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&buf[..i]).into_owned();
+                buf.drain(..i + 2);
+                break line;
+            }
+            fill(conn, buf)?;
+        };
+        let size = line.split(';').next().unwrap_or("").trim();
+        let Ok(size) = usize::from_str_radix(size, 16) else {
+            return malformed(buf);
+        };
+        if size > 64 << 20 {
+            return malformed(buf);
+        }
+        if size == 0 {
+            // Trailers count as headers: a backend may merge them.
+            loop {
+                if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                    let line = String::from_utf8_lossy(&buf[..i]).into_owned();
+                    buf.drain(..i + 2);
+                    if i == 0 {
+                        return Some(seen);
                     }
-                }
-                buf.drain(..cl);
-                return Some(seen);
-            }
-            Ok(httparse::Status::Partial) => {
-                let mut chunk = [0u8; 8192];
-                match conn.read(&mut chunk) {
-                    Ok(0) | Err(_) => return None,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    if let Some((n, v)) = line.split_once(':') {
+                        seen.headers
+                            .push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
+                    }
+                } else {
+                    fill(conn, buf)?;
                 }
             }
-            Err(_) => return None,
+        }
+        while buf.len() < size + 2 {
+            fill(conn, buf)?;
+        }
+        if &buf[size..size + 2] != b"\r\n" {
+            return malformed(buf);
+        }
+        buf.drain(..size + 2);
+        seen.body_len += size;
+    }
+}
+
+/// Reads more bytes into `buf`; `None` at EOF or on an error.
+fn fill(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0u8; 8192];
+    match conn.read(&mut chunk) {
+        Ok(0) | Err(_) => None,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Some(())
         }
     }
 }

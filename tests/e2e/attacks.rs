@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use aalgate_policy::Aal;
 use aalgate_session::{EmbeddedStore, SessionStore};
-use aalgate_tests::{send, workspace, Gateway, Upstream};
+use aalgate_tests::{get, send, workspace, Gateway, Seen, Upstream};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ed25519_dalek::{Signature, VerifyingKey};
 use serde::Deserialize;
 
 use crate::{make_session, policy, rt};
@@ -57,6 +60,12 @@ struct Case {
     /// Strings that must not appear anywhere in the response (headers or body).
     #[serde(default)]
     never_echoed: Vec<String>,
+    /// Strings the response body must contain (which refusal it was).
+    #[serde(default)]
+    contains: Vec<String>,
+    /// Wait this long before sending (e.g. past the 1 s session cache).
+    #[serde(default)]
+    pause_ms: u64,
 }
 
 fn none() -> String {
@@ -105,6 +114,74 @@ fn fold(name: &str) -> String {
         .collect()
 }
 
+/// The identity a forwarded request carries must be exactly what the gateway sets for the
+/// case's session: the four `x-aalgate-*` headers once each (none without a session), their
+/// values consistent with an assertion that verifies against the gateway's JWKS, and no other
+/// identity header in any spelling.
+fn identity_is_ours(s: &Seen, user: &str, aal: &str, jwks: &VerifyingKey) -> Result<(), String> {
+    const OURS: [&str; 4] = [
+        "x-aalgate-user",
+        "x-aalgate-aal",
+        "x-aalgate-auth-time",
+        "x-aalgate-assertion",
+    ];
+    for (n, v) in &s.headers {
+        let f = fold(n);
+        let ours = OURS.contains(&n.as_str()) && s.all(n).len() == 1;
+        if (f.starts_with("x-aalgate-") || IDENTITY.contains(&f.as_str())) && !ours {
+            return Err(format!("identity header {n}: {v} reached the upstream"));
+        }
+    }
+    let Some(token) = s.one("x-aalgate-assertion") else {
+        return match OURS.iter().find(|n| s.one(n).is_some()) {
+            Some(n) => Err(format!("{n} without an assertion")),
+            None => Ok(()),
+        };
+    };
+    let (signed, sig) = token.rsplit_once('.').ok_or("assertion is not a JWS")?;
+    let sig = URL_SAFE_NO_PAD
+        .decode(sig)
+        .ok()
+        .and_then(|b| Signature::from_slice(&b).ok())
+        .ok_or("bad assertion signature encoding")?;
+    jwks.verify_strict(signed.as_bytes(), &sig)
+        .map_err(|_| format!("assertion does not verify: {token}"))?;
+    let claims: serde_json::Value = signed
+        .split('.')
+        .nth(1)
+        .and_then(|c| URL_SAFE_NO_PAD.decode(c).ok())
+        .and_then(|c| serde_json::from_slice(&c).ok())
+        .ok_or("assertion claims unreadable")?;
+    let want = [
+        (
+            "x-aalgate-user",
+            Some(user.to_string()),
+            claims["sub"].as_str().map(str::to_string),
+        ),
+        (
+            "x-aalgate-aal",
+            Some(aal.to_string()),
+            claims["acr"]
+                .as_str()
+                .map(|a| a.trim_start_matches("aal").to_string()),
+        ),
+        (
+            "x-aalgate-auth-time",
+            claims["auth_time"].as_u64().map(|t| t.to_string()),
+            None,
+        ),
+    ];
+    for (name, expected, from_claims) in want {
+        let got = s.one(name).map(str::to_string);
+        if got != expected || from_claims.is_some_and(|c| Some(c) != got) {
+            return Err(format!(
+                "{name}: {got:?}, expected {expected:?} (claims {claims})"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// One cookie per case session kind.
 struct Sessions {
     cookies: BTreeMap<&'static str, (String, &'static str, &'static str)>,
@@ -131,6 +208,8 @@ impl Sessions {
         add("aal2-idle", "eve-idle", Aal::Aal2, 3600, 31 * 60);
         add("aal2-old", "fay-old", Aal::Aal2, 13 * 3600, 1);
         add("revoked", "gus-revoked", Aal::Aal3, 60, 1);
+        // Signed out by the CSRF file's same-origin control case.
+        add("victim", "vic-victim", Aal::Aal2, 60, 1);
         rt().block_on(store.revoke_user("gus-revoked"))
             .expect("revoke");
         let good = cookies["aal3"].0.clone();
@@ -152,7 +231,7 @@ impl Sessions {
     }
 }
 
-/// Fills in `{name}` placeholders, and `{repeat:N:text}` (text without `}`) N times.
+/// Fills in `{name}` placeholders (`{content-length}` is filled in last, by the caller), and `{repeat:N:text}` (text without `}`) N times.
 fn expand(s: &str, vars: &[(String, String)]) -> String {
     let mut out = s.to_string();
     while let Some(start) = out.find("{repeat:") {
@@ -213,8 +292,38 @@ default: aal2\nroutes:\n  - path: /admin/**\n    require: deny\n",
     let host = format!("localhost:{}", g.port);
     let origin = format!("http://{host}");
     let port = g.port.to_string();
+    let jwks = {
+        let j = get(g.port, &host, "/.aalgate/jwks.json", &[]).json();
+        let x = j["keys"][0]["x"].as_str().unwrap_or_default().to_string();
+        let bytes: [u8; 32] = URL_SAFE_NO_PAD
+            .decode(x)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .expect("JWKS key");
+        VerifyingKey::from_bytes(&bytes).expect("Ed25519 key")
+    };
+    // A real browser binding and its CSRF token, so the CSRF cases vary only the origin.
+    let (bind, csrf) = {
+        let page = get(g.port, &host, "/.aalgate/logout", &[]);
+        let bind = page
+            .all("set-cookie")
+            .into_iter()
+            .find_map(|c| c.strip_prefix("aalgate-bind="))
+            .and_then(|c| c.split(';').next())
+            .expect("binding cookie")
+            .to_string();
+        let text = page.text();
+        let csrf = text
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|t| t.split('"').next())
+            .expect("csrf token")
+            .to_string();
+        (bind, csrf)
+    };
 
     let mut failures = Vec::new();
+    let mut previous = String::new();
     let mut total = 0usize;
     let mut forwarded_total = 0usize;
     for file in corpus_files() {
@@ -241,6 +350,8 @@ default: aal2\nroutes:\n  - path: /admin/**\n    require: deny\n",
                 ("{port}", port.as_str()),
                 ("{cookie}", cookie.as_str()),
                 ("{user}", user),
+                ("{bind}", bind.as_str()),
+                ("{csrf}", csrf.as_str()),
             ]
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -249,7 +360,12 @@ default: aal2\nroutes:\n  - path: /admin/**\n    require: deny\n",
                 vars.push((format!("{{cookie:{kind}}}"), c.clone()));
             }
             let raw = match (&case.request, &case.target) {
-                (Some(r), None) => expand(r, &vars),
+                (Some(r), None) => {
+                    // `{content-length}`: the length of the body as sent (after expansion).
+                    let r = expand(r, &vars);
+                    let body = r.split_once("\r\n\r\n").map_or(0, |(_, b)| b.len());
+                    r.replace("{content-length}", &body.to_string())
+                }
                 (None, Some(t)) => {
                     let mut r = format!(
                         "{} {} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n",
@@ -274,14 +390,26 @@ default: aal2\nroutes:\n  - path: /admin/**\n    require: deny\n",
                     .unwrap_or_else(|| raw.lines().next().unwrap_or_default().to_string())
             });
             let id = format!("{fname}: {name} [{}]", case.session);
-            up.clear();
+            // Whatever reached the upstream after the previous case was checked (a smuggled
+            // request, a late retry) belongs to that case.
+            let late = up.take();
+            if !late.is_empty() {
+                let t: Vec<&str> = late.iter().map(|s| s.target.as_str()).collect();
+                failures.push(format!("{previous}: late upstream requests {t:?}"));
+            }
+            previous = id.clone();
+            std::thread::sleep(Duration::from_millis(case.pause_ms));
             let r = send(g.port, raw.as_bytes());
+            if r.status == 0 {
+                // No answer: give anything the gateway still forwards time to arrive.
+                std::thread::sleep(Duration::from_millis(100));
+            }
             let mut fail = |what: String| failures.push(format!("{id}: {what}"));
 
             if !case.status.allows(r.status) {
                 fail(format!("status {} (body {:.120})", r.status, r.text()));
             }
-            let seen = up.seen();
+            let seen = up.take();
             forwarded_total += seen.len();
             let targets: Vec<&str> = seen.iter().map(|s| s.target.as_str()).collect();
             let want: Vec<String> = case.upstream.iter().map(|t| expand(t, &vars)).collect();
@@ -289,20 +417,8 @@ default: aal2\nroutes:\n  - path: /admin/**\n    require: deny\n",
                 fail(format!("upstream received {targets:?}, expected {want:?}"));
             }
             for s in &seen {
-                for (n, v) in &s.headers {
-                    if !IDENTITY.contains(&fold(n).as_str()) {
-                        continue;
-                    }
-                    // Only the gateway's own spelling, once, with the session's values.
-                    let ours = match n.as_str() {
-                        "x-aalgate-user" => v == user,
-                        "x-aalgate-aal" => v == aal,
-                        "x-aalgate-auth-time" | "x-aalgate-assertion" => user != "nobody",
-                        _ => false,
-                    } && s.all(n).len() == 1;
-                    if !ours {
-                        fail(format!("identity header {n}: {v} reached the upstream"));
-                    }
+                if let Err(e) = identity_is_ours(s, user, aal, &jwks) {
+                    fail(e);
                 }
                 for (n, want) in &case.forwarded {
                     let got = s.all(n);
@@ -332,6 +448,12 @@ default: aal2\nroutes:\n  - path: /admin/**\n    require: deny\n",
             for loc in r.all("location") {
                 if !location_is_safe(loc, &origin) {
                     fail(format!("redirect off the gateway: {loc}"));
+                }
+            }
+            for c in &case.contains {
+                let c = expand(c, &vars);
+                if !r.text().contains(&c) {
+                    fail(format!("response lacks {c:?}"));
                 }
             }
             let whole = format!("{:?}{}", r.headers, r.text());

@@ -237,7 +237,7 @@ fn wall_clock_steps_of_five_minutes_never_reopen_a_session() {
     };
     set_clock("+0");
     let clock_path = clock.path().display().to_string();
-    let g = Gateway::start_env(
+    let mut g = Gateway::start_env(
         &[("billing.yaml", &policy(up.port))],
         "",
         &[
@@ -261,7 +261,8 @@ fn wall_clock_steps_of_five_minutes_never_reopen_a_session() {
     let too_old = mk("olaf", 12 * 3600 + 30, 1);
     let near_idle = mk("nils", 3600, 27 * 60);
     let fresh = mk("fred", 60, 1);
-    let status = |c: &str| get(g.port, &h, "/x", &[c]).status;
+    let port = g.port;
+    let status = |c: &str| get(port, &h, "/x", &[c]).status;
 
     // The clock steps back five minutes: the expired sessions would look 26 min idle and
     // 11 h 55 min old, yet stay closed.
@@ -291,6 +292,38 @@ fn wall_clock_steps_of_five_minutes_never_reopen_a_session() {
         .map(|s| s.one("x-aalgate-user").unwrap_or("").to_string())
         .collect();
     assert_eq!(seen, ["fred", "fred", "fred"]);
+
+    // Stepped back four minutes across a restart: the floor saved by the previous run holds
+    // time where it was, so a session that went idle meanwhile stays closed.
+    let idle_late = mk("ivy", 3600, 31 * 60);
+    g.stop();
+    std::fs::write(clock.path(), "-240").unwrap();
+    g.restart();
+    assert_eq!(
+        status(&idle_late),
+        302,
+        "a restart with the clock stepped back reopened a session"
+    );
+    // A session stamped an hour ahead (the clock stepped back further, or a corrupt record)
+    // cannot be timed: it is ended, not trusted.
+    let now = aalgate_policy::Timestamp::now();
+    let id = aalgate_session::SessionId::generate();
+    let ahead = now.plus(Duration::from_secs(3600));
+    let future = aalgate_session::Session {
+        user: "fay".into(),
+        aal: Aal::Aal2,
+        amr: vec!["swk".into()],
+        credential: None,
+        auth_time: ahead,
+        last_auth: ahead,
+        last_seen: ahead,
+        expires_at: now.plus(Duration::from_secs(86400)),
+    };
+    rt().block_on(store.insert(&id.key(), &future)).unwrap();
+    assert_eq!(status(&format!("Cookie: aalgate={}", id.to_cookie())), 302);
+    // (fred, last seen during the +5 min step, is now 9 min "ahead" and was ended the same way:
+    // fail closed.) A session of the right time works.
+    assert_eq!(status(&mk("gil", 60, 1)), 200);
     assert!(!g.log().contains("panicked"), "{}", g.log());
 }
 
@@ -310,7 +343,8 @@ fn sigterm_lets_in_flight_requests_finish() {
                 } else {
                     format!("/work/{i}")
                 };
-                get(gport, &format!("localhost:{gport}"), &target, &[&c]).status
+                let r = get(gport, &format!("localhost:{gport}"), &target, &[&c]);
+                (r.status, r.text())
             })
         })
         .collect();
@@ -319,7 +353,11 @@ fn sigterm_lets_in_flight_requests_finish() {
         (seen.lock().map(|v| v.len()).unwrap_or(0) == 8).then_some(())
     });
     g.signal("-TERM");
-    let statuses: Vec<u16> = workers.into_iter().map(|w| w.join().unwrap_or(0)).collect();
+    let statuses: Vec<u16> = workers
+        .into_iter()
+        .map(|w| w.join().unwrap_or((0, String::new())))
+        .map(|(status, body)| if body == "ok" { status } else { 0 })
+        .collect();
     assert_eq!(
         statuses,
         [200; 8],

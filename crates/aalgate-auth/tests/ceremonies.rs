@@ -396,6 +396,8 @@ mod corpus {
         #[serde(default)]
         cross_origin: Option<bool>,
         #[serde(default)]
+        top_origin: Option<String>,
+        #[serde(default)]
         rp_id: Option<String>,
         #[serde(default)]
         challenge: Option<String>,
@@ -452,6 +454,9 @@ mod corpus {
         });
         if let Some(x) = c.cross_origin {
             client["crossOrigin"] = x.into();
+        }
+        if let Some(t) = &c.top_origin {
+            client["topOrigin"] = t.as_str().into();
         }
         let client = serde_json::to_vec(&client).unwrap();
         if let Some(rp) = &c.rp_id {

@@ -55,6 +55,9 @@ pub enum PathError {
     /// `/admin%20/x` would reach `/admin/x` without matching its rule.
     #[error("path has a segment ending in a dot or a space (`/admin./`, `/admin%20/`)")]
     TrailingDotOrSpace,
+    /// `admin::$INDEX_ALLOCATION` names the directory `admin` on NTFS.
+    #[error("path has an NTFS stream name (`::$DATA`, `:$INDEX_ALLOCATION`)")]
+    NtfsStream,
     #[error("path is longer than {MAX_PATH_LEN} bytes or has more than {MAX_SEGMENTS} segments")]
     TooLong,
 }
@@ -313,6 +316,9 @@ fn remove_dot_segments(path: &str) -> Result<String, PathError> {
         if name != "." && name != ".." && (name.ends_with('.') || name.ends_with("%20")) {
             return Err(PathError::TrailingDotOrSpace);
         }
+        if name.contains(":$") {
+            return Err(PathError::NtfsStream);
+        }
         match seg {
             "" => {}
             "." => trailing_slash = true,
@@ -427,6 +433,8 @@ mod tests {
             (b"/public/...", TrailingDotOrSpace),
             (b"/public/..../admin", TrailingDotOrSpace),
             (b"/x/admin.;p/y", TrailingDotOrSpace),
+            (b"/admin::$INDEX_ALLOCATION/x", NtfsStream),
+            (b"/web.config::%24DATA", NtfsStream),
             (b"/admin\x00", ControlChar),
             (b"/admin%0d%0aX-Aalgate-User:%20root", ControlChar),
             (b"/admin%09", ControlChar),

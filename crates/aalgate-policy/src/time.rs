@@ -16,11 +16,14 @@ pub struct Timestamp(pub u64);
 static ANCHOR: OnceLock<(SystemTime, Instant)> = OnceLock::new();
 /// The newest time this process has seen written by anyone (itself, another instance).
 static HIGH_WATER: AtomicU64 = AtomicU64::new(0);
-/// Times further ahead than this are not trusted to move the clock (a corrupt record must not
-/// expire every session).
-const MAX_OBSERVED_AHEAD: Duration = Duration::from_secs(3600);
 
 impl Timestamp {
+    /// How far ahead of the wall clock a time read from shared state may move this process's
+    /// clock: enough for instances a little out of step, too little for one corrupt record or a
+    /// fast instance to expire sessions everywhere. Sessions stamped further ahead cannot be
+    /// timed and are ended instead.
+    pub const MAX_OBSERVED_AHEAD: Duration = Duration::from_secs(300);
+
     /// The current time, never earlier than a time this process has already seen.
     ///
     /// A wall clock stepped back (NTP, an operator, a VM resume) must not reopen a session
@@ -36,12 +39,12 @@ impl Timestamp {
         Timestamp(t.0.max(HIGH_WATER.load(Ordering::Relaxed)))
     }
 
-    /// Records a time read from shared state (a session's `last_seen`), so that this process's
-    /// clock does not run behind it. Times more than an hour ahead of the wall clock are
-    /// ignored.
+    /// Records a time read from shared state (a session's `last_seen`, the floor saved before
+    /// a restart), so that this process's clock does not run behind it. Times more than
+    /// [`Timestamp::MAX_OBSERVED_AHEAD`] past the wall clock are ignored.
     pub fn observe(t: Timestamp) {
         let wall = Timestamp::from_system_time(SystemTime::now());
-        if t <= wall.plus(MAX_OBSERVED_AHEAD) {
+        if t <= wall.plus(Timestamp::MAX_OBSERVED_AHEAD) {
             HIGH_WATER.fetch_max(t.0, Ordering::Relaxed);
         }
     }
@@ -151,9 +154,9 @@ mod tests {
         let a = Timestamp::now();
         Timestamp::observe(a.plus(Duration::from_secs(120)));
         assert!(Timestamp::now() >= a.plus(Duration::from_secs(120)));
-        // Far-future values (a corrupt record) are not trusted.
-        Timestamp::observe(a.plus(Duration::from_secs(86400)));
-        assert!(Timestamp::now() < a.plus(Duration::from_secs(3600)));
+        // Far-future values (a corrupt record, a fast instance) are not trusted.
+        Timestamp::observe(a.plus(Duration::from_secs(3600)));
+        assert!(Timestamp::now() < a.plus(Duration::from_secs(600)));
     }
 
     #[test]

@@ -214,6 +214,9 @@ pub struct Config {
     pub upstream_connect_timeout: Duration,
     /// How long an upstream may stay silent (between reads or writes) before the answer is 504.
     pub upstream_timeout: Duration,
+    /// Where the clock floor is saved every few seconds, so that a clock stepped back across a
+    /// restart does not make time run backwards (`<state_dir>/clock-floor`).
+    pub clock_floor: PathBuf,
     /// On SIGTERM or SIGQUIT: how long in-flight requests get to finish. pingora stops
     /// accepting at once, waits this long in full, then ends whatever is left.
     pub shutdown_grace: Duration,
@@ -416,6 +419,7 @@ impl Config {
             bail!("preserve_body_limit {preserve_body_limit} is over 16 MiB; kept forms live in the session store");
         }
         Ok(Config {
+            clock_floor: state_dir.join("clock-floor"),
             shutdown_grace: raw
                 .shutdown_grace
                 .map(|d| d.0)

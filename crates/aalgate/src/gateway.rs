@@ -198,7 +198,10 @@ fn framing_is_unambiguous(req: &RequestHeader) -> bool {
             let v = v.as_bytes();
             !v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit)
         }
-        ([v], []) => v.as_bytes() == b"chunked",
+        // Transfer-Encoding is HTTP/1.1; on 1.0 the framing is faulty (RFC 9112 section 6.1).
+        ([v], []) => {
+            req.version != http::Version::HTTP_10 && v.as_bytes().eq_ignore_ascii_case(b"chunked")
+        }
         _ => false,
     }
 }
@@ -791,11 +794,19 @@ impl ProxyHttp for Gateway {
                 return Ok(false);
             }
         }
-        let decision = decide(
-            access,
-            loaded.as_ref().map(|(_, _, s)| s.facts()).as_ref(),
-            now,
-        );
+        // A session stamped further in the future than the clock may have moved (the clock was
+        // stepped back across a restart by more than that, or the record is corrupt) cannot be
+        // timed: it is treated as past its absolute limit.
+        let facts = loaded.as_ref().map(|(_, _, s)| {
+            let mut f = s.facts();
+            let ahead = now.plus(Timestamp::MAX_OBSERVED_AHEAD);
+            if f.last_seen > ahead || f.auth_time > ahead || f.last_auth > ahead {
+                tracing::warn!(request_id = %ctx.request_id, user = %s.user, "session stamped in the future: clock stepped back or record corrupt; re-authentication required");
+                f.auth_time = Timestamp(0);
+            }
+            f
+        });
+        let decision = decide(access, facts.as_ref(), now);
         match decision {
             Decision::Allow => {
                 if let Some((handle, key, s)) = loaded {
@@ -949,7 +960,7 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let Some(rule) = ctx.rule.and_then(|i| ctx.policy.rules().get(i)) else {
             return Err(Error::explain(
                 ErrorType::InternalError,
@@ -962,7 +973,11 @@ impl ProxyHttp for Gateway {
         peer.options.connection_timeout = Some(connect);
         peer.options.total_connection_timeout = Some(connect);
         // A WebSocket may be quiet for long; its life is bounded by the session instead.
-        if ctx.upgrade.is_none() {
+        if !session
+            .req_header()
+            .headers
+            .contains_key(http::header::UPGRADE)
+        {
             peer.options.read_timeout = Some(silence);
             peer.options.write_timeout = Some(silence);
         }

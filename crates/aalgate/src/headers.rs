@@ -51,7 +51,24 @@ fn fold(name: &str) -> String {
 /// request matched as one method run as another.
 pub fn is_reserved(name: &str) -> bool {
     let f = fold(name);
-    f.starts_with("x-aalgate")
+    // A framing or routing header spelled with `_` or `.` is one header to pingora and another
+    // to a CGI-style backend that folds names (nginx drops such names by default).
+    let respelled = f.as_str() != name.to_ascii_lowercase()
+        && matches!(
+            f.trim_matches('-'),
+            "host"
+                | "content-length"
+                | "transfer-encoding"
+                | "connection"
+                | "upgrade"
+                | "te"
+                | "trailer"
+                | "expect"
+                | "cookie"
+                | "authorization"
+        );
+    respelled
+        || f.starts_with("x-aalgate")
         || f.starts_with("x-forwarded-")
         || matches!(
             f.as_str(),

@@ -372,6 +372,7 @@ fn demo_config(
         upstream_connect_timeout: config::DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
         upstream_timeout: config::DEFAULT_UPSTREAM_TIMEOUT,
         shutdown_grace: Duration::from_secs(1),
+        clock_floor: state_dir.join("clock-floor"),
     })
 }
 
@@ -458,6 +459,7 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         sealer: aalgate::preserve::Sealer::load_or_create(&cfg.request_key)?,
         body_limit: cfg.preserve_body_limit,
     });
+    ops::load_clock_floor(&cfg.clock_floor);
     let signer = Arc::new(assertion::Signer::load_or_create(
         &cfg.signing_key,
         &cfg.public_origin,
@@ -529,6 +531,7 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
             policies: policies.clone(),
             metrics: metrics.clone(),
             count_every: cfg.session_count_interval,
+            clock_floor: cfg.clock_floor.clone(),
         },
     ));
     if let Some(e) = embedded {
