@@ -4,9 +4,10 @@
 use crate::SessionId;
 
 /// The values of cookie `name` across every `Cookie` header value, in order. Pairs are split
-/// on `;`, names compared exactly (case-sensitive) after trimming, and values trimmed of
-/// whitespace and of the optional DQUOTEs RFC 6265 allows. Values that are not UTF-8 are
-/// skipped with their whole header.
+/// on `;`, names compared exactly (case-sensitive) after trimming, values trimmed of
+/// whitespace and of one pair of surrounding DQUOTEs (RFC 6265 allows them). A value with a
+/// byte outside RFC 6265's cookie-octet (a space or quote inside, a comma, a backslash, a
+/// control) is skipped, as is a header that is not UTF-8.
 pub fn cookie_values<'a>(headers: impl IntoIterator<Item = &'a [u8]>, name: &str) -> Vec<String> {
     let mut out = Vec::new();
     for v in headers {
@@ -15,13 +16,26 @@ pub fn cookie_values<'a>(headers: impl IntoIterator<Item = &'a [u8]>, name: &str
         };
         for pair in v.split(';') {
             if let Some((n, val)) = pair.trim().split_once('=') {
-                if n.trim() == name {
-                    out.push(val.trim().trim_matches('"').to_string());
+                if n.trim() != name {
+                    continue;
+                }
+                let v = val.trim();
+                let v = v
+                    .strip_prefix('"')
+                    .and_then(|q| q.strip_suffix('"'))
+                    .unwrap_or(v);
+                if v.bytes().all(is_cookie_octet) {
+                    out.push(v.to_string());
                 }
             }
         }
     }
     out
+}
+
+/// RFC 6265 section 4.1.1 `cookie-octet`.
+fn is_cookie_octet(b: u8) -> bool {
+    matches!(b, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E)
 }
 
 /// Fuzz property: any bytes as a `Cookie` header give values that are trimmed, and a value
@@ -46,8 +60,13 @@ mod tests {
 
     #[test]
     fn values_across_headers() {
-        let hs: [&[u8]; 3] = [b"a=1; aalgate=x ; b=2", b"aalgate=\"y\"", b"\xff aalgate=z"];
-        assert_eq!(cookie_values(hs, "aalgate"), ["x", "y"]);
+        let hs: [&[u8]; 4] = [
+            b"a=1; aalgate=x ; b=2",
+            b"aalgate=\"y\"; aalgate=\" q\"; aalgate=\"r; aalgate=s t",
+            b"\xff aalgate=z",
+            b"aalgate=\"\"",
+        ];
+        assert_eq!(cookie_values(hs, "aalgate"), ["x", "y", ""]);
         assert!(cookie_values([b"AALGATE=x".as_slice()], "aalgate").is_empty());
     }
 
