@@ -46,7 +46,10 @@ fn metrics_count_the_session_lifecycle_and_pass_promtool() {
         "sessions_active from the store monitor",
         || {
             let m = g.scrape();
-            (sample(&m, "aalgate_sessions_active{aal=\"2\"}") == Some(1.0)).then_some(m)
+            // Both at once: a count taken between two of the inserts above sees only some.
+            (sample(&m, "aalgate_sessions_active{aal=\"2\"}") == Some(1.0)
+                && sample(&m, "aalgate_sessions_active{aal=\"3\"}") == Some(1.0))
+            .then_some(m)
         },
     );
     let v = |s: &str| sample(&m, s).unwrap_or_else(|| panic!("no sample {s} in\n{m}"));
