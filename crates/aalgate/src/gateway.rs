@@ -1000,6 +1000,7 @@ impl ProxyHttp for Gateway {
                 ErrorSource::Downstream,
                 ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
             ) => (0, "client_gone"),
+            (ErrorSource::Downstream, ErrorType::ReadTimedout) => (408, "client_timeout"),
             (ErrorSource::Downstream, _) => (400, "bad_request"),
             _ => (500, "internal_error"),
         };

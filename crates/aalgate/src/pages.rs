@@ -55,6 +55,7 @@ pub fn error_text(status: u16) -> (&'static str, &'static str) {
         403 => ("Access denied", "The access policy does not allow this page. If you need it for your work, contact IT."),
         404 => ("Not found", "There is no gateway page at this address."),
         405 => ("Method not allowed", "This gateway page does not accept this kind of request."),
+        408 => ("Request timed out", "The request was not sent completely in time. Try again; if you were submitting a form, check whether it arrived before sending it again."),
         414 => ("Address too long", "The address of this request is too long, so it was refused."),
         431 => ("Request too large", "The request carries too much header data (often too many or too large cookies). Clear this site's cookies and try again."),
         421 => ("Unknown site", "This gateway does not serve the site you asked for. Check the address."),
