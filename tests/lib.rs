@@ -824,25 +824,35 @@ pub fn get(port: u16, host: &str, target: &str, extra: &[&str]) -> Response {
     send(port, req.as_bytes())
 }
 
-/// Signs out the way a browser does: the confirmation page (which sets the browser-binding
-/// cookie and carries the CSRF token in its form), then a same-origin form POST with both.
-/// `cookie` is the session cookie value (`aalgate=...`).
-pub fn logout(port: u16, host: &str, cookie: &str) -> Response {
+/// A browser binding and its CSRF token, the way a browser gets them: the sign-out
+/// confirmation page sets the binding cookie and carries the token in its form. Returns the
+/// binding cookie's value and the token.
+pub fn browser_binding(port: u16, host: &str) -> (String, String) {
     let page = get(port, host, "/.aalgate/logout", &[]);
     assert_eq!(page.status, 200, "{}", page.text());
     let bind = page
         .all("set-cookie")
         .into_iter()
-        .find(|c| c.starts_with("aalgate-bind="))
+        .find_map(|c| c.strip_prefix("aalgate-bind="))
         .and_then(|c| c.split(';').next())
         .expect("binding cookie")
         .to_string();
-    let text = page.text();
-    let token = text
+    let token = page
+        .text()
         .split("name=\"csrf\" value=\"")
         .nth(1)
         .and_then(|t| t.split('"').next())
-        .expect("csrf token in the form");
+        .expect("csrf token in the form")
+        .to_string();
+    (bind, token)
+}
+
+/// Signs out the way a browser does: the confirmation page (which sets the browser-binding
+/// cookie and carries the CSRF token in its form), then a same-origin form POST with both.
+/// `cookie` is the session cookie value (`aalgate=...`).
+pub fn logout(port: u16, host: &str, cookie: &str) -> Response {
+    let (bind, token) = browser_binding(port, host);
+    let bind = format!("aalgate-bind={bind}");
     let body = format!("csrf={token}");
     send(
         port,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use aalgate_policy::Aal;
 use aalgate_session::{EmbeddedStore, SessionStore};
-use aalgate_tests::{get, send, workspace, Gateway, Seen, Upstream};
+use aalgate_tests::{browser_binding, get, send, workspace, Gateway, Seen, Upstream};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ed25519_dalek::{Signature, VerifyingKey};
@@ -303,24 +303,7 @@ default: aal2\nroutes:\n  - path: /admin/**\n    require: deny\n",
         VerifyingKey::from_bytes(&bytes).expect("Ed25519 key")
     };
     // A real browser binding and its CSRF token, so the CSRF cases vary only the origin.
-    let (bind, csrf) = {
-        let page = get(g.port, &host, "/.aalgate/logout", &[]);
-        let bind = page
-            .all("set-cookie")
-            .into_iter()
-            .find_map(|c| c.strip_prefix("aalgate-bind="))
-            .and_then(|c| c.split(';').next())
-            .expect("binding cookie")
-            .to_string();
-        let text = page.text();
-        let csrf = text
-            .split("name=\"csrf\" value=\"")
-            .nth(1)
-            .and_then(|t| t.split('"').next())
-            .expect("csrf token")
-            .to_string();
-        (bind, csrf)
-    };
+    let (bind, csrf) = browser_binding(g.port, &host);
 
     let mut failures = Vec::new();
     let mut previous = String::new();
@@ -399,7 +382,11 @@ default: aal2\nroutes:\n  - path: /admin/**\n    require: deny\n",
             }
             previous = id.clone();
             std::thread::sleep(Duration::from_millis(case.pause_ms));
+            let t0 = std::time::Instant::now();
             let r = send(g.port, raw.as_bytes());
+            if t0.elapsed() > Duration::from_millis(1000) {
+                eprintln!("slow case ({:?}): {id}", t0.elapsed());
+            }
             if r.status == 0 {
                 // No answer: give anything the gateway still forwards time to arrive.
                 std::thread::sleep(Duration::from_millis(100));
