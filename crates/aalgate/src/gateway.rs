@@ -161,9 +161,13 @@ fn raw_target(session: &Session) -> Vec<u8> {
             .unwrap_or(&raw[..line_end]);
         // Exactly `method SP target SP version`: a space inside the target would be read one
         // way here and another way by a lenient parser downstream.
-        let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-        return match parts.as_slice() {
-            [m, t, v] if !m.is_empty() && !t.is_empty() && !v.is_empty() => t.to_vec(),
+        let mut parts = line.split(|&b| b == b' ');
+        return match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(m), Some(t), Some(v), None)
+                if !m.is_empty() && !t.is_empty() && !v.is_empty() =>
+            {
+                t.to_vec()
+            }
             _ => Vec::new(),
         };
     }
@@ -182,24 +186,16 @@ fn raw_has_header(raw: &[u8], name: &[u8]) -> bool {
 /// One `Transfer-Encoding: chunked` and no Content-Length, or at most one well-formed
 /// Content-Length (digits only) and no Transfer-Encoding.
 fn framing_is_unambiguous(req: &RequestHeader) -> bool {
-    let te: Vec<_> = req
-        .headers
-        .get_all(http::header::TRANSFER_ENCODING)
-        .iter()
-        .collect();
-    let cl: Vec<_> = req
-        .headers
-        .get_all(http::header::CONTENT_LENGTH)
-        .iter()
-        .collect();
-    match (te.as_slice(), cl.as_slice()) {
-        ([], []) => true,
-        ([], [v]) => {
+    let mut te = req.headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    let mut cl = req.headers.get_all(http::header::CONTENT_LENGTH).iter();
+    match (te.next(), te.next(), cl.next(), cl.next()) {
+        (None, _, None, _) => true,
+        (None, _, Some(v), None) => {
             let v = v.as_bytes();
             !v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit)
         }
         // Transfer-Encoding is HTTP/1.1; on 1.0 the framing is faulty (RFC 9112 section 6.1).
-        ([v], []) => {
+        (Some(v), None, None, _) => {
             req.version != http::Version::HTTP_10 && v.as_bytes().eq_ignore_ascii_case(b"chunked")
         }
         _ => false,

@@ -51,9 +51,12 @@ fn fold(name: &str) -> String {
 /// request matched as one method run as another.
 pub fn is_reserved(name: &str) -> bool {
     let f = fold(name);
-    // A framing or routing header spelled with `_` or `.` is one header to pingora and another
-    // to a CGI-style backend that folds names (nginx drops such names by default).
-    let respelled = f.as_str() != name.to_ascii_lowercase()
+    // A framing or routing header spelled with `_`, `.` or another token character where a `-`
+    // belongs is one header to pingora and another to a CGI-style backend that folds names
+    // (nginx drops such names by default).
+    let respelled = name
+        .bytes()
+        .any(|b| !b.is_ascii_alphanumeric() && b != b'-')
         && matches!(
             f.trim_matches('-'),
             "host"

@@ -216,7 +216,7 @@ impl Metrics {
 }
 
 /// Store operations, as labelled.
-pub const OPS: [&str; 18] = [
+pub const OPS: [&str; 19] = [
     "insert",
     "get",
     "touch",
@@ -226,6 +226,7 @@ pub const OPS: [&str; 18] = [
     "get_flow",
     "take_flow",
     "ping",
+    "durable",
     "stats",
     "link",
     "unlink",

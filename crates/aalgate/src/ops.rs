@@ -76,7 +76,7 @@ impl SessionStore for Instrumented {
         self.timed("ping", self.inner.ping()).await
     }
     async fn durable(&self) -> Result<bool, StoreError> {
-        self.timed("ping", self.inner.durable()).await
+        self.timed("durable", self.inner.durable()).await
     }
     async fn stats(&self, now: Timestamp, limits: &Timeouts) -> Result<SessionStats, StoreError> {
         self.timed("stats", self.inner.stats(now, limits)).await
