@@ -7,6 +7,7 @@ mod browser;
 mod cli;
 mod deploy;
 mod faults;
+mod kept;
 mod listeners;
 mod ops;
 mod proxy;

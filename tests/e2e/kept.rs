@@ -1,0 +1,556 @@
+//! Kept forms as an attacker and as real apps see them, in raw HTTP: a cross-site POST is
+//! never replayed, a silent handoff asks before it sends, a kept form belongs to one person and
+//! one app (host *and* port), it carries the app's path-scoped cookies, the ceremony a request
+//! caused admits it, and nothing an anonymous client sends is kept or grows without a limit.
+//!
+//! Sessions are made directly in the store (`make_session`); a "fresh" session stands for a
+//! ceremony another tab just completed, so the flows here end in a silent handoff.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use aalgate_policy::Aal;
+use aalgate_session::{EmbeddedStore, RedisStore, SessionStore};
+use aalgate_tests::{browser_binding, get, sample, send, Gateway, Redis, Response, Upstream};
+
+use crate::{make_session, rt};
+
+fn kept_policy(app: &str, host: &str, upstream: u16) -> String {
+    [
+        format!("app: {app}"),
+        format!("host: {host}"),
+        format!("upstream: http://127.0.0.1:{upstream}"),
+        "default: aal2".into(),
+        "routes:".into(),
+        "  - path: /confirm".into(),
+        "    require: aal2".into(),
+        "    step_up: { max_age: 5m }".into(),
+        "  - path: /quick".into(),
+        "    require: aal2".into(),
+        "    step_up: { max_age: 1s }".into(),
+        "  - path: /app/**".into(),
+        "    require: aal2".into(),
+        "    step_up: { max_age: 5m }".into(),
+        String::new(),
+    ]
+    .join("\n")
+}
+
+fn host(g: &Gateway) -> String {
+    format!("localhost:{}", g.port)
+}
+
+fn store(g: &Gateway) -> EmbeddedStore {
+    EmbeddedStore::open(&g.state_dir()).expect("open the embedded store beside the gateway")
+}
+
+/// A form POST with extra header lines.
+fn post(port: u16, host: &str, path: &str, extra: &[&str], body: &str) -> Response {
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nSec-Fetch-Mode: navigate\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for h in extra {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    send(port, req.as_bytes())
+}
+
+/// The value of a cookie the response sets.
+fn set_cookie(r: &Response, name: &str) -> Option<String> {
+    r.all("set-cookie").into_iter().find_map(|c| {
+        c.strip_prefix(&format!("{name}="))
+            .and_then(|v| v.split(';').next())
+            .map(str::to_string)
+    })
+}
+
+/// Follows redirects the way a browser does (top-level GETs, with `cookies`, plus any session
+/// cookie a handoff sets), at most 6 hops. Returns the last response and the host it came from.
+fn follow(port: u16, mut host: String, first: Response, cookies: &str) -> (Response, String) {
+    let mut r = first;
+    let mut jar = cookies.to_string();
+    for _ in 0..6 {
+        if !(300..400).contains(&r.status) {
+            break;
+        }
+        let Some(loc) = r.header("location").map(str::to_string) else {
+            break;
+        };
+        let path = if let Some(rest) = loc.strip_prefix("http://") {
+            let (h, p) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            host = h.to_string();
+            p.to_string()
+        } else {
+            loc
+        };
+        if let Some(s) = set_cookie(&r, "aalgate") {
+            jar = replace_cookie(&jar, "aalgate", &s);
+        }
+        r = get(port, &host, &path, &[&format!("Cookie: {jar}")]);
+    }
+    (r, host)
+}
+
+fn replace_cookie(jar: &str, name: &str, value: &str) -> String {
+    let mut out: Vec<String> = jar
+        .split("; ")
+        .filter(|c| !c.starts_with(&format!("{name}=")) && !c.is_empty())
+        .map(str::to_string)
+        .collect();
+    out.push(format!("{name}={value}"));
+    out.join("; ")
+}
+
+fn kept_count(g: &Gateway, outcome: &str) -> f64 {
+    sample(
+        &g.scrape(),
+        &format!("aalgate_kept_forms_total{{outcome=\"{outcome}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+fn form_field(page: &str, name: &str) -> Option<String> {
+    page.split(&format!("name=\"{name}\" value=\""))
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .map(str::to_string)
+}
+
+/// Confirms a kept form on its confirmation page the way the page's button does.
+fn confirm(port: u16, host: &str, page: &Response, cookies: &str, origin: &str) -> Response {
+    let text = page.text();
+    let kept = form_field(&text, "kept").expect("confirmation form names the kept form");
+    let csrf = form_field(&text, "csrf").expect("confirmation form carries a token");
+    post(
+        port,
+        host,
+        "/.aalgate/resume",
+        &[
+            &format!("Origin: {origin}"),
+            "Sec-Fetch-Site: same-origin",
+            &format!("Cookie: {cookies}"),
+        ],
+        &format!("kept={kept}&csrf={csrf}"),
+    )
+}
+
+fn posts(up: &Upstream) -> Vec<aalgate_tests::Seen> {
+    up.seen()
+        .into_iter()
+        .filter(|s| s.method != "GET")
+        .collect()
+}
+
+#[test]
+fn a_cross_site_post_is_never_replayed() {
+    let up = Upstream::start();
+    let g = Gateway::start(None, &[("billing.yaml", &kept_policy("billing", "localhost", up.port))]);
+    let h = host(&g);
+    let victim = make_session(&store(&g), "nora", Aal::Aal2, 0, 0);
+    // The attacker's page auto-submits a form: no Lax cookie goes with a cross-site POST.
+    let r = post(
+        g.port,
+        &h,
+        "/orders",
+        &["Origin: http://evil.example", "Sec-Fetch-Site: cross-site"],
+        "drug=oxycodone&qty=90",
+    );
+    assert_eq!(r.status, 302, "{}", r.text());
+    let bind = set_cookie(&r, "aalgate-bind").expect("binding cookie");
+    // Each redirect is a top-level GET, so the victim's Lax cookies go with it.
+    let (last, _) = follow(g.port, h.clone(), r, &format!("aalgate={victim}; aalgate-bind={bind}"));
+    assert!(posts(&up).is_empty(), "the attacker's form reached the app: {:?}", posts(&up));
+    let t = last.text();
+    assert!(
+        t.contains("not sent") && t.contains("another site"),
+        "the page says the form was not sent, and why: {t}"
+    );
+    // The same with the attack on a step-up route while the victim's session is fresh, and
+    // from a sibling host whose POST does carry the Lax cookies (same-site).
+    for (path, hdrs) in [
+        ("/confirm", vec!["Origin: http://evil.example", "Sec-Fetch-Site: cross-site"]),
+        ("/confirm", vec!["Origin: http://evil.localhost", "Sec-Fetch-Site: same-site"]),
+    ] {
+        let stale = make_session(&store(&g), "nora", Aal::Aal2, 600, 0);
+        let (b, _) = browser_binding(g.port, &h);
+        let cookie = format!("Cookie: aalgate={stale}; aalgate-bind={b}");
+        let mut all = hdrs.clone();
+        all.push(&cookie);
+        let r = post(g.port, &h, path, &all, "drug=x");
+        assert_eq!(r.status, 302, "{}", r.text());
+        let fresh = make_session(&store(&g), "nora", Aal::Aal2, 0, 0);
+        follow(g.port, h.clone(), r, &format!("aalgate={fresh}; aalgate-bind={b}"));
+        assert!(posts(&up).is_empty(), "{hdrs:?}: {:?}", posts(&up));
+    }
+    assert!(kept_count(&g, "cross_site") >= 3.0, "{}", g.scrape());
+    assert!(!g.log().contains("panicked"));
+}
+
+#[test]
+fn only_same_origin_evidence_keeps_a_form() {
+    let up = Upstream::start();
+    let g = Gateway::start(None, &[("billing.yaml", &kept_policy("billing", "localhost", up.port))]);
+    let h = host(&g);
+    let own = format!("http://{h}");
+    let cases: Vec<(Vec<String>, bool, &str)> = vec![
+        (vec![format!("Origin: {own}"), "Sec-Fetch-Site: same-origin".into()], true, "same-origin Origin"),
+        (vec!["Origin: null".into(), "Sec-Fetch-Site: same-origin".into()], true, "Origin: null with Sec-Fetch-Site: same-origin"),
+        (vec![format!("Referer: {own}/confirm-form")], true, "a same-origin Referer alone"),
+        (vec![format!("Origin: {own}")], true, "Origin alone"),
+        (vec!["Sec-Fetch-Site: same-site".into()], false, "Sec-Fetch-Site: same-site"),
+        (vec!["Referer: http://evil.example/x".into()], false, "a cross-site Referer"),
+        (vec![format!("Referer: http://evil.example/{h}/")], false, "a cross-site Referer naming us"),
+        (vec![], false, "no evidence"),
+        (vec!["Origin: null".into()], false, "Origin: null alone"),
+        (vec![format!("Origin: {own}"), "Sec-Fetch-Site: cross-site".into()], false, "Origin and Sec-Fetch-Site disagree"),
+        (vec![format!("Origin: https://{h}")], false, "another scheme"),
+        (vec![format!("Origin: http://localhost:1{}", g.port)], false, "another port"),
+        (vec!["Origin: null".into(), format!("Referer: {own}/x")], false, "Origin: null with a Referer"),
+    ];
+    for (hdrs, keep, what) in cases {
+        let stale = make_session(&store(&g), "nora", Aal::Aal2, 600, 0);
+        let (b, _) = browser_binding(g.port, &h);
+        let before = (kept_count(&g, "kept"), kept_count(&g, "cross_site"));
+        let mut all: Vec<&str> = hdrs.iter().map(String::as_str).collect();
+        let cookie = format!("Cookie: aalgate={stale}; aalgate-bind={b}");
+        all.push(&cookie);
+        let r = post(g.port, &h, "/confirm", &all, "note=x");
+        assert_eq!(r.status, 302, "{what}: {}", r.text());
+        let after = (kept_count(&g, "kept"), kept_count(&g, "cross_site"));
+        if keep {
+            assert_eq!(after.0, before.0 + 1.0, "{what}: kept");
+        } else {
+            assert_eq!((after.0, after.1), (before.0, before.1 + 1.0), "{what}: refused");
+        }
+        // The step-up page says whether the form is kept.
+        let auth = follow(g.port, h.clone(), r, &format!("aalgate={stale}; aalgate-bind={b}")).0;
+        assert_eq!(auth.text().contains("is kept"), keep, "{what}: {}", auth.text());
+    }
+    assert!(up.seen().is_empty(), "nothing reached the app");
+}
+
+#[test]
+fn a_silent_handoff_asks_before_it_sends() {
+    let up = Upstream::start();
+    let g = Gateway::start(None, &[("billing.yaml", &kept_policy("billing", "localhost", up.port))]);
+    let h = host(&g);
+    let own = format!("http://{h}");
+    let stale = make_session(&store(&g), "nora", Aal::Aal2, 600, 0);
+    let (b, _) = browser_binding(g.port, &h);
+    let r = post(
+        g.port,
+        &h,
+        "/confirm",
+        &[&format!("Origin: {own}"), &format!("Cookie: aalgate={stale}; aalgate-bind={b}")],
+        "note=chest+pain",
+    );
+    assert_eq!(r.status, 302);
+    // Another tab stepped up meanwhile: the auth page needs no ceremony, so it must not send.
+    let fresh = make_session(&store(&g), "nora", Aal::Aal2, 0, 0);
+    let jar = format!("aalgate={fresh}; aalgate-bind={b}");
+    let (page, _) = follow(g.port, h.clone(), r, &jar);
+    let t = page.text();
+    assert_eq!(page.status, 200, "{t}");
+    assert!(t.contains("Send the form you were filling in to billing?"), "{t}");
+    assert!(up.seen().is_empty(), "nothing sent before the person confirms");
+    // The button is a same-origin POST with a token; a cross-site one sends nothing.
+    let kept = form_field(&t, "kept").unwrap();
+    let forged = post(
+        g.port,
+        &h,
+        "/.aalgate/resume",
+        &["Origin: http://evil.example", "Sec-Fetch-Site: cross-site", &format!("Cookie: {jar}")],
+        &format!("kept={kept}&csrf={}", form_field(&t, "csrf").unwrap()),
+    );
+    assert_eq!(forged.status, 403, "{}", forged.text());
+    let no_token = post(
+        g.port,
+        &h,
+        "/.aalgate/resume",
+        &[&format!("Origin: {own}"), &format!("Cookie: {jar}")],
+        &format!("kept={kept}"),
+    );
+    assert_eq!(no_token.status, 403, "{}", no_token.text());
+    assert!(up.seen().is_empty());
+    let sent = confirm(g.port, &h, &page, &jar, &own);
+    assert_eq!(sent.status, 200, "{}", sent.text());
+    let seen = posts(&up);
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!((seen[0].method.as_str(), seen[0].target.as_str()), ("POST", "/confirm"));
+    assert_eq!(seen[0].one("x-aalgate-user"), Some("nora"));
+    assert_eq!(seen[0].body_len, "note=chest+pain".len());
+    // Once.
+    let again = confirm(g.port, &h, &page, &jar, &own);
+    assert!(again.text().contains("already sent"), "{}", again.text());
+    assert_eq!(posts(&up).len(), 1);
+}
+
+#[test]
+fn a_kept_form_is_never_sent_as_another_person() {
+    let up = Upstream::start();
+    let g = Gateway::start(None, &[("billing.yaml", &kept_policy("billing", "localhost", up.port))]);
+    let h = host(&g);
+    let own = format!("http://{h}");
+    // Alice is idle-expired; one tab's GET ends her session.
+    let alice = make_session(&store(&g), "alice", Aal::Aal2, 60, 3600);
+    let (b, _) = browser_binding(g.port, &h);
+    let alice_jar = format!("aalgate={alice}; aalgate-bind={b}");
+    let r = get(g.port, &h, "/chart", &[&format!("Cookie: {alice_jar}")]);
+    assert_eq!(r.status, 302);
+    // Her second tab submits a form: it is kept for her.
+    let r = post(
+        g.port,
+        &h,
+        "/notes",
+        &[&format!("Origin: {own}"), &format!("Cookie: {alice_jar}")],
+        "note=alice+wrote+this",
+    );
+    assert_eq!(r.status, 302, "{}", r.text());
+    assert_eq!(kept_count(&g, "kept"), 1.0, "alice's form is kept for her");
+    // Bob signs in on the shared workstation; the flow is Alice's and stays hers.
+    let bob = make_session(&store(&g), "bob", Aal::Aal2, 0, 0);
+    let (page, _) = follow(g.port, h.clone(), r, &format!("aalgate={bob}; aalgate-bind={b}"));
+    assert!(posts(&up).is_empty(), "alice's form reached the app: {:?}", posts(&up));
+    let t = page.text();
+    assert!(t.contains("Continue where you were"), "the page asks for alice's own key: {t}");
+    assert!(!g.log().contains("panicked"));
+}
+
+#[test]
+fn two_apps_on_one_host_name_keep_their_own_forms() {
+    let (up1, up2) = (Upstream::start(), Upstream::start());
+    let g = Gateway::start(
+        None,
+        &[
+            ("1-ehr.yaml", &kept_policy("ehr", "localhost:18445", up1.port)),
+            ("2-billing.yaml", &kept_policy("billing", "localhost:18446", up2.port)),
+        ],
+    );
+    let auth = host(&g);
+    let stale = make_session(&store(&g), "nora", Aal::Aal2, 600, 0);
+    let (b, _) = browser_binding(g.port, "localhost:18446");
+    let r = post(
+        g.port,
+        "localhost:18446",
+        "/confirm",
+        &["Origin: http://localhost:18446", &format!("Cookie: aalgate={stale}; aalgate-bind={b}")],
+        "invoice=42",
+    );
+    assert_eq!(r.status, 302, "{}", r.text());
+    let loc = r.header("location").unwrap().to_string();
+    assert!(loc.starts_with(&format!("http://{auth}/.aalgate/auth?flow=")), "{loc}");
+    // The auth origin holds a fresh session of nora's (cookie on that host).
+    let fresh = make_session(&store(&g), "nora", Aal::Aal2, 0, 0);
+    let (page, on) = follow(
+        g.port,
+        "localhost:18446".into(),
+        r,
+        &format!("aalgate={fresh}; aalgate-bind={b}"),
+    );
+    assert_eq!(on, "localhost:18446", "back on the app that kept the form: {}", page.text());
+    assert!(page.text().contains("to billing?"), "{}", page.text());
+    let sent = confirm(
+        g.port,
+        &on,
+        &page,
+        &format!("aalgate={fresh}; aalgate-bind={b}"),
+        "http://localhost:18446",
+    );
+    assert_eq!(sent.status, 200, "{}", sent.text());
+    assert!(up1.seen().is_empty(), "the other app received the form: {:?}", up1.seen());
+    assert_eq!(posts(&up2).len(), 1);
+    // A Host port no app is served on.
+    assert_eq!(get(g.port, "localhost:18447", "/", &[]).status, 421);
+}
+
+#[test]
+fn a_resumed_form_carries_the_apps_path_scoped_cookies() {
+    let up = Upstream::start();
+    let g = Gateway::start(None, &[("billing.yaml", &kept_policy("billing", "localhost", up.port))]);
+    let h = host(&g);
+    let own = format!("http://{h}");
+    let stale = make_session(&store(&g), "nora", Aal::Aal2, 600, 0);
+    let (b, _) = browser_binding(g.port, &h);
+    // The browser sends the app's `Path=/app` cookies with the form, and not to /.aalgate/.
+    let r = post(
+        g.port,
+        &h,
+        "/app/save",
+        &[
+            &format!("Origin: {own}"),
+            &format!("Cookie: JSESSIONID=abc123; csrftoken=K1; aalgate={stale}; aalgate-bind={b}"),
+        ],
+        "csrfmiddlewaretoken=K1&note=x",
+    );
+    assert_eq!(r.status, 302);
+    let fresh = make_session(&store(&g), "nora", Aal::Aal2, 0, 0);
+    let jar = format!("csrftoken=K2; theme=dark; aalgate={fresh}; aalgate-bind={b}");
+    let (page, _) = follow(g.port, h.clone(), r, &jar);
+    let sent = confirm(g.port, &h, &page, &jar, &own);
+    assert_eq!(sent.status, 200, "{}", sent.text());
+    let seen = posts(&up);
+    assert_eq!(seen.len(), 1);
+    let cookie = seen[0].all("cookie").join("; ");
+    let mut names: Vec<&str> = cookie.split("; ").collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["JSESSIONID=abc123", "csrftoken=K1", "theme=dark"],
+        "the kept cookies win, current ones are added, the gateway's are never forwarded"
+    );
+}
+
+#[test]
+fn the_ceremony_a_request_caused_admits_it_once() {
+    let up = Upstream::start();
+    let g = Gateway::start(None, &[("billing.yaml", &kept_policy("billing", "localhost", up.port))]);
+    let h = host(&g);
+    let stale = make_session(&store(&g), "nora", Aal::Aal2, 5, 0);
+    let (b, _) = browser_binding(g.port, &h);
+    let r = get(g.port, &h, "/quick", &[&format!("Cookie: aalgate={stale}; aalgate-bind={b}")]);
+    assert_eq!(r.status, 302);
+    let fresh = make_session(&store(&g), "nora", Aal::Aal2, 0, 0);
+    let jar = format!("aalgate={fresh}; aalgate-bind={b}");
+    let auth = get(
+        g.port,
+        &h,
+        r.header("location").unwrap(),
+        &[&format!("Cookie: {jar}")],
+    );
+    assert_eq!(auth.status, 302, "handed off: {}", auth.text());
+    assert_eq!(auth.header("location"), Some("/quick"));
+    // The hop took longer than max_age: the flow's own request is still admitted, once.
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = get(g.port, &h, "/quick", &[&format!("Cookie: {jar}")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = get(g.port, &h, "/quick", &[&format!("Cookie: {jar}")]);
+    assert_eq!(r.status, 302, "only once");
+    assert_eq!(up.seen().len(), 1);
+}
+
+/// Writes a request head and up to `body` bytes of a body, then reads the answer; the gateway
+/// may answer (and close) before the body is through.
+fn post_big(port: u16, host: &str, path: &str, extra: &str, body: usize) -> u16 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nSec-Fetch-Mode: navigate\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {body}\r\n{extra}Connection: close\r\n\r\n"
+    );
+    let _ = s.write_all(head.as_bytes());
+    let chunk = vec![b'a'; 64 * 1024];
+    let mut left = body;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        if s.write_all(&chunk[..n]).is_err() {
+            break;
+        }
+        left -= n;
+    }
+    let mut buf = Vec::new();
+    let mut b = [0u8; 4096];
+    while let Ok(n) = s.read(&mut b) {
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&b[..n]);
+        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&buf);
+    text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn anonymous_clients_keep_nothing_and_are_rate_limited() {
+    let up = Upstream::start();
+    let extra = "flows_per_client_per_minute: 20\npreserve_quota: 3000000\npreserve_person_quota: 2000000\n";
+    let g = Gateway::start_extra(&[("billing.yaml", &kept_policy("billing", "localhost", up.port))], extra);
+    let h = host(&g);
+    // An anonymous 1 MiB POST is not kept at all.
+    assert_eq!(post_big(g.port, &h, "/orders", "Origin: http://localhost\r\n", 1 << 20), 302);
+    assert!(rt().block_on(store(&g).kv_list("kept")).unwrap().is_empty());
+    assert_eq!(kept_count(&g, "anonymous"), 1.0);
+    // A kept URL is bounded.
+    let long = format!("/x?q={}", "a".repeat(9000));
+    assert_eq!(get(g.port, &h, &long, &[]).status, 414);
+    // Flows per client address: a clear 429 page over the limit.
+    let mut limited = None;
+    for i in 0..40 {
+        let r = get(g.port, &h, &format!("/p{i}"), &[]);
+        if r.status == 429 {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 302);
+    }
+    let r = limited.expect("the flow rate limit answers 429");
+    assert!(r.text().contains("Too many sign-in attempts"), "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    // X-Forwarded-For from an untrusted peer is ignored.
+    assert_eq!(get(g.port, &h, "/y", &["X-Forwarded-For: 10.9.9.9"]).status, 429);
+    // Quotas: per person (2 MB) and for the whole store (3 MB).
+    let own = format!("Origin: http://{h}\r\n");
+    let mut statuses = Vec::new();
+    for user in ["u1", "u1", "u1", "u2", "u3", "u4"] {
+        let stale = make_session(&store(&g), user, Aal::Aal2, 600, 0);
+        let (b, _) = browser_binding(g.port, &h);
+        let extra = format!("{own}Cookie: aalgate={stale}; aalgate-bind={b}\r\n");
+        statuses.push(post_big(g.port, &h, "/confirm", &extra, 900_000));
+    }
+    assert!(statuses.iter().all(|s| *s == 302), "{statuses:?}");
+    let kept = rt().block_on(store(&g).kv_list("kept")).unwrap();
+    let bytes: usize = kept.iter().map(|(_, v)| v.len()).sum();
+    assert_eq!(kept_count(&g, "kept"), 3.0, "u1 twice (person quota), u2, then the store quota");
+    assert!(kept_count(&g, "quota") >= 3.0);
+    assert!(bytes <= 3_000_000, "{bytes}");
+    assert!(up.seen().is_empty());
+}
+
+#[test]
+fn trusted_proxies_give_each_client_its_own_limit() {
+    let up = Upstream::start();
+    let extra = "flows_per_client_per_minute: 5\ntrusted_proxies: [127.0.0.1/32]\n";
+    let g = Gateway::start_extra(&[("billing.yaml", &kept_policy("billing", "localhost", up.port))], extra);
+    let h = host(&g);
+    for i in 0..20 {
+        let xff = format!("X-Forwarded-For: 203.0.113.{i}");
+        assert_eq!(get(g.port, &h, "/x", &[&xff]).status, 302, "client {i}");
+    }
+    // One client behind the proxy is still limited; IPv6 by /64.
+    let statuses: Vec<u16> = (0..8)
+        .map(|i| get(g.port, &h, "/x", &[&format!("X-Forwarded-For: 2001:db8::{i}")]).status)
+        .collect();
+    assert!(statuses.contains(&429), "{statuses:?}");
+}
+
+#[test]
+fn a_kept_record_in_redis_is_about_the_size_of_its_body() {
+    let redis = Redis::start();
+    let up = Upstream::start();
+    let g = Gateway::start(
+        Some(&redis.url()),
+        &[("billing.yaml", &kept_policy("billing", "localhost", up.port))],
+    );
+    let h = host(&g);
+    // A Redis connection belongs to the runtime that made it: one store per runtime.
+    let s = || RedisStore::new(&redis.url(), Duration::from_secs(1)).unwrap();
+    let stale = make_session(&s(), "nora", Aal::Aal2, 600, 0);
+    let (b, _) = browser_binding(g.port, &h);
+    let extra = format!("Origin: http://{h}\r\nCookie: aalgate={stale}; aalgate-bind={b}\r\n");
+    assert_eq!(post_big(g.port, &h, "/confirm", &extra, 1 << 20), 302);
+    let kept = rt().block_on(s().kv_list("kept")).unwrap();
+    assert_eq!(kept.len(), 1, "one kept record");
+    let usage: u64 = redis
+        .command(&format!("MEMORY USAGE aalgate:k:kept:{}", kept[0].0))
+        .trim()
+        .trim_start_matches(':')
+        .parse()
+        .unwrap();
+    assert!(usage <= (1 << 20) * 11 / 10, "MEMORY USAGE of a 1 MiB kept form: {usage}");
+}
