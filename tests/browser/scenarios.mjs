@@ -11,6 +11,7 @@
 // Exits non-zero with a message on the first failed expectation.
 
 import { execFileSync } from 'node:child_process';
+import { createServer } from 'node:http';
 import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -241,6 +242,23 @@ try {
   check((await text(A.page)).includes('too large to keep'), 'a form over the limit: asked to submit again');
   await A.page.goto(`${EHR}/invoices`);
   check((await text(A.page)).includes('1 invoice(s) saved'), 'nothing of the large form reached the app');
+
+  // 7c. The attack: a page on another site auto-submits a form to the app while nora is signed
+  // in. The browser sends no Lax cookie with a cross-site POST, and the sign-in that follows is
+  // silent (her session on the auth origin is good enough). The app must receive nothing.
+  const evil = createServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'text/html' });
+    res.end(`<!doctype html><form id="f" method="post" action="${EHR}/invoices"><input name="account" value="EVIL-1"><input name="amount" value="1"><input name="note" value="attacker"></form><script>document.getElementById('f').submit()</script>`);
+  });
+  await new Promise((r) => evil.listen(0, '127.0.0.1', r));
+  await A.page.goto(`http://127.0.0.1:${evil.address().port}/`);
+  await landOn(A.page, (u) => u.pathname === '/.aalgate/resume', 'the cross-site form ends on a gateway page');
+  evil.close();
+  await snap(A.page, 'cross-site-form-not-sent');
+  t = await text(A.page);
+  check(t.includes('Form not sent') && t.includes('another site'), 'a cross-site form is not sent, and the page says why');
+  await A.page.goto(`${EHR}/invoices`);
+  check((await text(A.page)).includes('1 invoice(s) saved'), 'the cross-site form never reached the app');
 
   // 8. Switch user on a shared workstation: omar signs in; nora's session ends everywhere.
   await C.page.goto(invite('omar', 2));

@@ -228,6 +228,19 @@ impl PolicySet {
         &self.apps[rule.app]
     }
 
+    /// The app serving `host`, chosen as [`PolicySet::lookup`] chooses: the one naming this
+    /// port, else one naming no port. Every host comparison goes through here or `lookup`.
+    pub fn app_for_host(&self, host: &HostPort) -> Option<&App> {
+        let entries = self.hosts.get(&host.host)?;
+        let entry = entries
+            .iter()
+            .find(|e| e.port.is_some() && e.port == host.port)
+            .or_else(|| entries.iter().find(|e| e.port.is_none()))?;
+        self.rules
+            .get(entry.fallback)
+            .and_then(|r| self.apps.get(r.app))
+    }
+
     /// Finds the rule for a request. `None` means no app serves this host (421).
     pub fn lookup(
         &self,
@@ -733,6 +746,16 @@ fn build_app(
         }
         let step_up_max_age = step_up.as_ref().map(|s| {
             need_aal("step_up", SourceLoc::at(file, s.referenced), diags);
+            if s.value.max_age.0 < std::time::Duration::from_secs(30) {
+                diags.warn(
+                    SourceLoc::at(file, s.referenced),
+                    format!(
+                        "step_up max_age {:?} is shorter than a ceremony and its way back",
+                        s.value.max_age.0
+                    ),
+                    "use at least 30s: a shorter limit asks for a new ceremony on nearly every request (the ceremony a request caused admits only that one request)",
+                );
+            }
             s.value.max_age.0
         });
         let check_tighten = |what: &str,

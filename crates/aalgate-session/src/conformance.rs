@@ -187,6 +187,16 @@ async fn kv(store: &dyn SessionStore) {
     both.sort();
     assert_eq!(both, [1, 2]);
     assert_eq!(store.kv_incr(&ns, "n", ttl).await.unwrap(), 3);
+    assert_eq!(
+        store.kv_add(&ns, "n", 1 << 20, ttl).await.unwrap(),
+        3 + (1 << 20)
+    );
+    assert_eq!(
+        store.kv_get(&ns, "n").await.unwrap().as_deref(),
+        Some((3u64 + (1 << 20)).to_string().as_bytes()),
+        "counters read back as decimal digits"
+    );
+    assert_eq!(store.kv_add(&ns, "fresh", 7, ttl).await.unwrap(), 7);
     store
         .kv_incr(&ns, "short", Duration::from_millis(1))
         .await

@@ -515,7 +515,7 @@ impl SessionStore for EmbeddedStore {
         .await
     }
 
-    async fn kv_incr(&self, ns: &str, key: &str, ttl: Duration) -> Result<u64, StoreError> {
+    async fn kv_add(&self, ns: &str, key: &str, by: u64, ttl: Duration) -> Result<u64, StoreError> {
         let k = kv_key(ns, key);
         self.blocking(move |db| {
             let now = Timestamp::now();
@@ -532,9 +532,9 @@ impl SessionStore for EmbeddedStore {
                             .ok()
                             .and_then(|s| s.parse::<u64>().ok())
                             .unwrap_or(0);
-                        (n + 1, raw[..8].to_vec())
+                        (n.saturating_add(by), raw[..8].to_vec())
                     }
-                    _ => (1, now.plus(ttl).0.max(1).to_le_bytes().to_vec()),
+                    _ => (by, now.plus(ttl).0.max(1).to_le_bytes().to_vec()),
                 };
                 let mut v = exp;
                 v.extend_from_slice(n.to_string().as_bytes());

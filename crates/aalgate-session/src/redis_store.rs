@@ -37,8 +37,8 @@ const RESOLVE: &str = "local rk = ARGV[1] local l = redis.call('GET', KEYS[1]) \
     local v = redis.call('HMGET', ARGV[3] .. rk, 'data', 'seen') \
     if not v[1] then return false end return {rk, v[1], v[2] or '0'}";
 
-const INCR: &str = "local n = redis.call('INCR', KEYS[1]) \
-    if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return n";
+const INCR: &str = "local n = redis.call('INCRBY', KEYS[1], ARGV[2]) \
+    if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return n";
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -377,11 +377,12 @@ impl SessionStore for RedisStore {
         }
     }
 
-    async fn kv_incr(&self, ns: &str, key: &str, ttl: Duration) -> Result<u64, StoreError> {
+    async fn kv_add(&self, ns: &str, key: &str, by: u64, ttl: Duration) -> Result<u64, StoreError> {
         let mut c = self.conn().await?;
         self.incr
             .key(kkey(ns, key))
             .arg(ttl.as_millis().max(1) as u64)
+            .arg(by)
             .invoke_async(&mut c)
             .await
             .map_err(unavailable)

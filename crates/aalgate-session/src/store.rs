@@ -222,8 +222,13 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn kv_delete(&self, ns: &str, key: &str) -> Result<bool, StoreError>;
     /// Every live value of a namespace (a scan: for the CLI and reports, not the request path).
     async fn kv_list(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
-    /// Adds 1 to a counter atomically and returns the new value; a new counter lives `ttl`.
-    async fn kv_incr(&self, ns: &str, key: &str, ttl: Duration) -> Result<u64, StoreError>;
+    /// Adds `by` to a counter atomically and returns the new value; a new counter lives `ttl`.
+    /// [`SessionStore::kv_get`] reads it as decimal digits.
+    async fn kv_add(&self, ns: &str, key: &str, by: u64, ttl: Duration) -> Result<u64, StoreError>;
+    /// Adds 1 to a counter (see [`SessionStore::kv_add`]).
+    async fn kv_incr(&self, ns: &str, key: &str, ttl: Duration) -> Result<u64, StoreError> {
+        self.kv_add(ns, key, 1, ttl).await
+    }
 }
 
 /// Wraps a store so that every call has a deadline.
@@ -328,8 +333,8 @@ impl<S: SessionStore + ?Sized> SessionStore for Deadline<S> {
             Err(_) => Err(StoreError::Timeout(limit)),
         }
     }
-    async fn kv_incr(&self, ns: &str, key: &str, ttl: Duration) -> Result<u64, StoreError> {
-        self.run(self.inner.kv_incr(ns, key, ttl)).await
+    async fn kv_add(&self, ns: &str, key: &str, by: u64, ttl: Duration) -> Result<u64, StoreError> {
+        self.run(self.inner.kv_add(ns, key, by, ttl)).await
     }
     async fn stats(&self, now: Timestamp, limits: &Timeouts) -> Result<SessionStats, StoreError> {
         // A scan, not a request-path call: it gets a longer deadline of its own.

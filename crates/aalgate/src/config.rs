@@ -47,6 +47,16 @@ struct RawConfig {
     #[serde(default)]
     request_key: Option<PathBuf>,
     #[serde(default)]
+    preserve_quota: Option<u64>,
+    #[serde(default)]
+    preserve_person_quota: Option<u64>,
+    #[serde(default)]
+    preserve_concurrent_reads: Option<usize>,
+    #[serde(default)]
+    flows_per_client_per_minute: Option<u32>,
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    #[serde(default)]
     upstream_connect_timeout: Option<aalgate_policy::HumanDuration>,
     #[serde(default)]
     upstream_timeout: Option<aalgate_policy::HumanDuration>,
@@ -210,6 +220,14 @@ pub struct Config {
     pub preserve_body_limit: usize,
     /// The AES-256 key of kept forms (created if missing; instances sharing Redis share it).
     pub request_key: PathBuf,
+    /// Kept-form bytes in the whole store (every instance), and of one person.
+    pub preserve_quota: (u64, u64),
+    /// Bodies read at once to keep them (each up to `preserve_body_limit` in memory).
+    pub preserve_concurrent_reads: usize,
+    /// New sign-in flows a client address (IPv6: its /64) may start a minute; 0: no limit.
+    pub flows_per_client_per_minute: u32,
+    /// Proxies (load balancers) whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// How long connecting to an upstream may take before the answer is 504.
     pub upstream_connect_timeout: Duration,
     /// How long an upstream may stay silent (between reads or writes) before the answer is 504.
@@ -418,7 +436,36 @@ impl Config {
         if preserve_body_limit > 16 * 1024 * 1024 {
             bail!("preserve_body_limit {preserve_body_limit} is over 16 MiB; kept forms live in the session store");
         }
+        let quota = raw.preserve_quota.unwrap_or(crate::preserve::DEFAULT_QUOTA);
+        let person_quota = raw
+            .preserve_person_quota
+            .unwrap_or(crate::preserve::DEFAULT_PERSON_QUOTA)
+            .min(quota);
+        let preserve_concurrent_reads = raw
+            .preserve_concurrent_reads
+            .unwrap_or(crate::preserve::DEFAULT_CONCURRENT_READS);
+        if preserve_concurrent_reads == 0 || preserve_concurrent_reads > 1024 {
+            bail!("preserve_concurrent_reads must be 1 to 1024 (each read holds up to preserve_body_limit in memory)");
+        }
+        let mut trusted_proxies = Vec::new();
+        for t in raw.trusted_proxies {
+            let net = t
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "trusted_proxies: {t:?} is not an address or network such as 10.0.0.0/8 or 2001:db8::/32"
+                    )
+                })?;
+            trusted_proxies.push(net);
+        }
         Ok(Config {
+            preserve_quota: (quota, person_quota),
+            preserve_concurrent_reads,
+            flows_per_client_per_minute: raw
+                .flows_per_client_per_minute
+                .unwrap_or(crate::limits::DEFAULT_FLOWS_PER_CLIENT_PER_MINUTE),
+            trusted_proxies,
             clock_floor: state_dir.join("clock-floor"),
             shutdown_grace: raw
                 .shutdown_grace
@@ -487,6 +534,31 @@ mod tests {
         assert!(c.listen[0].tls.is_some());
         assert_eq!(c.store, StoreSpec::Redis("redis://127.0.0.1:6379/0".into()));
         assert_eq!(c.store_timeout, DEFAULT_STORE_TIMEOUT);
+    }
+
+    #[test]
+    fn kept_form_limits_and_trusted_proxies() {
+        let base = "listen: [{addr: 127.0.0.1:8080}]\npublic_origin: http://localhost:8080\nstore: embedded:state\npolicies: policies\n";
+        let c = parse(base).unwrap();
+        assert_eq!(
+            c.preserve_quota,
+            (
+                crate::preserve::DEFAULT_QUOTA,
+                crate::preserve::DEFAULT_PERSON_QUOTA
+            )
+        );
+        assert_eq!(c.flows_per_client_per_minute, 600);
+        assert!(c.trusted_proxies.is_empty());
+        let c = parse(&format!("{base}trusted_proxies: [10.0.0.0/8, 192.0.2.7, \"2001:db8::/32\"]\npreserve_quota: 1000\npreserve_person_quota: 5000\n")).unwrap();
+        assert_eq!(c.trusted_proxies.len(), 3);
+        assert_eq!(
+            c.preserve_quota,
+            (1000, 1000),
+            "a person's quota never exceeds the store's"
+        );
+        let e = parse(&format!("{base}trusted_proxies: [lb.example]\n")).unwrap_err();
+        assert!(format!("{e:#}").contains("10.0.0.0/8"), "{e:#}");
+        assert!(parse(&format!("{base}preserve_concurrent_reads: 0\n")).is_err());
     }
 
     #[test]

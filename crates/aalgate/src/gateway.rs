@@ -35,6 +35,18 @@ pub const TOUCH_INTERVAL: Duration = Duration::from_secs(30);
 pub const WEBSOCKET_SILENCE: Duration = Duration::from_secs(60);
 /// How long a pending sign-in flow lives.
 pub const FLOW_TTL: Duration = Duration::from_secs(600);
+/// Store namespace of the person a re-auth ended a session of, by cookie handle.
+const TOMBSTONES: &str = "tomb";
+/// Store namespace of one-time admissions: the request a completed flow was for.
+pub(crate) const ADMISSIONS: &str = "admit";
+/// How long a completed flow's own request stays admitted (the hop back, a popup's retry).
+pub(crate) const ADMISSION_TTL: Duration = Duration::from_secs(30);
+
+/// The store key of the one-time admission of `method url` for the session `record`.
+pub(crate) fn admission_key(record: &SessionKey, method: &str, url: &str) -> String {
+    aalgate_auth::token::hash_str(&format!("admit\0{}\0{method}\0{url}", record.as_str()))
+}
+
 /// At most this many session cookies are tried (duplicates planted by a sibling domain).
 const MAX_COOKIES: usize = 4;
 /// Largest request head accepted (request line and headers), as nginx's default buffers allow.
@@ -308,6 +320,60 @@ impl Gateway {
         self.send(session, ctx, reply).await
     }
 
+    /// The client's address: the peer, or what a trusted proxy says it forwarded for.
+    pub(crate) fn client_ip(&self, session: &Session) -> Option<IpAddr> {
+        crate::limits::client_ip(
+            session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            &session.req_header().headers,
+            &self.signin.trusted_proxies,
+        )
+    }
+
+    /// The person whose session this browser's cookie named before a re-auth ended it (a
+    /// tombstone, kept for [`FLOW_TTL`]), so that a form sent meanwhile is kept for them.
+    async fn tombstone(&self, req: &RequestHeader, ctx: &Ctx) -> Option<String> {
+        for value in headers::cookie_values(&req.headers, Self::cookie_name(ctx))
+            .iter()
+            .take(MAX_COOKIES)
+        {
+            let Some(id) = SessionId::from_cookie(value) else {
+                continue;
+            };
+            if let Ok(Some(u)) = self.store.kv_get(TOMBSTONES, id.key().as_str()).await {
+                return String::from_utf8(u).ok();
+            }
+        }
+        None
+    }
+
+    /// 429: this client address started too many sign-ins in the last minute.
+    async fn too_many_flows(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        retry: u64,
+    ) -> Result<bool> {
+        ctx.outcome = "flow_rate_limited";
+        let reply = if headers::is_script_request(&session.req_header().headers) {
+            Reply::json(429, pages::error_json(429, "rate_limited", &ctx.request_id))
+        } else {
+            let (title, text) = pages::error_text(429);
+            Reply::html(
+                429,
+                pages::page(
+                    title,
+                    &format!("<p>{}</p>", pages::escape(text)),
+                    &ctx.request_id,
+                ),
+            )
+        };
+        let reply = reply.header("retry-after", retry.to_string());
+        self.send(session, ctx, reply).await
+    }
+
     pub(crate) fn cookie_name(ctx: &Ctx) -> &'static str {
         if ctx.tls {
             headers::COOKIE_TLS
@@ -381,6 +447,9 @@ impl Gateway {
                 }
             }
             "/.aalgate/resume" => {
+                if method == http::Method::POST {
+                    return self.resume_confirmed(session, ctx).await;
+                }
                 if method != http::Method::GET && method != http::Method::HEAD {
                     return self.error(session, ctx, 405, "method_not_allowed").await;
                 }
@@ -523,6 +592,8 @@ impl Gateway {
         user: Option<String>,
     ) -> Result<bool> {
         let (need, aal, max_age) = match decision {
+            // A session a re-auth just ended: the same person continues.
+            Decision::Login { aal } if user.is_some() => ("reauth", aal, None),
             Decision::Login { aal } => ("login", aal, None),
             Decision::StepUp { aal, max_age } => ("step_up", aal, max_age),
             Decision::Reauth { aal, .. } => ("reauth", aal, None),
@@ -535,6 +606,24 @@ impl Gateway {
             .as_ref()
             .map(|t| t.path_and_query().into_owned())
             .unwrap_or_else(|| "/".into());
+        if url.len() > crate::preserve::MAX_URL {
+            self.metrics
+                .flow_refusals
+                .with_label_values(&["url_too_long"])
+                .inc();
+            return self.error(session, ctx, 414, "url_too_long").await;
+        }
+        if let Err(retry) = self
+            .signin
+            .flow_limiter
+            .allow(self.client_ip(session), Instant::now())
+        {
+            self.metrics
+                .flow_refusals
+                .with_label_values(&["rate"])
+                .inc();
+            return self.too_many_flows(session, ctx, retry).await;
+        }
         // The flow remembers this browser (its binding cookie on this host) and the app's
         // configured host, never a port the client made up.
         let (bind, set_bind) = self.binding(session, ctx);
@@ -557,13 +646,36 @@ impl Gateway {
         if crate::preserve::keeps(session.req_header().method.as_str())
             && !headers::is_script_request(&session.req_header().headers)
         {
-            match self.keep_request(session, ctx, &flow, &bind).await {
-                Ok(kept) => flow.kept = Some(kept),
-                Err(e) => {
-                    tracing::warn!(request_id = %ctx.request_id, error = %e, "could not keep the submitted form");
-                    return self.error(session, ctx, 503, "store_unavailable").await;
+            use crate::preserve::{evidence, Evidence, NotKept};
+            // The app's origin as browsers see it: the scheme of `public_origin` (a TLS load
+            // balancer may sit in front of a plain listener), the host and port they used.
+            let own = format!("{}://{}", self.signin.scheme, ctx.host);
+            let kept = match (evidence(&session.req_header().headers, &own), &flow.user) {
+                (Evidence::Foreign, _) => Err(NotKept::CrossSite),
+                (_, None) => Err(NotKept::Anonymous),
+                (Evidence::SameOrigin, Some(person)) => {
+                    let person = person.clone();
+                    match self.keep_request(session, ctx, &flow, &bind, &person).await {
+                        Ok(k) => k,
+                        Err(e) => {
+                            tracing::warn!(request_id = %ctx.request_id, error = %e, "could not keep the submitted form");
+                            return self.error(session, ctx, 503, "store_unavailable").await;
+                        }
+                    }
                 }
+            };
+            let label = match &kept {
+                Ok(_) => "kept",
+                Err(n) => n.as_str(),
+            };
+            self.metrics.kept_forms.with_label_values(&[label]).inc();
+            if let Err(n) = kept {
+                tracing::info!(request_id = %ctx.request_id, reason = n.as_str(), "submitted form not kept across sign-in");
             }
+            flow.kept = Some(match kept {
+                Ok(token) => token,
+                Err(n) => n.as_str().to_string(),
+            });
         }
         let id = FlowId::generate();
         if let Err(e) = self.store.put_flow(&id.key(), &flow, FLOW_TTL).await {
@@ -571,6 +683,7 @@ impl Gateway {
             return self.error(session, ctx, 503, "store_unavailable").await;
         }
         ctx.outcome = need;
+        self.metrics.flows.with_label_values(&[need]).inc();
         self.metrics
             .challenges
             .with_label_values(&[need, "issued"])
@@ -800,6 +913,12 @@ impl ProxyHttp for Gateway {
                 tracing::warn!(request_id = %ctx.request_id, user = %s.user, "session stamped in the future: clock stepped back or record corrupt; re-authentication required");
                 f.auth_time = Timestamp(0);
             }
+            // Records outlive their end by a flow's lifetime, so that a form sent right at the
+            // limit is still known to be the person's: past `expires_at - FLOW_TTL` the
+            // session is over.
+            if now.plus(FLOW_TTL) >= s.expires_at {
+                f.auth_time = Timestamp(0);
+            }
             f
         });
         let decision = decide(access, facts.as_ref(), now);
@@ -856,13 +975,48 @@ impl ProxyHttp for Gateway {
             Decision::Deny => self.error(session, ctx, 403, "denied").await,
             other => {
                 let app = m.app.name.clone();
+                // The flow this request caused admits it once, even if `max_age` passed on
+                // the way back (no step-up loop on a short `max_age`).
+                if let (Decision::StepUp { aal, .. }, Some((_, record, s))) = (other, &loaded) {
+                    let upgrade = session
+                        .req_header()
+                        .headers
+                        .contains_key(http::header::UPGRADE);
+                    let url = ctx
+                        .target
+                        .as_ref()
+                        .map(|t| t.path_and_query().into_owned())
+                        .unwrap_or_default();
+                    if s.aal >= aal && !upgrade {
+                        let key = admission_key(record, &method, &url);
+                        if let Ok(Some(_)) = self.store.kv_take(ADMISSIONS, &key).await {
+                            ctx.session_key = Some(record.clone());
+                            ctx.session = Some(s.clone());
+                            ctx.outcome = "allow_admitted";
+                            return Ok(false);
+                        }
+                    }
+                }
                 if let (Decision::Reauth { reason, .. }, Some((handle, record, s))) =
                     (other, &loaded)
                 {
                     // The session is over: end it now, once, so it is counted and audited once.
                     self.sessions.remove(handle);
                     self.sessions.end_record(record);
-                    if let Ok(true) = self.store.remove(record).await {
+                    let removed = self.store.remove(record).await;
+                    // Who this browser was, for a form it sends before signing in again.
+                    if removed.is_ok() {
+                        let _ = self
+                            .store
+                            .kv_put(
+                                TOMBSTONES,
+                                handle.as_str(),
+                                s.user.as_bytes(),
+                                Some(FLOW_TTL),
+                            )
+                            .await;
+                    }
+                    if let Ok(true) = removed {
                         self.metrics
                             .session_ends
                             .with_label_values(&[reason.as_str()])
@@ -889,7 +1043,10 @@ impl ProxyHttp for Gateway {
                         .with_label_values(&[&app, &m.rule.id])
                         .inc();
                 }
-                let user = loaded.as_ref().map(|(_, _, s)| s.user.clone());
+                let mut user = loaded.as_ref().map(|(_, _, s)| s.user.clone());
+                if user.is_none() && matches!(other, Decision::Login { .. }) {
+                    user = self.tombstone(session.req_header(), ctx).await;
+                }
                 self.challenge(session, ctx, other, &host.to_string(), &app, user)
                     .await
             }
@@ -1046,11 +1203,7 @@ impl ProxyHttp for Gateway {
             }
         }
 
-        let client_ip: Option<IpAddr> = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        if let Some(ip) = client_ip {
+        if let Some(ip) = self.client_ip(session) {
             upstream.insert_header("x-forwarded-for", ip.to_string())?;
         }
         upstream.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
@@ -1181,10 +1334,7 @@ impl ProxyHttp for Gateway {
                 status: Some(status),
                 aal: ctx.session.as_ref().map(|s| s.aal.number()),
                 credential: ctx.session.as_ref().and_then(|s| s.credential.as_deref()),
-                client_ip: session
-                    .client_addr()
-                    .and_then(|a| a.as_inet())
-                    .map(|a| a.ip().to_string()),
+                client_ip: self.client_ip(session).map(|a| a.to_string()),
                 user_agent: crate::audit::user_agent(req.headers.get(http::header::USER_AGENT)),
                 ..Default::default()
             });

@@ -156,6 +156,49 @@ pub fn cookies_without_ours(headers: &HeaderMap) -> Option<Option<String>> {
     touched.then(|| (!kept.is_empty()).then(|| kept.join("; ")))
 }
 
+/// The app's cookies of a request (every cookie but the gateway's), as one `Cookie` value.
+pub fn app_cookies(headers: &HeaderMap) -> Option<String> {
+    match cookies_without_ours(headers) {
+        Some(stripped) => stripped,
+        None => headers
+            .get(http::header::COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .filter(|v| !v.trim().is_empty()),
+    }
+}
+
+/// The `Cookie` value of a resumed request: the kept cookies (those the browser sent with the
+/// form, path-scoped ones included), then every current cookie whose name is not among them.
+/// On a name in both the kept one wins, so a CSRF cookie still matches the token in its form.
+/// The gateway's own cookies are never part of it.
+pub fn merge_cookies(kept: Option<&str>, current: Option<&str>) -> Option<String> {
+    let pairs = |v: Option<&str>| -> Vec<(String, String)> {
+        v.unwrap_or("")
+            .split(';')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let name = p.split_once('=').map(|(n, _)| n.trim()).unwrap_or(p);
+                (name.to_string(), p.to_string())
+            })
+            .filter(|(n, _)| !is_our_cookie(n.as_bytes()))
+            .collect()
+    };
+    let mut out = pairs(kept);
+    for (n, p) in pairs(current) {
+        if !out.iter().any(|(k, _)| *k == n) {
+            out.push((n, p));
+        }
+    }
+    (!out.is_empty()).then(|| {
+        out.into_iter()
+            .map(|(_, p)| p)
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
 /// Whether a request is a script call (XHR/fetch) rather than a page navigation.
 pub fn is_script_request(headers: &HeaderMap) -> bool {
     let get = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -174,6 +217,30 @@ pub fn is_script_request(headers: &HeaderMap) -> bool {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn resumed_cookies_keep_the_forms_own_and_add_the_rest() {
+        assert_eq!(
+            merge_cookies(
+                Some("JSESSIONID=a; csrftoken=K1"),
+                Some("csrftoken=K2; theme=dark; aalgate=s; __Host-aalgate-bind=b")
+            )
+            .as_deref(),
+            Some("JSESSIONID=a; csrftoken=K1; theme=dark")
+        );
+        assert_eq!(merge_cookies(None, Some("aalgate=s")), None);
+        assert_eq!(
+            merge_cookies(Some("aalgate=x; a=1"), None).as_deref(),
+            Some("a=1")
+        );
+        let mut h = HeaderMap::new();
+        h.insert("cookie", HeaderValue::from_static("a=1; aalgate-bind=x"));
+        assert_eq!(app_cookies(&h).as_deref(), Some("a=1"));
+        h.insert("cookie", HeaderValue::from_static("a=1; b=2"));
+        assert_eq!(app_cookies(&h).as_deref(), Some("a=1; b=2"));
+        h.insert("cookie", HeaderValue::from_static("aalgate=1"));
+        assert_eq!(app_cookies(&h), None);
+    }
 
     #[test]
     fn reserved_in_every_spelling() {

@@ -17,6 +17,7 @@ pub mod demo;
 pub mod explain;
 pub mod gateway;
 pub mod headers;
+pub mod limits;
 pub mod metrics;
 pub mod ops;
 pub mod pages;

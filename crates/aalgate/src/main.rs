@@ -369,6 +369,13 @@ fn demo_config(
         breakglass: aalgate::breakglass::BreakGlassConfig::in_dir(&state_dir),
         preserve_body_limit: aalgate::preserve::DEFAULT_BODY_LIMIT,
         request_key: state_dir.join("request-key"),
+        preserve_quota: (
+            aalgate::preserve::DEFAULT_QUOTA,
+            aalgate::preserve::DEFAULT_PERSON_QUOTA,
+        ),
+        preserve_concurrent_reads: aalgate::preserve::DEFAULT_CONCURRENT_READS,
+        flows_per_client_per_minute: aalgate::limits::DEFAULT_FLOWS_PER_CLIENT_PER_MINUTE,
+        trusted_proxies: Vec::new(),
         upstream_connect_timeout: config::DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
         upstream_timeout: config::DEFAULT_UPSTREAM_TIMEOUT,
         shutdown_grace: Duration::from_secs(1),
@@ -458,6 +465,10 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         emergencies: Default::default(),
         sealer: aalgate::preserve::Sealer::load_or_create(&cfg.request_key)?,
         body_limit: cfg.preserve_body_limit,
+        quota: cfg.preserve_quota,
+        reads: tokio::sync::Semaphore::new(cfg.preserve_concurrent_reads),
+        flow_limiter: aalgate::limits::FlowLimiter::new(cfg.flows_per_client_per_minute),
+        trusted_proxies: cfg.trusted_proxies.clone(),
     });
     ops::load_clock_floor(&cfg.clock_floor);
     let signer = Arc::new(assertion::Signer::load_or_create(

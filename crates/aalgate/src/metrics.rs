@@ -77,7 +77,25 @@ pub struct Metrics {
     pub breakglass_uses: IntCounter,
     /// Audit events lost because the writer could not keep up.
     pub audit_dropped: IntCounter,
+    /// Submitted forms met by a sign-in: kept, or why not.
+    pub kept_forms: IntCounterVec,
+    /// Bytes of kept forms written to the store.
+    pub kept_bytes: IntCounter,
+    /// Sign-in flows started, by kind.
+    pub flows: IntCounterVec,
+    /// Sign-in flows refused before they were stored, by reason.
+    pub flow_refusals: IntCounterVec,
 }
+
+/// Outcomes of `aalgate_kept_forms_total`.
+pub const KEPT_OUTCOMES: [&str; 6] = [
+    "kept",
+    "cross_site",
+    "anonymous",
+    "too_large",
+    "quota",
+    "busy",
+];
 
 fn counter_vec(
     r: &Registry,
@@ -178,8 +196,25 @@ impl Metrics {
                 r.register(Box::new(c.clone()))?;
                 c
             },
+            kept_forms: counter_vec(&r, "aalgate_kept_forms_total", "Submitted forms met by a sign-in: kept (outcome=kept) or not kept, by reason.", &["outcome"])?,
+            kept_bytes: {
+                let c = IntCounter::new("aalgate_kept_bytes_total", "Bytes of kept forms written to the session store (encrypted records).")?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
+            flows: counter_vec(&r, "aalgate_flows_total", "Sign-in flows stored, by kind.", &["kind"])?,
+            flow_refusals: counter_vec(&r, "aalgate_flow_refusals_total", "Sign-in flows refused before they were stored, by reason (rate: per-client limit; url_too_long).", &["reason"])?,
             registry: r,
         };
+        for o in KEPT_OUTCOMES {
+            m.kept_forms.with_label_values(&[o]);
+        }
+        for k in CHALLENGE_KINDS {
+            m.flows.with_label_values(&[k]);
+        }
+        for r in ["rate", "url_too_long"] {
+            m.flow_refusals.with_label_values(&[r]);
+        }
         for reason in END_REASONS {
             m.session_ends.with_label_values(&[reason]);
         }
@@ -235,7 +270,7 @@ pub const OPS: [&str; 19] = [
     "kv_take",
     "kv_delete",
     "kv_list",
-    "kv_incr",
+    "kv_add",
 ];
 
 #[cfg(test)]

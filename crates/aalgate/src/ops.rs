@@ -126,8 +126,8 @@ impl SessionStore for Instrumented {
     async fn kv_list(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.timed("kv_list", self.inner.kv_list(ns)).await
     }
-    async fn kv_incr(&self, ns: &str, key: &str, ttl: Duration) -> Result<u64, StoreError> {
-        self.timed("kv_incr", self.inner.kv_incr(ns, key, ttl))
+    async fn kv_add(&self, ns: &str, key: &str, by: u64, ttl: Duration) -> Result<u64, StoreError> {
+        self.timed("kv_add", self.inner.kv_add(ns, key, by, ttl))
             .await
     }
 }

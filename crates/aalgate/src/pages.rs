@@ -57,6 +57,7 @@ pub fn error_text(status: u16) -> (&'static str, &'static str) {
         405 => ("Method not allowed", "This gateway page does not accept this kind of request."),
         408 => ("Request timed out", "The request was not sent completely in time. Try again; if you were submitting a form, check whether it arrived before sending it again."),
         414 => ("Address too long", "The address of this request is too long, so it was refused."),
+        429 => ("Too many sign-in attempts", "Too many sign-ins were started from this network in the last minute. Wait a minute, then open the page again. If you share a network with many colleagues and this keeps happening, contact IT."),
         431 => ("Request too large", "The request carries too much header data (often too many or too large cookies). Clear this site's cookies and try again."),
         421 => ("Unknown site", "This gateway does not serve the site you asked for. Check the address."),
         502 => ("Application unavailable", "The application behind this gateway did not answer properly. Your session is kept; try again in a moment, and contact IT if it persists."),

@@ -8,39 +8,91 @@ use aalgate_session::Flow;
 use bytes::Bytes;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use crate::gateway::{Ctx, Gateway, Reply};
-use crate::pages;
-use crate::preserve::{KeptRequest, KEPT_HEADERS};
+use crate::pages::{self, escape};
+use crate::preserve::{KeptRequest, NotKept, KEPT_HEADERS};
 
 /// How long a kept form waits for its sign-in.
 pub const KEPT_TTL: Duration = Duration::from_secs(600);
-/// The marker of a form that was too large to keep.
-pub const TOO_LARGE: &str = "too_large";
+/// Store namespace of kept forms (encrypted).
+const KEPT: &str = "kept";
+/// Store namespace of the marks a completed flow leaves for its kept form.
+pub(crate) const RESUMABLE: &str = "resumable";
+/// Store namespace of the kept-byte counters (store-wide and per person).
+const QUOTA: &str = "keptq";
+/// Quota counters count the bytes kept in 2-minute buckets; the last 6 cover a kept form's
+/// whole life (10 minutes), so their sum bounds what the store can hold.
+const BUCKET_SECS: u64 = 120;
+const BUCKETS: u64 = 6;
+
+/// What a completed flow leaves for its kept form.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Resumable {
+    /// The session record the flow ended in.
+    pub record: String,
+    /// Whether the person touched a key in this flow (else the form waits for a confirmation).
+    pub touched: bool,
+    /// When the flow completed.
+    pub at: Timestamp,
+}
 
 impl Gateway {
-    /// Reads and seals the request body of a navigation that must sign in first. Returns the
-    /// one-time token of the kept record, or [`TOO_LARGE`]. Errors: the store failed.
+    /// Bytes kept in the last [`BUCKETS`] buckets under `prefix`.
+    async fn kept_bytes(&self, prefix: &str, now: u64) -> Result<u64, aalgate_session::StoreError> {
+        let mut sum = 0u64;
+        let bucket = now / BUCKET_SECS;
+        for b in bucket.saturating_sub(BUCKETS - 1)..=bucket {
+            if let Some(v) = self.store.kv_get(QUOTA, &format!("{prefix}:{b}")).await? {
+                sum = sum.saturating_add(
+                    std::str::from_utf8(&v)
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .unwrap_or(u64::MAX),
+                );
+            }
+        }
+        Ok(sum)
+    }
+
+    /// Reads and seals the request body of a navigation that must sign in first, for
+    /// `person`. Returns the one-time token of the kept record, or why it was not kept.
+    /// Errors: the store failed.
     pub(crate) async fn keep_request(
         &self,
         session: &mut Session,
         ctx: &Ctx,
         flow: &Flow,
         bind: &Token,
-    ) -> std::result::Result<String, String> {
+        person: &str,
+    ) -> std::result::Result<std::result::Result<String, NotKept>, String> {
+        // Each read holds up to the body limit in memory: at most this many at once.
+        let Ok(_permit) = self.signin.reads.try_acquire() else {
+            return Ok(Err(NotKept::Busy));
+        };
         let limit = self.signin.body_limit;
+        let declared = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            // Not read at all; the connection closes when the answer goes out.
+            return Ok(Err(NotKept::TooLarge));
+        }
         let mut body = Vec::new();
         loop {
             match session.read_request_body().await {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > limit {
-                        // Not kept at all; the connection closes when the answer goes out.
-                        return Ok(TOO_LARGE.into());
+                        return Ok(Err(NotKept::TooLarge));
                     }
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
-                Err(_) => return Ok(TOO_LARGE.into()),
+                Err(_) => return Ok(Err(NotKept::TooLarge)),
             }
         }
         let req = session.req_header();
@@ -57,25 +109,50 @@ impl Gateway {
                         .map(|v| (n.to_string(), v.to_string()))
                 })
                 .collect(),
+            cookies: crate::headers::app_cookies(&req.headers),
             body,
-            user: flow.user.clone(),
+            user: person.to_string(),
             browser: bind.hash(),
         };
         let token = Token::generate();
-        let plain = serde_json::to_vec(&kept).map_err(|e| e.to_string())?;
+        let plain = kept.encode().map_err(|e| e.to_string())?;
         let sealed = self
             .signin
             .sealer
             .seal(&plain, &token.hash())
             .map_err(|e| e.to_string())?;
-        self.store
-            .kv_put("kept", &token.hash(), &sealed, Some(KEPT_TTL))
+        // Quotas: the whole store, and this person. Checked, then charged before the write, so
+        // parallel keeps overshoot by at most `preserve_concurrent_reads` forms.
+        let size = sealed.len() as u64;
+        let now = Timestamp::now().0;
+        let (quota, person_quota) = self.signin.quota;
+        let mine = format!("p:{}", aalgate_auth::token::hash_str(person));
+        let used = self.kept_bytes("g", now).await.map_err(|e| e.to_string())?;
+        let used_mine = self
+            .kept_bytes(&mine, now)
             .await
             .map_err(|e| e.to_string())?;
+        if used.saturating_add(size) > quota || used_mine.saturating_add(size) > person_quota {
+            return Ok(Err(NotKept::Quota));
+        }
+        let ttl = KEPT_TTL + Duration::from_secs(2 * BUCKET_SECS);
+        let bucket = now / BUCKET_SECS;
+        for prefix in ["g", mine.as_str()] {
+            self.store
+                .kv_add(QUOTA, &format!("{prefix}:{bucket}"), size, ttl)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        self.store
+            .kv_put(KEPT, &token.hash(), &sealed, Some(KEPT_TTL))
+            .await
+            .map_err(|e| e.to_string())?;
+        self.metrics.kept_bytes.inc_by(size);
         tracing::info!(request_id = %ctx.request_id, bytes = kept.body.len(), "kept a submitted form across sign-in");
-        Ok(token.expose().to_string())
+        Ok(Ok(token.expose().to_string()))
     }
 
+    /// A page about the form, with one way back to the app.
     async fn resume_page(
         &self,
         session: &mut Session,
@@ -85,11 +162,18 @@ impl Gateway {
         outcome: &'static str,
     ) -> Result<bool> {
         ctx.outcome = outcome;
+        let app = self
+            .app_of_host(ctx)
+            .unwrap_or_else(|| "the application".into());
         let reply = Reply::html(
             200,
             pages::page(
                 title,
-                &format!("<p>{}</p>", pages::escape(text)),
+                &format!(
+                    "<p>{}</p><p><a class=\"button\" href=\"/\">Go to {}</a></p>",
+                    escape(text),
+                    escape(&app)
+                ),
                 &ctx.request_id,
             ),
         );
@@ -97,24 +181,60 @@ impl Gateway {
     }
 
     /// `GET /.aalgate/resume?kept=...` on the app host: sends the kept form upstream, once,
-    /// and streams the answer back.
+    /// and streams the answer back; or, after a flow without a touch, asks first.
     pub(crate) async fn resume(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let q = session.req_header().uri.query().unwrap_or("").to_string();
         let param = q
             .split('&')
             .find_map(|kv| kv.strip_prefix("kept="))
             .unwrap_or("");
-        if param == TOO_LARGE {
+        if let Some(why) = NotKept::parse(param) {
+            let title = if why == NotKept::CrossSite {
+                "Form not sent"
+            } else {
+                "Please submit the form again"
+            };
             return self
-                .resume_page(session, ctx, "Please submit the form again", "You are signed in. The form you sent was too large to keep during sign-in, so it was not sent. Go back to the form (your browser's Back button), check it, and submit it again.", "resume_too_large")
+                .resume_page(session, ctx, title, why.explain(), "resume_not_kept")
                 .await;
         }
-        let gone = "This form was already sent, or it waited too long (more than 10 minutes) and was discarded. Nothing was sent twice. Check the application before you submit it again.";
         let Some(token) = Token::parse(param) else {
             return self
-                .resume_page(session, ctx, "Nothing to send", gone, "resume_gone")
+                .resume_page(session, ctx, "Nothing to send", GONE, "resume_gone")
                 .await;
         };
+        self.resume_token(session, ctx, token, false).await
+    }
+
+    /// `POST /.aalgate/resume` (the confirmation page's button): a same-origin form with the
+    /// page's token.
+    pub(crate) async fn resume_confirmed(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> Result<bool> {
+        let Some(fields) = self.form_post(session, ctx).await else {
+            return self.error(session, ctx, 403, "csrf").await;
+        };
+        let token = fields
+            .iter()
+            .find(|(k, _)| k == "kept")
+            .and_then(|(_, v)| Token::parse(v));
+        let Some(token) = token else {
+            return self
+                .resume_page(session, ctx, "Nothing to send", GONE, "resume_gone")
+                .await;
+        };
+        self.resume_token(session, ctx, token, true).await
+    }
+
+    async fn resume_token(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        token: Token,
+        confirmed: bool,
+    ) -> Result<bool> {
         let now = Timestamp::now();
         let loaded = match self.load_session(session.req_header(), ctx, now).await {
             Ok(s) => s,
@@ -135,12 +255,11 @@ impl Gateway {
                 )
                 .await;
         };
-        // Taken once: a refresh, Back or a second tab finds nothing.
-        let sealed = match self.store.kv_take("kept", &token.hash()).await {
+        let sealed = match self.store.kv_get(KEPT, &token.hash()).await {
             Ok(Some(s)) => s,
             Ok(None) => {
                 return self
-                    .resume_page(session, ctx, "Nothing to send", gone, "resume_gone")
+                    .resume_page(session, ctx, "Nothing to send", GONE, "resume_gone")
                     .await
             }
             Err(e) => {
@@ -148,30 +267,36 @@ impl Gateway {
                 return self.error(session, ctx, 503, "store_unavailable").await;
             }
         };
-        let kept: Option<KeptRequest> = self
+        let kept = self
             .signin
             .sealer
             .open(&sealed, &token.hash())
-            .and_then(|p| serde_json::from_slice(&p).ok());
+            .and_then(|p| KeptRequest::decode(&p));
         let Some(kept) = kept else {
+            let _ = self.store.kv_delete(KEPT, &token.hash()).await;
             tracing::warn!(request_id = %ctx.request_id, "resume: kept form does not decrypt (key changed?)");
             return self.resume_page(session, ctx, "Please submit the form again", "The form could not be restored, so it was not sent. Go back to it and submit it again.", "resume_gone").await;
         };
+        // Another browser or another app (host and port) finds nothing, and takes nothing.
         if !self.is_bound_browser(session, ctx, &kept.browser)
             || kept.host != self.canonical_host(&ctx.host)
         {
             return self
-                .resume_page(session, ctx, "Nothing to send", gone, "resume_gone")
+                .resume_page(session, ctx, "Nothing to send", GONE, "resume_gone")
                 .await;
         }
-        if kept.user.as_ref().is_some_and(|u| *u != user_session.user) {
+        if kept.user != user_session.user {
             // Never sent as someone else.
+            let _ = self.store.kv_take(KEPT, &token.hash()).await;
             self.audit.emit(&crate::audit::Event {
                 time: crate::audit::now_rfc3339(),
                 event: "kept_form_discarded",
                 request_id: Some(&ctx.request_id),
                 user: Some(&user_session.user),
-                detail: Some("a different person signed in".into()),
+                detail: Some(format!(
+                    "a different person signed in; the form was {}'s",
+                    kept.user
+                )),
                 ..Default::default()
             });
             return self
@@ -189,18 +314,85 @@ impl Gateway {
         let Some(m) = policy.lookup(&host, &kept.method, &target) else {
             return self.error(session, ctx, 421, "unknown_host").await;
         };
-        if crate::breakglass::is_emergency(&user_session)
-            || decide(&m.rule.access, Some(&user_session.facts()), now) != Decision::Allow
-        {
+        let mark: Option<Resumable> = match self.store.kv_get(RESUMABLE, &token.hash()).await {
+            Ok(m) => m.and_then(|m| serde_json::from_slice(&m).ok()),
+            Err(e) => {
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "resume: store error");
+                return self.error(session, ctx, 503, "store_unavailable").await;
+            }
+        };
+        // The flow that kept this form ended in this very session.
+        let ours = mark.as_ref().filter(|m| m.record == record.as_str());
+        let decision = decide(&m.rule.access, Some(&user_session.facts()), now);
+        // The flow's own ceremony admits its request, even if a short `max_age` passed on the
+        // way back.
+        let admitted = match decision {
+            Decision::Allow => true,
+            Decision::StepUp { aal, .. } => {
+                user_session.aal >= aal
+                    && ours.is_some_and(|m| now.since(m.at) <= crate::gateway::ADMISSION_TTL)
+            }
+            _ => false,
+        };
+        if crate::breakglass::is_emergency(&user_session) || !admitted {
+            let _ = self.store.kv_take(KEPT, &token.hash()).await;
             return self
                 .resume_page(session, ctx, "Form not sent", "Your sign-in does not allow this form, so it was not sent. Go back and try again.", "resume_denied")
                 .await;
         }
+        // Sent at once only after a touch of the person's key in this flow; after a silent
+        // handoff the person confirms it on a same-origin page first.
+        if !confirmed && !ours.is_some_and(|m| m.touched) {
+            return self.confirm_page(session, ctx, &token, &m.app.name).await;
+        }
+        // Taken once: a refresh, Back or a second tab finds nothing.
+        match self.store.kv_take(KEPT, &token.hash()).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return self
+                    .resume_page(session, ctx, "Nothing to send", GONE, "resume_gone")
+                    .await
+            }
+            Err(e) => {
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "resume: store error");
+                return self.error(session, ctx, 503, "store_unavailable").await;
+            }
+        }
+        let _ = self.store.kv_delete(RESUMABLE, &token.hash()).await;
         ctx.rule = Some(m.rule_index);
         ctx.target = Some(target);
         ctx.session = Some(user_session);
         ctx.session_key = Some(record);
         self.send_kept(session, ctx, kept).await
+    }
+
+    /// "Send the form you were filling in to <app>?": a same-origin POST with a CSRF token.
+    async fn confirm_page(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        token: &Token,
+        app: &str,
+    ) -> Result<bool> {
+        let (bind, set_bind) = self.binding(session, ctx);
+        let app = escape(app);
+        let body = format!(
+            "<p>Send the form you were filling in to {app}?</p>\
+             <p>You were already signed in, so no key was touched. Send it only if you just submitted it yourself.</p>\
+             <form method=\"post\" action=\"/.aalgate/resume\">\
+             <input type=\"hidden\" name=\"kept\" value=\"{}\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <button type=\"submit\">Send the form</button></form>\
+             <p><a href=\"/\">Do not send it; go to {app}</a></p>",
+            escape(token.expose()),
+            escape(&crate::signin::csrf_of(bind.expose())),
+        );
+        let mut reply = Reply::html(200, pages::page("Send your form?", &body, &ctx.request_id));
+        if set_bind {
+            reply = reply.header("set-cookie", crate::signin::bind_cookie(&bind, ctx.tls));
+        }
+        ctx.outcome = "resume_confirm";
+        self.send(session, ctx, reply).await
     }
 
     async fn send_kept(
@@ -214,9 +406,12 @@ impl Gateway {
             req.insert_header(n.clone(), v.as_str())?;
         }
         req.insert_header("content-length", kept.body.len().to_string())?;
-        // The app's own cookies come from this request (the gateway's are removed below).
-        for c in session.req_header().headers.get_all(http::header::COOKIE) {
-            req.append_header("cookie", c.clone())?;
+        // The cookies the browser sent with the form (path-scoped ones too: this request is on
+        // `/.aalgate/`), plus today's; never the gateway's own.
+        let current = crate::headers::app_cookies(&session.req_header().headers);
+        if let Some(c) = crate::headers::merge_cookies(kept.cookies.as_deref(), current.as_deref())
+        {
+            req.insert_header("cookie", c)?;
         }
         if let Some(ua) = session.req_header().headers.get(http::header::USER_AGENT) {
             req.insert_header("user-agent", ua.clone())?;
@@ -274,10 +469,12 @@ impl Gateway {
         Ok(true)
     }
 
-    fn app_name<'a>(&self, ctx: &'a Ctx) -> &'a str {
+    pub(crate) fn app_name<'a>(&self, ctx: &'a Ctx) -> &'a str {
         ctx.rule
             .and_then(|i| ctx.policy.rules().get(i))
             .map(|r| ctx.policy.app_of(r).name.as_str())
             .unwrap_or("-")
     }
 }
+
+const GONE: &str = "This form was already sent, or it waited too long (more than 10 minutes) and was discarded. Nothing was sent twice. Check the application before you submit it again.";

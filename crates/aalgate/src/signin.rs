@@ -47,6 +47,14 @@ pub struct SignInService {
     pub sealer: crate::preserve::Sealer,
     /// Largest form body kept.
     pub body_limit: usize,
+    /// Kept-form bytes allowed in the whole store, and for one person.
+    pub quota: (u64, u64),
+    /// Bodies being read to keep them, at most this many at once.
+    pub reads: tokio::sync::Semaphore,
+    /// New flows per client address.
+    pub flow_limiter: crate::limits::FlowLimiter,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// What a handoff code carries.
@@ -118,7 +126,7 @@ fn bind_name(tls: bool) -> &'static str {
     }
 }
 
-fn csrf_of(binding: &str) -> String {
+pub(crate) fn csrf_of(binding: &str) -> String {
     aalgate_auth::token::hash_str(&format!("csrf\0{binding}"))[..32].to_string()
 }
 
@@ -254,7 +262,7 @@ impl Gateway {
             return self.public_host_str();
         };
         let policy = self.policies.snapshot();
-        match policy.apps().iter().find(|a| a.host.host == h.host) {
+        match policy.app_for_host(&h) {
             Some(a) => HostPort {
                 host: a.host.host.clone(),
                 port: a.host.port.or(self.public_host.port),
@@ -349,9 +357,18 @@ impl Gateway {
         // Single sign-on: a good enough session here needs no new ceremony; a session that is
         // not good enough makes this a step-up for its user.
         let mut flow = flow;
-        if flow.need == "login" {
+        // A step-up or re-auth needs no new ceremony either when this browser's session here
+        // is the same person's and already good enough (another tab just confirmed).
+        let silent = |s: &UserSession, flow: &Flow| match flow.need.as_str() {
+            "login" => satisfies(s, flow, now),
+            "step_up" | "reauth" => {
+                flow.user.as_deref() == Some(s.user.as_str()) && satisfies(s, flow, now)
+            }
+            _ => false,
+        };
+        if matches!(flow.need.as_str(), "login" | "step_up" | "reauth") {
             match self.current(session, ctx).await {
-                Ok(Some((_, record, s))) if satisfies(&s, &flow, now) => {
+                Ok(Some((_, record, s))) if silent(&s, &flow) => {
                     if let Ok(Some(f)) = self.store.take_flow(&id.key(), now).await {
                         ctx.session = Some(s.clone());
                         return self
@@ -359,7 +376,7 @@ impl Gateway {
                             .await;
                     }
                 }
-                Ok(Some((_, _, s))) => {
+                Ok(Some((_, _, s))) if flow.need == "login" => {
                     flow.need = "step_up".into();
                     flow.user = Some(s.user.clone());
                     let left = crate::gateway::FLOW_TTL.saturating_sub(now.since(flow.created));
@@ -368,7 +385,7 @@ impl Gateway {
                         return self.error(session, ctx, 503, "store_unavailable").await;
                     }
                 }
-                Ok(None) => {}
+                Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(request_id = %ctx.request_id, error = %e, "session store error on the sign-in page");
                     return self.error(session, ctx, 503, "store_unavailable").await;
@@ -378,6 +395,13 @@ impl Gateway {
 
         let (bind, set_bind) = self.binding(session, ctx);
         let app = escape(&flow.app);
+        let kept_note = match flow.kept.as_deref() {
+            Some(k) if crate::preserve::NotKept::parse(k).is_none() => format!(
+                "<p>Your form for <strong>{app}</strong> is kept. Confirm with {} to send it.</p>",
+                level_words(flow.aal)
+            ),
+            _ => String::new(),
+        };
         let (title, body) = match flow.need.as_str() {
             "step_up" => (
                 "Confirm it's you",
@@ -411,6 +435,7 @@ impl Gateway {
                 ),
             ),
         };
+        let body = format!("{kept_note}{body}");
         let attrs = format!(
             " data-flow=\"{}\" data-csrf=\"{}\"",
             escape(&id.encode()),
@@ -428,13 +453,7 @@ impl Gateway {
     /// sign-in page is shown even when a session exists; when a different person signs in,
     /// the previous person's session ends on every host.
     pub(crate) async fn switch_user(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let app = HostPort::parse(&ctx.host).ok().and_then(|h| {
-            ctx.policy
-                .apps()
-                .iter()
-                .find(|a| a.host.host == h.host)
-                .map(|a| a.name.clone())
-        });
+        let app = self.app_of_host(ctx);
         let (bind, set_bind) = self.binding(session, ctx);
         let flow = Flow {
             host: self.canonical_host(&ctx.host),
@@ -1225,7 +1244,10 @@ impl Gateway {
             auth_time: now,
             last_auth: now,
             last_seen: now,
-            expires_at: now.plus(limits.max_session_age),
+            // Kept a flow's lifetime past the absolute limit (which the gateway enforces from
+            // `auth_time`), so a form sent right at the limit is still known to be this
+            // person's.
+            expires_at: now.plus(limits.max_session_age + crate::gateway::FLOW_TTL),
         };
         let record = SessionId::generate().key();
         if let Err(e) = self.store.insert(&record, &s).await {
@@ -1250,7 +1272,7 @@ impl Gateway {
         }
         ctx.session = Some(s.clone());
         let set = cookie(Self::cookie_name(ctx), &handle.to_cookie(), ctx.tls, false);
-        let redirect = match self.redirect_for(&record, &s, flow).await {
+        let redirect = match self.redirect_for(&record, &s, flow, true).await {
             Ok(r) => r,
             Err(e) => {
                 return self
@@ -1268,17 +1290,48 @@ impl Gateway {
         .await
     }
 
-    /// Where the browser goes after a ceremony: the kept URL on this host, or the app host's
-    /// handoff with a one-time code.
+    /// Where the browser goes after a flow: the kept URL on this host, or the app host's
+    /// handoff with a one-time code. `touched`: a key was touched in this flow, so a kept form
+    /// is sent at once; otherwise its owner confirms it first. The flow's own request is
+    /// admitted once, even if a short `max_age` passes on the way back.
     async fn redirect_for(
         &self,
         record: &SessionKey,
         s: &UserSession,
         flow: &Flow,
+        touched: bool,
     ) -> std::result::Result<String, DirectoryError> {
+        if flow.max_age_secs.is_some() && flow.kept.is_none() {
+            let key = crate::gateway::admission_key(record, &flow.method, &flow.url);
+            self.store
+                .kv_put(
+                    crate::gateway::ADMISSIONS,
+                    &key,
+                    b"1",
+                    Some(crate::gateway::ADMISSION_TTL),
+                )
+                .await?;
+        }
         // A kept form is sent from the app host once the session is there.
         let url = match flow.kept.as_deref() {
-            Some(k) => format!("/.aalgate/resume?kept={k}"),
+            Some(k) => {
+                if let Some(token) = Token::parse(k) {
+                    let mark = crate::resume::Resumable {
+                        record: record.as_str().to_string(),
+                        touched,
+                        at: Timestamp::now(),
+                    };
+                    self.store
+                        .kv_put(
+                            crate::resume::RESUMABLE,
+                            &token.hash(),
+                            &serde_json::to_vec(&mark).unwrap_or_default(),
+                            Some(crate::resume::KEPT_TTL),
+                        )
+                        .await?;
+                }
+                format!("/.aalgate/resume?kept={k}")
+            }
             None => safe_path(&flow.url),
         };
         if same_host(&flow.host, &self.public_host) {
@@ -1323,7 +1376,7 @@ impl Gateway {
         flow: &Flow,
         extra: Vec<(&'static str, String)>,
     ) -> Result<bool> {
-        match self.redirect_for(record, s, flow).await {
+        match self.redirect_for(record, s, flow, false).await {
             Ok(to) => {
                 ctx.outcome = "handoff";
                 let mut r = Reply::html(
@@ -1472,14 +1525,10 @@ impl Gateway {
         self.send(session, ctx, reply).await
     }
 
-    fn app_of_host(&self, ctx: &Ctx) -> Option<String> {
-        HostPort::parse(&ctx.host).ok().and_then(|h| {
-            ctx.policy
-                .apps()
-                .iter()
-                .find(|a| a.host.host == h.host && (a.host.port.is_none() || a.host.port == h.port))
-                .map(|a| a.name.clone())
-        })
+    pub(crate) fn app_of_host(&self, ctx: &Ctx) -> Option<String> {
+        HostPort::parse(&ctx.host)
+            .ok()
+            .and_then(|h| ctx.policy.app_for_host(&h).map(|a| a.name.clone()))
     }
 
     /// `POST /.aalgate/breakglass`: checks the code (argon2), then a break-glass session on
@@ -1492,10 +1541,7 @@ impl Gateway {
         ctx: &mut Ctx,
     ) -> Result<bool> {
         let svc = self.service();
-        let ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+        let ip = self.client_ip(session);
         let app = self.app_of_host(ctx).unwrap_or_else(|| "-".into());
         let busy = |this: &Self, ctx: &mut Ctx, why: &'static str| {
             ctx.outcome = why;
@@ -1739,7 +1785,11 @@ impl Gateway {
     }
 
     /// A same-origin form POST with the page's token in its `csrf` field: its fields, or `None`.
-    async fn form_post(&self, session: &mut Session, ctx: &Ctx) -> Option<Vec<(String, String)>> {
+    pub(crate) async fn form_post(
+        &self,
+        session: &mut Session,
+        ctx: &Ctx,
+    ) -> Option<Vec<(String, String)>> {
         let bind = self.same_origin_binding(session, ctx)?;
         let body = self.read_body(session).await?;
         let fields: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();

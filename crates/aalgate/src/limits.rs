@@ -1,0 +1,178 @@
+//! Who the client is (through `trusted_proxies` only), and how many sign-in flows it may start.
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use http::HeaderMap;
+use ipnet::IpNet;
+use quick_cache::sync::Cache;
+
+/// Default of `flows_per_client_per_minute`: a clinic of a hundred people behind one NAT,
+/// each starting a sign-in every few minutes, stays well under it.
+pub const DEFAULT_FLOWS_PER_CLIENT_PER_MINUTE: u32 = 600;
+/// Client addresses remembered by the flow limiter (least recently used ones are forgotten).
+const CLIENTS: usize = 100_000;
+
+/// The client's address: the socket peer, or, when the peer is a trusted proxy, the rightmost
+/// `X-Forwarded-For` entry that is not itself a trusted proxy. Nobody else's `X-Forwarded-For`
+/// is believed.
+pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
+    let peer = peer?;
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let mut hops: Vec<IpAddr> = Vec::new();
+    for v in headers.get_all("x-forwarded-for") {
+        let Ok(v) = v.to_str() else {
+            return Some(peer);
+        };
+        for part in v.split(',') {
+            match part.trim().parse::<IpAddr>() {
+                Ok(ip) => hops.push(ip),
+                // A malformed list cannot be trusted past this proxy.
+                Err(_) => return Some(peer),
+            }
+        }
+    }
+    Some(
+        hops.into_iter()
+            .rev()
+            .find(|ip| !is_trusted(ip))
+            .unwrap_or(peer),
+    )
+}
+
+/// The limiter key of an address: IPv4 as is, IPv6 by its /64 (one subscriber's prefix).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// A token bucket per client key: `per_minute` flows a minute, in bursts of up to as many.
+pub struct FlowLimiter {
+    per_minute: u32,
+    buckets: Cache<IpAddr, (f64, Instant)>,
+    // One lock for the read-modify-write of a bucket; held for nanoseconds.
+    lock: Mutex<()>,
+}
+
+impl FlowLimiter {
+    /// A limiter allowing `per_minute` new flows per client a minute (0: no limit).
+    pub fn new(per_minute: u32) -> FlowLimiter {
+        FlowLimiter {
+            per_minute,
+            buckets: Cache::new(CLIENTS),
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// Takes one token for `ip`. `Err(seconds)`: over the limit, retry after that long.
+    pub fn allow(&self, ip: Option<IpAddr>, now: Instant) -> Result<(), u64> {
+        let (Some(ip), true) = (ip, self.per_minute > 0) else {
+            return Ok(());
+        };
+        let key = client_key(ip);
+        let cap = f64::from(self.per_minute);
+        let rate = cap / 60.0;
+        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (tokens, at) = self.buckets.get(&key).unwrap_or((cap, now));
+        let tokens = (tokens + now.saturating_duration_since(at).as_secs_f64() * rate).min(cap);
+        if tokens >= 1.0 {
+            self.buckets.insert(key, (tokens - 1.0, now));
+            Ok(())
+        } else {
+            self.buckets.insert(key, (tokens, now));
+            Err(((1.0 - tokens) / rate).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn xff(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_from_trusted_proxies_only() {
+        let lb: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(peer("192.0.2.1"), &xff("203.0.113.9"), &lb),
+            ip("192.0.2.1")
+        );
+        assert_eq!(
+            client_ip(peer("10.0.0.5"), &xff("203.0.113.9"), &lb),
+            ip("203.0.113.9")
+        );
+        // A client cannot hide behind a value it wrote itself: the rightmost untrusted hop.
+        assert_eq!(
+            client_ip(
+                peer("10.0.0.5"),
+                &xff("198.51.100.1, 203.0.113.9, 10.0.0.7"),
+                &lb
+            ),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client_ip(peer("10.0.0.5"), &xff("junk, 203.0.113.9"), &lb),
+            ip("10.0.0.5")
+        );
+        assert_eq!(
+            client_ip(peer("10.0.0.5"), &HeaderMap::new(), &lb),
+            ip("10.0.0.5")
+        );
+        assert_eq!(
+            client_ip(peer("10.0.0.5"), &xff("203.0.113.9"), &[]),
+            ip("10.0.0.5")
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        let m: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(client_key(m), "192.0.2.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn buckets_refill_at_the_rate() {
+        let l = FlowLimiter::new(60);
+        let t0 = Instant::now();
+        let ip = Some("192.0.2.1".parse().unwrap());
+        for _ in 0..60 {
+            assert!(l.allow(ip, t0).is_ok());
+        }
+        assert_eq!(l.allow(ip, t0), Err(1));
+        assert!(
+            l.allow(Some("192.0.2.2".parse().unwrap()), t0).is_ok(),
+            "per client"
+        );
+        assert!(
+            l.allow(ip, t0 + Duration::from_millis(1100)).is_ok(),
+            "one a second"
+        );
+        assert!(l.allow(ip, t0 + Duration::from_millis(1100)).is_err());
+        assert!(FlowLimiter::new(0).allow(ip, t0).is_ok(), "0 turns it off");
+    }
+}
