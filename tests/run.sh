@@ -6,7 +6,8 @@
 # promtool (Debian package prometheus: checks the metrics scrape and the alert rules),
 # chromium and node/npm (the browser tests: playwright-core from npm drives Debian's Chromium
 # with WebAuthn virtual authenticators; no browser download), and python3 with pip (httpbin and
-# gunicorn from PyPI, the upstream of the transparency tests; PyJWT verifies the assertion),
+# gunicorn from PyPI, the upstream of the transparency tests; PyJWT verifies the assertion;
+# Trac from PyPI, a real app under a path for kept forms),
 # libfaketime (Debian package faketime: wall-clock steps under the real binary), and
 # cargo-audit with the RustSec snapshot (tests/audit.sh).
 # As root on Debian it installs what is missing; otherwise it says what to install.
@@ -34,9 +35,10 @@ if ((${#need[@]})); then
   fi
 fi
 
-# A real app nobody here wrote, for the transparency tests: httpbin under gunicorn (PyPI).
-if ! python3 -c "import httpbin, gunicorn, jwt" >/dev/null 2>&1; then
-  python3 -m pip install --quiet --disable-pip-version-check "httpbin==0.10.*" "gunicorn>=22" "PyJWT[crypto]>=2.8"
+# Real apps nobody here wrote: httpbin under gunicorn for the transparency tests, and Trac
+# (served by tracd under /env, Path=/env cookies) for kept forms in Chromium (PyPI).
+if ! python3 -c "import httpbin, gunicorn, jwt, trac" >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check "httpbin==0.10.*" "gunicorn>=22" "PyJWT[crypto]>=2.8" "Trac==1.6.*"
 fi
 
 # The browser driver (pinned in tests/browser/package-lock.json).

@@ -121,3 +121,121 @@ fn passkeys_and_security_keys_in_chromium() {
     let audit = gw.log();
     assert!(!audit.contains("panicked"), "gateway panicked:\n{audit}");
 }
+
+/// Trac 1.6 (PyPI) served by `tracd` under `/env`, in a temporary environment with anonymous
+/// `TICKET_CREATE`. Its cookies are `Path=/env`, so a resumed form that lacks them is refused.
+struct Tracd {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Tracd {
+    fn start() -> Tracd {
+        let python = String::from_utf8(
+            Command::new("python3")
+                .args(["-c", "import sys, trac; print(sys.executable)"])
+                .output()
+                .expect("python3")
+                .stdout,
+        )
+        .expect("utf-8 path");
+        let python = python.trim().to_string();
+        assert!(
+            !python.is_empty(),
+            "Trac is missing: python3 -m pip install 'Trac==1.6.*' (tests/run.sh does this)"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let env = dir.path().join("env");
+        let admin = |args: &[&str]| {
+            let out = Command::new(&python)
+                .args(["-m", "trac.admin.console"])
+                .arg(&env)
+                .args(args)
+                .output()
+                .expect("trac-admin");
+            assert!(
+                out.status.success(),
+                "trac-admin {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        admin(&["initenv", "Test", "sqlite:db/trac.db"]);
+        admin(&[
+            "permission",
+            "add",
+            "anonymous",
+            "TICKET_CREATE",
+            "TICKET_VIEW",
+            "REPORT_VIEW",
+        ]);
+        let port = free_port();
+        let child = Command::new(&python)
+            .args(["-m", "trac.web.standalone", "-b", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .arg(&env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tracd");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tracd did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Tracd {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Tracd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real app under a path (Trac at `/env`): a new ticket filled in, the idle limit passes,
+/// submit, one tap, and exactly one ticket exists, with Trac's ticket page in the browser.
+#[test]
+fn trac_under_a_path_keeps_its_form_in_chromium() {
+    let tracd = Tracd::start();
+    let policy = [
+        "app: trac".to_string(),
+        "host: trac.localhost".into(),
+        format!("upstream: http://127.0.0.1:{}", tracd.port),
+        "default: aal2".into(),
+        "routes:".into(),
+        "  - path: /env/chrome/**".into(),
+        "    require: public".into(),
+        "  - path: /env/**".into(),
+        "    require: aal2".into(),
+        "    idle_timeout: 3s".into(),
+        String::new(),
+    ]
+    .join("\n");
+    let gw = Gateway::start_extra(&[("trac.yaml", &policy)], "rp_id: localhost\n");
+    let out = root().join("target/browser-screenshots/trac");
+    let _ = std::fs::remove_dir_all(&out);
+    let status = Command::new("node")
+        .arg(root().join("tests/browser/trac.mjs"))
+        .env("AALGATE_BIN", aalgate_bin())
+        .env("AALGATE_CONFIG", gw.dir.path().join("aalgate.yaml"))
+        .env("PORT", gw.port.to_string())
+        .env("OUT", &out)
+        .env("CHROMIUM", chromium())
+        .env("TRAC", format!("http://trac.localhost:{}", gw.port))
+        .env("TRAC_DIRECT", format!("http://127.0.0.1:{}", tracd.port))
+        .status()
+        .expect("run node");
+    assert!(
+        status.success(),
+        "trac scenario failed ({status}); screenshots in {}; gateway log:\n{}",
+        out.display(),
+        gw.log()
+    );
+    assert!(!gw.log().contains("panicked"));
+}
