@@ -445,27 +445,27 @@ impl Gateway {
     /// Starts `aalgate run` with `store` (`embedded:<dir>` is filled in when `None`) and the
     /// given policy files (name, YAML).
     pub fn start(store: Option<&str>, policies: &[(&str, &str)]) -> Gateway {
-        Gateway::start_with(store, policies, false, "")
+        Gateway::start_with(store, policies, false, "", None)
     }
 
     /// As [`Gateway::start`], with extra top-level config (e.g. an `audit:` section).
     pub fn start_extra(policies: &[(&str, &str)], extra: &str) -> Gateway {
-        Gateway::start_with(None, policies, false, extra)
+        Gateway::start_with(None, policies, false, extra, None)
     }
 
     /// As [`Gateway::start`] with a store, plus extra top-level config.
     pub fn start_with_store_extra(store: &str, policies: &[(&str, &str)], extra: &str) -> Gateway {
-        Gateway::start_with(Some(store), policies, false, extra)
+        Gateway::start_with(Some(store), policies, false, extra, None)
     }
 
     /// As [`Gateway::start`], with a TLS listener (a throwaway self-signed cert for localhost).
     pub fn start_tls(policies: &[(&str, &str)]) -> Gateway {
-        Gateway::start_with(None, policies, true, "")
+        Gateway::start_with(None, policies, true, "", None)
     }
 
     /// As [`Gateway::start_extra`], with extra environment variables for the process.
     pub fn start_env(policies: &[(&str, &str)], extra: &str, env: &[(&str, &str)]) -> Gateway {
-        let mut g = Gateway::start_with(None, policies, false, extra);
+        let mut g = Gateway::start_with(None, policies, false, extra, None);
         g.stop();
         g.env = env
             .iter()
@@ -475,11 +475,18 @@ impl Gateway {
         g
     }
 
+    /// As [`Gateway::start_extra`], with a second plain listener on `second` (the listeners
+    /// are named `main` and `second`; the auth origin is on the first).
+    pub fn start_two_listeners(policies: &[(&str, &str)], second: u16, extra: &str) -> Gateway {
+        Gateway::start_with(None, policies, false, extra, Some(second))
+    }
+
     fn start_with(
         store: Option<&str>,
         policies: &[(&str, &str)],
         tls: bool,
         extra: &str,
+        second: Option<u16>,
     ) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let pdir = dir.path().join("policies");
@@ -528,8 +535,11 @@ impl Gateway {
             String::new()
         };
         let scheme = if tls { "https" } else { "http" };
+        let more = second
+            .map(|p| format!("\n    name: main\n  - addr: 127.0.0.1:{p}\n    name: second"))
+            .unwrap_or_default();
         let yaml = format!(
-            "listen:\n  - addr: 127.0.0.1:{port}{tls_line}\nadmin_listen: 127.0.0.1:{admin_port}\npublic_origin: {scheme}://localhost:{port}\n\
+            "listen:\n  - addr: 127.0.0.1:{port}{tls_line}{more}\nadmin_listen: 127.0.0.1:{admin_port}\npublic_origin: {scheme}://localhost:{port}\n\
 store: \"{store}\"\nstore_timeout: 1s\npolicies: policies\nstate_dir: state\nthreads: 2\nsession_count_interval: 1s\nshutdown_grace: 3s\n"
         );
         std::fs::write(&config, format!("{yaml}{extra}")).expect("write config");

@@ -73,7 +73,7 @@ try {
   await snap(page, 'trac-reauth');
   check(page.url().startsWith(`${AUTH}/.aalgate/auth?flow=`), 'the idle submit asks for one tap');
   check((await page.locator('body').innerText()).includes('is kept'), 'the page says the form is kept');
-  await page.getByRole('button', { name: 'Continue' }).click();
+  await page.getByRole('button', { name: /^(Continue|Sign in with a passkey)/ }).first().click();
   await landOn(page, (u) => /\/env\/ticket\/\d+$/.test(u.pathname), "Trac's ticket page after the tap");
   await snap(page, 'trac-ticket-created');
   const t = await page.locator('body').innerText();

@@ -91,9 +91,21 @@ fn follow(port: u16, mut host: String, first: Response, cookies: &str) -> (Respo
         if let Some(s) = set_cookie(&r, "aalgate") {
             jar = replace_cookie(&jar, "aalgate", &s);
         }
-        r = get(port, &host, &path, &[&format!("Cookie: {jar}")]);
+        r = get(
+            port_of(&host, port),
+            &host,
+            &path,
+            &[&format!("Cookie: {jar}")],
+        );
     }
     (r, host)
+}
+
+/// The port a browser connects to for `host` (its own, or the gateway's main one).
+fn port_of(host: &str, main: u16) -> u16 {
+    host.rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(main)
 }
 
 fn replace_cookie(jar: &str, name: &str, value: &str) -> String {
@@ -456,29 +468,38 @@ fn a_kept_form_is_never_sent_as_another_person() {
 
 #[test]
 fn two_apps_on_one_host_name_keep_their_own_forms() {
+    // One host name, two listeners and ports, one app on each (by the port in `host`).
     let (up1, up2) = (Upstream::start(), Upstream::start());
-    let g = Gateway::start(
-        None,
+    let second = aalgate_tests::free_port();
+    let portal = format!(
+        "{}listeners: [main]\n",
+        kept_policy("portal", "portal.localhost", up1.port)
+    );
+    let g = Gateway::start_two_listeners(
         &[
+            ("0-portal.yaml", &portal),
             (
                 "1-ehr.yaml",
-                &kept_policy("ehr", "localhost:18445", up1.port),
+                &kept_policy("ehr", "apps.localhost", up1.port),
             ),
             (
                 "2-billing.yaml",
-                &kept_policy("billing", "localhost:18446", up2.port),
+                &kept_policy("billing", &format!("apps.localhost:{second}"), up2.port),
             ),
         ],
+        second,
+        "",
     );
+    let billing = format!("apps.localhost:{second}");
     let auth = host(&g);
     let stale = make_session(&store(&g), "nora", Aal::Aal2, 600, 0);
-    let (b, _) = browser_binding(g.port, "localhost:18446");
+    let (b, _) = browser_binding(second, &billing);
     let r = post(
-        g.port,
-        "localhost:18446",
+        second,
+        &billing,
         "/confirm",
         &[
-            "Origin: http://localhost:18446",
+            &format!("Origin: http://{billing}"),
             &format!("Cookie: aalgate={stale}; aalgate-bind={b}"),
         ],
         "invoice=42",
@@ -493,23 +514,23 @@ fn two_apps_on_one_host_name_keep_their_own_forms() {
     let fresh = make_session(&store(&g), "nora", Aal::Aal2, 0, 0);
     let (page, on) = follow(
         g.port,
-        "localhost:18446".into(),
+        billing.clone(),
         r,
         &format!("aalgate={fresh}; aalgate-bind={b}"),
     );
     assert_eq!(
         on,
-        "localhost:18446",
+        billing,
         "back on the app that kept the form: {}",
         page.text()
     );
     assert!(page.text().contains("to billing?"), "{}", page.text());
     let sent = confirm(
-        g.port,
+        second,
         &on,
         &page,
         &format!("aalgate={fresh}; aalgate-bind={b}"),
-        "http://localhost:18446",
+        &format!("http://{billing}"),
     );
     assert_eq!(sent.status, 200, "{}", sent.text());
     assert!(
@@ -518,8 +539,30 @@ fn two_apps_on_one_host_name_keep_their_own_forms() {
         up1.seen()
     );
     assert_eq!(posts(&up2).len(), 1);
-    // A Host port no app is served on.
-    assert_eq!(get(g.port, "localhost:18447", "/", &[]).status, 421);
+
+    // A Host port that is not the listener's: 421 Misdirected Request, and nothing forwarded.
+    let ehr_on_main = format!("apps.localhost:{}", g.port);
+    let portal_on_second = format!("portal.localhost:{second}");
+    for (port, host) in [
+        (g.port, billing.as_str()),
+        (second, portal_on_second.as_str()),
+        (second, ehr_on_main.as_str()),
+        (g.port, "apps.localhost:18447"),
+        (g.port, "apps.localhost"),
+    ] {
+        let r = get(port, host, "/", &[]);
+        assert_eq!(r.status, 421, "{host} on port {port}: {}", r.text());
+    }
+    // The auth origin is served on its own listener only.
+    let r = get(
+        second,
+        &format!("localhost:{second}"),
+        "/.aalgate/auth",
+        &[],
+    );
+    assert_eq!(r.status, 421, "{}", r.text());
+    assert_eq!(posts(&up2).len(), 1);
+    assert!(up1.seen().is_empty());
 }
 
 #[test]
@@ -597,6 +640,16 @@ fn the_ceremony_a_request_caused_admits_it_once() {
     assert_eq!(auth.header("location"), Some("/quick"));
     // The hop took longer than max_age: the flow's own request is still admitted, once.
     std::thread::sleep(Duration::from_millis(2100));
+    // The grant is this browser's: the same session with another binding cookie (another
+    // tab's script with no binding, or another device) is not admitted by it.
+    let (other, _) = browser_binding(g.port, &h);
+    for cookie in [
+        format!("aalgate={fresh}; aalgate-bind={other}"),
+        format!("aalgate={fresh}"),
+    ] {
+        let r = get(g.port, &h, "/quick", &[&format!("Cookie: {cookie}")]);
+        assert_eq!(r.status, 302, "another browser spent the grant");
+    }
     let r = get(g.port, &h, "/quick", &[&format!("Cookie: {jar}")]);
     assert_eq!(r.status, 200, "{}", r.text());
     let r = get(g.port, &h, "/quick", &[&format!("Cookie: {jar}")]);
@@ -682,6 +735,22 @@ fn anonymous_clients_keep_nothing_and_are_rate_limited() {
         get(g.port, &h, "/y", &["X-Forwarded-For: 10.9.9.9"]).status,
         429
     );
+    // The switch-user flow and the ceremony start store state too: the same budget.
+    assert_eq!(get(g.port, &h, "/.aalgate/switch", &[]).status, 429);
+    let (b, token) = browser_binding(g.port, &h);
+    let start = post(
+        g.port,
+        &h,
+        "/.aalgate/webauthn/start",
+        &[
+            &format!("Origin: http://{h}"),
+            &format!("Cookie: aalgate-bind={b}"),
+            &format!("X-Aalgate-Csrf: {token}"),
+            "Accept: application/json",
+        ],
+        r#"{"purpose":"signin","flow":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}"#,
+    );
+    assert_eq!(start.status, 429, "{}", start.text());
     // Quotas: per person (2 MB) and for the whole store (3 MB).
     let extra =
         "flows_per_client_per_minute: 0\npreserve_quota: 3000000\npreserve_person_quota: 2000000\n";

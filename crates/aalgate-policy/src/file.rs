@@ -36,6 +36,11 @@ pub struct PolicyFile {
     #[serde(default)]
     #[schemars(with = "Vec<RouteFile>")]
     pub routes: Vec<Spanned<RouteFile>>,
+    /// The gateway listeners (by `name` in aalgate.yaml) this app is served on. Default: every
+    /// listener whose external port is the host's port, or every listener if the host names none.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
+    pub listeners: Option<Spanned<Vec<String>>>,
 }
 
 /// One route rule.

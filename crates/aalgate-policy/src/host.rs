@@ -23,6 +23,21 @@ pub enum HostError {
 }
 
 impl HostPort {
+    /// The one host comparison: the same name and the same port, where a missing port is
+    /// `default_port` (the scheme's), so `ehr.example` and `ehr.example:443` are one origin.
+    pub fn same_as(&self, other: &HostPort, default_port: u16) -> bool {
+        self.host == other.host
+            && self.port.unwrap_or(default_port) == other.port.unwrap_or(default_port)
+    }
+
+    /// This host with the scheme's default port left out (the form stored and compared).
+    pub fn canonical(&self, default_port: u16) -> HostPort {
+        HostPort {
+            host: self.host.clone(),
+            port: self.port.filter(|p| *p != default_port),
+        }
+    }
+
     /// Parses `host`, `host:port`, `[v6]` or `[v6]:port`. Only LDH names and IP literals are
     /// accepted: no userinfo, no whitespace, no percent-encoding.
     pub fn parse(value: &str) -> Result<HostPort, HostError> {
@@ -93,6 +108,17 @@ impl fmt::Display for HostPort {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_comparison_with_default_ports() {
+        let p = |s| HostPort::parse(s).unwrap();
+        assert!(p("ehr.example").same_as(&p("ehr.example:443"), 443));
+        assert!(!p("ehr.example").same_as(&p("ehr.example:443"), 80));
+        assert!(!p("apps.localhost:18445").same_as(&p("apps.localhost:18446"), 80));
+        assert!(!p("a.example").same_as(&p("b.example"), 443));
+        assert_eq!(p("ehr.example:443").canonical(443), p("ehr.example"));
+        assert_eq!(p("ehr.example:8443").canonical(443), p("ehr.example:8443"));
+    }
 
     #[test]
     fn parses_hosts() {

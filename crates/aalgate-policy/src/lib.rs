@@ -25,7 +25,8 @@ pub use aal::{Aal, Requirement};
 pub use decide::{decide, Access, Decision, ExpiryReason, Limits, SessionFacts, Timeouts};
 pub use host::HostPort;
 pub use model::{
-    load, load_from_strs, App, Diagnostic, Match, PolicySet, Rule, Severity, SourceLoc, Upstream,
+    load, load_from_strs, valid_app_id, App, Diagnostic, Match, PolicySet, Rule, Severity,
+    SourceLoc, Upstream,
 };
 pub use path::{normalize_target, NormalizedTarget, PathError};
 pub use time::{format_duration, parse_duration, HumanDuration, Timestamp};

@@ -147,6 +147,15 @@ pub struct App {
     pub route_count: usize,
     /// Where the app is defined.
     pub source: SourceLoc,
+    /// Listener names it is served on (`listeners:`); empty means any with the host's port.
+    pub listeners: Vec<String>,
+}
+
+impl App {
+    /// Whether the app is served on the listener called `name`.
+    pub fn served_on(&self, name: &str) -> bool {
+        self.listeners.is_empty() || self.listeners.iter().any(|l| l == name)
+    }
 }
 
 /// A validated route rule (or an app's default, as a rule without a pattern).
@@ -468,7 +477,8 @@ fn yaml_fix(message: &str) -> String {
     }
 }
 
-fn valid_app_id(s: &str) -> bool {
+/// An app id (and listener name): lowercase letters, digits and `-`, at most 63.
+pub fn valid_app_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()
@@ -597,6 +607,27 @@ fn build_app(
             format!("app id {name:?} is not valid"),
             "use lowercase letters, digits and '-' (at most 63), e.g. billing",
         );
+    }
+    let mut listeners = Vec::new();
+    if let Some(l) = &pf.listeners {
+        if l.value.is_empty() {
+            diags.error(
+                SourceLoc::at(file, l.referenced),
+                "listeners is empty, so the app would be served nowhere",
+                "name at least one listener from aalgate.yaml, or remove the key",
+            );
+        }
+        for n in &l.value {
+            if !valid_app_id(n) {
+                diags.error(
+                    SourceLoc::at(file, l.referenced),
+                    format!("listener name {n:?} is not valid"),
+                    "use the name: of a listener in aalgate.yaml (lowercase letters, digits and '-')",
+                );
+            } else if !listeners.contains(n) {
+                listeners.push(n.clone());
+            }
+        }
     }
     let host = match HostPort::parse(&pf.host.value) {
         Ok(h) => Some(h),
@@ -850,6 +881,7 @@ fn build_app(
             timeouts,
             route_count: routes.len(),
             source: SourceLoc::at(file, pf.app.referenced),
+            listeners,
         },
         routes,
         default_rule,

@@ -151,6 +151,10 @@ struct RawListener {
     addr: String,
     #[serde(default)]
     tls: Option<RawTls>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    external_port: Option<u16>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,6 +182,69 @@ pub struct Listener {
     pub addr: SocketAddr,
     /// Certificate chain and key (PEM), for TLS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// The name apps use in `listeners:` (default `public`, then `public-2`, …).
+    pub name: String,
+    /// The port browsers use to reach it (a load balancer on 443 in front of 8080): a request
+    /// whose `Host` names another port is answered 421. Default: the listening port.
+    pub external_port: u16,
+    /// The port a `Host` without one means: 443 when browsers reach it over https.
+    pub default_port: u16,
+}
+
+impl Listener {
+    /// The port a request's `Host` names on this listener (the scheme's default if none).
+    pub fn host_port(&self, host: &aalgate_policy::HostPort) -> u16 {
+        host.port.unwrap_or(self.default_port)
+    }
+}
+
+/// What the policy set asks of the listeners that the config does not give: errors (an app
+/// named onto a listener that does not exist, or on a port none serves) and warnings (with
+/// several listeners, an app that says neither its port nor its listeners is served on all).
+pub fn listener_problems(
+    set: &aalgate_policy::PolicySet,
+    listen: &[Listener],
+) -> Vec<aalgate_policy::Diagnostic> {
+    use aalgate_policy::{Diagnostic, Severity};
+    let names: Vec<&str> = listen.iter().map(|l| l.name.as_str()).collect();
+    let mut out = Vec::new();
+    for app in set.apps() {
+        let d = |severity, message: String, fix: String| Diagnostic {
+            severity,
+            loc: app.source.clone(),
+            message,
+            fix,
+        };
+        for n in &app.listeners {
+            if !names.contains(&n.as_str()) {
+                out.push(d(
+                    Severity::Error,
+                    format!(
+                        "app {}: listener {n:?} is not in the gateway config",
+                        app.name
+                    ),
+                    format!("use one of {names:?} (the listen: entries' name:)"),
+                ));
+            }
+        }
+        if let Some(port) = app.host.port {
+            let on = listen.iter().filter(|l| app.served_on(&l.name));
+            if !on.into_iter().any(|l| l.external_port == port) {
+                out.push(d(
+                    Severity::Error,
+                    format!("app {}: host {} names port {port}, which none of its listeners serves", app.name, app.host),
+                    format!("set external_port: {port} on the listener browsers reach it through, or correct the host"),
+                ));
+            }
+        } else if app.listeners.is_empty() && listen.len() > 1 {
+            out.push(d(
+                Severity::Warning,
+                format!("app {}: host {} names no port and the app no listeners, so every listener serves it", app.name, app.host),
+                format!("add listeners: [name] (one of {names:?}), or a port to the host, to keep it off the others"),
+            ));
+        }
+    }
+    out
 }
 
 /// A validated gateway config.
@@ -296,15 +363,42 @@ impl Config {
         if raw.listen.is_empty() {
             bail!("listen: needs at least one listener");
         }
-        let mut listen = Vec::new();
-        for l in raw.listen {
+        let origin_https = raw.public_origin.starts_with("https://");
+        let mut listen: Vec<Listener> = Vec::new();
+        for (i, l) in raw.listen.into_iter().enumerate() {
             let addr = parse_addr(&l.addr, "listen addr")?;
             if l.tls.is_none() && !addr.ip().is_loopback() && !raw.insecure_http {
                 bail!("listen {addr}: plain HTTP on a non-loopback address sends session cookies in clear; add tls: {{cert, key}}, or set insecure_http: true behind a TLS-terminating load balancer");
             }
+            let name = match l.name {
+                Some(n) => {
+                    if !aalgate_policy::valid_app_id(&n) {
+                        bail!("listen {addr}: name {n:?} is not valid; use lowercase letters, digits and '-', e.g. public");
+                    }
+                    n
+                }
+                None if i == 0 => "public".to_string(),
+                None => format!("public-{}", i + 1),
+            };
+            if listen.iter().any(|o| o.name == name) {
+                bail!(
+                    "listen {addr}: name {name:?} is used twice; give each listener its own name"
+                );
+            }
+            if l.external_port == Some(0) {
+                bail!("listen {addr}: external_port 0 is not a port");
+            }
+            let default_port = if l.tls.is_some() || origin_https {
+                443
+            } else {
+                80
+            };
             listen.push(Listener {
                 addr,
                 tls: l.tls.map(|t| (rel(t.cert), rel(t.key))),
+                name,
+                external_port: l.external_port.unwrap_or(addr.port()),
+                default_port,
             });
         }
         let admin_listen = raw
@@ -328,6 +422,12 @@ impl Config {
             && public_host.host != "[::1]"
         {
             bail!("public_origin {origin} is plain http on a non-local host; WebAuthn needs https");
+        }
+        let origin_port = public_host
+            .port
+            .unwrap_or(if origin_https { 443 } else { 80 });
+        if !listen.iter().any(|l| l.external_port == origin_port) {
+            bail!("public_origin {origin} is on port {origin_port}, which no listener serves; set external_port: {origin_port} on the listener browsers reach through a load balancer, or correct public_origin");
         }
         let store = raw.store.parse::<StoreSpec>().map_err(anyhow::Error::msg)?;
         let store = match store {
@@ -582,31 +682,83 @@ mod tests {
     }
 
     #[test]
+    fn policies_are_checked_against_the_listeners() {
+        let cfg = parse("listen: [{addr: 127.0.0.1:8080, name: staff}, {addr: 127.0.0.1:9090, name: kiosk}]\npublic_origin: http://localhost:8080\nstore: embedded:state\npolicies: policies\n").unwrap();
+        let app = |name: &str, host: &str, extra: &str| {
+            (
+                std::path::PathBuf::from(format!("{name}.yaml")),
+                format!("app: {name}\nhost: {host}\nupstream: http://127.0.0.1:1\ndefault: aal2\n{extra}"),
+            )
+        };
+        let set = aalgate_policy::load_from_strs(&[
+            app("ehr", "ehr.localhost", "listeners: [staff]\n"),
+            app("billing", "billing.localhost:9090", ""),
+            app("portal", "portal.localhost", ""),
+            app("lab", "lab.localhost:7000", ""),
+            app("pharmacy", "rx.localhost", "listeners: [staf]\n"),
+        ])
+        .unwrap();
+        let problems: Vec<String> = listener_problems(&set, &cfg.listen)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        assert!(problems[0].contains("portal") && problems[0].contains("warning"));
+        assert!(problems[1].contains("lab") && problems[1].contains("port 7000"));
+        assert!(problems[2].contains("\"staf\"") && problems[2].contains("[\"staff\", \"kiosk\"]"));
+    }
+
+    #[test]
     fn refusals() {
         let base = "public_origin: https://gw.example\nstore: redis://127.0.0.1/0\nstate_dir: /s\npolicies: p\n";
         assert!(parse(&format!("listen: [{{addr: 0.0.0.0:80}}]\n{base}"))
             .unwrap_err()
             .to_string()
             .contains("insecure_http"));
-        assert!(parse(&format!(
+        // Behind a TLS load balancer the listener says which port browsers use.
+        let lb = parse(&format!(
+            "listen: [{{addr: 0.0.0.0:80, external_port: 443}}]\ninsecure_http: true\n{base}"
+        ))
+        .unwrap();
+        assert_eq!(
+            (
+                lb.listen[0].name.as_str(),
+                lb.listen[0].external_port,
+                lb.listen[0].default_port
+            ),
+            ("public", 443, 443)
+        );
+        let e = parse(&format!(
             "listen: [{{addr: 0.0.0.0:80}}]\ninsecure_http: true\n{base}"
         ))
-        .is_ok());
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("external_port: 443"), "{e}");
+        assert!(parse(&format!(
+            "listen: [{{addr: 0.0.0.0:443, tls: {{cert: c, key: k}}, name: a}}, {{addr: 0.0.0.0:8443, tls: {{cert: c, key: k}}, name: a}}]\n{base}"
+        ))
+        .unwrap_err()
+        .to_string()
+        .contains("used twice"));
+        assert!(parse(&format!(
+            "listen: [{{addr: 0.0.0.0:443, tls: {{cert: c, key: k}}, name: Public}}]\n{base}"
+        ))
+        .is_err());
         assert!(parse(&format!(
             "listen: [{{addr: 0.0.0.0:443, tls: {{cert: c, key: k}}}}]\n{base}"
         ))
         .is_ok());
         assert!(parse(&format!("listen: []\n{base}")).is_err());
         assert!(parse("listen: [{addr: 127.0.0.1:1}]\npublic_origin: http://gw.example\nstore: embedded:/s\npolicies: p\n").unwrap_err().to_string().contains("https"));
-        assert!(parse("listen: [{addr: 127.0.0.1:1}]\npublic_origin: https://gw.example\nstore: memcached://x\npolicies: p\n").is_err());
-        assert!(parse("listen: [{addr: 127.0.0.1:1}]\npublic_origin: https://gw.example\nstore: redis://x\npolicies: p\n").unwrap_err().to_string().contains("state_dir"));
-        assert!(parse("listen: [{addr: 127.0.0.1:1, tls: {cert: c}}]\npublic_origin: https://gw.example\nstore: embedded:/s\npolicies: p\n").is_err());
-        assert!(parse("listen: [{addr: 127.0.0.1:1}]\npublic_origin: https://gw.example\nstore: embedded:/s\npolicies: p\nlisten_typo: 1\n").is_err());
+        assert!(parse("listen: [{addr: 127.0.0.1:1, external_port: 443}]\npublic_origin: https://gw.example\nstore: memcached://x\npolicies: p\n").is_err());
+        assert!(parse("listen: [{addr: 127.0.0.1:1, external_port: 443}]\npublic_origin: https://gw.example\nstore: redis://x\npolicies: p\n").unwrap_err().to_string().contains("state_dir"));
+        assert!(parse("listen: [{addr: 127.0.0.1:1, external_port: 443, tls: {cert: c}}]\npublic_origin: https://gw.example\nstore: embedded:/s\npolicies: p\n").is_err());
+        assert!(parse("listen: [{addr: 127.0.0.1:1, external_port: 443}]\npublic_origin: https://gw.example\nstore: embedded:/s\npolicies: p\nlisten_typo: 1\n").is_err());
     }
 
     #[test]
     fn rp_id_and_hardware_keys() {
-        let base = "listen: [{addr: 127.0.0.1:1}]\npublic_origin: https://gw.clinic.example\nstore: embedded:/s\npolicies: p\n";
+        let base = "listen: [{addr: 127.0.0.1:1, external_port: 443}]\npublic_origin: https://gw.clinic.example\nstore: embedded:/s\npolicies: p\n";
         assert_eq!(parse(base).unwrap().rp_id, "gw.clinic.example");
         assert_eq!(
             parse(&format!("{base}rp_id: Clinic.Example.\n"))

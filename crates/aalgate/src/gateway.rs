@@ -43,8 +43,19 @@ pub(crate) const ADMISSIONS: &str = "admit";
 pub(crate) const ADMISSION_TTL: Duration = Duration::from_secs(30);
 
 /// The store key of the one-time admission of `method url` for the session `record`.
-pub(crate) fn admission_key(record: &SessionKey, method: &str, url: &str) -> String {
-    aalgate_auth::token::hash_str(&format!("admit\0{}\0{method}\0{url}", record.as_str()))
+/// The grant is for one session record, one app host (canonical host and port), one browser
+/// (the hash of its binding cookie there), one method and one URL.
+pub(crate) fn admission_key(
+    record: &SessionKey,
+    host: &str,
+    browser: &str,
+    method: &str,
+    url: &str,
+) -> String {
+    aalgate_auth::token::hash_str(&format!(
+        "admit\0{}\0{host}\0{browser}\0{method}\0{url}",
+        record.as_str()
+    ))
 }
 
 /// At most this many session cookies are tried (duplicates planted by a sibling domain).
@@ -74,6 +85,8 @@ pub struct Gateway {
     pub signin: Arc<crate::signin::SignInService>,
     /// Upstream connect timeout, and how long an upstream may stay silent.
     pub upstream_timeouts: (Duration, Duration),
+    /// The public listeners, to tell which one a request arrived on.
+    pub listeners: Vec<crate::config::Listener>,
 }
 
 /// Per-request state, written by the phases and read once in `logging`.
@@ -320,6 +333,23 @@ impl Gateway {
         self.send(session, ctx, reply).await
     }
 
+    /// The listener this request arrived on: the one bound to the connection's local address
+    /// (or to the unspecified address on its port).
+    fn arrival_listener(&self, session: &Session) -> Option<&crate::config::Listener> {
+        if let [only] = self.listeners.as_slice() {
+            return Some(only);
+        }
+        let local = session.server_addr().and_then(|a| a.as_inet())?;
+        self.listeners
+            .iter()
+            .find(|l| l.addr == *local)
+            .or_else(|| {
+                self.listeners
+                    .iter()
+                    .find(|l| l.addr.ip().is_unspecified() && l.addr.port() == local.port())
+            })
+    }
+
     /// The client's address: the peer, or what a trusted proxy says it forwarded for.
     pub(crate) fn client_ip(&self, session: &Session) -> Option<IpAddr> {
         crate::limits::client_ip(
@@ -350,7 +380,24 @@ impl Gateway {
     }
 
     /// 429: this client address started too many sign-ins in the last minute.
-    async fn too_many_flows(
+    /// Takes one of this client's new-flow tokens (flows, switch-user flows and ceremony
+    /// starts all store something for an anonymous client): `Err(retry-after seconds)` when
+    /// it has none left.
+    pub(crate) fn take_flow_token(&self, session: &Session) -> std::result::Result<(), u64> {
+        let r = self
+            .signin
+            .flow_limiter
+            .allow(self.client_ip(session), Instant::now());
+        if r.is_err() {
+            self.metrics
+                .flow_refusals
+                .with_label_values(&["rate"])
+                .inc();
+        }
+        r
+    }
+
+    pub(crate) async fn too_many_flows(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
@@ -613,15 +660,7 @@ impl Gateway {
                 .inc();
             return self.error(session, ctx, 414, "url_too_long").await;
         }
-        if let Err(retry) = self
-            .signin
-            .flow_limiter
-            .allow(self.client_ip(session), Instant::now())
-        {
-            self.metrics
-                .flow_refusals
-                .with_label_values(&["rate"])
-                .inc();
+        if let Err(retry) = self.take_flow_token(session) {
             return self.too_many_flows(session, ctx, retry).await;
         }
         // The flow remembers this browser (its binding cookie on this host) and the app's
@@ -840,12 +879,22 @@ impl ProxyHttp for Gateway {
         ctx.target = Some(target);
         ctx.host = host.to_string();
 
+        // The Host port must be the one browsers use for the listener the request arrived on,
+        // and an app bound to listeners is served only on those: anything else is another
+        // listener's (or nobody's) traffic, answered 421 Misdirected Request.
+        let Some(listener) = self.arrival_listener(session) else {
+            return self.error(session, ctx, 421, "unknown_listener").await;
+        };
+        if listener.host_port(&host) != listener.external_port {
+            return self.error(session, ctx, 421, "foreign_port").await;
+        }
+        let app = ctx.policy.app_for_host(&host);
+        if app.is_some_and(|a| !a.served_on(&listener.name)) {
+            return self.error(session, ctx, 421, "foreign_listener").await;
+        }
+
         let own = path == "/.aalgate" || path.starts_with("/.aalgate/");
-        let host_is_public = host.host == self.public_host.host
-            && (self.public_host.port.is_none()
-                || host.port.is_none()
-                || host.port == self.public_host.port);
-        if own && (host_is_public || ctx.policy.serves_host(&host)) {
+        if own && (self.is_auth_host(&host) || app.is_some()) {
             return self.own_endpoint(session, ctx, &path).await;
         }
 
@@ -987,8 +1036,10 @@ impl ProxyHttp for Gateway {
                         .as_ref()
                         .map(|t| t.path_and_query().into_owned())
                         .unwrap_or_default();
-                    if s.aal >= aal && !upgrade {
-                        let key = admission_key(record, &method, &url);
+                    let (bind, fresh) = self.binding(session, ctx);
+                    if s.aal >= aal && !upgrade && !fresh {
+                        let host = self.canonical_host(&ctx.host);
+                        let key = admission_key(record, &host, &bind.hash(), &method, &url);
                         if let Ok(Some(_)) = self.store.kv_take(ADMISSIONS, &key).await {
                             ctx.session_key = Some(record.clone());
                             ctx.session = Some(s.clone());

@@ -16,32 +16,32 @@ const CLIENTS: usize = 100_000;
 
 /// The client's address: the socket peer, or, when the peer is a trusted proxy, the rightmost
 /// `X-Forwarded-For` entry that is not itself a trusted proxy. Nobody else's `X-Forwarded-For`
-/// is believed.
+/// is believed. The list is read from the right, the end our own proxies wrote: an entry that
+/// does not parse ends the walk at the last trusted hop, so a client cannot hide behind the
+/// proxy's address by prepending junk. IPv4-mapped IPv6 addresses count as IPv4.
 pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
-    let peer = peer?;
+    let peer = peer?.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
         return Some(peer);
     }
-    let mut hops: Vec<IpAddr> = Vec::new();
-    for v in headers.get_all("x-forwarded-for") {
+    let values: Vec<&http::HeaderValue> = headers.get_all("x-forwarded-for").iter().collect();
+    let mut last = peer;
+    for v in values.into_iter().rev() {
         let Ok(v) = v.to_str() else {
-            return Some(peer);
+            return Some(last);
         };
-        for part in v.split(',') {
-            match part.trim().parse::<IpAddr>() {
-                Ok(ip) => hops.push(ip),
-                // A malformed list cannot be trusted past this proxy.
-                Err(_) => return Some(peer),
+        for part in v.rsplit(',') {
+            let Ok(ip) = part.trim().parse::<IpAddr>().map(|ip| ip.to_canonical()) else {
+                return Some(last);
+            };
+            if !is_trusted(&ip) {
+                return Some(ip);
             }
+            last = ip;
         }
     }
-    Some(
-        hops.into_iter()
-            .rev()
-            .find(|ip| !is_trusted(ip))
-            .unwrap_or(peer),
-    )
+    Some(last)
 }
 
 /// The limiter key of an address: IPv4 as is, IPv6 by its /64 (one subscriber's prefix).
@@ -130,10 +130,24 @@ mod tests {
             ),
             ip("203.0.113.9")
         );
+        // Junk the client prepended does not hide it behind the proxy's address.
         assert_eq!(
             client_ip(peer("10.0.0.5"), &xff("junk, 203.0.113.9"), &lb),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client_ip(peer("10.0.0.5"), &xff("203.0.113.9, 10.0.0.7, junk"), &lb),
             ip("10.0.0.5")
         );
+        // A dual-stack listener sees the proxy as ::ffff:10.0.0.5: still the trusted proxy.
+        assert_eq!(
+            client_ip(peer("::ffff:10.0.0.5"), &xff("::ffff:203.0.113.9"), &lb),
+            ip("203.0.113.9")
+        );
+        // Several header lines are one list, in order.
+        let mut two = xff("198.51.100.1");
+        two.append("x-forwarded-for", "203.0.113.9".parse().unwrap());
+        assert_eq!(client_ip(peer("10.0.0.5"), &two, &lb), ip("203.0.113.9"));
         assert_eq!(
             client_ip(peer("10.0.0.5"), &HeaderMap::new(), &lb),
             ip("10.0.0.5")

@@ -212,9 +212,12 @@ enum Command {
     Report(ReportArgs),
     /// Check policy files; print every problem as file:line:column: what; how to fix.
     Validate {
-        /// Policy files or directories.
-        #[arg(required = true)]
+        /// Policy files or directories (default with --config: its `policies`).
+        #[arg(required_unless_present = "config")]
         paths: Vec<PathBuf>,
+        /// Also check the policies against this gateway config (its listeners and ports).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Show which rule a request matches and what the gateway would decide.
     Explain(explain::ExplainArgs),
@@ -243,7 +246,7 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Validate { paths } => return validate(&paths),
+        Command::Validate { paths, config } => return validate(paths, config.as_deref()),
         Command::Explain(args) => explain::run(args),
         Command::Schema => {
             print!("{}", aalgate_policy::file::json_schema());
@@ -287,11 +290,36 @@ fn main() -> ExitCode {
     }
 }
 
-fn validate(paths: &[PathBuf]) -> ExitCode {
-    match aalgate_policy::load(paths) {
+fn validate(paths: Vec<PathBuf>, config: Option<&Path>) -> ExitCode {
+    let cfg = match config.map(Config::load).transpose() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("aalgate: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let paths = match (&cfg, paths.is_empty()) {
+        (Some(c), true) => c.policies.clone(),
+        _ => paths,
+    };
+    match aalgate_policy::load(&paths) {
         Ok(set) => {
             for w in set.warnings() {
                 println!("{w}");
+            }
+            if let Some(c) = &cfg {
+                let problems = config::listener_problems(&set, &c.listen);
+                for p in &problems {
+                    println!("{p}");
+                }
+                let n = problems
+                    .iter()
+                    .filter(|d| d.severity == Severity::Error)
+                    .count();
+                if n > 0 {
+                    eprintln!("aalgate: {n} error(s) against the gateway config; the policy set was not accepted");
+                    return ExitCode::FAILURE;
+                }
             }
             for app in set.apps() {
                 println!(
@@ -348,6 +376,9 @@ fn demo_config(
         listen: vec![Listener {
             addr: listen,
             tls: None,
+            name: "public".into(),
+            external_port: listen.port(),
+            default_port: 80,
         }],
         admin_listen: Some(admin),
         public_origin: format!("http://localhost:{}", listen.port()),
@@ -434,6 +465,7 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
     )?);
     let policies = Arc::new(ops::Policies::load(
         cfg.policies.clone(),
+        cfg.listen.clone(),
         metrics.clone(),
         audit.clone(),
     )?);
@@ -504,6 +536,7 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         public_host: cfg.public_host.clone(),
         signin,
         upstream_timeouts: (cfg.upstream_connect_timeout, cfg.upstream_timeout),
+        listeners: cfg.listen.clone(),
     };
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gw);
     for l in &cfg.listen {

@@ -156,19 +156,43 @@ pub struct Policies {
     current: ArcSwap<PolicySet>,
     hash: std::sync::Mutex<String>,
     paths: Vec<PathBuf>,
+    listen: Vec<crate::config::Listener>,
     metrics: Arc<Metrics>,
     audit: Arc<Audit>,
+}
+
+/// `aalgate_policy::load`, plus the checks against the config's listeners (as errors in the
+/// same list, so a set naming a missing listener is refused like any other broken set).
+fn load_checked(
+    paths: &[PathBuf],
+    listen: &[crate::config::Listener],
+) -> Result<PolicySet, Vec<String>> {
+    let set = aalgate_policy::load(paths)
+        .map_err(|diags| diags.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    let problems = crate::config::listener_problems(&set, listen);
+    let (errors, warnings): (Vec<_>, Vec<_>) = problems
+        .iter()
+        .partition(|d| d.severity == aalgate_policy::Severity::Error);
+    for w in warnings {
+        tracing::warn!("policy: {w}");
+    }
+    if errors.is_empty() {
+        Ok(set)
+    } else {
+        Err(errors.iter().map(ToString::to_string).collect())
+    }
 }
 
 impl Policies {
     /// Loads the first set; an invalid set is an error (the gateway refuses to start).
     pub fn load(
         paths: Vec<PathBuf>,
+        listen: Vec<crate::config::Listener>,
         metrics: Arc<Metrics>,
         audit: Arc<Audit>,
     ) -> anyhow::Result<Policies> {
         let hash = fingerprint(&paths);
-        let set = match aalgate_policy::load(&paths) {
+        let set = match load_checked(&paths, &listen) {
             Ok(set) => set,
             Err(diags) => {
                 for d in &diags {
@@ -185,6 +209,7 @@ impl Policies {
             current: ArcSwap::from_pointee(set),
             hash: std::sync::Mutex::new(String::new()),
             paths,
+            listen,
             metrics,
             audit,
         };
@@ -216,7 +241,7 @@ impl Policies {
         if unchanged && !force {
             return;
         }
-        match aalgate_policy::load(&self.paths) {
+        match load_checked(&self.paths, &self.listen) {
             Ok(set) => {
                 for w in set.warnings() {
                     tracing::warn!("policy: {w}");

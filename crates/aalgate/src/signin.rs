@@ -179,13 +179,15 @@ impl Gateway {
     /// cookie: that binding, or `None`.
     fn same_origin_binding(&self, session: &Session, ctx: &Ctx) -> Option<Token> {
         let h = &session.req_header().headers;
-        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok());
-        let own = format!("{}://{}", if ctx.tls { "https" } else { "http" }, ctx.host);
-        let same = match get("origin") {
-            Some(o) if o != "null" => o == own,
-            _ => get("sec-fetch-site") == Some("same-origin"),
-        };
-        if !same || get("sec-fetch-site").is_some_and(|s| s != "same-origin") {
+        // The origin browsers see (the scheme of `public_origin`: a TLS load balancer may sit in
+        // front of a plain listener), judged as kept forms are, but with no `Referer` fallback:
+        // the gateway's own pages always get `Origin` or `Sec-Fetch-Site` from a browser.
+        let own = format!("{}://{}", self.signin.scheme, ctx.host);
+        let same = matches!(
+            crate::preserve::evidence(h, &own),
+            crate::preserve::Evidence::SameOrigin
+        ) && (h.contains_key("origin") || h.contains_key("sec-fetch-site"));
+        if !same {
             return None;
         }
         headers::cookie_values(h, bind_name(ctx.tls))
@@ -251,12 +253,21 @@ impl Gateway {
 
     /// The canonical host string of the auth origin.
     fn public_host_str(&self) -> String {
-        self.public_host.to_string()
+        self.public_host.canonical(self.default_port()).to_string()
     }
 
-    /// The host a flow returns to: the app's configured host, with the configured port or,
-    /// when the policy names none, the auth origin's. A port the client wrote into `Host`
-    /// never becomes a redirect target.
+    /// The port a host without one means: the default of `public_origin`'s scheme.
+    pub(crate) fn default_port(&self) -> u16 {
+        if self.signin.scheme == "https" {
+            443
+        } else {
+            80
+        }
+    }
+
+    /// The host a flow returns to: the app's configured host, with its configured port or else
+    /// the request's. The request's port is one a listener serves (`request_filter` answers 421
+    /// to any other), so a port the client made up never becomes a redirect target.
     pub(crate) fn canonical_host(&self, host: &str) -> String {
         let Ok(h) = HostPort::parse(host) else {
             return self.public_host_str();
@@ -265,21 +276,22 @@ impl Gateway {
         match policy.app_for_host(&h) {
             Some(a) => HostPort {
                 host: a.host.host.clone(),
-                port: a.host.port.or(self.public_host.port),
+                port: a.host.port.or(h.port),
             }
+            .canonical(self.default_port())
             .to_string(),
             None => self.public_host_str(),
         }
     }
 
+    /// Whether this host is the auth origin's (host and port, through [`HostPort::same_as`]).
+    pub(crate) fn is_auth_host(&self, h: &HostPort) -> bool {
+        h.same_as(&self.public_host, self.default_port())
+    }
+
     /// Whether this request is on the auth origin.
     pub(crate) fn on_auth_origin(&self, ctx: &Ctx) -> bool {
-        HostPort::parse(&ctx.host).is_ok_and(|h| {
-            h.host == self.public_host.host
-                && (h.port == self.public_host.port
-                    || h.port.is_none()
-                    || self.public_host.port.is_none())
-        })
+        HostPort::parse(&ctx.host).is_ok_and(|h| self.is_auth_host(&h))
     }
 
     /// The session this browser holds on this host: (cookie handle key, record key, session).
@@ -453,6 +465,9 @@ impl Gateway {
     /// sign-in page is shown even when a session exists; when a different person signs in,
     /// the previous person's session ends on every host.
     pub(crate) async fn switch_user(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Err(retry) = self.take_flow_token(session) {
+            return self.too_many_flows(session, ctx, retry).await;
+        }
         let app = self.app_of_host(ctx);
         let (bind, set_bind) = self.binding(session, ctx);
         let flow = Flow {
@@ -610,6 +625,9 @@ impl Gateway {
             Ok(x) => x,
             Err(sent) => return Ok(sent),
         };
+        if let Err(retry) = self.take_flow_token(session) {
+            return self.too_many_flows(session, ctx, retry).await;
+        }
         match self.start(&req, &bind).await {
             Ok(Ok((id, options, kind))) => {
                 self.metrics
@@ -1301,8 +1319,9 @@ impl Gateway {
         flow: &Flow,
         touched: bool,
     ) -> std::result::Result<String, DirectoryError> {
-        if flow.max_age_secs.is_some() && flow.kept.is_none() {
-            let key = crate::gateway::admission_key(record, &flow.method, &flow.url);
+        if let (Some(_), None, Some(browser)) = (flow.max_age_secs, &flow.kept, &flow.browser) {
+            let key =
+                crate::gateway::admission_key(record, &flow.host, browser, &flow.method, &flow.url);
             self.store
                 .kv_put(
                     crate::gateway::ADMISSIONS,
