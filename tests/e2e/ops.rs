@@ -316,6 +316,58 @@ fn an_invalid_policy_set_at_start_is_refused_with_positions() {
 }
 
 #[test]
+fn validate_with_the_config_checks_apps_against_the_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    let app = |name: &str, host: &str, extra: &str| {
+        std::fs::write(
+            dir.path().join(format!("policies/{name}.yaml")),
+            format!(
+                "app: {name}\nhost: {host}\nupstream: http://127.0.0.1:1\ndefault: aal2\n{extra}"
+            ),
+        )
+        .unwrap();
+    };
+    app("ehr", "ehr.localhost", "listeners: [staf]\n");
+    app("portal", "portal.localhost", "");
+    std::fs::write(dir.path().join("aalgate.yaml"), "listen: [{addr: 127.0.0.1:1, name: staff}, {addr: 127.0.0.1:2, name: kiosk}]\npublic_origin: http://localhost:1\nstore: embedded:state\npolicies: policies\n").unwrap();
+    let validate = || {
+        let out = Command::new(aalgate_bin())
+            .args(["validate", "--config"])
+            .arg(dir.path().join("aalgate.yaml"))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (code, out) = validate();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("ehr.yaml:1:6: app ehr: listener \"staf\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("portal.yaml") && out.contains("warning"),
+        "{out}"
+    );
+    // The gateway refuses the same set at start.
+    let run = Command::new(aalgate_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(dir.path().join("aalgate.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("staf"));
+    app("ehr", "ehr.localhost", "listeners: [staff]\n");
+    let (code, out) = validate();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("ok: ehr"), "{out}");
+}
+
+#[test]
 fn graceful_upgrade_under_load_fails_no_request() {
     let up = Upstream::start();
     let mut old = Gateway::start(None, &[("billing.yaml", &policy(up.port))]);
