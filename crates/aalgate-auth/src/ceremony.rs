@@ -120,6 +120,24 @@ impl SignIn {
         URL_SAFE_NO_PAD.encode(self.resp.get_credential_id())
     }
 
+    /// The signed parts of the response: `authenticatorData`, `clientDataJSON` and the
+    /// signature (the evidence of a request-bound ceremony).
+    pub fn signed_parts(&self) -> (&[u8], &[u8], &[u8]) {
+        let r = &self.resp.response;
+        (&r.authenticator_data, &r.client_data_json, &r.signature)
+    }
+
+    /// The challenge `clientDataJSON` names (base64url), if it parses.
+    pub fn challenge(&self) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Cd {
+            challenge: String,
+        }
+        serde_json::from_slice::<Cd>(&self.resp.response.client_data_json)
+            .ok()
+            .map(|c| c.challenge)
+    }
+
     /// The user handle a discoverable credential returned.
     pub fn user_handle(&self) -> Option<Uuid> {
         self.resp
@@ -431,6 +449,34 @@ impl Ceremonies {
                 Ok((request_json(&rcr)?, AuthState::Known(st)))
             }
         }
+    }
+
+    /// As [`Ceremonies::start_sign_in_for`], with the challenge given instead of a random one:
+    /// a ceremony bound to one request ([`crate::signing::challenge`]). webauthn-rs has no
+    /// API for a chosen challenge, so it is set in both the options and the state's stable
+    /// serde form (a base64url string in each); the finish then checks it like any other.
+    pub fn start_sign_in_bound(
+        &self,
+        name: &str,
+        creds: Option<&[Credential]>,
+        challenge: &[u8; 32],
+    ) -> Result<(serde_json::Value, AuthState), CeremonyError> {
+        let (mut options, state) = self.start_sign_in_for(name, creds)?;
+        let c = serde_json::Value::String(URL_SAFE_NO_PAD.encode(challenge));
+        let bad =
+            |what: &str| CeremonyError::Config(format!("unexpected {what} shape from webauthn-rs"));
+        *options
+            .pointer_mut("/publicKey/challenge")
+            .ok_or_else(|| bad("options"))? = c.clone();
+        let mut st =
+            serde_json::to_value(&state).map_err(|e| CeremonyError::Config(e.to_string()))?;
+        let slot = ["/Known/ast/challenge", "/Discoverable/ast/challenge"]
+            .iter()
+            .find_map(|p| st.pointer(p).is_some().then_some(*p))
+            .ok_or_else(|| bad("state"))?;
+        *st.pointer_mut(slot).ok_or_else(|| bad("state"))? = c;
+        let state = serde_json::from_value(st).map_err(|e| CeremonyError::Config(e.to_string()))?;
+        Ok((options, state))
     }
 
     /// Verifies a sign-in for `user` (already identified: from the ceremony's state, or from

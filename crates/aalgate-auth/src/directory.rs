@@ -65,6 +65,10 @@ pub struct Pending {
     /// user gets it when the enrollment finishes).
     #[serde(default)]
     pub handle: Option<Uuid>,
+    /// For a ceremony bound to one request: the ceremony nonce (base64url) its challenge was
+    /// derived from, with the flow's request digest.
+    #[serde(default)]
+    pub ceremony_nonce: Option<String>,
     /// The webauthn-rs state (a `RegState` or `AuthState`).
     pub state: serde_json::Value,
     /// When it started.

@@ -9,11 +9,15 @@
 //! - [`Ceremonies`]: enrollment and sign-in with webauthn-rs. State is serialised server-side
 //!   and taken once, so a replayed or duplicated response gives at most one success.
 //!
+//! - [`signing`]: ceremonies bound to one request (`step_up: { per_request: true }`) and the
+//!   evidence an auditor verifies offline.
+//!
 //! Nothing here does network I/O of its own or knows about HTTP; the gateway calls it.
 
 pub mod ceremony;
 pub mod directory;
 pub mod model;
+pub mod signing;
 pub mod token;
 
 pub use ceremony::{

@@ -577,3 +577,102 @@ mod corpus {
         assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 }
+
+/// A ceremony bound to one request: the authenticator signs the challenge derived from the
+/// request's digest, the finish accepts it like any other, and the evidence verifies offline
+/// against the credential's public key, for that request only.
+#[test]
+fn a_request_bound_ceremony_signs_the_request_digest() {
+    use aalgate_auth::signing::{self, Evidence, VerifyError};
+    let (mut token, rp) = token_and_rp();
+    let mut u = user("rex");
+    register(&rp, &mut token, &mut u, RegKind::SecurityKey).unwrap();
+    let body = b"patient=1&drug=oxycodone&dose=5mg";
+    let binding = signing::bind("POST", "/prescriptions/7/sign", Some(body));
+    let digest = signing::b64_32(&binding.digest).unwrap();
+    let cn = signing::nonce();
+    let chal = signing::challenge(&digest, &cn);
+    let (opts, st) = rp
+        .start_sign_in_bound("rex", Some(&u.credentials), &chal)
+        .unwrap();
+    assert_eq!(
+        opts.pointer("/publicKey/challenge")
+            .and_then(|v| v.as_str()),
+        Some(signing::b64(&chal).as_str())
+    );
+    let opts: RequestChallengeResponse = serde_json::from_value(opts).unwrap();
+    let resp = token.do_authentication(origin(), opts).unwrap();
+    let r = SignIn::parse(&serde_json::to_vec(&resp).unwrap()).unwrap();
+    assert_eq!(r.challenge(), Some(signing::b64(&chal)));
+    let v = rp
+        .finish_sign_in(&r, st, &mut u, None, Timestamp::now())
+        .unwrap();
+    assert_eq!(v.aal, Aal::Aal3);
+    let (ad, cd, sig) = r.signed_parts();
+    let e = Evidence {
+        v: 1,
+        digest: binding.digest.clone(),
+        body: true,
+        ceremony_nonce: signing::b64(&cn),
+        credential_id: r.credential_id(),
+        authenticator_data: signing::b64(ad),
+        client_data_json: signing::b64(cd),
+        signature: signing::b64(sig),
+    };
+    let key = &u.credentials[0].key;
+    let req = Some((
+        binding.nonce.as_str(),
+        "POST",
+        "/prescriptions/7/sign",
+        Some(&body[..]),
+    ));
+    assert_eq!(signing::verify(&e, key, "localhost", ORIGIN, req), Ok(()));
+    assert_eq!(signing::verify(&e, key, "localhost", ORIGIN, None), Ok(()));
+    // Another body, another digest, another key, another relying party: refused.
+    let other = Some((
+        binding.nonce.as_str(),
+        "POST",
+        "/prescriptions/7/sign",
+        Some(&b"patient=1&drug=oxycodone&dose=50mg"[..]),
+    ));
+    assert_eq!(
+        signing::verify(&e, key, "localhost", ORIGIN, other),
+        Err(VerifyError::Digest)
+    );
+    let mut forged = e.clone();
+    forged.digest = signing::bind("POST", "/prescriptions/7/sign", Some(b"x")).digest;
+    assert_eq!(
+        signing::verify(&forged, key, "localhost", ORIGIN, None),
+        Err(VerifyError::Challenge)
+    );
+    let mut pk = SoftPasskey::new(true);
+    let mut other_user = user("eve");
+    register(&rp, &mut pk, &mut other_user, RegKind::Passkey).unwrap();
+    assert_eq!(
+        signing::verify(
+            &e,
+            &other_user.credentials[0].key,
+            "localhost",
+            ORIGIN,
+            None
+        ),
+        Err(VerifyError::Signature)
+    );
+    assert!(matches!(
+        signing::verify(&e, key, "example.org", ORIGIN, None),
+        Err(VerifyError::RpId(_))
+    ));
+    // A state whose challenge is not the one the authenticator signed fails at the finish.
+    let (opts, _) = rp
+        .start_sign_in_bound("rex", Some(&u.credentials), &chal)
+        .unwrap();
+    let (_, st_other) = rp
+        .start_sign_in_bound("rex", Some(&u.credentials), &[9u8; 32])
+        .unwrap();
+    let opts: RequestChallengeResponse = serde_json::from_value(opts).unwrap();
+    let resp = token.do_authentication(origin(), opts).unwrap();
+    let r = SignIn::parse(&serde_json::to_vec(&resp).unwrap()).unwrap();
+    assert!(rp
+        .finish_sign_in(&r, st_other, &mut u, None, Timestamp::now())
+        .is_err());
+}

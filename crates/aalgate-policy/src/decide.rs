@@ -88,8 +88,8 @@ impl Timeouts {
 pub struct Access {
     /// What the route requires.
     pub require: Requirement,
-    /// A fresh authentication within this window is required (step-up).
-    pub step_up_max_age: Option<Duration>,
+    /// A fresh authentication is required (step-up).
+    pub step_up: Option<StepUp>,
     /// The app's limits by AAL.
     pub timeouts: Timeouts,
     /// Route tightening of the absolute limit.
@@ -114,6 +114,31 @@ impl Access {
                 (r, b) => r.or(b),
             },
         }
+    }
+}
+
+/// How fresh the authentication for a step-up route must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepUp {
+    /// The last ceremony is at most this old.
+    MaxAge(Duration),
+    /// Every request needs its own ceremony, bound to it: no session is ever fresh enough, and
+    /// only the one-time admission that ceremony leaves lets the request through.
+    PerRequest,
+}
+
+impl StepUp {
+    /// The window, for `MaxAge`.
+    pub fn max_age(self) -> Option<Duration> {
+        match self {
+            StepUp::MaxAge(d) => Some(d),
+            StepUp::PerRequest => None,
+        }
+    }
+
+    /// `per_request`.
+    pub fn per_request(self) -> bool {
+        self == StepUp::PerRequest
     }
 }
 
@@ -157,7 +182,7 @@ pub enum Decision {
     /// No session: authenticate at `aal`.
     Login { aal: Aal },
     /// The session is too weak or its last authentication too old for this route.
-    StepUp { aal: Aal, max_age: Option<Duration> },
+    StepUp { aal: Aal, fresh: Option<StepUp> },
     /// The session timed out; authenticate again at `aal`.
     Reauth { aal: Aal, reason: ExpiryReason },
     /// The policy never allows this.
@@ -208,18 +233,20 @@ pub fn decide(access: &Access, session: Option<&SessionFacts>, now: Timestamp) -
     if s.aal < need {
         return Decision::StepUp {
             aal: need,
-            max_age: access.step_up_max_age,
+            fresh: access.step_up,
         };
     }
-    if let Some(max_age) = access.step_up_max_age {
-        if now.since(s.last_auth) >= max_age {
-            return Decision::StepUp {
-                aal: need,
-                max_age: Some(max_age),
-            };
-        }
+    match access.step_up {
+        Some(StepUp::PerRequest) => Decision::StepUp {
+            aal: need,
+            fresh: access.step_up,
+        },
+        Some(StepUp::MaxAge(max_age)) if now.since(s.last_auth) >= max_age => Decision::StepUp {
+            aal: need,
+            fresh: access.step_up,
+        },
+        _ => Decision::Allow,
     }
-    Decision::Allow
 }
 
 #[cfg(test)]
@@ -229,7 +256,7 @@ mod tests {
     fn access(require: Requirement) -> Access {
         Access {
             require,
-            step_up_max_age: None,
+            step_up: None,
             timeouts: Timeouts::DEFAULT,
             max_session_age: None,
             idle_timeout: None,
@@ -282,7 +309,7 @@ mod tests {
             decide(&access(Requirement::Aal3), Some(&s), Timestamp(T0 + 1)),
             Decision::StepUp {
                 aal: Aal::Aal3,
-                max_age: None
+                fresh: None
             }
         );
         let s1 = session(Aal::Aal1, T0);
@@ -290,7 +317,7 @@ mod tests {
             decide(&access(Requirement::Aal2), Some(&s1), Timestamp(T0 + 1)),
             Decision::StepUp {
                 aal: Aal::Aal2,
-                max_age: None
+                fresh: None
             }
         );
     }
@@ -386,7 +413,7 @@ mod tests {
         );
 
         let mut a = access(Requirement::Aal3);
-        a.step_up_max_age = Some(Duration::from_secs(300));
+        a.step_up = Some(StepUp::MaxAge(Duration::from_secs(300)));
         let mut s = session(Aal::Aal3, T0);
         s.last_seen = Timestamp(T0 + 299);
         assert_eq!(decide(&a, Some(&s), Timestamp(T0 + 299)), Decision::Allow);
@@ -395,12 +422,38 @@ mod tests {
             decide(&a, Some(&s), Timestamp(T0 + 300)),
             Decision::StepUp {
                 aal: Aal::Aal3,
-                max_age: Some(Duration::from_secs(300))
+                fresh: Some(StepUp::MaxAge(Duration::from_secs(300)))
             }
         );
         // A fresh step-up satisfies it again.
         s.last_auth = Timestamp(T0 + 300);
         assert_eq!(decide(&a, Some(&s), Timestamp(T0 + 301)), Decision::Allow);
+    }
+
+    /// No session is ever fresh enough for a per-request route, not even one a second old;
+    /// the expiry rules still come first.
+    #[test]
+    fn per_request_routes_always_step_up() {
+        let mut a = access(Requirement::Aal3);
+        a.step_up = Some(StepUp::PerRequest);
+        let s = session(Aal::Aal3, T0);
+        for now in [T0, T0 + 1, T0 + 60] {
+            assert_eq!(
+                decide(&a, Some(&s), Timestamp(now)),
+                Decision::StepUp {
+                    aal: Aal::Aal3,
+                    fresh: Some(StepUp::PerRequest)
+                }
+            );
+        }
+        assert!(matches!(
+            decide(&a, Some(&s), Timestamp(T0 + 3600)),
+            Decision::Reauth { .. }
+        ));
+        assert_eq!(
+            decide(&a, None, Timestamp(T0)),
+            Decision::Login { aal: Aal::Aal3 }
+        );
     }
 
     #[test]

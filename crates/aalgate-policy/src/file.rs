@@ -95,7 +95,13 @@ pub enum BreakGlass {
 #[serde(deny_unknown_fields)]
 pub struct StepUpFile {
     /// The last authentication must be at most this old (e.g. `5m`).
-    pub max_age: HumanDuration,
+    #[serde(default)]
+    pub max_age: Option<HumanDuration>,
+    /// Every request needs its own ceremony, bound to that request (EPCS-style signing): the
+    /// WebAuthn challenge is derived from a digest of the method, URL and body, and the audit
+    /// log keeps the key's signature over it. Exclusive with `max_age`.
+    #[serde(default)]
+    pub per_request: bool,
 }
 
 /// Session limits by AAL.

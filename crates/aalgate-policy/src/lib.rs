@@ -22,7 +22,7 @@ pub mod pattern;
 pub mod time;
 
 pub use aal::{Aal, Requirement};
-pub use decide::{decide, Access, Decision, ExpiryReason, Limits, SessionFacts, Timeouts};
+pub use decide::{decide, Access, Decision, ExpiryReason, Limits, SessionFacts, StepUp, Timeouts};
 pub use host::HostPort;
 pub use model::{
     load, load_from_strs, valid_app_id, App, Diagnostic, Match, PolicySet, Rule, Severity,

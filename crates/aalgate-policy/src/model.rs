@@ -775,20 +775,51 @@ fn build_app(
                 "patient data needs aal2 or higher",
             );
         }
-        let step_up_max_age = step_up.as_ref().map(|s| {
-            need_aal("step_up", SourceLoc::at(file, s.referenced), diags);
-            if s.value.max_age.0 < std::time::Duration::from_secs(30) {
-                diags.warn(
-                    SourceLoc::at(file, s.referenced),
-                    format!(
-                        "step_up max_age {:?} is shorter than a ceremony and its way back",
-                        s.value.max_age.0
-                    ),
-                    "use at least 30s: a shorter limit asks for a new ceremony on nearly every request (the ceremony a request caused admits only that one request)",
+        let step_up = step_up.as_ref().and_then(|s| {
+            let loc = SourceLoc::at(file, s.referenced);
+            need_aal("step_up", loc.clone(), diags);
+            match (s.value.max_age, s.value.per_request) {
+                (Some(_), true) => {
+                    diags.error(
+                        loc,
+                        "step_up has both max_age and per_request: true",
+                        "keep one: per_request asks for a ceremony bound to each request, so a max_age adds nothing",
+                    );
+                    None
+                }
+                (None, false) => {
+                    diags.error(
+                        loc,
+                        "step_up needs max_age or per_request: true",
+                        "write `step_up: { max_age: 5m }` (fresh within 5 minutes) or `step_up: { per_request: true }` (a ceremony for every request)",
+                    );
+                    None
+                }
+                (None, true) => Some(crate::decide::StepUp::PerRequest),
+                (Some(max_age), false) => {
+                    if max_age.0 < std::time::Duration::from_secs(30) {
+                        diags.warn(
+                            loc,
+                            format!(
+                                "step_up max_age {} is shorter than a ceremony and its way back",
+                                dur(max_age.0)
+                            ),
+                            "use at least 30s, or `step_up: { per_request: true }` if every such request needs its own ceremony (a signature bound to that request, as EPCS signing does)",
+                        );
+                    }
+                    Some(crate::decide::StepUp::MaxAge(max_age.0))
+                }
+            }
+        });
+        if let (Some(crate::decide::StepUp::PerRequest), Some(b)) = (step_up, breakglass.as_ref()) {
+            if b.value == crate::file::BreakGlass::Allow {
+                diags.error(
+                    SourceLoc::at(file, b.referenced),
+                    "breakglass: allow on a per_request route",
+                    "an emergency code cannot sign a request: remove breakglass here, or use `step_up: { max_age: ... }` if emergency access must reach this route",
                 );
             }
-            s.value.max_age.0
-        });
+        }
         let check_tighten = |what: &str,
                              v: &Option<Spanned<crate::time::HumanDuration>>,
                              pick: fn(Limits) -> Option<Duration>,
@@ -819,7 +850,7 @@ fn build_app(
             methods,
             access: Access {
                 require: req,
-                step_up_max_age,
+                step_up,
                 timeouts,
                 max_session_age: max_age,
                 idle_timeout: idle,
@@ -863,7 +894,7 @@ fn build_app(
         methods: Methods::Any,
         access: Access {
             require: default,
-            step_up_max_age: None,
+            step_up: None,
             timeouts,
             max_session_age: None,
             idle_timeout: None,

@@ -338,3 +338,49 @@ fn schema_json_is_current() {
     let have = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(have == want, "policies/schema.json is stale; regenerate it with `AALGATE_BLESS=1 cargo test -p aalgate-policy --test load schema`");
 }
+
+/// `step_up` takes exactly one of `max_age` and `per_request: true`; a `max_age` too short for
+/// a ceremony warns and points at `per_request`.
+#[test]
+fn step_up_is_a_window_or_per_request() {
+    let with = |step_up: &str| {
+        format!(
+            "app: rx\nhost: rx.example\nupstream: http://127.0.0.1:9\ndefault: aal2\nroutes:\n  - path: /sign\n    require: aal3\n    step_up: {step_up}\n"
+        )
+    };
+    let set = load(&[("rx.yaml", &with("{ per_request: true }"))]).unwrap();
+    assert!(set.warnings().is_empty(), "{:#?}", set.warnings());
+    let t = normalize_target(b"/sign").unwrap();
+    let m = set
+        .lookup(&HostPort::parse("rx.example").unwrap(), "POST", &t)
+        .unwrap();
+    assert_eq!(
+        m.rule.access.step_up,
+        Some(aalgate_policy::StepUp::PerRequest)
+    );
+
+    let both = errors(&[("rx.yaml", &with("{ max_age: 1m, per_request: true }"))]);
+    assert!(
+        both.len() == 1 && both[0].starts_with("rx.yaml:8:") && both[0].contains("both"),
+        "{both:?}"
+    );
+    let neither = errors(&[("rx.yaml", &with("{ per_request: false }"))]);
+    assert!(
+        neither.len() == 1 && neither[0].contains("per_request: true"),
+        "{neither:?}"
+    );
+    let glass = errors(&[(
+        "rx.yaml",
+        &format!("{}    breakglass: allow\n", with("{ per_request: true }")),
+    )]);
+    assert!(
+        glass.len() == 1 && glass[0].starts_with("rx.yaml:9:") && glass[0].contains("sign"),
+        "{glass:?}"
+    );
+    let short = load(&[("rx.yaml", &with("{ max_age: 1s }"))]).unwrap();
+    let w: Vec<String> = short.warnings().iter().map(|d| d.to_string()).collect();
+    assert!(
+        w.len() == 1 && w[0].contains("1s") && w[0].contains("per_request: true"),
+        "{w:?}"
+    );
+}

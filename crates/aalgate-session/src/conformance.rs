@@ -39,6 +39,8 @@ fn flow(url: &str) -> Flow {
         user: None,
         browser: None,
         kept: None,
+        binding: None,
+        script: false,
     }
 }
 

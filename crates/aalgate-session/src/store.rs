@@ -109,6 +109,27 @@ pub struct Flow {
     /// or `too_large` when it could not be kept.
     #[serde(default)]
     pub kept: Option<String>,
+    /// On a `step_up: { per_request: true }` route: the request this flow's ceremony signs.
+    #[serde(default)]
+    pub binding: Option<RequestBinding>,
+    /// A script call (XHR/fetch) started the flow: its ceremony runs in a popup, which then
+    /// closes, and the script retries; the popup must not spend the request's admission.
+    #[serde(default)]
+    pub script: bool,
+}
+
+/// The request a per-request ceremony is bound to (see `aalgate_auth::signing`): a secret
+/// random nonce, which only the app receives, and the digest of the nonce, method, URL and
+/// body, from which the WebAuthn challenge is derived.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestBinding {
+    /// The request nonce, base64url.
+    pub nonce: String,
+    /// The request digest, base64url.
+    pub digest: String,
+    /// Whether the digest covers the body (a kept form) or not (a script call or a GET).
+    pub body: bool,
 }
 
 /// Why a store call failed. Every variant means "unknown": callers fail closed.

@@ -5,6 +5,11 @@
   const main = document.querySelector('main');
   const status = document.getElementById('status');
   const csrf = main.dataset.csrf;
+  // The popup a script call opened for its ceremony: done, so it closes and the script retries.
+  if (main.dataset.close && window.opener) {
+    window.close();
+    return;
+  }
 
   function dec(s) {
     s = s.replace(/-/g, '+').replace(/_/g, '/');

@@ -104,6 +104,10 @@ pub struct Event<'a> {
     /// Non-PHI detail (a reason, a policy hash, an error count).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// `request_signed`: the key's signature over the request digest, for
+    /// `aalgate audit verify` (no body, no nonce: nothing to test guesses against).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<aalgate_auth::signing::Evidence>,
 }
 
 /// The current time as RFC 3339 UTC with milliseconds.

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use aalgate_policy::{
-    decide, format_duration, parse_duration, Aal, Decision, HostPort, SessionFacts, Timestamp,
+    decide, format_duration, parse_duration, Aal, Decision, HostPort, SessionFacts, StepUp,
+    Timestamp,
 };
 use anyhow::{bail, Result};
 
@@ -88,8 +89,14 @@ pub fn run(a: ExplainArgs) -> Result<()> {
         target.path()
     );
     let mut req = format!("require:  {}", rule.access.require);
-    if let Some(s) = rule.access.step_up_max_age {
-        req.push_str(&format!(", step-up within {}", format_duration(s)));
+    match rule.access.step_up {
+        Some(StepUp::MaxAge(s)) => {
+            req.push_str(&format!(", step-up within {}", format_duration(s)))
+        }
+        Some(StepUp::PerRequest) => {
+            req.push_str(", a ceremony bound to each request (step_up: per_request)")
+        }
+        None => {}
     }
     println!("{req}");
     match facts {
@@ -115,9 +122,16 @@ pub fn run(a: ExplainArgs) -> Result<()> {
         Decision::Login { aal } => {
             format!("login: sign in at {aal} (302 to /.aalgate/auth, or 401 JSON for scripts)")
         }
-        Decision::StepUp { aal, max_age } => format!(
+        Decision::StepUp {
+            aal,
+            fresh: Some(StepUp::PerRequest),
+        } => format!(
+            "step_up: this request needs its own {aal} ceremony, signed over its method, URL and body (per_request); nothing else is admitted by it"
+        ),
+        Decision::StepUp { aal, fresh } => format!(
             "step_up: a fresh {aal} authentication{} is needed",
-            max_age
+            fresh
+                .and_then(StepUp::max_age)
                 .map(|m| format!(" within {}", format_duration(m)))
                 .unwrap_or_default()
         ),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aalgate_policy::{
-    decide, Decision, HostPort, NormalizedTarget, PathError, PolicySet, Timestamp,
+    decide, Decision, HostPort, NormalizedTarget, PathError, PolicySet, StepUp, Timestamp,
 };
 use aalgate_session::{Flow, FlowId, Session as UserSession, SessionId, SessionKey, SessionStore};
 use async_trait::async_trait;
@@ -109,6 +109,8 @@ pub struct Ctx {
     /// A WebSocket upgrade: the session's cookie handle and absolute end, checked on every
     /// frame, and when its store record was last confirmed.
     upgrade: Option<Upgraded>,
+    /// The request a per-request ceremony signed: its nonce and digest go upstream with it.
+    pub(crate) signed: Option<aalgate_session::RequestBinding>,
 }
 
 /// What a live WebSocket connection is checked against.
@@ -511,6 +513,12 @@ impl Gateway {
                     self.error(session, ctx, 405, "method_not_allowed").await
                 }
             }
+            "/.aalgate/done" => {
+                if method != http::Method::GET && method != http::Method::HEAD {
+                    return self.error(session, ctx, 405, "method_not_allowed").await;
+                }
+                self.done_page(session, ctx).await
+            }
             "/.aalgate/static/aalgate.js" | "/.aalgate/static/aalgate.css" => {
                 if method != http::Method::GET && method != http::Method::HEAD {
                     return self.error(session, ctx, 405, "method_not_allowed").await;
@@ -637,12 +645,13 @@ impl Gateway {
         host: &str,
         app: &str,
         user: Option<String>,
+        per_request: bool,
     ) -> Result<bool> {
         let (need, aal, max_age) = match decision {
             // A session a re-auth just ended: the same person continues.
             Decision::Login { aal } if user.is_some() => ("reauth", aal, None),
             Decision::Login { aal } => ("login", aal, None),
-            Decision::StepUp { aal, max_age } => ("step_up", aal, max_age),
+            Decision::StepUp { aal, fresh } => ("step_up", aal, fresh.and_then(StepUp::max_age)),
             Decision::Reauth { aal, .. } => ("reauth", aal, None),
             Decision::Allow | Decision::Deny => {
                 return self.error(session, ctx, 403, "denied").await
@@ -680,6 +689,8 @@ impl Gateway {
             // Step-up and re-auth are for the same person (one tap, their keys); a login is
             // for whoever signs in.
             user: if need == "login" { None } else { user },
+            binding: None,
+            script: headers::is_script_request(&session.req_header().headers),
         };
         let mut flow = flow;
         if crate::preserve::keeps(session.req_header().method.as_str())
@@ -694,8 +705,14 @@ impl Gateway {
                 (_, None) => Err(NotKept::Anonymous),
                 (Evidence::SameOrigin, Some(person)) => {
                     let person = person.clone();
-                    match self.keep_request(session, ctx, &flow, &bind, &person).await {
-                        Ok(k) => k,
+                    match self
+                        .keep_request(session, ctx, &flow, &bind, &person, per_request)
+                        .await
+                    {
+                        Ok(k) => k.map(|(token, binding)| {
+                            flow.binding = binding;
+                            token
+                        }),
                         Err(e) => {
                             tracing::warn!(request_id = %ctx.request_id, error = %e, "could not keep the submitted form");
                             return self.error(session, ctx, 503, "store_unavailable").await;
@@ -715,6 +732,11 @@ impl Gateway {
                 Ok(token) => token,
                 Err(n) => n.as_str().to_string(),
             });
+        }
+        // Nothing kept, nothing refused (a GET, a script call): the ceremony signs the method
+        // and URL, and admits that one request.
+        if per_request && flow.kept.is_none() {
+            flow.binding = Some(aalgate_auth::signing::bind(&flow.method, &flow.url, None));
         }
         let id = FlowId::generate();
         if let Err(e) = self.store.put_flow(&id.key(), &flow, FLOW_TTL).await {
@@ -805,6 +827,7 @@ impl ProxyHttp for Gateway {
             forwarded_at: None,
             session_key: None,
             upgrade: None,
+            signed: None,
         }
     }
 
@@ -1040,11 +1063,28 @@ impl ProxyHttp for Gateway {
                     if s.aal >= aal && !upgrade && !fresh {
                         let host = self.canonical_host(&ctx.host);
                         let key = admission_key(record, &host, &bind.hash(), &method, &url);
-                        if let Ok(Some(_)) = self.store.kv_take(ADMISSIONS, &key).await {
-                            ctx.session_key = Some(record.clone());
-                            ctx.session = Some(s.clone());
-                            ctx.outcome = "allow_admitted";
-                            return Ok(false);
+                        if let Ok(Some(grant)) = self.store.kv_take(ADMISSIONS, &key).await {
+                            // A per-request ceremony's grant names the request it signed; a
+                            // `max_age` grant for the same URL signs nothing, so it does not
+                            // admit a per-request route.
+                            let signed: Option<aalgate_session::RequestBinding> =
+                                serde_json::from_slice(&grant).ok();
+                            let per_request = matches!(
+                                other,
+                                Decision::StepUp {
+                                    fresh: Some(StepUp::PerRequest),
+                                    ..
+                                }
+                            );
+                            if per_request && signed.is_none() {
+                                tracing::warn!(request_id = %ctx.request_id, "an admission without a signature on a per-request route");
+                            } else {
+                                ctx.signed = signed;
+                                ctx.session_key = Some(record.clone());
+                                ctx.session = Some(s.clone());
+                                ctx.outcome = "allow_admitted";
+                                return Ok(false);
+                            }
                         }
                     }
                 }
@@ -1098,8 +1138,17 @@ impl ProxyHttp for Gateway {
                 if user.is_none() && matches!(other, Decision::Login { .. }) {
                     user = self.tombstone(session.req_header(), ctx).await;
                 }
-                self.challenge(session, ctx, other, &host.to_string(), &app, user)
-                    .await
+                let per_request = access.step_up.is_some_and(StepUp::per_request);
+                self.challenge(
+                    session,
+                    ctx,
+                    other,
+                    &host.to_string(),
+                    &app,
+                    user,
+                    per_request,
+                )
+                .await
             }
         }
     }
@@ -1282,6 +1331,10 @@ impl ProxyHttp for Gateway {
                     headers::BREAKGLASS,
                     s.credential.clone().unwrap_or_default(),
                 )?;
+            }
+            if let Some(b) = &ctx.signed {
+                upstream.insert_header(headers::REQUEST_NONCE, b.nonce.as_str())?;
+                upstream.insert_header(headers::REQUEST_DIGEST, b.digest.as_str())?;
             }
         }
         ctx.forwarded_at = Some(Instant::now());

@@ -30,6 +30,12 @@ pub const AUTH_TIME: &str = "x-aalgate-auth-time";
 pub const ASSERTION: &str = "x-aalgate-assertion";
 /// Set on requests of an emergency (break-glass) session: the code's id.
 pub const BREAKGLASS: &str = "x-aalgate-breakglass";
+/// On a request a per-request ceremony signed: the secret request nonce (base64url), which
+/// the app keeps with its record to recompute the digest later.
+pub const REQUEST_NONCE: &str = "x-aalgate-request-nonce";
+/// On a request a per-request ceremony signed: the request digest the key signed over
+/// (base64url), as the audit event `request_signed` has it.
+pub const REQUEST_DIGEST: &str = "x-aalgate-request-digest";
 
 /// Lowercases and maps every other non-alphanumeric byte to `-`, the way servers and CGI
 /// gateways fold header names, so that `X_Aalgate.User` is caught as `x-aalgate-user`.

@@ -166,6 +166,42 @@ enum UsersAction {
     },
 }
 
+#[derive(clap::Args)]
+struct AuditArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(subcommand)]
+    action: AuditAction,
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Check a `request_signed` event: the person's own key signed this request's digest.
+    /// With --nonce, --method, --url (and --body), also check the digest against the
+    /// request as the app recorded it. Exits 1 when anything does not verify.
+    Verify {
+        /// An audit log (JSON lines) or a file with the one event; `-` for standard input.
+        log: PathBuf,
+        /// Which event: its request digest (the app's `X-Aalgate-Request-Digest`). Needed
+        /// when the log holds more than one `request_signed` event.
+        #[arg(long)]
+        digest: Option<String>,
+        /// The request nonce the app received (`X-Aalgate-Request-Nonce`).
+        #[arg(long, requires_all = ["method", "url"])]
+        nonce: Option<String>,
+        /// The request's method.
+        #[arg(long, requires = "nonce")]
+        method: Option<String>,
+        /// The request's path and query, as the app received them.
+        #[arg(long, requires = "nonce")]
+        url: Option<String>,
+        /// A file with the body exactly as the app received it (omit for a request whose body
+        /// was not bound: a GET or a script call).
+        #[arg(long, requires = "nonce")]
+        body: Option<PathBuf>,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway from a config file.
@@ -210,6 +246,8 @@ enum Command {
     Breakglass(BreakglassArgs),
     /// Compliance reports (enrollment, break-glass).
     Report(ReportArgs),
+    /// Audit evidence: verify a per-request signature offline.
+    Audit(AuditArgs),
     /// Check policy files; print every problem as file:line:column: what; how to fix.
     Validate {
         /// Policy files or directories (default with --config: its `policies`).
@@ -262,6 +300,7 @@ fn main() -> ExitCode {
         Command::Users(args) => return block_on(users_run(args)),
         Command::Breakglass(args) => return block_on(breakglass_run(args)),
         Command::Report(args) => return block_on(report_run(args)),
+        Command::Audit(args) => return block_on(audit_run(args)),
         Command::Demo {
             listen,
             admin_listen,
@@ -807,6 +846,135 @@ async fn report_run(args: ReportArgs) -> Result<bool> {
 fn fmt_time(t: Option<aalgate_policy::Timestamp>) -> String {
     t.map(aalgate::report::rfc3339)
         .unwrap_or_else(|| "-".into())
+}
+
+/// `aalgate audit verify`: finds the event, the person's credential in the directory, and
+/// checks the signature, the challenge's derivation, the origin and RP id, and optionally the
+/// digest against the app's record of the request.
+async fn audit_run(args: AuditArgs) -> Result<bool> {
+    use aalgate_auth::signing::{self, Evidence};
+    let AuditAction::Verify {
+        log,
+        digest,
+        nonce,
+        method,
+        url,
+        body,
+    } = args.action;
+    let text = if log.as_os_str() == "-" {
+        let mut t = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
+            .context("reading the event from standard input")?;
+        t
+    } else {
+        std::fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?
+    };
+    #[derive(serde::Deserialize)]
+    struct Line {
+        event: String,
+        #[serde(default)]
+        user: Option<String>,
+        #[serde(default)]
+        time: Option<String>,
+        #[serde(default)]
+        method: Option<String>,
+        #[serde(default)]
+        path: Option<String>,
+        #[serde(default)]
+        evidence: Option<Evidence>,
+    }
+    let events: Vec<Line> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Line>(l.trim()).ok())
+        .filter(|l| l.event == "request_signed" && l.evidence.is_some())
+        .filter(|l| {
+            digest
+                .as_deref()
+                .is_none_or(|d| l.evidence.as_ref().is_some_and(|e| e.digest == d))
+        })
+        .collect();
+    let line = match events.len() {
+        0 => bail!(
+            "{}: no request_signed event{}",
+            log.display(),
+            digest
+                .as_deref()
+                .map(|d| format!(" with digest {d}"))
+                .unwrap_or_default()
+        ),
+        1 => &events[0],
+        n => bail!(
+            "{}: {n} request_signed events; pick one with --digest (the app's X-Aalgate-Request-Digest)",
+            log.display()
+        ),
+    };
+    let Some(e) = &line.evidence else {
+        bail!("the event has no evidence");
+    };
+    let Some(user) = &line.user else {
+        bail!("the event names no user");
+    };
+    let (origin, rp_id) = match &args.target.config {
+        Some(path) => {
+            let c = Config::load(path)?;
+            (c.public_origin, c.rp_id)
+        }
+        None => {
+            let o = args.target.origin.trim_end_matches('/').to_string();
+            let host = url::Url::parse(&o)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_string))
+                .context("--origin is not a URL")?;
+            (o, host)
+        }
+    };
+    let (store, _) = cli_store(&args.target)?;
+    let dir = aalgate_auth::Directory::new(store);
+    let Some(person) = dir.user(user).await? else {
+        bail!("user {user} is not in the directory (removed?): the public key is gone");
+    };
+    let Some(cred) = person.credentials.iter().find(|c| c.id == e.credential_id) else {
+        bail!(
+            "credential {} is not one of {user}'s (revoked and removed, or never theirs)",
+            e.credential_id
+        );
+    };
+    let body = match &body {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+        None => None,
+    };
+    let request = nonce.as_deref().map(|n| {
+        (
+            n,
+            method.as_deref().unwrap_or(""),
+            url.as_deref().unwrap_or(""),
+            body.as_deref(),
+        )
+    });
+    match signing::verify(e, &cred.key, &rp_id, &origin, request) {
+        Ok(()) => {
+            println!(
+                "ok: {} {} at {} was approved by {user} with credential {} ({}, {}); digest {}{}",
+                line.method.as_deref().unwrap_or("-"),
+                line.path.as_deref().unwrap_or("-"),
+                line.time.as_deref().unwrap_or("-"),
+                cred.audit_id(),
+                cred.kind.as_str(),
+                cred.aal.as_str(),
+                e.digest,
+                if request.is_some() {
+                    "; the request given hashes to it"
+                } else {
+                    ""
+                }
+            );
+            Ok(true)
+        }
+        Err(err) => {
+            println!("FAILED: {err}");
+            Ok(false)
+        }
+    }
 }
 
 async fn users_run(args: UsersArgs) -> Result<bool> {

@@ -85,6 +85,8 @@ pub struct Metrics {
     pub flows: IntCounterVec,
     /// Sign-in flows refused before they were stored, by reason.
     pub flow_refusals: IntCounterVec,
+    /// Requests a per-request ceremony signed.
+    pub signed_requests: IntCounter,
 }
 
 /// Outcomes of `aalgate_kept_forms_total`.
@@ -204,6 +206,11 @@ impl Metrics {
             },
             flows: counter_vec(&r, "aalgate_flows_total", "Sign-in flows stored, by kind.", &["kind"])?,
             flow_refusals: counter_vec(&r, "aalgate_flow_refusals_total", "Sign-in flows refused before they were stored, by reason (rate: per-client limit; url_too_long).", &["reason"])?,
+            signed_requests: {
+                let c = IntCounter::new("aalgate_signed_requests_total", "Requests signed by a per-request ceremony (step_up: per_request), each with a request_signed audit event.")?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
             registry: r,
         };
         for o in KEPT_OUTCOMES {

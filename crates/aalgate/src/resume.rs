@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use aalgate_auth::Token;
-use aalgate_policy::{decide, Decision, HostPort, Timestamp};
-use aalgate_session::Flow;
+use aalgate_policy::{decide, Decision, HostPort, StepUp, Timestamp};
+use aalgate_session::{Flow, RequestBinding};
 use bytes::Bytes;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
@@ -36,6 +36,9 @@ pub(crate) struct Resumable {
     pub touched: bool,
     /// When the flow completed.
     pub at: Timestamp,
+    /// The request the flow's per-request ceremony signed (this kept form).
+    #[serde(default)]
+    pub binding: Option<RequestBinding>,
 }
 
 impl Gateway {
@@ -57,8 +60,8 @@ impl Gateway {
     }
 
     /// Reads and seals the request body of a navigation that must sign in first, for
-    /// `person`. Returns the one-time token of the kept record, or why it was not kept.
-    /// Errors: the store failed.
+    /// `person`. Returns the one-time token of the kept record (and, when `bound`, the binding
+    /// a per-request ceremony signs), or why it was not kept. Errors: the store failed.
     pub(crate) async fn keep_request(
         &self,
         session: &mut Session,
@@ -66,7 +69,9 @@ impl Gateway {
         flow: &Flow,
         bind: &Token,
         person: &str,
-    ) -> std::result::Result<std::result::Result<String, NotKept>, String> {
+        bound: bool,
+    ) -> std::result::Result<std::result::Result<(String, Option<RequestBinding>), NotKept>, String>
+    {
         // Each read holds up to the body limit in memory: at most this many at once.
         let Ok(_permit) = self.signin.reads.try_acquire() else {
             return Ok(Err(NotKept::Busy));
@@ -96,6 +101,8 @@ impl Gateway {
             }
         }
         let req = session.req_header();
+        let binding =
+            bound.then(|| aalgate_auth::signing::bind(req.method.as_str(), &flow.url, Some(&body)));
         let kept = KeptRequest {
             method: req.method.as_str().to_string(),
             url: flow.url.clone(),
@@ -149,7 +156,7 @@ impl Gateway {
             .map_err(|e| e.to_string())?;
         self.metrics.kept_bytes.inc_by(size);
         tracing::info!(request_id = %ctx.request_id, bytes = kept.body.len(), "kept a submitted form across sign-in");
-        Ok(Ok(token.expose().to_string()))
+        Ok(Ok((token.expose().to_string(), binding)))
     }
 
     /// A page about the form, with one way back to the app.
@@ -325,12 +332,19 @@ impl Gateway {
         let ours = mark.as_ref().filter(|m| m.record == record.as_str());
         let decision = decide(&m.rule.access, Some(&user_session.facts()), now);
         // The flow's own ceremony admits its request, even if a short `max_age` passed on the
-        // way back.
+        // way back; on a per-request route, only a ceremony that signed this very form does.
+        let signed = ours
+            .and_then(|m| m.binding.as_ref())
+            .filter(|b| {
+                aalgate_auth::signing::matches(b, &kept.method, &kept.url, Some(&kept.body))
+            })
+            .cloned();
         let admitted = match decision {
             Decision::Allow => true,
-            Decision::StepUp { aal, .. } => {
+            Decision::StepUp { aal, fresh } => {
                 user_session.aal >= aal
                     && ours.is_some_and(|m| now.since(m.at) <= crate::gateway::ADMISSION_TTL)
+                    && (fresh != Some(StepUp::PerRequest) || signed.is_some())
             }
             _ => false,
         };
@@ -363,6 +377,7 @@ impl Gateway {
         ctx.target = Some(target);
         ctx.session = Some(user_session);
         ctx.session_key = Some(record);
+        ctx.signed = signed;
         self.send_kept(session, ctx, kept).await
     }
 

@@ -371,7 +371,9 @@ impl Gateway {
         let mut flow = flow;
         // A step-up or re-auth needs no new ceremony either when this browser's session here
         // is the same person's and already good enough (another tab just confirmed).
+        // A per-request ceremony is never silent: it signs this one request.
         let silent = |s: &UserSession, flow: &Flow| match flow.need.as_str() {
+            _ if flow.binding.is_some() => false,
             "login" => satisfies(s, flow, now),
             "step_up" | "reauth" => {
                 flow.user.as_deref() == Some(s.user.as_str()) && satisfies(s, flow, now)
@@ -461,6 +463,25 @@ impl Gateway {
         self.send(session, ctx, reply).await
     }
 
+    /// `GET /.aalgate/done` (any host): where the popup of a script call lands after its
+    /// ceremony. It closes itself when a script opened it; otherwise it says what to do.
+    pub(crate) async fn done_page(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let app = self
+            .app_of_host(ctx)
+            .unwrap_or_else(|| "the application".into());
+        let body = format!(
+            "<p>Confirmed. Go back to <strong>{}</strong>: the page you were using carries on by itself. This window closes itself; if it does not, close it.</p>\
+             <p id=\"status\" role=\"status\" aria-live=\"polite\"></p>",
+            escape(&app)
+        );
+        let reply = Reply::html(
+            200,
+            pages::page_with("Confirmed", &body, &ctx.request_id, " data-close=\"1\""),
+        );
+        ctx.outcome = "done";
+        self.send(session, ctx, reply).await
+    }
+
     /// `GET /.aalgate/switch` (any host): sign in as someone else on a shared workstation. The
     /// sign-in page is shown even when a session exists; when a different person signs in,
     /// the previous person's session ends on every host.
@@ -474,6 +495,8 @@ impl Gateway {
             host: self.canonical_host(&ctx.host),
             browser: Some(bind.hash()),
             kept: None,
+            binding: None,
+            script: false,
             method: "GET".into(),
             url: "/".into(),
             need: "switch".into(),
@@ -703,6 +726,7 @@ impl Gateway {
                     invite: Some(token.hash()),
                     allowed: None,
                     handle: Some(user.handle),
+                    ceremony_nonce: None,
                     state: serde_json::to_value(&state)
                         .map_err(|e| DirectoryError::Corrupt("state", e.to_string()))?,
                     created: now,
@@ -725,6 +749,19 @@ impl Gateway {
                 } else {
                     req.username.as_deref().map(|u| u.trim().to_string())
                 };
+                // On a per-request route the challenge is derived from the request's digest
+                // and a fresh ceremony nonce, so the key's signature covers that request.
+                let bound = flow.binding.as_ref().map(|b| {
+                    let n = aalgate_auth::signing::nonce();
+                    (aalgate_auth::signing::challenge_of(b, &n), n)
+                });
+                let start = |name: &str, creds: Option<&[aalgate_auth::Credential]>| match &bound {
+                    Some((Some(chal), _)) => svc.rp.start_sign_in_bound(name, creds, chal),
+                    Some((None, _)) => Err(aalgate_auth::CeremonyError::Config(
+                        "malformed request binding".into(),
+                    )),
+                    None => svc.rp.start_sign_in_for(name, creds),
+                };
                 let (options, state, user, allowed) = match named {
                     Some(name) => {
                         // Throttling is enforced when the answer comes back, so a start never tells
@@ -746,17 +783,13 @@ impl Gateway {
                             return Ok(Err((409, "no_suitable_key", MSG_NO_KEY)));
                         }
                         let allowed: Vec<String> = creds.iter().map(|c| c.id.clone()).collect();
-                        let (o, s) = svc
-                            .rp
-                            .start_sign_in_for(&name, Some(&creds))
+                        let (o, s) = start(&name, Some(&creds))
                             .map_err(|e| DirectoryError::Invalid(e.to_string()))?;
                         (o, s, Some(name), Some(allowed))
                     }
                     None => {
-                        let (o, s) = svc
-                            .rp
-                            .start_sign_in(None)
-                            .map_err(|e| DirectoryError::Invalid(e.to_string()))?;
+                        let (o, s) =
+                            start("", None).map_err(|e| DirectoryError::Invalid(e.to_string()))?;
                         (o, s, None, None)
                     }
                 };
@@ -768,6 +801,7 @@ impl Gateway {
                     invite: None,
                     allowed,
                     handle: None,
+                    ceremony_nonce: bound.map(|(_, n)| aalgate_auth::signing::b64(&n)),
                     state: serde_json::to_value(&state)
                         .map_err(|e| DirectoryError::Corrupt("state", e.to_string()))?,
                     created: now,
@@ -975,6 +1009,8 @@ impl Gateway {
             user: None,
             browser: None,
             kept: None,
+            binding: None,
+            script: false,
         };
         let amr = match cred.kind {
             CredentialKind::SecurityKey => vec!["hwk".into(), "user".into(), "mfa".into()],
@@ -1011,6 +1047,7 @@ impl Gateway {
                 .inc();
             this.audit_auth(ctx, "signin_failure", user, None, None, Some(why));
         };
+        let ceremony_nonce = pending.ceremony_nonce.clone();
         let state: AuthState = match serde_json::from_value(pending.state) {
             Ok(s) => s,
             Err(e) => {
@@ -1180,6 +1217,48 @@ impl Gateway {
             Some(&v.audit_id),
             Some(v.kind.as_str()),
         );
+        let mut flow = flow;
+        if let Some(b) = flow.binding.take() {
+            // The key signed the challenge derived from this request (webauthn-rs checked it
+            // against the state); the audit log keeps the evidence, and only then does the
+            // flow admit the request. Below the route's level it signs nothing.
+            let expected = ceremony_nonce
+                .as_deref()
+                .and_then(aalgate_auth::signing::b64_32)
+                .and_then(|n| aalgate_auth::signing::challenge_of(&b, &n))
+                .map(|c| aalgate_auth::signing::b64(&c));
+            if v.aal >= flow.aal && expected.is_some() && resp.challenge() == expected {
+                let (ad, cd, sig) = resp.signed_parts();
+                let evidence = aalgate_auth::signing::Evidence {
+                    v: 1,
+                    digest: b.digest.clone(),
+                    body: b.body,
+                    ceremony_nonce: ceremony_nonce.clone().unwrap_or_default(),
+                    credential_id: v.credential_id.clone(),
+                    authenticator_data: aalgate_auth::signing::b64(ad),
+                    client_data_json: aalgate_auth::signing::b64(cd),
+                    signature: aalgate_auth::signing::b64(sig),
+                };
+                let path = flow.url.split('?').next().unwrap_or("/");
+                self.audit.emit(&crate::audit::Event {
+                    time: crate::audit::now_rfc3339(),
+                    event: "request_signed",
+                    request_id: Some(&ctx.request_id),
+                    user: Some(&user.id),
+                    app: Some(&flow.app),
+                    method: Some(&flow.method),
+                    path: Some(self.audit.redact_path(path)),
+                    aal: Some(v.aal.number()),
+                    credential: Some(&v.audit_id),
+                    evidence: Some(evidence),
+                    ..Default::default()
+                });
+                self.metrics.signed_requests.inc();
+                flow.binding = Some(b);
+            } else {
+                tracing::info!(request_id = %ctx.request_id, user = %user.id, "per-request ceremony below the route's level or unbound: the request is not signed");
+            }
+        }
         self.start_session(
             session,
             ctx,
@@ -1319,14 +1398,20 @@ impl Gateway {
         flow: &Flow,
         touched: bool,
     ) -> std::result::Result<String, DirectoryError> {
-        if let (Some(_), None, Some(browser)) = (flow.max_age_secs, &flow.kept, &flow.browser) {
+        let window = flow.max_age_secs.is_some() || flow.binding.is_some();
+        if let (true, None, Some(browser)) = (window, &flow.kept, &flow.browser) {
             let key =
                 crate::gateway::admission_key(record, &flow.host, browser, &flow.method, &flow.url);
+            // A per-request grant carries the request it signed, for the upstream.
+            let grant = match &flow.binding {
+                Some(b) => serde_json::to_vec(b).unwrap_or_default(),
+                None => b"1".to_vec(),
+            };
             self.store
                 .kv_put(
                     crate::gateway::ADMISSIONS,
                     &key,
-                    b"1",
+                    &grant,
                     Some(crate::gateway::ADMISSION_TTL),
                 )
                 .await?;
@@ -1339,6 +1424,7 @@ impl Gateway {
                         record: record.as_str().to_string(),
                         touched,
                         at: Timestamp::now(),
+                        binding: flow.binding.clone(),
                     };
                     self.store
                         .kv_put(
@@ -1351,6 +1437,9 @@ impl Gateway {
                 }
                 format!("/.aalgate/resume?kept={k}")
             }
+            // A popup opened by a script call: it closes itself, and the script's retry (not
+            // the popup) is the request the flow admits.
+            None if flow.script => "/.aalgate/done".to_string(),
             None => safe_path(&flow.url),
         };
         if same_host(&flow.host, &self.public_host) {
@@ -1967,6 +2056,8 @@ mod tests {
             user: None,
             browser: None,
             kept: None,
+            binding: None,
+            script: false,
         };
         assert!(satisfies(&s, &f, now));
         f.max_age_secs = Some(999);
