@@ -239,3 +239,117 @@ fn trac_under_a_path_keeps_its_form_in_chromium() {
     );
     assert!(!gw.log().contains("panicked"));
 }
+
+/// `step_up: { per_request: true }` in Chromium (tests/browser/epcs.mjs): one ceremony per kept
+/// form, sent once; a script call signed in a popup; `max_age: 1s` without a loop. Then every
+/// `request_signed` event in the audit log verifies offline with `aalgate audit verify`
+/// against the key's public key, and against the request as the app received it (nonce,
+/// method, URL, body); the same event with another body does not.
+#[test]
+fn per_request_signing_in_chromium() {
+    let upstream = free_port();
+    let _app = DemoApp::start(upstream);
+    let policy = [
+        "app: rx".to_string(),
+        "host: rx.localhost".into(),
+        format!("upstream: http://127.0.0.1:{upstream}"),
+        "default: aal2".into(),
+        "routes:".into(),
+        "  - path: /static/**".into(),
+        "    require: public".into(),
+        "  - path: /invoices".into(),
+        "    methods: [POST]".into(),
+        "    require: aal3".into(),
+        "    step_up: { per_request: true }".into(),
+        "  - path: /echo/**".into(),
+        "    require: aal3".into(),
+        "    step_up: { per_request: true }".into(),
+        "  - path: /payouts/bank-account".into(),
+        "    methods: [POST]".into(),
+        "    require: aal2".into(),
+        "    step_up: { max_age: 1s }".into(),
+        String::new(),
+    ]
+    .join("\n");
+    let ca = root().join("tests/fixtures/chromium-virtual-authenticator-ca.pem");
+    let extra = format!(
+        "rp_id: localhost\naudit:\n  output: file:audit.jsonl\nhardware_keys:\n  aaguids: [01020304-0506-0708-0102-030405060708]\n  attestation_ca: [{}]\n",
+        ca.display()
+    );
+    let gw = Gateway::start_extra(&[("rx.yaml", &policy)], &extra);
+    let out = root().join("target/browser-screenshots/epcs");
+    let _ = std::fs::remove_dir_all(&out);
+    let config = gw.dir.path().join("aalgate.yaml");
+    let status = Command::new("node")
+        .arg(root().join("tests/browser/epcs.mjs"))
+        .env("AALGATE_BIN", aalgate_bin())
+        .env("AALGATE_CONFIG", &config)
+        .env("PORT", gw.port.to_string())
+        .env("OUT", &out)
+        .env("CHROMIUM", chromium())
+        .status()
+        .expect("run node");
+    assert!(
+        status.success(),
+        "epcs scenario failed ({status}); screenshots in {}; gateway log:\n{}",
+        out.display(),
+        gw.log()
+    );
+    let log_file = gw.dir.path().join("audit.jsonl");
+    let signed = std::fs::read_to_string(&log_file)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("\"event\":\"request_signed\""))
+        .count();
+    assert_eq!(signed, 4, "one request_signed event per signed request");
+    let verify = |args: &[&str]| {
+        let o = Command::new(aalgate_bin())
+            .args(["audit", "--config"])
+            .arg(&config)
+            .arg("verify")
+            .arg(&log_file)
+            .args(args)
+            .output()
+            .expect("aalgate audit verify");
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned()
+                + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    let (ok, text) = verify(&[]);
+    assert!(!ok && text.contains("--digest"), "{text}");
+    for name in ["signed-form.json", "signed-xhr.json"] {
+        let j: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join(name)).expect("scenario output"))
+                .expect("json");
+        let s = |k: &str| j[k].as_str().unwrap_or_default().to_string();
+        let (ok, text) = verify(&["--digest", &s("digest")]);
+        assert!(ok && text.starts_with("ok: POST /echo/"), "{name}: {text}");
+        let body = out.join(format!("{name}.body"));
+        let mut args = vec![
+            "--digest".to_string(),
+            s("digest"),
+            "--nonce".into(),
+            s("nonce"),
+            "--method".into(),
+            s("method"),
+            "--url".into(),
+            s("url"),
+        ];
+        if j.get("body").is_some() {
+            std::fs::write(&body, s("body")).expect("write body");
+            args.extend(["--body".into(), body.display().to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, text) = verify(&args);
+        assert!(ok && text.contains("hashes to it"), "{name}: {text}");
+        if j.get("body").is_some() {
+            // The app's record of another body does not match what the key signed.
+            std::fs::write(&body, "account=RX-3&amount=700&note=").expect("write body");
+            let (ok, text) = verify(&args);
+            assert!(!ok && text.contains("does not hash"), "{name}: {text}");
+        }
+    }
+    assert!(!gw.log().contains("panicked"));
+}

@@ -1,0 +1,121 @@
+// Per-request signing (`step_up: { per_request: true }`) in headless Chromium with a virtual
+// security key, in front of the bundled demo app on `rx.localhost`:
+// - every kept form on a per-request route costs exactly one ceremony and is sent exactly once;
+//   the next form needs its own;
+// - a form on a `max_age: 1s` route needs one ceremony, not a loop;
+// - a script call gets the 401 JSON; the popup does the ceremony and closes itself; the retry
+//   is admitted once, and the call after it is refused again.
+// What the app received for the signed requests (nonce, digest, body) is written to OUT for
+// tests/e2e/browser.rs, which checks it against the audit log with `aalgate audit verify`.
+
+import { writeFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  AUTH, OUT, PORT, SECURITY_KEY, check, click, invite, landOn, launch, signCount, sleep, snap, text, withAuthenticator,
+} from './lib.mjs';
+
+const RX = `http://rx.localhost:${PORT}`;
+const { ctx, profile } = await launch();
+try {
+  const B = await withAuthenticator(ctx, SECURITY_KEY);
+  const page = B.page;
+  await page.goto(invite('rex', 3));
+  await click(page, 'Register a hardware security key');
+  await landOn(page, (u) => u.href.startsWith(`${RX}/`) && !u.pathname.startsWith('/.aalgate'), 'after key enrollment');
+  check((await text(page)).includes('AAL3'), 'hardware key enrolled at AAL3');
+
+  // 1. A kept form on a per-request route: one ceremony, sent once, shown after the tap.
+  async function signInvoice(account) {
+    await page.goto(`${RX}/invoices/new`);
+    await page.fill('input[name=account]', account);
+    await page.fill('input[name=amount]', '12.50');
+    const before = await signCount(B);
+    await Promise.all([page.waitForURL((u) => u.pathname === '/.aalgate/auth'), page.getByRole('button', { name: 'Save invoice' }).click()]);
+    const t = await text(page);
+    check(t.includes("Confirm it's you") && t.includes('is kept'), `signing ${account}: the confirmation page says the form is kept`);
+    await snap(page, `sign-${account}`);
+    await click(page, 'Confirm');
+    await landOn(page, (u) => u.href.startsWith(`${RX}/.aalgate/resume`), `signed ${account}`);
+    check((await signCount(B)) === before + 1, `signing ${account}: exactly one ceremony`);
+    return text(page);
+  }
+  let t = await signInvoice('RX-1');
+  check(t.includes('Saved invoice #1'), 'the signed form reached the app');
+  await page.reload();
+  check(!(await text(page)).includes('Saved invoice #2'), 'a reload of the answer sends nothing');
+  t = await signInvoice('RX-2');
+  check(t.includes('Saved invoice #2'), 'the next form needed, and got, its own ceremony');
+  await page.goto(`${RX}/invoices`);
+  check((await text(page)).includes('2 invoice(s) saved'), 'exactly two invoices: each signed form was sent once');
+
+  // 2. A kept form whose answer shows what the app received: the nonce and digest headers.
+  await page.goto(`${RX}/invoices/new`);
+  await page.fill('input[name=account]', 'RX-3');
+  await page.fill('input[name=amount]', '7');
+  await page.evaluate(() => { document.querySelector('form').action = '/echo/sign'; });
+  await Promise.all([page.waitForURL((u) => u.pathname === '/.aalgate/auth'), page.getByRole('button', { name: 'Save invoice' }).click()]);
+  await click(page, 'Confirm');
+  await landOn(page, (u) => u.href.startsWith(`${RX}/.aalgate/resume`), 'signed echo form');
+  const echoed = JSON.parse(await page.locator('body').innerText());
+  const h = (j, n) => j.headers[n];
+  check(h(echoed, 'x-aalgate-request-nonce') && h(echoed, 'x-aalgate-request-digest'), 'the app received the request nonce and digest');
+  check(echoed.body_len === 'account=RX-3&amount=7&note='.length, `the app received the form as typed (${echoed.body_len} bytes)`);
+  writeFileSync(join(OUT, 'signed-form.json'), JSON.stringify({
+    method: 'POST', url: '/echo/sign', body: 'account=RX-3&amount=7&note=',
+    nonce: h(echoed, 'x-aalgate-request-nonce'), digest: h(echoed, 'x-aalgate-request-digest'),
+  }));
+
+  // 3. `max_age: 1s`: one ceremony for the form, not a loop.
+  await page.goto(`${RX}/payouts/bank-account`);
+  await page.fill('input[name=iban]', 'DE00 0000');
+  await sleep(1500);
+  let before = await signCount(B);
+  await Promise.all([page.waitForURL((u) => u.pathname === '/.aalgate/auth'), page.getByRole('button', { name: 'Change payout account' }).click()]);
+  await click(page, 'Confirm');
+  await landOn(page, (u) => u.href.startsWith(`${RX}/.aalgate/resume`), 'max_age 1s form');
+  check((await text(page)).includes('The payout account was changed'), 'max_age: 1s: the form was sent after one ceremony');
+  check((await signCount(B)) === before + 1, 'max_age: 1s: exactly one ceremony, no loop');
+
+  // 4. A script call: 401 JSON, the popup signs and closes, the retry is admitted once.
+  await page.goto(`${RX}/invoices`);
+  const popupP = ctx.waitForEvent('page');
+  const call = page.evaluate(async () => {
+    async function aalgateFetch(url, opts) {
+      const r = await fetch(url, opts);
+      if (r.status !== 401) return r;
+      const j = await r.clone().json().catch(() => null);
+      if (!j || j.error !== 'authentication_required') return r;
+      const w = window.open(j.login_url, 'aalgate', 'width=480,height=640');
+      await new Promise((ok) => { const t = setInterval(() => { if (!w || w.closed) { clearInterval(t); ok(); } }, 200); });
+      return fetch(url, opts);
+    }
+    const opts = { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"rx":4}' };
+    const r = await aalgateFetch('/echo/api', opts);
+    const again = await fetch('/echo/api', opts);
+    return { status: r.status, body: await r.text(), again: again.status, againBody: await again.json() };
+  });
+  const popup = await popupP;
+  await popup.waitForLoadState();
+  check(popup.url().startsWith(`${AUTH}/.aalgate/auth`), 'the script call opened the sign-in in a popup');
+  // The popup is a new tab: give it an authenticator with the same key (and its counter).
+  const { credentials } = await B.cdp.send('WebAuthn.getCredentials', { authenticatorId: B.authenticatorId });
+  const P = await withAuthenticator(ctx, SECURITY_KEY, popup);
+  for (const c of credentials) await P.cdp.send('WebAuthn.addCredential', { authenticatorId: P.authenticatorId, credential: c });
+  before = await signCount(P);
+  await snap(popup, 'popup-confirm');
+  const closed = popup.waitForEvent('close', { timeout: 15000 });
+  await popup.getByRole('button', { name: 'Confirm' }).click();
+  await closed;
+  const r = await call;
+  check(r.status === 200, `the retry after the popup was admitted (${r.status})`);
+  const xhr = JSON.parse(r.body);
+  check(h(xhr, 'x-aalgate-request-nonce') && h(xhr, 'x-aalgate-request-digest'), 'the retried call carried the request nonce and digest');
+  check(r.again === 401 && r.againBody.need === 'step_up', 'the next call needs its own ceremony');
+  writeFileSync(join(OUT, 'signed-xhr.json'), JSON.stringify({
+    method: 'POST', url: '/echo/api', nonce: h(xhr, 'x-aalgate-request-nonce'), digest: h(xhr, 'x-aalgate-request-digest'),
+  }));
+  console.log('epcs scenario passed');
+} finally {
+  await ctx.close();
+  rmSync(profile, { recursive: true, force: true });
+}
