@@ -904,3 +904,36 @@ except jwt.PyJWTError as e:
         Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
     }
 }
+
+/// A tokio runtime for store calls from synchronous tests.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Creates a session directly in a store and returns its cookie value.
+pub fn make_session(
+    store: &dyn aalgate_session::SessionStore,
+    user: &str,
+    aal: aalgate_policy::Aal,
+    auth_age: u64,
+    idle: u64,
+) -> String {
+    let now = aalgate_policy::Timestamp::now();
+    let id = aalgate_session::SessionId::generate();
+    let s = aalgate_session::Session {
+        user: user.to_string(),
+        aal,
+        amr: vec!["hwk".into(), "user".into()],
+        credential: Some("test-credential".into()),
+        auth_time: aalgate_policy::Timestamp(now.0 - auth_age),
+        last_auth: aalgate_policy::Timestamp(now.0 - auth_age),
+        last_seen: aalgate_policy::Timestamp(now.0 - idle),
+        expires_at: now.plus(Duration::from_secs(86400)),
+    };
+    rt().block_on(store.insert(&id.key(), &s))
+        .expect("insert session");
+    id.to_cookie()
+}

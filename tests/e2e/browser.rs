@@ -313,8 +313,7 @@ fn per_request_signing_in_chromium() {
             .expect("aalgate audit verify");
         (
             o.status.success(),
-            String::from_utf8_lossy(&o.stdout).into_owned()
-                + &String::from_utf8_lossy(&o.stderr),
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
         )
     };
     let (ok, text) = verify(&[]);

@@ -15,11 +15,6 @@ mod redis;
 mod signin;
 mod transparency;
 
-use std::time::Duration;
-
-use aalgate_policy::{Aal, Timestamp};
-use aalgate_session::{Session, SessionId, SessionStore};
-
 /// The policy used by most tests, pointing at `upstream_port`.
 pub fn policy(upstream_port: u16) -> String {
     [
@@ -42,35 +37,4 @@ pub fn policy(upstream_port: u16) -> String {
     .join("\n")
 }
 
-/// A tokio runtime for store calls from synchronous tests.
-pub fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-/// Creates a session directly in a store and returns its cookie value.
-pub fn make_session(
-    store: &dyn SessionStore,
-    user: &str,
-    aal: Aal,
-    auth_age: u64,
-    idle: u64,
-) -> String {
-    let now = Timestamp::now();
-    let id = SessionId::generate();
-    let s = Session {
-        user: user.to_string(),
-        aal,
-        amr: vec!["hwk".into(), "user".into()],
-        credential: Some("test-credential".into()),
-        auth_time: Timestamp(now.0 - auth_age),
-        last_auth: Timestamp(now.0 - auth_age),
-        last_seen: Timestamp(now.0 - idle),
-        expires_at: now.plus(Duration::from_secs(86400)),
-    };
-    rt().block_on(store.insert(&id.key(), &s))
-        .expect("insert session");
-    id.to_cookie()
-}
+pub use aalgate_tests::{make_session, rt};

@@ -11,6 +11,8 @@
 //!
 //! The figures go to stderr and to `target/soak-report.txt`.
 
+mod flood;
+
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::id::SessionKey;
 use crate::store::{Flow, Session, SessionStats, SessionStore, StoreError};
 
+/// redb's page cache.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// `user \0 session-key` -> expiry, so "revoke every session of a user" is one range scan.
 const USER_INDEX: TableDefinition<&str, u64> = TableDefinition::new("user_sessions");
@@ -85,6 +87,9 @@ impl EmbeddedStore {
         let path = dir.join("sessions.redb");
         let mut builder = Database::builder();
         builder.set_concurrency_mode(ConcurrencyMode::MultiWriter);
+        // redb caches up to 1 GiB of pages by default: under a flood of kept forms that is the
+        // gateway's memory. Sessions are small and the gateway caches them itself.
+        builder.set_cache_size(CACHE_BYTES);
         let db = builder
             .create(&path)
             .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;

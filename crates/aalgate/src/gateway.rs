@@ -637,6 +637,8 @@ impl Gateway {
 
     /// Not allowed: keep where the browser was going under a one-time flow id, then send a
     /// navigation to the sign-in page, or a script call a 401 JSON naming what is needed.
+    /// `per_request`: the route signs each request, so the flow is bound to this one.
+    #[allow(clippy::too_many_arguments)]
     async fn challenge(
         &self,
         session: &mut Session,

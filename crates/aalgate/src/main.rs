@@ -453,8 +453,9 @@ fn demo_config(
     })
 }
 
-/// Deletes expired records of the embedded store once a minute.
-struct Purge(EmbeddedStore);
+/// Deletes expired records of the embedded store once a minute, and reports the file's size
+/// (freed pages are reused, so it stays near the peak of live data; it never shrinks by itself).
+struct Purge(EmbeddedStore, Arc<metrics::Metrics>);
 
 #[async_trait::async_trait]
 impl BackgroundService for Purge {
@@ -465,6 +466,9 @@ impl BackgroundService for Purge {
                 _ = tick.tick() => {
                     if let Err(e) = self.0.purge_expired(aalgate_policy::Timestamp::now()).await {
                         tracing::warn!(error = %e, "purging expired sessions failed");
+                    }
+                    if let Ok(m) = std::fs::metadata(self.0.path()) {
+                        self.1.embedded_store_bytes.set(m.len() as i64);
                     }
                 }
                 _ = shutdown.changed() => return,
@@ -618,7 +622,10 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         },
     ));
     if let Some(e) = embedded {
-        server.add_service(background_service("aalgate purge", Purge(e)));
+        server.add_service(background_service(
+            "aalgate purge",
+            Purge(e, metrics.clone()),
+        ));
     }
     if let Some(addr) = demo_upstream {
         let mut app = Service::new("demo billing app".to_string(), demo::DemoBilling);

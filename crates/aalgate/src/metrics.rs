@@ -62,6 +62,8 @@ pub struct Metrics {
     pub store_up: IntGauge,
     /// 1 when the store keeps every acknowledged write across a restart (Redis AOF on).
     pub store_durable: IntGauge,
+    /// Size of the embedded store's file (0 with Redis).
+    pub embedded_store_bytes: IntGauge,
     /// Policy reloads by result.
     pub reloads: IntCounterVec,
     /// Unix time of the last successful policy load.
@@ -164,6 +166,11 @@ impl Metrics {
             store_seconds: histogram_vec(&r, "aalgate_store_duration_seconds", "Session store call latency, by operation.", &["op"], LATENCY)?,
             store_up: {
                 let g = IntGauge::new("aalgate_store_up", "1 if the session store answered the last probe, else 0.")?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            embedded_store_bytes: {
+                let g = IntGauge::new("aalgate_embedded_store_bytes", "Size of the embedded store's file in bytes, measured once a minute after expired records are purged (0 with Redis).")?;
                 r.register(Box::new(g.clone()))?;
                 g
             },
