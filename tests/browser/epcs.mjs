@@ -4,7 +4,8 @@
 //   the next form needs its own;
 // - a form on a `max_age: 1s` route needs one ceremony, not a loop;
 // - a script call gets the 401 JSON; the popup does the ceremony and closes itself; the retry
-//   is admitted once, and the call after it is refused again.
+//   is admitted once, and the call after it is refused again; the signature covers the body,
+//   so a retry with another body is refused before the app sees it.
 // What the app received for the signed requests (nonce, digest, body) is written to OUT for
 // tests/e2e/browser.rs, which checks it against the audit log with `aalgate audit verify`.
 
@@ -76,7 +77,31 @@ try {
   check((await text(page)).includes('The payout account was changed'), 'max_age: 1s: the form was sent after one ceremony');
   check((await signCount(B)) === before + 1, 'max_age: 1s: exactly one ceremony, no loop');
 
-  // 4. A script call: 401 JSON, the popup signs and closes, the retry is admitted once.
+  // 4. A script call signs its body too: a retry with another body is refused, and the
+  //    app never sees it. (The ceremony runs in this tab here; the popup comes next.)
+  await page.goto(`${RX}/invoices`);
+  const post = (body) => page.evaluate(async (b) => {
+    try {
+      const r = await fetch('/echo/api', { method: 'POST', headers: { 'content-type': 'application/json' }, body: b });
+      return { status: r.status, body: await r.text() };
+    } catch (e) { return { status: 0, body: String(e) }; }
+  }, body);
+  let first = await post('{"rx":5}');
+  check(first.status === 401 && JSON.parse(first.body).need === 'step_up', 'a script call on a per-request route gets the 401 JSON');
+  before = await signCount(B);
+  await page.goto(JSON.parse(first.body).login_url);
+  t = await text(page);
+  check(t.includes('You are approving') && t.includes('POST /echo/api'), 'the confirmation page names the request being signed');
+  await snap(page, 'approve-script-call');
+  await click(page, 'Confirm');
+  await landOn(page, (u) => u.href === `${RX}/.aalgate/done`, 'script ceremony done');
+  check((await signCount(B)) === before + 1, 'one ceremony for the script call');
+  const tampered = await post('{"rx":6}');
+  check(tampered.status !== 200 && !tampered.body.includes('"rx"'), `a retry with another body is refused (${tampered.status})`);
+  const spent = await post('{"rx":5}');
+  check(spent.status === 401, 'the grant went with the refused retry');
+
+  // 5. A script call: 401 JSON, the popup signs and closes, the retry is admitted once.
   await page.goto(`${RX}/invoices`);
   const popupP = ctx.waitForEvent('page');
   const call = page.evaluate(async () => {
@@ -111,8 +136,9 @@ try {
   const xhr = JSON.parse(r.body);
   check(h(xhr, 'x-aalgate-request-nonce') && h(xhr, 'x-aalgate-request-digest'), 'the retried call carried the request nonce and digest');
   check(r.again === 401 && r.againBody.need === 'step_up', 'the next call needs its own ceremony');
+  check(xhr.body_len === 8, 'the app received the signed body');
   writeFileSync(join(OUT, 'signed-xhr.json'), JSON.stringify({
-    method: 'POST', url: '/echo/api', nonce: h(xhr, 'x-aalgate-request-nonce'), digest: h(xhr, 'x-aalgate-request-digest'),
+    method: 'POST', url: '/echo/api', body: '{"rx":4}', nonce: h(xhr, 'x-aalgate-request-nonce'), digest: h(xhr, 'x-aalgate-request-digest'),
   }));
   console.log('epcs scenario passed');
 } finally {

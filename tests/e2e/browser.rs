@@ -301,7 +301,16 @@ fn per_request_signing_in_chromium() {
         .lines()
         .filter(|l| l.contains("\"event\":\"request_signed\""))
         .count();
-    assert_eq!(signed, 4, "one request_signed event per signed request");
+    assert_eq!(signed, 5, "one request_signed event per signed request");
+    let admitted = std::fs::read_to_string(&log_file)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("\"event\":\"request_admitted\""))
+        .count();
+    assert_eq!(
+        admitted, 5,
+        "each signed request admitted once (the tampered retry too, then refused)"
+    );
     let verify = |args: &[&str]| {
         let o = Command::new(aalgate_bin())
             .args(["audit", "--config"])
@@ -331,6 +340,8 @@ fn per_request_signing_in_chromium() {
             s("digest"),
             "--nonce".into(),
             s("nonce"),
+            "--host".into(),
+            format!("rx.localhost:{}", gw.port),
             "--method".into(),
             s("method"),
             "--url".into(),
@@ -345,7 +356,7 @@ fn per_request_signing_in_chromium() {
         assert!(ok && text.contains("hashes to it"), "{name}: {text}");
         if j.get("body").is_some() {
             // The app's record of another body does not match what the key signed.
-            std::fs::write(&body, "account=RX-3&amount=700&note=").expect("write body");
+            std::fs::write(&body, format!("{} ", s("body"))).expect("write body");
             let (ok, text) = verify(&args);
             assert!(!ok && text.contains("does not hash"), "{name}: {text}");
         }

@@ -48,11 +48,19 @@ fn lp(h: &mut Sha256, bytes: &[u8]) {
     h.update(bytes);
 }
 
-/// The request digest. `body: None`: the body was not seen (a script call).
-pub fn request_digest(nonce: &[u8; 32], method: &str, url: &str, body: Option<&[u8]>) -> [u8; 32] {
+/// The request digest over the app's canonical `host` (host:port), the method, the normalized
+/// path and query, and the body. `body: None`: the request had none (a GET).
+pub fn request_digest(
+    nonce: &[u8; 32],
+    method: &str,
+    host: &str,
+    url: &str,
+    body: Option<&[u8]>,
+) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(DIGEST_DOMAIN);
     h.update(nonce);
+    lp(&mut h, host.as_bytes());
     lp(&mut h, method.as_bytes());
     lp(&mut h, url.as_bytes());
     match body {
@@ -65,37 +73,57 @@ pub fn request_digest(nonce: &[u8; 32], method: &str, url: &str, body: Option<&[
     h.finalize().into()
 }
 
-/// The WebAuthn challenge of a ceremony for the request with `digest`.
-pub fn challenge(digest: &[u8; 32], ceremony_nonce: &[u8; 32]) -> [u8; 32] {
-    Sha256::new()
-        .chain_update(CHALLENGE_DOMAIN)
-        .chain_update(digest)
-        .chain_update(ceremony_nonce)
-        .finalize()
-        .into()
+/// The WebAuthn challenge of a ceremony for the request with `digest`. The method and the
+/// path as the audit log writes them (redacted) are mixed in too, so that what an auditor
+/// reads in the event is covered by the signature.
+pub fn challenge(
+    digest: &[u8; 32],
+    ceremony_nonce: &[u8; 32],
+    method: &str,
+    path: &str,
+) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(CHALLENGE_DOMAIN);
+    h.update(digest);
+    h.update(ceremony_nonce);
+    lp(&mut h, method.as_bytes());
+    lp(&mut h, path.as_bytes());
+    h.finalize().into()
 }
 
-/// A new binding of `method url body` under a fresh request nonce.
-pub fn bind(method: &str, url: &str, body: Option<&[u8]>) -> RequestBinding {
+/// A new binding of the request under a fresh request nonce (plain: the caller seals the
+/// nonce before storing it).
+pub fn bind(method: &str, host: &str, url: &str, body: Option<&[u8]>) -> RequestBinding {
     let n = nonce();
     RequestBinding {
         nonce: b64(&n),
-        digest: b64(&request_digest(&n, method, url, body)),
+        digest: b64(&request_digest(&n, method, host, url, body)),
         body: body.is_some(),
     }
 }
 
-/// Whether `b` is the binding of `method url body`.
-pub fn matches(b: &RequestBinding, method: &str, url: &str, body: Option<&[u8]>) -> bool {
+/// Whether `b` (with its plain nonce) is the binding of this request.
+pub fn matches(
+    b: &RequestBinding,
+    method: &str,
+    host: &str,
+    url: &str,
+    body: Option<&[u8]>,
+) -> bool {
     let (Some(n), Some(d)) = (b64_32(&b.nonce), b64_32(&b.digest)) else {
         return false;
     };
-    body.is_some() == b.body && request_digest(&n, method, url, body) == d
+    body.is_some() == b.body && request_digest(&n, method, host, url, body) == d
 }
 
-/// The challenge of a ceremony for `b` with `ceremony_nonce`; `None` if `b` is malformed.
-pub fn challenge_of(b: &RequestBinding, ceremony_nonce: &[u8; 32]) -> Option<[u8; 32]> {
-    Some(challenge(&b64_32(&b.digest)?, ceremony_nonce))
+/// The challenge of a ceremony for `b`; `None` if `b` is malformed.
+pub fn challenge_of(
+    b: &RequestBinding,
+    ceremony_nonce: &[u8; 32],
+    method: &str,
+    path: &str,
+) -> Option<[u8; 32]> {
+    Some(challenge(&b64_32(&b.digest)?, ceremony_nonce, method, path))
 }
 
 /// The evidence an audit event keeps: enough, with the credential's public key, to check
@@ -105,9 +133,13 @@ pub fn challenge_of(b: &RequestBinding, ceremony_nonce: &[u8; 32]) -> Option<[u8
 pub struct Evidence {
     /// Format version (1).
     pub v: u8,
+    /// The method, as the challenge covers it.
+    pub method: String,
+    /// The path as the audit log writes it (redacted, no query), as the challenge covers it.
+    pub path: String,
     /// The request digest, base64url.
     pub digest: String,
-    /// Whether the digest covers the body.
+    /// Whether the request had a body (the digest covers it).
     pub body: bool,
     /// The ceremony nonce, base64url.
     pub ceremony_nonce: String,
@@ -127,6 +159,9 @@ pub enum VerifyError {
     /// A field is not valid base64url or has the wrong length.
     #[error("the evidence is malformed: {0}")]
     Malformed(&'static str),
+    /// An evidence format this version does not know.
+    #[error("evidence version {0} is not known to this aalgate (1)")]
+    Version(u8),
     /// `clientDataJSON` names another challenge than the digest and nonce give.
     #[error("clientDataJSON's challenge is not derived from this digest and ceremony nonce")]
     Challenge,
@@ -147,16 +182,35 @@ pub enum VerifyError {
     Digest,
 }
 
+/// The request as the app recorded it, to check a digest against.
+#[derive(Clone, Copy, Debug)]
+pub struct Recorded<'a> {
+    /// The request nonce (`X-Aalgate-Request-Nonce`).
+    pub nonce: &'a str,
+    /// The method.
+    pub method: &'a str,
+    /// The host (and port) the app is served on.
+    pub host: &'a str,
+    /// The path and query.
+    pub url: &'a str,
+    /// The body, if the request had one.
+    pub body: Option<&'a [u8]>,
+}
+
 /// Checks `e` against the credential `key`, for relying party `rp_id` at `origin` (the auth
-/// origin). With `request` (nonce, method, URL, body as the app recorded them), also checks
-/// that the digest is that request's.
+/// origin): the signature, the challenge's derivation from the digest, the method and path,
+/// the ceremony type and origin, the RP id and the user-verified flag. With `request` (as the
+/// app recorded it), also that the digest is that request's.
 pub fn verify(
     e: &Evidence,
     key: &Passkey,
     rp_id: &str,
     origin: &str,
-    request: Option<(&str, &str, &str, Option<&[u8]>)>,
+    request: Option<Recorded<'_>>,
 ) -> Result<(), VerifyError> {
+    if e.v != 1 {
+        return Err(VerifyError::Version(e.v));
+    }
     let dec = |s: &str, what: &'static str| {
         URL_SAFE_NO_PAD
             .decode(s)
@@ -167,9 +221,12 @@ pub fn verify(
     let auth_data = dec(&e.authenticator_data, "authenticator_data")?;
     let client_data = dec(&e.client_data_json, "client_data_json")?;
     let sig = dec(&e.signature, "signature")?;
-    if let Some((nonce, method, url, body)) = request {
-        let n = b64_32(nonce).ok_or(VerifyError::Malformed("request nonce"))?;
-        if body.is_some() != e.body || request_digest(&n, method, url, body) != digest {
+    if let Some(r) = request {
+        let n = b64_32(r.nonce).ok_or(VerifyError::Malformed("request nonce"))?;
+        if r.method != e.method
+            || r.body.is_some() != e.body
+            || request_digest(&n, r.method, r.host, r.url, r.body) != digest
+        {
             return Err(VerifyError::Digest);
         }
     }
@@ -182,7 +239,7 @@ pub fn verify(
     }
     let cd: ClientData = serde_json::from_slice(&client_data)
         .map_err(|_| VerifyError::Malformed("client_data_json"))?;
-    if cd.challenge != b64(&challenge(&digest, &cn)) {
+    if cd.challenge != b64(&challenge(&digest, &cn, &e.method, &e.path)) {
         return Err(VerifyError::Challenge);
     }
     // Browsers write the origin bare; some authenticator libraries add a `/`.
@@ -218,33 +275,36 @@ mod tests {
     #[test]
     fn digests_bind_every_field_and_the_nonce() {
         let n = [7u8; 32];
-        let d = request_digest(&n, "POST", "/rx/1/sign", Some(b"dose=5mg"));
-        assert_ne!(
-            d,
-            request_digest(&[8u8; 32], "POST", "/rx/1/sign", Some(b"dose=5mg"))
-        );
-        assert_ne!(
-            d,
-            request_digest(&n, "PUT", "/rx/1/sign", Some(b"dose=5mg"))
-        );
-        assert_ne!(
-            d,
-            request_digest(&n, "POST", "/rx/2/sign", Some(b"dose=5mg"))
-        );
-        assert_ne!(
-            d,
-            request_digest(&n, "POST", "/rx/1/sign", Some(b"dose=50mg"))
-        );
-        assert_ne!(d, request_digest(&n, "POST", "/rx/1/sign", None));
+        let h = "rx.example:443";
+        let d = request_digest(&n, "POST", h, "/rx/1/sign", Some(b"dose=5mg"));
+        for other in [
+            request_digest(&[8u8; 32], "POST", h, "/rx/1/sign", Some(b"dose=5mg")),
+            request_digest(&n, "PUT", h, "/rx/1/sign", Some(b"dose=5mg")),
+            request_digest(
+                &n,
+                "POST",
+                "ehr.example:443",
+                "/rx/1/sign",
+                Some(b"dose=5mg"),
+            ),
+            request_digest(&n, "POST", h, "/rx/2/sign", Some(b"dose=5mg")),
+            request_digest(&n, "POST", h, "/rx/1/sign", Some(b"dose=50mg")),
+            request_digest(&n, "POST", h, "/rx/1/sign", None),
+        ] {
+            assert_ne!(d, other);
+        }
         // Length prefixes: moving bytes between fields changes the digest.
         assert_ne!(
-            request_digest(&n, "POST", "/a", Some(b"b")),
-            request_digest(&n, "POST", "/ab", Some(b""))
+            request_digest(&n, "POST", h, "/a", Some(b"b")),
+            request_digest(&n, "POST", h, "/ab", Some(b""))
         );
-        let b = bind("POST", "/rx/1/sign", Some(b"dose=5mg"));
-        assert!(matches(&b, "POST", "/rx/1/sign", Some(b"dose=5mg")));
-        assert!(!matches(&b, "POST", "/rx/1/sign", Some(b"dose=6mg")));
-        assert!(!matches(&b, "POST", "/rx/1/sign", None));
-        assert_ne!(challenge(&d, &[1u8; 32]), challenge(&d, &[2u8; 32]));
+        let b = bind("POST", h, "/rx/1/sign", Some(b"dose=5mg"));
+        assert!(matches(&b, "POST", h, "/rx/1/sign", Some(b"dose=5mg")));
+        assert!(!matches(&b, "POST", h, "/rx/1/sign", Some(b"dose=6mg")));
+        assert!(!matches(&b, "POST", h, "/rx/1/sign", None));
+        let c = challenge(&d, &[1u8; 32], "POST", "/rx/1/sign");
+        assert_ne!(c, challenge(&d, &[2u8; 32], "POST", "/rx/1/sign"));
+        assert_ne!(c, challenge(&d, &[1u8; 32], "POST", "/rx/9/sign"));
+        assert_ne!(c, challenge(&d, &[1u8; 32], "PUT", "/rx/1/sign"));
     }
 }

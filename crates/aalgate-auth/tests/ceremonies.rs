@@ -588,10 +588,11 @@ fn a_request_bound_ceremony_signs_the_request_digest() {
     let mut u = user("rex");
     register(&rp, &mut token, &mut u, RegKind::SecurityKey).unwrap();
     let body = b"patient=1&drug=oxycodone&dose=5mg";
-    let binding = signing::bind("POST", "/prescriptions/7/sign", Some(body));
+    let host = "rx.localhost:8080";
+    let binding = signing::bind("POST", host, "/prescriptions/7/sign", Some(body));
     let digest = signing::b64_32(&binding.digest).unwrap();
     let cn = signing::nonce();
-    let chal = signing::challenge(&digest, &cn);
+    let chal = signing::challenge(&digest, &cn, "POST", "/prescriptions/7/sign");
     let (opts, st) = rp
         .start_sign_in_bound("rex", Some(&u.credentials), &chal)
         .unwrap();
@@ -611,6 +612,8 @@ fn a_request_bound_ceremony_signs_the_request_digest() {
     let (ad, cd, sig) = r.signed_parts();
     let e = Evidence {
         v: 1,
+        method: "POST".into(),
+        path: "/prescriptions/7/sign".into(),
         digest: binding.digest.clone(),
         body: true,
         ceremony_nonce: signing::b64(&cn),
@@ -620,29 +623,35 @@ fn a_request_bound_ceremony_signs_the_request_digest() {
         signature: signing::b64(sig),
     };
     let key = &u.credentials[0].key;
-    let req = Some((
-        binding.nonce.as_str(),
-        "POST",
-        "/prescriptions/7/sign",
-        Some(&body[..]),
-    ));
+    let req = Some(signing::Recorded {
+        nonce: &binding.nonce,
+        method: "POST",
+        host,
+        url: "/prescriptions/7/sign",
+        body: Some(&body[..]),
+    });
     assert_eq!(signing::verify(&e, key, "localhost", ORIGIN, req), Ok(()));
     assert_eq!(signing::verify(&e, key, "localhost", ORIGIN, None), Ok(()));
     // Another body, another digest, another key, another relying party: refused.
-    let other = Some((
-        binding.nonce.as_str(),
-        "POST",
-        "/prescriptions/7/sign",
-        Some(&b"patient=1&drug=oxycodone&dose=50mg"[..]),
-    ));
+    let other = req.map(|r| signing::Recorded {
+        body: Some(&b"patient=1&drug=oxycodone&dose=50mg"[..]),
+        ..r
+    });
     assert_eq!(
         signing::verify(&e, key, "localhost", ORIGIN, other),
         Err(VerifyError::Digest)
     );
     let mut forged = e.clone();
-    forged.digest = signing::bind("POST", "/prescriptions/7/sign", Some(b"x")).digest;
+    forged.digest = signing::bind("POST", host, "/prescriptions/7/sign", Some(b"x")).digest;
     assert_eq!(
         signing::verify(&forged, key, "localhost", ORIGIN, None),
+        Err(VerifyError::Challenge)
+    );
+    // The method and path an auditor reads are covered too.
+    let mut moved = e.clone();
+    moved.path = "/prescriptions/9/sign".into();
+    assert_eq!(
+        signing::verify(&moved, key, "localhost", ORIGIN, None),
         Err(VerifyError::Challenge)
     );
     let mut pk = SoftPasskey::new(true);
@@ -675,4 +684,26 @@ fn a_request_bound_ceremony_signs_the_request_digest() {
     assert!(rp
         .finish_sign_in(&r, st_other, &mut u, None, Timestamp::now())
         .is_err());
+}
+
+/// A usernameless (discoverable) ceremony can be bound too: the options and the server state
+/// both carry the given challenge.
+#[test]
+fn a_usernameless_ceremony_is_bound_in_options_and_state() {
+    let (_, rp) = token_and_rp();
+    let chal = [42u8; 32];
+    let (opts, st) = rp.start_sign_in_bound("", None, &chal).unwrap();
+    let want = aalgate_auth::signing::b64(&chal);
+    assert_eq!(
+        opts.pointer("/publicKey/challenge")
+            .and_then(|v| v.as_str()),
+        Some(want.as_str())
+    );
+    let st = serde_json::to_value(&st).unwrap();
+    assert_eq!(
+        st.pointer("/Discoverable/ast/challenge")
+            .and_then(|v| v.as_str()),
+        Some(want.as_str()),
+        "{st}"
+    );
 }

@@ -72,7 +72,14 @@ fn index_key(user: &str, key: &SessionKey) -> String {
 pub struct EmbeddedStore {
     db: Arc<Database>,
     path: PathBuf,
+    /// Calls on the blocking pool at once. redb runs one write at a time anyway; without a
+    /// cap a flood of flows spreads over dozens of blocking threads, and each thread's
+    /// allocator heap stays resident (measured: +120 MiB of RSS for 7,000 anonymous flows).
+    calls: Arc<tokio::sync::Semaphore>,
 }
+
+/// Embedded-store calls running at once; the rest wait (within the store deadline).
+const CONCURRENT_CALLS: usize = 4;
 
 impl EmbeddedStore {
     /// Opens (or creates) `<dir>/sessions.redb`, creating `dir` with mode 0700.
@@ -105,6 +112,7 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             db: Arc::new(db),
             path,
+            calls: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_CALLS)),
         })
     }
 
@@ -118,6 +126,7 @@ impl EmbeddedStore {
         f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let db = self.db.clone();
+        let _permit = self.calls.acquire().await.map_err(unavailable)?;
         tokio::task::spawn_blocking(move || f(&db))
             .await
             .map_err(unavailable)?

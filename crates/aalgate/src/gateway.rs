@@ -111,6 +111,18 @@ pub struct Ctx {
     upgrade: Option<Upgraded>,
     /// The request a per-request ceremony signed: its nonce and digest go upstream with it.
     pub(crate) signed: Option<aalgate_session::RequestBinding>,
+    /// A signed request whose body is checked against the digest as it streams.
+    verify_body: Option<BodyCheck>,
+}
+
+/// The body of an admitted signed request, held back until it hashes to the digest the key
+/// signed: the upstream gets the head at once and the body only if it matches (otherwise the
+/// request is aborted, and an incomplete request is never processed).
+struct BodyCheck {
+    binding: aalgate_session::RequestBinding,
+    host: String,
+    url: String,
+    seen: Vec<u8>,
 }
 
 /// What a live WebSocket connection is checked against.
@@ -331,6 +343,32 @@ impl Gateway {
             reply.header("retry-after", "5".into())
         } else {
             reply
+        };
+        self.send(session, ctx, reply).await
+    }
+
+    /// A refusal with its own words: a page for a navigation, the error JSON for a script.
+    pub(crate) async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        status: u16,
+        code: &'static str,
+        title: &str,
+        text: &str,
+    ) -> Result<bool> {
+        ctx.outcome = code;
+        let reply = if headers::is_script_request(&session.req_header().headers) {
+            Reply::json(status, pages::error_json(status, code, &ctx.request_id))
+        } else {
+            Reply::html(
+                status,
+                pages::page(
+                    title,
+                    &format!("<p>{}</p>", pages::escape(text)),
+                    &ctx.request_id,
+                ),
+            )
         };
         self.send(session, ctx, reply).await
     }
@@ -735,10 +773,44 @@ impl Gateway {
                 Err(n) => n.as_str().to_string(),
             });
         }
-        // Nothing kept, nothing refused (a GET, a script call): the ceremony signs the method
-        // and URL, and admits that one request.
+        // Nothing kept, nothing refused (a GET, a script call): the ceremony signs this request
+        // (its body too, read now and checked again on the retry) and admits only it.
         if per_request && flow.kept.is_none() {
-            flow.binding = Some(aalgate_auth::signing::bind(&flow.method, &flow.url, None));
+            use crate::preserve::{evidence, Evidence};
+            let req = session.req_header();
+            let own = format!("{}://{}", self.signin.scheme, ctx.host);
+            let typed = req
+                .headers
+                .get("sec-fetch-site")
+                .and_then(|v| v.to_str().ok())
+                == Some("none");
+            if !typed && evidence(&req.headers, &own) == Evidence::Foreign {
+                // A page on another site cannot make a person sign a request.
+                return self
+                    .refuse(session, ctx, 403, "per_request_foreign", "Start this from the application", &format!("This action in {app} needs your signature, and it did not come from {app} itself. Open {app} and start it there."))
+                    .await;
+            }
+            let body = if has_request_body(req) {
+                let Ok(_permit) = self.signin.reads.try_acquire() else {
+                    return self.error(session, ctx, 503, "busy").await;
+                };
+                match self.read_body_bounded(session).await {
+                    Some(b) => Some(b),
+                    None => {
+                        return self
+                            .refuse(session, ctx, 413, "too_large_to_sign", "Too large to sign", "This request is larger than the gateway signs (preserve_body_limit). Ask IT to raise the limit for this application.")
+                            .await
+                    }
+                }
+            } else {
+                None
+            };
+            flow.binding = Some(self.sealed_binding(aalgate_auth::signing::bind(
+                &flow.method,
+                &flow.host,
+                &flow.url,
+                body.as_deref(),
+            )));
         }
         let id = FlowId::generate();
         if let Err(e) = self.store.put_flow(&id.key(), &flow, FLOW_TTL).await {
@@ -830,6 +902,7 @@ impl ProxyHttp for Gateway {
             session_key: None,
             upgrade: None,
             signed: None,
+            verify_body: None,
         }
     }
 
@@ -1070,7 +1143,19 @@ impl ProxyHttp for Gateway {
                             // `max_age` grant for the same URL signs nothing, so it does not
                             // admit a per-request route.
                             let signed: Option<aalgate_session::RequestBinding> =
-                                serde_json::from_slice(&grant).ok();
+                                serde_json::from_slice(&grant)
+                                    .ok()
+                                    .and_then(|b| self.opened_binding(&b));
+                            // Without a body the digest is checked now; with one, as the body
+                            // streams (held back until it matches).
+                            let has_body = has_request_body(session.req_header());
+                            let signed = signed.filter(|b| {
+                                b.body == has_body
+                                    && (b.body
+                                        || aalgate_auth::signing::matches(
+                                            b, &method, &host, &url, None,
+                                        ))
+                            });
                             let per_request = matches!(
                                 other,
                                 Decision::StepUp {
@@ -1081,6 +1166,17 @@ impl ProxyHttp for Gateway {
                             if per_request && signed.is_none() {
                                 tracing::warn!(request_id = %ctx.request_id, "an admission without a signature on a per-request route");
                             } else {
+                                if let Some(b) = &signed {
+                                    if b.body {
+                                        ctx.verify_body = Some(BodyCheck {
+                                            binding: b.clone(),
+                                            host: host.clone(),
+                                            url: url.clone(),
+                                            seen: Vec::new(),
+                                        });
+                                    }
+                                    self.audit_admitted(ctx, &s.user, b);
+                                }
                                 ctx.signed = signed;
                                 ctx.session_key = Some(record.clone());
                                 ctx.session = Some(s.clone());
@@ -1162,6 +1258,40 @@ impl ProxyHttp for Gateway {
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(check) = ctx.verify_body.as_mut() {
+            if let Some(chunk) = _body.take() {
+                if check.seen.len() + chunk.len() > self.signin.body_limit {
+                    return Err(Error::explain(
+                        ErrorType::HTTPStatus(413),
+                        "signed request body over the limit",
+                    ));
+                }
+                check.seen.extend_from_slice(&chunk);
+            }
+            if !_end_of_stream {
+                // Held back: an empty chunk is not written upstream.
+                *_body = Some(Bytes::new());
+                return Ok(());
+            }
+            let method = _session.req_header().method.as_str().to_string();
+            let ok = aalgate_auth::signing::matches(
+                &check.binding,
+                &method,
+                &check.host,
+                &check.url,
+                Some(&check.seen),
+            );
+            if !ok {
+                tracing::warn!(request_id = %ctx.request_id, "a signed request's body differs from the one the key signed: aborted");
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(403),
+                    "the body is not the one that was signed",
+                ));
+            }
+            *_body = Some(Bytes::from(std::mem::take(&mut check.seen)));
+            ctx.verify_body = None;
+            return Ok(());
+        }
         let Some(up) = ctx.upgrade.as_mut() else {
             return Ok(());
         };

@@ -187,18 +187,24 @@ enum AuditAction {
         #[arg(long)]
         digest: Option<String>,
         /// The request nonce the app received (`X-Aalgate-Request-Nonce`).
-        #[arg(long, requires_all = ["method", "url"])]
+        #[arg(long, requires_all = ["method", "url", "host"])]
         nonce: Option<String>,
+        /// The app's host (and port, when not the scheme's default) as the gateway serves it.
+        #[arg(long, requires = "nonce")]
+        host: Option<String>,
         /// The request's method.
         #[arg(long, requires = "nonce")]
         method: Option<String>,
         /// The request's path and query, as the app received them.
         #[arg(long, requires = "nonce")]
         url: Option<String>,
-        /// A file with the body exactly as the app received it (omit for a request whose body
-        /// was not bound: a GET or a script call).
+        /// A file with the body exactly as the app received it (omit for a request without
+        /// a body).
         #[arg(long, requires = "nonce")]
         body: Option<PathBuf>,
+        /// The WebAuthn RP id, when no --config is given (default: --origin's host).
+        #[arg(long)]
+        rp_id: Option<String>,
     },
 }
 
@@ -860,21 +866,24 @@ fn fmt_time(t: Option<aalgate_policy::Timestamp>) -> String {
 /// digest against the app's record of the request.
 async fn audit_run(args: AuditArgs) -> Result<bool> {
     use aalgate_auth::signing::{self, Evidence};
+    use std::io::BufRead;
     let AuditAction::Verify {
         log,
         digest,
         nonce,
+        host,
         method,
         url,
         body,
+        rp_id,
     } = args.action;
-    let text = if log.as_os_str() == "-" {
-        let mut t = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
-            .context("reading the event from standard input")?;
-        t
+    // Read line by line: an audit log can be large.
+    let reader: Box<dyn BufRead> = if log.as_os_str() == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
     } else {
-        std::fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(&log).with_context(|| format!("reading {}", log.display()))?,
+        ))
     };
     #[derive(serde::Deserialize)]
     struct Line {
@@ -884,22 +893,39 @@ async fn audit_run(args: AuditArgs) -> Result<bool> {
         #[serde(default)]
         time: Option<String>,
         #[serde(default)]
-        method: Option<String>,
-        #[serde(default)]
-        path: Option<String>,
-        #[serde(default)]
         evidence: Option<Evidence>,
     }
-    let events: Vec<Line> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Line>(l.trim()).ok())
-        .filter(|l| l.event == "request_signed" && l.evidence.is_some())
-        .filter(|l| {
-            digest
-                .as_deref()
-                .is_none_or(|d| l.evidence.as_ref().is_some_and(|e| e.digest == d))
-        })
-        .collect();
+    let mut events: Vec<Line> = Vec::new();
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", log.display()))?;
+        if !line.contains("\"request_signed\"") {
+            continue;
+        }
+        // A request_signed event that does not parse is an error, never skipped.
+        let Ok(l) = serde_json::from_str::<Line>(line.trim()) else {
+            if line.contains("\"event\":\"request_signed\"") {
+                bail!(
+                    "{}:{}: a request_signed event this aalgate cannot read (newer format, or damaged)",
+                    log.display(),
+                    n + 1
+                );
+            }
+            continue;
+        };
+        if l.event != "request_signed" {
+            continue;
+        }
+        let Some(e) = &l.evidence else {
+            bail!(
+                "{}:{}: a request_signed event without evidence",
+                log.display(),
+                n + 1
+            );
+        };
+        if digest.as_deref().is_none_or(|d| e.digest == d) {
+            events.push(l);
+        }
+    }
     let line = match events.len() {
         0 => bail!(
             "{}: no request_signed event{}",
@@ -932,7 +958,7 @@ async fn audit_run(args: AuditArgs) -> Result<bool> {
                 .ok()
                 .and_then(|u| u.host_str().map(str::to_string))
                 .context("--origin is not a URL")?;
-            (o, host)
+            (o, rp_id.unwrap_or(host))
         }
     };
     let (store, _) = cli_store(&args.target)?;
@@ -950,24 +976,24 @@ async fn audit_run(args: AuditArgs) -> Result<bool> {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
         None => None,
     };
-    let request = nonce.as_deref().map(|n| {
-        (
-            n,
-            method.as_deref().unwrap_or(""),
-            url.as_deref().unwrap_or(""),
-            body.as_deref(),
-        )
+    let request = nonce.as_deref().map(|n| signing::Recorded {
+        nonce: n,
+        method: method.as_deref().unwrap_or(""),
+        host: host.as_deref().unwrap_or(""),
+        url: url.as_deref().unwrap_or(""),
+        body: body.as_deref(),
     });
     match signing::verify(e, &cred.key, &rp_id, &origin, request) {
         Ok(()) => {
+            // Method and path come from the signed evidence; the time is the log's.
             println!(
-                "ok: {} {} at {} was approved by {user} with credential {} ({}, {}); digest {}{}",
-                line.method.as_deref().unwrap_or("-"),
-                line.path.as_deref().unwrap_or("-"),
-                line.time.as_deref().unwrap_or("-"),
+                "ok: {} {} was approved by {user} with credential {} ({}, {}); logged at {}; digest {}{}",
+                e.method,
+                e.path,
                 cred.audit_id(),
                 cred.kind.as_str(),
                 cred.aal.as_str(),
+                line.time.as_deref().unwrap_or("-"),
                 e.digest,
                 if request.is_some() {
                     "; the request given hashes to it"

@@ -292,16 +292,20 @@ impl Sealer {
         self.rng
             .fill(&mut nonce)
             .map_err(|_| anyhow::anyhow!("no randomness"))?;
-        let mut buf = plain.to_vec();
-        self.key
-            .seal_in_place_append_tag(
+        // One buffer, sized once: a kept form is up to the body limit, and up to
+        // `preserve_concurrent_reads` of them are sealed at once.
+        let mut out = Vec::with_capacity(NONCE_LEN + plain.len() + AES_256_GCM.tag_len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plain);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(aad.as_bytes()),
-                &mut buf,
+                &mut out[NONCE_LEN..],
             )
             .map_err(|_| anyhow::anyhow!("encryption failed"))?;
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&buf);
+        out.extend_from_slice(tag.as_ref());
         Ok(out)
     }
 

@@ -76,33 +76,18 @@ impl Gateway {
         let Ok(_permit) = self.signin.reads.try_acquire() else {
             return Ok(Err(NotKept::Busy));
         };
-        let limit = self.signin.body_limit;
-        let declared = session
-            .req_header()
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            // Not read at all; the connection closes when the answer goes out.
+        let Some(body) = self.read_body_bounded(session).await else {
             return Ok(Err(NotKept::TooLarge));
-        }
-        let mut body = Vec::new();
-        loop {
-            match session.read_request_body().await {
-                Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > limit {
-                        return Ok(Err(NotKept::TooLarge));
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(_) => return Ok(Err(NotKept::TooLarge)),
-            }
-        }
+        };
         let req = session.req_header();
-        let binding =
-            bound.then(|| aalgate_auth::signing::bind(req.method.as_str(), &flow.url, Some(&body)));
+        let binding = bound.then(|| {
+            self.sealed_binding(aalgate_auth::signing::bind(
+                req.method.as_str(),
+                &flow.host,
+                &flow.url,
+                Some(&body),
+            ))
+        });
         let kept = KeptRequest {
             method: req.method.as_str().to_string(),
             url: flow.url.clone(),
@@ -122,12 +107,16 @@ impl Gateway {
             browser: bind.hash(),
         };
         let token = Token::generate();
+        let body_len = kept.body.len();
         let plain = kept.encode().map_err(|e| e.to_string())?;
+        // Each copy is up to the body limit: free the body before sealing, the plaintext after.
+        drop(kept);
         let sealed = self
             .signin
             .sealer
             .seal(&plain, &token.hash())
             .map_err(|e| e.to_string())?;
+        drop(plain);
         // Quotas: the whole store, and this person. Checked, then charged before the write, so
         // parallel keeps overshoot by at most `preserve_concurrent_reads` forms.
         let size = sealed.len() as u64;
@@ -155,8 +144,75 @@ impl Gateway {
             .await
             .map_err(|e| e.to_string())?;
         self.metrics.kept_bytes.inc_by(size);
-        tracing::info!(request_id = %ctx.request_id, bytes = kept.body.len(), "kept a submitted form across sign-in");
+        tracing::info!(request_id = %ctx.request_id, bytes = body_len, "kept a submitted form across sign-in");
         Ok(Ok((token.expose().to_string(), binding)))
+    }
+
+    /// The request body, up to the body limit; `None` if it is larger (then it is not read
+    /// at all when its length is declared) or the client stopped sending. Callers hold a
+    /// `reads` permit: each read holds up to the limit in memory.
+    pub(crate) async fn read_body_bounded(&self, session: &mut Session) -> Option<Vec<u8>> {
+        let limit = self.signin.body_limit;
+        let declared = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            // Not read at all; the connection closes when the answer goes out.
+            return None;
+        }
+        // Sized once from the declared length (already checked against the limit).
+        let mut body = Vec::with_capacity(declared.unwrap_or(0));
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > limit {
+                        return None;
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Some(body),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// `b` with its request nonce sealed (the store never holds it in clear: with the digest
+    /// beside it, a store reader could test guesses of a short body).
+    pub(crate) fn sealed_binding(&self, mut b: RequestBinding) -> RequestBinding {
+        let aad = format!("request-nonce\0{}", b.digest);
+        if let Ok(sealed) = self.signin.sealer.seal(b.nonce.as_bytes(), &aad) {
+            b.nonce = aalgate_auth::signing::b64(&sealed);
+        } else {
+            b.nonce = String::new();
+        }
+        b
+    }
+
+    /// The inverse of [`Gateway::sealed_binding`]; `None` if it does not open.
+    pub(crate) fn opened_binding(&self, b: &RequestBinding) -> Option<RequestBinding> {
+        use base64::Engine;
+        let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&b.nonce)
+            .ok()?;
+        let aad = format!("request-nonce\0{}", b.digest);
+        let nonce = String::from_utf8(self.signin.sealer.open(&sealed, &aad)?).ok()?;
+        Some(RequestBinding { nonce, ..b.clone() })
+    }
+
+    /// Writes `request_admitted`: the signed request is on its way to the app.
+    pub(crate) fn audit_admitted(&self, ctx: &Ctx, user: &str, b: &RequestBinding) {
+        self.audit.emit(&crate::audit::Event {
+            time: crate::audit::now_rfc3339(),
+            event: "request_admitted",
+            request_id: Some(&ctx.request_id),
+            user: Some(user),
+            app: Some(self.app_name(ctx)),
+            detail: Some(format!("digest {}", b.digest)),
+            ..Default::default()
+        });
     }
 
     /// A page about the form, with one way back to the app.
@@ -335,10 +391,16 @@ impl Gateway {
         // way back; on a per-request route, only a ceremony that signed this very form does.
         let signed = ours
             .and_then(|m| m.binding.as_ref())
+            .and_then(|b| self.opened_binding(b))
             .filter(|b| {
-                aalgate_auth::signing::matches(b, &kept.method, &kept.url, Some(&kept.body))
-            })
-            .cloned();
+                aalgate_auth::signing::matches(
+                    b,
+                    &kept.method,
+                    &kept.host,
+                    &kept.url,
+                    Some(&kept.body),
+                )
+            });
         let admitted = match decision {
             Decision::Allow => true,
             Decision::StepUp { aal, fresh } => {
@@ -377,6 +439,9 @@ impl Gateway {
         ctx.target = Some(target);
         ctx.session = Some(user_session);
         ctx.session_key = Some(record);
+        if let (Some(b), Some(s)) = (&signed, &ctx.session) {
+            self.audit_admitted(ctx, &s.user, b);
+        }
         ctx.signed = signed;
         self.send_kept(session, ctx, kept).await
     }

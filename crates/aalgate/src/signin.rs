@@ -449,7 +449,17 @@ impl Gateway {
                 ),
             ),
         };
-        let body = format!("{kept_note}{body}");
+        // A ceremony bound to one request says which: the person approves exactly this.
+        let signing_note = if flow.binding.is_some() {
+            format!(
+                "<p>You are approving, with your signature: <strong>{} {}</strong> in <strong>{app}</strong>. Your key signs this one request; the next one needs a new confirmation.</p>",
+                escape(&flow.method),
+                escape(&self.signed_path(&flow))
+            )
+        } else {
+            String::new()
+        };
+        let body = format!("{kept_note}{signing_note}{body}");
         let attrs = format!(
             " data-flow=\"{}\" data-csrf=\"{}\"",
             escape(&id.encode()),
@@ -461,6 +471,13 @@ impl Gateway {
         }
         ctx.outcome = "signin_page";
         self.send(session, ctx, reply).await
+    }
+
+    /// The path of a signed request as the audit log writes it (redacted, no query); the
+    /// challenge covers it, so what an auditor reads is what the key signed.
+    fn signed_path(&self, flow: &Flow) -> String {
+        self.audit
+            .redact_path(flow.url.split('?').next().unwrap_or("/"))
     }
 
     /// `GET /.aalgate/done` (any host): where the popup of a script call lands after its
@@ -753,7 +770,11 @@ impl Gateway {
                 // and a fresh ceremony nonce, so the key's signature covers that request.
                 let bound = flow.binding.as_ref().map(|b| {
                     let n = aalgate_auth::signing::nonce();
-                    (aalgate_auth::signing::challenge_of(b, &n), n)
+                    let path = self.signed_path(&flow);
+                    (
+                        aalgate_auth::signing::challenge_of(b, &n, &flow.method, &path),
+                        n,
+                    )
                 });
                 let start = |name: &str, creds: Option<&[aalgate_auth::Credential]>| match &bound {
                     Some((Some(chal), _)) => svc.rp.start_sign_in_bound(name, creds, chal),
@@ -1225,12 +1246,22 @@ impl Gateway {
             let expected = ceremony_nonce
                 .as_deref()
                 .and_then(aalgate_auth::signing::b64_32)
-                .and_then(|n| aalgate_auth::signing::challenge_of(&b, &n))
+                .and_then(|n| {
+                    aalgate_auth::signing::challenge_of(
+                        &b,
+                        &n,
+                        &flow.method,
+                        &self.signed_path(&flow),
+                    )
+                })
                 .map(|c| aalgate_auth::signing::b64(&c));
             if v.aal >= flow.aal && expected.is_some() && resp.challenge() == expected {
                 let (ad, cd, sig) = resp.signed_parts();
+                let path = self.signed_path(&flow);
                 let evidence = aalgate_auth::signing::Evidence {
                     v: 1,
+                    method: flow.method.clone(),
+                    path: path.clone(),
                     digest: b.digest.clone(),
                     body: b.body,
                     ceremony_nonce: ceremony_nonce.clone().unwrap_or_default(),
@@ -1239,7 +1270,6 @@ impl Gateway {
                     client_data_json: aalgate_auth::signing::b64(cd),
                     signature: aalgate_auth::signing::b64(sig),
                 };
-                let path = flow.url.split('?').next().unwrap_or("/");
                 self.audit.emit(&crate::audit::Event {
                     time: crate::audit::now_rfc3339(),
                     event: "request_signed",
@@ -1247,7 +1277,7 @@ impl Gateway {
                     user: Some(&user.id),
                     app: Some(&flow.app),
                     method: Some(&flow.method),
-                    path: Some(self.audit.redact_path(path)),
+                    path: Some(path),
                     aal: Some(v.aal.number()),
                     credential: Some(&v.audit_id),
                     evidence: Some(evidence),
