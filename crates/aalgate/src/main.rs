@@ -459,8 +459,8 @@ fn demo_config(
     })
 }
 
-/// Deletes expired records of the embedded store once a minute, and reports the file's size
-/// (freed pages are reused, so it stays near the peak of live data; it never shrinks by itself).
+/// Deletes expired records of the embedded store once a minute (with the side files of kept
+/// forms), and reports its size on disk.
 struct Purge(EmbeddedStore, Arc<metrics::Metrics>);
 
 #[async_trait::async_trait]
@@ -473,9 +473,7 @@ impl BackgroundService for Purge {
                     if let Err(e) = self.0.purge_expired(aalgate_policy::Timestamp::now()).await {
                         tracing::warn!(error = %e, "purging expired sessions failed");
                     }
-                    if let Ok(m) = std::fs::metadata(self.0.path()) {
-                        self.1.embedded_store_bytes.set(m.len() as i64);
-                    }
+                    self.1.embedded_store_bytes.set(self.0.disk_bytes() as i64);
                 }
                 _ = shutdown.changed() => return,
             }

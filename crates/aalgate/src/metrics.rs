@@ -170,7 +170,7 @@ impl Metrics {
                 g
             },
             embedded_store_bytes: {
-                let g = IntGauge::new("aalgate_embedded_store_bytes", "Size of the embedded store's file in bytes, measured once a minute after expired records are purged (0 with Redis).")?;
+                let g = IntGauge::new("aalgate_embedded_store_bytes", "Bytes on disk of the embedded store (its database file and the side files of kept forms), measured once a minute after expired records are purged (0 with Redis).")?;
                 r.register(Box::new(g.clone()))?;
                 g
             },
