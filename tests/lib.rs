@@ -937,3 +937,41 @@ pub fn make_session(
         .expect("insert session");
     id.to_cookie()
 }
+
+/// Sends a request head with a `body`-byte body in 64 KiB chunks; returns the status (0 when
+/// the gateway closed before answering, which it may do once it has refused the body).
+pub fn post_head_and_body(port: u16, head: &str, body: usize, timeout: Duration) -> u16 {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(timeout));
+    let _ = s.set_write_timeout(Some(timeout));
+    if s.write_all(head.as_bytes()).is_err() {
+        return 0;
+    }
+    let chunk = vec![b'a'; 64 * 1024];
+    let mut left = body;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        if s.write_all(&chunk[..n]).is_err() {
+            break;
+        }
+        left -= n;
+    }
+    let mut buf = Vec::new();
+    let mut b = [0u8; 4096];
+    while let Ok(n) = s.read(&mut b) {
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&b[..n]);
+        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&buf)
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}

@@ -10,45 +10,16 @@
 //   TRAC_DIRECT                tracd itself (for the CSV report, past the gateway)
 
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { rmSync } from 'node:fs';
+import { AALGATE_BIN, AALGATE_CONFIG, AUTH, check, landOn, launch, sleep, snap } from './lib.mjs';
 
-const { AALGATE_BIN, AALGATE_CONFIG, PORT, OUT, CHROMIUM, TRAC, TRAC_DIRECT } = process.env;
-const AUTH = `http://localhost:${PORT}`;
-mkdirSync(OUT, { recursive: true });
-let shot = 0;
-const snap = async (page, name) => {
-  shot += 1;
-  await page.screenshot({ path: join(OUT, `${String(shot).padStart(2, '0')}-${name}.png`), fullPage: true });
-};
-function check(cond, what) {
-  if (!cond) throw new Error(`expectation failed: ${what}`);
-  console.log(`ok - ${what}`);
-}
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-async function landOn(page, pred, what) {
-  try {
-    await page.waitForURL(pred, { timeout: 15000 });
-  } catch (e) {
-    const s = await page.locator('#status').innerText().catch(() => '(no status)');
-    throw new Error(`${what}: still on ${page.url()} with status "${s}"`);
-  }
-}
+const { TRAC, TRAC_DIRECT } = process.env;
 async function tickets(summary) {
   const csv = await (await fetch(`${TRAC_DIRECT}/env/report/1?format=csv`)).text();
   return csv.split('\n').filter((l) => l.includes(summary)).length;
 }
 
-const profile = mkdtempSync(join(tmpdir(), 'aalgate-chromium-'));
-const ctx = await chromium.launchPersistentContext(profile, {
-  executablePath: CHROMIUM,
-  headless: true,
-  viewport: { width: 1024, height: 768 },
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
-});
+const { ctx, profile } = await launch();
 try {
   const page = await ctx.newPage();
   const cdp = await ctx.newCDPSession(page);

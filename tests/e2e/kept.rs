@@ -6,8 +6,6 @@
 //! Sessions are made directly in the store (`make_session`); a "fresh" session stands for a
 //! ceremony another tab just completed, so the flows here end in a silent handoff.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use aalgate_policy::Aal;
@@ -657,40 +655,13 @@ fn the_ceremony_a_request_caused_admits_it_once() {
     assert_eq!(up.seen().len(), 1);
 }
 
-/// Writes a request head and up to `body` bytes of a body, then reads the answer; the gateway
+/// Writes a request head and a `body`-byte body, then reads the answer's status; the gateway
 /// may answer (and close) before the body is through.
 fn post_big(port: u16, host: &str, path: &str, extra: &str, body: usize) -> u16 {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: {host}\r\nSec-Fetch-Mode: navigate\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {body}\r\n{extra}Connection: close\r\n\r\n"
     );
-    let _ = s.write_all(head.as_bytes());
-    let chunk = vec![b'a'; 64 * 1024];
-    let mut left = body;
-    while left > 0 {
-        let n = left.min(chunk.len());
-        if s.write_all(&chunk[..n]).is_err() {
-            break;
-        }
-        left -= n;
-    }
-    let mut buf = Vec::new();
-    let mut b = [0u8; 4096];
-    while let Ok(n) = s.read(&mut b) {
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&b[..n]);
-        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            break;
-        }
-    }
-    let text = String::from_utf8_lossy(&buf);
-    text.split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+    aalgate_tests::post_head_and_body(port, &head, body, Duration::from_secs(10))
 }
 
 #[test]

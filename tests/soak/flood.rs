@@ -6,15 +6,20 @@
 //! within their limits, and the clinician's requests keep succeeding. It runs in the soak
 //! binary, alone (it saturates both cores for its whole length).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aalgate_policy::Aal;
 use aalgate_session::{EmbeddedStore, SessionStore};
-use aalgate_tests::{get, make_session, rt, sample, Gateway, Upstream};
+use aalgate_tests::{get, make_session, post_head_and_body, rt, sample, Gateway, Upstream};
+
+/// After the flood, every thread's last request ends within this.
+const LAST: Duration = Duration::from_secs(3);
+
+fn post(port: u16, head: &str, body: usize) -> u16 {
+    post_head_and_body(port, head, body, LAST)
+}
 
 const MIB: u64 = 1024 * 1024;
 const QUOTA: u64 = 32 * MIB;
@@ -31,45 +36,6 @@ fn rss_bytes(pid: u32) -> u64 {
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
         .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
-
-/// Sends a request head with a `body`-byte body in 64 KiB chunks; returns the status (0 when
-/// the gateway closed before answering, which it may do once it has refused the body).
-fn post(port: u16, head: &str, body: usize) -> u16 {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return 0;
-    };
-    // Short: after the flood, every thread's last request ends within this.
-    let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
-    let _ = s.set_write_timeout(Some(Duration::from_secs(3)));
-    if s.write_all(head.as_bytes()).is_err() {
-        return 0;
-    }
-    let chunk = vec![b'a'; 64 * 1024];
-    let mut left = body;
-    while left > 0 {
-        let n = left.min(chunk.len());
-        if s.write_all(&chunk[..n]).is_err() {
-            break;
-        }
-        left -= n;
-    }
-    let mut buf = Vec::new();
-    let mut b = [0u8; 4096];
-    while let Ok(n) = s.read(&mut b) {
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&b[..n]);
-        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            break;
-        }
-    }
-    String::from_utf8_lossy(&buf)
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
         .unwrap_or(0)
 }
 

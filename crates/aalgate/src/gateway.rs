@@ -325,26 +325,8 @@ impl Gateway {
         status: u16,
         code: &'static str,
     ) -> Result<bool> {
-        ctx.outcome = code;
-        let reply = if headers::is_script_request(&session.req_header().headers) {
-            Reply::json(status, pages::error_json(status, code, &ctx.request_id))
-        } else {
-            let (title, text) = pages::error_text(status);
-            Reply::html(
-                status,
-                pages::page(
-                    title,
-                    &format!("<p>{}</p>", pages::escape(text)),
-                    &ctx.request_id,
-                ),
-            )
-        };
-        let reply = if status == 503 {
-            reply.header("retry-after", "5".into())
-        } else {
-            reply
-        };
-        self.send(session, ctx, reply).await
+        let (title, text) = pages::error_text(status);
+        self.refuse(session, ctx, status, code, title, text).await
     }
 
     /// A refusal with its own words: a page for a navigation, the error JSON for a script.
@@ -369,6 +351,11 @@ impl Gateway {
                     &ctx.request_id,
                 ),
             )
+        };
+        let reply = if status == 503 {
+            reply.header("retry-after", "5".into())
+        } else {
+            reply
         };
         self.send(session, ctx, reply).await
     }
