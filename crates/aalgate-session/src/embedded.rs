@@ -127,10 +127,21 @@ fn write_side(side: &Path, value: &[u8]) -> Result<String, StoreError> {
     rand::rngs::OsRng.fill_bytes(&mut b);
     let name: String = b.iter().map(|x| format!("{x:02x}")).collect();
     let tmp = side.join(format!("{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp).map_err(unavailable)?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp).map_err(unavailable)?;
     f.write_all(value).map_err(unavailable)?;
     f.sync_data().map_err(unavailable)?;
     std::fs::rename(&tmp, side.join(&name)).map_err(unavailable)?;
+    // The rename itself must survive a power loss before the record that names it commits.
+    std::fs::File::open(side)
+        .and_then(|d| d.sync_all())
+        .map_err(unavailable)?;
     Ok(name)
 }
 
@@ -146,7 +157,14 @@ impl EmbeddedStore {
         }
         let path = dir.join("sessions.redb");
         let side = dir.join("values");
-        std::fs::create_dir_all(&side)
+        let mut mk = std::fs::DirBuilder::new();
+        mk.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            mk.mode(0o700);
+        }
+        mk.create(&side)
             .map_err(|e| unavailable(format!("cannot create {}: {e}", side.display())))?;
         let mut builder = Database::builder();
         builder.set_concurrency_mode(ConcurrencyMode::MultiWriter);
@@ -183,10 +201,20 @@ impl EmbeddedStore {
         f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let db = self.db.clone();
-        let _permit = self.calls.acquire().await.map_err(unavailable)?;
-        tokio::task::spawn_blocking(move || f(&db))
+        // Owned and moved into the task: a caller that gives up (the store deadline) does not
+        // free the slot while the call still runs.
+        let permit = self
+            .calls
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(unavailable)?
+            .map_err(unavailable)?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f(&db)
+        })
+        .await
+        .map_err(unavailable)?
     }
 
     /// Deletes expired sessions, index entries and flows. Returns how many records went.
@@ -218,7 +246,13 @@ impl EmbeddedStore {
                     let (k, v) = row.map_err(unavailable)?;
                     let raw = v.value();
                     if kv_decode(raw, now).is_none() {
-                        dead.push((k.value().to_string(), raw.to_vec()));
+                        // Only what dropping the side file needs (the expiry and the marker).
+                        let keep = if raw.get(8..).and_then(side_name).is_some() {
+                            raw.to_vec()
+                        } else {
+                            Vec::new()
+                        };
+                        dead.push((k.value().to_string(), keep));
                     } else if let Some(name) = raw.get(8..).and_then(side_name) {
                         referenced.insert(name.to_string());
                     }

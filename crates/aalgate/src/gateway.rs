@@ -1155,14 +1155,16 @@ impl ProxyHttp for Gateway {
                             } else {
                                 if let Some(b) = &signed {
                                     if b.body {
+                                        // Audited once the body matched.
                                         ctx.verify_body = Some(BodyCheck {
                                             binding: b.clone(),
                                             host: host.clone(),
                                             url: url.clone(),
                                             seen: Vec::new(),
                                         });
+                                    } else {
+                                        self.audit_admitted(ctx, &s.user, b);
                                     }
-                                    self.audit_admitted(ctx, &s.user, b);
                                 }
                                 ctx.signed = signed;
                                 ctx.session_key = Some(record.clone());
@@ -1276,7 +1278,9 @@ impl ProxyHttp for Gateway {
                 ));
             }
             *_body = Some(Bytes::from(std::mem::take(&mut check.seen)));
-            ctx.verify_body = None;
+            if let (Some(check), Some(s)) = (ctx.verify_body.take(), &ctx.session) {
+                self.audit_admitted(ctx, &s.user, &check.binding);
+            }
             return Ok(());
         }
         let Some(up) = ctx.upgrade.as_mut() else {
@@ -1333,6 +1337,10 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        // A retried request replays its body from the start through the check.
+        if let Some(c) = ctx.verify_body.as_mut() {
+            c.seen.clear();
+        }
         let Some(rule) = ctx.rule.and_then(|i| ctx.policy.rules().get(i)) else {
             return Err(Error::explain(
                 ErrorType::InternalError,
