@@ -1963,9 +1963,12 @@ impl Gateway {
 
 /// Whether an existing session satisfies a flow without a new ceremony.
 fn satisfies(s: &UserSession, flow: &Flow, now: Timestamp) -> bool {
+    // The same edge as `decide`: at exactly `max_age` the authentication is too old. With
+    // `<=` here, a request at exactly the limit was sent to step up and then handed off
+    // silently, skipping the ceremony it was sent for (seen in CI on a `max_age: 1s` route).
     let fresh = flow
         .max_age_secs
-        .is_none_or(|m| now.since(s.last_auth) <= Duration::from_secs(m));
+        .is_none_or(|m| now.since(s.last_auth) < Duration::from_secs(m));
     s.aal >= flow.aal && fresh
 }
 
@@ -2092,7 +2095,10 @@ mod tests {
         assert!(satisfies(&s, &f, now));
         f.max_age_secs = Some(999);
         assert!(!satisfies(&s, &f, now));
+        // Exactly at the limit is too old, as `decide` has it.
         f.max_age_secs = Some(1000);
+        assert!(!satisfies(&s, &f, now));
+        f.max_age_secs = Some(1001);
         assert!(satisfies(&s, &f, now));
         f.aal = Aal::Aal3;
         assert!(!satisfies(&s, &f, now));
