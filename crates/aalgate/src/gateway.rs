@@ -1109,6 +1109,7 @@ impl ProxyHttp for Gateway {
             Decision::Deny => self.error(session, ctx, 403, "denied").await,
             other => {
                 let app = m.app.name.clone();
+                let per_request = access.step_up.is_some_and(StepUp::per_request);
                 // The flow this request caused admits it once, even if `max_age` passed on
                 // the way back (no step-up loop on a short `max_age`).
                 if let (Decision::StepUp { aal, .. }, Some((_, record, s))) = (other, &loaded) {
@@ -1143,13 +1144,6 @@ impl ProxyHttp for Gateway {
                                             b, &method, &host, &url, None,
                                         ))
                             });
-                            let per_request = matches!(
-                                other,
-                                Decision::StepUp {
-                                    fresh: Some(StepUp::PerRequest),
-                                    ..
-                                }
-                            );
                             if per_request && signed.is_none() {
                                 tracing::warn!(request_id = %ctx.request_id, "an admission without a signature on a per-request route");
                             } else {
@@ -1225,7 +1219,6 @@ impl ProxyHttp for Gateway {
                 if user.is_none() && matches!(other, Decision::Login { .. }) {
                     user = self.tombstone(session.req_header(), ctx).await;
                 }
-                let per_request = access.step_up.is_some_and(StepUp::per_request);
                 self.challenge(
                     session,
                     ctx,

@@ -148,35 +148,10 @@ impl Gateway {
         Ok(Ok((token.expose().to_string(), binding)))
     }
 
-    /// The request body, up to the body limit; `None` if it is larger (then it is not read
-    /// at all when its length is declared) or the client stopped sending. Callers hold a
-    /// `reads` permit: each read holds up to the limit in memory.
+    /// The request body, up to the body limit (see [`read_limited`]). Callers hold a `reads`
+    /// permit: each read holds up to the limit in memory.
     pub(crate) async fn read_body_bounded(&self, session: &mut Session) -> Option<Vec<u8>> {
-        let limit = self.signin.body_limit;
-        let declared = session
-            .req_header()
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            // Not read at all; the connection closes when the answer goes out.
-            return None;
-        }
-        // Sized once from the declared length (already checked against the limit).
-        let mut body = Vec::with_capacity(declared.unwrap_or(0));
-        loop {
-            match session.read_request_body().await {
-                Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > limit {
-                        return None;
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => return Some(body),
-                Err(_) => return None,
-            }
-        }
+        read_limited(session, self.signin.body_limit).await
     }
 
     /// `b` with its request nonce sealed (the store never holds it in clear: with the digest
@@ -558,3 +533,32 @@ impl Gateway {
 }
 
 const GONE: &str = "This form was already sent, or it waited too long (more than 10 minutes) and was discarded. Nothing was sent twice. Check the application before you submit it again.";
+
+/// The request body, up to `limit` bytes; `None` if it is larger (then it is not read at all
+/// when its length is declared) or the client stopped sending.
+pub(crate) async fn read_limited(session: &mut Session, limit: usize) -> Option<Vec<u8>> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        // Not read at all; the connection closes when the answer goes out.
+        return None;
+    }
+    // Sized once from the declared length (already checked against the limit).
+    let mut body = Vec::with_capacity(declared.unwrap_or(0));
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    return None;
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Some(body),
+            Err(_) => return None,
+        }
+    }
+}

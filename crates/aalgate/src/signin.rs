@@ -208,19 +208,7 @@ impl Gateway {
     }
 
     async fn read_body(&self, session: &mut Session) -> Option<Vec<u8>> {
-        let mut body = Vec::new();
-        loop {
-            match session.read_request_body().await {
-                Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > MAX_BODY {
-                        return None;
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => return Some(body),
-                Err(_) => return None,
-            }
-        }
+        crate::resume::read_limited(session, MAX_BODY).await
     }
 
     /// The store failed during a ceremony: 503 with the constant words, the cause in the log.
