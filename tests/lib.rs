@@ -427,6 +427,14 @@ impl Drop for Redis {
     }
 }
 
+/// What browsers reach the gateway's listener through.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Front {
+    Plain,
+    Tls,
+    TlsLoadBalancer,
+}
+
 /// A running gateway.
 pub struct Gateway {
     /// Public port.
@@ -445,27 +453,35 @@ impl Gateway {
     /// Starts `aalgate run` with `store` (`embedded:<dir>` is filled in when `None`) and the
     /// given policy files (name, YAML).
     pub fn start(store: Option<&str>, policies: &[(&str, &str)]) -> Gateway {
-        Gateway::start_with(store, policies, false, "", None)
+        Gateway::start_with(store, policies, Front::Plain, "", None)
     }
 
     /// As [`Gateway::start`], with extra top-level config (e.g. an `audit:` section).
     pub fn start_extra(policies: &[(&str, &str)], extra: &str) -> Gateway {
-        Gateway::start_with(None, policies, false, extra, None)
+        Gateway::start_with(None, policies, Front::Plain, extra, None)
     }
 
     /// As [`Gateway::start`] with a store, plus extra top-level config.
     pub fn start_with_store_extra(store: &str, policies: &[(&str, &str)], extra: &str) -> Gateway {
-        Gateway::start_with(Some(store), policies, false, extra, None)
+        Gateway::start_with(Some(store), policies, Front::Plain, extra, None)
     }
 
     /// As [`Gateway::start`], with a TLS listener (a throwaway self-signed cert for localhost).
     pub fn start_tls(policies: &[(&str, &str)]) -> Gateway {
-        Gateway::start_with(None, policies, true, "", None)
+        Gateway::start_with(None, policies, Front::Tls, "", None)
+    }
+
+    /// As [`Gateway::start_extra`], as deployed behind a TLS-terminating load balancer: a
+    /// plain listener with `external_port: 443`, `insecure_http: true` and
+    /// `public_origin: https://localhost`. Requests reach it in plain HTTP, with a `Host`
+    /// header without a port (the browser's `https://...:443`).
+    pub fn start_behind_tls_lb(policies: &[(&str, &str)], extra: &str) -> Gateway {
+        Gateway::start_with(None, policies, Front::TlsLoadBalancer, extra, None)
     }
 
     /// As [`Gateway::start_extra`], with extra environment variables for the process.
     pub fn start_env(policies: &[(&str, &str)], extra: &str, env: &[(&str, &str)]) -> Gateway {
-        let mut g = Gateway::start_with(None, policies, false, extra, None);
+        let mut g = Gateway::start_with(None, policies, Front::Plain, extra, None);
         g.stop();
         g.env = env
             .iter()
@@ -478,13 +494,13 @@ impl Gateway {
     /// As [`Gateway::start_extra`], with a second plain listener on `second` (the listeners
     /// are named `main` and `second`; the auth origin is on the first).
     pub fn start_two_listeners(policies: &[(&str, &str)], second: u16, extra: &str) -> Gateway {
-        Gateway::start_with(None, policies, false, extra, Some(second))
+        Gateway::start_with(None, policies, Front::Plain, extra, Some(second))
     }
 
     fn start_with(
         store: Option<&str>,
         policies: &[(&str, &str)],
-        tls: bool,
+        front: Front,
         extra: &str,
         second: Option<u16>,
     ) -> Gateway {
@@ -499,6 +515,7 @@ impl Gateway {
             .map(str::to_string)
             .unwrap_or_else(|| format!("embedded:{}", dir.path().join("state").display()));
         let config = dir.path().join("aalgate.yaml");
+        let tls = front == Front::Tls;
         let tls_line = if tls {
             let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
             let ok = Command::new("openssl")
@@ -531,15 +548,21 @@ impl Gateway {
                 cert.display(),
                 key.display()
             )
+        } else if front == Front::TlsLoadBalancer {
+            "\n    external_port: 443".to_string()
         } else {
             String::new()
         };
-        let scheme = if tls { "https" } else { "http" };
+        let origin = match front {
+            Front::Plain => format!("http://localhost:{port}"),
+            Front::Tls => format!("https://localhost:{port}"),
+            Front::TlsLoadBalancer => "https://localhost\ninsecure_http: true".to_string(),
+        };
         let more = second
             .map(|p| format!("\n    name: main\n  - addr: 127.0.0.1:{p}\n    name: second"))
             .unwrap_or_default();
         let yaml = format!(
-            "listen:\n  - addr: 127.0.0.1:{port}{tls_line}{more}\nadmin_listen: 127.0.0.1:{admin_port}\npublic_origin: {scheme}://localhost:{port}\n\
+            "listen:\n  - addr: 127.0.0.1:{port}{tls_line}{more}\nadmin_listen: 127.0.0.1:{admin_port}\npublic_origin: {origin}\n\
 store: \"{store}\"\nstore_timeout: 1s\npolicies: policies\nstate_dir: state\nthreads: 2\nsession_count_interval: 1s\nshutdown_grace: 3s\n"
         );
         std::fs::write(&config, format!("{yaml}{extra}")).expect("write config");

@@ -60,6 +60,9 @@ try {
   const echoed = JSON.parse(await page.locator('body').innerText());
   const h = (j, n) => j.headers[n];
   check(h(echoed, 'x-aalgate-request-nonce') && h(echoed, 'x-aalgate-request-digest'), 'the app received the request nonce and digest');
+  // The signed identity (the assertion JWT) names the digest too.
+  const claims = (j) => JSON.parse(Buffer.from(h(j, 'x-aalgate-assertion').split('.')[1], 'base64url').toString());
+  check(claims(echoed).request_digest === h(echoed, 'x-aalgate-request-digest'), 'the assertion carries the request digest');
   check(echoed.body_len === 'account=RX-3&amount=7&note='.length, `the app received the form as typed (${echoed.body_len} bytes)`);
   writeFileSync(join(OUT, 'signed-form.json'), JSON.stringify({
     method: 'POST', url: '/echo/sign', body: 'account=RX-3&amount=7&note=',
@@ -135,6 +138,7 @@ try {
   check(r.status === 200, `the retry after the popup was admitted (${r.status})`);
   const xhr = JSON.parse(r.body);
   check(h(xhr, 'x-aalgate-request-nonce') && h(xhr, 'x-aalgate-request-digest'), 'the retried call carried the request nonce and digest');
+  check(claims(xhr).request_digest === h(xhr, 'x-aalgate-request-digest'), "the retried call's assertion carries its digest");
   check(r.again === 401 && r.againBody.need === 'step_up', 'the next call needs its own ceremony');
   check(xhr.body_len === 8, 'the app received the signed body');
   writeFileSync(join(OUT, 'signed-xhr.json'), JSON.stringify({

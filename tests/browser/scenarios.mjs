@@ -5,7 +5,8 @@
 // Started by tests/e2e/browser.rs, which runs the gateway and the demo upstream and passes:
 //   AALGATE_BIN, AALGATE_CONFIG  the binary and its config (for `aalgate users invite`)
 //   PORT                         the gateway's port (auth origin http://localhost:PORT,
-//                                app hosts http://ehr.localhost:PORT and http://billing.localhost:PORT)
+//                                app hosts http://ehr.localhost:PORT, http://billing.localhost:PORT
+//                                and http://lab.localhost:PORT)
 //   OUT                          where screenshots go (one per page shown)
 //   CHROMIUM                     the browser binary
 // Exits non-zero with a message on the first failed expectation.
@@ -21,6 +22,7 @@ const { AALGATE_BIN, AALGATE_CONFIG, PORT, OUT, CHROMIUM } = process.env;
 const AUTH = `http://localhost:${PORT}`;
 const EHR = `http://ehr.localhost:${PORT}`;
 const BILLING = `http://billing.localhost:${PORT}`;
+const LAB = `http://lab.localhost:${PORT}`;
 mkdirSync(OUT, { recursive: true });
 
 let shot = 0;
@@ -246,19 +248,56 @@ try {
   // 7c. The attack: a page on another site auto-submits a form to the app while nora is signed
   // in. The browser sends no Lax cookie with a cross-site POST, and the sign-in that follows is
   // silent (her session on the auth origin is good enough). The app must receive nothing.
-  const evil = createServer((req, res) => {
-    res.writeHead(200, { 'content-type': 'text/html' });
-    res.end(`<!doctype html><form id="f" method="post" action="${EHR}/invoices"><input name="account" value="EVIL-1"><input name="amount" value="1"><input name="note" value="attacker"></form><script>document.getElementById('f').submit()</script>`);
-  });
-  await new Promise((r) => evil.listen(0, '127.0.0.1', r));
-  await A.page.goto(`http://127.0.0.1:${evil.address().port}/`);
+  // A page on another site that auto-submits a form to `action` as soon as it loads.
+  const crossSite = async (page, action) => {
+    const evil = createServer((req, res) => {
+      res.writeHead(200, { 'content-type': 'text/html' });
+      res.end(`<!doctype html><form id="f" method="post" action="${action}"><input name="account" value="EVIL-1"><input name="amount" value="1"><input name="note" value="attacker"></form><script>document.getElementById('f').submit()</script>`);
+    });
+    await new Promise((r) => evil.listen(0, '127.0.0.1', r));
+    try {
+      await page.goto(`http://127.0.0.1:${evil.address().port}/`);
+      await landOn(page, (u) => u.origin !== `http://127.0.0.1:${evil.address().port}`, 'the cross-site form leaves the attacker page');
+    } finally {
+      evil.close();
+    }
+  };
+  await crossSite(A.page, `${EHR}/invoices`);
   await landOn(A.page, (u) => u.pathname === '/.aalgate/resume', 'the cross-site form ends on a gateway page');
-  evil.close();
   await snap(A.page, 'cross-site-form-not-sent');
   t = await text(A.page);
   check(t.includes('Form not sent') && t.includes('another site'), 'a cross-site form is not sent, and the page says why');
   await A.page.goto(`${EHR}/invoices`);
   check((await text(A.page)).includes('1 invoice(s) saved'), 'the cross-site form never reached the app');
+
+  // 7d. The multi-host variant: an app host nora never visited (lab.) gets her session by a
+  // silent handoff from the auth origin; the form that caused it is still not sent.
+  check(!(await ctx.cookies(LAB)).some((c) => c.name === 'aalgate'), 'no session cookie on the lab host yet');
+  await crossSite(A.page, `${LAB}/invoices`);
+  await landOn(A.page, (u) => u.pathname === '/.aalgate/resume', 'the cross-site form to a new host ends on a gateway page');
+  await snap(A.page, 'cross-site-handoff-not-sent');
+  t = await text(A.page);
+  check(A.page.url().startsWith(`${LAB}/`) && t.includes('Form not sent') && t.includes('another site'), 'through the handoff to a new host: not sent, and the page says why');
+  await A.page.goto(`${EHR}/invoices`);
+  check((await text(A.page)).includes('1 invoice(s) saved'), 'the cross-site form to the new host never reached the app');
+
+  // 7e. No live session: the cross-site form leads to an ordinary sign-in page; one tap signs
+  // nora in, and the page after it says the form was not sent.
+  await A.page.goto(`${AUTH}/.aalgate/logout`);
+  await submit(A.page, 'Sign out');
+  check((await text(A.page)).includes('You are signed out'), 'signed out before the attack');
+  await crossSite(A.page, `${EHR}/invoices`);
+  await landOn(A.page, (u) => u.href.startsWith(`${AUTH}/.aalgate/auth?flow=`), 'the cross-site form without a session');
+  check((await text(A.page)).includes('Sign in'), 'with no session, the cross-site form leads to the sign-in page');
+  check(!(await text(A.page)).includes('is kept'), 'the sign-in page does not claim to keep the form');
+  await click(A.page, 'Sign in with a passkey or key');
+  await landOn(A.page, (u) => u.pathname === '/.aalgate/resume', 'after the tap');
+  await snap(A.page, 'cross-site-tap-not-sent');
+  t = await text(A.page);
+  check(t.includes('Form not sent') && t.includes('another site'), 'after the tap: the form was not sent, and the page says why');
+  await A.page.goto(`${EHR}/invoices`);
+  t = await text(A.page);
+  check(t.includes('1 invoice(s) saved') && t.includes('signed in as nora'), 'the tap signed nora in, and the form never reached the app');
 
   // 8. Switch user on a shared workstation: omar signs in; nora's session ends everywhere.
   await C.page.goto(invite('omar', 2));
@@ -279,13 +318,19 @@ try {
   await C.page.goto(`${BILLING}/invoices`);
   t = await text(C.page);
   check(t.includes('signed in as omar') && !t.includes('nora'), "nora's session on the other app host ended too");
-  // A form omar started is never sent as someone else.
+  // A form omar started is never sent as someone else. He goes idle with the form open; his
+  // second tab's GET ends the idle session first, and only then does he submit the form.
   await C.page.goto(`${EHR}/invoices/new`);
   await C.page.getByLabel('Note').fill('omar was here');
   await sleep(4000);
+  const D = await ctx.newPage();
+  await D.goto(`${EHR}/invoices`);
+  check(D.url().startsWith(`${AUTH}/.aalgate/auth?flow=`) && (await text(D)).includes('Continue where you were'), "omar's second tab: the idle session asks to continue");
+  await D.close();
   await submit(C.page, 'Save invoice');
   const omarReauth = C.page.url();
   check(omarReauth.startsWith(`${AUTH}/.aalgate/auth?flow=`), "omar's idle form asks to continue");
+  check((await text(C.page)).includes('is kept'), "the form is kept for omar, although his second tab ended the session");
   await A.page.goto(omarReauth);
   await click(A.page, 'Sign in as someone else');
   await landOn(A.page, (u) => u.pathname === '/.aalgate/resume', 'another person resumes');

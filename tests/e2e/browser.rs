@@ -1,6 +1,6 @@
 //! Real-browser tests: headless Chromium (Debian's) with DevTools WebAuthn virtual
 //! authenticators, driven by `tests/browser/scenarios.mjs` (playwright-core), against the built
-//! gateway in front of two app hosts (`ehr.localhost`, `billing.localhost`) served by the
+//! gateway in front of three app hosts (`ehr.`, `billing.`, `lab.localhost`) served by the
 //! bundled demo app. Screenshots of every page go to `target/browser-screenshots/`.
 
 use std::path::{Path, PathBuf};
@@ -92,13 +92,21 @@ fn passkeys_and_security_keys_in_chromium() {
         String::new(),
     ]
     .join("\n");
+    // A third app host the browser never visits before the cross-site attack through the handoff.
+    let lab = billing
+        .replace("app: billing", "app: lab")
+        .replace("host: billing.localhost", "host: lab.localhost");
     let ca = root().join("tests/fixtures/chromium-virtual-authenticator-ca.pem");
     let extra = format!(
         "rp_id: localhost\npreserve_body_limit: 4096\nhardware_keys:\n  aaguids: [01020304-0506-0708-0102-030405060708]\n  attestation_ca: [{}]\n",
         ca.display()
     );
     let gw = Gateway::start_extra(
-        &[("1-ehr.yaml", &ehr), ("2-billing.yaml", &billing)],
+        &[
+            ("1-ehr.yaml", &ehr),
+            ("2-billing.yaml", &billing),
+            ("3-lab.yaml", &lab),
+        ],
         &extra,
     );
     let out = root().join("target/browser-screenshots/scenarios");
@@ -335,6 +343,13 @@ fn per_request_signing_in_chromium() {
         // `=`: a base64url value may start with `-`.
         let (ok, text) = verify(&[&format!("--digest={}", s("digest"))]);
         assert!(ok && text.starts_with("ok: POST /echo/"), "{name}: {text}");
+        // With --config the config's RP id is used: another one is refused, never ignored.
+        let (ok, text) = verify(&[
+            &format!("--digest={}", s("digest")),
+            "--rp-id",
+            "evil.example",
+        ]);
+        assert!(!ok && text.contains("without --config"), "{name}: {text}");
         let body = out.join(format!("{name}.body"));
         let mut args = vec![
             format!("--digest={}", s("digest")),

@@ -337,6 +337,53 @@ fn only_same_origin_evidence_keeps_a_form() {
     assert!(up.seen().is_empty(), "nothing reached the app");
 }
 
+/// Behind a TLS load balancer the listener speaks plain HTTP, but browsers are on https: the
+/// app's own origin, against which a form's `Origin` or `Referer` is judged, is
+/// `https://host` (the scheme of `public_origin`), never the socket's `http://`.
+#[test]
+fn behind_a_tls_load_balancer_the_apps_origin_is_https() {
+    let up = Upstream::start();
+    let g = Gateway::start_behind_tls_lb(
+        &[(
+            "billing.yaml",
+            &kept_policy("billing", "localhost", up.port),
+        )],
+        "",
+    );
+    // The browser's https://localhost (port 443) arrives with a Host header without a port.
+    let h = "localhost".to_string();
+    let cases = [
+        ("Origin: https://localhost".to_string(), true),
+        ("Referer: https://localhost/confirm-form".to_string(), true),
+        ("Origin: http://localhost".to_string(), false),
+        (format!("Origin: http://localhost:{}", g.port), false),
+        ("Referer: http://localhost/confirm-form".to_string(), false),
+        ("Origin: https://localhost:8443".to_string(), false),
+    ];
+    for (hdr, keep) in cases {
+        let stale = make_session(&store(&g), "nora", Aal::Aal2, 600, 0);
+        let (b, _) = browser_binding(g.port, &h);
+        let before = kept_count(&g, "kept");
+        let cookie = format!("Cookie: aalgate={stale}; aalgate-bind={b}");
+        let r = post(g.port, &h, "/confirm", &[&hdr, &cookie], "note=x");
+        assert_eq!(r.status, 302, "{hdr}: {}", r.text());
+        // On the auth origin's own host the sign-in link is relative.
+        assert!(
+            r.header("location")
+                .is_some_and(|l| l.starts_with("/.aalgate/auth?flow=")),
+            "{hdr}: {:?}",
+            r.header("location")
+        );
+        assert_eq!(
+            kept_count(&g, "kept"),
+            before + f64::from(u8::from(keep)),
+            "{hdr}: kept is {keep}"
+        );
+    }
+    assert!(up.seen().is_empty(), "nothing reached the app");
+    assert!(!g.log().contains("panicked"));
+}
+
 #[test]
 fn a_silent_handoff_asks_before_it_sends() {
     let up = Upstream::start();
@@ -792,6 +839,84 @@ fn trusted_proxies_give_each_client_its_own_limit() {
         })
         .collect();
     assert!(statuses.contains(&429), "{statuses:?}");
+}
+
+/// Anonymous clients from many addresses (each under its own rate limit) cannot fill the store
+/// with sign-in flows and ceremony states: a store-wide byte quota (`anonymous_state_quota`)
+/// refuses new anonymous ones with a clear 503 page, while a signed-in person's step-up still
+/// starts. IPv6 clients also share a budget per /48, however many /64s they spread over.
+#[test]
+fn anonymous_flows_from_many_addresses_stay_within_a_store_wide_quota() {
+    let up = Upstream::start();
+    let extra = "flows_per_client_per_minute: 5\ntrusted_proxies: [127.0.0.1/32]\nanonymous_state_quota: 200000\n";
+    let g = Gateway::start_extra(
+        &[(
+            "billing.yaml",
+            &kept_policy("billing", "localhost", up.port),
+        )],
+        extra,
+    );
+    let h = host(&g);
+    // 300 clients, each well within its own rate, each leaving a 4 KiB URL in a flow.
+    let long = format!("/reports?q={}", "a".repeat(4096));
+    let mut started = 0usize;
+    let mut refused = None;
+    for i in 0..300u32 {
+        let xff = format!("X-Forwarded-For: 198.18.{}.{}", i / 250, i % 250 + 1);
+        let r = get(g.port, &h, &long, &[&xff]);
+        match r.status {
+            302 => started += 1,
+            503 => refused = Some(r),
+            s => panic!("client {i}: {s} {}", r.text()),
+        }
+    }
+    assert!(
+        started * 4096 <= 200_000,
+        "{started} flows of 4 KiB were stored under a 200 KB quota"
+    );
+    assert!(
+        started >= 20,
+        "the quota admits flows until it is used up ({started})"
+    );
+    let r = refused.expect("over the quota, new anonymous flows are refused");
+    assert!(r.text().contains("Too many sign-ins"), "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    assert!(
+        sample(&g.scrape(), "aalgate_flow_refusals_total{reason=\"quota\"}").unwrap_or(0.0) >= 1.0,
+        "{}",
+        g.scrape()
+    );
+    // A signed-in person due for a step-up is not anonymous: the flow still starts.
+    let stale = make_session(&store(&g), "nora", Aal::Aal2, 600, 0);
+    let r = get(
+        g.port,
+        &h,
+        "/confirm",
+        &[
+            "X-Forwarded-For: 198.19.0.1",
+            &format!("Cookie: aalgate={stale}"),
+        ],
+    );
+    assert_eq!(r.status, 302, "{}", r.text());
+    // IPv6: 64 different /64s of one /48 share one budget (10 times a client's).
+    let statuses: Vec<u16> = (0..64)
+        .map(|i| {
+            get(
+                g.port,
+                &h,
+                "/confirm",
+                &[
+                    &format!("X-Forwarded-For: 2001:db8:7:{i:x}::1"),
+                    &format!("Cookie: aalgate={stale}"),
+                ],
+            )
+            .status
+        })
+        .collect();
+    let ok = statuses.iter().filter(|s| **s == 302).count();
+    assert_eq!(ok, 50, "one /48: 10 x 5 flows, then 429: {statuses:?}");
+    assert!(up.seen().is_empty());
+    assert!(!g.log().contains("panicked"));
 }
 
 #[test]

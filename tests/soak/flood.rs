@@ -2,8 +2,8 @@
 //! anonymous clients from many addresses on 48 connections send 1 MiB POSTs to protected routes
 //! and GETs with 60 KB query strings, while 16 connections of signed-in people who need a
 //! step-up POST 1 MiB forms, so kept forms really are stored until the store-wide and
-//! per-person quotas refuse them. The gateway's memory, the store and the embedded file stay
-//! within their limits, and the clinician's requests keep succeeding. It runs in the soak
+//! per-person quotas refuse them; the anonymous flows stop at `anonymous_state_quota`. The
+//! gateway's memory, the store and the embedded file stay within their limits, and the clinician's requests keep succeeding. It runs in the soak
 //! binary, alone (it saturates both cores for its whole length).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,6 +25,8 @@ const MIB: u64 = 1024 * 1024;
 const QUOTA: u64 = 32 * MIB;
 const PERSON_QUOTA: u64 = 8 * MIB;
 const READS: u64 = 16;
+/// `anonymous_state_quota` of the test: flows of nobody known yet, in the whole store.
+const ANON: u64 = 4 * MIB;
 
 fn rss_bytes(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -66,7 +68,7 @@ fn a_flood_stays_within_its_limits_beside_a_clinician() {
         up.port
     );
     let extra = format!(
-        "preserve_quota: {QUOTA}\npreserve_person_quota: {PERSON_QUOTA}\npreserve_concurrent_reads: {READS}\ntrusted_proxies: [127.0.0.1/32]\n"
+        "preserve_quota: {QUOTA}\npreserve_person_quota: {PERSON_QUOTA}\npreserve_concurrent_reads: {READS}\nanonymous_state_quota: {ANON}\ntrusted_proxies: [127.0.0.1/32]\n"
     );
     let g = Gateway::start_extra(&[("billing.yaml", &policy)], &extra);
     let port = g.port;
@@ -180,11 +182,13 @@ fn a_flood_stays_within_its_limits_beside_a_clinician() {
         )
         .unwrap_or(0.0)
     };
+    let flows_refused =
+        sample(&scrape, "aalgate_flow_refusals_total{reason=\"quota\"}").unwrap_or(0.0);
     let peak = peak_rss.load(Ordering::Relaxed);
     // Purged once expired; measured now, while the kept forms still live.
     let file_after = dir_bytes(&state);
     eprintln!(
-        "flood {secs}s: anonymous {} requests, step-up posts {}; kept {} (quota refusals {}, busy {}, anonymous {}); kept bytes in the store {:.1} MiB; RSS warm {:.0} MiB, peak {:.0} MiB; embedded files {:.1} -> {:.1} MiB; clinician {ok}/{total} ok, {unavailable} x 503, other {other:?}",
+        "flood {secs}s: anonymous {} requests, step-up posts {}; kept {} (quota refusals {}, busy {}, anonymous {}); kept bytes in the store {:.1} MiB; RSS warm {:.0} MiB, peak {:.0} MiB; embedded files {:.1} -> {:.1} MiB; anonymous flows refused over their quota {flows_refused}; clinician {ok}/{total} ok, {unavailable} x 503, other {other:?}",
         anonymous_sent.load(Ordering::Relaxed),
         kept_sent.load(Ordering::Relaxed),
         count("kept"),
@@ -204,8 +208,14 @@ fn a_flood_stays_within_its_limits_beside_a_clinician() {
     assert!(kept <= bound, "kept bytes {kept} over {bound}");
     let rss_bound = warm_rss + READS * MIB + 64 * MIB;
     assert!(peak <= rss_bound, "peak RSS {peak} over {rss_bound}");
-    // The kept forms plus the flows of the flood (about 1 KB each).
-    let file_bound = file_before + bound + 16 * MIB;
+    // The anonymous flows of the flood stop at their quota, from however many addresses.
+    assert!(
+        flows_refused >= 1.0,
+        "the anonymous state quota refused flows"
+    );
+    // The kept forms, the anonymous flows (their quota, twice for the file's own overhead) and
+    // the step-up flows of the 8 people.
+    let file_bound = file_before + bound + 2 * ANON + 4 * MIB;
     assert!(
         file_after <= file_bound,
         "embedded store on disk {file_after} over {file_bound}"

@@ -126,6 +126,17 @@ fn write_side(side: &Path, value: &[u8]) -> Result<String, StoreError> {
     let mut b = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut b);
     let name: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    // Made on the first large value, not at open: a CLI run as root (`aalgate users ...`)
+    // opens the store too, and a root-owned directory would keep the gateway from writing.
+    let mut mk = std::fs::DirBuilder::new();
+    mk.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        mk.mode(0o700);
+    }
+    mk.create(side)
+        .map_err(|e| unavailable(format!("cannot create {}: {e}", side.display())))?;
     let tmp = side.join(format!("{name}.tmp"));
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
@@ -157,15 +168,6 @@ impl EmbeddedStore {
         }
         let path = dir.join("sessions.redb");
         let side = dir.join("values");
-        let mut mk = std::fs::DirBuilder::new();
-        mk.recursive(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            mk.mode(0o700);
-        }
-        mk.create(&side)
-            .map_err(|e| unavailable(format!("cannot create {}: {e}", side.display())))?;
         let mut builder = Database::builder();
         builder.set_concurrency_mode(ConcurrencyMode::MultiWriter);
         // redb caches up to 1 GiB of pages by default: under a flood of kept forms that is the
@@ -776,6 +778,11 @@ mod tests {
                 .unwrap()
                 .count()
         };
+        // Opening makes no side directory (a root CLI would own it), and the store works
+        // without one until the first large value; purging and sizing too.
+        assert!(!dir.path().join("values").exists());
+        assert!(s.disk_bytes() > 0);
+        s.purge_expired(Timestamp::now()).await.unwrap();
         let big = vec![7u8; SIDE_MIN + 1];
         s.kv_put("kept", "a", &big, Some(Duration::from_secs(60)))
             .await

@@ -40,6 +40,10 @@ pub struct Claims<'a> {
     /// Present (true) on an emergency (break-glass) session.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub breakglass: bool,
+    /// On a request a per-request ceremony signed (`step_up: { per_request: true }`): its
+    /// digest, as in `X-Aalgate-Request-Digest`, so the signed identity covers it too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_digest: Option<&'a str>,
     /// Expires at.
     pub exp: u64,
 }
@@ -103,6 +107,17 @@ impl Signer {
         app: &str,
         now: Timestamp,
     ) -> Result<String, serde_json::Error> {
+        self.sign_request(session, app, now, None)
+    }
+
+    /// As [`Signer::sign`], for one request a per-request ceremony signed (never cached).
+    pub fn sign_request(
+        &self,
+        session: &Session,
+        app: &str,
+        now: Timestamp,
+        request_digest: Option<&str>,
+    ) -> Result<String, serde_json::Error> {
         let claims = Claims {
             iss: &self.issuer,
             sub: &session.user,
@@ -113,6 +128,7 @@ impl Signer {
             iat: now.0,
             exp: now.plus(ASSERTION_LIFETIME).0,
             breakglass: session.amr.iter().any(|m| m == "breakglass"),
+            request_digest,
         };
         Ok(self.compact_jws(&serde_json::to_vec(&claims)?))
     }

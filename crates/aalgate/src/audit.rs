@@ -182,13 +182,22 @@ impl Audit {
 
     /// Queues an event; never blocks.
     pub fn emit(&self, event: &Event<'_>) {
+        let _ = self.emit_checked(event);
+    }
+
+    /// Queues an event, and says whether it was queued. For events whose action must not
+    /// happen unrecorded (`request_signed`: the evidence of a signature): on `false` the caller
+    /// does not act. Never blocks.
+    pub fn emit_checked(&self, event: &Event<'_>) -> bool {
         let Ok(line) = serde_json::to_string(event) else {
-            return;
+            self.metrics.audit_dropped.inc();
+            return false;
         };
         match self.tx.try_send(line) {
-            Ok(()) => {}
+            Ok(()) => true,
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.metrics.audit_dropped.inc()
+                self.metrics.audit_dropped.inc();
+                false
             }
         }
     }
@@ -303,6 +312,27 @@ mod tests {
     fn audit() -> Audit {
         let r: Vec<String> = DEFAULT_REDACTIONS.iter().map(|s| s.to_string()).collect();
         Audit::start(Sink::Stderr, &r, true, Arc::new(Metrics::new().unwrap())).unwrap()
+    }
+
+    #[test]
+    fn a_full_queue_is_reported_to_callers_that_must_not_act_unrecorded() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let (tx, rx) = sync_channel::<String>(1);
+        let a = Audit {
+            tx,
+            redact: Vec::new(),
+            requests: true,
+            metrics: metrics.clone(),
+        };
+        let e = Event {
+            event: "request_signed",
+            ..Default::default()
+        };
+        assert!(a.emit_checked(&e));
+        assert!(!a.emit_checked(&e), "the queue is full");
+        assert_eq!(metrics.audit_dropped.get(), 1);
+        drop(rx);
+        assert!(!a.emit_checked(&e), "the writer is gone");
     }
 
     #[test]

@@ -55,6 +55,8 @@ struct RawConfig {
     #[serde(default)]
     flows_per_client_per_minute: Option<u32>,
     #[serde(default)]
+    anonymous_state_quota: Option<u64>,
+    #[serde(default)]
     trusted_proxies: Vec<String>,
     #[serde(default)]
     upstream_connect_timeout: Option<aalgate_policy::HumanDuration>,
@@ -293,6 +295,8 @@ pub struct Config {
     pub preserve_concurrent_reads: usize,
     /// New sign-in flows a client address (IPv6: its /64) may start a minute; 0: no limit.
     pub flows_per_client_per_minute: u32,
+    /// Bytes of sign-in flows and ceremonies of nobody known yet, in the whole store.
+    pub anonymous_state_quota: u64,
     /// Proxies (load balancers) whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// How long connecting to an upstream may take before the answer is 504.
@@ -547,6 +551,12 @@ impl Config {
         if preserve_concurrent_reads == 0 || preserve_concurrent_reads > 1024 {
             bail!("preserve_concurrent_reads must be 1 to 1024 (each read holds up to preserve_body_limit in memory)");
         }
+        let anonymous_state_quota = raw
+            .anonymous_state_quota
+            .unwrap_or(crate::limits::DEFAULT_ANONYMOUS_STATE_QUOTA);
+        if anonymous_state_quota < 64 * 1024 {
+            bail!("anonymous_state_quota {anonymous_state_quota} is under 64 KiB (65536): too few sign-ins could start at once; the default is 64 MiB");
+        }
         let mut trusted_proxies = Vec::new();
         for t in raw.trusted_proxies {
             let net = t
@@ -565,6 +575,7 @@ impl Config {
             flows_per_client_per_minute: raw
                 .flows_per_client_per_minute
                 .unwrap_or(crate::limits::DEFAULT_FLOWS_PER_CLIENT_PER_MINUTE),
+            anonymous_state_quota,
             trusted_proxies,
             clock_floor: state_dir.join("clock-floor"),
             shutdown_grace: raw
@@ -659,6 +670,11 @@ mod tests {
         let e = parse(&format!("{base}trusted_proxies: [lb.example]\n")).unwrap_err();
         assert!(format!("{e:#}").contains("10.0.0.0/8"), "{e:#}");
         assert!(parse(&format!("{base}preserve_concurrent_reads: 0\n")).is_err());
+        assert_eq!(c.anonymous_state_quota, 64 * 1024 * 1024);
+        let c = parse(&format!("{base}anonymous_state_quota: 200000\n")).unwrap();
+        assert_eq!(c.anonymous_state_quota, 200_000);
+        let e = parse(&format!("{base}anonymous_state_quota: 1000\n")).unwrap_err();
+        assert!(format!("{e:#}").contains("64 KiB"), "{e:#}");
     }
 
     #[test]

@@ -35,6 +35,10 @@ pub const TOUCH_INTERVAL: Duration = Duration::from_secs(30);
 pub const WEBSOCKET_SILENCE: Duration = Duration::from_secs(60);
 /// How long a pending sign-in flow lives.
 pub const FLOW_TTL: Duration = Duration::from_secs(600);
+/// What a flow is charged when its size is unknown: its URL's limit and the rest.
+pub(crate) const MAX_FLOW_BYTES: usize = crate::preserve::MAX_URL + 1024;
+/// Shown when the store-wide quota of anonymous sign-in state is used up.
+pub(crate) const MSG_SIGN_IN_BUSY: &str = "Too many sign-ins are starting at this moment, so the gateway cannot start yours. Wait a minute and try again. If you were signed in already, nothing is lost.";
 /// Store namespace of the person a re-auth ended a session of, by cookie handle.
 const TOMBSTONES: &str = "tomb";
 /// Store namespace of one-time admissions: the request a completed flow was for.
@@ -448,6 +452,24 @@ impl Gateway {
         self.send(session, ctx, reply).await
     }
 
+    /// 503: the store-wide `anonymous_state_quota` is used up (many clients are starting
+    /// sign-ins at once); a signed-in person's step-up and re-auth are not affected.
+    pub(crate) async fn anonymous_quota_full(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> Result<bool> {
+        self.refuse(
+            session,
+            ctx,
+            503,
+            "sign_in_busy",
+            "Too many sign-ins right now",
+            MSG_SIGN_IN_BUSY,
+        )
+        .await
+    }
+
     pub(crate) fn cookie_name(ctx: &Ctx) -> &'static str {
         if ctx.tls {
             headers::COOKIE_TLS
@@ -798,6 +820,18 @@ impl Gateway {
                 &flow.url,
                 body.as_deref(),
             )));
+        }
+        // Nobody known yet: the flow draws on the store-wide anonymous quota.
+        if flow.user.is_none() {
+            let size = serde_json::to_vec(&flow).map_or(MAX_FLOW_BYTES, |v| v.len());
+            match self.charge_anonymous(size).await {
+                Ok(true) => {}
+                Ok(false) => return self.anonymous_quota_full(session, ctx).await,
+                Err(e) => {
+                    tracing::warn!(request_id = %ctx.request_id, error = %e, "session store error while starting sign-in");
+                    return self.error(session, ctx, 503, "store_unavailable").await;
+                }
+            }
         }
         let id = FlowId::generate();
         if let Err(e) = self.store.put_flow(&id.key(), &flow, FLOW_TTL).await {
@@ -1437,9 +1471,13 @@ impl ProxyHttp for Gateway {
             let app = &ctx.policy.app_of(rule).name;
             let now = Timestamp::now();
             let sign = || self.signer.sign(s, app, now);
-            let token = match &ctx.session_key {
-                Some(k) => self.assertions.get_or_sign(k, app, now, sign),
-                None => sign(),
+            let token = match (&ctx.signed, &ctx.session_key) {
+                // A signed request's assertion names its digest: one of its own, never cached.
+                (Some(b), _) => self
+                    .signer
+                    .sign_request(s, app, now, Some(b.digest.as_str())),
+                (None, Some(k)) => self.assertions.get_or_sign(k, app, now, sign),
+                (None, None) => sign(),
             }
             .map_err(|e| Error::because(ErrorType::InternalError, "cannot sign assertion", e))?;
             upstream.insert_header(headers::USER, s.user.as_str())?;

@@ -11,6 +11,10 @@ use quick_cache::sync::Cache;
 /// Default of `flows_per_client_per_minute`: a clinic of a hundred people behind one NAT,
 /// each starting a sign-in every few minutes, stays well under it.
 pub const DEFAULT_FLOWS_PER_CLIENT_PER_MINUTE: u32 = 600;
+/// Default of `anonymous_state_quota`: bytes of sign-in flows and ceremony states that belong
+/// to nobody known yet, in the whole store. A flow is about 1 KiB (8 KiB at most), so this is
+/// some 60,000 sign-ins in ten minutes.
+pub const DEFAULT_ANONYMOUS_STATE_QUOTA: u64 = 64 * 1024 * 1024;
 /// Client addresses remembered by the flow limiter (least recently used ones are forgotten).
 const CLIENTS: usize = 100_000;
 
@@ -58,10 +62,16 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// A token bucket per client key: `per_minute` flows a minute, in bursts of up to as many.
+/// IPv6 clients also share a bucket per /48 (one site's allocation), this many times a
+/// client's: an attacker holding a /48 has 65,536 /64s, a hospital a few dozen LANs.
+const PER_48: u32 = 10;
+
+/// A token bucket per client key: `per_minute` flows a minute, in bursts of up to as many;
+/// IPv6 keys also draw on their /48's bucket of [`PER_48`] times as many.
 pub struct FlowLimiter {
     per_minute: u32,
-    buckets: Cache<IpAddr, (f64, Instant)>,
+    // Keyed by network and prefix length: a /64 and its /48 have the same address.
+    buckets: Cache<(IpAddr, u8), (f64, Instant)>,
     // One lock for the read-modify-write of a bucket; held for nanoseconds.
     lock: Mutex<()>,
 }
@@ -76,23 +86,40 @@ impl FlowLimiter {
         }
     }
 
-    /// Takes one token for `ip`. `Err(seconds)`: over the limit, retry after that long.
+    /// Takes one token for `ip` (and its /48). `Err(seconds)`: over the limit, retry after
+    /// that long. A refused request takes nothing.
     pub fn allow(&self, ip: Option<IpAddr>, now: Instant) -> Result<(), u64> {
         let (Some(ip), true) = (ip, self.per_minute > 0) else {
             return Ok(());
         };
         let key = client_key(ip);
-        let cap = f64::from(self.per_minute);
-        let rate = cap / 60.0;
+        let mut keys = vec![(key, 64u8, self.per_minute)];
+        if let IpAddr::V6(v6) = key {
+            let s = v6.segments();
+            let site = IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0));
+            keys.push((site, 48, self.per_minute.saturating_mul(PER_48)));
+        }
         let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let (tokens, at) = self.buckets.get(&key).unwrap_or((cap, now));
-        let tokens = (tokens + now.saturating_duration_since(at).as_secs_f64() * rate).min(cap);
-        if tokens >= 1.0 {
-            self.buckets.insert(key, (tokens - 1.0, now));
+        let mut refill = Vec::with_capacity(keys.len());
+        let mut wait = 0u64;
+        for &(net, len, per_minute) in &keys {
+            let cap = f64::from(per_minute);
+            let rate = cap / 60.0;
+            let (tokens, at) = self.buckets.get(&(net, len)).unwrap_or((cap, now));
+            let tokens = (tokens + now.saturating_duration_since(at).as_secs_f64() * rate).min(cap);
+            if tokens < 1.0 {
+                wait = wait.max(((1.0 - tokens) / rate).ceil().max(1.0) as u64);
+            }
+            refill.push(tokens);
+        }
+        let taken = if wait == 0 { 1.0 } else { 0.0 };
+        for (&(net, len, _), tokens) in keys.iter().zip(refill) {
+            self.buckets.insert((net, len), (tokens - taken, now));
+        }
+        if wait == 0 {
             Ok(())
         } else {
-            self.buckets.insert(key, (tokens, now));
-            Err(((1.0 - tokens) / rate).ceil().max(1.0) as u64)
+            Err(wait)
         }
     }
 }
@@ -188,5 +215,27 @@ mod tests {
         );
         assert!(l.allow(ip, t0 + Duration::from_millis(1100)).is_err());
         assert!(FlowLimiter::new(0).allow(ip, t0).is_ok(), "0 turns it off");
+    }
+
+    #[test]
+    fn ipv6_64s_of_one_48_share_its_bucket() {
+        let l = FlowLimiter::new(5);
+        let t0 = Instant::now();
+        let v6 = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let ok = (0..64)
+            .filter(|i| l.allow(v6(&format!("2001:db8:7:{i:x}::1")), t0).is_ok())
+            .count();
+        assert_eq!(ok, 50, "10 x 5 flows for the whole /48");
+        // Another /48 has its own; a /64 whose address is its /48's is a different bucket.
+        assert!(l.allow(v6("2001:db8:8::1"), t0).is_ok());
+        // A refused request took nothing: the /64 refused by its /48 still has its tokens.
+        let l = FlowLimiter::new(1);
+        for i in 0..10 {
+            assert!(l.allow(v6(&format!("2001:db8:9:{i:x}::1")), t0).is_ok());
+        }
+        assert!(l.allow(v6("2001:db8:9:a::1"), t0).is_err());
+        assert!(l
+            .allow(v6("2001:db8:9:a::1"), t0 + Duration::from_secs(6))
+            .is_ok());
     }
 }

@@ -451,6 +451,7 @@ fn demo_config(
         ),
         preserve_concurrent_reads: aalgate::preserve::DEFAULT_CONCURRENT_READS,
         flows_per_client_per_minute: aalgate::limits::DEFAULT_FLOWS_PER_CLIENT_PER_MINUTE,
+        anonymous_state_quota: aalgate::limits::DEFAULT_ANONYMOUS_STATE_QUOTA,
         trusted_proxies: Vec::new(),
         upstream_connect_timeout: config::DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
         upstream_timeout: config::DEFAULT_UPSTREAM_TIMEOUT,
@@ -547,6 +548,7 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         quota: cfg.preserve_quota,
         reads: tokio::sync::Semaphore::new(cfg.preserve_concurrent_reads),
         flow_limiter: aalgate::limits::FlowLimiter::new(cfg.flows_per_client_per_minute),
+        anonymous_quota: cfg.anonymous_state_quota,
         trusted_proxies: cfg.trusted_proxies.clone(),
     });
     ops::load_clock_floor(&cfg.clock_floor);
@@ -947,6 +949,9 @@ async fn audit_run(args: AuditArgs) -> Result<bool> {
     };
     let (origin, rp_id) = match &args.target.config {
         Some(path) => {
+            if rp_id.is_some() {
+                bail!("--rp-id is for use without --config: the config's rp_id is used; drop one of them");
+            }
             let c = Config::load(path)?;
             (c.public_origin, c.rp_id)
         }

@@ -212,7 +212,7 @@ impl Metrics {
                 c
             },
             flows: counter_vec(&r, "aalgate_flows_total", "Sign-in flows stored, by kind.", &["kind"])?,
-            flow_refusals: counter_vec(&r, "aalgate_flow_refusals_total", "Sign-in flows refused before they were stored, by reason (rate: per-client limit; url_too_long).", &["reason"])?,
+            flow_refusals: counter_vec(&r, "aalgate_flow_refusals_total", "Sign-in flows refused before they were stored, by reason (rate: per-client limit; url_too_long; quota: the store-wide anonymous_state_quota).", &["reason"])?,
             signed_requests: {
                 let c = IntCounter::new("aalgate_signed_requests_total", "Requests signed by a per-request ceremony (step_up: per_request), each with a request_signed audit event.")?;
                 r.register(Box::new(c.clone()))?;
@@ -226,7 +226,7 @@ impl Metrics {
         for k in CHALLENGE_KINDS {
             m.flows.with_label_values(&[k]);
         }
-        for r in ["rate", "url_too_long"] {
+        for r in ["rate", "url_too_long", "quota"] {
             m.flow_refusals.with_label_values(&[r]);
         }
         for reason in END_REASONS {

@@ -41,12 +41,56 @@ pub(crate) struct Resumable {
     pub binding: Option<RequestBinding>,
 }
 
+/// The anonymous-state counter counts in buckets as long as a flow lives (10 minutes): the
+/// current one and the one before it hold every flow and ceremony still alive.
+const ANON_BUCKET_SECS: u64 = crate::gateway::FLOW_TTL.as_secs();
+
 impl Gateway {
     /// Bytes kept in the last [`BUCKETS`] buckets under `prefix`.
     async fn kept_bytes(&self, prefix: &str, now: u64) -> Result<u64, aalgate_session::StoreError> {
-        let mut sum = 0u64;
         let bucket = now / BUCKET_SECS;
-        for b in bucket.saturating_sub(BUCKETS - 1)..=bucket {
+        self.counted(prefix, bucket.saturating_sub(BUCKETS - 1)..=bucket)
+            .await
+    }
+
+    /// Charges `bytes` of state stored for nobody known yet (a sign-in flow, a ceremony) to
+    /// the store-wide `anonymous_state_quota`, across every instance. `Ok(false)`: it is used
+    /// up; store nothing. A refusal charges nothing, so the quota frees itself as flows expire.
+    pub(crate) async fn charge_anonymous(
+        &self,
+        bytes: usize,
+    ) -> Result<bool, aalgate_session::StoreError> {
+        let bytes = bytes as u64;
+        let bucket = Timestamp::now().0 / ANON_BUCKET_SECS;
+        let used = self
+            .counted("anon", bucket.saturating_sub(1)..=bucket)
+            .await?;
+        if used.saturating_add(bytes) > self.signin.anonymous_quota {
+            self.metrics
+                .flow_refusals
+                .with_label_values(&["quota"])
+                .inc();
+            return Ok(false);
+        }
+        self.store
+            .kv_add(
+                QUOTA,
+                &format!("anon:{bucket}"),
+                bytes,
+                Duration::from_secs(2 * ANON_BUCKET_SECS + 60),
+            )
+            .await?;
+        Ok(true)
+    }
+
+    /// The sum of the counters `prefix:b` for the buckets `b` in `buckets`.
+    async fn counted(
+        &self,
+        prefix: &str,
+        buckets: std::ops::RangeInclusive<u64>,
+    ) -> Result<u64, aalgate_session::StoreError> {
+        let mut sum = 0u64;
+        for b in buckets {
             if let Some(v) = self.store.kv_get(QUOTA, &format!("{prefix}:{b}")).await? {
                 sum = sum.saturating_add(
                     std::str::from_utf8(&v)

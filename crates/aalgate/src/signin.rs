@@ -53,6 +53,8 @@ pub struct SignInService {
     pub reads: tokio::sync::Semaphore,
     /// New flows per client address.
     pub flow_limiter: crate::limits::FlowLimiter,
+    /// Bytes of anonymous flows and ceremonies allowed in the whole store.
+    pub anonymous_quota: u64,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
@@ -511,6 +513,15 @@ impl Gateway {
             created: Timestamp::now(),
             user: None,
         };
+        let size = serde_json::to_vec(&flow).map_or(crate::gateway::MAX_FLOW_BYTES, |v| v.len());
+        match self.charge_anonymous(size).await {
+            Ok(true) => {}
+            Ok(false) => return self.anonymous_quota_full(session, ctx).await,
+            Err(e) => {
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "switch user: store error");
+                return self.error(session, ctx, 503, "store_unavailable").await;
+            }
+        }
         let id = FlowId::generate();
         if let Err(e) = self
             .store
@@ -815,6 +826,14 @@ impl Gateway {
                         .map_err(|e| DirectoryError::Corrupt("state", e.to_string()))?,
                     created: now,
                 };
+                // A ceremony for nobody known yet draws on the store-wide anonymous quota.
+                if flow.user.is_none() {
+                    let size = serde_json::to_vec(&pending)
+                        .map_or(crate::gateway::MAX_FLOW_BYTES, |v| v.len());
+                    if !self.charge_anonymous(size).await? {
+                        return Ok(Err((503, "sign_in_busy", crate::gateway::MSG_SIGN_IN_BUSY)));
+                    }
+                }
                 svc.dir.put_pending(&ceremony.hash(), &pending).await?;
                 Ok(Ok((ceremony.expose().to_string(), options, kind)))
             }
@@ -1258,7 +1277,8 @@ impl Gateway {
                     client_data_json: aalgate_auth::signing::b64(cd),
                     signature: aalgate_auth::signing::b64(sig),
                 };
-                self.audit.emit(&crate::audit::Event {
+                // No evidence on record, no signature: the request is then not admitted.
+                let recorded = self.audit.emit_checked(&crate::audit::Event {
                     time: crate::audit::now_rfc3339(),
                     event: "request_signed",
                     request_id: Some(&ctx.request_id),
@@ -1271,8 +1291,12 @@ impl Gateway {
                     evidence: Some(evidence),
                     ..Default::default()
                 });
-                self.metrics.signed_requests.inc();
-                flow.binding = Some(b);
+                if recorded {
+                    self.metrics.signed_requests.inc();
+                    flow.binding = Some(b);
+                } else {
+                    tracing::error!(request_id = %ctx.request_id, user = %user.id, "the audit log could not take request_signed (queue full or writer gone): the request is not signed and not admitted");
+                }
             } else {
                 tracing::info!(request_id = %ctx.request_id, user = %user.id, "per-request ceremony below the route's level or unbound: the request is not signed");
             }
