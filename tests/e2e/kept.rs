@@ -919,6 +919,77 @@ fn anonymous_flows_from_many_addresses_stay_within_a_store_wide_quota() {
     assert!(!g.log().contains("panicked"));
 }
 
+/// One address alone (or one IPv6 /48) cannot use up the store-wide anonymous quota: each
+/// client holds at most its share (1/16, at least 64 KiB), so another client's sign-in still
+/// starts while it floods. The refusal says honestly when to retry.
+#[test]
+fn one_address_flooding_cannot_refuse_another_clients_sign_in() {
+    let up = Upstream::start();
+    let extra = "trusted_proxies: [127.0.0.1/32]\nanonymous_state_quota: 200000\n";
+    let g = Gateway::start_extra(
+        &[(
+            "billing.yaml",
+            &kept_policy("billing", "localhost", up.port),
+        )],
+        extra,
+    );
+    let h = host(&g);
+    let long = format!("/reports?q={}", "a".repeat(4096));
+    for (flooder, other) in [
+        ("203.0.113.7", "198.51.100.20"),
+        ("2001:db8:aa::1", "2001:db8:bb::1"),
+    ] {
+        let mut statuses = Vec::new();
+        for i in 0..30u32 {
+            // An IPv6 flooder spreads over the /64s of its /48.
+            let from = if flooder.contains(':') {
+                format!("2001:db8:aa:{i:x}::1")
+            } else {
+                flooder.to_string()
+            };
+            statuses.push(get(g.port, &h, &long, &[&format!("X-Forwarded-For: {from}")]).status);
+        }
+        let stored = statuses.iter().filter(|s| **s == 302).count();
+        assert!(
+            stored * 4096 <= 64 * 1024 + 8192,
+            "{flooder}: one client stored {stored} flows of 4 KiB: {statuses:?}"
+        );
+        assert!(statuses.contains(&503), "{flooder}: {statuses:?}");
+        let r = get(
+            g.port,
+            &h,
+            "/reports",
+            &[&format!("X-Forwarded-For: {other}")],
+        );
+        assert_eq!(
+            r.status,
+            302,
+            "{other} while {flooder} floods: {}",
+            r.text()
+        );
+    }
+    let r = get(g.port, &h, &long, &["X-Forwarded-For: 203.0.113.7"]);
+    assert_eq!(r.status, 503);
+    let retry: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("retry-after");
+    assert!((1..=120).contains(&retry), "retry-after {retry}");
+    assert!(r.text().contains("two minutes"), "{}", r.text());
+    assert!(
+        sample(
+            &g.scrape(),
+            "aalgate_flow_refusals_total{reason=\"client_quota\"}"
+        )
+        .unwrap_or(0.0)
+            >= 2.0,
+        "{}",
+        g.scrape()
+    );
+    assert!(up.seen().is_empty());
+    assert!(!g.log().contains("panicked"));
+}
+
 #[test]
 fn a_kept_record_in_redis_is_about_the_size_of_its_body() {
     let redis = Redis::start();

@@ -38,7 +38,8 @@ pub const FLOW_TTL: Duration = Duration::from_secs(600);
 /// What a flow is charged when its size is unknown: its URL's limit and the rest.
 pub(crate) const MAX_FLOW_BYTES: usize = crate::preserve::MAX_URL + 1024;
 /// Shown when the store-wide quota of anonymous sign-in state is used up.
-pub(crate) const MSG_SIGN_IN_BUSY: &str = "Too many sign-ins are starting at this moment, so the gateway cannot start yours. Wait a minute and try again. If you were signed in already, nothing is lost.";
+pub(crate) const MSG_SIGN_IN_BUSY: &str = "Too many sign-ins are starting at this moment, so the gateway cannot start yours. Wait two minutes and try again. If you were signed in already, nothing is lost.";
+pub(crate) const MSG_SIGN_IN_BUSY_HERE: &str = "Too many sign-ins have started from your network in the last minutes, so the gateway cannot start yours. Wait two minutes and try again, or ask IT: they can see this in the gateway's metrics. If you were signed in already, nothing is lost.";
 /// Store namespace of the person a re-auth ended a session of, by cookie handle.
 const TOMBSTONES: &str = "tomb";
 /// Store namespace of one-time admissions: the request a completed flow was for.
@@ -343,6 +344,22 @@ impl Gateway {
         title: &str,
         text: &str,
     ) -> Result<bool> {
+        self.refuse_for(session, ctx, status, code, title, text, 5)
+            .await
+    }
+
+    /// [`Gateway::refuse`], where a 503 says to retry after `retry` seconds.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn refuse_for(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        status: u16,
+        code: &'static str,
+        title: &str,
+        text: &str,
+        retry: u64,
+    ) -> Result<bool> {
         ctx.outcome = code;
         let reply = if headers::is_script_request(&session.req_header().headers) {
             Reply::json(status, pages::error_json(status, code, &ctx.request_id))
@@ -357,7 +374,7 @@ impl Gateway {
             )
         };
         let reply = if status == 503 {
-            reply.header("retry-after", "5".into())
+            reply.header("retry-after", retry.to_string())
         } else {
             reply
         };
@@ -452,20 +469,27 @@ impl Gateway {
         self.send(session, ctx, reply).await
     }
 
-    /// 503: the store-wide `anonymous_state_quota` is used up (many clients are starting
-    /// sign-ins at once); a signed-in person's step-up and re-auth are not affected.
+    /// 503: this client's share of `anonymous_state_quota`, or all of it, is used up; a
+    /// signed-in person's step-up and re-auth are not affected. Retry-After: when the oldest
+    /// charges age out.
     pub(crate) async fn anonymous_quota_full(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
+        full: crate::resume::QuotaFull,
     ) -> Result<bool> {
-        self.refuse(
+        let text = match full {
+            crate::resume::QuotaFull::Client => MSG_SIGN_IN_BUSY_HERE,
+            crate::resume::QuotaFull::Store => MSG_SIGN_IN_BUSY,
+        };
+        self.refuse_for(
             session,
             ctx,
             503,
             "sign_in_busy",
             "Too many sign-ins right now",
-            MSG_SIGN_IN_BUSY,
+            text,
+            crate::resume::QuotaFull::retry_after(),
         )
         .await
     }
@@ -824,9 +848,9 @@ impl Gateway {
         // Nobody known yet: the flow draws on the store-wide anonymous quota.
         if flow.user.is_none() {
             let size = serde_json::to_vec(&flow).map_or(MAX_FLOW_BYTES, |v| v.len());
-            match self.charge_anonymous(size).await {
-                Ok(true) => {}
-                Ok(false) => return self.anonymous_quota_full(session, ctx).await,
+            match self.charge_anonymous(size, self.client_ip(session)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(full)) => return self.anonymous_quota_full(session, ctx, full).await,
                 Err(e) => {
                     tracing::warn!(request_id = %ctx.request_id, error = %e, "session store error while starting sign-in");
                     return self.error(session, ctx, 503, "store_unavailable").await;

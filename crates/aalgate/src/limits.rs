@@ -49,16 +49,30 @@ pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -
 }
 
 /// The limiter key of an address: IPv4 as is, IPv6 by its /64 (one subscriber's prefix).
+/// IPv4-mapped and 6to4 (`2002::/16`, whose /48 is one IPv4 address) addresses count as
+/// their IPv4 address.
 pub fn client_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
+        IpAddr::V6(v6) => match (v6.to_ipv4_mapped(), v6.segments()) {
+            (Some(v4), _) => IpAddr::V4(v4),
+            (None, [0x2002, a, b, ..]) => IpAddr::V4(std::net::Ipv4Addr::from(
+                (u32::from(a) << 16) | u32::from(b),
+            )),
+            (None, s) => IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0)),
         },
+    }
+}
+
+/// The key of a client's share of the store-wide anonymous quota: IPv4 as is, IPv6 by its
+/// /48 (one site's allocation: an attacker holding one has 65,536 /64s).
+pub fn site_key(ip: IpAddr) -> IpAddr {
+    match client_key(ip) {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0))
+        }
+        v4 => v4,
     }
 }
 
@@ -94,10 +108,8 @@ impl FlowLimiter {
         };
         let key = client_key(ip);
         let mut keys = vec![(key, 64u8, self.per_minute)];
-        if let IpAddr::V6(v6) = key {
-            let s = v6.segments();
-            let site = IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0));
-            keys.push((site, 48, self.per_minute.saturating_mul(PER_48)));
+        if key.is_ipv6() {
+            keys.push((site_key(ip), 48, self.per_minute.saturating_mul(PER_48)));
         }
         let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut refill = Vec::with_capacity(keys.len());
@@ -194,6 +206,16 @@ mod tests {
         assert_ne!(client_key(a), client_key(c));
         let m: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
         assert_eq!(client_key(m), "192.0.2.1".parse::<IpAddr>().unwrap());
+        // 6to4: one IPv4 address's /48, counted as that address.
+        let t: IpAddr = "2002:c000:0201:7::1".parse().unwrap();
+        assert_eq!(client_key(t), "192.0.2.1".parse::<IpAddr>().unwrap());
+        assert_eq!(site_key(t), "192.0.2.1".parse::<IpAddr>().unwrap());
+        assert_eq!(site_key(a), site_key(c), "one /48, one share");
+        assert_ne!(
+            site_key(a),
+            site_key("2001:db8:2::1".parse().unwrap()),
+            "another /48"
+        );
     }
 
     #[test]

@@ -41,9 +41,30 @@ pub(crate) struct Resumable {
     pub binding: Option<RequestBinding>,
 }
 
-/// The anonymous-state counter counts in buckets as long as a flow lives (10 minutes): the
-/// current one and the one before it hold every flow and ceremony still alive.
-const ANON_BUCKET_SECS: u64 = crate::gateway::FLOW_TTL.as_secs();
+/// The anonymous-state counters count in 2-minute buckets; the last 6 cover a flow's or a
+/// ceremony's whole life (10 minutes), so charges age out within 12 minutes of a flood's end.
+const ANON_BUCKET_SECS: u64 = 120;
+const ANON_BUCKETS: u64 = 6;
+/// Each client (an IPv4 address, an IPv6 /48) may hold this share of `anonymous_state_quota`,
+/// and at least [`MIN_CLIENT_SHARE`]: one address alone cannot use the quota up.
+const CLIENT_SHARE: u64 = 16;
+const MIN_CLIENT_SHARE: u64 = 64 * 1024;
+
+/// Why [`Gateway::charge_anonymous`] stored nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QuotaFull {
+    /// This client holds its whole share of the quota.
+    Client,
+    /// The store-wide quota is used up (many clients at once).
+    Store,
+}
+
+impl QuotaFull {
+    /// Seconds until the oldest counted bucket ages out and frees what it holds.
+    pub(crate) fn retry_after() -> u64 {
+        ANON_BUCKET_SECS - Timestamp::now().0 % ANON_BUCKET_SECS
+    }
+}
 
 impl Gateway {
     /// Bytes kept in the last [`BUCKETS`] buckets under `prefix`.
@@ -54,33 +75,66 @@ impl Gateway {
     }
 
     /// Charges `bytes` of state stored for nobody known yet (a sign-in flow, a ceremony) to
-    /// the store-wide `anonymous_state_quota`, across every instance. `Ok(false)`: it is used
-    /// up; store nothing. A refusal charges nothing, so the quota frees itself as flows expire.
+    /// `client`'s share and to the store-wide `anonymous_state_quota`, across every instance.
+    /// `Ok(Err(_))`: one of them is used up; store nothing.
+    ///
+    /// A full store is refused before anything is written, so a flood from many addresses
+    /// creates no per-client counters then. Otherwise each counter is added to first and
+    /// compared after, so concurrent charges on several instances never overshoot it; a refused
+    /// charge stays counted until its bucket ages out (the client's own counter, or a store that
+    /// is full anyway). The store-wide charge includes the client counter's own record.
     pub(crate) async fn charge_anonymous(
         &self,
         bytes: usize,
-    ) -> Result<bool, aalgate_session::StoreError> {
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Result<(), QuotaFull>, aalgate_session::StoreError> {
+        const COUNTER_BYTES: u64 = 128;
         let bytes = bytes as u64;
+        let quota = self.signin.anonymous_quota;
         let bucket = Timestamp::now().0 / ANON_BUCKET_SECS;
-        let used = self
-            .counted("anon", bucket.saturating_sub(1)..=bucket)
-            .await?;
-        if used.saturating_add(bytes) > self.signin.anonymous_quota {
+        let earlier = bucket.saturating_sub(ANON_BUCKETS - 1)..=bucket.saturating_sub(1);
+        let ttl = Duration::from_secs(ANON_BUCKETS * ANON_BUCKET_SECS + 60);
+        let refused = |full: QuotaFull| {
+            let reason = match full {
+                QuotaFull::Client => "client_quota",
+                QuotaFull::Store => "quota",
+            };
             self.metrics
                 .flow_refusals
-                .with_label_values(&["quota"])
+                .with_label_values(&[reason])
                 .inc();
-            return Ok(false);
+            Ok(Err(full))
+        };
+        let store_before = self.counted("anon", earlier.clone()).await?;
+        let store_now = self.counted("anon", bucket..=bucket).await?;
+        let charge = bytes.saturating_add(COUNTER_BYTES);
+        if store_before
+            .saturating_add(store_now)
+            .saturating_add(charge)
+            > quota
+        {
+            return refused(QuotaFull::Store);
         }
-        self.store
-            .kv_add(
-                QUOTA,
-                &format!("anon:{bucket}"),
-                bytes,
-                Duration::from_secs(2 * ANON_BUCKET_SECS + 60),
-            )
+        if let Some(ip) = client {
+            let share = (quota / CLIENT_SHARE).max(MIN_CLIENT_SHARE).min(quota);
+            let prefix = format!("anon@{}", crate::limits::site_key(ip));
+            let now_total = self
+                .store
+                .kv_add(QUOTA, &format!("{prefix}:{bucket}"), bytes, ttl)
+                .await?;
+            let before = self.counted(&prefix, earlier).await?;
+            if before.saturating_add(now_total) > share {
+                return refused(QuotaFull::Client);
+            }
+        }
+        let now_total = self
+            .store
+            .kv_add(QUOTA, &format!("anon:{bucket}"), charge, ttl)
             .await?;
-        Ok(true)
+        if store_before.saturating_add(now_total) > quota {
+            return refused(QuotaFull::Store);
+        }
+        Ok(Ok(()))
     }
 
     /// The sum of the counters `prefix:b` for the buckets `b` in `buckets`.

@@ -514,9 +514,9 @@ impl Gateway {
             user: None,
         };
         let size = serde_json::to_vec(&flow).map_or(crate::gateway::MAX_FLOW_BYTES, |v| v.len());
-        match self.charge_anonymous(size).await {
-            Ok(true) => {}
-            Ok(false) => return self.anonymous_quota_full(session, ctx).await,
+        match self.charge_anonymous(size, self.client_ip(session)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(full)) => return self.anonymous_quota_full(session, ctx, full).await,
             Err(e) => {
                 tracing::warn!(request_id = %ctx.request_id, error = %e, "switch user: store error");
                 return self.error(session, ctx, 503, "store_unavailable").await;
@@ -667,7 +667,7 @@ impl Gateway {
         if let Err(retry) = self.take_flow_token(session) {
             return self.too_many_flows(session, ctx, retry).await;
         }
-        match self.start(&req, &bind).await {
+        match self.start(&req, &bind, self.client_ip(session)).await {
             Ok(Ok((id, options, kind))) => {
                 self.metrics
                     .challenges
@@ -696,6 +696,7 @@ impl Gateway {
         &self,
         req: &StartReq,
         bind: &Token,
+        client: Option<std::net::IpAddr>,
     ) -> std::result::Result<
         std::result::Result<
             (String, serde_json::Value, &'static str),
@@ -830,8 +831,18 @@ impl Gateway {
                 if flow.user.is_none() {
                     let size = serde_json::to_vec(&pending)
                         .map_or(crate::gateway::MAX_FLOW_BYTES, |v| v.len());
-                    if !self.charge_anonymous(size).await? {
-                        return Ok(Err((503, "sign_in_busy", crate::gateway::MSG_SIGN_IN_BUSY)));
+                    match self.charge_anonymous(size, client).await? {
+                        Ok(()) => {}
+                        Err(crate::resume::QuotaFull::Client) => {
+                            return Ok(Err((
+                                503,
+                                "sign_in_busy",
+                                crate::gateway::MSG_SIGN_IN_BUSY_HERE,
+                            )))
+                        }
+                        Err(crate::resume::QuotaFull::Store) => {
+                            return Ok(Err((503, "sign_in_busy", crate::gateway::MSG_SIGN_IN_BUSY)))
+                        }
                     }
                 }
                 svc.dir.put_pending(&ceremony.hash(), &pending).await?;
