@@ -2,6 +2,8 @@
 // security key, in front of the bundled demo app on `rx.localhost`:
 // - every kept form on a per-request route costs exactly one ceremony and is sent exactly once;
 //   the next form needs its own;
+// - a signature the audit log cannot record (its syslog socket gone) does not count: nothing is
+//   sent, the form stays kept, and one more touch sends it once the log is back;
 // - a form on a `max_age: 1s` route needs one ceremony, not a loop;
 // - a script call gets the 401 JSON; the popup does the ceremony and closes itself; the retry
 //   is admitted once, and the call after it is refused again; the signature covers the body,
@@ -9,13 +11,14 @@
 // What the app received for the signed requests (nonce, digest, body) is written to OUT for
 // tests/e2e/browser.rs, which checks it against the audit log with `aalgate audit verify`.
 
-import { writeFileSync, rmSync } from 'node:fs';
+import { existsSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   AUTH, OUT, PORT, SECURITY_KEY, check, click, invite, landOn, launch, signCount, sleep, snap, text, withAuthenticator,
 } from './lib.mjs';
 
 const RX = `http://rx.localhost:${PORT}`;
+const { SYSLOG } = process.env;
 const { ctx, profile } = await launch();
 try {
   const B = await withAuthenticator(ctx, SECURITY_KEY);
@@ -104,7 +107,37 @@ try {
   const spent = await post('{"rx":5}');
   check(spent.status === 401, 'the grant went with the refused retry');
 
-  // 5. A script call: 401 JSON, the popup signs and closes, the retry is admitted once.
+  // 5. The audit log cannot take the evidence (its syslog socket is gone): the signature does
+  //    not count, nothing reaches the app, and the form stays kept. Once the log is back, one
+  //    more touch sends it, once.
+  unlinkSync(SYSLOG);
+  await page.goto(`${RX}/invoices/new`);
+  await page.fill('input[name=account]', 'RX-3');
+  await page.fill('input[name=amount]', '99');
+  await Promise.all([page.waitForURL((u) => u.pathname === '/.aalgate/auth'), page.getByRole('button', { name: 'Save invoice' }).click()]);
+  before = await signCount(B);
+  await click(page, 'Confirm');
+  await page.waitForFunction(() => document.getElementById('status').className === 'error', null, { timeout: 15000 })
+    .catch(() => {});
+  t = await text(page);
+  await snap(page, 'audit-unavailable');
+  check(new URL(page.url()).pathname === '/.aalgate/auth' && t.includes('could not be recorded') && t.includes('kept'),
+    `with no audit log the signature is refused and the page says the form is kept (${page.url()}: ${t.slice(0, 300)})`);
+  const other = await ctx.newPage();
+  await other.goto(`${RX}/invoices`);
+  check((await text(other)).includes('2 invoice(s) saved'), 'nothing reached the app while the audit log was away');
+  await other.close();
+  writeFileSync(`${SYSLOG}.restore`, '');
+  for (let i = 0; i < 100 && !existsSync(SYSLOG); i++) await sleep(50);
+  check(existsSync(SYSLOG), 'the audit log is back');
+  await click(page, 'Confirm');
+  await landOn(page, (u) => u.href.startsWith(`${RX}/.aalgate/resume`), 'signed RX-3 after the audit log came back');
+  check((await text(page)).includes('Saved invoice #3'), 'the kept form was sent after the second touch');
+  check((await signCount(B)) === before + 2, 'two ceremonies: the unrecorded one, then the one that counted');
+  await page.goto(`${RX}/invoices`);
+  check((await text(page)).includes('3 invoice(s) saved'), 'the form was sent exactly once');
+
+  // 6. A script call: 401 JSON, the popup signs and closes, the retry is admitted once.
   await page.goto(`${RX}/invoices`);
   const popupP = ctx.waitForEvent('page');
   const call = page.evaluate(async () => {
@@ -144,6 +177,7 @@ try {
   writeFileSync(join(OUT, 'signed-xhr.json'), JSON.stringify({
     method: 'POST', url: '/echo/api', body: '{"rx":4}', nonce: h(xhr, 'x-aalgate-request-nonce'), digest: h(xhr, 'x-aalgate-request-digest'),
   }));
+
   console.log('epcs scenario passed');
 } finally {
   await ctx.close();

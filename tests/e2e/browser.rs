@@ -280,8 +280,14 @@ fn per_request_signing_in_chromium() {
     ]
     .join("\n");
     let ca = root().join("tests/fixtures/chromium-virtual-authenticator-ca.pem");
+    // The audit log goes to a syslog socket the scenario can take away and give back: an
+    // audit sink that fails while a request is being signed.
+    let logs = tempfile::tempdir().expect("tempdir");
+    let log_file = logs.path().join("audit.jsonl");
+    let syslog = Syslog::start(&logs.path().join("log.sock"), &log_file);
     let extra = format!(
-        "rp_id: localhost\naudit:\n  output: file:audit.jsonl\nhardware_keys:\n  aaguids: [01020304-0506-0708-0102-030405060708]\n  attestation_ca: [{}]\n",
+        "rp_id: localhost\naudit:\n  output: syslog:{}\nhardware_keys:\n  aaguids: [01020304-0506-0708-0102-030405060708]\n  attestation_ca: [{}]\n",
+        syslog.sock.display(),
         ca.display()
     );
     let gw = Gateway::start_extra(&[("rx.yaml", &policy)], &extra);
@@ -295,6 +301,7 @@ fn per_request_signing_in_chromium() {
         .env("PORT", gw.port.to_string())
         .env("OUT", &out)
         .env("CHROMIUM", chromium())
+        .env("SYSLOG", &syslog.sock)
         .status()
         .expect("run node");
     assert!(
@@ -303,20 +310,29 @@ fn per_request_signing_in_chromium() {
         out.display(),
         gw.log()
     );
-    let log_file = gw.dir.path().join("audit.jsonl");
+    drop(syslog);
+    // What was lost while the socket was away is counted, never silent.
+    let dropped = aalgate_tests::sample(&gw.scrape(), "aalgate_audit_dropped_total").unwrap_or(0.0);
+    assert!(
+        dropped >= 1.0,
+        "events lost in the outage are counted ({dropped})"
+    );
     let signed = std::fs::read_to_string(&log_file)
         .unwrap_or_default()
         .lines()
         .filter(|l| l.contains("\"event\":\"request_signed\""))
         .count();
-    assert_eq!(signed, 5, "one request_signed event per signed request");
+    assert_eq!(
+        signed, 6,
+        "one request_signed event per signed request, none for the refused signature"
+    );
     let admitted = std::fs::read_to_string(&log_file)
         .unwrap_or_default()
         .lines()
         .filter(|l| l.contains("\"event\":\"request_admitted\""))
         .count();
     assert_eq!(
-        admitted, 4,
+        admitted, 5,
         "each signed request admitted once; the tampered retry never was"
     );
     let verify = |args: &[&str]| {
@@ -376,4 +392,62 @@ fn per_request_signing_in_chromium() {
         }
     }
     assert!(!gw.log().contains("panicked"));
+}
+
+/// A syslog socket (`audit: output: syslog:<sock>`) whose lines go to a file, as a log
+/// collector would. A scenario takes it away by deleting `sock` (the gateway's sends then
+/// fail) and gets it back by creating `<sock>.restore`.
+struct Syslog {
+    sock: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Syslog {
+    fn start(sock: &Path, file: &Path) -> Syslog {
+        use std::io::Write;
+        use std::os::unix::net::UnixDatagram;
+        use std::sync::atomic::Ordering;
+        let bind = |p: &Path| {
+            let s = UnixDatagram::bind(p).expect("bind the syslog socket");
+            s.set_read_timeout(Some(Duration::from_millis(50)))
+                .expect("timeout");
+            s
+        };
+        let mut s = bind(sock);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (sock, file, halt) = (sock.to_path_buf(), file.to_path_buf(), stop.clone());
+        let path = sock.clone();
+        let thread = std::thread::spawn(move || {
+            let mut out = std::fs::File::create(&file).expect("audit file");
+            let restore = PathBuf::from(format!("{}.restore", path.display()));
+            let mut buf = vec![0u8; 1 << 17];
+            while !halt.load(Ordering::Relaxed) {
+                if restore.exists() && !path.exists() {
+                    s = bind(&path);
+                    let _ = std::fs::remove_file(&restore);
+                }
+                if let Ok(n) = s.recv(&mut buf) {
+                    let line = String::from_utf8_lossy(&buf[..n]);
+                    // `<86>aalgate[pid]: {json}`: the JSON line, as a collector stores it.
+                    let json = line.split_once("]: ").map_or(&*line, |(_, j)| j);
+                    writeln!(out, "{json}").expect("write audit file");
+                }
+            }
+        });
+        Syslog {
+            sock,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Syslog {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

@@ -5,7 +5,9 @@
 //! (the user agent is the one header kept, truncated), and path segments that look like patient
 //! identifiers are replaced by `{redacted}` before anything is written. Events go through a
 //! bounded queue to a writer thread, so the request path never waits on disk or syslog; events
-//! that do not fit are counted in `aalgate_audit_dropped_total`.
+//! that do not fit, or that the sink refuses, are counted in `aalgate_audit_dropped_total`.
+//! The one exception is evidence whose action must not happen unrecorded (`request_signed`):
+//! [`Audit::record`] waits until the line is written, flushed and synced.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -25,6 +27,15 @@ const QUEUE: usize = 65_536;
 pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 /// Longest user agent kept.
 const MAX_UA: usize = 256;
+/// The longest [`Audit::record`] waits for its line to be on record.
+const RECORD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What the request path hands the writer.
+enum Msg {
+    Line(String),
+    /// Written, flushed and synced before the sender hears `true`.
+    Durable(String, tokio::sync::oneshot::Sender<bool>),
+}
 
 /// Path segments redacted by default: MRN-, account- and SSN-like values and e-mail addresses.
 pub const DEFAULT_REDACTIONS: [&str; 4] = [
@@ -117,7 +128,7 @@ pub fn now_rfc3339() -> String {
 
 /// The audit log handle, shared by every request.
 pub struct Audit {
-    tx: SyncSender<String>,
+    tx: SyncSender<Msg>,
     redact: Vec<Regex>,
     requests: bool,
     metrics: Arc<Metrics>,
@@ -140,10 +151,11 @@ impl Audit {
             })
             .collect::<Result<Vec<_>>>()?;
         let mut out = Output::open(&sink)?;
-        let (tx, rx) = sync_channel::<String>(QUEUE);
+        let (tx, rx) = sync_channel::<Msg>(QUEUE);
+        let m = metrics.clone();
         std::thread::Builder::new()
             .name("aalgate-audit".into())
-            .spawn(move || out.run(rx))
+            .spawn(move || out.run(rx, &m))
             .context("cannot start the audit writer")?;
         Ok(Audit {
             tx,
@@ -182,18 +194,40 @@ impl Audit {
 
     /// Queues an event; never blocks.
     pub fn emit(&self, event: &Event<'_>) {
-        let _ = self.emit_checked(event);
+        if let Some(line) = self.line(event) {
+            self.queue(Msg::Line(line));
+        }
     }
 
-    /// Queues an event, and says whether it was queued. For events whose action must not
-    /// happen unrecorded (`request_signed`: the evidence of a signature): on `false` the caller
-    /// does not act. Never blocks.
-    pub fn emit_checked(&self, event: &Event<'_>) -> bool {
-        let Ok(line) = serde_json::to_string(event) else {
-            self.metrics.audit_dropped.inc();
+    /// Writes an event whose action must not happen unrecorded (`request_signed`: the evidence
+    /// of a signature), and says whether it is on record: written, flushed and, for a file,
+    /// synced to disk. `false` (queue full, writer gone, the sink refused it, or no answer in
+    /// [`RECORD_WAIT`]): the caller does not act. Queued is not enough: a full disk or a gone
+    /// syslog socket loses a queued line.
+    pub async fn record(&self, event: &Event<'_>) -> bool {
+        let Some(line) = self.line(event) else {
             return false;
         };
-        match self.tx.try_send(line) {
+        let (done, on_record) = tokio::sync::oneshot::channel();
+        if !self.queue(Msg::Durable(line, done)) {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout(RECORD_WAIT, on_record).await,
+            Ok(Ok(true))
+        )
+    }
+
+    fn line(&self, event: &Event<'_>) -> Option<String> {
+        let line = serde_json::to_string(event).ok();
+        if line.is_none() {
+            self.metrics.audit_dropped.inc();
+        }
+        line
+    }
+
+    fn queue(&self, msg: Msg) -> bool {
+        match self.tx.try_send(msg) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.metrics.audit_dropped.inc();
@@ -264,41 +298,68 @@ impl Output {
         }
     }
 
-    fn flush(&mut self) {
+    fn flush(&mut self) -> std::io::Result<()> {
         match self {
-            Output::Stdout => {
-                let _ = std::io::stdout().flush();
-            }
+            Output::Stdout => std::io::stdout().flush(),
+            Output::File(f) => f.flush(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes a line that must be on record: after the lines before it, past the buffer (a
+    /// refused line must not be written later by a retried flush: it would record a signature
+    /// that never counted), and for a file synced to disk.
+    fn write_durable(&mut self, line: &str) -> std::io::Result<()> {
+        match self {
             Output::File(f) => {
-                let _ = f.flush();
+                f.flush()?;
+                f.get_mut().write_all(format!("{line}\n").as_bytes())?;
+                f.get_ref().sync_data()
             }
-            _ => {}
+            _ => {
+                self.write_line(line)?;
+                self.flush()
+            }
         }
     }
 
     /// Drains the queue every [`DRAIN_EVERY`] instead of blocking on it: a sender then never
     /// has to wake this thread, which profiling showed cost a futex wake-up and a context switch
-    /// per request.
-    fn run(&mut self, rx: Receiver<String>) {
+    /// per request. Lines the sink refuses are counted as dropped.
+    fn run(&mut self, rx: Receiver<Msg>, metrics: &Metrics) {
+        let failed = |e: std::io::Error| {
+            tracing::error!(error = %e, "audit log write failed");
+            metrics.audit_dropped.inc();
+        };
         loop {
             let mut wrote = false;
             loop {
                 match rx.try_recv() {
-                    Ok(line) => {
+                    Ok(Msg::Line(line)) => {
                         if let Err(e) = self.write_line(&line) {
-                            tracing::error!(error = %e, "audit log write failed");
+                            failed(e);
                         }
                         wrote = true;
                     }
+                    Ok(Msg::Durable(line, done)) => {
+                        let r = self.write_durable(&line);
+                        let ok = r.is_ok();
+                        if let Err(e) = r {
+                            failed(e);
+                        }
+                        let _ = done.send(ok);
+                    }
                     Err(std::sync::mpsc::TryRecvError::Empty) => break,
                     Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                        self.flush();
+                        let _ = self.flush();
                         return;
                     }
                 }
             }
             if wrote {
-                self.flush();
+                if let Err(e) = self.flush() {
+                    failed(e);
+                }
             }
             std::thread::sleep(DRAIN_EVERY);
         }
@@ -314,25 +375,54 @@ mod tests {
         Audit::start(Sink::Stderr, &r, true, Arc::new(Metrics::new().unwrap())).unwrap()
     }
 
-    #[test]
-    fn a_full_queue_is_reported_to_callers_that_must_not_act_unrecorded() {
+    fn signed() -> Event<'static> {
+        Event {
+            event: "request_signed",
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_or_a_gone_writer_is_never_on_record() {
         let metrics = Arc::new(Metrics::new().unwrap());
-        let (tx, rx) = sync_channel::<String>(1);
+        let (tx, rx) = sync_channel::<Msg>(1);
         let a = Audit {
             tx,
             redact: Vec::new(),
             requests: true,
             metrics: metrics.clone(),
         };
-        let e = Event {
-            event: "request_signed",
-            ..Default::default()
-        };
-        assert!(a.emit_checked(&e));
-        assert!(!a.emit_checked(&e), "the queue is full");
+        a.emit(&signed());
+        assert!(!a.record(&signed()).await, "the queue is full");
         assert_eq!(metrics.audit_dropped.get(), 1);
         drop(rx);
-        assert!(!a.emit_checked(&e), "the writer is gone");
+        assert!(!a.record(&signed()).await, "the writer is gone");
+    }
+
+    #[tokio::test]
+    async fn on_record_means_on_disk_and_a_refusing_sink_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let a = Audit::start(Sink::File(path.clone()), &[], true, metrics.clone()).unwrap();
+        assert!(a.record(&signed()).await);
+        // No drain interval to wait for: the line is in the file when `record` returns.
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("request_signed"));
+        // A disk with no room: queued is not recorded.
+        let full =
+            Audit::start(Sink::File("/dev/full".into()), &[], true, metrics.clone()).unwrap();
+        assert!(!full.record(&signed()).await);
+        assert_eq!(metrics.audit_dropped.get(), 1);
+        full.emit(&signed());
+        for _ in 0..100 {
+            if metrics.audit_dropped.get() == 2 {
+                break;
+            }
+            std::thread::sleep(DRAIN_EVERY);
+        }
+        assert_eq!(metrics.audit_dropped.get(), 2, "a refused line is counted");
     }
 
     #[test]

@@ -77,7 +77,7 @@ pub struct Metrics {
     /// Break-glass sessions granted. Exported at 0; incremented by break-glass sign-in.
     #[allow(dead_code)]
     pub breakglass_uses: IntCounter,
-    /// Audit events lost because the writer could not keep up.
+    /// Audit events lost: the queue was full, or the sink refused them.
     pub audit_dropped: IntCounter,
     /// Submitted forms met by a sign-in: kept, or why not.
     pub kept_forms: IntCounterVec,
@@ -201,7 +201,7 @@ impl Metrics {
                 c
             },
             audit_dropped: {
-                let c = IntCounter::new("aalgate_audit_dropped_total", "Audit events lost because the audit writer could not keep up.")?;
+                let c = IntCounter::new("aalgate_audit_dropped_total", "Audit events lost: the queue was full, or the sink refused them (full disk, syslog socket gone).")?;
                 r.register(Box::new(c.clone()))?;
                 c
             },
@@ -212,7 +212,7 @@ impl Metrics {
                 c
             },
             flows: counter_vec(&r, "aalgate_flows_total", "Sign-in flows stored, by kind.", &["kind"])?,
-            flow_refusals: counter_vec(&r, "aalgate_flow_refusals_total", "Sign-in flows refused before they were stored, by reason (rate: per-client limit; url_too_long; quota: the store-wide anonymous_state_quota).", &["reason"])?,
+            flow_refusals: counter_vec(&r, "aalgate_flow_refusals_total", "Sign-in flows refused before they were stored, by reason (rate: per-client limit; url_too_long; client_quota: a client's share of anonymous_state_quota; quota: all of it).", &["reason"])?,
             signed_requests: {
                 let c = IntCounter::new("aalgate_signed_requests_total", "Requests signed by a per-request ceremony (step_up: per_request), each with a request_signed audit event.")?;
                 r.register(Box::new(c.clone()))?;

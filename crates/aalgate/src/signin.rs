@@ -110,6 +110,7 @@ const MSG_UNAVAILABLE: &str =
 const MSG_NOT_ENOUGH: &str =
     "That key does not meet this page's requirement. Use your hardware security key.";
 const MSG_ENROLL_FAILED: &str = "Registration did not work. Nothing was saved. Press a button to try again; if it keeps failing, contact IT.";
+const MSG_NOT_RECORDED: &str = "Your touch could not be recorded in the audit log, so it does not count and nothing was sent. What you were sending is kept: touch your key again in a moment. If this keeps happening, call IT: the gateway's audit log is unavailable.";
 const MSG_KEY_NOT_APPROVED: &str =
     "This security key is not on the hospital's approved list. Use an approved key, or contact IT.";
 
@@ -1288,25 +1289,40 @@ impl Gateway {
                     client_data_json: aalgate_auth::signing::b64(cd),
                     signature: aalgate_auth::signing::b64(sig),
                 };
-                // No evidence on record, no signature: the request is then not admitted.
-                let recorded = self.audit.emit_checked(&crate::audit::Event {
-                    time: crate::audit::now_rfc3339(),
-                    event: "request_signed",
-                    request_id: Some(&ctx.request_id),
-                    user: Some(&user.id),
-                    app: Some(&flow.app),
-                    method: Some(&flow.method),
-                    path: Some(path),
-                    aal: Some(v.aal.number()),
-                    credential: Some(&v.audit_id),
-                    evidence: Some(evidence),
-                    ..Default::default()
-                });
+                // No evidence on record, no signature: the request is not admitted, and the
+                // flow (with what it keeps) goes back, so one more touch can sign it.
+                let recorded = self
+                    .audit
+                    .record(&crate::audit::Event {
+                        time: crate::audit::now_rfc3339(),
+                        event: "request_signed",
+                        request_id: Some(&ctx.request_id),
+                        user: Some(&user.id),
+                        app: Some(&flow.app),
+                        method: Some(&flow.method),
+                        path: Some(path),
+                        aal: Some(v.aal.number()),
+                        credential: Some(&v.audit_id),
+                        evidence: Some(evidence),
+                        ..Default::default()
+                    })
+                    .await;
+                flow.binding = Some(b);
                 if recorded {
                     self.metrics.signed_requests.inc();
-                    flow.binding = Some(b);
                 } else {
-                    tracing::error!(request_id = %ctx.request_id, user = %user.id, "the audit log could not take request_signed (queue full or writer gone): the request is not signed and not admitted");
+                    tracing::error!(request_id = %ctx.request_id, user = %user.id, "the audit log could not record request_signed (queue full, writer gone or sink failing): the request is not signed, and its flow is kept for another touch");
+                    let left = crate::gateway::FLOW_TTL.saturating_sub(now.since(flow.created));
+                    if let Some(k) = pending.flow.as_deref() {
+                        if let Err(e) = self.store.put_flow(k, &flow, left).await {
+                            return self
+                                .store_down(session, ctx, &e, "sign-in: store error")
+                                .await;
+                        }
+                    }
+                    return self
+                        .json_error(session, ctx, 503, "audit_unavailable", MSG_NOT_RECORDED)
+                        .await;
                 }
             } else {
                 tracing::info!(request_id = %ctx.request_id, user = %user.id, "per-request ceremony below the route's level or unbound: the request is not signed");
