@@ -11,6 +11,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -33,9 +34,20 @@ const RECORD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// What the request path hands the writer.
 enum Msg {
     Line(String),
-    /// Written, flushed and synced before the sender hears `true`.
-    Durable(String, tokio::sync::oneshot::Sender<bool>),
+    /// Written, flushed and synced before `done` hears `true`.
+    Durable {
+        line: String,
+        fate: Arc<AtomicU8>,
+        done: tokio::sync::oneshot::Sender<bool>,
+    },
 }
+
+/// A durable line's fate is decided once: the writer claims it before writing, or the caller
+/// abandons it after [`RECORD_WAIT`], and then it is never written. A line refused to its caller
+/// must not land later: it would record a signature that never counted.
+const PENDING: u8 = 0;
+const CLAIMED: u8 = 1;
+const ABANDONED: u8 = 2;
 
 /// Path segments redacted by default: MRN-, account- and SSN-like values and e-mail addresses.
 pub const DEFAULT_REDACTIONS: [&str; 4] = [
@@ -132,6 +144,8 @@ pub struct Audit {
     redact: Vec<Regex>,
     requests: bool,
     metrics: Arc<Metrics>,
+    record_wait: std::time::Duration,
+    evidence_grade: bool,
 }
 
 impl Audit {
@@ -162,7 +176,14 @@ impl Audit {
             redact,
             requests,
             metrics,
+            record_wait: RECORD_WAIT,
+            evidence_grade: matches!(sink, Sink::File(_)),
         })
+    }
+
+    /// Whether [`Audit::record`] means synced to disk (a file), not handed to another process.
+    pub fn evidence_grade(&self) -> bool {
+        self.evidence_grade
     }
 
     /// Whether per-request events are written (auth events always are).
@@ -201,21 +222,38 @@ impl Audit {
 
     /// Writes an event whose action must not happen unrecorded (`request_signed`: the evidence
     /// of a signature), and says whether it is on record: written, flushed and, for a file,
-    /// synced to disk. `false` (queue full, writer gone, the sink refused it, or no answer in
-    /// [`RECORD_WAIT`]): the caller does not act. Queued is not enough: a full disk or a gone
-    /// syslog socket loses a queued line.
+    /// synced to disk. `false` (queue full, writer gone, the sink refused it, or not taken up
+    /// by the writer in [`RECORD_WAIT`]): the line is not in the log, and the caller does not
+    /// act. Queued is not enough: a full disk or a gone syslog socket loses a queued line.
     pub async fn record(&self, event: &Event<'_>) -> bool {
         let Some(line) = self.line(event) else {
             return false;
         };
-        let (done, on_record) = tokio::sync::oneshot::channel();
-        if !self.queue(Msg::Durable(line, done)) {
+        let fate = Arc::new(AtomicU8::new(PENDING));
+        let (done, mut on_record) = tokio::sync::oneshot::channel();
+        let msg = Msg::Durable {
+            line,
+            fate: fate.clone(),
+            done,
+        };
+        if !self.queue(msg) {
             return false;
         }
-        matches!(
-            tokio::time::timeout(RECORD_WAIT, on_record).await,
-            Ok(Ok(true))
-        )
+        match tokio::time::timeout(self.record_wait, &mut on_record).await {
+            Ok(answer) => answer.unwrap_or(false),
+            Err(_) => {
+                if fate
+                    .compare_exchange(PENDING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    self.metrics.audit_dropped.inc();
+                    false
+                } else {
+                    // The writer has it: its answer decides, whatever it takes.
+                    on_record.await.unwrap_or(false)
+                }
+            }
+        }
     }
 
     fn line(&self, event: &Event<'_>) -> Option<String> {
@@ -308,13 +346,21 @@ impl Output {
 
     /// Writes a line that must be on record: after the lines before it, past the buffer (a
     /// refused line must not be written later by a retried flush: it would record a signature
-    /// that never counted), and for a file synced to disk.
+    /// that never counted), and for a file synced to disk. A failed write is cut off again, so
+    /// no half line is left for the next one to be glued to.
     fn write_durable(&mut self, line: &str) -> std::io::Result<()> {
         match self {
             Output::File(f) => {
                 f.flush()?;
-                f.get_mut().write_all(format!("{line}\n").as_bytes())?;
-                f.get_ref().sync_data()
+                let file = f.get_mut();
+                let end = file.metadata()?.len();
+                let r = file
+                    .write_all(format!("{line}\n").as_bytes())
+                    .and_then(|()| file.sync_data());
+                if r.is_err() {
+                    let _ = file.set_len(end);
+                }
+                r
             }
             _ => {
                 self.write_line(line)?;
@@ -341,7 +387,13 @@ impl Output {
                         }
                         wrote = true;
                     }
-                    Ok(Msg::Durable(line, done)) => {
+                    Ok(Msg::Durable { line, fate, done }) => {
+                        if fate
+                            .compare_exchange(PENDING, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
+                            .is_err()
+                        {
+                            continue;
+                        }
                         let r = self.write_durable(&line);
                         let ok = r.is_ok();
                         if let Err(e) = r {
@@ -391,12 +443,44 @@ mod tests {
             redact: Vec::new(),
             requests: true,
             metrics: metrics.clone(),
+            record_wait: RECORD_WAIT,
+            evidence_grade: false,
         };
         a.emit(&signed());
         assert!(!a.record(&signed()).await, "the queue is full");
         assert_eq!(metrics.audit_dropped.get(), 1);
         drop(rx);
         assert!(!a.record(&signed()).await, "the writer is gone");
+    }
+
+    #[tokio::test]
+    async fn a_line_given_up_on_is_never_written_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let (tx, rx) = sync_channel::<Msg>(4);
+        let a = Audit {
+            tx,
+            redact: Vec::new(),
+            requests: true,
+            metrics: metrics.clone(),
+            record_wait: std::time::Duration::from_millis(50),
+            evidence_grade: true,
+        };
+        // A writer that is stuck (a slow disk): the caller gives up.
+        assert!(!a.record(&signed()).await);
+        assert_eq!(metrics.audit_dropped.get(), 1);
+        a.emit(&Event {
+            event: "logout",
+            ..Default::default()
+        });
+        drop(a);
+        // Then the writer gets to the queue.
+        let mut out = Output::open(&Sink::File(path.clone())).unwrap();
+        out.run(rx, &metrics);
+        let log = std::fs::read_to_string(&path).unwrap();
+        assert!(log.contains("logout"), "{log}");
+        assert!(!log.contains("request_signed"), "{log}");
     }
 
     #[tokio::test]

@@ -183,6 +183,18 @@ fn load_checked(
     }
 }
 
+/// Signed requests rest on the `request_signed` line being kept: only a file sink, synced
+/// before the request is admitted, keeps it under the gateway's control.
+fn warn_on_weak_evidence(set: &PolicySet, audit: &Audit) {
+    let signs = set
+        .rules()
+        .iter()
+        .any(|r| r.access.step_up.is_some_and(|s| s.per_request()));
+    if signs && !audit.evidence_grade() {
+        tracing::warn!("policy: a route signs requests (step_up: per_request), but the audit output is not a file: stdout and syslog pass request_signed evidence to another process that may still drop it (journald rate limits); use audit: output: file:<path>");
+    }
+}
+
 impl Policies {
     /// Loads the first set; an invalid set is an error (the gateway refuses to start).
     pub fn load(
@@ -205,6 +217,7 @@ impl Policies {
         for w in set.warnings() {
             tracing::warn!("policy: {w}");
         }
+        warn_on_weak_evidence(&set, &audit);
         let p = Policies {
             current: ArcSwap::from_pointee(set),
             hash: std::sync::Mutex::new(String::new()),
@@ -246,6 +259,7 @@ impl Policies {
                 for w in set.warnings() {
                     tracing::warn!("policy: {w}");
                 }
+                warn_on_weak_evidence(&set, &self.audit);
                 let apps = set.apps().len();
                 self.current.store(Arc::new(set));
                 self.mark_loaded(&hash);

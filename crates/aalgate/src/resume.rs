@@ -46,9 +46,15 @@ pub(crate) struct Resumable {
 const ANON_BUCKET_SECS: u64 = 120;
 const ANON_BUCKETS: u64 = 6;
 /// Each client (an IPv4 address, an IPv6 /48) may hold this share of `anonymous_state_quota`,
-/// and at least [`MIN_CLIENT_SHARE`]: one address alone cannot use the quota up.
+/// and at least [`MIN_CLIENT_SHARE`] (never over a quarter): one address alone cannot use the
+/// quota up.
 const CLIENT_SHARE: u64 = 16;
 const MIN_CLIENT_SHARE: u64 = 64 * 1024;
+
+/// The bytes one client may hold of `quota`.
+fn client_share(quota: u64) -> u64 {
+    (quota / CLIENT_SHARE).max(MIN_CLIENT_SHARE.min(quota / 4))
+}
 
 /// Why [`Gateway::charge_anonymous`] stored nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +122,7 @@ impl Gateway {
             return refused(QuotaFull::Store);
         }
         if let Some(ip) = client {
-            let share = (quota / CLIENT_SHARE).max(MIN_CLIENT_SHARE).min(quota);
+            let share = client_share(quota);
             let prefix = format!("anon@{}", crate::limits::site_key(ip));
             let now_total = self
                 .store
@@ -657,6 +663,22 @@ pub(crate) async fn read_limited(session: &mut Session, limit: usize) -> Option<
             }
             Ok(None) => return Some(body),
             Err(_) => return None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_client_never_holds_the_whole_anonymous_quota() {
+        // The smallest quota the config takes: one address must leave room for the others.
+        assert_eq!(client_share(65_536), 16_384);
+        assert_eq!(client_share(1 << 20), 65_536);
+        assert_eq!(client_share(64 << 20), 4 << 20);
+        for quota in [65_536, 100_000, 200_000, 1 << 20, 64 << 20] {
+            assert!(client_share(quota) <= quota / 4, "{quota}");
         }
     }
 }
