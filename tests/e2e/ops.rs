@@ -375,30 +375,86 @@ fn graceful_upgrade_under_load_fails_no_request() {
     let h = format!("localhost:{port}");
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let t0 = std::time::Instant::now();
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let workers: Vec<_> = (0..4)
         .map(|_| {
             let (stop, ok, failed, h) = (stop.clone(), ok.clone(), failed.clone(), h.clone());
+            let failures = failures.clone();
             std::thread::spawn(move || {
                 let deadline = std::time::Instant::now() + Duration::from_secs(60);
                 while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
-                    if get(port, &h, "/static/load.css", &[]).status == 200 {
+                    let sent = t0.elapsed();
+                    let r = get(port, &h, "/static/load.css", &[]);
+                    if r.status == 200 {
                         ok.fetch_add(1, Ordering::Relaxed);
                     } else {
                         failed.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(mut f) = failures.lock() {
+                            f.push(format!(
+                                "sent at {sent:?}, answered at {:?}: status {} body {:?}",
+                                t0.elapsed(),
+                                r.status,
+                                r.text()
+                            ));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    // Clients that connect, then take a moment to send (a browser opening a connection ahead,
+    // a slow network): a connection the old process accepted just before it stops accepting
+    // must still be served, not dropped unanswered.
+    let slow: Vec<_> = (0..4)
+        .map(|i| {
+            let (stop, ok, failed, h) = (stop.clone(), ok.clone(), failed.clone(), h.clone());
+            let failures = failures.clone();
+            std::thread::spawn(move || {
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                std::thread::sleep(Duration::from_millis(60 * i));
+                while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                    let sent = t0.elapsed();
+                    let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                    std::thread::sleep(Duration::from_millis(250));
+                    let req = format!(
+                        "GET /static/slow.css HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\n\r\n"
+                    );
+                    let mut answer = Vec::new();
+                    let _ = std::io::Write::write_all(&mut c, req.as_bytes());
+                    let _ = std::io::Read::read_to_end(&mut c, &mut answer);
+                    if answer.starts_with(b"HTTP/1.1 200") {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(mut f) = failures.lock() {
+                            f.push(format!(
+                                "slow client connected at {sent:?}, answered at {:?}: {:?}",
+                                t0.elapsed(),
+                                String::from_utf8_lossy(&answer[..answer.len().min(40)])
+                            ));
+                        }
                     }
                 }
             })
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
+    let upgrade_at = t0.elapsed();
     let mut new = old.spawn_upgrade();
     std::thread::sleep(Duration::from_millis(500));
+    let quit_at = t0.elapsed();
     old.signal("-QUIT");
     let exited = old.wait_exit(Duration::from_secs(30));
+    let exit_at = t0.elapsed();
     let before = ok.load(Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(800));
     stop.store(true, Ordering::Relaxed);
-    for w in workers {
+    for w in workers.into_iter().chain(slow) {
         let _ = w.join();
     }
     let after = ok.load(Ordering::Relaxed);
@@ -413,7 +469,8 @@ fn graceful_upgrade_under_load_fails_no_request() {
     assert_eq!(
         failed.load(Ordering::Relaxed),
         0,
-        "requests failed during the upgrade ({after} succeeded):\n{}",
+        "requests failed during the upgrade ({after} succeeded; new process at {upgrade_at:?}, SIGQUIT at {quit_at:?}, old exited by {exit_at:?}):\n{}\n{}",
+        failures.lock().map(|f| f.join("\n")).unwrap_or_default(),
         old.log()
     );
     assert!(

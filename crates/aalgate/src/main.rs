@@ -482,6 +482,44 @@ impl BackgroundService for Purge {
     }
 }
 
+/// How long a stopping gateway still waits for the first request on connections it has
+/// accepted (the graceful upgrade's old process, or SIGTERM's grace period) before it drops
+/// the idle ones.
+const DRAIN_FRESH_CONNECTIONS: Duration = Duration::from_secs(1);
+
+/// The proxy, with one change to how it stops: pingora drops every connection that is waiting
+/// for a request as soon as its listeners stop, including one accepted a moment before whose
+/// request is still on its way, which the client then sees closed unanswered. Waiting
+/// [`DRAIN_FRESH_CONNECTIONS`] first lets those be served (without keep-alive).
+struct Draining<A>(Arc<A>);
+
+#[async_trait::async_trait]
+impl<A> pingora::apps::HttpServerApp for Draining<A>
+where
+    A: pingora::apps::HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: pingora::protocols::http::ServerSession,
+        shutdown: &pingora::server::ShutdownWatch,
+    ) -> Option<pingora::apps::ReusedHttpStream> {
+        self.0.process_new_http(session, shutdown).await
+    }
+
+    fn h2_options(&self) -> Option<pingora::protocols::http::v2::server::H2Options> {
+        self.0.h2_options()
+    }
+
+    fn server_options(&self) -> Option<&pingora::apps::HttpServerOptions> {
+        self.0.server_options()
+    }
+
+    async fn http_cleanup(&self) {
+        tokio::time::sleep(DRAIN_FRESH_CONNECTIONS).await;
+        self.0.http_cleanup().await;
+    }
+}
+
 /// Sessions (and assertions) kept in memory: about 1 KiB each, so 64 MiB at most.
 const SESSION_CACHE_CAPACITY: usize = 65_536;
 
@@ -587,7 +625,12 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         upstream_timeouts: (cfg.upstream_connect_timeout, cfg.upstream_timeout),
         listeners: cfg.listen.clone(),
     };
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gw);
+    let mut inner = pingora::proxy::HttpProxy::new(gw, server.configuration.clone());
+    inner.handle_init_modules();
+    let mut proxy = Service::new(
+        "Pingora HTTP Proxy Service".to_string(),
+        Draining(Arc::new(inner)),
+    );
     for l in &cfg.listen {
         let addr = l.addr.to_string();
         match &l.tls {
