@@ -866,7 +866,10 @@ pub fn browser_binding(port: u16, host: &str) -> (String, String) {
     let bind = page
         .all("set-cookie")
         .into_iter()
-        .find_map(|c| c.strip_prefix("aalgate-bind="))
+        .find_map(|c| {
+            c.strip_prefix("aalgate-bind=")
+                .or_else(|| c.strip_prefix("__Host-aalgate-bind="))
+        })
         .and_then(|c| c.split(';').next())
         .expect("binding cookie")
         .to_string();

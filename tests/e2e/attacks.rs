@@ -283,9 +283,19 @@ fn attack_corpus() {
 default: aal2\nroutes:\n  - path: /admin/**\n    require: deny\n",
         up.port
     );
+    // An app whose paths really hold an encoded `%` (`allow_double_encoding`).
+    let legacy = format!(
+        "app: legacy\nhost: legacy.localhost\nupstream: http://127.0.0.1:{}\n\
+allow_double_encoding: true\ndefault: aal2\n",
+        up.port
+    );
     let mut g = Gateway::start(
         None,
-        &[("billing.yaml", &policy(up.port)), ("ehr.yaml", &ehr)],
+        &[
+            ("billing.yaml", &policy(up.port)),
+            ("ehr.yaml", &ehr),
+            ("legacy.yaml", &legacy),
+        ],
     );
     let store = EmbeddedStore::open(&g.state_dir()).expect("open embedded store");
     let sessions = Sessions::mint(&store);

@@ -208,3 +208,189 @@ fn breakglass_works_with_redis_down_and_is_loud() {
     assert_eq!(r["uses"][0]["reviewed"], true);
     assert!(!g.log().contains("panicked"));
 }
+
+/// Posts a break-glass form from client `ip` (through a trusted proxy's X-Forwarded-For):
+/// the status and how long the answer took.
+fn try_code(port: u16, host: &str, ip: &str, code: &str) -> (u16, Duration) {
+    let (bind, token) = aalgate_tests::browser_binding(port, host);
+    let body = format!("csrf={token}&code={code}&person=Dr.+Test&reason=spray+test");
+    let raw = format!(
+        "POST /.aalgate/breakglass HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\nSec-Fetch-Site: same-origin\r\n\
+X-Forwarded-For: {ip}\r\nCookie: aalgate-bind={bind}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let t = std::time::Instant::now();
+    let r = aalgate_tests::send(port, raw.as_bytes());
+    (r.status, t.elapsed())
+}
+
+/// Which code ids exist cannot be told by time (an unknown id waits as long as a real check,
+/// without taking one of the two check slots), and a spray of made-up codes from many addresses
+/// leaves a genuine code working.
+#[test]
+fn breakglass_codes_tell_nothing_by_time_and_survive_a_spray() {
+    let up = aalgate_tests::Upstream::start();
+    let ehr = format!(
+        "app: ehr\nhost: ehr.localhost\nupstream: http://127.0.0.1:{}\ndefault: aal2\nroutes:\n  - path: /\n    require: aal2\n    breakglass: allow\n",
+        up.port
+    );
+    let g = Gateway::start_extra(&[("ehr.yaml", &ehr)], "trusted_proxies: [127.0.0.1]\n");
+    let host = format!("ehr.localhost:{}", g.port);
+    let (code, known, err) = cli(&g, &["breakglass", "create", "known", "--ttl", "10m"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, genuine, err) = cli(&g, &["breakglass", "create", "genuine", "--ttl", "10m"]);
+    assert_eq!(code, 0, "{err}");
+    let (known, genuine) = (
+        known.trim().replace('-', ""),
+        genuine.trim().replace('-', ""),
+    );
+    let wrong_secret = |id: &str| format!("{id}{}", "A".repeat(40));
+    let mut times = (Vec::new(), Vec::new());
+    for i in 0..7 {
+        let (s, t) = try_code(
+            g.port,
+            &host,
+            &format!("10.1.0.{i}"),
+            &wrong_secret(&known[..8]),
+        );
+        assert_eq!(
+            s, 400,
+            "a wrong secret for a real id is refused on the page"
+        );
+        times.0.push(t);
+        let (s, t) = try_code(
+            g.port,
+            &host,
+            &format!("10.2.0.{i}"),
+            &wrong_secret("ZZZZZZZZ"),
+        );
+        assert_eq!(s, 400, "an unknown id is refused on the page");
+        times.1.push(t);
+    }
+    times.0.sort();
+    times.1.sort();
+    let (real, unknown) = (times.0[3], times.1[3]);
+    assert!(
+        unknown * 2 >= real,
+        "an unknown id answers in {unknown:?}, a real one in {real:?}: the time tells which ids exist"
+    );
+    // A spray of made-up codes from many addresses, and the genuine code in the middle of it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sprayers: Vec<_> = (0..8)
+        .map(|t| {
+            let (stop, host) = (stop.clone(), host.clone());
+            let port = g.port;
+            std::thread::spawn(move || {
+                let mut n = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let ip = format!("10.3.{t}.{}", n % 250);
+                    let _ = try_code(port, &host, &ip, &format!("{:08}{}", n, "B".repeat(40)));
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, _) = try_code(g.port, &host, "10.9.9.9", &genuine);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sprayed: u32 = sprayers.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(
+        status, 302,
+        "the genuine code during a spray of {sprayed} made-up codes"
+    );
+    assert!(sprayed > 20, "the spray ran ({sprayed})");
+    assert!(!g.log().contains("panicked"));
+}
+
+/// Uses a break-glass code from a browser on `host`: the emergency session's cookie value.
+fn emergency_cookie(port: u16, host: &str, code: &str) -> String {
+    let (bind, token) = aalgate_tests::browser_binding(port, host);
+    let body = format!("csrf={token}&code={code}&person=Dr.+Ada+Example&reason=badge+reader+down");
+    let r = aalgate_tests::send(
+        port,
+        format!(
+            "POST /.aalgate/breakglass HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\nSec-Fetch-Site: same-origin\r\n\
+Cookie: aalgate-bind={bind}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    assert_eq!(r.status, 302, "{}", r.text());
+    r.all("set-cookie")
+        .into_iter()
+        .find_map(|c| c.strip_prefix("aalgate="))
+        .and_then(|c| c.split(';').next())
+        .expect("emergency session cookie")
+        .to_string()
+}
+
+/// A break-glass session's WebSocket lives exactly as long as the session: with the store
+/// down, it still echoes well inside the TTL, closes within a second of *Sign out*, and closes
+/// at the TTL without a frame being sent.
+#[test]
+fn a_breakglass_websocket_ends_with_the_emergency_session() {
+    let mut redis = Redis::start();
+    let up = crate::transparency::ws_echo();
+    let ehr = format!(
+        "app: ehr\nhost: localhost\nupstream: http://127.0.0.1:{up}\ndefault: deny\nroutes:\n  - path: /socket\n    require: aal2\n    breakglass: allow\n"
+    );
+    let g = Gateway::start_with_store_extra(&redis.url(), &[("ehr.yaml", &ehr)], "");
+    let host = format!("localhost:{}", g.port);
+    let mut codes = Vec::new();
+    for name in ["ttl", "signout"] {
+        let (code, secret, err) = cli(&g, &["breakglass", "create", name, "--ttl", "1m"]);
+        assert_eq!(code, 0, "{err}");
+        codes.push(secret.trim().to_string());
+    }
+    redis.stop();
+    let started = std::time::Instant::now();
+    let ttl_cookie = emergency_cookie(g.port, &host, &codes[0]);
+    let out_cookie = emergency_cookie(g.port, &host, &codes[1]);
+    let mut ttl_ws = crate::transparency::ws_open_on(g.port, &host, &ttl_cookie);
+    let mut out_ws = crate::transparency::ws_open_on(g.port, &host, &out_cookie);
+    assert!(crate::transparency::ws_echoes(&mut ttl_ws, "vitals"));
+    assert!(crate::transparency::ws_echoes(&mut out_ws, "vitals"));
+
+    // *Sign out* ends the other session's socket at once, the store being down or not.
+    let r = aalgate_tests::logout(g.port, &host, &out_cookie);
+    assert!(r.status < 400, "sign out: {}", r.text());
+    let t = std::time::Instant::now();
+    let mut b = [0u8; 1];
+    use std::io::Read;
+    out_ws
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    // Ok(0) is the close; a timeout (Err) means the socket stayed open.
+    assert!(matches!(out_ws.read(&mut b), Ok(0)), "open after sign-out");
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "closed only after {:?}",
+        t.elapsed()
+    );
+
+    // The emergency is not over yet: half-way, frames still pass with the store down.
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(started.elapsed()));
+    assert!(
+        crate::transparency::ws_echoes(&mut ttl_ws, "still in the emergency"),
+        "a live emergency session's socket was closed"
+    );
+    // At the TTL it closes by itself, quiet or not.
+    ttl_ws
+        .set_read_timeout(Some(Duration::from_secs(45)))
+        .unwrap();
+    let closed = matches!(ttl_ws.read(&mut b), Ok(0));
+    let at = started.elapsed();
+    assert!(closed, "still open at {at:?}, past the 60 s TTL");
+    assert!(
+        at < Duration::from_secs(62),
+        "the socket closed at {at:?}, past the 60 s TTL (+1 s)"
+    );
+    assert!(at >= Duration::from_secs(58), "closed early, at {at:?}");
+    assert!(!crate::transparency::ws_echoes(
+        &mut ttl_ws,
+        "after the TTL"
+    ));
+    assert!(!g.log().contains("panicked"));
+}

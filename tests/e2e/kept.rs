@@ -364,7 +364,8 @@ fn behind_a_tls_load_balancer_the_apps_origin_is_https() {
         let stale = make_session(&store(&g), "nora", Aal::Aal2, 600, 0);
         let (b, _) = browser_binding(g.port, &h);
         let before = kept_count(&g, "kept");
-        let cookie = format!("Cookie: aalgate={stale}; aalgate-bind={b}");
+        // The browser is on https: the cookies are the `__Host-` ones.
+        let cookie = format!("Cookie: __Host-aalgate={stale}; __Host-aalgate-bind={b}");
         let r = post(g.port, &h, "/confirm", &[&hdr, &cookie], "note=x");
         assert_eq!(r.status, 302, "{hdr}: {}", r.text());
         // On the auth origin's own host the sign-in link is relative.

@@ -61,6 +61,57 @@ fn tls_listener_uses_host_prefixed_cookie_and_hsts() {
     assert_eq!(up.seen().len(), 1);
 }
 
+/// Behind a TLS-terminating load balancer (a plain listener, `insecure_http`, an https
+/// `public_origin`) the browser is on https: cookies are `Secure` and `__Host-`, HSTS is sent
+/// (unless `hsts: false` leaves it to the load balancer), and the upstream hears `https`.
+#[test]
+fn behind_a_tls_load_balancer_cookies_are_secure_and_host_prefixed() {
+    let up = Upstream::start();
+    for (extra, hsts) in [("", true), ("hsts: false\n", false)] {
+        let g = Gateway::start_behind_tls_lb(&[("billing.yaml", &policy(up.port))], extra);
+        // The browser's https://localhost (port 443) arrives with a Host header without a port.
+        let page = get(g.port, "localhost", "/.aalgate/logout", &[]);
+        assert_eq!(page.status, 200, "{}", page.text());
+        let set = page.all("set-cookie").join(" | ");
+        assert!(
+            set.starts_with("__Host-aalgate-bind=")
+                && set.contains("Secure")
+                && set.contains("HttpOnly"),
+            "{extra}: {set}"
+        );
+        assert_eq!(
+            page.header("strict-transport-security").is_some(),
+            hsts,
+            "{extra}"
+        );
+        let store = EmbeddedStore::open(&g.state_dir()).unwrap();
+        let cookie = make_session(&store, "ivan", Aal::Aal2, 60, 1);
+        let r = get(
+            g.port,
+            "localhost",
+            "/x",
+            &[&format!("Cookie: __Host-aalgate={cookie}")],
+        );
+        assert_eq!(r.status, 200, "{extra}: {}", r.text());
+        assert_eq!(
+            r.header("strict-transport-security").is_some(),
+            hsts,
+            "{extra}"
+        );
+        // The plain name, which a browser would also send over http, is not accepted.
+        let r = get(
+            g.port,
+            "localhost",
+            "/x",
+            &[&format!("Cookie: aalgate={cookie}")],
+        );
+        assert_eq!(r.status, 302, "{extra}");
+        let seen = up.take();
+        assert_eq!(seen.len(), 1, "{extra}");
+        assert_eq!(seen[0].one("x-forwarded-proto"), Some("https"), "{extra}");
+    }
+}
+
 #[test]
 fn demo_command_serves_the_bundled_app() {
     let dir = tempfile::tempdir().unwrap();

@@ -483,3 +483,109 @@ fn graceful_upgrade_under_load_fails_no_request() {
     );
     assert_eq!(still_serving, 200);
 }
+
+/// Auth events are on record before the response that reports them: a sign-out, a wrong and
+/// a genuine break-glass code, each followed at once by SIGKILL (no chance to flush later).
+#[test]
+fn auth_events_are_written_before_their_response() {
+    let up = Upstream::start();
+    let policy = format!(
+        "app: ehr\nhost: localhost\nupstream: http://127.0.0.1:{}\ndefault: aal2\nroutes:\n  - path: /\n    require: aal2\n    breakglass: allow\n",
+        up.port
+    );
+    for case in ["logout", "breakglass_failure", "breakglass"] {
+        let mut g = Gateway::start_extra(
+            &[("ehr.yaml", &policy)],
+            "audit:\n  output: file:audit.jsonl\n",
+        );
+        let h = format!("localhost:{}", g.port);
+        let code = || {
+            let out = std::process::Command::new(aalgate_tests::aalgate_bin())
+                .args(["breakglass", "create", "ed", "--ttl", "10m", "--config"])
+                .arg(g.dir.path().join("aalgate.yaml"))
+                .output()
+                .expect("aalgate breakglass create");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let status = match case {
+            "logout" => {
+                let store = EmbeddedStore::open(&g.state_dir()).unwrap();
+                let cookie = make_session(&store, "nora", Aal::Aal2, 60, 1);
+                drop(store);
+                aalgate_tests::logout(g.port, &h, &cookie).status
+            }
+            _ => {
+                let typed = if case == "breakglass" {
+                    code()
+                } else {
+                    "ZZZZZZZZ".to_string() + &"A".repeat(40)
+                };
+                let (bind, token) = aalgate_tests::browser_binding(g.port, &h);
+                let body = format!("csrf={token}&code={typed}&person=Dr.+Test&reason=kill+test");
+                aalgate_tests::send(
+                    g.port,
+                    format!("POST /.aalgate/breakglass HTTP/1.1\r\nHost: {h}\r\nOrigin: http://{h}\r\nSec-Fetch-Site: same-origin\r\nCookie: aalgate-bind={bind}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes(),
+                )
+                .status
+            }
+        };
+        assert!(status > 0 && status < 500, "{case}: {status}");
+        g.signal("-KILL");
+        assert!(
+            g.wait_exit(Duration::from_secs(10)),
+            "{case}: still running"
+        );
+        let log = std::fs::read_to_string(g.dir.path().join("audit.jsonl")).unwrap_or_default();
+        assert!(
+            log.contains(&format!("\"event\":\"{case}\"")),
+            "{case}: the event was lost with the process:\n{log}"
+        );
+    }
+}
+
+/// SIGTERM under load: every request the gateway answered has its request event on record.
+#[test]
+fn sigterm_drains_every_request_event() {
+    let up = Upstream::start();
+    let mut g = Gateway::start_extra(
+        &[("billing.yaml", &policy(up.port))],
+        "audit:\n  output: file:audit.jsonl\n  requests: true\n",
+    );
+    let port = g.port;
+    let h = format!("localhost:{port}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, answered, h) = (stop.clone(), answered.clone(), h.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if get(port, &h, "/static/x.css", &[]).status == 200 {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    g.signal("-TERM");
+    assert!(
+        g.wait_exit(Duration::from_secs(30)),
+        "did not exit after SIGTERM"
+    );
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = w.join();
+    }
+    let log = std::fs::read_to_string(g.dir.path().join("audit.jsonl")).unwrap_or_default();
+    let events = log
+        .lines()
+        .filter(|l| l.contains("\"event\":\"request\"") && l.contains("/static/x.css"))
+        .count();
+    let answered = answered.load(Ordering::Relaxed);
+    assert!(answered > 50, "the load ran ({answered})");
+    assert!(
+        events >= answered,
+        "{answered} requests answered, {events} request events on record"
+    );
+}

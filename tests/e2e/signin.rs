@@ -283,3 +283,51 @@ fn users_cli_beside_a_running_gateway_redis() {
         &up,
     );
 }
+
+/// Request data cannot write a line of its own into the gateway's log: a ceremony body whose
+/// unknown field name (echoed in the parser's error) holds a newline and a fake log line stays
+/// on the line that logs it, escaped, in both log formats.
+#[test]
+fn request_data_cannot_forge_log_lines() {
+    let up = Upstream::start();
+    for format in ["text", "json"] {
+        let g = Gateway::start_extra(
+            &[("billing.yaml", &policy(up.port))],
+            &format!("log_format: {format}\n"),
+        );
+        let h = host(&g);
+        let (bind, token) = aalgate_tests::browser_binding(g.port, &h);
+        let forged = "2026-01-01T00:00:00.000000Z  WARN aalgate: FORGED session store error";
+        for body in [
+            format!(r#"{{"purpose":"signin","x\n{forged}":1}}"#).replace('\n', "\\n"),
+            format!(r#"{{"purpose":"signin","x\r{forged}\u001b[2K":1}}"#)
+                .replace('\r', "\\r")
+                .replace('\u{1b}', "\\u001b"),
+        ] {
+            let r = post(
+                g.port,
+                &h,
+                "/.aalgate/webauthn/start",
+                &format!("Origin: http://{h}\r\nCookie: aalgate-bind={bind}\r\nX-Aalgate-Csrf: {token}\r\n"),
+                &body,
+            );
+            assert_eq!(r.status, 400, "{format}: {}", r.text());
+        }
+        let log = eventually(Duration::from_secs(5), "the refusal is logged", || {
+            let log = g.log();
+            (log.matches("FORGED").count() >= 2).then_some(log)
+        });
+        for line in log.lines() {
+            if line.contains("FORGED") {
+                assert!(
+                    line.contains("malformed ceremony request"),
+                    "{format}: request data began a log line of its own: {line:?}"
+                );
+            }
+            assert!(
+                !line.contains('\r') && !line.contains('\u{1b}'),
+                "{format}: {line:?}"
+            );
+        }
+    }
+}

@@ -382,6 +382,56 @@ fn httpbin_answers_the_same_through_the_gateway() {
     );
 }
 
+/// An app's cookies stay on its own host: a `Domain=` from the upstream (cross-app session
+/// fixation on sibling hosts) is removed, every other attribute kept; an app that sets
+/// `keep_cookie_domain: true` keeps it.
+#[test]
+fn upstream_cookies_stay_on_the_apps_own_host() {
+    let bin = Httpbin::start();
+    let app = |name: &str, extra: &str| {
+        format!(
+            "app: {name}\nhost: {name}.localhost\nupstream: http://127.0.0.1:{}\ndefault: aal2\n{extra}",
+            bin.port
+        )
+    };
+    let g = Gateway::start(
+        None,
+        &[
+            ("billing.yaml", &app("billing", "")),
+            ("portal.yaml", &app("portal", "keep_cookie_domain: true\n")),
+        ],
+    );
+    let store = EmbeddedStore::open(&g.state_dir()).unwrap();
+    let cookie = make_session(&store, "nora", Aal::Aal2, 60, 1);
+    let target = "/response-headers?Set-Cookie=JSESSIONID%3DFIXED%3B%20Domain%3Dlocalhost%3B%20Path%3D%2F%3B%20HttpOnly&Set-Cookie=theme%3Ddark%3B%20domain%3D.localhost";
+    for (app, want) in [
+        (
+            "billing",
+            ["JSESSIONID=FIXED; Path=/; HttpOnly", "theme=dark"],
+        ),
+        (
+            "portal",
+            [
+                "JSESSIONID=FIXED; Domain=localhost; Path=/; HttpOnly",
+                "theme=dark; domain=.localhost",
+            ],
+        ),
+    ] {
+        let r = exchange(
+            g.port,
+            format!("GET {target} HTTP/1.1\r\nHost: {app}.localhost:{}\r\nCookie: aalgate={cookie}\r\nConnection: close\r\n\r\n", g.port).as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{app}");
+        let set: Vec<&str> = r
+            .headers
+            .iter()
+            .filter(|(k, _)| k == "set-cookie")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(set, want, "{app}");
+    }
+}
+
 /// Reads a request with a Content-Length body without keeping it; answers with the count.
 fn sink() -> (u16, std::thread::JoinHandle<u64>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -470,7 +520,7 @@ fn a_200_mib_upload_streams_with_bounded_gateway_memory() {
 }
 
 /// A WebSocket echo server: answers the handshake, then echoes each (small) text frame.
-fn ws_echo() -> u16 {
+pub(crate) fn ws_echo() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -535,9 +585,14 @@ fn ws_frame(text: &str) -> Vec<u8> {
 
 /// Opens a WebSocket through the gateway; returns the stream after the 101.
 fn ws_open(port: u16, cookie: &str) -> TcpStream {
+    ws_open_on(port, &format!("localhost:{port}"), cookie)
+}
+
+/// [`ws_open`] on another host.
+pub(crate) fn ws_open_on(port: u16, host: &str, cookie: &str) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    s.write_all(format!("GET /socket HTTP/1.1\r\nHost: localhost:{port}\r\nCookie: aalgate={cookie}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes()).unwrap();
+    s.write_all(format!("GET /socket HTTP/1.1\r\nHost: {host}\r\nCookie: aalgate={cookie}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes()).unwrap();
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -558,7 +613,7 @@ fn ws_open(port: u16, cookie: &str) -> TcpStream {
     s
 }
 
-fn ws_echoes(s: &mut TcpStream, text: &str) -> bool {
+pub(crate) fn ws_echoes(s: &mut TcpStream, text: &str) -> bool {
     if s.write_all(&ws_frame(text)).is_err() {
         return false;
     }

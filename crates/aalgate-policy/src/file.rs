@@ -29,6 +29,16 @@ pub struct PolicyFile {
     /// Match paths case-insensitively (ASCII letters), for apps on case-insensitive servers (IIS).
     #[serde(default)]
     pub case_insensitive: bool,
+    /// Forward paths holding an encoded `%` before two hex digits (`/files/100%2541`), for apps
+    /// that really use them. Default: refused with 400, because an upstream or framework that
+    /// decodes once more would read `%252e%252e%252f` as `../`. The query is never checked.
+    #[serde(default)]
+    pub allow_double_encoding: bool,
+    /// Pass the `Domain` attribute of the app's cookies on as the app wrote it, so they also reach
+    /// sibling hosts. Default: removed, so each cookie stays on the app's own host (a
+    /// `JSESSIONID; Domain=clinic.example` from one app would otherwise fix the session of every other).
+    #[serde(default)]
+    pub keep_cookie_domain: bool,
     /// Session limits by AAL for this app. Defaults: aal1 30d; aal2 12h and 30m idle; aal3 12h and 15m idle.
     #[serde(default)]
     pub timeouts: Option<TimeoutsFile>,

@@ -28,5 +28,7 @@ pub use model::{
     load, load_from_strs, valid_app_id, App, Diagnostic, Match, PolicySet, Rule, Severity,
     SourceLoc, Upstream,
 };
-pub use path::{normalize_target, NormalizedTarget, PathError};
+pub use path::{
+    normalize_target, normalize_target_with, DoubleEncoding, NormalizedTarget, PathError,
+};
 pub use time::{format_duration, parse_duration, HumanDuration, Timestamp};

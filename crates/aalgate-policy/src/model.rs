@@ -141,6 +141,10 @@ pub struct App {
     pub default: Requirement,
     /// Case-insensitive matching.
     pub case_insensitive: bool,
+    /// Whether paths may hold an encoded `%` before two hex digits (`allow_double_encoding`).
+    pub double_encoding: crate::path::DoubleEncoding,
+    /// Whether the app's `Set-Cookie` keeps its `Domain` (`keep_cookie_domain`).
+    pub keep_cookie_domain: bool,
     /// Limits by AAL.
     pub timeouts: Timeouts,
     /// Number of route rules.
@@ -235,6 +239,12 @@ impl PolicySet {
     /// The app for a rule.
     pub fn app_of(&self, rule: &Rule) -> &App {
         &self.apps[rule.app]
+    }
+
+    /// How paths on `host` treat double encoding: its app's choice, or refused.
+    pub fn double_encoding(&self, host: &HostPort) -> crate::path::DoubleEncoding {
+        self.app_for_host(host)
+            .map_or(crate::path::DoubleEncoding::Refuse, |a| a.double_encoding)
     }
 
     /// The app serving `host`, chosen as [`PolicySet::lookup`] chooses: the one naming this
@@ -909,6 +919,12 @@ fn build_app(
             upstream,
             default,
             case_insensitive: pf.case_insensitive,
+            double_encoding: if pf.allow_double_encoding {
+                crate::path::DoubleEncoding::Allow
+            } else {
+                crate::path::DoubleEncoding::Refuse
+            },
+            keep_cookie_domain: pf.keep_cookie_domain,
             timeouts,
             route_count: routes.len(),
             source: SourceLoc::at(file, pf.app.referenced),
@@ -1022,6 +1038,17 @@ fn check_shared_host(host: &HostPort, members: &[usize], drafts: &[Draft], diags
                         db.app.name, da.app.name
                     ),
                     "use the same case_insensitive setting for apps on one host",
+                );
+            }
+            // The path is normalized before the app is known from it.
+            if da.app.double_encoding != db.app.double_encoding {
+                diags.error(
+                    db.app.source.clone(),
+                    format!(
+                        "app {:?} shares host {host} with {:?} but differs in allow_double_encoding",
+                        db.app.name, da.app.name
+                    ),
+                    "use the same allow_double_encoding setting for apps on one host",
                 );
             }
             for (pa, ra) in &da.routes {

@@ -7,13 +7,17 @@
 //! 2. Refused outright (ambiguous, classic bypass material): `#` anywhere, a raw or encoded
 //!    backslash, an encoded slash (`%2F`), NUL and other control characters (raw or encoded),
 //!    a malformed escape, bytes that do not decode to valid UTF-8 (overlong forms included),
-//!    and dot segments carrying path parameters (`..;x`).
+//!    dot segments carrying path parameters (`..;x`), and double encoding: `%25` before two hex
+//!    digits (`%252e%252e%252f`, `..%2500`), which an upstream or framework that decodes once
+//!    more reads as `../` or a NUL (ModSecurity CRS rule 920230 flags it too). An app that
+//!    really uses such paths opts out ([`DoubleEncoding::Allow`]).
 //! 3. One canonical spelling per character, so `%24everything` and `$everything` match the same
 //!    rule: escapes of characters that may appear raw in a path segment (unreserved, the
 //!    sub-delimiters except `;`, `:` and `@`) are decoded; every other character is
 //!    percent-encoded with uppercase hex, whether it arrived raw (`{`, `"`, non-ASCII) or encoded.
-//!    `;` stays raw as the parameter separator and `%3B` stays encoded as data. So `%252e`
-//!    stays `%252e` (it is not a dot segment, and the upstream sees the same bytes).
+//!    `;` stays raw as the parameter separator and `%3B` stays encoded as data. Where double
+//!    encoding is allowed, `%252e` stays `%252e` (it is not a dot segment, and the upstream
+//!    sees the same bytes).
 //! 4. Duplicate slashes are merged, then dot segments removed (RFC 3986 5.2.4; `..` above the
 //!    root stays at the root).
 //!
@@ -60,6 +64,19 @@ pub enum PathError {
     NtfsStream,
     #[error("path is longer than {MAX_PATH_LEN} bytes or has more than {MAX_SEGMENTS} segments")]
     TooLong,
+    /// An upstream that decodes once more would read `%252e%252e%252f` as `../`.
+    #[error("path is percent-encoded twice (`%25` before two hex digits, as in `%252e`)")]
+    DoubleEncoding,
+}
+
+/// What the path may hold of `%25` before two hex digits (double encoding).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DoubleEncoding {
+    /// Refused ([`PathError::DoubleEncoding`]): the default.
+    #[default]
+    Refuse,
+    /// Kept as `%25XX`, for apps whose paths really hold an encoded `%` (`allow_double_encoding`).
+    Allow,
 }
 
 /// A request target after normalization.
@@ -156,8 +173,18 @@ fn push_escaped(out: &mut String, b: u8) {
     out.push(HEX[(b & 15) as usize] as char);
 }
 
-/// Normalizes a raw request target (the bytes after the method on the request line).
+/// Normalizes a raw request target (the bytes after the method on the request line), refusing
+/// double encoding.
 pub fn normalize_target(raw: &[u8]) -> Result<NormalizedTarget, PathError> {
+    normalize_target_with(raw, DoubleEncoding::Refuse)
+}
+
+/// [`normalize_target`], with the app's choice about double encoding in the path (the query is
+/// the app's business and is never checked for it).
+pub fn normalize_target_with(
+    raw: &[u8],
+    double: DoubleEncoding,
+) -> Result<NormalizedTarget, PathError> {
     if raw.is_empty() {
         return Err(PathError::Empty);
     }
@@ -194,6 +221,10 @@ pub fn normalize_target(raw: &[u8]) -> Result<NormalizedTarget, PathError> {
         }
     };
     let decoded = decode_path(raw_path)?;
+    // Checked on the canonical spelling, so `%25%32%65` (which becomes `%252e`) is caught too.
+    if double == DoubleEncoding::Refuse && is_double_encoded(&decoded) {
+        return Err(PathError::DoubleEncoding);
+    }
     let path = remove_dot_segments(&decoded)?;
     Ok(NormalizedTarget {
         path,
@@ -294,6 +325,14 @@ fn decode_path(raw: &[u8]) -> Result<String, PathError> {
     Ok(out)
 }
 
+/// Whether a canonical path (every `%` starts an uppercase escape) holds an encoded `%`
+/// before two hex digits.
+fn is_double_encoded(path: &str) -> bool {
+    path.as_bytes()
+        .windows(5)
+        .any(|w| w.starts_with(b"%25") && hex_val(w[3]).is_some() && hex_val(w[4]).is_some())
+}
+
 /// Merges duplicate slashes, then removes `.` and `..` segments. Input starts with `/`.
 fn remove_dot_segments(path: &str) -> Result<String, PathError> {
     let mut stack: Vec<&str> = Vec::new();
@@ -372,7 +411,6 @@ mod tests {
             ("/a%20b", "/a%20b"),
             ("/a%2eb", "/a.b"),
             ("/caf%c3%a9", "/caf%C3%A9"),
-            ("/%252e%252e/admin", "/%252e%252e/admin"),
             ("/a;jsessionid=1/b", "/a;jsessionid=1/b"),
             ("/a.b/.c", "/a.b/.c"),
             ("/A/B", "/A/B"),
@@ -388,6 +426,9 @@ mod tests {
             ("/a\"b", "/a%22b"),
             ("/a%3Bb;c", "/a%3Bb;c"),
             ("/a%25", "/a%25"),
+            ("/a%25z", "/a%25z"),
+            ("/a%25%41", "/a%25A"),
+            ("/a?q=%252e%252e%252f", "/a"),
         ];
         for (raw, want) in cases {
             assert_eq!(norm(raw).as_deref(), Ok(want), "{raw}");
@@ -468,6 +509,13 @@ mod tests {
             (b"/a\x7f", ControlChar),
             (b"/a\r\nHost: evil", ControlChar),
             (b"HTTP://host/..%2F", EncodedSlash),
+            (b"/%252e%252e%252fadmin", DoubleEncoding),
+            (b"/static%252F..%252Fdebug", DoubleEncoding),
+            (b"/..%2500", DoubleEncoding),
+            (b"/a%2541", DoubleEncoding),
+            (b"/a%25aF", DoubleEncoding),
+            (b"/%25%32%65%25%32%65/admin", DoubleEncoding),
+            (b"/a%25%34%31", DoubleEncoding),
         ];
         assert!(cases.len() >= 45);
         for (raw, want) in cases {
@@ -518,5 +566,30 @@ mod tests {
         assert_eq!(t.match_segments().collect::<Vec<_>>(), ["admin", "users"]);
         let t = normalize_target(b"/").unwrap();
         assert_eq!(t.match_segments().count(), 0);
+    }
+}
+
+#[cfg(test)]
+mod double_encoding {
+    use super::*;
+
+    #[test]
+    fn an_app_that_opts_in_keeps_its_encoded_percent() {
+        for (raw, want) in [
+            ("/%252e%252e/admin", "/%252e%252e/admin"),
+            ("/files/100%2541", "/files/100%2541"),
+            ("/a%25", "/a%25"),
+        ] {
+            let t = normalize_target_with(raw.as_bytes(), DoubleEncoding::Allow).unwrap();
+            assert_eq!(t.path(), want, "{raw}");
+            // Forwarded, then normalized again the same way: nothing changes.
+            let again = normalize_target_with(t.path().as_bytes(), DoubleEncoding::Allow).unwrap();
+            assert_eq!(again.path(), want);
+        }
+        // Everything else stays refused for it too.
+        assert_eq!(
+            normalize_target_with(b"/a%2F", DoubleEncoding::Allow),
+            Err(PathError::EncodedSlash)
+        );
     }
 }

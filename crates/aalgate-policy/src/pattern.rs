@@ -65,7 +65,12 @@ impl RoutePattern {
             Some(b) => (if b.is_empty() { "/" } else { b }, true),
             None => (text, false),
         };
-        let normalized = crate::path::normalize_target(body.as_bytes())?;
+        // IT's own text: an encoded `%` is its business (a request path holding one is refused
+        // unless the app allows it, so such a pattern cannot match on an app that does not).
+        let normalized = crate::path::normalize_target_with(
+            body.as_bytes(),
+            crate::path::DoubleEncoding::Allow,
+        )?;
         let mut canonical = normalized.path().to_string();
         if canonical.len() > 1 && canonical.ends_with('/') {
             canonical.pop();

@@ -40,6 +40,28 @@ enum Msg {
         fate: Arc<AtomicU8>,
         done: tokio::sync::oneshot::Sender<bool>,
     },
+    /// Everything queued before it is written and flushed: `done` hears whether it went well.
+    Barrier(tokio::sync::oneshot::Sender<bool>),
+}
+
+/// The longest a request waits for room in a full queue, or for its events to be written,
+/// before its response goes out anyway (the events then count as dropped).
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The auth and admin events of one request, to be on record before its response: queued
+/// when there is room, kept here when the queue is full (so they wait instead of being lost),
+/// and [`Audit::settle`]d before the reply.
+#[derive(Debug, Default)]
+pub struct Pending {
+    queued: std::sync::atomic::AtomicBool,
+    waiting: std::sync::Mutex<Vec<String>>,
+}
+
+impl Pending {
+    /// Whether this request has events to settle.
+    pub fn any(&self) -> bool {
+        self.queued.load(Ordering::Relaxed)
+    }
 }
 
 /// A durable line's fate is decided once: the writer claims it before writing, or the caller
@@ -256,6 +278,67 @@ impl Audit {
         }
     }
 
+    /// Queues an auth or admin event of a request: it is on record before that request's
+    /// response ([`Audit::settle`]). A full queue keeps it in `pending` instead of dropping it.
+    pub fn emit_for(&self, pending: &Pending, event: &Event<'_>) {
+        let Some(line) = self.line(event) else { return };
+        pending.queued.store(true, Ordering::Relaxed);
+        if let Err(TrySendError::Full(Msg::Line(line))) = self.tx.try_send(Msg::Line(line)) {
+            pending
+                .waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(line);
+        }
+    }
+
+    /// Waits until a request's events are written and flushed: first what a full queue kept
+    /// waiting, then a barrier behind them. Bounded by [`SETTLE_WAIT`]; what is still not
+    /// written then counts as dropped, and the response goes out.
+    pub async fn settle(&self, pending: &Pending) {
+        if !pending.queued.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
+        let waiting =
+            std::mem::take(&mut *pending.waiting.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut msgs: Vec<Msg> = waiting.into_iter().map(Msg::Line).collect();
+        let (done, written) = tokio::sync::oneshot::channel();
+        msgs.push(Msg::Barrier(done));
+        for mut msg in msgs {
+            loop {
+                match self.tx.try_send(msg) {
+                    Ok(()) => break,
+                    Err(TrySendError::Full(m)) if tokio::time::Instant::now() < deadline => {
+                        msg = m;
+                        tokio::time::sleep(DRAIN_EVERY).await;
+                    }
+                    Err(_) => {
+                        self.metrics.audit_dropped.inc();
+                        return;
+                    }
+                }
+            }
+        }
+        if !matches!(
+            tokio::time::timeout_at(deadline, written).await,
+            Ok(Ok(true))
+        ) {
+            tracing::error!(
+                "audit events of a request were not confirmed written before its response"
+            );
+        }
+    }
+
+    /// At exit: blocks until everything queued is written and flushed (SIGTERM drains the
+    /// request events too).
+    pub fn drain(&self) {
+        let (done, written) = tokio::sync::oneshot::channel();
+        if self.tx.send(Msg::Barrier(done)).is_ok() {
+            let _ = written.blocking_recv();
+        }
+    }
+
     fn line(&self, event: &Event<'_>) -> Option<String> {
         let line = serde_json::to_string(event).ok();
         if line.is_none() {
@@ -399,6 +482,15 @@ impl Output {
                         if let Err(e) = r {
                             failed(e);
                         }
+                        let _ = done.send(ok);
+                    }
+                    Ok(Msg::Barrier(done)) => {
+                        let r = self.flush();
+                        let ok = r.is_ok();
+                        if let Err(e) = r {
+                            failed(e);
+                        }
+                        wrote = false;
                         let _ = done.send(ok);
                     }
                     Err(std::sync::mpsc::TryRecvError::Empty) => break,

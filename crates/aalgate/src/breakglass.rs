@@ -242,25 +242,35 @@ pub fn review(cfg: &BreakGlassConfig, id: &str, note: &str) -> Result<Code> {
 /// Checks a typed code (`ID-XXXXX-...`): the unused code with that id whose argon2 hash the
 /// rest matches. Slow on purpose; the file lock is not held while hashing. Marks nothing.
 pub fn check(cfg: &BreakGlassConfig, typed: &str) -> Result<Option<Code>> {
+    Ok(candidate(cfg, typed)?
+        .filter(|(code, secret)| verify(code, secret))
+        .map(|(c, _)| c))
+}
+
+/// The unused code whose id a typed code names, and the typed secret: cheap (no hashing), so
+/// a caller can tell "no such code" before it spends an argon2 check on it.
+pub fn candidate(cfg: &BreakGlassConfig, typed: &str) -> Result<Option<(Code, String)>> {
     let typed = normalize(typed);
     if typed.len() != 48 {
         return Ok(None);
     }
     let (id, secret) = typed.split_at(8);
-    let code = {
-        let f = Locked::open(&cfg.file)?;
-        let book = f.read()?;
-        book.codes
-            .into_iter()
-            .find(|c| c.used.is_none() && c.id == id)
-    };
-    let Some(code) = code else { return Ok(None) };
-    let ok = PasswordHash::new(&code.hash).is_ok_and(|h| {
+    let f = Locked::open(&cfg.file)?;
+    let book = f.read()?;
+    Ok(book
+        .codes
+        .into_iter()
+        .find(|c| c.used.is_none() && c.id == id)
+        .map(|c| (c, secret.to_string())))
+}
+
+/// Whether `secret` is `code`'s (argon2id: slow on purpose).
+pub fn verify(code: &Code, secret: &str) -> bool {
+    PasswordHash::new(&code.hash).is_ok_and(|h| {
         Argon2::default()
             .verify_password(secret.as_bytes(), &h)
             .is_ok()
-    });
-    Ok(ok.then_some(code))
+    })
 }
 
 /// Marks a checked code used. `Ok(false)`: it was used meanwhile (a parallel attempt won).
@@ -351,10 +361,20 @@ pub fn is_emergency(s: &UserSession) -> bool {
 /// Live break-glass sessions of this instance, and the failure throttle.
 pub struct Emergencies {
     sessions: Cache<SessionKey, Emergency>,
+    /// Failures by client, at most [`THROTTLED_CLIENTS`]: when full, expired entries go first,
+    /// then the oldest of those not throttled, so a spray of fresh addresses cannot reset a
+    /// throttled one.
     failures: Mutex<std::collections::HashMap<IpAddr, (u32, Instant)>>,
     /// At most two argon2 checks at a time: a flood cannot fill the blocking pool.
     pub checks: tokio::sync::Semaphore,
+    /// How long a real check took lately (µs): an unknown code waits as long, without a check.
+    check_micros: std::sync::atomic::AtomicU64,
 }
+
+/// Clients whose failures are remembered.
+const THROTTLED_CLIENTS: usize = 10_000;
+/// What a check is assumed to take before one has been timed.
+const FIRST_CHECK_MICROS: u64 = 20_000;
 
 /// The throttle key: the address, or its /64 for IPv6 (one host owns a whole /64).
 fn throttle_key(ip: IpAddr) -> IpAddr {
@@ -378,6 +398,7 @@ impl Default for Emergencies {
             sessions: Cache::new(1024),
             failures: Mutex::new(Default::default()),
             checks: tokio::sync::Semaphore::new(2),
+            check_micros: std::sync::atomic::AtomicU64::new(FIRST_CHECK_MICROS),
         }
     }
 }
@@ -395,9 +416,26 @@ impl Emergencies {
 
     /// A success: the address's failures are forgotten.
     pub fn succeeded(&self, ip: Option<IpAddr>) {
-        if let (Some(ip), Ok(mut map)) = (ip, self.failures.lock()) {
+        if let Some(ip) = ip {
+            let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
             map.remove(&throttle_key(ip));
         }
+    }
+
+    /// Records how long a real argon2 check took.
+    pub fn timed_check(&self, took: Duration) {
+        use std::sync::atomic::Ordering;
+        let new = took.as_micros().min(u128::from(u32::MAX)) as u64;
+        let old = self.check_micros.load(Ordering::Relaxed);
+        // A moving average: one slow check on a busy machine does not set it alone.
+        self.check_micros
+            .store((old * 3 + new) / 4, Ordering::Relaxed);
+    }
+
+    /// How long an answer about a code that does not exist waits, so that it takes as long as
+    /// a real check (no telling which ids exist) without taking one of the two check slots.
+    pub fn check_time(&self) -> Duration {
+        Duration::from_micros(self.check_micros.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Starts a session.
@@ -413,9 +451,7 @@ impl Emergencies {
     /// Whether this address is throttled.
     pub fn throttled(&self, ip: Option<IpAddr>) -> bool {
         let Some(ip) = ip else { return false };
-        let Ok(map) = self.failures.lock() else {
-            return true;
-        };
+        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         map.get(&throttle_key(ip))
             .is_some_and(|(n, t)| *n >= MAX_FAILURES && t.elapsed() < FAILURE_WINDOW)
     }
@@ -423,17 +459,23 @@ impl Emergencies {
     /// Counts a failure; returns the count in the window.
     pub fn fail(&self, ip: Option<IpAddr>) -> u32 {
         let Some(ip) = ip else { return 0 };
-        let Ok(mut map) = self.failures.lock() else {
-            return 0;
-        };
-        if map.len() > 10_000 {
-            // Bounded memory under a spray of addresses.
+        let key = throttle_key(ip);
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= THROTTLED_CLIENTS && !map.contains_key(&key) {
             map.retain(|_, (_, t)| t.elapsed() < FAILURE_WINDOW);
-            if map.len() > 10_000 {
-                map.clear();
+            if map.len() >= THROTTLED_CLIENTS {
+                let oldest = map
+                    .iter()
+                    .filter(|(_, (n, _))| *n < MAX_FAILURES)
+                    .min_by_key(|(_, (_, t))| *t)
+                    .or_else(|| map.iter().min_by_key(|(_, (_, t))| *t))
+                    .map(|(k, _)| *k);
+                if let Some(k) = oldest {
+                    map.remove(&k);
+                }
             }
         }
-        let e = map.entry(throttle_key(ip)).or_insert((0, Instant::now()));
+        let e = map.entry(key).or_insert((0, Instant::now()));
         if e.1.elapsed() >= FAILURE_WINDOW {
             *e = (0, Instant::now());
         }
@@ -614,5 +656,24 @@ mod tests {
         }
         assert!(e.throttled(Some("2001:db8:1:2:ffff::1".parse().unwrap())));
         assert!(!e.throttled(Some("2001:db8:1:3::1".parse().unwrap())));
+    }
+
+    #[test]
+    fn a_spray_of_fresh_addresses_does_not_reset_a_throttled_one() {
+        let e = Emergencies::default();
+        let ip: IpAddr = "10.0.0.9".parse().unwrap();
+        for _ in 0..MAX_FAILURES {
+            e.fail(Some(ip));
+        }
+        assert!(e.throttled(Some(ip)));
+        // Then it sprays from many other addresses, and comes back.
+        for i in 0..(2 * THROTTLED_CLIENTS as u32) {
+            e.fail(Some(IpAddr::V4(std::net::Ipv4Addr::from(0x0b00_0000 + i))));
+        }
+        assert!(e.throttled(Some(ip)), "a spray reset the throttle");
+        assert!(
+            e.failures.lock().unwrap().len() <= THROTTLED_CLIENTS,
+            "bounded"
+        );
     }
 }

@@ -29,6 +29,8 @@ struct RawConfig {
     #[serde(default)]
     insecure_http: bool,
     #[serde(default)]
+    hsts: Option<bool>,
+    #[serde(default)]
     log_format: Option<LogFormat>,
     #[serde(default)]
     audit: Option<RawAudit>,
@@ -272,6 +274,8 @@ pub struct Config {
     pub threads: usize,
     /// Log format.
     pub log_format: LogFormat,
+    /// Send `Strict-Transport-Security` on https (false: the load balancer sends it).
+    pub hsts: bool,
     /// Audit log.
     pub audit: AuditConfig,
     /// Socket over which a new process takes the listeners in a graceful upgrade.
@@ -578,6 +582,7 @@ impl Config {
             anonymous_state_quota,
             trusted_proxies,
             clock_floor: state_dir.join("clock-floor"),
+            hsts: raw.hsts.unwrap_or(true),
             shutdown_grace: raw
                 .shutdown_grace
                 .map(|d| d.0)

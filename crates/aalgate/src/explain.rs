@@ -47,12 +47,20 @@ pub fn run(a: ExplainArgs) -> Result<()> {
             bail!("the policy set has errors");
         }
     };
-    let target = aalgate_policy::normalize_target(a.url.as_bytes())
-        .map_err(|e| anyhow::anyhow!("the gateway would refuse this URL with 400: {e}"))?;
-    let Some(authority) = target.authority() else {
+    let refused = |e| anyhow::anyhow!("the gateway would refuse this URL with 400: {e}");
+    // The host first (its app says whether double encoding is allowed), then the path.
+    let loose = aalgate_policy::normalize_target_with(
+        a.url.as_bytes(),
+        aalgate_policy::DoubleEncoding::Allow,
+    )
+    .map_err(refused)?;
+    let Some(authority) = loose.authority() else {
         bail!("give a full URL with scheme and host, e.g. https://billing.clinic.example/path");
     };
     let host = HostPort::parse(authority).map_err(|e| anyhow::anyhow!("host: {e}"))?;
+    let target =
+        aalgate_policy::normalize_target_with(a.url.as_bytes(), set.double_encoding(&host))
+            .map_err(refused)?;
     let Some(m) = set.lookup(&host, &a.method, &target) else {
         println!("host:     {host}: no app serves it");
         println!("decision: 421 Misdirected Request (never forwarded)");

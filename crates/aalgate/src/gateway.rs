@@ -92,12 +92,17 @@ pub struct Gateway {
     pub upstream_timeouts: (Duration, Duration),
     /// The public listeners, to tell which one a request arrived on.
     pub listeners: Vec<crate::config::Listener>,
+    /// Send `Strict-Transport-Security` on https (`hsts`).
+    pub hsts: bool,
 }
 
 /// Per-request state, written by the phases and read once in `logging`.
 pub struct Ctx {
     start: Instant,
     pub(crate) request_id: String,
+    /// The browser is on https: a TLS listener, or a TLS-terminating load balancer in front of
+    /// a plain one (`public_origin` is https). Cookies are then `Secure` and `__Host-`, and
+    /// the upstream's `X-Forwarded-Proto` is `https`.
     pub(crate) tls: bool,
     pub(crate) target: Option<NormalizedTarget>,
     pub(crate) rule: Option<usize>,
@@ -118,6 +123,8 @@ pub struct Ctx {
     pub(crate) signed: Option<aalgate_session::RequestBinding>,
     /// A signed request whose body is checked against the digest as it streams.
     verify_body: Option<BodyCheck>,
+    /// This request's auth and admin events: on record before its response.
+    pub(crate) audit: crate::audit::Pending,
 }
 
 /// The body of an admitted signed request, held back until it hashes to the digest the key
@@ -135,15 +142,40 @@ struct Upgraded {
     handle: SessionKey,
     until: Timestamp,
     checked: Instant,
+    /// Where the session lives, to ask whether it still does.
+    lives: Lives,
     /// Set when the connection is over, so the watcher never touches a reused descriptor.
     over: Arc<std::sync::Mutex<bool>>,
 }
 
+/// Where a session lives: the store, or (break-glass) this instance's memory, which works
+/// while the store is down and ends with *Sign out* or the code's TTL.
+#[derive(Clone)]
+enum Lives {
+    Store(Arc<dyn SessionStore>),
+    Emergency(Arc<crate::signin::SignInService>),
+}
+
+impl Lives {
+    /// Whether the session behind cookie `handle` still exists on `host`.
+    async fn alive(
+        &self,
+        handle: &SessionKey,
+        host: &str,
+        now: Timestamp,
+    ) -> Result<bool, aalgate_session::StoreError> {
+        match self {
+            Lives::Store(store) => Ok(store.resolve(handle, host, now).await?.is_some()),
+            Lives::Emergency(svc) => Ok(svc.emergencies.get(handle, host, now).is_some()),
+        }
+    }
+}
+
 /// Watches a quiet WebSocket connection: once a second it checks the session's absolute end
-/// and its existence in the store; when the session is over it shuts the client socket down, so
-/// pingora's proxy loop ends and the connection closes at once, frames or not.
+/// and its existence; when the session is over it shuts the client socket down, so pingora's
+/// proxy loop ends and the connection closes at once, frames or not.
 fn watch_upgrade(
-    store: Arc<dyn SessionStore>,
+    lives: Lives,
     handle: SessionKey,
     host: String,
     until: Timestamp,
@@ -157,8 +189,7 @@ fn watch_upgrade(
                 return;
             }
             let now = Timestamp::now();
-            let ended =
-                now >= until || !matches!(store.resolve(&handle, &host, now).await, Ok(Some(_)));
+            let ended = now >= until || !matches!(lives.alive(&handle, &host, now).await, Ok(true));
             if ended {
                 let Ok(mut o) = over.lock() else { return };
                 if !*o {
@@ -293,6 +324,9 @@ impl Gateway {
         ctx: &mut Ctx,
         reply: Reply,
     ) -> Result<bool> {
+        // What this response reports (a sign-in, a sign-out, a break-glass use) is on record
+        // before the browser hears of it.
+        self.audit.settle(&ctx.audit).await;
         let req = session.req_header();
         let head = req.method == http::Method::HEAD;
         // A body the client is still sending would be read as the next request: close instead.
@@ -308,7 +342,7 @@ impl Gateway {
         resp.insert_header("x-frame-options", "DENY")?;
         resp.insert_header("content-security-policy", pages::CSP)?;
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
-        if ctx.tls {
+        if ctx.tls && self.hsts {
             resp.insert_header("strict-transport-security", "max-age=31536000")?;
         }
         for (n, v) in reply.headers {
@@ -494,6 +528,59 @@ impl Gateway {
         .await
     }
 
+    /// For a WebSocket upgrade: the connection is held to `until` on every frame, and a watcher
+    /// closes it once the session is gone (checked once a second where it `lives`).
+    fn watch_if_upgrade(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        handle: &SessionKey,
+        until: Timestamp,
+        lives: Lives,
+        now: Timestamp,
+    ) {
+        if !session
+            .req_header()
+            .headers
+            .contains_key(http::header::UPGRADE)
+        {
+            return;
+        }
+        // A silent client is closed by the downstream read timeout: pingora's 60 s, or the
+        // session's end if that comes first.
+        let left = Duration::from_secs(until.0.saturating_sub(now.0).max(1));
+        session.set_read_timeout(Some(left.min(WEBSOCKET_SILENCE)));
+        let over = Arc::new(std::sync::Mutex::new(false));
+        if let Some(fd) = session.as_downstream().stream().map(|st| st.id()) {
+            watch_upgrade(
+                lives.clone(),
+                handle.clone(),
+                ctx.host.clone(),
+                until,
+                fd,
+                over.clone(),
+            );
+        }
+        ctx.upgrade = Some(Upgraded {
+            handle: handle.clone(),
+            until,
+            checked: Instant::now(),
+            lives,
+            over,
+        });
+    }
+
+    /// Whether the browser reached this request over https: the socket's TLS, or the
+    /// external origin's scheme behind a TLS-terminating load balancer. The one answer for
+    /// cookies, HSTS, `X-Forwarded-Proto` and the kept-forms Origin check.
+    pub(crate) fn browser_https(&self, session: &Session) -> bool {
+        self.signin.scheme == "https"
+            || session
+                .as_downstream()
+                .digest()
+                .is_some_and(|d| d.ssl_digest.is_some())
+    }
+
     pub(crate) fn cookie_name(ctx: &Ctx) -> &'static str {
         if ctx.tls {
             headers::COOKIE_TLS
@@ -640,13 +727,16 @@ impl Gateway {
                     .session_ends
                     .with_label_values(&["logout"])
                     .inc();
-                self.audit.emit(&crate::audit::Event {
-                    time: crate::audit::now_rfc3339(),
-                    event: "breakglass_end",
-                    request_id: Some(&ctx.request_id),
-                    decision: Some("logout"),
-                    ..Default::default()
-                });
+                self.audit.emit_for(
+                    &ctx.audit,
+                    &crate::audit::Event {
+                        time: crate::audit::now_rfc3339(),
+                        event: "breakglass_end",
+                        request_id: Some(&ctx.request_id),
+                        decision: Some("logout"),
+                        ..Default::default()
+                    },
+                );
                 continue;
             }
             // Read first, so the end is attributed to a user in the audit log.
@@ -674,15 +764,18 @@ impl Gateway {
                         self.metrics
                             .session_age
                             .observe(now.since(s.auth_time).as_secs_f64());
-                        self.audit.emit(&crate::audit::Event {
-                            time: crate::audit::now_rfc3339(),
-                            event: "logout",
-                            request_id: Some(&ctx.request_id),
-                            user: Some(&s.user),
-                            aal: Some(s.aal.number()),
-                            credential: s.credential.as_deref(),
-                            ..Default::default()
-                        });
+                        self.audit.emit_for(
+                            &ctx.audit,
+                            &crate::audit::Event {
+                                time: crate::audit::now_rfc3339(),
+                                event: "logout",
+                                request_id: Some(&ctx.request_id),
+                                user: Some(&s.user),
+                                aal: Some(s.aal.number()),
+                                credential: s.credential.as_deref(),
+                                ..Default::default()
+                            },
+                        );
                     }
                 }
                 Ok(false) => {}
@@ -948,14 +1041,12 @@ impl ProxyHttp for Gateway {
             upgrade: None,
             signed: None,
             verify_body: None,
+            audit: Default::default(),
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        ctx.tls = session
-            .as_downstream()
-            .digest()
-            .is_some_and(|d| d.ssl_digest.is_some());
+        ctx.tls = self.browser_https(session);
         if let ServerSession::H1(h1) = session.as_downstream() {
             if h1.get_headers_raw_bytes().len() > MAX_HEADER_BYTES {
                 return self.error(session, ctx, 431, "headers_too_large").await;
@@ -1003,8 +1094,10 @@ impl ProxyHttp for Gateway {
             return self.error(session, ctx, 400, "bad_host").await;
         };
 
-        // Normalize once; anything ambiguous is refused.
-        let target = match aalgate_policy::normalize_target(&raw_target(session)) {
+        // Normalize once; anything ambiguous is refused (double encoding unless the host's app
+        // allows it).
+        let double = ctx.policy.double_encoding(&host);
+        let target = match aalgate_policy::normalize_target_with(&raw_target(session), double) {
             Ok(t) => t,
             Err(e) => {
                 tracing::debug!(request_id = %ctx.request_id, error = %e, "refused request target");
@@ -1090,6 +1183,12 @@ impl ProxyHttp for Gateway {
                         .error(session, ctx, 403, "breakglass_not_allowed")
                         .await;
                 }
+                // A WebSocket of an emergency session ends with it: at the code's TTL or on
+                // *Sign out*, asked of this instance's memory (the store may be down).
+                if let Some((handle, _, _)) = &loaded {
+                    let lives = Lives::Emergency(self.signin.clone());
+                    self.watch_if_upgrade(session, ctx, handle, s.expires_at, lives, now);
+                }
                 ctx.session = Some(s.clone());
                 ctx.outcome = "allow";
                 return Ok(false);
@@ -1127,37 +1226,12 @@ impl ProxyHttp for Gateway {
                             }
                         });
                     }
-                    if session
-                        .req_header()
-                        .headers
-                        .contains_key(http::header::UPGRADE)
-                    {
-                        // The check happens at the upgrade; afterwards every frame is held to
-                        // the session's absolute end and (once a second) to its existence.
-                        let limits = access.limits(s.aal);
-                        let until = s.expires_at.min(s.auth_time.plus(limits.max_session_age));
-                        // A silent client is closed by the downstream read timeout: pingora's
-                        // 60 s, or the session's end if that comes first.
-                        let left = Duration::from_secs(until.0.saturating_sub(now.0).max(1));
-                        session.set_read_timeout(Some(left.min(WEBSOCKET_SILENCE)));
-                        let over = Arc::new(std::sync::Mutex::new(false));
-                        if let Some(fd) = session.as_downstream().stream().map(|st| st.id()) {
-                            watch_upgrade(
-                                self.store.clone(),
-                                handle.clone(),
-                                ctx.host.clone(),
-                                until,
-                                fd,
-                                over.clone(),
-                            );
-                        }
-                        ctx.upgrade = Some(Upgraded {
-                            handle: handle.clone(),
-                            until,
-                            checked: Instant::now(),
-                            over,
-                        });
-                    }
+                    // The check happens at the upgrade; afterwards every frame is held to the
+                    // session's absolute end and (once a second) to its existence.
+                    let limits = access.limits(s.aal);
+                    let until = s.expires_at.min(s.auth_time.plus(limits.max_session_age));
+                    let lives = Lives::Store(self.store.clone());
+                    self.watch_if_upgrade(session, ctx, &handle, until, lives, now);
                     ctx.session_key = Some(key);
                     ctx.session = Some(s);
                 }
@@ -1254,17 +1328,20 @@ impl ProxyHttp for Gateway {
                         self.metrics
                             .session_age
                             .observe(now.since(s.auth_time).as_secs_f64());
-                        self.audit.emit(&crate::audit::Event {
-                            time: crate::audit::now_rfc3339(),
-                            event: "session_end",
-                            request_id: Some(&ctx.request_id),
-                            user: Some(&s.user),
-                            app: Some(&app),
-                            aal: Some(s.aal.number()),
-                            credential: s.credential.as_deref(),
-                            decision: Some(reason.as_str()),
-                            ..Default::default()
-                        });
+                        self.audit.emit_for(
+                            &ctx.audit,
+                            &crate::audit::Event {
+                                time: crate::audit::now_rfc3339(),
+                                event: "session_end",
+                                request_id: Some(&ctx.request_id),
+                                user: Some(&s.user),
+                                app: Some(&app),
+                                aal: Some(s.aal.number()),
+                                credential: s.credential.as_deref(),
+                                decision: Some(reason.as_str()),
+                                ..Default::default()
+                            },
+                        );
                     }
                 }
                 if let Decision::StepUp { .. } = other {
@@ -1347,9 +1424,9 @@ impl ProxyHttp for Gateway {
         if up.checked.elapsed() >= crate::cache::SESSION_FRESHNESS {
             up.checked = Instant::now();
             // Logout, revocation or a store that cannot confirm: the connection ends.
-            match self.store.resolve(&up.handle, &ctx.host, now).await {
-                Ok(Some(_)) => {}
-                Ok(None) => {
+            match up.lives.alive(&up.handle, &ctx.host, now).await {
+                Ok(true) => {}
+                Ok(false) => {
                     return Err(Error::explain(
                         ErrorType::Custom("session_ended"),
                         "WebSocket closed: the session ended",
@@ -1551,7 +1628,12 @@ impl ProxyHttp for Gateway {
             .upstream_responses
             .with_label_values(&[app, class])
             .inc();
-        // The gateway's cookie names are reserved: an upstream cannot set or clear them.
+        // The gateway's cookie names are reserved: an upstream cannot set or clear them. The
+        // app's own stay on its host unless it keeps their Domain (`keep_cookie_domain`).
+        let keep_domain = ctx
+            .rule
+            .and_then(|i| ctx.policy.rules().get(i))
+            .is_some_and(|r| ctx.policy.app_of(r).keep_cookie_domain);
         let set_cookies: Vec<http::HeaderValue> = resp
             .headers
             .get_all(http::header::SET_COOKIE)
@@ -1559,13 +1641,29 @@ impl ProxyHttp for Gateway {
             .cloned()
             .collect();
         let ours = |v: &http::HeaderValue| headers::set_cookie_is_ours(v.as_bytes());
-        if set_cookies.iter().any(ours) {
+        let scoped = |v: &http::HeaderValue| {
+            (!keep_domain)
+                .then(|| headers::set_cookie_without_domain(v.as_bytes()))
+                .flatten()
+        };
+        if set_cookies.iter().any(|v| ours(v) || scoped(v).is_some()) {
             resp.remove_header("set-cookie");
             for v in set_cookies.into_iter().filter(|v| !ours(v)) {
-                resp.append_header("set-cookie", v)?;
+                match scoped(&v) {
+                    // Bytes that came in a header value are a header value without a part.
+                    Some(host_only) => {
+                        if let Ok(h) = http::HeaderValue::from_bytes(&host_only) {
+                            resp.append_header("set-cookie", h)?;
+                        }
+                    }
+                    None => {
+                        resp.append_header("set-cookie", v)?;
+                    }
+                }
             }
         }
         if ctx.tls
+            && self.hsts
             && !resp
                 .headers
                 .contains_key(http::header::STRICT_TRANSPORT_SECURITY)
@@ -1576,6 +1674,8 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        // Events of a request that went upstream (`request_admitted`) or ended without a page.
+        self.audit.settle(&ctx.audit).await;
         if let Some(up) = &ctx.upgrade {
             if let Ok(mut o) = up.over.lock() {
                 *o = true;

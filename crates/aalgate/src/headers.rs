@@ -125,6 +125,31 @@ pub fn set_cookie_is_ours(value: &[u8]) -> bool {
     is_our_cookie(name)
 }
 
+/// A `Set-Cookie` value without its `Domain` attributes, or `None` when it has none. Every
+/// other byte is kept as the app wrote it (on bytes: a non-UTF-8 attribute must not hide one).
+/// Host-only, the cookie stays on the host that set it: `JSESSIONID=FIXED; Domain=clinic.example`
+/// from one app would otherwise be sent to every sibling app host (session fixation).
+pub fn set_cookie_without_domain(value: &[u8]) -> Option<Vec<u8>> {
+    let mut parts = value.split(|&b| b == b';');
+    let pair = parts.next().unwrap_or(value);
+    let mut out = pair.to_vec();
+    let mut dropped = false;
+    for attr in parts {
+        let name = attr
+            .split(|&b| b == b'=')
+            .next()
+            .unwrap_or(attr)
+            .trim_ascii();
+        if name.eq_ignore_ascii_case(b"domain") {
+            dropped = true;
+            continue;
+        }
+        out.push(b';');
+        out.extend_from_slice(attr);
+    }
+    dropped.then_some(out)
+}
+
 /// The values of cookie `name` across every `Cookie` header.
 pub fn cookie_values(headers: &HeaderMap, name: &str) -> Vec<String> {
     aalgate_session::cookie_values(
@@ -223,6 +248,24 @@ pub fn is_script_request(headers: &HeaderMap) -> bool {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn upstream_cookies_lose_their_domain_and_nothing_else() {
+        let strip = |v: &str| {
+            set_cookie_without_domain(v.as_bytes()).map(|b| String::from_utf8(b).unwrap())
+        };
+        assert_eq!(
+            strip("JSESSIONID=FIXED; Domain=localhost; Path=/").as_deref(),
+            Some("JSESSIONID=FIXED; Path=/")
+        );
+        assert_eq!(
+            strip("a=1; path=/app; DOMAIN=.clinic.example; Secure; HttpOnly; SameSite=Lax; domain = x").as_deref(),
+            Some("a=1; path=/app; Secure; HttpOnly; SameSite=Lax")
+        );
+        // A value holding `domain=` is data, not an attribute.
+        assert_eq!(strip("q=domain=evil; Path=/"), None);
+        assert_eq!(strip("theme=dark; Max-Age=60"), None);
+    }
 
     #[test]
     fn resumed_cookies_keep_the_forms_own_and_add_the_rest() {

@@ -278,13 +278,38 @@ enum Command {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: a log file or journald gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
+        // JSON strings escape control characters already.
         LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.fmt_fields(one_line_fields()).try_init(),
     };
+}
+
+/// Text-log fields with every control character escaped (`\n`, `\r`, `\u{1b}`): a value from
+/// a request (an error that quotes a JSON key, a header) can never start a log line of its own.
+fn one_line_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let text = format!("{value:?}");
+        if field.name() != "message" {
+            write!(w, "{field}=")?;
+        }
+        for c in text.chars() {
+            if c.is_control() {
+                write!(w, "{}", c.escape_default())?;
+            } else {
+                w.write_char(c)?;
+            }
+        }
+        Ok(())
+    })
+    .delimited(" ")
 }
 
 fn main() -> ExitCode {
@@ -457,6 +482,7 @@ fn demo_config(
         upstream_timeout: config::DEFAULT_UPSTREAM_TIMEOUT,
         shutdown_grace: Duration::from_secs(1),
         clock_floor: state_dir.join("clock-floor"),
+        hsts: true,
     })
 }
 
@@ -624,6 +650,7 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         signin,
         upstream_timeouts: (cfg.upstream_connect_timeout, cfg.upstream_timeout),
         listeners: cfg.listen.clone(),
+        hsts: cfg.hsts,
     };
     let mut inner = pingora::proxy::HttpProxy::new(gw, server.configuration.clone());
     inner.handle_init_modules();
@@ -712,7 +739,11 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
             demo_upstream.map(|a| a.to_string()).unwrap_or_default()
         );
     }
-    server.run_forever();
+    server.run(pingora::server::RunArgs::default());
+    // Every request event queued until the last request ended is written before the exit
+    // (SIGTERM, SIGQUIT after an upgrade).
+    audit.drain();
+    std::process::exit(0)
 }
 
 /// Opens the store named by a config (or the demo's) for the CLI.

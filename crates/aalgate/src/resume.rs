@@ -283,15 +283,18 @@ impl Gateway {
 
     /// Writes `request_admitted`: the signed request is on its way to the app.
     pub(crate) fn audit_admitted(&self, ctx: &Ctx, user: &str, b: &RequestBinding) {
-        self.audit.emit(&crate::audit::Event {
-            time: crate::audit::now_rfc3339(),
-            event: "request_admitted",
-            request_id: Some(&ctx.request_id),
-            user: Some(user),
-            app: Some(self.app_name(ctx)),
-            detail: Some(format!("digest {}", b.digest)),
-            ..Default::default()
-        });
+        self.audit.emit_for(
+            &ctx.audit,
+            &crate::audit::Event {
+                time: crate::audit::now_rfc3339(),
+                event: "request_admitted",
+                request_id: Some(&ctx.request_id),
+                user: Some(user),
+                app: Some(self.app_name(ctx)),
+                detail: Some(format!("digest {}", b.digest)),
+                ..Default::default()
+            },
+        );
     }
 
     /// A page about the form, with one way back to the app.
@@ -430,29 +433,35 @@ impl Gateway {
         if kept.user != user_session.user {
             // Never sent as someone else.
             let _ = self.store.kv_take(KEPT, &token.hash()).await;
-            self.audit.emit(&crate::audit::Event {
-                time: crate::audit::now_rfc3339(),
-                event: "kept_form_discarded",
-                request_id: Some(&ctx.request_id),
-                user: Some(&user_session.user),
-                detail: Some(format!(
-                    "a different person signed in; the form was {}'s",
-                    kept.user
-                )),
-                ..Default::default()
-            });
+            self.audit.emit_for(
+                &ctx.audit,
+                &crate::audit::Event {
+                    time: crate::audit::now_rfc3339(),
+                    event: "kept_form_discarded",
+                    request_id: Some(&ctx.request_id),
+                    user: Some(&user_session.user),
+                    detail: Some(format!(
+                        "a different person signed in; the form was {}'s",
+                        kept.user
+                    )),
+                    ..Default::default()
+                },
+            );
             return self
                 .resume_page(session, ctx, "Form discarded", "A different person signed in, so the form the previous person started was discarded and not sent.", "resume_discarded")
                 .await;
         }
         // The policy decides again, for this person, now.
-        let Ok(target) = aalgate_policy::normalize_target(kept.url.as_bytes()) else {
-            return self.error(session, ctx, 400, "bad_path").await;
-        };
         let Ok(host) = HostPort::parse(&ctx.host) else {
             return self.error(session, ctx, 400, "bad_host").await;
         };
         let policy = ctx.policy.clone();
+        let Ok(target) = aalgate_policy::normalize_target_with(
+            kept.url.as_bytes(),
+            policy.double_encoding(&host),
+        ) else {
+            return self.error(session, ctx, 400, "bad_path").await;
+        };
         let Some(m) = policy.lookup(&host, &kept.method, &target) else {
             return self.error(session, ctx, 421, "unknown_host").await;
         };
@@ -611,6 +620,7 @@ impl Gateway {
             .with_label_values(&[self.app_name(ctx)])
             .observe(t0.elapsed().as_secs_f64());
         let head = session.req_header().method == http::Method::HEAD;
+        self.audit.settle(&ctx.audit).await;
         session.write_response_header(Box::new(resp), head).await?;
         loop {
             match up.read_response_body().await {

@@ -1763,17 +1763,38 @@ impl Gateway {
                 .breakglass_page(session, ctx, Some("Enter your full name and the reason."))
                 .await;
         }
-        let Ok(_permit) = svc.emergencies.checks.try_acquire() else {
-            let reply = busy(self, ctx, "busy");
-            return self.send(session, ctx, reply).await;
-        };
         // Counted before the slow check, so parallel guesses are throttled too.
         let failures = svc.emergencies.fail(ip);
         let now = Timestamp::now();
         let cfg = svc.breakglass.clone();
-        let checked = tokio::task::spawn_blocking(move || crate::breakglass::check(&cfg, &typed))
+        let joined = |e| Error::because(ErrorType::InternalError, "break-glass check", e);
+        let found = tokio::task::spawn_blocking(move || crate::breakglass::candidate(&cfg, &typed))
             .await
-            .map_err(|e| Error::because(ErrorType::InternalError, "break-glass check", e))?;
+            .map_err(joined)?;
+        // Only a code that exists takes one of the two argon2 slots; any other answer waits as
+        // long as a check takes, so the time tells nobody which ids exist, and a spray of made-up
+        // codes cannot keep a genuine one from its check.
+        let checked = match found {
+            Ok(Some((code, secret))) => {
+                let Ok(_permit) = svc.emergencies.checks.try_acquire() else {
+                    let reply = busy(self, ctx, "busy");
+                    return self.send(session, ctx, reply).await;
+                };
+                let started = std::time::Instant::now();
+                let ok = tokio::task::spawn_blocking(move || {
+                    crate::breakglass::verify(&code, &secret).then_some(code)
+                })
+                .await
+                .map_err(joined)?;
+                svc.emergencies.timed_check(started.elapsed());
+                Ok(ok)
+            }
+            Ok(None) => {
+                tokio::time::sleep(svc.emergencies.check_time()).await;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        };
         let fail_local = |reason_text: &str| {
             let cfg = svc.breakglass.clone();
             let line = serde_json::json!({
@@ -1882,20 +1903,23 @@ impl Gateway {
         }
         svc.emergencies.succeeded(ip);
         let who = format!("breakglass:{}", code.id);
-        self.audit.emit(&crate::audit::Event {
-            time: crate::audit::now_rfc3339(),
-            event: "breakglass",
-            request_id: Some(&ctx.request_id),
-            user: Some(&who),
-            app: Some(&app),
-            credential: Some(&code.id),
-            client_ip: ip.map(|i| i.to_string()),
-            detail: Some(format!(
-                "code {} ({}); person: {}; reason: {}",
-                code.id, code.name, person, reason
-            )),
-            ..Default::default()
-        });
+        self.audit.emit_for(
+            &ctx.audit,
+            &crate::audit::Event {
+                time: crate::audit::now_rfc3339(),
+                event: "breakglass",
+                request_id: Some(&ctx.request_id),
+                user: Some(&who),
+                app: Some(&app),
+                credential: Some(&code.id),
+                client_ip: ip.map(|i| i.to_string()),
+                detail: Some(format!(
+                    "code {} ({}); person: {}; reason: {}",
+                    code.id, code.name, person, reason
+                )),
+                ..Default::default()
+            },
+        );
         self.metrics.breakglass_uses.inc();
         if let Some(hook) = svc.breakglass.webhook.clone() {
             let (app, code2, audit, rid) = (
@@ -1987,16 +2011,19 @@ impl Gateway {
         credential: Option<&str>,
         detail: Option<&str>,
     ) {
-        self.audit.emit(&crate::audit::Event {
-            time: crate::audit::now_rfc3339(),
-            event,
-            request_id: Some(&ctx.request_id),
-            user,
-            aal: aal.map(|a| a.number()),
-            credential,
-            detail: detail.map(str::to_string),
-            ..Default::default()
-        });
+        self.audit.emit_for(
+            &ctx.audit,
+            &crate::audit::Event {
+                time: crate::audit::now_rfc3339(),
+                event,
+                request_id: Some(&ctx.request_id),
+                user,
+                aal: aal.map(|a| a.number()),
+                credential,
+                detail: detail.map(str::to_string),
+                ..Default::default()
+            },
+        );
     }
 }
 
