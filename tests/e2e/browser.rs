@@ -451,3 +451,34 @@ impl Drop for Syslog {
         }
     }
 }
+
+/// An attacker who knows a user name cannot lock that person out (tests/browser/lockout.mjs):
+/// 120 forged assertions for the person's real credential from twelve browsers on the same
+/// address, then the person's genuine passkey in Chromium signs in at once.
+#[test]
+fn a_known_user_name_cannot_lock_its_person_out_in_chromium() {
+    let upstream = free_port();
+    let _app = DemoApp::start(upstream);
+    let ehr = format!(
+        "app: ehr\nhost: ehr.localhost\nupstream: http://127.0.0.1:{upstream}\ndefault: aal2\n"
+    );
+    let gw = Gateway::start_extra(&[("ehr.yaml", &ehr)], "rp_id: localhost\n");
+    let out = root().join("target/browser-screenshots/lockout");
+    let _ = std::fs::remove_dir_all(&out);
+    let status = Command::new("node")
+        .arg(root().join("tests/browser/lockout.mjs"))
+        .env("AALGATE_BIN", aalgate_bin())
+        .env("AALGATE_CONFIG", gw.dir.path().join("aalgate.yaml"))
+        .env("PORT", gw.port.to_string())
+        .env("OUT", &out)
+        .env("CHROMIUM", chromium())
+        .status()
+        .expect("run node");
+    assert!(
+        status.success(),
+        "lockout scenario failed ({status}); screenshots in {}; gateway log:\n{}",
+        out.display(),
+        gw.log()
+    );
+    assert!(!gw.log().contains("panicked"));
+}

@@ -1,10 +1,13 @@
-//! Users, invites, pending ceremonies, handoff codes and failure counters, kept in the
+//! Users, invites, pending ceremonies and handoff codes, kept in the
 //! session store's key-value space so every gateway instance and the CLI share them.
 //!
 //! Namespaces: `user` (id -> [`User`]), `handle` (WebAuthn user handle -> id), `cred`
 //! (credential id -> user id: a credential belongs to one account), `invite` (token hash ->
 //! [`Invite`]), `pending` (ceremony id -> [`Pending`], 5 minutes, taken once), `code`
-//! (handoff code hash -> JSON, 60 s, taken once), `fail` (user -> consecutive failures).
+//! (handoff code hash -> JSON, 60 s, taken once). There is no per-account failure counter:
+//! a WebAuthn signature cannot be guessed, so failures are not guessing, and an account-wide
+//! lockout would only let anyone who knows a user name lock that person out (the gateway slows
+//! failing clients and browsers instead, `aalgate::limits::SignInFailures`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,11 +24,6 @@ use crate::token::Token;
 pub const PENDING_TTL: Duration = Duration::from_secs(300);
 /// How long a handoff code works.
 pub const CODE_TTL: Duration = Duration::from_secs(60);
-/// Consecutive failed sign-ins after which an account is throttled (NIST SP 800-63B-4: at
-/// most 100).
-pub const MAX_FAILURES: u64 = 100;
-/// How long failures are remembered; after this the count starts again.
-pub const FAILURE_WINDOW: Duration = Duration::from_secs(3600);
 /// Invites stay listed this long after they expire, for the enrollment report.
 const INVITE_KEEP: Duration = Duration::from_secs(30 * 86400);
 
@@ -350,27 +348,5 @@ impl Directory {
             Some(v) => Ok(Some(decode("code", &v)?)),
             None => Ok(None),
         }
-    }
-
-    /// Counts a failed sign-in of `user`; returns the consecutive count.
-    pub async fn record_failure(&self, user: &str) -> Result<u64, DirectoryError> {
-        Ok(self.store.kv_incr("fail", user, FAILURE_WINDOW).await?)
-    }
-
-    /// Whether the account is throttled (too many consecutive failures).
-    pub async fn throttled(&self, user: &str) -> Result<bool, DirectoryError> {
-        let n = self
-            .store
-            .kv_get("fail", user)
-            .await?
-            .and_then(|v| String::from_utf8_lossy(&v).parse::<u64>().ok())
-            .unwrap_or(0);
-        Ok(n >= MAX_FAILURES)
-    }
-
-    /// A success ends the run of failures.
-    pub async fn clear_failures(&self, user: &str) -> Result<(), DirectoryError> {
-        self.store.kv_delete("fail", user).await?;
-        Ok(())
     }
 }

@@ -356,16 +356,6 @@ async fn invites_are_single_use_and_expire() {
         1
     );
     assert!(d.peek_invite(&t, now).await.unwrap().is_none());
-
-    // Throttling counts consecutive failures and a success clears them.
-    for _ in 0..aalgate_auth::directory::MAX_FAILURES - 1 {
-        d.record_failure("nora").await.unwrap();
-    }
-    assert!(!d.throttled("nora").await.unwrap());
-    d.record_failure("nora").await.unwrap();
-    assert!(d.throttled("nora").await.unwrap());
-    d.clear_failures("nora").await.unwrap();
-    assert!(!d.throttled("nora").await.unwrap());
 }
 
 /// The WebAuthn part of the attack corpus: `tests/attacks/unit-webauthn.yaml`.

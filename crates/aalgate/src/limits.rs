@@ -136,10 +136,107 @@ impl FlowLimiter {
     }
 }
 
+/// Failed sign-ins remembered per client (an IPv4 address, an IPv6 /64) and per browser
+/// binding, for [`SignInFailures::FORGET`]. They never refuse a valid assertion: a WebAuthn
+/// signature cannot be guessed, and a hospital NAT puts attacker and victim on one address.
+/// They slow down the one who fails (a growing delay before the failure answer) and, past
+/// [`SignInFailures::BINDING_LIMIT`], stop that browser binding from starting new ceremonies.
+pub struct SignInFailures {
+    counts: Cache<FailureKey, (u32, Instant)>,
+    lock: Mutex<()>,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum FailureKey {
+    Client(IpAddr),
+    Binding(String),
+}
+
+impl Default for SignInFailures {
+    fn default() -> Self {
+        SignInFailures {
+            counts: Cache::new(CLIENTS),
+            lock: Mutex::new(()),
+        }
+    }
+}
+
+impl SignInFailures {
+    /// How long a run of failures is remembered.
+    pub const FORGET: std::time::Duration = std::time::Duration::from_secs(900);
+    /// Failures a client or binding may have before its failure answers are delayed.
+    pub const FREE: u32 = 20;
+    /// Failures after which a browser binding may not start another ceremony until they are
+    /// forgotten. The binding is the failing browser's own: nobody else's sign-in depends on it.
+    pub const BINDING_LIMIT: u32 = 50;
+    /// The longest delay of a failure answer.
+    pub const MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
+
+    fn keys(ip: Option<IpAddr>, binding: &str) -> Vec<FailureKey> {
+        let mut k = vec![FailureKey::Binding(binding.to_string())];
+        k.extend(ip.map(|ip| FailureKey::Client(client_key(ip))));
+        k
+    }
+
+    fn live(&self, key: &FailureKey) -> u32 {
+        self.counts
+            .get(key)
+            .filter(|(_, since)| since.elapsed() < Self::FORGET)
+            .map_or(0, |(n, _)| n)
+    }
+
+    /// Counts a failure of this client and binding; returns how long to wait before answering
+    /// it (doubling from 250 ms past [`Self::FREE`], at most [`Self::MAX_DELAY`]).
+    pub fn failed(&self, ip: Option<IpAddr>, binding: &str) -> std::time::Duration {
+        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut worst = 0;
+        for key in Self::keys(ip, binding) {
+            let n = self.live(&key).saturating_add(1);
+            let since = self
+                .counts
+                .get(&key)
+                .filter(|(_, s)| s.elapsed() < Self::FORGET)
+                .map_or_else(Instant::now, |(_, s)| s);
+            self.counts.insert(key, (n, since));
+            worst = worst.max(n);
+        }
+        let over = worst.saturating_sub(Self::FREE);
+        if over == 0 {
+            return std::time::Duration::ZERO;
+        }
+        let ms = 250u64.saturating_mul(1u64 << over.min(8).saturating_sub(1));
+        std::time::Duration::from_millis(ms).min(Self::MAX_DELAY)
+    }
+
+    /// Whether this browser binding has failed too often to start another ceremony.
+    pub fn binding_blocked(&self, binding: &str) -> bool {
+        self.live(&FailureKey::Binding(binding.to_string())) >= Self::BINDING_LIMIT
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn sign_in_failures_slow_the_failing_and_block_only_their_own_binding() {
+        let f = SignInFailures::default();
+        let nat: IpAddr = "192.0.2.7".parse().unwrap();
+        for _ in 0..SignInFailures::FREE {
+            assert_eq!(f.failed(Some(nat), "attacker"), Duration::ZERO);
+        }
+        assert_eq!(f.failed(Some(nat), "attacker"), Duration::from_millis(250));
+        assert_eq!(f.failed(Some(nat), "attacker"), Duration::from_millis(500));
+        for _ in 0..100 {
+            assert!(f.failed(Some(nat), "attacker") <= SignInFailures::MAX_DELAY);
+        }
+        assert!(f.binding_blocked("attacker"));
+        // The victim behind the same NAT: its own binding is not blocked (its failures would
+        // be slowed, but a valid assertion is never refused).
+        assert!(!f.binding_blocked("victim"));
+        assert_eq!(f.failed(Some(nat), "victim"), SignInFailures::MAX_DELAY);
+    }
 
     fn xff(v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -607,6 +607,7 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         },
         breakglass: cfg.breakglass.clone(),
         emergencies: Default::default(),
+        failures: Default::default(),
         sealer: aalgate::preserve::Sealer::load_or_create(&cfg.request_key)?,
         body_limit: cfg.preserve_body_limit,
         quota: cfg.preserve_quota,

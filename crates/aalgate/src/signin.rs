@@ -43,6 +43,9 @@ pub struct SignInService {
     pub breakglass: crate::breakglass::BreakGlassConfig,
     /// Live break-glass sessions of this instance and the failure throttle.
     pub emergencies: crate::breakglass::Emergencies,
+    /// Failed sign-ins by client and browser binding: they slow the one who fails, never a
+    /// valid assertion.
+    pub failures: crate::limits::SignInFailures,
     /// Encrypts forms kept across a sign-in.
     pub sealer: crate::preserve::Sealer,
     /// Largest form body kept.
@@ -102,7 +105,8 @@ struct FinishReq {
 const MSG_FAILED: &str = "Sign-in did not work. Nothing was changed. Press the button to try again; if it keeps failing, contact IT.";
 const MSG_EXPIRED: &str =
     "This sign-in page has expired. Go back to the application and open the page again.";
-const MSG_THROTTLED: &str = "Too many failed attempts on this account. Wait an hour or contact IT.";
+const MSG_THROTTLED: &str =
+    "Too many failed sign-ins from this browser. Wait 15 minutes, or contact IT.";
 const MSG_NO_KEY: &str = "This action needs a hardware security key registered to you, and none is. Contact IT to enroll one.";
 const MSG_FORBIDDEN: &str = "This request was refused. Reload the page and try again.";
 const MSG_UNAVAILABLE: &str =
@@ -668,6 +672,13 @@ impl Gateway {
         if let Err(retry) = self.take_flow_token(session) {
             return self.too_many_flows(session, ctx, retry).await;
         }
+        // This browser failed too often: it starts nothing more for a while. Only its own
+        // binding is refused; another browser, even behind the same address, is not.
+        if self.service().failures.binding_blocked(&bind.hash()) {
+            return self
+                .json_error(session, ctx, 429, "throttled", MSG_THROTTLED)
+                .await;
+        }
         match self.start(&req, &bind, self.client_ip(session)).await {
             Ok(Ok((id, options, kind))) => {
                 self.metrics
@@ -1133,20 +1144,8 @@ impl Gateway {
                     .await;
             }
         };
-        match svc.dir.throttled(&user.id).await {
-            Ok(false) => {}
-            Ok(true) => {
-                fail(self, ctx, Some(&user.id), "throttled");
-                return self
-                    .json_error(session, ctx, 429, "throttled", MSG_THROTTLED)
-                    .await;
-            }
-            Err(e) => {
-                return self
-                    .store_down(session, ctx, &e, "sign-in: store error")
-                    .await;
-            }
-        }
+        // No account-wide lockout: a valid assertion from the person's own key is never refused
+        // because of anybody's failures (README "Failed sign-ins", NIST SP 800-63B-4 rate limiting).
         let verified =
             svc.rp
                 .finish_sign_in(&resp, state, &mut user, pending.allowed.as_deref(), now);
@@ -1167,7 +1166,11 @@ impl Gateway {
                     );
                     let _ = svc.dir.put_user(&user).await;
                 }
-                let _ = svc.dir.record_failure(&user.id).await;
+                // The failing client and browser wait before they hear of it, longer each time.
+                let wait = svc
+                    .failures
+                    .failed(self.client_ip(session), &pending.binding);
+                tokio::time::sleep(wait).await;
                 return self
                     .json_error(session, ctx, 400, "signin_failed", MSG_FAILED)
                     .await;
@@ -1222,7 +1225,6 @@ impl Gateway {
             *slot = used;
             fresh.last_login = user.last_login;
             svc.dir.put_user(&fresh).await?;
-            svc.dir.clear_failures(&fresh.id).await?;
             Ok::<_, DirectoryError>(true)
         }
         .await;
