@@ -482,3 +482,95 @@ fn a_known_user_name_cannot_lock_its_person_out_in_chromium() {
     );
     assert!(!gw.log().contains("panicked"));
 }
+
+/// A session record lives as long as the loosest app allows at its level, and each app's own
+/// limit decides admission: a real sign-in in Chromium, then the gateway's clock (libfaketime)
+/// moves on in 50-minute steps, each with a request (AAL2 idle limits stay met), to 13 h 20.
+/// The app that allows 20 h still admits the session all the way; then the one with the
+/// default 12 h does not (and its re-auth, as any, ends the session for every app).
+#[test]
+fn a_session_lives_as_long_as_the_loosest_app_allows() {
+    const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    assert!(
+        Path::new(FAKETIME_LIB).exists(),
+        "libfaketime missing: apt-get install -y faketime (tests/run.sh does)"
+    );
+    let upstream = free_port();
+    let _app = DemoApp::start(upstream);
+    let app = |name: &str, extra: &str| {
+        format!("app: {name}\nhost: {name}.localhost\nupstream: http://127.0.0.1:{upstream}\ndefault: aal2\n{extra}")
+    };
+    let clock = tempfile::NamedTempFile::new().expect("clock file");
+    std::fs::write(clock.path(), "+0").expect("clock");
+    let clock_path = clock.path().display().to_string();
+    let gw = Gateway::start_env(
+        &[
+            (
+                "long.yaml",
+                &app("long", "timeouts:\n  aal2: { max_session_age: 20h, idle_timeout: 1h }\n"),
+            ),
+            ("short.yaml", &app("short", "timeouts:\n  aal2: { idle_timeout: 1h }\n")),
+        ],
+        "rp_id: localhost\n",
+        &[
+            ("LD_PRELOAD", FAKETIME_LIB),
+            ("FAKETIME_TIMESTAMP_FILE", &clock_path),
+            ("FAKETIME_NO_CACHE", "1"),
+            ("DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    let out = root().join("target/browser-screenshots/enroll");
+    let run = Command::new("node")
+        .arg(root().join("tests/browser/enroll.mjs"))
+        .env("AALGATE_BIN", aalgate_bin())
+        .env("AALGATE_CONFIG", gw.dir.path().join("aalgate.yaml"))
+        .env("PORT", gw.port.to_string())
+        .env("OUT", &out)
+        .env("CHROMIUM", chromium())
+        .env("APPS", "long.localhost,short.localhost")
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "enrollment failed:\n{stdout}\n{}\ngateway log:\n{}",
+        String::from_utf8_lossy(&run.stderr),
+        gw.log()
+    );
+    let cookie = |host: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("COOKIE {host} ")))
+            .unwrap_or_else(|| panic!("no cookie for {host}:\n{stdout}"))
+            .to_string()
+    };
+    let (long, short) = (cookie("long.localhost"), cookie("short.localhost"));
+    let status = |host: &str, c: &str| {
+        aalgate_tests::get(
+            gw.port,
+            &format!("{host}:{}", gw.port),
+            "/",
+            &[&format!("Cookie: aalgate={c}")],
+        )
+        .status
+    };
+    for step in 1..=16u64 {
+        let offset = step * 50 * 60;
+        std::fs::write(clock.path(), format!("+{offset}")).expect("clock");
+        // The gateway trusts a session for 1 s before it reads it again.
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(
+            status("long.localhost", &long),
+            200,
+            "the 20 h app refused the session {}h{:02} after sign-in",
+            offset / 3600,
+            offset % 3600 / 60
+        );
+        if step == 14 {
+            // 11 h 40: the 12 h app still admits it too.
+            assert_eq!(status("short.localhost", &short), 200, "the 12 h app at 11h40");
+        }
+    }
+    assert_eq!(status("short.localhost", &short), 302, "the 12 h app at 13h20");
+    assert!(!gw.log().contains("panicked"));
+}

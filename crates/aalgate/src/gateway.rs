@@ -1305,6 +1305,8 @@ impl ProxyHttp for Gateway {
                     (other, &loaded)
                 {
                     // The session is over: end it now, once, so it is counted and audited once.
+                    // For every app: the sign-in page must not find it and hand it back
+                    // silently, and the tap that follows renews it for all of them.
                     self.sessions.remove(handle);
                     self.sessions.end_record(record);
                     let removed = self.store.remove(record).await;

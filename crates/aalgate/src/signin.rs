@@ -19,7 +19,7 @@ use aalgate_auth::{
     directory::Pending, AuthState, Ceremonies, CeremonyError, CredentialKind, Directory,
     DirectoryError, RegKind, RegState, SignIn, Token, User,
 };
-use aalgate_policy::{Aal, HostPort, Timeouts, Timestamp};
+use aalgate_policy::{Aal, HostPort, Timestamp};
 use aalgate_session::{Flow, FlowId, Session as UserSession, SessionId, SessionKey};
 use pingora::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -1403,7 +1403,10 @@ impl Gateway {
                     .await;
             }
         }
-        let limits = Timeouts::DEFAULT.get(aal);
+        // One record serves every app: it lives as long as the loosest app allows at this level
+        // (each app's own limit decides admission); a reload applies to it from the next
+        // request, but never makes the record itself live longer than it was written for.
+        let limits = crate::ops::loosest(&ctx.policy).get(aal);
         let s = UserSession {
             user: user.id.clone(),
             aal,
