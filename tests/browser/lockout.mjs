@@ -43,7 +43,7 @@ try {
   const rpIdHash = createHash('sha256').update('localhost').digest();
   const statuses = {};
   const count = (k) => { statuses[k] = (statuses[k] || 0) + 1; };
-  async function attacker(n) {
+  async function browserOf(n) {
     const app = await raw('GET', `ehr.localhost:${PORT}`, '/chart', { 'Sec-Fetch-Mode': 'navigate' });
     check(app.status === 302, `attacker ${n} is sent to sign in (${app.status})`);
     const loc = new URL(app.headers.location, AUTH);
@@ -55,29 +55,44 @@ try {
     const post = (path, json) => raw('POST', authHost, path, {
       Origin: AUTH, 'Sec-Fetch-Site': 'same-origin', 'Content-Type': 'application/json', 'X-Aalgate-Csrf': csrf, Cookie: bind,
     }, JSON.stringify(json));
-    for (let i = 0; i < 10; i++) {
-      const start = await post('/.aalgate/webauthn/start', { purpose: 'signin', flow, username: 'lena', switch: true });
-      if (start.status !== 200) { count(`start ${start.status}`); continue; }
-      const { ceremony, options } = JSON.parse(start.body);
-      const id = options.publicKey.allowCredentials[0].id;
-      const clientData = Buffer.from(JSON.stringify({ type: 'webauthn.get', challenge: options.publicKey.challenge, origin: AUTH, crossOrigin: false }));
-      const counter = Buffer.alloc(4);
-      counter.writeUInt32BE(1000 + 10 * n + i);
-      const authData = Buffer.concat([rpIdHash, Buffer.from([0x05]), counter]);
-      const finish = await post('/.aalgate/webauthn/finish', {
+    return { post, flow };
+  }
+  // One forged sign-in as `username`: the status of its finish and how long it took.
+  async function forged(b, username, i) {
+    const start = await b.post('/.aalgate/webauthn/start', { purpose: 'signin', flow: b.flow, username, switch: true });
+    if (start.status !== 200) return { status: `start ${start.status}`, ms: 0 };
+    const { ceremony, options } = JSON.parse(start.body);
+    const id = options.publicKey.allowCredentials[0].id;
+    const clientData = Buffer.from(JSON.stringify({ type: 'webauthn.get', challenge: options.publicKey.challenge, origin: AUTH, crossOrigin: false }));
+    const counter = Buffer.alloc(4);
+    counter.writeUInt32BE(1000 + i);
+    const authData = Buffer.concat([rpIdHash, Buffer.from([0x05]), counter]);
+    const t = Date.now();
+    const finish = await b.post('/.aalgate/webauthn/finish', {
       ceremony,
       response: {
         id, rawId: id, type: 'public-key', extensions: {},
         response: { authenticatorData: b64u(authData), clientDataJSON: b64u(clientData), signature: b64u(randomBytes(72)), userHandle: null },
       },
-      });
-      count(`finish ${finish.status}`);
-    }
+    });
+    return { status: `finish ${finish.status}`, ms: Date.now() - t };
+  }
+  async function attacker(n) {
+    const b = await browserOf(n);
+    for (let i = 0; i < 10; i++) count((await forged(b, 'lena', 10 * n + i)).status);
   }
   const t0 = Date.now();
   await Promise.all(Array.from({ length: 12 }, (_, n) => attacker(n)));
   console.log(`attackers: ${JSON.stringify(statuses)} in ${Date.now() - t0} ms`);
   check((statuses['finish 400'] || 0) >= 100, 'at least 100 forged assertions reached the signature check and failed there');
+  // A name that exists and one that does not fail alike, after the same wait: the time does
+  // not tell which names exist.
+  const b = await browserOf(99);
+  const known = await forged(b, 'lena', 5000);
+  const unknown = await forged(b, 'nobody-here', 5001);
+  console.log(`known name: ${JSON.stringify(known)}, unknown name: ${JSON.stringify(unknown)}`);
+  check(known.status === 'finish 400' && unknown.status === 'finish 400', 'both refused alike');
+  check(unknown.ms >= known.ms / 2, `an unknown name answers as slowly as a known one (${unknown.ms} ms vs ${known.ms} ms)`);
 
   // The person, at once, from the same address, with their genuine passkey.
   await ctx.clearCookies();

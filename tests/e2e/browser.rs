@@ -507,9 +507,15 @@ fn a_session_lives_as_long_as_the_loosest_app_allows() {
         &[
             (
                 "long.yaml",
-                &app("long", "timeouts:\n  aal2: { max_session_age: 20h, idle_timeout: 1h }\n"),
+                &app(
+                    "long",
+                    "timeouts:\n  aal2: { max_session_age: 20h, idle_timeout: 1h }\n",
+                ),
             ),
-            ("short.yaml", &app("short", "timeouts:\n  aal2: { idle_timeout: 1h }\n")),
+            (
+                "short.yaml",
+                &app("short", "timeouts:\n  aal2: { idle_timeout: 1h }\n"),
+            ),
         ],
         "rp_id: localhost\n",
         &[
@@ -568,9 +574,17 @@ fn a_session_lives_as_long_as_the_loosest_app_allows() {
         );
         if step == 14 {
             // 11 h 40: the 12 h app still admits it too.
-            assert_eq!(status("short.localhost", &short), 200, "the 12 h app at 11h40");
+            assert_eq!(
+                status("short.localhost", &short),
+                200,
+                "the 12 h app at 11h40"
+            );
         }
     }
-    assert_eq!(status("short.localhost", &short), 302, "the 12 h app at 13h20");
+    assert_eq!(
+        status("short.localhost", &short),
+        302,
+        "the 12 h app at 13h20"
+    );
     assert!(!gw.log().contains("panicked"));
 }

@@ -34,9 +34,10 @@ pub struct PolicyFile {
     /// decodes once more would read `%252e%252e%252f` as `../`. The query is never checked.
     #[serde(default)]
     pub allow_double_encoding: bool,
-    /// Pass the `Domain` attribute of the app's cookies on as the app wrote it, so they also reach
-    /// sibling hosts. Default: removed, so each cookie stays on the app's own host (a
-    /// `JSESSIONID; Domain=clinic.example` from one app would otherwise fix the session of every other).
+    /// Pass the `Domain` attribute of the app's `Set-Cookie` headers on as the app wrote it, so
+    /// they also reach sibling hosts. Default: removed, so each such cookie stays on the app's
+    /// own host (a `JSESSIONID; Domain=clinic.example` from one app would otherwise fix the
+    /// session of every other). Cookies the app's scripts set in the browser are not seen.
     #[serde(default)]
     pub keep_cookie_domain: bool,
     /// Session limits by AAL for this app. Defaults: aal1 30d; aal2 12h and 30m idle; aal3 12h and 15m idle.

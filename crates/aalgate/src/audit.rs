@@ -22,8 +22,11 @@ use serde::Serialize;
 
 use crate::metrics::Metrics;
 
-/// Queue length between the request path and the writer.
+/// Queue length between the request path and the writer, for request events.
 const QUEUE: usize = 65_536;
+/// The writer's priority queue: auth and admin events, evidence and barriers, drained before
+/// request events, so a flood of requests cannot delay a sign-in's response behind them.
+const URGENT_QUEUE: usize = 8_192;
 /// How often the writer drains the queue: the most an event waits before it is written.
 pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 /// Longest user agent kept.
@@ -163,6 +166,7 @@ pub fn now_rfc3339() -> String {
 /// The audit log handle, shared by every request.
 pub struct Audit {
     tx: SyncSender<Msg>,
+    urgent: SyncSender<Msg>,
     redact: Vec<Regex>,
     requests: bool,
     metrics: Arc<Metrics>,
@@ -188,13 +192,15 @@ impl Audit {
             .collect::<Result<Vec<_>>>()?;
         let mut out = Output::open(&sink)?;
         let (tx, rx) = sync_channel::<Msg>(QUEUE);
+        let (urgent, urgent_rx) = sync_channel::<Msg>(URGENT_QUEUE);
         let m = metrics.clone();
         std::thread::Builder::new()
             .name("aalgate-audit".into())
-            .spawn(move || out.run(rx, &m))
+            .spawn(move || out.run(urgent_rx, rx, &m))
             .context("cannot start the audit writer")?;
         Ok(Audit {
             tx,
+            urgent,
             redact,
             requests,
             metrics,
@@ -238,7 +244,7 @@ impl Audit {
     /// Queues an event; never blocks.
     pub fn emit(&self, event: &Event<'_>) {
         if let Some(line) = self.line(event) {
-            self.queue(Msg::Line(line));
+            self.queue(&self.tx, Msg::Line(line));
         }
     }
 
@@ -258,16 +264,16 @@ impl Audit {
             fate: fate.clone(),
             done,
         };
-        if !self.queue(msg) {
+        if !self.queue(&self.urgent, msg) {
             return false;
         }
+        // Whatever ends this wait (a timeout, or the request's task dropped at shutdown), a
+        // line the writer has not taken up yet is never written afterwards.
+        let guard = Abandon(fate);
         match tokio::time::timeout(self.record_wait, &mut on_record).await {
             Ok(answer) => answer.unwrap_or(false),
             Err(_) => {
-                if fate
-                    .compare_exchange(PENDING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
+                if guard.abandon() {
                     self.metrics.audit_dropped.inc();
                     false
                 } else {
@@ -283,7 +289,7 @@ impl Audit {
     pub fn emit_for(&self, pending: &Pending, event: &Event<'_>) {
         let Some(line) = self.line(event) else { return };
         pending.queued.store(true, Ordering::Relaxed);
-        if let Err(TrySendError::Full(Msg::Line(line))) = self.tx.try_send(Msg::Line(line)) {
+        if let Err(TrySendError::Full(Msg::Line(line))) = self.urgent.try_send(Msg::Line(line)) {
             pending
                 .waiting
                 .lock()
@@ -293,8 +299,9 @@ impl Audit {
     }
 
     /// Waits until a request's events are written and flushed: first what a full queue kept
-    /// waiting, then a barrier behind them. Bounded by [`SETTLE_WAIT`]; what is still not
-    /// written then counts as dropped, and the response goes out.
+    /// waiting, then a barrier behind them. Bounded by [`SETTLE_WAIT`]: lines that could not be
+    /// queued by then count as dropped; lines queued but not confirmed are logged as such (they
+    /// are still written); either way the response then goes out.
     pub async fn settle(&self, pending: &Pending) {
         if !pending.queued.swap(false, Ordering::Relaxed) {
             return;
@@ -305,16 +312,28 @@ impl Audit {
         let mut msgs: Vec<Msg> = waiting.into_iter().map(Msg::Line).collect();
         let (done, written) = tokio::sync::oneshot::channel();
         msgs.push(Msg::Barrier(done));
-        for mut msg in msgs {
+        let mut msgs = msgs.into_iter();
+        while let Some(mut msg) = msgs.next() {
             loop {
-                match self.tx.try_send(msg) {
+                match self.urgent.try_send(msg) {
                     Ok(()) => break,
                     Err(TrySendError::Full(m)) if tokio::time::Instant::now() < deadline => {
                         msg = m;
                         tokio::time::sleep(DRAIN_EVERY).await;
                     }
-                    Err(_) => {
-                        self.metrics.audit_dropped.inc();
+                    Err(e) => {
+                        // This line and every one behind it (the barrier aside) are lost.
+                        let lost = msgs.filter(|m| matches!(m, Msg::Line(_))).count() as u64
+                            + u64::from(matches!(
+                                e,
+                                TrySendError::Full(Msg::Line(_))
+                                    | TrySendError::Disconnected(Msg::Line(_))
+                            ));
+                        self.metrics.audit_dropped.inc_by(lost);
+                        tracing::error!(
+                            lost,
+                            "audit events of a request could not be queued before its response"
+                        );
                         return;
                     }
                 }
@@ -330,13 +349,31 @@ impl Audit {
         }
     }
 
-    /// At exit: blocks until everything queued is written and flushed (SIGTERM drains the
-    /// request events too).
+    /// At exit: waits (at most [`SETTLE_WAIT`]) until everything queued is written and
+    /// flushed, request events included (SIGTERM, or the old process of an upgrade).
     pub fn drain(&self) {
-        let (done, written) = tokio::sync::oneshot::channel();
-        if self.tx.send(Msg::Barrier(done)).is_ok() {
-            let _ = written.blocking_recv();
+        let (done, mut written) = tokio::sync::oneshot::channel();
+        let deadline = std::time::Instant::now() + SETTLE_WAIT;
+        let mut msg = Msg::Barrier(done);
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if std::time::Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::sleep(DRAIN_EVERY);
+                }
+                Err(_) => return,
+            }
         }
+        while std::time::Instant::now() < deadline {
+            match written.try_recv() {
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
+                    std::thread::sleep(DRAIN_EVERY)
+                }
+                _ => return,
+            }
+        }
+        tracing::error!("the audit log did not confirm its last events before the exit");
     }
 
     fn line(&self, event: &Event<'_>) -> Option<String> {
@@ -347,8 +384,8 @@ impl Audit {
         line
     }
 
-    fn queue(&self, msg: Msg) -> bool {
-        match self.tx.try_send(msg) {
+    fn queue(&self, to: &SyncSender<Msg>, msg: Msg) -> bool {
+        match to.try_send(msg) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.metrics.audit_dropped.inc();
@@ -367,7 +404,8 @@ pub fn user_agent(v: Option<&http::HeaderValue>) -> Option<String> {
 enum Output {
     Stdout,
     Stderr,
-    File(std::io::BufWriter<std::fs::File>),
+    /// The file, and whether a write may have stopped mid-line.
+    File(std::io::BufWriter<std::fs::File>, bool),
     Syslog(std::os::unix::net::UnixDatagram, PathBuf),
 }
 
@@ -391,7 +429,7 @@ impl Output {
                 let f = o
                     .open(p)
                     .with_context(|| format!("cannot open audit log {}", p.display()))?;
-                Output::File(std::io::BufWriter::new(f))
+                Output::File(std::io::BufWriter::new(f), false)
             }
             Sink::Syslog(p) => {
                 let s = std::os::unix::net::UnixDatagram::unbound()
@@ -408,7 +446,14 @@ impl Output {
         match self {
             Output::Stdout => writeln!(std::io::stdout().lock(), "{line}"),
             Output::Stderr => writeln!(std::io::stderr().lock(), "{line}"),
-            Output::File(f) => writeln!(f, "{line}"),
+            Output::File(f, torn) => {
+                // After a write that may have stopped mid-line, start on a line of our own.
+                if *torn {
+                    f.write_all(b"\n")?;
+                    *torn = false;
+                }
+                writeln!(f, "{line}")
+            }
             // RFC 3164 framing, facility authpriv (10), severity info (6).
             Output::Syslog(s, p) => s
                 .send_to(
@@ -422,28 +467,33 @@ impl Output {
     fn flush(&mut self) -> std::io::Result<()> {
         match self {
             Output::Stdout => std::io::stdout().flush(),
-            Output::File(f) => f.flush(),
+            Output::File(f, _) => f.flush(),
             _ => Ok(()),
         }
     }
 
     /// Writes a line that must be on record: after the lines before it, past the buffer (a
     /// refused line must not be written later by a retried flush: it would record a signature
-    /// that never counted), and for a file synced to disk. A failed write is cut off again, so
-    /// no half line is left for the next one to be glued to.
+    /// that never counted), and for a file synced to disk. Nothing is cut off after a failure
+    /// (another process may be appending to the same file during an upgrade); a write that may
+    /// have stopped mid-line makes the next line start on a line of its own, and a line whose
+    /// sync failed stays, without the `request_admitted` that only an admitted request gets.
     fn write_durable(&mut self, line: &str) -> std::io::Result<()> {
         match self {
-            Output::File(f) => {
+            Output::File(f, torn) => {
                 f.flush()?;
+                let text = if *torn {
+                    format!("\n{line}\n")
+                } else {
+                    format!("{line}\n")
+                };
                 let file = f.get_mut();
-                let end = file.metadata()?.len();
-                let r = file
-                    .write_all(format!("{line}\n").as_bytes())
-                    .and_then(|()| file.sync_data());
-                if r.is_err() {
-                    let _ = file.set_len(end);
+                if let Err(e) = file.write_all(text.as_bytes()) {
+                    *torn = true;
+                    return Err(e);
                 }
-                r
+                *torn = false;
+                file.sync_data()
             }
             _ => {
                 self.write_line(line)?;
@@ -452,61 +502,118 @@ impl Output {
         }
     }
 
-    /// Drains the queue every [`DRAIN_EVERY`] instead of blocking on it: a sender then never
+    /// One message from either queue.
+    fn handle(&mut self, msg: Msg, wrote: &mut bool, failed: &dyn Fn(std::io::Error)) {
+        match msg {
+            Msg::Line(line) => {
+                if let Err(e) = self.write_line(&line) {
+                    failed(e);
+                }
+                *wrote = true;
+            }
+            Msg::Durable { line, fate, done } => {
+                if fate
+                    .compare_exchange(PENDING, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
+                    return;
+                }
+                let r = self.write_durable(&line);
+                let ok = r.is_ok();
+                if let Err(e) = r {
+                    failed(e);
+                }
+                let _ = done.send(ok);
+            }
+            Msg::Barrier(done) => {
+                let r = self.flush();
+                let ok = r.is_ok();
+                if let Err(e) = r {
+                    failed(e);
+                }
+                *wrote = false;
+                let _ = done.send(ok);
+            }
+        }
+    }
+
+    /// Drains the queues every [`DRAIN_EVERY`] instead of blocking on them: a sender then never
     /// has to wake this thread, which profiling showed cost a futex wake-up and a context switch
-    /// per request. Lines the sink refuses are counted as dropped.
-    fn run(&mut self, rx: Receiver<Msg>, metrics: &Metrics) {
+    /// per request. The priority queue goes first, and again after every 256 request events.
+    /// Lines the sink refuses are counted as dropped.
+    fn run(&mut self, urgent: Receiver<Msg>, normal: Receiver<Msg>, metrics: &Metrics) {
+        use std::sync::mpsc::TryRecvError;
         let failed = |e: std::io::Error| {
             tracing::error!(error = %e, "audit log write failed");
             metrics.audit_dropped.inc();
         };
         loop {
             let mut wrote = false;
+            let mut closed = false;
             loop {
-                match rx.try_recv() {
-                    Ok(Msg::Line(line)) => {
-                        if let Err(e) = self.write_line(&line) {
-                            failed(e);
+                let mut any = false;
+                loop {
+                    match urgent.try_recv() {
+                        Ok(m) => {
+                            any = true;
+                            self.handle(m, &mut wrote, &failed);
                         }
-                        wrote = true;
-                    }
-                    Ok(Msg::Durable { line, fate, done }) => {
-                        if fate
-                            .compare_exchange(PENDING, CLAIMED, Ordering::AcqRel, Ordering::Acquire)
-                            .is_err()
-                        {
-                            continue;
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            closed = true;
+                            break;
                         }
-                        let r = self.write_durable(&line);
-                        let ok = r.is_ok();
-                        if let Err(e) = r {
-                            failed(e);
-                        }
-                        let _ = done.send(ok);
-                    }
-                    Ok(Msg::Barrier(done)) => {
-                        let r = self.flush();
-                        let ok = r.is_ok();
-                        if let Err(e) = r {
-                            failed(e);
-                        }
-                        wrote = false;
-                        let _ = done.send(ok);
-                    }
-                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
-                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                        let _ = self.flush();
-                        return;
                     }
                 }
+                for _ in 0..256 {
+                    match normal.try_recv() {
+                        Ok(m) => {
+                            any = true;
+                            self.handle(m, &mut wrote, &failed);
+                        }
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            closed = true;
+                            break;
+                        }
+                    }
+                }
+                if !any {
+                    break;
+                }
             }
-            if wrote {
+            if wrote || closed {
                 if let Err(e) = self.flush() {
                     failed(e);
                 }
             }
+            if closed {
+                return;
+            }
             std::thread::sleep(DRAIN_EVERY);
         }
+    }
+}
+
+/// Marks a durable line abandoned when its caller stops waiting, however that happens, unless
+/// the writer has taken it up already.
+struct Abandon(Arc<AtomicU8>);
+
+impl Abandon {
+    /// `true`: abandoned now (never written); `false`: the writer has it.
+    fn abandon(&self) -> bool {
+        self.0
+            .compare_exchange(PENDING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            || self.0.load(Ordering::Acquire) == ABANDONED
+    }
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .compare_exchange(PENDING, ABANDONED, Ordering::AcqRel, Ordering::Acquire);
     }
 }
 
@@ -526,23 +633,108 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_full_queue_or_a_gone_writer_is_never_on_record() {
-        let metrics = Arc::new(Metrics::new().unwrap());
-        let (tx, rx) = sync_channel::<Msg>(1);
+    /// An audit handle with no writer running: its queues, to run one by hand.
+    fn unattended(
+        cap: usize,
+        wait: std::time::Duration,
+        metrics: &Arc<Metrics>,
+    ) -> (Audit, Receiver<Msg>, Receiver<Msg>) {
+        let (tx, rx) = sync_channel::<Msg>(cap);
+        let (urgent, urgent_rx) = sync_channel::<Msg>(cap);
         let a = Audit {
             tx,
+            urgent,
             redact: Vec::new(),
             requests: true,
             metrics: metrics.clone(),
-            record_wait: RECORD_WAIT,
-            evidence_grade: false,
+            record_wait: wait,
+            evidence_grade: true,
         };
-        a.emit(&signed());
+        (a, urgent_rx, rx)
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_or_a_gone_writer_is_never_on_record() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let (a, urgent, normal) = unattended(1, RECORD_WAIT, &metrics);
+        let pending = Pending::default();
+        a.emit_for(&pending, &signed());
         assert!(!a.record(&signed()).await, "the queue is full");
         assert_eq!(metrics.audit_dropped.get(), 1);
-        drop(rx);
+        drop((urgent, normal));
         assert!(!a.record(&signed()).await, "the writer is gone");
+    }
+
+    #[tokio::test]
+    async fn a_wait_dropped_midway_never_writes_its_line_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let (a, urgent, normal) = unattended(4, RECORD_WAIT, &metrics);
+        // The request's task is dropped while it waits (a runtime shutting down).
+        let event = signed();
+        let waiting = a.record(&event);
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(20), waiting).await;
+        drop(a);
+        let mut out = Output::open(&Sink::File(path.clone())).unwrap();
+        out.run(urgent, normal, &metrics);
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(!log.contains("request_signed"), "{log}");
+    }
+
+    #[test]
+    fn a_line_cut_short_does_not_swallow_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut out = Output::open(&Sink::File(path.clone())).unwrap();
+        // As after a write that stopped mid-line (a full disk).
+        std::fs::write(&path, "{\"event\":\"request_si").unwrap();
+        if let Output::File(_, torn) = &mut out {
+            *torn = true;
+        }
+        out.write_durable("{\"event\":\"request_signed\"}").unwrap();
+        out.write_line("{\"event\":\"logout\"}").unwrap();
+        out.flush().unwrap();
+        let log = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "{\"event\":\"request_si",
+                "{\"event\":\"request_signed\"}",
+                "{\"event\":\"logout\"}"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn auth_events_go_before_a_backlog_of_request_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let a = Audit::start(Sink::File(path.clone()), &[], true, metrics.clone()).unwrap();
+        for _ in 0..50_000 {
+            a.emit(&Event {
+                event: "request",
+                ..Default::default()
+            });
+        }
+        let pending = Pending::default();
+        a.emit_for(
+            &pending,
+            &Event {
+                event: "logout",
+                ..Default::default()
+            },
+        );
+        a.settle(&pending).await;
+        let log = std::fs::read_to_string(&path).unwrap();
+        let requests_before = log.lines().take_while(|l| !l.contains("logout")).count();
+        assert!(log.contains("logout"));
+        assert!(
+            requests_before < 50_000,
+            "the sign-out waited behind every request event"
+        );
     }
 
     #[tokio::test]
@@ -550,15 +742,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
         let metrics = Arc::new(Metrics::new().unwrap());
-        let (tx, rx) = sync_channel::<Msg>(4);
-        let a = Audit {
-            tx,
-            redact: Vec::new(),
-            requests: true,
-            metrics: metrics.clone(),
-            record_wait: std::time::Duration::from_millis(50),
-            evidence_grade: true,
-        };
+        let (a, urgent, normal) = unattended(4, std::time::Duration::from_millis(50), &metrics);
         // A writer that is stuck (a slow disk): the caller gives up.
         assert!(!a.record(&signed()).await);
         assert_eq!(metrics.audit_dropped.get(), 1);
@@ -569,7 +753,7 @@ mod tests {
         drop(a);
         // Then the writer gets to the queue.
         let mut out = Output::open(&Sink::File(path.clone())).unwrap();
-        out.run(rx, &metrics);
+        out.run(urgent, normal, &metrics);
         let log = std::fs::read_to_string(&path).unwrap();
         assert!(log.contains("logout"), "{log}");
         assert!(!log.contains("request_signed"), "{log}");

@@ -287,29 +287,70 @@ fn init_logging(format: LogFormat) {
     let _ = match format {
         // JSON strings escape control characters already.
         LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.fmt_fields(one_line_fields()).try_init(),
+        LogFormat::Text => builder.fmt_fields(OneLineFields).try_init(),
     };
 }
 
 /// Text-log fields with every control character escaped (`\n`, `\r`, `\u{1b}`): a value from
 /// a request (an error that quotes a JSON key, a header) can never start a log line of its own.
-fn one_line_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
-    use tracing_subscriber::field::MakeExt;
-    tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+/// The `log.*` fields of records from the `log` crate (pingora's) are left out, as the default
+/// formatter does.
+struct OneLineFields;
+
+impl<'w> tracing_subscriber::fmt::FormatFields<'w> for OneLineFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        writer: tracing_subscriber::fmt::format::Writer<'w>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut v = OneLine {
+            writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut v);
+        v.result
+    }
+}
+
+struct OneLine<'w> {
+    writer: tracing_subscriber::fmt::format::Writer<'w>,
+    first: bool,
+    result: std::fmt::Result,
+}
+
+impl tracing::field::Visit for OneLine<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if self.result.is_err() || field.name().starts_with("log.") {
+            return;
+        }
+        let sep = if std::mem::take(&mut self.first) {
+            ""
+        } else {
+            " "
+        };
         let text = format!("{value:?}");
-        if field.name() != "message" {
-            write!(w, "{field}=")?;
-        }
-        for c in text.chars() {
-            if c.is_control() {
-                write!(w, "{}", c.escape_default())?;
+        let w = &mut self.writer;
+        self.result = (|| {
+            if field.name() == "message" {
+                w.write_str(sep)?;
             } else {
-                w.write_char(c)?;
+                write!(w, "{sep}{}=", field.name())?;
             }
-        }
-        Ok(())
-    })
-    .delimited(" ")
+            for c in text.chars() {
+                // Controls, line and paragraph separators, and bidi overrides, which could
+                // start or disguise a line.
+                if c.is_control()
+                    || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+                {
+                    write!(w, "{}", c.escape_default())?;
+                } else {
+                    w.write_char(c)?;
+                }
+            }
+            Ok(())
+        })();
+    }
 }
 
 fn main() -> ExitCode {
@@ -616,6 +657,8 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         anonymous_quota: cfg.anonymous_state_quota,
         trusted_proxies: cfg.trusted_proxies.clone(),
     });
+    // A made-up break-glass code waits as long as a real check from the first attempt on.
+    signin.emergencies.calibrate();
     ops::load_clock_floor(&cfg.clock_floor);
     let signer = Arc::new(assertion::Signer::load_or_create(
         &cfg.signing_key,

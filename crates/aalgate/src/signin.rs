@@ -218,6 +218,24 @@ impl Gateway {
         crate::resume::read_limited(session, MAX_BODY).await
     }
 
+    /// A sign-in that failed (an unreadable response, an unknown or disabled user, a signature
+    /// that does not verify): counted for this client and browser binding, and answered after
+    /// their backoff, alike on every path, so the time tells nobody whether the name exists.
+    async fn failed_finish(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        binding: &str,
+    ) -> Result<bool> {
+        let wait = self
+            .service()
+            .failures
+            .failed(self.client_ip(session), binding);
+        tokio::time::sleep(wait).await;
+        self.json_error(session, ctx, 400, "signin_failed", MSG_FAILED)
+            .await
+    }
+
     /// The store failed during a ceremony: 503 with the constant words, the cause in the log.
     async fn store_down(
         &self,
@@ -1112,9 +1130,7 @@ impl Gateway {
             Ok(r) => r,
             Err(e) => {
                 fail(self, ctx, pending.user.as_deref(), &e.to_string());
-                return self
-                    .json_error(session, ctx, 400, "signin_failed", MSG_FAILED)
-                    .await;
+                return self.failed_finish(session, ctx, &pending.binding).await;
             }
         };
         // Who: the user the ceremony was started for, or the one the credential names.
@@ -1134,9 +1150,7 @@ impl Gateway {
                     pending.user.as_deref(),
                     "unknown or disabled user",
                 );
-                return self
-                    .json_error(session, ctx, 400, "signin_failed", MSG_FAILED)
-                    .await;
+                return self.failed_finish(session, ctx, &pending.binding).await;
             }
             Err(e) => {
                 return self
@@ -1166,14 +1180,7 @@ impl Gateway {
                     );
                     let _ = svc.dir.put_user(&user).await;
                 }
-                // The failing client and browser wait before they hear of it, longer each time.
-                let wait = svc
-                    .failures
-                    .failed(self.client_ip(session), &pending.binding);
-                tokio::time::sleep(wait).await;
-                return self
-                    .json_error(session, ctx, 400, "signin_failed", MSG_FAILED)
-                    .await;
+                return self.failed_finish(session, ctx, &pending.binding).await;
             }
         };
         let flow = match pending.flow.as_deref() {
@@ -1768,8 +1775,13 @@ impl Gateway {
                 .breakglass_page(session, ctx, Some("Enter your full name and the reason."))
                 .await;
         }
-        // Counted before the slow check, so parallel guesses are throttled too.
+        // Counted before the slow check, so parallel guesses are throttled too: one over the
+        // limit (sent alongside others before the first failed) is refused here.
         let failures = svc.emergencies.fail(ip);
+        if failures > crate::breakglass::MAX_FAILURES {
+            let reply = busy(self, ctx, "throttled");
+            return self.send(session, ctx, reply).await;
+        }
         let now = Timestamp::now();
         let cfg = svc.breakglass.clone();
         let joined = |e| Error::because(ErrorType::InternalError, "break-glass check", e);
@@ -1795,6 +1807,11 @@ impl Gateway {
                 Ok(ok)
             }
             Ok(None) => {
+                // Both slots taken: busy, as a real code would be.
+                if svc.emergencies.checks.available_permits() == 0 {
+                    let reply = busy(self, ctx, "busy");
+                    return self.send(session, ctx, reply).await;
+                }
                 tokio::time::sleep(svc.emergencies.check_time()).await;
                 Ok(None)
             }
