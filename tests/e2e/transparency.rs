@@ -368,17 +368,32 @@ fn httpbin_answers_the_same_through_the_gateway() {
         }
     }
 
-    // A slow drip: the first byte arrives long before the drip ends (nothing is buffered).
-    let drip = exchange(
-        g.port,
-        format!("GET /drip?duration=3&numbytes=3&delay=0 HTTP/1.1\r\nHost: {host}\r\nCookie: aalgate={cookie}\r\nConnection: close\r\n\r\n").as_bytes(),
-    );
-    assert_eq!(drip.status, 200);
-    assert_eq!(drip.body, b"***");
-    let first = drip.first_body_byte.expect("a body");
+    // A slow drip with a Content-Length (4 bytes over 4 s): the first byte arrives through the
+    // gateway about when it does directly, not when the drip ends (nothing is held back).
+    let drip = |port: u16, cookie: Option<&str>| {
+        let c = cookie
+            .map(|c| format!("Cookie: aalgate={c}\r\n"))
+            .unwrap_or_default();
+        exchange(
+            port,
+            format!("GET /drip?duration=4&numbytes=4&delay=0 HTTP/1.1\r\nHost: {host}\r\n{c}Connection: close\r\n\r\n").as_bytes(),
+        )
+    };
+    let direct = drip(bin.port, None);
+    let via = drip(g.port, Some(&cookie));
+    assert_eq!((direct.status, via.status), (200, 200));
+    assert_eq!(via.body, b"****");
     assert!(
-        first < Duration::from_millis(2500),
-        "first byte after {first:?}: the response was buffered"
+        via.headers.iter().any(|(k, _)| k == "content-length"),
+        "the drip has a Content-Length"
+    );
+    let (d, v) = (
+        direct.first_body_byte.expect("a body"),
+        via.first_body_byte.expect("a body"),
+    );
+    assert!(
+        v < d + Duration::from_millis(500),
+        "first byte after {v:?} through the gateway, {d:?} directly: the response was held"
     );
 }
 

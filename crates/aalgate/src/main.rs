@@ -702,17 +702,24 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         "Pingora HTTP Proxy Service".to_string(),
         Draining(Arc::new(inner)),
     );
+    // Writes to browsers are not held in a buffer: pingora buffers a response with a
+    // Content-Length until 1460 bytes or its end, so a slow app's first bytes (a report that
+    // streams, a page that flushes its head early) would wait for the rest. The request side
+    // keeps pingora's read buffer.
+    let unbuffered = pingora::listeners::L4BufferSettings::default().write(0);
     for l in &cfg.listen {
         let addr = l.addr.to_string();
-        match &l.tls {
-            None => proxy.add_tcp(&addr),
+        let endpoint = pingora::listeners::ListenerConfig::tcp(addr.as_str()).l4_buffer(unbuffered);
+        let endpoint = match &l.tls {
+            None => endpoint,
             Some((cert, key)) => {
                 let (c, k) = (cert.to_string_lossy(), key.to_string_lossy());
-                proxy
-                    .add_tls(&addr, &c, &k)
+                let tls = pingora::listeners::tls::TlsSettings::intermediate(&c, &k)
                     .map_err(|e| anyhow::anyhow!("TLS listener {addr}: {e}"))?;
+                endpoint.tls(tls)
             }
-        }
+        };
+        proxy.add_listener(endpoint);
     }
     server.add_service(proxy);
 
