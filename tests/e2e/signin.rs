@@ -331,3 +331,78 @@ fn request_data_cannot_forge_log_lines() {
         }
     }
 }
+
+/// Username-first options of a name nobody has: a flow, the page's binding and token, then
+/// `start` with the name. The credential ids the options allow.
+fn decoy_ids(g: &Gateway, name: &str) -> Vec<String> {
+    let h = host(g);
+    let r = get(g.port, &h, "/x", &["Sec-Fetch-Mode: navigate"]);
+    assert_eq!(r.status, 302, "{}", r.text());
+    let loc = r.header("location").expect("location").to_string();
+    let page = get(g.port, &h, &loc, &[]);
+    let bind = page
+        .all("set-cookie")
+        .into_iter()
+        .find_map(|c| c.strip_prefix("aalgate-bind="))
+        .and_then(|c| c.split(';').next())
+        .expect("binding")
+        .to_string();
+    let attr = |name: &str| {
+        page.text()
+            .split(&format!("data-{name}=\""))
+            .nth(1)
+            .and_then(|t| t.split('"').next())
+            .unwrap_or_else(|| panic!("data-{name}"))
+            .to_string()
+    };
+    let body = format!(
+        r#"{{"purpose":"signin","flow":"{}","username":"{name}","switch":true}}"#,
+        attr("flow")
+    );
+    let r = post(
+        g.port,
+        &h,
+        "/.aalgate/webauthn/start",
+        &format!(
+            "Origin: http://{h}\r\nCookie: aalgate-bind={bind}\r\nX-Aalgate-Csrf: {}\r\n",
+            attr("csrf")
+        ),
+        &body,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["options"]["publicKey"]["allowCredentials"]
+        .as_array()
+        .expect("allowCredentials")
+        .iter()
+        .map(|c| c["id"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// A made-up user name gets the same decoy options from every instance sharing the store (and
+/// its request key), as a real name gets the same credentials: two instances cannot tell them
+/// apart.
+#[test]
+fn decoys_are_the_same_on_every_instance() {
+    let redis = Redis::start();
+    let up = Upstream::start();
+    let shared = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "request_key: {}\n",
+        shared.path().join("request-key").display()
+    );
+    let a = Gateway::start_with_store_extra(
+        &redis.url(),
+        &[("billing.yaml", &policy(up.port))],
+        &extra,
+    );
+    let b = Gateway::start_with_store_extra(
+        &redis.url(),
+        &[("billing.yaml", &policy(up.port))],
+        &extra,
+    );
+    let (on_a, on_b) = (decoy_ids(&a, "nobody-here"), decoy_ids(&b, "nobody-here"));
+    assert_eq!(on_a.len(), 1);
+    assert_eq!(on_a, on_b, "the decoy differs between instances");
+    assert_eq!(on_a, decoy_ids(&a, "nobody-here"), "and over time");
+    assert_ne!(on_a, decoy_ids(&a, "somebody-else"), "each name its own");
+}

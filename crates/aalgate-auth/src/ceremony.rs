@@ -155,6 +155,8 @@ pub struct Ceremonies {
     /// self-signed batch certificate rather than a CA-issued one.
     pinned: Vec<Vec<u8>>,
     aaguids: Vec<Uuid>,
+    /// Keys the decoy credential of a made-up user name ([`Ceremonies::with_decoy_key`]).
+    decoy_key: [u8; 32],
 }
 
 /// The DER bodies of the PEM certificates in `pem`.
@@ -245,7 +247,21 @@ impl Ceremonies {
             ca_list,
             pinned,
             aaguids: keys.aaguids.clone(),
+            decoy_key: {
+                use rand::RngCore;
+                let mut k = [0u8; 32];
+                rand::rngs::OsRng.fill_bytes(&mut k);
+                k
+            },
         })
+    }
+
+    /// Derives decoy credentials from `key`, a secret every instance sharing the directory
+    /// shares: a made-up user name then gets the same options from every instance, as a real
+    /// one does. Without it the key is random per process.
+    pub fn with_decoy_key(mut self, key: [u8; 32]) -> Ceremonies {
+        self.decoy_key = key;
+        self
     }
 
     /// Whether AAL3 hardware keys can be enrolled (an allow-list is configured).
@@ -440,7 +456,7 @@ impl Ceremonies {
                     .map(|c| c.key.clone())
                     .collect();
                 if keys.is_empty() {
-                    keys.extend(decoy(name));
+                    keys.extend(decoy(&self.decoy_key, name));
                 }
                 let (rcr, st) = self
                     .webauthn
@@ -564,20 +580,14 @@ fn top_level_only(client_data_json: &[u8]) -> Result<(), CeremonyError> {
     Ok(())
 }
 
-/// A credential that exists nowhere, so an unknown user name gets ordinary-looking options.
-fn decoy(name: &str) -> Option<Passkey> {
+/// A credential that exists nowhere, so an unknown user name gets ordinary-looking options: the
+/// same name gets the same decoy from every instance that has `key`, for as long as the key
+/// stays, so two requests (or two instances) do not tell a made-up name from a real one.
+fn decoy(key: &[u8; 32], name: &str) -> Option<Passkey> {
     use sha2::{Digest, Sha256};
-    // The same name gets the same decoy for the life of the process, so two requests do not
-    // tell a made-up name from a real one.
-    static SALT: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
-    let salt = SALT.get_or_init(|| {
-        use rand::RngCore;
-        let mut b = [0u8; 32];
-        rand::rngs::OsRng.fill_bytes(&mut b);
-        b
-    });
     let id = Sha256::new()
-        .chain_update(salt)
+        .chain_update(b"aalgate decoy credential\0")
+        .chain_update(key)
         .chain_update(name.as_bytes())
         .finalize()
         .to_vec();

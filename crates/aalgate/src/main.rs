@@ -635,9 +635,22 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         inner: deadline,
         metrics: metrics.clone(),
     });
+    let sealer = aalgate::preserve::Sealer::load_or_create(&cfg.request_key)?;
+    // Decoy credentials come from the request key, which instances sharing the store share.
+    let decoy_key = {
+        use sha2::{Digest, Sha256};
+        let bytes = std::fs::read(&cfg.request_key)
+            .with_context(|| format!("cannot read {}", cfg.request_key.display()))?;
+        let d = Sha256::new()
+            .chain_update(b"aalgate decoy key\0")
+            .chain_update(&bytes)
+            .finalize();
+        <[u8; 32]>::from(d)
+    };
     let rp =
         aalgate_auth::Ceremonies::new(&cfg.rp_id, &cfg.public_origin, &cfg.hardware_keys.load()?)
-            .context("WebAuthn settings (public_origin, rp_id, hardware_keys)")?;
+            .context("WebAuthn settings (public_origin, rp_id, hardware_keys)")?
+            .with_decoy_key(decoy_key);
     let signin = Arc::new(aalgate::signin::SignInService {
         dir: aalgate_auth::Directory::new(store.clone()),
         rp,
@@ -649,7 +662,7 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         breakglass: cfg.breakglass.clone(),
         emergencies: Default::default(),
         failures: Default::default(),
-        sealer: aalgate::preserve::Sealer::load_or_create(&cfg.request_key)?,
+        sealer,
         body_limit: cfg.preserve_body_limit,
         quota: cfg.preserve_quota,
         reads: tokio::sync::Semaphore::new(cfg.preserve_concurrent_reads),
