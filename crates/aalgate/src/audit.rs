@@ -352,28 +352,38 @@ impl Audit {
     /// At exit: waits (at most [`SETTLE_WAIT`]) until everything queued is written and
     /// flushed, request events included (SIGTERM, or the old process of an upgrade).
     pub fn drain(&self) {
-        let (done, mut written) = tokio::sync::oneshot::channel();
         let deadline = std::time::Instant::now() + SETTLE_WAIT;
-        let mut msg = Msg::Barrier(done);
-        loop {
-            match self.tx.try_send(msg) {
-                Ok(()) => break,
-                Err(TrySendError::Full(m)) if std::time::Instant::now() < deadline => {
-                    msg = m;
-                    std::thread::sleep(DRAIN_EVERY);
+        // A barrier on each queue: everything queued on either before the exit.
+        for queue in [&self.urgent, &self.tx] {
+            let (done, mut written) = tokio::sync::oneshot::channel();
+            let mut msg = Msg::Barrier(done);
+            loop {
+                match queue.try_send(msg) {
+                    Ok(()) => break,
+                    Err(TrySendError::Full(m)) if std::time::Instant::now() < deadline => {
+                        msg = m;
+                        std::thread::sleep(DRAIN_EVERY);
+                    }
+                    Err(_) => return,
                 }
-                Err(_) => return,
+            }
+            loop {
+                match written.try_recv() {
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+                        if std::time::Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(DRAIN_EVERY)
+                    }
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
+                        tracing::error!(
+                            "the audit log did not confirm its last events before the exit"
+                        );
+                        return;
+                    }
+                    _ => break,
+                }
             }
         }
-        while std::time::Instant::now() < deadline {
-            match written.try_recv() {
-                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
-                    std::thread::sleep(DRAIN_EVERY)
-                }
-                _ => return,
-            }
-        }
-        tracing::error!("the audit log did not confirm its last events before the exit");
     }
 
     fn line(&self, event: &Event<'_>) -> Option<String> {
@@ -452,7 +462,11 @@ impl Output {
                     f.write_all(b"\n")?;
                     *torn = false;
                 }
-                writeln!(f, "{line}")
+                let r = writeln!(f, "{line}");
+                if r.is_err() {
+                    *torn = true;
+                }
+                r
             }
             // RFC 3164 framing, facility authpriv (10), severity info (6).
             Output::Syslog(s, p) => s

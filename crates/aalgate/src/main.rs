@@ -321,6 +321,7 @@ struct OneLine<'w> {
 
 impl tracing::field::Visit for OneLine<'_> {
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write as _;
         if self.result.is_err() || field.name().starts_with("log.") {
             return;
         }
@@ -329,27 +330,33 @@ impl tracing::field::Visit for OneLine<'_> {
         } else {
             " "
         };
-        let text = format!("{value:?}");
         let w = &mut self.writer;
-        self.result = (|| {
-            if field.name() == "message" {
-                w.write_str(sep)?;
+        self.result = if field.name() == "message" {
+            w.write_str(sep)
+        } else {
+            write!(w, "{sep}{}=", field.name())
+        }
+        // Escaped as it is written: no copy of the value is made.
+        .and_then(|()| write!(Escaped(w), "{value:?}"));
+    }
+}
+
+/// Writes through to `W` with every character that could start or disguise a line escaped:
+/// controls, line and paragraph separators, bidi overrides and invisible format characters.
+struct Escaped<'a, W: std::fmt::Write>(&'a mut W);
+
+impl<W: std::fmt::Write> std::fmt::Write for Escaped<'_, W> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        for c in s.chars() {
+            if c.is_control()
+                || matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+            {
+                write!(self.0, "{}", c.escape_default())?;
             } else {
-                write!(w, "{sep}{}=", field.name())?;
+                self.0.write_char(c)?;
             }
-            for c in text.chars() {
-                // Controls, line and paragraph separators, and bidi overrides, which could
-                // start or disguise a line.
-                if c.is_control()
-                    || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
-                {
-                    write!(w, "{}", c.escape_default())?;
-                } else {
-                    w.write_char(c)?;
-                }
-            }
-            Ok(())
-        })();
+        }
+        Ok(())
     }
 }
 
@@ -1034,13 +1041,25 @@ async fn audit_run(args: AuditArgs) -> Result<bool> {
         evidence: Option<Evidence>,
     }
     let mut events: Vec<Line> = Vec::new();
-    for (n, line) in reader.lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", log.display()))?;
+    // Bytes, not UTF-8 lines: a line a full disk cut short may end inside a character.
+    for (n, raw) in reader.split(b'\n').enumerate() {
+        let raw = raw.with_context(|| format!("reading {}", log.display()))?;
+        let line = String::from_utf8_lossy(&raw);
         if !line.contains("\"request_signed\"") {
             continue;
         }
-        // A request_signed event that does not parse is an error, never skipped.
+        // A request_signed event that does not parse is an error, never skipped, unless it is
+        // a line cut short that is not the one asked for.
         let Ok(l) = serde_json::from_str::<Line>(line.trim()) else {
+            let other = digest.as_deref().is_some_and(|d| !line.contains(d));
+            if line.contains("\"event\":\"request_signed\"") && other {
+                eprintln!(
+                    "warning: {}:{}: a damaged request_signed line (a write cut short?), not the one asked for: skipped",
+                    log.display(),
+                    n + 1
+                );
+                continue;
+            }
             if line.contains("\"event\":\"request_signed\"") {
                 bail!(
                     "{}:{}: a request_signed event this aalgate cannot read (newer format, or damaged)",
@@ -1064,7 +1083,9 @@ async fn audit_run(args: AuditArgs) -> Result<bool> {
             events.push(l);
         }
     }
-    let line = match events.len() {
+    // Several events of one digest: the same request signed again (the first touch was not on
+    // record when it happened, and only the last was admitted); each is checked.
+    match events.len() {
         0 => bail!(
             "{}: no request_signed event{}",
             log.display(),
@@ -1073,18 +1094,13 @@ async fn audit_run(args: AuditArgs) -> Result<bool> {
                 .map(|d| format!(" with digest {d}"))
                 .unwrap_or_default()
         ),
-        1 => &events[0],
-        n => bail!(
+        1 => {}
+        n if digest.is_none() => bail!(
             "{}: {n} request_signed events; pick one with --digest (the app's X-Aalgate-Request-Digest)",
             log.display()
         ),
-    };
-    let Some(e) = &line.evidence else {
-        bail!("the event has no evidence");
-    };
-    let Some(user) = &line.user else {
-        bail!("the event names no user");
-    };
+        _ => {}
+    }
     let (origin, rp_id) = match &args.target.config {
         Some(path) => {
             if rp_id.is_some() {
@@ -1104,30 +1120,38 @@ async fn audit_run(args: AuditArgs) -> Result<bool> {
     };
     let (store, _) = cli_store(&args.target)?;
     let dir = aalgate_auth::Directory::new(store);
-    let Some(person) = dir.user(user).await? else {
-        bail!("user {user} is not in the directory (removed?): the public key is gone");
-    };
-    let Some(cred) = person.credentials.iter().find(|c| c.id == e.credential_id) else {
-        bail!(
-            "credential {} is not one of {user}'s (revoked and removed, or never theirs)",
-            e.credential_id
-        );
-    };
     let body = match &body {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
         None => None,
     };
-    let request = nonce.as_deref().map(|n| signing::Recorded {
-        nonce: n,
-        method: method.as_deref().unwrap_or(""),
-        host: host.as_deref().unwrap_or(""),
-        url: url.as_deref().unwrap_or(""),
-        body: body.as_deref(),
-    });
-    match signing::verify(e, &cred.key, &rp_id, &origin, request) {
-        Ok(()) => {
-            // Method and path come from the signed evidence; the time is the log's.
-            println!(
+    let mut all_ok = true;
+    for line in &events {
+        let Some(e) = &line.evidence else {
+            bail!("the event has no evidence");
+        };
+        let Some(user) = &line.user else {
+            bail!("the event names no user");
+        };
+        let Some(person) = dir.user(user).await? else {
+            bail!("user {user} is not in the directory (removed?): the public key is gone");
+        };
+        let Some(cred) = person.credentials.iter().find(|c| c.id == e.credential_id) else {
+            bail!(
+                "credential {} is not one of {user}'s (revoked and removed, or never theirs)",
+                e.credential_id
+            );
+        };
+        let request = nonce.as_deref().map(|n| signing::Recorded {
+            nonce: n,
+            method: method.as_deref().unwrap_or(""),
+            host: host.as_deref().unwrap_or(""),
+            url: url.as_deref().unwrap_or(""),
+            body: body.as_deref(),
+        });
+        match signing::verify(e, &cred.key, &rp_id, &origin, request) {
+            Ok(()) => {
+                // Method and path come from the signed evidence; the time is the log's.
+                println!(
                 "ok: {} {} was approved by {user} with credential {} ({}, {}); logged at {}; digest {}{}",
                 e.method,
                 e.path,
@@ -1142,13 +1166,14 @@ async fn audit_run(args: AuditArgs) -> Result<bool> {
                     ""
                 }
             );
-            Ok(true)
-        }
-        Err(err) => {
-            println!("FAILED: {err}");
-            Ok(false)
+            }
+            Err(err) => {
+                println!("FAILED: {err}");
+                all_ok = false;
+            }
         }
     }
+    Ok(all_ok)
 }
 
 async fn users_run(args: UsersArgs) -> Result<bool> {

@@ -1807,11 +1807,11 @@ impl Gateway {
                 Ok(ok)
             }
             Ok(None) => {
-                // Both slots taken: busy, as a real code would be.
-                if svc.emergencies.checks.available_permits() == 0 {
+                // Two at a time, busy beyond, as real codes are.
+                let Ok(_slot) = svc.emergencies.made_up.try_acquire() else {
                     let reply = busy(self, ctx, "busy");
                     return self.send(session, ctx, reply).await;
-                }
+                };
                 tokio::time::sleep(svc.emergencies.check_time()).await;
                 Ok(None)
             }
