@@ -883,6 +883,26 @@ pub fn browser_binding(port: u16, host: &str) -> (String, String) {
     (bind, token)
 }
 
+/// Types a break-glass `code` into the form on `host` the way a browser does (the page's
+/// binding and token, a same-origin POST), as client `client` through a trusted proxy's
+/// `X-Forwarded-For` when given.
+pub fn use_breakglass_code(port: u16, host: &str, client: Option<&str>, code: &str) -> Response {
+    let (bind, token) = browser_binding(port, host);
+    let body = format!("csrf={token}&code={code}&person=Dr.+Ada+Example&reason=badge+reader+down");
+    let xff = client
+        .map(|ip| format!("X-Forwarded-For: {ip}\r\n"))
+        .unwrap_or_default();
+    send(
+        port,
+        format!(
+            "POST /.aalgate/breakglass HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\nSec-Fetch-Site: same-origin\r\n\
+{xff}Cookie: aalgate-bind={bind}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+}
+
 /// Signs out the way a browser does: the confirmation page (which sets the browser-binding
 /// cookie and carries the CSRF token in its form), then a same-origin form POST with both.
 /// `cookie` is the session cookie value (`aalgate=...`).

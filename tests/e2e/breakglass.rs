@@ -212,16 +212,8 @@ fn breakglass_works_with_redis_down_and_is_loud() {
 /// Posts a break-glass form from client `ip` (through a trusted proxy's X-Forwarded-For):
 /// the status and how long the answer took.
 fn try_code(port: u16, host: &str, ip: &str, code: &str) -> (u16, Duration) {
-    let (bind, token) = aalgate_tests::browser_binding(port, host);
-    let body = format!("csrf={token}&code={code}&person=Dr.+Test&reason=spray+test");
-    let raw = format!(
-        "POST /.aalgate/breakglass HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\nSec-Fetch-Site: same-origin\r\n\
-X-Forwarded-For: {ip}\r\nCookie: aalgate-bind={bind}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
-Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
     let t = std::time::Instant::now();
-    let r = aalgate_tests::send(port, raw.as_bytes());
+    let r = aalgate_tests::use_breakglass_code(port, host, Some(ip), code);
     (r.status, t.elapsed())
 }
 
@@ -306,17 +298,7 @@ fn breakglass_codes_tell_nothing_by_time_and_survive_a_spray() {
 
 /// Uses a break-glass code from a browser on `host`: the emergency session's cookie value.
 fn emergency_cookie(port: u16, host: &str, code: &str) -> String {
-    let (bind, token) = aalgate_tests::browser_binding(port, host);
-    let body = format!("csrf={token}&code={code}&person=Dr.+Ada+Example&reason=badge+reader+down");
-    let r = aalgate_tests::send(
-        port,
-        format!(
-            "POST /.aalgate/breakglass HTTP/1.1\r\nHost: {host}\r\nOrigin: http://{host}\r\nSec-Fetch-Site: same-origin\r\n\
-Cookie: aalgate-bind={bind}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
+    let r = aalgate_tests::use_breakglass_code(port, host, None, code);
     assert_eq!(r.status, 302, "{}", r.text());
     r.all("set-cookie")
         .into_iter()

@@ -50,6 +50,19 @@ pub(crate) fn chromium() -> PathBuf {
     panic!("Chromium is missing: apt-get install -y chromium (tests/run.sh does this as root)");
 }
 
+/// `node tests/browser/<script>` against `gw`, with what every scenario reads: the binary and
+/// its config, the gateway's port, the screenshot directory `out` and the browser.
+fn scenario(script: &str, gw: &Gateway, out: &Path) -> Command {
+    let mut c = Command::new("node");
+    c.arg(root().join("tests/browser").join(script))
+        .env("AALGATE_BIN", aalgate_bin())
+        .env("AALGATE_CONFIG", gw.dir.path().join("aalgate.yaml"))
+        .env("PORT", gw.port.to_string())
+        .env("OUT", out)
+        .env("CHROMIUM", chromium());
+    c
+}
+
 #[test]
 fn passkeys_and_security_keys_in_chromium() {
     let modules = root().join("tests/browser/node_modules/playwright-core");
@@ -111,13 +124,7 @@ fn passkeys_and_security_keys_in_chromium() {
     );
     let out = root().join("target/browser-screenshots/scenarios");
     let _ = std::fs::remove_dir_all(&out);
-    let status = Command::new("node")
-        .arg(root().join("tests/browser/scenarios.mjs"))
-        .env("AALGATE_BIN", aalgate_bin())
-        .env("AALGATE_CONFIG", gw.dir.path().join("aalgate.yaml"))
-        .env("PORT", gw.port.to_string())
-        .env("OUT", &out)
-        .env("CHROMIUM", chromium())
+    let status = scenario("scenarios.mjs", &gw, &out)
         .status()
         .expect("run node (apt-get install -y nodejs; tests/run.sh checks it)");
     assert!(
@@ -228,13 +235,7 @@ fn trac_under_a_path_keeps_its_form_in_chromium() {
     let gw = Gateway::start_extra(&[("trac.yaml", &policy)], "rp_id: localhost\n");
     let out = root().join("target/browser-screenshots/trac");
     let _ = std::fs::remove_dir_all(&out);
-    let status = Command::new("node")
-        .arg(root().join("tests/browser/trac.mjs"))
-        .env("AALGATE_BIN", aalgate_bin())
-        .env("AALGATE_CONFIG", gw.dir.path().join("aalgate.yaml"))
-        .env("PORT", gw.port.to_string())
-        .env("OUT", &out)
-        .env("CHROMIUM", chromium())
+    let status = scenario("trac.mjs", &gw, &out)
         .env("TRAC", format!("http://trac.localhost:{}", gw.port))
         .env("TRAC_DIRECT", format!("http://127.0.0.1:{}", tracd.port))
         .status()
@@ -294,13 +295,7 @@ fn per_request_signing_in_chromium() {
     let out = root().join("target/browser-screenshots/epcs");
     let _ = std::fs::remove_dir_all(&out);
     let config = gw.dir.path().join("aalgate.yaml");
-    let status = Command::new("node")
-        .arg(root().join("tests/browser/epcs.mjs"))
-        .env("AALGATE_BIN", aalgate_bin())
-        .env("AALGATE_CONFIG", &config)
-        .env("PORT", gw.port.to_string())
-        .env("OUT", &out)
-        .env("CHROMIUM", chromium())
+    let status = scenario("epcs.mjs", &gw, &out)
         .env("SYSLOG", &syslog.sock)
         .status()
         .expect("run node");
@@ -465,13 +460,7 @@ fn a_known_user_name_cannot_lock_its_person_out_in_chromium() {
     let gw = Gateway::start_extra(&[("ehr.yaml", &ehr)], "rp_id: localhost\n");
     let out = root().join("target/browser-screenshots/lockout");
     let _ = std::fs::remove_dir_all(&out);
-    let status = Command::new("node")
-        .arg(root().join("tests/browser/lockout.mjs"))
-        .env("AALGATE_BIN", aalgate_bin())
-        .env("AALGATE_CONFIG", gw.dir.path().join("aalgate.yaml"))
-        .env("PORT", gw.port.to_string())
-        .env("OUT", &out)
-        .env("CHROMIUM", chromium())
+    let status = scenario("lockout.mjs", &gw, &out)
         .status()
         .expect("run node");
     assert!(
@@ -526,13 +515,7 @@ fn a_session_lives_as_long_as_the_loosest_app_allows() {
         ],
     );
     let out = root().join("target/browser-screenshots/enroll");
-    let run = Command::new("node")
-        .arg(root().join("tests/browser/enroll.mjs"))
-        .env("AALGATE_BIN", aalgate_bin())
-        .env("AALGATE_CONFIG", gw.dir.path().join("aalgate.yaml"))
-        .env("PORT", gw.port.to_string())
-        .env("OUT", &out)
-        .env("CHROMIUM", chromium())
+    let run = scenario("enroll.mjs", &gw, &out)
         .env("APPS", "long.localhost,short.localhost")
         .output()
         .expect("run node");

@@ -520,13 +520,7 @@ fn auth_events_are_written_before_their_response() {
                 } else {
                     "ZZZZZZZZ".to_string() + &"A".repeat(40)
                 };
-                let (bind, token) = aalgate_tests::browser_binding(g.port, &h);
-                let body = format!("csrf={token}&code={typed}&person=Dr.+Test&reason=kill+test");
-                aalgate_tests::send(
-                    g.port,
-                    format!("POST /.aalgate/breakglass HTTP/1.1\r\nHost: {h}\r\nOrigin: http://{h}\r\nSec-Fetch-Site: same-origin\r\nCookie: aalgate-bind={bind}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes(),
-                )
-                .status
+                aalgate_tests::use_breakglass_code(g.port, &h, None, &typed).status
             }
         };
         assert!(status > 0 && status < 500, "{case}: {status}");

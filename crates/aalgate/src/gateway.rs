@@ -1094,9 +1094,15 @@ impl ProxyHttp for Gateway {
             return self.error(session, ctx, 400, "bad_host").await;
         };
 
+        // The app serving this host, looked up once: it says how the path is normalized and
+        // where it is served.
+        let policy = ctx.policy.clone();
+        let app = policy.app_for_host(&host);
         // Normalize once; anything ambiguous is refused (double encoding unless the host's app
         // allows it).
-        let double = ctx.policy.double_encoding(&host);
+        let double = app.map_or(aalgate_policy::DoubleEncoding::Refuse, |a| {
+            a.double_encoding
+        });
         let target = match aalgate_policy::normalize_target_with(&raw_target(session), double) {
             Ok(t) => t,
             Err(e) => {
@@ -1124,7 +1130,6 @@ impl ProxyHttp for Gateway {
         if listener.host_port(&host) != listener.external_port {
             return self.error(session, ctx, 421, "foreign_port").await;
         }
-        let app = ctx.policy.app_for_host(&host);
         if app.is_some_and(|a| !a.served_on(&listener.name)) {
             return self.error(session, ctx, 421, "foreign_listener").await;
         }
@@ -1135,7 +1140,6 @@ impl ProxyHttp for Gateway {
         }
 
         let method = session.req_header().method.as_str().to_string();
-        let policy = ctx.policy.clone();
         let Some(m) = ctx
             .target
             .as_ref()
@@ -1608,11 +1612,11 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let app = ctx
+        let app_of_rule = ctx
             .rule
             .and_then(|i| ctx.policy.rules().get(i))
-            .map(|r| ctx.policy.app_of(r).name.as_str())
-            .unwrap_or("-");
+            .map(|r| ctx.policy.app_of(r));
+        let app = app_of_rule.map_or("-", |a| a.name.as_str());
         if let Some(t) = ctx.forwarded_at {
             self.metrics
                 .upstream_seconds
@@ -1632,10 +1636,7 @@ impl ProxyHttp for Gateway {
             .inc();
         // The gateway's cookie names are reserved: an upstream cannot set or clear them. The
         // app's own stay on its host unless it keeps their Domain (`keep_cookie_domain`).
-        let keep_domain = ctx
-            .rule
-            .and_then(|i| ctx.policy.rules().get(i))
-            .is_some_and(|r| ctx.policy.app_of(r).keep_cookie_domain);
+        let keep_domain = app_of_rule.is_some_and(|a| a.keep_cookie_domain);
         let set_cookies: Vec<http::HeaderValue> = resp
             .headers
             .get_all(http::header::SET_COOKIE)

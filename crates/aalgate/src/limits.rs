@@ -220,6 +220,16 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn sign_in_failures_stay_bounded_under_a_flood_of_bindings_and_addresses() {
+        let f = SignInFailures::default();
+        for i in 0..(3 * CLIENTS as u32) {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            f.failed(Some(ip), &format!("binding-{i}"));
+        }
+        assert!(f.counts.len() <= CLIENTS, "{} entries", f.counts.len());
+    }
+
+    #[test]
     fn sign_in_failures_slow_the_failing_and_block_only_their_own_binding() {
         let f = SignInFailures::default();
         let nat: IpAddr = "192.0.2.7".parse().unwrap();
