@@ -27,6 +27,9 @@ const QUEUE: usize = 65_536;
 /// The writer's priority queue: auth and admin events, evidence and barriers, drained before
 /// request events, so a flood of requests cannot delay a sign-in's response behind them.
 const URGENT_QUEUE: usize = 8_192;
+/// Request events a barrier writes first, at most: a flood's backlog delays an auth response
+/// by this many lines, no more.
+const BARRIER_CATCH_UP: usize = 4_096;
 /// How often the writer drains the queue: the most an event waits before it is written.
 pub const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 /// Longest user agent kept.
@@ -570,6 +573,17 @@ impl Output {
                     match urgent.try_recv() {
                         Ok(m) => {
                             any = true;
+                            // A barrier covers the request events queued before it too, up to
+                            // a bounded catch-up: outside a flood the log then holds every
+                            // request before the sign-out that a response reports.
+                            if matches!(m, Msg::Barrier(_)) {
+                                for _ in 0..BARRIER_CATCH_UP {
+                                    match normal.try_recv() {
+                                        Ok(n) => self.handle(n, &mut wrote, &failed),
+                                        Err(_) => break,
+                                    }
+                                }
+                            }
                             self.handle(m, &mut wrote, &failed);
                         }
                         Err(TryRecvError::Empty) => break,
