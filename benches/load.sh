@@ -112,10 +112,11 @@ EOF
   wait_port "$2"
 }
 
-COOKIE_EMB=$("$MINT" "embedded:$work/emb" 1)
+# One session per line, its cookie for each host named (a cookie is a handle for one host).
+COOKIE_EMB=$("$MINT" "embedded:$work/emb" 1 "127.0.0.1:$P_GW_EMB")
 gateway emb "$P_GW_EMB" "$A1" "embedded:$work/emb"
-COOKIE_RED=$("$MINT" "redis://127.0.0.1:$P_REDIS/0" 1)
-"$MINT" "redis://127.0.0.1:$P_REDIS/0" "$SESSIONS" > "$work/cookies.txt"
+read -r COOKIE_RED COOKIE_RED2 < <("$MINT" "redis://127.0.0.1:$P_REDIS/0" 1 "127.0.0.1:$P_GW_RED" "127.0.0.1:$P_GW_RED2")
+"$MINT" "redis://127.0.0.1:$P_REDIS/0" "$SESSIONS" "127.0.0.1:$P_GW_RED" > "$work/cookies.txt"
 gateway red "$P_GW_RED" "$A2" "redis://127.0.0.1:$P_REDIS/0"
 gateway red2 "$P_GW_RED2" "$A3" "redis://127.0.0.1:$P_REDIS/0"
 
@@ -162,7 +163,7 @@ if [[ " $ROWS " == *" 8 "* ]]; then
 half=$((CONNS / 2))
 wrk -t1 -c"$half" -d"${DURATION}s" -H "Cookie: aalgate=$COOKIE_RED" "http://127.0.0.1:$P_GW_RED/app/index.html" > "$work/w1.txt" &
 w1=$!
-wrk -t1 -c"$half" -d"${DURATION}s" -H "Cookie: aalgate=$COOKIE_RED" "http://127.0.0.1:$P_GW_RED2/app/index.html" > "$work/w2.txt"
+wrk -t1 -c"$half" -d"${DURATION}s" -H "Cookie: aalgate=$COOKIE_RED2" "http://127.0.0.1:$P_GW_RED2/app/index.html" > "$work/w2.txt"
 wait "$w1"
 RPS[8]=$(awk '/^Requests\/sec:/ {s+=$2} END {print s}' "$work/w1.txt" "$work/w2.txt")
 grep -h "Non-2xx" "$work/w1.txt" "$work/w2.txt" >&2 || true
@@ -191,9 +192,11 @@ done
 # Scale: memory of one session in Redis, and the embedded file with many sessions.
 key=$(redis-cli -p "$P_REDIS" SCAN 0 MATCH 'aalgate:s:*' COUNT 1000 | sed -n 2p)
 mem=$(redis-cli -p "$P_REDIS" MEMORY USAGE "$key")
+link=$(redis-cli -p "$P_REDIS" SCAN 0 MATCH 'aalgate:l:*' COUNT 1000 | sed -n 2p)
+lmem=$(redis-cli -p "$P_REDIS" MEMORY USAGE "$link")
 used=$(redis-cli -p "$P_REDIS" INFO memory | awk -F: '/^used_memory:/ {print $2}' | tr -d '\r')
 echo
-echo "Scale: $SESSIONS sessions in Redis: MEMORY USAGE of one session = $mem bytes; used_memory = $((used / 1048576)) MiB in all."
+echo "Scale: $SESSIONS sessions in Redis: MEMORY USAGE of one session = $mem bytes, plus $lmem per host's cookie handle; used_memory = $((used / 1048576)) MiB in all."
 start=$(date +%s)
-"$MINT" "embedded:$work/emb-scale" "$EMBEDDED_SESSIONS" > /dev/null
-echo "Scale: $EMBEDDED_SESSIONS sessions in the embedded store: $(du -b "$work/emb-scale/sessions.redb" | cut -f1) bytes on disk ($(( $(date +%s) - start )) s to write, one fsync per session)."
+"$MINT" "embedded:$work/emb-scale" "$EMBEDDED_SESSIONS" "127.0.0.1:$P_GW_EMB" > /dev/null
+echo "Scale: $EMBEDDED_SESSIONS sessions in the embedded store: $(du -b "$work/emb-scale/sessions.redb" | cut -f1) bytes on disk ($(( $(date +%s) - start )) s to write, one transaction (fsync) for the record and one for its handle)."

@@ -959,16 +959,26 @@ pub fn rt() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-/// Creates a session directly in a store and returns its cookie value.
+/// The host a cookie handle is linked for, as the gateway names the request's `Host`.
+fn link_host(host: &str) -> String {
+    aalgate_policy::host::HostPort::parse(host)
+        .unwrap_or_else(|e| panic!("bad test host {host:?}: {e}"))
+        .to_string()
+}
+
+/// Creates a session in a store as a finished sign-in on `host` does (a record, and a cookie
+/// handle linked to it for that host only), and returns the cookie value. `host` is the
+/// request's `Host` header. The same session on another host: [`link_session`].
 pub fn make_session(
     store: &dyn aalgate_session::SessionStore,
+    host: &str,
     user: &str,
     aal: aalgate_policy::Aal,
     auth_age: u64,
     idle: u64,
 ) -> String {
     let now = aalgate_policy::Timestamp::now();
-    let id = aalgate_session::SessionId::generate();
+    let record = aalgate_session::SessionId::generate().key();
     let s = aalgate_session::Session {
         user: user.to_string(),
         aal,
@@ -979,9 +989,42 @@ pub fn make_session(
         last_seen: aalgate_policy::Timestamp(now.0 - idle),
         expires_at: now.plus(Duration::from_secs(86400)),
     };
-    rt().block_on(store.insert(&id.key(), &s))
-        .expect("insert session");
-    id.to_cookie()
+    let handle = aalgate_session::SessionId::generate();
+    rt().block_on(async {
+        store.insert(&record, &s).await.expect("insert session");
+        store
+            .link(&handle.key(), &record, &link_host(host), s.expires_at)
+            .await
+            .expect("link session");
+    });
+    handle.to_cookie()
+}
+
+/// Links the session behind `cookie` (a handle for host `from`) to another host, as the
+/// gateway's handoff does, and returns the cookie value for `to`.
+pub fn link_session(
+    store: &dyn aalgate_session::SessionStore,
+    cookie: &str,
+    from: &str,
+    to: &str,
+) -> String {
+    let now = aalgate_policy::Timestamp::now();
+    let key = aalgate_session::SessionId::from_cookie(cookie)
+        .expect("session cookie")
+        .key();
+    let handle = aalgate_session::SessionId::generate();
+    rt().block_on(async {
+        let (record, s) = store
+            .resolve(&key, &link_host(from), now)
+            .await
+            .expect("resolve session")
+            .expect("a live session on the first host");
+        store
+            .link(&handle.key(), &record, &link_host(to), s.expires_at)
+            .await
+            .expect("link session");
+    });
+    handle.to_cookie()
 }
 
 /// Sends a request head with a `body`-byte body in 64 KiB chunks; returns the status (0 when

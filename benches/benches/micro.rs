@@ -124,9 +124,18 @@ fn lookup_bench(c: &mut Criterion) {
 
     let dir = tempfile::tempdir().unwrap();
     let embedded = EmbeddedStore::open(dir.path()).unwrap();
-    rt.block_on(embedded.insert(&key, &session(now))).unwrap();
+    // The request path's lookup: a cookie handle, linked for one host, to its session record.
+    let (record, host) = (SessionId::generate().key(), "ehr.example");
+    let s = session(now);
+    rt.block_on(async {
+        embedded.insert(&record, &s).await.unwrap();
+        embedded
+            .link(&key, &record, host, s.expires_at)
+            .await
+            .unwrap();
+    });
     g.bench_function("embedded", |b| {
-        b.iter(|| black_box(rt.block_on(embedded.get(&key, now)).unwrap()))
+        b.iter(|| black_box(rt.block_on(embedded.resolve(&key, host, now)).unwrap()))
     });
 
     if let Some(bin) = find_redis() {
@@ -155,9 +164,12 @@ fn lookup_bench(c: &mut Criterion) {
             Duration::from_secs(1),
         )
         .unwrap();
-        rt.block_on(redis.insert(&key, &session(now))).unwrap();
+        rt.block_on(async {
+            redis.insert(&record, &s).await.unwrap();
+            redis.link(&key, &record, host, s.expires_at).await.unwrap();
+        });
         g.bench_function("redis", |b| {
-            b.iter(|| black_box(rt.block_on(redis.get(&key, now)).unwrap()))
+            b.iter(|| black_box(rt.block_on(redis.resolve(&key, host, now)).unwrap()))
         });
         let _ = child.kill();
         let _ = child.wait();

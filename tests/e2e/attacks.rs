@@ -16,7 +16,7 @@ use base64::Engine;
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde::Deserialize;
 
-use crate::{make_session, policy, rt};
+use crate::{link_session, make_session, policy, rt};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -182,22 +182,29 @@ fn identity_is_ours(s: &Seen, user: &str, aal: &str, jwks: &VerifyingKey) -> Res
     Ok(())
 }
 
-/// One cookie per case session kind.
+/// The cookies of each case session kind: one per host, as a browser holds them (a session's
+/// cookie is a handle linked for one host only).
 struct Sessions {
-    cookies: BTreeMap<&'static str, (String, &'static str, &'static str)>,
+    hosts: Vec<String>,
+    /// Kind: (cookie value per host of `hosts`, user, AAL number).
+    cookies: BTreeMap<&'static str, (Vec<String>, &'static str, &'static str)>,
 }
 
 impl Sessions {
-    fn mint(store: &EmbeddedStore) -> Sessions {
+    fn mint(store: &EmbeddedStore, hosts: Vec<String>) -> Sessions {
         let mut cookies = BTreeMap::new();
         let mut add = |kind: &'static str, user: &'static str, aal: Aal, auth_age, idle| {
-            let c = make_session(store, user, aal, auth_age, idle);
+            let first = make_session(store, &hosts[0], user, aal, auth_age, idle);
+            let mut all = vec![first.clone()];
+            for h in &hosts[1..] {
+                all.push(link_session(store, &first, &hosts[0], h));
+            }
             let n = match aal {
                 Aal::Aal1 => "1",
                 Aal::Aal2 => "2",
                 Aal::Aal3 => "3",
             };
-            cookies.insert(kind, (c, user, n));
+            cookies.insert(kind, (all, user, n));
         };
         add("aal1", "ann-aal1", Aal::Aal1, 60, 1);
         add("aal2", "bob-aal2", Aal::Aal2, 60, 1);
@@ -212,7 +219,7 @@ impl Sessions {
         add("victim", "vic-victim", Aal::Aal2, 60, 1);
         rt().block_on(store.revoke_user("gus-revoked"))
             .expect("revoke");
-        let good = cookies["aal3"].0.clone();
+        let good = cookies["aal3"].0[0].clone();
         let mut flipped = good.clone().into_bytes();
         let i = flipped.len() / 2;
         flipped[i] = if flipped[i] == b'A' { b'B' } else { b'A' };
@@ -225,10 +232,30 @@ impl Sessions {
             ("oversized", format!("{good}{}", "A".repeat(3000))),
         ];
         for (kind, c) in derived {
-            cookies.insert(kind, (c, "nobody", "-"));
+            cookies.insert(kind, (vec![c; hosts.len()], "nobody", "-"));
         }
-        Sessions { cookies }
+        Sessions { hosts, cookies }
     }
+
+    /// The value of `kind`'s cookie for the host a request names (the first host's when it
+    /// names none of them).
+    fn for_host(&self, kind: &str, host: Option<&str>) -> Option<&String> {
+        let i = host
+            .and_then(|h| self.hosts.iter().position(|x| x.eq_ignore_ascii_case(h)))
+            .unwrap_or(0);
+        self.cookies.get(kind).map(|(all, _, _)| &all[i])
+    }
+}
+
+/// The value of the first `Host` header of a raw request.
+fn host_header(raw: &str) -> Option<&str> {
+    raw.split("\r\n")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("host").then(|| v.trim())
+        })
 }
 
 /// Fills in `{name}` placeholders (`{content-length}` is filled in last, by the caller), and `{repeat:N:text}` (text without `}`) N times.
@@ -298,8 +325,13 @@ allow_double_encoding: true\ndefault: aal2\n",
         ],
     );
     let store = EmbeddedStore::open(&g.state_dir()).expect("open embedded store");
-    let sessions = Sessions::mint(&store);
     let host = format!("localhost:{}", g.port);
+    let sessions = Sessions::mint(
+        &store,
+        ["localhost", "ehr.localhost", "legacy.localhost"]
+            .map(|h| format!("{h}:{}", g.port))
+            .to_vec(),
+    );
     let origin = format!("http://{host}");
     let port = g.port.to_string();
     let jwks = {
@@ -329,19 +361,17 @@ allow_double_encoding: true\ndefault: aal2\n",
         let cf: CaseFile = serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{fname}: {e}"));
         for case in cf.cases {
             total += 1;
-            let (cookie_value, user, aal) = match case.session.as_str() {
-                "none" => (String::new(), "nobody", "-"),
+            let (user, aal) = match case.session.as_str() {
+                "none" => ("nobody", "-"),
                 k => match sessions.cookies.get(k) {
-                    Some((c, u, a)) => (c.clone(), *u, *a),
+                    Some((_, u, a)) => (*u, *a),
                     None => panic!("{fname}: unknown session kind {k:?}"),
                 },
             };
-            let cookie = format!("aalgate={cookie_value}");
             let mut vars: Vec<(String, String)> = [
                 ("{host}", host.as_str()),
                 ("{origin}", origin.as_str()),
                 ("{port}", port.as_str()),
-                ("{cookie}", cookie.as_str()),
                 ("{user}", user),
                 ("{bind}", bind.as_str()),
                 ("{csrf}", csrf.as_str()),
@@ -350,8 +380,18 @@ allow_double_encoding: true\ndefault: aal2\n",
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
             for (kind, (c, _, _)) in &sessions.cookies {
-                vars.push((format!("{{cookie:{kind}}}"), c.clone()));
+                vars.push((format!("{{cookie:{kind}}}"), c[0].clone()));
             }
+            // `{cookie}`: the case's session as the browser holds it for the request's host.
+            let named = case.request.as_deref().map(|r| expand(r, &vars));
+            let on = named.as_deref().and_then(host_header);
+            let cookie = format!(
+                "aalgate={}",
+                sessions
+                    .for_host(&case.session, on)
+                    .map_or("", String::as_str)
+            );
+            vars.push(("{cookie}".into(), cookie.clone()));
             let raw = match (&case.request, &case.target) {
                 (Some(r), None) => {
                     // `{content-length}`: the length of the body as sent (after expansion).

@@ -67,7 +67,14 @@ fn dashboard_and_alerts_use_only_exported_metrics() {
     let g = Gateway::start(None, &[("billing.yaml", &policy(up.port))]);
     // Labelled families appear with their first event: a forwarded request and a step-up.
     let store = aalgate_session::EmbeddedStore::open(&g.state_dir()).unwrap();
-    let cookie = crate::make_session(&store, "olga", aalgate_policy::Aal::Aal2, 60, 1);
+    let cookie = crate::make_session(
+        &store,
+        &format!("localhost:{}", g.port),
+        "olga",
+        aalgate_policy::Aal::Aal2,
+        60,
+        1,
+    );
     let h = format!("localhost:{}", g.port);
     assert_eq!(get(g.port, &h, "/static/a.css", &[]).status, 200);
     assert_eq!(

@@ -28,8 +28,22 @@ fn a_logout_survives_a_redis_crash_and_the_gateway_flags_a_store_without_aof() {
     // A store per runtime: `make_session` runs each call on a runtime of its own.
     let store = || RedisStore::new(&redis.url(), Duration::from_secs(1)).unwrap();
     let h = format!("localhost:{}", g.port);
-    let olga = make_session(&store(), "olga", Aal::Aal2, 60, 1);
-    let pete = make_session(&store(), "pete", Aal::Aal2, 60, 1);
+    let olga = make_session(
+        &store(),
+        &format!("localhost:{}", g.port),
+        "olga",
+        Aal::Aal2,
+        60,
+        1,
+    );
+    let pete = make_session(
+        &store(),
+        &format!("localhost:{}", g.port),
+        "pete",
+        Aal::Aal2,
+        60,
+        1,
+    );
     let (co, cp) = (
         format!("Cookie: aalgate={olga}"),
         format!("Cookie: aalgate={pete}"),
@@ -142,7 +156,14 @@ fn upstream_down_is_a_502_after_the_auth_check() {
     let store = EmbeddedStore::open(&g.state_dir()).unwrap();
     let c = format!(
         "Cookie: aalgate={}",
-        make_session(&store, "quinn", Aal::Aal2, 60, 1)
+        make_session(
+            &store,
+            &format!("localhost:{}", g.port),
+            "quinn",
+            Aal::Aal2,
+            60,
+            1
+        )
     );
     let h = format!("localhost:{}", g.port);
 
@@ -176,7 +197,14 @@ fn a_silent_upstream_is_a_504_and_a_post_is_never_sent_twice() {
         "upstream_timeout: 1s\nupstream_connect_timeout: 1s\n",
     );
     let store = EmbeddedStore::open(&g.state_dir()).unwrap();
-    let cookie = make_session(&store, "rita", Aal::Aal2, 60, 1);
+    let cookie = make_session(
+        &store,
+        &format!("localhost:{}", g.port),
+        "rita",
+        Aal::Aal2,
+        60,
+        1,
+    );
     let h = format!("localhost:{}", g.port);
     let post = |target: &str| {
         let body = "dose=5mg&x=1";
@@ -253,7 +281,7 @@ fn wall_clock_steps_of_five_minutes_never_reopen_a_session() {
     let mk = |user: &str, auth_age: u64, idle: u64| {
         format!(
             "Cookie: aalgate={}",
-            make_session(&store, user, Aal::Aal2, auth_age, idle)
+            make_session(&store, &h, user, Aal::Aal2, auth_age, idle)
         )
     };
     // AAL2: 30 min idle, 12 h absolute.
@@ -319,8 +347,18 @@ fn wall_clock_steps_of_five_minutes_never_reopen_a_session() {
         last_seen: ahead,
         expires_at: now.plus(Duration::from_secs(86400)),
     };
-    rt().block_on(store.insert(&id.key(), &future)).unwrap();
-    assert_eq!(status(&format!("Cookie: aalgate={}", id.to_cookie())), 302);
+    let handle = aalgate_session::SessionId::generate();
+    rt().block_on(async {
+        store.insert(&id.key(), &future).await.unwrap();
+        store
+            .link(&handle.key(), &id.key(), &h, future.expires_at)
+            .await
+            .unwrap();
+    });
+    assert_eq!(
+        status(&format!("Cookie: aalgate={}", handle.to_cookie())),
+        302
+    );
     // (fred, last seen during the +5 min step, is now 9 min "ahead" and was ended the same way:
     // fail closed.) A session of the right time works.
     assert_eq!(status(&mk("gil", 60, 1)), 200);
@@ -332,7 +370,14 @@ fn sigterm_lets_in_flight_requests_finish() {
     let (port, seen) = scripted_upstream(|_, _| Act::AnswerAfter(Duration::from_millis(1500)));
     let mut g = Gateway::start(None, &[("billing.yaml", &policy(port))]);
     let store = EmbeddedStore::open(&g.state_dir()).unwrap();
-    let cookie = make_session(&store, "sam", Aal::Aal2, 60, 1);
+    let cookie = make_session(
+        &store,
+        &format!("localhost:{}", g.port),
+        "sam",
+        Aal::Aal2,
+        60,
+        1,
+    );
     let gport = g.port;
     let workers: Vec<_> = (0..8)
         .map(|i| {

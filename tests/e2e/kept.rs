@@ -68,8 +68,14 @@ fn set_cookie(r: &Response, name: &str) -> Option<String> {
 }
 
 /// Follows redirects the way a browser does (top-level GETs, with `cookies`, plus any session
-/// cookie a handoff sets), at most 6 hops. Returns the last response and the host it came from.
-fn follow(port: u16, mut host: String, first: Response, cookies: &str) -> (Response, String) {
+/// cookie a handoff sets), at most 6 hops. Returns the last response, the host it came from
+/// and the cookies the browser then sends there.
+fn follow(
+    port: u16,
+    mut host: String,
+    first: Response,
+    cookies: &str,
+) -> (Response, String, String) {
     let mut r = first;
     let mut jar = cookies.to_string();
     for _ in 0..6 {
@@ -96,7 +102,7 @@ fn follow(port: u16, mut host: String, first: Response, cookies: &str) -> (Respo
             &[&format!("Cookie: {jar}")],
         );
     }
-    (r, host)
+    (r, host, jar)
 }
 
 /// The port a browser connects to for `host` (its own, or the gateway's main one).
@@ -167,7 +173,7 @@ fn a_cross_site_post_is_never_replayed() {
         )],
     );
     let h = host(&g);
-    let victim = make_session(&store(&g), "nora", Aal::Aal2, 0, 0);
+    let victim = make_session(&store(&g), &h, "nora", Aal::Aal2, 0, 0);
     // The attacker's page auto-submits a form: no Lax cookie goes with a cross-site POST.
     let r = post(
         g.port,
@@ -179,7 +185,7 @@ fn a_cross_site_post_is_never_replayed() {
     assert_eq!(r.status, 302, "{}", r.text());
     let bind = set_cookie(&r, "aalgate-bind").expect("binding cookie");
     // Each redirect is a top-level GET, so the victim's Lax cookies go with it.
-    let (last, _) = follow(
+    let (last, _, _) = follow(
         g.port,
         h.clone(),
         r,
@@ -207,14 +213,14 @@ fn a_cross_site_post_is_never_replayed() {
             vec!["Origin: http://evil.localhost", "Sec-Fetch-Site: same-site"],
         ),
     ] {
-        let stale = make_session(&store(&g), "nora", Aal::Aal2, 600, 0);
+        let stale = make_session(&store(&g), &h, "nora", Aal::Aal2, 600, 0);
         let (b, _) = browser_binding(g.port, &h);
         let cookie = format!("Cookie: aalgate={stale}; aalgate-bind={b}");
         let mut all = hdrs.clone();
         all.push(&cookie);
         let r = post(g.port, &h, path, &all, "drug=x");
         assert_eq!(r.status, 302, "{}", r.text());
-        let fresh = make_session(&store(&g), "nora", Aal::Aal2, 0, 0);
+        let fresh = make_session(&store(&g), &h, "nora", Aal::Aal2, 0, 0);
         follow(
             g.port,
             h.clone(),
@@ -301,7 +307,7 @@ fn only_same_origin_evidence_keeps_a_form() {
         ),
     ];
     for (hdrs, keep, what) in cases {
-        let stale = make_session(&store(&g), "nora", Aal::Aal2, 600, 0);
+        let stale = make_session(&store(&g), &h, "nora", Aal::Aal2, 600, 0);
         let (b, _) = browser_binding(g.port, &h);
         let before = (kept_count(&g, "kept"), kept_count(&g, "cross_site"));
         let mut all: Vec<&str> = hdrs.iter().map(String::as_str).collect();
@@ -361,7 +367,7 @@ fn behind_a_tls_load_balancer_the_apps_origin_is_https() {
         ("Origin: https://localhost:8443".to_string(), false),
     ];
     for (hdr, keep) in cases {
-        let stale = make_session(&store(&g), "nora", Aal::Aal2, 600, 0);
+        let stale = make_session(&store(&g), &h, "nora", Aal::Aal2, 600, 0);
         let (b, _) = browser_binding(g.port, &h);
         let before = kept_count(&g, "kept");
         // The browser is on https: the cookies are the `__Host-` ones.
@@ -397,7 +403,7 @@ fn a_silent_handoff_asks_before_it_sends() {
     );
     let h = host(&g);
     let own = format!("http://{h}");
-    let stale = make_session(&store(&g), "nora", Aal::Aal2, 600, 0);
+    let stale = make_session(&store(&g), &h, "nora", Aal::Aal2, 600, 0);
     let (b, _) = browser_binding(g.port, &h);
     let r = post(
         g.port,
@@ -411,9 +417,9 @@ fn a_silent_handoff_asks_before_it_sends() {
     );
     assert_eq!(r.status, 302);
     // Another tab stepped up meanwhile: the auth page needs no ceremony, so it must not send.
-    let fresh = make_session(&store(&g), "nora", Aal::Aal2, 0, 0);
+    let fresh = make_session(&store(&g), &h, "nora", Aal::Aal2, 0, 0);
     let jar = format!("aalgate={fresh}; aalgate-bind={b}");
-    let (page, _) = follow(g.port, h.clone(), r, &jar);
+    let (page, _, _) = follow(g.port, h.clone(), r, &jar);
     let t = page.text();
     assert_eq!(page.status, 200, "{t}");
     assert!(
@@ -476,7 +482,7 @@ fn a_kept_form_is_never_sent_as_another_person() {
     let h = host(&g);
     let own = format!("http://{h}");
     // Alice is idle-expired; one tab's GET ends her session.
-    let alice = make_session(&store(&g), "alice", Aal::Aal2, 60, 3600);
+    let alice = make_session(&store(&g), &h, "alice", Aal::Aal2, 60, 3600);
     let (b, _) = browser_binding(g.port, &h);
     let alice_jar = format!("aalgate={alice}; aalgate-bind={b}");
     let r = get(g.port, &h, "/chart", &[&format!("Cookie: {alice_jar}")]);
@@ -492,8 +498,8 @@ fn a_kept_form_is_never_sent_as_another_person() {
     assert_eq!(r.status, 302, "{}", r.text());
     assert_eq!(kept_count(&g, "kept"), 1.0, "alice's form is kept for her");
     // Bob signs in on the shared workstation; the flow is Alice's and stays hers.
-    let bob = make_session(&store(&g), "bob", Aal::Aal2, 0, 0);
-    let (page, _) = follow(
+    let bob = make_session(&store(&g), &h, "bob", Aal::Aal2, 0, 0);
+    let (page, _, _) = follow(
         g.port,
         h.clone(),
         r,
@@ -538,7 +544,7 @@ fn two_apps_on_one_host_name_keep_their_own_forms() {
     );
     let billing = format!("apps.localhost:{second}");
     let auth = host(&g);
-    let stale = make_session(&store(&g), "nora", Aal::Aal2, 600, 0);
+    let stale = make_session(&store(&g), &billing, "nora", Aal::Aal2, 600, 0);
     let (b, _) = browser_binding(second, &billing);
     let r = post(
         second,
@@ -557,8 +563,8 @@ fn two_apps_on_one_host_name_keep_their_own_forms() {
         "{loc}"
     );
     // The auth origin holds a fresh session of nora's (cookie on that host).
-    let fresh = make_session(&store(&g), "nora", Aal::Aal2, 0, 0);
-    let (page, on) = follow(
+    let fresh = make_session(&store(&g), &auth, "nora", Aal::Aal2, 0, 0);
+    let (page, on, jar) = follow(
         g.port,
         billing.clone(),
         r,
@@ -571,13 +577,7 @@ fn two_apps_on_one_host_name_keep_their_own_forms() {
         page.text()
     );
     assert!(page.text().contains("to billing?"), "{}", page.text());
-    let sent = confirm(
-        second,
-        &on,
-        &page,
-        &format!("aalgate={fresh}; aalgate-bind={b}"),
-        &format!("http://{billing}"),
-    );
+    let sent = confirm(second, &on, &page, &jar, &format!("http://{billing}"));
     assert_eq!(sent.status, 200, "{}", sent.text());
     assert!(
         up1.seen().is_empty(),
@@ -623,7 +623,7 @@ fn a_resumed_form_carries_the_apps_path_scoped_cookies() {
     );
     let h = host(&g);
     let own = format!("http://{h}");
-    let stale = make_session(&store(&g), "nora", Aal::Aal2, 600, 0);
+    let stale = make_session(&store(&g), &h, "nora", Aal::Aal2, 600, 0);
     let (b, _) = browser_binding(g.port, &h);
     // The browser sends the app's `Path=/app` cookies with the form, and not to /.aalgate/.
     let r = post(
@@ -637,9 +637,9 @@ fn a_resumed_form_carries_the_apps_path_scoped_cookies() {
         "csrfmiddlewaretoken=K1&note=x",
     );
     assert_eq!(r.status, 302);
-    let fresh = make_session(&store(&g), "nora", Aal::Aal2, 0, 0);
+    let fresh = make_session(&store(&g), &h, "nora", Aal::Aal2, 0, 0);
     let jar = format!("csrftoken=K2; theme=dark; aalgate={fresh}; aalgate-bind={b}");
-    let (page, _) = follow(g.port, h.clone(), r, &jar);
+    let (page, _, _) = follow(g.port, h.clone(), r, &jar);
     let sent = confirm(g.port, &h, &page, &jar, &own);
     assert_eq!(sent.status, 200, "{}", sent.text());
     let seen = posts(&up);
@@ -665,7 +665,7 @@ fn the_ceremony_a_request_caused_admits_it_once() {
         )],
     );
     let h = host(&g);
-    let stale = make_session(&store(&g), "nora", Aal::Aal2, 5, 0);
+    let stale = make_session(&store(&g), &h, "nora", Aal::Aal2, 5, 0);
     let (b, _) = browser_binding(g.port, &h);
     let r = get(
         g.port,
@@ -683,7 +683,7 @@ fn the_ceremony_a_request_caused_admits_it_once() {
     {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let fresh = make_session(&store(&g), "nora", Aal::Aal2, 0, 0);
+    let fresh = make_session(&store(&g), &h, "nora", Aal::Aal2, 0, 0);
     let jar = format!("aalgate={fresh}; aalgate-bind={b}");
     let auth = get(
         g.port,
@@ -793,7 +793,7 @@ fn anonymous_clients_keep_nothing_and_are_rate_limited() {
     let own = format!("Origin: http://{h}\r\n");
     let mut statuses = Vec::new();
     for user in ["u1", "u1", "u1", "u2", "u3", "u4"] {
-        let stale = make_session(&store(&g), user, Aal::Aal2, 600, 0);
+        let stale = make_session(&store(&g), &h, user, Aal::Aal2, 600, 0);
         let (b, _) = browser_binding(g.port, &h);
         let extra = format!("{own}Cookie: aalgate={stale}; aalgate-bind={b}\r\n");
         statuses.push(post_big(g.port, &h, "/confirm", &extra, 900_000));
@@ -888,7 +888,7 @@ fn anonymous_flows_from_many_addresses_stay_within_a_store_wide_quota() {
         g.scrape()
     );
     // A signed-in person due for a step-up is not anonymous: the flow still starts.
-    let stale = make_session(&store(&g), "nora", Aal::Aal2, 600, 0);
+    let stale = make_session(&store(&g), &h, "nora", Aal::Aal2, 600, 0);
     let r = get(
         g.port,
         &h,
@@ -1005,7 +1005,7 @@ fn a_kept_record_in_redis_is_about_the_size_of_its_body() {
     let h = host(&g);
     // A Redis connection belongs to the runtime that made it: one store per runtime.
     let s = || RedisStore::new(&redis.url(), Duration::from_secs(1)).unwrap();
-    let stale = make_session(&s(), "nora", Aal::Aal2, 600, 0);
+    let stale = make_session(&s(), &h, "nora", Aal::Aal2, 600, 0);
     let (b, _) = browser_binding(g.port, &h);
     let extra = format!("Origin: http://{h}\r\nCookie: aalgate={stale}; aalgate-bind={b}\r\n");
     // A 1 MB form (Redis's allocator rounds a value just over 1 MiB up to 1.25 MiB).

@@ -41,7 +41,14 @@ fn tls_listener_uses_host_prefixed_cookie_and_hsts() {
     let up = Upstream::start();
     let g = Gateway::start_tls(&[("billing.yaml", &policy(up.port))]);
     let store = EmbeddedStore::open(&g.state_dir()).unwrap();
-    let cookie = make_session(&store, "ivan", Aal::Aal2, 60, 1);
+    let cookie = make_session(
+        &store,
+        &format!("localhost:{}", g.port),
+        "ivan",
+        Aal::Aal2,
+        60,
+        1,
+    );
     let (status, head) = curl(g.port, "/x", &[&format!("Cookie: __Host-aalgate={cookie}")]);
     assert_eq!(status, 200, "{head}");
     assert!(
@@ -85,7 +92,7 @@ fn behind_a_tls_load_balancer_cookies_are_secure_and_host_prefixed() {
             "{extra}"
         );
         let store = EmbeddedStore::open(&g.state_dir()).unwrap();
-        let cookie = make_session(&store, "ivan", Aal::Aal2, 60, 1);
+        let cookie = make_session(&store, "localhost", "ivan", Aal::Aal2, 60, 1);
         let r = get(
             g.port,
             "localhost",
@@ -150,7 +157,7 @@ fn demo_command_serves_the_bundled_app() {
     let ready = get(admin, &format!("127.0.0.1:{admin}"), "/readyz", &[]);
     // A signed-in session through the embedded store the demo uses.
     let store = EmbeddedStore::open(&dir.path().join("state")).unwrap();
-    let cookie = make_session(&store, "demo-user", Aal::Aal2, 60, 1);
+    let cookie = make_session(&store, &h, "demo-user", Aal::Aal2, 60, 1);
     let signed_in = get(
         port,
         &h,

@@ -37,4 +37,4 @@ pub fn policy(upstream_port: u16) -> String {
     .join("\n")
 }
 
-pub use aalgate_tests::{make_session, rt};
+pub use aalgate_tests::{link_session, make_session, rt};

@@ -19,9 +19,30 @@ fn metrics_count_the_session_lifecycle_and_pass_promtool() {
     let g = Gateway::start(None, &[("billing.yaml", &policy(up.port))]);
     let store = EmbeddedStore::open(&g.state_dir()).unwrap();
     let h = format!("localhost:{}", g.port);
-    let ok = make_session(&store, "kim", Aal::Aal2, 60, 1);
-    let idle = make_session(&store, "lee", Aal::Aal2, 3600, 31 * 60);
-    let _aal3 = make_session(&store, "max", Aal::Aal3, 60, 1);
+    let ok = make_session(
+        &store,
+        &format!("localhost:{}", g.port),
+        "kim",
+        Aal::Aal2,
+        60,
+        1,
+    );
+    let idle = make_session(
+        &store,
+        &format!("localhost:{}", g.port),
+        "lee",
+        Aal::Aal2,
+        3600,
+        31 * 60,
+    );
+    let _aal3 = make_session(
+        &store,
+        &format!("localhost:{}", g.port),
+        "max",
+        Aal::Aal3,
+        60,
+        1,
+    );
     assert_eq!(get(g.port, &h, "/static/a.css", &[]).status, 200);
     assert_eq!(get(g.port, &h, "/x", &[]).status, 302);
     assert_eq!(
@@ -126,7 +147,14 @@ fn audit_log_answers_who_what_when_without_phi() {
     );
     let store = EmbeddedStore::open(&g.state_dir()).unwrap();
     let h = format!("localhost:{}", g.port);
-    let cookie = make_session(&store, "nora", Aal::Aal2, 60, 1);
+    let cookie = make_session(
+        &store,
+        &format!("localhost:{}", g.port),
+        "nora",
+        Aal::Aal2,
+        60,
+        1,
+    );
     let r = get(
         g.port,
         &h,
@@ -510,7 +538,14 @@ fn auth_events_are_written_before_their_response() {
         let status = match case {
             "logout" => {
                 let store = EmbeddedStore::open(&g.state_dir()).unwrap();
-                let cookie = make_session(&store, "nora", Aal::Aal2, 60, 1);
+                let cookie = make_session(
+                    &store,
+                    &format!("localhost:{}", g.port),
+                    "nora",
+                    Aal::Aal2,
+                    60,
+                    1,
+                );
                 drop(store);
                 aalgate_tests::logout(g.port, &h, &cookie).status
             }

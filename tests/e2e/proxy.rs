@@ -18,7 +18,14 @@ fn allowed_request_is_forwarded_with_identity_and_nothing_spoofed() {
     // The CLI-style second opener writes the session while the gateway runs.
     let store =
         EmbeddedStore::open(&g.state_dir()).expect("open embedded store beside the gateway");
-    let cookie = make_session(&store, "alice", Aal::Aal2, 60, 1);
+    let cookie = make_session(
+        &store,
+        &format!("localhost:{}", g.port),
+        "alice",
+        Aal::Aal2,
+        60,
+        1,
+    );
 
     let r = get(
         g.port,
@@ -205,7 +212,14 @@ fn not_allowed_pages_redirect_and_scripts_get_401_json() {
         .starts_with("/.aalgate/auth?flow="));
 
     // An AAL2 session on an AAL3 route must step up.
-    let aal2 = make_session(&store, "bob", Aal::Aal2, 60, 1);
+    let aal2 = make_session(
+        &store,
+        &format!("localhost:{}", g.port),
+        "bob",
+        Aal::Aal2,
+        60,
+        1,
+    );
     let r = get(
         g.port,
         &h,
@@ -221,7 +235,14 @@ fn not_allowed_pages_redirect_and_scripts_get_401_json() {
     );
     assert_eq!(r.json()["aal"], "aal3");
     // A step-up route with an authentication older than its window.
-    let old = make_session(&store, "carol", Aal::Aal2, 600, 1);
+    let old = make_session(
+        &store,
+        &format!("localhost:{}", g.port),
+        "carol",
+        Aal::Aal2,
+        600,
+        1,
+    );
     let r = get(
         g.port,
         &h,
@@ -240,7 +261,14 @@ fn not_allowed_pages_redirect_and_scripts_get_401_json() {
         (401, Some("step_up"), Some(300))
     );
     // Idle past the AAL2 limit (30 min): re-authenticate; 1 s before the limit: allowed.
-    let idle = make_session(&store, "dave", Aal::Aal2, 3600, 30 * 60 + 1);
+    let idle = make_session(
+        &store,
+        &format!("localhost:{}", g.port),
+        "dave",
+        Aal::Aal2,
+        3600,
+        30 * 60 + 1,
+    );
     let r = get(
         g.port,
         &h,
@@ -251,7 +279,14 @@ fn not_allowed_pages_redirect_and_scripts_get_401_json() {
         ],
     );
     assert_eq!(r.json()["need"], "reauth");
-    let fresh = make_session(&store, "erin", Aal::Aal2, 3600, 30 * 60 - 2);
+    let fresh = make_session(
+        &store,
+        &format!("localhost:{}", g.port),
+        "erin",
+        Aal::Aal2,
+        3600,
+        30 * 60 - 2,
+    );
     assert_eq!(
         get(g.port, &h, "/x", &[&format!("Cookie: aalgate={fresh}")]).status,
         200
@@ -293,7 +328,14 @@ fn gateway_prefix_is_never_forwarded_and_logout_ends_the_session() {
     let g = Gateway::start(None, &[("billing.yaml", &policy(up.port))]);
     let store = EmbeddedStore::open(&g.state_dir()).unwrap();
     let h = host(&g);
-    let cookie = make_session(&store, "frank", Aal::Aal3, 60, 1);
+    let cookie = make_session(
+        &store,
+        &format!("localhost:{}", g.port),
+        "frank",
+        Aal::Aal3,
+        60,
+        1,
+    );
     for t in [
         "/.aalgate/",
         "/.aalgate/nope",
@@ -346,7 +388,14 @@ fn embedded_sessions_survive_a_gateway_restart() {
     let mut g = Gateway::start(None, &[("billing.yaml", &policy(up.port))]);
     let cookie = {
         let store = EmbeddedStore::open(&g.state_dir()).unwrap();
-        make_session(&store, "grace", Aal::Aal2, 60, 1)
+        make_session(
+            &store,
+            &format!("localhost:{}", g.port),
+            "grace",
+            Aal::Aal2,
+            60,
+            1,
+        )
     };
     assert_eq!(
         get(

@@ -29,7 +29,14 @@ fn redis_down_fails_closed_with_503_and_recovers() {
     let up = Upstream::start();
     let g = Gateway::start(Some(&redis.url()), &[("billing.yaml", &policy(up.port))]);
     let store = RedisStore::new(&redis.url(), Duration::from_secs(1)).unwrap();
-    let cookie = make_session(&store, "heidi", Aal::Aal2, 60, 1);
+    let cookie = make_session(
+        &store,
+        &format!("localhost:{}", g.port),
+        "heidi",
+        Aal::Aal2,
+        60,
+        1,
+    );
     let h = format!("localhost:{}", g.port);
     let c = format!("Cookie: aalgate={cookie}");
     assert_eq!(get(g.port, &h, "/x", &[&c]).status, 200);
@@ -92,7 +99,14 @@ fn a_hung_store_hits_the_deadline_and_fails_closed() {
     let up = Upstream::start();
     let g = Gateway::start(Some(&redis.url()), &[("billing.yaml", &policy(up.port))]);
     let store = RedisStore::new(&redis.url(), Duration::from_secs(1)).unwrap();
-    let cookie = make_session(&store, "judy", Aal::Aal2, 60, 1);
+    let cookie = make_session(
+        &store,
+        &format!("localhost:{}", g.port),
+        "judy",
+        Aal::Aal2,
+        60,
+        1,
+    );
     let h = format!("localhost:{}", g.port);
     let c = format!("Cookie: aalgate={cookie}");
     assert_eq!(get(g.port, &h, "/x", &[&c]).status, 200);
@@ -122,7 +136,14 @@ fn cached_sessions_cost_no_redis_round_trip_and_revocation_is_seen_within_a_seco
     let up = Upstream::start();
     let g = Gateway::start(Some(&redis.url()), &[("billing.yaml", &policy(up.port))]);
     let store = RedisStore::new(&redis.url(), Duration::from_secs(1)).unwrap();
-    let cookie = make_session(&store, "pat", Aal::Aal2, 60, 1);
+    let cookie = make_session(
+        &store,
+        &format!("localhost:{}", g.port),
+        "pat",
+        Aal::Aal2,
+        60,
+        1,
+    );
     let h = format!("localhost:{}", g.port);
     let c = format!("Cookie: aalgate={cookie}");
     assert_eq!(get(g.port, &h, "/x", &[&c]).status, 200);

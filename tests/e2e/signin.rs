@@ -209,8 +209,22 @@ fn disable_beside_a_running_gateway(
         credentials: vec![],
     };
     rt().block_on(dir.put_user(&user)).unwrap();
-    let a = make_session(store().as_ref(), "ivan", Aal::Aal2, 60, 1);
-    let b = make_session(store().as_ref(), "ivan", Aal::Aal2, 60, 1);
+    let a = make_session(
+        store().as_ref(),
+        &format!("localhost:{}", g.port),
+        "ivan",
+        Aal::Aal2,
+        60,
+        1,
+    );
+    let b = make_session(
+        store().as_ref(),
+        &format!("localhost:{}", g.port),
+        "ivan",
+        Aal::Aal2,
+        60,
+        1,
+    );
     for c in [&a, &b] {
         assert_eq!(
             get(g.port, &h, "/x", &[&format!("Cookie: aalgate={c}")]).status,
@@ -223,7 +237,14 @@ fn disable_beside_a_running_gateway(
         "{out}{err}"
     );
     // Recovery: `reset` ends every session and prints a new invite at the proofed level.
-    let c = make_session(store().as_ref(), "ivan", Aal::Aal2, 60, 1);
+    let c = make_session(
+        store().as_ref(),
+        &format!("localhost:{}", g.port),
+        "ivan",
+        Aal::Aal2,
+        60,
+        1,
+    );
     let (ok, out, err) = users(g, &["reset", "ivan", "--ttl", "1h"]);
     assert!(
         ok && out.contains("/.aalgate/enroll?invite=")
@@ -236,8 +257,22 @@ fn disable_beside_a_running_gateway(
             (get(g.port, &h, "/x", &[&format!("Cookie: aalgate={x}")]).status == 302).then_some(())
         });
     }
-    let a = make_session(store().as_ref(), "ivan", Aal::Aal2, 60, 1);
-    let b = make_session(store().as_ref(), "ivan", Aal::Aal2, 60, 1);
+    let a = make_session(
+        store().as_ref(),
+        &format!("localhost:{}", g.port),
+        "ivan",
+        Aal::Aal2,
+        60,
+        1,
+    );
+    let b = make_session(
+        store().as_ref(),
+        &format!("localhost:{}", g.port),
+        "ivan",
+        Aal::Aal2,
+        60,
+        1,
+    );
     let (ok, out, err) = users(g, &["disable", "ivan"]);
     assert!(ok && out.contains("2 session(s) ended"), "{out}{err}");
     for c in [&a, &b] {

@@ -11,7 +11,7 @@ use aalgate_policy::Aal;
 use aalgate_session::EmbeddedStore;
 use aalgate_tests::{free_port, Gateway};
 
-use crate::make_session;
+use crate::{link_session, make_session};
 
 /// httpbin under gunicorn (pip install httpbin gunicorn; tests/run.sh does).
 struct Httpbin {
@@ -256,7 +256,14 @@ fn httpbin_answers_the_same_through_the_gateway() {
     );
     let g = Gateway::start(None, &[("httpbin.yaml", &policy)]);
     let store = EmbeddedStore::open(&g.state_dir()).unwrap();
-    let cookie = make_session(&store, "nora", Aal::Aal2, 60, 1);
+    let cookie = make_session(
+        &store,
+        &format!("localhost:{}", g.port),
+        "nora",
+        Aal::Aal2,
+        60,
+        1,
+    );
     let host = format!("localhost:{}", g.port);
     let binary: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
     let cases: Vec<Case> = vec![
@@ -417,7 +424,14 @@ fn upstream_cookies_stay_on_the_apps_own_host() {
         ],
     );
     let store = EmbeddedStore::open(&g.state_dir()).unwrap();
-    let cookie = make_session(&store, "nora", Aal::Aal2, 60, 1);
+    let billing = format!("billing.localhost:{}", g.port);
+    let on_billing = make_session(&store, &billing, "nora", Aal::Aal2, 60, 1);
+    let on_portal = link_session(
+        &store,
+        &on_billing,
+        &billing,
+        &format!("portal.localhost:{}", g.port),
+    );
     let target = "/response-headers?Set-Cookie=JSESSIONID%3DFIXED%3B%20Domain%3Dlocalhost%3B%20Path%3D%2F%3B%20HttpOnly&Set-Cookie=theme%3Ddark%3B%20domain%3D.localhost";
     for (app, want) in [
         (
@@ -432,6 +446,11 @@ fn upstream_cookies_stay_on_the_apps_own_host() {
             ],
         ),
     ] {
+        let cookie = if app == "billing" {
+            &on_billing
+        } else {
+            &on_portal
+        };
         let r = exchange(
             g.port,
             format!("GET {target} HTTP/1.1\r\nHost: {app}.localhost:{}\r\nCookie: aalgate={cookie}\r\nConnection: close\r\n\r\n", g.port).as_bytes(),
@@ -508,7 +527,14 @@ fn a_200_mib_upload_streams_with_bounded_gateway_memory() {
         format!("app: sink\nhost: localhost\nupstream: http://127.0.0.1:{port}\ndefault: aal2\n");
     let g = Gateway::start(None, &[("sink.yaml", &policy)]);
     let store = EmbeddedStore::open(&g.state_dir()).unwrap();
-    let cookie = make_session(&store, "nora", Aal::Aal2, 60, 1);
+    let cookie = make_session(
+        &store,
+        &format!("localhost:{}", g.port),
+        "nora",
+        Aal::Aal2,
+        60,
+        1,
+    );
     let before = rss_kib(g.pid(), "VmRSS:");
     const SIZE: u64 = 200 * 1024 * 1024;
     let mut s = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
@@ -661,7 +687,14 @@ fn websockets_pass_and_close_when_the_session_ends() {
     );
 
     // A session 3 s before its absolute limit (AAL2: 12 h): open, echo, then closed.
-    let ending = make_session(&store, "wendy", Aal::Aal2, 12 * 3600 - 3, 1);
+    let ending = make_session(
+        &store,
+        &format!("localhost:{}", g.port),
+        "wendy",
+        Aal::Aal2,
+        12 * 3600 - 3,
+        1,
+    );
     let mut ws = ws_open(g.port, &ending);
     assert!(ws_echoes(&mut ws, "hello"));
     std::thread::sleep(Duration::from_millis(3500));
@@ -677,7 +710,14 @@ fn websockets_pass_and_close_when_the_session_ends() {
     );
 
     // A silent client is disconnected when the session ends, without sending anything.
-    let ending = make_session(&store, "sam", Aal::Aal2, 12 * 3600 - 2, 1);
+    let ending = make_session(
+        &store,
+        &format!("localhost:{}", g.port),
+        "sam",
+        Aal::Aal2,
+        12 * 3600 - 2,
+        1,
+    );
     let mut ws = ws_open(g.port, &ending);
     let t = Instant::now();
     let mut b = [0u8; 1];
@@ -691,7 +731,14 @@ fn websockets_pass_and_close_when_the_session_ends() {
 
     // Revocation (any instance, or the CLI) closes a live connection too: a quiet one at once
     // (within the 1 s check), without waiting for a frame.
-    let live = make_session(&store, "victor", Aal::Aal2, 60, 1);
+    let live = make_session(
+        &store,
+        &format!("localhost:{}", g.port),
+        "victor",
+        Aal::Aal2,
+        60,
+        1,
+    );
     let mut ws = ws_open(g.port, &live);
     assert!(ws_echoes(&mut ws, "hi"));
     crate::rt()
@@ -707,7 +754,14 @@ fn websockets_pass_and_close_when_the_session_ends() {
     );
     assert!(!ws_echoes(&mut ws, "after revocation"));
     // The gateway still serves new connections after closing those.
-    let fresh = make_session(&store, "wanda", Aal::Aal2, 60, 1);
+    let fresh = make_session(
+        &store,
+        &format!("localhost:{}", g.port),
+        "wanda",
+        Aal::Aal2,
+        60,
+        1,
+    );
     let mut ws = ws_open(g.port, &fresh);
     assert!(ws_echoes(&mut ws, "still here"));
     assert!(!g.log().contains("panicked"));
@@ -718,7 +772,14 @@ fn pipelined_requests_are_answered_in_order() {
     let up = aalgate_tests::Upstream::start();
     let g = Gateway::start(None, &[("billing.yaml", &crate::policy(up.port))]);
     let store = EmbeddedStore::open(&g.state_dir()).unwrap();
-    let cookie = make_session(&store, "nora", Aal::Aal2, 60, 1);
+    let cookie = make_session(
+        &store,
+        &format!("localhost:{}", g.port),
+        "nora",
+        Aal::Aal2,
+        60,
+        1,
+    );
     let h = format!("localhost:{}", g.port);
     // Two allowed requests on one connection, sent at once.
     let raw = format!(

@@ -74,10 +74,10 @@ fn a_flood_stays_within_its_limits_beside_a_clinician() {
     let port = g.port;
     let host = format!("localhost:{port}");
     let store = EmbeddedStore::open(&g.state_dir()).expect("open the embedded store");
-    let clinician = make_session(&store, "carla", Aal::Aal2, 0, 0);
+    let clinician = make_session(&store, &host, "carla", Aal::Aal2, 0, 0);
     // Signed-in people whose step-up is due: their forms are kept.
     let posters: Vec<String> = (0..8)
-        .map(|i| make_session(&store, &format!("p{i}"), Aal::Aal2, 600, 0))
+        .map(|i| make_session(&store, &host, &format!("p{i}"), Aal::Aal2, 600, 0))
         .collect();
     // Warm up, then the baselines.
     for _ in 0..20 {

@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aalgate_policy::{Aal, Timestamp};
-use aalgate_session::{RedisStore, Session, SessionId, SessionStore};
+use aalgate_policy::Aal;
+use aalgate_session::{RedisStore, SessionId};
 use aalgate_tests::{read_request, send, workspace, Gateway, Redis};
 
 const KINDS: [&str; 6] = ["public", "valid", "expired", "forged", "tampered", "none"];
@@ -98,26 +98,9 @@ fn median(v: &mut [u64]) -> u64 {
     v.get(v.len() / 2).copied().unwrap_or(0)
 }
 
-fn mint(redis: &Redis, user: &str, idle: u64) -> String {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+fn mint(redis: &Redis, host: &str, user: &str, idle: u64) -> String {
     let store = RedisStore::new(&redis.url(), Duration::from_secs(2)).expect("store");
-    let now = Timestamp::now();
-    let id = SessionId::generate();
-    let s = Session {
-        user: user.to_string(),
-        aal: Aal::Aal2,
-        amr: vec!["swk".into(), "user".into(), "mfa".into()],
-        credential: Some("soak".into()),
-        auth_time: Timestamp(now.0 - 60),
-        last_auth: Timestamp(now.0 - 60),
-        last_seen: Timestamp(now.0 - idle),
-        expires_at: now.plus(Duration::from_secs(86400)),
-    };
-    rt.block_on(store.insert(&id.key(), &s)).expect("insert");
-    id.to_cookie()
+    aalgate_tests::make_session(&store, host, user, Aal::Aal2, 60, idle)
 }
 
 #[derive(Default)]
@@ -142,11 +125,11 @@ fn soak() {
     let valid: Vec<(String, String)> = (0..40)
         .map(|i| {
             let u = format!("user{i}");
-            (mint(&redis, &u, 1), u)
+            (mint(&redis, &host, &u, 1), u)
         })
         .collect();
     let expired: Vec<String> = (0..200)
-        .map(|i| mint(&redis, &format!("idle{i}"), 31 * 60))
+        .map(|i| mint(&redis, &host, &format!("idle{i}"), 31 * 60))
         .collect();
     let tampered: Vec<String> = valid
         .iter()

@@ -573,17 +573,15 @@ impl SessionStore for EmbeddedStore {
         self.blocking(move |db| {
             let tx = db.begin_read().map_err(unavailable)?;
             let links = tx.open_table(LINKS).map_err(unavailable)?;
-            let record = match links.get(handle.as_str()).map_err(unavailable)? {
-                Some(v) => {
-                    let l: StoredLink = serde_json::from_slice(v.value()).map_err(corrupt)?;
-                    if l.host != host || l.expires <= now {
-                        return Ok(None);
-                    }
-                    SessionKey::from_hex(&l.record)
-                        .ok_or_else(|| corrupt("link to a malformed session key"))?
-                }
-                None => handle,
+            let Some(v) = links.get(handle.as_str()).map_err(unavailable)? else {
+                return Ok(None);
             };
+            let l: StoredLink = serde_json::from_slice(v.value()).map_err(corrupt)?;
+            if l.host != host || l.expires <= now {
+                return Ok(None);
+            }
+            let record = SessionKey::from_hex(&l.record)
+                .ok_or_else(|| corrupt("link to a malformed session key"))?;
             let t = tx.open_table(SESSIONS).map_err(unavailable)?;
             let Some(v) = t.get(record.as_str()).map_err(unavailable)? else {
                 return Ok(None);

@@ -31,10 +31,10 @@ const REVOKE: &str = "local ks = redis.call('SMEMBERS', KEYS[1]) local n = 0 \
     redis.call('DEL', KEYS[1]) return n";
 
 /// Follows a handle to its session in one round trip (see [`SessionStore::resolve`]).
-const RESOLVE: &str = "local rk = ARGV[1] local l = redis.call('GET', KEYS[1]) \
-    if l then local sp = string.find(l, ' ', 1, true) if not sp then return false end \
-    if string.sub(l, sp + 1) ~= ARGV[2] then return false end rk = string.sub(l, 1, sp - 1) end \
-    local v = redis.call('HMGET', ARGV[3] .. rk, 'data', 'seen') \
+const RESOLVE: &str = "local l = redis.call('GET', KEYS[1]) if not l then return false end \
+    local sp = string.find(l, ' ', 1, true) if not sp then return false end \
+    if string.sub(l, sp + 1) ~= ARGV[1] then return false end local rk = string.sub(l, 1, sp - 1) \
+    local v = redis.call('HMGET', ARGV[2] .. rk, 'data', 'seen') \
     if not v[1] then return false end return {rk, v[1], v[2] or '0'}";
 
 const INCR: &str = "local n = redis.call('INCRBY', KEYS[1], ARGV[2]) \
@@ -287,7 +287,6 @@ impl SessionStore for RedisStore {
         let row: Option<(String, String, String)> = self
             .resolve
             .key(lkey(handle))
-            .arg(handle.as_str())
             .arg(host)
             .arg(format!("{PREFIX}s:"))
             .invoke_async(&mut c)

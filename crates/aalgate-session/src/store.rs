@@ -217,8 +217,8 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Removes a handle (the session record stays).
     async fn unlink(&self, handle: &SessionKey) -> Result<(), StoreError>;
     /// Resolves a cookie in one call: a handle linked for `host` gives its record's key and
-    /// session; a key with a session stored directly under it gives that session. A handle of
-    /// another host, a dangling handle or an expired session give `None`.
+    /// session. This is the only way from a cookie to a session: a record's own key, a handle
+    /// of another host, a dangling handle or an expired session give `None`.
     async fn resolve(
         &self,
         handle: &SessionKey,
