@@ -367,9 +367,12 @@ fn request_data_cannot_forge_log_lines() {
     }
 }
 
-/// Username-first options of a name nobody has: a flow, the page's binding and token, then
-/// `start` with the name. The credential ids the options allow.
-fn decoy_ids(g: &Gateway, name: &str) -> Vec<String> {
+/// What username-first options show of one credential: its id and its transports.
+type Allowed = (String, Option<Vec<String>>);
+
+/// Username-first options for `name`: a flow, the page's binding and token, then `start` with
+/// the name. The credentials the options allow.
+fn allowed(g: &Gateway, name: &str) -> Vec<Allowed> {
     let h = host(g);
     let r = get(g.port, &h, "/x", &["Sec-Fetch-Mode: navigate"]);
     assert_eq!(r.status, 302, "{}", r.text());
@@ -409,17 +412,105 @@ fn decoy_ids(g: &Gateway, name: &str) -> Vec<String> {
         .as_array()
         .expect("allowCredentials")
         .iter()
-        .map(|c| c["id"].as_str().unwrap_or_default().to_string())
+        .map(|c| {
+            let t = c["transports"].as_array().map(|t| {
+                t.iter()
+                    .map(|x| x.as_str().unwrap_or_default().to_string())
+                    .collect()
+            });
+            (c["id"].as_str().unwrap_or_default().to_string(), t)
+        })
         .collect()
 }
 
-/// A made-up user name gets the same decoy options from every instance sharing the store (and
-/// its request key), as a real name gets the same credentials: two instances cannot tell them
-/// apart.
+/// The shape of allowed credentials: each id's length in bytes, and its transports.
+fn shape(a: &[Allowed]) -> Vec<(usize, Option<Vec<String>>)> {
+    use base64::Engine;
+    a.iter()
+        .map(|(id, t)| {
+            let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(id)
+                .expect("base64url id")
+                .len();
+            (n, t.clone())
+        })
+        .collect()
+}
+
+/// A stored credential of an enrolled person, as webauthn-rs keeps it: an id of `id_len`
+/// bytes, and the transports the browser reported at enrollment.
+fn enrolled(id_len: usize, transports: &[&str]) -> aalgate_auth::Credential {
+    use webauthn_rs::prelude::*;
+    let id: Vec<u8> = (0..id_len).map(|_| rand_byte()).collect();
+    let key = Credential {
+        cred_id: id.clone(),
+        cred: COSEKey {
+            type_: COSEAlgorithm::ES256,
+            key: COSEKeyType::EC_EC2(COSEEC2Key {
+                curve: ECDSACurve::SECP256R1,
+                x: vec![1u8; 32],
+                y: vec![2u8; 32],
+            }),
+        },
+        counter: 0,
+        transports: Some(
+            transports
+                .iter()
+                .map(|t| t.parse().expect("transport"))
+                .collect(),
+        ),
+        user_verified: true,
+        backup_eligible: false,
+        backup_state: false,
+        registration_policy: serde_json::from_value(serde_json::json!("required")).unwrap(),
+        extensions: Default::default(),
+        attestation: Default::default(),
+        attestation_format: AttestationFormat::None,
+    };
+    use base64::Engine;
+    aalgate_auth::Credential {
+        id: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&id),
+        kind: aalgate_auth::CredentialKind::Passkey,
+        aaguid: None,
+        aal: Aal::Aal2,
+        backup_eligible: false,
+        created: Timestamp::now(),
+        last_used: None,
+        flagged: None,
+        key: Passkey::from(key),
+    }
+}
+
+fn rand_byte() -> u8 {
+    uuid::Uuid::new_v4().as_bytes()[0]
+}
+
+/// A made-up user name gets options of the same shape as a real person's (as many credentials,
+/// ids as long, the same transports), the same from every instance sharing the store (and its
+/// request key), as a real name gets the same credentials: neither a look at one answer nor two
+/// instances tell them apart.
 #[test]
-fn decoys_are_the_same_on_every_instance() {
+fn decoys_look_like_real_peoples_options_on_every_instance() {
     let redis = Redis::start();
     let up = Upstream::start();
+    // The one person enrolled: a platform passkey (16-byte id) and a security key (64-byte).
+    let dir = Directory::new(Arc::new(
+        RedisStore::new(&redis.url(), Duration::from_secs(2)).unwrap(),
+    ));
+    let user = User {
+        id: "rhea".into(),
+        display_name: "Rhea".into(),
+        handle: uuid::Uuid::new_v4(),
+        disabled: false,
+        proofed_aal: Aal::Aal2,
+        created: Timestamp::now(),
+        last_login: None,
+        credentials: vec![
+            enrolled(16, &["internal", "hybrid"]),
+            enrolled(64, &["usb", "nfc"]),
+        ],
+    };
+    rt().block_on(dir.put_user(&user)).unwrap();
     let shared = tempfile::tempdir().unwrap();
     let extra = format!(
         "request_key: {}\n",
@@ -435,9 +526,27 @@ fn decoys_are_the_same_on_every_instance() {
         &[("billing.yaml", &policy(up.port))],
         &extra,
     );
-    let (on_a, on_b) = (decoy_ids(&a, "nobody-here"), decoy_ids(&b, "nobody-here"));
-    assert_eq!(on_a.len(), 1);
-    assert_eq!(on_a, on_b, "the decoy differs between instances");
-    assert_eq!(on_a, decoy_ids(&a, "nobody-here"), "and over time");
-    assert_ne!(on_a, decoy_ids(&a, "somebody-else"), "each name its own");
+    let real = allowed(&a, "rhea");
+    assert_eq!(
+        shape(&real),
+        vec![
+            (16, Some(vec!["internal".into(), "hybrid".into()])),
+            (64, Some(vec!["usb".into(), "nfc".into()])),
+        ]
+    );
+    for name in ["nobody-here", "somebody-else", "dr.who"] {
+        let (on_a, on_b) = (allowed(&a, name), allowed(&b, name));
+        assert_eq!(shape(&on_a), shape(&real), "{name}: the decoy's shape");
+        assert_eq!(on_a, on_b, "{name}: the decoy differs between instances");
+        assert_eq!(on_a, allowed(&a, name), "{name}: and over time");
+        assert!(
+            on_a.iter().all(|c| !real.contains(c)),
+            "{name}: a real person's credential"
+        );
+    }
+    assert_ne!(
+        allowed(&a, "nobody-here"),
+        allowed(&a, "somebody-else"),
+        "each name its own"
+    );
 }

@@ -16,13 +16,16 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use der::Encode;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use uuid::Uuid;
+
 use webauthn_rs::prelude::{
     AttestationCaList, AttestationCaListBuilder, AttestationMetadata, Credential as WaCredential,
     DiscoverableAuthentication, ParsedAttestationData, Passkey, PasskeyAuthentication,
     PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential, Url, Webauthn,
     WebauthnBuilder, WebauthnError,
 };
+use webauthn_rs_proto::AuthenticatorTransport;
 
 use crate::model::{Credential, CredentialKind, User};
 
@@ -157,6 +160,92 @@ pub struct Ceremonies {
     aaguids: Vec<Uuid>,
     /// Keys the decoy credential of a made-up user name ([`Ceremonies::with_decoy_key`]).
     decoy_key: [u8; 32],
+    /// Whose options a decoy looks like ([`Ceremonies::set_decoy_population`]); `None`
+    /// until first set.
+    population: std::sync::RwLock<Option<Arc<DecoyPopulation>>>,
+}
+
+/// What sign-in options show of one credential: its id's length and its transports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialShape {
+    /// Length of the credential id in bytes.
+    pub id_len: usize,
+    /// The transports the browser reported at enrollment, in order.
+    pub transports: Option<Vec<AuthenticatorTransport>>,
+}
+
+/// The shapes of everyone's username-first options, on a hash ring keyed by the decoy key:
+/// a made-up name takes the shape of the person after it on the ring, so its options look
+/// like someone's, stay the same while the population does, and change for few names when
+/// one person enrolls (as a real person's change only when they do).
+#[derive(Debug, Default)]
+pub struct DecoyPopulation {
+    ring: Vec<(u64, Vec<CredentialShape>)>,
+}
+
+impl DecoyPopulation {
+    /// The people a username-first sign-in would offer credentials for.
+    fn of(users: &[User], key: &[u8; 32]) -> DecoyPopulation {
+        let mut ring: Vec<(u64, Vec<CredentialShape>)> = users
+            .iter()
+            .filter(|u| !u.disabled)
+            .map(|u| {
+                let point = ring_point(key, b"person", u.handle.as_bytes());
+                (point, shape_of(&u.credentials))
+            })
+            .filter(|(_, shape)| !shape.is_empty())
+            .collect();
+        ring.sort_by_key(|(p, _)| *p);
+        DecoyPopulation { ring }
+    }
+
+    /// How many people's shapes it holds.
+    pub fn len(&self) -> usize {
+        self.ring.len()
+    }
+
+    /// Whether it holds nobody.
+    pub fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+
+    fn shape_for(&self, key: &[u8; 32], name: &str) -> Option<&[CredentialShape]> {
+        let p = ring_point(key, b"name", name.as_bytes());
+        let i = self.ring.partition_point(|(q, _)| *q < p);
+        self.ring
+            .get(i)
+            .or_else(|| self.ring.first())
+            .map(|(_, s)| s.as_slice())
+    }
+}
+
+/// What a username-first sign-in offers of `creds`: the usable ones, in order.
+pub fn shape_of(creds: &[Credential]) -> Vec<CredentialShape> {
+    creds
+        .iter()
+        .filter(|c| c.usable())
+        .map(|c| {
+            let inner: WaCredential = c.key.clone().into();
+            CredentialShape {
+                id_len: inner.cred_id.len(),
+                transports: inner.transports,
+            }
+        })
+        .collect()
+}
+
+fn ring_point(key: &[u8; 32], tag: &[u8], data: &[u8]) -> u64 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::new()
+        .chain_update(b"aalgate decoy ring\0")
+        .chain_update(key)
+        .chain_update(tag)
+        .chain_update(b"\0")
+        .chain_update(data)
+        .finalize();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(b)
 }
 
 /// The DER bodies of the PEM certificates in `pem`.
@@ -253,6 +342,7 @@ impl Ceremonies {
                 rand::rngs::OsRng.fill_bytes(&mut k);
                 k
             },
+            population: Default::default(),
         })
     }
 
@@ -262,6 +352,21 @@ impl Ceremonies {
     pub fn with_decoy_key(mut self, key: [u8; 32]) -> Ceremonies {
         self.decoy_key = key;
         self
+    }
+
+    /// Sets whose options decoys look like: everyone in the directory (the caller refreshes
+    /// it now and then). A decoy copies the shape of one real person's options (as many
+    /// credentials, ids as long, the same transports) with ids of its own.
+    pub fn set_decoy_population(&self, users: &[User]) {
+        let p = Arc::new(DecoyPopulation::of(users, &self.decoy_key));
+        if let Ok(mut g) = self.population.write() {
+            *g = Some(p);
+        }
+    }
+
+    /// The population decoys are drawn from, once set.
+    pub fn decoy_population(&self) -> Option<Arc<DecoyPopulation>> {
+        self.population.read().ok().and_then(|g| g.clone())
     }
 
     /// Whether AAL3 hardware keys can be enrolled (an allow-list is configured).
@@ -456,7 +561,11 @@ impl Ceremonies {
                     .map(|c| c.key.clone())
                     .collect();
                 if keys.is_empty() {
-                    keys.extend(decoy(&self.decoy_key, name));
+                    let population = self.decoy_population();
+                    let shape = population
+                        .as_deref()
+                        .and_then(|p| p.shape_for(&self.decoy_key, name));
+                    keys.extend(decoys(&self.decoy_key, name, shape));
                 }
                 let (rcr, st) = self
                     .webauthn
@@ -580,17 +689,41 @@ fn top_level_only(client_data_json: &[u8]) -> Result<(), CeremonyError> {
     Ok(())
 }
 
-/// A credential that exists nowhere, so an unknown user name gets ordinary-looking options: the
-/// same name gets the same decoy from every instance that has `key`, for as long as the key
-/// stays, so two requests (or two instances) do not tell a made-up name from a real one.
-fn decoy(key: &[u8; 32], name: &str) -> Option<Passkey> {
+/// Credentials that exist nowhere, so an unknown user name gets ordinary-looking options:
+/// shaped like a real person's (`shape`: as many, ids as long, the same transports; one
+/// 32-byte id without transports while nobody is enrolled), with ids derived from `key` and
+/// the name, so every instance that has `key` gives the same name the same decoys.
+fn decoys(key: &[u8; 32], name: &str, shape: Option<&[CredentialShape]>) -> Vec<Passkey> {
+    let fallback = [CredentialShape {
+        id_len: 32,
+        transports: None,
+    }];
+    shape
+        .unwrap_or(&fallback)
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| decoy(key, name, i, s))
+        .collect()
+}
+
+/// The `i`th decoy credential of `name`.
+fn decoy(key: &[u8; 32], name: &str, i: usize, shape: &CredentialShape) -> Option<Passkey> {
     use sha2::{Digest, Sha256};
-    let id = Sha256::new()
-        .chain_update(b"aalgate decoy credential\0")
-        .chain_update(key)
-        .chain_update(name.as_bytes())
-        .finalize()
-        .to_vec();
+    let mut id = Vec::with_capacity(shape.id_len + 32);
+    let mut block = 0u32;
+    while id.len() < shape.id_len {
+        id.extend(
+            Sha256::new()
+                .chain_update(b"aalgate decoy credential\0")
+                .chain_update(key)
+                .chain_update((i as u32).to_be_bytes())
+                .chain_update(block.to_be_bytes())
+                .chain_update(name.as_bytes())
+                .finalize(),
+        );
+        block += 1;
+    }
+    id.truncate(shape.id_len);
     let c = WaCredential {
         cred_id: id,
         cred: webauthn_rs::prelude::COSEKey {
@@ -602,7 +735,7 @@ fn decoy(key: &[u8; 32], name: &str) -> Option<Passkey> {
             }),
         },
         counter: 0,
-        transports: None,
+        transports: shape.transports.clone(),
         user_verified: true,
         backup_eligible: false,
         backup_state: false,
@@ -613,4 +746,188 @@ fn decoy(key: &[u8; 32], name: &str) -> Option<Passkey> {
         attestation_format: webauthn_rs::prelude::AttestationFormat::None,
     };
     Some(Passkey::from(c))
+}
+
+#[cfg(test)]
+mod decoy_tests {
+    use super::*;
+
+    fn cred(id_len: usize, transports: &[AuthenticatorTransport], flagged: bool) -> Credential {
+        let shape = CredentialShape {
+            id_len,
+            transports: Some(transports.to_vec()),
+        };
+        // Any key of the right shape: a real one's id is as random as a decoy's.
+        let key = decoy(&[7u8; 32], &Uuid::new_v4().to_string(), 0, &shape).unwrap();
+        Credential {
+            id: URL_SAFE_NO_PAD.encode(key.cred_id()),
+            kind: CredentialKind::Passkey,
+            aaguid: None,
+            aal: Aal::Aal2,
+            backup_eligible: false,
+            created: Timestamp(0),
+            last_used: None,
+            flagged: flagged.then(|| "counter went backwards".into()),
+            key,
+        }
+    }
+
+    fn person(id: &str, credentials: Vec<Credential>, disabled: bool) -> User {
+        User {
+            id: id.into(),
+            display_name: id.into(),
+            handle: Uuid::new_v4(),
+            disabled,
+            proofed_aal: Aal::Aal2,
+            created: Timestamp(0),
+            last_login: None,
+            credentials,
+        }
+    }
+
+    fn rp(key: u8) -> Ceremonies {
+        Ceremonies::new(
+            "localhost",
+            "http://localhost:8080",
+            &HardwareKeys::default(),
+        )
+        .unwrap()
+        .with_decoy_key([key; 32])
+    }
+
+    /// The allowed credentials of username-first options for `name`: (id, transports).
+    fn allowed(rp: &Ceremonies, name: &str) -> Vec<(String, serde_json::Value)> {
+        let (o, _) = rp.start_sign_in_for(name, Some(&[])).unwrap();
+        o["publicKey"]["allowCredentials"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["id"].as_str().unwrap().to_string(),
+                    c["transports"].clone(),
+                )
+            })
+            .collect()
+    }
+
+    fn shape_of_options(a: &[(String, serde_json::Value)]) -> Vec<(usize, serde_json::Value)> {
+        a.iter()
+            .map(|(id, t)| (URL_SAFE_NO_PAD.decode(id).unwrap().len(), t.clone()))
+            .collect()
+    }
+
+    fn real_options(rp: &Ceremonies, u: &User) -> Vec<(usize, serde_json::Value)> {
+        let (o, _) = rp.start_sign_in_for(&u.id, Some(&u.credentials)).unwrap();
+        let a: Vec<(String, serde_json::Value)> = o["publicKey"]["allowCredentials"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["id"].as_str().unwrap().to_string(),
+                    c["transports"].clone(),
+                )
+            })
+            .collect();
+        shape_of_options(&a)
+    }
+
+    /// A made-up name's options have the shape of some enrolled, active person's (never a
+    /// disabled person's, never with a flagged credential), every shape of the population
+    /// turns up, and two instances with the same key and directory agree on every name.
+    #[test]
+    fn decoys_copy_the_shape_of_real_peoples_options() {
+        use AuthenticatorTransport::{Hybrid, Internal, Nfc, Usb};
+        let people = vec![
+            person("ann", vec![cred(16, &[Internal, Hybrid], false)], false),
+            person(
+                "bo",
+                vec![
+                    cred(64, &[Usb, Nfc], false),
+                    cred(48, &[Usb], true),
+                    cred(20, &[Hybrid, Internal], false),
+                ],
+                false,
+            ),
+            person("cy", vec![cred(80, &[Nfc], false)], true),
+            person("di", vec![cred(96, &[Usb], true)], false),
+            person("ed", vec![], false),
+        ];
+        let (a, b) = (rp(1), rp(1));
+        a.set_decoy_population(&people);
+        // The other instance read the directory in another order.
+        b.set_decoy_population(&people.iter().rev().cloned().collect::<Vec<_>>());
+        assert_eq!(a.decoy_population().unwrap().len(), 2);
+        let shapes: Vec<_> = people[..2].iter().map(|u| real_options(&a, u)).collect();
+        assert_eq!(
+            shapes[0],
+            vec![(16, serde_json::json!(["internal", "hybrid"]))]
+        );
+        assert_eq!(
+            shapes[1],
+            vec![
+                (64, serde_json::json!(["usb", "nfc"])),
+                (20, serde_json::json!(["hybrid", "internal"])),
+            ]
+        );
+        let mut seen = [0usize; 2];
+        for i in 0..200 {
+            let name = format!("made-up-{i}");
+            let on_a = allowed(&a, &name);
+            let shape = shape_of_options(&on_a);
+            let which = shapes.iter().position(|s| *s == shape);
+            assert!(which.is_some(), "{name}: {shape:?} is nobody's shape");
+            seen[which.unwrap_or(0)] += 1;
+            assert_eq!(on_a, allowed(&b, &name), "{name}: instances differ");
+            assert_eq!(on_a, allowed(&a, &name), "{name}: differs over time");
+        }
+        assert!(
+            seen.iter().all(|n| *n > 20),
+            "both shapes turn up: {seen:?}"
+        );
+        // Another deployment's key: other ids.
+        let c = rp(2);
+        c.set_decoy_population(&people);
+        assert_ne!(allowed(&a, "made-up-1"), allowed(&c, "made-up-1"));
+    }
+
+    /// One more person enrolling changes the decoy of few names (those now nearest to them on
+    /// the ring), not all: a name's options do not jump about as the directory grows.
+    #[test]
+    fn an_enrollment_moves_few_decoys() {
+        use AuthenticatorTransport::{Internal, Usb};
+        let mut people: Vec<User> = (0..20)
+            .map(|i| {
+                let t = if i % 2 == 0 { Internal } else { Usb };
+                person(&format!("p{i}"), vec![cred(16 + i, &[t], false)], false)
+            })
+            .collect();
+        let a = rp(3);
+        a.set_decoy_population(&people);
+        let names: Vec<String> = (0..400).map(|i| format!("n{i}")).collect();
+        let before: Vec<_> = names.iter().map(|n| allowed(&a, n)).collect();
+        people.push(person("new", vec![cred(77, &[Usb], false)], false));
+        a.set_decoy_population(&people);
+        let moved = names
+            .iter()
+            .zip(&before)
+            .filter(|(n, b)| allowed(&a, n) != **b)
+            .count();
+        assert!(moved < 100, "{moved} of 400 decoys changed");
+    }
+
+    /// Before anyone is enrolled (or before the directory is read) a decoy is one credential.
+    #[test]
+    fn without_a_population_a_decoy_is_one_credential() {
+        let a = rp(4);
+        assert!(a.decoy_population().is_none());
+        assert_eq!(
+            shape_of_options(&allowed(&a, "x")),
+            vec![(32, serde_json::Value::Null)]
+        );
+        a.set_decoy_population(&[]);
+        assert!(a.decoy_population().is_some_and(|p| p.is_empty()));
+        assert_eq!(allowed(&a, "x").len(), 1);
+    }
 }

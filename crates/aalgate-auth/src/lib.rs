@@ -21,7 +21,8 @@ pub mod signing;
 pub mod token;
 
 pub use ceremony::{
-    AuthState, Ceremonies, CeremonyError, HardwareKeys, RegKind, RegState, SignIn, Verified,
+    shape_of, AuthState, Ceremonies, CeremonyError, CredentialShape, DecoyPopulation, HardwareKeys,
+    RegKind, RegState, SignIn, Verified,
 };
 pub use directory::{Directory, DirectoryError, Pending};
 pub use model::{Credential, CredentialKind, Invite, InviteStatus, User};

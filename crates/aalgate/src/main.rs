@@ -637,6 +637,7 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         }
         StoreSpec::Redis(url) => (Arc::new(RedisStore::new(url, cfg.store_timeout)?), None),
     };
+    let scan_store = raw_store.clone();
     let deadline: Arc<dyn SessionStore> = Arc::new(Deadline::new(raw_store, cfg.store_timeout));
     let store: Arc<dyn SessionStore> = Arc::new(ops::Instrumented {
         inner: deadline,
@@ -711,7 +712,7 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         store: store.clone(),
         signer,
         public_host: cfg.public_host.clone(),
-        signin,
+        signin: signin.clone(),
         upstream_timeouts: (cfg.upstream_connect_timeout, cfg.upstream_timeout),
         listeners: cfg.listen.clone(),
         hsts: cfg.hsts,
@@ -754,6 +755,16 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
     }
+    server.add_service(background_service(
+        "aalgate decoy refresh",
+        aalgate::signin::DecoyRefresh {
+            service: signin.clone(),
+            dir: aalgate_auth::Directory::new(Arc::new(Deadline::new(
+                scan_store.clone(),
+                Duration::from_secs(30),
+            ))),
+        },
+    ));
     server.add_service(background_service(
         "aalgate policy reload",
         ops::Reloader(policies.clone()),

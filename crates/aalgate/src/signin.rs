@@ -62,6 +62,47 @@ pub struct SignInService {
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
+impl SignInService {
+    /// Reloads whose options a made-up user name's decoy looks like (everyone in `dir`, the
+    /// directory over a store deadline fit for a scan). Returns how many people that is.
+    pub async fn refresh_decoys(&self, dir: &Directory) -> Result<usize, DirectoryError> {
+        let users = dir.users().await?;
+        self.rp.set_decoy_population(&users);
+        Ok(self.rp.decoy_population().map_or(0, |p| p.len()))
+    }
+}
+
+/// Reloads the decoy population once a minute: an enrollment on any instance reaches every
+/// instance's decoys within that (until then, a made-up name whose decoy would now copy the
+/// new person's shape still gets the old one).
+pub struct DecoyRefresh {
+    /// Whose decoys it keeps current.
+    pub service: std::sync::Arc<SignInService>,
+    /// The directory over the store with a deadline long enough for a scan of every user.
+    pub dir: Directory,
+}
+
+/// How often [`DecoyRefresh`] reloads.
+pub const DECOY_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for DecoyRefresh {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let mut tick = tokio::time::interval(DECOY_REFRESH);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    match self.service.refresh_decoys(&self.dir).await {
+                        Ok(n) => tracing::debug!(people = n, "decoy population reloaded"),
+                        Err(e) => tracing::warn!(error = %e, "cannot reload the people decoys look like"),
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
 /// What a handoff code carries.
 #[derive(Serialize, Deserialize)]
 struct Handoff {
@@ -815,6 +856,13 @@ impl Gateway {
                 };
                 let (options, state, user, allowed) = match named {
                     Some(name) => {
+                        // Decoys look like the people enrolled; the background refresh keeps
+                        // that current, and the first start after boot loads it if it has not.
+                        if svc.rp.decoy_population().is_none() {
+                            if let Err(e) = svc.refresh_decoys(&svc.dir).await {
+                                tracing::warn!(error = %e, "cannot load the people decoys look like");
+                            }
+                        }
                         // Throttling is enforced when the answer comes back, so a start never tells
                         // a throttled (existing) account from another.
                         let user = svc.dir.user(&name).await?.filter(|u| !u.disabled);
