@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use aalgate::cache::{AssertionCache, SessionCache};
-use aalgate_policy::{decide, normalize_target, HostPort, Timestamp};
+use aalgate_policy::{
+    admit, normalize_target, AdmissionFacts, HostPort, RequestKind, SessionKind, Subject, Timestamp,
+};
 use aalgate_session::{EmbeddedStore, RedisStore, Session, SessionId, SessionStore};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::hint::black_box;
@@ -41,15 +43,22 @@ fn match_bench(c: &mut Criterion) {
     g.finish();
 }
 
-fn decide_bench(c: &mut Criterion) {
+fn admit_bench(c: &mut Criterion) {
     let set = policy_with(5);
     let host = HostPort::parse("bench.example").unwrap();
     let n = normalize_target(b"/svc1/items/1/detail").unwrap();
     let rule = set.lookup(&host, "GET", &n).unwrap().rule;
     let now = Timestamp::now();
-    let facts = session(now).facts();
-    c.bench_function("decide", |b| {
-        b.iter(|| black_box(decide(&rule.access, Some(black_box(&facts)), now)))
+    let facts = AdmissionFacts {
+        session: SessionKind::Normal(Subject {
+            facts: session(now).facts(),
+            ends_at: Timestamp(u64::MAX),
+        }),
+        request: RequestKind::Navigation,
+        ceremony: None,
+    };
+    c.bench_function("admit", |b| {
+        b.iter(|| black_box(admit(&rule.access, black_box(&facts), now)))
     });
 }
 
@@ -180,7 +189,7 @@ fn lookup_bench(c: &mut Criterion) {
 criterion_group!(
     benches,
     match_bench,
-    decide_bench,
+    admit_bench,
     cookie_bench,
     jwt_bench,
     lookup_bench

@@ -1,5 +1,6 @@
-//! Session limits by AAL and the access decision: a pure function of the rule, the session's
-//! facts and the time, so every timeout edge is testable with a fake clock.
+//! Session limits by AAL and the timeout arithmetic [`crate::admit`] builds on: a pure function
+//! of the rule, the session's facts and the time, so every timeout edge is testable with a fake
+//! clock. Private to the crate: nothing but `admit` admits a request.
 
 use std::time::Duration;
 
@@ -176,7 +177,7 @@ impl ExpiryReason {
 
 /// The outcome for one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Forward it.
     Allow,
     /// No session: authenticate at `aal`.
@@ -189,22 +190,9 @@ pub enum Decision {
     Deny,
 }
 
-impl Decision {
-    /// Short name for logs and metrics.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Decision::Allow => "allow",
-            Decision::Login { .. } => "login",
-            Decision::StepUp { .. } => "step_up",
-            Decision::Reauth { .. } => "reauth",
-            Decision::Deny => "deny",
-        }
-    }
-}
-
 /// Decides one request. A limit is reached when the elapsed time equals it: at exactly
 /// `idle_timeout` after the last request, the session is idle.
-pub fn decide(access: &Access, session: Option<&SessionFacts>, now: Timestamp) -> Decision {
+pub(crate) fn decide(access: &Access, session: Option<&SessionFacts>, now: Timestamp) -> Decision {
     let need = match access.require {
         Requirement::Deny => return Decision::Deny,
         Requirement::Public => return Decision::Allow,

@@ -4,13 +4,16 @@
 //! 1. [`path::normalize_target`] turns the raw request target into the one normalized path that
 //!    is both matched and forwarded (or refuses it as ambiguous);
 //! 2. [`PolicySet::lookup`] finds the app for the `Host` and the most specific route rule;
-//! 3. [`decide`] combines the rule with the session's facts and the time into a [`Decision`].
+//! 3. [`admit`] combines the rule with the facts the edge gathered (the session, the kind of
+//!    request, a ceremony its flow just completed) and the time into an [`Admission`]. It is
+//!    the only way to admit a request: the timeout arithmetic it builds on is private.
 //!
 //! Policy files are parsed into the raw [`file::PolicyFile`] (unknown keys are errors, booleans
 //! are strict), then validated by [`load`] into an immutable [`PolicySet`]; diagnostics carry
 //! `file:line:column`, what is wrong and how to fix it.
 
 pub mod aal;
+pub mod admit;
 pub mod decide;
 pub mod file;
 #[doc(hidden)]
@@ -22,7 +25,8 @@ pub mod pattern;
 pub mod time;
 
 pub use aal::{Aal, Requirement};
-pub use decide::{decide, Access, Decision, ExpiryReason, Limits, SessionFacts, StepUp, Timeouts};
+pub use admit::{admit, Admission, AdmissionFacts, Ceremony, RequestKind, SessionKind, Subject};
+pub use decide::{Access, ExpiryReason, Limits, SessionFacts, StepUp, Timeouts};
 pub use host::HostPort;
 pub use model::{
     load, load_from_strs, valid_app_id, App, Diagnostic, Match, PolicySet, Rule, Severity,

@@ -3,8 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+use aalgate_policy::admit::{AdmissionFacts, RequestKind, SessionKind, Subject};
 use aalgate_policy::{
-    decide, load_from_strs, normalize_target, Aal, Decision, ExpiryReason, HostPort, SessionFacts,
+    admit, load_from_strs, normalize_target, Aal, Admission, ExpiryReason, HostPort, SessionFacts,
     Timestamp,
 };
 use serde::Deserialize;
@@ -60,22 +61,34 @@ fn every_limit_holds_one_second_either_side() {
         let m = set
             .lookup(&host, "GET", &target)
             .unwrap_or_else(|| panic!("{}: no rule", c.name));
-        let facts = c.aal.map(|n| SessionFacts {
-            aal: Aal::from_number(n).expect("aal 1-3"),
-            auth_time: at(c.auth_ago),
-            last_auth: at(c.last_auth_ago.unwrap_or(c.auth_ago)),
-            last_seen: at(c.seen_ago),
-        });
-        let got = match decide(&m.rule.access, facts.as_ref(), now) {
-            Decision::Allow => "allow",
-            Decision::Login { .. } => "login",
-            Decision::StepUp { .. } => "step_up",
-            Decision::Reauth {
+        let session = match c.aal {
+            None => SessionKind::None,
+            Some(n) => SessionKind::Normal(Subject {
+                facts: SessionFacts {
+                    aal: Aal::from_number(n).expect("aal 1-3"),
+                    auth_time: at(c.auth_ago),
+                    last_auth: at(c.last_auth_ago.unwrap_or(c.auth_ago)),
+                    last_seen: at(c.seen_ago),
+                },
+                ends_at: Timestamp(u64::MAX),
+            }),
+        };
+        let facts = AdmissionFacts {
+            session,
+            request: RequestKind::Navigation,
+            ceremony: None,
+        };
+        let got = match admit(&m.rule.access, &facts, now) {
+            Admission::Allow => "allow",
+            Admission::Login { .. } => "login",
+            Admission::StepUp { .. } => "step_up",
+            Admission::Reauth {
                 reason: ExpiryReason::Idle,
                 ..
             } => "reauth_idle",
-            Decision::Reauth { .. } => "reauth_absolute",
-            Decision::Deny => "deny",
+            Admission::Reauth { .. } => "reauth_absolute",
+            Admission::Deny => "deny",
+            other => panic!("{}: {other:?}", c.name),
         };
         if got != c.expect {
             failures.push(format!("{}: got {got}, expected {}", c.name, c.expect));

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use aalgate_policy::{
-    decide, format_duration, parse_duration, Aal, Decision, HostPort, SessionFacts, StepUp,
-    Timestamp,
+    admit, format_duration, parse_duration, Aal, Admission, AdmissionFacts, HostPort, RequestKind,
+    SessionFacts, SessionKind, StepUp, Subject, Timestamp,
 };
 use anyhow::{bail, Result};
 
@@ -34,6 +34,9 @@ pub struct ExplainArgs {
     /// Time since the last step-up or re-authentication (default: the auth age).
     #[arg(long, value_parser = parse_duration)]
     step_up_age: Option<Duration>,
+    /// The session is a break-glass (emergency) one.
+    #[arg(long, requires = "aal")]
+    breakglass: bool,
 }
 
 /// Runs the command.
@@ -123,27 +126,59 @@ pub fn run(a: ExplainArgs) -> Result<()> {
             );
         }
     }
-    let d = decide(&rule.access, facts.as_ref(), now);
-    let text = match d {
-        Decision::Allow => "allow: forwarded upstream".to_string(),
-        Decision::Deny => "deny: 403, never forwarded".to_string(),
-        Decision::Login { aal } => {
+    let session = match facts {
+        None => SessionKind::None,
+        Some(facts) => {
+            // As long as the loosest limit allows: the route's own limits decide here.
+            let subject = Subject {
+                facts,
+                ends_at: Timestamp(u64::MAX),
+            };
+            if a.breakglass {
+                SessionKind::Emergency(subject)
+            } else {
+                SessionKind::Normal(subject)
+            }
+        }
+    };
+    let facts = AdmissionFacts {
+        session,
+        request: RequestKind::Navigation,
+        ceremony: None,
+    };
+    let text = match admit(&rule.access, &facts, now) {
+        Admission::Allow => "allow: forwarded upstream".to_string(),
+        Admission::AllowEmergency => {
+            "allow: forwarded upstream under break-glass (audited, alerted)".to_string()
+        }
+        Admission::AllowAdmitted => {
+            "allow: admitted once by the request's own ceremony".to_string()
+        }
+        Admission::BreakglassNotAllowed => {
+            "breakglass_not_allowed: 403, this route does not allow break-glass sessions"
+                .to_string()
+        }
+        Admission::FromTheFuture { aal } => format!(
+            "reauth: the session's times lie ahead of the clock; sign in again at {aal}"
+        ),
+        Admission::Deny => "deny: 403, never forwarded".to_string(),
+        Admission::Login { aal } => {
             format!("login: sign in at {aal} (302 to /.aalgate/auth, or 401 JSON for scripts)")
         }
-        Decision::StepUp {
+        Admission::StepUp {
             aal,
             fresh: Some(StepUp::PerRequest),
         } => format!(
             "step_up: this request needs its own {aal} ceremony, signed over its method, URL and body (per_request); nothing else is admitted by it"
         ),
-        Decision::StepUp { aal, fresh } => format!(
+        Admission::StepUp { aal, fresh } => format!(
             "step_up: a fresh {aal} authentication{} is needed",
             fresh
                 .and_then(StepUp::max_age)
                 .map(|m| format!(" within {}", format_duration(m)))
                 .unwrap_or_default()
         ),
-        Decision::Reauth { aal, reason } => format!(
+        Admission::Reauth { aal, reason } => format!(
             "reauth: the session hit its {} limit; sign in again at {aal}",
             reason.as_str()
         ),

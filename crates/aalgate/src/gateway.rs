@@ -11,8 +11,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aalgate_policy::admit::ceremony_would_admit;
 use aalgate_policy::{
-    decide, Decision, HostPort, NormalizedTarget, PathError, PolicySet, StepUp, Timestamp,
+    admit, Admission, AdmissionFacts, Ceremony, HostPort, NormalizedTarget, PathError, PolicySet,
+    RequestKind, SessionKind, StepUp, Subject, Timestamp,
 };
 use aalgate_session::{Flow, FlowId, Session as UserSession, SessionId, SessionKey, SessionStore};
 use async_trait::async_trait;
@@ -46,6 +48,25 @@ const TOMBSTONES: &str = "tomb";
 pub(crate) const ADMISSIONS: &str = "admit";
 /// How long a completed flow's own request stays admitted (the hop back, a popup's retry).
 pub(crate) const ADMISSION_TTL: Duration = Duration::from_secs(30);
+
+/// What admission knows of a session: its times and level, and when it is over (the record
+/// outlives it by a flow's lifetime, so that a form sent right at the end is still known to
+/// be the person's).
+pub(crate) fn subject(s: &UserSession) -> Subject {
+    Subject {
+        facts: s.facts(),
+        ends_at: Timestamp(s.expires_at.0.saturating_sub(FLOW_TTL.as_secs())),
+    }
+}
+
+/// The session a request carries, as admission sees it.
+pub(crate) fn session_kind(s: Option<&UserSession>) -> SessionKind {
+    match s {
+        None => SessionKind::None,
+        Some(s) if crate::breakglass::is_emergency(s) => SessionKind::Emergency(subject(s)),
+        Some(s) => SessionKind::Normal(subject(s)),
+    }
+}
 
 /// The store key of the one-time admission of `method url` for the session `record`.
 /// The grant is for one session record, one app host (canonical host and port), one browser
@@ -461,6 +482,125 @@ impl Gateway {
         None
     }
 
+    /// Takes the one-time admission this request's own flow left (its ceremony just
+    /// completed): `None` when there is none; else the request binding the ceremony signed, if
+    /// it signed this very request (without a body, checked now; with one, as the body
+    /// streams, held back until it matches).
+    async fn take_admission(
+        &self,
+        session: &Session,
+        ctx: &Ctx,
+        record: &SessionKey,
+        bind: &aalgate_auth::Token,
+        method: &str,
+    ) -> Option<Option<aalgate_session::RequestBinding>> {
+        let url = ctx
+            .target
+            .as_ref()
+            .map(|t| t.path_and_query().into_owned())
+            .unwrap_or_default();
+        let host = self.canonical_host(&ctx.host);
+        let key = admission_key(record, &host, &bind.hash(), method, &url);
+        let grant = self.store.kv_take(ADMISSIONS, &key).await.ok()??;
+        // A per-request ceremony's grant names the request it signed; a `max_age` grant for
+        // the same URL signs nothing, so it does not admit a per-request route.
+        let signed: Option<aalgate_session::RequestBinding> = serde_json::from_slice(&grant)
+            .ok()
+            .and_then(|b| self.opened_binding(&b));
+        let has_body = has_request_body(session.req_header());
+        Some(signed.filter(|b| {
+            b.body == has_body
+                && (b.body || aalgate_auth::signing::matches(b, method, &host, &url, None))
+        }))
+    }
+
+    /// Forwards a request its own flow's ceremony admitted (once).
+    fn allow_admitted(
+        &self,
+        ctx: &mut Ctx,
+        record: &SessionKey,
+        s: &UserSession,
+        signed: Option<aalgate_session::RequestBinding>,
+    ) -> Result<bool> {
+        if let Some(b) = &signed {
+            if b.body {
+                // Audited once the body matched.
+                let url = ctx
+                    .target
+                    .as_ref()
+                    .map(|t| t.path_and_query().into_owned())
+                    .unwrap_or_default();
+                ctx.verify_body = Some(BodyCheck {
+                    binding: b.clone(),
+                    host: self.canonical_host(&ctx.host),
+                    url,
+                    seen: Vec::new(),
+                });
+            } else {
+                self.audit_admitted(ctx, &s.user, b);
+            }
+        }
+        ctx.signed = signed;
+        ctx.session_key = Some(record.clone());
+        ctx.session = Some(s.clone());
+        ctx.outcome = "allow_admitted";
+        Ok(false)
+    }
+
+    /// Ends a session that timed out, once, so it is counted and audited once. For every app:
+    /// the sign-in page must not find it and hand it back silently, and the tap that follows
+    /// renews it for all of them.
+    #[allow(clippy::too_many_arguments)]
+    async fn end_timed_out(
+        &self,
+        ctx: &Ctx,
+        handle: &SessionKey,
+        record: &SessionKey,
+        s: &UserSession,
+        reason: aalgate_policy::ExpiryReason,
+        app: &str,
+        now: Timestamp,
+    ) {
+        self.sessions.remove(handle);
+        self.sessions.end_record(record);
+        let removed = self.store.remove(record).await;
+        // Who this browser was, for a form it sends before signing in again.
+        if removed.is_ok() {
+            let _ = self
+                .store
+                .kv_put(
+                    TOMBSTONES,
+                    handle.as_str(),
+                    s.user.as_bytes(),
+                    Some(FLOW_TTL),
+                )
+                .await;
+        }
+        if let Ok(true) = removed {
+            self.metrics
+                .session_ends
+                .with_label_values(&[reason.as_str()])
+                .inc();
+            self.metrics
+                .session_age
+                .observe(now.since(s.auth_time).as_secs_f64());
+            self.audit.emit_for(
+                &ctx.audit,
+                &crate::audit::Event {
+                    time: crate::audit::now_rfc3339(),
+                    event: "session_end",
+                    request_id: Some(&ctx.request_id),
+                    user: Some(&s.user),
+                    app: Some(app),
+                    aal: Some(s.aal.number()),
+                    credential: s.credential.as_deref(),
+                    decision: Some(reason.as_str()),
+                    ..Default::default()
+                },
+            );
+        }
+    }
+
     /// 429: this client address started too many sign-ins in the last minute.
     /// Takes one of this client's new-flow tokens (flows, switch-user flows and ceremony
     /// starts all store something for an anonymous client): `Err(retry-after seconds)` when
@@ -807,19 +947,25 @@ impl Gateway {
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
-        decision: Decision,
+        admission: Admission,
         host: &str,
         app: &str,
         user: Option<String>,
         per_request: bool,
     ) -> Result<bool> {
-        let (need, aal, max_age) = match decision {
+        let (need, aal, max_age) = match admission {
             // A session a re-auth just ended: the same person continues.
-            Decision::Login { aal } if user.is_some() => ("reauth", aal, None),
-            Decision::Login { aal } => ("login", aal, None),
-            Decision::StepUp { aal, fresh } => ("step_up", aal, fresh.and_then(StepUp::max_age)),
-            Decision::Reauth { aal, .. } => ("reauth", aal, None),
-            Decision::Allow | Decision::Deny => {
+            Admission::Login { aal } if user.is_some() => ("reauth", aal, None),
+            Admission::Login { aal } => ("login", aal, None),
+            Admission::StepUp { aal, fresh } => ("step_up", aal, fresh.and_then(StepUp::max_age)),
+            Admission::Reauth { aal, .. } | Admission::FromTheFuture { aal } => {
+                ("reauth", aal, None)
+            }
+            Admission::Allow
+            | Admission::AllowAdmitted
+            | Admission::AllowEmergency
+            | Admission::Deny
+            | Admission::BreakglassNotAllowed => {
                 return self.error(session, ctx, 403, "denied").await
             }
         };
@@ -1178,47 +1324,45 @@ impl ProxyHttp for Gateway {
             }
             _ => now,
         };
-        // An emergency session reaches only routes that allow break-glass, whatever its level.
-        if let Some((_, _, s)) = &loaded {
-            if crate::breakglass::is_emergency(s) {
-                if !access.breakglass {
-                    ctx.session = Some(s.clone());
-                    return self
-                        .error(session, ctx, 403, "breakglass_not_allowed")
-                        .await;
+        let upgrade = session
+            .req_header()
+            .headers
+            .contains_key(http::header::UPGRADE);
+        let request = if upgrade {
+            RequestKind::WebSocket
+        } else if headers::is_script_request(&session.req_header().headers) {
+            RequestKind::Script
+        } else {
+            RequestKind::Navigation
+        };
+        let mut facts = AdmissionFacts {
+            session: session_kind(loaded.as_ref().map(|(_, _, s)| s)),
+            request,
+            ceremony: None,
+        };
+        let mut admission = admit(access, &facts, now);
+        // The flow this request caused admits it once, even if `max_age` passed on the way
+        // back (no step-up loop on a short `max_age`): looked for only where it would admit.
+        if let Some((_, record, s)) = &loaded {
+            let (bind, fresh) = self.binding(session, ctx);
+            if !fresh && ceremony_would_admit(access, &facts, now) {
+                let signed = self
+                    .take_admission(session, ctx, record, &bind, &method)
+                    .await;
+                if let Some(signed) = signed {
+                    facts.ceremony = Some(Ceremony {
+                        signed: signed.is_some(),
+                    });
+                    admission = admit(access, &facts, now);
+                    if admission == Admission::AllowAdmitted {
+                        return self.allow_admitted(ctx, record, s, signed);
+                    }
+                    tracing::warn!(request_id = %ctx.request_id, "an admission without a signature on a per-request route");
                 }
-                // A WebSocket of an emergency session ends with it: at the code's TTL or on
-                // *Sign out*, asked of this instance's memory (the store may be down).
-                if let Some((handle, _, _)) = &loaded {
-                    let lives = Lives::Emergency(self.signin.clone());
-                    self.watch_if_upgrade(session, ctx, handle, s.expires_at, lives, now);
-                }
-                ctx.session = Some(s.clone());
-                ctx.outcome = "allow";
-                return Ok(false);
             }
         }
-        // A session stamped further in the future than the clock may have moved (the clock was
-        // stepped back across a restart by more than that, or the record is corrupt) cannot be
-        // timed: it is treated as past its absolute limit.
-        let facts = loaded.as_ref().map(|(_, _, s)| {
-            let mut f = s.facts();
-            let ahead = now.plus(Timestamp::MAX_OBSERVED_AHEAD);
-            if f.last_seen > ahead || f.auth_time > ahead || f.last_auth > ahead {
-                tracing::warn!(request_id = %ctx.request_id, user = %s.user, "session stamped in the future: clock stepped back or record corrupt; re-authentication required");
-                f.auth_time = Timestamp(0);
-            }
-            // Records outlive their end by a flow's lifetime, so that a form sent right at the
-            // limit is still known to be the person's: past `expires_at - FLOW_TTL` the
-            // session is over.
-            if now.plus(FLOW_TTL) >= s.expires_at {
-                f.auth_time = Timestamp(0);
-            }
-            f
-        });
-        let decision = decide(access, facts.as_ref(), now);
-        match decision {
-            Decision::Allow => {
+        match admission {
+            Admission::Allow => {
                 if let Some((handle, key, s)) = loaded {
                     if now.since(s.last_seen) >= TOUCH_INTERVAL {
                         // Off the request path: a failed touch only makes the idle limit fire earlier.
@@ -1232,8 +1376,7 @@ impl ProxyHttp for Gateway {
                     }
                     // The check happens at the upgrade; afterwards every frame is held to the
                     // session's absolute end and (once a second) to its existence.
-                    let limits = access.limits(s.aal);
-                    let until = s.expires_at.min(s.auth_time.plus(limits.max_session_age));
+                    let until = aalgate_policy::admit::session_end(access, &subject(&s));
                     let lives = Lives::Store(self.store.clone());
                     self.watch_if_upgrade(session, ctx, &handle, until, lives, now);
                     ctx.session_key = Some(key);
@@ -1242,122 +1385,43 @@ impl ProxyHttp for Gateway {
                 ctx.outcome = "allow";
                 Ok(false)
             }
-            Decision::Deny => self.error(session, ctx, 403, "denied").await,
+            Admission::AllowEmergency => {
+                if let Some((handle, _, s)) = loaded {
+                    // A WebSocket of an emergency session ends with it: at the code's TTL or
+                    // on *Sign out*, asked of this instance's memory (the store may be down).
+                    let lives = Lives::Emergency(self.signin.clone());
+                    self.watch_if_upgrade(session, ctx, &handle, s.expires_at, lives, now);
+                    ctx.session = Some(s);
+                }
+                ctx.outcome = "allow";
+                Ok(false)
+            }
+            // Reached only with a ceremony, above.
+            Admission::AllowAdmitted => self.error(session, ctx, 403, "denied").await,
+            Admission::BreakglassNotAllowed => {
+                ctx.session = loaded.map(|(_, _, s)| s);
+                self.error(session, ctx, 403, "breakglass_not_allowed")
+                    .await
+            }
+            Admission::Deny => self.error(session, ctx, 403, "denied").await,
             other => {
                 let app = m.app.name.clone();
                 let per_request = access.step_up.is_some_and(StepUp::per_request);
-                // The flow this request caused admits it once, even if `max_age` passed on
-                // the way back (no step-up loop on a short `max_age`).
-                if let (Decision::StepUp { aal, .. }, Some((_, record, s))) = (other, &loaded) {
-                    let upgrade = session
-                        .req_header()
-                        .headers
-                        .contains_key(http::header::UPGRADE);
-                    let url = ctx
-                        .target
-                        .as_ref()
-                        .map(|t| t.path_and_query().into_owned())
-                        .unwrap_or_default();
-                    let (bind, fresh) = self.binding(session, ctx);
-                    if s.aal >= aal && !upgrade && !fresh {
-                        let host = self.canonical_host(&ctx.host);
-                        let key = admission_key(record, &host, &bind.hash(), &method, &url);
-                        if let Ok(Some(grant)) = self.store.kv_take(ADMISSIONS, &key).await {
-                            // A per-request ceremony's grant names the request it signed; a
-                            // `max_age` grant for the same URL signs nothing, so it does not
-                            // admit a per-request route.
-                            let signed: Option<aalgate_session::RequestBinding> =
-                                serde_json::from_slice(&grant)
-                                    .ok()
-                                    .and_then(|b| self.opened_binding(&b));
-                            // Without a body the digest is checked now; with one, as the body
-                            // streams (held back until it matches).
-                            let has_body = has_request_body(session.req_header());
-                            let signed = signed.filter(|b| {
-                                b.body == has_body
-                                    && (b.body
-                                        || aalgate_auth::signing::matches(
-                                            b, &method, &host, &url, None,
-                                        ))
-                            });
-                            if per_request && signed.is_none() {
-                                tracing::warn!(request_id = %ctx.request_id, "an admission without a signature on a per-request route");
-                            } else {
-                                if let Some(b) = &signed {
-                                    if b.body {
-                                        // Audited once the body matched.
-                                        ctx.verify_body = Some(BodyCheck {
-                                            binding: b.clone(),
-                                            host: host.clone(),
-                                            url: url.clone(),
-                                            seen: Vec::new(),
-                                        });
-                                    } else {
-                                        self.audit_admitted(ctx, &s.user, b);
-                                    }
-                                }
-                                ctx.signed = signed;
-                                ctx.session_key = Some(record.clone());
-                                ctx.session = Some(s.clone());
-                                ctx.outcome = "allow_admitted";
-                                return Ok(false);
-                            }
-                        }
+                if let (Some(reason), Some((handle, record, s))) = (other.ends_session(), &loaded) {
+                    if matches!(other, Admission::FromTheFuture { .. }) {
+                        tracing::warn!(request_id = %ctx.request_id, user = %s.user, "session stamped in the future: clock stepped back or record corrupt; re-authentication required");
                     }
+                    self.end_timed_out(ctx, handle, record, s, reason, &app, now)
+                        .await;
                 }
-                if let (Decision::Reauth { reason, .. }, Some((handle, record, s))) =
-                    (other, &loaded)
-                {
-                    // The session is over: end it now, once, so it is counted and audited once.
-                    // For every app: the sign-in page must not find it and hand it back
-                    // silently, and the tap that follows renews it for all of them.
-                    self.sessions.remove(handle);
-                    self.sessions.end_record(record);
-                    let removed = self.store.remove(record).await;
-                    // Who this browser was, for a form it sends before signing in again.
-                    if removed.is_ok() {
-                        let _ = self
-                            .store
-                            .kv_put(
-                                TOMBSTONES,
-                                handle.as_str(),
-                                s.user.as_bytes(),
-                                Some(FLOW_TTL),
-                            )
-                            .await;
-                    }
-                    if let Ok(true) = removed {
-                        self.metrics
-                            .session_ends
-                            .with_label_values(&[reason.as_str()])
-                            .inc();
-                        self.metrics
-                            .session_age
-                            .observe(now.since(s.auth_time).as_secs_f64());
-                        self.audit.emit_for(
-                            &ctx.audit,
-                            &crate::audit::Event {
-                                time: crate::audit::now_rfc3339(),
-                                event: "session_end",
-                                request_id: Some(&ctx.request_id),
-                                user: Some(&s.user),
-                                app: Some(&app),
-                                aal: Some(s.aal.number()),
-                                credential: s.credential.as_deref(),
-                                decision: Some(reason.as_str()),
-                                ..Default::default()
-                            },
-                        );
-                    }
-                }
-                if let Decision::StepUp { .. } = other {
+                if let Admission::StepUp { .. } = other {
                     self.metrics
                         .step_ups
                         .with_label_values(&[&app, &m.rule.id])
                         .inc();
                 }
                 let mut user = loaded.as_ref().map(|(_, _, s)| s.user.clone());
-                if user.is_none() && matches!(other, Decision::Login { .. }) {
+                if user.is_none() && matches!(other, Admission::Login { .. }) {
                     user = self.tombstone(session.req_header(), ctx).await;
                 }
                 self.challenge(

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use aalgate_auth::Token;
-use aalgate_policy::{decide, Decision, HostPort, StepUp, Timestamp};
+use aalgate_policy::{admit, AdmissionFacts, Ceremony, HostPort, RequestKind, Timestamp};
 use aalgate_session::{Flow, RequestBinding};
 use bytes::Bytes;
 use pingora::http::RequestHeader;
@@ -474,7 +474,6 @@ impl Gateway {
         };
         // The flow that kept this form ended in this very session.
         let ours = mark.as_ref().filter(|m| m.record == record.as_str());
-        let decision = decide(&m.rule.access, Some(&user_session.facts()), now);
         // The flow's own ceremony admits its request, even if a short `max_age` passed on the
         // way back; on a per-request route, only a ceremony that signed this very form does.
         let signed = ours
@@ -489,16 +488,16 @@ impl Gateway {
                     Some(&kept.body),
                 )
             });
-        let admitted = match decision {
-            Decision::Allow => true,
-            Decision::StepUp { aal, fresh } => {
-                user_session.aal >= aal
-                    && ours.is_some_and(|m| now.since(m.at) <= crate::gateway::ADMISSION_TTL)
-                    && (fresh != Some(StepUp::PerRequest) || signed.is_some())
-            }
-            _ => false,
+        let facts = AdmissionFacts {
+            session: crate::gateway::session_kind(Some(&user_session)),
+            request: RequestKind::Replay,
+            ceremony: ours
+                .filter(|m| now.since(m.at) <= crate::gateway::ADMISSION_TTL)
+                .map(|_| Ceremony {
+                    signed: signed.is_some(),
+                }),
         };
-        if crate::breakglass::is_emergency(&user_session) || !admitted {
+        if !admit(&m.rule.access, &facts, now).allows() {
             let _ = self.store.kv_take(KEPT, &token.hash()).await;
             return self
                 .resume_page(session, ctx, "Form not sent", "Your sign-in does not allow this form, so it was not sent. Go back and try again.", "resume_denied")
