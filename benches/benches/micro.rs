@@ -128,8 +128,10 @@ fn lookup_bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("session_lookup");
 
     let cache = SessionCache::new(1024);
-    cache.put(&key, &session(now));
-    g.bench_function("cache_hit", |b| b.iter(|| black_box(cache.get(&key, now))));
+    cache.put_linked(&key, &key, "ehr.example", &session(now));
+    g.bench_function("cache_hit", |b| {
+        b.iter(|| black_box(cache.get_with_record(&key, "ehr.example", now)))
+    });
 
     let dir = tempfile::tempdir().unwrap();
     let embedded = EmbeddedStore::open(dir.path()).unwrap();

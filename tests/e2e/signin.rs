@@ -373,11 +373,35 @@ type Allowed = (String, Option<Vec<String>>);
 /// Username-first options for `name`: a flow, the page's binding and token, then `start` with
 /// the name. The credentials the options allow.
 fn allowed(g: &Gateway, name: &str) -> Vec<Allowed> {
+    let mut start = starter(g, "");
+    let r = start(name);
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["options"]["publicKey"]["allowCredentials"]
+        .as_array()
+        .expect("allowCredentials")
+        .iter()
+        .map(|c| {
+            let t = c["transports"].as_array().map(|t| {
+                t.iter()
+                    .map(|x| x.as_str().unwrap_or_default().to_string())
+                    .collect()
+            });
+            (c["id"].as_str().unwrap_or_default().to_string(), t)
+        })
+        .collect()
+}
+
+/// A browser on the sign-in page (one flow, its binding and token; `extra` header lines sent
+/// with every request): each call starts a username-first sign-in for a name.
+fn starter<'a>(g: &'a Gateway, extra: &'a str) -> impl FnMut(&str) -> aalgate_tests::Response + 'a {
     let h = host(g);
-    let r = get(g.port, &h, "/x", &["Sec-Fetch-Mode: navigate"]);
+    let with: Vec<&str> = extra.lines().filter(|l| !l.is_empty()).collect();
+    let mut first = vec!["Sec-Fetch-Mode: navigate"];
+    first.extend(&with);
+    let r = get(g.port, &h, "/x", &first);
     assert_eq!(r.status, 302, "{}", r.text());
     let loc = r.header("location").expect("location").to_string();
-    let page = get(g.port, &h, &loc, &[]);
+    let page = get(g.port, &h, &loc, &with);
     let bind = page
         .all("set-cookie")
         .into_iter()
@@ -393,34 +417,16 @@ fn allowed(g: &Gateway, name: &str) -> Vec<Allowed> {
             .unwrap_or_else(|| panic!("data-{name}"))
             .to_string()
     };
-    let body = format!(
-        r#"{{"purpose":"signin","flow":"{}","username":"{name}","switch":true}}"#,
-        attr("flow")
+    let (flow, csrf) = (attr("flow"), attr("csrf"));
+    let headers = format!(
+        "Origin: http://{h}\r\nCookie: aalgate-bind={bind}\r\nX-Aalgate-Csrf: {csrf}\r\n{}",
+        with.iter().map(|l| format!("{l}\r\n")).collect::<String>()
     );
-    let r = post(
-        g.port,
-        &h,
-        "/.aalgate/webauthn/start",
-        &format!(
-            "Origin: http://{h}\r\nCookie: aalgate-bind={bind}\r\nX-Aalgate-Csrf: {}\r\n",
-            attr("csrf")
-        ),
-        &body,
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["options"]["publicKey"]["allowCredentials"]
-        .as_array()
-        .expect("allowCredentials")
-        .iter()
-        .map(|c| {
-            let t = c["transports"].as_array().map(|t| {
-                t.iter()
-                    .map(|x| x.as_str().unwrap_or_default().to_string())
-                    .collect()
-            });
-            (c["id"].as_str().unwrap_or_default().to_string(), t)
-        })
-        .collect()
+    move |name: &str| {
+        let body =
+            format!(r#"{{"purpose":"signin","flow":"{flow}","username":"{name}","switch":true}}"#);
+        post(g.port, &h, "/.aalgate/webauthn/start", &headers, &body)
+    }
 }
 
 /// The shape of allowed credentials: each id's length in bytes, and its transports.
@@ -511,6 +517,13 @@ fn decoys_look_like_real_peoples_options_on_every_instance() {
         ],
     };
     rt().block_on(dir.put_user(&user)).unwrap();
+    // A record that cannot be read (a hand edit, a newer version's field) leaves the others.
+    rt().block_on(
+        RedisStore::new(&redis.url(), Duration::from_secs(2))
+            .unwrap()
+            .kv_put("user", "broken", b"{not json", None),
+    )
+    .unwrap();
     let shared = tempfile::tempdir().unwrap();
     let extra = format!(
         "request_key: {}\n",
@@ -549,4 +562,46 @@ fn decoys_look_like_real_peoples_options_on_every_instance() {
         allowed(&a, "somebody-else"),
         "each name its own"
     );
+}
+
+/// How many username-first starts fit in one address's share of the anonymous quota does not
+/// tell a real name (whose stored ceremony holds the person's keys) from a made-up one.
+#[test]
+fn the_anonymous_quota_does_not_tell_real_names_from_made_up_ones() {
+    let up = Upstream::start();
+    let g = Gateway::start_extra(
+        &[("billing.yaml", &policy(up.port))],
+        "trusted_proxies: [127.0.0.1/32]\nanonymous_state_quota: 262144\n",
+    );
+    let dir = Directory::new(Arc::new(EmbeddedStore::open(&g.state_dir()).unwrap()));
+    let user = User {
+        id: "rhea".into(),
+        display_name: "Rhea".into(),
+        handle: uuid::Uuid::new_v4(),
+        disabled: false,
+        proofed_aal: Aal::Aal2,
+        created: Timestamp::now(),
+        last_login: None,
+        credentials: (0..4).map(|_| enrolled(64, &["usb", "nfc"])).collect(),
+    };
+    rt().block_on(dir.put_user(&user)).unwrap();
+    let mut counts = Vec::new();
+    for (name, addr) in [("rhea", "10.9.0.1"), ("made-up-name", "10.9.0.2")] {
+        let extra = format!("X-Forwarded-For: {addr}");
+        let mut start = starter(&g, &extra);
+        let mut n = 0;
+        loop {
+            let r = start(name);
+            if r.status != 200 {
+                assert_eq!(r.status, 503, "{}", r.text());
+                assert!(r.text().contains("sign_in_busy"), "{}", r.text());
+                break;
+            }
+            n += 1;
+            assert!(n < 500, "{name}: the quota never filled");
+        }
+        counts.push(n);
+    }
+    assert!(counts[0] > 0, "{counts:?}");
+    assert_eq!(counts[0], counts[1], "starts that fit: real, made-up");
 }

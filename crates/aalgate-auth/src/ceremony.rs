@@ -177,45 +177,59 @@ pub struct CredentialShape {
 /// The shapes of everyone's username-first options, on a hash ring keyed by the decoy key:
 /// a made-up name takes the shape of the person after it on the ring, so its options look
 /// like someone's, stay the same while the population does, and change for few names when
-/// one person enrolls (as a real person's change only when they do).
+/// one person enrolls (as a real person's change only when they do). Each person has
+/// [`RING_POINTS`] points, so each takes about the same share of made-up names (with one
+/// point, shares would vary tenfold and a rarely copied shape would stand out as real).
 #[derive(Debug, Default)]
 pub struct DecoyPopulation {
-    ring: Vec<(u64, Vec<CredentialShape>)>,
+    /// (point, index into `shapes`), sorted by point.
+    ring: Vec<(u64, u32)>,
+    shapes: Vec<Vec<CredentialShape>>,
 }
+
+/// Ring points per person.
+pub const RING_POINTS: u32 = 32;
 
 impl DecoyPopulation {
     /// The people a username-first sign-in would offer credentials for.
     fn of(users: &[User], key: &[u8; 32]) -> DecoyPopulation {
-        let mut ring: Vec<(u64, Vec<CredentialShape>)> = users
-            .iter()
-            .filter(|u| !u.disabled)
-            .map(|u| {
-                let point = ring_point(key, b"person", u.handle.as_bytes());
-                (point, shape_of(&u.credentials))
-            })
-            .filter(|(_, shape)| !shape.is_empty())
-            .collect();
-        ring.sort_by_key(|(p, _)| *p);
-        DecoyPopulation { ring }
+        let mut shapes = Vec::new();
+        let mut ring = Vec::new();
+        for u in users.iter().filter(|u| !u.disabled) {
+            let shape = shape_of(&u.credentials);
+            if shape.is_empty() {
+                continue;
+            }
+            let Ok(i) = u32::try_from(shapes.len()) else {
+                break;
+            };
+            for p in 0..RING_POINTS {
+                let mut data = u.handle.as_bytes().to_vec();
+                data.extend(p.to_be_bytes());
+                ring.push((ring_point(key, b"person", &data), i));
+            }
+            shapes.push(shape);
+        }
+        ring.sort_unstable();
+        DecoyPopulation { ring, shapes }
     }
 
     /// How many people's shapes it holds.
     pub fn len(&self) -> usize {
-        self.ring.len()
+        self.shapes.len()
     }
 
     /// Whether it holds nobody.
     pub fn is_empty(&self) -> bool {
-        self.ring.is_empty()
+        self.shapes.is_empty()
     }
 
-    fn shape_for(&self, key: &[u8; 32], name: &str) -> Option<&[CredentialShape]> {
+    /// The shape `name` copies, and the ring point it copies it from.
+    fn shape_for(&self, key: &[u8; 32], name: &str) -> Option<(u64, &[CredentialShape])> {
         let p = ring_point(key, b"name", name.as_bytes());
         let i = self.ring.partition_point(|(q, _)| *q < p);
-        self.ring
-            .get(i)
-            .or_else(|| self.ring.first())
-            .map(|(_, s)| s.as_slice())
+        let (point, shape) = self.ring.get(i).or_else(|| self.ring.first())?;
+        Some((*point, self.shapes.get(*shape as usize)?.as_slice()))
     }
 }
 
@@ -562,10 +576,10 @@ impl Ceremonies {
                     .collect();
                 if keys.is_empty() {
                     let population = self.decoy_population();
-                    let shape = population
+                    let from = population
                         .as_deref()
                         .and_then(|p| p.shape_for(&self.decoy_key, name));
-                    keys.extend(decoys(&self.decoy_key, name, shape));
+                    keys.extend(decoys(&self.decoy_key, name, from));
                 }
                 let (rcr, st) = self
                     .webauthn
@@ -690,24 +704,32 @@ fn top_level_only(client_data_json: &[u8]) -> Result<(), CeremonyError> {
 }
 
 /// Credentials that exist nowhere, so an unknown user name gets ordinary-looking options:
-/// shaped like a real person's (`shape`: as many, ids as long, the same transports; one
-/// 32-byte id without transports while nobody is enrolled), with ids derived from `key` and
-/// the name, so every instance that has `key` gives the same name the same decoys.
-fn decoys(key: &[u8; 32], name: &str, shape: Option<&[CredentialShape]>) -> Vec<Passkey> {
+/// shaped like a real person's (`from`: the ring point copied and its shape: as many, ids as
+/// long, the same transports; one 32-byte id without transports while nobody is enrolled),
+/// with ids derived from `key`, the name and what is copied, so every instance that has `key`
+/// gives the same name the same decoys, and a name whose copied shape changes gets wholly new
+/// ids (never a longer or shorter version of the old ones, which no real key would show).
+fn decoys(key: &[u8; 32], name: &str, from: Option<(u64, &[CredentialShape])>) -> Vec<Passkey> {
     let fallback = [CredentialShape {
         id_len: 32,
         transports: None,
     }];
+    let (point, shape) = from.unwrap_or((0, &fallback));
     shape
-        .unwrap_or(&fallback)
         .iter()
         .enumerate()
-        .filter_map(|(i, s)| decoy(key, name, i, s))
+        .filter_map(|(i, s)| decoy(key, name, point, i, s))
         .collect()
 }
 
-/// The `i`th decoy credential of `name`.
-fn decoy(key: &[u8; 32], name: &str, i: usize, shape: &CredentialShape) -> Option<Passkey> {
+/// The `i`th decoy credential of `name`, copying ring point `point`.
+fn decoy(
+    key: &[u8; 32],
+    name: &str,
+    point: u64,
+    i: usize,
+    shape: &CredentialShape,
+) -> Option<Passkey> {
     use sha2::{Digest, Sha256};
     let mut id = Vec::with_capacity(shape.id_len + 32);
     let mut block = 0u32;
@@ -716,7 +738,9 @@ fn decoy(key: &[u8; 32], name: &str, i: usize, shape: &CredentialShape) -> Optio
             Sha256::new()
                 .chain_update(b"aalgate decoy credential\0")
                 .chain_update(key)
+                .chain_update(point.to_be_bytes())
                 .chain_update((i as u32).to_be_bytes())
+                .chain_update((shape.id_len as u32).to_be_bytes())
                 .chain_update(block.to_be_bytes())
                 .chain_update(name.as_bytes())
                 .finalize(),
@@ -758,7 +782,7 @@ mod decoy_tests {
             transports: Some(transports.to_vec()),
         };
         // Any key of the right shape: a real one's id is as random as a decoy's.
-        let key = decoy(&[7u8; 32], &Uuid::new_v4().to_string(), 0, &shape).unwrap();
+        let key = decoy(&[7u8; 32], &Uuid::new_v4().to_string(), 0, 0, &shape).unwrap();
         Credential {
             id: URL_SAFE_NO_PAD.encode(key.cred_id()),
             kind: CredentialKind::Passkey,
@@ -773,10 +797,13 @@ mod decoy_tests {
     }
 
     fn person(id: &str, credentials: Vec<Credential>, disabled: bool) -> User {
+        use sha2::{Digest, Sha256};
+        // A fixed handle per name: the ring, and so each test, is the same on every run.
+        let d = Sha256::digest(id.as_bytes());
         User {
             id: id.into(),
             display_name: id.into(),
-            handle: Uuid::new_v4(),
+            handle: Uuid::from_slice(&d[..16]).unwrap(),
             disabled,
             proofed_aal: Aal::Aal2,
             created: Timestamp(0),
@@ -909,12 +936,48 @@ mod decoy_tests {
         let before: Vec<_> = names.iter().map(|n| allowed(&a, n)).collect();
         people.push(person("new", vec![cred(77, &[Usb], false)], false));
         a.set_decoy_population(&people);
-        let moved = names
-            .iter()
-            .zip(&before)
-            .filter(|(n, b)| allowed(&a, n) != **b)
-            .count();
+        let mut moved = 0;
+        for (n, b) in names.iter().zip(&before) {
+            let now = allowed(&a, n);
+            if now == *b {
+                continue;
+            }
+            moved += 1;
+            // Wholly new ids: a real key's id never grows or shrinks.
+            let (old, new) = (
+                URL_SAFE_NO_PAD.decode(&b[0].0).unwrap(),
+                URL_SAFE_NO_PAD.decode(&now[0].0).unwrap(),
+            );
+            let common = old.iter().zip(&new).take_while(|(x, y)| x == y).count();
+            assert!(common < 4, "{n}: the new decoy id extends the old one");
+        }
         assert!(moved < 100, "{moved} of 400 decoys changed");
+        assert!(moved > 0, "the newcomer takes some names");
+    }
+
+    /// Everyone takes about the same share of made-up names: a shape copied far less often
+    /// than its owners' number would say would mark its owners' names as the real ones.
+    #[test]
+    fn everyone_takes_a_similar_share_of_decoys() {
+        let people: Vec<User> = (0..50)
+            .map(|i| person(&format!("p{i}"), vec![cred(16 + i, &[], false)], false))
+            .collect();
+        let key = [5u8; 32];
+        let pop = DecoyPopulation::of(&people, &key);
+        let mut counts = std::collections::HashMap::new();
+        let names = 20_000;
+        for i in 0..names {
+            let (_, shape) = pop.shape_for(&key, &format!("name-{i}")).unwrap();
+            *counts.entry(shape[0].id_len).or_insert(0usize) += 1;
+        }
+        let avg = names / people.len();
+        assert_eq!(counts.len(), people.len(), "everyone is copied");
+        for (len, n) in counts {
+            assert!(
+                n * 5 > avg * 2 && n < avg * 2,
+                "the person with {len}-byte ids takes {n} names, the average is {avg}"
+            );
+        }
     }
 
     /// Before anyone is enrolled (or before the directory is read) a decoy is one credential.

@@ -157,6 +157,20 @@ impl Directory {
         Ok(out)
     }
 
+    /// Every user whose record can be read, and how many records could not be.
+    pub async fn readable_users(&self) -> Result<(Vec<User>, usize), DirectoryError> {
+        let mut out = Vec::new();
+        let mut unreadable = 0;
+        for (_, v) in self.store.kv_list("user").await? {
+            match decode::<User>("user", &v) {
+                Ok(u) => out.push(u),
+                Err(_) => unreadable += 1,
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok((out, unreadable))
+    }
+
     /// Creates a one-time enrollment invite; returns the token (shown once).
     pub async fn invite(
         &self,

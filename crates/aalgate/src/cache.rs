@@ -20,7 +20,7 @@ pub const SESSION_FRESHNESS: Duration = Duration::from_secs(1);
 struct Entry {
     /// The store key of the session record the cookie handle resolved to.
     record: SessionKey,
-    /// The host the handle is bound to (empty: a session stored under its own key).
+    /// The host the handle is bound to.
     host: String,
     session: Session,
     fetched: Instant,
@@ -43,31 +43,17 @@ impl SessionCache {
         }
     }
 
-    /// The session, if cached less than [`SESSION_FRESHNESS`] ago and not expired at `now`
-    /// (whatever host its handle is bound to).
-    pub fn get(&self, key: &SessionKey, now: Timestamp) -> Option<Session> {
-        self.lookup(key, None, now).map(|(_, s)| s)
-    }
-
     /// The session and its record key, if cached less than [`SESSION_FRESHNESS`] ago, not
-    /// expired at `now`, and its handle is bound to `host` (or to no host).
+    /// expired at `now`, and its handle is bound to `host` (a cookie is a handle for one host;
+    /// there is no entry for any host).
     pub fn get_with_record(
         &self,
         key: &SessionKey,
         host: &str,
         now: Timestamp,
     ) -> Option<(SessionKey, Session)> {
-        self.lookup(key, Some(host), now)
-    }
-
-    fn lookup(
-        &self,
-        key: &SessionKey,
-        host: Option<&str>,
-        now: Timestamp,
-    ) -> Option<(SessionKey, Session)> {
         let e = self.inner.get(key)?;
-        if host.is_some_and(|h| !e.host.is_empty() && e.host != h) {
+        if e.host != host {
             return None;
         }
         if self.ended.get(&e.record).is_some_and(|t| t >= e.fetched) {
@@ -75,11 +61,6 @@ impl SessionCache {
         }
         (e.fetched.elapsed() < SESSION_FRESHNESS && e.session.expires_at > now)
             .then_some((e.record, e.session))
-    }
-
-    /// Remembers a session just read from the store under its own key.
-    pub fn put(&self, key: &SessionKey, session: &Session) {
-        self.put_linked(key, key, "", session);
     }
 
     /// Remembers a session read through the cookie handle `key` on `host`, stored under
@@ -174,24 +155,29 @@ mod tests {
     fn sessions_are_trusted_for_one_second_only() {
         let c = SessionCache::new(10);
         let now = Timestamp::now();
-        let k = SessionId::generate().key();
-        assert!(c.get(&k, now).is_none());
-        c.put(&k, &session(now));
-        assert!(c.get(&k, now).is_some());
+        let (k, record, h) = (
+            SessionId::generate().key(),
+            SessionId::generate().key(),
+            "ehr.example",
+        );
+        let get = |t: Timestamp| c.get_with_record(&k, h, t).map(|(_, s)| s);
+        assert!(get(now).is_none());
+        c.put_linked(&k, &record, h, &session(now));
+        assert!(get(now).is_some());
         c.set_last_seen(&k, now.plus(Duration::from_secs(5)));
         assert_eq!(
-            c.get(&k, now).unwrap().last_seen,
+            get(now).unwrap().last_seen,
             now.plus(Duration::from_secs(5))
         );
         assert!(
-            c.get(&k, now.plus(Duration::from_secs(60))).is_none(),
+            get(now.plus(Duration::from_secs(60))).is_none(),
             "expired sessions are not served"
         );
         std::thread::sleep(SESSION_FRESHNESS);
-        assert!(c.get(&k, now).is_none(), "stale after the freshness bound");
-        c.put(&k, &session(now));
+        assert!(get(now).is_none(), "stale after the freshness bound");
+        c.put_linked(&k, &record, h, &session(now));
         c.remove(&k);
-        assert!(c.get(&k, now).is_none());
+        assert!(get(now).is_none());
     }
 
     #[test]

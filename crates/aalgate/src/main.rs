@@ -677,6 +677,7 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         flow_limiter: aalgate::limits::FlowLimiter::new(cfg.flows_per_client_per_minute),
         anonymous_quota: cfg.anonymous_state_quota,
         trusted_proxies: cfg.trusted_proxies.clone(),
+        decoy_load: Default::default(),
     });
     // A made-up break-glass code waits as long as a real check from the first attempt on.
     signin.emergencies.calibrate();

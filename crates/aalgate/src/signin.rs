@@ -60,15 +60,53 @@ pub struct SignInService {
     pub anonymous_quota: u64,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// When a sign-in start last loaded the decoy population itself.
+    pub decoy_load: tokio::sync::Mutex<Option<Instant>>,
 }
+
+/// What a sign-in start for a typed user name is charged against the anonymous quota, at
+/// least: more than the stored state of a person with a few keys.
+const NAMED_START_CHARGE: usize = 8 * 1024;
+
+/// How often a sign-in start may load the decoy population itself, while the background
+/// refresh has not loaded it yet (an anonymous client must not make the gateway scan the
+/// directory on every request).
+const DECOY_LOAD_RETRY: Duration = Duration::from_secs(10);
 
 impl SignInService {
     /// Reloads whose options a made-up user name's decoy looks like (everyone in `dir`, the
-    /// directory over a store deadline fit for a scan). Returns how many people that is.
+    /// directory over a store deadline fit for a scan). A record that cannot be read is
+    /// skipped, with a warning, rather than leaving every decoy without a population. Returns
+    /// how many people that is.
     pub async fn refresh_decoys(&self, dir: &Directory) -> Result<usize, DirectoryError> {
-        let users = dir.users().await?;
+        let (users, unreadable) = dir.readable_users().await?;
+        if unreadable > 0 {
+            tracing::warn!(
+                unreadable,
+                "user records that cannot be read are left out of the decoy population"
+            );
+        }
         self.rp.set_decoy_population(&users);
         Ok(self.rp.decoy_population().map_or(0, |p| p.len()))
+    }
+
+    /// Loads the decoy population if nothing has yet (the first sign-in after a start can
+    /// come before the background refresh): one load at a time, at most every
+    /// [`DECOY_LOAD_RETRY`]; the others wait for it.
+    async fn ensure_decoys(&self) {
+        if self.rp.decoy_population().is_some() {
+            return;
+        }
+        let mut last = self.decoy_load.lock().await;
+        if self.rp.decoy_population().is_some()
+            || last.is_some_and(|t| t.elapsed() < DECOY_LOAD_RETRY)
+        {
+            return;
+        }
+        *last = Some(Instant::now());
+        if let Err(e) = self.refresh_decoys(&self.dir).await {
+            tracing::warn!(error = %e, "cannot load the people decoys look like");
+        }
     }
 }
 
@@ -858,11 +896,7 @@ impl Gateway {
                     Some(name) => {
                         // Decoys look like the people enrolled; the background refresh keeps
                         // that current, and the first start after boot loads it if it has not.
-                        if svc.rp.decoy_population().is_none() {
-                            if let Err(e) = svc.refresh_decoys(&svc.dir).await {
-                                tracing::warn!(error = %e, "cannot load the people decoys look like");
-                            }
-                        }
+                        svc.ensure_decoys().await;
                         // Throttling is enforced when the answer comes back, so a start never tells
                         // a throttled (existing) account from another.
                         let user = svc.dir.user(&name).await?.filter(|u| !u.disabled);
@@ -909,6 +943,14 @@ impl Gateway {
                 if flow.user.is_none() {
                     let size = serde_json::to_vec(&pending)
                         .map_or(crate::gateway::MAX_FLOW_BYTES, |v| v.len());
+                    // A typed name's state holds that person's keys (or a decoy's): charged
+                    // at least a fixed amount, so how many starts fit does not tell a real
+                    // name from a made-up one.
+                    let size = if pending.user.is_some() {
+                        size.max(NAMED_START_CHARGE)
+                    } else {
+                        size
+                    };
                     match self.charge_anonymous(size, client).await? {
                         Ok(()) => {}
                         Err(crate::resume::QuotaFull::Client) => {
