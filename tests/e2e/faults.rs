@@ -359,6 +359,11 @@ fn wall_clock_steps_of_five_minutes_never_reopen_a_session() {
         status(&format!("Cookie: aalgate={}", handle.to_cookie())),
         302
     );
+    // Found and ended (a cookie that merely did not resolve would also get a 302).
+    assert!(
+        rt().block_on(store.get(&id.key(), now)).unwrap().is_none(),
+        "the session from the future was not ended"
+    );
     // (fred, last seen during the +5 min step, is now 9 min "ahead" and was ended the same way:
     // fail closed.) A session of the right time works.
     assert_eq!(status(&mk("gil", 60, 1)), 200);
