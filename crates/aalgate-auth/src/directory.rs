@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aalgate_policy::{Aal, Timestamp};
-use aalgate_session::{SessionStore, StoreError};
+use aalgate_session::{FlowKind, SessionStore, StoreError};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -45,10 +45,50 @@ pub enum DirectoryError {
 }
 
 /// A started ceremony, kept server-side until it is finished once or expires.
+/// What a ceremony is for. Stored as `enroll`, `login`, `step_up`, `reauth` or `switch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    /// Registering a credential from an invite.
+    Enroll,
+    /// Signing in for a flow of this kind.
+    Login,
+    /// See [`FlowKind::StepUp`].
+    StepUp,
+    /// See [`FlowKind::Reauth`].
+    Reauth,
+    /// See [`FlowKind::Switch`].
+    Switch,
+}
+
+impl Purpose {
+    /// The flow kind a sign-in ceremony serves (`None`: enrollment).
+    pub fn flow_kind(self) -> Option<FlowKind> {
+        match self {
+            Purpose::Enroll => None,
+            Purpose::Login => Some(FlowKind::Login),
+            Purpose::StepUp => Some(FlowKind::StepUp),
+            Purpose::Reauth => Some(FlowKind::Reauth),
+            Purpose::Switch => Some(FlowKind::Switch),
+        }
+    }
+}
+
+impl From<FlowKind> for Purpose {
+    fn from(k: FlowKind) -> Purpose {
+        match k {
+            FlowKind::Login => Purpose::Login,
+            FlowKind::StepUp => Purpose::StepUp,
+            FlowKind::Reauth => Purpose::Reauth,
+            FlowKind::Switch => Purpose::Switch,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 pub struct Pending {
-    /// `enroll`, `login`, `step_up` or `reauth`.
-    pub purpose: String,
+    /// What the ceremony is for.
+    pub purpose: Purpose,
     /// SHA-256 of the browser binding cookie: only the browser that started may finish.
     pub binding: String,
     /// The sign-in flow (a gateway flow key), if any.

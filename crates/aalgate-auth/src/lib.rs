@@ -24,6 +24,6 @@ pub use ceremony::{
     shape_of, AuthState, Ceremonies, CeremonyError, CredentialShape, DecoyPopulation, HardwareKeys,
     RegKind, RegState, SignIn, Verified,
 };
-pub use directory::{Directory, DirectoryError, Pending};
+pub use directory::{Directory, DirectoryError, Pending, Purpose};
 pub use model::{Credential, CredentialKind, Invite, InviteStatus, User};
 pub use token::Token;

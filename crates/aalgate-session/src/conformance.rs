@@ -31,7 +31,7 @@ fn flow(url: &str) -> Flow {
         host: "billing.example".into(),
         method: "GET".into(),
         url: url.into(),
-        need: "login".into(),
+        need: crate::FlowKind::Login,
         aal: Aal::Aal2,
         max_age_secs: None,
         app: "billing".into(),

@@ -21,6 +21,6 @@ pub use embedded::EmbeddedStore;
 pub use id::{FlowId, SessionId, SessionKey};
 pub use redis_store::RedisStore;
 pub use store::{
-    Deadline, Flow, RequestBinding, Session, SessionStats, SessionStore, StoreError, StoreSpec,
-    EXPIRY_WINDOWS,
+    Deadline, Flow, FlowKind, RequestBinding, Session, SessionStats, SessionStore, StoreError,
+    StoreSpec, EXPIRY_WINDOWS,
 };

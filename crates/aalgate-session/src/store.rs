@@ -78,6 +78,46 @@ impl SessionStats {
     }
 }
 
+/// What a flow asks of the browser. Stored as `login`, `step_up`, `reauth` or `switch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowKind {
+    /// No session: whoever signs in.
+    Login,
+    /// The session's person, with a stronger or fresher ceremony.
+    StepUp,
+    /// The session's person again, after a limit ended the session.
+    Reauth,
+    /// Someone else on this browser (the current session ends).
+    Switch,
+}
+
+impl FlowKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowKind::Login => "login",
+            FlowKind::StepUp => "step_up",
+            FlowKind::Reauth => "reauth",
+            FlowKind::Switch => "switch",
+        }
+    }
+
+    /// The challenge kind metrics count it as (`login`, `step_up` or `reauth`: a switch is a
+    /// login).
+    pub fn challenge(self) -> &'static str {
+        match self {
+            FlowKind::Switch => "login",
+            k => k.as_str(),
+        }
+    }
+
+    /// A step-up or re-auth: for the flow's own person.
+    pub fn for_its_person(self) -> bool {
+        matches!(self, FlowKind::StepUp | FlowKind::Reauth)
+    }
+}
+
 /// A pending authentication: where the browser was going, kept server-side so the auth page
 /// never takes a redirect target from the URL.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,8 +128,8 @@ pub struct Flow {
     pub method: String,
     /// Normalized path and query of the original request.
     pub url: String,
-    /// `login`, `step_up` or `reauth`.
-    pub need: String,
+    /// What it asks of the browser.
+    pub need: FlowKind,
     /// The level needed.
     pub aal: Aal,
     /// For step-up: the maximum age of the authentication, in seconds.

@@ -16,7 +16,9 @@ use aalgate_policy::{
     admit, Admission, AdmissionFacts, Ceremony, HostPort, NormalizedTarget, PathError, PolicySet,
     RequestKind, SessionKind, StepUp, Subject, Timestamp,
 };
-use aalgate_session::{Flow, FlowId, Session as UserSession, SessionId, SessionKey, SessionStore};
+use aalgate_session::{
+    Flow, FlowId, FlowKind, Session as UserSession, SessionId, SessionKey, SessionStore,
+};
 use async_trait::async_trait;
 use base64::Engine;
 use bytes::Bytes;
@@ -955,11 +957,13 @@ impl Gateway {
     ) -> Result<bool> {
         let (need, aal, max_age) = match admission {
             // A session a re-auth just ended: the same person continues.
-            Admission::Login { aal } if user.is_some() => ("reauth", aal, None),
-            Admission::Login { aal } => ("login", aal, None),
-            Admission::StepUp { aal, fresh } => ("step_up", aal, fresh.and_then(StepUp::max_age)),
+            Admission::Login { aal } if user.is_some() => (FlowKind::Reauth, aal, None),
+            Admission::Login { aal } => (FlowKind::Login, aal, None),
+            Admission::StepUp { aal, fresh } => {
+                (FlowKind::StepUp, aal, fresh.and_then(StepUp::max_age))
+            }
             Admission::Reauth { aal, .. } | Admission::FromTheFuture { aal } => {
-                ("reauth", aal, None)
+                (FlowKind::Reauth, aal, None)
             }
             Admission::Allow
             | Admission::AllowAdmitted
@@ -993,14 +997,14 @@ impl Gateway {
             kept: None,
             method: session.req_header().method.to_string(),
             url,
-            need: need.to_string(),
+            need,
             aal,
             max_age_secs: max_age.map(|d| d.as_secs()),
             app: app.to_string(),
             created: Timestamp::now(),
             // Step-up and re-auth are for the same person (one tap, their keys); a login is
             // for whoever signs in.
-            user: if need == "login" { None } else { user },
+            user: if need == FlowKind::Login { None } else { user },
             binding: None,
             script: headers::is_script_request(&session.req_header().headers),
         };
@@ -1101,11 +1105,11 @@ impl Gateway {
             tracing::warn!(request_id = %ctx.request_id, error = %e, "session store error while starting sign-in");
             return self.error(session, ctx, 503, "store_unavailable").await;
         }
-        ctx.outcome = need;
-        self.metrics.flows.with_label_values(&[need]).inc();
+        ctx.outcome = need.as_str();
+        self.metrics.flows.with_label_values(&[need.as_str()]).inc();
         self.metrics
             .challenges
-            .with_label_values(&[need, "issued"])
+            .with_label_values(&[need.challenge(), "issued"])
             .inc();
         // Ceremonies run on the auth origin; on the same host the link stays relative.
         let login_url = if self.on_auth_origin(ctx) {

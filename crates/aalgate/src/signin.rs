@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use aalgate_auth::{
     directory::Pending, AuthState, Ceremonies, CeremonyError, CredentialKind, Directory,
-    DirectoryError, RegKind, RegState, SignIn, Token, User,
+    DirectoryError, Purpose, RegKind, RegState, SignIn, Token, User,
 };
 use aalgate_policy::{Aal, HostPort, Timestamp};
-use aalgate_session::{Flow, FlowId, Session as UserSession, SessionId, SessionKey};
+use aalgate_session::{Flow, FlowId, FlowKind, Session as UserSession, SessionId, SessionKey};
 use pingora::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -464,15 +464,15 @@ impl Gateway {
         // A step-up or re-auth needs no new ceremony either when this browser's session here
         // is the same person's and already good enough (another tab just confirmed).
         // A per-request ceremony is never silent: it signs this one request.
-        let silent = |s: &UserSession, flow: &Flow| match flow.need.as_str() {
+        let silent = |s: &UserSession, flow: &Flow| match flow.need {
             _ if flow.binding.is_some() => false,
-            "login" => satisfies(s, flow, now),
-            "step_up" | "reauth" => {
+            FlowKind::Login => satisfies(s, flow, now),
+            FlowKind::StepUp | FlowKind::Reauth => {
                 flow.user.as_deref() == Some(s.user.as_str()) && satisfies(s, flow, now)
             }
-            _ => false,
+            FlowKind::Switch => false,
         };
-        if matches!(flow.need.as_str(), "login" | "step_up" | "reauth") {
+        if flow.need != FlowKind::Switch {
             match self.current(session, ctx).await {
                 Ok(Some((_, record, s))) if silent(&s, &flow) => {
                     if let Ok(Some(f)) = self.store.take_flow(&id.key(), now).await {
@@ -482,8 +482,8 @@ impl Gateway {
                             .await;
                     }
                 }
-                Ok(Some((_, _, s))) if flow.need == "login" => {
-                    flow.need = "step_up".into();
+                Ok(Some((_, _, s))) if flow.need == FlowKind::Login => {
+                    flow.need = FlowKind::StepUp;
                     flow.user = Some(s.user.clone());
                     let left = crate::gateway::FLOW_TTL.saturating_sub(now.since(flow.created));
                     if let Err(e) = self.store.put_flow(&id.key(), &flow, left).await {
@@ -508,8 +508,8 @@ impl Gateway {
             ),
             _ => String::new(),
         };
-        let (title, body) = match flow.need.as_str() {
-            "step_up" => (
+        let (title, body) = match flow.need {
+            FlowKind::StepUp => (
                 "Confirm it's you",
                 format!(
                     "<p>This action in <strong>{app}</strong> needs a fresh confirmation with {}.</p>\
@@ -519,7 +519,7 @@ impl Gateway {
                     level_words(flow.aal)
                 ),
             ),
-            "reauth" if flow.user.is_some() => (
+            FlowKind::Reauth if flow.user.is_some() => (
                 "Continue where you were",
                 format!(
                     "<p>Your session in <strong>{app}</strong> paused. Press <em>Continue</em> and touch your key or use your fingerprint. You will land on the same page.</p>\
@@ -529,7 +529,11 @@ impl Gateway {
                 ),
             ),
             _ => (
-                if flow.need == "switch" { "Switch user" } else { "Sign in" },
+                if flow.need == FlowKind::Switch {
+                    "Switch user"
+                } else {
+                    "Sign in"
+                },
                 format!(
                     "<p>Sign in to <strong>{app}</strong> with {}.</p>\
                      <p id=\"status\" role=\"status\" aria-live=\"polite\"></p>\
@@ -608,7 +612,7 @@ impl Gateway {
             script: false,
             method: "GET".into(),
             url: "/".into(),
-            need: "switch".into(),
+            need: FlowKind::Switch,
             aal: Aal::Aal2,
             max_age_secs: None,
             app: app.unwrap_or_else(|| "the applications".into()),
@@ -845,7 +849,7 @@ impl Gateway {
                     }
                 };
                 let pending = Pending {
-                    purpose: "enroll".into(),
+                    purpose: Purpose::Enroll,
                     binding: bind.hash(),
                     flow: None,
                     user: Some(user.id.clone()),
@@ -867,10 +871,12 @@ impl Gateway {
                 let Some(flow) = self.store.get_flow(&flow_id.key(), now).await? else {
                     return Ok(Err((410, "flow_expired", MSG_EXPIRED)));
                 };
-                let kind = challenge_kind(&flow.need);
+                let kind = flow.need.challenge();
                 // Who may answer: the flow's user (step-up always; re-auth unless switching),
                 // a typed user name, or anyone with a discoverable credential.
-                let named = if flow.need == "step_up" || (flow.need == "reauth" && !req.switch) {
+                let named = if flow.need == FlowKind::StepUp
+                    || (flow.need == FlowKind::Reauth && !req.switch)
+                {
                     flow.user.clone()
                 } else {
                     req.username.as_deref().map(|u| u.trim().to_string())
@@ -906,13 +912,14 @@ impl Gateway {
                                 u.credentials
                                     .iter()
                                     .filter(|c| {
-                                        c.usable() && (flow.need != "step_up" || c.aal >= flow.aal)
+                                        c.usable()
+                                            && (flow.need != FlowKind::StepUp || c.aal >= flow.aal)
                                     })
                                     .cloned()
                                     .collect()
                             })
                             .unwrap_or_default();
-                        if flow.need == "step_up" && creds.is_empty() {
+                        if flow.need == FlowKind::StepUp && creds.is_empty() {
                             return Ok(Err((409, "no_suitable_key", MSG_NO_KEY)));
                         }
                         let allowed: Vec<String> = creds.iter().map(|c| c.id.clone()).collect();
@@ -927,7 +934,7 @@ impl Gateway {
                     }
                 };
                 let pending = Pending {
-                    purpose: flow.need.clone(),
+                    purpose: flow.need.into(),
                     binding: bind.hash(),
                     flow: Some(flow_id.key()),
                     user,
@@ -1025,10 +1032,10 @@ impl Gateway {
         }
         let response = serde_json::to_vec(&req.response).unwrap_or_default();
         let t0 = Instant::now();
-        if pending.purpose == "enroll" {
+        if pending.purpose == Purpose::Enroll {
             return self.finish_enroll(session, ctx, pending, &response).await;
         }
-        let kind = challenge_kind(&pending.purpose);
+        let kind = challenge_kind(pending.purpose);
         let result = self.finish_sign_in(session, ctx, pending, &response).await;
         self.metrics
             .ceremony_seconds
@@ -1160,7 +1167,7 @@ impl Gateway {
             host: landing_host(&target, &self.public_host),
             method: "GET".into(),
             url: "/".into(),
-            need: "login".into(),
+            need: FlowKind::Login,
             aal: cred.aal,
             max_age_secs: None,
             app: String::new(),
@@ -1197,7 +1204,7 @@ impl Gateway {
     ) -> Result<bool> {
         let svc = self.service();
         let now = Timestamp::now();
-        let kind = challenge_kind(&pending.purpose);
+        let kind = challenge_kind(pending.purpose);
         let fail = |this: &Self, ctx: &Ctx, user: Option<&str>, why: &str| {
             tracing::info!(request_id = %ctx.request_id, user = user.unwrap_or("-"), reason = why, "sign-in failed");
             this.metrics
@@ -1293,7 +1300,7 @@ impl Gateway {
         // Never above the level IT proofed the person for.
         let mut v = v;
         v.aal = v.aal.min(user.proofed_aal.max(Aal::Aal2));
-        if flow.need == "step_up" && v.aal < flow.aal {
+        if flow.need == FlowKind::StepUp && v.aal < flow.aal {
             fail(
                 self,
                 ctx,
@@ -2150,12 +2157,9 @@ fn satisfies(s: &UserSession, flow: &Flow, now: Timestamp) -> bool {
     s.aal >= flow.aal && fresh
 }
 
-fn challenge_kind(need: &str) -> &'static str {
-    match need {
-        "step_up" => "step_up",
-        "reauth" => "reauth",
-        _ => "login",
-    }
+/// The challenge kind metrics count a ceremony as (enrollment: a login).
+fn challenge_kind(purpose: Purpose) -> &'static str {
+    purpose.flow_kind().map_or("login", FlowKind::challenge)
 }
 
 fn new_user(id: &str, display: &str, aal: Aal, now: Timestamp) -> User {
@@ -2259,7 +2263,7 @@ mod tests {
             host: "h".into(),
             method: "GET".into(),
             url: "/".into(),
-            need: "login".into(),
+            need: FlowKind::Login,
             aal: Aal::Aal2,
             max_age_secs: None,
             app: "a".into(),
