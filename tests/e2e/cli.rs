@@ -84,6 +84,27 @@ fn explain_names_the_rule_and_the_decision() {
         out.contains("decision: reauth") && out.contains("idle"),
         "{out}"
     );
+    // Break-glass is part of the same decision: a chart opens, an export does not.
+    for (path, want) in [
+        (
+            "/patients/7/chart/notes",
+            "decision: allow: forwarded upstream under break-glass",
+        ),
+        ("/patients/7/export", "decision: breakglass_not_allowed"),
+    ] {
+        let (code, out) = run(&[
+            "explain",
+            "--policies",
+            "policies/examples",
+            "--url",
+            &format!("https://ehr.clinic.example{path}"),
+            "--aal",
+            "1",
+            "--breakglass",
+        ]);
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains(want), "{path}: {out}");
+    }
     let (_, out) = run(&[
         "explain",
         "--policies",

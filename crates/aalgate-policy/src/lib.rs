@@ -8,9 +8,11 @@
 //!    request, a ceremony its flow just completed) and the time into an [`Admission`]. It is
 //!    the only way to admit a request: the timeout arithmetic it builds on is private.
 //!
-//! Policy files are parsed into the raw [`file::PolicyFile`] (unknown keys are errors, booleans
-//! are strict), then validated by [`load`] into an immutable [`PolicySet`]; diagnostics carry
-//! `file:line:column`, what is wrong and how to fix it.
+//! Policy text is parsed into the raw [`file::PolicyFile`] (unknown keys are errors, booleans
+//! are strict), then validated by [`load_from_strs`] into an immutable [`PolicySet`];
+//! diagnostics carry `file:line:column`, what is wrong and how to fix it. Nothing here reads a
+//! file or the clock: the gateway reads policy files (`aalgate::policy_files`) and passes the
+//! time in.
 
 pub mod aal;
 pub mod admit;
@@ -29,8 +31,8 @@ pub use admit::{admit, Admission, AdmissionFacts, Ceremony, RequestKind, Session
 pub use decide::{Access, ExpiryReason, Limits, SessionFacts, StepUp, Timeouts};
 pub use host::HostPort;
 pub use model::{
-    load, load_from_strs, valid_app_id, App, Diagnostic, Match, PolicySet, Rule, Severity,
-    SourceLoc, Upstream,
+    load_from_strs, valid_app_id, App, Diagnostic, Match, PolicySet, Rule, Severity, SourceLoc,
+    Upstream,
 };
 pub use path::{
     normalize_target, normalize_target_with, DoubleEncoding, NormalizedTarget, PathError,

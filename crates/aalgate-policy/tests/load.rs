@@ -319,16 +319,6 @@ fn hosts_with_ports() {
 }
 
 #[test]
-fn shipped_policies_are_valid() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../policies");
-    let set = aalgate_policy::load(&[dir.join("demo.yaml")]).unwrap_or_else(|d| panic!("{d:#?}"));
-    assert_eq!(set.apps().len(), 1);
-    let set = aalgate_policy::load(&[dir.join("examples")]).unwrap_or_else(|d| panic!("{d:#?}"));
-    assert!(set.apps().len() >= 4);
-    assert!(set.warnings().is_empty(), "{:#?}", set.warnings());
-}
-
-#[test]
 fn schema_json_is_current() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../policies/schema.json");
     let want = aalgate_policy::file::json_schema();

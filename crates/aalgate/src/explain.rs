@@ -41,7 +41,7 @@ pub struct ExplainArgs {
 
 /// Runs the command.
 pub fn run(a: ExplainArgs) -> Result<()> {
-    let set = match aalgate_policy::load(&a.policies) {
+    let set = match crate::policy_files::load(&a.policies) {
         Ok(s) => s,
         Err(diags) => {
             for d in &diags {

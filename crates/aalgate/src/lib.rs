@@ -21,6 +21,7 @@ pub mod limits;
 pub mod metrics;
 pub mod ops;
 pub mod pages;
+pub mod policy_files;
 pub mod preserve;
 pub mod report;
 pub mod resume;

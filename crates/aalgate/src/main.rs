@@ -420,7 +420,7 @@ fn validate(paths: Vec<PathBuf>, config: Option<&Path>) -> ExitCode {
         (Some(c), true) => c.policies.clone(),
         _ => paths,
     };
-    match aalgate_policy::load(&paths) {
+    match aalgate::policy_files::load(&paths) {
         Ok(set) => {
             for w in set.warnings() {
                 println!("{w}");

@@ -135,7 +135,7 @@ impl SessionStore for Instrumented {
 /// SHA-256 over the policy files' paths and contents: changes whenever any file does.
 fn fingerprint(paths: &[PathBuf]) -> String {
     let mut h = Sha256::new();
-    if let Ok(files) = aalgate_policy::model::policy_files(paths) {
+    if let Ok(files) = crate::policy_files::policy_files(paths) {
         for f in files {
             h.update(f.to_string_lossy().as_bytes());
             h.update([0]);
@@ -161,13 +161,13 @@ pub struct Policies {
     audit: Arc<Audit>,
 }
 
-/// `aalgate_policy::load`, plus the checks against the config's listeners (as errors in the
+/// [`crate::policy_files::load`], plus the checks against the config's listeners (as errors in the
 /// same list, so a set naming a missing listener is refused like any other broken set).
 fn load_checked(
     paths: &[PathBuf],
     listen: &[crate::config::Listener],
 ) -> Result<PolicySet, Vec<String>> {
-    let set = aalgate_policy::load(paths)
+    let set = crate::policy_files::load(paths)
         .map_err(|diags| diags.iter().map(ToString::to_string).collect::<Vec<_>>())?;
     let problems = crate::config::listener_problems(&set, listen);
     let (errors, warnings): (Vec<_>, Vec<_>) = problems
