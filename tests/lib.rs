@@ -977,7 +977,7 @@ pub fn make_session(
     auth_age: u64,
     idle: u64,
 ) -> String {
-    let now = aalgate_policy::Timestamp::now();
+    let now = aalgate_policy::Timestamp::wall();
     let record = aalgate_session::SessionId::generate().key();
     let s = aalgate_session::Session {
         user: user.to_string(),
@@ -1008,7 +1008,7 @@ pub fn link_session(
     from: &str,
     to: &str,
 ) -> String {
-    let now = aalgate_policy::Timestamp::now();
+    let now = aalgate_policy::Timestamp::wall();
     let key = aalgate_session::SessionId::from_cookie(cookie)
         .expect("session cookie")
         .key();

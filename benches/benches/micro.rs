@@ -48,7 +48,7 @@ fn admit_bench(c: &mut Criterion) {
     let host = HostPort::parse("bench.example").unwrap();
     let n = normalize_target(b"/svc1/items/1/detail").unwrap();
     let rule = set.lookup(&host, "GET", &n).unwrap().rule;
-    let now = Timestamp::now();
+    let now = Timestamp::wall();
     let facts = AdmissionFacts {
         session: SessionKind::Normal(Subject {
             facts: session(now).facts(),
@@ -90,7 +90,7 @@ fn jwt_bench(c: &mut Criterion) {
     let signer =
         aalgate::assertion::Signer::load_or_create(&dir.path().join("k.pem"), "https://gw.example")
             .unwrap();
-    let now = Timestamp::now();
+    let now = Timestamp::wall();
     let s = session(now);
     let key = SessionId::generate().key();
     let cache = AssertionCache::new(1024, aalgate::assertion::ASSERTION_LIFETIME);
@@ -122,7 +122,7 @@ fn lookup_bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let now = Timestamp::now();
+    let now = Timestamp::wall();
     let id = SessionId::generate();
     let key = id.key();
     let mut g = c.benchmark_group("session_lookup");

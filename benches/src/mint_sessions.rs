@@ -36,7 +36,7 @@ async fn main() -> Result<()> {
             StoreSpec::Embedded(dir) => Box::new(EmbeddedStore::open(&dir)?),
             StoreSpec::Redis(url) => Box::new(RedisStore::new(&url, Duration::from_secs(5))?),
         };
-    let now = Timestamp::now();
+    let now = Timestamp::wall();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for i in 0..count {
         let record = SessionId::generate().key();

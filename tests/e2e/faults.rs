@@ -334,7 +334,7 @@ fn wall_clock_steps_of_five_minutes_never_reopen_a_session() {
     );
     // A session stamped an hour ahead (the clock stepped back further, or a corrupt record)
     // cannot be timed: it is ended, not trusted.
-    let now = aalgate_policy::Timestamp::now();
+    let now = aalgate_policy::Timestamp::wall();
     let id = aalgate_session::SessionId::generate();
     let ahead = now.plus(Duration::from_secs(3600));
     let future = aalgate_session::Session {

@@ -197,7 +197,7 @@ fn disable_beside_a_running_gateway(
 ) {
     let h = host(g);
     let dir = Directory::new(store());
-    let now = Timestamp::now();
+    let now = Timestamp::wall();
     let user = User {
         id: "ivan".into(),
         display_name: "Ivan".into(),
@@ -480,7 +480,7 @@ fn enrolled(id_len: usize, transports: &[&str]) -> aalgate_auth::Credential {
         aaguid: None,
         aal: Aal::Aal2,
         backup_eligible: false,
-        created: Timestamp::now(),
+        created: Timestamp::wall(),
         last_used: None,
         flagged: None,
         key: Passkey::from(key),
@@ -509,7 +509,7 @@ fn decoys_look_like_real_peoples_options_on_every_instance() {
         handle: uuid::Uuid::new_v4(),
         disabled: false,
         proofed_aal: Aal::Aal2,
-        created: Timestamp::now(),
+        created: Timestamp::wall(),
         last_login: None,
         credentials: vec![
             enrolled(16, &["internal", "hybrid"]),
@@ -580,7 +580,7 @@ fn the_anonymous_quota_does_not_tell_real_names_from_made_up_ones() {
         handle: uuid::Uuid::new_v4(),
         disabled: false,
         proofed_aal: Aal::Aal2,
-        created: Timestamp::now(),
+        created: Timestamp::wall(),
         last_login: None,
         credentials: (0..4).map(|_| enrolled(64, &["usb", "nfc"])).collect(),
     };

@@ -40,7 +40,7 @@ fn user(id: &str) -> User {
         handle: Uuid::new_v4(),
         disabled: false,
         proofed_aal: Aal::Aal2,
-        created: Timestamp::now(),
+        created: Timestamp::wall(),
         last_login: None,
         credentials: vec![],
     }
@@ -102,7 +102,7 @@ fn register_with(
         .do_registration(origin(), opts)
         .map_err(|e| CeremonyError::Rejected(format!("authenticator: {e:?}")))?;
     let json = serde_json::to_vec(&resp).unwrap();
-    let cred = rp.finish_registration(&json, &state, Timestamp::now())?;
+    let cred = rp.finish_registration(&json, &state, Timestamp::wall())?;
     u.credentials.push(cred);
     Ok(())
 }
@@ -134,7 +134,7 @@ fn passkey_enrolls_at_aal2_and_signs_in_usernameless_and_username_first() {
     let (json, st) = sign_in_json(&rp, &mut pk, Some(&u.clone()));
     let r = SignIn::parse(&json).unwrap();
     let v = rp
-        .finish_sign_in(&r, st, &mut u, None, Timestamp::now())
+        .finish_sign_in(&r, st, &mut u, None, Timestamp::wall())
         .unwrap();
     assert_eq!(v.aal, Aal::Aal2);
     assert!(v.amr.contains(&"mfa".to_string()));
@@ -157,7 +157,7 @@ fn passkey_enrolls_at_aal2_and_signs_in_usernameless_and_username_first() {
     let r = SignIn::parse(&serde_json::to_vec(&resp).unwrap()).unwrap();
     assert_eq!(r.user_handle(), None);
     assert!(matches!(
-        rp.finish_sign_in(&r, st, &mut u, None, Timestamp::now()),
+        rp.finish_sign_in(&r, st, &mut u, None, Timestamp::wall()),
         Err(CeremonyError::NotAllowed)
     ));
 }
@@ -180,7 +180,7 @@ fn attested_security_key_reaches_aal3_and_step_up_refuses_the_passkey() {
     let (json, st) = sign_in_json(&rp, &mut token, Some(&u.clone()));
     let r = SignIn::parse(&json).unwrap();
     let v = rp
-        .finish_sign_in(&r, st, &mut u, Some(&allowed), Timestamp::now())
+        .finish_sign_in(&r, st, &mut u, Some(&allowed), Timestamp::wall())
         .unwrap();
     assert_eq!(v.aal, Aal::Aal3);
     assert_eq!(v.amr[0], "hwk");
@@ -189,7 +189,7 @@ fn attested_security_key_reaches_aal3_and_step_up_refuses_the_passkey() {
     let (json, st) = sign_in_json(&rp, &mut pk, Some(&u.clone()));
     let r = SignIn::parse(&json).unwrap();
     assert!(matches!(
-        rp.finish_sign_in(&r, st, &mut u, Some(&allowed), Timestamp::now()),
+        rp.finish_sign_in(&r, st, &mut u, Some(&allowed), Timestamp::wall()),
         Err(CeremonyError::NotAllowed)
     ));
 }
@@ -245,7 +245,7 @@ fn wrong_origin_challenge_and_replay_are_refused() {
     if let Ok(resp) = pk.do_authentication(evil, opts) {
         let r = SignIn::parse(&serde_json::to_vec(&resp).unwrap()).unwrap();
         assert!(matches!(
-            rp.finish_sign_in(&r, st, &mut u, None, Timestamp::now()),
+            rp.finish_sign_in(&r, st, &mut u, None, Timestamp::wall()),
             Err(CeremonyError::Rejected(_))
         ));
     }
@@ -253,11 +253,11 @@ fn wrong_origin_challenge_and_replay_are_refused() {
     // A valid assertion replayed against a new challenge.
     let (json, st) = sign_in_json(&rp, &mut pk, Some(&u.clone()));
     let r = SignIn::parse(&json).unwrap();
-    rp.finish_sign_in(&r, st, &mut u, None, Timestamp::now())
+    rp.finish_sign_in(&r, st, &mut u, None, Timestamp::wall())
         .unwrap();
     let (_, st2) = rp.start_sign_in(Some(&u.credentials)).unwrap();
     assert!(matches!(
-        rp.finish_sign_in(&r, st2, &mut u, None, Timestamp::now()),
+        rp.finish_sign_in(&r, st2, &mut u, None, Timestamp::wall()),
         Err(CeremonyError::Rejected(_))
     ));
 
@@ -268,7 +268,7 @@ fn wrong_origin_challenge_and_replay_are_refused() {
     let (json, st) = sign_in_json(&rp, &mut pk2, Some(&other.clone()));
     let r = SignIn::parse(&json).unwrap();
     assert!(matches!(
-        rp.finish_sign_in(&r, st, &mut u, None, Timestamp::now()),
+        rp.finish_sign_in(&r, st, &mut u, None, Timestamp::wall()),
         Err(CeremonyError::NotAllowed)
     ));
 
@@ -279,7 +279,7 @@ fn wrong_origin_challenge_and_replay_are_refused() {
     ));
     let (_, rs) = rp.start_registration(&u, RegKind::Passkey).unwrap();
     assert!(matches!(
-        rp.finish_registration(b"[]", &rs, Timestamp::now()),
+        rp.finish_registration(b"[]", &rs, Timestamp::wall()),
         Err(CeremonyError::Malformed(_))
     ));
     let _: &RegState = &rs;
@@ -292,7 +292,7 @@ fn counter_regression_flags_the_credential() {
     register(&rp, &mut token, &mut u, RegKind::SecurityKey).unwrap();
     let (json, st) = sign_in_json(&rp, &mut token, Some(&u.clone()));
     let r = SignIn::parse(&json).unwrap();
-    rp.finish_sign_in(&r, st, &mut u, None, Timestamp::now())
+    rp.finish_sign_in(&r, st, &mut u, None, Timestamp::wall())
         .unwrap();
 
     // The server saw a higher counter than the key now sends: as if a clone had been used.
@@ -302,7 +302,7 @@ fn counter_regression_flags_the_credential() {
     let (json, st) = sign_in_json(&rp, &mut token, Some(&u.clone()));
     let r = SignIn::parse(&json).unwrap();
     let e = rp
-        .finish_sign_in(&r, st, &mut u, None, Timestamp::now())
+        .finish_sign_in(&r, st, &mut u, None, Timestamp::wall())
         .unwrap_err();
     assert!(matches!(e, CeremonyError::CounterRegression(_)), "{e:?}");
     assert!(u.credentials[0].flagged.is_some());
@@ -314,7 +314,7 @@ fn counter_regression_flags_the_credential() {
     let (json, st) = sign_in_json(&rp, &mut token, Some(&unflagged));
     let r = SignIn::parse(&json).unwrap();
     assert!(matches!(
-        rp.finish_sign_in(&r, st, &mut u, None, Timestamp::now()),
+        rp.finish_sign_in(&r, st, &mut u, None, Timestamp::wall()),
         Err(CeremonyError::NotAllowed)
     ));
 }
@@ -324,7 +324,7 @@ async fn invites_are_single_use_and_expire() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
     let d = Directory::new(store);
-    let now = Timestamp::now();
+    let now = Timestamp::wall();
     assert!(d
         .invite("bad name", "x", Aal::Aal2, Duration::from_secs(60), now)
         .await
@@ -536,7 +536,7 @@ mod corpus {
                 Some("replay") => {
                     // Accepted once, then presented again against a new challenge.
                     let r = SignIn::parse(&json).unwrap();
-                    rp.finish_sign_in(&r, state, &mut target, None, Timestamp::now())
+                    rp.finish_sign_in(&r, state, &mut target, None, Timestamp::wall())
                         .unwrap_or_else(|e| panic!("{}: first use refused: {e}", c.name));
                     state = rp.start_sign_in(Some(&target.credentials)).unwrap().1;
                 }
@@ -550,7 +550,13 @@ mod corpus {
                 _ => {}
             }
             let got = SignIn::parse(&json).and_then(|r| {
-                rp.finish_sign_in(&r, state, &mut target, allowed.as_deref(), Timestamp::now())
+                rp.finish_sign_in(
+                    &r,
+                    state,
+                    &mut target,
+                    allowed.as_deref(),
+                    Timestamp::wall(),
+                )
             });
             let outcome = match &got {
                 Ok(v) => format!("{:?}", v.aal).to_lowercase(),
@@ -596,7 +602,7 @@ fn a_request_bound_ceremony_signs_the_request_digest() {
     let r = SignIn::parse(&serde_json::to_vec(&resp).unwrap()).unwrap();
     assert_eq!(r.challenge(), Some(signing::b64(&chal)));
     let v = rp
-        .finish_sign_in(&r, st, &mut u, None, Timestamp::now())
+        .finish_sign_in(&r, st, &mut u, None, Timestamp::wall())
         .unwrap();
     assert_eq!(v.aal, Aal::Aal3);
     let (ad, cd, sig) = r.signed_parts();
@@ -672,7 +678,7 @@ fn a_request_bound_ceremony_signs_the_request_digest() {
     let resp = token.do_authentication(origin(), opts).unwrap();
     let r = SignIn::parse(&serde_json::to_vec(&resp).unwrap()).unwrap();
     assert!(rp
-        .finish_sign_in(&r, st_other, &mut u, None, Timestamp::now())
+        .finish_sign_in(&r, st_other, &mut u, None, Timestamp::wall())
         .is_err());
 }
 

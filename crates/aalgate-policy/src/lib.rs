@@ -11,8 +11,9 @@
 //! Policy text is parsed into the raw [`file::PolicyFile`] (unknown keys are errors, booleans
 //! are strict), then validated by [`load_from_strs`] into an immutable [`PolicySet`];
 //! diagnostics carry `file:line:column`, what is wrong and how to fix it. Nothing here reads a
-//! file or the clock: the gateway reads policy files (`aalgate::policy_files`) and passes the
-//! time in.
+//! file or keeps clock state: the gateway reads policy files (`aalgate::policy_files`), owns
+//! the clock (`aalgate::clock`) and passes the time in. ([`Timestamp::wall`] is a plain reading
+//! of the system clock, for stores' own expiry times.)
 
 pub mod aal;
 pub mod admit;

@@ -1,9 +1,7 @@
 //! Time as plain values, so the decision can run against a fake clock.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -12,11 +10,6 @@ use serde::{Deserialize, Deserializer, Serialize};
 #[serde(transparent)]
 pub struct Timestamp(pub u64);
 
-/// The wall clock at the first reading, with the monotonic clock at that moment.
-static ANCHOR: OnceLock<(SystemTime, Instant)> = OnceLock::new();
-/// The newest time this process has seen written by anyone (itself, another instance).
-static HIGH_WATER: AtomicU64 = AtomicU64::new(0);
-
 impl Timestamp {
     /// How far ahead of the wall clock a time read from shared state may move this process's
     /// clock: enough for instances a little out of step, too little for one corrupt record or a
@@ -24,29 +17,11 @@ impl Timestamp {
     /// timed and are ended instead.
     pub const MAX_OBSERVED_AHEAD: Duration = Duration::from_secs(300);
 
-    /// The current time, never earlier than a time this process has already seen.
-    ///
-    /// A wall clock stepped back (NTP, an operator, a VM resume) must not reopen a session
-    /// whose idle or absolute limit has passed. So the reading is the latest of: the wall
-    /// clock; the wall clock at the first reading plus the monotonic time since; and the newest
-    /// timestamp seen in the store ([`Timestamp::observe`]). A clock stepped forward only
-    /// makes limits arrive early: that fails closed.
-    pub fn now() -> Timestamp {
-        let wall = SystemTime::now();
-        let (wall0, mono0) = *ANCHOR.get_or_init(|| (wall, Instant::now()));
-        let floor = wall0 + mono0.elapsed();
-        let t = Timestamp::from_system_time(wall.max(floor));
-        Timestamp(t.0.max(HIGH_WATER.load(Ordering::Relaxed)))
-    }
-
-    /// Records a time read from shared state (a session's `last_seen`, the floor saved before
-    /// a restart), so that this process's clock does not run behind it. Times more than
-    /// [`Timestamp::MAX_OBSERVED_AHEAD`] past the wall clock are ignored.
-    pub fn observe(t: Timestamp) {
-        let wall = Timestamp::from_system_time(SystemTime::now());
-        if t <= wall.plus(Timestamp::MAX_OBSERVED_AHEAD) {
-            HIGH_WATER.fetch_max(t.0, Ordering::Relaxed);
-        }
+    /// The system's wall clock, as is. Stores use it for their own expiry times; the gateway
+    /// admits requests at the time of its own clock (`aalgate::clock`), which never runs
+    /// backwards, and hands that time to the policy core.
+    pub fn wall() -> Timestamp {
+        Timestamp::from_system_time(SystemTime::now())
     }
 
     /// Converts a `SystemTime`; times before 1970 clamp to 0.
@@ -147,16 +122,6 @@ mod tests {
         assert!(parse_duration("1.5s").is_err());
         assert!(parse_duration("soon").is_err());
         assert_eq!(format_duration(Duration::from_secs(43200)), "12h");
-    }
-
-    #[test]
-    fn now_never_runs_backwards() {
-        let a = Timestamp::now();
-        Timestamp::observe(a.plus(Duration::from_secs(120)));
-        assert!(Timestamp::now() >= a.plus(Duration::from_secs(120)));
-        // Far-future values (a corrupt record, a fast instance) are not trusted.
-        Timestamp::observe(a.plus(Duration::from_secs(3600)));
-        assert!(Timestamp::now() < a.plus(Duration::from_secs(600)));
     }
 
     #[test]

@@ -35,7 +35,7 @@ fn flow(url: &str) -> Flow {
         aal: Aal::Aal2,
         max_age_secs: None,
         app: "billing".into(),
-        created: Timestamp::now(),
+        created: Timestamp::wall(),
         user: None,
         browser: None,
         kept: None,
@@ -60,7 +60,7 @@ pub async fn run_all(store: &dyn SessionStore) {
 
 /// Cookie handles: one per host, resolved in one call, ended with their record.
 async fn links(store: &dyn SessionStore) {
-    let now = Timestamp::now();
+    let now = Timestamp::wall();
     let record = SessionId::generate().key();
     let user = unique("links");
     store
@@ -202,7 +202,7 @@ async fn kv(store: &dyn SessionStore) {
 }
 
 async fn stats(store: &dyn SessionStore) {
-    let now = Timestamp::now();
+    let now = Timestamp::wall();
     let limits = Timeouts::DEFAULT;
     let before = store.stats(now, &limits).await.unwrap();
     let put = |aal: Aal, auth_age: u64, idle: u64| {
@@ -230,7 +230,7 @@ async fn stats(store: &dyn SessionStore) {
 }
 
 async fn round_trip(store: &dyn SessionStore) {
-    let now = Timestamp::now();
+    let now = Timestamp::wall();
     let id = SessionId::generate();
     let s = session(&unique("rt"), now, 3600);
     assert_eq!(
@@ -252,7 +252,7 @@ async fn round_trip(store: &dyn SessionStore) {
 }
 
 async fn expiry(store: &dyn SessionStore) {
-    let now = Timestamp::now();
+    let now = Timestamp::wall();
     let id = SessionId::generate();
     store
         .insert(&id.key(), &session(&unique("exp"), now, 100))
@@ -277,7 +277,7 @@ async fn expiry(store: &dyn SessionStore) {
 }
 
 async fn touch(store: &dyn SessionStore) {
-    let now = Timestamp::now();
+    let now = Timestamp::wall();
     let id = SessionId::generate();
     store
         .insert(&id.key(), &session(&unique("touch"), now, 3600))
@@ -305,7 +305,7 @@ async fn touch(store: &dyn SessionStore) {
 }
 
 async fn remove_and_revoke(store: &dyn SessionStore) {
-    let now = Timestamp::now();
+    let now = Timestamp::wall();
     let (alice, bob) = (unique("alice"), unique("bob"));
     let ids: Vec<SessionId> = (0..3).map(|_| SessionId::generate()).collect();
     for id in &ids {
@@ -344,7 +344,7 @@ async fn remove_and_revoke(store: &dyn SessionStore) {
 }
 
 async fn flows(store: &dyn SessionStore) {
-    let now = Timestamp::now();
+    let now = Timestamp::wall();
     let key = unique("flow");
     store
         .put_flow(&key, &flow("/a?b=1"), Duration::from_secs(60))
@@ -377,14 +377,14 @@ async fn flows(store: &dyn SessionStore) {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(
-        store.get_flow(&short, Timestamp::now()).await.unwrap(),
+        store.get_flow(&short, Timestamp::wall()).await.unwrap(),
         None,
         "expired flow"
     );
 }
 
 async fn flow_taken_once(store: &dyn SessionStore) {
-    let now = Timestamp::now();
+    let now = Timestamp::wall();
     for _ in 0..5 {
         let key = unique("race");
         store
@@ -403,7 +403,7 @@ async fn flow_taken_once(store: &dyn SessionStore) {
 /// Two handles on the same backend (two processes on one embedded file, or two gateway
 /// instances on one Redis) see each other's writes and revocations.
 pub async fn cross_handle(a: &dyn SessionStore, b: &dyn SessionStore) {
-    let now = Timestamp::now();
+    let now = Timestamp::wall();
     let user = unique("shared");
     let id = SessionId::generate();
     a.insert(&id.key(), &session(&user, now, 3600))

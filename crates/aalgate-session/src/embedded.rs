@@ -36,7 +36,7 @@ fn kv_key(ns: &str, key: &str) -> String {
 }
 
 fn kv_encode(value: &[u8], ttl: Option<Duration>) -> Vec<u8> {
-    let exp = ttl.map(|t| Timestamp::now().plus(t).0.max(1)).unwrap_or(0);
+    let exp = ttl.map(|t| Timestamp::wall().plus(t).0.max(1)).unwrap_or(0);
     let mut v = Vec::with_capacity(8 + value.len());
     v.extend_from_slice(&exp.to_le_bytes());
     v.extend_from_slice(value);
@@ -485,7 +485,7 @@ impl SessionStore for EmbeddedStore {
         let key = key.to_string();
         let stored = StoredFlow {
             flow: flow.clone(),
-            expires: Timestamp::now().plus(ttl),
+            expires: Timestamp::wall().plus(ttl),
         };
         self.blocking(move |db| {
             let bytes = serde_json::to_vec(&stored).map_err(corrupt)?;
@@ -634,7 +634,7 @@ impl SessionStore for EmbeddedStore {
             let tx = db.begin_read().map_err(unavailable)?;
             let t = tx.open_table(KV).map_err(unavailable)?;
             let v = t.get(k.as_str()).map_err(unavailable)?;
-            Ok(v.and_then(|v| kv_resolve(&side, v.value(), Timestamp::now())))
+            Ok(v.and_then(|v| kv_resolve(&side, v.value(), Timestamp::wall())))
         })
         .await
     }
@@ -652,7 +652,7 @@ impl SessionStore for EmbeddedStore {
             tx.commit().map_err(unavailable)?;
             let Some(raw) = raw else { return Ok(None) };
             // Taken once: the record is gone before the file is read.
-            let out = kv_resolve(&side, &raw, Timestamp::now());
+            let out = kv_resolve(&side, &raw, Timestamp::wall());
             drop_side(&side, &raw);
             Ok(out)
         })
@@ -672,7 +672,7 @@ impl SessionStore for EmbeddedStore {
             tx.commit().map_err(unavailable)?;
             let Some(raw) = raw else { return Ok(false) };
             drop_side(&side, &raw);
-            Ok(kv_decode(&raw, Timestamp::now()).is_some())
+            Ok(kv_decode(&raw, Timestamp::wall()).is_some())
         })
         .await
     }
@@ -681,7 +681,7 @@ impl SessionStore for EmbeddedStore {
         let (lo, hi) = (format!("{ns}\0"), format!("{ns}\u{1}"));
         let side = self.side.clone();
         self.blocking(move |db| {
-            let now = Timestamp::now();
+            let now = Timestamp::wall();
             let tx = db.begin_read().map_err(unavailable)?;
             let t = tx.open_table(KV).map_err(unavailable)?;
             let mut out = Vec::new();
@@ -699,7 +699,7 @@ impl SessionStore for EmbeddedStore {
     async fn kv_add(&self, ns: &str, key: &str, by: u64, ttl: Duration) -> Result<u64, StoreError> {
         let k = kv_key(ns, key);
         self.blocking(move |db| {
-            let now = Timestamp::now();
+            let now = Timestamp::wall();
             let tx = db.begin_write().map_err(unavailable)?;
             let n = {
                 let mut t = tx.open_table(KV).map_err(unavailable)?;
@@ -780,7 +780,7 @@ mod tests {
         // without one until the first large value; purging and sizing too.
         assert!(!dir.path().join("values").exists());
         assert!(s.disk_bytes() > 0);
-        s.purge_expired(Timestamp::now()).await.unwrap();
+        s.purge_expired(Timestamp::wall()).await.unwrap();
         let big = vec![7u8; SIDE_MIN + 1];
         s.kv_put("kept", "a", &big, Some(Duration::from_secs(60)))
             .await
@@ -813,7 +813,7 @@ mod tests {
             .await
             .unwrap();
         std::fs::write(dir.path().join("values").join("0".repeat(32)), b"orphan").unwrap();
-        let later = Timestamp::now().plus(Duration::from_secs(5));
+        let later = Timestamp::wall().plus(Duration::from_secs(5));
         s.purge_expired(later).await.unwrap();
         assert_eq!(files(), 1, "the young orphan stays until ORPHAN_AGE");
         assert!(s.kv_get("kept", "d").await.unwrap().is_none());
@@ -824,7 +824,7 @@ mod tests {
     async fn survives_reopen_and_purges() {
         let dir = tempfile::tempdir().unwrap();
         let id = crate::SessionId::generate();
-        let now = Timestamp::now();
+        let now = Timestamp::wall();
         {
             let s = EmbeddedStore::open(dir.path()).unwrap();
             s.insert(&id.key(), &crate::conformance::session("reopen", now, 3600))

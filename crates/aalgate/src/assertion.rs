@@ -197,7 +197,7 @@ mod tests {
         let s = Signer::load_or_create(&path, "https://gw.example").unwrap();
         let again = Signer::load_or_create(&path, "https://gw.example").unwrap();
         assert_eq!(s.jwks(), again.jwks(), "the key is reused, not regenerated");
-        let now = Timestamp::now();
+        let now = Timestamp::wall();
         let session = Session {
             user: "alice".into(),
             aal: Aal::Aal2,

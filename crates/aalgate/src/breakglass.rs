@@ -192,7 +192,7 @@ pub fn create(cfg: &BreakGlassConfig, name: &str, ttl: Duration) -> Result<(Code
     let code = Code {
         id: id.iter().map(|b| format!("{b:02X}")).collect(),
         name: name.trim().to_string(),
-        created: Timestamp::now(),
+        created: Timestamp::wall(),
         ttl_secs: ttl.as_secs(),
         hash,
         used: None,
@@ -231,7 +231,7 @@ pub fn review(cfg: &BreakGlassConfig, id: &str, note: &str) -> Result<Code> {
         bail!("code {id} has not been used; nothing to review");
     };
     u.reviews.push(Review {
-        time: Timestamp::now(),
+        time: Timestamp::wall(),
         note: note.trim().to_string(),
     });
     let out = code.clone();
@@ -347,7 +347,7 @@ impl Emergency {
             credential: Some(self.code.clone()),
             auth_time: self.started,
             last_auth: self.started,
-            last_seen: Timestamp::now(),
+            last_seen: Timestamp::wall(),
             expires_at: self.expires,
         }
     }
@@ -447,7 +447,7 @@ impl Emergencies {
             id: "CALIBRAT".into(),
             name: String::new(),
             hash: hash.to_string(),
-            created: Timestamp::now(),
+            created: Timestamp::wall(),
             ttl_secs: 60,
             used: None,
         };
@@ -606,7 +606,7 @@ mod tests {
 
     fn usage() -> Use {
         Use {
-            time: Timestamp::now(),
+            time: Timestamp::wall(),
             person: "Dr. A".into(),
             reason: "key lost".into(),
             app: "ehr".into(),
@@ -654,7 +654,7 @@ mod tests {
     fn sessions_are_per_host_and_expire_and_failures_throttle() {
         let e = Emergencies::default();
         let key = aalgate_session::SessionId::generate().key();
-        let now = Timestamp::now();
+        let now = Timestamp::wall();
         e.insert(
             key.clone(),
             Emergency {

@@ -154,7 +154,7 @@ mod tests {
     #[test]
     fn sessions_are_trusted_for_one_second_only() {
         let c = SessionCache::new(10);
-        let now = Timestamp::now();
+        let now = Timestamp::wall();
         let (k, record, h) = (
             SessionId::generate().key(),
             SessionId::generate().key(),
@@ -183,7 +183,7 @@ mod tests {
     #[test]
     fn an_ended_record_stops_every_cached_handle() {
         let c = SessionCache::new(10);
-        let now = Timestamp::now();
+        let now = Timestamp::wall();
         let record = SessionId::generate().key();
         let (ehr, billing) = (SessionId::generate().key(), SessionId::generate().key());
         c.put_linked(&ehr, &record, "ehr.example", &session(now));

@@ -69,7 +69,7 @@ pub fn run(a: ExplainArgs) -> Result<()> {
         println!("decision: 421 Misdirected Request (never forwarded)");
         return Ok(());
     };
-    let now = Timestamp::now();
+    let now = Timestamp::wall();
     let back = |d: Duration| Timestamp(now.0.saturating_sub(d.as_secs()));
     let facts = a.aal.map(|aal| SessionFacts {
         aal,

@@ -117,6 +117,8 @@ pub struct Gateway {
     pub listeners: Vec<crate::config::Listener>,
     /// Send `Strict-Transport-Security` on https (`hsts`).
     pub hsts: bool,
+    /// The time admissions are made at: never runs backwards.
+    pub clock: Arc<crate::clock::Clock>,
 }
 
 /// Per-request state, written by the phases and read once in `logging`.
@@ -198,6 +200,7 @@ impl Lives {
 /// and its existence; when the session is over it shuts the client socket down, so pingora's
 /// proxy loop ends and the connection closes at once, frames or not.
 fn watch_upgrade(
+    clock: Arc<crate::clock::Clock>,
     lives: Lives,
     handle: SessionKey,
     host: String,
@@ -211,7 +214,7 @@ fn watch_upgrade(
             if over.lock().map(|o| *o).unwrap_or(true) {
                 return;
             }
-            let now = Timestamp::now();
+            let now = clock.now();
             let ended = now >= until || !matches!(lives.alive(&handle, &host, now).await, Ok(true));
             if ended {
                 let Ok(mut o) = over.lock() else { return };
@@ -695,6 +698,7 @@ impl Gateway {
         let over = Arc::new(std::sync::Mutex::new(false));
         if let Some(fd) = session.as_downstream().stream().map(|st| st.id()) {
             watch_upgrade(
+                self.clock.clone(),
                 lives.clone(),
                 handle.clone(),
                 ctx.host.clone(),
@@ -860,7 +864,7 @@ impl Gateway {
                 .take(MAX_COOKIES)
                 .filter_map(|v| SessionId::from_cookie(v))
                 .collect();
-        let now = Timestamp::now();
+        let now = self.clock.now();
         for id in ids {
             // Break-glass sessions live here, not in the store: they end even while it is down.
             if self.signin.emergencies.remove(&id.key()) {
@@ -1001,7 +1005,7 @@ impl Gateway {
             aal,
             max_age_secs: max_age.map(|d| d.as_secs()),
             app: app.to_string(),
-            created: Timestamp::now(),
+            created: self.clock.now(),
             // Step-up and re-auth are for the same person (one tap, their keys); a login is
             // for whoever signs in.
             user: if need == FlowKind::Login { None } else { user },
@@ -1311,7 +1315,7 @@ impl ProxyHttp for Gateway {
             _ => {}
         }
 
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let loaded = match self.load_session(session.req_header(), ctx, now).await {
             Ok(s) => s,
             Err(e) => {
@@ -1323,8 +1327,8 @@ impl ProxyHttp for Gateway {
         // instance runs ahead): measure limits from the later of the two, never the earlier.
         let now = match &loaded {
             Some((_, _, s)) if s.last_seen > now => {
-                Timestamp::observe(s.last_seen);
-                Timestamp::now()
+                self.clock.observe(s.last_seen);
+                self.clock.now()
             }
             _ => now,
         };
@@ -1488,7 +1492,7 @@ impl ProxyHttp for Gateway {
         let Some(up) = ctx.upgrade.as_mut() else {
             return Ok(());
         };
-        let now = Timestamp::now();
+        let now = self.clock.now();
         if now >= up.until {
             return Err(Error::explain(
                 ErrorType::Custom("session_ended"),
@@ -1528,7 +1532,7 @@ impl ProxyHttp for Gateway {
         if ctx
             .upgrade
             .as_ref()
-            .is_some_and(|u| Timestamp::now() >= u.until)
+            .is_some_and(|u| self.clock.now() >= u.until)
         {
             return Err(Error::explain(
                 ErrorType::Custom("session_ended"),
@@ -1644,7 +1648,7 @@ impl ProxyHttp for Gateway {
             ctx.rule.and_then(|i| ctx.policy.rules().get(i)),
         ) {
             let app = &ctx.policy.app_of(rule).name;
-            let now = Timestamp::now();
+            let now = self.clock.now();
             let sign = || self.signer.sign(s, app, now);
             let token = match (&ctx.signed, &ctx.session_key) {
                 // A signed request's assertion names its digest: one of its own, never cached.

@@ -12,6 +12,7 @@ pub mod assertion;
 pub mod audit;
 pub mod breakglass;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod explain;

@@ -545,7 +545,7 @@ impl BackgroundService for Purge {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    if let Err(e) = self.0.purge_expired(aalgate_policy::Timestamp::now()).await {
+                    if let Err(e) = self.0.purge_expired(aalgate_policy::Timestamp::wall()).await {
                         tracing::warn!(error = %e, "purging expired sessions failed");
                     }
                     self.1.embedded_store_bytes.set(self.0.disk_bytes() as i64);
@@ -681,7 +681,8 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
     });
     // A made-up break-glass code waits as long as a real check from the first attempt on.
     signin.emergencies.calibrate();
-    ops::load_clock_floor(&cfg.clock_floor);
+    let clock = Arc::new(aalgate::clock::Clock::system());
+    clock.load_floor(&cfg.clock_floor);
     let signer = Arc::new(assertion::Signer::load_or_create(
         &cfg.signing_key,
         &cfg.public_origin,
@@ -717,6 +718,7 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         upstream_timeouts: (cfg.upstream_connect_timeout, cfg.upstream_timeout),
         listeners: cfg.listen.clone(),
         hsts: cfg.hsts,
+        clock: clock.clone(),
     };
     let mut inner = pingora::proxy::HttpProxy::new(gw, server.configuration.clone());
     inner.handle_init_modules();
@@ -778,6 +780,7 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
             metrics: metrics.clone(),
             count_every: cfg.session_count_interval,
             clock_floor: cfg.clock_floor.clone(),
+            clock: clock.clone(),
         },
     ));
     if let Some(e) = embedded {
@@ -917,7 +920,7 @@ fn csv_field(s: &str) -> String {
 }
 
 async fn report_run(args: ReportArgs) -> Result<bool> {
-    let now = aalgate_policy::Timestamp::now();
+    let now = aalgate_policy::Timestamp::wall();
     match args.action {
         ReportAction::Enrollment { format } => {
             let (store, _) = cli_store(&args.target)?;
@@ -1191,7 +1194,7 @@ async fn audit_run(args: AuditArgs) -> Result<bool> {
 async fn users_run(args: UsersArgs) -> Result<bool> {
     let (store, origin) = cli_store(&args.target)?;
     let dir = aalgate_auth::Directory::new(store);
-    let now = aalgate_policy::Timestamp::now();
+    let now = aalgate_policy::Timestamp::wall();
     match args.action {
         UsersAction::Invite {
             user,

@@ -233,7 +233,7 @@ impl Policies {
     fn mark_loaded(&self, hash: &str) {
         let m = &self.metrics;
         m.reloads.with_label_values(&["success"]).inc();
-        m.reload_success_time.set(Timestamp::now().0 as f64);
+        m.reload_success_time.set(Timestamp::wall().0 as f64);
         m.policy_info.reset();
         m.policy_info.with_label_values(&[hash]).set(1);
         if let Ok(mut h) = self.hash.lock() {
@@ -342,29 +342,11 @@ pub struct StoreMonitor {
     /// How often live sessions are counted: a scan of every session (about 1 s of Redis and
     /// gateway CPU per 100,000 sessions), so much less often than the probe.
     pub count_every: Duration,
-    /// The clock floor file, written at every probe ([`load_clock_floor`] reads it at start).
+    /// The clock floor file, written at every probe ([`crate::clock::Clock::load_floor`]
+    /// reads it at start).
     pub clock_floor: std::path::PathBuf,
-}
-
-/// Raises this process's clock to the floor the previous run saved, so a wall clock stepped
-/// back across a restart (by up to [`Timestamp::MAX_OBSERVED_AHEAD`]; sessions stamped further
-/// ahead are ended) cannot reopen a session. A missing or unreadable file is ignored.
-pub fn load_clock_floor(path: &std::path::Path) {
-    if let Some(t) = std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-    {
-        Timestamp::observe(Timestamp(t));
-    }
-}
-
-fn save_clock_floor(path: &std::path::Path) {
-    let tmp = path.with_extension("tmp");
-    let ok = std::fs::write(&tmp, Timestamp::now().0.to_string())
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = ok {
-        tracing::debug!(error = %e, path = %path.display(), "cannot save the clock floor");
-    }
+    /// The gateway's clock.
+    pub clock: Arc<crate::clock::Clock>,
 }
 
 /// For each AAL, the loosest limits any app allows: a session is live while some app accepts it.
@@ -399,7 +381,7 @@ impl BackgroundService for StoreMonitor {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    save_clock_floor(&self.clock_floor);
+                    self.clock.save_floor(&self.clock_floor);
                     let m = &self.metrics;
                     let up = self.store.ping().await.is_ok();
                     m.store_up.set(i64::from(up));
@@ -415,7 +397,7 @@ impl BackgroundService for StoreMonitor {
                     if up && last_count.is_none_or(|t| t.elapsed() >= self.count_every) {
                         last_count = Some(Instant::now());
                         let limits = loosest(&self.policies.snapshot());
-                        match self.store.stats(Timestamp::now(), &limits).await {
+                        match self.store.stats(self.clock.now(), &limits).await {
                             Ok(s) => {
                                 for (i, aal) in ["1", "2", "3"].iter().enumerate() {
                                     m.sessions_active.with_label_values(&[aal]).set(s.active[i] as i64);

@@ -68,7 +68,7 @@ pub(crate) enum QuotaFull {
 impl QuotaFull {
     /// Seconds until the oldest counted bucket ages out and frees what it holds.
     pub(crate) fn retry_after() -> u64 {
-        ANON_BUCKET_SECS - Timestamp::now().0 % ANON_BUCKET_SECS
+        ANON_BUCKET_SECS - Timestamp::wall().0 % ANON_BUCKET_SECS
     }
 }
 
@@ -97,7 +97,7 @@ impl Gateway {
         const COUNTER_BYTES: u64 = 128;
         let bytes = bytes as u64;
         let quota = self.signin.anonymous_quota;
-        let bucket = Timestamp::now().0 / ANON_BUCKET_SECS;
+        let bucket = Timestamp::wall().0 / ANON_BUCKET_SECS;
         let earlier = bucket.saturating_sub(ANON_BUCKETS - 1)..=bucket.saturating_sub(1);
         let ttl = Duration::from_secs(ANON_BUCKETS * ANON_BUCKET_SECS + 60);
         let refused = |full: QuotaFull| {
@@ -224,7 +224,7 @@ impl Gateway {
         // Quotas: the whole store, and this person. Checked, then charged before the write, so
         // parallel keeps overshoot by at most `preserve_concurrent_reads` forms.
         let size = sealed.len() as u64;
-        let now = Timestamp::now().0;
+        let now = self.clock.now().0;
         let (quota, person_quota) = self.signin.quota;
         let mine = format!("p:{}", aalgate_auth::token::hash_str(person));
         let used = self.kept_bytes("g", now).await.map_err(|e| e.to_string())?;
@@ -380,7 +380,7 @@ impl Gateway {
         token: Token,
         confirmed: bool,
     ) -> Result<bool> {
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let loaded = match self.load_session(session.req_header(), ctx, now).await {
             Ok(s) => s,
             Err(e) => {

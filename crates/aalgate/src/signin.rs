@@ -395,7 +395,7 @@ impl Gateway {
         Option<(SessionKey, SessionKey, UserSession)>,
         aalgate_session::StoreError,
     > {
-        let now = Timestamp::now();
+        let now = self.clock.now();
         for v in headers::cookie_values(&session.req_header().headers, Self::cookie_name(ctx))
             .iter()
             .take(4)
@@ -434,7 +434,7 @@ impl Gateway {
             return self.error(session, ctx, 404, "not_found").await;
         }
         let id = query_param(session.req_header().uri.query(), "flow").and_then(FlowId::parse);
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let flow = match id {
             None => None,
             Some(id) => match self.store.get_flow(&id.key(), now).await {
@@ -616,7 +616,7 @@ impl Gateway {
             aal: Aal::Aal2,
             max_age_secs: None,
             app: app.unwrap_or_else(|| "the applications".into()),
-            created: Timestamp::now(),
+            created: self.clock.now(),
             user: None,
         };
         let size = serde_json::to_vec(&flow).map_or(crate::gateway::MAX_FLOW_BYTES, |v| v.len());
@@ -667,7 +667,7 @@ impl Gateway {
         let token = query_param(session.req_header().uri.query(), "invite").and_then(Token::parse);
         let invite = match token {
             None => None,
-            Some(t) => match self.service().dir.peek_invite(&t, Timestamp::now()).await {
+            Some(t) => match self.service().dir.peek_invite(&t, self.clock.now()).await {
                 Ok(i) => i.map(|i| (t, i)),
                 Err(e) => {
                     tracing::warn!(request_id = %ctx.request_id, error = %e, "store error on the enrollment page");
@@ -818,7 +818,7 @@ impl Gateway {
         DirectoryError,
     > {
         let svc = self.service();
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let ceremony = Token::generate();
         match req.purpose.as_str() {
             "enroll" => {
@@ -1052,7 +1052,7 @@ impl Gateway {
         response: &[u8],
     ) -> Result<bool> {
         let svc = self.service();
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let state: RegState = match serde_json::from_value(pending.state) {
             Ok(s) => s,
             Err(e) => {
@@ -1203,7 +1203,7 @@ impl Gateway {
         response: &[u8],
     ) -> Result<bool> {
         let svc = self.service();
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let kind = challenge_kind(pending.purpose);
         let fail = |this: &Self, ctx: &Ctx, user: Option<&str>, why: &str| {
             tracing::info!(request_id = %ctx.request_id, user = user.unwrap_or("-"), reason = why, "sign-in failed");
@@ -1461,7 +1461,7 @@ impl Gateway {
         kind: CredentialKind,
         flow: &Flow,
     ) -> Result<bool> {
-        let now = Timestamp::now();
+        let now = self.clock.now();
         // The previous session of this browser ends: replaced (same person) or switched.
         match self.current(session, ctx).await {
             Ok(Some((handle, record, old))) => {
@@ -1601,7 +1601,7 @@ impl Gateway {
                     let mark = crate::resume::Resumable {
                         record: record.as_str().to_string(),
                         touched,
-                        at: Timestamp::now(),
+                        at: self.clock.now(),
                         binding: flow.binding.clone(),
                     };
                     self.store
@@ -1686,7 +1686,7 @@ impl Gateway {
     /// cookie handle, then the browser goes to the kept URL.
     pub(crate) async fn handoff(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let code = query_param(session.req_header().uri.query(), "code").and_then(Token::parse);
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let taken: Option<Handoff> = match code {
             None => None,
             Some(c) => match self.service().dir.take_code(&c).await {
@@ -1879,7 +1879,7 @@ impl Gateway {
             let reply = busy(self, ctx, "throttled");
             return self.send(session, ctx, reply).await;
         }
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let cfg = svc.breakglass.clone();
         let joined = |e| Error::because(ErrorType::InternalError, "break-glass check", e);
         let found = tokio::task::spawn_blocking(move || crate::breakglass::candidate(&cfg, &typed))
