@@ -111,7 +111,7 @@ fn passkeys_and_security_keys_in_chromium() {
         .replace("host: billing.localhost", "host: lab.localhost");
     let ca = root().join("tests/fixtures/chromium-virtual-authenticator-ca.pem");
     let extra = format!(
-        "rp_id: localhost\npreserve_body_limit: 4096\nhardware_keys:\n  aaguids: [01020304-0506-0708-0102-030405060708]\n  attestation_ca: [{}]\n",
+        "rp_id: localhost\npreserve_body_limit: 4096\naudit:\n  output: file:audit.jsonl\nhardware_keys:\n  aaguids: [01020304-0506-0708-0102-030405060708]\n  attestation_ca: [{}]\n",
         ca.display()
     );
     let gw = Gateway::start_extra(
@@ -135,6 +135,55 @@ fn passkeys_and_security_keys_in_chromium() {
     );
     let audit = gw.log();
     assert!(!audit.contains("panicked"), "gateway panicked:\n{audit}");
+    // What operators' dashboards and audit queries see: every metric series (without its
+    // value) and every kind of audit event, kept beside the screenshots, so that two runs (a
+    // refactor before and after) can be compared with `diff`.
+    let audit_log = std::fs::read_to_string(gw.dir.path().join("audit.jsonl")).unwrap_or_default();
+    let events: std::collections::BTreeSet<String> = audit_log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e.get("event").is_some())
+        .map(|e| {
+            let f = |k: &str| e[k].as_str().unwrap_or("-").to_string();
+            format!(
+                "{} decision={} detail={}",
+                f("event"),
+                f("decision"),
+                f("detail")
+            )
+        })
+        .collect();
+    let scrape = gw.scrape();
+    let series: std::collections::BTreeSet<&str> = scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s))
+        .filter(|s| !s.contains("_bucket{") && !s.starts_with("aalgate_policy_info"))
+        .collect();
+    let join = |set: Vec<&str>| set.join("\n") + "\n";
+    std::fs::write(
+        out.join("audit-events.txt"),
+        join(events.iter().map(String::as_str).collect()),
+    )
+    .expect("write audit events");
+    std::fs::write(
+        out.join("metric-series.txt"),
+        join(series.into_iter().collect()),
+    )
+    .expect("write metric series");
+    // Step 8 switched users on one browser: the replaced session is counted and audited.
+    assert!(
+        events.contains("session_end decision=- detail=switch_user"),
+        "{events:#?}"
+    );
+    assert!(
+        aalgate_tests::sample(
+            &scrape,
+            "aalgate_session_ends_total{reason=\"switch_user\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
 }
 
 /// Trac 1.6 (PyPI) served by `tracd` under `/env`, in a temporary environment with anonymous

@@ -51,6 +51,34 @@ pub(crate) const ADMISSIONS: &str = "admit";
 /// How long a completed flow's own request stays admitted (the hop back, a popup's retry).
 pub(crate) const ADMISSION_TTL: Duration = Duration::from_secs(30);
 
+/// Why a session record ended: its `aalgate_session_ends_total` label and audit event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SessionEnd {
+    /// Past the idle limit.
+    Idle,
+    /// Past the absolute limit (or its times cannot be trusted).
+    Absolute,
+    /// *Sign out*.
+    Logout,
+    /// Someone else signed in on this browser.
+    SwitchUser,
+    /// The same person signed in again on this browser: replaced, not counted.
+    Replaced,
+}
+
+impl SessionEnd {
+    /// The metric label (`None`: not counted).
+    fn label(self) -> Option<&'static str> {
+        match self {
+            SessionEnd::Idle => Some("idle"),
+            SessionEnd::Absolute => Some("absolute"),
+            SessionEnd::Logout => Some("logout"),
+            SessionEnd::SwitchUser => Some("switch_user"),
+            SessionEnd::Replaced => None,
+        }
+    }
+}
+
 /// What admission knows of a session: its times and level, and when it is over (the record
 /// outlives it by a flow's lifetime, so that a form sent right at the end is still known to
 /// be the person's).
@@ -566,9 +594,13 @@ impl Gateway {
         app: &str,
         now: Timestamp,
     ) {
-        self.sessions.remove(handle);
-        self.sessions.end_record(record);
-        let removed = self.store.remove(record).await;
+        let why = match reason {
+            aalgate_policy::ExpiryReason::Idle => SessionEnd::Idle,
+            aalgate_policy::ExpiryReason::Absolute => SessionEnd::Absolute,
+        };
+        let removed = self
+            .end_session(ctx, handle, false, record, s, why, Some(app), now)
+            .await;
         // Who this browser was, for a form it sends before signing in again.
         if removed.is_ok() {
             let _ = self
@@ -581,29 +613,58 @@ impl Gateway {
                 )
                 .await;
         }
-        if let Ok(true) = removed {
-            self.metrics
-                .session_ends
-                .with_label_values(&[reason.as_str()])
-                .inc();
-            self.metrics
-                .session_age
-                .observe(now.since(s.auth_time).as_secs_f64());
-            self.audit.emit_for(
-                &ctx.audit,
-                &crate::audit::Event {
-                    time: crate::audit::now_rfc3339(),
-                    event: "session_end",
-                    request_id: Some(&ctx.request_id),
-                    user: Some(&s.user),
-                    app: Some(app),
-                    aal: Some(s.aal.number()),
-                    credential: s.credential.as_deref(),
-                    decision: Some(reason.as_str()),
-                    ..Default::default()
-                },
-            );
+    }
+
+    /// Ends the session record `record` (reached through cookie `handle`, which is unlinked
+    /// too when `unlink`), so that every host's cookie of it stops at once on every instance:
+    /// counted in `aalgate_session_ends_total` and audited once, by whichever call removed
+    /// it. Returns whether this call removed it; a store error is returned, never hidden.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn end_session(
+        &self,
+        ctx: &Ctx,
+        handle: &SessionKey,
+        unlink: bool,
+        record: &SessionKey,
+        s: &UserSession,
+        why: SessionEnd,
+        app: Option<&str>,
+        now: Timestamp,
+    ) -> Result<bool, aalgate_session::StoreError> {
+        self.sessions.remove(handle);
+        if unlink {
+            let _ = self.store.unlink(handle).await;
         }
+        self.sessions.end_record(record);
+        let removed = self.store.remove(record).await?;
+        let Some(label) = why.label().filter(|_| removed) else {
+            return Ok(removed);
+        };
+        self.metrics.session_ends.with_label_values(&[label]).inc();
+        self.metrics
+            .session_age
+            .observe(now.since(s.auth_time).as_secs_f64());
+        let (event, decision, detail) = match why {
+            SessionEnd::Idle | SessionEnd::Absolute => ("session_end", Some(label), None),
+            SessionEnd::SwitchUser => ("session_end", None, Some(label.to_string())),
+            SessionEnd::Logout | SessionEnd::Replaced => ("logout", None, None),
+        };
+        self.audit.emit_for(
+            &ctx.audit,
+            &crate::audit::Event {
+                time: crate::audit::now_rfc3339(),
+                event,
+                request_id: Some(&ctx.request_id),
+                user: Some(&s.user),
+                app: app.filter(|_| decision.is_some()),
+                aal: Some(s.aal.number()),
+                credential: s.credential.as_deref(),
+                decision,
+                detail,
+                ..Default::default()
+            },
+        );
+        Ok(true)
     }
 
     /// 429: this client address started too many sign-ins in the last minute.
@@ -893,42 +954,26 @@ impl Gateway {
                     return self.error(session, ctx, 503, "store_unavailable").await;
                 }
             };
-            self.sessions.remove(&id.key());
-            let _ = self.store.unlink(&id.key()).await;
             let Some((record, existing)) = existing else {
+                self.sessions.remove(&id.key());
+                let _ = self.store.unlink(&id.key()).await;
                 continue;
             };
-            let existing = Some(existing);
-            self.sessions.end_record(&record);
-            match self.store.remove(&record).await {
-                Ok(true) => {
-                    self.metrics
-                        .session_ends
-                        .with_label_values(&["logout"])
-                        .inc();
-                    if let Some(s) = &existing {
-                        self.metrics
-                            .session_age
-                            .observe(now.since(s.auth_time).as_secs_f64());
-                        self.audit.emit_for(
-                            &ctx.audit,
-                            &crate::audit::Event {
-                                time: crate::audit::now_rfc3339(),
-                                event: "logout",
-                                request_id: Some(&ctx.request_id),
-                                user: Some(&s.user),
-                                aal: Some(s.aal.number()),
-                                credential: s.credential.as_deref(),
-                                ..Default::default()
-                            },
-                        );
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(request_id = %ctx.request_id, error = %e, "logout could not reach the session store");
-                    return self.error(session, ctx, 503, "store_unavailable").await;
-                }
+            let ended = self
+                .end_session(
+                    ctx,
+                    &id.key(),
+                    true,
+                    &record,
+                    &existing,
+                    SessionEnd::Logout,
+                    None,
+                    now,
+                )
+                .await;
+            if let Err(e) = ended {
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "logout could not reach the session store");
+                return self.error(session, ctx, 503, "store_unavailable").await;
             }
         }
         let reply = Reply::html(

@@ -1465,39 +1465,24 @@ impl Gateway {
         // The previous session of this browser ends: replaced (same person) or switched.
         match self.current(session, ctx).await {
             Ok(Some((handle, record, old))) => {
-                self.sessions.remove(&handle);
-                let _ = self.store.unlink(&handle).await;
-                self.sessions.end_record(&record);
-                let removed = match self.store.remove(&record).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        // The previous person's session must end before a new one starts.
-                        return self
-                            .store_down(
-                                session,
-                                ctx,
-                                &e,
-                                "sign-in: could not end the previous session",
-                            )
-                            .await;
-                    }
+                let why = if old.user != user.id {
+                    crate::gateway::SessionEnd::SwitchUser
+                } else {
+                    crate::gateway::SessionEnd::Replaced
                 };
-                if removed && old.user != user.id {
-                    self.metrics
-                        .session_ends
-                        .with_label_values(&["switch_user"])
-                        .inc();
-                    self.metrics
-                        .session_age
-                        .observe(now.since(old.auth_time).as_secs_f64());
-                    self.audit_auth(
-                        ctx,
-                        "session_end",
-                        Some(&old.user),
-                        Some(old.aal),
-                        old.credential.as_deref(),
-                        Some("switch_user"),
-                    );
+                let ended = self
+                    .end_session(ctx, &handle, true, &record, &old, why, None, now)
+                    .await;
+                if let Err(e) = ended {
+                    // The previous person's session must end before a new one starts.
+                    return self
+                        .store_down(
+                            session,
+                            ctx,
+                            &e,
+                            "sign-in: could not end the previous session",
+                        )
+                        .await;
                 }
             }
             Ok(None) => {}
