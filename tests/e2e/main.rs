@@ -13,6 +13,7 @@ mod ops;
 mod proxy;
 mod redis;
 mod signin;
+mod structure;
 mod transparency;
 
 /// The policy used by most tests, pointing at `upstream_port`.
