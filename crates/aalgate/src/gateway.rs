@@ -515,6 +515,308 @@ impl Gateway {
         None
     }
 
+    /// Phase 1 of a request: refuses a head that the gateway and an upstream could read
+    /// differently (framing, method case, tunnels, oversized headers) and returns its one Host.
+    fn well_formed(&self, session: &Session) -> std::result::Result<HostPort, (u16, &'static str)> {
+        if let ServerSession::H1(h1) = session.as_downstream() {
+            if h1.get_headers_raw_bytes().len() > MAX_HEADER_BYTES {
+                return Err((431, "headers_too_large"));
+            }
+        }
+        let req = session.req_header();
+
+        // Method names are case-sensitive; a lowercase one could be matched as one method and
+        // run as another upstream.
+        if req.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+            return Err((400, "bad_method"));
+        }
+        // Only WebSocket may upgrade; `h2c` and others would open a tunnel past the gateway.
+        if let Some(up) = req.headers.get(http::header::UPGRADE) {
+            if !up.as_bytes().eq_ignore_ascii_case(b"websocket") {
+                return Err((400, "bad_upgrade"));
+            }
+        }
+
+        // Message framing the upstream cannot read differently: chunked alone, or one
+        // Content-Length. Both at once, or any other transfer coding, is a smuggling attempt.
+        // pingora drops Content-Length when Transfer-Encoding is present, so look at the raw
+        // header for the pair.
+        let te_and_cl = req.headers.contains_key(http::header::TRANSFER_ENCODING)
+            && match session.as_downstream() {
+                ServerSession::H1(h1) => {
+                    raw_has_header(&h1.get_headers_raw_bytes(), b"content-length")
+                }
+                _ => false,
+            };
+        if te_and_cl || !framing_is_unambiguous(req) {
+            return Err((400, "bad_framing"));
+        }
+
+        // Exactly one Host header.
+        let mut hosts = req.headers.get_all(http::header::HOST).iter();
+        let (Some(host_value), None) = (hosts.next(), hosts.next()) else {
+            return Err((400, "bad_host"));
+        };
+        let Some(host) = host_value
+            .to_str()
+            .ok()
+            .and_then(|h| HostPort::parse(h).ok())
+        else {
+            return Err((400, "bad_host"));
+        };
+        Ok(host)
+    }
+
+    /// Phase 2: normalizes the target once (as the host's app says), and checks the listener
+    /// the request arrived on serves that host. Sets `ctx.target` and `ctx.host`; returns
+    /// whether an app serves the host.
+    fn place(
+        &self,
+        session: &Session,
+        ctx: &mut Ctx,
+        host: &HostPort,
+    ) -> std::result::Result<bool, (u16, &'static str)> {
+        // The app serving this host, looked up once: it says how the path is normalized and
+        // where it is served.
+        let app = ctx.policy.app_for_host(host);
+        // Normalize once; anything ambiguous is refused (double encoding unless the host's app
+        // allows it).
+        let double = app.map_or(aalgate_policy::DoubleEncoding::Refuse, |a| {
+            a.double_encoding
+        });
+        let target = match aalgate_policy::normalize_target_with(&raw_target(session), double) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!(request_id = %ctx.request_id, error = %e, "refused request target");
+                return Err((path_error_status(&e), "bad_path"));
+            }
+        };
+        if let Some(authority) = target.authority() {
+            if HostPort::parse(authority).ok().as_ref() != Some(host) {
+                return Err((400, "foreign_authority"));
+            }
+        }
+        ctx.target = Some(target);
+        ctx.host = host.to_string();
+
+        // The Host port must be the one browsers use for the listener the request arrived on,
+        // and an app bound to listeners is served only on those: anything else is another
+        // listener's (or nobody's) traffic, answered 421 Misdirected Request.
+        let Some(listener) = self.arrival_listener(session) else {
+            return Err((421, "unknown_listener"));
+        };
+        if listener.host_port(host) != listener.external_port {
+            return Err((421, "foreign_port"));
+        }
+        if app.is_some_and(|a| !a.served_on(&listener.name)) {
+            return Err((421, "foreign_listener"));
+        }
+        Ok(app.is_some())
+    }
+
+    /// Phase 4: the route's rule, the session the cookie names, and [`admit`]'s answer: the
+    /// request goes upstream (`Ok(false)`), or is answered here.
+    async fn admission(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        host: &HostPort,
+    ) -> Result<bool> {
+        let policy = ctx.policy.clone();
+        let method = session.req_header().method.as_str().to_string();
+        let Some(m) = ctx
+            .target
+            .as_ref()
+            .and_then(|t| policy.lookup(host, &method, t))
+        else {
+            return self.error(session, ctx, 421, "unknown_host").await;
+        };
+        ctx.rule = Some(m.rule_index);
+        let access = &m.rule.access;
+        match access.require {
+            aalgate_policy::Requirement::Deny => {
+                return self.error(session, ctx, 403, "denied").await
+            }
+            // Public routes never touch the store, so they keep working when it is down.
+            aalgate_policy::Requirement::Public => {
+                ctx.outcome = "allow";
+                return Ok(false);
+            }
+            _ => {}
+        }
+
+        let now = self.clock.now();
+        let loaded = match self.load_session(session.req_header(), ctx, now).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(request_id = %ctx.request_id, error = %e, "session store error: failing closed");
+                return self.error(session, ctx, 503, "store_unavailable").await;
+            }
+        };
+        // A `last_seen` ahead of this clock means the clock was stepped back (or another
+        // instance runs ahead): measure limits from the later of the two, never the earlier.
+        let now = match &loaded {
+            Some((_, _, s)) if s.last_seen > now => {
+                self.clock.observe(s.last_seen);
+                self.clock.now()
+            }
+            _ => now,
+        };
+        let upgrade = session
+            .req_header()
+            .headers
+            .contains_key(http::header::UPGRADE);
+        let request = if upgrade {
+            RequestKind::WebSocket
+        } else if headers::is_script_request(&session.req_header().headers) {
+            RequestKind::Script
+        } else {
+            RequestKind::Navigation
+        };
+        let mut facts = AdmissionFacts {
+            session: session_kind(loaded.as_ref().map(|(_, _, s)| s)),
+            request,
+            ceremony: None,
+        };
+        let mut admission = admit(access, &facts, now);
+        // The flow this request caused admits it once, even if `max_age` passed on the way
+        // back (no step-up loop on a short `max_age`): looked for only where it would admit.
+        if let Some((_, record, s)) = &loaded {
+            let (bind, fresh) = self.binding(session, ctx);
+            if !fresh && ceremony_would_admit(access, &facts, now) {
+                let signed = self
+                    .take_admission(session, ctx, record, &bind, &method)
+                    .await;
+                if let Some(signed) = signed {
+                    facts.ceremony = Some(Ceremony {
+                        signed: signed.is_some(),
+                    });
+                    admission = admit(access, &facts, now);
+                    if admission == Admission::AllowAdmitted {
+                        return self.allow_admitted(ctx, record, s, signed);
+                    }
+                    tracing::warn!(request_id = %ctx.request_id, "an admission without a signature on a per-request route");
+                }
+            }
+        }
+        match admission {
+            Admission::Allow => {
+                if let Some((handle, key, s)) = loaded {
+                    self.keep_alive(session, ctx, access, handle, key, s, now);
+                }
+                ctx.outcome = "allow";
+                Ok(false)
+            }
+            Admission::AllowEmergency => {
+                if let Some((handle, _, s)) = loaded {
+                    // A WebSocket of an emergency session ends with it: at the code's TTL or
+                    // on *Sign out*, asked of this instance's memory (the store may be down).
+                    let lives = Lives::Emergency(self.signin.clone());
+                    self.watch_if_upgrade(session, ctx, &handle, s.expires_at, lives, now);
+                    ctx.session = Some(s);
+                }
+                ctx.outcome = "allow";
+                Ok(false)
+            }
+            // Reached only with a ceremony, above.
+            Admission::AllowAdmitted => self.error(session, ctx, 403, "denied").await,
+            Admission::BreakglassNotAllowed => {
+                ctx.session = loaded.map(|(_, _, s)| s);
+                self.error(session, ctx, 403, "breakglass_not_allowed")
+                    .await
+            }
+            Admission::Deny => self.error(session, ctx, 403, "denied").await,
+            other => {
+                let app = m.app.name.clone();
+                let rule = m.rule.id.clone();
+                self.challenge_or_reauth(
+                    session,
+                    ctx,
+                    other,
+                    loaded,
+                    access,
+                    (&app, &rule),
+                    host,
+                    now,
+                )
+                .await
+            }
+        }
+    }
+
+    /// A session admitted: its idle clock advances (at most every [`TOUCH_INTERVAL`], off the
+    /// request path), and a WebSocket upgrade is held to the session's end here.
+    #[allow(clippy::too_many_arguments)]
+    fn keep_alive(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        access: &aalgate_policy::Access,
+        handle: SessionKey,
+        key: SessionKey,
+        s: UserSession,
+        now: Timestamp,
+    ) {
+        if now.since(s.last_seen) >= TOUCH_INTERVAL {
+            // Off the request path: a failed touch only makes the idle limit fire earlier.
+            self.sessions.set_last_seen(&handle, now);
+            let (store, key) = (self.store.clone(), key.clone());
+            tokio::spawn(async move {
+                if let Err(e) = store.touch(&key, now).await {
+                    tracing::debug!(error = %e, "session touch failed");
+                }
+            });
+        }
+        // The check happens at the upgrade; afterwards every frame is held to the session's
+        // absolute end and (once a second) to its existence.
+        let until = aalgate_policy::admit::session_end(access, &subject(&s));
+        let lives = Lives::Store(self.store.clone());
+        self.watch_if_upgrade(session, ctx, &handle, until, lives, now);
+        ctx.session_key = Some(key);
+        ctx.session = Some(s);
+    }
+
+    /// Not admitted, but the browser can do something about it (sign in, step up, sign in
+    /// again): a session that timed out ends first, then the flow starts.
+    #[allow(clippy::too_many_arguments)]
+    async fn challenge_or_reauth(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        other: Admission,
+        loaded: Option<(SessionKey, SessionKey, UserSession)>,
+        access: &aalgate_policy::Access,
+        (app, rule): (&str, &str),
+        host: &HostPort,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let per_request = access.step_up.is_some_and(StepUp::per_request);
+        if let (Some(reason), Some((handle, record, s))) = (other.ends_session(), &loaded) {
+            if matches!(other, Admission::FromTheFuture { .. }) {
+                tracing::warn!(request_id = %ctx.request_id, user = %s.user, "session stamped in the future: clock stepped back or record corrupt; re-authentication required");
+            }
+            self.end_timed_out(ctx, handle, record, s, reason, app, now)
+                .await;
+        }
+        if let Admission::StepUp { .. } = other {
+            self.metrics.step_ups.with_label_values(&[app, rule]).inc();
+        }
+        let mut user = loaded.as_ref().map(|(_, _, s)| s.user.clone());
+        if user.is_none() && matches!(other, Admission::Login { .. }) {
+            user = self.tombstone(session.req_header(), ctx).await;
+        }
+        self.challenge(
+            session,
+            ctx,
+            other,
+            &host.to_string(),
+            app,
+            user,
+            per_request,
+        )
+        .await
+    }
+
     /// Takes the one-time admission this request's own flow left (its ceremony just
     /// completed): `None` when there is none; else the request binding the ceremony signed, if
     /// it signed this very request (without a body, checked now; with one, as the body
@@ -1246,249 +1548,29 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.tls = self.browser_https(session);
-        if let ServerSession::H1(h1) = session.as_downstream() {
-            if h1.get_headers_raw_bytes().len() > MAX_HEADER_BYTES {
-                return self.error(session, ctx, 431, "headers_too_large").await;
-            }
-        }
-        let req = session.req_header();
-
-        // Method names are case-sensitive; a lowercase one could be matched as one method and
-        // run as another upstream.
-        if req.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
-            return self.error(session, ctx, 400, "bad_method").await;
-        }
-        // Only WebSocket may upgrade; `h2c` and others would open a tunnel past the gateway.
-        if let Some(up) = req.headers.get(http::header::UPGRADE) {
-            if !up.as_bytes().eq_ignore_ascii_case(b"websocket") {
-                return self.error(session, ctx, 400, "bad_upgrade").await;
-            }
-        }
-
-        // Message framing the upstream cannot read differently: chunked alone, or one
-        // Content-Length. Both at once, or any other transfer coding, is a smuggling attempt.
-        // pingora drops Content-Length when Transfer-Encoding is present, so look at the raw
-        // header for the pair.
-        let te_and_cl = req.headers.contains_key(http::header::TRANSFER_ENCODING)
-            && match session.as_downstream() {
-                ServerSession::H1(h1) => {
-                    raw_has_header(&h1.get_headers_raw_bytes(), b"content-length")
-                }
-                _ => false,
-            };
-        if te_and_cl || !framing_is_unambiguous(req) {
-            return self.error(session, ctx, 400, "bad_framing").await;
-        }
-
-        // Exactly one Host header.
-        let mut hosts = req.headers.get_all(http::header::HOST).iter();
-        let (Some(host_value), None) = (hosts.next(), hosts.next()) else {
-            return self.error(session, ctx, 400, "bad_host").await;
+        // 1. A head the gateway and every upstream read alike, with one Host.
+        let host = match self.well_formed(session) {
+            Ok(h) => h,
+            Err((status, why)) => return self.error(session, ctx, status, why).await,
         };
-        let Some(host) = host_value
-            .to_str()
-            .ok()
-            .and_then(|h| HostPort::parse(h).ok())
-        else {
-            return self.error(session, ctx, 400, "bad_host").await;
+        // 2. One normalized target, on a listener that serves this host.
+        let has_app = match self.place(session, ctx, &host) {
+            Ok(a) => a,
+            Err((status, why)) => return self.error(session, ctx, status, why).await,
         };
-
-        // The app serving this host, looked up once: it says how the path is normalized and
-        // where it is served.
-        let policy = ctx.policy.clone();
-        let app = policy.app_for_host(&host);
-        // Normalize once; anything ambiguous is refused (double encoding unless the host's app
-        // allows it).
-        let double = app.map_or(aalgate_policy::DoubleEncoding::Refuse, |a| {
-            a.double_encoding
-        });
-        let target = match aalgate_policy::normalize_target_with(&raw_target(session), double) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::debug!(request_id = %ctx.request_id, error = %e, "refused request target");
-                return self
-                    .error(session, ctx, path_error_status(&e), "bad_path")
-                    .await;
-            }
-        };
-        if let Some(authority) = target.authority() {
-            if HostPort::parse(authority).ok().as_ref() != Some(&host) {
-                return self.error(session, ctx, 400, "foreign_authority").await;
-            }
-        }
-        let path = target.path().to_string();
-        ctx.target = Some(target);
-        ctx.host = host.to_string();
-
-        // The Host port must be the one browsers use for the listener the request arrived on,
-        // and an app bound to listeners is served only on those: anything else is another
-        // listener's (or nobody's) traffic, answered 421 Misdirected Request.
-        let Some(listener) = self.arrival_listener(session) else {
-            return self.error(session, ctx, 421, "unknown_listener").await;
-        };
-        if listener.host_port(&host) != listener.external_port {
-            return self.error(session, ctx, 421, "foreign_port").await;
-        }
-        if app.is_some_and(|a| !a.served_on(&listener.name)) {
-            return self.error(session, ctx, 421, "foreign_listener").await;
-        }
-
-        let own = path == "/.aalgate" || path.starts_with("/.aalgate/");
-        if own && (self.is_auth_host(&host) || app.is_some()) {
-            return self.own_endpoint(session, ctx, &path).await;
-        }
-
-        let method = session.req_header().method.as_str().to_string();
-        let Some(m) = ctx
+        // 3. The gateway's own endpoints, never forwarded.
+        let path = ctx
             .target
             .as_ref()
-            .and_then(|t| policy.lookup(&host, &method, t))
-        else {
-            return self.error(session, ctx, 421, "unknown_host").await;
-        };
-        ctx.rule = Some(m.rule_index);
-        let access = &m.rule.access;
-        match access.require {
-            aalgate_policy::Requirement::Deny => {
-                return self.error(session, ctx, 403, "denied").await
-            }
-            // Public routes never touch the store, so they keep working when it is down.
-            aalgate_policy::Requirement::Public => {
-                ctx.outcome = "allow";
-                return Ok(false);
-            }
-            _ => {}
+            .map(|t| t.path().to_string())
+            .unwrap_or_default();
+        if (path == "/.aalgate" || path.starts_with("/.aalgate/"))
+            && (self.is_auth_host(&host) || has_app)
+        {
+            return self.own_endpoint(session, ctx, &path).await;
         }
-
-        let now = self.clock.now();
-        let loaded = match self.load_session(session.req_header(), ctx, now).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(request_id = %ctx.request_id, error = %e, "session store error: failing closed");
-                return self.error(session, ctx, 503, "store_unavailable").await;
-            }
-        };
-        // A `last_seen` ahead of this clock means the clock was stepped back (or another
-        // instance runs ahead): measure limits from the later of the two, never the earlier.
-        let now = match &loaded {
-            Some((_, _, s)) if s.last_seen > now => {
-                self.clock.observe(s.last_seen);
-                self.clock.now()
-            }
-            _ => now,
-        };
-        let upgrade = session
-            .req_header()
-            .headers
-            .contains_key(http::header::UPGRADE);
-        let request = if upgrade {
-            RequestKind::WebSocket
-        } else if headers::is_script_request(&session.req_header().headers) {
-            RequestKind::Script
-        } else {
-            RequestKind::Navigation
-        };
-        let mut facts = AdmissionFacts {
-            session: session_kind(loaded.as_ref().map(|(_, _, s)| s)),
-            request,
-            ceremony: None,
-        };
-        let mut admission = admit(access, &facts, now);
-        // The flow this request caused admits it once, even if `max_age` passed on the way
-        // back (no step-up loop on a short `max_age`): looked for only where it would admit.
-        if let Some((_, record, s)) = &loaded {
-            let (bind, fresh) = self.binding(session, ctx);
-            if !fresh && ceremony_would_admit(access, &facts, now) {
-                let signed = self
-                    .take_admission(session, ctx, record, &bind, &method)
-                    .await;
-                if let Some(signed) = signed {
-                    facts.ceremony = Some(Ceremony {
-                        signed: signed.is_some(),
-                    });
-                    admission = admit(access, &facts, now);
-                    if admission == Admission::AllowAdmitted {
-                        return self.allow_admitted(ctx, record, s, signed);
-                    }
-                    tracing::warn!(request_id = %ctx.request_id, "an admission without a signature on a per-request route");
-                }
-            }
-        }
-        match admission {
-            Admission::Allow => {
-                if let Some((handle, key, s)) = loaded {
-                    if now.since(s.last_seen) >= TOUCH_INTERVAL {
-                        // Off the request path: a failed touch only makes the idle limit fire earlier.
-                        self.sessions.set_last_seen(&handle, now);
-                        let (store, key) = (self.store.clone(), key.clone());
-                        tokio::spawn(async move {
-                            if let Err(e) = store.touch(&key, now).await {
-                                tracing::debug!(error = %e, "session touch failed");
-                            }
-                        });
-                    }
-                    // The check happens at the upgrade; afterwards every frame is held to the
-                    // session's absolute end and (once a second) to its existence.
-                    let until = aalgate_policy::admit::session_end(access, &subject(&s));
-                    let lives = Lives::Store(self.store.clone());
-                    self.watch_if_upgrade(session, ctx, &handle, until, lives, now);
-                    ctx.session_key = Some(key);
-                    ctx.session = Some(s);
-                }
-                ctx.outcome = "allow";
-                Ok(false)
-            }
-            Admission::AllowEmergency => {
-                if let Some((handle, _, s)) = loaded {
-                    // A WebSocket of an emergency session ends with it: at the code's TTL or
-                    // on *Sign out*, asked of this instance's memory (the store may be down).
-                    let lives = Lives::Emergency(self.signin.clone());
-                    self.watch_if_upgrade(session, ctx, &handle, s.expires_at, lives, now);
-                    ctx.session = Some(s);
-                }
-                ctx.outcome = "allow";
-                Ok(false)
-            }
-            // Reached only with a ceremony, above.
-            Admission::AllowAdmitted => self.error(session, ctx, 403, "denied").await,
-            Admission::BreakglassNotAllowed => {
-                ctx.session = loaded.map(|(_, _, s)| s);
-                self.error(session, ctx, 403, "breakglass_not_allowed")
-                    .await
-            }
-            Admission::Deny => self.error(session, ctx, 403, "denied").await,
-            other => {
-                let app = m.app.name.clone();
-                let per_request = access.step_up.is_some_and(StepUp::per_request);
-                if let (Some(reason), Some((handle, record, s))) = (other.ends_session(), &loaded) {
-                    if matches!(other, Admission::FromTheFuture { .. }) {
-                        tracing::warn!(request_id = %ctx.request_id, user = %s.user, "session stamped in the future: clock stepped back or record corrupt; re-authentication required");
-                    }
-                    self.end_timed_out(ctx, handle, record, s, reason, &app, now)
-                        .await;
-                }
-                if let Admission::StepUp { .. } = other {
-                    self.metrics
-                        .step_ups
-                        .with_label_values(&[&app, &m.rule.id])
-                        .inc();
-                }
-                let mut user = loaded.as_ref().map(|(_, _, s)| s.user.clone());
-                if user.is_none() && matches!(other, Admission::Login { .. }) {
-                    user = self.tombstone(session.req_header(), ctx).await;
-                }
-                self.challenge(
-                    session,
-                    ctx,
-                    other,
-                    &host.to_string(),
-                    &app,
-                    user,
-                    per_request,
-                )
-                .await
-            }
-        }
+        // 4. The rule, the session and [`admit`].
+        self.admission(session, ctx, &host).await
     }
 
     async fn request_body_filter(
