@@ -15,6 +15,9 @@
 //! the clock (`aalgate::clock`) and passes the time in. ([`Timestamp::wall`] is a plain reading
 //! of the system clock, for stores' own expiry times.)
 
+// Over about 80 lines, a function is a deliberate choice: `#[allow]` it with a reason.
+#![warn(clippy::too_many_lines)]
+
 pub mod aal;
 pub mod admit;
 pub mod decide;

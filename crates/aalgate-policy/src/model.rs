@@ -416,6 +416,10 @@ fn dur(d: Duration) -> String {
 }
 
 /// Applies a `timeouts:` section over the defaults and checks it against the NIST ceilings.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one check per limit and AAL, in the order the file reads"
+)]
 fn build_timeouts(file: &Arc<Path>, pf: &PolicyFile, diags: &mut Diags) -> Timeouts {
     let mut t = Timeouts::DEFAULT;
     let Some(tf) = &pf.timeouts else { return t };
@@ -514,6 +518,10 @@ struct Draft {
     default_rule: Rule,
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "one app's validation, key after key, each with its own diagnostic"
+)]
 fn build_app(
     file: &Arc<Path>,
     pf: &PolicyFile,

@@ -366,6 +366,10 @@ impl Config {
         Config::from_raw(raw, base).with_context(|| format!("in config {}", path.display()))
     }
 
+    #[allow(
+        clippy::too_many_lines,
+        reason = "every config key validated in turn, each with its own error and fix"
+    )]
     fn from_raw(raw: RawConfig, base: &Path) -> Result<Config> {
         let rel = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         if raw.listen.is_empty() {

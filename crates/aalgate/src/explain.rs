@@ -40,6 +40,10 @@ pub struct ExplainArgs {
 }
 
 /// Runs the command.
+#[allow(
+    clippy::too_many_lines,
+    reason = "the report's lines in the order it prints them"
+)]
 pub fn run(a: ExplainArgs) -> Result<()> {
     let set = match crate::policy_files::load(&a.policies) {
         Ok(s) => s,

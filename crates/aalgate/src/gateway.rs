@@ -616,6 +616,10 @@ impl Gateway {
 
     /// Phase 4: the route's rule, the session the cookie names, and [`admit`]'s answer: the
     /// request goes upstream (`Ok(false)`), or is answered here.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "the admission phase: load, time, admit, answer; its answers are methods of their own"
+    )]
     async fn admission(
         &self,
         session: &mut Session,
@@ -1205,6 +1209,10 @@ impl Gateway {
         }
     }
 
+    #[allow(
+        clippy::too_many_lines,
+        reason = "each cookie of the browser ends its own way (break-glass, store, absent)"
+    )]
     async fn logout(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         // Cross-site POSTs carry no Lax cookie, but refuse them explicitly too.
         let site = session
@@ -1296,6 +1304,10 @@ impl Gateway {
     /// navigation to the sign-in page, or a script call a 401 JSON naming what is needed.
     /// `per_request`: the route signs each request, so the flow is bound to this one.
     #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_lines,
+        reason = "a flow's creation: URL bound, rate, binding, kept form, quota, then the answer"
+    )]
     async fn challenge(
         &self,
         session: &mut Session,

@@ -129,6 +129,10 @@ fn histogram_vec(
 
 impl Metrics {
     /// Creates and registers every metric.
+    #[allow(
+        clippy::too_many_lines,
+        reason = "one registration per metric family: a table"
+    )]
     pub fn new() -> prometheus::Result<Metrics> {
         let r = Registry::new();
         let m = Metrics {
