@@ -13,6 +13,13 @@
 //!   evidence an auditor verifies offline.
 //!
 //! Nothing here does network I/O of its own or knows about HTTP; the gateway calls it.
+//!
+//! # Layout
+//!
+//! - [`ceremony`]: WebAuthn with webauthn-rs: enrollment, sign-in, attestation, the level a
+//!   credential reaches, decoys for unknown names.
+//! - [`directory`]: users, invites and ceremony state in the session store; [`model`]: their types.
+//! - [`signing`]: challenges bound to one request; [`token`]: one-time secrets.
 
 // Over about 80 lines, a function is a deliberate choice: `#[allow]` it with a reason.
 #![warn(clippy::too_many_lines)]

@@ -1,4 +1,4 @@
-//! Session limits by AAL and the timeout arithmetic [`crate::admit`] builds on: a pure function
+//! Session limits by AAL and the timeout arithmetic [`crate::admit()`] builds on: a pure function
 //! of the rule, the session's facts and the time, so every timeout edge is testable with a fake
 //! clock. Private to the crate: nothing but `admit` admits a request.
 

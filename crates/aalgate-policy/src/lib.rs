@@ -4,7 +4,7 @@
 //! 1. [`path::normalize_target`] turns the raw request target into the one normalized path that
 //!    is both matched and forwarded (or refuses it as ambiguous);
 //! 2. [`PolicySet::lookup`] finds the app for the `Host` and the most specific route rule;
-//! 3. [`admit`] combines the rule with the facts the edge gathered (the session, the kind of
+//! 3. [`admit()`] combines the rule with the facts the edge gathered (the session, the kind of
 //!    request, a ceremony its flow just completed) and the time into an [`Admission`]. It is
 //!    the only way to admit a request: the timeout arithmetic it builds on is private.
 //!
@@ -14,6 +14,16 @@
 //! file or keeps clock state: the gateway reads policy files (`aalgate::policy_files`), owns
 //! the clock (`aalgate::clock`) and passes the time in. ([`Timestamp::wall`] is a plain reading
 //! of the system clock, for stores' own expiry times.)
+//!
+//! # Layout
+//!
+//! - [`path`]: the raw target → one normalized path, or a refusal.
+//! - [`host`]: `Host` values and their ports.
+//! - [`pattern`]: route patterns and methods.
+//! - [`mod@file`] → [`model`]: policy YAML (strict) → validated [`PolicySet`], with diagnostics.
+//! - [`aal`]: levels and requirements; [`time`]: timestamps and durations.
+//! - [`mod@admit`]: the admission decision; `decide` (private): the timeout arithmetic under it.
+//! - `fuzzing` (hidden): properties the fuzz targets and the corpus replay share.
 
 // Over about 80 lines, a function is a deliberate choice: `#[allow]` it with a reason.
 #![warn(clippy::too_many_lines)]

@@ -1,4 +1,4 @@
-//! The validated policy set: produced only by [`load`], immutable, and the only thing the proxy sees.
+//! The validated policy set: produced only by [`crate::load_from_strs`], immutable, and the only thing the proxy sees.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -7,6 +7,12 @@
 //! Both pass the same [`conformance`] suite. Stores are keyed by [`SessionKey`], the SHA-256 of
 //! the secret [`SessionId`], so a store dump holds no usable cookie. [`Deadline`] bounds every
 //! call, so a slow store turns into an error (and the gateway fails closed) instead of a hang.
+//!
+//! # Layout
+//!
+//! - `store`: [`Session`], [`Flow`], the [`SessionStore`] trait and [`Deadline`].
+//! - `id`: cookie ids and the store keys derived from them; `cookie`: reading cookie headers.
+//! - `embedded`, `redis_store`: the two backends; [`conformance`]: what both must do.
 
 // Over about 80 lines, a function is a deliberate choice: `#[allow]` it with a reason.
 #![warn(clippy::too_many_lines)]

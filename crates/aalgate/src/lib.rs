@@ -6,6 +6,16 @@
 //! normalization and matching ([`aalgate_policy`]), the session from [`cache::SessionCache`] or the
 //! store ([`aalgate_session`]), the decision, then forwarding with [`headers`] hygiene and an
 //! [`assertion`]; [`metrics`] and [`audit`] record it once in `logging`.
+//!
+//! # Layout
+//!
+//! A request, in reading order: [`gateway`] (`request_filter`'s phases, then admission
+//! through `aalgate_policy::admit`, then the upstream request and response), with the
+//! sign-in endpoints in [`signin`] and kept forms in [`resume`] and [`preserve`]. Around it:
+//! [`config`], [`clock`], [`policy_files`] and [`ops`] (reload, store monitor); [`headers`],
+//! [`assertion`], [`cache`]; [`breakglass`], [`limits`]; [`metrics`], [`audit`]; [`pages`],
+//! [`explain`], [`report`], [`admin`], [`demo`]. `ARCHITECTURE.md` at the repository root traces
+//! a request and a sign-in function by function.
 
 // Over about 80 lines, a function is a deliberate choice: `#[allow]` it with a reason.
 #![warn(clippy::too_many_lines)]
