@@ -51,6 +51,17 @@ pub(crate) const ADMISSIONS: &str = "admit";
 /// How long a completed flow's own request stays admitted (the hop back, a popup's retry).
 pub(crate) const ADMISSION_TTL: Duration = Duration::from_secs(30);
 
+/// How [`Gateway::session_of`] finds the session a cookie names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    /// To admit a request: a break-glass session of this instance, then the session cache
+    /// (at most 1 s old), then the store.
+    Cached,
+    /// To start, end or hand off a session: the store's word only, never a cached copy and
+    /// never a break-glass session (which satisfies no flow).
+    StoreOnly,
+}
+
 /// Why a session record ended: its `aalgate_session_ends_total` label and audit event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SessionEnd {
@@ -650,7 +661,10 @@ impl Gateway {
         }
 
         let now = self.clock.now();
-        let loaded = match self.load_session(session.req_header(), ctx, now).await {
+        let loaded = match self
+            .session_of(session.req_header(), ctx, now, Lookup::Cached)
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(request_id = %ctx.request_id, error = %e, "session store error: failing closed");
@@ -1102,13 +1116,15 @@ impl Gateway {
         }
     }
 
-    /// Loads the session named by the cookie. Malformed values are ignored; of several
-    /// well-formed values the first live one wins. A store error is returned, never hidden.
-    pub(crate) async fn load_session(
+    /// The session the request's cookie names on this host: (cookie handle key, record key,
+    /// session). Malformed values are ignored; of several well-formed values (at most
+    /// [`MAX_COOKIES`]) the first live one wins. A store error is returned, never hidden.
+    pub(crate) async fn session_of(
         &self,
         req: &RequestHeader,
         ctx: &Ctx,
         now: Timestamp,
+        how: Lookup,
     ) -> Result<Option<(SessionKey, SessionKey, UserSession)>, aalgate_session::StoreError> {
         for value in headers::cookie_values(&req.headers, Self::cookie_name(ctx))
             .iter()
@@ -1118,15 +1134,19 @@ impl Gateway {
                 continue;
             };
             let key = id.key();
-            // Break-glass sessions live in this instance only: no store call.
-            if let Some(e) = self.signin.emergencies.get(&key, &ctx.host, now) {
-                return Ok(Some((key.clone(), key, e.session())));
-            }
-            if let Some((record, s)) = self.sessions.get_with_record(&key, &ctx.host, now) {
-                return Ok(Some((key, record, s)));
+            if how == Lookup::Cached {
+                // Break-glass sessions live in this instance only: no store call.
+                if let Some(e) = self.signin.emergencies.get(&key, &ctx.host, now) {
+                    return Ok(Some((key.clone(), key, e.session())));
+                }
+                if let Some((record, s)) = self.sessions.get_with_record(&key, &ctx.host, now) {
+                    return Ok(Some((key, record, s)));
+                }
             }
             if let Some((record, s)) = self.store.resolve(&key, &ctx.host, now).await? {
-                self.sessions.put_linked(&key, &record, &ctx.host, &s);
+                if how == Lookup::Cached {
+                    self.sessions.put_linked(&key, &record, &ctx.host, &s);
+                }
                 return Ok(Some((key, record, s)));
             }
         }

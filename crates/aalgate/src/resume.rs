@@ -385,7 +385,15 @@ impl Gateway {
         confirmed: bool,
     ) -> Result<bool> {
         let now = self.clock.now();
-        let loaded = match self.load_session(session.req_header(), ctx, now).await {
+        let loaded = match self
+            .session_of(
+                session.req_header(),
+                ctx,
+                now,
+                crate::gateway::Lookup::Cached,
+            )
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(request_id = %ctx.request_id, error = %e, "resume: store error");

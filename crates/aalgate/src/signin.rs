@@ -386,7 +386,8 @@ impl Gateway {
         HostPort::parse(&ctx.host).is_ok_and(|h| self.is_auth_host(&h))
     }
 
-    /// The session this browser holds on this host: (cookie handle key, record key, session).
+    /// The session this browser holds on this host, as the store has it (see
+    /// [`crate::gateway::Lookup::StoreOnly`]).
     async fn current(
         &self,
         session: &Session,
@@ -396,18 +397,13 @@ impl Gateway {
         aalgate_session::StoreError,
     > {
         let now = self.clock.now();
-        for v in headers::cookie_values(&session.req_header().headers, Self::cookie_name(ctx))
-            .iter()
-            .take(4)
-        {
-            let Some(id) = SessionId::from_cookie(v) else {
-                continue;
-            };
-            if let Some((record, s)) = self.store.resolve(&id.key(), &ctx.host, now).await? {
-                return Ok(Some((id.key(), record, s)));
-            }
-        }
-        Ok(None)
+        self.session_of(
+            session.req_header(),
+            ctx,
+            now,
+            crate::gateway::Lookup::StoreOnly,
+        )
+        .await
     }
 
     /// Static files of the pages.
