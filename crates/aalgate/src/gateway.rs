@@ -29,6 +29,7 @@ use pingora::proxy::FailToProxy;
 
 use crate::assertion::Signer;
 use crate::headers;
+use crate::outcome::Outcome;
 use crate::pages;
 
 /// How often an active session's `last_seen` is written. The idle limit is measured from the
@@ -171,7 +172,7 @@ pub struct Ctx {
     pub(crate) target: Option<NormalizedTarget>,
     pub(crate) rule: Option<usize>,
     pub(crate) session: Option<UserSession>,
-    pub(crate) outcome: &'static str,
+    pub(crate) outcome: Outcome,
     /// The canonical `Host` (lowercase, no trailing dot) that matching used.
     pub(crate) host: String,
     /// The policy snapshot this request is decided and finished on.
@@ -422,15 +423,29 @@ impl Gateway {
         Ok(true)
     }
 
+    /// Refuses with the outcome's own status and the standard page (or error JSON).
     pub(crate) async fn error(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
+        outcome: Outcome,
+    ) -> Result<bool> {
+        let status = outcome.status().unwrap_or(500);
+        self.error_with_status(session, ctx, status, outcome).await
+    }
+
+    /// [`Gateway::error`] with a status the outcome does not fix (a path too long for
+    /// `bad_path`, pingora's own status for `error`).
+    pub(crate) async fn error_with_status(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
         status: u16,
-        code: &'static str,
+        outcome: Outcome,
     ) -> Result<bool> {
         let (title, text) = pages::error_text(status);
-        self.refuse(session, ctx, status, code, title, text).await
+        self.refuse_as(session, ctx, status, outcome, title, text, 5)
+            .await
     }
 
     /// A refusal with its own words: a page for a navigation, the error JSON for a script.
@@ -438,28 +453,41 @@ impl Gateway {
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
-        status: u16,
-        code: &'static str,
+        outcome: Outcome,
         title: &str,
         text: &str,
     ) -> Result<bool> {
-        self.refuse_for(session, ctx, status, code, title, text, 5)
-            .await
+        self.refuse_for(session, ctx, outcome, title, text, 5).await
     }
 
     /// [`Gateway::refuse`], where a 503 says to retry after `retry` seconds.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn refuse_for(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
-        status: u16,
-        code: &'static str,
+        outcome: Outcome,
         title: &str,
         text: &str,
         retry: u64,
     ) -> Result<bool> {
-        ctx.outcome = code;
+        let status = outcome.status().unwrap_or(500);
+        self.refuse_as(session, ctx, status, outcome, title, text, retry)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn refuse_as(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        status: u16,
+        outcome: Outcome,
+        title: &str,
+        text: &str,
+        retry: u64,
+    ) -> Result<bool> {
+        ctx.outcome = outcome;
+        let code = outcome.json_code();
         let reply = if headers::is_script_request(&session.req_header().headers) {
             Reply::json(status, pages::error_json(status, code, &ctx.request_id))
         } else {
@@ -472,7 +500,7 @@ impl Gateway {
                 ),
             )
         };
-        let reply = if status == 503 {
+        let reply = if status == 503 || status == 429 {
             reply.header("retry-after", retry.to_string())
         } else {
             reply
@@ -528,10 +556,10 @@ impl Gateway {
 
     /// Phase 1 of a request: refuses a head that the gateway and an upstream could read
     /// differently (framing, method case, tunnels, oversized headers) and returns its one Host.
-    fn well_formed(&self, session: &Session) -> std::result::Result<HostPort, (u16, &'static str)> {
+    fn well_formed(&self, session: &Session) -> std::result::Result<HostPort, Outcome> {
         if let ServerSession::H1(h1) = session.as_downstream() {
             if h1.get_headers_raw_bytes().len() > MAX_HEADER_BYTES {
-                return Err((431, "headers_too_large"));
+                return Err(Outcome::HeadersTooLarge);
             }
         }
         let req = session.req_header();
@@ -539,12 +567,12 @@ impl Gateway {
         // Method names are case-sensitive; a lowercase one could be matched as one method and
         // run as another upstream.
         if req.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
-            return Err((400, "bad_method"));
+            return Err(Outcome::BadMethod);
         }
         // Only WebSocket may upgrade; `h2c` and others would open a tunnel past the gateway.
         if let Some(up) = req.headers.get(http::header::UPGRADE) {
             if !up.as_bytes().eq_ignore_ascii_case(b"websocket") {
-                return Err((400, "bad_upgrade"));
+                return Err(Outcome::BadUpgrade);
             }
         }
 
@@ -560,20 +588,20 @@ impl Gateway {
                 _ => false,
             };
         if te_and_cl || !framing_is_unambiguous(req) {
-            return Err((400, "bad_framing"));
+            return Err(Outcome::BadFraming);
         }
 
         // Exactly one Host header.
         let mut hosts = req.headers.get_all(http::header::HOST).iter();
         let (Some(host_value), None) = (hosts.next(), hosts.next()) else {
-            return Err((400, "bad_host"));
+            return Err(Outcome::BadHost);
         };
         let Some(host) = host_value
             .to_str()
             .ok()
             .and_then(|h| HostPort::parse(h).ok())
         else {
-            return Err((400, "bad_host"));
+            return Err(Outcome::BadHost);
         };
         Ok(host)
     }
@@ -586,7 +614,7 @@ impl Gateway {
         session: &Session,
         ctx: &mut Ctx,
         host: &HostPort,
-    ) -> std::result::Result<bool, (u16, &'static str)> {
+    ) -> std::result::Result<bool, (u16, Outcome)> {
         // The app serving this host, looked up once: it says how the path is normalized and
         // where it is served.
         let app = ctx.policy.app_for_host(host);
@@ -599,12 +627,12 @@ impl Gateway {
             Ok(t) => t,
             Err(e) => {
                 tracing::debug!(request_id = %ctx.request_id, error = %e, "refused request target");
-                return Err((path_error_status(&e), "bad_path"));
+                return Err((path_error_status(&e), Outcome::BadPath));
             }
         };
         if let Some(authority) = target.authority() {
             if HostPort::parse(authority).ok().as_ref() != Some(host) {
-                return Err((400, "foreign_authority"));
+                return Err(own_status(Outcome::ForeignAuthority));
             }
         }
         ctx.target = Some(target);
@@ -614,13 +642,13 @@ impl Gateway {
         // and an app bound to listeners is served only on those: anything else is another
         // listener's (or nobody's) traffic, answered 421 Misdirected Request.
         let Some(listener) = self.arrival_listener(session) else {
-            return Err((421, "unknown_listener"));
+            return Err(own_status(Outcome::UnknownListener));
         };
         if listener.host_port(host) != listener.external_port {
-            return Err((421, "foreign_port"));
+            return Err(own_status(Outcome::ForeignPort));
         }
         if app.is_some_and(|a| !a.served_on(&listener.name)) {
-            return Err((421, "foreign_listener"));
+            return Err(own_status(Outcome::ForeignListener));
         }
         Ok(app.is_some())
     }
@@ -644,17 +672,17 @@ impl Gateway {
             .as_ref()
             .and_then(|t| policy.lookup(host, &method, t))
         else {
-            return self.error(session, ctx, 421, "unknown_host").await;
+            return self.error(session, ctx, Outcome::UnknownHost).await;
         };
         ctx.rule = Some(m.rule_index);
         let access = &m.rule.access;
         match access.require {
             aalgate_policy::Requirement::Deny => {
-                return self.error(session, ctx, 403, "denied").await
+                return self.error(session, ctx, Outcome::Denied).await
             }
             // Public routes never touch the store, so they keep working when it is down.
             aalgate_policy::Requirement::Public => {
-                ctx.outcome = "allow";
+                ctx.outcome = Outcome::Allow;
                 return Ok(false);
             }
             _ => {}
@@ -668,7 +696,7 @@ impl Gateway {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(request_id = %ctx.request_id, error = %e, "session store error: failing closed");
-                return self.error(session, ctx, 503, "store_unavailable").await;
+                return self.error(session, ctx, Outcome::StoreUnavailable).await;
             }
         };
         // A `last_seen` ahead of this clock means the clock was stepped back (or another
@@ -722,7 +750,7 @@ impl Gateway {
                 if let Some((handle, key, s)) = loaded {
                     self.keep_alive(session, ctx, access, handle, key, s, now);
                 }
-                ctx.outcome = "allow";
+                ctx.outcome = Outcome::Allow;
                 Ok(false)
             }
             Admission::AllowEmergency => {
@@ -733,17 +761,17 @@ impl Gateway {
                     self.watch_if_upgrade(session, ctx, &handle, s.expires_at, lives, now);
                     ctx.session = Some(s);
                 }
-                ctx.outcome = "allow";
+                ctx.outcome = Outcome::Allow;
                 Ok(false)
             }
             // Reached only with a ceremony, above.
-            Admission::AllowAdmitted => self.error(session, ctx, 403, "denied").await,
+            Admission::AllowAdmitted => self.error(session, ctx, Outcome::Denied).await,
             Admission::BreakglassNotAllowed => {
                 ctx.session = loaded.map(|(_, _, s)| s);
-                self.error(session, ctx, 403, "breakglass_not_allowed")
+                self.error(session, ctx, Outcome::BreakglassNotAllowed)
                     .await
             }
-            Admission::Deny => self.error(session, ctx, 403, "denied").await,
+            Admission::Deny => self.error(session, ctx, Outcome::Denied).await,
             other => {
                 let app = m.app.name.clone();
                 let rule = m.rule.id.clone();
@@ -896,7 +924,7 @@ impl Gateway {
         ctx.signed = signed;
         ctx.session_key = Some(record.clone());
         ctx.session = Some(s.clone());
-        ctx.outcome = "allow_admitted";
+        ctx.outcome = Outcome::AllowAdmitted;
         Ok(false)
     }
 
@@ -1005,28 +1033,16 @@ impl Gateway {
         r
     }
 
+    /// 429: this client address started too many flows; Retry-After says when it may again.
     pub(crate) async fn too_many_flows(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
         retry: u64,
     ) -> Result<bool> {
-        ctx.outcome = "flow_rate_limited";
-        let reply = if headers::is_script_request(&session.req_header().headers) {
-            Reply::json(429, pages::error_json(429, "rate_limited", &ctx.request_id))
-        } else {
-            let (title, text) = pages::error_text(429);
-            Reply::html(
-                429,
-                pages::page(
-                    title,
-                    &format!("<p>{}</p>", pages::escape(text)),
-                    &ctx.request_id,
-                ),
-            )
-        };
-        let reply = reply.header("retry-after", retry.to_string());
-        self.send(session, ctx, reply).await
+        let (title, text) = pages::error_text(429);
+        self.refuse_for(session, ctx, Outcome::FlowRateLimited, title, text, retry)
+            .await
     }
 
     /// 503: this client's share of `anonymous_state_quota`, or all of it, is used up; a
@@ -1045,8 +1061,7 @@ impl Gateway {
         self.refuse_for(
             session,
             ctx,
-            503,
-            "sign_in_busy",
+            Outcome::SignInBusy,
             "Too many sign-ins right now",
             text,
             crate::resume::QuotaFull::retry_after(),
@@ -1156,18 +1171,18 @@ impl Gateway {
     /// `/.aalgate/...`: the gateway's own endpoints. Never forwarded.
     async fn own_endpoint(&self, session: &mut Session, ctx: &mut Ctx, path: &str) -> Result<bool> {
         let method = session.req_header().method.clone();
-        ctx.outcome = "gateway";
+        ctx.outcome = Outcome::Gateway;
         match path {
             "/.aalgate/jwks.json" => {
                 if method != http::Method::GET && method != http::Method::HEAD {
-                    return self.error(session, ctx, 405, "method_not_allowed").await;
+                    return self.error(session, ctx, Outcome::MethodNotAllowed).await;
                 }
                 let reply = Reply::json(200, self.signer.jwks().to_string());
                 self.send(session, ctx, reply).await
             }
             "/.aalgate/auth" | "/.aalgate/enroll" | "/.aalgate/handoff" | "/.aalgate/switch" => {
                 if method != http::Method::GET && method != http::Method::HEAD {
-                    return self.error(session, ctx, 405, "method_not_allowed").await;
+                    return self.error(session, ctx, Outcome::MethodNotAllowed).await;
                 }
                 match path {
                     "/.aalgate/auth" => self.auth_page(session, ctx).await,
@@ -1178,7 +1193,7 @@ impl Gateway {
             }
             "/.aalgate/webauthn/start" | "/.aalgate/webauthn/finish" => {
                 if method != http::Method::POST {
-                    return self.error(session, ctx, 405, "method_not_allowed").await;
+                    return self.error(session, ctx, Outcome::MethodNotAllowed).await;
                 }
                 if path.ends_with("start") {
                     self.ceremony_start(session, ctx).await
@@ -1191,7 +1206,7 @@ impl Gateway {
                     return self.resume_confirmed(session, ctx).await;
                 }
                 if method != http::Method::GET && method != http::Method::HEAD {
-                    return self.error(session, ctx, 405, "method_not_allowed").await;
+                    return self.error(session, ctx, Outcome::MethodNotAllowed).await;
                 }
                 self.resume(session, ctx).await
             }
@@ -1201,18 +1216,18 @@ impl Gateway {
                 } else if method == http::Method::POST {
                     self.breakglass_use(session, ctx).await
                 } else {
-                    self.error(session, ctx, 405, "method_not_allowed").await
+                    self.error(session, ctx, Outcome::MethodNotAllowed).await
                 }
             }
             "/.aalgate/done" => {
                 if method != http::Method::GET && method != http::Method::HEAD {
-                    return self.error(session, ctx, 405, "method_not_allowed").await;
+                    return self.error(session, ctx, Outcome::MethodNotAllowed).await;
                 }
                 self.done_page(session, ctx).await
             }
             "/.aalgate/static/aalgate.js" | "/.aalgate/static/aalgate.css" => {
                 if method != http::Method::GET && method != http::Method::HEAD {
-                    return self.error(session, ctx, 405, "method_not_allowed").await;
+                    return self.error(session, ctx, Outcome::MethodNotAllowed).await;
                 }
                 self.static_file(session, ctx, path).await
             }
@@ -1221,11 +1236,11 @@ impl Gateway {
                     return self.logout_page(session, ctx).await;
                 }
                 if method != http::Method::POST {
-                    return self.error(session, ctx, 405, "method_not_allowed").await;
+                    return self.error(session, ctx, Outcome::MethodNotAllowed).await;
                 }
                 self.logout(session, ctx).await
             }
-            _ => self.error(session, ctx, 404, "not_found").await,
+            _ => self.error(session, ctx, Outcome::NotFound).await,
         }
     }
 
@@ -1242,7 +1257,7 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         if site == "cross-site" {
-            return self.error(session, ctx, 403, "cross_site").await;
+            return self.error(session, ctx, Outcome::CrossSite).await;
         }
         // Same origin plus the page's token; without it (an app's own sign-out button, say),
         // the confirmation page asks once more, with the token in its form.
@@ -1281,7 +1296,7 @@ impl Gateway {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(request_id = %ctx.request_id, error = %e, "logout could not reach the session store");
-                    return self.error(session, ctx, 503, "store_unavailable").await;
+                    return self.error(session, ctx, Outcome::StoreUnavailable).await;
                 }
             };
             let Some((record, existing)) = existing else {
@@ -1303,7 +1318,7 @@ impl Gateway {
                 .await;
             if let Err(e) = ended {
                 tracing::warn!(request_id = %ctx.request_id, error = %e, "logout could not reach the session store");
-                return self.error(session, ctx, 503, "store_unavailable").await;
+                return self.error(session, ctx, Outcome::StoreUnavailable).await;
             }
         }
         let reply = Reply::html(
@@ -1316,7 +1331,7 @@ impl Gateway {
         )
         .header("set-cookie", clear_cookie(Self::cookie_name(ctx), ctx.tls))
         .header("clear-site-data", "\"cookies\"".into());
-        ctx.outcome = "logout";
+        ctx.outcome = Outcome::Logout;
         self.send(session, ctx, reply).await
     }
 
@@ -1353,7 +1368,7 @@ impl Gateway {
             | Admission::AllowEmergency
             | Admission::Deny
             | Admission::BreakglassNotAllowed => {
-                return self.error(session, ctx, 403, "denied").await
+                return self.error(session, ctx, Outcome::Denied).await
             }
         };
         let url = ctx
@@ -1366,7 +1381,7 @@ impl Gateway {
                 .flow_refusals
                 .with_label_values(&["url_too_long"])
                 .inc();
-            return self.error(session, ctx, 414, "url_too_long").await;
+            return self.error(session, ctx, Outcome::UrlTooLong).await;
         }
         if let Err(retry) = self.take_flow_token(session) {
             return self.too_many_flows(session, ctx, retry).await;
@@ -1414,7 +1429,7 @@ impl Gateway {
                         }),
                         Err(e) => {
                             tracing::warn!(request_id = %ctx.request_id, error = %e, "could not keep the submitted form");
-                            return self.error(session, ctx, 503, "store_unavailable").await;
+                            return self.error(session, ctx, Outcome::StoreUnavailable).await;
                         }
                     }
                 }
@@ -1446,18 +1461,18 @@ impl Gateway {
             if !typed && evidence(&req.headers, &own) == Evidence::Foreign {
                 // A page on another site cannot make a person sign a request.
                 return self
-                    .refuse(session, ctx, 403, "per_request_foreign", "Start this from the application", &format!("This action in {app} needs your signature, and it did not come from {app} itself. Open {app} and start it there."))
+                    .refuse(session, ctx, Outcome::PerRequestForeign, "Start this from the application", &format!("This action in {app} needs your signature, and it did not come from {app} itself. Open {app} and start it there."))
                     .await;
             }
             let body = if has_request_body(req) {
                 let Ok(_permit) = self.signin.reads.try_acquire() else {
-                    return self.error(session, ctx, 503, "busy").await;
+                    return self.error(session, ctx, Outcome::Busy).await;
                 };
                 match self.read_body_bounded(session).await {
                     Some(b) => Some(b),
                     None => {
                         return self
-                            .refuse(session, ctx, 413, "too_large_to_sign", "Too large to sign", "This request is larger than the gateway signs (preserve_body_limit). Ask IT to raise the limit for this application.")
+                            .refuse(session, ctx, Outcome::TooLargeToSign, "Too large to sign", "This request is larger than the gateway signs (preserve_body_limit). Ask IT to raise the limit for this application.")
                             .await
                     }
                 }
@@ -1479,16 +1494,16 @@ impl Gateway {
                 Ok(Err(full)) => return self.anonymous_quota_full(session, ctx, full).await,
                 Err(e) => {
                     tracing::warn!(request_id = %ctx.request_id, error = %e, "session store error while starting sign-in");
-                    return self.error(session, ctx, 503, "store_unavailable").await;
+                    return self.error(session, ctx, Outcome::StoreUnavailable).await;
                 }
             }
         }
         let id = FlowId::generate();
         if let Err(e) = self.store.put_flow(&id.key(), &flow, FLOW_TTL).await {
             tracing::warn!(request_id = %ctx.request_id, error = %e, "session store error while starting sign-in");
-            return self.error(session, ctx, 503, "store_unavailable").await;
+            return self.error(session, ctx, Outcome::StoreUnavailable).await;
         }
-        ctx.outcome = need.as_str();
+        ctx.outcome = Outcome::flow(need);
         self.metrics.flows.with_label_values(&[need.as_str()]).inc();
         self.metrics
             .challenges
@@ -1547,6 +1562,11 @@ fn clear_cookie(name: &str, tls: bool) -> String {
     c.build().to_string()
 }
 
+/// An outcome with the status its table gives it.
+fn own_status(o: Outcome) -> (u16, Outcome) {
+    (o.status().unwrap_or(500), o)
+}
+
 fn path_error_status(e: &PathError) -> u16 {
     match e {
         PathError::TooLong => 414,
@@ -1566,7 +1586,7 @@ impl ProxyHttp for Gateway {
             target: None,
             rule: None,
             session: None,
-            outcome: "none",
+            outcome: Outcome::Unset,
             host: String::new(),
             policy: self.policies.snapshot(),
             forwarded_at: None,
@@ -1583,12 +1603,12 @@ impl ProxyHttp for Gateway {
         // 1. A head the gateway and every upstream read alike, with one Host.
         let host = match self.well_formed(session) {
             Ok(h) => h,
-            Err((status, why)) => return self.error(session, ctx, status, why).await,
+            Err(why) => return self.error(session, ctx, why).await,
         };
         // 2. One normalized target, on a listener that serves this host.
         let has_app = match self.place(session, ctx, &host) {
             Ok(a) => a,
-            Err((status, why)) => return self.error(session, ctx, status, why).await,
+            Err((status, why)) => return self.error_with_status(session, ctx, status, why).await,
         };
         // 3. The gateway's own endpoints, never forwarded.
         let path = ctx
@@ -1735,23 +1755,23 @@ impl ProxyHttp for Gateway {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         use pingora::ErrorSource;
         let (code, outcome) = match (e.esource(), e.etype()) {
-            (_, ErrorType::HTTPStatus(c)) => (*c, "error"),
+            (_, ErrorType::HTTPStatus(c)) => (*c, Outcome::Error),
             (
                 ErrorSource::Upstream,
                 ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
-            ) => (504, "upstream_timeout"),
-            (ErrorSource::Upstream, _) => (502, "upstream_error"),
+            ) => (504, Outcome::UpstreamTimeout),
+            (ErrorSource::Upstream, _) => (502, Outcome::UpstreamError),
             (
                 ErrorSource::Downstream,
                 ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
-            ) => (0, "client_gone"),
-            (ErrorSource::Downstream, ErrorType::ReadTimedout) => (408, "client_timeout"),
-            (ErrorSource::Downstream, _) => (400, "bad_request"),
-            _ => (500, "internal_error"),
+            ) => (0, Outcome::ClientGone),
+            (ErrorSource::Downstream, ErrorType::ReadTimedout) => (408, Outcome::ClientTimeout),
+            (ErrorSource::Downstream, _) => (400, Outcome::BadRequest),
+            _ => (500, Outcome::InternalError),
         };
         tracing::warn!(request_id = %ctx.request_id, status = code, error = %e, "proxying failed");
         if code > 0 && session.response_written().is_none() {
-            let _ = self.error(session, ctx, code, outcome).await;
+            let _ = self.error_with_status(session, ctx, code, outcome).await;
         }
         ctx.outcome = outcome;
         FailToProxy {
@@ -1926,7 +1946,7 @@ impl ProxyHttp for Gateway {
             .unwrap_or("-");
         self.metrics
             .requests
-            .with_label_values(&[app, route, ctx.outcome])
+            .with_label_values(&[app, route, ctx.outcome.label()])
             .inc();
         let (outcome, added) = match ctx.forwarded_at {
             Some(t) => ("forwarded", t.duration_since(ctx.start)),
@@ -1950,7 +1970,7 @@ impl ProxyHttp for Gateway {
                     .target
                     .as_ref()
                     .map(|t| self.audit.redact_path(t.path())),
-                decision: Some(ctx.outcome),
+                decision: Some(ctx.outcome.label()),
                 status: Some(status),
                 aal: ctx.session.as_ref().map(|s| s.aal.number()),
                 credential: ctx.session.as_ref().and_then(|s| s.credential.as_deref()),
@@ -1962,7 +1982,7 @@ impl ProxyHttp for Gateway {
         tracing::debug!(
             request_id = %ctx.request_id,
             status,
-            outcome = ctx.outcome,
+            outcome = ctx.outcome.label(),
             route,
             micros = ctx.start.elapsed().as_micros() as u64,
             error = e.map(|e| e.to_string()).unwrap_or_default(),

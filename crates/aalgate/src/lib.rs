@@ -34,6 +34,7 @@ pub mod headers;
 pub mod limits;
 pub mod metrics;
 pub mod ops;
+pub mod outcome;
 pub mod pages;
 pub mod policy_files;
 pub mod preserve;

@@ -11,6 +11,7 @@ use pingora::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::gateway::{Ctx, Gateway, Reply};
+use crate::outcome::Outcome;
 use crate::pages::{self, escape};
 use crate::preserve::{KeptRequest, NotKept, KEPT_HEADERS};
 
@@ -304,7 +305,7 @@ impl Gateway {
         ctx: &mut Ctx,
         title: &str,
         text: &str,
-        outcome: &'static str,
+        outcome: Outcome,
     ) -> Result<bool> {
         ctx.outcome = outcome;
         let app = self
@@ -340,12 +341,12 @@ impl Gateway {
                 "Please submit the form again"
             };
             return self
-                .resume_page(session, ctx, title, why.explain(), "resume_not_kept")
+                .resume_page(session, ctx, title, why.explain(), Outcome::ResumeNotKept)
                 .await;
         }
         let Some(token) = Token::parse(param) else {
             return self
-                .resume_page(session, ctx, "Nothing to send", GONE, "resume_gone")
+                .resume_page(session, ctx, "Nothing to send", GONE, Outcome::ResumeGone)
                 .await;
         };
         self.resume_token(session, ctx, token, false).await
@@ -359,7 +360,7 @@ impl Gateway {
         ctx: &mut Ctx,
     ) -> Result<bool> {
         let Some(fields) = self.form_post(session, ctx).await else {
-            return self.error(session, ctx, 403, "csrf").await;
+            return self.error(session, ctx, Outcome::Csrf).await;
         };
         let token = fields
             .iter()
@@ -367,7 +368,7 @@ impl Gateway {
             .and_then(|(_, v)| Token::parse(v));
         let Some(token) = token else {
             return self
-                .resume_page(session, ctx, "Nothing to send", GONE, "resume_gone")
+                .resume_page(session, ctx, "Nothing to send", GONE, Outcome::ResumeGone)
                 .await;
         };
         self.resume_token(session, ctx, token, true).await
@@ -397,7 +398,7 @@ impl Gateway {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(request_id = %ctx.request_id, error = %e, "resume: store error");
-                return self.error(session, ctx, 503, "store_unavailable").await;
+                return self.error(session, ctx, Outcome::StoreUnavailable).await;
             }
         };
         let Some((_, record, user_session)) = loaded else {
@@ -408,7 +409,7 @@ impl Gateway {
                     ctx,
                     "Sign in first",
                     "Open the application again and sign in; your form is kept for 10 minutes.",
-                    "resume_no_session",
+                    Outcome::ResumeNoSession,
                 )
                 .await;
         };
@@ -416,12 +417,12 @@ impl Gateway {
             Ok(Some(s)) => s,
             Ok(None) => {
                 return self
-                    .resume_page(session, ctx, "Nothing to send", GONE, "resume_gone")
+                    .resume_page(session, ctx, "Nothing to send", GONE, Outcome::ResumeGone)
                     .await
             }
             Err(e) => {
                 tracing::warn!(request_id = %ctx.request_id, error = %e, "resume: store error");
-                return self.error(session, ctx, 503, "store_unavailable").await;
+                return self.error(session, ctx, Outcome::StoreUnavailable).await;
             }
         };
         let kept = self
@@ -432,14 +433,14 @@ impl Gateway {
         let Some(kept) = kept else {
             let _ = self.store.kv_delete(KEPT, &token.hash()).await;
             tracing::warn!(request_id = %ctx.request_id, "resume: kept form does not decrypt (key changed?)");
-            return self.resume_page(session, ctx, "Please submit the form again", "The form could not be restored, so it was not sent. Go back to it and submit it again.", "resume_gone").await;
+            return self.resume_page(session, ctx, "Please submit the form again", "The form could not be restored, so it was not sent. Go back to it and submit it again.", Outcome::ResumeGone).await;
         };
         // Another browser or another app (host and port) finds nothing, and takes nothing.
         if !self.is_bound_browser(session, ctx, &kept.browser)
             || kept.host != self.canonical_host(&ctx.host)
         {
             return self
-                .resume_page(session, ctx, "Nothing to send", GONE, "resume_gone")
+                .resume_page(session, ctx, "Nothing to send", GONE, Outcome::ResumeGone)
                 .await;
         }
         if kept.user != user_session.user {
@@ -460,28 +461,28 @@ impl Gateway {
                 },
             );
             return self
-                .resume_page(session, ctx, "Form discarded", "A different person signed in, so the form the previous person started was discarded and not sent.", "resume_discarded")
+                .resume_page(session, ctx, "Form discarded", "A different person signed in, so the form the previous person started was discarded and not sent.", Outcome::ResumeDiscarded)
                 .await;
         }
         // The policy decides again, for this person, now.
         let Ok(host) = HostPort::parse(&ctx.host) else {
-            return self.error(session, ctx, 400, "bad_host").await;
+            return self.error(session, ctx, Outcome::BadHost).await;
         };
         let policy = ctx.policy.clone();
         let Ok(target) = aalgate_policy::normalize_target_with(
             kept.url.as_bytes(),
             policy.double_encoding(&host),
         ) else {
-            return self.error(session, ctx, 400, "bad_path").await;
+            return self.error(session, ctx, Outcome::BadPath).await;
         };
         let Some(m) = policy.lookup(&host, &kept.method, &target) else {
-            return self.error(session, ctx, 421, "unknown_host").await;
+            return self.error(session, ctx, Outcome::UnknownHost).await;
         };
         let mark: Option<Resumable> = match self.store.kv_get(RESUMABLE, &token.hash()).await {
             Ok(m) => m.and_then(|m| serde_json::from_slice(&m).ok()),
             Err(e) => {
                 tracing::warn!(request_id = %ctx.request_id, error = %e, "resume: store error");
-                return self.error(session, ctx, 503, "store_unavailable").await;
+                return self.error(session, ctx, Outcome::StoreUnavailable).await;
             }
         };
         // The flow that kept this form ended in this very session.
@@ -512,7 +513,7 @@ impl Gateway {
         if !admit(&m.rule.access, &facts, now).allows() {
             let _ = self.store.kv_take(KEPT, &token.hash()).await;
             return self
-                .resume_page(session, ctx, "Form not sent", "Your sign-in does not allow this form, so it was not sent. Go back and try again.", "resume_denied")
+                .resume_page(session, ctx, "Form not sent", "Your sign-in does not allow this form, so it was not sent. Go back and try again.", Outcome::ResumeDenied)
                 .await;
         }
         // Sent at once only after a touch of the person's key in this flow; after a silent
@@ -525,12 +526,12 @@ impl Gateway {
             Ok(Some(_)) => {}
             Ok(None) => {
                 return self
-                    .resume_page(session, ctx, "Nothing to send", GONE, "resume_gone")
+                    .resume_page(session, ctx, "Nothing to send", GONE, Outcome::ResumeGone)
                     .await
             }
             Err(e) => {
                 tracing::warn!(request_id = %ctx.request_id, error = %e, "resume: store error");
-                return self.error(session, ctx, 503, "store_unavailable").await;
+                return self.error(session, ctx, Outcome::StoreUnavailable).await;
             }
         }
         let _ = self.store.kv_delete(RESUMABLE, &token.hash()).await;
@@ -570,7 +571,7 @@ impl Gateway {
         if set_bind {
             reply = reply.header("set-cookie", crate::signin::bind_cookie(&bind, ctx.tls));
         }
-        ctx.outcome = "resume_confirm";
+        ctx.outcome = Outcome::ResumeConfirm;
         self.send(session, ctx, reply).await
     }
 
@@ -613,19 +614,19 @@ impl Gateway {
             Ok(up) => up,
             Err(e) => {
                 tracing::warn!(request_id = %ctx.request_id, error = %e, "resume: upstream failed");
-                ctx.outcome = "resume_upstream_error";
+                ctx.outcome = Outcome::ResumeUpstreamError;
                 let reply = Reply::html(502, pages::page("The application did not answer", "<p>Your form was sent to the application, but it did not answer. It may or may not have been saved: check in the application before you submit it again.</p>", &ctx.request_id));
                 return self.send(session, ctx, reply).await;
             }
         };
         let Some(resp) = up.response_header() else {
-            return self.error(session, ctx, 502, "upstream").await;
+            return self.error(session, ctx, Outcome::Upstream).await;
         };
         let mut resp = resp.clone();
         self.response_filter(session, &mut resp, ctx).await?;
         resp.insert_header("cache-control", "no-store")?;
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
-        ctx.outcome = "resumed";
+        ctx.outcome = Outcome::Resumed;
         self.metrics
             .upstream_seconds
             .with_label_values(&[self.app_name(ctx)])

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gateway::{Ctx, Gateway, Reply};
 use crate::headers;
+use crate::outcome::Outcome;
 use crate::pages::{self, escape};
 
 /// Largest JSON body a ceremony endpoint reads.
@@ -311,7 +312,7 @@ impl Gateway {
             .failures
             .failed(self.client_ip(session), binding);
         tokio::time::sleep(wait).await;
-        self.json_error(session, ctx, 400, "signin_failed", MSG_FAILED)
+        self.json_error(session, ctx, Outcome::SigninFailed, MSG_FAILED)
             .await
     }
 
@@ -324,7 +325,7 @@ impl Gateway {
         what: &str,
     ) -> Result<bool> {
         tracing::warn!(request_id = %ctx.request_id, error = %e, "{what}");
-        self.json_error(session, ctx, 503, "store_unavailable", MSG_UNAVAILABLE)
+        self.json_error(session, ctx, Outcome::StoreUnavailable, MSG_UNAVAILABLE)
             .await
     }
 
@@ -332,11 +333,11 @@ impl Gateway {
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
-        status: u16,
-        code: &'static str,
+        outcome: Outcome,
         message: &str,
     ) -> Result<bool> {
-        ctx.outcome = code;
+        ctx.outcome = outcome;
+        let (status, code) = (outcome.status().unwrap_or(500), outcome.json_code());
         let body =
             serde_json::json!({ "error": code, "message": message, "request_id": ctx.request_id });
         self.send(session, ctx, Reply::json(status, body.to_string()))
@@ -416,7 +417,7 @@ impl Gateway {
         let (ctype, body) = match path {
             "/.aalgate/static/aalgate.js" => ("text/javascript; charset=utf-8", pages::SCRIPT),
             "/.aalgate/static/aalgate.css" => ("text/css; charset=utf-8", pages::STYLE),
-            _ => return self.error(session, ctx, 404, "not_found").await,
+            _ => return self.error(session, ctx, Outcome::NotFound).await,
         };
         let mut r = Reply::html(200, body.to_string());
         r.content_type = ctype;
@@ -431,7 +432,7 @@ impl Gateway {
     )]
     pub(crate) async fn auth_page(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         if !self.on_auth_origin(ctx) {
-            return self.error(session, ctx, 404, "not_found").await;
+            return self.error(session, ctx, Outcome::NotFound).await;
         }
         let id = query_param(session.req_header().uri.query(), "flow").and_then(FlowId::parse);
         let now = self.clock.now();
@@ -441,7 +442,7 @@ impl Gateway {
                 Ok(f) => f.map(|f| (id, f)),
                 Err(e) => {
                     tracing::warn!(request_id = %ctx.request_id, error = %e, "session store error on the sign-in page");
-                    return self.error(session, ctx, 503, "store_unavailable").await;
+                    return self.error(session, ctx, Outcome::StoreUnavailable).await;
                 }
             },
         };
@@ -488,13 +489,13 @@ impl Gateway {
                     let left = crate::gateway::FLOW_TTL.saturating_sub(now.since(flow.created));
                     if let Err(e) = self.store.put_flow(&id.key(), &flow, left).await {
                         tracing::warn!(request_id = %ctx.request_id, error = %e, "session store error on the sign-in page");
-                        return self.error(session, ctx, 503, "store_unavailable").await;
+                        return self.error(session, ctx, Outcome::StoreUnavailable).await;
                     }
                 }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(request_id = %ctx.request_id, error = %e, "session store error on the sign-in page");
-                    return self.error(session, ctx, 503, "store_unavailable").await;
+                    return self.error(session, ctx, Outcome::StoreUnavailable).await;
                 }
             }
         }
@@ -565,7 +566,7 @@ impl Gateway {
         if set_bind {
             reply = reply.header("set-cookie", bind_cookie(&bind, ctx.tls));
         }
-        ctx.outcome = "signin_page";
+        ctx.outcome = Outcome::SigninPage;
         self.send(session, ctx, reply).await
     }
 
@@ -591,7 +592,7 @@ impl Gateway {
             200,
             pages::page_with("Confirmed", &body, &ctx.request_id, " data-close=\"1\""),
         );
-        ctx.outcome = "done";
+        ctx.outcome = Outcome::Done;
         self.send(session, ctx, reply).await
     }
 
@@ -625,7 +626,7 @@ impl Gateway {
             Ok(Err(full)) => return self.anonymous_quota_full(session, ctx, full).await,
             Err(e) => {
                 tracing::warn!(request_id = %ctx.request_id, error = %e, "switch user: store error");
-                return self.error(session, ctx, 503, "store_unavailable").await;
+                return self.error(session, ctx, Outcome::StoreUnavailable).await;
             }
         }
         let id = FlowId::generate();
@@ -635,9 +636,9 @@ impl Gateway {
             .await
         {
             tracing::warn!(request_id = %ctx.request_id, error = %e, "switch user: store error");
-            return self.error(session, ctx, 503, "store_unavailable").await;
+            return self.error(session, ctx, Outcome::StoreUnavailable).await;
         }
-        ctx.outcome = "switch";
+        ctx.outcome = Outcome::Switch;
         let to = format!(
             "{}://{}/.aalgate/auth?flow={}",
             self.service().scheme,
@@ -662,7 +663,7 @@ impl Gateway {
     /// `GET /.aalgate/enroll?invite=...`: the enrollment page of an invite.
     pub(crate) async fn enroll_page(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         if !self.on_auth_origin(ctx) {
-            return self.error(session, ctx, 404, "not_found").await;
+            return self.error(session, ctx, Outcome::NotFound).await;
         }
         let token = query_param(session.req_header().uri.query(), "invite").and_then(Token::parse);
         let invite = match token {
@@ -671,7 +672,7 @@ impl Gateway {
                 Ok(i) => i.map(|i| (t, i)),
                 Err(e) => {
                     tracing::warn!(request_id = %ctx.request_id, error = %e, "store error on the enrollment page");
-                    return self.error(session, ctx, 503, "store_unavailable").await;
+                    return self.error(session, ctx, Outcome::StoreUnavailable).await;
                 }
             },
         };
@@ -723,7 +724,7 @@ impl Gateway {
         if set_bind {
             reply = reply.header("set-cookie", bind_cookie(&bind, ctx.tls));
         }
-        ctx.outcome = "enroll_page";
+        ctx.outcome = Outcome::EnrollPage;
         self.send(session, ctx, reply).await
     }
 
@@ -735,17 +736,17 @@ impl Gateway {
         ctx: &mut Ctx,
     ) -> Result<std::result::Result<(Token, T), bool>> {
         if !self.on_auth_origin(ctx) {
-            return self.error(session, ctx, 404, "not_found").await.map(Err);
+            return self.error(session, ctx, Outcome::NotFound).await.map(Err);
         }
         let Some(bind) = self.checked_post(session, ctx) else {
             return self
-                .json_error(session, ctx, 403, "csrf", MSG_FORBIDDEN)
+                .json_error(session, ctx, Outcome::Csrf, MSG_FORBIDDEN)
                 .await
                 .map(Err);
         };
         let Some(body) = self.read_body(session).await else {
             return self
-                .json_error(session, ctx, 413, "body_too_large", MSG_FAILED)
+                .json_error(session, ctx, Outcome::BodyTooLarge, MSG_FAILED)
                 .await
                 .map(Err);
         };
@@ -753,7 +754,7 @@ impl Gateway {
             Ok(r) => Ok(Ok((bind, r))),
             Err(e) => {
                 tracing::info!(request_id = %ctx.request_id, error = %e, "malformed ceremony request");
-                self.json_error(session, ctx, 400, "bad_request", MSG_FAILED)
+                self.json_error(session, ctx, Outcome::BadRequest, MSG_FAILED)
                     .await
                     .map(Err)
             }
@@ -777,7 +778,7 @@ impl Gateway {
         // binding is refused; another browser, even behind the same address, is not.
         if self.service().failures.binding_blocked(&bind.hash()) {
             return self
-                .json_error(session, ctx, 429, "throttled", MSG_THROTTLED)
+                .json_error(session, ctx, Outcome::Throttled, MSG_THROTTLED)
                 .await;
         }
         match self.start(&req, &bind, self.client_ip(session)).await {
@@ -786,19 +787,19 @@ impl Gateway {
                     .challenges
                     .with_label_values(&[kind, "issued"])
                     .inc();
-                ctx.outcome = "challenge";
+                ctx.outcome = Outcome::Challenge;
                 let body = serde_json::json!({ "ceremony": id, "options": options });
                 self.send(session, ctx, Reply::json(200, body.to_string()))
                     .await
             }
-            Ok(Err((status, code, msg))) => self.json_error(session, ctx, status, code, msg).await,
+            Ok(Err((outcome, msg))) => self.json_error(session, ctx, outcome, msg).await,
             Err(e) => {
                 tracing::warn!(request_id = %ctx.request_id, error = %e, "ceremony start failed");
-                let (status, code) = match e {
-                    DirectoryError::Store(_) => (503, "store_unavailable"),
-                    _ => (500, "internal"),
+                let outcome = match e {
+                    DirectoryError::Store(_) => Outcome::StoreUnavailable,
+                    _ => Outcome::Internal,
                 };
-                self.json_error(session, ctx, status, code, MSG_UNAVAILABLE)
+                self.json_error(session, ctx, outcome, MSG_UNAVAILABLE)
                     .await
             }
         }
@@ -815,10 +816,7 @@ impl Gateway {
         bind: &Token,
         client: Option<std::net::IpAddr>,
     ) -> std::result::Result<
-        std::result::Result<
-            (String, serde_json::Value, &'static str),
-            (u16, &'static str, &'static str),
-        >,
+        std::result::Result<(String, serde_json::Value, &'static str), (Outcome, &'static str)>,
         DirectoryError,
     > {
         let svc = self.service();
@@ -827,21 +825,20 @@ impl Gateway {
         match req.purpose.as_str() {
             "enroll" => {
                 let Some(token) = req.invite.as_deref().and_then(Token::parse) else {
-                    return Ok(Err((400, "bad_request", MSG_FAILED)));
+                    return Ok(Err((Outcome::BadRequest, MSG_FAILED)));
                 };
                 let Some(invite) = svc.dir.peek_invite(&token, now).await? else {
                     return Ok(Err((
-                        410,
-                        "invite_expired",
+                        Outcome::InviteExpired,
                         "This enrollment link was used already or expired. Ask IT for a new one.",
                     )));
                 };
                 let kind = req.kind.unwrap_or(RegKind::Passkey);
                 if invite.aal == Aal::Aal3 && kind != RegKind::SecurityKey {
-                    return Ok(Err((400, "needs_hardware_key", MSG_NO_KEY)));
+                    return Ok(Err((Outcome::NeedsHardwareKey, MSG_NO_KEY)));
                 }
                 let user = match svc.dir.user(&invite.user).await? {
-                    Some(u) if u.disabled => return Ok(Err((403, "disabled", MSG_FAILED))),
+                    Some(u) if u.disabled => return Ok(Err((Outcome::Disabled, MSG_FAILED))),
                     Some(u) => u,
                     None => new_user(&invite.user, &invite.display_name, invite.aal, now),
                 };
@@ -849,7 +846,7 @@ impl Gateway {
                     Ok(x) => x,
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot start enrollment");
-                        return Ok(Err((400, "not_available", MSG_KEY_NOT_APPROVED)));
+                        return Ok(Err((Outcome::NotAvailable, MSG_KEY_NOT_APPROVED)));
                     }
                 };
                 let pending = Pending {
@@ -870,10 +867,10 @@ impl Gateway {
             }
             "signin" => {
                 let Some(flow_id) = req.flow.as_deref().and_then(FlowId::parse) else {
-                    return Ok(Err((400, "bad_request", MSG_EXPIRED)));
+                    return Ok(Err((Outcome::BadRequest, MSG_EXPIRED)));
                 };
                 let Some(flow) = self.store.get_flow(&flow_id.key(), now).await? else {
-                    return Ok(Err((410, "flow_expired", MSG_EXPIRED)));
+                    return Ok(Err((Outcome::FlowExpired, MSG_EXPIRED)));
                 };
                 let kind = flow.need.challenge();
                 // Who may answer: the flow's user (step-up always; re-auth unless switching),
@@ -924,7 +921,7 @@ impl Gateway {
                             })
                             .unwrap_or_default();
                         if flow.need == FlowKind::StepUp && creds.is_empty() {
-                            return Ok(Err((409, "no_suitable_key", MSG_NO_KEY)));
+                            return Ok(Err((Outcome::NoSuitableKey, MSG_NO_KEY)));
                         }
                         let allowed: Vec<String> = creds.iter().map(|c| c.id.clone()).collect();
                         let (o, s) = start(&name, Some(&creds))
@@ -966,20 +963,19 @@ impl Gateway {
                         Ok(()) => {}
                         Err(crate::resume::QuotaFull::Client) => {
                             return Ok(Err((
-                                503,
-                                "sign_in_busy",
+                                Outcome::SignInBusy,
                                 crate::gateway::MSG_SIGN_IN_BUSY_HERE,
                             )))
                         }
                         Err(crate::resume::QuotaFull::Store) => {
-                            return Ok(Err((503, "sign_in_busy", crate::gateway::MSG_SIGN_IN_BUSY)))
+                            return Ok(Err((Outcome::SignInBusy, crate::gateway::MSG_SIGN_IN_BUSY)))
                         }
                     }
                 }
                 svc.dir.put_pending(&ceremony.hash(), &pending).await?;
                 Ok(Ok((ceremony.expose().to_string(), options, kind)))
             }
-            _ => Ok(Err((400, "bad_request", MSG_FAILED))),
+            _ => Ok(Err((Outcome::BadRequest, MSG_FAILED))),
         }
     }
 
@@ -995,7 +991,7 @@ impl Gateway {
         };
         let Some(ceremony) = Token::parse(&req.ceremony) else {
             return self
-                .json_error(session, ctx, 400, "bad_request", MSG_EXPIRED)
+                .json_error(session, ctx, Outcome::BadRequest, MSG_EXPIRED)
                 .await;
         };
         let svc = self.service();
@@ -1012,7 +1008,7 @@ impl Gateway {
                     Some("ceremony state missing (expired, used or replayed)"),
                 );
                 return self
-                    .json_error(session, ctx, 400, "ceremony_expired", MSG_EXPIRED)
+                    .json_error(session, ctx, Outcome::CeremonyExpired, MSG_EXPIRED)
                     .await;
             }
             Err(e) => {
@@ -1031,7 +1027,7 @@ impl Gateway {
                 Some("ceremony finished by another browser"),
             );
             return self
-                .json_error(session, ctx, 403, "csrf", MSG_FORBIDDEN)
+                .json_error(session, ctx, Outcome::Csrf, MSG_FORBIDDEN)
                 .await;
         }
         let response = serde_json::to_vec(&req.response).unwrap_or_default();
@@ -1066,7 +1062,7 @@ impl Gateway {
             Err(e) => {
                 tracing::warn!(error = %e, "undecodable enrollment state");
                 return self
-                    .json_error(session, ctx, 500, "internal", MSG_ENROLL_FAILED)
+                    .json_error(session, ctx, Outcome::Internal, MSG_ENROLL_FAILED)
                     .await;
             }
         };
@@ -1088,7 +1084,7 @@ impl Gateway {
                     MSG_ENROLL_FAILED
                 };
                 return self
-                    .json_error(session, ctx, 400, "enroll_failed", msg)
+                    .json_error(session, ctx, Outcome::EnrollFailed, msg)
                     .await;
             }
         };
@@ -1147,7 +1143,7 @@ impl Gateway {
                     Some(why),
                 );
                 return self
-                    .json_error(session, ctx, 400, "enroll_failed", MSG_ENROLL_FAILED)
+                    .json_error(session, ctx, Outcome::EnrollFailed, MSG_ENROLL_FAILED)
                     .await;
             }
             Err(e) => {
@@ -1231,7 +1227,7 @@ impl Gateway {
             Err(e) => {
                 tracing::warn!(error = %e, "undecodable sign-in state");
                 return self
-                    .json_error(session, ctx, 500, "internal", MSG_FAILED)
+                    .json_error(session, ctx, Outcome::Internal, MSG_FAILED)
                     .await;
             }
         };
@@ -1300,7 +1296,7 @@ impl Gateway {
             Ok(Some(f)) => f,
             Ok(None) => {
                 return self
-                    .json_error(session, ctx, 410, "flow_expired", MSG_EXPIRED)
+                    .json_error(session, ctx, Outcome::FlowExpired, MSG_EXPIRED)
                     .await
             }
             Err(e) => {
@@ -1320,7 +1316,7 @@ impl Gateway {
                 "credential below the step-up level",
             );
             return self
-                .json_error(session, ctx, 403, "not_enough", MSG_NOT_ENOUGH)
+                .json_error(session, ctx, Outcome::NotEnough, MSG_NOT_ENOUGH)
                 .await;
         }
         // Write back only what this sign-in changed, onto a fresh read: a `disable` or
@@ -1354,7 +1350,7 @@ impl Gateway {
                     "user disabled or credential revoked during sign-in",
                 );
                 return self
-                    .json_error(session, ctx, 400, "signin_failed", MSG_FAILED)
+                    .json_error(session, ctx, Outcome::SigninFailed, MSG_FAILED)
                     .await;
             }
             Err(e) => {
@@ -1439,7 +1435,7 @@ impl Gateway {
                         }
                     }
                     return self
-                        .json_error(session, ctx, 503, "audit_unavailable", MSG_NOT_RECORDED)
+                        .json_error(session, ctx, Outcome::AuditUnavailable, MSG_NOT_RECORDED)
                         .await;
                 }
             } else {
@@ -1556,7 +1552,7 @@ impl Gateway {
                     .await;
             }
         };
-        ctx.outcome = "signed_in";
+        ctx.outcome = Outcome::SignedIn;
         let body = serde_json::json!({ "redirect": redirect });
         self.send(
             session,
@@ -1665,7 +1661,7 @@ impl Gateway {
     ) -> Result<bool> {
         match self.redirect_for(record, s, flow, false).await {
             Ok(to) => {
-                ctx.outcome = "handoff";
+                ctx.outcome = Outcome::Handoff;
                 let mut r = Reply::html(
                     302,
                     pages::page("Signed in", "<p>Taking you back.</p>", &ctx.request_id),
@@ -1678,7 +1674,7 @@ impl Gateway {
             }
             Err(e) => {
                 tracing::warn!(request_id = %ctx.request_id, error = %e, "handoff: store error");
-                self.error(session, ctx, 503, "store_unavailable").await
+                self.error(session, ctx, Outcome::StoreUnavailable).await
             }
         }
     }
@@ -1694,7 +1690,7 @@ impl Gateway {
                 Ok(h) => h,
                 Err(e) => {
                     tracing::warn!(request_id = %ctx.request_id, error = %e, "handoff: store error");
-                    return self.error(session, ctx, 503, "store_unavailable").await;
+                    return self.error(session, ctx, Outcome::StoreUnavailable).await;
                 }
             },
         };
@@ -1707,7 +1703,7 @@ impl Gateway {
                     .as_ref()
                     .is_some_and(|b| self.is_bound_browser(session, ctx, b))
         }) else {
-            ctx.outcome = "bad_handoff";
+            ctx.outcome = Outcome::BadHandoff;
             let reply = Reply::html(
                 400,
                 pages::page(
@@ -1719,7 +1715,7 @@ impl Gateway {
             return self.send(session, ctx, reply).await;
         };
         let Some(record) = SessionKey::from_hex(&h.record) else {
-            return self.error(session, ctx, 400, "bad_handoff").await;
+            return self.error(session, ctx, Outcome::BadHandoff).await;
         };
         // A previous handle of this browser on this host is replaced.
         if let Ok(Some((old, _, _))) = self.current(session, ctx).await {
@@ -1733,9 +1729,9 @@ impl Gateway {
             .await
         {
             tracing::warn!(request_id = %ctx.request_id, error = %e, "handoff: store error");
-            return self.error(session, ctx, 503, "store_unavailable").await;
+            return self.error(session, ctx, Outcome::StoreUnavailable).await;
         }
-        ctx.outcome = "handoff";
+        ctx.outcome = Outcome::Handoff;
         let reply = Reply::html(
             302,
             pages::page("Signed in", "<p>Taking you back.</p>", &ctx.request_id),
@@ -1762,7 +1758,7 @@ impl Gateway {
         if set_bind {
             reply = reply.header("set-cookie", bind_cookie(&bind, ctx.tls));
         }
-        ctx.outcome = "logout_page";
+        ctx.outcome = Outcome::LogoutPage;
         self.send(session, ctx, reply).await
     }
 
@@ -1808,7 +1804,7 @@ impl Gateway {
         if set_bind {
             reply = reply.header("set-cookie", bind_cookie(&bind, ctx.tls));
         }
-        ctx.outcome = "breakglass_page";
+        ctx.outcome = Outcome::BreakglassPage;
         self.send(session, ctx, reply).await
     }
 
@@ -1834,9 +1830,16 @@ impl Gateway {
         let svc = self.service();
         let ip = self.client_ip(session);
         let app = self.app_of_host(ctx).unwrap_or_else(|| "-".into());
-        let busy = |this: &Self, ctx: &mut Ctx, why: &'static str| {
+        let busy = |this: &Self, ctx: &mut Ctx, why: Outcome| {
             ctx.outcome = why;
-            this.audit_auth(ctx, "breakglass_failure", None, None, None, Some(why));
+            this.audit_auth(
+                ctx,
+                "breakglass_failure",
+                None,
+                None,
+                None,
+                Some(why.label()),
+            );
             Reply::html(
                 429,
                 pages::page(
@@ -1847,7 +1850,7 @@ impl Gateway {
             )
         };
         if svc.emergencies.throttled(ip) {
-            let reply = busy(self, ctx, "throttled");
+            let reply = busy(self, ctx, Outcome::Throttled);
             return self.send(session, ctx, reply).await;
         }
         let Some(fields) = self.form_post(session, ctx).await else {
@@ -1881,7 +1884,7 @@ impl Gateway {
         // limit (sent alongside others before the first failed) is refused here.
         let failures = svc.emergencies.fail(ip);
         if failures > crate::breakglass::MAX_FAILURES {
-            let reply = busy(self, ctx, "throttled");
+            let reply = busy(self, ctx, Outcome::Throttled);
             return self.send(session, ctx, reply).await;
         }
         let now = self.clock.now();
@@ -1896,7 +1899,7 @@ impl Gateway {
         let checked = match found {
             Ok(Some((code, secret))) => {
                 let Ok(_permit) = svc.emergencies.checks.try_acquire() else {
-                    let reply = busy(self, ctx, "busy");
+                    let reply = busy(self, ctx, Outcome::Busy);
                     return self.send(session, ctx, reply).await;
                 };
                 let started = std::time::Instant::now();
@@ -1911,7 +1914,7 @@ impl Gateway {
             Ok(None) => {
                 // Two at a time, busy beyond, as real codes are.
                 let Ok(_slot) = svc.emergencies.made_up.try_acquire() else {
-                    let reply = busy(self, ctx, "busy");
+                    let reply = busy(self, ctx, Outcome::Busy);
                     return self.send(session, ctx, reply).await;
                 };
                 tokio::time::sleep(svc.emergencies.check_time()).await;
@@ -1944,7 +1947,7 @@ impl Gateway {
             Err(e) => {
                 tracing::error!(request_id = %ctx.request_id, error = %e, "break-glass codes file unusable");
                 return self
-                    .error(session, ctx, 503, "breakglass_unavailable")
+                    .error(session, ctx, Outcome::BreakglassUnavailable)
                     .await;
             }
         };
@@ -1990,7 +1993,7 @@ impl Gateway {
         if !matches!(logged, Ok(Ok(()))) {
             tracing::error!(request_id = %ctx.request_id, "break-glass local audit failed; refusing (the code stays unused)");
             return self
-                .error(session, ctx, 503, "breakglass_unavailable")
+                .error(session, ctx, Outcome::BreakglassUnavailable)
                 .await;
         }
         let usage = crate::breakglass::Use {
@@ -2021,7 +2024,7 @@ impl Gateway {
             _ => {
                 tracing::error!(request_id = %ctx.request_id, "break-glass codes file unusable");
                 return self
-                    .error(session, ctx, 503, "breakglass_unavailable")
+                    .error(session, ctx, Outcome::BreakglassUnavailable)
                     .await;
             }
         }
@@ -2092,7 +2095,7 @@ impl Gateway {
             .session_starts
             .with_label_values(&["1", "breakglass"])
             .inc();
-        ctx.outcome = "breakglass";
+        ctx.outcome = Outcome::Breakglass;
         let reply = Reply::html(
             302,
             pages::page(
