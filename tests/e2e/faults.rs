@@ -249,6 +249,48 @@ Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnect
 
 const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
+/// A wall clock stepped back while the gateway runs (NTP correcting a fast clock) leaves the
+/// gateway's own clock ahead of it, since that never runs backwards. What the gateway keeps
+/// in its store must still live as long as meant by that clock: a sign-in flow written and
+/// read across the step is usable, so people can still sign in.
+#[test]
+fn sign_in_works_after_the_wall_clock_steps_back_fifteen_minutes() {
+    assert!(
+        Path::new(FAKETIME_LIB).exists(),
+        "libfaketime missing: apt-get install -y faketime (tests/run.sh does)"
+    );
+    let up = Upstream::start();
+    let clock = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(clock.path(), "+0").unwrap();
+    let clock_path = clock.path().display().to_string();
+    let g = Gateway::start_env(
+        &[("billing.yaml", &policy(up.port))],
+        "",
+        &[
+            ("LD_PRELOAD", FAKETIME_LIB),
+            ("FAKETIME_TIMESTAMP_FILE", &clock_path),
+            ("FAKETIME_NO_CACHE", "1"),
+            ("DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    let h = format!("localhost:{}", g.port);
+    // The gateway reads its clock once before the step.
+    assert_eq!(get(g.port, &h, "/x", &[]).status, 302);
+    std::fs::write(clock.path(), "-900").unwrap();
+    let r = get(g.port, &h, "/x", &["Sec-Fetch-Mode: navigate"]);
+    assert_eq!(r.status, 302, "{}", r.text());
+    let loc = r.header("location").expect("location").to_string();
+    assert!(loc.contains("/.aalgate/auth?flow="), "{loc}");
+    let page = get(g.port, &h, &loc, &[]);
+    assert_eq!(
+        page.status,
+        200,
+        "the flow just made is already gone: {}",
+        page.text()
+    );
+    assert!(page.text().contains("Sign in"), "{}", page.text());
+}
+
 #[test]
 fn wall_clock_steps_of_five_minutes_never_reopen_a_session() {
     assert!(

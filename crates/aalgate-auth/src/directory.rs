@@ -44,7 +44,6 @@ pub enum DirectoryError {
     Invalid(String),
 }
 
-/// A started ceremony, kept server-side until it is finished once or expires.
 /// What a ceremony is for. Stored as `enroll`, `login`, `step_up`, `reauth` or `switch`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -85,6 +84,7 @@ impl From<FlowKind> for Purpose {
     }
 }
 
+/// A started ceremony, kept server-side until it is finished once or expires.
 #[derive(Serialize, Deserialize)]
 pub struct Pending {
     /// What the ceremony is for.

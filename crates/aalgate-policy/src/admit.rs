@@ -109,15 +109,20 @@ impl Admission {
 
 /// Decides one request. A limit is reached when the elapsed time equals it.
 ///
-/// Order: the route's own verdict (deny, public) first, so public routes need no session;
-/// then no session; then break-glass, which only routes that allow it admit (never a kept
-/// form); then a session whose times cannot be trusted; then the session's limits, level and
+/// Order: a denied route first; a kept form under break-glass (never sent); a public route,
+/// which needs no session; then no session; then break-glass, which only routes that allow
+/// it admit; then a session whose times cannot be trusted; then the session's limits, level and
 /// step-up freshness; last, a step-up the request's own ceremony satisfies.
 pub fn admit(access: &Access, facts: &AdmissionFacts, now: Timestamp) -> Admission {
-    match access.require {
-        Requirement::Deny => return Admission::Deny,
-        Requirement::Public => return Admission::Allow,
-        _ => {}
+    if access.require == Requirement::Deny {
+        return Admission::Deny;
+    }
+    // A kept form is never sent under break-glass, whatever the route.
+    if matches!(facts.session, SessionKind::Emergency(_)) && facts.request == RequestKind::Replay {
+        return Admission::BreakglassNotAllowed;
+    }
+    if access.require == Requirement::Public {
+        return Admission::Allow;
     }
     let subject = match facts.session {
         SessionKind::None => None,
@@ -309,6 +314,8 @@ mod tests {
             ("emergency where allowed, websocket", access(R::Aal2, per, true), em, Ws, None, A::AllowEmergency),
             ("emergency elsewhere", access(R::Aal2, None, false), em, Nav, None, A::BreakglassNotAllowed),
             ("emergency never replays a kept form", access(R::Aal2, None, true), em, Replay, Some(true), A::BreakglassNotAllowed),
+            ("not even on a public route", access(R::Public, None, false), em, Replay, None, A::BreakglassNotAllowed),
+            ("a normal session replays on a public route", access(R::Public, None, false), n2, Replay, None, A::Allow),
         ];
         let mut failed = Vec::new();
         for (case, a, s, r, c, want) in rows {

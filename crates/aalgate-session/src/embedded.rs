@@ -31,12 +31,27 @@ struct StoredLink {
     expires: Timestamp,
 }
 
+/// Where a store reads the time its records expire by.
+pub trait StoreClock: Send + Sync + 'static {
+    /// The current time.
+    fn now(&self) -> Timestamp;
+}
+
+/// The system's wall clock, as is: for a process that keeps no clock of its own (the CLI).
+pub struct WallClock;
+
+impl StoreClock for WallClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::wall()
+    }
+}
+
 fn kv_key(ns: &str, key: &str) -> String {
     format!("{ns}\0{key}")
 }
 
-fn kv_encode(value: &[u8], ttl: Option<Duration>) -> Vec<u8> {
-    let exp = ttl.map(|t| Timestamp::wall().plus(t).0.max(1)).unwrap_or(0);
+fn kv_encode(value: &[u8], ttl: Option<Duration>, now: Timestamp) -> Vec<u8> {
+    let exp = ttl.map(|t| now.plus(t).0.max(1)).unwrap_or(0);
     let mut v = Vec::with_capacity(8 + value.len());
     v.extend_from_slice(&exp.to_le_bytes());
     v.extend_from_slice(value);
@@ -78,6 +93,8 @@ pub struct EmbeddedStore {
     calls: Arc<tokio::sync::Semaphore>,
     /// Where large values live (`<dir>/values`).
     side: PathBuf,
+    /// The time its expiry times are written and checked at ([`EmbeddedStore::with_clock`]).
+    clock: Arc<dyn StoreClock>,
 }
 
 /// Embedded-store calls running at once; the rest wait (within the store deadline).
@@ -190,7 +207,16 @@ impl EmbeddedStore {
             path,
             side,
             calls: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_CALLS)),
+            clock: Arc::new(WallClock),
         })
+    }
+
+    /// Times records by `clock` rather than the wall clock: the gateway hands in its own
+    /// clock (which never runs backwards), so that what it stores lives as long as it meant,
+    /// by the time it reads it with, even after the wall clock was stepped back.
+    pub fn with_clock(mut self, clock: Arc<dyn StoreClock>) -> EmbeddedStore {
+        self.clock = clock;
+        self
     }
 
     /// The database file.
@@ -485,7 +511,7 @@ impl SessionStore for EmbeddedStore {
         let key = key.to_string();
         let stored = StoredFlow {
             flow: flow.clone(),
-            expires: Timestamp::wall().plus(ttl),
+            expires: self.clock.now().plus(ttl),
         };
         self.blocking(move |db| {
             let bytes = serde_json::to_vec(&stored).map_err(corrupt)?;
@@ -602,14 +628,15 @@ impl SessionStore for EmbeddedStore {
         let k = kv_key(ns, key);
         let side = self.side.clone();
         let value = value.to_vec();
+        let now = self.clock.now();
         self.blocking(move |db| {
             let v = if value.len() >= SIDE_MIN {
                 let name = write_side(&side, &value)?;
                 let mut marker = SIDE_MARK.to_vec();
                 marker.extend_from_slice(name.as_bytes());
-                kv_encode(&marker, ttl)
+                kv_encode(&marker, ttl, now)
             } else {
-                kv_encode(&value, ttl)
+                kv_encode(&value, ttl, now)
             };
             let tx = db.begin_write().map_err(unavailable)?;
             let old = tx
@@ -630,11 +657,12 @@ impl SessionStore for EmbeddedStore {
     async fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let k = kv_key(ns, key);
         let side = self.side.clone();
+        let now = self.clock.now();
         self.blocking(move |db| {
             let tx = db.begin_read().map_err(unavailable)?;
             let t = tx.open_table(KV).map_err(unavailable)?;
             let v = t.get(k.as_str()).map_err(unavailable)?;
-            Ok(v.and_then(|v| kv_resolve(&side, v.value(), Timestamp::wall())))
+            Ok(v.and_then(|v| kv_resolve(&side, v.value(), now)))
         })
         .await
     }
@@ -642,6 +670,7 @@ impl SessionStore for EmbeddedStore {
     async fn kv_take(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let k = kv_key(ns, key);
         let side = self.side.clone();
+        let now = self.clock.now();
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(unavailable)?;
             let raw = {
@@ -652,7 +681,7 @@ impl SessionStore for EmbeddedStore {
             tx.commit().map_err(unavailable)?;
             let Some(raw) = raw else { return Ok(None) };
             // Taken once: the record is gone before the file is read.
-            let out = kv_resolve(&side, &raw, Timestamp::wall());
+            let out = kv_resolve(&side, &raw, now);
             drop_side(&side, &raw);
             Ok(out)
         })
@@ -662,6 +691,7 @@ impl SessionStore for EmbeddedStore {
     async fn kv_delete(&self, ns: &str, key: &str) -> Result<bool, StoreError> {
         let k = kv_key(ns, key);
         let side = self.side.clone();
+        let now = self.clock.now();
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(unavailable)?;
             let raw = {
@@ -672,7 +702,7 @@ impl SessionStore for EmbeddedStore {
             tx.commit().map_err(unavailable)?;
             let Some(raw) = raw else { return Ok(false) };
             drop_side(&side, &raw);
-            Ok(kv_decode(&raw, Timestamp::wall()).is_some())
+            Ok(kv_decode(&raw, now).is_some())
         })
         .await
     }
@@ -680,8 +710,8 @@ impl SessionStore for EmbeddedStore {
     async fn kv_list(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let (lo, hi) = (format!("{ns}\0"), format!("{ns}\u{1}"));
         let side = self.side.clone();
+        let now = self.clock.now();
         self.blocking(move |db| {
-            let now = Timestamp::wall();
             let tx = db.begin_read().map_err(unavailable)?;
             let t = tx.open_table(KV).map_err(unavailable)?;
             let mut out = Vec::new();
@@ -698,8 +728,8 @@ impl SessionStore for EmbeddedStore {
 
     async fn kv_add(&self, ns: &str, key: &str, by: u64, ttl: Duration) -> Result<u64, StoreError> {
         let k = kv_key(ns, key);
+        let now = self.clock.now();
         self.blocking(move |db| {
-            let now = Timestamp::wall();
             let tx = db.begin_write().map_err(unavailable)?;
             let n = {
                 let mut t = tx.open_table(KV).map_err(unavailable)?;

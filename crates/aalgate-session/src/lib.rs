@@ -26,7 +26,7 @@ mod store;
 pub mod conformance;
 
 pub use cookie::cookie_values;
-pub use embedded::EmbeddedStore;
+pub use embedded::{EmbeddedStore, StoreClock, WallClock};
 pub use id::{FlowId, SessionId, SessionKey};
 pub use redis_store::RedisStore;
 pub use store::{

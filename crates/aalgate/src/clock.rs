@@ -108,6 +108,12 @@ impl Clock {
     }
 }
 
+impl aalgate_session::StoreClock for Clock {
+    fn now(&self) -> Timestamp {
+        Clock::now(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

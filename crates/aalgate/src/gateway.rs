@@ -727,9 +727,12 @@ impl Gateway {
         let mut admission = admit(access, &facts, now);
         // The flow this request caused admits it once, even if `max_age` passed on the way
         // back (no step-up loop on a short `max_age`): looked for only where it would admit.
-        if let Some((_, record, s)) = &loaded {
+        if let Some((_, record, s)) = loaded
+            .as_ref()
+            .filter(|_| ceremony_would_admit(access, &facts, now))
+        {
             let (bind, fresh) = self.binding(session, ctx);
-            if !fresh && ceremony_would_admit(access, &facts, now) {
+            if !fresh {
                 let signed = self
                     .take_admission(session, ctx, record, &bind, &method)
                     .await;

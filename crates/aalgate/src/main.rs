@@ -636,10 +636,14 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         metrics.clone(),
         audit.clone(),
     )?);
+    // The gateway's clock, which the embedded store times its records by too.
+    let clock = Arc::new(aalgate::clock::Clock::system());
+    clock.load_floor(&cfg.clock_floor);
     let (raw_store, embedded): (Arc<dyn SessionStore>, Option<EmbeddedStore>) = match &cfg.store {
         StoreSpec::Embedded(dir) => {
             let s = EmbeddedStore::open(dir)
-                .with_context(|| format!("embedded store in {}", dir.display()))?;
+                .with_context(|| format!("embedded store in {}", dir.display()))?
+                .with_clock(clock.clone());
             (Arc::new(s.clone()), Some(s))
         }
         StoreSpec::Redis(url) => (Arc::new(RedisStore::new(url, cfg.store_timeout)?), None),
@@ -688,8 +692,6 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
     });
     // A made-up break-glass code waits as long as a real check from the first attempt on.
     signin.emergencies.calibrate();
-    let clock = Arc::new(aalgate::clock::Clock::system());
-    clock.load_floor(&cfg.clock_floor);
     let signer = Arc::new(assertion::Signer::load_or_create(
         &cfg.signing_key,
         &cfg.public_origin,

@@ -225,7 +225,8 @@ impl Gateway {
         // Quotas: the whole store, and this person. Checked, then charged before the write, so
         // parallel keeps overshoot by at most `preserve_concurrent_reads` forms.
         let size = sealed.len() as u64;
-        let now = self.clock.now().0;
+        // Buckets shared by every instance: by the wall clock, as the anonymous quota's.
+        let now = Timestamp::wall().0;
         let (quota, person_quota) = self.signin.quota;
         let mine = format!("p:{}", aalgate_auth::token::hash_str(person));
         let used = self.kept_bytes("g", now).await.map_err(|e| e.to_string())?;
