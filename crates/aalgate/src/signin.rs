@@ -1617,7 +1617,7 @@ impl Gateway {
             None if flow.script => "/.aalgate/done".to_string(),
             None => safe_path(&flow.url),
         };
-        if same_host(&flow.host, &self.public_host) {
+        if HostPort::parse(&flow.host).is_ok_and(|h| self.is_auth_host(&h)) {
             return Ok(url);
         }
         // No browser to bind a code to (after enrollment): go to the app, whose own sign-in
@@ -2185,10 +2185,6 @@ fn new_user(id: &str, display: &str, aal: Aal, now: Timestamp) -> User {
         last_login: None,
         credentials: Vec::new(),
     }
-}
-
-fn same_host(host: &str, public: &HostPort) -> bool {
-    HostPort::parse(host).is_ok_and(|h| h.host == public.host && h.port == public.port)
 }
 
 /// The landing host after enrollment: the app's host on the auth origin's port when the app
