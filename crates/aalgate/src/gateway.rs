@@ -150,7 +150,7 @@ pub struct Gateway {
     /// Host of the public origin (serves `/.aalgate/` even if no app uses it).
     pub public_host: HostPort,
     /// Users, ceremonies and the handoff.
-    pub signin: Arc<crate::signin::SignInService>,
+    pub signin: Arc<crate::state::SignInService>,
     /// Upstream connect timeout, and how long an upstream may stay silent.
     pub upstream_timeouts: (Duration, Duration),
     /// The public listeners, to tell which one a request arrived on.
@@ -218,7 +218,7 @@ struct Upgraded {
 #[derive(Clone)]
 enum Lives {
     Store(Arc<dyn SessionStore>),
-    Emergency(Arc<crate::signin::SignInService>),
+    Emergency(Arc<crate::state::SignInService>),
 }
 
 impl Lives {
@@ -1055,11 +1055,11 @@ impl Gateway {
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
-        full: crate::resume::QuotaFull,
+        full: crate::state::QuotaFull,
     ) -> Result<bool> {
         let text = match full {
-            crate::resume::QuotaFull::Client => MSG_SIGN_IN_BUSY_HERE,
-            crate::resume::QuotaFull::Store => MSG_SIGN_IN_BUSY,
+            crate::state::QuotaFull::Client => MSG_SIGN_IN_BUSY_HERE,
+            crate::state::QuotaFull::Store => MSG_SIGN_IN_BUSY,
         };
         self.refuse_for(
             session,
@@ -1067,7 +1067,7 @@ impl Gateway {
             Outcome::SignInBusy,
             "Too many sign-ins right now",
             text,
-            crate::resume::QuotaFull::retry_after(),
+            crate::state::QuotaFull::retry_after(),
         )
         .await
     }
@@ -1545,7 +1545,7 @@ impl Gateway {
             .header("location", login_url)
         };
         let reply = if set_bind {
-            reply.header("set-cookie", crate::signin::bind_cookie(&bind, ctx.tls))
+            reply.header("set-cookie", crate::state::bind_cookie(&bind, ctx.tls))
         } else {
             reply
         };

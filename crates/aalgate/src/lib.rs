@@ -11,7 +11,8 @@
 //!
 //! A request, in reading order: [`gateway`] (`request_filter`'s phases, then admission
 //! through `aalgate_policy::admit`, then the upstream request and response), with the
-//! sign-in endpoints in [`signin`] and kept forms in [`resume`] and [`preserve`]. Around it:
+//! sign-in endpoints in [`signin`] and kept forms in [`resume`] and [`preserve`]; what they
+//! share (and nothing that uses them) is in [`state`], so none imports another. Around it:
 //! [`config`], [`clock`], [`policy_files`] and [`ops`] (reload, store monitor); [`headers`],
 //! [`assertion`], [`cache`]; [`breakglass`], [`limits`]; [`metrics`], [`audit`]; [`pages`],
 //! [`explain`], [`report`], [`admin`], [`demo`]. `ARCHITECTURE.md` at the repository root traces
@@ -41,3 +42,4 @@ pub mod preserve;
 pub mod report;
 pub mod resume;
 pub mod signin;
+pub mod state;

@@ -14,6 +14,8 @@ use crate::gateway::{Ctx, Gateway, Reply};
 use crate::outcome::Outcome;
 use crate::pages::{self, escape};
 use crate::preserve::{KeptRequest, NotKept, KEPT_HEADERS};
+pub(crate) use crate::state::QuotaFull;
+use crate::state::ANON_BUCKET_SECS;
 
 /// How long a kept form waits for its sign-in.
 pub const KEPT_TTL: Duration = Duration::from_secs(600);
@@ -42,9 +44,8 @@ pub(crate) struct Resumable {
     pub binding: Option<RequestBinding>,
 }
 
-/// The anonymous-state counters count in 2-minute buckets; the last 6 cover a flow's or a
-/// ceremony's whole life (10 minutes), so charges age out within 12 minutes of a flood's end.
-const ANON_BUCKET_SECS: u64 = 120;
+/// The anonymous-state counters: the last 6 buckets of [`ANON_BUCKET_SECS`] cover a flow's or
+/// a ceremony's whole life (10 minutes), so charges age out within 12 minutes of a flood's end.
 const ANON_BUCKETS: u64 = 6;
 /// Each client (an IPv4 address, an IPv6 /48) may hold this share of `anonymous_state_quota`,
 /// and at least [`MIN_CLIENT_SHARE`] (never over a quarter): one address alone cannot use the
@@ -55,22 +56,6 @@ const MIN_CLIENT_SHARE: u64 = 64 * 1024;
 /// The bytes one client may hold of `quota`.
 fn client_share(quota: u64) -> u64 {
     (quota / CLIENT_SHARE).max(MIN_CLIENT_SHARE.min(quota / 4))
-}
-
-/// Why [`Gateway::charge_anonymous`] stored nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum QuotaFull {
-    /// This client holds its whole share of the quota.
-    Client,
-    /// The store-wide quota is used up (many clients at once).
-    Store,
-}
-
-impl QuotaFull {
-    /// Seconds until the oldest counted bucket ages out and frees what it holds.
-    pub(crate) fn retry_after() -> u64 {
-        ANON_BUCKET_SECS - Timestamp::wall().0 % ANON_BUCKET_SECS
-    }
 }
 
 impl Gateway {
@@ -566,11 +551,11 @@ impl Gateway {
              <button type=\"submit\">Send the form</button></form>\
              <p><a href=\"/\">Do not send it; go to {app}</a></p>",
             escape(token.expose()),
-            escape(&crate::signin::csrf_of(bind.expose())),
+            escape(&crate::state::csrf_of(bind.expose())),
         );
         let mut reply = Reply::html(200, pages::page("Send your form?", &body, &ctx.request_id));
         if set_bind {
-            reply = reply.header("set-cookie", crate::signin::bind_cookie(&bind, ctx.tls));
+            reply = reply.header("set-cookie", crate::state::bind_cookie(&bind, ctx.tls));
         }
         ctx.outcome = Outcome::ResumeConfirm;
         self.send(session, ctx, reply).await

@@ -16,8 +16,8 @@
 use std::time::{Duration, Instant};
 
 use aalgate_auth::{
-    directory::Pending, AuthState, Ceremonies, CeremonyError, CredentialKind, Directory,
-    DirectoryError, Purpose, RegKind, RegState, SignIn, Token, User,
+    directory::Pending, AuthState, CeremonyError, CredentialKind, DirectoryError, Purpose, RegKind,
+    RegState, SignIn, Token, User,
 };
 use aalgate_policy::{Aal, HostPort, Timestamp};
 use aalgate_session::{Flow, FlowId, FlowKind, Session as UserSession, SessionId, SessionKey};
@@ -28,119 +28,15 @@ use crate::gateway::{Ctx, Gateway, Reply};
 use crate::headers;
 use crate::outcome::Outcome;
 use crate::pages::{self, escape};
+use crate::state::{bind_cookie, bind_name, cookie, csrf_of};
+pub use crate::state::{DecoyRefresh, SignInService, DECOY_REFRESH};
 
 /// Largest JSON body a ceremony endpoint reads.
 const MAX_BODY: usize = 64 * 1024;
 
-/// Sign-in settings and stores shared by the endpoints.
-pub struct SignInService {
-    /// Users, invites, ceremony state.
-    pub dir: Directory,
-    /// The WebAuthn relying party.
-    pub rp: Ceremonies,
-    /// `http` or `https`: the scheme of `public_origin`, used for app-host redirects too.
-    pub scheme: &'static str,
-    /// Break-glass codes, local audit and alert.
-    pub breakglass: crate::breakglass::BreakGlassConfig,
-    /// Live break-glass sessions of this instance and the failure throttle.
-    pub emergencies: crate::breakglass::Emergencies,
-    /// Failed sign-ins by client and browser binding: they slow the one who fails, never a
-    /// valid assertion.
-    pub failures: crate::limits::SignInFailures,
-    /// Encrypts forms kept across a sign-in.
-    pub sealer: crate::preserve::Sealer,
-    /// Largest form body kept.
-    pub body_limit: usize,
-    /// Kept-form bytes allowed in the whole store, and for one person.
-    pub quota: (u64, u64),
-    /// Bodies being read to keep them, at most this many at once.
-    pub reads: tokio::sync::Semaphore,
-    /// New flows per client address.
-    pub flow_limiter: crate::limits::FlowLimiter,
-    /// Bytes of anonymous flows and ceremonies allowed in the whole store.
-    pub anonymous_quota: u64,
-    /// Proxies whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// When a sign-in start last loaded the decoy population itself.
-    pub decoy_load: tokio::sync::Mutex<Option<Instant>>,
-}
-
 /// What a sign-in start for a typed user name is charged against the anonymous quota, at
 /// least: more than the stored state of a person with a few keys.
 const NAMED_START_CHARGE: usize = 8 * 1024;
-
-/// How often a sign-in start may load the decoy population itself, while the background
-/// refresh has not loaded it yet (an anonymous client must not make the gateway scan the
-/// directory on every request).
-const DECOY_LOAD_RETRY: Duration = Duration::from_secs(10);
-
-impl SignInService {
-    /// Reloads whose options a made-up user name's decoy looks like (everyone in `dir`, the
-    /// directory over a store deadline fit for a scan). A record that cannot be read is
-    /// skipped, with a warning, rather than leaving every decoy without a population. Returns
-    /// how many people that is.
-    pub async fn refresh_decoys(&self, dir: &Directory) -> Result<usize, DirectoryError> {
-        let (users, unreadable) = dir.readable_users().await?;
-        if unreadable > 0 {
-            tracing::warn!(
-                unreadable,
-                "user records that cannot be read are left out of the decoy population"
-            );
-        }
-        self.rp.set_decoy_population(&users);
-        Ok(self.rp.decoy_population().map_or(0, |p| p.len()))
-    }
-
-    /// Loads the decoy population if nothing has yet (the first sign-in after a start can
-    /// come before the background refresh): one load at a time, at most every
-    /// [`DECOY_LOAD_RETRY`]; the others wait for it.
-    async fn ensure_decoys(&self) {
-        if self.rp.decoy_population().is_some() {
-            return;
-        }
-        let mut last = self.decoy_load.lock().await;
-        if self.rp.decoy_population().is_some()
-            || last.is_some_and(|t| t.elapsed() < DECOY_LOAD_RETRY)
-        {
-            return;
-        }
-        *last = Some(Instant::now());
-        if let Err(e) = self.refresh_decoys(&self.dir).await {
-            tracing::warn!(error = %e, "cannot load the people decoys look like");
-        }
-    }
-}
-
-/// Reloads the decoy population once a minute: an enrollment on any instance reaches every
-/// instance's decoys within that (until then, a made-up name whose decoy would now copy the
-/// new person's shape still gets the old one).
-pub struct DecoyRefresh {
-    /// Whose decoys it keeps current.
-    pub service: std::sync::Arc<SignInService>,
-    /// The directory over the store with a deadline long enough for a scan of every user.
-    pub dir: Directory,
-}
-
-/// How often [`DecoyRefresh`] reloads.
-pub const DECOY_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
-
-#[async_trait::async_trait]
-impl pingora::services::background::BackgroundService for DecoyRefresh {
-    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
-        let mut tick = tokio::time::interval(DECOY_REFRESH);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    match self.service.refresh_decoys(&self.dir).await {
-                        Ok(n) => tracing::debug!(people = n, "decoy population reloaded"),
-                        Err(e) => tracing::warn!(error = %e, "cannot reload the people decoys look like"),
-                    }
-                }
-                _ = shutdown.changed() => return,
-            }
-        }
-    }
-}
 
 /// What a handoff code carries.
 #[derive(Serialize, Deserialize)]
@@ -151,11 +47,6 @@ struct Handoff {
     expires_at: Timestamp,
     /// The app-host browser binding of the flow: the code works only in that browser.
     browser: Option<String>,
-}
-
-/// The `Set-Cookie` of a browser-binding cookie.
-pub(crate) fn bind_cookie(bind: &Token, tls: bool) -> String {
-    cookie(bind_name(tls), bind.expose(), tls, false)
 }
 
 #[derive(Deserialize)]
@@ -203,33 +94,6 @@ fn query_param<'a>(q: Option<&'a str>, name: &str) -> Option<&'a str> {
         let (k, v) = kv.split_once('=')?;
         (k == name).then_some(v)
     })
-}
-
-fn bind_name(tls: bool) -> &'static str {
-    if tls {
-        headers::BIND_TLS
-    } else {
-        headers::BIND_PLAIN
-    }
-}
-
-pub(crate) fn csrf_of(binding: &str) -> String {
-    aalgate_auth::token::hash_str(&format!("csrf\0{binding}"))[..32].to_string()
-}
-
-fn cookie(name: &str, value: &str, tls: bool, strict: bool) -> String {
-    let mut c = cookie::Cookie::build((name, value))
-        .path("/")
-        .http_only(true)
-        .same_site(if strict {
-            cookie::SameSite::Strict
-        } else {
-            cookie::SameSite::Lax
-        });
-    if tls {
-        c = c.secure(true);
-    }
-    c.build().to_string()
 }
 
 fn level_words(aal: Aal) -> &'static str {
