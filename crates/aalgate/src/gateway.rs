@@ -13,12 +13,10 @@ use std::time::{Duration, Instant};
 
 use aalgate_policy::admit::ceremony_would_admit;
 use aalgate_policy::{
-    admit, Admission, AdmissionFacts, Ceremony, HostPort, NormalizedTarget, PathError, PolicySet,
-    RequestKind, SessionKind, StepUp, Subject, Timestamp,
+    admit, Admission, AdmissionFacts, Ceremony, HostPort, PathError, RequestKind, SessionKind,
+    StepUp, Subject, Timestamp,
 };
-use aalgate_session::{
-    Flow, FlowId, FlowKind, Session as UserSession, SessionId, SessionKey, SessionStore,
-};
+use aalgate_session::{Flow, FlowId, FlowKind, Session as UserSession, SessionId, SessionKey};
 use async_trait::async_trait;
 use base64::Engine;
 use bytes::Bytes;
@@ -27,10 +25,11 @@ use pingora::prelude::*;
 use pingora::protocols::http::ServerSession;
 use pingora::proxy::FailToProxy;
 
-use crate::assertion::Signer;
 use crate::headers;
 use crate::outcome::Outcome;
 use crate::pages;
+pub(crate) use crate::state::{BodyCheck, Lives, Reply, Upgraded};
+pub use crate::state::{Ctx, Gateway};
 
 /// How often an active session's `last_seen` is written. The idle limit is measured from the
 /// stored value, so it can fire up to this much early, never late.
@@ -130,111 +129,6 @@ pub(crate) fn admission_key(
 const MAX_COOKIES: usize = 4;
 /// Largest request head accepted (request line and headers), as nginx's default buffers allow.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
-
-/// Shared state of the gateway service.
-pub struct Gateway {
-    /// The policy set in force (swapped on reload).
-    pub policies: Arc<crate::ops::Policies>,
-    /// Metrics.
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// The audit log.
-    pub audit: Arc<crate::audit::Audit>,
-    /// Sessions read in the last second.
-    pub sessions: crate::cache::SessionCache,
-    /// Signed assertions, reused for half their lifetime.
-    pub assertions: crate::cache::AssertionCache,
-    /// The session store, already wrapped in a deadline.
-    pub store: Arc<dyn SessionStore>,
-    /// Signs upstream assertions.
-    pub signer: Arc<Signer>,
-    /// Host of the public origin (serves `/.aalgate/` even if no app uses it).
-    pub public_host: HostPort,
-    /// Users, ceremonies and the handoff.
-    pub signin: Arc<crate::state::SignInService>,
-    /// Upstream connect timeout, and how long an upstream may stay silent.
-    pub upstream_timeouts: (Duration, Duration),
-    /// The public listeners, to tell which one a request arrived on.
-    pub listeners: Vec<crate::config::Listener>,
-    /// Send `Strict-Transport-Security` on https (`hsts`).
-    pub hsts: bool,
-    /// The time admissions are made at: never runs backwards.
-    pub clock: Arc<crate::clock::Clock>,
-}
-
-/// Per-request state, written by the phases and read once in `logging`.
-pub struct Ctx {
-    start: Instant,
-    pub(crate) request_id: String,
-    /// The browser is on https: a TLS listener, or a TLS-terminating load balancer in front of
-    /// a plain one (`public_origin` is https). Cookies are then `Secure` and `__Host-`, and
-    /// the upstream's `X-Forwarded-Proto` is `https`.
-    pub(crate) tls: bool,
-    pub(crate) target: Option<NormalizedTarget>,
-    pub(crate) rule: Option<usize>,
-    pub(crate) session: Option<UserSession>,
-    pub(crate) outcome: Outcome,
-    /// The canonical `Host` (lowercase, no trailing dot) that matching used.
-    pub(crate) host: String,
-    /// The policy snapshot this request is decided and finished on.
-    pub(crate) policy: Arc<PolicySet>,
-    /// When the request was handed to the upstream.
-    pub(crate) forwarded_at: Option<Instant>,
-    /// Store key of the session record, for the assertion cache.
-    pub(crate) session_key: Option<aalgate_session::SessionKey>,
-    /// A WebSocket upgrade: the session's cookie handle and absolute end, checked on every
-    /// frame, and when its store record was last confirmed.
-    upgrade: Option<Upgraded>,
-    /// The request a per-request ceremony signed: its nonce and digest go upstream with it.
-    pub(crate) signed: Option<aalgate_session::RequestBinding>,
-    /// A signed request whose body is checked against the digest as it streams.
-    verify_body: Option<BodyCheck>,
-    /// This request's auth and admin events: on record before its response.
-    pub(crate) audit: crate::audit::Pending,
-}
-
-/// The body of an admitted signed request, held back until it hashes to the digest the key
-/// signed: the upstream gets the head at once and the body only if it matches (otherwise the
-/// request is aborted, and an incomplete request is never processed).
-struct BodyCheck {
-    binding: aalgate_session::RequestBinding,
-    host: String,
-    url: String,
-    seen: Vec<u8>,
-}
-
-/// What a live WebSocket connection is checked against.
-struct Upgraded {
-    handle: SessionKey,
-    until: Timestamp,
-    checked: Instant,
-    /// Where the session lives, to ask whether it still does.
-    lives: Lives,
-    /// Set when the connection is over, so the watcher never touches a reused descriptor.
-    over: Arc<std::sync::Mutex<bool>>,
-}
-
-/// Where a session lives: the store, or (break-glass) this instance's memory, which works
-/// while the store is down and ends with *Sign out* or the code's TTL.
-#[derive(Clone)]
-enum Lives {
-    Store(Arc<dyn SessionStore>),
-    Emergency(Arc<crate::state::SignInService>),
-}
-
-impl Lives {
-    /// Whether the session behind cookie `handle` still exists on `host`.
-    async fn alive(
-        &self,
-        handle: &SessionKey,
-        host: &str,
-        now: Timestamp,
-    ) -> Result<bool, aalgate_session::StoreError> {
-        match self {
-            Lives::Store(store) => Ok(store.resolve(handle, host, now).await?.is_some()),
-            Lives::Emergency(svc) => Ok(svc.emergencies.get(handle, host, now).is_some()),
-        }
-    }
-}
 
 /// Watches a quiet WebSocket connection: once a second it checks the session's absolute end
 /// and its existence; when the session is over it shuts the client socket down, so pingora's
@@ -350,37 +244,6 @@ fn has_request_body(req: &RequestHeader) -> bool {
         .and_then(|v| v.to_str().ok())
         .map(str::trim);
     req.headers.contains_key(http::header::TRANSFER_ENCODING) || cl.is_some_and(|v| v != "0")
-}
-
-/// What a gateway-made response looks like.
-pub(crate) struct Reply {
-    status: u16,
-    pub(crate) content_type: &'static str,
-    body: String,
-    headers: Vec<(&'static str, String)>,
-}
-
-impl Reply {
-    pub(crate) fn html(status: u16, body: String) -> Reply {
-        Reply {
-            status,
-            content_type: "text/html; charset=utf-8",
-            body,
-            headers: Vec::new(),
-        }
-    }
-    pub(crate) fn json(status: u16, body: String) -> Reply {
-        Reply {
-            status,
-            content_type: "application/json",
-            body,
-            headers: Vec::new(),
-        }
-    }
-    pub(crate) fn header(mut self, name: &'static str, value: String) -> Reply {
-        self.headers.push((name, value));
-        self
-    }
 }
 
 impl Gateway {
@@ -1171,87 +1034,11 @@ impl Gateway {
         Ok(None)
     }
 
-    /// `/.aalgate/...`: the gateway's own endpoints. Never forwarded.
-    async fn own_endpoint(&self, session: &mut Session, ctx: &mut Ctx, path: &str) -> Result<bool> {
-        let method = session.req_header().method.clone();
-        ctx.outcome = Outcome::Gateway;
-        match path {
-            "/.aalgate/jwks.json" => {
-                if method != http::Method::GET && method != http::Method::HEAD {
-                    return self.error(session, ctx, Outcome::MethodNotAllowed).await;
-                }
-                let reply = Reply::json(200, self.signer.jwks().to_string());
-                self.send(session, ctx, reply).await
-            }
-            "/.aalgate/auth" | "/.aalgate/enroll" | "/.aalgate/handoff" | "/.aalgate/switch" => {
-                if method != http::Method::GET && method != http::Method::HEAD {
-                    return self.error(session, ctx, Outcome::MethodNotAllowed).await;
-                }
-                match path {
-                    "/.aalgate/auth" => self.auth_page(session, ctx).await,
-                    "/.aalgate/enroll" => self.enroll_page(session, ctx).await,
-                    "/.aalgate/switch" => self.switch_user(session, ctx).await,
-                    _ => self.handoff(session, ctx).await,
-                }
-            }
-            "/.aalgate/webauthn/start" | "/.aalgate/webauthn/finish" => {
-                if method != http::Method::POST {
-                    return self.error(session, ctx, Outcome::MethodNotAllowed).await;
-                }
-                if path.ends_with("start") {
-                    self.ceremony_start(session, ctx).await
-                } else {
-                    self.ceremony_finish(session, ctx).await
-                }
-            }
-            "/.aalgate/resume" => {
-                if method == http::Method::POST {
-                    return self.resume_confirmed(session, ctx).await;
-                }
-                if method != http::Method::GET && method != http::Method::HEAD {
-                    return self.error(session, ctx, Outcome::MethodNotAllowed).await;
-                }
-                self.resume(session, ctx).await
-            }
-            "/.aalgate/breakglass" => {
-                if method == http::Method::GET || method == http::Method::HEAD {
-                    self.breakglass_page(session, ctx, None).await
-                } else if method == http::Method::POST {
-                    self.breakglass_use(session, ctx).await
-                } else {
-                    self.error(session, ctx, Outcome::MethodNotAllowed).await
-                }
-            }
-            "/.aalgate/done" => {
-                if method != http::Method::GET && method != http::Method::HEAD {
-                    return self.error(session, ctx, Outcome::MethodNotAllowed).await;
-                }
-                self.done_page(session, ctx).await
-            }
-            "/.aalgate/static/aalgate.js" | "/.aalgate/static/aalgate.css" => {
-                if method != http::Method::GET && method != http::Method::HEAD {
-                    return self.error(session, ctx, Outcome::MethodNotAllowed).await;
-                }
-                self.static_file(session, ctx, path).await
-            }
-            "/.aalgate/logout" => {
-                if method == http::Method::GET || method == http::Method::HEAD {
-                    return self.logout_page(session, ctx).await;
-                }
-                if method != http::Method::POST {
-                    return self.error(session, ctx, Outcome::MethodNotAllowed).await;
-                }
-                self.logout(session, ctx).await
-            }
-            _ => self.error(session, ctx, Outcome::NotFound).await,
-        }
-    }
-
     #[allow(
         clippy::too_many_lines,
         reason = "each cookie of the browser ends its own way (break-glass, store, absent)"
     )]
-    async fn logout(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    pub(crate) async fn logout(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         // Cross-site POSTs carry no Lax cookie, but refuse them explicitly too.
         let site = session
             .req_header()
@@ -1622,7 +1409,7 @@ impl ProxyHttp for Gateway {
         if (path == "/.aalgate" || path.starts_with("/.aalgate/"))
             && (self.is_auth_host(&host) || has_app)
         {
-            return self.own_endpoint(session, ctx, &path).await;
+            return crate::endpoints::dispatch(self, session, ctx, &path).await;
         }
         // 4. The rule, the session and [`admit`].
         self.admission(session, ctx, &host).await

@@ -29,6 +29,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod endpoints;
 pub mod explain;
 pub mod gateway;
 pub mod headers;

@@ -1,14 +1,20 @@
 //! What the proxy phases and the gateway's own endpoints share, and nothing that uses either:
-//! the sign-in service's settings and stores, the gateway's cookies, and the anonymous quota's
-//! answer. The proxy (`gateway`), the sign-in endpoints (`signin`) and kept forms (`resume`)
-//! import from here, so none of them has to import another's module for these.
+//! [`Gateway`] (the service's state), the per-request [`Ctx`] and a [`Reply`], the sign-in
+//! service's settings and stores, the gateway's cookies, and the anonymous quota's answer.
+//! The proxy (`gateway`), the route table (`endpoints`), the sign-in endpoints (`signin`) and
+//! kept forms (`resume`) import from here, so none of them imports another's module for these,
+//! and nothing imports the proxy.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aalgate_auth::{Ceremonies, Directory, DirectoryError, Token};
-use aalgate_policy::Timestamp;
+use aalgate_policy::{HostPort, NormalizedTarget, PolicySet, Timestamp};
+use aalgate_session::{Session as UserSession, SessionKey, SessionStore};
 
+use crate::assertion::Signer;
 use crate::headers;
+use crate::outcome::Outcome;
 
 /// The anonymous-state counters count in 2-minute buckets (`resume`'s quota).
 pub(crate) const ANON_BUCKET_SECS: u64 = 120;
@@ -164,5 +170,141 @@ impl QuotaFull {
     /// Seconds until the oldest counted bucket ages out and frees what it holds.
     pub(crate) fn retry_after() -> u64 {
         ANON_BUCKET_SECS - Timestamp::wall().0 % ANON_BUCKET_SECS
+    }
+}
+
+/// Shared state of the gateway service.
+pub struct Gateway {
+    /// The policy set in force (swapped on reload).
+    pub policies: Arc<crate::ops::Policies>,
+    /// Metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// The audit log.
+    pub audit: Arc<crate::audit::Audit>,
+    /// Sessions read in the last second.
+    pub sessions: crate::cache::SessionCache,
+    /// Signed assertions, reused for half their lifetime.
+    pub assertions: crate::cache::AssertionCache,
+    /// The session store, already wrapped in a deadline.
+    pub store: Arc<dyn SessionStore>,
+    /// Signs upstream assertions.
+    pub signer: Arc<Signer>,
+    /// Host of the public origin (serves `/.aalgate/` even if no app uses it).
+    pub public_host: HostPort,
+    /// Users, ceremonies and the handoff.
+    pub signin: Arc<crate::state::SignInService>,
+    /// Upstream connect timeout, and how long an upstream may stay silent.
+    pub upstream_timeouts: (Duration, Duration),
+    /// The public listeners, to tell which one a request arrived on.
+    pub listeners: Vec<crate::config::Listener>,
+    /// Send `Strict-Transport-Security` on https (`hsts`).
+    pub hsts: bool,
+    /// The time admissions are made at: never runs backwards.
+    pub clock: Arc<crate::clock::Clock>,
+}
+
+/// Per-request state, written by the phases and read once in `logging`.
+pub struct Ctx {
+    pub(crate) start: Instant,
+    pub(crate) request_id: String,
+    /// The browser is on https: a TLS listener, or a TLS-terminating load balancer in front of
+    /// a plain one (`public_origin` is https). Cookies are then `Secure` and `__Host-`, and
+    /// the upstream's `X-Forwarded-Proto` is `https`.
+    pub(crate) tls: bool,
+    pub(crate) target: Option<NormalizedTarget>,
+    pub(crate) rule: Option<usize>,
+    pub(crate) session: Option<UserSession>,
+    pub(crate) outcome: Outcome,
+    /// The canonical `Host` (lowercase, no trailing dot) that matching used.
+    pub(crate) host: String,
+    /// The policy snapshot this request is decided and finished on.
+    pub(crate) policy: Arc<PolicySet>,
+    /// When the request was handed to the upstream.
+    pub(crate) forwarded_at: Option<Instant>,
+    /// Store key of the session record, for the assertion cache.
+    pub(crate) session_key: Option<aalgate_session::SessionKey>,
+    /// A WebSocket upgrade: the session's cookie handle and absolute end, checked on every
+    /// frame, and when its store record was last confirmed.
+    pub(crate) upgrade: Option<Upgraded>,
+    /// The request a per-request ceremony signed: its nonce and digest go upstream with it.
+    pub(crate) signed: Option<aalgate_session::RequestBinding>,
+    /// A signed request whose body is checked against the digest as it streams.
+    pub(crate) verify_body: Option<BodyCheck>,
+    /// This request's auth and admin events: on record before its response.
+    pub(crate) audit: crate::audit::Pending,
+}
+
+/// The body of an admitted signed request, held back until it hashes to the digest the key
+/// signed: the upstream gets the head at once and the body only if it matches (otherwise the
+/// request is aborted, and an incomplete request is never processed).
+pub(crate) struct BodyCheck {
+    pub(crate) binding: aalgate_session::RequestBinding,
+    pub(crate) host: String,
+    pub(crate) url: String,
+    pub(crate) seen: Vec<u8>,
+}
+
+/// What a live WebSocket connection is checked against.
+pub(crate) struct Upgraded {
+    pub(crate) handle: SessionKey,
+    pub(crate) until: Timestamp,
+    pub(crate) checked: Instant,
+    /// Where the session lives, to ask whether it still does.
+    pub(crate) lives: Lives,
+    /// Set when the connection is over, so the watcher never touches a reused descriptor.
+    pub(crate) over: Arc<std::sync::Mutex<bool>>,
+}
+
+/// Where a session lives: the store, or (break-glass) this instance's memory, which works
+/// while the store is down and ends with *Sign out* or the code's TTL.
+#[derive(Clone)]
+pub(crate) enum Lives {
+    Store(Arc<dyn SessionStore>),
+    Emergency(Arc<crate::state::SignInService>),
+}
+
+impl Lives {
+    /// Whether the session behind cookie `handle` still exists on `host`.
+    pub(crate) async fn alive(
+        &self,
+        handle: &SessionKey,
+        host: &str,
+        now: Timestamp,
+    ) -> Result<bool, aalgate_session::StoreError> {
+        match self {
+            Lives::Store(store) => Ok(store.resolve(handle, host, now).await?.is_some()),
+            Lives::Emergency(svc) => Ok(svc.emergencies.get(handle, host, now).is_some()),
+        }
+    }
+}
+
+/// What a gateway-made response looks like.
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) content_type: &'static str,
+    pub(crate) body: String,
+    pub(crate) headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    pub(crate) fn html(status: u16, body: String) -> Reply {
+        Reply {
+            status,
+            content_type: "text/html; charset=utf-8",
+            body,
+            headers: Vec::new(),
+        }
+    }
+    pub(crate) fn json(status: u16, body: String) -> Reply {
+        Reply {
+            status,
+            content_type: "application/json",
+            body,
+            headers: Vec::new(),
+        }
+    }
+    pub(crate) fn header(mut self, name: &'static str, value: String) -> Reply {
+        self.headers.push((name, value));
+        self
     }
 }
