@@ -191,6 +191,19 @@ fn no_module_imports_itself_through_others() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// The proxy (`gateway`: pingora's phases) calls the endpoints; nothing calls back into it.
+/// What both use lives in `state`.
+#[test]
+fn nothing_imports_the_proxy() {
+    let g = graph(&aalgate_tests::workspace().join("crates/aalgate/src"));
+    let users: Vec<&String> = g
+        .iter()
+        .filter(|(_, refs)| refs.contains("gateway"))
+        .map(|(m, _)| m)
+        .collect();
+    assert!(users.is_empty(), "modules importing gateway: {users:?}");
+}
+
 #[test]
 fn the_cycle_check_sees_cycles() {
     let dir = tempfile::tempdir().unwrap();

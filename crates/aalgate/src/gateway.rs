@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use aalgate_policy::admit::ceremony_would_admit;
 use aalgate_policy::{
-    admit, Admission, AdmissionFacts, Ceremony, HostPort, PathError, RequestKind, SessionKind,
-    StepUp, Subject, Timestamp,
+    admit, Admission, AdmissionFacts, Ceremony, HostPort, PathError, RequestKind, StepUp, Timestamp,
 };
 use aalgate_session::{Flow, FlowId, FlowKind, Session as UserSession, SessionId, SessionKey};
 use async_trait::async_trait;
@@ -28,102 +27,12 @@ use pingora::proxy::FailToProxy;
 use crate::headers;
 use crate::outcome::Outcome;
 use crate::pages;
+pub(crate) use crate::state::{
+    admission_key, session_kind, subject, Lookup, SessionEnd, ADMISSIONS, MAX_FLOW_BYTES,
+    MSG_SIGN_IN_BUSY, MSG_SIGN_IN_BUSY_HERE, TOMBSTONES,
+};
 pub(crate) use crate::state::{BodyCheck, Lives, Reply, Upgraded};
-pub use crate::state::{Ctx, Gateway};
-
-/// How often an active session's `last_seen` is written. The idle limit is measured from the
-/// stored value, so it can fire up to this much early, never late.
-pub const TOUCH_INTERVAL: Duration = Duration::from_secs(30);
-/// A WebSocket client silent this long is disconnected (pingora's default downstream read
-/// timeout), so a session's end reaches every live connection within this bound.
-pub const WEBSOCKET_SILENCE: Duration = Duration::from_secs(60);
-/// How long a pending sign-in flow lives.
-pub const FLOW_TTL: Duration = Duration::from_secs(600);
-/// What a flow is charged when its size is unknown: its URL's limit and the rest.
-pub(crate) const MAX_FLOW_BYTES: usize = crate::preserve::MAX_URL + 1024;
-/// Shown when the store-wide quota of anonymous sign-in state is used up.
-pub(crate) const MSG_SIGN_IN_BUSY: &str = "Too many sign-ins are starting at this moment, so the gateway cannot start yours. Wait two minutes and try again. If you were signed in already, nothing is lost.";
-pub(crate) const MSG_SIGN_IN_BUSY_HERE: &str = "Too many sign-ins have started from your network in the last minutes, so the gateway cannot start yours. Wait two minutes and try again, or ask IT: they can see this in the gateway's metrics. If you were signed in already, nothing is lost.";
-/// Store namespace of the person a re-auth ended a session of, by cookie handle.
-const TOMBSTONES: &str = "tomb";
-/// Store namespace of one-time admissions: the request a completed flow was for.
-pub(crate) const ADMISSIONS: &str = "admit";
-/// How long a completed flow's own request stays admitted (the hop back, a popup's retry).
-pub(crate) const ADMISSION_TTL: Duration = Duration::from_secs(30);
-
-/// How [`Gateway::session_of`] finds the session a cookie names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Lookup {
-    /// To admit a request: a break-glass session of this instance, then the session cache
-    /// (at most 1 s old), then the store.
-    Cached,
-    /// To start, end or hand off a session: the store's word only, never a cached copy and
-    /// never a break-glass session (which satisfies no flow).
-    StoreOnly,
-}
-
-/// Why a session record ended: its `aalgate_session_ends_total` label and audit event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum SessionEnd {
-    /// Past the idle limit.
-    Idle,
-    /// Past the absolute limit (or its times cannot be trusted).
-    Absolute,
-    /// *Sign out*.
-    Logout,
-    /// Someone else signed in on this browser.
-    SwitchUser,
-    /// The same person signed in again on this browser: replaced, not counted.
-    Replaced,
-}
-
-impl SessionEnd {
-    /// The metric label (`None`: not counted).
-    fn label(self) -> Option<&'static str> {
-        match self {
-            SessionEnd::Idle => Some("idle"),
-            SessionEnd::Absolute => Some("absolute"),
-            SessionEnd::Logout => Some("logout"),
-            SessionEnd::SwitchUser => Some("switch_user"),
-            SessionEnd::Replaced => None,
-        }
-    }
-}
-
-/// What admission knows of a session: its times and level, and when it is over (the record
-/// outlives it by a flow's lifetime, so that a form sent right at the end is still known to
-/// be the person's).
-pub(crate) fn subject(s: &UserSession) -> Subject {
-    Subject {
-        facts: s.facts(),
-        ends_at: Timestamp(s.expires_at.0.saturating_sub(FLOW_TTL.as_secs())),
-    }
-}
-
-/// The session a request carries, as admission sees it.
-pub(crate) fn session_kind(s: Option<&UserSession>) -> SessionKind {
-    match s {
-        None => SessionKind::None,
-        Some(s) if crate::breakglass::is_emergency(s) => SessionKind::Emergency(subject(s)),
-        Some(s) => SessionKind::Normal(subject(s)),
-    }
-}
-
-/// The store key of the one-time admission of `method url` for the session `record`.
-/// The grant is for one session record, one app host (canonical host and port), one browser
-/// (the hash of its binding cookie there), one method and one URL.
-pub(crate) fn admission_key(
-    record: &SessionKey,
-    host: &str,
-    browser: &str,
-    method: &str,
-    url: &str,
-) -> String {
-    aalgate_auth::token::hash_str(&format!(
-        "admit\0{}\0{host}\0{browser}\0{method}\0{url}",
-        record.as_str()
-    ))
-}
+pub use crate::state::{Ctx, Gateway, FLOW_TTL, TOUCH_INTERVAL, WEBSOCKET_SILENCE};
 
 /// At most this many session cookies are tried (duplicates planted by a sibling domain).
 const MAX_COOKIES: usize = 4;

@@ -10,12 +10,12 @@ use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::gateway::{Ctx, Gateway, Reply};
 use crate::outcome::Outcome;
 use crate::pages::{self, escape};
 use crate::preserve::{KeptRequest, NotKept, KEPT_HEADERS};
 pub(crate) use crate::state::QuotaFull;
 use crate::state::ANON_BUCKET_SECS;
+use crate::state::{Ctx, Gateway, Reply};
 
 /// How long a kept form waits for its sign-in.
 pub const KEPT_TTL: Duration = Duration::from_secs(600);
@@ -373,12 +373,7 @@ impl Gateway {
     ) -> Result<bool> {
         let now = self.clock.now();
         let loaded = match self
-            .session_of(
-                session.req_header(),
-                ctx,
-                now,
-                crate::gateway::Lookup::Cached,
-            )
+            .session_of(session.req_header(), ctx, now, crate::state::Lookup::Cached)
             .await
         {
             Ok(s) => s,
@@ -488,10 +483,10 @@ impl Gateway {
                 )
             });
         let facts = AdmissionFacts {
-            session: crate::gateway::session_kind(Some(&user_session)),
+            session: crate::state::session_kind(Some(&user_session)),
             request: RequestKind::Replay,
             ceremony: ours
-                .filter(|m| now.since(m.at) <= crate::gateway::ADMISSION_TTL)
+                .filter(|m| now.since(m.at) <= crate::state::ADMISSION_TTL)
                 .map(|_| Ceremony {
                     signed: signed.is_some(),
                 }),

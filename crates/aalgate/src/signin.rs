@@ -24,11 +24,11 @@ use aalgate_session::{Flow, FlowId, FlowKind, Session as UserSession, SessionId,
 use pingora::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::gateway::{Ctx, Gateway, Reply};
 use crate::headers;
 use crate::outcome::Outcome;
 use crate::pages::{self, escape};
 use crate::state::{bind_cookie, bind_name, cookie, csrf_of};
+use crate::state::{Ctx, Gateway, Reply};
 pub use crate::state::{DecoyRefresh, SignInService, DECOY_REFRESH};
 
 /// Largest JSON body a ceremony endpoint reads.
@@ -252,7 +252,7 @@ impl Gateway {
     }
 
     /// The session this browser holds on this host, as the store has it (see
-    /// [`crate::gateway::Lookup::StoreOnly`]).
+    /// [`crate::state::Lookup::StoreOnly`]).
     async fn current(
         &self,
         session: &Session,
@@ -266,7 +266,7 @@ impl Gateway {
             session.req_header(),
             ctx,
             now,
-            crate::gateway::Lookup::StoreOnly,
+            crate::state::Lookup::StoreOnly,
         )
         .await
     }
@@ -350,7 +350,7 @@ impl Gateway {
                 Ok(Some((_, _, s))) if flow.need == FlowKind::Login => {
                     flow.need = FlowKind::StepUp;
                     flow.user = Some(s.user.clone());
-                    let left = crate::gateway::FLOW_TTL.saturating_sub(now.since(flow.created));
+                    let left = crate::state::FLOW_TTL.saturating_sub(now.since(flow.created));
                     if let Err(e) = self.store.put_flow(&id.key(), &flow, left).await {
                         tracing::warn!(request_id = %ctx.request_id, error = %e, "session store error on the sign-in page");
                         return self.error(session, ctx, Outcome::StoreUnavailable).await;
@@ -484,7 +484,7 @@ impl Gateway {
             created: self.clock.now(),
             user: None,
         };
-        let size = serde_json::to_vec(&flow).map_or(crate::gateway::MAX_FLOW_BYTES, |v| v.len());
+        let size = serde_json::to_vec(&flow).map_or(crate::state::MAX_FLOW_BYTES, |v| v.len());
         match self.charge_anonymous(size, self.client_ip(session)).await {
             Ok(Ok(())) => {}
             Ok(Err(full)) => return self.anonymous_quota_full(session, ctx, full).await,
@@ -496,7 +496,7 @@ impl Gateway {
         let id = FlowId::generate();
         if let Err(e) = self
             .store
-            .put_flow(&id.key(), &flow, crate::gateway::FLOW_TTL)
+            .put_flow(&id.key(), &flow, crate::state::FLOW_TTL)
             .await
         {
             tracing::warn!(request_id = %ctx.request_id, error = %e, "switch user: store error");
@@ -814,7 +814,7 @@ impl Gateway {
                 // A ceremony for nobody known yet draws on the store-wide anonymous quota.
                 if flow.user.is_none() {
                     let size = serde_json::to_vec(&pending)
-                        .map_or(crate::gateway::MAX_FLOW_BYTES, |v| v.len());
+                        .map_or(crate::state::MAX_FLOW_BYTES, |v| v.len());
                     // A typed name's state holds that person's keys (or a decoy's): charged
                     // at least a fixed amount, so how many starts fit does not tell a real
                     // name from a made-up one.
@@ -828,11 +828,11 @@ impl Gateway {
                         Err(crate::resume::QuotaFull::Client) => {
                             return Ok(Err((
                                 Outcome::SignInBusy,
-                                crate::gateway::MSG_SIGN_IN_BUSY_HERE,
+                                crate::state::MSG_SIGN_IN_BUSY_HERE,
                             )))
                         }
                         Err(crate::resume::QuotaFull::Store) => {
-                            return Ok(Err((Outcome::SignInBusy, crate::gateway::MSG_SIGN_IN_BUSY)))
+                            return Ok(Err((Outcome::SignInBusy, crate::state::MSG_SIGN_IN_BUSY)))
                         }
                     }
                 }
@@ -1290,7 +1290,7 @@ impl Gateway {
                     self.metrics.signed_requests.inc();
                 } else {
                     tracing::error!(request_id = %ctx.request_id, user = %user.id, "the audit log could not record request_signed (queue full, writer gone or sink failing): the request is not signed, and its flow is kept for another touch");
-                    let left = crate::gateway::FLOW_TTL.saturating_sub(now.since(flow.created));
+                    let left = crate::state::FLOW_TTL.saturating_sub(now.since(flow.created));
                     if let Some(k) = pending.flow.as_deref() {
                         if let Err(e) = self.store.put_flow(k, &flow, left).await {
                             return self
@@ -1342,9 +1342,9 @@ impl Gateway {
         match self.current(session, ctx).await {
             Ok(Some((handle, record, old))) => {
                 let why = if old.user != user.id {
-                    crate::gateway::SessionEnd::SwitchUser
+                    crate::state::SessionEnd::SwitchUser
                 } else {
-                    crate::gateway::SessionEnd::Replaced
+                    crate::state::SessionEnd::Replaced
                 };
                 let ended = self
                     .end_session(ctx, &handle, true, &record, &old, why, None, now)
@@ -1383,7 +1383,7 @@ impl Gateway {
             // Kept a flow's lifetime past the absolute limit (which the gateway enforces from
             // `auth_time`), so a form sent right at the limit is still known to be this
             // person's.
-            expires_at: now.plus(limits.max_session_age + crate::gateway::FLOW_TTL),
+            expires_at: now.plus(limits.max_session_age + crate::state::FLOW_TTL),
         };
         let record = SessionId::generate().key();
         if let Err(e) = self.store.insert(&record, &s).await {
@@ -1440,7 +1440,7 @@ impl Gateway {
         let window = flow.max_age_secs.is_some() || flow.binding.is_some();
         if let (true, None, Some(browser)) = (window, &flow.kept, &flow.browser) {
             let key =
-                crate::gateway::admission_key(record, &flow.host, browser, &flow.method, &flow.url);
+                crate::state::admission_key(record, &flow.host, browser, &flow.method, &flow.url);
             // A per-request grant carries the request it signed, for the upstream.
             let grant = match &flow.binding {
                 Some(b) => serde_json::to_vec(b).unwrap_or_default(),
@@ -1448,10 +1448,10 @@ impl Gateway {
             };
             self.store
                 .kv_put(
-                    crate::gateway::ADMISSIONS,
+                    crate::state::ADMISSIONS,
                     &key,
                     &grant,
-                    Some(crate::gateway::ADMISSION_TTL),
+                    Some(crate::state::ADMISSION_TTL),
                 )
                 .await?;
         }
