@@ -232,7 +232,7 @@ impl Gateway {
         self.refuse_for(session, ctx, outcome, title, text, 5).await
     }
 
-    /// [`Gateway::refuse`], where a 503 says to retry after `retry` seconds.
+    /// [`Gateway::refuse`], where a 503 (or too many flows' 429) says to retry after `retry` seconds.
     pub(crate) async fn refuse_for(
         &self,
         session: &mut Session,
@@ -272,7 +272,8 @@ impl Gateway {
                 ),
             )
         };
-        let reply = if status == 503 || status == 429 {
+        // Retry-After where a wait is known: a 503, and the 429 of too many flows.
+        let reply = if status == 503 || outcome == Outcome::FlowRateLimited {
             reply.header("retry-after", retry.to_string())
         } else {
             reply
