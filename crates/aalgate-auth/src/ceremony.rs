@@ -822,9 +822,14 @@ mod decoy_tests {
         .with_decoy_key([key; 32])
     }
 
-    /// The allowed credentials of username-first options for `name`: (id, transports).
-    fn allowed(rp: &Ceremonies, name: &str) -> Vec<(String, serde_json::Value)> {
-        let (o, _) = rp.start_sign_in_for(name, Some(&[])).unwrap();
+    /// The allowed credentials of username-first options for `name` with `creds`: (id,
+    /// transports).
+    fn allowed_for(
+        rp: &Ceremonies,
+        name: &str,
+        creds: &[Credential],
+    ) -> Vec<(String, serde_json::Value)> {
+        let (o, _) = rp.start_sign_in_for(name, Some(creds)).unwrap();
         o["publicKey"]["allowCredentials"]
             .as_array()
             .unwrap()
@@ -838,6 +843,11 @@ mod decoy_tests {
             .collect()
     }
 
+    /// A made-up name's options (nobody's credentials: a decoy).
+    fn allowed(rp: &Ceremonies, name: &str) -> Vec<(String, serde_json::Value)> {
+        allowed_for(rp, name, &[])
+    }
+
     fn shape_of_options(a: &[(String, serde_json::Value)]) -> Vec<(usize, serde_json::Value)> {
         a.iter()
             .map(|(id, t)| (URL_SAFE_NO_PAD.decode(id).unwrap().len(), t.clone()))
@@ -845,19 +855,7 @@ mod decoy_tests {
     }
 
     fn real_options(rp: &Ceremonies, u: &User) -> Vec<(usize, serde_json::Value)> {
-        let (o, _) = rp.start_sign_in_for(&u.id, Some(&u.credentials)).unwrap();
-        let a: Vec<(String, serde_json::Value)> = o["publicKey"]["allowCredentials"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| {
-                (
-                    c["id"].as_str().unwrap().to_string(),
-                    c["transports"].clone(),
-                )
-            })
-            .collect();
-        shape_of_options(&a)
+        shape_of_options(&allowed_for(rp, &u.id, &u.credentials))
     }
 
     /// A made-up name's options have the shape of some enrolled, active person's (never a
