@@ -10,8 +10,9 @@ use std::path::Path;
 /// what they share moved to `state`.)
 const KNOWN: &[(&str, &[&str])] = &[];
 
-/// The modules a source file names through `crate::` (in code, not in comments).
-fn references(src: &str, modules: &BTreeSet<String>) -> BTreeSet<String> {
+/// The modules a source file names through one of `prefixes` (`crate::` at a crate's root;
+/// `super::` and `crate::d::` in a module directory `d`), in code, not in comments.
+fn references(src: &str, modules: &BTreeSet<String>, prefixes: &[String]) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     // Unit tests may reach anywhere.
     let code = src.split("#[cfg(test)]\nmod tests").next().unwrap_or(src);
@@ -22,10 +23,14 @@ fn references(src: &str, modules: &BTreeSet<String>) -> BTreeSet<String> {
         .map(|l| l.split(" // ").next().unwrap_or(l))
         .collect::<Vec<_>>()
         .join("\n");
-    {
+    for prefix in prefixes {
         let line = code.as_str();
-        for (i, _) in line.match_indices("crate::") {
-            let rest = &line[i + "crate::".len()..];
+        for (i, _) in line.match_indices(prefix.as_str()) {
+            // `crate::x` inside `other_crate::x` is no reference.
+            if line[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ':') {
+                continue;
+            }
+            let rest = &line[i + prefix.len()..];
             if let Some(group) = rest.strip_prefix('{') {
                 // `use crate::{a, b::{c, d}}`: the first segment of each top-level path.
                 let mut depth = 1;
@@ -127,31 +132,83 @@ fn cycles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<BTreeSet<String>> {
     t.out
 }
 
-/// The module graph of one crate's `src/` (top-level modules; `lib.rs` and `main.rs` are the
-/// roots, not modules).
-fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
-    let files: Vec<_> = std::fs::read_dir(src)
-        .expect("crate src")
+/// The module graph of one directory: each `.rs` file (but `lib.rs`, `main.rs` and `mod.rs`,
+/// the roots) and each subdirectory with a `mod.rs` is a node; a subdirectory's references are
+/// those of every file in it. `prefixes` say how a file there names a sibling.
+fn graph_with(dir: &Path, prefixes: &[String]) -> BTreeMap<String, BTreeSet<String>> {
+    let mut nodes: BTreeMap<String, Vec<std::path::PathBuf>> = BTreeMap::new();
+    for p in std::fs::read_dir(dir)
+        .expect("source directory")
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "rs"))
-        .collect();
-    let modules: BTreeSet<String> = files
+    {
+        let stem = p
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if p.is_dir() && p.join("mod.rs").exists() {
+            nodes.insert(stem, rust_files(&p));
+        } else if p.extension().is_some_and(|x| x == "rs")
+            && !["lib", "main", "mod"].contains(&stem.as_str())
+        {
+            nodes.insert(stem, vec![p]);
+        }
+    }
+    let modules: BTreeSet<String> = nodes.keys().cloned().collect();
+    nodes
         .iter()
-        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
-        .filter(|m| m != "lib" && m != "main")
-        .collect();
-    files
-        .iter()
-        .filter_map(|p| {
-            let m = p.file_stem()?.to_string_lossy().into_owned();
-            if !modules.contains(&m) {
-                return None;
+        .map(|(m, files)| {
+            let mut refs = BTreeSet::new();
+            for f in files {
+                let src = std::fs::read_to_string(f).unwrap_or_default();
+                refs.extend(references(&src, &modules, prefixes));
             }
-            let mut refs = references(&std::fs::read_to_string(p).ok()?, &modules);
-            refs.remove(&m);
-            Some((m, refs))
+            refs.remove(m);
+            (m.clone(), refs)
         })
         .collect()
+}
+
+/// Every `.rs` file under `dir`.
+fn rust_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for p in std::fs::read_dir(dir)
+        .expect("module directory")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+    {
+        if p.is_dir() {
+            out.extend(rust_files(&p));
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The module graph of one crate's `src/` (top-level modules).
+fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    graph_with(src, &["crate::".to_string()])
+}
+
+/// The graphs of each module directory under `src/` (`endpoints/`, `proxy/`): its submodules
+/// name each other through `super::` or `crate::d::`.
+fn directory_graphs(src: &Path) -> Vec<(String, BTreeMap<String, BTreeSet<String>>)> {
+    let mut out = Vec::new();
+    for p in std::fs::read_dir(src)
+        .expect("crate src")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+    {
+        if p.is_dir() && p.join("mod.rs").exists() {
+            let d = p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let prefixes = ["super::".to_string(), format!("crate::{d}::")];
+            out.push((d, graph_with(&p, &prefixes)));
+        }
+    }
+    out
 }
 
 #[test]
@@ -170,7 +227,16 @@ fn no_module_imports_itself_through_others() {
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        for cycle in cycles(&graph(&dir.join("src"))) {
+        let src = dir.join("src");
+        let mut found: Vec<BTreeSet<String>> = cycles(&graph(&src));
+        for (d, g) in directory_graphs(&src) {
+            found.extend(
+                cycles(&g)
+                    .into_iter()
+                    .map(|c| c.into_iter().map(|m| format!("{d}::{m}")).collect()),
+            );
+        }
+        for cycle in found {
             let known = KNOWN.iter().any(|(c, mods)| {
                 *c == name && cycle == mods.iter().map(|m| m.to_string()).collect()
             });
@@ -191,17 +257,17 @@ fn no_module_imports_itself_through_others() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-/// The proxy (`gateway`: pingora's phases) calls the endpoints; nothing calls back into it.
-/// What both use lives in `state`.
+/// The proxy (`proxy`: pingora's phases) calls the endpoints; nothing calls back into it.
+/// What both use lives in `state` and `http`.
 #[test]
 fn nothing_imports_the_proxy() {
     let g = graph(&aalgate_tests::workspace().join("crates/aalgate/src"));
     let users: Vec<&String> = g
         .iter()
-        .filter(|(_, refs)| refs.contains("gateway"))
+        .filter(|(_, refs)| refs.contains("proxy"))
         .map(|(m, _)| m)
         .collect();
-    assert!(users.is_empty(), "modules importing gateway: {users:?}");
+    assert!(users.is_empty(), "modules importing proxy: {users:?}");
 }
 
 #[test]
@@ -218,5 +284,21 @@ fn the_cycle_check_sees_cycles() {
     w("d.rs", "#[cfg(test)]\nmod tests {\n    use crate::a;\n}\n");
     let found = cycles(&graph(dir.path()));
     let abc: BTreeSet<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
-    assert_eq!(found, vec![abc]);
+    assert_eq!(found, vec![abc.clone()]);
+
+    // A module directory: its files count for it at the root, and its submodules form their
+    // own graph.
+    std::fs::create_dir(dir.path().join("e")).unwrap();
+    w("e/mod.rs", "mod x;\nmod y;\n");
+    w("e/x.rs", "use super::y::Z;\nuse other_crate::d;\n");
+    w("e/y.rs", "fn f() { crate::e::x::g(); crate::d::h() }\n");
+    w("d.rs", "use crate::e;\n");
+    let ed: BTreeSet<String> = ["d", "e"].iter().map(|s| s.to_string()).collect();
+    let mut found = cycles(&graph(dir.path()));
+    found.sort();
+    assert_eq!(found, vec![abc, ed]);
+    let sub = directory_graphs(dir.path());
+    assert_eq!(sub.len(), 1);
+    let xy: BTreeSet<String> = ["x", "y"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(cycles(&sub[0].1), vec![xy]);
 }

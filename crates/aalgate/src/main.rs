@@ -11,7 +11,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use aalgate::{admin, assertion, audit, cache, config, demo, explain, gateway, metrics, ops};
+use aalgate::{admin, assertion, audit, cache, config, demo, explain, metrics, ops, proxy};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -670,7 +670,7 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         aalgate_auth::Ceremonies::new(&cfg.rp_id, &cfg.public_origin, &cfg.hardware_keys.load()?)
             .context("WebAuthn settings (public_origin, rp_id, hardware_keys)")?
             .with_decoy_key(decoy_key);
-    let signin = Arc::new(aalgate::signin::SignInService {
+    let signin = Arc::new(aalgate::proxy::SignInService {
         dir: aalgate_auth::Directory::new(store.clone()),
         rp,
         scheme: if cfg.public_origin.starts_with("https://") {
@@ -711,7 +711,7 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
-    let gw = gateway::Gateway {
+    let gw = proxy::Gateway {
         policies: policies.clone(),
         metrics: metrics.clone(),
         audit: audit.clone(),
@@ -769,7 +769,7 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
     }
     server.add_service(background_service(
         "aalgate decoy refresh",
-        aalgate::signin::DecoyRefresh {
+        aalgate::proxy::DecoyRefresh {
             service: signin.clone(),
             dir: aalgate_auth::Directory::new(Arc::new(Deadline::new(
                 scan_store.clone(),

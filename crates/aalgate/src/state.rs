@@ -1,22 +1,29 @@
 //! What the proxy phases and the gateway's own endpoints share, and nothing that uses either:
 //! [`Gateway`] (the service's state), the per-request [`Ctx`] and a [`Reply`], the sign-in
 //! service's settings and stores, the gateway's cookies, and the anonymous quota's answer.
-//! The proxy (`gateway`), the route table (`endpoints`), the sign-in endpoints (`signin`) and
-//! kept forms (`resume`) import from here, so none of them imports another's module for these,
-//! and nothing imports the proxy.
+//! The proxy (`proxy`), the endpoints (`endpoints`), responses (`http`) and kept forms (`kept`)
+//! import from here, so none of them imports another's module for these, and nothing imports
+//! the proxy. The session helpers (`session_of`, `end_session`) and the host helpers
+//! (`is_auth_host`, `canonical_host`, `app_of_host`) have their one definition here.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aalgate_auth::{Ceremonies, Directory, DirectoryError, Token};
 use aalgate_policy::{HostPort, NormalizedTarget, PolicySet, SessionKind, Subject, Timestamp};
-use aalgate_session::{Session as UserSession, SessionKey, SessionStore};
+use aalgate_session::{Session as UserSession, SessionId, SessionKey, SessionStore};
+use pingora::http::RequestHeader;
+use pingora::prelude::Session;
 
 use crate::assertion::Signer;
 use crate::headers;
 use crate::outcome::Outcome;
 
-/// The anonymous-state counters count in 2-minute buckets (`resume`'s quota).
+/// At most this many session cookies are tried (duplicates planted by a sibling domain).
+pub(crate) const MAX_COOKIES: usize = 4;
+
+/// The anonymous-state counters count in 2-minute buckets (`kept`'s quota).
 pub(crate) const ANON_BUCKET_SECS: u64 = 120;
 
 /// Sign-in settings and stores shared by the endpoints.
@@ -55,7 +62,7 @@ pub struct SignInService {
 /// How often a sign-in start may load the decoy population itself, while the background
 /// refresh has not loaded it yet (an anonymous client must not make the gateway scan the
 /// directory on every request).
-const DECOY_LOAD_RETRY: Duration = Duration::from_secs(10);
+pub(crate) const DECOY_LOAD_RETRY: Duration = Duration::from_secs(10);
 
 impl SignInService {
     /// Reloads whose options a made-up user name's decoy looks like (everyone in `dir`, the
@@ -401,4 +408,223 @@ pub(crate) fn admission_key(
         "admit\0{}\0{host}\0{browser}\0{method}\0{url}",
         record.as_str()
     ))
+}
+
+impl Gateway {
+    pub(crate) fn service(&self) -> &SignInService {
+        &self.signin
+    }
+
+    /// The canonical host string of the auth origin.
+    pub(crate) fn public_host_str(&self) -> String {
+        self.public_host.canonical(self.default_port()).to_string()
+    }
+
+    /// The port a host without one means: the default of `public_origin`'s scheme.
+    pub(crate) fn default_port(&self) -> u16 {
+        if self.signin.scheme == "https" {
+            443
+        } else {
+            80
+        }
+    }
+
+    /// The host a flow returns to: the app's configured host, with its configured port or else
+    /// the request's. The request's port is one a listener serves (`request_filter` answers 421
+    /// to any other), so a port the client made up never becomes a redirect target.
+    pub(crate) fn canonical_host(&self, host: &str) -> String {
+        let Ok(h) = HostPort::parse(host) else {
+            return self.public_host_str();
+        };
+        let policy = self.policies.snapshot();
+        match policy.app_for_host(&h) {
+            Some(a) => HostPort {
+                host: a.host.host.clone(),
+                port: a.host.port.or(h.port),
+            }
+            .canonical(self.default_port())
+            .to_string(),
+            None => self.public_host_str(),
+        }
+    }
+
+    /// Whether this host is the auth origin's (host and port, through [`HostPort::same_as`]).
+    pub(crate) fn is_auth_host(&self, h: &HostPort) -> bool {
+        h.same_as(&self.public_host, self.default_port())
+    }
+
+    /// Whether this request is on the auth origin.
+    pub(crate) fn on_auth_origin(&self, ctx: &Ctx) -> bool {
+        HostPort::parse(&ctx.host).is_ok_and(|h| self.is_auth_host(&h))
+    }
+
+    /// The session this browser holds on this host, as the store has it (see
+    /// [`crate::state::Lookup::StoreOnly`]).
+    pub(crate) async fn current(
+        &self,
+        session: &Session,
+        ctx: &Ctx,
+    ) -> std::result::Result<
+        Option<(SessionKey, SessionKey, UserSession)>,
+        aalgate_session::StoreError,
+    > {
+        let now = self.clock.now();
+        self.session_of(
+            session.req_header(),
+            ctx,
+            now,
+            crate::state::Lookup::StoreOnly,
+        )
+        .await
+    }
+
+    pub(crate) fn app_of_host(&self, ctx: &Ctx) -> Option<String> {
+        HostPort::parse(&ctx.host)
+            .ok()
+            .and_then(|h| ctx.policy.app_for_host(&h).map(|a| a.name.clone()))
+    }
+
+    pub(crate) fn app_name<'a>(&self, ctx: &'a Ctx) -> &'a str {
+        ctx.rule
+            .and_then(|i| ctx.policy.rules().get(i))
+            .map(|r| ctx.policy.app_of(r).name.as_str())
+            .unwrap_or("-")
+    }
+
+    /// The listener this request arrived on: the one bound to the connection's local address
+    /// (or to the unspecified address on its port).
+    pub(crate) fn arrival_listener(&self, session: &Session) -> Option<&crate::config::Listener> {
+        if let [only] = self.listeners.as_slice() {
+            return Some(only);
+        }
+        let local = session.server_addr().and_then(|a| a.as_inet())?;
+        self.listeners
+            .iter()
+            .find(|l| l.addr == *local)
+            .or_else(|| {
+                self.listeners
+                    .iter()
+                    .find(|l| l.addr.ip().is_unspecified() && l.addr.port() == local.port())
+            })
+    }
+
+    /// The client's address: the peer, or what a trusted proxy says it forwarded for.
+    pub(crate) fn client_ip(&self, session: &Session) -> Option<IpAddr> {
+        crate::limits::client_ip(
+            session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            &session.req_header().headers,
+            &self.signin.trusted_proxies,
+        )
+    }
+
+    /// Whether the browser reached this request over https: the socket's TLS, or the
+    /// external origin's scheme behind a TLS-terminating load balancer. The one answer for
+    /// cookies, HSTS, `X-Forwarded-Proto` and the kept-forms Origin check.
+    pub(crate) fn browser_https(&self, session: &Session) -> bool {
+        self.signin.scheme == "https"
+            || session
+                .as_downstream()
+                .digest()
+                .is_some_and(|d| d.ssl_digest.is_some())
+    }
+
+    pub(crate) fn cookie_name(ctx: &Ctx) -> &'static str {
+        if ctx.tls {
+            headers::COOKIE_TLS
+        } else {
+            headers::COOKIE_PLAIN
+        }
+    }
+
+    /// The session the request's cookie names on this host: (cookie handle key, record key,
+    /// session). Malformed values are ignored; of several well-formed values (at most
+    /// [`MAX_COOKIES`]) the first live one wins. A store error is returned, never hidden.
+    pub(crate) async fn session_of(
+        &self,
+        req: &RequestHeader,
+        ctx: &Ctx,
+        now: Timestamp,
+        how: Lookup,
+    ) -> Result<Option<(SessionKey, SessionKey, UserSession)>, aalgate_session::StoreError> {
+        for value in headers::cookie_values(&req.headers, Self::cookie_name(ctx))
+            .iter()
+            .take(MAX_COOKIES)
+        {
+            let Some(id) = SessionId::from_cookie(value) else {
+                continue;
+            };
+            let key = id.key();
+            if how == Lookup::Cached {
+                // Break-glass sessions live in this instance only: no store call.
+                if let Some(e) = self.signin.emergencies.get(&key, &ctx.host, now) {
+                    return Ok(Some((key.clone(), key, e.session())));
+                }
+                if let Some((record, s)) = self.sessions.get_with_record(&key, &ctx.host, now) {
+                    return Ok(Some((key, record, s)));
+                }
+            }
+            if let Some((record, s)) = self.store.resolve(&key, &ctx.host, now).await? {
+                if how == Lookup::Cached {
+                    self.sessions.put_linked(&key, &record, &ctx.host, &s);
+                }
+                return Ok(Some((key, record, s)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Ends the session record `record` (reached through cookie `handle`, which is unlinked
+    /// too when `unlink`), so that every host's cookie of it stops at once on every instance:
+    /// counted in `aalgate_session_ends_total` and audited once, by whichever call removed
+    /// it. Returns whether this call removed it; a store error is returned, never hidden.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn end_session(
+        &self,
+        ctx: &Ctx,
+        handle: &SessionKey,
+        unlink: bool,
+        record: &SessionKey,
+        s: &UserSession,
+        why: SessionEnd,
+        app: Option<&str>,
+        now: Timestamp,
+    ) -> Result<bool, aalgate_session::StoreError> {
+        self.sessions.remove(handle);
+        if unlink {
+            let _ = self.store.unlink(handle).await;
+        }
+        self.sessions.end_record(record);
+        let removed = self.store.remove(record).await?;
+        let Some(label) = why.label().filter(|_| removed) else {
+            return Ok(removed);
+        };
+        self.metrics.session_ends.with_label_values(&[label]).inc();
+        self.metrics
+            .session_age
+            .observe(now.since(s.auth_time).as_secs_f64());
+        let (event, decision, detail) = match why {
+            SessionEnd::Idle | SessionEnd::Absolute => ("session_end", Some(label), None),
+            SessionEnd::SwitchUser => ("session_end", None, Some(label.to_string())),
+            SessionEnd::Logout | SessionEnd::Replaced => ("logout", None, None),
+        };
+        self.audit.emit_for(
+            &ctx.audit,
+            &crate::audit::Event {
+                time: crate::audit::now_rfc3339(),
+                event,
+                request_id: Some(&ctx.request_id),
+                user: Some(&s.user),
+                app: app.filter(|_| decision.is_some()),
+                aal: Some(s.aal.number()),
+                credential: s.credential.as_deref(),
+                decision,
+                detail,
+                ..Default::default()
+            },
+        );
+        Ok(true)
+    }
 }

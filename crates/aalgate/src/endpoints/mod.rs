@@ -2,13 +2,41 @@
 //! method and handler. A new endpoint is a row here and a handler; a path in the table with
 //! another method is 405, any other path 404.
 
+mod assets;
+mod breakglass;
+mod ceremony;
+mod enroll;
+mod handoff;
+mod jwks;
+mod logout;
+mod resume;
+mod signin;
+mod switch;
+
 use std::future::Future;
 use std::pin::Pin;
 
 use pingora::prelude::*;
 
+use aalgate_policy::Aal;
+
 use crate::outcome::Outcome;
-use crate::state::{Ctx, Gateway, Reply};
+use crate::state::{Ctx, Gateway};
+
+/// Constant words for users; the detail goes to the log.
+pub(crate) const MSG_FAILED: &str = "Sign-in did not work. Nothing was changed. Press the button to try again; if it keeps failing, contact IT.";
+pub(crate) const MSG_EXPIRED: &str =
+    "This sign-in page has expired. Go back to the application and open the page again.";
+pub(crate) const MSG_THROTTLED: &str =
+    "Too many failed sign-ins from this browser. Wait 15 minutes, or contact IT.";
+pub(crate) const MSG_NO_KEY: &str = "This action needs a hardware security key registered to you, and none is. Contact IT to enroll one.";
+pub(crate) const MSG_FORBIDDEN: &str = "This request was refused. Reload the page and try again.";
+pub(crate) const MSG_NOT_ENOUGH: &str =
+    "That key does not meet this page's requirement. Use your hardware security key.";
+pub(crate) const MSG_ENROLL_FAILED: &str = "Registration did not work. Nothing was saved. Press a button to try again; if it keeps failing, contact IT.";
+pub(crate) const MSG_NOT_RECORDED: &str = "Your touch could not be recorded in the audit log, so it does not count and nothing was sent. What you were sending is kept: touch your key again in a moment. If this keeps happening, call IT: the gateway's audit log is unavailable.";
+pub(crate) const MSG_KEY_NOT_APPROVED: &str =
+    "This security key is not on the hospital's approved list. Use an approved key, or contact IT.";
 
 /// An endpoint's handler: answers the request itself (`Ok(true)`).
 type Handler = for<'a> fn(
@@ -26,7 +54,7 @@ enum Takes {
     Post,
 }
 
-struct Route {
+pub(crate) struct Route {
     path: &'static str,
     takes: Takes,
     handler: Handler,
@@ -50,7 +78,7 @@ macro_rules! to {
 }
 
 #[rustfmt::skip]
-const ROUTES: &[Route] = &[
+pub(crate) const ROUTES: &[Route] = &[
     Route { path: "/.aalgate/auth", takes: Takes::Read, handler: to!(auth_page) },
     Route { path: "/.aalgate/enroll", takes: Takes::Read, handler: to!(enroll_page) },
     Route { path: "/.aalgate/handoff", takes: Takes::Read, handler: to!(handoff) },
@@ -64,7 +92,7 @@ const ROUTES: &[Route] = &[
     Route { path: "/.aalgate/done", takes: Takes::Read, handler: to!(done_page) },
     Route { path: "/.aalgate/logout", takes: Takes::Read, handler: to!(logout_page) },
     Route { path: "/.aalgate/logout", takes: Takes::Post, handler: to!(logout) },
-    Route { path: "/.aalgate/jwks.json", takes: Takes::Read, handler: to!(|g, s, c| jwks(g, s, c)) },
+    Route { path: "/.aalgate/jwks.json", takes: Takes::Read, handler: to!(|g, s, c| jwks::jwks(g, s, c)) },
     Route { path: "/.aalgate/static/aalgate.js", takes: Takes::Read, handler: to!(|g, s, c| g.static_file(s, c, "/.aalgate/static/aalgate.js")) },
     Route { path: "/.aalgate/static/aalgate.css", takes: Takes::Read, handler: to!(|g, s, c| g.static_file(s, c, "/.aalgate/static/aalgate.css")) },
 ];
@@ -100,10 +128,38 @@ pub(crate) async fn dispatch(
     g.error(session, ctx, outcome).await
 }
 
-/// `GET /.aalgate/jwks.json`: the key the upstream checks assertions with.
-async fn jwks(g: &Gateway, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-    let reply = Reply::json(200, g.signer.jwks().to_string());
-    g.send(session, ctx, reply).await
+pub(crate) fn query_param<'a>(q: Option<&'a str>, name: &str) -> Option<&'a str> {
+    q?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then_some(v)
+    })
+}
+
+impl Gateway {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn audit_auth(
+        &self,
+        ctx: &Ctx,
+        event: &str,
+        user: Option<&str>,
+        aal: Option<Aal>,
+        credential: Option<&str>,
+        detail: Option<&str>,
+    ) {
+        self.audit.emit_for(
+            &ctx.audit,
+            &crate::audit::Event {
+                time: crate::audit::now_rfc3339(),
+                event,
+                request_id: Some(&ctx.request_id),
+                user,
+                aal: aal.map(|a| a.number()),
+                credential,
+                detail: detail.map(str::to_string),
+                ..Default::default()
+            },
+        );
+    }
 }
 
 #[cfg(test)]
@@ -112,7 +168,7 @@ mod tests {
 
     /// Each path and method has one handler.
     #[test]
-    fn one_route_per_path_and_method() {
+    pub(crate) fn one_route_per_path_and_method() {
         let mut seen = std::collections::HashSet::new();
         for r in ROUTES {
             assert!(r.path.starts_with("/.aalgate/"), "{}", r.path);

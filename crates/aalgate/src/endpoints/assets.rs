@@ -1,0 +1,26 @@
+//! `GET /.aalgate/static/*`: the pages' script and style sheet.
+
+use pingora::prelude::*;
+
+use crate::outcome::Outcome;
+use crate::pages::{self};
+use crate::state::{Ctx, Gateway, Reply};
+
+impl Gateway {
+    /// Static files of the pages.
+    pub(crate) async fn static_file(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        path: &str,
+    ) -> Result<bool> {
+        let (ctype, body) = match path {
+            "/.aalgate/static/aalgate.js" => ("text/javascript; charset=utf-8", pages::SCRIPT),
+            "/.aalgate/static/aalgate.css" => ("text/css; charset=utf-8", pages::STYLE),
+            _ => return self.error(session, ctx, Outcome::NotFound).await,
+        };
+        let mut r = Reply::html(200, body.to_string());
+        r.content_type = ctype;
+        self.send(session, ctx, r).await
+    }
+}

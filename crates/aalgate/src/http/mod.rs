@@ -1,0 +1,313 @@
+//! Answering one request: the [`Exchange`] of a pingora session and its [`Ctx`], the gateway's
+//! own responses (pages, JSON errors, refusals) with their security headers, and reading a
+//! bounded request body or a same-origin form.
+
+use aalgate_auth::Token;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+
+use crate::headers;
+use crate::outcome::Outcome;
+use crate::pages::{self};
+use crate::state::{bind_name, csrf_of};
+use crate::state::{Ctx, Gateway, Reply};
+
+pub(crate) fn has_request_body(req: &RequestHeader) -> bool {
+    let cl = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    req.headers.contains_key(http::header::TRANSFER_ENCODING) || cl.is_some_and(|v| v != "0")
+}
+
+/// The store is down: constant words for users; the detail goes to the log.
+pub(crate) const MSG_UNAVAILABLE: &str =
+    "The sign-in service is temporarily unavailable. Try again in a few seconds.";
+
+/// Largest JSON body a ceremony endpoint reads.
+pub(crate) const MAX_BODY: usize = 64 * 1024;
+
+impl Gateway {
+    pub(crate) async fn send(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        reply: Reply,
+    ) -> Result<bool> {
+        // What this response reports (a sign-in, a sign-out, a break-glass use) is on record
+        // before the browser hears of it.
+        self.audit.settle(&ctx.audit).await;
+        let req = session.req_header();
+        let head = req.method == http::Method::HEAD;
+        // A body the client is still sending would be read as the next request: close instead.
+        if has_request_body(req) {
+            session.set_keepalive(None);
+        }
+        let mut resp = ResponseHeader::build(reply.status, Some(8))?;
+        resp.insert_header("content-type", reply.content_type)?;
+        resp.insert_header("content-length", reply.body.len().to_string())?;
+        resp.insert_header("cache-control", "no-store")?;
+        resp.insert_header("x-content-type-options", "nosniff")?;
+        resp.insert_header("referrer-policy", "no-referrer")?;
+        resp.insert_header("x-frame-options", "DENY")?;
+        resp.insert_header("content-security-policy", pages::CSP)?;
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if ctx.tls && self.hsts {
+            resp.insert_header("strict-transport-security", "max-age=31536000")?;
+        }
+        for (n, v) in reply.headers {
+            resp.append_header(n, v)?;
+        }
+        session.write_response_header(Box::new(resp), head).await?;
+        if !head {
+            session
+                .write_response_body(Some(Bytes::from(reply.body)), true)
+                .await?;
+        }
+        Ok(true)
+    }
+
+    /// Refuses with the outcome's own status and the standard page (or error JSON).
+    pub(crate) async fn error(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        outcome: Outcome,
+    ) -> Result<bool> {
+        let status = outcome.status().unwrap_or(500);
+        self.error_with_status(session, ctx, status, outcome).await
+    }
+
+    /// [`Gateway::error`] with a status the outcome does not fix (a path too long for
+    /// `bad_path`, pingora's own status for `error`).
+    pub(crate) async fn error_with_status(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        status: u16,
+        outcome: Outcome,
+    ) -> Result<bool> {
+        let (title, text) = pages::error_text(status);
+        self.refuse_as(session, ctx, status, outcome, title, text, 5)
+            .await
+    }
+
+    /// A refusal with its own words: a page for a navigation, the error JSON for a script.
+    pub(crate) async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        outcome: Outcome,
+        title: &str,
+        text: &str,
+    ) -> Result<bool> {
+        self.refuse_for(session, ctx, outcome, title, text, 5).await
+    }
+
+    /// [`Gateway::refuse`], where a 503 (or too many flows' 429) says to retry after `retry` seconds.
+    pub(crate) async fn refuse_for(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        outcome: Outcome,
+        title: &str,
+        text: &str,
+        retry: u64,
+    ) -> Result<bool> {
+        let status = outcome.status().unwrap_or(500);
+        self.refuse_as(session, ctx, status, outcome, title, text, retry)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn refuse_as(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        status: u16,
+        outcome: Outcome,
+        title: &str,
+        text: &str,
+        retry: u64,
+    ) -> Result<bool> {
+        ctx.outcome = outcome;
+        let code = outcome.json_code();
+        let reply = if headers::is_script_request(&session.req_header().headers) {
+            Reply::json(status, pages::error_json(status, code, &ctx.request_id))
+        } else {
+            Reply::html(
+                status,
+                pages::page(
+                    title,
+                    &format!("<p>{}</p>", pages::escape(text)),
+                    &ctx.request_id,
+                ),
+            )
+        };
+        // Retry-After where a wait is known: a 503, and the 429 of too many flows.
+        let reply = if status == 503 || outcome == Outcome::FlowRateLimited {
+            reply.header("retry-after", retry.to_string())
+        } else {
+            reply
+        };
+        self.send(session, ctx, reply).await
+    }
+
+    pub(crate) async fn json_error(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        outcome: Outcome,
+        message: &str,
+    ) -> Result<bool> {
+        ctx.outcome = outcome;
+        let (status, code) = (outcome.status().unwrap_or(500), outcome.json_code());
+        let body =
+            serde_json::json!({ "error": code, "message": message, "request_id": ctx.request_id });
+        self.send(session, ctx, Reply::json(status, body.to_string()))
+            .await
+    }
+
+    /// The store failed during a ceremony: 503 with the constant words, the cause in the log.
+    pub(crate) async fn store_down(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        e: &(dyn std::fmt::Display + Sync),
+        what: &str,
+    ) -> Result<bool> {
+        tracing::warn!(request_id = %ctx.request_id, error = %e, "{what}");
+        self.json_error(session, ctx, Outcome::StoreUnavailable, MSG_UNAVAILABLE)
+            .await
+    }
+
+    /// Whether this request comes from the browser whose binding cookie hashes to `hash`.
+    pub(crate) fn is_bound_browser(&self, session: &Session, ctx: &Ctx, hash: &str) -> bool {
+        headers::cookie_values(&session.req_header().headers, bind_name(ctx.tls))
+            .iter()
+            .filter_map(|v| Token::parse(v))
+            .any(|t| constant_eq(t.hash().as_bytes(), hash.as_bytes()))
+    }
+
+    /// The browser binding: the cookie value, and whether it must be set now.
+    pub(crate) fn binding(&self, session: &Session, ctx: &Ctx) -> (Token, bool) {
+        headers::cookie_values(&session.req_header().headers, bind_name(ctx.tls))
+            .iter()
+            .find_map(|v| Token::parse(v))
+            .map(|t| (t, false))
+            .unwrap_or_else(|| (Token::generate(), true))
+    }
+
+    /// A same-origin request (`Origin`, or `Sec-Fetch-Site` when a form post sends
+    /// `Origin: null` under `Referrer-Policy: no-referrer`) from a browser with a binding
+    /// cookie: that binding, or `None`.
+    pub(crate) fn same_origin_binding(&self, session: &Session, ctx: &Ctx) -> Option<Token> {
+        let h = &session.req_header().headers;
+        // The origin browsers see (the scheme of `public_origin`: a TLS load balancer may sit in
+        // front of a plain listener), judged as kept forms are, but with no `Referer` fallback:
+        // the gateway's own pages always get `Origin` or `Sec-Fetch-Site` from a browser.
+        let own = format!("{}://{}", self.signin.scheme, ctx.host);
+        let same = matches!(
+            crate::preserve::evidence(h, &own),
+            crate::preserve::Evidence::SameOrigin
+        ) && (h.contains_key("origin") || h.contains_key("sec-fetch-site"));
+        if !same {
+            return None;
+        }
+        headers::cookie_values(h, bind_name(ctx.tls))
+            .iter()
+            .find_map(|v| Token::parse(v))
+    }
+
+    /// A same-origin POST with the right token in `X-Aalgate-Csrf`: the binding, or `None`.
+    pub(crate) fn checked_post(&self, session: &Session, ctx: &Ctx) -> Option<Token> {
+        let bind = self.same_origin_binding(session, ctx)?;
+        let token = session
+            .req_header()
+            .headers
+            .get("x-aalgate-csrf")?
+            .to_str()
+            .ok()?;
+        constant_eq(token.as_bytes(), csrf_of(bind.expose()).as_bytes()).then_some(bind)
+    }
+
+    pub(crate) async fn read_body(&self, session: &mut Session) -> Option<Vec<u8>> {
+        crate::http::read_limited(session, MAX_BODY).await
+    }
+
+    /// A same-origin form POST with the page's token in its `csrf` field: its fields, or `None`.
+    pub(crate) async fn form_post(
+        &self,
+        session: &mut Session,
+        ctx: &Ctx,
+    ) -> Option<Vec<(String, String)>> {
+        let bind = self.same_origin_binding(session, ctx)?;
+        let body = self.read_body(session).await?;
+        let fields: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+        let want = csrf_of(bind.expose());
+        fields
+            .iter()
+            .any(|(k, v)| k == "csrf" && constant_eq(v.as_bytes(), want.as_bytes()))
+            .then_some(fields)
+    }
+
+    /// The request body, up to the body limit (see [`read_limited`]). Callers hold a `reads`
+    /// permit: each read holds up to the limit in memory.
+    pub(crate) async fn read_body_bounded(&self, session: &mut Session) -> Option<Vec<u8>> {
+        read_limited(session, self.signin.body_limit).await
+    }
+}
+
+pub(crate) fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+/// The request body, up to `limit` bytes; `None` if it is larger (then it is not read at all
+/// when its length is declared) or the client stopped sending.
+pub(crate) async fn read_limited(session: &mut Session, limit: usize) -> Option<Vec<u8>> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        // Not read at all; the connection closes when the answer goes out.
+        return None;
+    }
+    // Sized once from the declared length (already checked against the limit).
+    let mut body = Vec::with_capacity(declared.unwrap_or(0));
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    return None;
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Some(body),
+            Err(_) => return None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aalgate_auth::Token;
+
+    #[test]
+    fn csrf_tokens_depend_on_the_binding() {
+        let (a, b) = (Token::generate(), Token::generate());
+        assert_ne!(csrf_of(a.expose()), csrf_of(b.expose()));
+        assert_eq!(csrf_of(a.expose()), csrf_of(a.expose()));
+        assert!(
+            constant_eq(b"abc", b"abc")
+                && !constant_eq(b"abc", b"abd")
+                && !constant_eq(b"ab", b"abc")
+        );
+    }
+}

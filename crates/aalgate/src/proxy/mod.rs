@@ -1,0 +1,453 @@
+//! The request path, in pingora's phase order:
+//!
+//! `request_filter` answers everything the gateway decides itself (its own `/.aalgate/` pages,
+//! refusals, redirects to sign in) and returns `Ok(true)`; otherwise it leaves the allowed
+//! request in the context. `upstream_peer` picks the app's upstream, `upstream_request_filter`
+//! forwards the one normalized path, strips spoofable headers and adds the identity headers,
+//! `response_filter` protects the gateway's cookie and adds HSTS, and `logging` records the
+//! outcome once.
+
+mod admission;
+mod request;
+
+pub use crate::kept::KEPT_TTL;
+pub use crate::state::{Ctx, Gateway, FLOW_TTL, TOUCH_INTERVAL, WEBSOCKET_SILENCE};
+pub use crate::state::{DecoyRefresh, SignInService, DECOY_REFRESH};
+pub use request::MAX_HEADER_BYTES;
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use base64::Engine;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
+
+use crate::headers;
+use crate::outcome::Outcome;
+
+/// A request id: unique, not secret, so a thread-local CSPRNG seeded once from the OS serves
+/// (no system call per request). Session and flow ids still come from the OS directly.
+fn request_id() -> String {
+    let mut b = [0u8; 12];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut b);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            request_id: request_id(),
+            tls: false,
+            target: None,
+            rule: None,
+            session: None,
+            outcome: Outcome::Unset,
+            host: String::new(),
+            policy: self.policies.snapshot(),
+            forwarded_at: None,
+            session_key: None,
+            upgrade: None,
+            signed: None,
+            verify_body: None,
+            audit: Default::default(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.tls = self.browser_https(session);
+        // 1. A head the gateway and every upstream read alike, with one Host.
+        let host = match self.well_formed(session) {
+            Ok(h) => h,
+            Err(why) => return self.error(session, ctx, why).await,
+        };
+        // 2. One normalized target, on a listener that serves this host.
+        let has_app = match self.place(session, ctx, &host) {
+            Ok(a) => a,
+            Err((status, why)) => return self.error_with_status(session, ctx, status, why).await,
+        };
+        // 3. The gateway's own endpoints, never forwarded.
+        let path = ctx
+            .target
+            .as_ref()
+            .map(|t| t.path().to_string())
+            .unwrap_or_default();
+        if (path == "/.aalgate" || path.starts_with("/.aalgate/"))
+            && (self.is_auth_host(&host) || has_app)
+        {
+            return crate::endpoints::dispatch(self, session, ctx, &path).await;
+        }
+        // 4. The rule, the session and [`admit`].
+        self.admission(session, ctx, &host).await
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(check) = ctx.verify_body.as_mut() {
+            if let Some(chunk) = _body.take() {
+                if check.seen.len() + chunk.len() > self.signin.body_limit {
+                    return Err(Error::explain(
+                        ErrorType::HTTPStatus(413),
+                        "signed request body over the limit",
+                    ));
+                }
+                check.seen.extend_from_slice(&chunk);
+            }
+            if !_end_of_stream {
+                // Held back: an empty chunk is not written upstream.
+                *_body = Some(Bytes::new());
+                return Ok(());
+            }
+            let method = _session.req_header().method.as_str().to_string();
+            let ok = aalgate_auth::signing::matches(
+                &check.binding,
+                &method,
+                &check.host,
+                &check.url,
+                Some(&check.seen),
+            );
+            if !ok {
+                tracing::warn!(request_id = %ctx.request_id, "a signed request's body differs from the one the key signed: aborted");
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(403),
+                    "the body is not the one that was signed",
+                ));
+            }
+            *_body = Some(Bytes::from(std::mem::take(&mut check.seen)));
+            if let (Some(check), Some(s)) = (ctx.verify_body.take(), &ctx.session) {
+                self.audit_admitted(ctx, &s.user, &check.binding);
+            }
+            return Ok(());
+        }
+        let Some(up) = ctx.upgrade.as_mut() else {
+            return Ok(());
+        };
+        let now = self.clock.now();
+        if now >= up.until {
+            return Err(Error::explain(
+                ErrorType::Custom("session_ended"),
+                "WebSocket closed: the session reached its absolute limit",
+            ));
+        }
+        if up.checked.elapsed() >= crate::cache::SESSION_FRESHNESS {
+            up.checked = Instant::now();
+            // Logout, revocation or a store that cannot confirm: the connection ends.
+            match up.lives.alive(&up.handle, &ctx.host, now).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(Error::explain(
+                        ErrorType::Custom("session_ended"),
+                        "WebSocket closed: the session ended",
+                    ));
+                }
+                Err(e) => {
+                    return Err(Error::because(
+                        ErrorType::Custom("session_ended"),
+                        "WebSocket closed: the session store did not answer",
+                        e,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if ctx
+            .upgrade
+            .as_ref()
+            .is_some_and(|u| self.clock.now() >= u.until)
+        {
+            return Err(Error::explain(
+                ErrorType::Custom("session_ended"),
+                "WebSocket closed: the session reached its absolute limit",
+            ));
+        }
+        Ok(None)
+    }
+
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        // A retried request replays its body from the start through the check.
+        if let Some(c) = ctx.verify_body.as_mut() {
+            c.seen.clear();
+        }
+        let Some(rule) = ctx.rule.and_then(|i| ctx.policy.rules().get(i)) else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no rule in context",
+            ));
+        };
+        let up = &ctx.policy.app_of(rule).upstream;
+        let mut peer = HttpPeer::new(up.address(), up.tls, up.host.clone());
+        let (connect, silence) = self.upstream_timeouts;
+        peer.options.connection_timeout = Some(connect);
+        peer.options.total_connection_timeout = Some(connect);
+        // A WebSocket may be quiet for long; its life is bounded by the session instead.
+        if !session
+            .req_header()
+            .headers
+            .contains_key(http::header::UPGRADE)
+        {
+            peer.options.read_timeout = Some(silence);
+            peer.options.write_timeout = Some(silence);
+        }
+        Ok(Box::new(peer))
+    }
+
+    /// Upstream failures get the gateway's own page: 504 when the upstream did not answer in
+    /// time, 502 otherwise. pingora retries only idempotent requests on a reused connection
+    /// (`error_while_proxy`), so a POST that reached the upstream is never sent twice.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        use pingora::ErrorSource;
+        let (code, outcome) = match (e.esource(), e.etype()) {
+            (_, ErrorType::HTTPStatus(c)) => (*c, Outcome::Error),
+            (
+                ErrorSource::Upstream,
+                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
+            ) => (504, Outcome::UpstreamTimeout),
+            (ErrorSource::Upstream, _) => (502, Outcome::UpstreamError),
+            (
+                ErrorSource::Downstream,
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+            ) => (0, Outcome::ClientGone),
+            (ErrorSource::Downstream, ErrorType::ReadTimedout) => (408, Outcome::ClientTimeout),
+            (ErrorSource::Downstream, _) => (400, Outcome::BadRequest),
+            _ => (500, Outcome::InternalError),
+        };
+        tracing::warn!(request_id = %ctx.request_id, status = code, error = %e, "proxying failed");
+        if code > 0 && session.response_written().is_none() {
+            let _ = self.error_with_status(session, ctx, code, outcome).await;
+        }
+        ctx.outcome = outcome;
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(target) = &ctx.target else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no target in context",
+            ));
+        };
+        upstream.set_raw_path(target.path_and_query().as_bytes())?;
+        // The upstream sees the host that matching used, not another spelling of it.
+        upstream.insert_header(http::header::HOST, ctx.host.as_str())?;
+
+        // pingora has already removed hop-by-hop headers and those named in Connection (and
+        // refuses a Connection that names Host or X-Forwarded-*); what is left of Connection
+        // is its WebSocket upgrade, which must stay.
+        let reserved: Vec<String> = upstream
+            .headers
+            .keys()
+            .map(|k| k.as_str().to_string())
+            .filter(|k| headers::is_reserved(k))
+            .collect();
+        for name in reserved {
+            upstream.remove_header(&name);
+        }
+        if let Some(cookies) = headers::cookies_without_ours(&upstream.headers) {
+            upstream.remove_header("cookie");
+            if let Some(c) = cookies {
+                upstream.insert_header("cookie", c)?;
+            }
+        }
+
+        if let Some(ip) = self.client_ip(session) {
+            upstream.insert_header("x-forwarded-for", ip.to_string())?;
+        }
+        upstream.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
+        upstream.insert_header("x-forwarded-host", ctx.host.as_str())?;
+        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+
+        if let (Some(s), Some(rule)) = (
+            &ctx.session,
+            ctx.rule.and_then(|i| ctx.policy.rules().get(i)),
+        ) {
+            let app = &ctx.policy.app_of(rule).name;
+            let now = self.clock.now();
+            let sign = || self.signer.sign(s, app, now);
+            let token = match (&ctx.signed, &ctx.session_key) {
+                // A signed request's assertion names its digest: one of its own, never cached.
+                (Some(b), _) => self
+                    .signer
+                    .sign_request(s, app, now, Some(b.digest.as_str())),
+                (None, Some(k)) => self.assertions.get_or_sign(k, app, now, sign),
+                (None, None) => sign(),
+            }
+            .map_err(|e| Error::because(ErrorType::InternalError, "cannot sign assertion", e))?;
+            upstream.insert_header(headers::USER, s.user.as_str())?;
+            upstream.insert_header(headers::AAL, s.aal.number().to_string())?;
+            upstream.insert_header(headers::AUTH_TIME, s.auth_time.0.to_string())?;
+            upstream.insert_header(headers::ASSERTION, token)?;
+            if crate::breakglass::is_emergency(s) {
+                upstream.insert_header(
+                    headers::BREAKGLASS,
+                    s.credential.clone().unwrap_or_default(),
+                )?;
+            }
+            if let Some(b) = &ctx.signed {
+                upstream.insert_header(headers::REQUEST_NONCE, b.nonce.as_str())?;
+                upstream.insert_header(headers::REQUEST_DIGEST, b.digest.as_str())?;
+            }
+        }
+        ctx.forwarded_at = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let app_of_rule = ctx
+            .rule
+            .and_then(|i| ctx.policy.rules().get(i))
+            .map(|r| ctx.policy.app_of(r));
+        let app = app_of_rule.map_or("-", |a| a.name.as_str());
+        if let Some(t) = ctx.forwarded_at {
+            self.metrics
+                .upstream_seconds
+                .with_label_values(&[app])
+                .observe(t.elapsed().as_secs_f64());
+        }
+        let class = match resp.status.as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.metrics
+            .upstream_responses
+            .with_label_values(&[app, class])
+            .inc();
+        // The gateway's cookie names are reserved: an upstream cannot set or clear them. The
+        // app's own stay on its host unless it keeps their Domain (`keep_cookie_domain`).
+        let keep_domain = app_of_rule.is_some_and(|a| a.keep_cookie_domain);
+        let set_cookies: Vec<http::HeaderValue> = resp
+            .headers
+            .get_all(http::header::SET_COOKIE)
+            .iter()
+            .cloned()
+            .collect();
+        let ours = |v: &http::HeaderValue| headers::set_cookie_is_ours(v.as_bytes());
+        let scoped = |v: &http::HeaderValue| {
+            (!keep_domain)
+                .then(|| headers::set_cookie_without_domain(v.as_bytes()))
+                .flatten()
+        };
+        if set_cookies.iter().any(|v| ours(v) || scoped(v).is_some()) {
+            resp.remove_header("set-cookie");
+            for v in set_cookies.into_iter().filter(|v| !ours(v)) {
+                match scoped(&v) {
+                    // Bytes that came in a header value are a header value without a part.
+                    Some(host_only) => {
+                        if let Ok(h) = http::HeaderValue::from_bytes(&host_only) {
+                            resp.append_header("set-cookie", h)?;
+                        }
+                    }
+                    None => {
+                        resp.append_header("set-cookie", v)?;
+                    }
+                }
+            }
+        }
+        if ctx.tls
+            && self.hsts
+            && !resp
+                .headers
+                .contains_key(http::header::STRICT_TRANSPORT_SECURITY)
+        {
+            resp.insert_header("strict-transport-security", "max-age=31536000")?;
+        }
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        // Events of a request that went upstream (`request_admitted`) or ended without a page.
+        self.audit.settle(&ctx.audit).await;
+        if let Some(up) = &ctx.upgrade {
+            if let Ok(mut o) = up.over.lock() {
+                *o = true;
+            }
+        }
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let rule = ctx.rule.and_then(|i| ctx.policy.rules().get(i));
+        let route = rule.map(|r| r.id.as_str()).unwrap_or("-");
+        let app = rule
+            .map(|r| ctx.policy.app_of(r).name.as_str())
+            .unwrap_or("-");
+        self.metrics
+            .requests
+            .with_label_values(&[app, route, ctx.outcome.label()])
+            .inc();
+        let (outcome, added) = match ctx.forwarded_at {
+            Some(t) => ("forwarded", t.duration_since(ctx.start)),
+            None => ("answered", ctx.start.elapsed()),
+        };
+        self.metrics
+            .gateway_seconds
+            .with_label_values(&[outcome])
+            .observe(added.as_secs_f64());
+        if self.audit.logs_requests() {
+            let req = session.req_header();
+            self.audit.emit(&crate::audit::Event {
+                time: crate::audit::now_rfc3339(),
+                event: "request",
+                request_id: Some(&ctx.request_id),
+                user: ctx.session.as_ref().map(|s| s.user.as_str()),
+                app: rule.map(|_| app),
+                route: rule.map(|_| route),
+                method: Some(req.method.as_str()),
+                path: ctx
+                    .target
+                    .as_ref()
+                    .map(|t| self.audit.redact_path(t.path())),
+                decision: Some(ctx.outcome.label()),
+                status: Some(status),
+                aal: ctx.session.as_ref().map(|s| s.aal.number()),
+                credential: ctx.session.as_ref().and_then(|s| s.credential.as_deref()),
+                client_ip: self.client_ip(session).map(|a| a.to_string()),
+                user_agent: crate::audit::user_agent(req.headers.get(http::header::USER_AGENT)),
+                ..Default::default()
+            });
+        }
+        tracing::debug!(
+            request_id = %ctx.request_id,
+            status,
+            outcome = ctx.outcome.label(),
+            route,
+            micros = ctx.start.elapsed().as_micros() as u64,
+            error = e.map(|e| e.to_string()).unwrap_or_default(),
+            "request"
+        );
+    }
+}
