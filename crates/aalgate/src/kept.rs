@@ -10,6 +10,7 @@ use aalgate_session::{Flow, RequestBinding};
 use pingora::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::http::{read_limited, Exchange};
 use crate::outcome::Outcome;
 use crate::pages::{self};
 use crate::preserve::{KeptRequest, NotKept, KEPT_HEADERS};
@@ -176,7 +177,7 @@ impl Gateway {
         let Ok(_permit) = self.signin.reads.try_acquire() else {
             return Ok(Err(NotKept::Busy));
         };
-        let Some(body) = self.read_body_bounded(session).await else {
+        let Some(body) = read_limited(session, self.signin.body_limit).await else {
             return Ok(Err(NotKept::TooLarge));
         };
         let req = session.req_header();
@@ -307,14 +308,9 @@ impl Gateway {
     }
 
     /// 429: this client address started too many flows; Retry-After says when it may again.
-    pub(crate) async fn too_many_flows(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        retry: u64,
-    ) -> Result<bool> {
+    pub(crate) async fn too_many_flows(&self, x: &mut Exchange<'_>, retry: u64) -> Result<bool> {
         let (title, text) = pages::error_text(429);
-        self.refuse_for(session, ctx, Outcome::FlowRateLimited, title, text, retry)
+        x.refuse_for(Outcome::FlowRateLimited, title, text, retry)
             .await
     }
 
@@ -323,17 +319,14 @@ impl Gateway {
     /// charges age out.
     pub(crate) async fn anonymous_quota_full(
         &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
+        x: &mut Exchange<'_>,
         full: crate::state::QuotaFull,
     ) -> Result<bool> {
         let text = match full {
             crate::state::QuotaFull::Client => MSG_SIGN_IN_BUSY_HERE,
             crate::state::QuotaFull::Store => MSG_SIGN_IN_BUSY,
         };
-        self.refuse_for(
-            session,
-            ctx,
+        x.refuse_for(
             Outcome::SignInBusy,
             "Too many sign-ins right now",
             text,

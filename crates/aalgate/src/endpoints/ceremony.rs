@@ -11,11 +11,16 @@ use aalgate_session::{FlowId, FlowKind};
 use pingora::prelude::*;
 use serde::Deserialize;
 
+use super::audit_auth;
+use super::enroll::finish_enroll;
 use super::enroll::new_user;
+use super::handoff::start_session;
+use super::signin::signed_path;
 use super::{
     MSG_EXPIRED, MSG_FAILED, MSG_FORBIDDEN, MSG_KEY_NOT_APPROVED, MSG_NOT_ENOUGH, MSG_NOT_RECORDED,
     MSG_NO_KEY, MSG_THROTTLED,
 };
+use crate::http::Exchange;
 use crate::http::{constant_eq, MSG_UNAVAILABLE};
 use crate::outcome::Outcome;
 use crate::state::{Ctx, Gateway, Reply};
@@ -47,596 +52,546 @@ pub(crate) struct FinishReq {
     response: serde_json::Value,
 }
 
-impl Gateway {
-    /// The common front of the ceremony endpoints: the auth origin only, CSRF, a bounded body,
-    /// JSON. `Err(sent)`: the refusal was sent; return it.
-    pub(crate) async fn ceremony_input<T: serde::de::DeserializeOwned>(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-    ) -> Result<std::result::Result<(Token, T), bool>> {
-        if !self.on_auth_origin(ctx) {
-            return self.error(session, ctx, Outcome::NotFound).await.map(Err);
-        }
-        let Some(bind) = self.checked_post(session, ctx) else {
-            return self
-                .json_error(session, ctx, Outcome::Csrf, MSG_FORBIDDEN)
-                .await
-                .map(Err);
-        };
-        let Some(body) = self.read_body(session).await else {
-            return self
-                .json_error(session, ctx, Outcome::BodyTooLarge, MSG_FAILED)
-                .await
-                .map(Err);
-        };
-        match serde_json::from_slice(&body) {
-            Ok(r) => Ok(Ok((bind, r))),
-            Err(e) => {
-                tracing::info!(request_id = %ctx.request_id, error = %e, "malformed ceremony request");
-                self.json_error(session, ctx, Outcome::BadRequest, MSG_FAILED)
-                    .await
-                    .map(Err)
-            }
-        }
+/// The common front of the ceremony endpoints: the auth origin only, CSRF, a bounded body,
+/// JSON. `Err(sent)`: the refusal was sent; return it.
+pub(crate) async fn ceremony_input<T: serde::de::DeserializeOwned>(
+    st: &Gateway,
+    x: &mut Exchange<'_>,
+) -> Result<std::result::Result<(Token, T), bool>> {
+    if !st.on_auth_origin(x.ctx) {
+        return x.error(Outcome::NotFound).await.map(Err);
     }
-
-    /// `POST /.aalgate/webauthn/start`.
-    pub(crate) async fn ceremony_start(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-    ) -> Result<bool> {
-        let (bind, req): (Token, StartReq) = match self.ceremony_input(session, ctx).await? {
-            Ok(x) => x,
-            Err(sent) => return Ok(sent),
-        };
-        if let Err(retry) = self.take_flow_token(session) {
-            return self.too_many_flows(session, ctx, retry).await;
-        }
-        // This browser failed too often: it starts nothing more for a while. Only its own
-        // binding is refused; another browser, even behind the same address, is not.
-        if self.service().failures.binding_blocked(&bind.hash()) {
-            return self
-                .json_error(session, ctx, Outcome::Throttled, MSG_THROTTLED)
-                .await;
-        }
-        match self.start(&req, &bind, self.client_ip(session)).await {
-            Ok(Ok((id, options, kind))) => {
-                self.metrics
-                    .challenges
-                    .with_label_values(&[kind, "issued"])
-                    .inc();
-                ctx.outcome = Outcome::Challenge;
-                let body = serde_json::json!({ "ceremony": id, "options": options });
-                self.send(session, ctx, Reply::json(200, body.to_string()))
-                    .await
-            }
-            Ok(Err((outcome, msg))) => self.json_error(session, ctx, outcome, msg).await,
-            Err(e) => {
-                tracing::warn!(request_id = %ctx.request_id, error = %e, "ceremony start failed");
-                let outcome = match e {
-                    DirectoryError::Store(_) => Outcome::StoreUnavailable,
-                    _ => Outcome::Internal,
-                };
-                self.json_error(session, ctx, outcome, MSG_UNAVAILABLE)
-                    .await
-            }
-        }
-    }
-
-    #[allow(clippy::type_complexity)]
-    #[allow(
-        clippy::too_many_lines,
-        reason = "one ceremony start per purpose; moves to endpoints/ceremony (issue 15 item 3)"
-    )]
-    pub(crate) async fn start(
-        &self,
-        req: &StartReq,
-        bind: &Token,
-        client: Option<std::net::IpAddr>,
-    ) -> std::result::Result<
-        std::result::Result<(String, serde_json::Value, &'static str), (Outcome, &'static str)>,
-        DirectoryError,
-    > {
-        let svc = self.service();
-        let now = self.clock.now();
-        let ceremony = Token::generate();
-        match req.purpose.as_str() {
-            "enroll" => {
-                let Some(token) = req.invite.as_deref().and_then(Token::parse) else {
-                    return Ok(Err((Outcome::BadRequest, MSG_FAILED)));
-                };
-                let Some(invite) = svc.dir.peek_invite(&token, now).await? else {
-                    return Ok(Err((
-                        Outcome::InviteExpired,
-                        "This enrollment link was used already or expired. Ask IT for a new one.",
-                    )));
-                };
-                let kind = req.kind.unwrap_or(RegKind::Passkey);
-                if invite.aal == Aal::Aal3 && kind != RegKind::SecurityKey {
-                    return Ok(Err((Outcome::NeedsHardwareKey, MSG_NO_KEY)));
-                }
-                let user = match svc.dir.user(&invite.user).await? {
-                    Some(u) if u.disabled => return Ok(Err((Outcome::Disabled, MSG_FAILED))),
-                    Some(u) => u,
-                    None => new_user(&invite.user, &invite.display_name, invite.aal, now),
-                };
-                let (options, state) = match svc.rp.start_registration(&user, kind) {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot start enrollment");
-                        return Ok(Err((Outcome::NotAvailable, MSG_KEY_NOT_APPROVED)));
-                    }
-                };
-                let pending = Pending {
-                    purpose: Purpose::Enroll,
-                    binding: bind.hash(),
-                    flow: None,
-                    user: Some(user.id.clone()),
-                    invite: Some(token.hash()),
-                    allowed: None,
-                    handle: Some(user.handle),
-                    ceremony_nonce: None,
-                    state: serde_json::to_value(&state)
-                        .map_err(|e| DirectoryError::Corrupt("state", e.to_string()))?,
-                    created: now,
-                };
-                svc.dir.put_pending(&ceremony.hash(), &pending).await?;
-                Ok(Ok((ceremony.expose().to_string(), options, "login")))
-            }
-            "signin" => {
-                let Some(flow_id) = req.flow.as_deref().and_then(FlowId::parse) else {
-                    return Ok(Err((Outcome::BadRequest, MSG_EXPIRED)));
-                };
-                let Some(flow) = self.store.get_flow(&flow_id.key(), now).await? else {
-                    return Ok(Err((Outcome::FlowExpired, MSG_EXPIRED)));
-                };
-                let kind = flow.need.challenge();
-                // Who may answer: the flow's user (step-up always; re-auth unless switching),
-                // a typed user name, or anyone with a discoverable credential.
-                let named = if flow.need == FlowKind::StepUp
-                    || (flow.need == FlowKind::Reauth && !req.switch)
-                {
-                    flow.user.clone()
-                } else {
-                    req.username.as_deref().map(|u| u.trim().to_string())
-                };
-                // On a per-request route the challenge is derived from the request's digest
-                // and a fresh ceremony nonce, so the key's signature covers that request.
-                let bound = flow.binding.as_ref().map(|b| {
-                    let n = aalgate_auth::signing::nonce();
-                    let path = self.signed_path(&flow);
-                    (
-                        aalgate_auth::signing::challenge_of(b, &n, &flow.method, &path),
-                        n,
-                    )
-                });
-                let start = |name: &str, creds: Option<&[aalgate_auth::Credential]>| match &bound {
-                    Some((Some(chal), _)) => svc.rp.start_sign_in_bound(name, creds, chal),
-                    Some((None, _)) => Err(aalgate_auth::CeremonyError::Config(
-                        "malformed request binding".into(),
-                    )),
-                    None => svc.rp.start_sign_in_for(name, creds),
-                };
-                let (options, state, user, allowed) = match named {
-                    Some(name) => {
-                        // Decoys look like the people enrolled; the background refresh keeps
-                        // that current, and the first start after boot loads it if it has not.
-                        svc.ensure_decoys().await;
-                        // Throttling is enforced when the answer comes back, so a start never tells
-                        // a throttled (existing) account from another.
-                        let user = svc.dir.user(&name).await?.filter(|u| !u.disabled);
-                        let creds: Vec<_> = user
-                            .as_ref()
-                            .map(|u| {
-                                u.credentials
-                                    .iter()
-                                    .filter(|c| {
-                                        c.usable()
-                                            && (flow.need != FlowKind::StepUp || c.aal >= flow.aal)
-                                    })
-                                    .cloned()
-                                    .collect()
-                            })
-                            .unwrap_or_default();
-                        if flow.need == FlowKind::StepUp && creds.is_empty() {
-                            return Ok(Err((Outcome::NoSuitableKey, MSG_NO_KEY)));
-                        }
-                        let allowed: Vec<String> = creds.iter().map(|c| c.id.clone()).collect();
-                        let (o, s) = start(&name, Some(&creds))
-                            .map_err(|e| DirectoryError::Invalid(e.to_string()))?;
-                        (o, s, Some(name), Some(allowed))
-                    }
-                    None => {
-                        let (o, s) =
-                            start("", None).map_err(|e| DirectoryError::Invalid(e.to_string()))?;
-                        (o, s, None, None)
-                    }
-                };
-                let pending = Pending {
-                    purpose: flow.need.into(),
-                    binding: bind.hash(),
-                    flow: Some(flow_id.key()),
-                    user,
-                    invite: None,
-                    allowed,
-                    handle: None,
-                    ceremony_nonce: bound.map(|(_, n)| aalgate_auth::signing::b64(&n)),
-                    state: serde_json::to_value(&state)
-                        .map_err(|e| DirectoryError::Corrupt("state", e.to_string()))?,
-                    created: now,
-                };
-                // A ceremony for nobody known yet draws on the store-wide anonymous quota.
-                if flow.user.is_none() {
-                    let size = serde_json::to_vec(&pending)
-                        .map_or(crate::state::MAX_FLOW_BYTES, |v| v.len());
-                    // A typed name's state holds that person's keys (or a decoy's): charged
-                    // at least a fixed amount, so how many starts fit does not tell a real
-                    // name from a made-up one.
-                    let size = if pending.user.is_some() {
-                        size.max(NAMED_START_CHARGE)
-                    } else {
-                        size
-                    };
-                    match self.charge_anonymous(size, client).await? {
-                        Ok(()) => {}
-                        Err(crate::state::QuotaFull::Client) => {
-                            return Ok(Err((
-                                Outcome::SignInBusy,
-                                crate::state::MSG_SIGN_IN_BUSY_HERE,
-                            )))
-                        }
-                        Err(crate::state::QuotaFull::Store) => {
-                            return Ok(Err((Outcome::SignInBusy, crate::state::MSG_SIGN_IN_BUSY)))
-                        }
-                    }
-                }
-                svc.dir.put_pending(&ceremony.hash(), &pending).await?;
-                Ok(Ok((ceremony.expose().to_string(), options, kind)))
-            }
-            _ => Ok(Err((Outcome::BadRequest, MSG_FAILED))),
-        }
-    }
-
-    /// `POST /.aalgate/webauthn/finish`.
-    pub(crate) async fn ceremony_finish(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-    ) -> Result<bool> {
-        let (bind, req): (Token, FinishReq) = match self.ceremony_input(session, ctx).await? {
-            Ok(x) => x,
-            Err(sent) => return Ok(sent),
-        };
-        let Some(ceremony) = Token::parse(&req.ceremony) else {
-            return self
-                .json_error(session, ctx, Outcome::BadRequest, MSG_EXPIRED)
-                .await;
-        };
-        let svc = self.service();
-        // Taken once: a replayed or parallel duplicate finds nothing.
-        let pending = match svc.dir.take_pending(&ceremony.hash()).await {
-            Ok(Some(p)) => p,
-            Ok(None) => {
-                self.audit_auth(
-                    ctx,
-                    "signin_failure",
-                    None,
-                    None,
-                    None,
-                    Some("ceremony state missing (expired, used or replayed)"),
-                );
-                return self
-                    .json_error(session, ctx, Outcome::CeremonyExpired, MSG_EXPIRED)
-                    .await;
-            }
-            Err(e) => {
-                return self
-                    .store_down(session, ctx, &e, "ceremony finish: store error")
-                    .await;
-            }
-        };
-        if !constant_eq(pending.binding.as_bytes(), bind.hash().as_bytes()) {
-            self.audit_auth(
-                ctx,
-                "signin_failure",
-                pending.user.as_deref(),
-                None,
-                None,
-                Some("ceremony finished by another browser"),
-            );
-            return self
-                .json_error(session, ctx, Outcome::Csrf, MSG_FORBIDDEN)
-                .await;
-        }
-        let response = serde_json::to_vec(&req.response).unwrap_or_default();
-        let t0 = Instant::now();
-        if pending.purpose == Purpose::Enroll {
-            return self.finish_enroll(session, ctx, pending, &response).await;
-        }
-        let kind = challenge_kind(pending.purpose);
-        let result = self.finish_sign_in(session, ctx, pending, &response).await;
-        self.metrics
-            .ceremony_seconds
-            .with_label_values(&[kind])
-            .observe(t0.elapsed().as_secs_f64());
-        result
-    }
-
-    #[allow(
-        clippy::too_many_lines,
-        reason = "a sign-in's checks in order, each failure audited; moves to endpoints/ceremony (issue 15 item 3)"
-    )]
-    pub(crate) async fn finish_sign_in(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        pending: Pending,
-        response: &[u8],
-    ) -> Result<bool> {
-        let svc = self.service();
-        let now = self.clock.now();
-        let kind = challenge_kind(pending.purpose);
-        let fail = |this: &Self, ctx: &Ctx, user: Option<&str>, why: &str| {
-            tracing::info!(request_id = %ctx.request_id, user = user.unwrap_or("-"), reason = why, "sign-in failed");
-            this.metrics
-                .challenges
-                .with_label_values(&[kind, "failure"])
-                .inc();
-            this.audit_auth(ctx, "signin_failure", user, None, None, Some(why));
-        };
-        let ceremony_nonce = pending.ceremony_nonce.clone();
-        let state: AuthState = match serde_json::from_value(pending.state) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "undecodable sign-in state");
-                return self
-                    .json_error(session, ctx, Outcome::Internal, MSG_FAILED)
-                    .await;
-            }
-        };
-        let resp = match SignIn::parse(response) {
-            Ok(r) => r,
-            Err(e) => {
-                fail(self, ctx, pending.user.as_deref(), &e.to_string());
-                return self.failed_finish(session, ctx, &pending.binding).await;
-            }
-        };
-        // Who: the user the ceremony was started for, or the one the credential names.
-        let user = match &pending.user {
-            Some(name) => svc.dir.user(name).await,
-            None => match resp.user_handle() {
-                Some(h) => svc.dir.user_by_handle(h).await,
-                None => Ok(None),
-            },
-        };
-        let mut user = match user {
-            Ok(Some(u)) if !u.disabled => u,
-            Ok(_) => {
-                fail(
-                    self,
-                    ctx,
-                    pending.user.as_deref(),
-                    "unknown or disabled user",
-                );
-                return self.failed_finish(session, ctx, &pending.binding).await;
-            }
-            Err(e) => {
-                return self
-                    .store_down(session, ctx, &e, "sign-in: store error")
-                    .await;
-            }
-        };
-        // No account-wide lockout: a valid assertion from the person's own key is never refused
-        // because of anybody's failures (README "Failed sign-ins", NIST SP 800-63B-4 rate limiting).
-        let verified =
-            svc.rp
-                .finish_sign_in(&resp, state, &mut user, pending.allowed.as_deref(), now);
-        let v = match verified {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::info!(request_id = %ctx.request_id, user = %user.id, error = %e, "sign-in refused");
-                fail(self, ctx, Some(&user.id), &e.to_string());
-                if let CeremonyError::CounterRegression(cred) = &e {
-                    self.metrics.counter_regressions.inc();
-                    self.audit_auth(
-                        ctx,
-                        "sign_count_regression",
-                        Some(&user.id),
-                        None,
-                        Some(cred),
-                        Some("credential flagged; sign-in refused"),
-                    );
-                    let _ = svc.dir.put_user(&user).await;
-                }
-                return self.failed_finish(session, ctx, &pending.binding).await;
-            }
-        };
-        let flow = match pending.flow.as_deref() {
-            Some(k) => self.store.take_flow(k, now).await,
-            None => Ok(None),
-        };
-        let flow = match flow {
-            Ok(Some(f)) => f,
-            Ok(None) => {
-                return self
-                    .json_error(session, ctx, Outcome::FlowExpired, MSG_EXPIRED)
-                    .await
-            }
-            Err(e) => {
-                return self
-                    .store_down(session, ctx, &e, "sign-in: store error")
-                    .await;
-            }
-        };
-        // Never above the level IT proofed the person for.
-        let mut v = v;
-        v.aal = v.aal.min(user.proofed_aal.max(Aal::Aal2));
-        if flow.need == FlowKind::StepUp && v.aal < flow.aal {
-            fail(
-                self,
-                ctx,
-                Some(&user.id),
-                "credential below the step-up level",
-            );
-            return self
-                .json_error(session, ctx, Outcome::NotEnough, MSG_NOT_ENOUGH)
-                .await;
-        }
-        // Write back only what this sign-in changed, onto a fresh read: a `disable` or
-        // `revoke-credential` that ran meanwhile wins.
-        let merged = async {
-            let Some(mut fresh) = svc.dir.user(&user.id).await? else {
-                return Ok(false);
-            };
-            let Some(used) = user.credential(&v.credential_id).cloned() else {
-                return Ok(false);
-            };
-            let Some(slot) = fresh.credentials.iter_mut().find(|c| c.id == used.id) else {
-                return Ok(false);
-            };
-            if fresh.disabled || !slot.usable() {
-                return Ok(false);
-            }
-            *slot = used;
-            fresh.last_login = user.last_login;
-            svc.dir.put_user(&fresh).await?;
-            Ok::<_, DirectoryError>(true)
-        }
-        .await;
-        match merged {
-            Ok(true) => {}
-            Ok(false) => {
-                fail(
-                    self,
-                    ctx,
-                    Some(&user.id),
-                    "user disabled or credential revoked during sign-in",
-                );
-                return self
-                    .json_error(session, ctx, Outcome::SigninFailed, MSG_FAILED)
-                    .await;
-            }
-            Err(e) => {
-                return self
-                    .store_down(session, ctx, &e, "sign-in: store error")
-                    .await;
-            }
-        }
-        self.metrics
-            .challenges
-            .with_label_values(&[kind, "success"])
-            .inc();
-        self.audit_auth(
-            ctx,
-            kind,
-            Some(&user.id),
-            Some(v.aal),
-            Some(&v.audit_id),
-            Some(v.kind.as_str()),
-        );
-        let mut flow = flow;
-        if let Some(b) = flow.binding.take() {
-            // The key signed the challenge derived from this request (webauthn-rs checked it
-            // against the state); the audit log keeps the evidence, and only then does the
-            // flow admit the request. Below the route's level it signs nothing.
-            let expected = ceremony_nonce
-                .as_deref()
-                .and_then(aalgate_auth::signing::b64_32)
-                .and_then(|n| {
-                    aalgate_auth::signing::challenge_of(
-                        &b,
-                        &n,
-                        &flow.method,
-                        &self.signed_path(&flow),
-                    )
-                })
-                .map(|c| aalgate_auth::signing::b64(&c));
-            if v.aal >= flow.aal && expected.is_some() && resp.challenge() == expected {
-                let (ad, cd, sig) = resp.signed_parts();
-                let path = self.signed_path(&flow);
-                let evidence = aalgate_auth::signing::Evidence {
-                    v: 1,
-                    method: flow.method.clone(),
-                    path: path.clone(),
-                    digest: b.digest.clone(),
-                    body: b.body,
-                    ceremony_nonce: ceremony_nonce.clone().unwrap_or_default(),
-                    credential_id: v.credential_id.clone(),
-                    authenticator_data: aalgate_auth::signing::b64(ad),
-                    client_data_json: aalgate_auth::signing::b64(cd),
-                    signature: aalgate_auth::signing::b64(sig),
-                };
-                // No evidence on record, no signature: the request is not admitted, and the
-                // flow (with what it keeps) goes back, so one more touch can sign it.
-                let recorded = self
-                    .audit
-                    .record(&crate::audit::Event {
-                        time: crate::audit::now_rfc3339(),
-                        event: "request_signed",
-                        request_id: Some(&ctx.request_id),
-                        user: Some(&user.id),
-                        app: Some(&flow.app),
-                        method: Some(&flow.method),
-                        path: Some(path),
-                        aal: Some(v.aal.number()),
-                        credential: Some(&v.audit_id),
-                        evidence: Some(evidence),
-                        ..Default::default()
-                    })
-                    .await;
-                flow.binding = Some(b);
-                if recorded {
-                    self.metrics.signed_requests.inc();
-                } else {
-                    tracing::error!(request_id = %ctx.request_id, user = %user.id, "the audit log could not record request_signed (queue full, writer gone or sink failing): the request is not signed, and its flow is kept for another touch");
-                    let left = crate::state::FLOW_TTL.saturating_sub(now.since(flow.created));
-                    if let Some(k) = pending.flow.as_deref() {
-                        if let Err(e) = self.store.put_flow(k, &flow, left).await {
-                            return self
-                                .store_down(session, ctx, &e, "sign-in: store error")
-                                .await;
-                        }
-                    }
-                    return self
-                        .json_error(session, ctx, Outcome::AuditUnavailable, MSG_NOT_RECORDED)
-                        .await;
-                }
-            } else {
-                tracing::info!(request_id = %ctx.request_id, user = %user.id, "per-request ceremony below the route's level or unbound: the request is not signed");
-            }
-        }
-        self.start_session(
-            session,
-            ctx,
-            &user,
-            v.aal,
-            v.amr.clone(),
-            &v.audit_id,
-            v.kind,
-            &flow,
-        )
-        .await
-    }
-
-    /// A sign-in that failed (an unreadable response, an unknown or disabled user, a signature
-    /// that does not verify): counted for this client and browser binding, and answered after
-    /// their backoff, alike on every path, so the time tells nobody whether the name exists.
-    pub(crate) async fn failed_finish(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        binding: &str,
-    ) -> Result<bool> {
-        let wait = self
-            .service()
-            .failures
-            .failed(self.client_ip(session), binding);
-        tokio::time::sleep(wait).await;
-        self.json_error(session, ctx, Outcome::SigninFailed, MSG_FAILED)
+    let Some(bind) = x.checked_post() else {
+        return x.json_error(Outcome::Csrf, MSG_FORBIDDEN).await.map(Err);
+    };
+    let Some(body) = x.read_body().await else {
+        return x
+            .json_error(Outcome::BodyTooLarge, MSG_FAILED)
             .await
+            .map(Err);
+    };
+    match serde_json::from_slice(&body) {
+        Ok(r) => Ok(Ok((bind, r))),
+        Err(e) => {
+            tracing::info!(request_id = %x.ctx.request_id, error = %e, "malformed ceremony request");
+            x.json_error(Outcome::BadRequest, MSG_FAILED).await.map(Err)
+        }
     }
+}
+
+/// `POST /.aalgate/webauthn/start`.
+pub(crate) async fn ceremony_start(st: &Gateway, x: &mut Exchange<'_>) -> Result<bool> {
+    let (bind, req): (Token, StartReq) = match ceremony_input(st, x).await? {
+        Ok(x) => x,
+        Err(sent) => return Ok(sent),
+    };
+    if let Err(retry) = st.take_flow_token(x.session) {
+        return st.too_many_flows(x, retry).await;
+    }
+    // This browser failed too often: it starts nothing more for a while. Only its own
+    // binding is refused; another browser, even behind the same address, is not.
+    if st.service().failures.binding_blocked(&bind.hash()) {
+        return x.json_error(Outcome::Throttled, MSG_THROTTLED).await;
+    }
+    match start(st, &req, &bind, st.client_ip(x.session)).await {
+        Ok(Ok((id, options, kind))) => {
+            st.metrics
+                .challenges
+                .with_label_values(&[kind, "issued"])
+                .inc();
+            x.ctx.outcome = Outcome::Challenge;
+            let body = serde_json::json!({ "ceremony": id, "options": options });
+            x.send(Reply::json(200, body.to_string())).await
+        }
+        Ok(Err((outcome, msg))) => x.json_error(outcome, msg).await,
+        Err(e) => {
+            tracing::warn!(request_id = %x.ctx.request_id, error = %e, "ceremony start failed");
+            let outcome = match e {
+                DirectoryError::Store(_) => Outcome::StoreUnavailable,
+                _ => Outcome::Internal,
+            };
+            x.json_error(outcome, MSG_UNAVAILABLE).await
+        }
+    }
+}
+
+#[allow(clippy::type_complexity)]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one ceremony start per purpose; moves to endpoints/ceremony (issue 15 item 3)"
+)]
+pub(crate) async fn start(
+    st: &Gateway,
+    req: &StartReq,
+    bind: &Token,
+    client: Option<std::net::IpAddr>,
+) -> std::result::Result<
+    std::result::Result<(String, serde_json::Value, &'static str), (Outcome, &'static str)>,
+    DirectoryError,
+> {
+    let svc = st.service();
+    let now = st.clock.now();
+    let ceremony = Token::generate();
+    match req.purpose.as_str() {
+        "enroll" => {
+            let Some(token) = req.invite.as_deref().and_then(Token::parse) else {
+                return Ok(Err((Outcome::BadRequest, MSG_FAILED)));
+            };
+            let Some(invite) = svc.dir.peek_invite(&token, now).await? else {
+                return Ok(Err((
+                    Outcome::InviteExpired,
+                    "This enrollment link was used already or expired. Ask IT for a new one.",
+                )));
+            };
+            let kind = req.kind.unwrap_or(RegKind::Passkey);
+            if invite.aal == Aal::Aal3 && kind != RegKind::SecurityKey {
+                return Ok(Err((Outcome::NeedsHardwareKey, MSG_NO_KEY)));
+            }
+            let user = match svc.dir.user(&invite.user).await? {
+                Some(u) if u.disabled => return Ok(Err((Outcome::Disabled, MSG_FAILED))),
+                Some(u) => u,
+                None => new_user(&invite.user, &invite.display_name, invite.aal, now),
+            };
+            let (options, state) = match svc.rp.start_registration(&user, kind) {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start enrollment");
+                    return Ok(Err((Outcome::NotAvailable, MSG_KEY_NOT_APPROVED)));
+                }
+            };
+            let pending = Pending {
+                purpose: Purpose::Enroll,
+                binding: bind.hash(),
+                flow: None,
+                user: Some(user.id.clone()),
+                invite: Some(token.hash()),
+                allowed: None,
+                handle: Some(user.handle),
+                ceremony_nonce: None,
+                state: serde_json::to_value(&state)
+                    .map_err(|e| DirectoryError::Corrupt("state", e.to_string()))?,
+                created: now,
+            };
+            svc.dir.put_pending(&ceremony.hash(), &pending).await?;
+            Ok(Ok((ceremony.expose().to_string(), options, "login")))
+        }
+        "signin" => {
+            let Some(flow_id) = req.flow.as_deref().and_then(FlowId::parse) else {
+                return Ok(Err((Outcome::BadRequest, MSG_EXPIRED)));
+            };
+            let Some(flow) = st.store.get_flow(&flow_id.key(), now).await? else {
+                return Ok(Err((Outcome::FlowExpired, MSG_EXPIRED)));
+            };
+            let kind = flow.need.challenge();
+            // Who may answer: the flow's user (step-up always; re-auth unless switching),
+            // a typed user name, or anyone with a discoverable credential.
+            let named = if flow.need == FlowKind::StepUp
+                || (flow.need == FlowKind::Reauth && !req.switch)
+            {
+                flow.user.clone()
+            } else {
+                req.username.as_deref().map(|u| u.trim().to_string())
+            };
+            // On a per-request route the challenge is derived from the request's digest
+            // and a fresh ceremony nonce, so the key's signature covers that request.
+            let bound = flow.binding.as_ref().map(|b| {
+                let n = aalgate_auth::signing::nonce();
+                let path = signed_path(st, &flow);
+                (
+                    aalgate_auth::signing::challenge_of(b, &n, &flow.method, &path),
+                    n,
+                )
+            });
+            let start = |name: &str, creds: Option<&[aalgate_auth::Credential]>| match &bound {
+                Some((Some(chal), _)) => svc.rp.start_sign_in_bound(name, creds, chal),
+                Some((None, _)) => Err(aalgate_auth::CeremonyError::Config(
+                    "malformed request binding".into(),
+                )),
+                None => svc.rp.start_sign_in_for(name, creds),
+            };
+            let (options, state, user, allowed) = match named {
+                Some(name) => {
+                    // Decoys look like the people enrolled; the background refresh keeps
+                    // that current, and the first start after boot loads it if it has not.
+                    svc.ensure_decoys().await;
+                    // Throttling is enforced when the answer comes back, so a start never tells
+                    // a throttled (existing) account from another.
+                    let user = svc.dir.user(&name).await?.filter(|u| !u.disabled);
+                    let creds: Vec<_> = user
+                        .as_ref()
+                        .map(|u| {
+                            u.credentials
+                                .iter()
+                                .filter(|c| {
+                                    c.usable()
+                                        && (flow.need != FlowKind::StepUp || c.aal >= flow.aal)
+                                })
+                                .cloned()
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    if flow.need == FlowKind::StepUp && creds.is_empty() {
+                        return Ok(Err((Outcome::NoSuitableKey, MSG_NO_KEY)));
+                    }
+                    let allowed: Vec<String> = creds.iter().map(|c| c.id.clone()).collect();
+                    let (o, s) = start(&name, Some(&creds))
+                        .map_err(|e| DirectoryError::Invalid(e.to_string()))?;
+                    (o, s, Some(name), Some(allowed))
+                }
+                None => {
+                    let (o, s) =
+                        start("", None).map_err(|e| DirectoryError::Invalid(e.to_string()))?;
+                    (o, s, None, None)
+                }
+            };
+            let pending = Pending {
+                purpose: flow.need.into(),
+                binding: bind.hash(),
+                flow: Some(flow_id.key()),
+                user,
+                invite: None,
+                allowed,
+                handle: None,
+                ceremony_nonce: bound.map(|(_, n)| aalgate_auth::signing::b64(&n)),
+                state: serde_json::to_value(&state)
+                    .map_err(|e| DirectoryError::Corrupt("state", e.to_string()))?,
+                created: now,
+            };
+            // A ceremony for nobody known yet draws on the store-wide anonymous quota.
+            if flow.user.is_none() {
+                let size =
+                    serde_json::to_vec(&pending).map_or(crate::state::MAX_FLOW_BYTES, |v| v.len());
+                // A typed name's state holds that person's keys (or a decoy's): charged
+                // at least a fixed amount, so how many starts fit does not tell a real
+                // name from a made-up one.
+                let size = if pending.user.is_some() {
+                    size.max(NAMED_START_CHARGE)
+                } else {
+                    size
+                };
+                match st.charge_anonymous(size, client).await? {
+                    Ok(()) => {}
+                    Err(crate::state::QuotaFull::Client) => {
+                        return Ok(Err((
+                            Outcome::SignInBusy,
+                            crate::state::MSG_SIGN_IN_BUSY_HERE,
+                        )))
+                    }
+                    Err(crate::state::QuotaFull::Store) => {
+                        return Ok(Err((Outcome::SignInBusy, crate::state::MSG_SIGN_IN_BUSY)))
+                    }
+                }
+            }
+            svc.dir.put_pending(&ceremony.hash(), &pending).await?;
+            Ok(Ok((ceremony.expose().to_string(), options, kind)))
+        }
+        _ => Ok(Err((Outcome::BadRequest, MSG_FAILED))),
+    }
+}
+
+/// `POST /.aalgate/webauthn/finish`.
+pub(crate) async fn ceremony_finish(st: &Gateway, x: &mut Exchange<'_>) -> Result<bool> {
+    let (bind, req): (Token, FinishReq) = match ceremony_input(st, x).await? {
+        Ok(x) => x,
+        Err(sent) => return Ok(sent),
+    };
+    let Some(ceremony) = Token::parse(&req.ceremony) else {
+        return x.json_error(Outcome::BadRequest, MSG_EXPIRED).await;
+    };
+    let svc = st.service();
+    // Taken once: a replayed or parallel duplicate finds nothing.
+    let pending = match svc.dir.take_pending(&ceremony.hash()).await {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            audit_auth(
+                st,
+                x.ctx,
+                "signin_failure",
+                None,
+                None,
+                None,
+                Some("ceremony state missing (expired, used or replayed)"),
+            );
+            return x.json_error(Outcome::CeremonyExpired, MSG_EXPIRED).await;
+        }
+        Err(e) => {
+            return x.store_down(&e, "ceremony finish: store error").await;
+        }
+    };
+    if !constant_eq(pending.binding.as_bytes(), bind.hash().as_bytes()) {
+        audit_auth(
+            st,
+            x.ctx,
+            "signin_failure",
+            pending.user.as_deref(),
+            None,
+            None,
+            Some("ceremony finished by another browser"),
+        );
+        return x.json_error(Outcome::Csrf, MSG_FORBIDDEN).await;
+    }
+    let response = serde_json::to_vec(&req.response).unwrap_or_default();
+    let t0 = Instant::now();
+    if pending.purpose == Purpose::Enroll {
+        return finish_enroll(st, x, pending, &response).await;
+    }
+    let kind = challenge_kind(pending.purpose);
+    let result = finish_sign_in(st, x, pending, &response).await;
+    st.metrics
+        .ceremony_seconds
+        .with_label_values(&[kind])
+        .observe(t0.elapsed().as_secs_f64());
+    result
+}
+
+#[allow(
+    clippy::too_many_lines,
+    reason = "a sign-in's checks in order, each failure audited; moves to endpoints/ceremony (issue 15 item 3)"
+)]
+pub(crate) async fn finish_sign_in(
+    st: &Gateway,
+    x: &mut Exchange<'_>,
+    pending: Pending,
+    response: &[u8],
+) -> Result<bool> {
+    let svc = st.service();
+    let now = st.clock.now();
+    let kind = challenge_kind(pending.purpose);
+    let fail = |this: &Gateway, ctx: &Ctx, user: Option<&str>, why: &str| {
+        tracing::info!(request_id = %ctx.request_id, user = user.unwrap_or("-"), reason = why, "sign-in failed");
+        this.metrics
+            .challenges
+            .with_label_values(&[kind, "failure"])
+            .inc();
+        audit_auth(this, ctx, "signin_failure", user, None, None, Some(why));
+    };
+    let ceremony_nonce = pending.ceremony_nonce.clone();
+    let state: AuthState = match serde_json::from_value(pending.state) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "undecodable sign-in state");
+            return x.json_error(Outcome::Internal, MSG_FAILED).await;
+        }
+    };
+    let resp = match SignIn::parse(response) {
+        Ok(r) => r,
+        Err(e) => {
+            fail(st, x.ctx, pending.user.as_deref(), &e.to_string());
+            return failed_finish(st, x, &pending.binding).await;
+        }
+    };
+    // Who: the user the ceremony was started for, or the one the credential names.
+    let user = match &pending.user {
+        Some(name) => svc.dir.user(name).await,
+        None => match resp.user_handle() {
+            Some(h) => svc.dir.user_by_handle(h).await,
+            None => Ok(None),
+        },
+    };
+    let mut user = match user {
+        Ok(Some(u)) if !u.disabled => u,
+        Ok(_) => {
+            fail(
+                st,
+                x.ctx,
+                pending.user.as_deref(),
+                "unknown or disabled user",
+            );
+            return failed_finish(st, x, &pending.binding).await;
+        }
+        Err(e) => {
+            return x.store_down(&e, "sign-in: store error").await;
+        }
+    };
+    // No account-wide lockout: a valid assertion from the person's own key is never refused
+    // because of anybody's failures (README "Failed sign-ins", NIST SP 800-63B-4 rate limiting).
+    let verified = svc
+        .rp
+        .finish_sign_in(&resp, state, &mut user, pending.allowed.as_deref(), now);
+    let v = match verified {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::info!(request_id = %x.ctx.request_id, user = %user.id, error = %e, "sign-in refused");
+            fail(st, x.ctx, Some(&user.id), &e.to_string());
+            if let CeremonyError::CounterRegression(cred) = &e {
+                st.metrics.counter_regressions.inc();
+                audit_auth(
+                    st,
+                    x.ctx,
+                    "sign_count_regression",
+                    Some(&user.id),
+                    None,
+                    Some(cred),
+                    Some("credential flagged; sign-in refused"),
+                );
+                let _ = svc.dir.put_user(&user).await;
+            }
+            return failed_finish(st, x, &pending.binding).await;
+        }
+    };
+    let flow = match pending.flow.as_deref() {
+        Some(k) => st.store.take_flow(k, now).await,
+        None => Ok(None),
+    };
+    let flow = match flow {
+        Ok(Some(f)) => f,
+        Ok(None) => return x.json_error(Outcome::FlowExpired, MSG_EXPIRED).await,
+        Err(e) => {
+            return x.store_down(&e, "sign-in: store error").await;
+        }
+    };
+    // Never above the level IT proofed the person for.
+    let mut v = v;
+    v.aal = v.aal.min(user.proofed_aal.max(Aal::Aal2));
+    if flow.need == FlowKind::StepUp && v.aal < flow.aal {
+        fail(
+            st,
+            x.ctx,
+            Some(&user.id),
+            "credential below the step-up level",
+        );
+        return x.json_error(Outcome::NotEnough, MSG_NOT_ENOUGH).await;
+    }
+    // Write back only what this sign-in changed, onto a fresh read: a `disable` or
+    // `revoke-credential` that ran meanwhile wins.
+    let merged = async {
+        let Some(mut fresh) = svc.dir.user(&user.id).await? else {
+            return Ok(false);
+        };
+        let Some(used) = user.credential(&v.credential_id).cloned() else {
+            return Ok(false);
+        };
+        let Some(slot) = fresh.credentials.iter_mut().find(|c| c.id == used.id) else {
+            return Ok(false);
+        };
+        if fresh.disabled || !slot.usable() {
+            return Ok(false);
+        }
+        *slot = used;
+        fresh.last_login = user.last_login;
+        svc.dir.put_user(&fresh).await?;
+        Ok::<_, DirectoryError>(true)
+    }
+    .await;
+    match merged {
+        Ok(true) => {}
+        Ok(false) => {
+            fail(
+                st,
+                x.ctx,
+                Some(&user.id),
+                "user disabled or credential revoked during sign-in",
+            );
+            return x.json_error(Outcome::SigninFailed, MSG_FAILED).await;
+        }
+        Err(e) => {
+            return x.store_down(&e, "sign-in: store error").await;
+        }
+    }
+    st.metrics
+        .challenges
+        .with_label_values(&[kind, "success"])
+        .inc();
+    audit_auth(
+        st,
+        x.ctx,
+        kind,
+        Some(&user.id),
+        Some(v.aal),
+        Some(&v.audit_id),
+        Some(v.kind.as_str()),
+    );
+    let mut flow = flow;
+    if let Some(b) = flow.binding.take() {
+        // The key signed the challenge derived from this request (webauthn-rs checked it
+        // against the state); the audit log keeps the evidence, and only then does the
+        // flow admit the request. Below the route's level it signs nothing.
+        let expected = ceremony_nonce
+            .as_deref()
+            .and_then(aalgate_auth::signing::b64_32)
+            .and_then(|n| {
+                aalgate_auth::signing::challenge_of(&b, &n, &flow.method, &signed_path(st, &flow))
+            })
+            .map(|c| aalgate_auth::signing::b64(&c));
+        if v.aal >= flow.aal && expected.is_some() && resp.challenge() == expected {
+            let (ad, cd, sig) = resp.signed_parts();
+            let path = signed_path(st, &flow);
+            let evidence = aalgate_auth::signing::Evidence {
+                v: 1,
+                method: flow.method.clone(),
+                path: path.clone(),
+                digest: b.digest.clone(),
+                body: b.body,
+                ceremony_nonce: ceremony_nonce.clone().unwrap_or_default(),
+                credential_id: v.credential_id.clone(),
+                authenticator_data: aalgate_auth::signing::b64(ad),
+                client_data_json: aalgate_auth::signing::b64(cd),
+                signature: aalgate_auth::signing::b64(sig),
+            };
+            // No evidence on record, no signature: the request is not admitted, and the
+            // flow (with what it keeps) goes back, so one more touch can sign it.
+            let recorded = st
+                .audit
+                .record(&crate::audit::Event {
+                    time: crate::audit::now_rfc3339(),
+                    event: "request_signed",
+                    request_id: Some(&x.ctx.request_id),
+                    user: Some(&user.id),
+                    app: Some(&flow.app),
+                    method: Some(&flow.method),
+                    path: Some(path),
+                    aal: Some(v.aal.number()),
+                    credential: Some(&v.audit_id),
+                    evidence: Some(evidence),
+                    ..Default::default()
+                })
+                .await;
+            flow.binding = Some(b);
+            if recorded {
+                st.metrics.signed_requests.inc();
+            } else {
+                tracing::error!(request_id = %x.ctx.request_id, user = %user.id, "the audit log could not record request_signed (queue full, writer gone or sink failing): the request is not signed, and its flow is kept for another touch");
+                let left = crate::state::FLOW_TTL.saturating_sub(now.since(flow.created));
+                if let Some(k) = pending.flow.as_deref() {
+                    if let Err(e) = st.store.put_flow(k, &flow, left).await {
+                        return x.store_down(&e, "sign-in: store error").await;
+                    }
+                }
+                return x
+                    .json_error(Outcome::AuditUnavailable, MSG_NOT_RECORDED)
+                    .await;
+            }
+        } else {
+            tracing::info!(request_id = %x.ctx.request_id, user = %user.id, "per-request ceremony below the route's level or unbound: the request is not signed");
+        }
+    }
+    start_session(
+        st,
+        x,
+        &user,
+        v.aal,
+        v.amr.clone(),
+        &v.audit_id,
+        v.kind,
+        &flow,
+    )
+    .await
+}
+
+/// A sign-in that failed (an unreadable response, an unknown or disabled user, a signature
+/// that does not verify): counted for this client and browser binding, and answered after
+/// their backoff, alike on every path, so the time tells nobody whether the name exists.
+pub(crate) async fn failed_finish(
+    st: &Gateway,
+    x: &mut Exchange<'_>,
+    binding: &str,
+) -> Result<bool> {
+    let wait = st
+        .service()
+        .failures
+        .failed(st.client_ip(x.session), binding);
+    tokio::time::sleep(wait).await;
+    x.json_error(Outcome::SigninFailed, MSG_FAILED).await
 }
 
 /// The challenge kind metrics count a ceremony as (enrollment: a login).

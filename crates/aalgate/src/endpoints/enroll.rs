@@ -8,235 +8,231 @@ use aalgate_policy::{Aal, HostPort, Timestamp};
 use aalgate_session::{Flow, FlowKind};
 use pingora::prelude::*;
 
+use super::audit_auth;
+use super::handoff::start_session;
 use super::{query_param, MSG_ENROLL_FAILED, MSG_KEY_NOT_APPROVED};
+use crate::http::Exchange;
 use crate::outcome::Outcome;
 use crate::pages::{self, escape};
 use crate::state::{bind_cookie, csrf_of};
-use crate::state::{Ctx, Gateway, Reply};
+use crate::state::{Gateway, Reply};
 
-impl Gateway {
-    /// `GET /.aalgate/enroll?invite=...`: the enrollment page of an invite.
-    pub(crate) async fn enroll_page(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        if !self.on_auth_origin(ctx) {
-            return self.error(session, ctx, Outcome::NotFound).await;
-        }
-        let token = query_param(session.req_header().uri.query(), "invite").and_then(Token::parse);
-        let invite = match token {
-            None => None,
-            Some(t) => match self.service().dir.peek_invite(&t, self.clock.now()).await {
-                Ok(i) => i.map(|i| (t, i)),
-                Err(e) => {
-                    tracing::warn!(request_id = %ctx.request_id, error = %e, "store error on the enrollment page");
-                    return self.error(session, ctx, Outcome::StoreUnavailable).await;
-                }
-            },
-        };
-        let Some((token, invite)) = invite else {
-            let reply = Reply::html(
-                200,
-                pages::page(
-                    "Invitation not valid",
-                    "<p>This enrollment link is not valid: it was used already, or it expired.</p>\
-                     <p>Ask IT for a new one. IT will confirm who you are before sending it.</p>",
-                    &ctx.request_id,
-                ),
-            );
-            return self.send(session, ctx, reply).await;
-        };
-        let (bind, set_bind) = self.binding(session, ctx);
-        let hw = self.service().rp.hardware_keys_configured();
-        let mut buttons = String::new();
-        if invite.aal <= Aal::Aal2 {
-            buttons.push_str("<button type=\"button\" data-action=\"enroll-passkey\">Create a passkey on this device</button>");
-        }
-        if hw {
-            buttons.push_str("<button type=\"button\" class=\"secondary\" data-action=\"enroll-key\">Register a hardware security key</button>");
-        }
-        let explain = if invite.aal == Aal::Aal3 {
-            if hw {
-                "<p>Your role needs a <strong>hardware security key</strong>. Insert or hold it near the device, press the button, then touch the key and enter its PIN when asked.</p>"
-            } else {
-                "<p>Your role needs a hardware security key, but none is approved on this gateway yet. Contact IT.</p>"
+/// `GET /.aalgate/enroll?invite=...`: the enrollment page of an invite.
+pub(crate) async fn enroll_page(st: &Gateway, x: &mut Exchange<'_>) -> Result<bool> {
+    if !st.on_auth_origin(x.ctx) {
+        return x.error(Outcome::NotFound).await;
+    }
+    let token = query_param(x.session.req_header().uri.query(), "invite").and_then(Token::parse);
+    let invite = match token {
+        None => None,
+        Some(t) => match st.service().dir.peek_invite(&t, st.clock.now()).await {
+            Ok(i) => i.map(|i| (t, i)),
+            Err(e) => {
+                tracing::warn!(request_id = %x.ctx.request_id, error = %e, "store error on the enrollment page");
+                return x.error(Outcome::StoreUnavailable).await;
             }
-        } else {
-            "<p>A <strong>passkey</strong> lets you sign in with your fingerprint, face or device PIN. A <strong>hardware security key</strong> is a small USB or NFC key.</p>"
-        };
-        let body = format!(
-            "<p>Welcome, {}. Set up how you will sign in.</p>{explain}\
-             <p id=\"status\" role=\"status\" aria-live=\"polite\"></p>{buttons}\
-             <p>After this, you will be signed in. Next time, one touch is enough.</p>",
-            escape(&invite.display_name)
-        );
-        let attrs = format!(
-            " data-invite=\"{}\" data-csrf=\"{}\"",
-            escape(token.expose()),
-            escape(&csrf_of(bind.expose()))
-        );
-        let mut reply = Reply::html(
+        },
+    };
+    let Some((token, invite)) = invite else {
+        let reply = Reply::html(
             200,
-            pages::page_with("Set up sign-in", &body, &ctx.request_id, &attrs),
+            pages::page(
+                "Invitation not valid",
+                "<p>This enrollment link is not valid: it was used already, or it expired.</p>\
+                 <p>Ask IT for a new one. IT will confirm who you are before sending it.</p>",
+                &x.ctx.request_id,
+            ),
         );
-        if set_bind {
-            reply = reply.header("set-cookie", bind_cookie(&bind, ctx.tls));
-        }
-        ctx.outcome = Outcome::EnrollPage;
-        self.send(session, ctx, reply).await
+        return x.send(reply).await;
+    };
+    let (bind, set_bind) = x.binding();
+    let hw = st.service().rp.hardware_keys_configured();
+    let mut buttons = String::new();
+    if invite.aal <= Aal::Aal2 {
+        buttons.push_str("<button type=\"button\" data-action=\"enroll-passkey\">Create a passkey on this device</button>");
     }
+    if hw {
+        buttons.push_str("<button type=\"button\" class=\"secondary\" data-action=\"enroll-key\">Register a hardware security key</button>");
+    }
+    let explain = if invite.aal == Aal::Aal3 {
+        if hw {
+            "<p>Your role needs a <strong>hardware security key</strong>. Insert or hold it near the device, press the button, then touch the key and enter its PIN when asked.</p>"
+        } else {
+            "<p>Your role needs a hardware security key, but none is approved on this gateway yet. Contact IT.</p>"
+        }
+    } else {
+        "<p>A <strong>passkey</strong> lets you sign in with your fingerprint, face or device PIN. A <strong>hardware security key</strong> is a small USB or NFC key.</p>"
+    };
+    let body = format!(
+        "<p>Welcome, {}. Set up how you will sign in.</p>{explain}\
+         <p id=\"status\" role=\"status\" aria-live=\"polite\"></p>{buttons}\
+         <p>After this, you will be signed in. Next time, one touch is enough.</p>",
+        escape(&invite.display_name)
+    );
+    let attrs = format!(
+        " data-invite=\"{}\" data-csrf=\"{}\"",
+        escape(token.expose()),
+        escape(&csrf_of(bind.expose()))
+    );
+    let mut reply = Reply::html(
+        200,
+        pages::page_with("Set up sign-in", &body, &x.ctx.request_id, &attrs),
+    );
+    if set_bind {
+        reply = reply.header("set-cookie", bind_cookie(&bind, x.ctx.tls));
+    }
+    x.ctx.outcome = Outcome::EnrollPage;
+    x.send(reply).await
+}
 
-    #[allow(
-        clippy::too_many_lines,
-        reason = "enrollment's checks in order; moves to endpoints/enroll (issue 15 item 3)"
-    )]
-    pub(crate) async fn finish_enroll(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        pending: Pending,
-        response: &[u8],
-    ) -> Result<bool> {
-        let svc = self.service();
-        let now = self.clock.now();
-        let state: RegState = match serde_json::from_value(pending.state) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "undecodable enrollment state");
-                return self
-                    .json_error(session, ctx, Outcome::Internal, MSG_ENROLL_FAILED)
-                    .await;
-            }
-        };
-        let cred = match svc.rp.finish_registration(response, &state, now) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::info!(request_id = %ctx.request_id, error = %e, "enrollment refused");
-                self.audit_auth(
-                    ctx,
-                    "enroll_failure",
-                    pending.user.as_deref(),
-                    None,
-                    None,
-                    Some(&e.to_string()),
-                );
-                let msg = if matches!(e, CeremonyError::Untrusted(_)) {
-                    MSG_KEY_NOT_APPROVED
-                } else {
-                    MSG_ENROLL_FAILED
-                };
-                return self
-                    .json_error(session, ctx, Outcome::EnrollFailed, msg)
-                    .await;
-            }
-        };
-        let outcome = async {
-            if svc.dir.credential_owner(&cred.id).await?.is_some() {
-                return Ok(Err("credential already registered"));
-            }
-            let Some(invite) = svc
-                .dir
-                .take_invite(pending.invite.as_deref().unwrap_or(""), now)
-                .await?
-            else {
-                return Ok(Err("invite used or expired meanwhile"));
-            };
-            let proofed = match svc.dir.user(&invite.user).await? {
-                Some(u) => u.proofed_aal.max(invite.aal),
-                None => invite.aal,
-            };
-            if proofed == Aal::Aal3 && cred.aal < Aal::Aal3 {
-                return Ok(Err("an AAL3 person needs an attested hardware key"));
-            }
-            let mut user = match svc.dir.user(&invite.user).await? {
-                Some(u) => u,
-                None => {
-                    let mut u = new_user(&invite.user, &invite.display_name, invite.aal, now);
-                    // The handle the authenticator stored with the credential.
-                    u.handle = pending.handle.unwrap_or(u.handle);
-                    u
-                }
-            };
-            if Some(user.handle) != pending.handle {
-                return Ok(Err("user handle changed during enrollment"));
-            }
-            if user.disabled {
-                return Ok(Err("user disabled"));
-            }
-            user.proofed_aal = user.proofed_aal.max(invite.aal);
-            // Never above the level IT proofed the person for.
-            let mut cred = cred.clone();
-            cred.aal = cred.aal.min(user.proofed_aal);
-            user.credentials.push(cred);
-            user.last_login = Some(now);
-            svc.dir.put_user(&user).await?;
-            Ok::<_, DirectoryError>(Ok(user))
+#[allow(
+    clippy::too_many_lines,
+    reason = "enrollment's checks in order; moves to endpoints/enroll (issue 15 item 3)"
+)]
+pub(crate) async fn finish_enroll(
+    st: &Gateway,
+    x: &mut Exchange<'_>,
+    pending: Pending,
+    response: &[u8],
+) -> Result<bool> {
+    let svc = st.service();
+    let now = st.clock.now();
+    let state: RegState = match serde_json::from_value(pending.state) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "undecodable enrollment state");
+            return x.json_error(Outcome::Internal, MSG_ENROLL_FAILED).await;
         }
-        .await;
-        let user = match outcome {
-            Ok(Ok(u)) => u,
-            Ok(Err(why)) => {
-                self.audit_auth(
-                    ctx,
-                    "enroll_failure",
-                    pending.user.as_deref(),
-                    None,
-                    None,
-                    Some(why),
-                );
-                return self
-                    .json_error(session, ctx, Outcome::EnrollFailed, MSG_ENROLL_FAILED)
-                    .await;
+    };
+    let cred = match svc.rp.finish_registration(response, &state, now) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(request_id = %x.ctx.request_id, error = %e, "enrollment refused");
+            audit_auth(
+                st,
+                x.ctx,
+                "enroll_failure",
+                pending.user.as_deref(),
+                None,
+                None,
+                Some(&e.to_string()),
+            );
+            let msg = if matches!(e, CeremonyError::Untrusted(_)) {
+                MSG_KEY_NOT_APPROVED
+            } else {
+                MSG_ENROLL_FAILED
+            };
+            return x.json_error(Outcome::EnrollFailed, msg).await;
+        }
+    };
+    let outcome = async {
+        if svc.dir.credential_owner(&cred.id).await?.is_some() {
+            return Ok(Err("credential already registered"));
+        }
+        let Some(invite) = svc
+            .dir
+            .take_invite(pending.invite.as_deref().unwrap_or(""), now)
+            .await?
+        else {
+            return Ok(Err("invite used or expired meanwhile"));
+        };
+        let proofed = match svc.dir.user(&invite.user).await? {
+            Some(u) => u.proofed_aal.max(invite.aal),
+            None => invite.aal,
+        };
+        if proofed == Aal::Aal3 && cred.aal < Aal::Aal3 {
+            return Ok(Err("an AAL3 person needs an attested hardware key"));
+        }
+        let mut user = match svc.dir.user(&invite.user).await? {
+            Some(u) => u,
+            None => {
+                let mut u = new_user(&invite.user, &invite.display_name, invite.aal, now);
+                // The handle the authenticator stored with the credential.
+                u.handle = pending.handle.unwrap_or(u.handle);
+                u
             }
-            Err(e) => {
-                return self
-                    .store_down(session, ctx, &e, "enrollment: store error")
-                    .await;
-            }
         };
-        self.audit_auth(
-            ctx,
-            "enroll",
-            Some(&user.id),
-            Some(cred.aal),
-            Some(&cred.audit_id()),
-            Some(cred.kind.as_str()),
-        );
-        // Land on the first app, signed in at the level the credential reaches.
-        let target = ctx
-            .policy
-            .apps()
-            .first()
-            .map(|a| a.host.to_string())
-            .unwrap_or_else(|| self.public_host_str());
-        let flow = Flow {
-            host: landing_host(&target, &self.public_host),
-            method: "GET".into(),
-            url: "/".into(),
-            need: FlowKind::Login,
-            aal: cred.aal,
-            max_age_secs: None,
-            app: String::new(),
-            created: now,
-            user: None,
-            browser: None,
-            kept: None,
-            binding: None,
-            script: false,
-        };
-        let amr = match cred.kind {
-            CredentialKind::SecurityKey => vec!["hwk".into(), "user".into(), "mfa".into()],
-            CredentialKind::Passkey => vec!["swk".into(), "user".into(), "mfa".into()],
-        };
-        self.start_session(
-            session,
-            ctx,
-            &user,
-            cred.aal,
-            amr,
-            &cred.audit_id(),
-            cred.kind,
-            &flow,
-        )
-        .await
+        if Some(user.handle) != pending.handle {
+            return Ok(Err("user handle changed during enrollment"));
+        }
+        if user.disabled {
+            return Ok(Err("user disabled"));
+        }
+        user.proofed_aal = user.proofed_aal.max(invite.aal);
+        // Never above the level IT proofed the person for.
+        let mut cred = cred.clone();
+        cred.aal = cred.aal.min(user.proofed_aal);
+        user.credentials.push(cred);
+        user.last_login = Some(now);
+        svc.dir.put_user(&user).await?;
+        Ok::<_, DirectoryError>(Ok(user))
     }
+    .await;
+    let user = match outcome {
+        Ok(Ok(u)) => u,
+        Ok(Err(why)) => {
+            audit_auth(
+                st,
+                x.ctx,
+                "enroll_failure",
+                pending.user.as_deref(),
+                None,
+                None,
+                Some(why),
+            );
+            return x.json_error(Outcome::EnrollFailed, MSG_ENROLL_FAILED).await;
+        }
+        Err(e) => {
+            return x.store_down(&e, "enrollment: store error").await;
+        }
+    };
+    audit_auth(
+        st,
+        x.ctx,
+        "enroll",
+        Some(&user.id),
+        Some(cred.aal),
+        Some(&cred.audit_id()),
+        Some(cred.kind.as_str()),
+    );
+    // Land on the first app, signed in at the level the credential reaches.
+    let target = x
+        .ctx
+        .policy
+        .apps()
+        .first()
+        .map(|a| a.host.to_string())
+        .unwrap_or_else(|| st.public_host_str());
+    let flow = Flow {
+        host: landing_host(&target, &st.public_host),
+        method: "GET".into(),
+        url: "/".into(),
+        need: FlowKind::Login,
+        aal: cred.aal,
+        max_age_secs: None,
+        app: String::new(),
+        created: now,
+        user: None,
+        browser: None,
+        kept: None,
+        binding: None,
+        script: false,
+    };
+    let amr = match cred.kind {
+        CredentialKind::SecurityKey => vec!["hwk".into(), "user".into(), "mfa".into()],
+        CredentialKind::Passkey => vec!["swk".into(), "user".into(), "mfa".into()],
+    };
+    start_session(
+        st,
+        x,
+        &user,
+        cred.aal,
+        amr,
+        &cred.audit_id(),
+        cred.kind,
+        &flow,
+    )
+    .await
 }
 
 pub(crate) fn new_user(id: &str, display: &str, aal: Aal, now: Timestamp) -> User {

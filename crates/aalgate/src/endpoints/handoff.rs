@@ -9,11 +9,11 @@ use pingora::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::query_param;
-use super::signin::safe_path;
+use crate::http::Exchange;
 use crate::outcome::Outcome;
 use crate::pages::{self};
 use crate::state::cookie;
-use crate::state::{Ctx, Gateway, Reply};
+use crate::state::{Gateway, Reply};
 
 /// What a handoff code carries.
 #[derive(Serialize, Deserialize)]
@@ -26,293 +26,313 @@ pub(crate) struct Handoff {
     browser: Option<String>,
 }
 
-impl Gateway {
-    /// A new session record for `user` (ending this browser's previous one), the auth-origin
-    /// cookie, and the way back to the kept URL.
-    #[allow(clippy::too_many_arguments)]
-    #[allow(
-        clippy::too_many_lines,
-        reason = "ends the previous session, then starts one: two halves of one step"
-    )]
-    pub(crate) async fn start_session(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        user: &User,
-        aal: Aal,
-        amr: Vec<String>,
-        credential: &str,
-        kind: CredentialKind,
-        flow: &Flow,
-    ) -> Result<bool> {
-        let now = self.clock.now();
-        // The previous session of this browser ends: replaced (same person) or switched.
-        match self.current(session, ctx).await {
-            Ok(Some((handle, record, old))) => {
-                let why = if old.user != user.id {
-                    crate::state::SessionEnd::SwitchUser
-                } else {
-                    crate::state::SessionEnd::Replaced
-                };
-                let ended = self
-                    .end_session(ctx, &handle, true, &record, &old, why, None, now)
-                    .await;
-                if let Err(e) = ended {
-                    // The previous person's session must end before a new one starts.
-                    return self
-                        .store_down(
-                            session,
-                            ctx,
-                            &e,
-                            "sign-in: could not end the previous session",
-                        )
-                        .await;
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                return self
-                    .store_down(session, ctx, &e, "sign-in: store error")
-                    .await;
-            }
-        }
-        // One record serves every app: it lives as long as the loosest app allows at this level
-        // (each app's own limit decides admission); a reload applies to it from the next
-        // request, but never makes the record itself live longer than it was written for.
-        let limits = crate::ops::loosest(&ctx.policy).get(aal);
-        let s = UserSession {
-            user: user.id.clone(),
-            aal,
-            amr,
-            credential: Some(credential.to_string()),
-            auth_time: now,
-            last_auth: now,
-            last_seen: now,
-            // Kept a flow's lifetime past the absolute limit (which the gateway enforces from
-            // `auth_time`), so a form sent right at the limit is still known to be this
-            // person's.
-            expires_at: now.plus(limits.max_session_age + crate::state::FLOW_TTL),
-        };
-        let record = SessionId::generate().key();
-        if let Err(e) = self.store.insert(&record, &s).await {
-            return self
-                .store_down(session, ctx, &e, "sign-in: store error")
-                .await;
-        }
-        self.metrics
-            .session_starts
-            .with_label_values(&[&aal.number().to_string(), kind.as_str()])
-            .inc();
-        let handle = SessionId::generate();
-        let host = ctx.host.clone();
-        if let Err(e) = self
-            .store
-            .link(&handle.key(), &record, &host, s.expires_at)
-            .await
-        {
-            return self
-                .store_down(session, ctx, &e, "sign-in: store error")
-                .await;
-        }
-        ctx.session = Some(s.clone());
-        let set = cookie(Self::cookie_name(ctx), &handle.to_cookie(), ctx.tls, false);
-        let redirect = match self.redirect_for(&record, &s, flow, true).await {
-            Ok(r) => r,
-            Err(e) => {
-                return self
-                    .store_down(session, ctx, &e, "sign-in: store error")
-                    .await;
-            }
-        };
-        ctx.outcome = Outcome::SignedIn;
-        let body = serde_json::json!({ "redirect": redirect });
-        self.send(
-            session,
-            ctx,
-            Reply::json(200, body.to_string()).header("set-cookie", set),
-        )
-        .await
-    }
-
-    /// Where the browser goes after a flow: the kept URL on this host, or the app host's
-    /// handoff with a one-time code. `touched`: a key was touched in this flow, so a kept form
-    /// is sent at once; otherwise its owner confirms it first. The flow's own request is
-    /// admitted once, even if a short `max_age` passes on the way back.
-    pub(crate) async fn redirect_for(
-        &self,
-        record: &SessionKey,
-        s: &UserSession,
-        flow: &Flow,
-        touched: bool,
-    ) -> std::result::Result<String, DirectoryError> {
-        let window = flow.max_age_secs.is_some() || flow.binding.is_some();
-        if let (true, None, Some(browser)) = (window, &flow.kept, &flow.browser) {
-            let key =
-                crate::state::admission_key(record, &flow.host, browser, &flow.method, &flow.url);
-            // A per-request grant carries the request it signed, for the upstream.
-            let grant = match &flow.binding {
-                Some(b) => serde_json::to_vec(b).unwrap_or_default(),
-                None => b"1".to_vec(),
+/// A new x.session record for `user` (ending this browser's previous one), the auth-origin
+/// cookie, and the way back to the kept URL.
+#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_lines,
+    reason = "ends the previous x.session, then starts one: two halves of one step"
+)]
+pub(crate) async fn start_session(
+    st: &Gateway,
+    x: &mut Exchange<'_>,
+    user: &User,
+    aal: Aal,
+    amr: Vec<String>,
+    credential: &str,
+    kind: CredentialKind,
+    flow: &Flow,
+) -> Result<bool> {
+    let now = st.clock.now();
+    // The previous x.session of this browser ends: replaced (same person) or switched.
+    match st.current(x.session, x.ctx).await {
+        Ok(Some((handle, record, old))) => {
+            let why = if old.user != user.id {
+                crate::state::SessionEnd::SwitchUser
+            } else {
+                crate::state::SessionEnd::Replaced
             };
-            self.store
-                .kv_put(
-                    crate::state::ADMISSIONS,
-                    &key,
-                    &grant,
-                    Some(crate::state::ADMISSION_TTL),
-                )
-                .await?;
-        }
-        // A kept form is sent from the app host once the session is there.
-        let url = match flow.kept.as_deref() {
-            Some(k) => {
-                if let Some(token) = Token::parse(k) {
-                    let mark = crate::kept::Resumable {
-                        record: record.as_str().to_string(),
-                        touched,
-                        at: self.clock.now(),
-                        binding: flow.binding.clone(),
-                    };
-                    self.store
-                        .kv_put(
-                            crate::kept::RESUMABLE,
-                            &token.hash(),
-                            &serde_json::to_vec(&mark).unwrap_or_default(),
-                            Some(crate::kept::KEPT_TTL),
-                        )
-                        .await?;
-                }
-                format!("/.aalgate/resume?kept={k}")
+            let ended = st
+                .end_session(x.ctx, &handle, true, &record, &old, why, None, now)
+                .await;
+            if let Err(e) = ended {
+                // The previous person's x.session must end before a new one starts.
+                return x
+                    .store_down(&e, "sign-in: could not end the previous x.session")
+                    .await;
             }
-            // A popup opened by a script call: it closes itself, and the script's retry (not
-            // the popup) is the request the flow admits.
-            None if flow.script => "/.aalgate/done".to_string(),
-            None => safe_path(&flow.url),
+        }
+        Ok(None) => {}
+        Err(e) => {
+            return x.store_down(&e, "sign-in: store error").await;
+        }
+    }
+    // One record serves every app: it lives as long as the loosest app allows at this level
+    // (each app's own limit decides admission); a reload applies to it from the next
+    // request, but never makes the record itself live longer than it was written for.
+    let limits = crate::ops::loosest(&x.ctx.policy).get(aal);
+    let s = UserSession {
+        user: user.id.clone(),
+        aal,
+        amr,
+        credential: Some(credential.to_string()),
+        auth_time: now,
+        last_auth: now,
+        last_seen: now,
+        // Kept a flow's lifetime past the absolute limit (which the gateway enforces from
+        // `auth_time`), so a form sent right at the limit is still known to be this
+        // person's.
+        expires_at: now.plus(limits.max_session_age + crate::state::FLOW_TTL),
+    };
+    let record = SessionId::generate().key();
+    if let Err(e) = st.store.insert(&record, &s).await {
+        return x.store_down(&e, "sign-in: store error").await;
+    }
+    st.metrics
+        .session_starts
+        .with_label_values(&[&aal.number().to_string(), kind.as_str()])
+        .inc();
+    let handle = SessionId::generate();
+    let host = x.ctx.host.clone();
+    if let Err(e) = st
+        .store
+        .link(&handle.key(), &record, &host, s.expires_at)
+        .await
+    {
+        return x.store_down(&e, "sign-in: store error").await;
+    }
+    x.ctx.session = Some(s.clone());
+    let set = cookie(
+        Gateway::cookie_name(x.ctx),
+        &handle.to_cookie(),
+        x.ctx.tls,
+        false,
+    );
+    let redirect = match redirect_for(st, &record, &s, flow, true).await {
+        Ok(r) => r,
+        Err(e) => {
+            return x.store_down(&e, "sign-in: store error").await;
+        }
+    };
+    x.ctx.outcome = Outcome::SignedIn;
+    let body = serde_json::json!({ "redirect": redirect });
+    x.send(Reply::json(200, body.to_string()).header("set-cookie", set))
+        .await
+}
+
+/// Where the browser goes after a flow: the kept URL on this host, or the app host's
+/// handoff with a one-time code. `touched`: a key was touched in this flow, so a kept form
+/// is sent at once; otherwise its owner confirms it first. The flow's own request is
+/// admitted once, even if a short `max_age` passes on the way back.
+pub(crate) async fn redirect_for(
+    st: &Gateway,
+    record: &SessionKey,
+    s: &UserSession,
+    flow: &Flow,
+    touched: bool,
+) -> std::result::Result<String, DirectoryError> {
+    let window = flow.max_age_secs.is_some() || flow.binding.is_some();
+    if let (true, None, Some(browser)) = (window, &flow.kept, &flow.browser) {
+        let key = crate::state::admission_key(record, &flow.host, browser, &flow.method, &flow.url);
+        // A per-request grant carries the request it signed, for the upstream.
+        let grant = match &flow.binding {
+            Some(b) => serde_json::to_vec(b).unwrap_or_default(),
+            None => b"1".to_vec(),
         };
-        if HostPort::parse(&flow.host).is_ok_and(|h| self.is_auth_host(&h)) {
-            return Ok(url);
-        }
-        // No browser to bind a code to (after enrollment): go to the app, whose own sign-in
-        // flow (bound to this browser) then hands the session over without a ceremony.
-        if flow.browser.is_none() {
-            return Ok(format!(
-                "{}://{}{}",
-                self.service().scheme,
-                flow.host,
-                safe_path(&flow.url)
-            ));
-        }
-        let code = self
-            .service()
-            .dir
-            .put_code(&Handoff {
-                record: record.as_str().to_string(),
-                host: flow.host.clone(),
-                url,
-                expires_at: s.expires_at,
-                browser: flow.browser.clone(),
-            })
+        st.store
+            .kv_put(
+                crate::state::ADMISSIONS,
+                &key,
+                &grant,
+                Some(crate::state::ADMISSION_TTL),
+            )
             .await?;
-        Ok(format!(
-            "{}://{}/.aalgate/handoff?code={}",
-            self.service().scheme,
+    }
+    // A kept form is sent from the app host once the x.session is there.
+    let url = match flow.kept.as_deref() {
+        Some(k) => {
+            if let Some(token) = Token::parse(k) {
+                let mark = crate::kept::Resumable {
+                    record: record.as_str().to_string(),
+                    touched,
+                    at: st.clock.now(),
+                    binding: flow.binding.clone(),
+                };
+                st.store
+                    .kv_put(
+                        crate::kept::RESUMABLE,
+                        &token.hash(),
+                        &serde_json::to_vec(&mark).unwrap_or_default(),
+                        Some(crate::kept::KEPT_TTL),
+                    )
+                    .await?;
+            }
+            format!("/.aalgate/resume?kept={k}")
+        }
+        // A popup opened by a script call: it closes itself, and the script's retry (not
+        // the popup) is the request the flow admits.
+        None if flow.script => "/.aalgate/done".to_string(),
+        None => safe_path(&flow.url),
+    };
+    if HostPort::parse(&flow.host).is_ok_and(|h| st.is_auth_host(&h)) {
+        return Ok(url);
+    }
+    // No browser to bind a code to (after enrollment): go to the app, whose own sign-in
+    // flow (bound to this browser) then hands the x.session over without a ceremony.
+    if flow.browser.is_none() {
+        return Ok(format!(
+            "{}://{}{}",
+            st.service().scheme,
             flow.host,
-            code.expose()
-        ))
+            safe_path(&flow.url)
+        ));
     }
+    let code = st
+        .service()
+        .dir
+        .put_code(&Handoff {
+            record: record.as_str().to_string(),
+            host: flow.host.clone(),
+            url,
+            expires_at: s.expires_at,
+            browser: flow.browser.clone(),
+        })
+        .await?;
+    Ok(format!(
+        "{}://{}/.aalgate/handoff?code={}",
+        st.service().scheme,
+        flow.host,
+        code.expose()
+    ))
+}
 
-    /// Single sign-on without a ceremony: a redirect (302) to the kept URL or the handoff.
-    pub(crate) async fn hand_off(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        record: &SessionKey,
-        s: &UserSession,
-        flow: &Flow,
-        extra: Vec<(&'static str, String)>,
-    ) -> Result<bool> {
-        match self.redirect_for(record, s, flow, false).await {
-            Ok(to) => {
-                ctx.outcome = Outcome::Handoff;
-                let mut r = Reply::html(
-                    302,
-                    pages::page("Signed in", "<p>Taking you back.</p>", &ctx.request_id),
-                )
-                .header("location", to);
-                for (n, v) in extra {
-                    r = r.header(n, v);
-                }
-                self.send(session, ctx, r).await
+/// Single sign-on without a ceremony: a redirect (302) to the kept URL or the handoff.
+pub(crate) async fn hand_off(
+    st: &Gateway,
+    x: &mut Exchange<'_>,
+    record: &SessionKey,
+    s: &UserSession,
+    flow: &Flow,
+    extra: Vec<(&'static str, String)>,
+) -> Result<bool> {
+    match redirect_for(st, record, s, flow, false).await {
+        Ok(to) => {
+            x.ctx.outcome = Outcome::Handoff;
+            let mut r = Reply::html(
+                302,
+                pages::page("Signed in", "<p>Taking you back.</p>", &x.ctx.request_id),
+            )
+            .header("location", to);
+            for (n, v) in extra {
+                r = r.header(n, v);
             }
+            x.send(r).await
+        }
+        Err(e) => {
+            tracing::warn!(request_id = %x.ctx.request_id, error = %e, "handoff: store error");
+            x.error(Outcome::StoreUnavailable).await
+        }
+    }
+}
+
+/// `GET /.aalgate/handoff?code=...` on an app host: the code becomes this host's own
+/// cookie handle, then the browser goes to the kept URL.
+pub(crate) async fn handoff(st: &Gateway, x: &mut Exchange<'_>) -> Result<bool> {
+    let code = query_param(x.session.req_header().uri.query(), "code").and_then(Token::parse);
+    let now = st.clock.now();
+    let taken: Option<Handoff> = match code {
+        None => None,
+        Some(c) => match st.service().dir.take_code(&c).await {
+            Ok(h) => h,
             Err(e) => {
-                tracing::warn!(request_id = %ctx.request_id, error = %e, "handoff: store error");
-                self.error(session, ctx, Outcome::StoreUnavailable).await
+                tracing::warn!(request_id = %x.ctx.request_id, error = %e, "handoff: store error");
+                return x.error(Outcome::StoreUnavailable).await;
             }
-        }
-    }
-
-    /// `GET /.aalgate/handoff?code=...` on an app host: the code becomes this host's own
-    /// cookie handle, then the browser goes to the kept URL.
-    pub(crate) async fn handoff(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let code = query_param(session.req_header().uri.query(), "code").and_then(Token::parse);
-        let now = self.clock.now();
-        let taken: Option<Handoff> = match code {
-            None => None,
-            Some(c) => match self.service().dir.take_code(&c).await {
-                Ok(h) => h,
-                Err(e) => {
-                    tracing::warn!(request_id = %ctx.request_id, error = %e, "handoff: store error");
-                    return self.error(session, ctx, Outcome::StoreUnavailable).await;
-                }
-            },
-        };
-        // The code works only on its host, in the browser whose request started the flow
-        // (its binding cookie): a code sent to someone else cannot swap their session.
-        let Some(h) = taken.filter(|h| {
-            h.host == ctx.host
-                && h.expires_at > now
-                && h.browser
-                    .as_ref()
-                    .is_some_and(|b| self.is_bound_browser(session, ctx, b))
-        }) else {
-            ctx.outcome = Outcome::BadHandoff;
-            let reply = Reply::html(
-                400,
-                pages::page(
-                    "Sign-in link not valid",
-                    "<p>This sign-in link was used already, expired, or belongs to another site. Go back to the application and open the page again.</p>",
-                    &ctx.request_id,
-                ),
-            );
-            return self.send(session, ctx, reply).await;
-        };
-        let Some(record) = SessionKey::from_hex(&h.record) else {
-            return self.error(session, ctx, Outcome::BadHandoff).await;
-        };
-        // A previous handle of this browser on this host is replaced.
-        if let Ok(Some((old, _, _))) = self.current(session, ctx).await {
-            self.sessions.remove(&old);
-            let _ = self.store.unlink(&old).await;
-        }
-        let handle = SessionId::generate();
-        if let Err(e) = self
-            .store
-            .link(&handle.key(), &record, &ctx.host, h.expires_at)
-            .await
-        {
-            tracing::warn!(request_id = %ctx.request_id, error = %e, "handoff: store error");
-            return self.error(session, ctx, Outcome::StoreUnavailable).await;
-        }
-        ctx.outcome = Outcome::Handoff;
+        },
+    };
+    // The code works only on its host, in the browser whose request started the flow
+    // (its binding cookie): a code sent to someone else cannot swap their x.session.
+    let Some(h) = taken.filter(|h| {
+        h.host == x.ctx.host
+            && h.expires_at > now
+            && h.browser.as_ref().is_some_and(|b| x.is_bound_browser(b))
+    }) else {
+        x.ctx.outcome = Outcome::BadHandoff;
         let reply = Reply::html(
-            302,
-            pages::page("Signed in", "<p>Taking you back.</p>", &ctx.request_id),
-        )
-        .header("location", safe_path(&h.url))
-        .header(
-            "set-cookie",
-            cookie(Self::cookie_name(ctx), &handle.to_cookie(), ctx.tls, false),
+            400,
+            pages::page(
+                "Sign-in link not valid",
+                "<p>This sign-in link was used already, expired, or belongs to another site. Go back to the application and open the page again.</p>",
+                &x.ctx.request_id,
+            ),
         );
-        self.send(session, ctx, reply).await
+        return x.send(reply).await;
+    };
+    let Some(record) = SessionKey::from_hex(&h.record) else {
+        return x.error(Outcome::BadHandoff).await;
+    };
+    // A previous handle of this browser on this host is replaced.
+    if let Ok(Some((old, _, _))) = st.current(x.session, x.ctx).await {
+        st.sessions.remove(&old);
+        let _ = st.store.unlink(&old).await;
+    }
+    let handle = SessionId::generate();
+    if let Err(e) = st
+        .store
+        .link(&handle.key(), &record, &x.ctx.host, h.expires_at)
+        .await
+    {
+        tracing::warn!(request_id = %x.ctx.request_id, error = %e, "handoff: store error");
+        return x.error(Outcome::StoreUnavailable).await;
+    }
+    x.ctx.outcome = Outcome::Handoff;
+    let reply = Reply::html(
+        302,
+        pages::page("Signed in", "<p>Taking you back.</p>", &x.ctx.request_id),
+    )
+    .header("location", safe_path(&h.url))
+    .header(
+        "set-cookie",
+        cookie(
+            Gateway::cookie_name(x.ctx),
+            &handle.to_cookie(),
+            x.ctx.tls,
+            false,
+        ),
+    );
+    x.send(reply).await
+}
+
+/// A redirect target that stays on the host: a path starting with one `/` (never `//` or
+/// `/\`, which browsers read as another host).
+pub(crate) fn safe_path(url: &str) -> String {
+    let ok = url.starts_with('/')
+        && !url.starts_with("//")
+        && !url.starts_with("/\\")
+        && !url.bytes().any(|b| b.is_ascii_control() || b == b'\\');
+    if ok {
+        url.to_string()
+    } else {
+        "/".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_targets_stay_on_the_host() {
+        assert_eq!(safe_path("/invoices?x=1"), "/invoices?x=1");
+        for bad in [
+            "//evil.example/",
+            "/\\evil",
+            "https://evil",
+            "evil",
+            "/a\r\nb",
+            "",
+        ] {
+            assert_eq!(safe_path(bad), "/", "{bad:?}");
+        }
     }
 }

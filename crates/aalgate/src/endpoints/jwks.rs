@@ -2,10 +2,11 @@
 
 use pingora::prelude::*;
 
-use crate::state::{Ctx, Gateway, Reply};
+use crate::http::Exchange;
+use crate::state::{Gateway, Reply};
 
 /// `GET /.aalgate/jwks.json`: the key the upstream checks assertions with.
-pub(super) async fn jwks(g: &Gateway, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+pub(super) async fn jwks(g: &Gateway, x: &mut Exchange<'_>) -> Result<bool> {
     let reply = Reply::json(200, g.signer.jwks().to_string());
-    g.send(session, ctx, reply).await
+    x.send(reply).await
 }

@@ -20,6 +20,7 @@ use pingora::prelude::*;
 
 use aalgate_policy::Aal;
 
+use crate::http::Exchange;
 use crate::outcome::Outcome;
 use crate::state::{Ctx, Gateway};
 
@@ -39,10 +40,9 @@ pub(crate) const MSG_KEY_NOT_APPROVED: &str =
     "This security key is not on the hospital's approved list. Use an approved key, or contact IT.";
 
 /// An endpoint's handler: answers the request itself (`Ok(true)`).
-type Handler = for<'a> fn(
+type Handler = for<'a, 'b> fn(
     &'a Gateway,
-    &'a mut Session,
-    &'a mut Ctx,
+    &'a mut Exchange<'b>,
 ) -> Pin<Box<dyn Future<Output = Result<bool>> + Send + 'a>>;
 
 /// The methods a route takes.
@@ -54,22 +54,22 @@ enum Takes {
     Post,
 }
 
-pub(crate) struct Route {
+struct Route {
     path: &'static str,
     takes: Takes,
     handler: Handler,
 }
 
-/// A handler that calls `Gateway::$method(session, ctx)`, or an expression of `g`, `s`, `c`.
+/// A handler that calls the endpoint function `$f(state, exchange)`, or an expression of `g`
+/// and `x`.
 macro_rules! to {
-    ($method:ident) => {
-        to!(|g, s, c| g.$method(s, c))
+    ($f:path) => {
+        to!(|g, x| $f(g, x))
     };
-    (|$g:ident, $s:ident, $c:ident| $call:expr) => {{
-        fn handler<'a>(
+    (|$g:ident, $x:ident| $call:expr) => {{
+        fn handler<'a, 'b>(
             $g: &'a Gateway,
-            $s: &'a mut Session,
-            $c: &'a mut Ctx,
+            $x: &'a mut Exchange<'b>,
         ) -> Pin<Box<dyn Future<Output = Result<bool>> + Send + 'a>> {
             Box::pin($call)
         }
@@ -78,34 +78,29 @@ macro_rules! to {
 }
 
 #[rustfmt::skip]
-pub(crate) const ROUTES: &[Route] = &[
-    Route { path: "/.aalgate/auth", takes: Takes::Read, handler: to!(auth_page) },
-    Route { path: "/.aalgate/enroll", takes: Takes::Read, handler: to!(enroll_page) },
-    Route { path: "/.aalgate/handoff", takes: Takes::Read, handler: to!(handoff) },
-    Route { path: "/.aalgate/switch", takes: Takes::Read, handler: to!(switch_user) },
-    Route { path: "/.aalgate/webauthn/start", takes: Takes::Post, handler: to!(ceremony_start) },
-    Route { path: "/.aalgate/webauthn/finish", takes: Takes::Post, handler: to!(ceremony_finish) },
-    Route { path: "/.aalgate/resume", takes: Takes::Read, handler: to!(resume) },
-    Route { path: "/.aalgate/resume", takes: Takes::Post, handler: to!(resume_confirmed) },
-    Route { path: "/.aalgate/breakglass", takes: Takes::Read, handler: to!(|g, s, c| g.breakglass_page(s, c, None)) },
-    Route { path: "/.aalgate/breakglass", takes: Takes::Post, handler: to!(breakglass_use) },
-    Route { path: "/.aalgate/done", takes: Takes::Read, handler: to!(done_page) },
-    Route { path: "/.aalgate/logout", takes: Takes::Read, handler: to!(logout_page) },
-    Route { path: "/.aalgate/logout", takes: Takes::Post, handler: to!(logout) },
-    Route { path: "/.aalgate/jwks.json", takes: Takes::Read, handler: to!(|g, s, c| jwks::jwks(g, s, c)) },
-    Route { path: "/.aalgate/static/aalgate.js", takes: Takes::Read, handler: to!(|g, s, c| g.static_file(s, c, "/.aalgate/static/aalgate.js")) },
-    Route { path: "/.aalgate/static/aalgate.css", takes: Takes::Read, handler: to!(|g, s, c| g.static_file(s, c, "/.aalgate/static/aalgate.css")) },
+const ROUTES: &[Route] = &[
+    Route { path: "/.aalgate/auth", takes: Takes::Read, handler: to!(signin::auth_page) },
+    Route { path: "/.aalgate/enroll", takes: Takes::Read, handler: to!(enroll::enroll_page) },
+    Route { path: "/.aalgate/handoff", takes: Takes::Read, handler: to!(handoff::handoff) },
+    Route { path: "/.aalgate/switch", takes: Takes::Read, handler: to!(switch::switch_user) },
+    Route { path: "/.aalgate/webauthn/start", takes: Takes::Post, handler: to!(ceremony::ceremony_start) },
+    Route { path: "/.aalgate/webauthn/finish", takes: Takes::Post, handler: to!(ceremony::ceremony_finish) },
+    Route { path: "/.aalgate/resume", takes: Takes::Read, handler: to!(resume::resume) },
+    Route { path: "/.aalgate/resume", takes: Takes::Post, handler: to!(resume::resume_confirmed) },
+    Route { path: "/.aalgate/breakglass", takes: Takes::Read, handler: to!(|g, x| breakglass::breakglass_page(g, x, None)) },
+    Route { path: "/.aalgate/breakglass", takes: Takes::Post, handler: to!(breakglass::breakglass_use) },
+    Route { path: "/.aalgate/done", takes: Takes::Read, handler: to!(signin::done_page) },
+    Route { path: "/.aalgate/logout", takes: Takes::Read, handler: to!(logout::logout_page) },
+    Route { path: "/.aalgate/logout", takes: Takes::Post, handler: to!(logout::logout) },
+    Route { path: "/.aalgate/jwks.json", takes: Takes::Read, handler: to!(jwks::jwks) },
+    Route { path: "/.aalgate/static/aalgate.js", takes: Takes::Read, handler: to!(|g, x| assets::static_file(g, x, "/.aalgate/static/aalgate.js")) },
+    Route { path: "/.aalgate/static/aalgate.css", takes: Takes::Read, handler: to!(|g, x| assets::static_file(g, x, "/.aalgate/static/aalgate.css")) },
 ];
 
 /// Answers a request for `path` under `/.aalgate/`.
-pub(crate) async fn dispatch(
-    g: &Gateway,
-    session: &mut Session,
-    ctx: &mut Ctx,
-    path: &str,
-) -> Result<bool> {
-    ctx.outcome = Outcome::Gateway;
-    let method = &session.req_header().method;
+pub(crate) async fn dispatch(g: &Gateway, x: &mut Exchange<'_>, path: &str) -> Result<bool> {
+    x.ctx.outcome = Outcome::Gateway;
+    let method = &x.session.req_header().method;
     let takes = if method == http::Method::GET || method == http::Method::HEAD {
         Some(Takes::Read)
     } else if method == http::Method::POST {
@@ -117,7 +112,7 @@ pub(crate) async fn dispatch(
     for r in ROUTES.iter().filter(|r| r.path == path) {
         known = true;
         if Some(r.takes) == takes {
-            return (r.handler)(g, session, ctx).await;
+            return (r.handler)(g, x).await;
         }
     }
     let outcome = if known {
@@ -125,7 +120,7 @@ pub(crate) async fn dispatch(
     } else {
         Outcome::NotFound
     };
-    g.error(session, ctx, outcome).await
+    x.error(outcome).await
 }
 
 pub(crate) fn query_param<'a>(q: Option<&'a str>, name: &str) -> Option<&'a str> {
@@ -135,31 +130,29 @@ pub(crate) fn query_param<'a>(q: Option<&'a str>, name: &str) -> Option<&'a str>
     })
 }
 
-impl Gateway {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn audit_auth(
-        &self,
-        ctx: &Ctx,
-        event: &str,
-        user: Option<&str>,
-        aal: Option<Aal>,
-        credential: Option<&str>,
-        detail: Option<&str>,
-    ) {
-        self.audit.emit_for(
-            &ctx.audit,
-            &crate::audit::Event {
-                time: crate::audit::now_rfc3339(),
-                event,
-                request_id: Some(&ctx.request_id),
-                user,
-                aal: aal.map(|a| a.number()),
-                credential,
-                detail: detail.map(str::to_string),
-                ..Default::default()
-            },
-        );
-    }
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn audit_auth(
+    st: &Gateway,
+    ctx: &Ctx,
+    event: &str,
+    user: Option<&str>,
+    aal: Option<Aal>,
+    credential: Option<&str>,
+    detail: Option<&str>,
+) {
+    st.audit.emit_for(
+        &ctx.audit,
+        &crate::audit::Event {
+            time: crate::audit::now_rfc3339(),
+            event,
+            request_id: Some(&ctx.request_id),
+            user,
+            aal: aal.map(|a| a.number()),
+            credential,
+            detail: detail.map(str::to_string),
+            ..Default::default()
+        },
+    );
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 //! own responses (pages, JSON errors, refusals) with their security headers, and reading a
 //! bounded request body or a same-origin form.
 
+pub(crate) mod upstream;
+
 use aalgate_auth::Token;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -29,21 +31,33 @@ pub(crate) const MSG_UNAVAILABLE: &str =
 /// Largest JSON body a ceremony endpoint reads.
 pub(crate) const MAX_BODY: usize = 64 * 1024;
 
-impl Gateway {
-    pub(crate) async fn send(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        reply: Reply,
-    ) -> Result<bool> {
+/// One request being answered: pingora's session and this request's [`Ctx`], with the
+/// gateway's responses to it. Its handlers take the shared state beside it:
+/// `async fn(&Gateway, &mut Exchange) -> Result<bool>`.
+pub(crate) struct Exchange<'a> {
+    pub(crate) session: &'a mut Session,
+    pub(crate) ctx: &'a mut Ctx,
+    /// What responses need of the shared state: the audit log they settle first, `hsts`,
+    /// the public scheme, the body limit.
+    st: &'a Gateway,
+}
+
+impl<'a> Exchange<'a> {
+    pub(crate) fn new(st: &'a Gateway, session: &'a mut Session, ctx: &'a mut Ctx) -> Self {
+        Exchange { session, ctx, st }
+    }
+}
+
+impl Exchange<'_> {
+    pub(crate) async fn send(&mut self, reply: Reply) -> Result<bool> {
         // What this response reports (a sign-in, a sign-out, a break-glass use) is on record
         // before the browser hears of it.
-        self.audit.settle(&ctx.audit).await;
-        let req = session.req_header();
+        self.st.audit.settle(&self.ctx.audit).await;
+        let req = self.session.req_header();
         let head = req.method == http::Method::HEAD;
         // A body the client is still sending would be read as the next request: close instead.
         if has_request_body(req) {
-            session.set_keepalive(None);
+            self.session.set_keepalive(None);
         }
         let mut resp = ResponseHeader::build(reply.status, Some(8))?;
         resp.insert_header("content-type", reply.content_type)?;
@@ -53,16 +67,18 @@ impl Gateway {
         resp.insert_header("referrer-policy", "no-referrer")?;
         resp.insert_header("x-frame-options", "DENY")?;
         resp.insert_header("content-security-policy", pages::CSP)?;
-        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
-        if ctx.tls && self.hsts {
+        resp.insert_header("x-request-id", self.ctx.request_id.as_str())?;
+        if self.ctx.tls && self.st.hsts {
             resp.insert_header("strict-transport-security", "max-age=31536000")?;
         }
         for (n, v) in reply.headers {
             resp.append_header(n, v)?;
         }
-        session.write_response_header(Box::new(resp), head).await?;
+        self.session
+            .write_response_header(Box::new(resp), head)
+            .await?;
         if !head {
-            session
+            self.session
                 .write_response_body(Some(Bytes::from(reply.body)), true)
                 .await?;
         }
@@ -70,79 +86,67 @@ impl Gateway {
     }
 
     /// Refuses with the outcome's own status and the standard page (or error JSON).
-    pub(crate) async fn error(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        outcome: Outcome,
-    ) -> Result<bool> {
+    pub(crate) async fn error(&mut self, outcome: Outcome) -> Result<bool> {
         let status = outcome.status().unwrap_or(500);
-        self.error_with_status(session, ctx, status, outcome).await
+        self.error_with_status(status, outcome).await
     }
 
-    /// [`Gateway::error`] with a status the outcome does not fix (a path too long for
+    /// [`Exchange::error`] with a status the outcome does not fix (a path too long for
     /// `bad_path`, pingora's own status for `error`).
     pub(crate) async fn error_with_status(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
+        &mut self,
         status: u16,
         outcome: Outcome,
     ) -> Result<bool> {
         let (title, text) = pages::error_text(status);
-        self.refuse_as(session, ctx, status, outcome, title, text, 5)
-            .await
+        self.refuse_as(status, outcome, title, text, 5).await
     }
 
     /// A refusal with its own words: a page for a navigation, the error JSON for a script.
     pub(crate) async fn refuse(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
+        &mut self,
         outcome: Outcome,
         title: &str,
         text: &str,
     ) -> Result<bool> {
-        self.refuse_for(session, ctx, outcome, title, text, 5).await
+        self.refuse_for(outcome, title, text, 5).await
     }
 
-    /// [`Gateway::refuse`], where a 503 (or too many flows' 429) says to retry after `retry` seconds.
+    /// [`Exchange::refuse`], where a 503 (or too many flows' 429) says to retry after `retry` seconds.
     pub(crate) async fn refuse_for(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
+        &mut self,
         outcome: Outcome,
         title: &str,
         text: &str,
         retry: u64,
     ) -> Result<bool> {
         let status = outcome.status().unwrap_or(500);
-        self.refuse_as(session, ctx, status, outcome, title, text, retry)
-            .await
+        self.refuse_as(status, outcome, title, text, retry).await
     }
 
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn refuse_as(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
+        &mut self,
         status: u16,
         outcome: Outcome,
         title: &str,
         text: &str,
         retry: u64,
     ) -> Result<bool> {
-        ctx.outcome = outcome;
+        self.ctx.outcome = outcome;
         let code = outcome.json_code();
-        let reply = if headers::is_script_request(&session.req_header().headers) {
-            Reply::json(status, pages::error_json(status, code, &ctx.request_id))
+        let reply = if headers::is_script_request(&self.session.req_header().headers) {
+            Reply::json(
+                status,
+                pages::error_json(status, code, &self.ctx.request_id),
+            )
         } else {
             Reply::html(
                 status,
                 pages::page(
                     title,
                     &format!("<p>{}</p>", pages::escape(text)),
-                    &ctx.request_id,
+                    &self.ctx.request_id,
                 ),
             )
         };
@@ -152,63 +156,49 @@ impl Gateway {
         } else {
             reply
         };
-        self.send(session, ctx, reply).await
+        self.send(reply).await
     }
 
-    pub(crate) async fn json_error(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        outcome: Outcome,
-        message: &str,
-    ) -> Result<bool> {
-        ctx.outcome = outcome;
+    pub(crate) async fn json_error(&mut self, outcome: Outcome, message: &str) -> Result<bool> {
+        self.ctx.outcome = outcome;
         let (status, code) = (outcome.status().unwrap_or(500), outcome.json_code());
-        let body =
-            serde_json::json!({ "error": code, "message": message, "request_id": ctx.request_id });
-        self.send(session, ctx, Reply::json(status, body.to_string()))
-            .await
+        let body = serde_json::json!({ "error": code, "message": message, "request_id": self.ctx.request_id });
+        self.send(Reply::json(status, body.to_string())).await
     }
 
     /// The store failed during a ceremony: 503 with the constant words, the cause in the log.
     pub(crate) async fn store_down(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
+        &mut self,
         e: &(dyn std::fmt::Display + Sync),
         what: &str,
     ) -> Result<bool> {
-        tracing::warn!(request_id = %ctx.request_id, error = %e, "{what}");
-        self.json_error(session, ctx, Outcome::StoreUnavailable, MSG_UNAVAILABLE)
+        tracing::warn!(request_id = %self.ctx.request_id, error = %e, "{what}");
+        self.json_error(Outcome::StoreUnavailable, MSG_UNAVAILABLE)
             .await
     }
 
     /// Whether this request comes from the browser whose binding cookie hashes to `hash`.
-    pub(crate) fn is_bound_browser(&self, session: &Session, ctx: &Ctx, hash: &str) -> bool {
-        headers::cookie_values(&session.req_header().headers, bind_name(ctx.tls))
+    pub(crate) fn is_bound_browser(&self, hash: &str) -> bool {
+        headers::cookie_values(&self.session.req_header().headers, bind_name(self.ctx.tls))
             .iter()
             .filter_map(|v| Token::parse(v))
             .any(|t| constant_eq(t.hash().as_bytes(), hash.as_bytes()))
     }
 
     /// The browser binding: the cookie value, and whether it must be set now.
-    pub(crate) fn binding(&self, session: &Session, ctx: &Ctx) -> (Token, bool) {
-        headers::cookie_values(&session.req_header().headers, bind_name(ctx.tls))
-            .iter()
-            .find_map(|v| Token::parse(v))
-            .map(|t| (t, false))
-            .unwrap_or_else(|| (Token::generate(), true))
+    pub(crate) fn binding(&self) -> (Token, bool) {
+        browser_binding(self.session, self.ctx)
     }
 
     /// A same-origin request (`Origin`, or `Sec-Fetch-Site` when a form post sends
     /// `Origin: null` under `Referrer-Policy: no-referrer`) from a browser with a binding
     /// cookie: that binding, or `None`.
-    pub(crate) fn same_origin_binding(&self, session: &Session, ctx: &Ctx) -> Option<Token> {
-        let h = &session.req_header().headers;
+    pub(crate) fn same_origin_binding(&self) -> Option<Token> {
+        let h = &self.session.req_header().headers;
         // The origin browsers see (the scheme of `public_origin`: a TLS load balancer may sit in
         // front of a plain listener), judged as kept forms are, but with no `Referer` fallback:
         // the gateway's own pages always get `Origin` or `Sec-Fetch-Site` from a browser.
-        let own = format!("{}://{}", self.signin.scheme, ctx.host);
+        let own = format!("{}://{}", self.st.signin.scheme, self.ctx.host);
         let same = matches!(
             crate::preserve::evidence(h, &own),
             crate::preserve::Evidence::SameOrigin
@@ -216,15 +206,16 @@ impl Gateway {
         if !same {
             return None;
         }
-        headers::cookie_values(h, bind_name(ctx.tls))
+        headers::cookie_values(h, bind_name(self.ctx.tls))
             .iter()
             .find_map(|v| Token::parse(v))
     }
 
     /// A same-origin POST with the right token in `X-Aalgate-Csrf`: the binding, or `None`.
-    pub(crate) fn checked_post(&self, session: &Session, ctx: &Ctx) -> Option<Token> {
-        let bind = self.same_origin_binding(session, ctx)?;
-        let token = session
+    pub(crate) fn checked_post(&self) -> Option<Token> {
+        let bind = self.same_origin_binding()?;
+        let token = self
+            .session
             .req_header()
             .headers
             .get("x-aalgate-csrf")?
@@ -233,18 +224,14 @@ impl Gateway {
         constant_eq(token.as_bytes(), csrf_of(bind.expose()).as_bytes()).then_some(bind)
     }
 
-    pub(crate) async fn read_body(&self, session: &mut Session) -> Option<Vec<u8>> {
-        crate::http::read_limited(session, MAX_BODY).await
+    pub(crate) async fn read_body(&mut self) -> Option<Vec<u8>> {
+        crate::http::read_limited(self.session, MAX_BODY).await
     }
 
     /// A same-origin form POST with the page's token in its `csrf` field: its fields, or `None`.
-    pub(crate) async fn form_post(
-        &self,
-        session: &mut Session,
-        ctx: &Ctx,
-    ) -> Option<Vec<(String, String)>> {
-        let bind = self.same_origin_binding(session, ctx)?;
-        let body = self.read_body(session).await?;
+    pub(crate) async fn form_post(&mut self) -> Option<Vec<(String, String)>> {
+        let bind = self.same_origin_binding()?;
+        let body = self.read_body().await?;
         let fields: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
         let want = csrf_of(bind.expose());
         fields
@@ -252,12 +239,15 @@ impl Gateway {
             .any(|(k, v)| k == "csrf" && constant_eq(v.as_bytes(), want.as_bytes()))
             .then_some(fields)
     }
+}
 
-    /// The request body, up to the body limit (see [`read_limited`]). Callers hold a `reads`
-    /// permit: each read holds up to the limit in memory.
-    pub(crate) async fn read_body_bounded(&self, session: &mut Session) -> Option<Vec<u8>> {
-        read_limited(session, self.signin.body_limit).await
-    }
+/// The browser binding of a request: the cookie value, and whether it must be set now.
+pub(crate) fn browser_binding(session: &Session, ctx: &Ctx) -> (Token, bool) {
+    headers::cookie_values(&session.req_header().headers, bind_name(ctx.tls))
+        .iter()
+        .find_map(|v| Token::parse(v))
+        .map(|t| (t, false))
+        .unwrap_or_else(|| (Token::generate(), true))
 }
 
 pub(crate) fn constant_eq(a: &[u8], b: &[u8]) -> bool {

@@ -14,6 +14,7 @@ use pingora::prelude::*;
 
 use crate::headers;
 use crate::http::has_request_body;
+use crate::http::{browser_binding, read_limited, Exchange};
 use crate::outcome::Outcome;
 use crate::pages::{self};
 use crate::state::{
@@ -31,30 +32,24 @@ impl Gateway {
         clippy::too_many_lines,
         reason = "the admission phase: load, time, admit, answer; its answers are methods of their own"
     )]
-    pub(crate) async fn admission(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        host: &HostPort,
-    ) -> Result<bool> {
-        let policy = ctx.policy.clone();
-        let method = session.req_header().method.as_str().to_string();
-        let Some(m) = ctx
+    pub(crate) async fn admission(&self, x: &mut Exchange<'_>, host: &HostPort) -> Result<bool> {
+        let policy = x.ctx.policy.clone();
+        let method = x.session.req_header().method.as_str().to_string();
+        let Some(m) = x
+            .ctx
             .target
             .as_ref()
             .and_then(|t| policy.lookup(host, &method, t))
         else {
-            return self.error(session, ctx, Outcome::UnknownHost).await;
+            return x.error(Outcome::UnknownHost).await;
         };
-        ctx.rule = Some(m.rule_index);
+        x.ctx.rule = Some(m.rule_index);
         let access = &m.rule.access;
         match access.require {
-            aalgate_policy::Requirement::Deny => {
-                return self.error(session, ctx, Outcome::Denied).await
-            }
+            aalgate_policy::Requirement::Deny => return x.error(Outcome::Denied).await,
             // Public routes never touch the store, so they keep working when it is down.
             aalgate_policy::Requirement::Public => {
-                ctx.outcome = Outcome::Allow;
+                x.ctx.outcome = Outcome::Allow;
                 return Ok(false);
             }
             _ => {}
@@ -62,13 +57,13 @@ impl Gateway {
 
         let now = self.clock.now();
         let loaded = match self
-            .session_of(session.req_header(), ctx, now, Lookup::Cached)
+            .session_of(x.session.req_header(), x.ctx, now, Lookup::Cached)
             .await
         {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(request_id = %ctx.request_id, error = %e, "session store error: failing closed");
-                return self.error(session, ctx, Outcome::StoreUnavailable).await;
+                tracing::warn!(request_id = %x.ctx.request_id, error = %e, "x.session store error: failing closed");
+                return x.error(Outcome::StoreUnavailable).await;
             }
         };
         // A `last_seen` ahead of this clock means the clock was stepped back (or another
@@ -80,13 +75,14 @@ impl Gateway {
             }
             _ => now,
         };
-        let upgrade = session
+        let upgrade = x
+            .session
             .req_header()
             .headers
             .contains_key(http::header::UPGRADE);
         let request = if upgrade {
             RequestKind::WebSocket
-        } else if headers::is_script_request(&session.req_header().headers) {
+        } else if headers::is_script_request(&x.session.req_header().headers) {
             RequestKind::Script
         } else {
             RequestKind::Navigation
@@ -103,10 +99,10 @@ impl Gateway {
             .as_ref()
             .filter(|_| ceremony_would_admit(access, &facts, now))
         {
-            let (bind, fresh) = self.binding(session, ctx);
+            let (bind, fresh) = browser_binding(x.session, x.ctx);
             if !fresh {
                 let signed = self
-                    .take_admission(session, ctx, record, &bind, &method)
+                    .take_admission(x.session, x.ctx, record, &bind, &method)
                     .await;
                 if let Some(signed) = signed {
                     facts.ceremony = Some(Ceremony {
@@ -114,53 +110,43 @@ impl Gateway {
                     });
                     admission = admit(access, &facts, now);
                     if admission == Admission::AllowAdmitted {
-                        return self.allow_admitted(ctx, record, s, signed);
+                        return self.allow_admitted(x.ctx, record, s, signed);
                     }
-                    tracing::warn!(request_id = %ctx.request_id, "an admission without a signature on a per-request route");
+                    tracing::warn!(request_id = %x.ctx.request_id, "an admission without a signature on a per-request route");
                 }
             }
         }
         match admission {
             Admission::Allow => {
                 if let Some((handle, key, s)) = loaded {
-                    self.keep_alive(session, ctx, access, handle, key, s, now);
+                    self.keep_alive(x.session, x.ctx, access, handle, key, s, now);
                 }
-                ctx.outcome = Outcome::Allow;
+                x.ctx.outcome = Outcome::Allow;
                 Ok(false)
             }
             Admission::AllowEmergency => {
                 if let Some((handle, _, s)) = loaded {
-                    // A WebSocket of an emergency session ends with it: at the code's TTL or
+                    // A WebSocket of an emergency x.session ends with it: at the code's TTL or
                     // on *Sign out*, asked of this instance's memory (the store may be down).
                     let lives = Lives::Emergency(self.signin.clone());
-                    self.watch_if_upgrade(session, ctx, &handle, s.expires_at, lives, now);
-                    ctx.session = Some(s);
+                    self.watch_if_upgrade(x.session, x.ctx, &handle, s.expires_at, lives, now);
+                    x.ctx.session = Some(s);
                 }
-                ctx.outcome = Outcome::Allow;
+                x.ctx.outcome = Outcome::Allow;
                 Ok(false)
             }
             // Reached only with a ceremony, above.
-            Admission::AllowAdmitted => self.error(session, ctx, Outcome::Denied).await,
+            Admission::AllowAdmitted => x.error(Outcome::Denied).await,
             Admission::BreakglassNotAllowed => {
-                ctx.session = loaded.map(|(_, _, s)| s);
-                self.error(session, ctx, Outcome::BreakglassNotAllowed)
-                    .await
+                x.ctx.session = loaded.map(|(_, _, s)| s);
+                x.error(Outcome::BreakglassNotAllowed).await
             }
-            Admission::Deny => self.error(session, ctx, Outcome::Denied).await,
+            Admission::Deny => x.error(Outcome::Denied).await,
             other => {
                 let app = m.app.name.clone();
                 let rule = m.rule.id.clone();
-                self.challenge_or_reauth(
-                    session,
-                    ctx,
-                    other,
-                    loaded,
-                    access,
-                    (&app, &rule),
-                    host,
-                    now,
-                )
-                .await
+                self.challenge_or_reauth(x, other, loaded, access, (&app, &rule), host, now)
+                    .await
             }
         }
     }
@@ -202,8 +188,7 @@ impl Gateway {
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn challenge_or_reauth(
         &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
+        x: &mut Exchange<'_>,
         other: Admission,
         loaded: Option<(SessionKey, SessionKey, UserSession)>,
         access: &aalgate_policy::Access,
@@ -214,9 +199,9 @@ impl Gateway {
         let per_request = access.step_up.is_some_and(StepUp::per_request);
         if let (Some(reason), Some((handle, record, s))) = (other.ends_session(), &loaded) {
             if matches!(other, Admission::FromTheFuture { .. }) {
-                tracing::warn!(request_id = %ctx.request_id, user = %s.user, "session stamped in the future: clock stepped back or record corrupt; re-authentication required");
+                tracing::warn!(request_id = %x.ctx.request_id, user = %s.user, "x.session stamped in the future: clock stepped back or record corrupt; re-authentication required");
             }
-            self.end_timed_out(ctx, handle, record, s, reason, app, now)
+            self.end_timed_out(x.ctx, handle, record, s, reason, app, now)
                 .await;
         }
         if let Admission::StepUp { .. } = other {
@@ -224,18 +209,10 @@ impl Gateway {
         }
         let mut user = loaded.as_ref().map(|(_, _, s)| s.user.clone());
         if user.is_none() && matches!(other, Admission::Login { .. }) {
-            user = self.tombstone(session.req_header(), ctx).await;
+            user = self.tombstone(x.session.req_header(), x.ctx).await;
         }
-        self.challenge(
-            session,
-            ctx,
-            other,
-            &host.to_string(),
-            app,
-            user,
-            per_request,
-        )
-        .await
+        self.challenge(x, other, &host.to_string(), app, user, per_request)
+            .await
     }
 
     /// Takes the one-time admission this request's own flow left (its ceremony just
@@ -391,8 +368,7 @@ impl Gateway {
     )]
     pub(crate) async fn challenge(
         &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
+        x: &mut Exchange<'_>,
         admission: Admission,
         host: &str,
         app: &str,
@@ -400,7 +376,7 @@ impl Gateway {
         per_request: bool,
     ) -> Result<bool> {
         let (need, aal, max_age) = match admission {
-            // A session a re-auth just ended: the same person continues.
+            // A x.session a re-auth just ended: the same person continues.
             Admission::Login { aal } if user.is_some() => (FlowKind::Reauth, aal, None),
             Admission::Login { aal } => (FlowKind::Login, aal, None),
             Admission::StepUp { aal, fresh } => {
@@ -413,11 +389,10 @@ impl Gateway {
             | Admission::AllowAdmitted
             | Admission::AllowEmergency
             | Admission::Deny
-            | Admission::BreakglassNotAllowed => {
-                return self.error(session, ctx, Outcome::Denied).await
-            }
+            | Admission::BreakglassNotAllowed => return x.error(Outcome::Denied).await,
         };
-        let url = ctx
+        let url = x
+            .ctx
             .target
             .as_ref()
             .map(|t| t.path_and_query().into_owned())
@@ -427,19 +402,19 @@ impl Gateway {
                 .flow_refusals
                 .with_label_values(&["url_too_long"])
                 .inc();
-            return self.error(session, ctx, Outcome::UrlTooLong).await;
+            return x.error(Outcome::UrlTooLong).await;
         }
-        if let Err(retry) = self.take_flow_token(session) {
-            return self.too_many_flows(session, ctx, retry).await;
+        if let Err(retry) = self.take_flow_token(x.session) {
+            return self.too_many_flows(x, retry).await;
         }
         // The flow remembers this browser (its binding cookie on this host) and the app's
         // configured host, never a port the client made up.
-        let (bind, set_bind) = self.binding(session, ctx);
+        let (bind, set_bind) = browser_binding(x.session, x.ctx);
         let flow = Flow {
             host: self.canonical_host(host),
             browser: Some(bind.hash()),
             kept: None,
-            method: session.req_header().method.to_string(),
+            method: x.session.req_header().method.to_string(),
             url,
             need,
             aal,
@@ -450,23 +425,23 @@ impl Gateway {
             // for whoever signs in.
             user: if need == FlowKind::Login { None } else { user },
             binding: None,
-            script: headers::is_script_request(&session.req_header().headers),
+            script: headers::is_script_request(&x.session.req_header().headers),
         };
         let mut flow = flow;
-        if crate::preserve::keeps(session.req_header().method.as_str())
-            && !headers::is_script_request(&session.req_header().headers)
+        if crate::preserve::keeps(x.session.req_header().method.as_str())
+            && !headers::is_script_request(&x.session.req_header().headers)
         {
             use crate::preserve::{evidence, Evidence, NotKept};
             // The app's origin as browsers see it: the scheme of `public_origin` (a TLS load
             // balancer may sit in front of a plain listener), the host and port they used.
-            let own = format!("{}://{}", self.signin.scheme, ctx.host);
-            let kept = match (evidence(&session.req_header().headers, &own), &flow.user) {
+            let own = format!("{}://{}", self.signin.scheme, x.ctx.host);
+            let kept = match (evidence(&x.session.req_header().headers, &own), &flow.user) {
                 (Evidence::Foreign, _) => Err(NotKept::CrossSite),
                 (_, None) => Err(NotKept::Anonymous),
                 (Evidence::SameOrigin, Some(person)) => {
                     let person = person.clone();
                     match self
-                        .keep_request(session, ctx, &flow, &bind, &person, per_request)
+                        .keep_request(x.session, x.ctx, &flow, &bind, &person, per_request)
                         .await
                     {
                         Ok(k) => k.map(|(token, binding)| {
@@ -474,8 +449,8 @@ impl Gateway {
                             token
                         }),
                         Err(e) => {
-                            tracing::warn!(request_id = %ctx.request_id, error = %e, "could not keep the submitted form");
-                            return self.error(session, ctx, Outcome::StoreUnavailable).await;
+                            tracing::warn!(request_id = %x.ctx.request_id, error = %e, "could not keep the submitted form");
+                            return x.error(Outcome::StoreUnavailable).await;
                         }
                     }
                 }
@@ -486,7 +461,7 @@ impl Gateway {
             };
             self.metrics.kept_forms.with_label_values(&[label]).inc();
             if let Err(n) = kept {
-                tracing::info!(request_id = %ctx.request_id, reason = n.as_str(), "submitted form not kept across sign-in");
+                tracing::info!(request_id = %x.ctx.request_id, reason = n.as_str(), "submitted form not kept across sign-in");
             }
             flow.kept = Some(match kept {
                 Ok(token) => token,
@@ -497,8 +472,8 @@ impl Gateway {
         // (its body too, read now and checked again on the retry) and admits only it.
         if per_request && flow.kept.is_none() {
             use crate::preserve::{evidence, Evidence};
-            let req = session.req_header();
-            let own = format!("{}://{}", self.signin.scheme, ctx.host);
+            let req = x.session.req_header();
+            let own = format!("{}://{}", self.signin.scheme, x.ctx.host);
             let typed = req
                 .headers
                 .get("sec-fetch-site")
@@ -506,19 +481,17 @@ impl Gateway {
                 == Some("none");
             if !typed && evidence(&req.headers, &own) == Evidence::Foreign {
                 // A page on another site cannot make a person sign a request.
-                return self
-                    .refuse(session, ctx, Outcome::PerRequestForeign, "Start this from the application", &format!("This action in {app} needs your signature, and it did not come from {app} itself. Open {app} and start it there."))
+                return x.refuse(Outcome::PerRequestForeign, "Start this from the application", &format!("This action in {app} needs your signature, and it did not come from {app} itself. Open {app} and start it there."))
                     .await;
             }
             let body = if has_request_body(req) {
                 let Ok(_permit) = self.signin.reads.try_acquire() else {
-                    return self.error(session, ctx, Outcome::Busy).await;
+                    return x.error(Outcome::Busy).await;
                 };
-                match self.read_body_bounded(session).await {
+                match read_limited(x.session, self.signin.body_limit).await {
                     Some(b) => Some(b),
                     None => {
-                        return self
-                            .refuse(session, ctx, Outcome::TooLargeToSign, "Too large to sign", "This request is larger than the gateway signs (preserve_body_limit). Ask IT to raise the limit for this application.")
+                        return x.refuse(Outcome::TooLargeToSign, "Too large to sign", "This request is larger than the gateway signs (preserve_body_limit). Ask IT to raise the limit for this application.")
                             .await
                     }
                 }
@@ -535,28 +508,28 @@ impl Gateway {
         // Nobody known yet: the flow draws on the store-wide anonymous quota.
         if flow.user.is_none() {
             let size = serde_json::to_vec(&flow).map_or(MAX_FLOW_BYTES, |v| v.len());
-            match self.charge_anonymous(size, self.client_ip(session)).await {
+            match self.charge_anonymous(size, self.client_ip(x.session)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(full)) => return self.anonymous_quota_full(session, ctx, full).await,
+                Ok(Err(full)) => return self.anonymous_quota_full(x, full).await,
                 Err(e) => {
-                    tracing::warn!(request_id = %ctx.request_id, error = %e, "session store error while starting sign-in");
-                    return self.error(session, ctx, Outcome::StoreUnavailable).await;
+                    tracing::warn!(request_id = %x.ctx.request_id, error = %e, "x.session store error while starting sign-in");
+                    return x.error(Outcome::StoreUnavailable).await;
                 }
             }
         }
         let id = FlowId::generate();
         if let Err(e) = self.store.put_flow(&id.key(), &flow, FLOW_TTL).await {
-            tracing::warn!(request_id = %ctx.request_id, error = %e, "session store error while starting sign-in");
-            return self.error(session, ctx, Outcome::StoreUnavailable).await;
+            tracing::warn!(request_id = %x.ctx.request_id, error = %e, "x.session store error while starting sign-in");
+            return x.error(Outcome::StoreUnavailable).await;
         }
-        ctx.outcome = Outcome::flow(need);
+        x.ctx.outcome = Outcome::flow(need);
         self.metrics.flows.with_label_values(&[need.as_str()]).inc();
         self.metrics
             .challenges
             .with_label_values(&[need.challenge(), "issued"])
             .inc();
         // Ceremonies run on the auth origin; on the same host the link stays relative.
-        let login_url = if self.on_auth_origin(ctx) {
+        let login_url = if self.on_auth_origin(x.ctx) {
             format!("/.aalgate/auth?flow={}", id.encode())
         } else {
             format!(
@@ -566,14 +539,14 @@ impl Gateway {
                 id.encode()
             )
         };
-        let reply = if headers::is_script_request(&session.req_header().headers) {
+        let reply = if headers::is_script_request(&x.session.req_header().headers) {
             let body = serde_json::json!({
                 "error": "authentication_required",
                 "need": need,
                 "aal": aal.as_str(),
                 "max_age_seconds": max_age.map(|d| d.as_secs()),
                 "login_url": login_url,
-                "request_id": ctx.request_id,
+                "request_id": x.ctx.request_id,
             });
             Reply::json(401, body.to_string())
         } else {
@@ -582,17 +555,17 @@ impl Gateway {
                 pages::page(
                     "Sign in required",
                     "<p>Redirecting to sign in.</p>",
-                    &ctx.request_id,
+                    &x.ctx.request_id,
                 ),
             )
             .header("location", login_url)
         };
         let reply = if set_bind {
-            reply.header("set-cookie", crate::state::bind_cookie(&bind, ctx.tls))
+            reply.header("set-cookie", crate::state::bind_cookie(&bind, x.ctx.tls))
         } else {
             reply
         };
-        self.send(session, ctx, reply).await
+        x.send(reply).await
     }
 }
 

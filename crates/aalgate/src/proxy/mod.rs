@@ -10,7 +10,7 @@
 mod admission;
 mod request;
 
-pub use crate::kept::KEPT_TTL;
+use crate::http::Exchange;
 pub use crate::state::{Ctx, Gateway, FLOW_TTL, TOUCH_INTERVAL, WEBSOCKET_SILENCE};
 pub use crate::state::{DecoyRefresh, SignInService, DECOY_REFRESH};
 pub use request::MAX_HEADER_BYTES;
@@ -24,7 +24,6 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 
-use crate::headers;
 use crate::outcome::Outcome;
 
 /// A request id: unique, not secret, so a thread-local CSPRNG seeded once from the OS serves
@@ -61,18 +60,20 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.tls = self.browser_https(session);
+        let mut x = Exchange::new(self, session, ctx);
         // 1. A head the gateway and every upstream read alike, with one Host.
-        let host = match self.well_formed(session) {
+        let host = match self.well_formed(x.session) {
             Ok(h) => h,
-            Err(why) => return self.error(session, ctx, why).await,
+            Err(why) => return x.error(why).await,
         };
         // 2. One normalized target, on a listener that serves this host.
-        let has_app = match self.place(session, ctx, &host) {
+        let has_app = match self.place(x.session, x.ctx, &host) {
             Ok(a) => a,
-            Err((status, why)) => return self.error_with_status(session, ctx, status, why).await,
+            Err((status, why)) => return x.error_with_status(status, why).await,
         };
         // 3. The gateway's own endpoints, never forwarded.
-        let path = ctx
+        let path = x
+            .ctx
             .target
             .as_ref()
             .map(|t| t.path().to_string())
@@ -80,10 +81,10 @@ impl ProxyHttp for Gateway {
         if (path == "/.aalgate" || path.starts_with("/.aalgate/"))
             && (self.is_auth_host(&host) || has_app)
         {
-            return crate::endpoints::dispatch(self, session, ctx, &path).await;
+            return crate::endpoints::dispatch(self, &mut x, &path).await;
         }
         // 4. The rule, the session and [`admit`].
-        self.admission(session, ctx, &host).await
+        self.admission(&mut x, &host).await
     }
 
     async fn request_body_filter(
@@ -183,31 +184,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        // A retried request replays its body from the start through the check.
-        if let Some(c) = ctx.verify_body.as_mut() {
-            c.seen.clear();
-        }
-        let Some(rule) = ctx.rule.and_then(|i| ctx.policy.rules().get(i)) else {
-            return Err(Error::explain(
-                ErrorType::InternalError,
-                "no rule in context",
-            ));
-        };
-        let up = &ctx.policy.app_of(rule).upstream;
-        let mut peer = HttpPeer::new(up.address(), up.tls, up.host.clone());
-        let (connect, silence) = self.upstream_timeouts;
-        peer.options.connection_timeout = Some(connect);
-        peer.options.total_connection_timeout = Some(connect);
-        // A WebSocket may be quiet for long; its life is bounded by the session instead.
-        if !session
-            .req_header()
-            .headers
-            .contains_key(http::header::UPGRADE)
-        {
-            peer.options.read_timeout = Some(silence);
-            peer.options.write_timeout = Some(silence);
-        }
-        Ok(Box::new(peer))
+        crate::http::upstream::peer(self, session.req_header(), ctx)
     }
 
     /// Upstream failures get the gateway's own page: 504 when the upstream did not answer in
@@ -232,7 +209,9 @@ impl ProxyHttp for Gateway {
         };
         tracing::warn!(request_id = %ctx.request_id, status = code, error = %e, "proxying failed");
         if code > 0 && session.response_written().is_none() {
-            let _ = self.error_with_status(session, ctx, code, outcome).await;
+            let _ = Exchange::new(self, session, ctx)
+                .error_with_status(code, outcome)
+                .await;
         }
         ctx.outcome = outcome;
         FailToProxy {
@@ -247,75 +226,7 @@ impl ProxyHttp for Gateway {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let Some(target) = &ctx.target else {
-            return Err(Error::explain(
-                ErrorType::InternalError,
-                "no target in context",
-            ));
-        };
-        upstream.set_raw_path(target.path_and_query().as_bytes())?;
-        // The upstream sees the host that matching used, not another spelling of it.
-        upstream.insert_header(http::header::HOST, ctx.host.as_str())?;
-
-        // pingora has already removed hop-by-hop headers and those named in Connection (and
-        // refuses a Connection that names Host or X-Forwarded-*); what is left of Connection
-        // is its WebSocket upgrade, which must stay.
-        let reserved: Vec<String> = upstream
-            .headers
-            .keys()
-            .map(|k| k.as_str().to_string())
-            .filter(|k| headers::is_reserved(k))
-            .collect();
-        for name in reserved {
-            upstream.remove_header(&name);
-        }
-        if let Some(cookies) = headers::cookies_without_ours(&upstream.headers) {
-            upstream.remove_header("cookie");
-            if let Some(c) = cookies {
-                upstream.insert_header("cookie", c)?;
-            }
-        }
-
-        if let Some(ip) = self.client_ip(session) {
-            upstream.insert_header("x-forwarded-for", ip.to_string())?;
-        }
-        upstream.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
-        upstream.insert_header("x-forwarded-host", ctx.host.as_str())?;
-        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
-
-        if let (Some(s), Some(rule)) = (
-            &ctx.session,
-            ctx.rule.and_then(|i| ctx.policy.rules().get(i)),
-        ) {
-            let app = &ctx.policy.app_of(rule).name;
-            let now = self.clock.now();
-            let sign = || self.signer.sign(s, app, now);
-            let token = match (&ctx.signed, &ctx.session_key) {
-                // A signed request's assertion names its digest: one of its own, never cached.
-                (Some(b), _) => self
-                    .signer
-                    .sign_request(s, app, now, Some(b.digest.as_str())),
-                (None, Some(k)) => self.assertions.get_or_sign(k, app, now, sign),
-                (None, None) => sign(),
-            }
-            .map_err(|e| Error::because(ErrorType::InternalError, "cannot sign assertion", e))?;
-            upstream.insert_header(headers::USER, s.user.as_str())?;
-            upstream.insert_header(headers::AAL, s.aal.number().to_string())?;
-            upstream.insert_header(headers::AUTH_TIME, s.auth_time.0.to_string())?;
-            upstream.insert_header(headers::ASSERTION, token)?;
-            if crate::breakglass::is_emergency(s) {
-                upstream.insert_header(
-                    headers::BREAKGLASS,
-                    s.credential.clone().unwrap_or_default(),
-                )?;
-            }
-            if let Some(b) = &ctx.signed {
-                upstream.insert_header(headers::REQUEST_NONCE, b.nonce.as_str())?;
-                upstream.insert_header(headers::REQUEST_DIGEST, b.digest.as_str())?;
-            }
-        }
-        ctx.forwarded_at = Some(Instant::now());
-        Ok(())
+        crate::http::upstream::prepare_request(self, self.client_ip(session), upstream, ctx)
     }
 
     async fn response_filter(
@@ -324,68 +235,7 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let app_of_rule = ctx
-            .rule
-            .and_then(|i| ctx.policy.rules().get(i))
-            .map(|r| ctx.policy.app_of(r));
-        let app = app_of_rule.map_or("-", |a| a.name.as_str());
-        if let Some(t) = ctx.forwarded_at {
-            self.metrics
-                .upstream_seconds
-                .with_label_values(&[app])
-                .observe(t.elapsed().as_secs_f64());
-        }
-        let class = match resp.status.as_u16() {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        self.metrics
-            .upstream_responses
-            .with_label_values(&[app, class])
-            .inc();
-        // The gateway's cookie names are reserved: an upstream cannot set or clear them. The
-        // app's own stay on its host unless it keeps their Domain (`keep_cookie_domain`).
-        let keep_domain = app_of_rule.is_some_and(|a| a.keep_cookie_domain);
-        let set_cookies: Vec<http::HeaderValue> = resp
-            .headers
-            .get_all(http::header::SET_COOKIE)
-            .iter()
-            .cloned()
-            .collect();
-        let ours = |v: &http::HeaderValue| headers::set_cookie_is_ours(v.as_bytes());
-        let scoped = |v: &http::HeaderValue| {
-            (!keep_domain)
-                .then(|| headers::set_cookie_without_domain(v.as_bytes()))
-                .flatten()
-        };
-        if set_cookies.iter().any(|v| ours(v) || scoped(v).is_some()) {
-            resp.remove_header("set-cookie");
-            for v in set_cookies.into_iter().filter(|v| !ours(v)) {
-                match scoped(&v) {
-                    // Bytes that came in a header value are a header value without a part.
-                    Some(host_only) => {
-                        if let Ok(h) = http::HeaderValue::from_bytes(&host_only) {
-                            resp.append_header("set-cookie", h)?;
-                        }
-                    }
-                    None => {
-                        resp.append_header("set-cookie", v)?;
-                    }
-                }
-            }
-        }
-        if ctx.tls
-            && self.hsts
-            && !resp
-                .headers
-                .contains_key(http::header::STRICT_TRANSPORT_SECURITY)
-        {
-            resp.insert_header("strict-transport-security", "max-age=31536000")?;
-        }
-        Ok(())
+        crate::http::upstream::prepare_response(self, resp, ctx)
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
