@@ -14,7 +14,7 @@ use crate::http::{read_limited, Exchange};
 use crate::outcome::Outcome;
 use crate::pages::{self};
 use crate::preserve::{KeptRequest, NotKept, KEPT_HEADERS};
-use crate::state::{Ctx, Gateway};
+use crate::state::{Ctx, State};
 use crate::state::{QuotaFull, ANON_BUCKET_SECS, MSG_SIGN_IN_BUSY, MSG_SIGN_IN_BUSY_HERE};
 
 /// How long a kept form waits for its sign-in.
@@ -65,7 +65,7 @@ pub(crate) fn client_share(quota: u64) -> u64 {
     (quota / CLIENT_SHARE).max(MIN_CLIENT_SHARE.min(quota / 4))
 }
 
-impl Gateway {
+impl State {
     /// Bytes kept in the last [`BUCKETS`] buckets under `prefix`.
     pub(crate) async fn kept_bytes(
         &self,
@@ -262,7 +262,7 @@ impl Gateway {
         b
     }
 
-    /// The inverse of [`Gateway::sealed_binding`]; `None` if it does not open.
+    /// The inverse of [`State::sealed_binding`]; `None` if it does not open.
     pub(crate) fn opened_binding(&self, b: &RequestBinding) -> Option<RequestBinding> {
         use base64::Engine;
         let sealed = base64::engine::general_purpose::URL_SAFE_NO_PAD

@@ -711,7 +711,7 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
-    let gw = proxy::Gateway {
+    let gw = proxy::Gateway::new(proxy::State {
         policies: policies.clone(),
         metrics: metrics.clone(),
         audit: audit.clone(),
@@ -728,7 +728,7 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         listeners: cfg.listen.clone(),
         hsts: cfg.hsts,
         clock: clock.clone(),
-    };
+    });
     let mut inner = pingora::proxy::HttpProxy::new(gw, server.configuration.clone());
     inner.handle_init_modules();
     let mut proxy = Service::new(

@@ -1,5 +1,5 @@
 //! What the proxy phases and the gateway's own endpoints share, and nothing that uses either:
-//! [`Gateway`] (the service's state), the per-request [`Ctx`] and a [`Reply`], the sign-in
+//! [`State`] (the service's state), the per-request [`Ctx`] and a [`Reply`], the sign-in
 //! service's settings and stores, the gateway's cookies, and the anonymous quota's answer.
 //! The proxy (`proxy`), the endpoints (`endpoints`), responses (`http`) and kept forms (`kept`)
 //! import from here, so none of them imports another's module for these, and nothing imports
@@ -164,7 +164,7 @@ pub(crate) fn cookie(name: &str, value: &str, tls: bool, strict: bool) -> String
     c.build().to_string()
 }
 
-/// Why `Gateway::charge_anonymous` stored nothing.
+/// Why `State::charge_anonymous` stored nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum QuotaFull {
     /// This client holds its whole share of the quota.
@@ -181,7 +181,7 @@ impl QuotaFull {
 }
 
 /// Shared state of the gateway service.
-pub struct Gateway {
+pub struct State {
     /// The policy set in force (swapped on reload).
     pub policies: Arc<crate::ops::Policies>,
     /// Metrics.
@@ -336,7 +336,7 @@ pub(crate) const ADMISSIONS: &str = "admit";
 /// How long a completed flow's own request stays admitted (the hop back, a popup's retry).
 pub(crate) const ADMISSION_TTL: Duration = Duration::from_secs(30);
 
-/// How [`Gateway::session_of`] finds the session a cookie names.
+/// How [`State::session_of`] finds the session a cookie names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Lookup {
     /// To admit a request: a break-glass session of this instance, then the session cache
@@ -410,7 +410,7 @@ pub(crate) fn admission_key(
     ))
 }
 
-impl Gateway {
+impl State {
     pub(crate) fn service(&self) -> &SignInService {
         &self.signin
     }

@@ -5,10 +5,10 @@ use pingora::prelude::*;
 use crate::http::Exchange;
 use crate::outcome::Outcome;
 use crate::pages::{self};
-use crate::state::{Gateway, Reply};
+use crate::state::{Reply, State};
 
 /// Static files of the pages.
-pub(crate) async fn static_file(_st: &Gateway, x: &mut Exchange<'_>, path: &str) -> Result<bool> {
+pub(crate) async fn static_file(_st: &State, x: &mut Exchange<'_>, path: &str) -> Result<bool> {
     let (ctype, body) = match path {
         "/.aalgate/static/aalgate.js" => ("text/javascript; charset=utf-8", pages::SCRIPT),
         "/.aalgate/static/aalgate.css" => ("text/css; charset=utf-8", pages::STYLE),

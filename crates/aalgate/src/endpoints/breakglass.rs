@@ -10,11 +10,11 @@ use crate::http::Exchange;
 use crate::outcome::Outcome;
 use crate::pages::{self, escape};
 use crate::state::{bind_cookie, cookie, csrf_of};
-use crate::state::{Ctx, Gateway, Reply};
+use crate::state::{Ctx, Reply, State};
 
 /// `GET /.aalgate/breakglass` (any host): the emergency access form.
 pub(crate) async fn breakglass_page(
-    st: &Gateway,
+    st: &State,
     x: &mut Exchange<'_>,
     problem: Option<&str>,
 ) -> Result<bool> {
@@ -60,11 +60,11 @@ pub(crate) async fn breakglass_page(
     clippy::too_many_lines,
     reason = "a break-glass use: throttle, argon2, audit, alert, x.session; moves to endpoints/breakglass (issue 15 item 3)"
 )]
-pub(crate) async fn breakglass_use(st: &Gateway, x: &mut Exchange<'_>) -> Result<bool> {
+pub(crate) async fn breakglass_use(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     let svc = st.service();
     let ip = st.client_ip(x.session);
     let app = st.app_of_host(x.ctx).unwrap_or_else(|| "-".into());
-    let busy = |this: &Gateway, ctx: &mut Ctx, why: Outcome| {
+    let busy = |this: &State, ctx: &mut Ctx, why: Outcome| {
         ctx.outcome = why;
         audit_auth(
             this,
@@ -350,7 +350,7 @@ pub(crate) async fn breakglass_use(st: &Gateway, x: &mut Exchange<'_>) -> Result
     .header(
         "set-cookie",
         cookie(
-            Gateway::cookie_name(x.ctx),
+            State::cookie_name(x.ctx),
             &handle.to_cookie(),
             x.ctx.tls,
             false,

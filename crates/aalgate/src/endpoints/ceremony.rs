@@ -23,7 +23,7 @@ use super::{
 use crate::http::Exchange;
 use crate::http::{constant_eq, MSG_UNAVAILABLE};
 use crate::outcome::Outcome;
-use crate::state::{Ctx, Gateway, Reply};
+use crate::state::{Ctx, Reply, State};
 
 /// What a sign-in start for a typed user name is charged against the anonymous quota, at
 /// least: more than the stored state of a person with a few keys.
@@ -55,7 +55,7 @@ pub(crate) struct FinishReq {
 /// The common front of the ceremony endpoints: the auth origin only, CSRF, a bounded body,
 /// JSON. `Err(sent)`: the refusal was sent; return it.
 pub(crate) async fn ceremony_input<T: serde::de::DeserializeOwned>(
-    st: &Gateway,
+    st: &State,
     x: &mut Exchange<'_>,
 ) -> Result<std::result::Result<(Token, T), bool>> {
     if !st.on_auth_origin(x.ctx) {
@@ -80,7 +80,7 @@ pub(crate) async fn ceremony_input<T: serde::de::DeserializeOwned>(
 }
 
 /// `POST /.aalgate/webauthn/start`.
-pub(crate) async fn ceremony_start(st: &Gateway, x: &mut Exchange<'_>) -> Result<bool> {
+pub(crate) async fn ceremony_start(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     let (bind, req): (Token, StartReq) = match ceremony_input(st, x).await? {
         Ok(x) => x,
         Err(sent) => return Ok(sent),
@@ -121,7 +121,7 @@ pub(crate) async fn ceremony_start(st: &Gateway, x: &mut Exchange<'_>) -> Result
     reason = "one ceremony start per purpose; moves to endpoints/ceremony (issue 15 item 3)"
 )]
 pub(crate) async fn start(
-    st: &Gateway,
+    st: &State,
     req: &StartReq,
     bind: &Token,
     client: Option<std::net::IpAddr>,
@@ -290,7 +290,7 @@ pub(crate) async fn start(
 }
 
 /// `POST /.aalgate/webauthn/finish`.
-pub(crate) async fn ceremony_finish(st: &Gateway, x: &mut Exchange<'_>) -> Result<bool> {
+pub(crate) async fn ceremony_finish(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     let (bind, req): (Token, FinishReq) = match ceremony_input(st, x).await? {
         Ok(x) => x,
         Err(sent) => return Ok(sent),
@@ -349,7 +349,7 @@ pub(crate) async fn ceremony_finish(st: &Gateway, x: &mut Exchange<'_>) -> Resul
     reason = "a sign-in's checks in order, each failure audited; moves to endpoints/ceremony (issue 15 item 3)"
 )]
 pub(crate) async fn finish_sign_in(
-    st: &Gateway,
+    st: &State,
     x: &mut Exchange<'_>,
     pending: Pending,
     response: &[u8],
@@ -357,7 +357,7 @@ pub(crate) async fn finish_sign_in(
     let svc = st.service();
     let now = st.clock.now();
     let kind = challenge_kind(pending.purpose);
-    let fail = |this: &Gateway, ctx: &Ctx, user: Option<&str>, why: &str| {
+    let fail = |this: &State, ctx: &Ctx, user: Option<&str>, why: &str| {
         tracing::info!(request_id = %ctx.request_id, user = user.unwrap_or("-"), reason = why, "sign-in failed");
         this.metrics
             .challenges
@@ -581,11 +581,7 @@ pub(crate) async fn finish_sign_in(
 /// A sign-in that failed (an unreadable response, an unknown or disabled user, a signature
 /// that does not verify): counted for this client and browser binding, and answered after
 /// their backoff, alike on every path, so the time tells nobody whether the name exists.
-pub(crate) async fn failed_finish(
-    st: &Gateway,
-    x: &mut Exchange<'_>,
-    binding: &str,
-) -> Result<bool> {
+pub(crate) async fn failed_finish(st: &State, x: &mut Exchange<'_>, binding: &str) -> Result<bool> {
     let wait = st
         .service()
         .failures

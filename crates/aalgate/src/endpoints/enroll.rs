@@ -15,10 +15,10 @@ use crate::http::Exchange;
 use crate::outcome::Outcome;
 use crate::pages::{self, escape};
 use crate::state::{bind_cookie, csrf_of};
-use crate::state::{Gateway, Reply};
+use crate::state::{Reply, State};
 
 /// `GET /.aalgate/enroll?invite=...`: the enrollment page of an invite.
-pub(crate) async fn enroll_page(st: &Gateway, x: &mut Exchange<'_>) -> Result<bool> {
+pub(crate) async fn enroll_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     if !st.on_auth_origin(x.ctx) {
         return x.error(Outcome::NotFound).await;
     }
@@ -90,7 +90,7 @@ pub(crate) async fn enroll_page(st: &Gateway, x: &mut Exchange<'_>) -> Result<bo
     reason = "enrollment's checks in order; moves to endpoints/enroll (issue 15 item 3)"
 )]
 pub(crate) async fn finish_enroll(
-    st: &Gateway,
+    st: &State,
     x: &mut Exchange<'_>,
     pending: Pending,
     response: &[u8],

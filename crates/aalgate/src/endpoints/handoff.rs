@@ -13,7 +13,7 @@ use crate::http::Exchange;
 use crate::outcome::Outcome;
 use crate::pages::{self};
 use crate::state::cookie;
-use crate::state::{Gateway, Reply};
+use crate::state::{Reply, State};
 
 /// What a handoff code carries.
 #[derive(Serialize, Deserialize)]
@@ -34,7 +34,7 @@ pub(crate) struct Handoff {
     reason = "ends the previous x.session, then starts one: two halves of one step"
 )]
 pub(crate) async fn start_session(
-    st: &Gateway,
+    st: &State,
     x: &mut Exchange<'_>,
     user: &User,
     aal: Aal,
@@ -103,7 +103,7 @@ pub(crate) async fn start_session(
     }
     x.ctx.session = Some(s.clone());
     let set = cookie(
-        Gateway::cookie_name(x.ctx),
+        State::cookie_name(x.ctx),
         &handle.to_cookie(),
         x.ctx.tls,
         false,
@@ -125,7 +125,7 @@ pub(crate) async fn start_session(
 /// is sent at once; otherwise its owner confirms it first. The flow's own request is
 /// admitted once, even if a short `max_age` passes on the way back.
 pub(crate) async fn redirect_for(
-    st: &Gateway,
+    st: &State,
     record: &SessionKey,
     s: &UserSession,
     flow: &Flow,
@@ -208,7 +208,7 @@ pub(crate) async fn redirect_for(
 
 /// Single sign-on without a ceremony: a redirect (302) to the kept URL or the handoff.
 pub(crate) async fn hand_off(
-    st: &Gateway,
+    st: &State,
     x: &mut Exchange<'_>,
     record: &SessionKey,
     s: &UserSession,
@@ -237,7 +237,7 @@ pub(crate) async fn hand_off(
 
 /// `GET /.aalgate/handoff?code=...` on an app host: the code becomes this host's own
 /// cookie handle, then the browser goes to the kept URL.
-pub(crate) async fn handoff(st: &Gateway, x: &mut Exchange<'_>) -> Result<bool> {
+pub(crate) async fn handoff(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     let code = query_param(x.session.req_header().uri.query(), "code").and_then(Token::parse);
     let now = st.clock.now();
     let taken: Option<Handoff> = match code {
@@ -294,7 +294,7 @@ pub(crate) async fn handoff(st: &Gateway, x: &mut Exchange<'_>) -> Result<bool> 
     .header(
         "set-cookie",
         cookie(
-            Gateway::cookie_name(x.ctx),
+            State::cookie_name(x.ctx),
             &handle.to_cookie(),
             x.ctx.tls,
             false,

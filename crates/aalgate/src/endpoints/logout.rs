@@ -9,11 +9,11 @@ use crate::outcome::Outcome;
 use crate::pages::{self, escape};
 use crate::state::MAX_COOKIES;
 use crate::state::{bind_cookie, csrf_of, SessionEnd};
-use crate::state::{Gateway, Reply};
+use crate::state::{Reply, State};
 
 /// `GET /.aalgate/logout`, or a POST without a valid token (e.g. the app's own sign-out
 /// button): a confirmation page whose form carries the token.
-pub(crate) async fn logout_page(_st: &Gateway, x: &mut Exchange<'_>) -> Result<bool> {
+pub(crate) async fn logout_page(_st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     let (bind, set_bind) = x.binding();
     let body = format!(
         "<p>Sign out of every application behind this gateway on this browser?</p>\
@@ -38,7 +38,7 @@ pub(crate) async fn logout_allowed(x: &mut Exchange<'_>) -> bool {
     clippy::too_many_lines,
     reason = "each cookie of the browser ends its own way (break-glass, store, absent)"
 )]
-pub(crate) async fn logout(st: &Gateway, x: &mut Exchange<'_>) -> Result<bool> {
+pub(crate) async fn logout(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     // Cross-site POSTs carry no Lax cookie, but refuse them explicitly too.
     let site = x
         .session
@@ -56,7 +56,7 @@ pub(crate) async fn logout(st: &Gateway, x: &mut Exchange<'_>) -> Result<bool> {
         return logout_page(st, x).await;
     }
     let ids: Vec<SessionId> =
-        headers::cookie_values(&x.session.req_header().headers, Gateway::cookie_name(x.ctx))
+        headers::cookie_values(&x.session.req_header().headers, State::cookie_name(x.ctx))
             .iter()
             .take(MAX_COOKIES)
             .filter_map(|v| SessionId::from_cookie(v))
@@ -119,7 +119,7 @@ pub(crate) async fn logout(st: &Gateway, x: &mut Exchange<'_>) -> Result<bool> {
     )
     .header(
         "set-cookie",
-        clear_cookie(Gateway::cookie_name(x.ctx), x.ctx.tls),
+        clear_cookie(State::cookie_name(x.ctx), x.ctx.tls),
     )
     .header("clear-site-data", "\"cookies\"".into());
     x.ctx.outcome = Outcome::Logout;

@@ -22,7 +22,7 @@ use aalgate_policy::Aal;
 
 use crate::http::Exchange;
 use crate::outcome::Outcome;
-use crate::state::{Ctx, Gateway};
+use crate::state::{Ctx, State};
 
 /// Constant words for users; the detail goes to the log.
 pub(crate) const MSG_FAILED: &str = "Sign-in did not work. Nothing was changed. Press the button to try again; if it keeps failing, contact IT.";
@@ -41,7 +41,7 @@ pub(crate) const MSG_KEY_NOT_APPROVED: &str =
 
 /// An endpoint's handler: answers the request itself (`Ok(true)`).
 type Handler = for<'a, 'b> fn(
-    &'a Gateway,
+    &'a State,
     &'a mut Exchange<'b>,
 ) -> Pin<Box<dyn Future<Output = Result<bool>> + Send + 'a>>;
 
@@ -68,7 +68,7 @@ macro_rules! to {
     };
     (|$g:ident, $x:ident| $call:expr) => {{
         fn handler<'a, 'b>(
-            $g: &'a Gateway,
+            $g: &'a State,
             $x: &'a mut Exchange<'b>,
         ) -> Pin<Box<dyn Future<Output = Result<bool>> + Send + 'a>> {
             Box::pin($call)
@@ -98,7 +98,7 @@ const ROUTES: &[Route] = &[
 ];
 
 /// Answers a request for `path` under `/.aalgate/`.
-pub(crate) async fn dispatch(g: &Gateway, x: &mut Exchange<'_>, path: &str) -> Result<bool> {
+pub(crate) async fn dispatch(g: &State, x: &mut Exchange<'_>, path: &str) -> Result<bool> {
     x.ctx.outcome = Outcome::Gateway;
     let method = &x.session.req_header().method;
     let takes = if method == http::Method::GET || method == http::Method::HEAD {
@@ -132,7 +132,7 @@ pub(crate) fn query_param<'a>(q: Option<&'a str>, name: &str) -> Option<&'a str>
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn audit_auth(
-    st: &Gateway,
+    st: &State,
     ctx: &Ctx,
     event: &str,
     user: Option<&str>,

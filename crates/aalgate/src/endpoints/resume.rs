@@ -14,13 +14,13 @@ use crate::kept::{Resumable, KEPT, RESUMABLE};
 use crate::outcome::Outcome;
 use crate::pages::{self, escape};
 use crate::preserve::{KeptRequest, NotKept};
-use crate::state::{Gateway, Reply};
+use crate::state::{Reply, State};
 
 pub(crate) const GONE: &str = "This form was already sent, or it waited too long (more than 10 minutes) and was discarded. Nothing was sent twice. Check the application before you submit it again.";
 
 /// A page about the form, with one way back to the app.
 pub(crate) async fn resume_page(
-    st: &Gateway,
+    st: &State,
     x: &mut Exchange<'_>,
     title: &str,
     text: &str,
@@ -47,7 +47,7 @@ pub(crate) async fn resume_page(
 
 /// `GET /.aalgate/resume?kept=...` on the app host: sends the kept form upstream, once,
 /// and streams the answer back; or, after a flow without a touch, asks first.
-pub(crate) async fn resume(st: &Gateway, x: &mut Exchange<'_>) -> Result<bool> {
+pub(crate) async fn resume(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     let q = x.session.req_header().uri.query().unwrap_or("").to_string();
     let param = q
         .split('&')
@@ -69,7 +69,7 @@ pub(crate) async fn resume(st: &Gateway, x: &mut Exchange<'_>) -> Result<bool> {
 
 /// `POST /.aalgate/resume` (the confirmation page's button): a same-origin form with the
 /// page's token.
-pub(crate) async fn resume_confirmed(st: &Gateway, x: &mut Exchange<'_>) -> Result<bool> {
+pub(crate) async fn resume_confirmed(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     let Some(fields) = x.form_post().await else {
         return x.error(Outcome::Csrf).await;
     };
@@ -88,7 +88,7 @@ pub(crate) async fn resume_confirmed(st: &Gateway, x: &mut Exchange<'_>) -> Resu
     reason = "a kept form's checks in order; moves to endpoints/resume (issue 15 item 3)"
 )]
 pub(crate) async fn resume_token(
-    st: &Gateway,
+    st: &State,
     x: &mut Exchange<'_>,
     token: Token,
     confirmed: bool,
@@ -264,11 +264,7 @@ pub(crate) async fn confirm_page(x: &mut Exchange<'_>, token: &Token, app: &str)
     x.send(reply).await
 }
 
-pub(crate) async fn send_kept(
-    st: &Gateway,
-    x: &mut Exchange<'_>,
-    kept: KeptRequest,
-) -> Result<bool> {
+pub(crate) async fn send_kept(st: &State, x: &mut Exchange<'_>, kept: KeptRequest) -> Result<bool> {
     let mut req = RequestHeader::build(kept.method.as_str(), kept.url.as_bytes(), None)?;
     for (n, v) in &kept.headers {
         req.insert_header(n.clone(), v.as_str())?;

@@ -14,7 +14,7 @@ use crate::http::Exchange;
 use crate::outcome::Outcome;
 use crate::pages::{self, escape};
 use crate::state::{bind_cookie, csrf_of};
-use crate::state::{Gateway, Reply};
+use crate::state::{Reply, State};
 
 pub(crate) fn level_words(aal: Aal) -> &'static str {
     match aal {
@@ -29,7 +29,7 @@ pub(crate) fn level_words(aal: Aal) -> &'static str {
     clippy::too_many_lines,
     reason = "the sign-in page's cases; moves to endpoints/ (issue 15 item 3)"
 )]
-pub(crate) async fn auth_page(st: &Gateway, x: &mut Exchange<'_>) -> Result<bool> {
+pub(crate) async fn auth_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     if !st.on_auth_origin(x.ctx) {
         return x.error(Outcome::NotFound).await;
     }
@@ -172,14 +172,14 @@ pub(crate) async fn auth_page(st: &Gateway, x: &mut Exchange<'_>) -> Result<bool
 
 /// The path of a signed request as the audit log writes it (redacted, no query); the
 /// challenge covers it, so what an auditor reads is what the key signed.
-pub(crate) fn signed_path(st: &Gateway, flow: &Flow) -> String {
+pub(crate) fn signed_path(st: &State, flow: &Flow) -> String {
     st.audit
         .redact_path(flow.url.split('?').next().unwrap_or("/"))
 }
 
 /// `GET /.aalgate/done` (any host): where the popup of a script call lands after its
 /// ceremony. It closes itself when a script opened it; otherwise it says what to do.
-pub(crate) async fn done_page(st: &Gateway, x: &mut Exchange<'_>) -> Result<bool> {
+pub(crate) async fn done_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     let app = st
         .app_of_host(x.ctx)
         .unwrap_or_else(|| "the application".into());

@@ -8,12 +8,12 @@ use crate::http::Exchange;
 use crate::outcome::Outcome;
 use crate::pages::{self};
 use crate::state::bind_cookie;
-use crate::state::{Gateway, Reply};
+use crate::state::{Reply, State};
 
 /// `GET /.aalgate/switch` (any host): sign in as someone else on a shared workstation. The
 /// sign-in page is shown even when a x.session exists; when a different person signs in,
 /// the previous person's x.session ends on every host.
-pub(crate) async fn switch_user(st: &Gateway, x: &mut Exchange<'_>) -> Result<bool> {
+pub(crate) async fn switch_user(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     if let Err(retry) = st.take_flow_token(x.session) {
         return st.too_many_flows(x, retry).await;
     }

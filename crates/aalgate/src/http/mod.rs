@@ -13,7 +13,7 @@ use crate::headers;
 use crate::outcome::Outcome;
 use crate::pages::{self};
 use crate::state::{bind_name, csrf_of};
-use crate::state::{Ctx, Gateway, Reply};
+use crate::state::{Ctx, Reply, State};
 
 pub(crate) fn has_request_body(req: &RequestHeader) -> bool {
     let cl = req
@@ -33,17 +33,17 @@ pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 /// One request being answered: pingora's session and this request's [`Ctx`], with the
 /// gateway's responses to it. Its handlers take the shared state beside it:
-/// `async fn(&Gateway, &mut Exchange) -> Result<bool>`.
+/// `async fn(&State, &mut Exchange) -> Result<bool>`.
 pub(crate) struct Exchange<'a> {
     pub(crate) session: &'a mut Session,
     pub(crate) ctx: &'a mut Ctx,
     /// What responses need of the shared state: the audit log they settle first, `hsts`,
     /// the public scheme, the body limit.
-    st: &'a Gateway,
+    st: &'a State,
 }
 
 impl<'a> Exchange<'a> {
-    pub(crate) fn new(st: &'a Gateway, session: &'a mut Session, ctx: &'a mut Ctx) -> Self {
+    pub(crate) fn new(st: &'a State, session: &'a mut Session, ctx: &'a mut Ctx) -> Self {
         Exchange { session, ctx, st }
     }
 }

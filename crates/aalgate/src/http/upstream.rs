@@ -11,11 +11,11 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
 use crate::headers;
-use crate::state::{Ctx, Gateway};
+use crate::state::{Ctx, State};
 
 /// The upstream of the request's app, with the configured timeouts (`req` is the client's
 /// request: a WebSocket upgrade gets no read or write timeout).
-pub(crate) fn peer(st: &Gateway, req: &RequestHeader, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+pub(crate) fn peer(st: &State, req: &RequestHeader, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
     // A retried request replays its body from the start through the check.
     if let Some(c) = ctx.verify_body.as_mut() {
         c.seen.clear();
@@ -43,7 +43,7 @@ pub(crate) fn peer(st: &Gateway, req: &RequestHeader, ctx: &mut Ctx) -> Result<B
 /// header and none of the gateway's cookies, then the `X-Forwarded-*` headers and the
 /// identity (headers and a signed assertion) of an admitted session.
 pub(crate) fn prepare_request(
-    st: &Gateway,
+    st: &State,
     client_ip: Option<IpAddr>,
     upstream: &mut RequestHeader,
     ctx: &mut Ctx,
@@ -119,7 +119,7 @@ pub(crate) fn prepare_request(
 
 /// The response the browser gets: counted, the gateway's cookie names reserved, the app's
 /// cookies kept on its host, HSTS on https.
-pub(crate) fn prepare_response(st: &Gateway, resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
+pub(crate) fn prepare_response(st: &State, resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
     let app_of_rule = ctx
         .rule
         .and_then(|i| ctx.policy.rules().get(i))

@@ -12,6 +12,7 @@ use aalgate_policy::{
 use aalgate_session::{Flow, FlowId, FlowKind, Session as UserSession, SessionKey};
 use pingora::prelude::*;
 
+use super::Gateway;
 use crate::headers;
 use crate::http::has_request_body;
 use crate::http::{browser_binding, read_limited, Exchange};
@@ -22,7 +23,7 @@ use crate::state::{
     TOMBSTONES,
 };
 use crate::state::{
-    BodyCheck, Ctx, Gateway, Lives, Reply, Upgraded, FLOW_TTL, TOUCH_INTERVAL, WEBSOCKET_SILENCE,
+    BodyCheck, Ctx, Lives, Reply, Upgraded, FLOW_TTL, TOUCH_INTERVAL, WEBSOCKET_SILENCE,
 };
 
 impl Gateway {

@@ -11,9 +11,28 @@ mod admission;
 mod request;
 
 use crate::http::Exchange;
-pub use crate::state::{Ctx, Gateway, FLOW_TTL, TOUCH_INTERVAL, WEBSOCKET_SILENCE};
+pub use crate::state::{Ctx, State, FLOW_TTL, TOUCH_INTERVAL, WEBSOCKET_SILENCE};
 pub use crate::state::{DecoyRefresh, SignInService, DECOY_REFRESH};
 pub use request::MAX_HEADER_BYTES;
+
+/// The pingora service. Its `ProxyHttp` phases, and the admission and request phases in this
+/// module, are methods of `Gateway` alone, so no endpoint can call them; everything they read
+/// is the shared [`State`] it dereferences to.
+pub struct Gateway(State);
+
+impl Gateway {
+    pub fn new(state: State) -> Gateway {
+        Gateway(state)
+    }
+}
+
+impl std::ops::Deref for Gateway {
+    type Target = State;
+
+    fn deref(&self) -> &State {
+        &self.0
+    }
+}
 
 use std::time::{Duration, Instant};
 

@@ -7,9 +7,10 @@ use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::protocols::http::ServerSession;
 
+use super::Gateway;
 use crate::headers;
 use crate::outcome::Outcome;
-use crate::state::{Ctx, Gateway};
+use crate::state::{Ctx, State};
 use crate::state::{MAX_COOKIES, TOMBSTONES};
 
 /// Largest request head accepted (request line and headers), as nginx's default buffers allow.
@@ -81,7 +82,7 @@ impl Gateway {
     /// The person whose session this browser's cookie named before a re-auth ended it (a
     /// tombstone, kept for [`FLOW_TTL`]), so that a form sent meanwhile is kept for them.
     pub(crate) async fn tombstone(&self, req: &RequestHeader, ctx: &Ctx) -> Option<String> {
-        for value in headers::cookie_values(&req.headers, Self::cookie_name(ctx))
+        for value in headers::cookie_values(&req.headers, State::cookie_name(ctx))
             .iter()
             .take(MAX_COOKIES)
         {
