@@ -52,13 +52,13 @@ pub(crate) async fn breakglass_page(
     x.send(reply).await
 }
 
-/// `POST /.aalgate/breakglass`: checks the code (argon2), then a break-glass x.session on
+/// `POST /.aalgate/breakglass`: checks the code (argon2), then a break-glass session on
 /// this host, capped at the code's TTL. Every use and failure is audited (a use also to the
 /// local file, before the code is marked used) and alerted; failures are throttled per
 /// client address (IPv6: per /64), and at most two checks run at once.
 #[allow(
     clippy::too_many_lines,
-    reason = "a break-glass use: throttle, argon2, audit, alert, x.session; moves to endpoints/breakglass (issue 15 item 3)"
+    reason = "a break-glass use: throttle, argon2, audit, alert, session; moves to endpoints/breakglass (issue 15 item 3)"
 )]
 pub(crate) async fn breakglass_use(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     let svc = st.service();
@@ -220,7 +220,7 @@ pub(crate) async fn breakglass_use(st: &State, x: &mut Exchange<'_>) -> Result<b
         }
         Ok(Ok(_)) => {}
         _ => {
-            tracing::warn!(request_id = %x.ctx.request_id, "break-glass: x.session store unreachable; using the local codes file only")
+            tracing::warn!(request_id = %x.ctx.request_id, "break-glass: session store unreachable; using the local codes file only")
         }
     }
     // No trail, no access: the local audit line is written (and fsynced) first.

@@ -26,12 +26,12 @@ pub(crate) struct Handoff {
     browser: Option<String>,
 }
 
-/// A new x.session record for `user` (ending this browser's previous one), the auth-origin
+/// A new session record for `user` (ending this browser's previous one), the auth-origin
 /// cookie, and the way back to the kept URL.
 #[allow(clippy::too_many_arguments)]
 #[allow(
     clippy::too_many_lines,
-    reason = "ends the previous x.session, then starts one: two halves of one step"
+    reason = "ends the previous session, then starts one: two halves of one step"
 )]
 pub(crate) async fn start_session(
     st: &State,
@@ -44,7 +44,7 @@ pub(crate) async fn start_session(
     flow: &Flow,
 ) -> Result<bool> {
     let now = st.clock.now();
-    // The previous x.session of this browser ends: replaced (same person) or switched.
+    // The previous session of this browser ends: replaced (same person) or switched.
     match st.current(x.session, x.ctx).await {
         Ok(Some((handle, record, old))) => {
             let why = if old.user != user.id {
@@ -56,9 +56,9 @@ pub(crate) async fn start_session(
                 .end_session(x.ctx, &handle, true, &record, &old, why, None, now)
                 .await;
             if let Err(e) = ended {
-                // The previous person's x.session must end before a new one starts.
+                // The previous person's session must end before a new one starts.
                 return x
-                    .store_down(&e, "sign-in: could not end the previous x.session")
+                    .store_down(&e, "sign-in: could not end the previous session")
                     .await;
             }
         }
@@ -148,7 +148,7 @@ pub(crate) async fn redirect_for(
             )
             .await?;
     }
-    // A kept form is sent from the app host once the x.session is there.
+    // A kept form is sent from the app host once the session is there.
     let url = match flow.kept.as_deref() {
         Some(k) => {
             if let Some(token) = Token::parse(k) {
@@ -178,7 +178,7 @@ pub(crate) async fn redirect_for(
         return Ok(url);
     }
     // No browser to bind a code to (after enrollment): go to the app, whose own sign-in
-    // flow (bound to this browser) then hands the x.session over without a ceremony.
+    // flow (bound to this browser) then hands the session over without a ceremony.
     if flow.browser.is_none() {
         return Ok(format!(
             "{}://{}{}",
@@ -251,7 +251,7 @@ pub(crate) async fn handoff(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
         },
     };
     // The code works only on its host, in the browser whose request started the flow
-    // (its binding cookie): a code sent to someone else cannot swap their x.session.
+    // (its binding cookie): a code sent to someone else cannot swap their session.
     let Some(h) = taken.filter(|h| {
         h.host == x.ctx.host
             && h.expires_at > now

@@ -83,7 +83,7 @@ pub(crate) async fn logout(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
         let existing = match st.store.resolve(&id.key(), &x.ctx.host, now).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(request_id = %x.ctx.request_id, error = %e, "logout could not reach the x.session store");
+                tracing::warn!(request_id = %x.ctx.request_id, error = %e, "logout could not reach the session store");
                 return x.error(Outcome::StoreUnavailable).await;
             }
         };
@@ -105,7 +105,7 @@ pub(crate) async fn logout(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
             )
             .await;
         if let Err(e) = ended {
-            tracing::warn!(request_id = %x.ctx.request_id, error = %e, "logout could not reach the x.session store");
+            tracing::warn!(request_id = %x.ctx.request_id, error = %e, "logout could not reach the session store");
             return x.error(Outcome::StoreUnavailable).await;
         }
     }

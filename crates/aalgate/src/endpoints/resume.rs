@@ -182,7 +182,7 @@ pub(crate) async fn resume_token(
             return x.error(Outcome::StoreUnavailable).await;
         }
     };
-    // The flow that kept this form ended in this very x.session.
+    // The flow that kept this form ended in this very session.
     let ours = mark.as_ref().filter(|m| m.record == record.as_str());
     // The flow's own ceremony admits its request, even if a short `max_age` passed on the
     // way back; on a per-request route, only a ceremony that signed this very form does.

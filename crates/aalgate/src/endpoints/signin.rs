@@ -24,7 +24,7 @@ pub(crate) fn level_words(aal: Aal) -> &'static str {
 }
 
 /// `GET /.aalgate/auth?flow=...`: the sign-in, step-up or re-auth page, or a handoff at
-/// once when this browser's x.session on the auth origin already satisfies the flow.
+/// once when this browser's session on the auth origin already satisfies the flow.
 #[allow(
     clippy::too_many_lines,
     reason = "the sign-in page's cases; moves to endpoints/ (issue 15 item 3)"
@@ -40,7 +40,7 @@ pub(crate) async fn auth_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> 
         Some(id) => match st.store.get_flow(&id.key(), now).await {
             Ok(f) => f.map(|f| (id, f)),
             Err(e) => {
-                tracing::warn!(request_id = %x.ctx.request_id, error = %e, "x.session store error on the sign-in page");
+                tracing::warn!(request_id = %x.ctx.request_id, error = %e, "session store error on the sign-in page");
                 return x.error(Outcome::StoreUnavailable).await;
             }
         },
@@ -58,10 +58,10 @@ pub(crate) async fn auth_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> 
         return x.send(reply).await;
     };
 
-    // Single sign-on: a good enough x.session here needs no new ceremony; a x.session that is
+    // Single sign-on: a good enough session here needs no new ceremony; a session that is
     // not good enough makes this a step-up for its user.
     let mut flow = flow;
-    // A step-up or re-auth needs no new ceremony either when this browser's x.session here
+    // A step-up or re-auth needs no new ceremony either when this browser's session here
     // is the same person's and already good enough (another tab just confirmed).
     // A per-request ceremony is never silent: it signs this one request.
     let silent = |s: &UserSession, flow: &Flow| match flow.need {
@@ -85,13 +85,13 @@ pub(crate) async fn auth_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> 
                 flow.user = Some(s.user.clone());
                 let left = crate::state::FLOW_TTL.saturating_sub(now.since(flow.created));
                 if let Err(e) = st.store.put_flow(&id.key(), &flow, left).await {
-                    tracing::warn!(request_id = %x.ctx.request_id, error = %e, "x.session store error on the sign-in page");
+                    tracing::warn!(request_id = %x.ctx.request_id, error = %e, "session store error on the sign-in page");
                     return x.error(Outcome::StoreUnavailable).await;
                 }
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(request_id = %x.ctx.request_id, error = %e, "x.session store error on the sign-in page");
+                tracing::warn!(request_id = %x.ctx.request_id, error = %e, "session store error on the sign-in page");
                 return x.error(Outcome::StoreUnavailable).await;
             }
         }
@@ -120,10 +120,10 @@ pub(crate) async fn auth_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> 
         FlowKind::Reauth if flow.user.is_some() => (
             "Continue where you were",
             format!(
-                "<p>Your x.session in <strong>{app}</strong> paused. Press <em>Continue</em> and touch your key or use your fingerprint. You will land on the same page.</p>\
+                "<p>Your session in <strong>{app}</strong> paused. Press <em>Continue</em> and touch your key or use your fingerprint. You will land on the same page.</p>\
                  <p id=\"status\" role=\"status\" aria-live=\"polite\"></p>\
                  <button type=\"button\" data-action=\"signin\">Continue</button>\
-                 <p>Not you? <button type=\"button\" class=\"secondary\" data-action=\"switch\">Sign in as someone else</button> (the previous x.session ends).</p>"
+                 <p>Not you? <button type=\"button\" class=\"secondary\" data-action=\"switch\">Sign in as someone else</button> (the previous session ends).</p>"
             ),
         ),
         _ => (

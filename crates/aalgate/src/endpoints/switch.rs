@@ -11,8 +11,8 @@ use crate::state::bind_cookie;
 use crate::state::{Reply, State};
 
 /// `GET /.aalgate/switch` (any host): sign in as someone else on a shared workstation. The
-/// sign-in page is shown even when a x.session exists; when a different person signs in,
-/// the previous person's x.session ends on every host.
+/// sign-in page is shown even when a session exists; when a different person signs in,
+/// the previous person's session ends on every host.
 pub(crate) async fn switch_user(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     if let Err(retry) = st.take_flow_token(x.session) {
         return st.too_many_flows(x, retry).await;

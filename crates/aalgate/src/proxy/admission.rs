@@ -63,7 +63,7 @@ impl Gateway {
         {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(request_id = %x.ctx.request_id, error = %e, "x.session store error: failing closed");
+                tracing::warn!(request_id = %x.ctx.request_id, error = %e, "session store error: failing closed");
                 return x.error(Outcome::StoreUnavailable).await;
             }
         };
@@ -127,7 +127,7 @@ impl Gateway {
             }
             Admission::AllowEmergency => {
                 if let Some((handle, _, s)) = loaded {
-                    // A WebSocket of an emergency x.session ends with it: at the code's TTL or
+                    // A WebSocket of an emergency session ends with it: at the code's TTL or
                     // on *Sign out*, asked of this instance's memory (the store may be down).
                     let lives = Lives::Emergency(self.signin.clone());
                     self.watch_if_upgrade(x.session, x.ctx, &handle, s.expires_at, lives, now);
@@ -200,7 +200,7 @@ impl Gateway {
         let per_request = access.step_up.is_some_and(StepUp::per_request);
         if let (Some(reason), Some((handle, record, s))) = (other.ends_session(), &loaded) {
             if matches!(other, Admission::FromTheFuture { .. }) {
-                tracing::warn!(request_id = %x.ctx.request_id, user = %s.user, "x.session stamped in the future: clock stepped back or record corrupt; re-authentication required");
+                tracing::warn!(request_id = %x.ctx.request_id, user = %s.user, "session stamped in the future: clock stepped back or record corrupt; re-authentication required");
             }
             self.end_timed_out(x.ctx, handle, record, s, reason, app, now)
                 .await;
@@ -377,7 +377,7 @@ impl Gateway {
         per_request: bool,
     ) -> Result<bool> {
         let (need, aal, max_age) = match admission {
-            // A x.session a re-auth just ended: the same person continues.
+            // A session a re-auth just ended: the same person continues.
             Admission::Login { aal } if user.is_some() => (FlowKind::Reauth, aal, None),
             Admission::Login { aal } => (FlowKind::Login, aal, None),
             Admission::StepUp { aal, fresh } => {
@@ -513,14 +513,14 @@ impl Gateway {
                 Ok(Ok(())) => {}
                 Ok(Err(full)) => return self.anonymous_quota_full(x, full).await,
                 Err(e) => {
-                    tracing::warn!(request_id = %x.ctx.request_id, error = %e, "x.session store error while starting sign-in");
+                    tracing::warn!(request_id = %x.ctx.request_id, error = %e, "session store error while starting sign-in");
                     return x.error(Outcome::StoreUnavailable).await;
                 }
             }
         }
         let id = FlowId::generate();
         if let Err(e) = self.store.put_flow(&id.key(), &flow, FLOW_TTL).await {
-            tracing::warn!(request_id = %x.ctx.request_id, error = %e, "x.session store error while starting sign-in");
+            tracing::warn!(request_id = %x.ctx.request_id, error = %e, "session store error while starting sign-in");
             return x.error(Outcome::StoreUnavailable).await;
         }
         x.ctx.outcome = Outcome::flow(need);
