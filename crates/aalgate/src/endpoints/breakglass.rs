@@ -58,7 +58,7 @@ pub(crate) async fn breakglass_page(
 /// client address (IPv6: per /64), and at most two checks run at once.
 #[allow(
     clippy::too_many_lines,
-    reason = "a break-glass use: throttle, argon2, audit, alert, session; moves to endpoints/breakglass (issue 15 item 3)"
+    reason = "a break-glass use: throttle, argon2, audit, alert, session"
 )]
 pub(crate) async fn breakglass_use(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     let svc = st.service();

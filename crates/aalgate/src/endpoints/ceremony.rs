@@ -118,7 +118,7 @@ pub(crate) async fn ceremony_start(st: &State, x: &mut Exchange<'_>) -> Result<b
 #[allow(clippy::type_complexity)]
 #[allow(
     clippy::too_many_lines,
-    reason = "one ceremony start per purpose; moves to endpoints/ceremony (issue 15 item 3)"
+    reason = "one ceremony start per purpose"
 )]
 pub(crate) async fn start(
     st: &State,
@@ -346,7 +346,7 @@ pub(crate) async fn ceremony_finish(st: &State, x: &mut Exchange<'_>) -> Result<
 
 #[allow(
     clippy::too_many_lines,
-    reason = "a sign-in's checks in order, each failure audited; moves to endpoints/ceremony (issue 15 item 3)"
+    reason = "a sign-in's checks in order, each failure audited"
 )]
 pub(crate) async fn finish_sign_in(
     st: &State,

@@ -87,7 +87,7 @@ pub(crate) async fn enroll_page(st: &State, x: &mut Exchange<'_>) -> Result<bool
 
 #[allow(
     clippy::too_many_lines,
-    reason = "enrollment's checks in order; moves to endpoints/enroll (issue 15 item 3)"
+    reason = "enrollment's checks in order"
 )]
 pub(crate) async fn finish_enroll(
     st: &State,

@@ -85,7 +85,7 @@ pub(crate) async fn resume_confirmed(st: &State, x: &mut Exchange<'_>) -> Result
 
 #[allow(
     clippy::too_many_lines,
-    reason = "a kept form's checks in order; moves to endpoints/resume (issue 15 item 3)"
+    reason = "a kept form's checks in order"
 )]
 pub(crate) async fn resume_token(
     st: &State,

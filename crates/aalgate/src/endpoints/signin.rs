@@ -27,7 +27,7 @@ pub(crate) fn level_words(aal: Aal) -> &'static str {
 /// once when this browser's session on the auth origin already satisfies the flow.
 #[allow(
     clippy::too_many_lines,
-    reason = "the sign-in page's cases; moves to endpoints/ (issue 15 item 3)"
+    reason = "the sign-in page's cases"
 )]
 pub(crate) async fn auth_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     if !st.on_auth_origin(x.ctx) {
