@@ -463,6 +463,20 @@ fn a_silent_handoff_asks_before_it_sends() {
     );
     assert_eq!(seen[0].one("x-aalgate-user"), Some("nora"));
     assert_eq!(seen[0].body_len, "note=chest+pain".len());
+    // One upstream request, timed and counted once, as a forwarded one is (the replay was
+    // timed twice: once through the response phase, once more by itself).
+    let m = g.scrape();
+    let n = Some(up.seen().len() as f64);
+    let v = |k: &str| sample(&m, k);
+    assert_eq!(
+        v("aalgate_upstream_duration_seconds_count{app=\"billing\"}"),
+        n,
+        "{m}"
+    );
+    assert_eq!(
+        v("aalgate_upstream_responses_total{app=\"billing\",class=\"2xx\"}"),
+        n
+    );
     // Once.
     let again = confirm(g.port, &h, &page, &jar, &own);
     assert!(again.text().contains("already sent"), "{}", again.text());

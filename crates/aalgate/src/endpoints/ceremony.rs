@@ -116,10 +116,7 @@ pub(crate) async fn ceremony_start(st: &State, x: &mut Exchange<'_>) -> Result<b
 }
 
 #[allow(clippy::type_complexity)]
-#[allow(
-    clippy::too_many_lines,
-    reason = "one ceremony start per purpose"
-)]
+#[allow(clippy::too_many_lines, reason = "one ceremony start per purpose")]
 pub(crate) async fn start(
     st: &State,
     req: &StartReq,

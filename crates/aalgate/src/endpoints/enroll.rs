@@ -85,10 +85,7 @@ pub(crate) async fn enroll_page(st: &State, x: &mut Exchange<'_>) -> Result<bool
     x.send(reply).await
 }
 
-#[allow(
-    clippy::too_many_lines,
-    reason = "enrollment's checks in order"
-)]
+#[allow(clippy::too_many_lines, reason = "enrollment's checks in order")]
 pub(crate) async fn finish_enroll(
     st: &State,
     x: &mut Exchange<'_>,

@@ -1,8 +1,6 @@
 //! `GET` and `POST /.aalgate/resume?token=...`: a kept form sent on after its sign-in, once,
 //! to the app it was meant for (or a confirmation page first when nobody touched a key).
 
-use std::time::Instant;
-
 use aalgate_auth::Token;
 use aalgate_policy::{admit, AdmissionFacts, Ceremony, HostPort, RequestKind};
 use bytes::Bytes;
@@ -83,10 +81,7 @@ pub(crate) async fn resume_confirmed(st: &State, x: &mut Exchange<'_>) -> Result
     resume_token(st, x, token, true).await
 }
 
-#[allow(
-    clippy::too_many_lines,
-    reason = "a kept form's checks in order"
-)]
+#[allow(clippy::too_many_lines, reason = "a kept form's checks in order")]
 pub(crate) async fn resume_token(
     st: &State,
     x: &mut Exchange<'_>,
@@ -283,7 +278,6 @@ pub(crate) async fn send_kept(st: &State, x: &mut Exchange<'_>, kept: KeptReques
     crate::http::upstream::prepare_request(st, st.client_ip(x.session), &mut req, x.ctx)?;
     let peer = crate::http::upstream::peer(st, x.session.req_header(), x.ctx)?;
     let connector = pingora::connectors::http::Connector::new(None);
-    let t0 = Instant::now();
     let result = async {
         let (mut up, _) = connector.get_http_session(peer.as_ref()).await?;
         up.write_request_header(Box::new(req)).await?;
@@ -310,10 +304,6 @@ pub(crate) async fn send_kept(st: &State, x: &mut Exchange<'_>, kept: KeptReques
     resp.insert_header("cache-control", "no-store")?;
     resp.insert_header("x-request-id", x.ctx.request_id.as_str())?;
     x.ctx.outcome = Outcome::Resumed;
-    st.metrics
-        .upstream_seconds
-        .with_label_values(&[st.app_name(x.ctx)])
-        .observe(t0.elapsed().as_secs_f64());
     let head = x.session.req_header().method == http::Method::HEAD;
     st.audit.settle(&x.ctx.audit).await;
     x.session

@@ -25,10 +25,7 @@ pub(crate) fn level_words(aal: Aal) -> &'static str {
 
 /// `GET /.aalgate/auth?flow=...`: the sign-in, step-up or re-auth page, or a handoff at
 /// once when this browser's session on the auth origin already satisfies the flow.
-#[allow(
-    clippy::too_many_lines,
-    reason = "the sign-in page's cases"
-)]
+#[allow(clippy::too_many_lines, reason = "the sign-in page's cases")]
 pub(crate) async fn auth_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     if !st.on_auth_origin(x.ctx) {
         return x.error(Outcome::NotFound).await;
