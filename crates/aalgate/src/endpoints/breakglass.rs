@@ -291,36 +291,57 @@ pub(crate) async fn breakglass_use(st: &State, x: &mut Exchange<'_>) -> Result<b
     );
     st.metrics.breakglass_uses.inc();
     if let Some(hook) = svc.breakglass.webhook.clone() {
-        let (app, code2, audit, rid) = (
-            app.clone(),
-            code.clone(),
-            st.audit.clone(),
-            x.ctx.request_id.clone(),
-        );
-        tokio::spawn(async move {
-            // A few tries: the alert matters more than its latency.
-            let mut last = String::new();
-            for attempt in 0..3u64 {
-                match crate::breakglass::alert(&hook, &app, &code2, now).await {
-                    Ok(s) if (200..300).contains(&s) => {
-                        tracing::info!(status = s, "break-glass alert sent");
-                        return;
-                    }
-                    Ok(s) => last = format!("status {s}"),
-                    Err(e) => last = e.to_string(),
-                }
-                tokio::time::sleep(Duration::from_secs(2 * (attempt + 1))).await;
-            }
-            tracing::error!(error = %last, "break-glass alert failed");
-            audit.emit(&crate::audit::Event {
-                time: crate::audit::now_rfc3339(),
-                event: "breakglass_alert_failed",
-                request_id: Some(&rid),
-                detail: Some(last),
-                ..Default::default()
-            });
-        });
+        alert_in_background(st, hook, app, code.clone(), now, x.ctx.request_id.clone());
     }
+    start_emergency(st, x, &code, person, now).await
+}
+
+/// The break-glass webhook, told in the background (a few tries: the alert matters more than
+/// its latency); a failure is an audit event of its own.
+fn alert_in_background(
+    st: &State,
+    hook: String,
+    app: String,
+    code: crate::breakglass::Code,
+    now: aalgate_policy::Timestamp,
+    rid: String,
+) {
+    let audit = st.audit.clone();
+    tokio::spawn(async move {
+        // A few tries: the alert matters more than its latency.
+        let mut last = String::new();
+        for attempt in 0..3u64 {
+            match crate::breakglass::alert(&hook, &app, &code, now).await {
+                Ok(s) if (200..300).contains(&s) => {
+                    tracing::info!(status = s, "break-glass alert sent");
+                    return;
+                }
+                Ok(s) => last = format!("status {s}"),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_secs(2 * (attempt + 1))).await;
+        }
+        tracing::error!(error = %last, "break-glass alert failed");
+        audit.emit(&crate::audit::Event {
+            time: crate::audit::now_rfc3339(),
+            event: "breakglass_alert_failed",
+            request_id: Some(&rid),
+            detail: Some(last),
+            ..Default::default()
+        });
+    });
+}
+
+/// The emergency session: in this instance's memory, for this host, until the code's TTL;
+/// its cookie handle goes to the browser with a redirect to the app.
+async fn start_emergency(
+    st: &State,
+    x: &mut Exchange<'_>,
+    code: &crate::breakglass::Code,
+    person: String,
+    now: aalgate_policy::Timestamp,
+) -> Result<bool> {
+    let svc = st.service();
     let handle = SessionId::generate();
     svc.emergencies.insert(
         handle.key(),
