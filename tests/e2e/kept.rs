@@ -1037,3 +1037,73 @@ fn a_kept_record_in_redis_is_about_the_size_of_its_body() {
         "MEMORY USAGE of a 1 MB kept form: {usage}"
     );
 }
+
+/// The audit lines of a kept form say what happened to it: the request that was kept names
+/// the person whose session it interrupted (with their level), and the line of its replay
+/// has the method and path the upstream saw, linked to the kept request's id.
+#[test]
+fn a_resumed_form_is_audited_as_what_was_sent_by_whom() {
+    let up = Upstream::start();
+    let g = Gateway::start_extra(
+        &[(
+            "billing.yaml",
+            &kept_policy("billing", "localhost", up.port),
+        )],
+        "audit:\n  output: file:audit/audit.jsonl\n",
+    );
+    let h = host(&g);
+    let own = format!("http://{h}");
+    let stale = make_session(&store(&g), &h, "nora", Aal::Aal2, 600, 0);
+    let (b, _) = browser_binding(g.port, &h);
+    let r = post(
+        g.port,
+        &h,
+        "/confirm",
+        &[
+            &format!("Origin: {own}"),
+            &format!("Cookie: aalgate={stale}; aalgate-bind={b}"),
+        ],
+        "note=chest+pain",
+    );
+    assert_eq!(r.status, 302);
+    let fresh = make_session(&store(&g), &h, "nora", Aal::Aal2, 0, 0);
+    let jar = format!("aalgate={fresh}; aalgate-bind={b}");
+    let (page, _, _) = follow(g.port, h.clone(), r, &jar);
+    let sent = confirm(g.port, &h, &page, &jar, &own);
+    assert_eq!(sent.status, 200, "{}", sent.text());
+    let seen = posts(&up);
+    assert_eq!(seen.len(), 1, "{seen:?}");
+
+    let path = g.dir.path().join("audit/audit.jsonl");
+    let lines: Vec<serde_json::Value> =
+        aalgate_tests::eventually(Duration::from_secs(5), "the replay's audit line", || {
+            let t = std::fs::read_to_string(&path).unwrap_or_default();
+            t.contains("\"decision\":\"resumed\"").then(|| {
+                t.lines()
+                    .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+                    .collect()
+            })
+        });
+    let requests: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["event"] == "request").collect();
+    let kept = requests
+        .iter()
+        .find(|l| l["method"] == "POST" && l["path"] == "/confirm" && l["decision"] != "resumed")
+        .unwrap_or_else(|| panic!("the kept request's line: {requests:#?}"));
+    assert_eq!(kept["user"], "nora", "{kept}");
+    assert_eq!(kept["aal"], 2, "{kept}");
+    let replay = requests
+        .iter()
+        .find(|l| l["decision"] == "resumed")
+        .expect("the replay's line");
+    assert_eq!(
+        (&replay["method"], &replay["path"]),
+        (
+            &serde_json::json!(seen[0].method),
+            &serde_json::json!(seen[0].target)
+        ),
+        "{replay}"
+    );
+    assert_eq!(replay["user"], "nora", "{replay}");
+    assert_eq!(replay["replay_of"], kept["request_id"], "{replay}");
+}

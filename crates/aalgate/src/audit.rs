@@ -152,6 +152,9 @@ pub struct Event<'a> {
     pub client_ip: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_agent: Option<String>,
+    /// A kept form's replay: the `request_id` of the request that was kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<&'a str>,
     /// Non-PHI detail (a reason, a policy hash, an error count).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,

@@ -206,6 +206,7 @@ impl State {
             body,
             user: person.to_string(),
             browser: bind.hash(),
+            request_id: ctx.request_id.clone(),
         };
         let token = Token::generate();
         let body_len = kept.body.len();

@@ -72,6 +72,8 @@ pub struct KeptRequest {
     pub user: String,
     /// SHA-256 of the browser-binding cookie: only this browser resumes it.
     pub browser: String,
+    /// The id of the request that was kept: its replay's audit line links to it.
+    pub request_id: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -84,6 +86,9 @@ struct Meta {
     cookies: Option<String>,
     user: String,
     browser: String,
+    /// Absent in forms kept before this field existed (they live 10 minutes).
+    #[serde(default)]
+    request_id: String,
 }
 
 impl KeptRequest {
@@ -98,6 +103,7 @@ impl KeptRequest {
             cookies: self.cookies.clone(),
             user: self.user.clone(),
             browser: self.browser.clone(),
+            request_id: self.request_id.clone(),
         })?;
         let mut out = Vec::with_capacity(4 + meta.len() + self.body.len());
         out.extend_from_slice(&u32::try_from(meta.len())?.to_le_bytes());
@@ -119,6 +125,7 @@ impl KeptRequest {
             body: raw[4 + len..].to_vec(),
             user: meta.user,
             browser: meta.browser,
+            request_id: meta.request_id,
         })
     }
 }
@@ -383,6 +390,7 @@ mod tests {
             body: vec![0, 255, 10, 13],
             user: "nora".into(),
             browser: "h".into(),
+            request_id: "r".into(),
         };
         let raw = k.encode().unwrap();
         assert!(raw.len() < 200 + k.body.len());

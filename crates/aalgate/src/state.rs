@@ -221,6 +221,9 @@ pub struct Ctx {
     pub(crate) target: Option<NormalizedTarget>,
     pub(crate) rule: Option<usize>,
     pub(crate) session: Option<UserSession>,
+    /// The session of a request that was not admitted (sent to step up, sign in again, or
+    /// refused): only for its audit line, never an identity for the upstream.
+    pub(crate) known: Option<UserSession>,
     pub(crate) outcome: Outcome,
     /// The canonical `Host` (lowercase, no trailing dot) that matching used.
     pub(crate) host: String,
@@ -239,6 +242,18 @@ pub struct Ctx {
     pub(crate) verify_body: Option<BodyCheck>,
     /// This request's auth and admin events: on record before its response.
     pub(crate) audit: crate::audit::Pending,
+    /// A kept form this request sends on (`/.aalgate/resume`): its audit line has the
+    /// method and path the upstream sees, and the kept request's id.
+    pub(crate) replay: Option<Replay>,
+}
+
+/// The request a `/.aalgate/resume` sends upstream, as its audit line records it.
+pub(crate) struct Replay {
+    pub(crate) method: String,
+    /// The path (never the query).
+    pub(crate) path: String,
+    /// The id of the request that was kept.
+    pub(crate) of: String,
 }
 
 /// The body of an admitted signed request, held back until it hashes to the digest the key

@@ -260,6 +260,11 @@ pub(crate) async fn confirm_page(x: &mut Exchange<'_>, token: &Token, app: &str)
 }
 
 pub(crate) async fn send_kept(st: &State, x: &mut Exchange<'_>, kept: KeptRequest) -> Result<bool> {
+    x.ctx.replay = Some(crate::state::Replay {
+        method: kept.method.clone(),
+        path: kept.url.split('?').next().unwrap_or_default().to_string(),
+        of: kept.request_id.clone(),
+    });
     let mut req = RequestHeader::build(kept.method.as_str(), kept.url.as_bytes(), None)?;
     for (n, v) in &kept.headers {
         req.insert_header(n.clone(), v.as_str())?;

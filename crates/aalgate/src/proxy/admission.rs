@@ -142,8 +142,12 @@ impl Gateway {
                 x.ctx.session = loaded.map(|(_, _, s)| s);
                 x.error(Outcome::BreakglassNotAllowed).await
             }
-            Admission::Deny => x.error(Outcome::Denied).await,
+            Admission::Deny => {
+                x.ctx.known = loaded.map(|(_, _, s)| s);
+                x.error(Outcome::Denied).await
+            }
             other => {
+                x.ctx.known = loaded.as_ref().map(|(_, _, s)| s.clone());
                 let app = m.app.name.clone();
                 let rule = m.rule.id.clone();
                 self.challenge_or_reauth(x, other, loaded, access, (&app, &rule), host, now)

@@ -65,6 +65,7 @@ impl ProxyHttp for Gateway {
             target: None,
             rule: None,
             session: None,
+            known: None,
             outcome: Outcome::Unset,
             host: String::new(),
             policy: self.policies.snapshot(),
@@ -74,6 +75,7 @@ impl ProxyHttp for Gateway {
             signed: None,
             verify_body: None,
             audit: Default::default(),
+            replay: None,
         }
     }
 
@@ -288,22 +290,36 @@ impl ProxyHttp for Gateway {
             .observe(added.as_secs_f64());
         if self.audit.logs_requests() {
             let req = session.req_header();
+            // Who sent it: the admitted session, else the one that was not admitted.
+            let who = ctx.session.as_ref().or(ctx.known.as_ref());
             self.audit.emit(&crate::audit::Event {
                 time: crate::audit::now_rfc3339(),
                 event: "request",
                 request_id: Some(&ctx.request_id),
-                user: ctx.session.as_ref().map(|s| s.user.as_str()),
+                user: who.map(|s| s.user.as_str()),
                 app: rule.map(|_| app),
                 route: rule.map(|_| route),
-                method: Some(req.method.as_str()),
-                path: ctx
-                    .target
+                method: Some(
+                    ctx.replay
+                        .as_ref()
+                        .map_or(req.method.as_str(), |r| r.method.as_str()),
+                ),
+                path: match &ctx.replay {
+                    Some(r) => Some(self.audit.redact_path(&r.path)),
+                    None => ctx
+                        .target
+                        .as_ref()
+                        .map(|t| self.audit.redact_path(t.path())),
+                },
+                replay_of: ctx
+                    .replay
                     .as_ref()
-                    .map(|t| self.audit.redact_path(t.path())),
+                    .map(|r| r.of.as_str())
+                    .filter(|o| !o.is_empty()),
                 decision: Some(ctx.outcome.label()),
                 status: Some(status),
-                aal: ctx.session.as_ref().map(|s| s.aal.number()),
-                credential: ctx.session.as_ref().and_then(|s| s.credential.as_deref()),
+                aal: who.map(|s| s.aal.number()),
+                credential: who.and_then(|s| s.credential.as_deref()),
                 client_ip: self.client_ip(session).map(|a| a.to_string()),
                 user_agent: crate::audit::user_agent(req.headers.get(http::header::USER_AGENT)),
                 ..Default::default()
