@@ -480,6 +480,7 @@ fn a_silent_handoff_asks_before_it_sends() {
     // Once.
     let again = confirm(g.port, &h, &page, &jar, &own);
     assert!(again.text().contains("already sent"), "{}", again.text());
+    assert_eq!(again.status, 410, "gone, and monitoring can see it");
     assert_eq!(posts(&up).len(), 1);
 }
 

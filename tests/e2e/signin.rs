@@ -163,7 +163,7 @@ fn handoff_codes_and_invites_work_once_and_reveal_nothing() {
     let path = &url[url.find("/.aalgate").unwrap()..];
     let page = get(g.port, &h, path, &[]);
     assert!(
-        page.text().contains("Welcome, Dana D.") && page.text().contains("Create a passkey"),
+        page.text().contains("Welcome, Dana D. Set up") && page.text().contains("Create a passkey"),
         "{}",
         page.text()
     );
@@ -175,6 +175,31 @@ fn handoff_codes_and_invites_work_once_and_reveal_nothing() {
         &[],
     );
     assert!(bogus.text().contains("not valid"));
+    // Error pages answer their real status, so monitoring and tests see them: an invite or a
+    // sign-in link that is not valid (any more) is gone, one that is missing a bad request,
+    // and so is a kept form that was sent already or never existed.
+    assert_eq!(bogus.status, 410, "{}", bogus.text());
+    let statuses: Vec<(&str, u16)> = [
+        "/.aalgate/enroll",
+        "/.aalgate/auth?flow=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "/.aalgate/auth",
+        "/.aalgate/resume?kept=x",
+    ]
+    .into_iter()
+    .map(|p| (p, get(g.port, &h, p, &[]).status))
+    .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("/.aalgate/enroll", 400),
+            (
+                "/.aalgate/auth?flow=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+                410
+            ),
+            ("/.aalgate/auth", 400),
+            ("/.aalgate/resume?kept=x", 410),
+        ]
+    );
     // The store holds only the token's hash.
     let token = &url[url.find("invite=").unwrap() + 7..];
     drop(page);

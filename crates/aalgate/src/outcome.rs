@@ -285,7 +285,11 @@ impl Outcome {
             Outcome::MethodNotAllowed => Some(405),
             Outcome::ClientTimeout => Some(408),
             Outcome::NoSuitableKey => Some(409),
-            Outcome::FlowExpired | Outcome::InviteExpired => Some(410),
+            // A form sent already, waited too long or dropped for another person: gone.
+            Outcome::FlowExpired
+            | Outcome::InviteExpired
+            | Outcome::ResumeGone
+            | Outcome::ResumeDiscarded => Some(410),
             Outcome::BodyTooLarge | Outcome::TooLargeToSign => Some(413),
             Outcome::UrlTooLong => Some(414),
             Outcome::UnknownHost
@@ -323,8 +327,6 @@ impl Outcome {
             | Outcome::Resumed
             | Outcome::ResumeConfirm
             | Outcome::ResumeDenied
-            | Outcome::ResumeDiscarded
-            | Outcome::ResumeGone
             | Outcome::ResumeNotKept
             | Outcome::ResumeNoSession
             | Outcome::ResumeUpstreamError

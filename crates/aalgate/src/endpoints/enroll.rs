@@ -22,7 +22,8 @@ pub(crate) async fn enroll_page(st: &State, x: &mut Exchange<'_>) -> Result<bool
     if !st.on_auth_origin(x.ctx) {
         return x.error(Outcome::NotFound).await;
     }
-    let token = query_param(x.session.req_header().uri.query(), "invite").and_then(Token::parse);
+    let param = query_param(x.session.req_header().uri.query(), "invite");
+    let token = param.and_then(Token::parse);
     let invite = match token {
         None => None,
         Some(t) => match st.service().dir.peek_invite(&t, st.clock.now()).await {
@@ -34,8 +35,14 @@ pub(crate) async fn enroll_page(st: &State, x: &mut Exchange<'_>) -> Result<bool
         },
     };
     let Some((token, invite)) = invite else {
+        // A link without an invite is malformed; one whose invite is not valid is gone.
+        x.ctx.outcome = if param.is_none() {
+            Outcome::BadRequest
+        } else {
+            Outcome::InviteExpired
+        };
         let reply = Reply::html(
-            200,
+            x.ctx.outcome.status().unwrap_or(400),
             pages::page(
                 "Invitation not valid",
                 "<p>This enrollment link is not valid: it was used already, or it expired.</p>\
@@ -64,10 +71,16 @@ pub(crate) async fn enroll_page(st: &State, x: &mut Exchange<'_>) -> Result<bool
         "<p>A <strong>passkey</strong> lets you sign in with your fingerprint, face or device PIN. A <strong>hardware security key</strong> is a small USB or NFC key.</p>"
     };
     let body = format!(
-        "<p>Welcome, {}. Set up how you will sign in.</p>{explain}\
+        "<p>Welcome, {}{} Set up how you will sign in.</p>{explain}\
          <p id=\"status\" role=\"status\" aria-live=\"polite\"></p>{buttons}\
          <p>After this, you will be signed in. Next time, one touch is enough.</p>",
-        escape(&invite.display_name)
+        escape(&invite.display_name),
+        // "Nora N." ends its own sentence.
+        if invite.display_name.ends_with('.') {
+            ""
+        } else {
+            "."
+        }
     );
     let attrs = format!(
         " data-invite=\"{}\" data-csrf=\"{}\"",

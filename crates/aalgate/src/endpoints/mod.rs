@@ -161,7 +161,7 @@ mod tests {
 
     /// Each path and method has one handler.
     #[test]
-    pub(crate) fn one_route_per_path_and_method() {
+    fn one_route_per_path_and_method() {
         let mut seen = std::collections::HashSet::new();
         for r in ROUTES {
             assert!(r.path.starts_with("/.aalgate/"), "{}", r.path);

@@ -29,7 +29,7 @@ pub(crate) async fn resume_page(
         .app_of_host(x.ctx)
         .unwrap_or_else(|| "the application".into());
     let reply = Reply::html(
-        200,
+        outcome.status().unwrap_or(200),
         pages::page(
             title,
             &format!(

@@ -30,7 +30,8 @@ pub(crate) async fn auth_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> 
     if !st.on_auth_origin(x.ctx) {
         return x.error(Outcome::NotFound).await;
     }
-    let id = query_param(x.session.req_header().uri.query(), "flow").and_then(FlowId::parse);
+    let param = query_param(x.session.req_header().uri.query(), "flow");
+    let id = param.and_then(FlowId::parse);
     let now = st.clock.now();
     let flow = match id {
         None => None,
@@ -43,8 +44,13 @@ pub(crate) async fn auth_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> 
         },
     };
     let Some((id, flow)) = flow else {
+        x.ctx.outcome = if param.is_none() {
+            Outcome::BadRequest
+        } else {
+            Outcome::FlowExpired
+        };
         let reply = Reply::html(
-            200,
+            x.ctx.outcome.status().unwrap_or(400),
             pages::page(
                 "Sign-in link expired",
                 "<p>This sign-in link is not valid any more (links expire after 10 minutes and work once).</p>\
