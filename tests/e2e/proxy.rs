@@ -205,11 +205,31 @@ fn not_allowed_pages_redirect_and_scripts_get_401_json() {
     assert_eq!(r.status, 401);
     let j = r.json();
     assert_eq!(j["need"], "login");
-    assert_eq!(j["aal"], "aal2");
     assert!(j["login_url"]
         .as_str()
         .unwrap()
         .starts_with("/.aalgate/auth?flow="));
+    // Before a session exists, nothing tells what a route needs, only that sign-in is: not
+    // the JSON, not the page it leads to (an AAL3 route here).
+    let r = get(
+        g.port,
+        &h,
+        "/pay/now",
+        &["Accept: application/json", "Sec-Fetch-Mode: cors"],
+    );
+    let j = r.json();
+    assert_eq!((r.status, &j["need"]), (401, &serde_json::json!("login")));
+    assert!(
+        j.get("aal").is_none() && j.get("max_age_seconds").is_none(),
+        "{j}"
+    );
+    let page = get(g.port, &h, j["login_url"].as_str().unwrap(), &[]);
+    assert!(
+        page.text().contains("Sign in to <strong>billing</strong>")
+            && !page.text().contains("hardware"),
+        "{}",
+        page.text()
+    );
 
     // An AAL2 session on an AAL3 route must step up.
     let aal2 = make_session(

@@ -102,10 +102,13 @@ pub(crate) async fn auth_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> 
 
     let (bind, set_bind) = x.binding();
     let app = escape(&flow.app);
+    // What the route needs is said only to a person already known (step-up, re-auth):
+    // before a session, a sign-in page tells nobody which routes want a hardware key.
+    let known = matches!(flow.need, FlowKind::StepUp | FlowKind::Reauth) && flow.user.is_some();
+    let words = level_words(if known { flow.aal } else { Aal::Aal2 });
     let kept_note = match flow.kept.as_deref() {
         Some(k) if crate::preserve::NotKept::parse(k).is_none() => format!(
-            "<p>Your form for <strong>{app}</strong> is kept. Confirm with {} to send it.</p>",
-            level_words(flow.aal)
+            "<p>Your form for <strong>{app}</strong> is kept. Confirm with {words} to send it.</p>"
         ),
         _ => String::new(),
     };
@@ -142,7 +145,7 @@ pub(crate) async fn auth_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> 
                  <details><summary>Use a security key that asks for your user name</summary>\
                  <label for=\"username\">User name</label><input id=\"username\" name=\"username\" autocomplete=\"username\" autocapitalize=\"none\" spellcheck=\"false\">\
                  <button type=\"button\" class=\"secondary\" data-action=\"username\">Continue with security key</button></details>",
-                level_words(flow.aal)
+                words
             ),
         ),
     };

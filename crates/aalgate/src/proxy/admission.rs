@@ -545,14 +545,18 @@ impl Gateway {
             )
         };
         let reply = if headers::is_script_request(&x.session.req_header().headers) {
-            let body = serde_json::json!({
+            let mut body = serde_json::json!({
                 "error": "authentication_required",
                 "need": need,
-                "aal": aal.as_str(),
-                "max_age_seconds": max_age.map(|d| d.as_secs()),
                 "login_url": login_url,
                 "request_id": x.ctx.request_id,
             });
+            // What the route needs is told only to a person already known (a step-up or a
+            // re-auth): before a session, that sign-in is needed is all anyone learns.
+            if need != FlowKind::Login && need != FlowKind::Switch {
+                body["aal"] = aal.as_str().into();
+                body["max_age_seconds"] = max_age.map(|d| d.as_secs()).into();
+            }
             Reply::json(401, body.to_string())
         } else {
             Reply::html(
