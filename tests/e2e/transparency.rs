@@ -826,3 +826,56 @@ fn pipelined_requests_are_answered_in_order() {
     assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
     assert!(!up.seen().iter().any(|r| r.target == "/smuggled"));
 }
+
+/// A browser that goes away mid-response (an image aborted when the person navigates on) is
+/// no failure of the gateway: no WARN line in its log, and its own outcome, `client_gone`.
+#[test]
+fn a_client_that_goes_away_is_not_a_warning() {
+    let bin = Httpbin::start();
+    let g = Gateway::start(None, &[("billing.yaml", &crate::policy(bin.port))]);
+    let h = format!("localhost:{}", g.port);
+    let cookie = make_session(
+        &EmbeddedStore::open(&g.state_dir()).unwrap(),
+        &h,
+        "nora",
+        Aal::Aal2,
+        60,
+        1,
+    );
+    let mut c = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+    write!(
+        c,
+        "GET /drip?duration=3&numbytes=30&delay=0 HTTP/1.1\r\nHost: {h}\r\nCookie: aalgate={cookie}\r\n\r\n"
+    )
+    .unwrap();
+    // The head and the first bytes arrive; then the browser is gone.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the head");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    drop(c);
+    let scrape = aalgate_tests::eventually(
+        Duration::from_secs(10),
+        "the request counted as client_gone",
+        || {
+            let m = g.scrape();
+            m.contains("decision=\"client_gone\"").then_some(m)
+        },
+    );
+    assert!(scrape.contains("app=\"billing\""), "{scrape}");
+    let log = g.log();
+    assert!(
+        !log.lines()
+            .any(|l| (l.contains("WARN") || l.contains("ERROR"))
+                && (l.contains("proxying failed") || l.contains("Fail to proxy"))),
+        "{log}"
+    );
+}

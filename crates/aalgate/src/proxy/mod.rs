@@ -211,6 +211,12 @@ impl ProxyHttp for Gateway {
     /// Upstream failures get the gateway's own page: 504 when the upstream did not answer in
     /// time, 502 otherwise. pingora retries only idempotent requests on a reused connection
     /// (`error_while_proxy`), so a POST that reached the upstream is never sent twice.
+    /// pingora's own "Fail to proxy" line, silenced for a client that went away (logged at
+    /// debug in `fail_to_proxy`, which runs first and sets the outcome).
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _error: &Error) -> bool {
+        ctx.outcome == Outcome::ClientGone
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         use pingora::ErrorSource;
         let (code, outcome) = match (e.esource(), e.etype()) {
@@ -228,7 +234,12 @@ impl ProxyHttp for Gateway {
             (ErrorSource::Downstream, _) => (400, Outcome::BadRequest),
             _ => (500, Outcome::InternalError),
         };
-        tracing::warn!(request_id = %ctx.request_id, status = code, error = %e, "proxying failed");
+        // A browser that went away (an aborted image, a closed tab) is no failure of ours.
+        if outcome == Outcome::ClientGone {
+            tracing::debug!(request_id = %ctx.request_id, error = %e, "client went away");
+        } else {
+            tracing::warn!(request_id = %ctx.request_id, status = code, error = %e, "proxying failed");
+        }
         if code > 0 && session.response_written().is_none() {
             let _ = Exchange::new(self, session, ctx)
                 .error_with_status(code, outcome)
