@@ -139,6 +139,11 @@ try {
   await ctx.addCookies([AUTH, EHR, BILLING].map((url) => ({ name: 'aalgate', value: PLANT, url })));
   const sessionCookie = async (url) => (await ctx.cookies(url)).find((c) => c.name === 'aalgate')?.value;
   await snap(A.page, 'signin-page');
+  // The user-name fallback: Enter in its field submits it (empty here, so the page says so).
+  await A.page.click('summary');
+  await A.page.focus('#username');
+  await A.page.keyboard.press('Enter');
+  check((await A.page.textContent('#status')).includes('Enter your user name first'), 'Enter in the user-name field submits the user-name sign-in');
   await click(A.page, 'Sign in with a passkey or key');
   await landOn(A.page, (u) => u.href === `${BILLING}/invoices`, 'usernameless sign-in');
   check((await text(A.page)).includes('signed in as nora'), 'usernameless passkey sign-in lands on the kept URL');

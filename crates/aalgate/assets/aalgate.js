@@ -135,6 +135,14 @@
       }
     });
   });
+  // Enter in the user-name field does what its button does (it is no form: no submit).
+  const field = document.getElementById('username');
+  const go = document.querySelector('button[data-action="username"]');
+  if (field && go) {
+    field.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Enter') { ev.preventDefault(); go.click(); }
+    });
+  }
   const first = document.querySelector('button[data-action]');
   if (first) first.focus();
 })();
