@@ -159,7 +159,10 @@ fn handoff_codes_and_invites_work_once_and_reveal_nothing() {
         )),
         "{url}"
     );
-    assert!(err.contains("dana") && err.contains("AAL2"), "{err}");
+    assert!(
+        err.contains("dana") && err.contains("AAL2") && err.contains("valid 10 minutes."),
+        "{err}"
+    );
     let path = &url[url.find("/.aalgate").unwrap()..];
     let page = get(g.port, &h, path, &[]);
     assert!(

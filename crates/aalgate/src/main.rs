@@ -228,7 +228,7 @@ enum Command {
         /// Public listener (plain HTTP; open http://localhost:PORT/).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
-        /// Admin listener (/healthz, /readyz).
+        /// Admin listener (/healthz, /readyz, /metrics).
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin_listen: SocketAddr,
         /// Where the demo app listens; must match the upstream in the demo policy.
@@ -895,6 +895,30 @@ fn breakglass_config(t: &Target) -> Result<aalgate::breakglass::BreakGlassConfig
     })
 }
 
+/// A duration as people write it: "1 day", "10 minutes", "1 day 2 hours" (humantime's own
+/// display is "1day").
+fn in_words(d: std::time::Duration) -> String {
+    let mut left = d.as_secs();
+    let mut parts = Vec::new();
+    for (unit, secs) in [
+        ("day", 86_400),
+        ("hour", 3_600),
+        ("minute", 60),
+        ("second", 1),
+    ] {
+        let n = left / secs;
+        if n > 0 {
+            parts.push(format!("{n} {unit}{}", if n == 1 { "" } else { "s" }));
+            left %= secs;
+        }
+    }
+    if parts.is_empty() {
+        "0 seconds".to_string()
+    } else {
+        parts.join(" ")
+    }
+}
+
 async fn breakglass_run(args: BreakglassArgs) -> Result<bool> {
     let cfg = breakglass_config(&args.target)?;
     match args.action {
@@ -903,7 +927,9 @@ async fn breakglass_run(args: BreakglassArgs) -> Result<bool> {
             println!("{secret}");
             eprintln!(
                 "Emergency code {} ({}) created; it grants {} of break-glass access, once. It is shown only now: seal it in the envelope or the password manager. Used at /.aalgate/breakglass on any app host.",
-                code.id, code.name, ttl
+                code.id,
+                code.name,
+                in_words(ttl.into())
             );
         }
         BreakglassAction::Review { id, note } => {
@@ -1223,7 +1249,7 @@ async fn users_run(args: UsersArgs) -> Result<bool> {
             eprintln!(
                 "One-time enrollment link for {user} ({}), valid {}. Give it to the person only after checking who they are.",
                 aal.as_str().to_ascii_uppercase(),
-                ttl
+                in_words(ttl.into())
             );
         }
         UsersAction::List => {
@@ -1274,8 +1300,9 @@ async fn users_run(args: UsersArgs) -> Result<bool> {
             let (n, aal, token) = dir.reset(&user, ttl.into(), now).await?;
             println!("{origin}/.aalgate/enroll?invite={}", token.expose());
             eprintln!(
-                "{user}: every credential removed, {n} session(s) ended. New one-time enrollment link ({}), valid {ttl}; give it only after re-proofing the person.",
-                aal.as_str().to_ascii_uppercase()
+                "{user}: every credential removed, {n} session(s) ended. New one-time enrollment link ({}), valid {}; give it only after re-proofing the person.",
+                aal.as_str().to_ascii_uppercase(),
+                in_words(ttl.into())
             );
         }
     }
