@@ -171,6 +171,26 @@ fn passkeys_and_security_keys_in_chromium() {
         join(series.into_iter().collect()),
     )
     .expect("write metric series");
+    // Step 8: nora signs in on omar's paused page. That is nora's login, not a re-auth: the
+    // last sign-in event before the discarded form names her, as a login.
+    let lines: Vec<serde_json::Value> = audit_log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let discarded = lines
+        .iter()
+        .position(|e| e["event"] == "kept_form_discarded")
+        .expect("step 8 discards omar's form");
+    let signin = lines[..discarded]
+        .iter()
+        .rev()
+        .find(|e| ["login", "reauth", "step_up"].contains(&e["event"].as_str().unwrap_or("")))
+        .expect("a sign-in before the discarded form");
+    assert_eq!(
+        (&signin["event"], &signin["user"]),
+        (&serde_json::json!("login"), &serde_json::json!("nora")),
+        "{signin}"
+    );
     // Step 8 switched users on one browser: the replaced session is counted and audited.
     assert!(
         events.contains("session_end decision=- detail=switch_user"),

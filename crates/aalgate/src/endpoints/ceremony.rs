@@ -489,10 +489,17 @@ pub(crate) async fn finish_sign_in(
         .challenges
         .with_label_values(&[kind, "success"])
         .inc();
+    // Another person answering a step-up or re-auth ("Sign in as someone else" on a paused
+    // page) is that person's login; the session it replaces ends as `switch_user`.
+    let event = if flow.user.as_deref().is_some_and(|u| u != user.id) {
+        "login"
+    } else {
+        kind
+    };
     audit_auth(
         st,
         x.ctx,
-        kind,
+        event,
         Some(&user.id),
         Some(v.aal),
         Some(&v.audit_id),
