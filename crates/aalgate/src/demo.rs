@@ -73,6 +73,13 @@ impl ServeHttp for DemoBilling {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-")
             .to_string();
+        // An app's access log: what it received and as whom, by the gateway's request id.
+        let request_id = req
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        tracing::info!(%method, %path, request_id = %request_id, user = %who, "request");
         match (method.as_str(), path.as_str()) {
             ("GET", "/static/style.css") => respond(200, "text/css", CSS.into()),
             ("GET", "/healthz") => respond(200, "text/plain", "ok\n".into()),

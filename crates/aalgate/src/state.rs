@@ -221,9 +221,9 @@ pub struct Ctx {
     pub(crate) target: Option<NormalizedTarget>,
     pub(crate) rule: Option<usize>,
     pub(crate) session: Option<UserSession>,
-    /// The session of a request that was not admitted (sent to step up, sign in again, or
+    /// Who sent a request that was not admitted (sent to step up, sign in again, or
     /// refused): only for its audit line, never an identity for the upstream.
-    pub(crate) known: Option<UserSession>,
+    pub(crate) known: Option<Known>,
     pub(crate) outcome: Outcome,
     /// The canonical `Host` (lowercase, no trailing dot) that matching used.
     pub(crate) host: String,
@@ -245,6 +245,24 @@ pub struct Ctx {
     /// A kept form this request sends on (`/.aalgate/resume`): its audit line has the
     /// method and path the upstream sees, and the kept request's id.
     pub(crate) replay: Option<Replay>,
+}
+
+/// The person behind a request that was not admitted: its session's, or (a session that
+/// just ended) its tombstone's, without a level then.
+pub(crate) struct Known {
+    pub(crate) user: String,
+    pub(crate) aal: Option<aalgate_policy::Aal>,
+    pub(crate) credential: Option<String>,
+}
+
+impl Known {
+    pub(crate) fn of(s: &UserSession) -> Known {
+        Known {
+            user: s.user.clone(),
+            aal: Some(s.aal),
+            credential: s.credential.clone(),
+        }
+    }
 }
 
 /// The request a `/.aalgate/resume` sends upstream, as its audit line records it.

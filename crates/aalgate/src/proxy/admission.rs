@@ -23,7 +23,7 @@ use crate::state::{
     TOMBSTONES,
 };
 use crate::state::{
-    BodyCheck, Ctx, Lives, Reply, Upgraded, FLOW_TTL, TOUCH_INTERVAL, WEBSOCKET_SILENCE,
+    BodyCheck, Ctx, Known, Lives, Reply, Upgraded, FLOW_TTL, TOUCH_INTERVAL, WEBSOCKET_SILENCE,
 };
 
 impl Gateway {
@@ -143,11 +143,11 @@ impl Gateway {
                 x.error(Outcome::BreakglassNotAllowed).await
             }
             Admission::Deny => {
-                x.ctx.known = loaded.map(|(_, _, s)| s);
+                x.ctx.known = loaded.as_ref().map(|(_, _, s)| Known::of(s));
                 x.error(Outcome::Denied).await
             }
             other => {
-                x.ctx.known = loaded.as_ref().map(|(_, _, s)| s.clone());
+                x.ctx.known = loaded.as_ref().map(|(_, _, s)| Known::of(s));
                 let app = m.app.name.clone();
                 let rule = m.rule.id.clone();
                 self.challenge_or_reauth(x, other, loaded, access, (&app, &rule), host, now)
@@ -215,6 +215,11 @@ impl Gateway {
         let mut user = loaded.as_ref().map(|(_, _, s)| s.user.clone());
         if user.is_none() && matches!(other, Admission::Login { .. }) {
             user = self.tombstone(x.session.req_header(), x.ctx).await;
+            x.ctx.known = user.clone().map(|user| Known {
+                user,
+                aal: None,
+                credential: None,
+            });
         }
         self.challenge(x, other, &host.to_string(), app, user, per_request)
             .await

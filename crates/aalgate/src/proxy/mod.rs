@@ -53,6 +53,60 @@ fn request_id() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
+impl Gateway {
+    /// A request's audit line: who sent it (the admitted session, else the person known
+    /// from the one that was not admitted), what it asked (a replay's own method and path),
+    /// and what was decided.
+    fn audit_request(&self, session: &Session, ctx: &Ctx, rule: Option<(&str, &str)>, status: u16) {
+        let req = session.req_header();
+        // Who sent it: the admitted session, else the one that was not admitted.
+        let known = ctx.known.as_ref();
+        let user = ctx.session.as_ref().map(|s| s.user.as_str());
+        let user = user.or(known.map(|k| k.user.as_str()));
+        let aal = ctx
+            .session
+            .as_ref()
+            .map(|s| s.aal)
+            .or(known.and_then(|k| k.aal));
+        let credential = ctx.session.as_ref().map_or_else(
+            || known.and_then(|k| k.credential.as_deref()),
+            |s| s.credential.as_deref(),
+        );
+        self.audit.emit(&crate::audit::Event {
+            time: crate::audit::now_rfc3339(),
+            event: "request",
+            request_id: Some(&ctx.request_id),
+            user,
+            app: rule.map(|(a, _)| a),
+            route: rule.map(|(_, r)| r),
+            method: Some(
+                ctx.replay
+                    .as_ref()
+                    .map_or(req.method.as_str(), |r| r.method.as_str()),
+            ),
+            path: match &ctx.replay {
+                Some(r) => Some(self.audit.redact_path(&r.path)),
+                None => ctx
+                    .target
+                    .as_ref()
+                    .map(|t| self.audit.redact_path(t.path())),
+            },
+            replay_of: ctx
+                .replay
+                .as_ref()
+                .map(|r| r.of.as_str())
+                .filter(|o| !o.is_empty()),
+            decision: Some(ctx.outcome.label()),
+            status: Some(status),
+            aal: aal.map(|a| a.number()),
+            credential,
+            client_ip: self.client_ip(session).map(|a| a.to_string()),
+            user_agent: crate::audit::user_agent(req.headers.get(http::header::USER_AGENT)),
+            ..Default::default()
+        });
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
@@ -300,41 +354,7 @@ impl ProxyHttp for Gateway {
             .with_label_values(&[outcome])
             .observe(added.as_secs_f64());
         if self.audit.logs_requests() {
-            let req = session.req_header();
-            // Who sent it: the admitted session, else the one that was not admitted.
-            let who = ctx.session.as_ref().or(ctx.known.as_ref());
-            self.audit.emit(&crate::audit::Event {
-                time: crate::audit::now_rfc3339(),
-                event: "request",
-                request_id: Some(&ctx.request_id),
-                user: who.map(|s| s.user.as_str()),
-                app: rule.map(|_| app),
-                route: rule.map(|_| route),
-                method: Some(
-                    ctx.replay
-                        .as_ref()
-                        .map_or(req.method.as_str(), |r| r.method.as_str()),
-                ),
-                path: match &ctx.replay {
-                    Some(r) => Some(self.audit.redact_path(&r.path)),
-                    None => ctx
-                        .target
-                        .as_ref()
-                        .map(|t| self.audit.redact_path(t.path())),
-                },
-                replay_of: ctx
-                    .replay
-                    .as_ref()
-                    .map(|r| r.of.as_str())
-                    .filter(|o| !o.is_empty()),
-                decision: Some(ctx.outcome.label()),
-                status: Some(status),
-                aal: who.map(|s| s.aal.number()),
-                credential: who.and_then(|s| s.credential.as_deref()),
-                client_ip: self.client_ip(session).map(|a| a.to_string()),
-                user_agent: crate::audit::user_agent(req.headers.get(http::header::USER_AGENT)),
-                ..Default::default()
-            });
+            self.audit_request(session, ctx, rule.map(|_| (app, route)), status);
         }
         tracing::debug!(
             request_id = %ctx.request_id,
