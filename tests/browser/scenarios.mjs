@@ -202,7 +202,7 @@ try {
   });
   await A.page.goto(`${EHR}/invoices`);
   await snap(A.page, 'reauth-page');
-  check((await text(A.page)).includes('Continue where you were'), 'idle timeout: tap-to-resume page');
+  check((await text(A.page)).includes('Continue where you were') && (await text(A.page)).includes('Not NORA?'), 'idle timeout: tap-to-resume page, naming its person');
   await click(A.page, 'Continue');
   await landOn(A.page, (u) => u.href === `${EHR}/invoices`, 'tap to resume');
   await snap(A.page, 'resumed');
@@ -320,6 +320,12 @@ try {
   await click(C.page, 'Sign in with a passkey or key');
   await landOn(C.page, (u) => u.href === `${EHR}/`, 'switched');
   check((await text(C.page)).includes('signed in as omar'), 'switched to omar');
+  // omar has only a passkey: an AAL3 page says at once that it needs a hardware key, with
+  // nothing to tap.
+  await C.page.goto(`${EHR}/admin/`);
+  await snap(C.page, 'no-hardware-key');
+  t = await text(C.page);
+  check(t.includes('Hardware key needed') && t.includes('Ask IT') && (await C.page.locator('button[data-action]').count()) === 0, 'no hardware key: said before any tap, with what to do');
   await C.page.goto(`${BILLING}/invoices`);
   t = await text(C.page);
   check(t.includes('signed in as omar') && !t.includes('nora'), "nora's session on the other app host ended too");

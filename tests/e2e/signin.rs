@@ -633,3 +633,66 @@ fn the_anonymous_quota_does_not_tell_real_names_from_made_up_ones() {
     assert!(counts[0] > 0, "{counts:?}");
     assert_eq!(counts[0], counts[1], "starts that fit: real, made-up");
 }
+
+/// The sign-in page knows its person. A step-up to a hardware-key route, for someone with no
+/// hardware key registered, says so at once with what to do, and offers no tap that cannot
+/// succeed. A paused session's page names its person ("Not Rhea R.?"), and a kept form's page
+/// says the form is kept and sent after the touch.
+#[test]
+fn the_sign_in_page_knows_its_person() {
+    let up = Upstream::start();
+    let g = Gateway::start(None, &[("billing.yaml", &policy(up.port))]);
+    let h = host(&g);
+    let store = Arc::new(EmbeddedStore::open(&g.state_dir()).unwrap());
+    let user = User {
+        id: "rhea".into(),
+        display_name: "Rhea R.".into(),
+        handle: uuid::Uuid::new_v4(),
+        disabled: false,
+        proofed_aal: Aal::Aal3,
+        created: Timestamp::wall(),
+        last_login: None,
+        credentials: vec![enrolled(16, &["internal"])],
+    };
+    rt().block_on(Directory::new(store.clone()).put_user(&user))
+        .unwrap();
+    let page_for = |path: &str, cookie: &str, method: &str| {
+        let r = if method == "GET" {
+            get(
+                g.port,
+                &h,
+                path,
+                &[
+                    &format!("Cookie: aalgate={cookie}"),
+                    "Sec-Fetch-Mode: navigate",
+                ],
+            )
+        } else {
+            send(
+                g.port,
+                format!(
+                    "POST {path} HTTP/1.1\r\nHost: {h}\r\nOrigin: http://{h}\r\nSec-Fetch-Mode: navigate\r\nCookie: aalgate={cookie}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 7\r\nConnection: close\r\n\r\namount=1"
+                )
+                .as_bytes(),
+            )
+        };
+        assert_eq!(r.status, 302, "{}", r.text());
+        get(g.port, &h, r.header("location").unwrap(), &[])
+    };
+    // An AAL3 route, and rhea has only a passkey.
+    let fresh = make_session(store.as_ref(), &h, "rhea", Aal::Aal2, 0, 0);
+    let page = page_for("/pay/now", &fresh, "GET");
+    let t = page.text();
+    assert_eq!(page.status, 409, "{t}");
+    assert!(
+        t.contains("none is") && t.contains("Ask IT") && !t.contains("data-action=\"signin\""),
+        "{t}"
+    );
+    // A paused session (idle past its limit) with a form kept: the page names rhea.
+    let idle = make_session(store.as_ref(), &h, "rhea", Aal::Aal2, 3600, 3600);
+    let page = page_for("/confirm", &idle, "POST");
+    let t = page.text();
+    assert_eq!(page.status, 200, "{t}");
+    assert!(t.contains("Not Rhea R.?"), "{t}");
+    assert!(t.contains("is kept. Touch your key to send it."), "{t}");
+}

@@ -106,9 +106,37 @@ pub(crate) async fn auth_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> 
     // before a session, a sign-in page tells nobody which routes want a hardware key.
     let known = matches!(flow.need, FlowKind::StepUp | FlowKind::Reauth) && flow.user.is_some();
     let words = level_words(if known { flow.aal } else { Aal::Aal2 });
+    // The person a step-up or re-auth is for, as the directory has them: their name for
+    // the page, their keys to tell whether the tap asked for can succeed.
+    let person = match flow.user.as_deref().filter(|_| known) {
+        Some(u) => match st.service().dir.user(u).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(request_id = %x.ctx.request_id, error = %e, "directory error on the sign-in page");
+                return x.error(Outcome::StoreUnavailable).await;
+            }
+        },
+        None => None,
+    };
+    if flow.need == FlowKind::StepUp
+        && !person.as_ref().is_some_and(|p| {
+            p.credentials
+                .iter()
+                .any(|c| c.usable() && c.aal >= flow.aal)
+        })
+    {
+        return no_suitable_key(st, x, &flow).await;
+    }
+    let name = escape(
+        person
+            .as_ref()
+            .map_or(flow.user.as_deref().unwrap_or_default(), |p| {
+                p.display_name.as_str()
+            }),
+    );
     let kept_note = match flow.kept.as_deref() {
         Some(k) if crate::preserve::NotKept::parse(k).is_none() => format!(
-            "<p>Your form for <strong>{app}</strong> is kept. Confirm with {words} to send it.</p>"
+            "<p>Your form for <strong>{app}</strong> is kept. Touch your key to send it.</p>"
         ),
         _ => String::new(),
     };
@@ -129,7 +157,8 @@ pub(crate) async fn auth_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> 
                 "<p>Your session in <strong>{app}</strong> paused. Press <em>Continue</em> and touch your key or use your fingerprint. You will land on the same page.</p>\
                  <p id=\"status\" role=\"status\" aria-live=\"polite\"></p>\
                  <button type=\"button\" data-action=\"signin\">Continue</button>\
-                 <p>Not you? <button type=\"button\" class=\"secondary\" data-action=\"switch\">Sign in as someone else</button> (the previous session ends).</p>"
+                 <p>Not {name}? Someone else can sign in here instead; {name}'s session then ends.</p>\
+                 <p><button type=\"button\" class=\"secondary\" data-action=\"switch\">Sign in as someone else</button></p>"
             ),
         ),
         _ => (
@@ -211,6 +240,27 @@ pub(crate) fn satisfies(s: &UserSession, flow: &Flow, now: Timestamp) -> bool {
         .max_age_secs
         .is_none_or(|m| now.since(s.last_auth) < Duration::from_secs(m));
     s.aal >= flow.aal && fresh
+}
+
+/// A step-up the person cannot pass: the route needs a key level none of their keys reaches
+/// (an AAL3 route, only a passkey). Said before any tap is asked for, with what to do.
+async fn no_suitable_key(st: &State, x: &mut Exchange<'_>, flow: &Flow) -> Result<bool> {
+    x.ctx.outcome = Outcome::NoSuitableKey;
+    let app = escape(&flow.app);
+    let back = escape(&format!("{}://{}/", st.signin.scheme, flow.host));
+    let reply = Reply::html(
+        x.ctx.outcome.status().unwrap_or(409),
+        pages::page(
+            "Hardware key needed",
+            &format!(
+                "<p>This action in <strong>{app}</strong> needs a hardware security key registered to you, and none is.</p>\
+                 <p>Ask IT for a key invite: they confirm who you are, then send you a link that registers your key. Until then, this action is not available to you; the rest of {app} is.</p>\
+                 <p><a class=\"button\" href=\"{back}\">Back to {app}</a></p>"
+            ),
+            &x.ctx.request_id,
+        ),
+    );
+    x.send(reply).await
 }
 
 #[cfg(test)]
