@@ -442,3 +442,33 @@ fn embedded_sessions_survive_a_gateway_restart() {
     let seen = up.seen();
     assert_eq!(seen.len(), 2);
 }
+
+/// No gateway page is a dead end: a refusal, an expired link and the signed-out page each
+/// offer one obvious next step, back to the app this host serves.
+#[test]
+fn every_page_has_a_way_forward() {
+    let up = Upstream::start();
+    let g = Gateway::start(None, &[("billing.yaml", &policy(up.port))]);
+    let h = format!("localhost:{}", g.port);
+    let store = EmbeddedStore::open(&g.state_dir()).unwrap();
+    let cookie = make_session(&store, &h, "nora", Aal::Aal2, 60, 1);
+    let forward = "<a class=\"button\" href=\"/\">Go to billing</a>";
+    for (path, status) in [
+        ("/debug/x", 403),
+        ("/.aalgate/nothing-here", 404),
+        (
+            "/.aalgate/auth?flow=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            410,
+        ),
+    ] {
+        let r = get(g.port, &h, path, &[&format!("Cookie: aalgate={cookie}")]);
+        assert_eq!(r.status, status, "{path}");
+        assert!(r.text().contains(forward), "{path}: {}", r.text());
+    }
+    let out = aalgate_tests::logout(g.port, &h, &cookie);
+    assert!(
+        out.text().contains("signed out") && out.text().contains(forward),
+        "{}",
+        out.text()
+    );
+}

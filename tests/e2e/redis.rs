@@ -53,6 +53,13 @@ fn redis_down_fails_closed_with_503_and_recovers() {
         "the cookie is kept, no login loop"
     );
     assert!(r.text().contains("temporarily unavailable"));
+    // The way forward: the same page again (a GET: safe to repeat), its URL never spelled out.
+    assert!(
+        r.text()
+            .contains("<a class=\"button\" href=\"\">Try again</a>"),
+        "{}",
+        r.text()
+    );
     let j = get(g.port, &h, "/x", &[&c, "Accept: application/json"]);
     assert_eq!(
         (j.status, j.json()["error"].as_str()),

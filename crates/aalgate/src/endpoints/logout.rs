@@ -113,7 +113,10 @@ pub(crate) async fn logout(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
         200,
         pages::page(
             "Signed out",
-            "<p>You are signed out. You can close this window.</p>",
+            &format!(
+                "<p>You are signed out. You can close this window.</p>{}",
+                x.way_forward(false)
+            ),
             &x.ctx.request_id,
         ),
     )

@@ -145,7 +145,11 @@ impl Exchange<'_> {
                 status,
                 pages::page(
                     title,
-                    &format!("<p>{}</p>", pages::escape(text)),
+                    &format!(
+                        "<p>{}</p>{}",
+                        pages::escape(text),
+                        self.way_forward(status == 503)
+                    ),
                     &self.ctx.request_id,
                 ),
             )
@@ -175,6 +179,27 @@ impl Exchange<'_> {
         tracing::warn!(request_id = %self.ctx.request_id, error = %e, "{what}");
         self.json_error(Outcome::StoreUnavailable, MSG_UNAVAILABLE)
             .await
+    }
+
+    /// The one obvious next step a gateway page offers: the same page again where repeating
+    /// it is safe (`retry`: a GET after a temporary failure), else the start page of the app
+    /// this host serves. Empty on a host that serves no app (the auth origin alone).
+    pub(crate) fn way_forward(&self, retry: bool) -> String {
+        let method = &self.session.req_header().method;
+        if retry && (method == http::Method::GET || method == http::Method::HEAD) {
+            // `href=""` is this very URL: the page never spells it out (no URL, and so no
+            // health detail, on a page before sign-in).
+            return "<p><a class=\"button\" href=\"\">Try again</a></p>".to_string();
+        }
+        self.st
+            .app_of_host(self.ctx)
+            .map(|app| {
+                format!(
+                    "<p><a class=\"button\" href=\"/\">Go to {}</a></p>",
+                    pages::escape(&app)
+                )
+            })
+            .unwrap_or_default()
     }
 
     /// Whether this request comes from the browser whose binding cookie hashes to `hash`.
