@@ -122,3 +122,48 @@ fn explain_names_the_rule_and_the_decision() {
     ]);
     assert!(code != 0 && out.contains("400"), "{out}");
 }
+
+/// `aalgate users` from a directory where no demo runs creates nothing: it says where the
+/// demo's state is looked for and how to name it, and with `--state-dir` it finds it.
+#[test]
+fn the_cli_never_creates_a_store_by_accident() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = Command::new(aalgate_bin())
+        .current_dir(elsewhere.path())
+        .args(["users", "invite", "nora"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("--state-dir") && err.contains("--config"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(elsewhere.path()).unwrap().count(),
+        0,
+        "nothing created"
+    );
+    let out = Command::new(aalgate_bin())
+        .current_dir(elsewhere.path())
+        .args(["breakglass", "create", "x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+    // A running demo's state, named from anywhere.
+    let up = aalgate_tests::Upstream::start();
+    let g = aalgate_tests::Gateway::start(None, &[("billing.yaml", &crate::policy(up.port))]);
+    let out = Command::new(aalgate_bin())
+        .current_dir(elsewhere.path())
+        .args(["users", "--state-dir"])
+        .arg(g.state_dir())
+        .arg("list")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

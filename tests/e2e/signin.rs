@@ -171,6 +171,8 @@ fn handoff_codes_and_invites_work_once_and_reveal_nothing() {
         page.text()
     );
     assert_eq!(page.header("cache-control"), Some("no-store"));
+    // No hardware key is approved on this gateway: the page speaks of passkeys only.
+    assert!(!page.text().contains("hardware"), "{}", page.text());
     let bogus = get(
         g.port,
         &h,
@@ -695,4 +697,14 @@ fn the_sign_in_page_knows_its_person() {
     assert_eq!(page.status, 200, "{t}");
     assert!(t.contains("Not Rhea R.?"), "{t}");
     assert!(t.contains("is kept. Touch your key to send it."), "{t}");
+    // An invite for someone enrolled already adds a key: it greets them by their name.
+    let (ok, url, err) = users(&g, &["invite", "rhea"]);
+    assert!(ok, "{err}");
+    let url = url.trim();
+    let page = get(g.port, &h, &url[url.find("/.aalgate").unwrap()..], &[]);
+    let t = page.text();
+    assert!(
+        t.contains("<h1>Add a sign-in key</h1>") && t.contains("Welcome back, Rhea R. Register"),
+        "{t}"
+    );
 }

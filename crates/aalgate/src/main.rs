@@ -391,7 +391,13 @@ fn main() -> ExitCode {
             policies,
             hardware_key_ca,
             hardware_key_aaguid,
-        } => demo_config(listen, admin_listen, state_dir, policies).and_then(|mut c| {
+        } => demo_config(listen, admin_listen, state_dir.clone(), policies).and_then(|mut c| {
+            // Where the users and breakglass commands find this demo, from any directory.
+            let state = std::fs::canonicalize(&state_dir).unwrap_or(state_dir);
+            eprintln!(
+                "aalgate demo: enroll yourself with\n  aalgate users --state-dir {} invite <user> --display-name \"<your name>\"",
+                state.display()
+            );
             if let Some(f) = cli.log_format {
                 c.log_format = f;
             }
@@ -849,7 +855,7 @@ fn cli_store(args: &Target) -> Result<(Arc<dyn SessionStore>, String)> {
             (c.store, c.public_origin, c.store_timeout)
         }
         None => (
-            StoreSpec::Embedded(args.state_dir.clone()),
+            StoreSpec::Embedded(demo_state(args)?),
             args.origin.trim_end_matches('/').to_string(),
             config::DEFAULT_EMBEDDED_STORE_TIMEOUT,
         ),
@@ -891,8 +897,24 @@ fn block_on(f: impl std::future::Future<Output = Result<bool>>) -> ExitCode {
 fn breakglass_config(t: &Target) -> Result<aalgate::breakglass::BreakGlassConfig> {
     Ok(match &t.config {
         Some(path) => Config::load(path)?.breakglass,
-        None => aalgate::breakglass::BreakGlassConfig::in_dir(&t.state_dir),
+        None => aalgate::breakglass::BreakGlassConfig::in_dir(&demo_state(t)?),
     })
+}
+
+/// The demo's state directory, for a command without `--config`: only one a demo made. A
+/// command run elsewhere must not create an empty store whose invites the running demo never
+/// sees.
+fn demo_state(t: &Target) -> Result<PathBuf> {
+    if t.state_dir.join("sessions.redb").is_file() {
+        return Ok(t.state_dir.clone());
+    }
+    let here = std::env::current_dir().unwrap_or_default();
+    bail!(
+        "no demo gateway state in {}: nothing was created. Run the command in the directory where \
+         `aalgate demo` runs (the demo prints the exact command when it starts), or name the \
+         demo's state with --state-dir <dir>, or a configured gateway with --config <aalgate.yaml>",
+        here.join(&t.state_dir).display()
+    )
 }
 
 /// A duration as people write it: "1 day", "10 minutes", "1 day 2 hours" (humantime's own

@@ -52,6 +52,18 @@ pub(crate) async fn enroll_page(st: &State, x: &mut Exchange<'_>) -> Result<bool
         );
         return x.send(reply).await;
     };
+    // An invite for someone enrolled already adds a key: greet them by the name IT gave
+    // them (the invite's is their user id unless `--display-name` was given again).
+    let existing = match st.service().dir.user(&invite.user).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(request_id = %x.ctx.request_id, error = %e, "store error on the enrollment page");
+            return x.error(Outcome::StoreUnavailable).await;
+        }
+    };
+    let name = existing
+        .as_ref()
+        .map_or(invite.display_name.as_str(), |u| u.display_name.as_str());
     let (bind, set_bind) = x.binding();
     let hw = st.service().rp.hardware_keys_configured();
     let mut buttons = String::new();
@@ -61,26 +73,36 @@ pub(crate) async fn enroll_page(st: &State, x: &mut Exchange<'_>) -> Result<bool
     if hw {
         buttons.push_str("<button type=\"button\" class=\"secondary\" data-action=\"enroll-key\">Register a hardware security key</button>");
     }
-    let explain = if invite.aal == Aal::Aal3 {
-        if hw {
-            "<p>Your role needs a <strong>hardware security key</strong>. Insert or hold it near the device, press the button, then touch the key and enter its PIN when asked.</p>"
-        } else {
-            "<p>Your role needs a hardware security key, but none is approved on this gateway yet. Contact IT.</p>"
-        }
+    // What each button is for, and which to press: only the kinds offered here.
+    let explain = match (invite.aal == Aal::Aal3, hw) {
+        (true, true) => "<p>Your role needs a <strong>hardware security key</strong>. Insert or hold it near the device, press the button, then touch the key and enter its PIN when asked.</p>",
+        (true, false) => "<p>Your role needs a hardware security key, but none is approved on this gateway yet. Contact IT.</p>",
+        (false, true) => "<p>A <strong>passkey</strong> lets you sign in with your fingerprint, face or device PIN: choose it, unless IT gave you a <strong>hardware security key</strong> (a small USB or NFC key) for this role; then register that instead.</p>",
+        (false, false) => "<p>A <strong>passkey</strong> lets you sign in on this device with your fingerprint, face or device PIN.</p>",
+    };
+    // "Nora N." ends its own sentence.
+    let stop = if name.ends_with('.') { "" } else { "." };
+    let (title, greeting) = if existing.is_some() {
+        (
+            "Add a sign-in key",
+            format!(
+                "Welcome back, {}{stop} Register your new key here.",
+                escape(name)
+            ),
+        )
     } else {
-        "<p>A <strong>passkey</strong> lets you sign in with your fingerprint, face or device PIN. A <strong>hardware security key</strong> is a small USB or NFC key.</p>"
+        (
+            "Set up sign-in",
+            format!(
+                "Welcome, {}{stop} Set up how you will sign in.",
+                escape(name)
+            ),
+        )
     };
     let body = format!(
-        "<p>Welcome, {}{} Set up how you will sign in.</p>{explain}\
+        "<p>{greeting}</p>{explain}\
          <p id=\"status\" role=\"status\" aria-live=\"polite\"></p>{buttons}\
-         <p>After this, you will be signed in. Next time, one touch is enough.</p>",
-        escape(&invite.display_name),
-        // "Nora N." ends its own sentence.
-        if invite.display_name.ends_with('.') {
-            ""
-        } else {
-            "."
-        }
+         <p>After this, you will be signed in. Next time, one touch is enough.</p>"
     );
     let attrs = format!(
         " data-invite=\"{}\" data-csrf=\"{}\"",
@@ -89,7 +111,7 @@ pub(crate) async fn enroll_page(st: &State, x: &mut Exchange<'_>) -> Result<bool
     );
     let mut reply = Reply::html(
         200,
-        pages::page_with("Set up sign-in", &body, &x.ctx.request_id, &attrs),
+        pages::page_with(title, &body, &x.ctx.request_id, &attrs),
     );
     if set_bind {
         reply = reply.header("set-cookie", bind_cookie(&bind, x.ctx.tls));

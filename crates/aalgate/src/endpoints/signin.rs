@@ -121,9 +121,10 @@ pub(crate) async fn auth_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> 
         },
         None => None,
     };
+    // (A person the directory does not know gets the usual page; the ceremony refuses them.)
     if flow.need == FlowKind::StepUp
-        && !person.as_ref().is_some_and(|p| {
-            p.credentials
+        && person.as_ref().is_some_and(|p| {
+            !p.credentials
                 .iter()
                 .any(|c| c.usable() && c.aal >= flow.aal)
         })
@@ -254,11 +255,20 @@ async fn no_suitable_key(st: &State, x: &mut Exchange<'_>, flow: &Flow) -> Resul
     let reply = Reply::html(
         x.ctx.outcome.status().unwrap_or(409),
         pages::page(
-            "Hardware key needed",
+            if flow.aal >= Aal::Aal3 {
+                "Hardware key needed"
+            } else {
+                "Key needed"
+            },
             &format!(
-                "<p>This action in <strong>{app}</strong> needs a hardware security key registered to you, and none is.</p>\
+                "<p>This action in <strong>{app}</strong> needs {} registered to you, and none is.</p>\
                  <p>Ask IT for a key invite: they confirm who you are, then send you a link that registers your key. Until then, this action is not available to you; the rest of {app} is.</p>\
-                 <p><a class=\"button\" href=\"{back}\">Back to {app}</a></p>"
+                 <p><a class=\"button\" href=\"{back}\">Back to {app}</a></p>",
+                if flow.aal >= Aal::Aal3 {
+                    "a hardware security key"
+                } else {
+                    "a passkey or security key"
+                }
             ),
             &x.ctx.request_id,
         ),
