@@ -66,15 +66,34 @@ pub(crate) async fn enroll_page(st: &State, x: &mut Exchange<'_>) -> Result<bool
         .map_or(invite.display_name.as_str(), |u| u.display_name.as_str());
     let (bind, set_bind) = x.binding();
     let hw = st.service().rp.hardware_keys_configured();
+    let (title, body) = enroll_text(invite.aal, hw, existing.is_some(), name);
+    let attrs = format!(
+        " data-invite=\"{}\" data-csrf=\"{}\"",
+        escape(token.expose()),
+        escape(&csrf_of(bind.expose()))
+    );
+    let mut reply = Reply::html(
+        200,
+        pages::page_with(title, &body, &x.ctx.request_id, &attrs),
+    );
+    if set_bind {
+        reply = reply.header("set-cookie", bind_cookie(&bind, x.ctx.tls));
+    }
+    x.ctx.outcome = Outcome::EnrollPage;
+    x.send(reply).await
+}
+
+/// The enrollment page's title and text: who is greeted, what each offered button is for.
+fn enroll_text(aal: Aal, hw: bool, existing: bool, name: &str) -> (&'static str, String) {
     let mut buttons = String::new();
-    if invite.aal <= Aal::Aal2 {
+    if aal <= Aal::Aal2 {
         buttons.push_str("<button type=\"button\" data-action=\"enroll-passkey\">Create a passkey on this device</button>");
     }
     if hw {
         buttons.push_str("<button type=\"button\" class=\"secondary\" data-action=\"enroll-key\">Register a hardware security key</button>");
     }
     // What each button is for, and which to press: only the kinds offered here.
-    let explain = match (invite.aal == Aal::Aal3, hw) {
+    let explain = match (aal == Aal::Aal3, hw) {
         (true, true) => "<p>Your role needs a <strong>hardware security key</strong>. Insert or hold it near the device, press the button, then touch the key and enter its PIN when asked.</p>",
         (true, false) => "<p>Your role needs a hardware security key, but none is approved on this gateway yet. Contact IT.</p>",
         (false, true) => "<p>A <strong>passkey</strong> lets you sign in with your fingerprint, face or device PIN: choose it, unless IT gave you a <strong>hardware security key</strong> (a small USB or NFC key) for this role; then register that instead.</p>",
@@ -82,7 +101,7 @@ pub(crate) async fn enroll_page(st: &State, x: &mut Exchange<'_>) -> Result<bool
     };
     // "Nora N." ends its own sentence.
     let stop = if name.ends_with('.') { "" } else { "." };
-    let (title, greeting) = if existing.is_some() {
+    let (title, greeting) = if existing {
         (
             "Add a sign-in key",
             format!(
@@ -104,20 +123,7 @@ pub(crate) async fn enroll_page(st: &State, x: &mut Exchange<'_>) -> Result<bool
          <p id=\"status\" role=\"status\" aria-live=\"polite\"></p>{buttons}\
          <p>After this, you will be signed in. Next time, one touch is enough.</p>"
     );
-    let attrs = format!(
-        " data-invite=\"{}\" data-csrf=\"{}\"",
-        escape(token.expose()),
-        escape(&csrf_of(bind.expose()))
-    );
-    let mut reply = Reply::html(
-        200,
-        pages::page_with(title, &body, &x.ctx.request_id, &attrs),
-    );
-    if set_bind {
-        reply = reply.header("set-cookie", bind_cookie(&bind, x.ctx.tls));
-    }
-    x.ctx.outcome = Outcome::EnrollPage;
-    x.send(reply).await
+    (title, body)
 }
 
 #[allow(clippy::too_many_lines, reason = "enrollment's checks in order")]
