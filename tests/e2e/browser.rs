@@ -707,10 +707,17 @@ fn audit_lines_are_true(
                 }
                 assert!(e["status"].is_u64(), "request line without status: {e}");
                 by_id.insert(s(e, "request_id").unwrap_or_default(), e);
-                // Sent to step up or sign in again: the person is known (from the session, or
-                // from the tombstone of one that just ended).
-                if ["step_up", "reauth"].contains(&s(e, "decision").unwrap_or_default().as_str()) {
-                    assert!(s(e, "user").is_some(), "{e}");
+                // Sent to step up: a live session's person, named. Sent to sign in again: the
+                // session ended, so whose it was is `prior_user`, never `user`.
+                match s(e, "decision").unwrap_or_default().as_str() {
+                    "step_up" => assert!(s(e, "user").is_some() && e["aal"].is_u64(), "{e}"),
+                    "reauth" => {
+                        assert!(
+                            s(e, "user").is_none() && s(e, "prior_user").is_some(),
+                            "{e}"
+                        )
+                    }
+                    _ => {}
                 }
             }
             "login" | "reauth" | "step_up" | "enroll" => {

@@ -177,3 +177,71 @@ fn demo_command_serves_the_bundled_app() {
         signed_in.text()
     );
 }
+
+/// `demo --virtual-authenticators` trusts DevTools' virtual security key with one flag, from
+/// any directory: the enrollment page then offers a hardware key. Off loopback it refuses to
+/// start (the key's attestation key is public).
+#[test]
+fn demo_trusts_the_virtual_key_only_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = Command::new(aalgate_bin())
+        .current_dir(dir.path())
+        .args(["demo", "--virtual-authenticators", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("loopback"),
+        "{err}"
+    );
+    let (port, admin, app) = (free_port(), free_port(), free_port());
+    let demo = std::fs::read_to_string(aalgate_tests::workspace().join("policies/demo.yaml"))
+        .unwrap()
+        .replace("127.0.0.1:18080", &format!("127.0.0.1:{app}"));
+    let pfile = dir.path().join("demo.yaml");
+    std::fs::write(&pfile, demo).unwrap();
+    let mut child = Command::new(aalgate_bin())
+        .current_dir(dir.path())
+        .args([
+            "demo",
+            "--virtual-authenticators",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+            "--upstream-listen",
+            &format!("127.0.0.1:{app}"),
+            "--policies",
+        ])
+        .arg(&pfile)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start aalgate demo");
+    let h = format!("localhost:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let invite = Command::new(aalgate_bin())
+        .current_dir(dir.path())
+        .args(["users", "invite", "nora", "--aal", "3"])
+        .output()
+        .unwrap();
+    let url = String::from_utf8_lossy(&invite.stdout).trim().to_string();
+    let page = url
+        .find("/.aalgate")
+        .map(|i| get(port, &h, &url[i..], &[]).text());
+    let _ = child.kill();
+    let _ = child.wait();
+    let page = page.unwrap_or_else(|| {
+        panic!(
+            "no invite link: {}",
+            String::from_utf8_lossy(&invite.stderr)
+        )
+    });
+    assert!(
+        page.contains("Register a hardware security key") && !page.contains("none is approved"),
+        "{page}"
+    );
+}

@@ -130,6 +130,10 @@ pub struct Event<'a> {
     pub request_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<&'a str>,
+    /// A request line after this browser's session ended (idle, absolute limit): whose it
+    /// was. Not a verified identity: someone else may be at the workstation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prior_user: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -248,6 +248,11 @@ enum Command {
         /// AAGUID of a hardware key model accepted for AAL3 (repeatable).
         #[arg(long)]
         hardware_key_aaguid: Vec<uuid::Uuid>,
+        /// Trust Chrome DevTools' virtual security key as an AAL3 hardware key, for trying
+        /// AAL3 without a real key. Its attestation key is public, so anyone can make such a
+        /// "key": only with `demo`, and only on a loopback --listen.
+        #[arg(long)]
+        virtual_authenticators: bool,
     },
     /// Enroll and manage users (works beside a running gateway, with either store).
     Users(UsersArgs),
@@ -389,9 +394,15 @@ fn main() -> ExitCode {
             upstream_listen,
             state_dir,
             policies,
-            hardware_key_ca,
-            hardware_key_aaguid,
+            mut hardware_key_ca,
+            mut hardware_key_aaguid,
+            virtual_authenticators,
         } => demo_config(listen, admin_listen, state_dir.clone(), policies).and_then(|mut c| {
+            if virtual_authenticators {
+                let (ca, aaguid) = virtual_key(&state_dir, listen)?;
+                hardware_key_ca.push(ca);
+                hardware_key_aaguid.push(aaguid);
+            }
             // Where the users and breakglass commands find this demo, from any directory.
             let state = std::fs::canonicalize(&state_dir).unwrap_or(state_dir);
             eprintln!(
@@ -901,6 +912,27 @@ fn breakglass_config(t: &Target) -> Result<aalgate::breakglass::BreakGlassConfig
     })
 }
 
+/// The attestation root and AAGUID of Chromium's DevTools virtual security key, written into
+/// the demo's state directory (the demo runs from any directory). Refused off loopback: the
+/// root's private key is public, so the "key" proves nothing about hardware.
+fn virtual_key(state_dir: &Path, listen: SocketAddr) -> Result<(PathBuf, uuid::Uuid)> {
+    if !listen.ip().is_loopback() {
+        bail!(
+            "--virtual-authenticators trusts a key anyone can make (its attestation key is \
+             public): only on a loopback --listen such as 127.0.0.1:8080, not {listen}"
+        );
+    }
+    const CA: &str = include_str!("../../../tests/fixtures/chromium-virtual-authenticator-ca.pem");
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("cannot create {}", state_dir.display()))?;
+    let path = state_dir.join("chromium-virtual-authenticator-ca.pem");
+    std::fs::write(&path, CA).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok((
+        path,
+        uuid::Uuid::from_u128(0x0102_0304_0506_0708_0102_0304_0506_0708),
+    ))
+}
+
 /// The demo's state directory, for a command without `--config`: only one a demo made. A
 /// command run elsewhere must not create an empty store whose invites the running demo never
 /// sees.
@@ -1253,6 +1285,7 @@ async fn audit_run(args: AuditArgs) -> Result<bool> {
     Ok(all_ok)
 }
 
+#[allow(clippy::too_many_lines, reason = "one arm per users subcommand")]
 async fn users_run(args: UsersArgs) -> Result<bool> {
     let (store, origin) = cli_store(&args.target)?;
     let dir = aalgate_auth::Directory::new(store);
@@ -1266,6 +1299,11 @@ async fn users_run(args: UsersArgs) -> Result<bool> {
         } => {
             let aal = aalgate_policy::Aal::from_number(aal).context("--aal must be 2 or 3")?;
             let display = display_name.unwrap_or_else(|| user.clone());
+            if dir.user(&user).await?.is_some() {
+                eprintln!(
+                    "{user} is enrolled already: this link adds a key to that account (the keys it has stay)."
+                );
+            }
             let token = dir.invite(&user, &display, aal, ttl.into(), now).await?;
             println!("{origin}/.aalgate/enroll?invite={}", token.expose());
             eprintln!(

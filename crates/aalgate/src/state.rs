@@ -247,19 +247,26 @@ pub struct Ctx {
     pub(crate) replay: Option<Replay>,
 }
 
-/// The person behind a request that was not admitted: its session's, or (a session that
-/// just ended) its tombstone's, without a level then.
-pub(crate) struct Known {
-    pub(crate) user: String,
-    pub(crate) aal: Option<aalgate_policy::Aal>,
-    pub(crate) credential: Option<String>,
+/// The person behind a request that was not admitted.
+pub(crate) enum Known {
+    /// A live session that was not enough (sent to step up) or not allowed here (denied):
+    /// its person, level and credential.
+    Session {
+        user: String,
+        aal: aalgate_policy::Aal,
+        credential: Option<String>,
+    },
+    /// A session that ended before this request (idle, absolute limit, a clock from the
+    /// future), or its tombstone: whose session this browser held. Not a verified identity:
+    /// on a shared workstation someone else may be typing.
+    Ended { user: String },
 }
 
 impl Known {
-    pub(crate) fn of(s: &UserSession) -> Known {
-        Known {
+    pub(crate) fn live(s: &UserSession) -> Known {
+        Known::Session {
             user: s.user.clone(),
-            aal: Some(s.aal),
+            aal: s.aal,
             credential: s.credential.clone(),
         }
     }

@@ -143,11 +143,16 @@ impl Gateway {
                 x.error(Outcome::BreakglassNotAllowed).await
             }
             Admission::Deny => {
-                x.ctx.known = loaded.as_ref().map(|(_, _, s)| Known::of(s));
+                x.ctx.known = loaded.as_ref().map(|(_, _, s)| Known::live(s));
                 x.error(Outcome::Denied).await
             }
             other => {
-                x.ctx.known = loaded.as_ref().map(|(_, _, s)| Known::of(s));
+                x.ctx.known = loaded.as_ref().map(|(_, _, s)| match other.ends_session() {
+                    Some(_) => Known::Ended {
+                        user: s.user.clone(),
+                    },
+                    None => Known::live(s),
+                });
                 let app = m.app.name.clone();
                 let rule = m.rule.id.clone();
                 self.challenge_or_reauth(x, other, loaded, access, (&app, &rule), host, now)
@@ -215,11 +220,7 @@ impl Gateway {
         let mut user = loaded.as_ref().map(|(_, _, s)| s.user.clone());
         if user.is_none() && matches!(other, Admission::Login { .. }) {
             user = self.tombstone(x.session.req_header(), x.ctx).await;
-            x.ctx.known = user.clone().map(|user| Known {
-                user,
-                aal: None,
-                credential: None,
-            });
+            x.ctx.known = user.clone().map(|user| Known::Ended { user });
         }
         self.challenge(x, other, &host.to_string(), app, user, per_request)
             .await

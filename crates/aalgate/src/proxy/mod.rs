@@ -60,23 +60,32 @@ impl Gateway {
     fn audit_request(&self, session: &Session, ctx: &Ctx, rule: Option<(&str, &str)>, status: u16) {
         let req = session.req_header();
         // Who sent it: the admitted session, else the one that was not admitted.
-        let known = ctx.known.as_ref();
-        let user = ctx.session.as_ref().map(|s| s.user.as_str());
-        let user = user.or(known.map(|k| k.user.as_str()));
-        let aal = ctx
-            .session
-            .as_ref()
-            .map(|s| s.aal)
-            .or(known.and_then(|k| k.aal));
-        let credential = ctx.session.as_ref().map_or_else(
-            || known.and_then(|k| k.credential.as_deref()),
-            |s| s.credential.as_deref(),
-        );
+        let (user, aal, credential, prior_user) = match (&ctx.session, &ctx.known) {
+            (Some(s), _) => (
+                Some(s.user.as_str()),
+                Some(s.aal),
+                s.credential.as_deref(),
+                None,
+            ),
+            (
+                None,
+                Some(crate::state::Known::Session {
+                    user,
+                    aal,
+                    credential,
+                }),
+            ) => (Some(user.as_str()), Some(*aal), credential.as_deref(), None),
+            (None, Some(crate::state::Known::Ended { user })) => {
+                (None, None, None, Some(user.as_str()))
+            }
+            (None, None) => (None, None, None, None),
+        };
         self.audit.emit(&crate::audit::Event {
             time: crate::audit::now_rfc3339(),
             event: "request",
             request_id: Some(&ctx.request_id),
             user,
+            prior_user,
             app: rule.map(|(a, _)| a),
             route: rule.map(|(_, r)| r),
             method: Some(
@@ -262,15 +271,15 @@ impl ProxyHttp for Gateway {
         crate::http::upstream::peer(self, session.req_header(), ctx)
     }
 
-    /// Upstream failures get the gateway's own page: 504 when the upstream did not answer in
-    /// time, 502 otherwise. pingora retries only idempotent requests on a reused connection
-    /// (`error_while_proxy`), so a POST that reached the upstream is never sent twice.
     /// pingora's own "Fail to proxy" line, silenced for a client that went away (logged at
     /// debug in `fail_to_proxy`, which runs first and sets the outcome).
     fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _error: &Error) -> bool {
         ctx.outcome == Outcome::ClientGone
     }
 
+    /// Upstream failures get the gateway's own page: 504 when the upstream did not answer in
+    /// time, 502 otherwise. pingora retries only idempotent requests on a reused connection
+    /// (`error_while_proxy`), so a POST that reached the upstream is never sent twice.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         use pingora::ErrorSource;
         let (code, outcome) = match (e.esource(), e.etype()) {
