@@ -472,3 +472,48 @@ fn every_page_has_a_way_forward() {
         out.text()
     );
 }
+
+/// An app can offer one-click sign-out: each request of a signed-in browser carries the
+/// browser's logout token (`X-Aalgate-Logout-Token`, never one the client sent), and the app's
+/// sign-out form that posts it as `csrf` ends the session at once, with no confirmation page.
+#[test]
+fn apps_get_a_logout_token_for_one_click_sign_out() {
+    let up = Upstream::start();
+    let g = Gateway::start(None, &[("billing.yaml", &policy(up.port))]);
+    let h = format!("localhost:{}", g.port);
+    let store = EmbeddedStore::open(&g.state_dir()).unwrap();
+    let cookie = make_session(&store, &h, "nora", Aal::Aal2, 60, 1);
+    let (bind, token) = aalgate_tests::browser_binding(g.port, &h);
+    up.clear();
+    let jar = format!("Cookie: aalgate={cookie}; aalgate-bind={bind}");
+    let r = get(g.port, &h, "/x", &[&jar, "X-Aalgate-Logout-Token: forged"]);
+    assert_eq!(r.status, 200);
+    let got = up.take();
+    assert_eq!(got[0].one("x-aalgate-logout-token"), Some(token.as_str()));
+    // No session (a public page) or no binding cookie: no token, and never the client's.
+    for hdrs in [
+        vec![format!("Cookie: aalgate-bind={bind}")],
+        vec![format!("Cookie: aalgate={cookie}")],
+    ] {
+        let mut all: Vec<&str> = hdrs.iter().map(String::as_str).collect();
+        all.push("X-Aalgate-Logout-Token: forged");
+        get(g.port, &h, "/static/a.css", &all);
+        let seen = up.take();
+        assert!(
+            seen.iter()
+                .all(|s| s.one("x-aalgate-logout-token").is_none()),
+            "{seen:?}"
+        );
+    }
+    // The app's form, posting what it got, signs out at once.
+    let body = format!("csrf={}", got[0].one("x-aalgate-logout-token").unwrap());
+    let out = send(
+        g.port,
+        format!(
+            "POST /.aalgate/logout HTTP/1.1\r\nHost: {h}\r\nOrigin: http://{h}\r\n{jar}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    assert!(out.text().contains("You are signed out"), "{}", out.text());
+}

@@ -30,6 +30,10 @@ pub const AUTH_TIME: &str = "x-aalgate-auth-time";
 pub const ASSERTION: &str = "x-aalgate-assertion";
 /// Set on requests of an emergency (break-glass) session: the code's id.
 pub const BREAKGLASS: &str = "x-aalgate-breakglass";
+/// On every request of a signed-in browser: its logout token. An app puts it in its sign-out
+/// form (a field named `csrf`, posted to `/.aalgate/logout` from its own pages), and one click
+/// signs out; without it, the gateway asks for a confirmation first.
+pub const LOGOUT_TOKEN: &str = "x-aalgate-logout-token";
 /// On a request a per-request ceremony signed: the secret request nonce (base64url), which
 /// the app keeps with its record to recompute the digest later.
 pub const REQUEST_NONCE: &str = "x-aalgate-request-nonce";

@@ -70,6 +70,11 @@ pub(crate) fn prepare_request(
     for name in reserved {
         upstream.remove_header(&name);
     }
+    // The browser's logout token, read before its cookie is dropped (see LOGOUT_TOKEN).
+    let logout = headers::cookie_values(&upstream.headers, crate::state::bind_name(ctx.tls))
+        .iter()
+        .find_map(|v| aalgate_auth::Token::parse(v))
+        .map(|b| crate::state::csrf_of(b.expose()));
     if let Some(cookies) = headers::cookies_without_ours(&upstream.headers) {
         upstream.remove_header("cookie");
         if let Some(c) = cookies {
@@ -102,6 +107,9 @@ pub(crate) fn prepare_request(
         upstream.insert_header(headers::AAL, s.aal.number().to_string())?;
         upstream.insert_header(headers::AUTH_TIME, s.auth_time.0.to_string())?;
         upstream.insert_header(headers::ASSERTION, token)?;
+        if let Some(token) = &logout {
+            upstream.insert_header(headers::LOGOUT_TOKEN, token.as_str())?;
+        }
         if crate::breakglass::is_emergency(s) {
             upstream.insert_header(
                 headers::BREAKGLASS,
