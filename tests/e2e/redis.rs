@@ -67,6 +67,21 @@ fn redis_down_fails_closed_with_503_and_recovers() {
     );
     // No session yet: still 503 (the flow cannot be stored), never a pass-through.
     assert_eq!(get(g.port, &h, "/x", &[]).status, 503);
+    // A form sent now: the page says it was neither sent nor kept, and offers no resend
+    // (a POST is never repeated for the person), only the way back to the app.
+    let posted = aalgate_tests::send(
+        g.port,
+        format!(
+            "POST /x HTTP/1.1\r\nHost: {h}\r\n{c}\r\nSec-Fetch-Mode: navigate\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 3\r\nConnection: close\r\n\r\na=1"
+        )
+        .as_bytes(),
+    );
+    let t = posted.text();
+    assert_eq!(posted.status, 503, "{t}");
+    assert!(
+        t.contains("was not sent to the application, and not kept") && !t.contains("Try again</a>"),
+        "{t}"
+    );
     // Public routes do not need the store.
     assert_eq!(get(g.port, &h, "/static/app.css", &[]).status, 200);
     assert_eq!(

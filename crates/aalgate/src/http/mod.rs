@@ -146,8 +146,16 @@ impl Exchange<'_> {
                 pages::page(
                     title,
                     &format!(
-                        "<p>{}</p>{}",
+                        "<p>{}</p>{}{}",
                         pages::escape(text),
+                        // A form sent into a store outage: it went nowhere, and it is not
+                        // resent from here (only the person knows whether to send it again).
+                        if status == 503 && self.session.req_header().method == http::Method::POST {
+                            "<p>What you submitted was not sent to the application, and not kept. \
+                             Go back to it, and submit it again once the application's pages load.</p>"
+                        } else {
+                            ""
+                        },
                         self.way_forward(status == 503)
                     ),
                     &self.ctx.request_id,
