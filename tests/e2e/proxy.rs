@@ -517,3 +517,29 @@ fn apps_get_a_logout_token_for_one_click_sign_out() {
     );
     assert!(out.text().contains("You are signed out"), "{}", out.text());
 }
+
+/// On an auth origin that serves no app of its own, a refusal or an expired sign-in link has
+/// no app to send the person to: it offers the way back to the page they came from.
+#[test]
+fn the_auth_origin_alone_offers_the_way_back() {
+    let up = Upstream::start();
+    let app = policy(up.port).replace("host: localhost", "host: ehr.localhost");
+    let g = Gateway::start(None, &[("ehr.yaml", &app)]);
+    let h = format!("localhost:{}", g.port);
+    for (path, status) in [
+        ("/.aalgate/nothing-here", 404),
+        (
+            "/.aalgate/auth?flow=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            410,
+        ),
+    ] {
+        let r = get(g.port, &h, path, &[]);
+        let t = r.text();
+        assert_eq!(r.status, status, "{path}: {t}");
+        assert!(
+            t.contains("<button type=\"button\" data-action=\"back\">Go back</button>")
+                && t.contains("/.aalgate/static/aalgate.js"),
+            "{path}: {t}"
+        );
+    }
+}

@@ -3,6 +3,12 @@
 (function () {
   'use strict';
   const main = document.querySelector('main');
+  // A refusal's "Go back" (an auth origin with no app of its own): nothing else to run.
+  if (main.dataset.back) {
+    const back = document.querySelector('button[data-action="back"]');
+    if (back) back.addEventListener('click', () => window.history.back());
+    return;
+  }
   const status = document.getElementById('status');
   const csrf = main.dataset.csrf;
   // The popup a script call opened for its ceremony: done, so it closes and the script retries.

@@ -115,7 +115,7 @@ pub(crate) async fn logout(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
             "Signed out",
             &format!(
                 "<p>You are signed out. You can close this window.</p>{}",
-                x.way_forward(false)
+                x.to_app().unwrap_or_default()
             ),
             &x.ctx.request_id,
         ),

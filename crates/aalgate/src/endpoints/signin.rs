@@ -51,14 +51,11 @@ pub(crate) async fn auth_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> 
         };
         let reply = Reply::html(
             x.ctx.outcome.status().unwrap_or(400),
-            pages::page(
+            x.page_forward(
                 "Sign-in link expired",
-                &format!(
-                    "<p>This sign-in link is not valid any more (links expire after 10 minutes and work once).</p>\
-                     <p>Go back to the application and open the page again.</p>{}",
-                    x.way_forward(false)
-                ),
-                &x.ctx.request_id,
+                "<p>This sign-in link is not valid any more (links expire after 10 minutes and work once).</p>\
+                 <p>Go back to the application and open the page again.</p>",
+                false,
             ),
         );
         return x.send(reply).await;

@@ -143,10 +143,10 @@ impl Exchange<'_> {
         } else {
             Reply::html(
                 status,
-                pages::page(
+                self.page_forward(
                     title,
                     &format!(
-                        "<p>{}</p>{}{}",
+                        "<p>{}</p>{}",
                         pages::escape(text),
                         // A form sent into a store outage: it went nowhere, and it is not
                         // resent from here (only the person knows whether to send it again).
@@ -156,9 +156,8 @@ impl Exchange<'_> {
                         } else {
                             ""
                         },
-                        self.way_forward(status == 503)
                     ),
-                    &self.ctx.request_id,
+                    status == 503,
                 ),
             )
         };
@@ -189,25 +188,41 @@ impl Exchange<'_> {
             .await
     }
 
-    /// The one obvious next step a gateway page offers: the same page again where repeating
-    /// it is safe (`retry`: a GET after a temporary failure), else the start page of the app
-    /// this host serves. Empty on a host that serves no app (the auth origin alone).
-    pub(crate) fn way_forward(&self, retry: bool) -> String {
+    /// A gateway page (`body_html` already escaped) with its one obvious next step: the same
+    /// page again where repeating it is safe (`retry`: a GET after a temporary failure), else
+    /// the start page of the app this host serves, else (an auth origin with no app of its
+    /// own) the way back to the page the person came from.
+    pub(crate) fn page_forward(&self, title: &str, body_html: &str, retry: bool) -> String {
         let method = &self.session.req_header().method;
+        let rid = &self.ctx.request_id;
         if retry && (method == http::Method::GET || method == http::Method::HEAD) {
             // `href=""` is this very URL: the page never spells it out (no URL, and so no
             // health detail, on a page before sign-in).
-            return "<p><a class=\"button\" href=\"\">Try again</a></p>".to_string();
+            let again = "<p><a class=\"button\" href=\"\">Try again</a></p>";
+            return pages::page(title, &format!("{body_html}{again}"), rid);
         }
-        self.st
-            .app_of_host(self.ctx)
-            .map(|app| {
-                format!(
-                    "<p><a class=\"button\" href=\"/\">Go to {}</a></p>",
-                    pages::escape(&app)
-                )
-            })
-            .unwrap_or_default()
+        match self.to_app() {
+            Some(link) => pages::page(title, &format!("{body_html}{link}"), rid),
+            // The script runs the button (history.back); the page needs nothing else of it.
+            None => pages::page_with(
+                title,
+                &format!(
+                    "{body_html}<p><button type=\"button\" data-action=\"back\">Go back</button></p>"
+                ),
+                rid,
+                " data-back=\"1\"",
+            ),
+        }
+    }
+
+    /// A link to the start page of the app this host serves, if it serves one.
+    pub(crate) fn to_app(&self) -> Option<String> {
+        self.st.app_of_host(self.ctx).map(|app| {
+            format!(
+                "<p><a class=\"button\" href=\"/\">Go to {}</a></p>",
+                pages::escape(&app)
+            )
+        })
     }
 
     /// Whether this request comes from the browser whose binding cookie hashes to `hash`.
