@@ -532,6 +532,10 @@ fn the_auth_origin_alone_offers_the_way_back() {
             "/.aalgate/auth?flow=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
             410,
         ),
+        (
+            "/.aalgate/enroll?invite=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            410,
+        ),
     ] {
         let r = get(g.port, &h, path, &[]);
         let t = r.text();

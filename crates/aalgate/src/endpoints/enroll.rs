@@ -43,11 +43,11 @@ pub(crate) async fn enroll_page(st: &State, x: &mut Exchange<'_>) -> Result<bool
         };
         let reply = Reply::html(
             x.ctx.outcome.status().unwrap_or(400),
-            pages::page(
+            x.page_forward(
                 "Invitation not valid",
                 "<p>This enrollment link is not valid: it was used already, or it expired.</p>\
                  <p>Ask IT for a new one. IT will confirm who you are before sending it.</p>",
-                &x.ctx.request_id,
+                false,
             ),
         );
         return x.send(reply).await;
