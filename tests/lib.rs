@@ -561,9 +561,16 @@ impl Gateway {
         let more = second
             .map(|p| format!("\n    name: main\n  - addr: 127.0.0.1:{p}\n    name: second"))
             .unwrap_or_default();
+        // 1 s unless `extra` sets its own (`store_timeout: default` keeps the product default).
+        let deadline = if extra.contains("store_timeout:") {
+            ""
+        } else {
+            "store_timeout: 1s\n"
+        };
+        let extra = extra.replace("store_timeout: default\n", "");
         let yaml = format!(
             "listen:\n  - addr: 127.0.0.1:{port}{tls_line}{more}\nadmin_listen: 127.0.0.1:{admin_port}\npublic_origin: {origin}\n\
-store: \"{store}\"\nstore_timeout: 1s\npolicies: policies\nstate_dir: state\nthreads: 2\nsession_count_interval: 1s\nshutdown_grace: 3s\n"
+store: \"{store}\"\n{deadline}policies: policies\nstate_dir: state\nthreads: 2\nsession_count_interval: 1s\nshutdown_grace: 3s\n"
         );
         std::fs::write(&config, format!("{yaml}{extra}")).expect("write config");
         let mut g = Gateway {

@@ -11,6 +11,7 @@
 //!
 //! The figures go to stderr and to `target/soak-report.txt`.
 
+mod embedded;
 mod flood;
 
 use std::io::Write;
@@ -23,11 +24,14 @@ use aalgate_policy::Aal;
 use aalgate_session::{RedisStore, SessionId};
 use aalgate_tests::{read_request, send, workspace, Gateway, Redis};
 
-const KINDS: [&str; 6] = ["public", "valid", "expired", "forged", "tampered", "none"];
+/// The last, `stepup`, only in the embedded soak.
+const KINDS: [&str; 7] = [
+    "public", "valid", "expired", "forged", "tampered", "none", "stepup",
+];
 
 #[derive(Default)]
 struct Seen {
-    forwarded: [AtomicU64; 6],
+    forwarded: [AtomicU64; 7],
     /// Forwarded without a valid session, or with another user's identity.
     violations: AtomicU64,
 }
@@ -109,6 +113,91 @@ struct Tally {
     by: std::collections::BTreeMap<(usize, u16), u64>,
 }
 
+/// The cookies the load sends, by kind.
+#[derive(Clone)]
+struct Cookies {
+    /// (cookie, user) of live sessions.
+    valid: Vec<(String, String)>,
+    expired: Vec<String>,
+    tampered: Vec<String>,
+    /// (cookie, user) of live sessions whose step-up is due; empty: no `stepup` requests.
+    step_up: Vec<(String, String)>,
+}
+
+/// Six client threads sending the mixed load until `stop`; each adds its statuses to `tally`.
+fn spawn_load(
+    port: u16,
+    host: &str,
+    cookies: &Cookies,
+    stop: &Arc<AtomicBool>,
+    tally: &Arc<Mutex<Tally>>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    let kinds = if cookies.step_up.is_empty() {
+        6
+    } else {
+        KINDS.len()
+    };
+    (0..6)
+        .map(|w| {
+            let (stop, tally, host) = (stop.clone(), tally.clone(), host.to_string());
+            let c = cookies.clone();
+            std::thread::spawn(move || {
+                let mut local = Tally::default();
+                let mut n: usize = w;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let k = n % kinds;
+                    let (cookie, user) = match KINDS[k] {
+                        "valid" => {
+                            let (c, u) = &c.valid[n % c.valid.len()];
+                            (Some(c.clone()), u.clone())
+                        }
+                        "stepup" => {
+                            let (c, u) = &c.step_up[n % c.step_up.len()];
+                            (Some(c.clone()), u.clone())
+                        }
+                        "expired" => (Some(c.expired[n % c.expired.len()].clone()), "x".into()),
+                        "forged" => (Some(SessionId::generate().to_cookie()), "x".into()),
+                        "tampered" => (Some(c.tampered[n % c.tampered.len()].clone()), "x".into()),
+                        _ => (None, "x".into()),
+                    };
+                    let area = if KINDS[k] == "public" { "public" } else { "app" };
+                    // A step-up route only takes POSTs in this load: each keeps a form.
+                    let method = if n.is_multiple_of(7) || KINDS[k] == "stepup" {
+                        "POST"
+                    } else {
+                        "GET"
+                    };
+                    let mut req = format!(
+                        "{method} /{area}/{}/{user}/{n} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n",
+                        KINDS[k]
+                    );
+                    if let Some(c) = cookie {
+                        req.push_str(&format!("Cookie: aalgate={c}\r\n"));
+                    }
+                    if KINDS[k] == "stepup" {
+                        // Clinicians at their own workstations (through a trusted proxy): the
+                        // per-client flow limiter does not pool them.
+                        req.push_str(&format!("X-Forwarded-For: 10.1.{}.{}\r\n", n / 250 % 250, n % 250));
+                    }
+                    if method == "POST" {
+                        req.push_str(&format!("Origin: http://{host}\r\nSec-Fetch-Mode: navigate\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 9\r\n\r\nnote=soak"));
+                    } else {
+                        req.push_str("\r\n");
+                    }
+                    let status = send(port, req.as_bytes()).status;
+                    *local.by.entry((k, status)).or_default() += 1;
+                }
+                if let Ok(mut t) = tally.lock() {
+                    for (key, v) in local.by {
+                        *t.by.entry(key).or_default() += v;
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
 #[test]
 fn soak() {
     let secs: u64 = std::env::var("AALGATE_SOAK_SECS")
@@ -143,53 +232,14 @@ fn soak() {
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Mutex::new(Tally::default()));
     let started = Instant::now();
-    let workers: Vec<_> = (0..6)
-        .map(|w| {
-            let (stop, tally, host) = (stop.clone(), tally.clone(), host.clone());
-            let (valid, expired, tampered) = (valid.clone(), expired.clone(), tampered.clone());
-            let port = g.port;
-            std::thread::spawn(move || {
-                let mut local = Tally::default();
-                let mut n: usize = w;
-                while !stop.load(Ordering::Relaxed) {
-                    n += 1;
-                    let k = n % KINDS.len();
-                    let (cookie, user) = match KINDS[k] {
-                        "valid" => {
-                            let (c, u) = &valid[n % valid.len()];
-                            (Some(c.clone()), u.clone())
-                        }
-                        "expired" => (Some(expired[n % expired.len()].clone()), "x".into()),
-                        "forged" => (Some(SessionId::generate().to_cookie()), "x".into()),
-                        "tampered" => (Some(tampered[n % tampered.len()].clone()), "x".into()),
-                        _ => (None, "x".into()),
-                    };
-                    let area = if KINDS[k] == "public" { "public" } else { "app" };
-                    let method = if n.is_multiple_of(7) { "POST" } else { "GET" };
-                    let mut req = format!(
-                        "{method} /{area}/{}/{user}/{n} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n",
-                        KINDS[k]
-                    );
-                    if let Some(c) = cookie {
-                        req.push_str(&format!("Cookie: aalgate={c}\r\n"));
-                    }
-                    if method == "POST" {
-                        req.push_str("Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 9\r\n\r\nnote=soak");
-                    } else {
-                        req.push_str("\r\n");
-                    }
-                    let status = send(port, req.as_bytes()).status;
-                    *local.by.entry((k, status)).or_default() += 1;
-                }
-                if let Ok(mut t) = tally.lock() {
-                    for (key, v) in local.by {
-                        *t.by.entry(key).or_default() += v;
-                    }
-                }
-            })
-        })
-        .collect();
-
+    let cookies = Cookies {
+        valid,
+        expired,
+        tampered,
+        step_up: Vec::new(),
+    };
+    let workers = spawn_load(g.port, &host, &cookies, &stop, &tally);
+    let valid = cookies.valid;
     // Memory: sampled every second; the baseline is the median of the samples between 20% and
     // 30% of the run (warm), the end the median of the last 10%.
     let pid = g.pid();

@@ -26,7 +26,8 @@ pub fn session(user: &str, t0: Timestamp, ttl: u64) -> Session {
     }
 }
 
-fn flow(url: &str) -> Flow {
+/// A login flow for `url`.
+pub(crate) fn flow(url: &str) -> Flow {
     Flow {
         host: "billing.example".into(),
         method: "GET".into(),

@@ -245,6 +245,15 @@ impl EmbeddedStore {
         .map_err(unavailable)?
     }
 
+    /// Runs a point read on the caller's thread. A redb read transaction takes no write lock
+    /// and does no fsync: it reads the header and a few B-tree pages, from redb's page cache
+    /// or the OS's, in microseconds. Sent to the blocking pool instead, a session lookup
+    /// queued behind the writes of a flood (each one an fsync) and missed its deadline.
+    /// Scans (`kv_list`, `stats`, purges) and anything that writes still go to the pool.
+    fn read<T>(&self, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        f(&self.db)
+    }
+
     /// Deletes expired sessions, index entries and flows. Returns how many records went.
     pub async fn purge_expired(&self, now: Timestamp) -> Result<usize, StoreError> {
         let side = self.side.clone();
@@ -412,8 +421,7 @@ impl SessionStore for EmbeddedStore {
     }
 
     async fn get(&self, key: &SessionKey, now: Timestamp) -> Result<Option<Session>, StoreError> {
-        let key = key.clone();
-        self.blocking(move |db| {
+        self.read(|db| {
             let tx = db.begin_read().map_err(unavailable)?;
             let t = tx.open_table(SESSIONS).map_err(unavailable)?;
             let Some(v) = t.get(key.as_str()).map_err(unavailable)? else {
@@ -422,7 +430,6 @@ impl SessionStore for EmbeddedStore {
             let s: Session = serde_json::from_slice(v.value()).map_err(corrupt)?;
             Ok((s.expires_at > now).then_some(s))
         })
-        .await
     }
 
     async fn touch(&self, key: &SessionKey, last_seen: Timestamp) -> Result<(), StoreError> {
@@ -526,9 +533,7 @@ impl SessionStore for EmbeddedStore {
     }
 
     async fn get_flow(&self, key: &str, now: Timestamp) -> Result<Option<Flow>, StoreError> {
-        let key = key.to_string();
-        self.blocking(move |db| read_flow(db, &key, now, false))
-            .await
+        self.read(|db| read_flow(db, key, now, false))
     }
 
     async fn take_flow(&self, key: &str, now: Timestamp) -> Result<Option<Flow>, StoreError> {
@@ -543,12 +548,11 @@ impl SessionStore for EmbeddedStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.blocking(|db| {
+        self.read(|db| {
             let tx = db.begin_read().map_err(unavailable)?;
             tx.open_table(SESSIONS).map_err(unavailable)?;
             Ok(())
         })
-        .await
     }
 
     async fn link(
@@ -595,8 +599,7 @@ impl SessionStore for EmbeddedStore {
         host: &str,
         now: Timestamp,
     ) -> Result<Option<(SessionKey, Session)>, StoreError> {
-        let (handle, host) = (handle.clone(), host.to_string());
-        self.blocking(move |db| {
+        self.read(|db| {
             let tx = db.begin_read().map_err(unavailable)?;
             let links = tx.open_table(LINKS).map_err(unavailable)?;
             let Some(v) = links.get(handle.as_str()).map_err(unavailable)? else {
@@ -615,7 +618,6 @@ impl SessionStore for EmbeddedStore {
             let s: Session = serde_json::from_slice(v.value()).map_err(corrupt)?;
             Ok((s.expires_at > now).then_some((record, s)))
         })
-        .await
     }
 
     async fn kv_put(
@@ -656,15 +658,24 @@ impl SessionStore for EmbeddedStore {
 
     async fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let k = kv_key(ns, key);
-        let side = self.side.clone();
         let now = self.clock.now();
-        self.blocking(move |db| {
+        let raw = self.read(|db| {
             let tx = db.begin_read().map_err(unavailable)?;
             let t = tx.open_table(KV).map_err(unavailable)?;
             let v = t.get(k.as_str()).map_err(unavailable)?;
-            Ok(v.and_then(|v| kv_resolve(&side, v.value(), now)))
-        })
-        .await
+            Ok(v.and_then(|v| kv_decode(v.value(), now)))
+        })?;
+        match raw {
+            // A large value (a kept form) is a file read: on the pool.
+            Some(v) if side_name(&v).is_some() => {
+                let side = self.side.clone();
+                self.blocking(move |_| {
+                    Ok(side_name(&v).and_then(|n| std::fs::read(side.join(n)).ok()))
+                })
+                .await
+            }
+            other => Ok(other),
+        }
     }
 
     async fn kv_take(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -785,6 +796,68 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
         crate::conformance::run_all(&store).await;
+    }
+
+    /// Reads answer on the caller's thread: neither a blocking pool busy with writes (or
+    /// anything else) nor the write slots hold up a session lookup.
+    #[test]
+    fn reads_do_not_wait_for_the_blocking_pool() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let now = Timestamp::wall();
+        let (key, handle) = (
+            crate::SessionId::generate().key(),
+            crate::SessionId::generate().key(),
+        );
+        let session = Session {
+            user: "nora".into(),
+            aal: aalgate_policy::Aal::Aal2,
+            amr: vec!["hwk".into()],
+            credential: None,
+            auth_time: now,
+            last_auth: now,
+            last_seen: now,
+            expires_at: now.plus(Duration::from_secs(3600)),
+        };
+        rt.block_on(async {
+            store.insert(&key, &session).await.unwrap();
+            store
+                .link(&handle, &key, "ehr.example", session.expires_at)
+                .await
+                .unwrap();
+            store.kv_put("ns", "k", b"v", None).await.unwrap();
+            let flow = crate::conformance::flow("/x");
+            store
+                .put_flow("f", &flow, Duration::from_secs(60))
+                .await
+                .unwrap();
+        });
+        // The one blocking thread is taken, and so is every write slot.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let _busy = rt.spawn_blocking(move || held.recv());
+        let slots: Vec<_> = (0..CONCURRENT_CALLS)
+            .map(|_| store.calls.clone().try_acquire_owned().unwrap())
+            .collect();
+        let reads = async {
+            let got = store.get(&key, now).await.unwrap().map(|s| s.user);
+            let resolved = store.resolve(&handle, "ehr.example", now).await.unwrap();
+            let kv = store.kv_get("ns", "k").await.unwrap();
+            let flow = store.get_flow("f", now).await.unwrap();
+            store.ping().await.unwrap();
+            (got, resolved.is_some(), kv, flow.is_some())
+        };
+        let out = rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), reads).await });
+        drop(slots);
+        let _ = release.send(());
+        assert_eq!(
+            out.expect("reads waited for the blocking pool"),
+            (Some("nora".to_string()), true, Some(b"v".to_vec()), true)
+        );
     }
 
     /// The gateway and a CLI process open the same file: a second handle (a separate file
