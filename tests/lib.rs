@@ -386,6 +386,11 @@ impl Redis {
         }
     }
 
+    /// The server's process id (for a script that freezes it at a moment of its choosing).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Freezes the server (SIGSTOP): connections stay open but nothing answers, like a hung
     /// or overloaded store.
     pub fn pause(&self) {

@@ -552,6 +552,42 @@ impl Drop for Syslog {
 }
 
 /// An attacker who knows a user name cannot lock that person out (tests/browser/lockout.mjs):
+/// The session store hangs during the tap that would send a kept form
+/// (tests/browser/unavailable.mjs, on a real Redis frozen with SIGSTOP): the page says the form
+/// is still kept and offers "Try again", which runs the ceremony again; the form reaches the
+/// app exactly once when Redis answers.
+#[test]
+fn a_store_failure_during_the_tap_keeps_the_form_in_chromium() {
+    let upstream = free_port();
+    let app = DemoApp::start(upstream);
+    let redis = aalgate_tests::Redis::start();
+    let ehr = format!(
+        "app: ehr\nhost: ehr.localhost\nupstream: http://127.0.0.1:{upstream}\ndefault: aal2\nroutes:\n  - path: /invoices\n    methods: [POST]\n    require: aal2\n    idle_timeout: 3s\n"
+    );
+    let gw =
+        Gateway::start_with_store_extra(&redis.url(), &[("ehr.yaml", &ehr)], "rp_id: localhost\n");
+    let out = root().join("target/browser-screenshots/unavailable");
+    let _ = std::fs::remove_dir_all(&out);
+    let status = scenario("unavailable.mjs", &gw, &out)
+        .env("REDIS_PID", redis.pid().expect("redis runs").to_string())
+        .status()
+        .expect("run node");
+    assert!(
+        status.success(),
+        "store-failure scenario failed ({status}); screenshots in {}; gateway log:\n{}",
+        out.display(),
+        gw.log()
+    );
+    assert!(!gw.log().contains("panicked"));
+    let posts: Vec<_> = app
+        .received()
+        .into_values()
+        .filter(|(m, p, _)| m == "POST" && p == "/invoices")
+        .collect();
+    assert_eq!(posts.len(), 1, "the app received the form once: {posts:?}");
+    assert_eq!(posts[0].2, "nora");
+}
+
 /// 120 forged assertions for the person's real credential from twelve browsers on the same
 /// address, then the person's genuine passkey in Chromium signs in at once.
 #[test]

@@ -47,6 +47,7 @@
     if (!r.ok) {
       const err = new Error(j.message || 'The sign-in service did not accept this request.');
       err.server = true;
+      err.status = r.status;
       throw err;
     }
     return j;
@@ -98,7 +99,21 @@
     return 'Your browser could not use a passkey or security key here. Try again, or ask IT for help.';
   }
 
-  async function run(start) {
+  // The sign-in service failed (503): what became of the form, from the page (the service
+  // that would know is the one that failed), and the pressed button becomes "Try again",
+  // which runs the ceremony again; the form itself is never sent twice.
+  function unavailable(e, button) {
+    let text = e.message;
+    if (main.dataset.kept) {
+      text += ` Your form for ${main.dataset.kept} is still kept, and is sent once you are signed in.`;
+    } else if (main.dataset.notKept) {
+      text += ' Your form could not be kept: submit it again once you are signed in.';
+    }
+    if (button) button.textContent = 'Try again';
+    return text;
+  }
+
+  async function run(start, button) {
     busy(true);
     say('Follow your browser: touch your security key, or use your fingerprint, face or device PIN.');
     try {
@@ -115,8 +130,9 @@
       say('Done. Taking you back…', 'ok');
       window.location.assign(done.redirect);
     } catch (e) {
-      say(explain(e), 'error');
+      say(e && e.status === 503 ? unavailable(e, button) : explain(e), 'error');
       busy(false);
+      if (button) button.focus();
     }
   }
 
@@ -129,15 +145,15 @@
       ev.preventDefault();
       const a = b.dataset.action;
       if (a === 'enroll-passkey' || a === 'enroll-key') {
-        run({ purpose: 'enroll', invite: main.dataset.invite, kind: a === 'enroll-passkey' ? 'passkey' : 'security_key' });
+        run({ purpose: 'enroll', invite: main.dataset.invite, kind: a === 'enroll-passkey' ? 'passkey' : 'security_key' }, b);
       } else if (a === 'signin') {
-        run({ purpose: 'signin', flow: main.dataset.flow });
+        run({ purpose: 'signin', flow: main.dataset.flow }, b);
       } else if (a === 'switch') {
-        run({ purpose: 'signin', flow: main.dataset.flow, switch: true });
+        run({ purpose: 'signin', flow: main.dataset.flow, switch: true }, b);
       } else if (a === 'username') {
         const u = document.getElementById('username').value.trim();
         if (!u) { say('Enter your user name first.', 'error'); document.getElementById('username').focus(); return; }
-        run({ purpose: 'signin', flow: main.dataset.flow, username: u, switch: true });
+        run({ purpose: 'signin', flow: main.dataset.flow, username: u, switch: true }, b);
       }
     });
   });

@@ -482,6 +482,7 @@ pub(crate) async fn finish_sign_in(
             return x.json_error(Outcome::SigninFailed, MSG_FAILED).await;
         }
         Err(e) => {
+            put_back(st, pending.flow.as_deref(), &flow, now).await;
             return x.store_down(&e, "sign-in: store error").await;
         }
     }
@@ -569,7 +570,7 @@ pub(crate) async fn finish_sign_in(
             tracing::info!(request_id = %x.ctx.request_id, user = %user.id, "per-request ceremony below the route's level or unbound: the request is not signed");
         }
     }
-    start_session(
+    let sent = start_session(
         st,
         x,
         &user,
@@ -579,7 +580,27 @@ pub(crate) async fn finish_sign_in(
         v.kind,
         &flow,
     )
-    .await
+    .await;
+    if x.ctx.outcome == Outcome::StoreUnavailable {
+        put_back(st, pending.flow.as_deref(), &flow, now).await;
+    }
+    sent
+}
+
+/// The store failed after the flow was taken: the flow (and the kept form it names) goes
+/// back for the rest of its life, so that "Try again" can finish the sign-in once the store
+/// answers. Best effort: a store that is still down loses it, and the person starts over.
+async fn put_back(
+    st: &State,
+    key: Option<&str>,
+    flow: &aalgate_session::Flow,
+    now: aalgate_policy::Timestamp,
+) {
+    let Some(key) = key else { return };
+    let left = crate::state::FLOW_TTL.saturating_sub(now.since(flow.created));
+    if let Err(e) = st.store.put_flow(key, flow, left).await {
+        tracing::warn!(error = %e, "sign-in: the flow taken before a store failure could not be put back");
+    }
 }
 
 /// A sign-in that failed (an unreadable response, an unknown or disabled user, a signature

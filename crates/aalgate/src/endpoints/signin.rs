@@ -190,8 +190,17 @@ pub(crate) async fn auth_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> 
         String::new()
     };
     let body = format!("{kept_note}{signing_note}{body}");
+    // What the script says of the form if the sign-in service fails during the tap (the store
+    // it would ask is the one that failed): kept, and for which app, or not kept.
+    let form = match flow.kept.as_deref() {
+        Some(k) if crate::preserve::NotKept::parse(k).is_none() => {
+            format!(" data-kept=\"{app}\"")
+        }
+        Some(_) => " data-not-kept=\"1\"".to_string(),
+        None => String::new(),
+    };
     let attrs = format!(
-        " data-flow=\"{}\" data-csrf=\"{}\"",
+        " data-flow=\"{}\" data-csrf=\"{}\"{form}",
         escape(&id.encode()),
         escape(&csrf_of(bind.expose()))
     );
