@@ -56,6 +56,7 @@ fn admit_bench(c: &mut Criterion) {
         }),
         request: RequestKind::Navigation,
         ceremony: None,
+        person: None,
     };
     c.bench_function("admit", |b| {
         b.iter(|| black_box(admit(&rule.access, black_box(&facts), now)))
@@ -102,7 +103,7 @@ fn jwt_bench(c: &mut Criterion) {
         b.iter(|| {
             black_box(
                 cache
-                    .get_or_sign(&key, "billing", now, || signer.sign(&s, "billing", now))
+                    .get_or_sign(&key, "billing", "", now, || signer.sign(&s, "billing", now))
                     .unwrap(),
             )
         })
@@ -128,7 +129,13 @@ fn lookup_bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("session_lookup");
 
     let cache = SessionCache::new(1024);
-    cache.put_linked(&key, &key, "ehr.example", &session(now));
+    cache.put_linked(
+        &key,
+        &key,
+        "ehr.example",
+        &session(now),
+        &Default::default(),
+    );
     g.bench_function("cache_hit", |b| {
         b.iter(|| black_box(cache.get_with_record(&key, "ehr.example", now)))
     });

@@ -2,6 +2,7 @@
 //! store and with a real redis-server. One test binary, modules by topic.
 
 mod attacks;
+mod authz;
 mod breakglass;
 mod browser;
 mod cli;

@@ -17,7 +17,7 @@ use aalgate_session::{FlowKind, SessionStore, StoreError};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::model::{Invite, User};
+use crate::model::{Invite, Membership, User};
 use crate::token::Token;
 
 /// How long a started ceremony can be finished.
@@ -127,12 +127,22 @@ fn encode<T: Serialize>(what: &'static str, v: &T) -> Result<Vec<u8>, DirectoryE
     serde_json::to_vec(v).map_err(|e| DirectoryError::Corrupt(what, e.to_string()))
 }
 
-/// A user name IT may create: 1-64 characters of letters, digits and `.`, `_`, `-`, `@`.
-pub fn valid_user_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+pub use aalgate_policy::{valid_group, valid_user_id};
+
+/// An e-mail address as IT may set it: one `@`, something on each side, no spaces or control
+/// characters, at most 254 bytes (RFC 5321). Not proof that the mailbox exists.
+pub fn valid_email(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
+    s.len() <= 254
+        && !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !s[local.len() + 1..].contains('@')
+        && s.chars()
+            .all(|c| c.is_ascii_graphic() && c != ',' && c != '"')
 }
 
 impl Directory {
@@ -361,6 +371,94 @@ impl Directory {
         let aal = u.proofed_aal.max(Aal::Aal2);
         let token = self.invite(id, &u.display_name, aal, ttl, now).await?;
         Ok((n, aal, token))
+    }
+
+    /// A person's groups and e-mail (empty if IT set none).
+    pub async fn membership(&self, id: &str) -> Result<Membership, DirectoryError> {
+        match self.store.kv_get(aalgate_session::ACCESS_NS, id).await? {
+            Some(v) => decode("access", &v),
+            None => Ok(Membership::default()),
+        }
+    }
+
+    /// Adds and removes groups of a person (who need not have enrolled yet: an invite's
+    /// groups are set before the first sign-in). Returns the groups after the change. Every
+    /// instance sees it within 1 s (the session cache's bound).
+    pub async fn change_groups(
+        &self,
+        id: &str,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<Membership, DirectoryError> {
+        if !valid_user_id(id) {
+            return Err(DirectoryError::Invalid(format!(
+                "user name {id:?}: use 1-64 letters, digits, '.', '_', '-' or '@'"
+            )));
+        }
+        if let Some(g) = add.iter().chain(remove).find(|g| !valid_group(g)) {
+            return Err(DirectoryError::Invalid(format!(
+                "group name {g:?}: use lowercase letters, digits and '-' (at most 63), e.g. epcs-signers"
+            )));
+        }
+        let mut m = self.membership(id).await?;
+        m.groups.retain(|g| !remove.contains(g));
+        m.groups.extend(add.iter().cloned());
+        m.groups.sort();
+        m.groups.dedup();
+        self.put_membership(id, &m).await?;
+        Ok(m)
+    }
+
+    /// Sets (or clears) a person's e-mail address.
+    pub async fn set_email(
+        &self,
+        id: &str,
+        email: Option<&str>,
+    ) -> Result<Membership, DirectoryError> {
+        if let Some(e) = email.filter(|e| !valid_email(e)) {
+            return Err(DirectoryError::Invalid(format!(
+                "e-mail address {e:?} is not valid: write it as name@domain.example"
+            )));
+        }
+        let mut m = self.membership(id).await?;
+        m.email = email.map(str::to_string);
+        self.put_membership(id, &m).await?;
+        Ok(m)
+    }
+
+    async fn put_membership(&self, id: &str, m: &Membership) -> Result<(), DirectoryError> {
+        if m == &Membership::default() {
+            self.store.kv_delete(aalgate_session::ACCESS_NS, id).await?;
+        } else {
+            self.store
+                .kv_put(aalgate_session::ACCESS_NS, id, &encode("access", m)?, None)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Every person with a membership record, by user id.
+    pub async fn memberships(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, Membership>, DirectoryError> {
+        let mut out = std::collections::BTreeMap::new();
+        for (k, v) in self.store.kv_list(aalgate_session::ACCESS_NS).await? {
+            out.insert(k, decode::<Membership>("access", &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Every group with its members, sorted.
+    pub async fn groups(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, Vec<String>>, DirectoryError> {
+        let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (user, m) in self.memberships().await? {
+            for g in m.groups {
+                out.entry(g).or_default().push(user.clone());
+            }
+        }
+        Ok(out)
     }
 
     /// Keeps a started ceremony for [`PENDING_TTL`].

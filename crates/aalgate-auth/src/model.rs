@@ -99,6 +99,21 @@ impl User {
     }
 }
 
+/// What a person may use, apart from their credentials: their groups and e-mail address. A
+/// record of its own ([`aalgate_session::ACCESS_NS`], by user id), written only by IT's
+/// commands, so a sign-in that writes the user record back can never undo a group removal;
+/// the store reads it with every session it resolves.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Membership {
+    /// Group names, sorted, without duplicates.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// The person's e-mail address, for apps that identify people by it.
+    #[serde(default)]
+    pub email: Option<String>,
+}
+
 /// A one-time enrollment invite, stored under the hash of its token.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Invite {

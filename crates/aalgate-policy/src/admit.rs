@@ -4,6 +4,7 @@
 //! [`admit`], so they cannot disagree, and every edge is a table row in the tests below.
 
 use crate::aal::{Aal, Requirement};
+use crate::allow::{allowed, Person, Reach};
 use crate::decide::{decide, Access, Decision, ExpiryReason, SessionFacts, StepUp};
 use crate::time::Timestamp;
 
@@ -51,13 +52,16 @@ pub struct Ceremony {
 
 /// Everything [`admit`] needs to know about one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AdmissionFacts {
+pub struct AdmissionFacts<'a> {
     /// The session it carries.
     pub session: SessionKind,
     /// What kind of request it is.
     pub request: RequestKind,
     /// The ceremony its own flow just completed, if any.
     pub ceremony: Option<Ceremony>,
+    /// Who the person of a normal session is (their groups, and what they could reach). A
+    /// normal session without it is admitted only where no `allow` applies.
+    pub person: Option<Person<'a>>,
 }
 
 /// The answer for one request.
@@ -85,6 +89,12 @@ pub enum Admission {
     /// A break-glass session on a route that does not allow break-glass (or a kept form,
     /// which is never sent under break-glass).
     BreakglassNotAllowed,
+    /// A signed-in person whom the route's or app's `allow` does not name: refused outright,
+    /// with no sign-in, step-up or re-auth first (no ceremony could change it).
+    Forbidden,
+    /// A step-up to `aal` that none of the person's usable credentials reaches: they are told
+    /// so at once instead of being asked for a tap that cannot succeed.
+    NoSuitableKey { aal: Aal },
 }
 
 impl Admission {
@@ -111,9 +121,10 @@ impl Admission {
 ///
 /// Order: a denied route first; a kept form under break-glass (never sent); a public route,
 /// which needs no session; then no session; then break-glass, which only routes that allow
-/// it admit; then a session whose times cannot be trusted; then the session's limits, level and
-/// step-up freshness; last, a step-up the request's own ceremony satisfies.
-pub fn admit(access: &Access, facts: &AdmissionFacts, now: Timestamp) -> Admission {
+/// it admit (`allow` does not apply to it); then a session whose times cannot be trusted;
+/// then `allow`; then the session's limits, level and step-up freshness; then a step-up the
+/// request's own ceremony satisfies; last, a step-up the person's credentials cannot reach.
+pub fn admit(access: &Access, facts: &AdmissionFacts<'_>, now: Timestamp) -> Admission {
     if access.require == Requirement::Deny {
         return Admission::Deny;
     }
@@ -144,6 +155,15 @@ pub fn admit(access: &Access, facts: &AdmissionFacts, now: Timestamp) -> Admissi
                 aal: need(access).max(f.aal),
             };
         }
+        // Who may use it, before any limit: a person not granted the route is not asked to
+        // sign in again or step up for it.
+        let granted = match &facts.person {
+            Some(p) => allowed(&access.allow, p),
+            None => access.allow.is_empty(),
+        };
+        if !granted {
+            return Admission::Forbidden;
+        }
         if now >= s.ends_at {
             // Past the record's end: timed as past the absolute limit.
             session = Some(SessionFacts {
@@ -165,8 +185,14 @@ pub fn admit(access: &Access, facts: &AdmissionFacts, now: Timestamp) -> Admissi
                 }
                 _ => false,
             };
+            let unreachable = matches!(
+                facts.person,
+                Some(Person { reach: Reach::Known(r), .. }) if r < Some(aal)
+            );
             if admitted {
                 Admission::AllowAdmitted
+            } else if unreachable {
+                Admission::NoSuitableKey { aal }
             } else {
                 Admission::StepUp { aal, fresh }
             }
@@ -176,7 +202,7 @@ pub fn admit(access: &Access, facts: &AdmissionFacts, now: Timestamp) -> Admissi
 
 /// Whether the request's own ceremony, if it had just completed (and signed it), would
 /// admit it: the edge looks for that one-time admission (in the store) only then.
-pub fn ceremony_would_admit(access: &Access, facts: &AdmissionFacts, now: Timestamp) -> bool {
+pub fn ceremony_would_admit(access: &Access, facts: &AdmissionFacts<'_>, now: Timestamp) -> bool {
     let with = AdmissionFacts {
         ceremony: Some(Ceremony { signed: true }),
         ..*facts
@@ -220,6 +246,7 @@ mod tests {
             max_session_age: None,
             idle_timeout: None,
             breakglass,
+            allow: Vec::new(),
         }
     }
 
@@ -237,11 +264,16 @@ mod tests {
         }
     }
 
-    fn facts(session: SessionKind, request: RequestKind, ceremony: Option<bool>) -> AdmissionFacts {
+    fn facts(
+        session: SessionKind,
+        request: RequestKind,
+        ceremony: Option<bool>,
+    ) -> AdmissionFacts<'static> {
         AdmissionFacts {
             session,
             request,
             ceremony: ceremony.map(|signed| Ceremony { signed }),
+            person: None,
         }
     }
 
@@ -320,6 +352,87 @@ mod tests {
         let mut failed = Vec::new();
         for (case, a, s, r, c, want) in rows {
             let got = admit(&a, &facts(s, r, c), Timestamp(T0));
+            if got != want {
+                failed.push(format!("{case}: {got:?}, expected {want:?}"));
+            }
+        }
+        assert!(failed.is_empty(), "{}", failed.join("\n"));
+    }
+
+    /// `allow` and what the person could reach: refused outright when not granted (before any
+    /// limit, so no tap is asked for), a step-up only when a credential could pass it.
+    #[test]
+    fn allow_and_reach() {
+        use crate::allow::{Allow, Person, Reach};
+        let now = Timestamp(T0);
+        let billing = vec!["billing".to_string()];
+        let signers = vec!["epcs-signers".to_string(), "prescribers".to_string()];
+        let person = |user: &'static str, groups: &'static [String], reach| Person {
+            user,
+            groups,
+            reach,
+        };
+        let billing: &'static [String] = Box::leak(billing.into_boxed_slice());
+        let signers: &'static [String] = Box::leak(signers.into_boxed_slice());
+        let clerk = person("bill", billing, Reach::Unknown);
+        let signer = person("pat", signers, Reach::Unknown);
+        let signer_no_key = person("pat", signers, Reach::Known(Some(Aal::Aal2)));
+        let signer_key = person("pat", signers, Reach::Known(Some(Aal::Aal3)));
+        let alice = person("it-alice", &[], Reach::Unknown);
+        let gated = |require, step_up, app: &[&str], route: Option<(&[&str], &[&str])>| {
+            let mut a = access(require, step_up, true);
+            a.allow.push(Allow {
+                users: Vec::new(),
+                groups: app.iter().map(|g| g.to_string()).collect(),
+            });
+            if let Some((users, groups)) = route {
+                a.allow.push(Allow {
+                    users: users.iter().map(|u| u.to_string()).collect(),
+                    groups: groups.iter().map(|g| g.to_string()).collect(),
+                });
+            }
+            a
+        };
+        let n2 = SessionKind::Normal(subject(Aal::Aal2, 60, 60, 1));
+        let idle2 = SessionKind::Normal(subject(Aal::Aal2, 3600, 3600, 30 * MIN));
+        let em = SessionKind::Emergency(subject(Aal::Aal1, 60, 60, 1));
+        let five = Some(StepUp::MaxAge(Duration::from_secs(5 * MIN)));
+        let ehr = gated(R::Aal2, None, &["epcs-signers", "nursing"], None);
+        let sign = gated(
+            R::Aal3,
+            Some(StepUp::PerRequest),
+            &["epcs-signers", "nursing"],
+            Some((&[], &["epcs-signers"])),
+        );
+        let admin = gated(
+            R::Aal2,
+            five,
+            &["epcs-signers"],
+            Some((&["it-alice"], &["ehr-admins"])),
+        );
+        let with = |s, p: Option<Person<'static>>| AdmissionFacts {
+            session: s,
+            request: Nav,
+            ceremony: None,
+            person: p,
+        };
+        #[rustfmt::skip]
+        let rows: Vec<(&str, &Access, AdmissionFacts<'static>, Admission)> = vec![
+            ("allowed by the app", &ehr, with(n2, Some(signer)), A::Allow),
+            ("not allowed by the app", &ehr, with(n2, Some(clerk)), A::Forbidden),
+            ("not allowed, idle: refused, not asked to sign in again", &ehr, with(idle2, Some(clerk)), A::Forbidden),
+            ("no person known: no allow can admit", &ehr, with(n2, None), A::Forbidden),
+            ("no session: sign in first (nobody learns who may)", &ehr, with(SessionKind::None, None), A::Login { aal: Aal::Aal2 }),
+            ("allowed by the route", &sign, with(n2, Some(signer)), A::StepUp { aal: Aal::Aal3, fresh: Some(StepUp::PerRequest) }),
+            ("not allowed by the route", &admin, with(n2, Some(signer)), A::Forbidden),
+            ("a route never widens its app", &admin, with(n2, Some(alice)), A::Forbidden),
+            ("step-up only when a key could pass it", &sign, with(n2, Some(signer_no_key)), A::NoSuitableKey { aal: Aal::Aal3 }),
+            ("a hardware key: asked", &sign, with(n2, Some(signer_key)), A::StepUp { aal: Aal::Aal3, fresh: Some(StepUp::PerRequest) }),
+            ("break-glass is not subject to allow", &ehr, with(em, None), A::AllowEmergency),
+        ];
+        let mut failed = Vec::new();
+        for (case, a, f, want) in rows {
+            let got = admit(a, &f, now);
             if got != want {
                 failed.push(format!("{case}: {got:?}, expected {want:?}"));
             }

@@ -99,6 +99,9 @@ pub struct Access {
     pub idle_timeout: Option<Duration>,
     /// Emergency (break-glass) sessions may use this route.
     pub breakglass: bool,
+    /// Who may use it: the app's `allow`, then the route's; each must admit the person
+    /// (empty: anyone signed in). Break-glass sessions are not subject to it.
+    pub allow: Vec<crate::allow::Allow>,
 }
 
 impl Access {
@@ -249,6 +252,7 @@ mod tests {
             max_session_age: None,
             idle_timeout: None,
             breakglass: false,
+            allow: Vec::new(),
         }
     }
 

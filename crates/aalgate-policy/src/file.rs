@@ -16,6 +16,15 @@ pub struct PolicyFile {
     /// App id: lowercase letters, digits and '-'. Used in logs, metrics and the JWT `aud`.
     #[schemars(with = "String", regex(pattern = r"^[a-z0-9][a-z0-9-]{0,62}$"))]
     pub app: Spanned<String>,
+    /// The name people see on the gateway's pages (e.g. `Legacy Billing`). Default: the app id.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub display_name: Option<Spanned<String>>,
+    /// Who may use the app at all: named users, or members of named groups. Default: anyone
+    /// signed in. Each route's own `allow` narrows it further.
+    #[serde(default)]
+    #[schemars(with = "Option<AllowFile>")]
+    pub allow: Option<Spanned<AllowFile>>,
     /// The host the app is reached on (`billing.clinic.example`, or `host:port` to match one port only).
     #[schemars(with = "String")]
     pub host: Spanned<String>,
@@ -88,6 +97,26 @@ pub struct RouteFile {
     #[serde(default)]
     #[schemars(with = "Option<BreakGlass>")]
     pub breakglass: Option<Spanned<BreakGlass>>,
+    /// Who may use this route, in addition to the app's `allow` (both must admit the person:
+    /// a route narrows its app, never widens it). Break-glass sessions are not subject to it.
+    #[serde(default)]
+    #[schemars(with = "Option<AllowFile>")]
+    pub allow: Option<Spanned<AllowFile>>,
+}
+
+/// Who may use an app or route. Users and groups are alternatives: a person named in
+/// `users`, or a member of any group in `groups`, is allowed.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AllowFile {
+    /// User names, as `aalgate users` knows them.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub users: Vec<Spanned<String>>,
+    /// Group names (lowercase letters, digits and `-`), as `aalgate users groups` sets them.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub groups: Vec<Spanned<String>>,
 }
 
 /// Break-glass (emergency access) on a route.

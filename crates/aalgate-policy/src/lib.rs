@@ -30,6 +30,7 @@
 
 pub mod aal;
 pub mod admit;
+pub mod allow;
 pub mod decide;
 pub mod file;
 #[doc(hidden)]
@@ -42,6 +43,7 @@ pub mod time;
 
 pub use aal::{Aal, Requirement};
 pub use admit::{admit, Admission, AdmissionFacts, Ceremony, RequestKind, SessionKind, Subject};
+pub use allow::{allowed, valid_group, valid_user_id, Allow, Person, Reach};
 pub use decide::{Access, ExpiryReason, Limits, SessionFacts, StepUp, Timeouts};
 pub use host::HostPort;
 pub use model::{

@@ -133,6 +133,13 @@ impl Upstream {
 pub struct App {
     /// App id.
     pub name: String,
+    /// What people see on the gateway's pages (`display_name`, else the id).
+    pub display_name: String,
+    /// The app's `allow` (`None`: anyone signed in).
+    pub allow: Option<crate::allow::Allow>,
+    /// Every group the app's policy names (its `allow` and its routes'), sorted: the only
+    /// groups of a person the app is told about.
+    pub groups: Vec<String>,
     /// The host it serves.
     pub host: HostPort,
     /// Where allowed requests go.
@@ -512,6 +519,66 @@ fn build_timeouts(file: &Arc<Path>, pf: &PolicyFile, diags: &mut Diags) -> Timeo
     t
 }
 
+/// Validates one `allow` (names, emptiness) into its sorted form. `require` is the rule's:
+/// `allow` on a public or denied route has no effect, which is worth a warning.
+fn build_allow(
+    file: &Arc<Path>,
+    allow: Option<&Spanned<crate::file::AllowFile>>,
+    require: Requirement,
+    diags: &mut Diags,
+) -> Option<crate::allow::Allow> {
+    let a = allow?;
+    let loc = SourceLoc::at(file, a.referenced);
+    if a.value.users.is_empty() && a.value.groups.is_empty() {
+        diags.error(
+            loc.clone(),
+            "allow names no users and no groups, so it would admit nobody",
+            "list users or groups (e.g. `allow: { groups: [billing] }`); remove allow to admit anyone signed in; use `require: deny` to close the route",
+        );
+    }
+    match require {
+        Requirement::Public => diags.warn(
+            loc.clone(),
+            "allow has no effect on a `require: public` route: it is forwarded without a session, so nobody is known to check",
+            "remove allow here, or require aal2 or aal3",
+        ),
+        Requirement::Deny => diags.warn(
+            loc.clone(),
+            "allow has no effect on a `require: deny` route: nobody may use it",
+            "remove allow here",
+        ),
+        _ => {}
+    }
+    let mut out = crate::allow::Allow::default();
+    for u in &a.value.users {
+        if crate::allow::valid_user_id(&u.value) {
+            out.users.push(u.value.clone());
+        } else {
+            diags.error(
+                SourceLoc::at(file, u.referenced),
+                format!("user name {:?} is not valid", u.value),
+                "write a user name as `aalgate users` knows it: 1-64 letters, digits, '.', '_', '-' or '@'",
+            );
+        }
+    }
+    for g in &a.value.groups {
+        if crate::allow::valid_group(&g.value) {
+            out.groups.push(g.value.clone());
+        } else {
+            diags.error(
+                SourceLoc::at(file, g.referenced),
+                format!("group name {:?} is not valid", g.value),
+                "use lowercase letters, digits and '-' (at most 63), e.g. epcs-signers",
+            );
+        }
+    }
+    out.users.sort();
+    out.users.dedup();
+    out.groups.sort();
+    out.groups.dedup();
+    Some(out)
+}
+
 struct Draft {
     app: App,
     routes: Vec<(RoutePattern, Rule)>,
@@ -589,6 +656,22 @@ fn build_app(
         Some(d) => (d.value, SourceLoc::at(file, d.referenced)),
         None => (Requirement::Deny, SourceLoc::at(file, pf.app.referenced)),
     };
+    let display_name = match &pf.display_name {
+        Some(d) => {
+            let v = d.value.trim();
+            if v.is_empty() || v.chars().count() > 100 || v.chars().any(char::is_control) {
+                diags.error(
+                    SourceLoc::at(file, d.referenced),
+                    format!("display_name {:?} is not valid", d.value),
+                    "write the name people know the app by, 1 to 100 characters on one line (e.g. Legacy Billing)",
+                );
+            }
+            v.to_string()
+        }
+        None => name.clone(),
+    };
+    // The app's `allow` applies to its default too: checked against the default's requirement.
+    let app_allow = build_allow(file, pf.allow.as_ref(), Requirement::Aal2, diags);
     match default {
         Requirement::Public => diags.warn(
             default_loc.clone(),
@@ -615,6 +698,7 @@ fn build_app(
             idle_timeout,
             max_session_age,
             breakglass,
+            allow,
         } = &r.value;
         let rloc = SourceLoc::at(file, r.referenced);
         let ploc = SourceLoc::at(file, path.referenced);
@@ -790,6 +874,11 @@ fn build_app(
                 breakglass: breakglass
                     .as_ref()
                     .is_some_and(|b| b.value == crate::file::BreakGlass::Allow),
+                allow: app_allow
+                    .iter()
+                    .cloned()
+                    .chain(build_allow(file, allow.as_ref(), req, diags))
+                    .collect(),
             },
             source: rloc,
         };
@@ -832,11 +921,24 @@ fn build_app(
             max_session_age: None,
             idle_timeout: None,
             breakglass: false,
+            allow: app_allow.iter().cloned().collect(),
         },
         source: default_loc,
     };
     Some(Draft {
         app: App {
+            display_name,
+            groups: {
+                let mut g: Vec<String> = app_allow
+                    .iter()
+                    .chain(routes.iter().flat_map(|(_, r)| r.access.allow.iter()))
+                    .flat_map(|a| a.groups.iter().cloned())
+                    .collect();
+                g.sort();
+                g.dedup();
+                g
+            },
+            allow: app_allow,
             name,
             host,
             upstream,

@@ -374,3 +374,93 @@ fn step_up_is_a_window_or_per_request() {
         "{w:?}"
     );
 }
+
+/// `allow` at app and route level: the rule carries both (each must admit), the default the
+/// app's; bad names and an empty `allow` are errors at their line and column; `allow` on a
+/// public route is a warning.
+#[test]
+fn allow_at_app_and_route_level() {
+    let ehr = "\
+app: ehr
+display_name: Legacy EHR
+allow: { groups: [clinical, billing, clinical] }
+host: ehr.example
+upstream: http://127.0.0.1:9
+default: aal2
+routes:
+  - path: /prescriptions/controlled/*/sign
+    methods: [POST]
+    require: aal3
+    step_up: { per_request: true }
+    allow: { groups: [epcs-signers] }
+  - path: /admin/**
+    require: aal3
+    allow: { users: [it-alice], groups: [ehr-admins] }
+";
+    let set = load(&[("ehr.yaml", ehr)]).unwrap();
+    assert!(set.warnings().is_empty(), "{:#?}", set.warnings());
+    assert_eq!(set.apps()[0].display_name, "Legacy EHR");
+    let host = HostPort::parse("ehr.example").unwrap();
+    let rule = |method: &str, path: &[u8]| {
+        set.lookup(&host, method, &normalize_target(path).unwrap())
+            .unwrap()
+            .rule
+            .access
+            .allow
+            .clone()
+    };
+    let app = aalgate_policy::Allow {
+        users: vec![],
+        groups: vec!["billing".into(), "clinical".into()],
+    };
+    assert_eq!(
+        rule("GET", b"/chart"),
+        vec![app.clone()],
+        "the default has the app's"
+    );
+    assert_eq!(
+        rule("POST", b"/prescriptions/controlled/7/sign"),
+        vec![
+            app.clone(),
+            aalgate_policy::Allow {
+                users: vec![],
+                groups: vec!["epcs-signers".into()]
+            }
+        ]
+    );
+    assert_eq!(rule("GET", b"/admin/users")[1].users, vec!["it-alice"]);
+
+    let bad = ehr
+        .replace("groups: [epcs-signers]", "groups: [EPCS Signers]")
+        .replace("users: [it-alice]", "users: [\"it alice\"]");
+    let e = errors(&[("ehr.yaml", &bad)]);
+    assert!(
+        e.iter()
+            .any(|d| d.starts_with("ehr.yaml:12:23:") && d.contains("\"EPCS Signers\"")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|d| d.starts_with("ehr.yaml:15:22:") && d.contains("it alice")),
+        "{e:?}"
+    );
+    let empty = errors(&[("ehr.yaml", &ehr.replace("{ groups: [epcs-signers] }", "{}"))]);
+    assert!(
+        empty.len() == 1 && empty[0].starts_with("ehr.yaml:12:") && empty[0].contains("nobody"),
+        "{empty:?}"
+    );
+    let unknown = errors(&[("ehr.yaml", &ehr.replace("users: [it-alice]", "roles: [it]"))]);
+    assert!(unknown.iter().any(|d| d.contains("roles")), "{unknown:?}");
+    let public = load(&[(
+        "ehr.yaml",
+        &format!(
+            "{ehr}  - path: /help\n    require: public\n    allow: {{ groups: [clinical] }}\n"
+        ),
+    )])
+    .unwrap();
+    let w: Vec<String> = public.warnings().iter().map(|d| d.to_string()).collect();
+    assert!(
+        w.len() == 1 && w[0].starts_with("ehr.yaml:18:") && w[0].contains("public"),
+        "{w:?}"
+    );
+}

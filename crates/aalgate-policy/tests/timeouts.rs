@@ -77,6 +77,7 @@ fn every_limit_holds_one_second_either_side() {
             session,
             request: RequestKind::Navigation,
             ceremony: None,
+            person: None,
         };
         let got = match admit(&m.rule.access, &facts, now) {
             Admission::Allow => "allow",

@@ -56,7 +56,79 @@ pub async fn run_all(store: &dyn SessionStore) {
     flow_taken_once(store).await;
     stats(store).await;
     links(store).await;
+    access_with_the_session(store).await;
     kv(store).await;
+}
+
+async fn access(
+    store: &dyn SessionStore,
+    handle: &crate::SessionKey,
+    now: Timestamp,
+) -> Option<(crate::SessionKey, String, Option<Vec<u8>>)> {
+    store
+        .resolve_with_access(handle, "ehr.example", now)
+        .await
+        .unwrap()
+        .map(|r| (r.record, r.session.user, r.access))
+}
+
+/// A session resolves with its person's access record (and no one else's), as it is now.
+async fn access_with_the_session(store: &dyn SessionStore) {
+    let now = Timestamp::wall();
+    let record = SessionId::generate().key();
+    let (user, other) = (unique("access"), unique("other"));
+    store
+        .insert(&record, &session(&user, now, 3600))
+        .await
+        .unwrap();
+    let handle = SessionId::generate().key();
+    store
+        .link(&handle, &record, "ehr.example", Timestamp(now.0 + 3600))
+        .await
+        .unwrap();
+    assert_eq!(
+        access(store, &handle, now).await,
+        Some((record.clone(), user.clone(), None))
+    );
+    store
+        .kv_put(crate::ACCESS_NS, &other, b"{\"groups\":[\"x\"]}", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        access(store, &handle, now).await.and_then(|a| a.2),
+        None,
+        "another person's record"
+    );
+    store
+        .kv_put(crate::ACCESS_NS, &user, b"{\"groups\":[\"billing\"]}", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        access(store, &handle, now)
+            .await
+            .and_then(|a| a.2)
+            .as_deref(),
+        Some(&b"{\"groups\":[\"billing\"]}"[..])
+    );
+    store
+        .kv_put(crate::ACCESS_NS, &user, b"{\"groups\":[]}", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        access(store, &handle, now)
+            .await
+            .and_then(|a| a.2)
+            .as_deref(),
+        Some(&b"{\"groups\":[]}"[..]),
+        "a change is seen at once"
+    );
+    assert!(store
+        .resolve_with_access(&handle, "billing.example", now)
+        .await
+        .unwrap()
+        .is_none());
+    store.remove(&record).await.unwrap();
+    assert_eq!(access(store, &handle, now).await, None);
 }
 
 /// Cookie handles: one per host, resolved in one call, ended with their record.

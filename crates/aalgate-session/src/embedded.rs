@@ -11,7 +11,7 @@ use redb::{ConcurrencyMode, Database, ReadableDatabase, ReadableTable, TableDefi
 use serde::{Deserialize, Serialize};
 
 use crate::id::SessionKey;
-use crate::store::{Flow, Session, SessionStats, SessionStore, StoreError};
+use crate::store::{Flow, Resolved, Session, SessionStats, SessionStore, StoreError, ACCESS_NS};
 
 /// redb's page cache.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
@@ -91,6 +91,8 @@ pub struct EmbeddedStore {
     /// cap a flood of flows spreads over dozens of blocking threads, and each thread's
     /// allocator heap stays resident (measured: +120 MiB of RSS for 7,000 anonymous flows).
     calls: Arc<tokio::sync::Semaphore>,
+    /// Point reads on the blocking pool at once: apart from the writes' slots.
+    reads: Arc<tokio::sync::Semaphore>,
     /// Where large values live (`<dir>/values`).
     side: PathBuf,
     /// The time its expiry times are written and checked at ([`EmbeddedStore::with_clock`]).
@@ -99,6 +101,8 @@ pub struct EmbeddedStore {
 
 /// Embedded-store calls running at once; the rest wait (within the store deadline).
 const CONCURRENT_CALLS: usize = 4;
+/// Point reads running at once, besides those calls.
+const CONCURRENT_READS: usize = 4;
 
 /// Values this large (kept forms) live in their own files under `<dir>/values/`, named from
 /// their `kv` record. redb stores a value just over 1 MiB in a 2 MiB page run and reuses freed
@@ -207,6 +211,7 @@ impl EmbeddedStore {
             path,
             side,
             calls: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_CALLS)),
+            reads: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_READS)),
             clock: Arc::new(WallClock),
         })
     }
@@ -245,13 +250,29 @@ impl EmbeddedStore {
         .map_err(unavailable)?
     }
 
-    /// Runs a point read on the caller's thread. A redb read transaction takes no write lock
-    /// and does no fsync: it reads the header and a few B-tree pages, from redb's page cache
-    /// or the OS's, in microseconds. Sent to the blocking pool instead, a session lookup
-    /// queued behind the writes of a flood (each one an fsync) and missed its deadline.
-    /// Scans (`kv_list`, `stats`, purges) and anything that writes still go to the pool.
-    fn read<T>(&self, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        f(&self.db)
+    /// Runs a point read on the blocking pool under its own slots, never behind the writes:
+    /// a session lookup that queued behind a flood's writes (each one an fsync) missed its
+    /// deadline. Not on the caller's thread, although a read usually takes microseconds: in
+    /// multi-process mode `begin_read` waits for the file's header lock, which another process
+    /// (the CLI opening or closing the file, an upgrading gateway) holds across fsyncs, and a
+    /// read waiting there would stall a runtime thread, every request on it, and the deadline.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        let permit = self
+            .reads
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(unavailable)?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f(&db)
+        })
+        .await
+        .map_err(unavailable)?
     }
 
     /// Deletes expired sessions, index entries and flows. Returns how many records went.
@@ -421,7 +442,8 @@ impl SessionStore for EmbeddedStore {
     }
 
     async fn get(&self, key: &SessionKey, now: Timestamp) -> Result<Option<Session>, StoreError> {
-        self.read(|db| {
+        let key = key.clone();
+        self.read(move |db| {
             let tx = db.begin_read().map_err(unavailable)?;
             let t = tx.open_table(SESSIONS).map_err(unavailable)?;
             let Some(v) = t.get(key.as_str()).map_err(unavailable)? else {
@@ -430,6 +452,7 @@ impl SessionStore for EmbeddedStore {
             let s: Session = serde_json::from_slice(v.value()).map_err(corrupt)?;
             Ok((s.expires_at > now).then_some(s))
         })
+        .await
     }
 
     async fn touch(&self, key: &SessionKey, last_seen: Timestamp) -> Result<(), StoreError> {
@@ -533,7 +556,8 @@ impl SessionStore for EmbeddedStore {
     }
 
     async fn get_flow(&self, key: &str, now: Timestamp) -> Result<Option<Flow>, StoreError> {
-        self.read(|db| read_flow(db, key, now, false))
+        let key = key.to_string();
+        self.read(move |db| read_flow(db, &key, now, false)).await
     }
 
     async fn take_flow(&self, key: &str, now: Timestamp) -> Result<Option<Flow>, StoreError> {
@@ -553,6 +577,7 @@ impl SessionStore for EmbeddedStore {
             tx.open_table(SESSIONS).map_err(unavailable)?;
             Ok(())
         })
+        .await
     }
 
     async fn link(
@@ -599,7 +624,8 @@ impl SessionStore for EmbeddedStore {
         host: &str,
         now: Timestamp,
     ) -> Result<Option<(SessionKey, Session)>, StoreError> {
-        self.read(|db| {
+        let (handle, host) = (handle.clone(), host.to_string());
+        self.read(move |db| {
             let tx = db.begin_read().map_err(unavailable)?;
             let links = tx.open_table(LINKS).map_err(unavailable)?;
             let Some(v) = links.get(handle.as_str()).map_err(unavailable)? else {
@@ -618,6 +644,52 @@ impl SessionStore for EmbeddedStore {
             let s: Session = serde_json::from_slice(v.value()).map_err(corrupt)?;
             Ok((s.expires_at > now).then_some((record, s)))
         })
+        .await
+    }
+
+    async fn resolve_with_access(
+        &self,
+        handle: &SessionKey,
+        host: &str,
+        now: Timestamp,
+    ) -> Result<Option<Resolved>, StoreError> {
+        // One read transaction: the session and the access record as of the same commit.
+        let clock_now = self.clock.now();
+        let (handle, host) = (handle.clone(), host.to_string());
+        self.read(move |db| {
+            let tx = db.begin_read().map_err(unavailable)?;
+            let links = tx.open_table(LINKS).map_err(unavailable)?;
+            let Some(v) = links.get(handle.as_str()).map_err(unavailable)? else {
+                return Ok(None);
+            };
+            let l: StoredLink = serde_json::from_slice(v.value()).map_err(corrupt)?;
+            if l.host != host || l.expires <= now {
+                return Ok(None);
+            }
+            let record = SessionKey::from_hex(&l.record)
+                .ok_or_else(|| corrupt("link to a malformed session key"))?;
+            let t = tx.open_table(SESSIONS).map_err(unavailable)?;
+            let Some(v) = t.get(record.as_str()).map_err(unavailable)? else {
+                return Ok(None);
+            };
+            let session: Session = serde_json::from_slice(v.value()).map_err(corrupt)?;
+            if session.expires_at <= now {
+                return Ok(None);
+            }
+            let kv = tx.open_table(KV).map_err(unavailable)?;
+            let access = kv
+                .get(kv_key(ACCESS_NS, &session.user).as_str())
+                .map_err(unavailable)?
+                // Access records are small: never in a side file.
+                .and_then(|v| kv_decode(v.value(), clock_now))
+                .filter(|v| side_name(v).is_none());
+            Ok(Some(Resolved {
+                record,
+                session,
+                access,
+            }))
+        })
+        .await
     }
 
     async fn kv_put(
@@ -659,12 +731,14 @@ impl SessionStore for EmbeddedStore {
     async fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let k = kv_key(ns, key);
         let now = self.clock.now();
-        let raw = self.read(|db| {
-            let tx = db.begin_read().map_err(unavailable)?;
-            let t = tx.open_table(KV).map_err(unavailable)?;
-            let v = t.get(k.as_str()).map_err(unavailable)?;
-            Ok(v.and_then(|v| kv_decode(v.value(), now)))
-        })?;
+        let raw = self
+            .read(move |db| {
+                let tx = db.begin_read().map_err(unavailable)?;
+                let t = tx.open_table(KV).map_err(unavailable)?;
+                let v = t.get(k.as_str()).map_err(unavailable)?;
+                Ok(v.and_then(|v| kv_decode(v.value(), now)))
+            })
+            .await?;
         match raw {
             // A large value (a kept form) is a file read: on the pool.
             Some(v) if side_name(&v).is_some() => {
@@ -798,12 +872,11 @@ mod tests {
         crate::conformance::run_all(&store).await;
     }
 
-    /// Reads answer on the caller's thread: neither a blocking pool busy with writes (or
-    /// anything else) nor the write slots hold up a session lookup.
+    /// Point reads have slots of their own: writes that hold every write slot (a flood's
+    /// fsyncs) do not hold up a session lookup.
     #[test]
-    fn reads_do_not_wait_for_the_blocking_pool() {
+    fn reads_do_not_wait_behind_writes() {
         let rt = tokio::runtime::Builder::new_current_thread()
-            .max_blocking_threads(1)
             .enable_all()
             .build()
             .unwrap();
@@ -837,9 +910,7 @@ mod tests {
                 .await
                 .unwrap();
         });
-        // The one blocking thread is taken, and so is every write slot.
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let _busy = rt.spawn_blocking(move || held.recv());
+        // Every write slot is taken.
         let slots: Vec<_> = (0..CONCURRENT_CALLS)
             .map(|_| store.calls.clone().try_acquire_owned().unwrap())
             .collect();
@@ -853,9 +924,8 @@ mod tests {
         };
         let out = rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), reads).await });
         drop(slots);
-        let _ = release.send(());
         assert_eq!(
-            out.expect("reads waited for the blocking pool"),
+            out.expect("reads waited behind the writes"),
             (Some("nora".to_string()), true, Some(b"v".to_vec()), true)
         );
     }

@@ -30,6 +30,6 @@ pub use embedded::{EmbeddedStore, StoreClock, WallClock};
 pub use id::{FlowId, SessionId, SessionKey};
 pub use redis_store::RedisStore;
 pub use store::{
-    Deadline, Flow, FlowKind, RequestBinding, Session, SessionStats, SessionStore, StoreError,
-    StoreSpec, EXPIRY_WINDOWS,
+    Deadline, Flow, FlowKind, RequestBinding, Resolved, Session, SessionStats, SessionStore,
+    StoreError, StoreSpec, ACCESS_NS, EXPIRY_WINDOWS,
 };

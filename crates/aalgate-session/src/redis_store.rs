@@ -18,7 +18,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 
 use crate::id::SessionKey;
-use crate::store::{Flow, Session, SessionStats, SessionStore, StoreError};
+use crate::store::{Flow, Resolved, Session, SessionStats, SessionStore, StoreError, ACCESS_NS};
 
 const PREFIX: &str = "aalgate:";
 
@@ -35,7 +35,11 @@ const RESOLVE: &str = "local l = redis.call('GET', KEYS[1]) if not l then return
     local sp = string.find(l, ' ', 1, true) if not sp then return false end \
     if string.sub(l, sp + 1) ~= ARGV[1] then return false end local rk = string.sub(l, 1, sp - 1) \
     local v = redis.call('HMGET', ARGV[2] .. rk, 'data', 'seen') \
-    if not v[1] then return false end return {rk, v[1], v[2] or '0'}";
+    if not v[1] then return false end \
+    local a = false if ARGV[3] then local ok, s = pcall(cjson.decode, v[1]) \
+    if ok and type(s) == 'table' and type(s.user) == 'string' then \
+    a = redis.call('GET', ARGV[3] .. s.user) end end \
+    return {rk, v[1], v[2] or '0', a}";
 
 const INCR: &str = "local n = redis.call('INCRBY', KEYS[1], ARGV[2]) \
     if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return n";
@@ -110,6 +114,42 @@ fn lkey(handle: &SessionKey) -> String {
 
 fn kkey(ns: &str, key: &str) -> String {
     format!("{PREFIX}k:{ns}:{key}")
+}
+
+impl RedisStore {
+    /// The RESOLVE script: link, session and (with `access`) the person's access record, in
+    /// one round trip.
+    async fn resolve_row(
+        &self,
+        handle: &SessionKey,
+        host: &str,
+        now: Timestamp,
+        access: bool,
+    ) -> Result<Option<Resolved>, StoreError> {
+        let mut c = self.conn().await?;
+        let mut call = self.resolve.key(lkey(handle));
+        call.arg(host).arg(format!("{PREFIX}s:"));
+        if access {
+            call.arg(kkey(ACCESS_NS, ""));
+        }
+        let row: Option<(String, String, String, Option<Vec<u8>>)> =
+            call.invoke_async(&mut c).await.map_err(unavailable)?;
+        let Some((record, data, seen, access)) = row else {
+            return Ok(None);
+        };
+        let record = SessionKey::from_hex(&record)
+            .ok_or_else(|| StoreError::Corrupt("link to a malformed session key".into()))?;
+        let mut s: Session =
+            serde_json::from_str(&data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if let Ok(seen) = seen.parse::<u64>() {
+            s.last_seen = s.last_seen.max(Timestamp(seen));
+        }
+        Ok((s.expires_at > now).then_some(Resolved {
+            record,
+            session: s,
+            access,
+        }))
+    }
 }
 
 #[async_trait]
@@ -283,26 +323,19 @@ impl SessionStore for RedisStore {
         host: &str,
         now: Timestamp,
     ) -> Result<Option<(SessionKey, Session)>, StoreError> {
-        let mut c = self.conn().await?;
-        let row: Option<(String, String, String)> = self
-            .resolve
-            .key(lkey(handle))
-            .arg(host)
-            .arg(format!("{PREFIX}s:"))
-            .invoke_async(&mut c)
-            .await
-            .map_err(unavailable)?;
-        let Some((record, data, seen)) = row else {
-            return Ok(None);
-        };
-        let record = SessionKey::from_hex(&record)
-            .ok_or_else(|| StoreError::Corrupt("link to a malformed session key".into()))?;
-        let mut s: Session =
-            serde_json::from_str(&data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        if let Ok(seen) = seen.parse::<u64>() {
-            s.last_seen = s.last_seen.max(Timestamp(seen));
-        }
-        Ok((s.expires_at > now).then_some((record, s)))
+        Ok(self
+            .resolve_row(handle, host, now, false)
+            .await?
+            .map(|r| (r.record, r.session)))
+    }
+
+    async fn resolve_with_access(
+        &self,
+        handle: &SessionKey,
+        host: &str,
+        now: Timestamp,
+    ) -> Result<Option<Resolved>, StoreError> {
+        self.resolve_row(handle, host, now, true).await
     }
 
     async fn kv_put(

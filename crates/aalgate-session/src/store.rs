@@ -172,6 +172,22 @@ pub struct RequestBinding {
     pub body: bool,
 }
 
+/// The key-value namespace of each person's access record (groups, e-mail), keyed by user
+/// id: the directory writes it, and [`SessionStore::resolve_with_access`] reads it with the
+/// session.
+pub const ACCESS_NS: &str = "access";
+
+/// A session found through its cookie handle, with its person's access record.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    /// The key of the session record.
+    pub record: SessionKey,
+    /// The session.
+    pub session: Session,
+    /// The raw [`ACCESS_NS`] record of the session's user, if there is one.
+    pub access: Option<Vec<u8>>,
+}
+
 /// Why a store call failed. Every variant means "unknown": callers fail closed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -265,6 +281,25 @@ pub trait SessionStore: Send + Sync + 'static {
         host: &str,
         now: Timestamp,
     ) -> Result<Option<(SessionKey, Session)>, StoreError>;
+    /// [`SessionStore::resolve`], with the key-value record [`ACCESS_NS`]/`<the session's
+    /// user>` (the person's groups, which `allow` checks on every request) read in the same
+    /// round trip. The default makes two calls; the backends make one.
+    async fn resolve_with_access(
+        &self,
+        handle: &SessionKey,
+        host: &str,
+        now: Timestamp,
+    ) -> Result<Option<Resolved>, StoreError> {
+        let Some((record, session)) = self.resolve(handle, host, now).await? else {
+            return Ok(None);
+        };
+        let access = self.kv_get(ACCESS_NS, &session.user).await?;
+        Ok(Some(Resolved {
+            record,
+            session,
+            access,
+        }))
+    }
 
     /// Stores an opaque value under `ns`/`key`, expiring after `ttl` (never, if `None`).
     /// Users, credentials, invites and ceremony state live here.
@@ -367,6 +402,15 @@ impl<S: SessionStore + ?Sized> SessionStore for Deadline<S> {
         now: Timestamp,
     ) -> Result<Option<(SessionKey, Session)>, StoreError> {
         self.run(self.inner.resolve(handle, host, now)).await
+    }
+    async fn resolve_with_access(
+        &self,
+        handle: &SessionKey,
+        host: &str,
+        now: Timestamp,
+    ) -> Result<Option<Resolved>, StoreError> {
+        self.run(self.inner.resolve_with_access(handle, host, now))
+            .await
     }
     async fn kv_put(
         &self,

@@ -44,8 +44,38 @@ pub struct Claims<'a> {
     /// digest, as in `X-Aalgate-Request-Digest`, so the signed identity covers it too.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_digest: Option<&'a str>,
+    /// The person's groups that the app's policy names (never the others): present when the
+    /// policy names any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groups: Option<&'a [String]>,
+    /// The person's e-mail address, when IT set one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<&'a str>,
     /// Expires at.
     pub exp: u64,
+}
+
+/// What the assertion says of a person besides the session: their groups the app may know
+/// of, and their e-mail.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Identity<'a> {
+    /// `None`: the app's policy names no group.
+    pub groups: Option<&'a [String]>,
+    pub email: Option<&'a str>,
+}
+
+impl Identity<'_> {
+    /// What the assertion cache keys on besides the session and app: a group removal or a
+    /// changed address signs a new assertion at once, not when the cached one ages out.
+    pub fn fingerprint(&self) -> String {
+        format!(
+            "{}\0{}",
+            self.groups
+                .map(|g| g.join(","))
+                .unwrap_or_else(|| "-".into()),
+            self.email.unwrap_or("-")
+        )
+    }
 }
 
 /// Signs assertions and serves the public key.
@@ -107,13 +137,14 @@ impl Signer {
         app: &str,
         now: Timestamp,
     ) -> Result<String, serde_json::Error> {
-        self.sign_request(session, app, now, None)
+        self.sign_request(session, Identity::default(), app, now, None)
     }
 
     /// As [`Signer::sign`], for one request a per-request ceremony signed (never cached).
     pub fn sign_request(
         &self,
         session: &Session,
+        who: Identity<'_>,
         app: &str,
         now: Timestamp,
         request_digest: Option<&str>,
@@ -129,6 +160,8 @@ impl Signer {
             exp: now.plus(ASSERTION_LIFETIME).0,
             breakglass: session.amr.iter().any(|m| m == "breakglass"),
             request_digest,
+            groups: who.groups,
+            email: who.email,
         };
         Ok(self.compact_jws(&serde_json::to_vec(&claims)?))
     }

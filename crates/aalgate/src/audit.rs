@@ -159,6 +159,9 @@ pub struct Event<'a> {
     /// A kept form's replay: the `request_id` of the request that was kept.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replay_of: Option<&'a str>,
+    /// An admin command's operator: the OS user who ran the CLI (the one behind `sudo`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
     /// Non-PHI detail (a reason, a policy hash, an error count).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,

@@ -9,6 +9,9 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use aalgate_auth::model::Membership;
 use aalgate_policy::Timestamp;
 use aalgate_session::{Session, SessionKey};
 use quick_cache::sync::Cache;
@@ -23,6 +26,9 @@ struct Entry {
     /// The host the handle is bound to.
     host: String,
     session: Session,
+    /// The person's groups and e-mail, read with the session (so a removal is seen as soon
+    /// as the session is read again: within [`SESSION_FRESHNESS`]).
+    access: Arc<Membership>,
     fetched: Instant,
 }
 
@@ -51,7 +57,7 @@ impl SessionCache {
         key: &SessionKey,
         host: &str,
         now: Timestamp,
-    ) -> Option<(SessionKey, Session)> {
+    ) -> Option<(SessionKey, Session, Arc<Membership>)> {
         let e = self.inner.get(key)?;
         if e.host != host {
             return None;
@@ -60,18 +66,26 @@ impl SessionCache {
             return None;
         }
         (e.fetched.elapsed() < SESSION_FRESHNESS && e.session.expires_at > now)
-            .then_some((e.record, e.session))
+            .then_some((e.record, e.session, e.access))
     }
 
     /// Remembers a session read through the cookie handle `key` on `host`, stored under
     /// `record`.
-    pub fn put_linked(&self, key: &SessionKey, record: &SessionKey, host: &str, session: &Session) {
+    pub fn put_linked(
+        &self,
+        key: &SessionKey,
+        record: &SessionKey,
+        host: &str,
+        session: &Session,
+        access: &Arc<Membership>,
+    ) {
         self.inner.insert(
             key.clone(),
             Entry {
                 record: record.clone(),
                 host: host.to_string(),
                 session: session.clone(),
+                access: access.clone(),
                 fetched: Instant::now(),
             },
         );
@@ -96,9 +110,9 @@ impl SessionCache {
     }
 }
 
-/// Signed assertions by (session key, app).
+/// Signed assertions by (session key, app, what they say of the person).
 pub struct AssertionCache {
-    inner: Cache<(SessionKey, String), (String, Timestamp)>,
+    inner: Cache<(SessionKey, String, String), (String, Timestamp)>,
     lifetime: Duration,
 }
 
@@ -111,16 +125,18 @@ impl AssertionCache {
         }
     }
 
-    /// A cached token for this session and app with more than half its lifetime left, else
-    /// one made by `sign` (and cached).
+    /// A cached token for this session, app and `identity` (a fingerprint of the groups and
+    /// e-mail it states) with more than half its lifetime left, else one made by `sign` (and
+    /// cached).
     pub fn get_or_sign<E>(
         &self,
         key: &SessionKey,
         app: &str,
+        identity: &str,
         now: Timestamp,
         sign: impl FnOnce() -> Result<String, E>,
     ) -> Result<String, E> {
-        let k = (key.clone(), app.to_string());
+        let k = (key.clone(), app.to_string(), identity.to_string());
         if let Some((token, issued)) = self.inner.get(&k) {
             if now.since(issued) < self.lifetime / 2 {
                 return Ok(token);
@@ -160,9 +176,9 @@ mod tests {
             SessionId::generate().key(),
             "ehr.example",
         );
-        let get = |t: Timestamp| c.get_with_record(&k, h, t).map(|(_, s)| s);
+        let get = |t: Timestamp| c.get_with_record(&k, h, t).map(|(_, s, _)| s);
         assert!(get(now).is_none());
-        c.put_linked(&k, &record, h, &session(now));
+        c.put_linked(&k, &record, h, &session(now), &Arc::default());
         assert!(get(now).is_some());
         c.set_last_seen(&k, now.plus(Duration::from_secs(5)));
         assert_eq!(
@@ -175,7 +191,7 @@ mod tests {
         );
         std::thread::sleep(SESSION_FRESHNESS);
         assert!(get(now).is_none(), "stale after the freshness bound");
-        c.put_linked(&k, &record, h, &session(now));
+        c.put_linked(&k, &record, h, &session(now), &Arc::default());
         c.remove(&k);
         assert!(get(now).is_none());
     }
@@ -186,8 +202,14 @@ mod tests {
         let now = Timestamp::wall();
         let record = SessionId::generate().key();
         let (ehr, billing) = (SessionId::generate().key(), SessionId::generate().key());
-        c.put_linked(&ehr, &record, "ehr.example", &session(now));
-        c.put_linked(&billing, &record, "billing.example", &session(now));
+        c.put_linked(&ehr, &record, "ehr.example", &session(now), &Arc::default());
+        c.put_linked(
+            &billing,
+            &record,
+            "billing.example",
+            &session(now),
+            &Arc::default(),
+        );
         assert_eq!(
             c.get_with_record(&ehr, "ehr.example", now).unwrap().0,
             record
@@ -209,6 +231,7 @@ mod tests {
             &SessionId::generate().key(),
             "ehr.example",
             &session(now),
+            &Arc::default(),
         );
         assert!(c.get_with_record(&fresh, "ehr.example", now).is_some());
     }
@@ -223,18 +246,18 @@ mod tests {
             n += 1;
             Ok(format!("t{n}"))
         };
-        assert_eq!(c.get_or_sign(&k, "a", t0, &mut sign), Ok("t1".into()));
+        assert_eq!(c.get_or_sign(&k, "a", "", t0, &mut sign), Ok("t1".into()));
         assert_eq!(
-            c.get_or_sign(&k, "a", Timestamp(1_029), &mut sign),
+            c.get_or_sign(&k, "a", "", Timestamp(1_029), &mut sign),
             Ok("t1".into())
         );
         assert_eq!(
-            c.get_or_sign(&k, "b", Timestamp(1_029), &mut sign),
+            c.get_or_sign(&k, "b", "", Timestamp(1_029), &mut sign),
             Ok("t2".into()),
             "per app"
         );
         assert_eq!(
-            c.get_or_sign(&k, "a", Timestamp(1_030), &mut sign),
+            c.get_or_sign(&k, "a", "", Timestamp(1_030), &mut sign),
             Ok("t3".into()),
             "renewed at half-life"
         );

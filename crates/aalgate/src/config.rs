@@ -268,6 +268,8 @@ pub struct Config {
     pub store_timeout: Duration,
     /// Policy files or directories.
     pub policies: Vec<PathBuf>,
+    /// Where the gateway keeps its state (`state_dir`).
+    pub state_dir: PathBuf,
     /// The Ed25519 signing key of the upstream assertion (PKCS#8 PEM; created if missing).
     pub signing_key: PathBuf,
     /// Worker threads.
@@ -626,6 +628,7 @@ impl Config {
             store_timeout,
             policies: vec![rel(raw.policies)],
             signing_key,
+            state_dir: state_dir.clone(),
             threads,
             log_format: raw.log_format.unwrap_or_default(),
         })

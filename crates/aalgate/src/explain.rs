@@ -37,6 +37,16 @@ pub struct ExplainArgs {
     /// The session is a break-glass (emergency) one.
     #[arg(long, requires = "aal")]
     breakglass: bool,
+    /// The signed-in person's user name, for `allow` (with `--config`: their groups are read
+    /// from the directory).
+    #[arg(long, requires = "aal")]
+    pub user: Option<String>,
+    /// The person's groups, comma-separated (instead of reading them with `--config`).
+    #[arg(long, requires = "aal", value_delimiter = ',')]
+    pub groups: Option<Vec<String>>,
+    /// The gateway config whose directory `--user`'s groups are read from.
+    #[arg(long, short, requires = "user")]
+    pub config: Option<PathBuf>,
 }
 
 /// Runs the command.
@@ -145,12 +155,71 @@ pub fn run(a: ExplainArgs) -> Result<()> {
             }
         }
     };
+    let groups = a.groups.clone().unwrap_or_default();
+    let user = a.user.clone().unwrap_or_default();
+    let person = aalgate_policy::Person {
+        user: &user,
+        groups: &groups,
+        reach: aalgate_policy::Reach::Unknown,
+    };
+    if a.aal.is_some() && !a.breakglass {
+        if a.user.is_some() || a.groups.is_some() {
+            println!(
+                "person:   {}, groups: {}",
+                if user.is_empty() { "(unnamed)" } else { &user },
+                if groups.is_empty() {
+                    "none".to_string()
+                } else {
+                    groups.join(", ")
+                }
+            );
+        }
+        for (i, allow) in rule.access.allow.iter().enumerate() {
+            let whose = if i == 0 && m.app.allow.is_some() {
+                "app"
+            } else {
+                "route"
+            };
+            let named = |v: &[String]| {
+                if v.is_empty() {
+                    "none".to_string()
+                } else {
+                    v.join(", ")
+                }
+            };
+            let verdict = if a.user.is_none() && a.groups.is_none() {
+                "give --user (with --config) or --groups to check it".to_string()
+            } else if allow.users.contains(&user) {
+                format!("admits {user} by name")
+            } else if let Some(g) = groups.iter().find(|g| allow.groups.contains(g)) {
+                format!("admits them through group {g}")
+            } else {
+                "does not admit them".to_string()
+            };
+            println!(
+                "allow:    {whose}: users [{}], groups [{}]: {verdict}",
+                named(&allow.users),
+                named(&allow.groups)
+            );
+        }
+        if rule.access.allow.is_empty() {
+            println!("allow:    anyone signed in (no allow on the app or the route)");
+        }
+    }
     let facts = AdmissionFacts {
         session,
         request: RequestKind::Navigation,
         ceremony: None,
+        person: (a.user.is_some() || a.groups.is_some()).then_some(person),
     };
     let text = match admit(&rule.access, &facts, now) {
+        Admission::Forbidden => format!(
+            "forbidden: 403, {} does not name this person (no sign-in or step-up is asked)",
+            if rule.access.allow.len() > 1 { "the app's or the route's allow" } else { "allow" }
+        ),
+        Admission::NoSuitableKey { aal } => {
+            format!("no_suitable_key: 409, none of the person's keys reaches {aal}")
+        }
         Admission::Allow => "allow: forwarded upstream".to_string(),
         Admission::AllowEmergency => {
             "allow: forwarded upstream under break-glass (audited, alerted)".to_string()

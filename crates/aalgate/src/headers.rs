@@ -24,6 +24,10 @@ pub fn is_our_cookie(name: &[u8]) -> bool {
 pub const USER: &str = "x-aalgate-user";
 /// Reached AAL (1-3).
 pub const AAL: &str = "x-aalgate-aal";
+/// The person's groups that the app's policy names, comma-separated (set when it names any).
+pub const GROUPS: &str = "x-aalgate-groups";
+/// The person's e-mail address, when IT set one.
+pub const EMAIL: &str = "x-aalgate-email";
 /// Unix time of the session's authentication.
 pub const AUTH_TIME: &str = "x-aalgate-auth-time";
 /// The signed JWT assertion.

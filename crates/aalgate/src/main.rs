@@ -68,6 +68,20 @@ struct UsersArgs {
 }
 
 #[derive(clap::Args)]
+struct GroupsArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(subcommand)]
+    action: GroupsAction,
+}
+
+#[derive(Subcommand)]
+enum GroupsAction {
+    /// Every group with its members.
+    List,
+}
+
+#[derive(clap::Args)]
 struct BreakglassArgs {
     #[command(flatten)]
     target: Target,
@@ -143,9 +157,39 @@ enum UsersAction {
         /// How long the link works.
         #[arg(long, default_value = "24h")]
         ttl: humantime::Duration,
+        /// A group the person belongs to (repeat for several): set now, so it applies from
+        /// their first sign-in.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// The person's e-mail address (for apps that identify people by it).
+        #[arg(long)]
+        email: Option<String>,
     },
     /// List users and their credentials.
     List,
+    /// Show USER's groups, or change them (`--add`, `--remove`; each may repeat). A change
+    /// reaches every gateway instance within 1 s: access ends at once, not with the session.
+    Groups {
+        /// The user.
+        user: String,
+        /// Add a group.
+        #[arg(long)]
+        add: Vec<String>,
+        /// Remove a group.
+        #[arg(long)]
+        remove: Vec<String>,
+    },
+    /// Set USER's e-mail address (or remove it with --clear).
+    Email {
+        /// The user.
+        user: String,
+        /// The address.
+        #[arg(required_unless_present = "clear")]
+        email: Option<String>,
+        /// Remove the address.
+        #[arg(long, conflicts_with = "email")]
+        clear: bool,
+    },
     /// Block sign-in and end every session of USER on every instance at once.
     Disable {
         /// The user.
@@ -256,6 +300,8 @@ enum Command {
     },
     /// Enroll and manage users (works beside a running gateway, with either store).
     Users(UsersArgs),
+    /// Groups, with their members (`aalgate users groups USER --add G` changes them).
+    Groups(GroupsArgs),
     /// Emergency access codes.
     Breakglass(BreakglassArgs),
     /// Compliance reports (enrollment, break-glass).
@@ -372,7 +418,27 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate { paths, config } => return validate(paths, config.as_deref()),
-        Command::Explain(args) => explain::run(args),
+        Command::Explain(mut args) => {
+            if let (Some(user), Some(config), None) = (&args.user, &args.config, &args.groups) {
+                let (user, config) = (user.clone(), config.clone());
+                let groups = std::cell::RefCell::new(Vec::new());
+                let read = block_on(async {
+                    let (store, _) = cli_store(&Target {
+                        config: Some(config),
+                        state_dir: PathBuf::new(),
+                        origin: String::new(),
+                    })?;
+                    let m = aalgate_auth::Directory::new(store).membership(&user).await?;
+                    *groups.borrow_mut() = m.groups;
+                    Ok(true)
+                });
+                if read != ExitCode::SUCCESS {
+                    return read;
+                }
+                args.groups = Some(groups.into_inner());
+            }
+            explain::run(args)
+        }
         Command::Schema => {
             print!("{}", aalgate_policy::file::json_schema());
             Ok(())
@@ -385,6 +451,7 @@ fn main() -> ExitCode {
         }),
         Command::DemoApp { listen } => demo_app(listen),
         Command::Users(args) => return block_on(users_run(args)),
+        Command::Groups(args) => return block_on(groups_run(args)),
         Command::Breakglass(args) => return block_on(breakglass_run(args)),
         Command::Report(args) => return block_on(report_run(args)),
         Command::Audit(args) => return block_on(audit_run(args)),
@@ -511,6 +578,7 @@ fn demo_config(
         }
     };
     Ok(Config {
+        state_dir: state_dir.clone(),
         listen: vec![Listener {
             addr: listen,
             tls: None,
@@ -1285,17 +1353,121 @@ async fn audit_run(args: AuditArgs) -> Result<bool> {
     Ok(all_ok)
 }
 
+/// Who runs the CLI, for the audit log: the person behind `sudo`, else the login name, else
+/// the uid.
+fn operator() -> String {
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m).to_string())
+        .unwrap_or_else(|_| "?".into());
+    let named = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    match (
+        named("SUDO_USER"),
+        named("USER").or_else(|| named("LOGNAME")),
+    ) {
+        (Some(s), _) => format!("{s} (sudo, uid {uid})"),
+        (None, Some(u)) => format!("{u} (uid {uid})"),
+        (None, None) => format!("uid {uid}"),
+    }
+}
+
+/// The audit log of the CLI's changes: the gateway's own output when it is a file or syslog;
+/// when the gateway writes to its standard output or error (which the CLI cannot reach),
+/// `<state_dir>/audit-cli.jsonl`. Returns the log and where it goes.
+fn cli_audit(t: &Target) -> Result<(aalgate::audit::Audit, String)> {
+    let (sink, redact, state) = match &t.config {
+        Some(path) => {
+            let c = Config::load(path)?;
+            (c.audit.sink, c.audit.redact, c.state_dir)
+        }
+        None => (aalgate::audit::Sink::Stdout, Vec::new(), demo_state(t)?),
+    };
+    let sink = match sink {
+        s @ (aalgate::audit::Sink::File(_) | aalgate::audit::Sink::Syslog(_)) => s,
+        _ => aalgate::audit::Sink::File(state.join("audit-cli.jsonl")),
+    };
+    let place = match &sink {
+        aalgate::audit::Sink::File(p) => p.display().to_string(),
+        aalgate::audit::Sink::Syslog(p) => format!("syslog ({})", p.display()),
+        _ => String::new(),
+    };
+    let metrics = Arc::new(metrics::Metrics::new().context("metrics")?);
+    Ok((
+        aalgate::audit::Audit::start(sink, &redact, false, metrics)?,
+        place,
+    ))
+}
+
+/// Records an admin change made by the CLI: on record (written and synced) or the command
+/// fails, saying that the change was made but not recorded.
+async fn audit_change(
+    audit: &(aalgate::audit::Audit, String),
+    event: &str,
+    user: &str,
+    detail: String,
+) -> Result<()> {
+    let recorded = audit
+        .0
+        .record(&aalgate::audit::Event {
+            time: aalgate::audit::now_rfc3339(),
+            event,
+            user: Some(user),
+            operator: Some(operator()),
+            detail: Some(detail),
+            ..Default::default()
+        })
+        .await;
+    if !recorded {
+        bail!(
+            "the change to {user} was made, but the audit log ({}) did not take its record: check the log's disk and permissions, and record the change by hand",
+            audit.1
+        );
+    }
+    Ok(())
+}
+
+async fn groups_run(args: GroupsArgs) -> Result<bool> {
+    let (store, _) = cli_store(&args.target)?;
+    let dir = aalgate_auth::Directory::new(store);
+    match args.action {
+        GroupsAction::List => {
+            let groups = dir.groups().await?;
+            if groups.is_empty() {
+                println!("no groups yet; add people with `aalgate users groups USER --add GROUP`");
+            }
+            for (g, members) in groups {
+                println!("{g}\t{}", members.join(","));
+            }
+        }
+    }
+    Ok(true)
+}
+
 #[allow(clippy::too_many_lines, reason = "one arm per users subcommand")]
 async fn users_run(args: UsersArgs) -> Result<bool> {
     let (store, origin) = cli_store(&args.target)?;
     let dir = aalgate_auth::Directory::new(store);
     let now = aalgate_policy::Timestamp::wall();
+    // Every command that changes something is audited; `list` and `groups` without a change
+    // need no log.
+    let changes = match &args.action {
+        UsersAction::List => false,
+        UsersAction::Groups { add, remove, .. } => !add.is_empty() || !remove.is_empty(),
+        _ => true,
+    };
+    let audit = if changes {
+        Some(cli_audit(&args.target)?)
+    } else {
+        None
+    };
+    let audit = audit.as_ref();
     match args.action {
         UsersAction::Invite {
             user,
             display_name,
             aal,
             ttl,
+            groups,
+            email,
         } => {
             let aal = aalgate_policy::Aal::from_number(aal).context("--aal must be 2 or 3")?;
             let display = display_name.unwrap_or_else(|| user.clone());
@@ -1304,7 +1476,32 @@ async fn users_run(args: UsersArgs) -> Result<bool> {
                     "{user} is enrolled already: this link adds a key to that account (the keys it has stay)."
                 );
             }
+            // Checked before anything is written: a bad group or address makes no invite.
+            if let Some(g) = groups
+                .iter()
+                .find(|g| !aalgate_auth::directory::valid_group(g))
+            {
+                bail!("group name {g:?}: use lowercase letters, digits and '-' (at most 63), e.g. epcs-signers");
+            }
+            if let Some(e) = email
+                .as_deref()
+                .filter(|e| !aalgate_auth::directory::valid_email(e))
+            {
+                bail!("e-mail address {e:?} is not valid: write it as name@domain.example");
+            }
             let token = dir.invite(&user, &display, aal, ttl.into(), now).await?;
+            let mut detail = format!("invite at {}, valid {}", aal.as_str(), in_words(ttl.into()));
+            if !groups.is_empty() {
+                let m = dir.change_groups(&user, &groups, &[]).await?;
+                detail.push_str(&format!("; groups now {}", m.groups.join(",")));
+            }
+            if let Some(e) = &email {
+                dir.set_email(&user, Some(e)).await?;
+                detail.push_str("; e-mail set");
+            }
+            if let Some(a) = audit {
+                audit_change(a, "user_invited", &user, detail).await?;
+            }
             println!("{origin}/.aalgate/enroll?invite={}", token.expose());
             eprintln!(
                 "One-time enrollment link for {user} ({}), valid {}. Give it to the person only after checking who they are.",
@@ -1346,18 +1543,101 @@ async fn users_run(args: UsersArgs) -> Result<bool> {
                 }
             }
         }
+        UsersAction::Groups { user, add, remove } => {
+            if add.is_empty() && remove.is_empty() {
+                let m = dir.membership(&user).await?;
+                if m.groups.is_empty() {
+                    println!("{user} is in no group");
+                }
+                for g in m.groups {
+                    println!("{g}");
+                }
+                return Ok(true);
+            }
+            let before = dir.membership(&user).await?.groups;
+            let m = dir.change_groups(&user, &add, &remove).await?;
+            let added: Vec<&String> = m.groups.iter().filter(|g| !before.contains(g)).collect();
+            let removed: Vec<&String> = before.iter().filter(|g| !m.groups.contains(g)).collect();
+            let list = |v: &[&String]| {
+                if v.is_empty() {
+                    "none".to_string()
+                } else {
+                    v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
+                }
+            };
+            let now_in = if m.groups.is_empty() {
+                "none".to_string()
+            } else {
+                m.groups.join(",")
+            };
+            if let Some(a) = audit {
+                audit_change(
+                    a,
+                    "groups_changed",
+                    &user,
+                    format!(
+                        "added {}; removed {}; now {now_in}",
+                        list(&added),
+                        list(&removed)
+                    ),
+                )
+                .await?;
+            }
+            println!("{user}: groups now {now_in} (every gateway instance applies it within 1 s)");
+        }
+        UsersAction::Email { user, email, clear } => {
+            let email = if clear { None } else { email };
+            dir.set_email(&user, email.as_deref()).await?;
+            if let Some(a) = audit {
+                let what = if email.is_some() {
+                    "e-mail set"
+                } else {
+                    "e-mail removed"
+                };
+                audit_change(a, "email_changed", &user, what.to_string()).await?;
+            }
+            match email {
+                Some(e) => println!("{user}: e-mail {e}"),
+                None => println!("{user}: e-mail removed"),
+            }
+        }
         UsersAction::Disable { user } => {
             let n = dir.disable(&user).await?;
+            if let Some(a) = audit {
+                audit_change(a, "user_disabled", &user, format!("{n} session(s) ended")).await?;
+            }
             println!("{user} disabled; {n} session(s) ended on every instance");
         }
         UsersAction::RevokeCredential { user, id } => {
             if !dir.revoke_credential(&user, &id).await? {
                 bail!("{user} has no credential {id}; see `aalgate users list`");
             }
+            if let Some(a) = audit {
+                let short = aalgate_auth::token::hash_str(&id);
+                audit_change(
+                    a,
+                    "credential_revoked",
+                    &user,
+                    format!("credential {}; sessions ended", &short[..16]),
+                )
+                .await?;
+            }
             println!("credential {id} of {user} removed; the user's sessions ended");
         }
         UsersAction::Reset { user, ttl } => {
             let (n, aal, token) = dir.reset(&user, ttl.into(), now).await?;
+            if let Some(a) = audit {
+                audit_change(
+                    a,
+                    "user_reset",
+                    &user,
+                    format!(
+                        "every credential removed, {n} session(s) ended; new invite at {}",
+                        aal.as_str()
+                    ),
+                )
+                .await?;
+            }
             println!("{origin}/.aalgate/enroll?invite={}", token.expose());
             eprintln!(
                 "{user}: every credential removed, {n} session(s) ended. New one-time enrollment link ({}), valid {}; give it only after re-proofing the person.",

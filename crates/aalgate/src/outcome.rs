@@ -94,6 +94,8 @@ pub enum Outcome {
     HeadersTooLarge,
     /// The policy never allows this.
     Denied,
+    /// A signed-in person the app's or route's `allow` does not name.
+    Forbidden,
     /// A break-glass session on a route that does not allow break-glass.
     BreakglassNotAllowed,
     /// A gateway POST without same-origin evidence and its token.
@@ -214,6 +216,7 @@ impl Outcome {
             Outcome::SigninFailed => "signin_failed",
             Outcome::HeadersTooLarge => "headers_too_large",
             Outcome::Denied => "denied",
+            Outcome::Forbidden => "forbidden",
             Outcome::BreakglassNotAllowed => "breakglass_not_allowed",
             Outcome::Csrf => "csrf",
             Outcome::CrossSite => "cross_site",
@@ -275,6 +278,7 @@ impl Outcome {
             | Outcome::NotAvailable
             | Outcome::SigninFailed => Some(400),
             Outcome::Denied
+            | Outcome::Forbidden
             | Outcome::BreakglassNotAllowed
             | Outcome::Csrf
             | Outcome::CrossSite
@@ -380,6 +384,7 @@ impl Outcome {
         Outcome::SigninFailed,
         Outcome::HeadersTooLarge,
         Outcome::Denied,
+        Outcome::Forbidden,
         Outcome::BreakglassNotAllowed,
         Outcome::Csrf,
         Outcome::CrossSite,

@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aalgate_auth::model::Membership;
 use aalgate_auth::{Ceremonies, Directory, DirectoryError, Token};
 use aalgate_policy::{HostPort, NormalizedTarget, PolicySet, SessionKind, Subject, Timestamp};
 use aalgate_session::{Session as UserSession, SessionId, SessionKey, SessionStore};
@@ -233,6 +234,8 @@ pub struct Ctx {
     pub(crate) forwarded_at: Option<Instant>,
     /// Store key of the session record, for the assertion cache.
     pub(crate) session_key: Option<aalgate_session::SessionKey>,
+    /// The admitted person's groups and e-mail, for the identity sent upstream.
+    pub(crate) access: Option<Arc<Membership>>,
     /// A WebSocket upgrade: the session's cookie handle and absolute end, checked on every
     /// frame, and when its store record was last confirmed.
     pub(crate) upgrade: Option<Upgraded>,
@@ -415,6 +418,23 @@ impl SessionEnd {
     }
 }
 
+/// A session found through the request's cookie: (cookie handle key, record key, session,
+/// the person's groups and e-mail as the directory holds them now).
+pub(crate) type Loaded = (SessionKey, SessionKey, UserSession, Arc<Membership>);
+
+/// A person's access record as the store returned it. Unreadable: no groups (so no `allow`
+/// admits them: fail closed), and an error in the log.
+pub(crate) fn membership(user: &str, raw: Option<&[u8]>) -> Arc<Membership> {
+    match raw.map(serde_json::from_slice::<Membership>) {
+        None => Arc::default(),
+        Some(Ok(m)) => Arc::new(m),
+        Some(Err(e)) => {
+            tracing::error!(user, error = %e, "unreadable access record: the person has no groups until IT sets them again");
+            Arc::default()
+        }
+    }
+}
+
 /// What admission knows of a session: its times and level, and when it is over (the record
 /// outlives it by a flow's lifetime, so that a form sent right at the end is still known to
 /// be the person's).
@@ -504,10 +524,7 @@ impl State {
         &self,
         session: &Session,
         ctx: &Ctx,
-    ) -> std::result::Result<
-        Option<(SessionKey, SessionKey, UserSession)>,
-        aalgate_session::StoreError,
-    > {
+    ) -> std::result::Result<Option<Loaded>, aalgate_session::StoreError> {
         let now = self.clock.now();
         self.session_of(
             session.req_header(),
@@ -522,6 +539,15 @@ impl State {
         HostPort::parse(&ctx.host)
             .ok()
             .and_then(|h| ctx.policy.app_for_host(&h).map(|a| a.name.clone()))
+    }
+
+    /// What people call the app with id `app` (`display_name` in its policy, else the id).
+    pub(crate) fn display_name(&self, ctx: &Ctx, app: &str) -> String {
+        ctx.policy
+            .apps()
+            .iter()
+            .find(|a| a.name == app)
+            .map_or_else(|| app.to_string(), |a| a.display_name.clone())
     }
 
     pub(crate) fn app_name<'a>(&self, ctx: &'a Ctx) -> &'a str {
@@ -588,7 +614,7 @@ impl State {
         ctx: &Ctx,
         now: Timestamp,
         how: Lookup,
-    ) -> Result<Option<(SessionKey, SessionKey, UserSession)>, aalgate_session::StoreError> {
+    ) -> Result<Option<Loaded>, aalgate_session::StoreError> {
         for value in headers::cookie_values(&req.headers, Self::cookie_name(ctx))
             .iter()
             .take(MAX_COOKIES)
@@ -600,17 +626,19 @@ impl State {
             if how == Lookup::Cached {
                 // Break-glass sessions live in this instance only: no store call.
                 if let Some(e) = self.signin.emergencies.get(&key, &ctx.host, now) {
-                    return Ok(Some((key.clone(), key, e.session())));
+                    return Ok(Some((key.clone(), key, e.session(), Arc::default())));
                 }
-                if let Some((record, s)) = self.sessions.get_with_record(&key, &ctx.host, now) {
-                    return Ok(Some((key, record, s)));
+                if let Some((record, s, a)) = self.sessions.get_with_record(&key, &ctx.host, now) {
+                    return Ok(Some((key, record, s, a)));
                 }
             }
-            if let Some((record, s)) = self.store.resolve(&key, &ctx.host, now).await? {
+            if let Some(r) = self.store.resolve_with_access(&key, &ctx.host, now).await? {
+                let access = membership(&r.session.user, r.access.as_deref());
                 if how == Lookup::Cached {
-                    self.sessions.put_linked(&key, &record, &ctx.host, &s);
+                    self.sessions
+                        .put_linked(&key, &r.record, &ctx.host, &r.session, &access);
                 }
-                return Ok(Some((key, record, s)));
+                return Ok(Some((key, r.record, r.session, access)));
             }
         }
         Ok(None)

@@ -437,6 +437,8 @@ pub(crate) async fn finish_sign_in(
             return x.store_down(&e, "sign-in: store error").await;
         }
     };
+    // As taken: what goes back if the store fails further on.
+    let taken = flow.clone();
     // Never above the level IT proofed the person for.
     let mut v = v;
     v.aal = v.aal.min(user.proofed_aal.max(Aal::Aal2));
@@ -482,7 +484,7 @@ pub(crate) async fn finish_sign_in(
             return x.json_error(Outcome::SigninFailed, MSG_FAILED).await;
         }
         Err(e) => {
-            put_back(st, pending.flow.as_deref(), &flow, now).await;
+            put_back(st, pending.flow.as_deref(), &taken).await;
             return x.store_down(&e, "sign-in: store error").await;
         }
     }
@@ -582,7 +584,7 @@ pub(crate) async fn finish_sign_in(
     )
     .await;
     if x.ctx.outcome == Outcome::StoreUnavailable {
-        put_back(st, pending.flow.as_deref(), &flow, now).await;
+        put_back(st, pending.flow.as_deref(), &taken).await;
     }
     sent
 }
@@ -590,14 +592,9 @@ pub(crate) async fn finish_sign_in(
 /// The store failed after the flow was taken: the flow (and the kept form it names) goes
 /// back for the rest of its life, so that "Try again" can finish the sign-in once the store
 /// answers. Best effort: a store that is still down loses it, and the person starts over.
-async fn put_back(
-    st: &State,
-    key: Option<&str>,
-    flow: &aalgate_session::Flow,
-    now: aalgate_policy::Timestamp,
-) {
+async fn put_back(st: &State, key: Option<&str>, flow: &aalgate_session::Flow) {
     let Some(key) = key else { return };
-    let left = crate::state::FLOW_TTL.saturating_sub(now.since(flow.created));
+    let left = crate::state::FLOW_TTL.saturating_sub(st.clock.now().since(flow.created));
     if let Err(e) = st.store.put_flow(key, flow, left).await {
         tracing::warn!(error = %e, "sign-in: the flow taken before a store failure could not be put back");
     }

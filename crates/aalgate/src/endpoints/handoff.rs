@@ -46,7 +46,7 @@ pub(crate) async fn start_session(
     let now = st.clock.now();
     // The previous session of this browser ends: replaced (same person) or switched.
     match st.current(x.session, x.ctx).await {
-        Ok(Some((handle, record, old))) => {
+        Ok(Some((handle, record, old, _))) => {
             let why = if old.user != user.id {
                 crate::state::SessionEnd::SwitchUser
             } else {
@@ -272,7 +272,7 @@ pub(crate) async fn handoff(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
         return x.error(Outcome::BadHandoff).await;
     };
     // A previous handle of this browser on this host is replaced.
-    if let Ok(Some((old, _, _))) = st.current(x.session, x.ctx).await {
+    if let Ok(Some((old, _, _, _))) = st.current(x.session, x.ctx).await {
         st.sessions.remove(&old);
         let _ = st.store.unlink(&old).await;
     }

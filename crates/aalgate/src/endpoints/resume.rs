@@ -104,7 +104,7 @@ pub(crate) async fn resume_token(
             return x.error(Outcome::StoreUnavailable).await;
         }
     };
-    let Some((_, record, user_session)) = loaded else {
+    let Some((_, record, user_session, access)) = loaded else {
         // Not signed in here (yet): nothing is taken, the form stays for its owner.
         return resume_page(
             st,
@@ -195,6 +195,11 @@ pub(crate) async fn resume_token(
             .map(|_| Ceremony {
                 signed: signed.is_some(),
             }),
+        person: Some(aalgate_policy::Person {
+            user: &user_session.user,
+            groups: &access.groups,
+            reach: aalgate_policy::Reach::Unknown,
+        }),
     };
     if !admit(&m.rule.access, &facts, now).allows() {
         let _ = st.store.kv_take(KEPT, &token.hash()).await;
@@ -225,6 +230,7 @@ pub(crate) async fn resume_token(
     x.ctx.rule = Some(m.rule_index);
     x.ctx.target = Some(target);
     x.ctx.session = Some(user_session);
+    x.ctx.access = Some(access);
     x.ctx.session_key = Some(record);
     if let (Some(b), Some(s)) = (&signed, &x.ctx.session) {
         st.audit_admitted(x.ctx, &s.user, b);

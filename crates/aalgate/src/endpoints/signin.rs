@@ -77,13 +77,13 @@ pub(crate) async fn auth_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> 
     };
     if flow.need != FlowKind::Switch {
         match st.current(x.session, x.ctx).await {
-            Ok(Some((_, record, s))) if silent(&s, &flow) => {
+            Ok(Some((_, record, s, _))) if silent(&s, &flow) => {
                 if let Ok(Some(f)) = st.store.take_flow(&id.key(), now).await {
                     x.ctx.session = Some(s.clone());
                     return hand_off(st, x, &record, &s, &f, Vec::new()).await;
                 }
             }
-            Ok(Some((_, _, s))) if flow.need == FlowKind::Login => {
+            Ok(Some((_, _, s, _))) if flow.need == FlowKind::Login => {
                 flow.need = FlowKind::StepUp;
                 flow.user = Some(s.user.clone());
                 let left = crate::state::FLOW_TTL.saturating_sub(now.since(flow.created));
@@ -126,7 +126,9 @@ pub(crate) async fn auth_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> 
                 .any(|c| c.usable() && c.aal >= flow.aal)
         })
     {
-        return no_suitable_key(st, x, &flow).await;
+        let app = st.display_name(x.ctx, &flow.app);
+        let back = format!("{}://{}/", st.signin.scheme, flow.host);
+        return x.no_suitable_key(&app, flow.aal, &back).await;
     }
     let name = escape(
         person
@@ -250,36 +252,6 @@ pub(crate) fn satisfies(s: &UserSession, flow: &Flow, now: Timestamp) -> bool {
         .max_age_secs
         .is_none_or(|m| now.since(s.last_auth) < Duration::from_secs(m));
     s.aal >= flow.aal && fresh
-}
-
-/// A step-up the person cannot pass: the route needs a key level none of their keys reaches
-/// (an AAL3 route, only a passkey). Said before any tap is asked for, with what to do.
-async fn no_suitable_key(st: &State, x: &mut Exchange<'_>, flow: &Flow) -> Result<bool> {
-    x.ctx.outcome = Outcome::NoSuitableKey;
-    let app = escape(&flow.app);
-    let back = escape(&format!("{}://{}/", st.signin.scheme, flow.host));
-    let reply = Reply::html(
-        x.ctx.outcome.status().unwrap_or(409),
-        pages::page(
-            if flow.aal >= Aal::Aal3 {
-                "Hardware key needed"
-            } else {
-                "Key needed"
-            },
-            &format!(
-                "<p>This action in <strong>{app}</strong> needs {} registered to you, and none is.</p>\
-                 <p>Ask IT for a key invite: they confirm who you are, then send you a link that registers your key. Until then, this action is not available to you; the rest of {app} is.</p>\
-                 <p><a class=\"button\" href=\"{back}\">Back to {app}</a></p>",
-                if flow.aal >= Aal::Aal3 {
-                    "a hardware security key"
-                } else {
-                    "a passkey or security key"
-                }
-            ),
-            &x.ctx.request_id,
-        ),
-    );
-    x.send(reply).await
 }
 
 #[cfg(test)]

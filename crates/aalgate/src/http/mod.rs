@@ -5,6 +5,7 @@
 pub(crate) mod upstream;
 
 use aalgate_auth::Token;
+use aalgate_policy::Aal;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
@@ -213,6 +214,51 @@ impl Exchange<'_> {
                 " data-back=\"1\"",
             ),
         }
+    }
+
+    /// A step-up the person cannot pass: the route needs a key level none of their keys reaches
+    /// (an AAL3 route, only a passkey). Said before any tap is asked for, with what to do.
+    /// `back`: the app's start page. The proxy answers it too, before any flow, when it knows the
+    /// person's keys cannot pass a route's step-up (a script call gets the 409 JSON).
+    pub(crate) async fn no_suitable_key(
+        &mut self,
+        app: &str,
+        aal: Aal,
+        back: &str,
+    ) -> Result<bool> {
+        if crate::headers::is_script_request(&self.session.req_header().headers) {
+            return self
+                .json_error(
+                    Outcome::NoSuitableKey,
+                    "None of your keys can confirm this action. Ask IT for a key invite.",
+                )
+                .await;
+        }
+        self.ctx.outcome = Outcome::NoSuitableKey;
+        let app = pages::escape(app);
+        let back = pages::escape(back);
+        let reply = Reply::html(
+            self.ctx.outcome.status().unwrap_or(409),
+            pages::page(
+                if aal >= Aal::Aal3 {
+                    "Hardware key needed"
+                } else {
+                    "Key needed"
+                },
+                &format!(
+                    "<p>This action in <strong>{app}</strong> needs {} registered to you, and none is.</p>\
+                     <p>Ask IT for a key invite: they confirm who you are, then send you a link that registers your key. Until then, this action is not available to you; the rest of {app} is.</p>\
+                     <p><a class=\"button\" href=\"{back}\">Back to {app}</a></p>",
+                    if aal >= Aal::Aal3 {
+                        "a hardware security key"
+                    } else {
+                        "a passkey or security key"
+                    }
+                ),
+                &self.ctx.request_id,
+            ),
+        );
+        self.send(reply).await
     }
 
     /// A link to the start page of the app this host serves, if it serves one.

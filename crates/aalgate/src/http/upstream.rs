@@ -89,26 +89,67 @@ pub(crate) fn prepare_request(
     upstream.insert_header("x-forwarded-host", ctx.host.as_str())?;
     upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
 
+    set_identity(st, upstream, ctx, logout.as_deref())?;
+    ctx.forwarded_at = Some(Instant::now());
+    Ok(())
+}
+
+/// The identity of an admitted session: `X-Aalgate-*` headers and the signed assertion (with
+/// only the groups the app's policy names), and the browser's logout token.
+fn set_identity(
+    st: &State,
+    upstream: &mut RequestHeader,
+    ctx: &Ctx,
+    logout: Option<&str>,
+) -> Result<()> {
     if let (Some(s), Some(rule)) = (
         &ctx.session,
         ctx.rule.and_then(|i| ctx.policy.rules().get(i)),
     ) {
-        let app = &ctx.policy.app_of(rule).name;
+        let app_policy = ctx.policy.app_of(rule);
+        let app = &app_policy.name;
         let now = st.clock.now();
-        let sign = || st.signer.sign(s, app, now);
+        // Only the groups this app's policy names: an app never learns the others.
+        let visible: Option<Vec<String>> = (!app_policy.groups.is_empty()).then(|| {
+            ctx.access
+                .as_ref()
+                .map(|a| {
+                    a.groups
+                        .iter()
+                        .filter(|g| app_policy.groups.binary_search(g).is_ok())
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default()
+        });
+        let who = crate::assertion::Identity {
+            groups: visible.as_deref(),
+            email: ctx.access.as_ref().and_then(|a| a.email.as_deref()),
+        };
+        let sign = || st.signer.sign_request(s, who, app, now, None);
         let token = match (&ctx.signed, &ctx.session_key) {
             // A signed request's assertion names its digest: one of its own, never cached.
-            (Some(b), _) => st.signer.sign_request(s, app, now, Some(b.digest.as_str())),
-            (None, Some(k)) => st.assertions.get_or_sign(k, app, now, sign),
+            (Some(b), _) => st
+                .signer
+                .sign_request(s, who, app, now, Some(b.digest.as_str())),
+            (None, Some(k)) => st
+                .assertions
+                .get_or_sign(k, app, &who.fingerprint(), now, sign),
             (None, None) => sign(),
         }
         .map_err(|e| Error::because(ErrorType::InternalError, "cannot sign assertion", e))?;
+        if let Some(g) = &visible {
+            upstream.insert_header(headers::GROUPS, g.join(","))?;
+        }
+        if let Some(e) = who.email {
+            upstream.insert_header(headers::EMAIL, e)?;
+        }
         upstream.insert_header(headers::USER, s.user.as_str())?;
         upstream.insert_header(headers::AAL, s.aal.number().to_string())?;
         upstream.insert_header(headers::AUTH_TIME, s.auth_time.0.to_string())?;
         upstream.insert_header(headers::ASSERTION, token)?;
-        if let Some(token) = &logout {
-            upstream.insert_header(headers::LOGOUT_TOKEN, token.as_str())?;
+        if let Some(token) = logout {
+            upstream.insert_header(headers::LOGOUT_TOKEN, token)?;
         }
         if crate::breakglass::is_emergency(s) {
             upstream.insert_header(
@@ -121,7 +162,6 @@ pub(crate) fn prepare_request(
             upstream.insert_header(headers::REQUEST_DIGEST, b.digest.as_str())?;
         }
     }
-    ctx.forwarded_at = Some(Instant::now());
     Ok(())
 }
 

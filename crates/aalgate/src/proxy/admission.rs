@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use aalgate_policy::admit::ceremony_would_admit;
 use aalgate_policy::{
-    admit, Admission, AdmissionFacts, Ceremony, HostPort, RequestKind, StepUp, Timestamp,
+    admit, Admission, AdmissionFacts, Ceremony, HostPort, Person, Reach, RequestKind, StepUp,
+    Timestamp,
 };
 use aalgate_session::{Flow, FlowId, FlowKind, Session as UserSession, SessionKey};
 use pingora::prelude::*;
@@ -70,7 +71,7 @@ impl Gateway {
         // A `last_seen` ahead of this clock means the clock was stepped back (or another
         // instance runs ahead): measure limits from the later of the two, never the earlier.
         let now = match &loaded {
-            Some((_, _, s)) if s.last_seen > now => {
+            Some((_, _, s, _)) if s.last_seen > now => {
                 self.clock.observe(s.last_seen);
                 self.clock.now()
             }
@@ -89,14 +90,30 @@ impl Gateway {
             RequestKind::Navigation
         };
         let mut facts = AdmissionFacts {
-            session: session_kind(loaded.as_ref().map(|(_, _, s)| s)),
+            session: session_kind(loaded.as_ref().map(|(_, _, s, _)| s)),
             request,
             ceremony: None,
+            person: loaded.as_ref().map(|(_, _, s, a)| Person {
+                user: &s.user,
+                groups: &a.groups,
+                reach: Reach::Unknown,
+            }),
         };
         let mut admission = admit(access, &facts, now);
+        // A step-up: asked for only if one of the person's keys could pass it (looked up
+        // only now, so an admitted request costs no directory read).
+        if let (Admission::StepUp { .. }, Some(p)) = (admission, facts.person.as_mut()) {
+            if let Ok(Some(u)) = self.signin.dir.user(p.user).await {
+                p.reach = Reach::Known(
+                    u.max_aal()
+                        .map(|a| a.min(u.proofed_aal.max(aalgate_policy::Aal::Aal2))),
+                );
+                admission = admit(access, &facts, now);
+            }
+        }
         // The flow this request caused admits it once, even if `max_age` passed on the way
         // back (no step-up loop on a short `max_age`): looked for only where it would admit.
-        if let Some((_, record, s)) = loaded
+        if let Some((_, record, s, person)) = loaded
             .as_ref()
             .filter(|_| ceremony_would_admit(access, &facts, now))
         {
@@ -111,6 +128,7 @@ impl Gateway {
                     });
                     admission = admit(access, &facts, now);
                     if admission == Admission::AllowAdmitted {
+                        x.ctx.access = Some(person.clone());
                         return self.allow_admitted(x.ctx, record, s, signed);
                     }
                     tracing::warn!(request_id = %x.ctx.request_id, "an admission without a signature on a per-request route");
@@ -119,14 +137,15 @@ impl Gateway {
         }
         match admission {
             Admission::Allow => {
-                if let Some((handle, key, s)) = loaded {
+                if let Some((handle, key, s, person)) = loaded {
+                    x.ctx.access = Some(person);
                     self.keep_alive(x.session, x.ctx, access, handle, key, s, now);
                 }
                 x.ctx.outcome = Outcome::Allow;
                 Ok(false)
             }
             Admission::AllowEmergency => {
-                if let Some((handle, _, s)) = loaded {
+                if let Some((handle, _, s, _)) = loaded {
                     // A WebSocket of an emergency session ends with it: at the code's TTL or
                     // on *Sign out*, asked of this instance's memory (the store may be down).
                     let lives = Lives::Emergency(self.signin.clone());
@@ -139,20 +158,32 @@ impl Gateway {
             // Reached only with a ceremony, above.
             Admission::AllowAdmitted => x.error(Outcome::Denied).await,
             Admission::BreakglassNotAllowed => {
-                x.ctx.session = loaded.map(|(_, _, s)| s);
+                x.ctx.session = loaded.map(|(_, _, s, _)| s);
                 x.error(Outcome::BreakglassNotAllowed).await
             }
             Admission::Deny => {
-                x.ctx.known = loaded.as_ref().map(|(_, _, s)| Known::live(s));
+                x.ctx.known = loaded.as_ref().map(|(_, _, s, _)| Known::live(s));
                 x.error(Outcome::Denied).await
             }
+            Admission::Forbidden => {
+                x.ctx.known = loaded.as_ref().map(|(_, _, s, _)| Known::live(s));
+                let user = loaded.as_ref().map(|(_, _, s, _)| s.user.clone());
+                self.forbidden(x, &m.app.display_name, user.as_deref())
+                    .await
+            }
+            Admission::NoSuitableKey { aal } => {
+                x.ctx.known = loaded.as_ref().map(|(_, _, s, _)| Known::live(s));
+                x.no_suitable_key(&m.app.display_name, aal, "/").await
+            }
             other => {
-                x.ctx.known = loaded.as_ref().map(|(_, _, s)| match other.ends_session() {
-                    Some(_) => Known::Ended {
-                        user: s.user.clone(),
-                    },
-                    None => Known::live(s),
-                });
+                x.ctx.known = loaded
+                    .as_ref()
+                    .map(|(_, _, s, _)| match other.ends_session() {
+                        Some(_) => Known::Ended {
+                            user: s.user.clone(),
+                        },
+                        None => Known::live(s),
+                    });
                 let app = m.app.name.clone();
                 let rule = m.rule.id.clone();
                 self.challenge_or_reauth(x, other, loaded, access, (&app, &rule), host, now)
@@ -200,14 +231,14 @@ impl Gateway {
         &self,
         x: &mut Exchange<'_>,
         other: Admission,
-        loaded: Option<(SessionKey, SessionKey, UserSession)>,
+        loaded: Option<crate::state::Loaded>,
         access: &aalgate_policy::Access,
         (app, rule): (&str, &str),
         host: &HostPort,
         now: Timestamp,
     ) -> Result<bool> {
         let per_request = access.step_up.is_some_and(StepUp::per_request);
-        if let (Some(reason), Some((handle, record, s))) = (other.ends_session(), &loaded) {
+        if let (Some(reason), Some((handle, record, s, _))) = (other.ends_session(), &loaded) {
             if matches!(other, Admission::FromTheFuture { .. }) {
                 tracing::warn!(request_id = %x.ctx.request_id, user = %s.user, "session stamped in the future: clock stepped back or record corrupt; re-authentication required");
             }
@@ -217,13 +248,54 @@ impl Gateway {
         if let Admission::StepUp { .. } = other {
             self.metrics.step_ups.with_label_values(&[app, rule]).inc();
         }
-        let mut user = loaded.as_ref().map(|(_, _, s)| s.user.clone());
+        let mut user = loaded.as_ref().map(|(_, _, s, _)| s.user.clone());
         if user.is_none() && matches!(other, Admission::Login { .. }) {
             user = self.tombstone(x.session.req_header(), x.ctx).await;
             x.ctx.known = user.clone().map(|user| Known::Ended { user });
         }
         self.challenge(x, other, &host.to_string(), app, user, per_request)
             .await
+    }
+
+    /// A signed-in person the app's or route's `allow` does not name: 403, with who they are
+    /// signed in as and the way to sign in as someone else; no sign-in or step-up first.
+    pub(crate) async fn forbidden(
+        &self,
+        x: &mut Exchange<'_>,
+        app: &str,
+        user: Option<&str>,
+    ) -> Result<bool> {
+        if headers::is_script_request(&x.session.req_header().headers) {
+            return x
+                .json_error(
+                    Outcome::Forbidden,
+                    &format!("Your account does not have access to {app}."),
+                )
+                .await;
+        }
+        x.ctx.outcome = Outcome::Forbidden;
+        let who = match user {
+            Some(u) => {
+                let name = match self.signin.dir.user(u).await {
+                    Ok(Some(p)) if !p.display_name.is_empty() => {
+                        format!("{} ({u})", p.display_name)
+                    }
+                    _ => u.to_string(),
+                };
+                format!(
+                    "<p>You are signed in as <strong>{}</strong>.</p>",
+                    crate::pages::escape(&name)
+                )
+            }
+            None => String::new(),
+        };
+        let body = format!(
+            "<p>Your account does not have access to <strong>{}</strong>. If you need it, ask IT.</p>{who}\
+             <p><a class=\"button\" href=\"/.aalgate/switch\">Sign in as someone else</a></p>",
+            crate::pages::escape(app)
+        );
+        let page = crate::pages::page("No access", &body, &x.ctx.request_id);
+        x.send(Reply::html(403, page)).await
     }
 
     /// Takes the one-time admission this request's own flow left (its ceremony just
@@ -400,6 +472,8 @@ impl Gateway {
             | Admission::AllowAdmitted
             | Admission::AllowEmergency
             | Admission::Deny
+            | Admission::Forbidden
+            | Admission::NoSuitableKey { .. }
             | Admission::BreakglassNotAllowed => return x.error(Outcome::Denied).await,
         };
         let url = x

@@ -134,6 +134,7 @@ impl ProxyHttp for Gateway {
             policy: self.policies.snapshot(),
             forwarded_at: None,
             session_key: None,
+            access: None,
             upgrade: None,
             signed: None,
             verify_body: None,

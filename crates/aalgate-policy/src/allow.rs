@@ -1,0 +1,112 @@
+//! Who may use an app or a route: `allow: { users: [...], groups: [...] }`. Within one `allow`,
+//! users and groups are alternatives; an app's `allow` and a route's both apply (a route narrows
+//! the app, never widens it). No `allow` anywhere: anyone signed in.
+
+use crate::aal::Aal;
+
+/// One validated `allow`: sorted, without duplicates.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Allow {
+    /// User names.
+    pub users: Vec<String>,
+    /// Group names.
+    pub groups: Vec<String>,
+}
+
+impl Allow {
+    /// Whether `person` is named, directly or through one of their groups.
+    pub fn admits(&self, person: &Person<'_>) -> bool {
+        self.users.iter().any(|u| u == person.user)
+            || person
+                .groups
+                .iter()
+                .any(|g| self.groups.binary_search(g).is_ok())
+    }
+}
+
+/// Whether every `allow` of a rule (the app's, then the route's) admits `person`.
+pub fn allowed(allow: &[Allow], person: &Person<'_>) -> bool {
+    allow.iter().all(|a| a.admits(person))
+}
+
+/// The signed-in person a request comes from, as `allow` and step-up see them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Person<'a> {
+    /// The user name.
+    pub user: &'a str,
+    /// Their groups, as the directory holds them now (not as they were at sign-in).
+    pub groups: &'a [String],
+    /// The highest level the person's usable credentials reach, when the edge looked.
+    pub reach: Reach,
+}
+
+/// What the edge knows of the level a person could reach with a new ceremony.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// Not looked up (it is, only when a step-up would be asked).
+    Unknown,
+    /// The highest level of a usable credential (`None`: no usable credential at all).
+    Known(Option<Aal>),
+}
+
+/// A group name: lowercase letters, digits and `-`, at most 63, not starting with `-`.
+pub fn valid_group(s: &str) -> bool {
+    crate::model::valid_app_id(s)
+}
+
+/// A user name: 1-64 letters, digits and `.`, `_`, `-`, `@`.
+pub fn valid_user_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allow(users: &[&str], groups: &[&str]) -> Allow {
+        let mut a = Allow {
+            users: users.iter().map(|s| s.to_string()).collect(),
+            groups: groups.iter().map(|s| s.to_string()).collect(),
+        };
+        a.users.sort();
+        a.groups.sort();
+        a
+    }
+
+    #[test]
+    fn users_and_groups_are_alternatives_and_levels_intersect() {
+        let groups = vec!["billing".to_string(), "nursing".to_string()];
+        let nora = Person {
+            user: "nora",
+            groups: &groups,
+            reach: Reach::Unknown,
+        };
+        let app = allow(&[], &["clinical", "nursing"]);
+        assert!(app.admits(&nora), "through a group");
+        assert!(allow(&["nora"], &[]).admits(&nora), "by name");
+        assert!(!allow(&["omar"], &["epcs-signers"]).admits(&nora));
+        assert!(allowed(&[], &nora), "no allow: anyone signed in");
+        assert!(allowed(std::slice::from_ref(&app), &nora));
+        assert!(
+            !allowed(&[app, allow(&[], &["epcs-signers"])], &nora),
+            "a route narrows its app"
+        );
+        let none = Person {
+            user: "omar",
+            groups: &[],
+            reach: Reach::Unknown,
+        };
+        assert!(!allow(&[], &["nursing"]).admits(&none));
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_group("epcs-signers") && valid_group("ward7"));
+        assert!(!valid_group("Billing") && !valid_group("-x") && !valid_group("a b"));
+        assert!(valid_user_id("it-alice") && valid_user_id("n.nurse@clinic"));
+        assert!(!valid_user_id("") && !valid_user_id("a b") && !valid_user_id(&"x".repeat(65)));
+    }
+}

@@ -1,0 +1,286 @@
+//! Authorization with the real binary: `allow` by group and by user at app and route level, the
+//! 403 page and JSON, the groups an app is told (header and signed claim, only those its
+//! policy names), a removal taking effect within a second, and the CLI's audited changes.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use aalgate_policy::Aal;
+use aalgate_session::{EmbeddedStore, RedisStore};
+use aalgate_tests::{aalgate_bin, get, pyjwt_decode, Gateway, Redis, Upstream};
+
+use crate::{link_session, make_session};
+
+fn ehr(up: u16) -> String {
+    format!(
+        "app: ehr\ndisplay_name: Legacy EHR\nallow: {{ groups: [clinical] }}\nhost: ehr.localhost\nupstream: http://127.0.0.1:{up}\ndefault: aal2\nroutes:\n  - path: /public/**\n    require: public\n  - path: /admin/**\n    require: aal2\n    allow: {{ users: [it-alice], groups: [ehr-admins] }}\n"
+    )
+}
+
+fn billing(up: u16) -> String {
+    format!(
+        "app: billing\nallow: {{ groups: [billing] }}\nhost: billing.localhost\nupstream: http://127.0.0.1:{up}\ndefault: aal2\n"
+    )
+}
+
+/// `aalgate users ...` against the gateway's config: (exit code, stdout, stderr).
+fn cli(g: &Gateway, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(aalgate_bin())
+        .args(args)
+        .arg("--config")
+        .arg(g.dir.path().join("aalgate.yaml"))
+        .output()
+        .expect("run aalgate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn cookie(c: &str) -> String {
+    format!("Cookie: aalgate={c}")
+}
+
+const SCRIPT: &str = "Accept: application/json";
+
+#[test]
+fn allow_admits_only_the_people_granted_each_app_and_route() {
+    let up = Upstream::start();
+    let g = Gateway::start_extra(
+        &[
+            ("ehr.yaml", &ehr(up.port)),
+            ("billing.yaml", &billing(up.port)),
+        ],
+        "audit:\n  output: file:audit.jsonl\n",
+    );
+    for args in [
+        [
+            "users", "groups", "nora", "--add", "clinical", "--add", "research",
+        ]
+        .as_slice(),
+        &["users", "groups", "bill", "--add", "billing"],
+        &["users", "groups", "it-alice", "--add", "clinical"],
+    ] {
+        let (code, out, err) = cli(&g, args);
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+    }
+    let (_, list, _) = cli(&g, &["groups", "list"]);
+    assert!(
+        list.contains("billing\tbill") && list.contains("clinical\tit-alice,nora"),
+        "{list}"
+    );
+    let (_, mine, _) = cli(&g, &["users", "groups", "nora"]);
+    assert_eq!(mine, "clinical\nresearch\n");
+
+    let (eh, bh) = (
+        format!("ehr.localhost:{}", g.port),
+        format!("billing.localhost:{}", g.port),
+    );
+    let store = EmbeddedStore::open(&g.state_dir()).expect("open store");
+    let nora = make_session(&store, &eh, "nora", Aal::Aal2, 60, 0);
+    let bill = make_session(&store, &eh, "bill", Aal::Aal2, 60, 0);
+    let bill_billing = link_session(&store, &bill, &eh, &bh);
+    let nora_billing = link_session(&store, &nora, &eh, &bh);
+    let alice = make_session(&store, &eh, "it-alice", Aal::Aal2, 60, 0);
+    let carl = make_session(&store, &eh, "carl", Aal::Aal2, 60, 0);
+
+    // A member of the app's group: admitted, and told only the groups the app's policy names
+    // (`research` is not one), even when the client sends its own.
+    up.clear();
+    let r = get(
+        g.port,
+        &eh,
+        "/chart",
+        &[
+            &cookie(&nora),
+            "X-Aalgate-Groups: ehr-admins",
+            "X-Aalgate-Email: x@evil.example",
+        ],
+    );
+    assert_eq!(r.status, 200);
+    let seen = up.take();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].all("x-aalgate-groups"), vec!["clinical"]);
+    assert!(
+        seen[0].all("x-aalgate-email").is_empty(),
+        "no address set: none sent"
+    );
+    let jwks = get(g.port, &eh, "/.aalgate/jwks.json", &[]).text();
+    let token = seen[0].one("x-aalgate-assertion").expect("assertion");
+    let claims = pyjwt_decode(token, &jwks, "ehr", &format!("http://localhost:{}", g.port))
+        .expect("the assertion verifies against the JWKS");
+    assert_eq!(claims["sub"], "nora");
+    assert_eq!(claims["groups"], serde_json::json!(["clinical"]));
+
+    // Not in the route's allow: 403 at once (no sign-in, no step-up), naming who is signed in
+    // and the way to switch; a script gets the JSON.
+    let r = get(g.port, &eh, "/admin/users", &[&cookie(&nora)]);
+    assert_eq!(r.status, 403);
+    let page = r.text();
+    assert!(
+        page.contains("does not have access to <strong>Legacy EHR</strong>")
+            && page.contains("ask IT")
+            && page.contains("<strong>nora</strong>")
+            && page.contains("href=\"/.aalgate/switch\""),
+        "{page}"
+    );
+    let r = get(g.port, &eh, "/admin/users", &[&cookie(&nora), SCRIPT]);
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (403, Some("forbidden"))
+    );
+    // Named by user: admitted (and the app's own allow still applies to her: she is clinical).
+    assert_eq!(
+        get(g.port, &eh, "/admin/users", &[&cookie(&alice)]).status,
+        200
+    );
+    // Not in the app's allow: refused everywhere in it, admitted in their own app.
+    assert_eq!(get(g.port, &eh, "/chart", &[&cookie(&bill)]).status, 403);
+    assert_eq!(get(g.port, &eh, "/chart", &[&cookie(&carl)]).status, 403);
+    up.clear();
+    assert_eq!(
+        get(g.port, &bh, "/invoices", &[&cookie(&bill_billing)]).status,
+        200
+    );
+    assert_eq!(up.take()[0].all("x-aalgate-groups"), vec!["billing"]);
+    assert_eq!(
+        get(g.port, &bh, "/invoices", &[&cookie(&nora_billing)]).status,
+        403
+    );
+    // Nobody signed in: sent to sign in, as before; nobody learns who may use the route.
+    assert_eq!(get(g.port, &eh, "/admin/users", &[]).status, 302);
+    let r = get(g.port, &eh, "/admin/users", &[SCRIPT]);
+    assert_eq!(r.status, 401);
+    assert!(!r.text().contains("ehr-admins") && !r.text().contains("forbidden"));
+    assert_eq!(get(g.port, &eh, "/public/logo.png", &[]).status, 200);
+
+    // A removal ends access within a second, on the next request, not at the session's end.
+    let (code, out, err) = cli(&g, &["users", "groups", "nora", "--remove", "clinical"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let t0 = Instant::now();
+    while get(g.port, &eh, "/chart", &[&cookie(&nora)]).status == 200 {
+        assert!(
+            t0.elapsed() < Duration::from_millis(1500),
+            "still admitted after {:?}",
+            t0.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A new group shows in the next assertion, not when the cached one ages out.
+    cli(
+        &g,
+        &[
+            "users",
+            "groups",
+            "nora",
+            "--add",
+            "clinical",
+            "--add",
+            "ehr-admins",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    up.clear();
+    assert_eq!(
+        get(g.port, &eh, "/admin/users", &[&cookie(&nora)]).status,
+        200
+    );
+    let seen = up.take();
+    assert_eq!(seen[0].all("x-aalgate-groups"), vec!["clinical,ehr-admins"]);
+    let claims = pyjwt_decode(
+        seen[0].one("x-aalgate-assertion").expect("assertion"),
+        &jwks,
+        "ehr",
+        &format!("http://localhost:{}", g.port),
+    )
+    .expect("verifies");
+    assert_eq!(
+        claims["groups"],
+        serde_json::json!(["clinical", "ehr-admins"])
+    );
+
+    // The audit log: the refusals name the person; the CLI's changes name who made them.
+    let log = std::fs::read_to_string(g.dir.path().join("audit.jsonl")).unwrap_or_default();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["event"] == "request"
+            && l["decision"] == "forbidden"
+            && l["user"] == "bill"
+            && l["status"] == 403),
+        "{log}"
+    );
+    let changes: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["event"] == "groups_changed" && l["user"] == "nora")
+        .collect();
+    assert_eq!(changes.len(), 3, "{log}");
+    assert!(
+        changes
+            .iter()
+            .all(|c| c["operator"].as_str().is_some_and(|o| o.contains("uid"))),
+        "{changes:?}"
+    );
+    assert!(
+        changes[1]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("removed clinical") && d.contains("now research")),
+        "{changes:?}"
+    );
+}
+
+/// Two instances sharing Redis: a group removal reaches both within a second, and each
+/// cached request still resolves with no store call.
+#[test]
+fn a_group_removal_reaches_every_instance_within_a_second() {
+    let redis = Redis::start();
+    let up = Upstream::start();
+    let a = Gateway::start(Some(&redis.url()), &[("ehr.yaml", &ehr(up.port))]);
+    let b = Gateway::start(Some(&redis.url()), &[("ehr.yaml", &ehr(up.port))]);
+    // A store per runtime: each helper call runs its own.
+    let store = || RedisStore::new(&redis.url(), Duration::from_secs(2)).expect("store");
+    let dir = aalgate_auth::Directory::new(std::sync::Arc::new(
+        RedisStore::new(&redis.url(), Duration::from_secs(2)).expect("store"),
+    ));
+    let rt = crate::rt();
+    rt.block_on(dir.change_groups("nora", &["clinical".into()], &[]))
+        .expect("add");
+    let (ha, hb) = (
+        format!("ehr.localhost:{}", a.port),
+        format!("ehr.localhost:{}", b.port),
+    );
+    let on_a = make_session(&store(), &ha, "nora", Aal::Aal2, 60, 0);
+    let on_b = link_session(&store(), &on_a, &ha, &hb);
+    assert_eq!(get(a.port, &ha, "/chart", &[&cookie(&on_a)]).status, 200);
+    assert_eq!(get(b.port, &hb, "/chart", &[&cookie(&on_b)]).status, 200);
+    // Cached: a second request on the same instance makes no store call at all.
+    let calls = redis.calls("evalsha") + redis.calls("eval");
+    assert_eq!(get(a.port, &ha, "/chart", &[&cookie(&on_a)]).status, 200);
+    assert_eq!(
+        redis.calls("evalsha") + redis.calls("eval"),
+        calls,
+        "a cached request asked Redis"
+    );
+
+    rt.block_on(dir.change_groups("nora", &[], &["clinical".into()]))
+        .expect("remove");
+    let t0 = Instant::now();
+    let (mut gone_a, mut gone_b) = (None, None);
+    while gone_a.is_none() || gone_b.is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_millis(1500),
+            "still admitted after {:?}: a {gone_a:?}, b {gone_b:?}",
+            t0.elapsed()
+        );
+        if gone_a.is_none() && get(a.port, &ha, "/chart", &[&cookie(&on_a)]).status == 403 {
+            gone_a = Some(t0.elapsed());
+        }
+        if gone_b.is_none() && get(b.port, &hb, "/chart", &[&cookie(&on_b)]).status == 403 {
+            gone_b = Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
