@@ -130,7 +130,8 @@ try {
   writeFileSync(`${SYSLOG}.restore`, '');
   for (let i = 0; i < 100 && !existsSync(SYSLOG); i++) await sleep(50);
   check(existsSync(SYSLOG), 'the audit log is back');
-  await click(page, 'Confirm');
+  // The button now reads "Try again": it runs the ceremony again, never the POST.
+  await click(page, 'Try again');
   await landOn(page, (u) => u.href.startsWith(`${RX}/.aalgate/resume`), 'signed RX-3 after the audit log came back');
   check((await text(page)).includes('Saved invoice #3'), 'the kept form was sent after the second touch');
   check((await signCount(B)) === before + 2, 'two ceremonies: the unrecorded one, then the one that counted');

@@ -67,8 +67,43 @@ fn explain_names_the_rule_and_the_decision() {
         "1m",
     ]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("billing.yaml:13:5"), "{out}");
+    assert!(out.contains("billing.yaml:15:5"), "{out}");
     assert!(out.contains("decision: step_up"), "{out}");
+    assert!(
+        out.contains("allow:    app: users [none], groups [billing]: not checked"),
+        "{out}"
+    );
+    // Who may: by group, checked when the person is described.
+    let signer = |groups: &str| {
+        run(&[
+            "explain",
+            "--policies",
+            "policies/examples",
+            "--method",
+            "POST",
+            "--url",
+            "https://rx.clinic.example/prescriptions/9/sign",
+            "--aal",
+            "3",
+            "--user",
+            "pat",
+            "--groups",
+            groups,
+        ])
+        .1
+    };
+    let out = signer("prescribers,epcs-signers");
+    assert!(
+        out.contains("person:   pat, groups: prescribers, epcs-signers")
+            && out.contains("route: users [none], groups [epcs-signers]: admits them through group epcs-signers")
+            && out.contains("decision: step_up: this request needs its own aal3 ceremony"),
+        "{out}"
+    );
+    let out = signer("prescribers");
+    assert!(
+        out.contains("does not admit them") && out.contains("decision: forbidden: 403"),
+        "{out}"
+    );
     let (_, out) = run(&[
         "explain",
         "--policies",

@@ -681,11 +681,21 @@ fn the_sign_in_page_knows_its_person() {
         assert_eq!(r.status, 302, "{}", r.text());
         get(g.port, &h, r.header("location").unwrap(), &[])
     };
-    // An AAL3 route, and rhea has only a passkey.
+    // An AAL3 route, and rhea has only a passkey: the proxy says so at once, with no flow and
+    // no sign-in page in between (the admission knows what her keys reach).
     let fresh = make_session(store.as_ref(), &h, "rhea", Aal::Aal2, 0, 0);
-    let page = page_for("/pay/now", &fresh, "GET");
+    let page = get(
+        g.port,
+        &h,
+        "/pay/now",
+        &[
+            &format!("Cookie: aalgate={fresh}"),
+            "Sec-Fetch-Mode: navigate",
+        ],
+    );
     let t = page.text();
     assert_eq!(page.status, 409, "{t}");
+    assert!(page.header("location").is_none());
     assert!(
         t.contains("none is") && t.contains("Ask IT") && !t.contains("data-action=\"signin\""),
         "{t}"

@@ -49,9 +49,14 @@ pub enum Reach {
     Known(Option<Aal>),
 }
 
-/// A group name: lowercase letters, digits and `-`, at most 63, not starting with `-`.
+/// A group name: lowercase letters, digits and `-`, at most 63, not starting with `-` (the
+/// spelling of an app id).
 pub fn valid_group(s: &str) -> bool {
-    crate::model::valid_app_id(s)
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
 }
 
 /// A user name: 1-64 letters, digits and `.`, `_`, `-`, `@`.

@@ -48,6 +48,7 @@
       const err = new Error(j.message || 'The sign-in service did not accept this request.');
       err.server = true;
       err.status = r.status;
+      err.code = j.error;
       throw err;
     }
     return j;
@@ -104,7 +105,10 @@
   // which runs the ceremony again; the form itself is never sent twice.
   function unavailable(e, button) {
     let text = e.message;
-    if (main.dataset.kept) {
+    // The store failed (the audit log's own message says what became of the form).
+    if (e.code !== 'store_unavailable') {
+      // nothing to add
+    } else if (main.dataset.kept) {
       text += ` Your form for ${main.dataset.kept} is still kept, and is sent once you are signed in.`;
     } else if (main.dataset.notKept) {
       text += ' Your form could not be kept: submit it again once you are signed in.';

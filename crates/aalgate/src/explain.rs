@@ -188,7 +188,7 @@ pub fn run(a: ExplainArgs) -> Result<()> {
                 }
             };
             let verdict = if a.user.is_none() && a.groups.is_none() {
-                "give --user (with --config) or --groups to check it".to_string()
+                "not checked (assumed to admit): give --user with --config, or --groups".to_string()
             } else if allow.users.contains(&user) {
                 format!("admits {user} by name")
             } else if let Some(g) = groups.iter().find(|g| allow.groups.contains(g)) {
@@ -212,7 +212,18 @@ pub fn run(a: ExplainArgs) -> Result<()> {
         ceremony: None,
         person: (a.user.is_some() || a.groups.is_some()).then_some(person),
     };
-    let text = match admit(&rule.access, &facts, now) {
+    // No person described: the decision as for someone `allow` admits.
+    let unchecked;
+    let access = if facts.person.is_none() && !rule.access.allow.is_empty() {
+        unchecked = aalgate_policy::Access {
+            allow: Vec::new(),
+            ..rule.access.clone()
+        };
+        &unchecked
+    } else {
+        &rule.access
+    };
+    let text = match admit(access, &facts, now) {
         Admission::Forbidden => format!(
             "forbidden: 403, {} does not name this person (no sign-in or step-up is asked)",
             if rule.access.allow.len() > 1 { "the app's or the route's allow" } else { "allow" }
