@@ -115,15 +115,18 @@ fn fold(name: &str) -> String {
 }
 
 /// The identity a forwarded request carries must be exactly what the gateway sets for the
-/// case's session: the four `x-aalgate-*` headers once each (none without a session), their
-/// values consistent with an assertion that verifies against the gateway's JWKS, and no other
+/// case's session: the four `x-aalgate-*` headers once each (none without a session), the
+/// groups and e-mail ones at most once, the legacy app's own identity headers at most once,
+/// all consistent with an assertion that verifies against the gateway's JWKS, and no other
 /// identity header in any spelling.
 fn identity_is_ours(s: &Seen, user: &str, aal: &str, jwks: &VerifyingKey) -> Result<(), String> {
-    const OURS: [&str; 4] = [
+    const OURS: [&str; 6] = [
         "x-aalgate-user",
         "x-aalgate-aal",
         "x-aalgate-auth-time",
         "x-aalgate-assertion",
+        "x-aalgate-groups",
+        "x-aalgate-email",
     ];
     for (n, v) in &s.headers {
         let f = fold(n);
@@ -177,6 +180,41 @@ fn identity_is_ours(s: &Seen, user: &str, aal: &str, jwks: &VerifyingKey) -> Res
             return Err(format!(
                 "{name}: {got:?}, expected {expected:?} (claims {claims})"
             ));
+        }
+    }
+    // Groups and e-mail as the signed claims say; an app's own header names (the legacy app's
+    // `identity_headers`) say the same as the gateway's.
+    let groups = claims["groups"].as_array().map(|g| {
+        g.iter()
+            .filter_map(|x| x.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    let email = claims["email"].as_str().map(str::to_string);
+    let pairs = [
+        ("x-aalgate-groups", groups.clone()),
+        ("x-aalgate-email", email.clone()),
+    ];
+    for (name, expected) in pairs {
+        let got = s.one(name).map(str::to_string);
+        if got != expected {
+            return Err(format!(
+                "{name}: {got:?}, expected {expected:?} (claims {claims})"
+            ));
+        }
+    }
+    for (name, same_as) in [
+        ("x-remote-login", Some(user.to_string())),
+        ("x-remote-groups", groups),
+        ("x-remote-email", email),
+    ] {
+        if s.all(name).len() > 1 {
+            return Err(format!("{name} twice"));
+        }
+        if let Some(got) = s.one(name) {
+            if Some(got.to_string()) != same_as {
+                return Err(format!("{name}: {got:?}, expected {same_as:?}"));
+            }
         }
     }
     Ok(())
@@ -310,10 +348,13 @@ fn attack_corpus() {
 default: aal2\nroutes:\n  - path: /admin/**\n    require: deny\n",
         up.port
     );
-    // An app whose paths really hold an encoded `%` (`allow_double_encoding`).
+    // An app whose paths really hold an encoded `%` (`allow_double_encoding`), that reads
+    // the identity from headers of its own, with a route for one group.
     let legacy = format!(
         "app: legacy\nhost: legacy.localhost\nupstream: http://127.0.0.1:{}\n\
-allow_double_encoding: true\ndefault: aal2\n",
+allow_double_encoding: true\ndefault: aal2\n\
+identity_headers: {{ user: X-Remote-Login, groups: X-Remote-Groups, email: X-Remote-Email }}\n\
+routes:\n  - path: /staff/**\n    require: aal2\n    allow: {{ groups: [staff] }}\n",
         up.port
     );
     let mut g = Gateway::start(
@@ -325,6 +366,15 @@ allow_double_encoding: true\ndefault: aal2\n",
         ],
     );
     let store = EmbeddedStore::open(&g.state_dir()).expect("open embedded store");
+    // cat (the aal3 session) is in `staff` and has an address; nobody else is in a group.
+    rt().block_on(aalgate_session::SessionStore::kv_put(
+        &store,
+        aalgate_session::ACCESS_NS,
+        "cat-aal3",
+        br#"{"groups":["other","staff"],"email":"cat@clinic.example"}"#,
+        None,
+    ))
+    .expect("groups");
     let host = format!("localhost:{}", g.port);
     let sessions = Sessions::mint(
         &store,

@@ -67,7 +67,7 @@ fn explain_names_the_rule_and_the_decision() {
         "1m",
     ]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("billing.yaml:15:5"), "{out}");
+    assert!(out.contains("billing.yaml:18:5"), "{out}");
     assert!(out.contains("decision: step_up"), "{out}");
     assert!(
         out.contains("allow:    app: users [none], groups [billing]: not checked"),

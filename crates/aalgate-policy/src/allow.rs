@@ -49,6 +49,82 @@ pub enum Reach {
     Known(Option<Aal>),
 }
 
+/// The header names an app reads the identity from, besides `X-Aalgate-*` (lowercase).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdentityHeaders {
+    /// The user name.
+    pub user: Option<String>,
+    /// The groups the app's policy names, comma-separated.
+    pub groups: Option<String>,
+    /// The e-mail address.
+    pub email: Option<String>,
+}
+
+impl IdentityHeaders {
+    /// Whether a client-sent header `name` is one of these in any spelling (case, `_`, `.`),
+    /// and so must not reach the upstream.
+    pub fn names(&self, name: &str) -> bool {
+        let f = fold_header(name);
+        [&self.user, &self.groups, &self.email]
+            .into_iter()
+            .flatten()
+            .any(|n| fold_header(n) == f)
+    }
+}
+
+/// A header name as servers and CGI gateways fold it: lowercase, every other non-alphanumeric
+/// byte a `-` (`X_Remote.User` is `x-remote-user`).
+pub fn fold_header(name: &str) -> String {
+    name.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                b.to_ascii_lowercase() as char
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// Why a header name cannot carry an identity (`None`: it can).
+pub fn identity_header_problem(name: &str) -> Option<&'static str> {
+    let token = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !token {
+        return Some("is not a header name (letters, digits and - only, at most 64)");
+    }
+    let f = fold_header(name);
+    let f = f.trim_matches('-');
+    if f.starts_with("x-aalgate") {
+        return Some("is the gateway's own (X-Aalgate-*), which it sets already");
+    }
+    if f.starts_with("x-forwarded-") || matches!(f, "forwarded" | "x-request-id" | "x-real-ip") {
+        return Some("is a forwarding header the gateway sets itself");
+    }
+    if matches!(
+        f,
+        "host"
+            | "cookie"
+            | "authorization"
+            | "proxy-authorization"
+            | "content-length"
+            | "content-type"
+            | "transfer-encoding"
+            | "connection"
+            | "keep-alive"
+            | "upgrade"
+            | "te"
+            | "trailer"
+            | "expect"
+    ) {
+        return Some("would break the request (framing, routing or credentials)");
+    }
+    None
+}
+
 /// A group name: lowercase letters, digits and `-`, at most 63, not starting with `-` (the
 /// spelling of an app id).
 pub fn valid_group(s: &str) -> bool {

@@ -25,6 +25,12 @@ pub struct PolicyFile {
     #[serde(default)]
     #[schemars(with = "Option<AllowFile>")]
     pub allow: Option<Spanned<AllowFile>>,
+    /// Header names this app already reads the identity from (`REMOTE_USER`-style apps), set
+    /// besides `X-Aalgate-*`: e.g. `{ user: X-Remote-User, groups: X-Remote-Groups }`. Clients
+    /// can never send them, in any spelling.
+    #[serde(default)]
+    #[schemars(with = "Option<IdentityHeadersFile>")]
+    pub identity_headers: Option<Spanned<IdentityHeadersFile>>,
     /// The host the app is reached on (`billing.clinic.example`, or `host:port` to match one port only).
     #[schemars(with = "String")]
     pub host: Spanned<String>,
@@ -102,6 +108,24 @@ pub struct RouteFile {
     #[serde(default)]
     #[schemars(with = "Option<AllowFile>")]
     pub allow: Option<Spanned<AllowFile>>,
+}
+
+/// Header names for the identity the app is given.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityHeadersFile {
+    /// The user name (as `X-Aalgate-User`).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub user: Option<Spanned<String>>,
+    /// The person's groups that the app's policy names, comma-separated (as `X-Aalgate-Groups`).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub groups: Option<Spanned<String>>,
+    /// The person's e-mail address, when IT set one (as `X-Aalgate-Email`).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub email: Option<Spanned<String>>,
 }
 
 /// Who may use an app or route. Users and groups are alternatives: a person named in

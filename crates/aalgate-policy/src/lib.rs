@@ -43,7 +43,10 @@ pub mod time;
 
 pub use aal::{Aal, Requirement};
 pub use admit::{admit, Admission, AdmissionFacts, Ceremony, RequestKind, SessionKind, Subject};
-pub use allow::{allowed, valid_group, valid_user_id, Allow, Person, Reach};
+pub use allow::{
+    allowed, identity_header_problem, valid_group, valid_user_id, Allow, IdentityHeaders, Person,
+    Reach,
+};
 pub use decide::{Access, ExpiryReason, Limits, SessionFacts, StepUp, Timeouts};
 pub use host::HostPort;
 pub use model::{

@@ -140,6 +140,8 @@ pub struct App {
     /// Every group the app's policy names (its `allow` and its routes'), sorted: the only
     /// groups of a person the app is told about.
     pub groups: Vec<String>,
+    /// Header names the app reads the identity from (`identity_headers`).
+    pub identity_headers: crate::allow::IdentityHeaders,
     /// The host it serves.
     pub host: HostPort,
     /// Where allowed requests go.
@@ -670,6 +672,37 @@ fn build_app(
         }
         None => name.clone(),
     };
+    let mut identity_headers = crate::allow::IdentityHeaders::default();
+    if let Some(h) = &pf.identity_headers {
+        let mut seen: Vec<(String, &str)> = Vec::new();
+        for (what, slot, v) in [
+            ("user", &mut identity_headers.user, &h.value.user),
+            ("groups", &mut identity_headers.groups, &h.value.groups),
+            ("email", &mut identity_headers.email, &h.value.email),
+        ] {
+            let Some(v) = v else { continue };
+            let loc = SourceLoc::at(file, v.referenced);
+            if let Some(problem) = crate::allow::identity_header_problem(&v.value) {
+                diags.error(
+                    loc,
+                    format!("identity_headers.{what}: {:?} {problem}", v.value),
+                    "name a header the app reads, such as X-Remote-User or X-Remote-Groups",
+                );
+                continue;
+            }
+            let folded = crate::allow::fold_header(&v.value);
+            if let Some((_, other)) = seen.iter().find(|(f, _)| *f == folded) {
+                diags.error(
+                    loc,
+                    format!("identity_headers.{what}: {:?} is the same header as identity_headers.{other}", v.value),
+                    "give each a header of its own",
+                );
+                continue;
+            }
+            seen.push((folded, what));
+            *slot = Some(v.value.to_ascii_lowercase());
+        }
+    }
     // The app's `allow` applies to its default too: checked against the default's requirement.
     let app_allow = build_allow(file, pf.allow.as_ref(), Requirement::Aal2, diags);
     match default {
@@ -928,6 +961,7 @@ fn build_app(
     Some(Draft {
         app: App {
             display_name,
+            identity_headers,
             groups: {
                 let mut g: Vec<String> = app_allow
                     .iter()

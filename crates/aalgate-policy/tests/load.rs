@@ -464,3 +464,52 @@ routes:
         "{w:?}"
     );
 }
+
+/// `identity_headers` names the headers a legacy app reads; names that would break the request
+/// or the gateway are refused where they are written, and two names for one header too.
+#[test]
+fn identity_headers_refuse_what_would_break_the_request() {
+    let with = |h: &str| {
+        format!(
+            "app: legacy\nhost: legacy.example\nupstream: http://127.0.0.1:9\ndefault: aal2\nidentity_headers: {h}\n"
+        )
+    };
+    let set = load(&[(
+        "legacy.yaml",
+        &with("{ user: X-Remote-User, groups: X-Remote-Groups, email: X-Remote-Email }"),
+    )])
+    .unwrap();
+    let h = &set.apps()[0].identity_headers;
+    assert_eq!(h.user.as_deref(), Some("x-remote-user"));
+    assert!(h.names("X_Remote.Groups") && h.names("x-remote-email") && !h.names("x-other"));
+    for bad in [
+        "Cookie",
+        "Host",
+        "Authorization",
+        "Content-Length",
+        "Transfer-Encoding",
+        "Connection",
+        "X-Aalgate-User",
+        "X_Aalgate_Groups",
+        "X-Forwarded-User",
+        "\"Remote User\"",
+    ] {
+        let e = errors(&[("legacy.yaml", &with(&format!("{{ user: {bad} }}")))]);
+        assert!(
+            e.len() == 1
+                && e[0].starts_with("legacy.yaml:5:27:")
+                && e[0].contains("identity_headers.user"),
+            "{bad}: {e:?}"
+        );
+    }
+    let twice = errors(&[(
+        "legacy.yaml",
+        &with("{ user: X-Remote-User, groups: x_remote_user }"),
+    )]);
+    assert!(
+        twice.len() == 1 && twice[0].contains("same header"),
+        "{twice:?}"
+    );
+    let unknown = errors(&[("legacy.yaml", &with("{ login: X-Remote-User }"))]);
+    assert!(unknown.iter().any(|d| d.contains("login")), "{unknown:?}");
+}

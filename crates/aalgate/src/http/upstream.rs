@@ -61,11 +61,16 @@ pub(crate) fn prepare_request(
     // pingora has already removed hop-by-hop headers and those named in Connection (and
     // refuses a Connection that names Host or X-Forwarded-*); what is left of Connection
     // is its WebSocket upgrade, which must stay.
+    // And the headers this app reads the identity from (`identity_headers`), in any spelling.
+    let custom = ctx
+        .rule
+        .and_then(|i| ctx.policy.rules().get(i))
+        .map(|r| &ctx.policy.app_of(r).identity_headers);
     let reserved: Vec<String> = upstream
         .headers
         .keys()
         .map(|k| k.as_str().to_string())
-        .filter(|k| headers::is_reserved(k))
+        .filter(|k| headers::is_reserved(k) || custom.is_some_and(|c| c.names(k)))
         .collect();
     for name in reserved {
         upstream.remove_header(&name);
@@ -138,11 +143,21 @@ fn set_identity(
             (None, None) => sign(),
         }
         .map_err(|e| Error::because(ErrorType::InternalError, "cannot sign assertion", e))?;
+        let custom = &app_policy.identity_headers;
         if let Some(g) = &visible {
             upstream.insert_header(headers::GROUPS, g.join(","))?;
+            if let Some(name) = &custom.groups {
+                upstream.insert_header(name.clone(), g.join(","))?;
+            }
         }
         if let Some(e) = who.email {
             upstream.insert_header(headers::EMAIL, e)?;
+            if let Some(name) = &custom.email {
+                upstream.insert_header(name.clone(), e)?;
+            }
+        }
+        if let Some(name) = &custom.user {
+            upstream.insert_header(name.clone(), s.user.as_str())?;
         }
         upstream.insert_header(headers::USER, s.user.as_str())?;
         upstream.insert_header(headers::AAL, s.aal.number().to_string())?;
