@@ -284,3 +284,45 @@ fn a_group_removal_reaches_every_instance_within_a_second() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// An open WebSocket on a route the person may no longer use closes within about a second of
+/// the removal, quiet or not; a member's stays open.
+#[test]
+fn a_websocket_closes_when_its_person_loses_the_route() {
+    use std::io::Read;
+    let up = crate::transparency::ws_echo();
+    let policy = format!(
+        "app: ws\nhost: localhost\nupstream: http://127.0.0.1:{up}\ndefault: aal2\nallow: {{ groups: [monitoring] }}\n"
+    );
+    let g = Gateway::start(None, &[("ws.yaml", &policy)]);
+    let store = EmbeddedStore::open(&g.state_dir()).expect("store");
+    let dir = aalgate_auth::Directory::new(std::sync::Arc::new(
+        EmbeddedStore::open(&g.state_dir()).expect("store"),
+    ));
+    let rt = crate::rt();
+    for who in ["wren", "will"] {
+        rt.block_on(dir.change_groups(who, &["monitoring".into()], &[]))
+            .expect("add");
+    }
+    let host = format!("localhost:{}", g.port);
+    let wren = make_session(&store, &host, "wren", Aal::Aal2, 60, 1);
+    let will = make_session(&store, &host, "will", Aal::Aal2, 60, 1);
+    let mut leaving = crate::transparency::ws_open_on(g.port, &host, &wren);
+    let mut staying = crate::transparency::ws_open_on(g.port, &host, &will);
+    assert!(crate::transparency::ws_echoes(&mut leaving, "hi"));
+    rt.block_on(dir.change_groups("wren", &[], &["monitoring".into()]))
+        .expect("remove");
+    let t = Instant::now();
+    let mut b = [0u8; 1];
+    let n = leaving.read(&mut b).unwrap_or(0);
+    assert_eq!(
+        n, 0,
+        "the connection of a person removed from the group stayed open"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "closed only after {:?}",
+        t.elapsed()
+    );
+    assert!(crate::transparency::ws_echoes(&mut staying, "still here"));
+}

@@ -309,12 +309,15 @@ pub(crate) struct Upgraded {
 /// while the store is down and ends with *Sign out* or the code's TTL.
 #[derive(Clone)]
 pub(crate) enum Lives {
-    Store(Arc<dyn SessionStore>),
+    /// In the store; and the person must stay allowed on the route (its `allow`, checked
+    /// against their groups as the store has them now).
+    Store(Arc<dyn SessionStore>, Arc<Vec<aalgate_policy::Allow>>),
     Emergency(Arc<crate::state::SignInService>),
 }
 
 impl Lives {
-    /// Whether the session behind cookie `handle` still exists on `host`.
+    /// Whether the session behind cookie `handle` still exists on `host` (and its person is
+    /// still allowed on the route).
     pub(crate) async fn alive(
         &self,
         handle: &SessionKey,
@@ -322,7 +325,23 @@ impl Lives {
         now: Timestamp,
     ) -> Result<bool, aalgate_session::StoreError> {
         match self {
-            Lives::Store(store) => Ok(store.resolve(handle, host, now).await?.is_some()),
+            Lives::Store(store, allow) => {
+                let Some(r) = store.resolve_with_access(handle, host, now).await? else {
+                    return Ok(false);
+                };
+                if allow.is_empty() {
+                    return Ok(true);
+                }
+                let access = membership(&r.session.user, r.access.as_deref());
+                Ok(aalgate_policy::allowed(
+                    allow,
+                    &aalgate_policy::Person {
+                        user: &r.session.user,
+                        groups: &access.groups,
+                        reach: aalgate_policy::Reach::Unknown,
+                    },
+                ))
+            }
             Lives::Emergency(svc) => Ok(svc.emergencies.get(handle, host, now).is_some()),
         }
     }

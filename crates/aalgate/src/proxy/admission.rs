@@ -217,9 +217,16 @@ impl Gateway {
         }
         // The check happens at the upgrade; afterwards every frame is held to the session's
         // absolute end and (once a second) to its existence.
-        let until = aalgate_policy::admit::session_end(access, &subject(&s));
-        let lives = Lives::Store(self.store.clone());
-        self.watch_if_upgrade(session, ctx, &handle, until, lives, now);
+        if session
+            .req_header()
+            .headers
+            .contains_key(http::header::UPGRADE)
+        {
+            // ...and, where the route has an `allow`, to the person's groups still meeting it.
+            let until = aalgate_policy::admit::session_end(access, &subject(&s));
+            let lives = Lives::Store(self.store.clone(), Arc::new(access.allow.clone()));
+            self.watch_if_upgrade(session, ctx, &handle, until, lives, now);
+        }
         ctx.session_key = Some(key);
         ctx.session = Some(s);
     }
