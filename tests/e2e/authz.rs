@@ -326,3 +326,151 @@ fn a_websocket_closes_when_its_person_loses_the_route() {
     );
     assert!(crate::transparency::ws_echoes(&mut staying, "still here"));
 }
+
+/// `aalgate report access`: who can reach each route and through which group, each person's
+/// apps with their last use, unused grants; it fails (exit 1) when a person an `allow` names
+/// on an aal3 route has no hardware key, and warns about an open signing-style route.
+#[test]
+fn the_access_review_names_who_can_reach_what_and_fails_on_a_stuck_signer() {
+    use aalgate_auth::{CredentialKind, User};
+    let up = Upstream::start();
+    let rx = format!(
+        "app: rx\nallow: {{ groups: [prescribers] }}\nhost: rx.localhost\nupstream: http://127.0.0.1:{}\ndefault: aal2\nroutes:\n  - path: /sign\n    methods: [POST]\n    require: aal3\n    step_up: {{ per_request: true }}\n    allow: {{ groups: [epcs-signers] }}\n",
+        up.port
+    );
+    let lab = format!(
+        "app: lab\nhost: lab.localhost\nupstream: http://127.0.0.1:{}\ndefault: aal2\nroutes:\n  - path: /release\n    require: aal3\n    step_up: {{ max_age: 5m }}\n",
+        up.port
+    );
+    let g = Gateway::start(None, &[("rx.yaml", &rx), ("lab.yaml", &lab)]);
+    let dir = aalgate_auth::Directory::new(std::sync::Arc::new(
+        EmbeddedStore::open(&g.state_dir()).expect("store"),
+    ));
+    let person = |id: &str, aal3: bool, disabled: bool| {
+        let mut key = crate::signin::enrolled(32, &["usb"]);
+        if aal3 {
+            key.kind = CredentialKind::SecurityKey;
+            key.aal = Aal::Aal3;
+        }
+        User {
+            id: id.into(),
+            display_name: id.to_uppercase(),
+            handle: uuid::Uuid::new_v4(),
+            disabled,
+            proofed_aal: if aal3 { Aal::Aal3 } else { Aal::Aal2 },
+            created: aalgate_policy::Timestamp::wall(),
+            last_login: None,
+            credentials: vec![key],
+        }
+    };
+    let rt = crate::rt();
+    for (u, aal3, disabled, groups) in [
+        ("pat", false, false, vec!["prescribers", "epcs-signers"]),
+        ("sam", true, false, vec!["prescribers", "epcs-signers"]),
+        ("ned", false, false, vec!["prescribers"]),
+        ("olga", false, true, vec!["prescribers", "epcs-signers"]),
+    ] {
+        rt.block_on(dir.put_user(&person(u, aal3, disabled)))
+            .expect("user");
+        let groups: Vec<String> = groups.into_iter().map(String::from).collect();
+        rt.block_on(dir.change_groups(u, &groups, &[]))
+            .expect("groups");
+    }
+    // sam uses the app: the gateway records it (off the request path).
+    let store = EmbeddedStore::open(&g.state_dir()).expect("store");
+    let host = format!("rx.localhost:{}", g.port);
+    let sam = make_session(&store, &host, "sam", Aal::Aal3, 60, 0);
+    assert_eq!(get(g.port, &host, "/queue", &[&cookie(&sam)]).status, 200);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let (code, out, err) = cli(
+        &g,
+        &["report", "access", "--policies"]
+            .into_iter()
+            .chain([
+                g.policy_dir().to_str().unwrap_or_default(),
+                "--unused",
+                "90d",
+            ])
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        code, 1,
+        "a signer without a hardware key fails the report:\n{out}{err}"
+    );
+    assert!(
+        err.contains("FAIL: pat may use rx POST /sign")
+            && !err.contains("FAIL: sam")
+            && !err.contains("olga"),
+        "{err}"
+    );
+    assert!(
+        err.contains("warning: lab /release") && err.contains("open to anyone signed in"),
+        "{err}"
+    );
+    assert!(
+        out.contains("rx POST /sign [aal3, step-up per_request]: olga (group:epcs-signers, disabled), pat (group:epcs-signers), sam (group:epcs-signers)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("lab /release [aal3, step-up max_age 5m]: anyone signed in"),
+        "{out}"
+    );
+    let sam_rx = out
+        .split("  sam (")
+        .nth(1)
+        .and_then(|b| {
+            b.lines()
+                .skip(1)
+                .take(2)
+                .find(|l| l.trim_start().starts_with("rx"))
+        })
+        .unwrap_or_default();
+    assert!(
+        sam_rx.contains("last use 20"),
+        "sam's last use of rx is recorded: {out}"
+    );
+    let unused = out.split("UNUSED GRANTS").nth(1).unwrap_or_default();
+    assert!(
+        unused.contains("pat on rx (last use never)")
+            && unused.contains("ned on rx")
+            && !unused.contains("sam on rx")
+            && !unused.contains("olga"),
+        "{out}"
+    );
+    // JSON for tools; then the stuck signer leaves the group, and the report passes.
+    let (_, json, _) = cli(
+        &g,
+        &[
+            "report",
+            "access",
+            "--format",
+            "json",
+            "--app",
+            "rx",
+            "--policies",
+            g.policy_dir().to_str().unwrap_or_default(),
+        ],
+    );
+    let j: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert!(
+        j["routes"]
+            .as_array()
+            .is_some_and(|r| r.iter().all(|x| x["app"] == "rx")),
+        "{json}"
+    );
+    assert_eq!(j["failures"].as_array().map(Vec::len), Some(1), "{json}");
+    cli(&g, &["users", "groups", "pat", "--remove", "epcs-signers"]);
+    let (code, out, err) = cli(
+        &g,
+        &[
+            "report",
+            "access",
+            "--app",
+            "rx",
+            "--policies",
+            g.policy_dir().to_str().unwrap_or_default(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+}

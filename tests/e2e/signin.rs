@@ -475,7 +475,7 @@ fn shape(a: &[Allowed]) -> Vec<(usize, Option<Vec<String>>)> {
 
 /// A stored credential of an enrolled person, as webauthn-rs keeps it: an id of `id_len`
 /// bytes, and the transports the browser reported at enrollment.
-fn enrolled(id_len: usize, transports: &[&str]) -> aalgate_auth::Credential {
+pub(crate) fn enrolled(id_len: usize, transports: &[&str]) -> aalgate_auth::Credential {
     use webauthn_rs::prelude::*;
     let id: Vec<u8> = (0..id_len).map(|_| rand_byte()).collect();
     let key = Credential {

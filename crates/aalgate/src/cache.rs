@@ -110,6 +110,53 @@ impl SessionCache {
     }
 }
 
+/// The key-value namespace of last-use records: `<user> <app>` -> Unix seconds.
+pub const LAST_USE_NS: &str = "last_use";
+/// A person's use of an app is written at most this often per instance: the access report
+/// needs days, not seconds, and a request must not cost a store write.
+pub const LAST_USE_EVERY: Duration = Duration::from_secs(3600);
+/// How long a last-use record lives without a newer use (beyond any `--unused` window IT uses).
+pub const LAST_USE_TTL: Duration = Duration::from_secs(400 * 86400);
+
+/// When this instance last wrote each (person, app) use, by a hash of the pair: bounded, and
+/// a lookup allocates nothing.
+pub struct LastUse {
+    written: Cache<u64, Instant>,
+}
+
+impl LastUse {
+    /// At most `capacity` pairs (an evicted pair is written once more: harmless).
+    pub fn new(capacity: usize) -> LastUse {
+        LastUse {
+            written: Cache::new(capacity.max(1)),
+        }
+    }
+
+    /// Whether `user`'s use of `app` is due to be written (and, if so, marks it written).
+    pub fn due(&self, user: &str, app: &str) -> bool {
+        use std::hash::Hasher;
+        let mut h = std::hash::DefaultHasher::new();
+        h.write(user.as_bytes());
+        h.write_u8(0);
+        h.write(app.as_bytes());
+        let k = h.finish();
+        if self
+            .written
+            .get(&k)
+            .is_some_and(|t| t.elapsed() < LAST_USE_EVERY)
+        {
+            return false;
+        }
+        self.written.insert(k, Instant::now());
+        true
+    }
+}
+
+/// The key of a last-use record.
+pub fn last_use_key(user: &str, app: &str) -> String {
+    format!("{user} {app}")
+}
+
 /// Signed assertions by (session key, app, what they say of the person).
 pub struct AssertionCache {
     inner: Cache<(SessionKey, String, String), (String, Timestamp)>,

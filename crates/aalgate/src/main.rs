@@ -132,6 +132,23 @@ enum ReportAction {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+    /// Access review: who can reach each app and route (by name or through which group) and
+    /// at what AAL, each person's apps with their last use, and, with --unused, grants not used
+    /// for that long. Exits 1 when a person an `allow` names on an aal3 route has no usable
+    /// AAL3 key.
+    Access {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        /// Only this app.
+        #[arg(long)]
+        app: Option<String>,
+        /// List explicit grants (an app `allow` names the person) not used for this long.
+        #[arg(long)]
+        unused: Option<humantime::Duration>,
+        /// Policy files or directories (default: the config's `policies`, or the demo's).
+        #[arg(long)]
+        policies: Vec<PathBuf>,
+    },
     /// Break-glass uses, who and why, and uses not reviewed within 24 h.
     Breakglass {
         /// How far back.
@@ -805,6 +822,7 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
             SESSION_CACHE_CAPACITY,
             assertion::ASSERTION_LIFETIME,
         ),
+        last_use: cache::LastUse::new(SESSION_CACHE_CAPACITY),
         store: store.clone(),
         signer,
         public_host: cfg.public_host.clone(),
@@ -1076,6 +1094,144 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+/// The access report in `format`; problems and warnings go to standard error too.
+fn print_access(r: &aalgate::report::AccessReport, format: Format, unused: bool) {
+    match format {
+        Format::Json => println!("{}", serde_json::json!(r)),
+        Format::Csv => {
+            println!("kind,app,route,require,user,via,last_use");
+            for route in &r.routes {
+                if !route.restricted {
+                    println!(
+                        "route,{},{},{},,{},",
+                        csv_field(&route.app),
+                        csv_field(&route.route),
+                        route.require,
+                        if route.require == "public" {
+                            "anyone (public)"
+                        } else if route.require == "deny" {
+                            "nobody (deny)"
+                        } else {
+                            "anyone signed in"
+                        }
+                    );
+                }
+                for g in &route.people {
+                    println!(
+                        "route,{},{},{},{},{} ({}),",
+                        csv_field(&route.app),
+                        csv_field(&route.route),
+                        route.require,
+                        csv_field(&g.user),
+                        g.via,
+                        g.status
+                    );
+                }
+            }
+            for p in &r.people {
+                for a in &p.apps {
+                    println!(
+                        "person,{},,,{},{},{}",
+                        csv_field(&a.app),
+                        csv_field(&p.user),
+                        if a.explicit {
+                            "allow"
+                        } else {
+                            "anyone signed in"
+                        },
+                        a.last_use.as_deref().unwrap_or("")
+                    );
+                }
+            }
+            for u in &r.unused {
+                println!("unused,,,,{},{},", csv_field(&u.user), csv_field(&u.via));
+            }
+        }
+        Format::Table => {
+            println!("ROUTES");
+            for route in &r.routes {
+                let who = if route.require == "public" {
+                    "anyone, without signing in".to_string()
+                } else if route.require == "deny" {
+                    "nobody".to_string()
+                } else if !route.restricted {
+                    "anyone signed in".to_string()
+                } else if route.people.is_empty() {
+                    "nobody the directory knows".to_string()
+                } else {
+                    route
+                        .people
+                        .iter()
+                        .map(|g| {
+                            let mut why: Vec<&str> = Vec::new();
+                            if g.via != "user" {
+                                why.push(&g.via);
+                            }
+                            if g.status != "active" {
+                                why.push(g.status);
+                            }
+                            if why.is_empty() {
+                                g.user.clone()
+                            } else {
+                                format!("{} ({})", g.user, why.join(", "))
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                println!(
+                    "  {} {} [{}{}]: {who}  ({})",
+                    route.app,
+                    route.route,
+                    route.require,
+                    route
+                        .step_up
+                        .as_deref()
+                        .map(|s| format!(", step-up {s}"))
+                        .unwrap_or_default(),
+                    route.source
+                );
+            }
+            println!("\nPEOPLE");
+            for p in &r.people {
+                println!(
+                    "  {} ({}, max {}, groups: {})",
+                    p.user,
+                    p.status,
+                    p.max_aal.as_deref().unwrap_or("none"),
+                    if p.groups.is_empty() {
+                        "none".to_string()
+                    } else {
+                        p.groups.join(", ")
+                    }
+                );
+                for a in &p.apps {
+                    println!(
+                        "    {:<20} last use {}",
+                        a.app,
+                        a.last_use.as_deref().unwrap_or("never")
+                    );
+                }
+            }
+            if unused {
+                println!("\nUNUSED GRANTS");
+                if r.unused.is_empty() {
+                    println!("  none");
+                }
+                for u in &r.unused {
+                    println!("  {} on {}", u.user, u.via);
+                }
+            }
+        }
+    }
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    for f in &r.failures {
+        eprintln!("FAIL: {f}");
+    }
+}
+
 #[allow(clippy::too_many_lines, reason = "one report per subcommand")]
 async fn report_run(args: ReportArgs) -> Result<bool> {
     let now = aalgate_policy::Timestamp::wall();
@@ -1127,6 +1283,53 @@ async fn report_run(args: ReportArgs) -> Result<bool> {
                 }
             }
             Ok(summary.active_without_mfa == 0)
+        }
+        ReportAction::Access {
+            format,
+            app,
+            unused,
+            policies,
+        } => {
+            let paths = if !policies.is_empty() {
+                policies
+            } else if let Some(c) = &args.target.config {
+                Config::load(c)?.policies
+            } else {
+                vec![PathBuf::from("policies/demo.yaml")]
+            };
+            let set = aalgate::policy_files::load(&paths).map_err(|diags| {
+                for d in &diags {
+                    eprintln!("{d}");
+                }
+                anyhow::anyhow!("the policy set has errors")
+            })?;
+            let (store, _) = cli_store(&args.target)?;
+            let dir = aalgate_auth::Directory::new(store.clone());
+            let users = dir.users().await?;
+            let memberships = dir.memberships().await?;
+            let mut last_use = std::collections::BTreeMap::new();
+            for (k, v) in store.kv_list(aalgate::cache::LAST_USE_NS).await? {
+                let (Some((u, a)), Some(t)) = (
+                    k.split_once(' '),
+                    std::str::from_utf8(&v)
+                        .ok()
+                        .and_then(|t| t.parse::<u64>().ok()),
+                ) else {
+                    continue;
+                };
+                last_use.insert((u.to_string(), a.to_string()), aalgate_policy::Timestamp(t));
+            }
+            let report = aalgate::report::access(&aalgate::report::AccessInput {
+                policy: &set,
+                users: &users,
+                memberships: &memberships,
+                last_use: &last_use,
+                app: app.as_deref(),
+                unused: unused.map(Into::into),
+                now,
+            });
+            print_access(&report, format, unused.is_some());
+            Ok(report.failures.is_empty())
         }
         ReportAction::Breakglass { since, format } => {
             let cfg = breakglass_config(&args.target)?;

@@ -249,3 +249,259 @@ mod tests {
         );
     }
 }
+
+/// Who can reach one route, and at what level.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RouteAccess {
+    /// The app id.
+    pub app: String,
+    /// The rule's id (`default` for the app's default).
+    pub route: String,
+    /// What it requires (`aal2`, `aal3`...).
+    pub require: String,
+    /// `max_age 5m`, `per_request`, or none.
+    pub step_up: Option<String>,
+    /// Where the rule is written (`file:line:column`).
+    pub source: String,
+    /// `false`: anyone signed in (no `allow` applies); `true`: only `people`.
+    pub restricted: bool,
+    /// The people it admits (with `restricted`), each by name or through which group.
+    pub people: Vec<Grant>,
+}
+
+/// One person a route or app admits, and why.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Grant {
+    /// The user id.
+    pub user: String,
+    /// `user` (named), `group:<g>` (a member), or `anyone signed in`.
+    pub via: String,
+    /// `active`, `disabled` (cannot sign in) or `not enrolled` (groups set, no account yet).
+    pub status: &'static str,
+}
+
+/// One person in the access report.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct PersonAccess {
+    /// The user id.
+    pub user: String,
+    /// `active`, `disabled`, or `not enrolled` (groups set, no account yet).
+    pub status: &'static str,
+    /// Their groups.
+    pub groups: Vec<String>,
+    /// The highest level a usable credential reaches.
+    pub max_aal: Option<String>,
+    /// The apps they can reach, with their last use (RFC 3339; none: never seen).
+    pub apps: Vec<AppUse>,
+}
+
+/// A person's use of one app.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AppUse {
+    /// The app id.
+    pub app: String,
+    /// Last use (RFC 3339), as the gateway recorded it (at most hourly).
+    pub last_use: Option<String>,
+    /// Granted by an explicit `allow` (not merely "anyone signed in").
+    pub explicit: bool,
+}
+
+/// The access review: routes, people, unused grants, and what fails it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AccessReport {
+    /// Every rule, by app.
+    pub routes: Vec<RouteAccess>,
+    /// Every person the directory knows.
+    pub people: Vec<PersonAccess>,
+    /// Explicit app grants (an app `allow` names them) unused for `--unused` (or never).
+    pub unused: Vec<Grant>,
+    /// Why the report fails (exit 1): a person named by an explicit `allow` on an `aal3`
+    /// route with no usable AAL3 credential (they would be stuck at the step-up).
+    pub failures: Vec<String>,
+    /// `aal3` routes with a step-up (a signing-style action) and no `allow`.
+    pub warnings: Vec<String>,
+}
+
+/// What the access report reads: the policy, the directory's people and their last uses.
+pub struct AccessInput<'a> {
+    /// The policy set.
+    pub policy: &'a aalgate_policy::PolicySet,
+    /// Every enrolled user.
+    pub users: &'a [aalgate_auth::User],
+    /// Every person's groups (including people not enrolled yet).
+    pub memberships: &'a std::collections::BTreeMap<String, aalgate_auth::model::Membership>,
+    /// Last use by (user, app).
+    pub last_use: &'a std::collections::BTreeMap<(String, String), Timestamp>,
+    /// Only this app (`--app`).
+    pub app: Option<&'a str>,
+    /// `--unused`: list explicit grants not used for this long.
+    pub unused: Option<Duration>,
+    /// The time.
+    pub now: Timestamp,
+}
+
+fn status_of(account: Option<&aalgate_auth::User>) -> &'static str {
+    match account {
+        Some(a) if a.disabled => "disabled",
+        Some(_) => "active",
+        None => "not enrolled",
+    }
+}
+
+/// Builds the access review (pure: the CLI reads the inputs).
+pub fn access(input: &AccessInput<'_>) -> AccessReport {
+    use aalgate_policy::{allowed, Person, Reach};
+    let mut names: std::collections::BTreeSet<&str> =
+        input.users.iter().map(|u| u.id.as_str()).collect();
+    names.extend(input.memberships.keys().map(String::as_str));
+    let empty = Vec::new();
+    let groups_of = |u: &str| {
+        input
+            .memberships
+            .get(u)
+            .map_or(&empty, |m: &aalgate_auth::model::Membership| &m.groups)
+    };
+    let user_of = |u: &str| input.users.iter().find(|x| x.id == u);
+    let why = |allow: &[aalgate_policy::Allow], u: &str| -> String {
+        for a in allow.iter().rev() {
+            if a.users.iter().any(|x| x == u) {
+                return "user".into();
+            }
+            if let Some(g) = groups_of(u).iter().find(|g| a.groups.contains(g)) {
+                return format!("group:{g}");
+            }
+        }
+        "user".into()
+    };
+    let mut report = AccessReport::default();
+    for rule in input.policy.rules() {
+        let app = input.policy.app_of(rule);
+        if input.app.is_some_and(|a| a != app.name) {
+            continue;
+        }
+        let access = &rule.access;
+        let require = access.require;
+        if matches!(
+            require,
+            aalgate_policy::Requirement::Public | aalgate_policy::Requirement::Deny
+        ) {
+            report.routes.push(RouteAccess {
+                app: app.name.clone(),
+                route: rule.id.clone(),
+                require: require.to_string(),
+                step_up: None,
+                source: rule.source.to_string(),
+                restricted: require == aalgate_policy::Requirement::Deny,
+                people: Vec::new(),
+            });
+            continue;
+        }
+        let restricted = !access.allow.is_empty();
+        let mut people = Vec::new();
+        if restricted {
+            for u in &names {
+                let person = Person {
+                    user: u,
+                    groups: groups_of(u),
+                    reach: Reach::Unknown,
+                };
+                if allowed(&access.allow, &person) {
+                    people.push(Grant {
+                        user: u.to_string(),
+                        via: why(&access.allow, u),
+                        status: status_of(user_of(u)),
+                    });
+                    // Named for an AAL3 route: can they get there?
+                    let active = user_of(u).filter(|x| !x.disabled);
+                    if require == aalgate_policy::Requirement::Aal3 {
+                        if let Some(x) = active {
+                            let reach = x.max_aal().map(|a| a.min(x.proofed_aal.max(Aal::Aal2)));
+                            if reach < Some(Aal::Aal3) {
+                                report.failures.push(format!(
+                                    "{u} may use {} {} (aal3, {}) but has no usable AAL3 hardware key: they would be stuck at the step-up; invite them at --aal 3",
+                                    app.name, rule.id, rule.source
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        } else if require == aalgate_policy::Requirement::Aal3 && access.step_up.is_some() {
+            report.warnings.push(format!(
+                "{} {} ({}) is an aal3 route with a step-up (a signing-style action) open to anyone signed in: add an allow naming who may do it",
+                app.name, rule.id, rule.source
+            ));
+        }
+        report.routes.push(RouteAccess {
+            app: app.name.clone(),
+            route: rule.id.clone(),
+            require: require.to_string(),
+            step_up: access.step_up.map(|s| match s {
+                aalgate_policy::StepUp::MaxAge(d) => {
+                    format!("max_age {}", aalgate_policy::format_duration(d))
+                }
+                aalgate_policy::StepUp::PerRequest => "per_request".into(),
+            }),
+            source: rule.source.to_string(),
+            restricted,
+            people,
+        });
+    }
+    for u in &names {
+        let account = user_of(u);
+        let groups = groups_of(u).clone();
+        let person = Person {
+            user: u,
+            groups: &groups,
+            reach: Reach::Unknown,
+        };
+        let mut apps = Vec::new();
+        for app in input.policy.apps() {
+            if input.app.is_some_and(|a| a != app.name) {
+                continue;
+            }
+            let app_allow: Vec<aalgate_policy::Allow> = app.allow.iter().cloned().collect();
+            if !allowed(&app_allow, &person) {
+                continue;
+            }
+            let last = input
+                .last_use
+                .get(&(u.to_string(), app.name.clone()))
+                .copied();
+            let explicit = app.allow.is_some();
+            if explicit && account.is_some_and(|a| !a.disabled) {
+                if let Some(window) = input.unused {
+                    let stale = last.is_none_or(|t| input.now.since(t) >= window);
+                    if stale {
+                        report.unused.push(Grant {
+                            status: "active",
+                            user: u.to_string(),
+                            via: format!(
+                                "{} (last use {})",
+                                app.name,
+                                last.map(rfc3339).unwrap_or_else(|| "never".into())
+                            ),
+                        });
+                    }
+                }
+            }
+            apps.push(AppUse {
+                app: app.name.clone(),
+                last_use: last.map(rfc3339),
+                explicit,
+            });
+        }
+        report.people.push(PersonAccess {
+            user: u.to_string(),
+            status: status_of(account),
+            groups,
+            max_aal: account
+                .and_then(|a| a.max_aal())
+                .map(|a| a.as_str().to_string()),
+            apps,
+        });
+    }
+    report.failures.sort();
+    report.failures.dedup();
+    report
+}

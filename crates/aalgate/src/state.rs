@@ -193,6 +193,8 @@ pub struct State {
     pub sessions: crate::cache::SessionCache,
     /// Signed assertions, reused for half their lifetime.
     pub assertions: crate::cache::AssertionCache,
+    /// When each person's use of each app was last written (for the access report).
+    pub last_use: crate::cache::LastUse,
     /// The session store, already wrapped in a deadline.
     pub store: Arc<dyn SessionStore>,
     /// Signs upstream assertions.

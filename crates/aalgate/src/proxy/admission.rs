@@ -205,6 +205,7 @@ impl Gateway {
         s: UserSession,
         now: Timestamp,
     ) {
+        self.note_use(ctx, &s.user, now);
         if now.since(s.last_seen) >= TOUCH_INTERVAL {
             // Off the request path: a failed touch only makes the idle limit fire earlier.
             self.sessions.set_last_seen(&handle, now);
@@ -335,6 +336,34 @@ impl Gateway {
             b.body == has_body
                 && (b.body || aalgate_auth::signing::matches(b, method, &host, &url, None))
         }))
+    }
+
+    /// Records that `user` used the request's app (at most once an hour per instance, off
+    /// the request path): the access report's last use, for least-privilege review.
+    pub(crate) fn note_use(&self, ctx: &Ctx, user: &str, now: Timestamp) {
+        let Some(app) = ctx
+            .rule
+            .and_then(|i| ctx.policy.rules().get(i))
+            .map(|r| ctx.policy.app_of(r).name.as_str())
+        else {
+            return;
+        };
+        if !self.last_use.due(user, app) {
+            return;
+        }
+        let (store, key) = (self.store.clone(), crate::cache::last_use_key(user, app));
+        tokio::spawn(async move {
+            let value = now.0.to_string();
+            let put = store.kv_put(
+                crate::cache::LAST_USE_NS,
+                &key,
+                value.as_bytes(),
+                Some(crate::cache::LAST_USE_TTL),
+            );
+            if let Err(e) = put.await {
+                tracing::debug!(error = %e, "last use not recorded");
+            }
+        });
     }
 
     /// Forwards a request its own flow's ceremony admitted (once).
