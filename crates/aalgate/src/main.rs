@@ -1095,6 +1095,7 @@ fn csv_field(s: &str) -> String {
 }
 
 /// The access report in `format`; problems and warnings go to standard error too.
+#[allow(clippy::too_many_lines, reason = "one arm per format")]
 fn print_access(r: &aalgate::report::AccessReport, format: Format, unused: bool) {
     match format {
         Format::Json => println!("{}", serde_json::json!(r)),
