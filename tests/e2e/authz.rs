@@ -148,8 +148,17 @@ fn allow_admits_only_the_people_granted_each_app_and_route() {
         get(g.port, &bh, "/invoices", &[&cookie(&nora_billing)]).status,
         403
     );
-    // Nobody signed in: sent to sign in, as before; nobody learns who may use the route.
-    assert_eq!(get(g.port, &eh, "/admin/users", &[]).status, 302);
+    // Nobody signed in: sent to sign in, as before; nobody learns who may use the route. The
+    // sign-in page calls the app by its display name.
+    let r = get(g.port, &eh, "/admin/users", &[]);
+    assert_eq!(r.status, 302);
+    let to = r.header("location").unwrap_or_default();
+    let path = &to[to.find("/.aalgate/").unwrap_or(0)..];
+    let page = get(g.port, &format!("localhost:{}", g.port), path, &[]).text();
+    assert!(
+        page.contains("Sign in to <strong>Legacy EHR</strong>") && !page.contains("ehr-admins"),
+        "{page}"
+    );
     let r = get(g.port, &eh, "/admin/users", &[SCRIPT]);
     assert_eq!(r.status, 401);
     assert!(!r.text().contains("ehr-admins") && !r.text().contains("forbidden"));

@@ -562,6 +562,13 @@ impl State {
             .and_then(|h| ctx.policy.app_for_host(&h).map(|a| a.name.clone()))
     }
 
+    /// What people call the app this host serves (`display_name`, else its id).
+    pub(crate) fn display_of_host(&self, ctx: &Ctx) -> Option<String> {
+        HostPort::parse(&ctx.host)
+            .ok()
+            .and_then(|h| ctx.policy.app_for_host(&h).map(|a| a.display_name.clone()))
+    }
+
     /// What people call the app with id `app` (`display_name` in its policy, else the id).
     pub(crate) fn display_name(&self, ctx: &Ctx, app: &str) -> String {
         ctx.policy

@@ -20,7 +20,7 @@ pub(crate) async fn breakglass_page(
 ) -> Result<bool> {
     let (bind, set_bind) = x.binding();
     let app = st
-        .app_of_host(x.ctx)
+        .display_of_host(x.ctx)
         .unwrap_or_else(|| "the applications".into());
     let problem = problem
         .map(|p| {

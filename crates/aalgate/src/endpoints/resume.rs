@@ -26,7 +26,7 @@ pub(crate) async fn resume_page(
 ) -> Result<bool> {
     x.ctx.outcome = outcome;
     let app = st
-        .app_of_host(x.ctx)
+        .display_of_host(x.ctx)
         .unwrap_or_else(|| "the application".into());
     let reply = Reply::html(
         outcome.status().unwrap_or(200),

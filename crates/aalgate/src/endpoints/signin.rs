@@ -101,7 +101,7 @@ pub(crate) async fn auth_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> 
     }
 
     let (bind, set_bind) = x.binding();
-    let app = escape(&flow.app);
+    let app = escape(&st.display_name(x.ctx, &flow.app));
     // What the route needs is said only to a person already known (step-up, re-auth):
     // before a session, a sign-in page tells nobody which routes want a hardware key.
     let known = matches!(flow.need, FlowKind::StepUp | FlowKind::Reauth) && flow.user.is_some();
@@ -228,7 +228,7 @@ pub(crate) fn signed_path(st: &State, flow: &Flow) -> String {
 /// ceremony. It closes itself when a script opened it; otherwise it says what to do.
 pub(crate) async fn done_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     let app = st
-        .app_of_host(x.ctx)
+        .display_of_host(x.ctx)
         .unwrap_or_else(|| "the application".into());
     let body = format!(
         "<p>Confirmed. Go back to <strong>{}</strong>: the page you were using carries on by itself. This window closes itself; if it does not, close it.</p>\

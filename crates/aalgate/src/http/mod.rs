@@ -263,7 +263,7 @@ impl Exchange<'_> {
 
     /// A link to the start page of the app this host serves, if it serves one.
     pub(crate) fn to_app(&self) -> Option<String> {
-        self.st.app_of_host(self.ctx).map(|app| {
+        self.st.display_of_host(self.ctx).map(|app| {
             format!(
                 "<p><a class=\"button\" href=\"/\">Go to {}</a></p>",
                 pages::escape(&app)
