@@ -72,6 +72,16 @@ fn allow_admits_only_the_people_granted_each_app_and_route() {
     );
     let (_, mine, _) = cli(&g, &["users", "groups", "nora"]);
     assert_eq!(mine, "clinical\nresearch\n");
+    // validate --config checks the names in allow against the directory.
+    let (code, out, _) = cli(&g, &["validate"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("warning: allow names group ehr-admins, which nobody is in")
+            && out.contains("ehr.yaml:")
+            && !out.contains("group clinical")
+            && !out.contains("user it-alice"),
+        "{out}"
+    );
 
     let (eh, bh) = (
         format!("ehr.localhost:{}", g.port),

@@ -542,6 +542,9 @@ fn validate(paths: Vec<PathBuf>, config: Option<&Path>) -> ExitCode {
                     eprintln!("aalgate: {n} error(s) against the gateway config; the policy set was not accepted");
                     return ExitCode::FAILURE;
                 }
+                for w in unknown_names(&set, config.unwrap_or(Path::new(""))) {
+                    println!("{w}");
+                }
             }
             for app in set.apps() {
                 println!(
@@ -569,6 +572,54 @@ fn validate(paths: Vec<PathBuf>, config: Option<&Path>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Warnings for `allow` names no directory entry has (a typo, or a person not invited yet):
+/// the config's store is read; if it cannot be, one warning says so.
+fn unknown_names(set: &aalgate_policy::PolicySet, config: &Path) -> Vec<String> {
+    let target = Target {
+        config: Some(config.to_path_buf()),
+        state_dir: PathBuf::new(),
+        origin: String::new(),
+    };
+    let known = std::cell::RefCell::new(None);
+    let read = block_on(async {
+        let (store, _) = cli_store(&target)?;
+        let dir = aalgate_auth::Directory::new(store);
+        let mut users: std::collections::BTreeSet<String> =
+            dir.users().await?.into_iter().map(|u| u.id).collect();
+        let memberships = dir.memberships().await?;
+        users.extend(memberships.keys().cloned());
+        let groups: std::collections::BTreeSet<String> = memberships
+            .into_values()
+            .flat_map(|m| m.groups)
+            .collect();
+        *known.borrow_mut() = Some((users, groups));
+        Ok(true)
+    });
+    let Some((users, groups)) = known.into_inner().filter(|_| read == ExitCode::SUCCESS) else {
+        return vec![format!(
+            "{}: warning: the directory could not be read, so the names in allow were not checked; check that the store is up",
+            config.display()
+        )];
+    };
+    let mut out = Vec::new();
+    let mut said = std::collections::BTreeSet::new();
+    for rule in set.rules() {
+        for a in &rule.access.allow {
+            for u in a.users.iter().filter(|u| !users.contains(*u)) {
+                if said.insert(("user", u.clone())) {
+                    out.push(format!("{}: warning: allow names user {u}, whom the directory does not know; invite them (aalgate users invite {u}) or correct the name", rule.source));
+                }
+            }
+            for g in a.groups.iter().filter(|g| !groups.contains(*g)) {
+                if said.insert(("group", g.clone())) {
+                    out.push(format!("{}: warning: allow names group {g}, which nobody is in; add people (aalgate users groups USER --add {g}) or correct the name", rule.source));
+                }
+            }
+        }
+    }
+    out
 }
 
 const DEMO_POLICY: &str = include_str!("../../../policies/demo.yaml");
