@@ -552,6 +552,31 @@ impl Drop for Syslog {
 }
 
 /// An attacker who knows a user name cannot lock that person out (tests/browser/lockout.mjs):
+/// A person the EHR's `allow` does not name gets the 403 page after signing in (no loop, no
+/// ceremony), and a colleague in `clinical` takes over with "Sign in as someone else"
+/// (tests/browser/forbidden.mjs; screenshots in target/browser-screenshots/forbidden).
+#[test]
+fn a_person_without_access_sees_the_403_page_and_can_switch_in_chromium() {
+    let upstream = free_port();
+    let _app = DemoApp::start(upstream);
+    let ehr = format!(
+        "app: ehr\ndisplay_name: Legacy EHR\nallow: {{ groups: [clinical] }}\nhost: ehr.localhost\nupstream: http://127.0.0.1:{upstream}\ndefault: aal2\n"
+    );
+    let gw = Gateway::start_extra(&[("ehr.yaml", &ehr)], "rp_id: localhost\n");
+    let out = root().join("target/browser-screenshots/forbidden");
+    let _ = std::fs::remove_dir_all(&out);
+    let status = scenario("forbidden.mjs", &gw, &out)
+        .status()
+        .expect("run node");
+    assert!(
+        status.success(),
+        "forbidden scenario failed ({status}); screenshots in {}; gateway log:\n{}",
+        out.display(),
+        gw.log()
+    );
+    assert!(!gw.log().contains("panicked"));
+}
+
 /// The session store hangs during the tap that would send a kept form
 /// (tests/browser/unavailable.mjs, on a real Redis frozen with SIGSTOP): the page says the form
 /// is still kept and offers "Try again", which runs the ceremony again; the form reaches the

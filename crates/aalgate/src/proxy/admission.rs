@@ -299,7 +299,8 @@ impl Gateway {
         };
         let body = format!(
             "<p>Your account does not have access to <strong>{}</strong>. If you need it, ask IT.</p>{who}\
-             <p><a class=\"button\" href=\"/.aalgate/switch\">Sign in as someone else</a></p>",
+             <p><a class=\"button\" href=\"/.aalgate/switch\">Sign in as someone else</a></p>\
+             <p><a href=\"/.aalgate/logout\">Sign out</a></p>",
             crate::pages::escape(app)
         );
         let page = crate::pages::page("No access", &body, &x.ctx.request_id);
