@@ -72,6 +72,24 @@ fn allow_admits_only_the_people_granted_each_app_and_route() {
     );
     let (_, mine, _) = cli(&g, &["users", "groups", "nora"]);
     assert_eq!(mine, "clinical\nresearch\n");
+    // An invite with groups and an address; a changed address. Both audited.
+    let (code, out, err) = cli(
+        &g,
+        &[
+            "users",
+            "invite",
+            "zed",
+            "--group",
+            "clinical",
+            "--email",
+            "zed@clinic.example",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = cli(&g, &["users", "email", "zed", "z@clinic.example"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = cli(&g, &["users", "invite", "yan", "--group", "Not A Group"]);
+    assert!(code != 0 && err.contains("group name"), "{err}");
     // validate --config checks the names in allow against the directory.
     let (code, out, _) = cli(&g, &["validate"]);
     assert_eq!(code, 0, "{out}");
@@ -232,6 +250,14 @@ fn allow_admits_only_the_people_granted_each_app_and_route() {
             && l["status"] == 403),
         "{log}"
     );
+    for event in ["user_invited", "email_changed"] {
+        assert!(
+            lines.iter().any(|l| l["event"] == event
+                && l["user"] == "zed"
+                && l["operator"].as_str().is_some_and(|o| o.contains("uid"))),
+            "{event}: {log}"
+        );
+    }
     let changes: Vec<&serde_json::Value> = lines
         .iter()
         .filter(|l| l["event"] == "groups_changed" && l["user"] == "nora")
@@ -492,4 +518,56 @@ fn the_access_review_names_who_can_reach_what_and_fails_on_a_stuck_signer() {
         ],
     );
     assert_eq!(code, 0, "{out}{err}");
+}
+
+/// Break-glass is not subject to `allow` on a route marked `breakglass: allow` (that is its
+/// point), and its audit line says so; elsewhere it stays refused.
+#[test]
+fn breakglass_passes_allow_only_where_marked_and_says_so() {
+    let up = Upstream::start();
+    let ehr = format!(
+        "app: ehr\nallow: {{ groups: [clinical] }}\nhost: ehr.localhost\nupstream: http://127.0.0.1:{}\ndefault: aal2\nroutes:\n  - path: /chart/**\n    require: aal2\n    breakglass: allow\n",
+        up.port
+    );
+    let g = Gateway::start_extra(
+        &[("ehr.yaml", &ehr)],
+        "audit:\n  output: file:audit.jsonl\n",
+    );
+    let (code, secret, err) = cli(&g, &["breakglass", "create", "ed", "--ttl", "10m"]);
+    assert_eq!(code, 0, "{err}");
+    let host = format!("ehr.localhost:{}", g.port);
+    let r = aalgate_tests::use_breakglass_code(g.port, &host, None, secret.trim());
+    let cookie = r
+        .all("set-cookie")
+        .into_iter()
+        .find_map(|c| c.strip_prefix("aalgate="))
+        .and_then(|c| c.split(';').next())
+        .unwrap_or_else(|| panic!("an emergency session: {} {}", r.status, r.text()))
+        .to_string();
+    assert_eq!(
+        get(g.port, &host, "/chart/7", &[&cookie_of(&cookie)]).status,
+        200
+    );
+    assert_eq!(
+        get(g.port, &host, "/billing", &[&cookie_of(&cookie)]).status,
+        403
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let log = std::fs::read_to_string(g.dir.path().join("audit.jsonl")).unwrap_or_default();
+    let line = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["event"] == "request" && l["path"] == "/chart/7")
+        .unwrap_or_else(|| panic!("no request line for /chart/7:\n{log}"));
+    assert_eq!(line["decision"], "allow");
+    assert!(
+        line["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("does not apply to emergency access")),
+        "{line}"
+    );
+}
+
+fn cookie_of(c: &str) -> String {
+    format!("Cookie: aalgate={c}")
 }

@@ -590,10 +590,8 @@ fn unknown_names(set: &aalgate_policy::PolicySet, config: &Path) -> Vec<String> 
             dir.users().await?.into_iter().map(|u| u.id).collect();
         let memberships = dir.memberships().await?;
         users.extend(memberships.keys().cloned());
-        let groups: std::collections::BTreeSet<String> = memberships
-            .into_values()
-            .flat_map(|m| m.groups)
-            .collect();
+        let groups: std::collections::BTreeSet<String> =
+            memberships.into_values().flat_map(|m| m.groups).collect();
         *known.borrow_mut() = Some((users, groups));
         Ok(true)
     });

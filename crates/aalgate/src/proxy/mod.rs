@@ -111,9 +111,21 @@ impl Gateway {
             credential,
             client_ip: self.client_ip(session).map(|a| a.to_string()),
             user_agent: crate::audit::user_agent(req.headers.get(http::header::USER_AGENT)),
+            detail: breakglass_past_allow(ctx),
             ..Default::default()
         });
     }
+}
+
+/// An emergency session forwarded on a route whose `allow` would not have named it: the
+/// audit line says that break-glass, not the grant, let it through.
+fn breakglass_past_allow(ctx: &Ctx) -> Option<String> {
+    let s = ctx.session.as_ref()?;
+    let rule = ctx.rule.and_then(|i| ctx.policy.rules().get(i))?;
+    (crate::breakglass::is_emergency(s) && !rule.access.allow.is_empty()).then(|| {
+        "break-glass: this route's allow (who may use it) does not apply to emergency access"
+            .to_string()
+    })
 }
 
 #[async_trait]
