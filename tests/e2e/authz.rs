@@ -46,14 +46,28 @@ const SCRIPT: &str = "Accept: application/json";
 
 #[test]
 fn allow_admits_only_the_people_granted_each_app_and_route() {
+    allow_admits_only_the_people_granted(None);
+}
+
+/// The same on Redis: the access record rides in the RESOLVE script.
+#[test]
+fn allow_admits_only_the_people_granted_each_app_and_route_on_redis() {
+    let redis = Redis::start();
+    allow_admits_only_the_people_granted(Some(&redis));
+}
+
+fn allow_admits_only_the_people_granted(redis: Option<&Redis>) {
     let up = Upstream::start();
-    let g = Gateway::start_extra(
-        &[
-            ("ehr.yaml", &ehr(up.port)),
-            ("billing.yaml", &billing(up.port)),
-        ],
-        "audit:\n  output: file:audit.jsonl\n",
-    );
+    let policies = [
+        ("ehr.yaml", ehr(up.port)),
+        ("billing.yaml", billing(up.port)),
+    ];
+    let policies: Vec<(&str, &str)> = policies.iter().map(|(n, p)| (*n, p.as_str())).collect();
+    let audit = "audit:\n  output: file:audit.jsonl\n";
+    let g = match redis {
+        Some(r) => Gateway::start_with_store_extra(&r.url(), &policies, audit),
+        None => Gateway::start_extra(&policies, audit),
+    };
     for args in [
         [
             "users", "groups", "nora", "--add", "clinical", "--add", "research",
@@ -105,13 +119,19 @@ fn allow_admits_only_the_people_granted_each_app_and_route() {
         format!("ehr.localhost:{}", g.port),
         format!("billing.localhost:{}", g.port),
     );
-    let store = EmbeddedStore::open(&g.state_dir()).expect("open store");
-    let nora = make_session(&store, &eh, "nora", Aal::Aal2, 60, 0);
-    let bill = make_session(&store, &eh, "bill", Aal::Aal2, 60, 0);
-    let bill_billing = link_session(&store, &bill, &eh, &bh);
-    let nora_billing = link_session(&store, &nora, &eh, &bh);
-    let alice = make_session(&store, &eh, "it-alice", Aal::Aal2, 60, 0);
-    let carl = make_session(&store, &eh, "carl", Aal::Aal2, 60, 0);
+    // A store handle per call: each helper runs its own runtime.
+    let store = || -> Box<dyn aalgate_session::SessionStore> {
+        match redis {
+            Some(r) => Box::new(RedisStore::new(&r.url(), Duration::from_secs(2)).expect("redis")),
+            None => Box::new(EmbeddedStore::open(&g.state_dir()).expect("open store")),
+        }
+    };
+    let nora = make_session(store().as_ref(), &eh, "nora", Aal::Aal2, 60, 0);
+    let bill = make_session(store().as_ref(), &eh, "bill", Aal::Aal2, 60, 0);
+    let bill_billing = link_session(store().as_ref(), &bill, &eh, &bh);
+    let nora_billing = link_session(store().as_ref(), &nora, &eh, &bh);
+    let alice = make_session(store().as_ref(), &eh, "it-alice", Aal::Aal2, 60, 0);
+    let carl = make_session(store().as_ref(), &eh, "carl", Aal::Aal2, 60, 0);
 
     // A member of the app's group: admitted, and told only the groups the app's policy names
     // (`research` is not one), even when the client sends its own.
