@@ -102,6 +102,8 @@ const IDENTITY: &[&str] = &[
     "x-rewrite-url",
 ];
 
+/// A header name as a CGI-style backend reads it: lowercase, `_` and `.` as `-`, and a leading
+/// or trailing one dropped.
 fn fold(name: &str) -> String {
     name.chars()
         .map(|c| {
@@ -111,7 +113,9 @@ fn fold(name: &str) -> String {
                 '-'
             }
         })
-        .collect()
+        .collect::<String>()
+        .trim_matches('-')
+        .to_string()
 }
 
 /// The identity a forwarded request carries must be exactly what the gateway sets for the
@@ -130,6 +134,11 @@ fn identity_is_ours(s: &Seen, user: &str, aal: &str, jwks: &VerifyingKey) -> Res
     ];
     for (n, v) in &s.headers {
         let f = fold(n);
+        // The legacy app's own identity headers, in another spelling than the gateway's.
+        if ["x-remote-login", "x-remote-groups", "x-remote-email"].contains(&f.as_str()) && n != &f
+        {
+            return Err(format!("identity header {n}: {v} reached the upstream"));
+        }
         let ours = OURS.contains(&n.as_str()) && s.all(n).len() == 1;
         if (f.starts_with("x-aalgate-") || IDENTITY.contains(&f.as_str())) && !ours {
             return Err(format!("identity header {n}: {v} reached the upstream"));

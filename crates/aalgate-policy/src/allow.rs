@@ -64,12 +64,38 @@ impl IdentityHeaders {
     /// Whether a client-sent header `name` is one of these in any spelling (case, `_`, `.`),
     /// and so must not reach the upstream.
     pub fn names(&self, name: &str) -> bool {
-        let f = fold_header(name);
         [&self.user, &self.groups, &self.email]
             .into_iter()
             .flatten()
-            .any(|n| fold_header(n) == f)
+            .any(|n| same_header(name, n))
     }
+}
+
+/// Whether a client's header name is `configured` (a validated token) once both are folded,
+/// ignoring a leading or trailing `_`, `.` or `-` on the client's (some CGI gateways drop
+/// them). Compares byte by byte: nothing is allocated per header.
+pub fn same_header(client: &str, configured: &str) -> bool {
+    let fold = |b: u8| {
+        if b.is_ascii_alphanumeric() {
+            b.to_ascii_lowercase()
+        } else {
+            b'-'
+        }
+    };
+    fn trim(s: &str) -> &[u8] {
+        let b = s.as_bytes();
+        let start = b
+            .iter()
+            .position(|c| c.is_ascii_alphanumeric())
+            .unwrap_or(b.len());
+        let end = b
+            .iter()
+            .rposition(|c| c.is_ascii_alphanumeric())
+            .map_or(start, |e| e + 1);
+        &b[start..end]
+    }
+    let (a, b) = (trim(client), trim(configured));
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| fold(*x) == fold(*y))
 }
 
 /// A header name as servers and CGI gateways fold it: lowercase, every other non-alphanumeric
@@ -106,6 +132,28 @@ pub fn identity_header_problem(name: &str) -> Option<&'static str> {
     }
     if matches!(
         f,
+        "x-http-method-override"
+            | "x-http-method"
+            | "x-method-override"
+            | "x-original-url"
+            | "x-original-uri"
+            | "x-rewrite-url"
+            | "x-original-host"
+            | "x-host"
+            | "via"
+            | "max-forwards"
+            | "range"
+            | "if-range"
+            | "content-encoding"
+            | "content-range"
+            | "accept-encoding"
+    ) {
+        return Some(
+            "changes what the request does or how it is read (method, URL, range, encoding)",
+        );
+    }
+    if matches!(
+        f,
         "host"
             | "cookie"
             | "authorization"
@@ -115,6 +163,8 @@ pub fn identity_header_problem(name: &str) -> Option<&'static str> {
             | "transfer-encoding"
             | "connection"
             | "keep-alive"
+            | "proxy-connection"
+            | "http2-settings"
             | "upgrade"
             | "te"
             | "trailer"

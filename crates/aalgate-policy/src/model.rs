@@ -413,11 +413,8 @@ fn yaml_fix(message: &str) -> String {
 
 /// An app id (and listener name): lowercase letters, digits and `-`, at most 63.
 pub fn valid_app_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
+    // The same spelling as a group name.
+    crate::allow::valid_group(s)
 }
 
 fn dur(d: Duration) -> String {

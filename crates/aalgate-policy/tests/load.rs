@@ -492,6 +492,10 @@ fn identity_headers_refuse_what_would_break_the_request() {
         "X-Aalgate-User",
         "X_Aalgate_Groups",
         "X-Forwarded-User",
+        "X-HTTP-Method-Override",
+        "Proxy-Connection",
+        "Range",
+        "Via",
         "\"Remote User\"",
     ] {
         let e = errors(&[("legacy.yaml", &with(&format!("{{ user: {bad} }}")))]);

@@ -275,6 +275,57 @@ impl EmbeddedStore {
         .map_err(unavailable)?
     }
 
+    /// Link, session and (with `access`) the person's access record, in one read transaction:
+    /// all as of the same commit.
+    async fn resolve_in_one_read(
+        &self,
+        handle: &SessionKey,
+        host: &str,
+        now: Timestamp,
+        access: bool,
+    ) -> Result<Option<Resolved>, StoreError> {
+        let clock_now = self.clock.now();
+        let (handle, host) = (handle.clone(), host.to_string());
+        self.read(move |db| {
+            let tx = db.begin_read().map_err(unavailable)?;
+            let links = tx.open_table(LINKS).map_err(unavailable)?;
+            let Some(v) = links.get(handle.as_str()).map_err(unavailable)? else {
+                return Ok(None);
+            };
+            let l: StoredLink = serde_json::from_slice(v.value()).map_err(corrupt)?;
+            if l.host != host || l.expires <= now {
+                return Ok(None);
+            }
+            let record = SessionKey::from_hex(&l.record)
+                .ok_or_else(|| corrupt("link to a malformed session key"))?;
+            let t = tx.open_table(SESSIONS).map_err(unavailable)?;
+            let Some(v) = t.get(record.as_str()).map_err(unavailable)? else {
+                return Ok(None);
+            };
+            let session: Session = serde_json::from_slice(v.value()).map_err(corrupt)?;
+            if session.expires_at <= now {
+                return Ok(None);
+            }
+            let access = if access {
+                tx.open_table(KV)
+                    .map_err(unavailable)?
+                    .get(kv_key(ACCESS_NS, &session.user).as_str())
+                    .map_err(unavailable)?
+                    // Access records are small: never in a side file.
+                    .and_then(|v| kv_decode(v.value(), clock_now))
+                    .filter(|v| side_name(v).is_none())
+            } else {
+                None
+            };
+            Ok(Some(Resolved {
+                record,
+                session,
+                access,
+            }))
+        })
+        .await
+    }
+
     /// Deletes expired sessions, index entries and flows. Returns how many records went.
     pub async fn purge_expired(&self, now: Timestamp) -> Result<usize, StoreError> {
         let side = self.side.clone();
@@ -624,27 +675,10 @@ impl SessionStore for EmbeddedStore {
         host: &str,
         now: Timestamp,
     ) -> Result<Option<(SessionKey, Session)>, StoreError> {
-        let (handle, host) = (handle.clone(), host.to_string());
-        self.read(move |db| {
-            let tx = db.begin_read().map_err(unavailable)?;
-            let links = tx.open_table(LINKS).map_err(unavailable)?;
-            let Some(v) = links.get(handle.as_str()).map_err(unavailable)? else {
-                return Ok(None);
-            };
-            let l: StoredLink = serde_json::from_slice(v.value()).map_err(corrupt)?;
-            if l.host != host || l.expires <= now {
-                return Ok(None);
-            }
-            let record = SessionKey::from_hex(&l.record)
-                .ok_or_else(|| corrupt("link to a malformed session key"))?;
-            let t = tx.open_table(SESSIONS).map_err(unavailable)?;
-            let Some(v) = t.get(record.as_str()).map_err(unavailable)? else {
-                return Ok(None);
-            };
-            let s: Session = serde_json::from_slice(v.value()).map_err(corrupt)?;
-            Ok((s.expires_at > now).then_some((record, s)))
-        })
-        .await
+        Ok(self
+            .resolve_in_one_read(handle, host, now, false)
+            .await?
+            .map(|r| (r.record, r.session)))
     }
 
     async fn resolve_with_access(
@@ -653,43 +687,7 @@ impl SessionStore for EmbeddedStore {
         host: &str,
         now: Timestamp,
     ) -> Result<Option<Resolved>, StoreError> {
-        // One read transaction: the session and the access record as of the same commit.
-        let clock_now = self.clock.now();
-        let (handle, host) = (handle.clone(), host.to_string());
-        self.read(move |db| {
-            let tx = db.begin_read().map_err(unavailable)?;
-            let links = tx.open_table(LINKS).map_err(unavailable)?;
-            let Some(v) = links.get(handle.as_str()).map_err(unavailable)? else {
-                return Ok(None);
-            };
-            let l: StoredLink = serde_json::from_slice(v.value()).map_err(corrupt)?;
-            if l.host != host || l.expires <= now {
-                return Ok(None);
-            }
-            let record = SessionKey::from_hex(&l.record)
-                .ok_or_else(|| corrupt("link to a malformed session key"))?;
-            let t = tx.open_table(SESSIONS).map_err(unavailable)?;
-            let Some(v) = t.get(record.as_str()).map_err(unavailable)? else {
-                return Ok(None);
-            };
-            let session: Session = serde_json::from_slice(v.value()).map_err(corrupt)?;
-            if session.expires_at <= now {
-                return Ok(None);
-            }
-            let kv = tx.open_table(KV).map_err(unavailable)?;
-            let access = kv
-                .get(kv_key(ACCESS_NS, &session.user).as_str())
-                .map_err(unavailable)?
-                // Access records are small: never in a side file.
-                .and_then(|v| kv_decode(v.value(), clock_now))
-                .filter(|v| side_name(v).is_none());
-            Ok(Some(Resolved {
-                record,
-                session,
-                access,
-            }))
-        })
-        .await
+        self.resolve_in_one_read(handle, host, now, true).await
     }
 
     async fn kv_put(

@@ -48,15 +48,7 @@ pub const REQUEST_DIGEST: &str = "x-aalgate-request-digest";
 /// Lowercases and maps every other non-alphanumeric byte to `-`, the way servers and CGI
 /// gateways fold header names, so that `X_Aalgate.User` is caught as `x-aalgate-user`.
 fn fold(name: &str) -> String {
-    name.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                b.to_ascii_lowercase() as char
-            } else {
-                '-'
-            }
-        })
-        .collect()
+    aalgate_policy::allow::fold_header(name)
 }
 
 /// Whether a client-sent header must be removed before forwarding: the gateway's identity
@@ -64,7 +56,9 @@ fn fold(name: &str) -> String {
 /// sets or ignores; identity headers other proxies use; and method overrides, which would let a
 /// request matched as one method run as another.
 pub fn is_reserved(name: &str) -> bool {
-    let f = fold(name);
+    let folded = fold(name);
+    // A leading or trailing `_` or `.` (`_X-Aalgate-User`) is dropped by some CGI gateways.
+    let f = folded.trim_matches('-');
     // A framing or routing header spelled with `_`, `.` or another token character where a `-`
     // belongs is one header to pingora and another to a CGI-style backend that folds names
     // (nginx drops such names by default).
@@ -72,7 +66,7 @@ pub fn is_reserved(name: &str) -> bool {
         .bytes()
         .any(|b| !b.is_ascii_alphanumeric() && b != b'-')
         && matches!(
-            f.trim_matches('-'),
+            f,
             "host"
                 | "content-length"
                 | "transfer-encoding"
@@ -88,7 +82,7 @@ pub fn is_reserved(name: &str) -> bool {
         || f.starts_with("x-aalgate")
         || f.starts_with("x-forwarded-")
         || matches!(
-            f.as_str(),
+            f,
             "forwarded"
                 | "x-real-ip"
                 | "x-client-ip"
