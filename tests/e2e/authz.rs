@@ -390,6 +390,24 @@ fn a_websocket_closes_when_its_person_loses_the_route() {
         t.elapsed()
     );
     assert!(crate::transparency::ws_echoes(&mut staying, "still here"));
+    // A reload that takes the route from the group ends the rest within about a second of it.
+    std::fs::write(
+        g.policy_dir().join("ws.yaml"),
+        policy.replace("[monitoring]", "[oncall]"),
+    )
+    .expect("write policy");
+    g.signal("HUP");
+    let t = Instant::now();
+    let n = staying.read(&mut b).unwrap_or(0);
+    assert_eq!(
+        n, 0,
+        "a connection the reloaded policy no longer allows stayed open"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "closed only after {:?}",
+        t.elapsed()
+    );
 }
 
 /// `aalgate report access`: who can reach each route and through which group, each person's

@@ -20,6 +20,9 @@ use uuid::Uuid;
 use crate::model::{Invite, Membership, User};
 use crate::token::Token;
 
+/// Attempts of one group or e-mail change against concurrent ones.
+const MEMBERSHIP_RETRIES: usize = 16;
+
 /// How long a started ceremony can be finished.
 pub const PENDING_TTL: Duration = Duration::from_secs(300);
 /// How long a handoff code works.
@@ -240,6 +243,21 @@ impl Directory {
                 "--aal 1 is not offered: every enrollment is at least AAL2 (a passkey with user verification)".into(),
             ));
         }
+        // `Nora` and `nora` would be two accounts to the gateway and one to an app that
+        // compares names without case (as many REMOTE_USER apps do).
+        let taken = self
+            .readable_users()
+            .await?
+            .0
+            .into_iter()
+            .map(|u| u.id)
+            .chain(self.memberships().await?.into_keys())
+            .find(|other| other != user && other.eq_ignore_ascii_case(user));
+        if let Some(other) = taken {
+            return Err(DirectoryError::Invalid(format!(
+                "user name {user:?} differs from the existing {other:?} only in case: use {other:?}, or another name"
+            )));
+        }
         // An invite never asks for less than the person was proofed for.
         let mut aal = aal;
         if let Some(u) = self.user(user).await? {
@@ -382,59 +400,98 @@ impl Directory {
     }
 
     /// Adds and removes groups of a person (who need not have enrolled yet: an invite's
-    /// groups are set before the first sign-in). Returns the groups after the change. Every
+    /// groups are set before the first sign-in). Returns the record before and after the
+    /// change, which is atomic: of two changes at once, neither undoes the other. Every
     /// instance sees it within 1 s (the session cache's bound).
     pub async fn change_groups(
         &self,
         id: &str,
         add: &[String],
         remove: &[String],
-    ) -> Result<Membership, DirectoryError> {
-        if !valid_user_id(id) {
-            return Err(DirectoryError::Invalid(format!(
-                "user name {id:?}: use 1-64 letters, digits, '.', '_', '-' or '@'"
-            )));
-        }
+    ) -> Result<(Membership, Membership), DirectoryError> {
         if let Some(g) = add.iter().chain(remove).find(|g| !valid_group(g)) {
             return Err(DirectoryError::Invalid(format!(
                 "group name {g:?}: use lowercase letters, digits and '-' (at most 63), e.g. epcs-signers"
             )));
         }
-        let mut m = self.membership(id).await?;
-        m.groups.retain(|g| !remove.contains(g));
-        m.groups.extend(add.iter().cloned());
-        m.groups.sort();
-        m.groups.dedup();
-        self.put_membership(id, &m).await?;
-        Ok(m)
+        self.update_membership(id, |m| {
+            m.groups.retain(|g| !remove.contains(g));
+            m.groups.extend(add.iter().cloned());
+            m.groups.sort();
+            m.groups.dedup();
+        })
+        .await
     }
 
-    /// Sets (or clears) a person's e-mail address.
+    /// Sets (or clears) a person's e-mail address. An address another person has already
+    /// (compared without case) is refused: an app that identifies people by it would take one
+    /// for the other.
     pub async fn set_email(
         &self,
         id: &str,
         email: Option<&str>,
-    ) -> Result<Membership, DirectoryError> {
-        if let Some(e) = email.filter(|e| !valid_email(e)) {
-            return Err(DirectoryError::Invalid(format!(
-                "e-mail address {e:?} is not valid: write it as name@domain.example"
-            )));
+    ) -> Result<(Membership, Membership), DirectoryError> {
+        if let Some(e) = email {
+            if !valid_email(e) {
+                return Err(DirectoryError::Invalid(format!(
+                    "e-mail address {e:?} is not valid: write it as name@domain.example"
+                )));
+            }
+            if let Some((other, _)) = self.memberships().await?.into_iter().find(|(u, m)| {
+                u != id
+                    && m.email
+                        .as_deref()
+                        .is_some_and(|x| x.eq_ignore_ascii_case(e))
+            }) {
+                return Err(DirectoryError::Invalid(format!(
+                    "e-mail address {e} belongs to {other} already: one address per person"
+                )));
+            }
         }
-        let mut m = self.membership(id).await?;
-        m.email = email.map(str::to_string);
-        self.put_membership(id, &m).await?;
-        Ok(m)
+        self.update_membership(id, |m| m.email = email.map(str::to_string))
+            .await
     }
 
-    async fn put_membership(&self, id: &str, m: &Membership) -> Result<(), DirectoryError> {
-        if m == &Membership::default() {
-            self.store.kv_delete(aalgate_session::ACCESS_NS, id).await?;
-        } else {
-            self.store
-                .kv_put(aalgate_session::ACCESS_NS, id, &encode("access", m)?, None)
-                .await?;
+    /// Read, change, compare-and-swap, until no other change came in between.
+    async fn update_membership(
+        &self,
+        id: &str,
+        change: impl Fn(&mut Membership),
+    ) -> Result<(Membership, Membership), DirectoryError> {
+        if !valid_user_id(id) {
+            return Err(DirectoryError::Invalid(format!(
+                "user name {id:?}: use 1-64 letters, digits, '.', '_', '-' or '@'"
+            )));
         }
-        Ok(())
+        for _ in 0..MEMBERSHIP_RETRIES {
+            let raw = self.store.kv_get(aalgate_session::ACCESS_NS, id).await?;
+            let before: Membership = match &raw {
+                Some(v) => decode("access", v)?,
+                None => Membership::default(),
+            };
+            let mut after = before.clone();
+            change(&mut after);
+            let new = if after == Membership::default() {
+                None
+            } else {
+                Some(encode("access", &after)?)
+            };
+            if self
+                .store
+                .kv_swap(
+                    aalgate_session::ACCESS_NS,
+                    id,
+                    raw.as_deref(),
+                    new.as_deref(),
+                )
+                .await?
+            {
+                return Ok((before, after));
+            }
+        }
+        Err(DirectoryError::Invalid(format!(
+            "{id}'s groups kept changing under this command; run it again"
+        )))
     }
 
     /// Every person with a membership record, by user id.
@@ -500,5 +557,69 @@ impl Directory {
             Some(v) => Ok(Some(decode("code", &v)?)),
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two IT commands at once on one person's groups: neither undoes the other, and each
+    /// gets the before and after of its own change.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_group_changes_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn SessionStore> =
+            Arc::new(aalgate_session::EmbeddedStore::open(dir.path()).unwrap());
+        let d = Directory::new(store);
+        d.change_groups("nora", &["clinical".into()], &[])
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let d = d.clone();
+            tasks.push(tokio::spawn(async move {
+                if i == 0 {
+                    d.change_groups("nora", &[], &["clinical".into()]).await
+                } else {
+                    d.change_groups("nora", &[format!("g{i}")], &[]).await
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let m = d.membership("nora").await.unwrap();
+        let want: Vec<String> = (1..8).map(|i| format!("g{i}")).collect();
+        assert_eq!(
+            m.groups, want,
+            "the removal stands and every addition is there"
+        );
+        let (before, after) = d
+            .set_email("nora", Some("nora@clinic.example"))
+            .await
+            .unwrap();
+        assert_eq!((before.email, after.groups.len()), (None, 7));
+        d.change_groups("omar", &[], &[]).await.unwrap();
+        let taken = d.set_email("omar", Some("NORA@clinic.example")).await;
+        assert!(
+            matches!(taken, Err(DirectoryError::Invalid(_))),
+            "{taken:?}"
+        );
+        let bad = d.set_email("not a user", Some("x@y.example")).await;
+        assert!(matches!(bad, Err(DirectoryError::Invalid(_))), "{bad:?}");
+        let clash = d
+            .invite(
+                "Nora",
+                "Nora",
+                Aal::Aal2,
+                Duration::from_secs(60),
+                Timestamp::wall(),
+            )
+            .await;
+        assert!(
+            matches!(clash, Err(DirectoryError::Invalid(_))),
+            "{clash:?}"
+        );
     }
 }

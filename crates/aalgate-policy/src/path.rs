@@ -88,6 +88,15 @@ pub struct NormalizedTarget {
 }
 
 impl NormalizedTarget {
+    /// `/`.
+    pub fn root() -> NormalizedTarget {
+        NormalizedTarget {
+            path: "/".into(),
+            query: None,
+            authority: None,
+        }
+    }
+
     /// The normalized path, as forwarded upstream. Always starts with `/`.
     pub fn path(&self) -> &str {
         &self.path

@@ -58,6 +58,7 @@ pub async fn run_all(store: &dyn SessionStore) {
     links(store).await;
     access_with_the_session(store).await;
     kv(store).await;
+    swap(store).await;
 }
 
 async fn access(
@@ -496,4 +497,62 @@ pub async fn cross_handle(a: &dyn SessionStore, b: &dyn SessionStore) {
         a.get(&id.key(), now).await.unwrap().is_none(),
         "a sees b's revocation"
     );
+}
+
+/// Compare and swap: only over the value expected, and concurrent read-modify-write loops
+/// lose no update.
+async fn swap(store: &dyn SessionStore) {
+    let key = unique("swap");
+    assert!(
+        !store
+            .kv_swap("t", &key, Some(b"x"), Some(b"y"))
+            .await
+            .unwrap(),
+        "absent is not x"
+    );
+    assert!(store.kv_swap("t", &key, None, Some(b"1")).await.unwrap());
+    assert!(
+        !store.kv_swap("t", &key, None, Some(b"2")).await.unwrap(),
+        "present is not absent"
+    );
+    assert!(!store
+        .kv_swap("t", &key, Some(b"0"), Some(b"2"))
+        .await
+        .unwrap());
+    assert_eq!(
+        store.kv_get("t", &key).await.unwrap().as_deref(),
+        Some(&b"1"[..])
+    );
+    // Two writers, each adding 1 twenty times by read, change, swap (retrying on a conflict).
+    tokio::join!(add_by_swaps(store, &key), add_by_swaps(store, &key));
+    assert_eq!(
+        store.kv_get("t", &key).await.unwrap().as_deref(),
+        Some(&b"41"[..])
+    );
+    assert!(store.kv_swap("t", &key, Some(b"41"), None).await.unwrap());
+    assert_eq!(store.kv_get("t", &key).await.unwrap(), None);
+}
+
+/// Adds 1 to the decimal in `t`/`key` twenty times, by read, change and swap (retrying on a
+/// conflict).
+async fn add_by_swaps(store: &dyn SessionStore, key: &str) {
+    for _ in 0..20 {
+        loop {
+            let cur = store.kv_get("t", key).await.unwrap();
+            let n: u64 = cur
+                .as_deref()
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let next = (n + 1).to_string();
+            if store
+                .kv_swap("t", key, cur.as_deref(), Some(next.as_bytes()))
+                .await
+                .unwrap()
+            {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
 }

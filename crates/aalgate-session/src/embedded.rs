@@ -809,6 +809,45 @@ impl SessionStore for EmbeddedStore {
         .await
     }
 
+    async fn kv_swap(
+        &self,
+        ns: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        let k = kv_key(ns, key);
+        let now = self.clock.now();
+        let (expected, new) = (expected.map(<[u8]>::to_vec), new.map(<[u8]>::to_vec));
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(unavailable)?;
+            let swapped = {
+                let mut t = tx.open_table(KV).map_err(unavailable)?;
+                let current = t
+                    .get(k.as_str())
+                    .map_err(unavailable)?
+                    .and_then(|v| kv_decode(v.value(), now));
+                if current != expected {
+                    false
+                } else {
+                    match &new {
+                        Some(v) => {
+                            t.insert(k.as_str(), kv_encode(v, None, now).as_slice())
+                                .map_err(unavailable)?;
+                        }
+                        None => {
+                            t.remove(k.as_str()).map_err(unavailable)?;
+                        }
+                    }
+                    true
+                }
+            };
+            tx.commit().map_err(unavailable)?;
+            Ok(swapped)
+        })
+        .await
+    }
+
     async fn kv_add(&self, ns: &str, key: &str, by: u64, ttl: Duration) -> Result<u64, StoreError> {
         let k = kv_key(ns, key);
         let now = self.clock.now();

@@ -41,6 +41,13 @@ const RESOLVE: &str = "local l = redis.call('GET', KEYS[1]) if not l then return
     a = redis.call('GET', ARGV[3] .. s.user) end end \
     return {rk, v[1], v[2] or '0', a}";
 
+/// Compare and swap: ARGV[1] `1` when a value is expected (ARGV[2]), ARGV[3] `1` when the new
+/// value (ARGV[4]) is set, else the key is deleted.
+const SWAP: &str = "local v = redis.call('GET', KEYS[1]) \
+    if (ARGV[1] == '0' and v == false) or (ARGV[1] == '1' and v == ARGV[2]) then \
+    if ARGV[3] == '1' then redis.call('SET', KEYS[1], ARGV[4]) else redis.call('DEL', KEYS[1]) end \
+    return 1 end return 0";
+
 const INCR: &str = "local n = redis.call('INCRBY', KEYS[1], ARGV[2]) \
     if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return n";
 
@@ -53,6 +60,7 @@ pub struct RedisStore {
     client: redis::Client,
     resolve: redis::Script,
     incr: redis::Script,
+    swap: redis::Script,
     conn: RwLock<Option<ConnectionManager>>,
     init: tokio::sync::Mutex<()>,
     connect_timeout: Duration,
@@ -67,6 +75,7 @@ impl RedisStore {
             client,
             resolve: redis::Script::new(RESOLVE),
             incr: redis::Script::new(INCR),
+            swap: redis::Script::new(SWAP),
             conn: RwLock::new(None),
             init: tokio::sync::Mutex::new(()),
             connect_timeout,
@@ -418,6 +427,27 @@ impl SessionStore for RedisStore {
             .invoke_async(&mut c)
             .await
             .map_err(unavailable)
+    }
+
+    async fn kv_swap(
+        &self,
+        ns: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        let mut c = self.conn().await?;
+        let swapped: i64 = self
+            .swap
+            .key(kkey(ns, key))
+            .arg(if expected.is_some() { "1" } else { "0" })
+            .arg(expected.unwrap_or_default())
+            .arg(if new.is_some() { "1" } else { "0" })
+            .arg(new.unwrap_or_default())
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(swapped == 1)
     }
 
     async fn stats(&self, now: Timestamp, limits: &Timeouts) -> Result<SessionStats, StoreError> {

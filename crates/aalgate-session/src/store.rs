@@ -321,6 +321,16 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Adds `by` to a counter atomically and returns the new value; a new counter lives `ttl`.
     /// [`SessionStore::kv_get`] reads it as decimal digits.
     async fn kv_add(&self, ns: &str, key: &str, by: u64, ttl: Duration) -> Result<u64, StoreError>;
+    /// Compare and swap: sets `ns`/`key` to `new` (removes it with `None`), without expiry,
+    /// only if it still holds `expected` (`None`: absent). Returns whether it did. Two IT
+    /// commands changing one person's groups at once cannot undo each other's change.
+    async fn kv_swap(
+        &self,
+        ns: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool, StoreError>;
     /// Adds 1 to a counter (see [`SessionStore::kv_add`]).
     async fn kv_incr(&self, ns: &str, key: &str, ttl: Duration) -> Result<u64, StoreError> {
         self.kv_add(ns, key, 1, ttl).await
@@ -440,6 +450,15 @@ impl<S: SessionStore + ?Sized> SessionStore for Deadline<S> {
     }
     async fn kv_add(&self, ns: &str, key: &str, by: u64, ttl: Duration) -> Result<u64, StoreError> {
         self.run(self.inner.kv_add(ns, key, by, ttl)).await
+    }
+    async fn kv_swap(
+        &self,
+        ns: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        self.run(self.inner.kv_swap(ns, key, expected, new)).await
     }
     async fn stats(&self, now: Timestamp, limits: &Timeouts) -> Result<SessionStats, StoreError> {
         // A scan, not a request-path call: it gets a longer deadline of its own.

@@ -1112,7 +1112,16 @@ async fn breakglass_run(args: BreakglassArgs) -> Result<bool> {
     let cfg = breakglass_config(&args.target)?;
     match args.action {
         BreakglassAction::Create { name, ttl } => {
+            // The log first: a code that passes every `allow` must not exist unrecorded.
+            let audit = cli_audit(&args.target)?;
             let (code, secret) = aalgate::breakglass::create(&cfg, &name, ttl.into())?;
+            audit_change(
+                &audit,
+                "breakglass_code_created",
+                &format!("breakglass:{}", code.id),
+                format!("code {} ({name}), valid {}", code.id, in_words(ttl.into())),
+            )
+            .await?;
             println!("{secret}");
             eprintln!(
                 "Emergency code {} ({}) created; it grants {} of break-glass access, once. It is shown only now: seal it in the envelope or the password manager. Used at /.aalgate/breakglass on any app host.",
@@ -1122,7 +1131,15 @@ async fn breakglass_run(args: BreakglassArgs) -> Result<bool> {
             );
         }
         BreakglassAction::Review { id, note } => {
+            let audit = cli_audit(&args.target)?;
             let c = aalgate::breakglass::review(&cfg, &id, &note)?;
+            audit_change(
+                &audit,
+                "breakglass_reviewed",
+                &format!("breakglass:{}", c.id),
+                format!("review of use of code {} ({}) recorded", c.id, c.name),
+            )
+            .await?;
             println!("review of break-glass use {} ({}) recorded", c.id, c.name);
         }
     }
@@ -1606,21 +1623,55 @@ async fn audit_run(args: AuditArgs) -> Result<bool> {
     Ok(all_ok)
 }
 
-/// Who runs the CLI, for the audit log: the person behind `sudo`, else the login name, else
-/// the uid.
+/// Who runs the CLI, for the audit log: the account of the process's uid (from the system's
+/// user database, not from the environment, which the operator could set), and behind `sudo`
+/// the `SUDO_UID` it was started from.
 fn operator() -> String {
-    let uid = std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m).to_string())
-        .unwrap_or_else(|_| "?".into());
-    let named = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    match (
-        named("SUDO_USER"),
-        named("USER").or_else(|| named("LOGNAME")),
-    ) {
-        (Some(s), _) => format!("{s} (sudo, uid {uid})"),
-        (None, Some(u)) => format!("{u} (uid {uid})"),
-        (None, None) => format!("uid {uid}"),
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let name = |uid: u32| account_name(uid).unwrap_or_else(|| "?".into());
+    let sudo = std::env::var("SUDO_UID")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|_| uid == 0);
+    match sudo {
+        Some(by) => format!(
+            "{} (uid {by}, through sudo as {} uid {uid})",
+            name(by),
+            name(uid)
+        ),
+        None => format!("{} (uid {uid})", name(uid)),
     }
+}
+
+/// The login name of `uid` in the system's user database.
+fn account_name(uid: u32) -> Option<String> {
+    // SAFETY: a zeroed passwd is a valid value to pass for filling in.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; `out` is null or points at `pwd`, whose
+    // strings live in `buf`, which outlives the read below.
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if rc != 0 || out.is_null() || pwd.pw_name.is_null() {
+        return None;
+    }
+    // SAFETY: getpwuid_r succeeded, so pw_name is a NUL-terminated string in `buf`.
+    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+/// A membership in words, for the CLI.
+fn describe(m: &aalgate_auth::model::Membership) -> String {
+    format!(
+        "groups {}; e-mail {}",
+        if m.groups.is_empty() {
+            "none".to_string()
+        } else {
+            m.groups.join(",")
+        },
+        m.email.as_deref().unwrap_or("none")
+    )
 }
 
 /// The audit log of the CLI's changes: the gateway's own output when it is a file or syslog;
@@ -1742,19 +1793,42 @@ async fn users_run(args: UsersArgs) -> Result<bool> {
             {
                 bail!("e-mail address {e:?} is not valid: write it as name@domain.example");
             }
-            let token = dir.invite(&user, &display, aal, ttl.into(), now).await?;
-            let mut detail = format!("invite at {}, valid {}", aal.as_str(), in_words(ttl.into()));
-            if !groups.is_empty() {
-                let m = dir.change_groups(&user, &groups, &[]).await?;
-                detail.push_str(&format!("; groups now {}", m.groups.join(",")));
+            let existing = dir.membership(&user).await?;
+            if existing != aalgate_auth::model::Membership::default() {
+                eprintln!(
+                    "{user} has groups or an e-mail set already ({}): they stay.",
+                    describe(&existing)
+                );
             }
-            if let Some(e) = &email {
-                dir.set_email(&user, Some(e)).await?;
-                detail.push_str("; e-mail set");
+            // The groups and address first, the invite last: whatever is done is recorded,
+            // also when a later step fails.
+            let mut done: Vec<String> = Vec::new();
+            let result = async {
+                if !groups.is_empty() {
+                    let (_, after) = dir.change_groups(&user, &groups, &[]).await?;
+                    done.push(format!("groups now {}", after.groups.join(",")));
+                }
+                if let Some(e) = &email {
+                    dir.set_email(&user, Some(e)).await?;
+                    done.push(format!("e-mail set to {e}"));
+                }
+                let token = dir.invite(&user, &display, aal, ttl.into(), now).await?;
+                done.push(format!(
+                    "invite at {}, valid {}",
+                    aal.as_str(),
+                    in_words(ttl.into())
+                ));
+                Ok::<_, aalgate_auth::DirectoryError>(token)
             }
-            if let Some(a) = audit {
+            .await;
+            if let (Some(a), false) = (audit, done.is_empty()) {
+                let mut detail = done.join("; ");
+                if let Err(e) = &result {
+                    detail.push_str(&format!("; then failed: {e}"));
+                }
                 audit_change(a, "user_invited", &user, detail).await?;
             }
+            let token = result?;
             println!("{origin}/.aalgate/enroll?invite={}", token.expose());
             eprintln!(
                 "One-time enrollment link for {user} ({}), valid {}. Give it to the person only after checking who they are.",
@@ -1807,8 +1881,9 @@ async fn users_run(args: UsersArgs) -> Result<bool> {
                 }
                 return Ok(true);
             }
-            let before = dir.membership(&user).await?.groups;
-            let m = dir.change_groups(&user, &add, &remove).await?;
+            // Before and after as of the one atomic change: the record says what it did.
+            let (before, m) = dir.change_groups(&user, &add, &remove).await?;
+            let before = before.groups;
             let added: Vec<&String> = m.groups.iter().filter(|g| !before.contains(g)).collect();
             let removed: Vec<&String> = before.iter().filter(|g| !m.groups.contains(g)).collect();
             let list = |v: &[&String]| {
@@ -1840,14 +1915,14 @@ async fn users_run(args: UsersArgs) -> Result<bool> {
         }
         UsersAction::Email { user, email, clear } => {
             let email = if clear { None } else { email };
-            dir.set_email(&user, email.as_deref()).await?;
+            let (before, _) = dir.set_email(&user, email.as_deref()).await?;
             if let Some(a) = audit {
-                let what = if email.is_some() {
-                    "e-mail set"
-                } else {
-                    "e-mail removed"
+                let was = before.email.as_deref().unwrap_or("none");
+                let what = match &email {
+                    Some(e) => format!("e-mail set to {e} (was {was})"),
+                    None => format!("e-mail removed (was {was})"),
                 };
-                audit_change(a, "email_changed", &user, what.to_string()).await?;
+                audit_change(a, "email_changed", &user, what).await?;
             }
             match email {
                 Some(e) => println!("{user}: e-mail {e}"),

@@ -130,6 +130,16 @@ impl SessionStore for Instrumented {
         self.timed("kv_add", self.inner.kv_add(ns, key, by, ttl))
             .await
     }
+    async fn kv_swap(
+        &self,
+        ns: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        self.timed("kv_swap", self.inner.kv_swap(ns, key, expected, new))
+            .await
+    }
 }
 
 /// SHA-256 over the policy files' paths and contents: changes whenever any file does.

@@ -311,10 +311,18 @@ pub(crate) struct Upgraded {
 /// while the store is down and ends with *Sign out* or the code's TTL.
 #[derive(Clone)]
 pub(crate) enum Lives {
-    /// In the store; and the person must stay allowed on the route (its `allow`, checked
-    /// against their groups as the store has them now).
-    Store(Arc<dyn SessionStore>, Arc<Vec<aalgate_policy::Allow>>),
+    /// In the store; and the person must stay allowed on the route as the policy in force
+    /// now has it (a reload counts) and their groups as the store has them now.
+    Store(Arc<dyn SessionStore>, Arc<Route>),
     Emergency(Arc<crate::state::SignInService>),
+}
+
+/// Where a WebSocket was admitted: looked up again in the current policy on every check.
+pub(crate) struct Route {
+    pub(crate) policies: Arc<crate::ops::Policies>,
+    pub(crate) host: HostPort,
+    pub(crate) method: String,
+    pub(crate) target: NormalizedTarget,
 }
 
 impl Lives {
@@ -327,13 +335,21 @@ impl Lives {
         now: Timestamp,
     ) -> Result<bool, aalgate_session::StoreError> {
         match self {
-            Lives::Store(store, allow) => {
+            Lives::Store(store, route) => {
+                let policy = route.policies.snapshot();
+                let Some(m) = policy.lookup(&route.host, &route.method, &route.target) else {
+                    return Ok(false);
+                };
+                let allow = &m.rule.access.allow;
+                if m.rule.access.require == aalgate_policy::Requirement::Deny {
+                    return Ok(false);
+                }
+                if allow.is_empty() {
+                    return Ok(store.resolve(handle, host, now).await?.is_some());
+                }
                 let Some(r) = store.resolve_with_access(handle, host, now).await? else {
                     return Ok(false);
                 };
-                if allow.is_empty() {
-                    return Ok(true);
-                }
                 let access = membership(&r.session.user, r.access.as_deref());
                 Ok(aalgate_policy::allowed(
                     allow,

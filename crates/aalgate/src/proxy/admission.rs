@@ -225,7 +225,18 @@ impl Gateway {
         {
             // ...and, where the route has an `allow`, to the person's groups still meeting it.
             let until = aalgate_policy::admit::session_end(access, &subject(&s));
-            let lives = Lives::Store(self.store.clone(), Arc::new(access.allow.clone()));
+            // (`place` set both; without them nothing can be checked, so the socket ends.)
+            let (until, target) = match ctx.target.clone() {
+                Some(t) => (until, t),
+                None => (now, aalgate_policy::NormalizedTarget::root()),
+            };
+            let route = crate::state::Route {
+                policies: self.policies.clone(),
+                host: HostPort::parse(&ctx.host).unwrap_or_else(|_| self.public_host.clone()),
+                method: session.req_header().method.as_str().to_string(),
+                target,
+            };
+            let lives = Lives::Store(self.store.clone(), Arc::new(route));
             self.watch_if_upgrade(session, ctx, &handle, until, lives, now);
         }
         ctx.session_key = Some(key);
