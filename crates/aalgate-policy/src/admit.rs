@@ -90,8 +90,10 @@ pub enum Admission {
     /// which is never sent under break-glass).
     BreakglassNotAllowed,
     /// A signed-in person whom the route's or app's `allow` does not name: refused outright,
-    /// with no sign-in, step-up or re-auth first (no ceremony could change it).
-    Forbidden,
+    /// with no sign-in, step-up or re-auth first (no ceremony could change it). `session_over`:
+    /// the session is past a limit, so whoever is at the keyboard may be someone else (the
+    /// page must not name the person).
+    Forbidden { session_over: bool },
     /// A step-up to `aal` that none of the person's usable credentials reaches: they are told
     /// so at once instead of being asked for a tap that cannot succeed.
     NoSuitableKey { aal: Aal },
@@ -155,6 +157,13 @@ pub fn admit(access: &Access, facts: &AdmissionFacts<'_>, now: Timestamp) -> Adm
                 aal: need(access).max(f.aal),
             };
         }
+        if now >= s.ends_at {
+            // Past the record's end: timed as past the absolute limit.
+            session = Some(SessionFacts {
+                auth_time: Timestamp(0),
+                ..f
+            });
+        }
         // Who may use it, before any limit: a person not granted the route is not asked to
         // sign in again or step up for it.
         let granted = match &facts.person {
@@ -162,14 +171,12 @@ pub fn admit(access: &Access, facts: &AdmissionFacts<'_>, now: Timestamp) -> Adm
             None => access.allow.is_empty(),
         };
         if !granted {
-            return Admission::Forbidden;
-        }
-        if now >= s.ends_at {
-            // Past the record's end: timed as past the absolute limit.
-            session = Some(SessionFacts {
-                auth_time: Timestamp(0),
-                ..f
-            });
+            return Admission::Forbidden {
+                session_over: matches!(
+                    decide(access, session.as_ref(), now),
+                    Decision::Reauth { .. }
+                ),
+            };
         }
     }
     match decide(access, session.as_ref(), now) {
@@ -419,13 +426,13 @@ mod tests {
         #[rustfmt::skip]
         let rows: Vec<(&str, &Access, AdmissionFacts<'static>, Admission)> = vec![
             ("allowed by the app", &ehr, with(n2, Some(signer)), A::Allow),
-            ("not allowed by the app", &ehr, with(n2, Some(clerk)), A::Forbidden),
-            ("not allowed, idle: refused, not asked to sign in again", &ehr, with(idle2, Some(clerk)), A::Forbidden),
-            ("no person known: no allow can admit", &ehr, with(n2, None), A::Forbidden),
+            ("not allowed by the app", &ehr, with(n2, Some(clerk)), A::Forbidden { session_over: false }),
+            ("not allowed, idle: refused, not asked to sign in again, and not named", &ehr, with(idle2, Some(clerk)), A::Forbidden { session_over: true }),
+            ("no person known: no allow can admit", &ehr, with(n2, None), A::Forbidden { session_over: false }),
             ("no session: sign in first (nobody learns who may)", &ehr, with(SessionKind::None, None), A::Login { aal: Aal::Aal2 }),
             ("allowed by the route", &sign, with(n2, Some(signer)), A::StepUp { aal: Aal::Aal3, fresh: Some(StepUp::PerRequest) }),
-            ("not allowed by the route", &admin, with(n2, Some(signer)), A::Forbidden),
-            ("a route never widens its app", &admin, with(n2, Some(alice)), A::Forbidden),
+            ("not allowed by the route", &admin, with(n2, Some(signer)), A::Forbidden { session_over: false }),
+            ("a route never widens its app", &admin, with(n2, Some(alice)), A::Forbidden { session_over: false }),
             ("step-up only when a key could pass it", &sign, with(n2, Some(signer_no_key)), A::NoSuitableKey { aal: Aal::Aal3 }),
             ("a hardware key: asked", &sign, with(n2, Some(signer_key)), A::StepUp { aal: Aal::Aal3, fresh: Some(StepUp::PerRequest) }),
             ("break-glass is not subject to allow", &ehr, with(em, None), A::AllowEmergency),

@@ -25,6 +25,11 @@ pub struct PolicyFile {
     #[serde(default)]
     #[schemars(with = "Option<AllowFile>")]
     pub allow: Option<Spanned<AllowFile>>,
+    /// Send the person's e-mail address (when IT set one) to this app: `X-Aalgate-Email` and
+    /// the assertion's `email` claim. Default: not sent (an app is told only what it needs).
+    /// Naming an `identity_headers.email` header sends it too.
+    #[serde(default)]
+    pub share_email: bool,
     /// Header names this app already reads the identity from (`REMOTE_USER`-style apps), set
     /// besides `X-Aalgate-*`: e.g. `{ user: X-Remote-User, groups: X-Remote-Groups }`. Clients
     /// can never send them, in any spelling.

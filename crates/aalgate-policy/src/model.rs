@@ -142,6 +142,9 @@ pub struct App {
     pub groups: Vec<String>,
     /// Header names the app reads the identity from (`identity_headers`).
     pub identity_headers: crate::allow::IdentityHeaders,
+    /// Whether the app is told the person's e-mail address (`share_email`, or an
+    /// `identity_headers.email`).
+    pub share_email: bool,
     /// The host it serves.
     pub host: HostPort,
     /// Where allowed requests go.
@@ -958,6 +961,7 @@ fn build_app(
     Some(Draft {
         app: App {
             display_name,
+            share_email: pf.share_email || identity_headers.email.is_some(),
             identity_headers,
             groups: {
                 let mut g: Vec<String> = app_allow

@@ -120,26 +120,37 @@ pub const LAST_USE_TTL: Duration = Duration::from_secs(400 * 86400);
 
 /// When this instance last wrote each (person, app) use, by a hash of the pair: bounded, and
 /// a lookup allocates nothing.
+#[derive(Clone)]
 pub struct LastUse {
-    written: Cache<u64, Instant>,
+    written: Arc<Cache<u64, Instant>>,
 }
 
 impl LastUse {
     /// At most `capacity` pairs (an evicted pair is written once more: harmless).
     pub fn new(capacity: usize) -> LastUse {
         LastUse {
-            written: Cache::new(capacity.max(1)),
+            written: Arc::new(Cache::new(capacity.max(1))),
         }
     }
 
-    /// Whether `user`'s use of `app` is due to be written (and, if so, marks it written).
-    pub fn due(&self, user: &str, app: &str) -> bool {
+    fn key(user: &str, app: &str) -> u64 {
         use std::hash::Hasher;
         let mut h = std::hash::DefaultHasher::new();
         h.write(user.as_bytes());
         h.write_u8(0);
         h.write(app.as_bytes());
-        let k = h.finish();
+        h.finish()
+    }
+
+    /// A write that failed: the use is due again at the next request.
+    pub fn forget(&self, user: &str, app: &str) {
+        self.written.remove(&Self::key(user, app));
+    }
+
+    /// Whether `user`'s use of `app` is due to be written (and, if so, marks it written, so
+    /// that concurrent requests do not all write it).
+    pub fn due(&self, user: &str, app: &str) -> bool {
+        let k = Self::key(user, app);
         if self
             .written
             .get(&k)

@@ -224,7 +224,7 @@ pub fn run(a: ExplainArgs) -> Result<()> {
         &rule.access
     };
     let text = match admit(access, &facts, now) {
-        Admission::Forbidden => format!(
+        Admission::Forbidden { .. } => format!(
             "forbidden: 403, {} does not name this person (no sign-in or step-up is asked)",
             if rule.access.allow.len() > 1 { "the app's or the route's allow" } else { "allow" }
         ),

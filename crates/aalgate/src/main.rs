@@ -1247,7 +1247,7 @@ fn print_access(r: &aalgate::report::AccessReport, format: Format, unused: bool)
                         .join(", ")
                 };
                 println!(
-                    "  {} {} [{}{}]: {who}  ({})",
+                    "  {} {} [{}{}]: {who}{}  ({})",
                     route.app,
                     route.route,
                     route.require,
@@ -1256,6 +1256,11 @@ fn print_access(r: &aalgate::report::AccessReport, format: Format, unused: bool)
                         .as_deref()
                         .map(|s| format!(", step-up {s}"))
                         .unwrap_or_default(),
+                    if route.breakglass {
+                        "; and break-glass codes"
+                    } else {
+                        ""
+                    },
                     route.source
                 );
             }

@@ -267,6 +267,8 @@ pub struct RouteAccess {
     pub restricted: bool,
     /// The people it admits (with `restricted`), each by name or through which group.
     pub people: Vec<Grant>,
+    /// Emergency (break-glass) codes open it too, whatever its `allow` (`breakglass: allow`).
+    pub breakglass: bool,
 }
 
 /// One person a route or app admits, and why.
@@ -397,6 +399,7 @@ pub fn access(input: &AccessInput<'_>) -> AccessReport {
                 source: rule.source.to_string(),
                 restricted: require == aalgate_policy::Requirement::Deny,
                 people: Vec::new(),
+                breakglass: false,
             });
             continue;
         }
@@ -449,6 +452,7 @@ pub fn access(input: &AccessInput<'_>) -> AccessReport {
             source: rule.source.to_string(),
             restricted,
             people,
+            breakglass: access.breakglass,
         });
     }
     for u in &names {

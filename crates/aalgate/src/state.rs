@@ -578,6 +578,37 @@ impl State {
             .and_then(|h| ctx.policy.app_for_host(&h).map(|a| a.name.clone()))
     }
 
+    /// Records that `user` used the request's app (at most once an hour per instance, off
+    /// the request path): the access report's last use, for least-privilege review.
+    pub(crate) fn note_use(&self, ctx: &Ctx, user: &str, now: Timestamp) {
+        let Some(app) = ctx
+            .rule
+            .and_then(|i| ctx.policy.rules().get(i))
+            .map(|r| ctx.policy.app_of(r).name.as_str())
+        else {
+            return;
+        };
+        if !self.last_use.due(user, app) {
+            return;
+        }
+        let (store, marks) = (self.store.clone(), self.last_use.clone());
+        let (user, app) = (user.to_string(), app.to_string());
+        tokio::spawn(async move {
+            let (value, key) = (now.0.to_string(), crate::cache::last_use_key(&user, &app));
+            let put = store.kv_put(
+                crate::cache::LAST_USE_NS,
+                &key,
+                value.as_bytes(),
+                Some(crate::cache::LAST_USE_TTL),
+            );
+            if let Err(e) = put.await {
+                // Due again at the next request.
+                marks.forget(&user, &app);
+                tracing::debug!(error = %e, "last use not recorded");
+            }
+        });
+    }
+
     /// What people call the app this host serves (`display_name`, else its id).
     pub(crate) fn display_of_host(&self, ctx: &Ctx) -> Option<String> {
         HostPort::parse(&ctx.host)

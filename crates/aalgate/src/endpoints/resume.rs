@@ -229,6 +229,7 @@ pub(crate) async fn resume_token(
     let _ = st.store.kv_delete(RESUMABLE, &token.hash()).await;
     x.ctx.rule = Some(m.rule_index);
     x.ctx.target = Some(target);
+    st.note_use(x.ctx, &user_session.user, now);
     x.ctx.session = Some(user_session);
     x.ctx.access = Some(access);
     x.ctx.session_key = Some(record);

@@ -129,7 +129,11 @@ fn set_identity(
         });
         let who = crate::assertion::Identity {
             groups: visible.as_deref(),
-            email: ctx.access.as_ref().and_then(|a| a.email.as_deref()),
+            email: ctx
+                .access
+                .as_ref()
+                .and_then(|a| a.email.as_deref())
+                .filter(|_| app_policy.share_email),
         };
         let sign = || st.signer.sign_request(s, who, app, now, None);
         let token = match (&ctx.signed, &ctx.session_key) {

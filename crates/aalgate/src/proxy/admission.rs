@@ -165,9 +165,22 @@ impl Gateway {
                 x.ctx.known = loaded.as_ref().map(|(_, _, s, _)| Known::live(s));
                 x.error(Outcome::Denied).await
             }
-            Admission::Forbidden => {
-                x.ctx.known = loaded.as_ref().map(|(_, _, s, _)| Known::live(s));
-                let user = loaded.as_ref().map(|(_, _, s, _)| s.user.clone());
+            Admission::Forbidden { session_over } => {
+                // A session past its limits: whoever is at the keyboard may be someone else,
+                // so the page names nobody (and the audit line says whose session it was).
+                x.ctx.known = loaded.as_ref().map(|(_, _, s, _)| {
+                    if session_over {
+                        Known::Ended {
+                            user: s.user.clone(),
+                        }
+                    } else {
+                        Known::live(s)
+                    }
+                });
+                let user = loaded
+                    .as_ref()
+                    .filter(|_| !session_over)
+                    .map(|(_, _, s, _)| s.user.clone());
                 self.forbidden(x, &m.app.display_name, user.as_deref())
                     .await
             }
@@ -308,8 +321,13 @@ impl Gateway {
             }
             None => String::new(),
         };
+        let whose = if user.is_some() {
+            "Your account does"
+        } else {
+            "The account last signed in here does"
+        };
         let body = format!(
-            "<p>Your account does not have access to <strong>{}</strong>. If you need it, ask IT.</p>{who}\
+            "<p>{whose} not have access to <strong>{}</strong>. If you need it, ask IT.</p>{who}\
              <p><a class=\"button\" href=\"/.aalgate/switch\">Sign in as someone else</a></p>\
              <p><a href=\"/.aalgate/logout\">Sign out</a></p>",
             crate::pages::escape(app)
@@ -350,34 +368,6 @@ impl Gateway {
         }))
     }
 
-    /// Records that `user` used the request's app (at most once an hour per instance, off
-    /// the request path): the access report's last use, for least-privilege review.
-    pub(crate) fn note_use(&self, ctx: &Ctx, user: &str, now: Timestamp) {
-        let Some(app) = ctx
-            .rule
-            .and_then(|i| ctx.policy.rules().get(i))
-            .map(|r| ctx.policy.app_of(r).name.as_str())
-        else {
-            return;
-        };
-        if !self.last_use.due(user, app) {
-            return;
-        }
-        let (store, key) = (self.store.clone(), crate::cache::last_use_key(user, app));
-        tokio::spawn(async move {
-            let value = now.0.to_string();
-            let put = store.kv_put(
-                crate::cache::LAST_USE_NS,
-                &key,
-                value.as_bytes(),
-                Some(crate::cache::LAST_USE_TTL),
-            );
-            if let Err(e) = put.await {
-                tracing::debug!(error = %e, "last use not recorded");
-            }
-        });
-    }
-
     /// Forwards a request its own flow's ceremony admitted (once).
     pub(crate) fn allow_admitted(
         &self,
@@ -406,6 +396,7 @@ impl Gateway {
         }
         ctx.signed = signed;
         ctx.session_key = Some(record.clone());
+        self.note_use(ctx, &s.user, self.clock.now());
         ctx.session = Some(s.clone());
         ctx.outcome = Outcome::AllowAdmitted;
         Ok(false)
@@ -520,7 +511,7 @@ impl Gateway {
             | Admission::AllowAdmitted
             | Admission::AllowEmergency
             | Admission::Deny
-            | Admission::Forbidden
+            | Admission::Forbidden { .. }
             | Admission::NoSuitableKey { .. }
             | Admission::BreakglassNotAllowed => return x.error(Outcome::Denied).await,
         };
