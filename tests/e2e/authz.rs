@@ -44,6 +44,9 @@ fn cookie(c: &str) -> String {
 
 const SCRIPT: &str = "Accept: application/json";
 
+/// Longer than the gateway's 1 s session-cache freshness.
+const CACHE_FRESH: Duration = Duration::from_millis(1200);
+
 #[test]
 fn allow_admits_only_the_people_granted_each_app_and_route() {
     allow_admits_only_the_people_granted(None);
@@ -348,6 +351,24 @@ fn a_group_removal_reaches_every_instance_within_a_second() {
         redis.calls("evalsha") + redis.calls("eval"),
         calls,
         "a cached request asked Redis"
+    );
+    // Once the cache entry is stale: the session and the groups in one store call (the
+    // RESOLVE script), no separate read of the groups. Counted by the gateway's own store
+    // metrics: Redis's command counts also see the background tasks of both instances.
+    std::thread::sleep(CACHE_FRESH);
+    let calls = |op: &str| {
+        aalgate_tests::sample(
+            &a.scrape(),
+            &format!("aalgate_store_duration_seconds_count{{op=\"{op}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    let (resolves, reads) = (calls("get"), calls("kv_get"));
+    assert_eq!(get(a.port, &ha, "/chart", &[&cookie(&on_a)]).status, 200);
+    assert_eq!(
+        (calls("get") - resolves, calls("kv_get") - reads),
+        (1.0, 0.0),
+        "one store call for a session and its groups"
     );
 
     rt.block_on(dir.change_groups("nora", &[], &["clinical".into()]))

@@ -104,6 +104,16 @@ impl SessionStore for Instrumented {
         self.timed("get", self.inner.resolve(handle, host, now))
             .await
     }
+    async fn resolve_with_access(
+        &self,
+        handle: &SessionKey,
+        host: &str,
+        now: Timestamp,
+    ) -> Result<Option<aalgate_session::Resolved>, StoreError> {
+        // One call, one round trip: the default would time a resolve and a kv_get.
+        self.timed("get", self.inner.resolve_with_access(handle, host, now))
+            .await
+    }
     async fn kv_put(
         &self,
         ns: &str,
