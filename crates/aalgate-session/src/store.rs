@@ -283,23 +283,14 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> Result<Option<(SessionKey, Session)>, StoreError>;
     /// [`SessionStore::resolve`], with the key-value record [`ACCESS_NS`]/`<the session's
     /// user>` (the person's groups, which `allow` checks on every request) read in the same
-    /// round trip. The default makes two calls; the backends make one.
+    /// round trip. No default: a wrapper that composed it from two calls would double the
+    /// store's work on every uncached request.
     async fn resolve_with_access(
         &self,
         handle: &SessionKey,
         host: &str,
         now: Timestamp,
-    ) -> Result<Option<Resolved>, StoreError> {
-        let Some((record, session)) = self.resolve(handle, host, now).await? else {
-            return Ok(None);
-        };
-        let access = self.kv_get(ACCESS_NS, &session.user).await?;
-        Ok(Some(Resolved {
-            record,
-            session,
-            access,
-        }))
-    }
+    ) -> Result<Option<Resolved>, StoreError>;
 
     /// Stores an opaque value under `ns`/`key`, expiring after `ttl` (never, if `None`).
     /// Users, credentials, invites and ceremony state live here.
