@@ -933,6 +933,21 @@ Cookie: aalgate={cookie}; {bind}\r\nContent-Type: application/x-www-form-urlenco
     )
 }
 
+/// Runs `aalgate ARGS... --config <the gateway's config>`: (exit code, stdout, stderr).
+pub fn cli(g: &Gateway, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(aalgate_bin())
+        .args(args)
+        .arg("--config")
+        .arg(g.dir.path().join("aalgate.yaml"))
+        .output()
+        .expect("run aalgate");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Verifies an assertion with PyJWT (an implementation independent of the gateway's), against
 /// the gateway's JWKS, audience and issuer. Returns the claims, or PyJWT's error text.
 pub fn pyjwt_decode(

@@ -2,12 +2,11 @@
 //! 403 page and JSON, the groups an app is told (header and signed claim, only those its
 //! policy names), a removal taking effect within a second, and the CLI's audited changes.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use aalgate_policy::Aal;
 use aalgate_session::{EmbeddedStore, RedisStore};
-use aalgate_tests::{aalgate_bin, get, pyjwt_decode, Gateway, Redis, Upstream};
+use aalgate_tests::{cli, get, pyjwt_decode, Gateway, Redis, Upstream};
 
 use crate::{link_session, make_session};
 
@@ -20,21 +19,6 @@ fn ehr(up: u16) -> String {
 fn billing(up: u16) -> String {
     format!(
         "app: billing\nallow: {{ groups: [billing] }}\nshare_email: true\nhost: billing.localhost\nupstream: http://127.0.0.1:{up}\ndefault: aal2\n"
-    )
-}
-
-/// `aalgate users ...` against the gateway's config: (exit code, stdout, stderr).
-fn cli(g: &Gateway, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(aalgate_bin())
-        .args(args)
-        .arg("--config")
-        .arg(g.dir.path().join("aalgate.yaml"))
-        .output()
-        .expect("run aalgate");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
 

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use aalgate_tests::{aalgate_bin, free_port, get, sample, Gateway, Redis};
+use aalgate_tests::{cli, free_port, get, sample, Gateway, Redis};
 
 use crate::browser::{chromium, root, DemoApp};
 
@@ -46,20 +46,6 @@ fn webhook() -> (u16, mpsc::Receiver<String>) {
         }
     });
     (port, rx)
-}
-
-fn cli(g: &Gateway, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(aalgate_bin())
-        .args(args)
-        .arg("--config")
-        .arg(g.dir.path().join("aalgate.yaml"))
-        .output()
-        .expect("run aalgate");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

@@ -136,18 +136,7 @@ fn the_embedded_store_keeps_its_deadline_under_the_soak_load() {
         elapsed.as_secs_f64(),
         total as f64 / elapsed.as_secs_f64()
     );
-    for (k, kind) in KINDS.iter().enumerate() {
-        let line: Vec<String> = t
-            .iter()
-            .filter(|((i, _), _)| *i == k)
-            .map(|((_, s), n)| format!("{s}: {n}"))
-            .collect();
-        report.push_str(&format!(
-            "  {kind:9} forwarded {:7}  statuses {{{}}}\n",
-            seen.forwarded[k].load(Ordering::Relaxed),
-            line.join(", ")
-        ));
-    }
+    report.push_str(&super::by_kind(&t, &seen));
     for (op, b) in histograms(&scrape) {
         let calls = b.last().map(|x| x.1).unwrap_or(0.0);
         if calls > 0.0 {

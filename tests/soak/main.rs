@@ -198,6 +198,24 @@ fn spawn_load(
         .collect()
 }
 
+/// One report line per kind: how many the upstream saw, and the statuses the clients got.
+fn by_kind(t: &std::collections::BTreeMap<(usize, u16), u64>, seen: &Seen) -> String {
+    let mut out = String::new();
+    for (k, kind) in KINDS.iter().enumerate() {
+        let line: Vec<String> = t
+            .iter()
+            .filter(|((i, _), _)| *i == k)
+            .map(|((_, s), n)| format!("{s}: {n}"))
+            .collect();
+        out.push_str(&format!(
+            "  {kind:9} forwarded {:7}  statuses {{{}}}\n",
+            seen.forwarded[k].load(Ordering::Relaxed),
+            line.join(", ")
+        ));
+    }
+    out
+}
+
 #[test]
 fn soak() {
     let secs: u64 = std::env::var("AALGATE_SOAK_SECS")
@@ -295,18 +313,7 @@ fn soak() {
         "soak: {secs} s, {total} requests ({:.0}/s), Redis restarted {restarts} times\n",
         total as f64 / secs as f64
     );
-    for (k, kind) in KINDS.iter().enumerate() {
-        let line: Vec<String> = t
-            .iter()
-            .filter(|((i, _), _)| *i == k)
-            .map(|((_, s), n)| format!("{s}: {n}"))
-            .collect();
-        report.push_str(&format!(
-            "  {kind:9} forwarded {:7}  statuses {{{}}}\n",
-            seen.forwarded[k].load(Ordering::Relaxed),
-            line.join(", ")
-        ));
-    }
+    report.push_str(&by_kind(&t, &seen));
     report.push_str(&format!(
         "  forwarded without a valid session: {}\n  recovery after Redis restarts: {:?}\n  gateway RSS: {warm} KiB after warm-up, {end} KiB at the end ({:+.1}%)\n",
         seen.violations.load(Ordering::Relaxed),

@@ -233,15 +233,19 @@ impl EmbeddedStore {
         &self,
         f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.on_pool(&self.calls, f).await
+    }
+
+    /// Runs `f` on the blocking pool under one of `slots`. The permit is owned and moved into
+    /// the task: a caller that gives up (the store deadline) does not free the slot while the
+    /// call still runs.
+    async fn on_pool<T: Send + 'static>(
+        &self,
+        slots: &Arc<tokio::sync::Semaphore>,
+        f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let db = self.db.clone();
-        // Owned and moved into the task: a caller that gives up (the store deadline) does not
-        // free the slot while the call still runs.
-        let permit = self
-            .calls
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(unavailable)?;
+        let permit = slots.clone().acquire_owned().await.map_err(unavailable)?;
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             f(&db)
@@ -260,19 +264,7 @@ impl EmbeddedStore {
         &self,
         f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let db = self.db.clone();
-        let permit = self
-            .reads
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(unavailable)?;
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            f(&db)
-        })
-        .await
-        .map_err(unavailable)?
+        self.on_pool(&self.reads, f).await
     }
 
     /// Link, session and (with `access`) the person's access record, in one read transaction:
