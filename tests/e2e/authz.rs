@@ -390,15 +390,17 @@ fn a_websocket_closes_when_its_person_loses_the_route() {
         EmbeddedStore::open(&g.state_dir()).expect("store"),
     ));
     let rt = crate::rt();
-    for who in ["wren", "will"] {
+    for who in ["wren", "will", "wes"] {
         rt.block_on(dir.change_groups(who, &["monitoring".into()], &[]))
             .expect("add");
     }
     let host = format!("localhost:{}", g.port);
     let wren = make_session(&store, &host, "wren", Aal::Aal2, 60, 1);
     let will = make_session(&store, &host, "will", Aal::Aal2, 60, 1);
+    let wes = make_session(&store, &host, "wes", Aal::Aal3, 60, 1);
     let mut leaving = crate::transparency::ws_open_on(g.port, &host, &wren);
     let mut staying = crate::transparency::ws_open_on(g.port, &host, &will);
+    let mut strong = crate::transparency::ws_open_on(g.port, &host, &wes);
     assert!(crate::transparency::ws_echoes(&mut leaving, "hi"));
     rt.block_on(dir.change_groups("wren", &[], &["monitoring".into()]))
         .expect("remove");
@@ -415,15 +417,35 @@ fn a_websocket_closes_when_its_person_loses_the_route() {
         t.elapsed()
     );
     assert!(crate::transparency::ws_echoes(&mut staying, "still here"));
-    // A reload that takes the route from the group ends the rest within about a second of it.
+    // A reload that raises the route's level ends the sessions below it, within about a
+    // second; the AAL3 one stays.
+    let aal3 = policy.replace("default: aal2", "default: aal3");
+    std::fs::write(g.policy_dir().join("ws.yaml"), &aal3).expect("write policy");
+    g.signal("HUP");
+    let t = Instant::now();
+    let n = staying.read(&mut b).unwrap_or(0);
+    assert_eq!(
+        n, 0,
+        "an AAL2 connection stayed open on a route raised to AAL3"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "closed only after {:?}",
+        t.elapsed()
+    );
+    assert!(crate::transparency::ws_echoes(
+        &mut strong,
+        "aal3 still here"
+    ));
+    // A reload that takes the route from the group ends the rest.
     std::fs::write(
         g.policy_dir().join("ws.yaml"),
-        policy.replace("[monitoring]", "[oncall]"),
+        aal3.replace("[monitoring]", "[oncall]"),
     )
     .expect("write policy");
     g.signal("HUP");
     let t = Instant::now();
-    let n = staying.read(&mut b).unwrap_or(0);
+    let n = strong.read(&mut b).unwrap_or(0);
     assert_eq!(
         n, 0,
         "a connection the reloaded policy no longer allows stayed open"

@@ -233,41 +233,7 @@ impl Directory {
         ttl: Duration,
         now: Timestamp,
     ) -> Result<Token, DirectoryError> {
-        if !valid_user_id(user) {
-            return Err(DirectoryError::Invalid(format!(
-                "user name {user:?}: use 1-64 letters, digits, '.', '_', '-' or '@'"
-            )));
-        }
-        if aal == Aal::Aal1 {
-            return Err(DirectoryError::Invalid(
-                "--aal 1 is not offered: every enrollment is at least AAL2 (a passkey with user verification)".into(),
-            ));
-        }
-        // `Nora` and `nora` would be two accounts to the gateway and one to an app that
-        // compares names without case (as many REMOTE_USER apps do).
-        let taken = self
-            .readable_users()
-            .await?
-            .0
-            .into_iter()
-            .map(|u| u.id)
-            .chain(self.memberships().await?.into_keys())
-            .find(|other| other != user && other.eq_ignore_ascii_case(user));
-        if let Some(other) = taken {
-            return Err(DirectoryError::Invalid(format!(
-                "user name {user:?} differs from the existing {other:?} only in case: use {other:?}, or another name"
-            )));
-        }
-        // An invite never asks for less than the person was proofed for.
-        let mut aal = aal;
-        if let Some(u) = self.user(user).await? {
-            if u.disabled {
-                return Err(DirectoryError::Invalid(format!(
-                    "user {user} is disabled; re-enable them before inviting"
-                )));
-            }
-            aal = aal.max(u.proofed_aal);
-        }
+        let aal = self.check_invite(user, aal).await?;
         let token = Token::generate();
         let invite = Invite {
             user: user.to_string(),
@@ -285,6 +251,56 @@ impl Directory {
             )
             .await?;
         Ok(token)
+    }
+
+    /// Every check an invite makes, without writing anything (the CLI runs it before it
+    /// sets an invite's groups). Returns the level the invite will ask for: never less than
+    /// the person was proofed for.
+    pub async fn check_invite(&self, user: &str, aal: Aal) -> Result<Aal, DirectoryError> {
+        if !valid_user_id(user) {
+            return Err(DirectoryError::Invalid(format!(
+                "user name {user:?}: use 1-64 letters, digits, '.', '_', '-' or '@'"
+            )));
+        }
+        if aal == Aal::Aal1 {
+            return Err(DirectoryError::Invalid(
+                "--aal 1 is not offered: every enrollment is at least AAL2 (a passkey with user verification)".into(),
+            ));
+        }
+        let Some(u) = self.user(user).await? else {
+            self.new_id_is_free(user).await?;
+            return Ok(aal);
+        };
+        if u.disabled {
+            return Err(DirectoryError::Invalid(format!(
+                "user {user} is disabled; re-enable them before inviting"
+            )));
+        }
+        Ok(aal.max(u.proofed_aal))
+    }
+
+    /// A new id must not differ from an existing one only in case: `Nora` and `nora` would be
+    /// two accounts to the gateway and one to an app that compares names without case (as many
+    /// REMOTE_USER apps do). Checked against users, groups records and pending invites.
+    async fn new_id_is_free(&self, user: &str) -> Result<(), DirectoryError> {
+        let known: Vec<String> = self
+            .readable_users()
+            .await?
+            .0
+            .into_iter()
+            .map(|u| u.id)
+            .chain(self.memberships().await?.into_keys())
+            .chain(self.invites().await?.into_iter().map(|(_, i)| i.user))
+            .collect();
+        if known.iter().any(|k| k == user) {
+            return Ok(());
+        }
+        match known.into_iter().find(|k| k.eq_ignore_ascii_case(user)) {
+            Some(other) => Err(DirectoryError::Invalid(format!(
+                "user name {user:?} differs from the existing {other:?} only in case: use {other:?}, or another name"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// A live invite, without using it.
@@ -463,8 +479,11 @@ impl Directory {
                 "user name {id:?}: use 1-64 letters, digits, '.', '_', '-' or '@'"
             )));
         }
-        for _ in 0..MEMBERSHIP_RETRIES {
+        for attempt in 0..MEMBERSHIP_RETRIES {
             let raw = self.store.kv_get(aalgate_session::ACCESS_NS, id).await?;
+            if attempt == 0 && raw.is_none() && self.user(id).await?.is_none() {
+                self.new_id_is_free(id).await?;
+            }
             let before: Membership = match &raw {
                 Some(v) => decode("access", v)?,
                 None => Membership::default(),
@@ -621,5 +640,20 @@ mod tests {
             matches!(clash, Err(DirectoryError::Invalid(_))),
             "{clash:?}"
         );
+        // The same id is no clash; a pending invite's id is taken too; a groups record for a
+        // new id is held to the same rule.
+        assert!(d.check_invite("nora", Aal::Aal2).await.is_ok());
+        d.invite(
+            "Zed",
+            "Zed",
+            Aal::Aal2,
+            Duration::from_secs(60),
+            Timestamp::wall(),
+        )
+        .await
+        .unwrap();
+        assert!(d.check_invite("zed", Aal::Aal2).await.is_err());
+        assert!(d.check_invite("Zed", Aal::Aal2).await.is_ok());
+        assert!(d.change_groups("NORA", &["x".into()], &[]).await.is_err());
     }
 }

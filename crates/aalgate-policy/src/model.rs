@@ -690,7 +690,9 @@ fn build_app(
                 );
                 continue;
             }
-            let folded = crate::allow::fold_header(&v.value);
+            let folded = crate::allow::fold_header(&v.value)
+                .trim_matches('-')
+                .to_string();
             if let Some((_, other)) = seen.iter().find(|(f, _)| *f == folded) {
                 diags.error(
                     loc,

@@ -514,6 +514,14 @@ fn identity_headers_refuse_what_would_break_the_request() {
         twice.len() == 1 && twice[0].contains("same header"),
         "{twice:?}"
     );
+    let trailing = errors(&[(
+        "legacy.yaml",
+        &with("{ user: X-Remote-User, groups: X-Remote-User_ }"),
+    )]);
+    assert!(
+        trailing.len() == 1 && trailing[0].contains("same header"),
+        "{trailing:?}"
+    );
     let unknown = errors(&[("legacy.yaml", &with("{ login: X-Remote-User }"))]);
     assert!(unknown.iter().any(|d| d.contains("login")), "{unknown:?}");
 }

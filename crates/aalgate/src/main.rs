@@ -1115,6 +1115,8 @@ async fn breakglass_run(args: BreakglassArgs) -> Result<bool> {
             // The log first: a code that passes every `allow` must not exist unrecorded.
             let audit = cli_audit(&args.target)?;
             let (code, secret) = aalgate::breakglass::create(&cfg, &name, ttl.into())?;
+            // Shown before the record, which may fail: a code nobody holds helps nobody.
+            println!("{secret}");
             audit_change(
                 &audit,
                 "breakglass_code_created",
@@ -1122,7 +1124,6 @@ async fn breakglass_run(args: BreakglassArgs) -> Result<bool> {
                 format!("code {} ({name}), valid {}", code.id, in_words(ttl.into())),
             )
             .await?;
-            println!("{secret}");
             eprintln!(
                 "Emergency code {} ({}) created; it grants {} of break-glass access, once. It is shown only now: seal it in the envelope or the password manager. Used at /.aalgate/breakglass on any app host.",
                 code.id,
@@ -1635,16 +1636,17 @@ fn operator() -> String {
     // SAFETY: getuid cannot fail.
     let uid = unsafe { libc::getuid() };
     let name = |uid: u32| account_name(uid).unwrap_or_else(|| "?".into());
+    // The uid the person logged in with: the kernel keeps it through sudo and su, and the
+    // process cannot change it (unset: 4294967295). Else what sudo says.
+    let login = std::fs::read_to_string("/proc/self/loginuid")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|l| *l != u32::MAX);
     let sudo = std::env::var("SUDO_UID")
         .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-        .filter(|_| uid == 0);
-    match sudo {
-        Some(by) => format!(
-            "{} (uid {by}, through sudo as {} uid {uid})",
-            name(by),
-            name(uid)
-        ),
+        .and_then(|v| v.parse::<u32>().ok());
+    match login.or(sudo).filter(|by| *by != uid) {
+        Some(by) => format!("{} (uid {by}, acting as {} uid {uid})", name(by), name(uid)),
         None => format!("{} (uid {uid})", name(uid)),
     }
 }
@@ -1655,10 +1657,21 @@ fn account_name(uid: u32) -> Option<String> {
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 4096];
     let mut out: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; `out` is null or points at `pwd`, whose
-    // strings live in `buf`, which outlives the read below.
-    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut out) };
-    if rc != 0 || out.is_null() || pwd.pw_name.is_null() {
+    loop {
+        // SAFETY: every pointer is valid for the call; `out` is null or points at `pwd`, whose
+        // strings live in `buf`, which outlives the read below.
+        let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut out) };
+        // A large entry: a bigger buffer, up to 1 MiB.
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 {
+            return None;
+        }
+        break;
+    }
+    if out.is_null() || pwd.pw_name.is_null() {
         return None;
     }
     // SAFETY: getpwuid_r succeeded, so pw_name is a NUL-terminated string in `buf`.
@@ -1798,6 +1811,8 @@ async fn users_run(args: UsersArgs) -> Result<bool> {
             {
                 bail!("e-mail address {e:?} is not valid: write it as name@domain.example");
             }
+            // Every check the invite makes, before anything is written.
+            dir.check_invite(&user, aal).await?;
             let existing = dir.membership(&user).await?;
             if existing != aalgate_auth::model::Membership::default() {
                 eprintln!(

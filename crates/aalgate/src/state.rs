@@ -340,16 +340,29 @@ impl Lives {
                 let Some(m) = policy.lookup(&route.host, &route.method, &route.target) else {
                     return Ok(false);
                 };
-                let allow = &m.rule.access.allow;
-                if m.rule.access.require == aalgate_policy::Requirement::Deny {
+                let access = &m.rule.access;
+                let allow = &access.allow;
+                // A route that is closed now, or that no open socket can meet (a per-request
+                // signature), ends it.
+                if access.require == aalgate_policy::Requirement::Deny
+                    || access.step_up == Some(aalgate_policy::StepUp::PerRequest)
+                {
                     return Ok(false);
-                }
-                if allow.is_empty() {
-                    return Ok(store.resolve(handle, host, now).await?.is_some());
                 }
                 let Some(r) = store.resolve_with_access(handle, host, now).await? else {
                     return Ok(false);
                 };
+                // A level raised by a reload above the session's.
+                if access
+                    .require
+                    .aal()
+                    .is_some_and(|need| r.session.aal < need)
+                {
+                    return Ok(false);
+                }
+                if allow.is_empty() {
+                    return Ok(true);
+                }
                 let access = membership(&r.session.user, r.access.as_deref());
                 Ok(aalgate_policy::allowed(
                     allow,

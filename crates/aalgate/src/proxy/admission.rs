@@ -239,13 +239,17 @@ impl Gateway {
             // ...and, where the route has an `allow`, to the person's groups still meeting it.
             let until = aalgate_policy::admit::session_end(access, &subject(&s));
             // (`place` set both; without them nothing can be checked, so the socket ends.)
-            let (until, target) = match ctx.target.clone() {
-                Some(t) => (until, t),
-                None => (now, aalgate_policy::NormalizedTarget::root()),
+            let (until, target, host) = match (ctx.target.clone(), HostPort::parse(&ctx.host)) {
+                (Some(t), Ok(h)) => (until, t, h),
+                _ => (
+                    now,
+                    aalgate_policy::NormalizedTarget::root(),
+                    self.public_host.clone(),
+                ),
             };
             let route = crate::state::Route {
                 policies: self.policies.clone(),
-                host: HostPort::parse(&ctx.host).unwrap_or_else(|_| self.public_host.clone()),
+                host,
                 method: session.req_header().method.as_str().to_string(),
                 target,
             };
