@@ -401,7 +401,9 @@ fn a_websocket_closes_when_its_person_loses_the_route() {
     let mut leaving = crate::transparency::ws_open_on(g.port, &host, &wren);
     let mut staying = crate::transparency::ws_open_on(g.port, &host, &will);
     let mut strong = crate::transparency::ws_open_on(g.port, &host, &wes);
-    assert!(crate::transparency::ws_echoes(&mut leaving, "hi"));
+    if let Err(e) = crate::transparency::ws_roundtrip(&mut leaving, "hi") {
+        panic!("the first frame: {e}\n{}", g.log());
+    }
     rt.block_on(dir.change_groups("wren", &[], &["monitoring".into()]))
         .expect("remove");
     let t = Instant::now();
@@ -416,7 +418,11 @@ fn a_websocket_closes_when_its_person_loses_the_route() {
         "closed only after {:?}",
         t.elapsed()
     );
-    assert!(crate::transparency::ws_echoes(&mut staying, "still here"));
+    assert!(
+        crate::transparency::ws_echoes(&mut staying, "still here"),
+        "a member's connection closed:\n{}",
+        g.log()
+    );
     // A reload that raises the route's level ends the sessions below it, within about a
     // second; the AAL3 one stays.
     let aal3 = policy.replace("default: aal2", "default: aal3");
@@ -433,10 +439,14 @@ fn a_websocket_closes_when_its_person_loses_the_route() {
         "closed only after {:?}",
         t.elapsed()
     );
-    assert!(crate::transparency::ws_echoes(
-        &mut strong,
-        "aal3 still here"
-    ));
+    assert!(
+        crate::transparency::ws_echoes(&mut strong, "aal3 still here"),
+        "the AAL3 connection closed:\n{}",
+        {
+            std::thread::sleep(Duration::from_secs(1));
+            g.log()
+        }
+    );
     // A reload that takes the route from the group ends the rest.
     std::fs::write(
         g.policy_dir().join("ws.yaml"),
@@ -657,4 +667,71 @@ fn breakglass_passes_allow_only_where_marked_and_says_so() {
 
 fn cookie_of(c: &str) -> String {
     format!("Cookie: aalgate={c}")
+}
+
+/// The CLI writes the embedded store beside the running gateway (groups, invites): no
+/// session, and no person's groups, may disappear for a moment while it does. A WebSocket is
+/// closed on any failed check, so a single wrong read would end a clinician's live view.
+#[test]
+fn a_cli_writing_beside_the_gateway_never_hides_a_session() {
+    let up = Upstream::start();
+    let policy = format!(
+        "app: ehr\nallow: {{ groups: [clinical] }}\nhost: localhost\nupstream: http://127.0.0.1:{}\ndefault: aal2\n",
+        up.port
+    );
+    let g = Gateway::start(None, &[("ehr.yaml", &policy)]);
+    let host = format!("localhost:{}", g.port);
+    let dir = aalgate_auth::Directory::new(std::sync::Arc::new(
+        EmbeddedStore::open(&g.state_dir()).expect("store"),
+    ));
+    let rt = crate::rt();
+    rt.block_on(dir.change_groups("nora", &["clinical".into()], &[]))
+        .expect("add");
+    let store = EmbeddedStore::open(&g.state_dir()).expect("store");
+    // Enough cookies that each is asked for again only after the gateway's 1 s cache has let
+    // it go: every request reads the store.
+    let cookies: Vec<String> = (0..300)
+        .map(|_| make_session(&store, &host, "nora", Aal::Aal2, 60, 1))
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let dir = aalgate_auth::Directory::new(std::sync::Arc::new(
+            EmbeddedStore::open(&g.state_dir()).expect("store"),
+        ));
+        std::thread::spawn(move || {
+            let rt = crate::rt();
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let who = format!("p{}", i % 50);
+                let _ = rt.block_on(dir.change_groups(&who, &[format!("g{}", i % 7)], &[]));
+            }
+            i
+        })
+    };
+    let t0 = Instant::now();
+    let mut statuses = std::collections::BTreeMap::new();
+    let mut n = 0;
+    while t0.elapsed() < Duration::from_secs(6) {
+        n += 1;
+        let s = get(
+            g.port,
+            &host,
+            "/chart",
+            &[&cookie(&cookies[n % cookies.len()])],
+        )
+        .status;
+        *statuses.entry(s).or_insert(0u32) += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let writes = writer.join().unwrap_or(0);
+    assert!(writes > 50, "the writer ran: {writes}");
+    assert_eq!(
+        statuses.keys().copied().collect::<Vec<_>>(),
+        vec![200],
+        "while {writes} changes were written beside it: {statuses:?}\n{}",
+        g.log()
+    );
 }

@@ -654,6 +654,26 @@ pub(crate) fn ws_open_on(port: u16, host: &str, cookie: &str) -> TcpStream {
     s
 }
 
+/// [`ws_echoes`], saying what went wrong.
+pub(crate) fn ws_roundtrip(s: &mut TcpStream, text: &str) -> Result<(), String> {
+    s.write_all(&ws_frame(text))
+        .map_err(|e| format!("write: {e}"))?;
+    let mut hdr = [0u8; 2];
+    s.read_exact(&mut hdr)
+        .map_err(|e| format!("read the frame header: {e}"))?;
+    let mut payload = vec![0u8; usize::from(hdr[1] & 0x7f)];
+    s.read_exact(&mut payload)
+        .map_err(|e| format!("read the payload after {hdr:?}: {e}"))?;
+    if payload == text.as_bytes() {
+        Ok(())
+    } else {
+        Err(format!(
+            "got {hdr:?} {:?}",
+            String::from_utf8_lossy(&payload)
+        ))
+    }
+}
+
 pub(crate) fn ws_echoes(s: &mut TcpStream, text: &str) -> bool {
     if s.write_all(&ws_frame(text)).is_err() {
         return false;
