@@ -435,8 +435,47 @@ impl Directory {
             m.groups.extend(add.iter().cloned());
             m.groups.sort();
             m.groups.dedup();
+            m.from_provider
+                .retain(|g| !remove.contains(g) && !add.contains(g));
         })
         .await
+    }
+
+    /// Replaces the groups an identity provider asserted for a person with `asserted` (at a
+    /// sign-in through it); the groups IT set stay. Names that are not valid group names are
+    /// lowercased, or left out (returned, for the log).
+    pub async fn sync_provider_groups(
+        &self,
+        id: &str,
+        asserted: &[String],
+    ) -> Result<((Membership, Membership), Vec<String>), DirectoryError> {
+        let mut fresh: Vec<String> = Vec::new();
+        let mut skipped = Vec::new();
+        for g in asserted {
+            let g2 = g.trim().to_ascii_lowercase();
+            if valid_group(&g2) {
+                fresh.push(g2);
+            } else {
+                skipped.push(g.clone());
+            }
+        }
+        fresh.sort();
+        fresh.dedup();
+        let changed = self
+            .update_membership(id, |m| {
+                let local: Vec<String> = m
+                    .groups
+                    .iter()
+                    .filter(|g| !m.from_provider.contains(g))
+                    .cloned()
+                    .collect();
+                m.from_provider = fresh.iter().filter(|g| !local.contains(g)).cloned().collect();
+                m.groups = local.into_iter().chain(fresh.iter().cloned()).collect();
+                m.groups.sort();
+                m.groups.dedup();
+            })
+            .await?;
+        Ok((changed, skipped))
     }
 
     /// Sets (or clears) a person's e-mail address. An address another person has already

@@ -112,6 +112,11 @@ pub struct Membership {
     /// The person's e-mail address, for apps that identify people by it.
     #[serde(default)]
     pub email: Option<String>,
+    /// Of `groups`, those the identity provider asserted at the person's last sign-in through
+    /// it and IT did not set: the next such sign-in replaces them. A group IT sets becomes
+    /// IT's, and stays whatever the provider says.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from_provider: Vec<String>,
 }
 
 /// A one-time enrollment invite, stored under the hash of its token.

@@ -518,30 +518,6 @@ impl Emergencies {
 
 /// Posts the alert: generic words only (the app's name, the code's id and label, the time).
 pub async fn alert(webhook: &str, app: &str, code: &Code, when: Timestamp) -> Result<u16> {
-    use pingora::http::RequestHeader;
-    use pingora::upstreams::peer::HttpPeer;
-    let url = url::Url::parse(webhook).context("breakglass.webhook is not a URL")?;
-    let tls = match url.scheme() {
-        "https" => true,
-        "http" => false,
-        s => bail!("breakglass.webhook scheme {s} is not http or https"),
-    };
-    let host = match url.host().context("breakglass.webhook has no host")? {
-        url::Host::Domain(d) => d.to_string(),
-        url::Host::Ipv4(a) => a.to_string(),
-        url::Host::Ipv6(a) => a.to_string(),
-    };
-    let port = url
-        .port_or_known_default()
-        .unwrap_or(if tls { 443 } else { 80 });
-    let lookup = host.clone();
-    let addr = tokio::task::spawn_blocking(move || {
-        std::net::ToSocketAddrs::to_socket_addrs(&(lookup.as_str(), port)).map(|mut a| a.next())
-    })
-    .await
-    .context("webhook lookup")?
-    .context("cannot resolve the webhook host")?
-    .context("the webhook host has no address")?;
     let body = serde_json::json!({
         "text": format!("aalgate: emergency access (break-glass) was used for {app}. Review it within 24 hours: aalgate report breakglass."),
         "event": "breakglass_used",
@@ -551,49 +527,17 @@ pub async fn alert(webhook: &str, app: &str, code: &Code, when: Timestamp) -> Re
         "time": humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(when.0)).to_string(),
     })
     .to_string();
-    let peer = HttpPeer::new(addr, tls, host.clone());
-    let connector = pingora::connectors::http::Connector::new(None);
-    let (mut http, _) =
-        tokio::time::timeout(Duration::from_secs(10), connector.get_http_session(&peer))
-            .await
-            .context("the webhook did not accept a connection within 10 s")?
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let path = match url.query() {
-        Some(q) => format!("{}?{q}", url.path()),
-        None => url.path().to_string(),
-    };
-    let mut req =
-        RequestHeader::build("POST", path.as_bytes(), None).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let authority = match url.port() {
-        Some(p) => format!("{host}:{p}"),
-        None => host.clone(),
-    };
-    for (n, v) in [
-        ("host", authority),
-        ("content-type", "application/json".to_string()),
-        ("content-length", body.len().to_string()),
-        ("user-agent", "aalgate".to_string()),
-    ] {
-        req.insert_header(n, v)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
-    let io = async {
-        http.write_request_header(Box::new(req)).await?;
-        http.write_request_body(bytes::Bytes::from(body), true)
-            .await?;
-        http.finish_request_body().await?;
-        http.read_response_header().await?;
-        Ok::<_, Box<pingora::Error>>(
-            http.response_header()
-                .map(|r| r.status.as_u16())
-                .unwrap_or(0),
-        )
-    };
-    let status = tokio::time::timeout(Duration::from_secs(10), io)
-        .await
-        .context("the webhook did not answer within 10 s")?
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(status)
+    let got = crate::http::client::fetch(
+        "POST",
+        webhook,
+        &[("content-type", "application/json".to_string())],
+        Some(body.into_bytes()),
+        64 * 1024,
+        Duration::from_secs(10),
+    )
+    .await
+    .context("breakglass.webhook")?;
+    Ok(got.status)
 }
 
 #[cfg(test)]

@@ -66,6 +66,8 @@ struct RawConfig {
     upstream_timeout: Option<aalgate_policy::HumanDuration>,
     #[serde(default)]
     shutdown_grace: Option<aalgate_policy::HumanDuration>,
+    #[serde(default)]
+    identity_providers: Vec<aalgate_oidc::RawProvider>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -315,6 +317,9 @@ pub struct Config {
     /// On SIGTERM or SIGQUIT: how long in-flight requests get to finish. pingora stops
     /// accepting at once, waits this long in full, then ends whatever is left.
     pub shutdown_grace: Duration,
+    /// The hospital's identity providers (`identity_providers:`), in the order of the sign-in
+    /// page's buttons.
+    pub identity_providers: Vec<aalgate_oidc::Provider>,
 }
 
 /// Default of `shutdown_grace`.
@@ -584,7 +589,19 @@ impl Config {
                 })?;
             trusted_proxies.push(net);
         }
+        let mut identity_providers: Vec<aalgate_oidc::Provider> = Vec::new();
+        for (i, raw) in raw.identity_providers.into_iter().enumerate() {
+            let mut p = raw
+                .validate()
+                .map_err(|e| anyhow::anyhow!("identity_providers[{i}]: {e}"))?;
+            if identity_providers.iter().any(|o| o.id == p.id) {
+                bail!("identity_providers[{i}]: id {:?} is used twice; give each provider its own id", p.id);
+            }
+            p.client_secret_file = rel(p.client_secret_file);
+            identity_providers.push(p);
+        }
         Ok(Config {
+            identity_providers,
             preserve_quota: (quota, person_quota),
             preserve_concurrent_reads,
             flows_per_client_per_minute: raw

@@ -32,6 +32,7 @@ pub mod config;
 pub mod demo;
 pub mod endpoints;
 pub mod explain;
+pub mod federation;
 pub mod headers;
 pub mod http;
 pub mod kept;

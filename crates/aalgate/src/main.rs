@@ -685,6 +685,7 @@ fn demo_config(
         shutdown_grace: Duration::from_secs(1),
         clock_floor: state_dir.join("clock-floor"),
         hsts: true,
+        identity_providers: Vec::new(),
     })
 }
 
@@ -840,6 +841,7 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         anonymous_quota: cfg.anonymous_state_quota,
         trusted_proxies: cfg.trusted_proxies.clone(),
         decoy_load: Default::default(),
+        federation: aalgate::federation::Federation::load(&cfg.identity_providers)?,
     });
     // A made-up break-glass code waits as long as a real check from the first attempt on.
     signin.emergencies.calibrate();

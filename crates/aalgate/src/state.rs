@@ -58,6 +58,8 @@ pub struct SignInService {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// When a sign-in start last loaded the decoy population itself.
     pub decoy_load: tokio::sync::Mutex<Option<Instant>>,
+    /// The hospital's identity providers.
+    pub federation: crate::federation::Federation,
 }
 
 /// How often a sign-in start may load the decoy population itself, while the background
