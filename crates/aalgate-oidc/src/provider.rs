@@ -36,6 +36,10 @@ pub struct RawProvider {
     /// Whether aalgate's logout also ends the provider's session (RP-initiated logout).
     #[serde(default)]
     pub end_provider_session: bool,
+    /// Whether a plain sign-in may ride the provider's existing session without asking the
+    /// person to log in again (off: for shared workstations).
+    #[serde(default)]
+    pub silent_login: bool,
 }
 
 /// `claims:` of a provider.
@@ -159,6 +163,9 @@ pub struct Provider {
     pub jit_groups: Vec<String>,
     /// RP-initiated logout at aalgate's logout.
     pub end_provider_session: bool,
+    /// A plain first sign-in may be silent at the provider (never a switch, a re-auth, a
+    /// step-up or a flow that keeps a form).
+    pub silent_login: bool,
 }
 
 fn claim_name(v: Option<String>, default: &str, what: &str) -> Result<String, String> {
@@ -263,6 +270,7 @@ impl RawProvider {
             aal,
             jit_groups,
             end_provider_session: self.end_provider_session,
+            silent_login: self.silent_login,
             id,
         })
     }

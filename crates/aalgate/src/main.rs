@@ -842,6 +842,7 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         trusted_proxies: cfg.trusted_proxies.clone(),
         decoy_load: Default::default(),
         federation: aalgate::federation::Federation::load(&cfg.identity_providers)?,
+        origin: cfg.public_origin.clone(),
     });
     // A made-up break-glass code waits as long as a real check from the first attempt on.
     signin.emergencies.calibrate();

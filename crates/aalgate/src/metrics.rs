@@ -244,7 +244,7 @@ impl Metrics {
         }
         for aal in ["1", "2", "3"] {
             m.sessions_active.with_label_values(&[aal]);
-            for kind in ["passkey", "security_key"] {
+            for kind in ["passkey", "security_key", "provider"] {
                 m.session_starts.with_label_values(&[aal, kind]);
             }
         }

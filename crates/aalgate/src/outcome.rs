@@ -158,6 +158,19 @@ pub enum Outcome {
     Busy,
     /// The anonymous quota is used up.
     SignInBusy,
+    /// Sent to an identity provider to log in.
+    ProviderRedirect,
+    /// The identity provider's answer was refused (an error, a token that does not verify, a
+    /// login that is not fresh).
+    ProviderRefused,
+    /// The identity provider could not be reached.
+    ProviderUnavailable,
+    /// The provider vouched for a person the directory does not know.
+    UnknownPerson,
+    /// A back-channel logout ended a person's sessions.
+    ProviderLogout,
+    /// A back-channel logout token that does not verify, or was used before.
+    BadLogoutToken,
 }
 
 impl Outcome {
@@ -248,6 +261,12 @@ impl Outcome {
             Outcome::BreakglassUnavailable => "breakglass_unavailable",
             Outcome::Busy => "busy",
             Outcome::SignInBusy => "sign_in_busy",
+            Outcome::ProviderRedirect => "provider_redirect",
+            Outcome::ProviderRefused => "provider_refused",
+            Outcome::ProviderUnavailable => "provider_unavailable",
+            Outcome::UnknownPerson => "unknown_person",
+            Outcome::ProviderLogout => "provider_logout",
+            Outcome::BadLogoutToken => "bad_logout_token",
         }
     }
 
@@ -276,7 +295,8 @@ impl Outcome {
             | Outcome::EnrollFailed
             | Outcome::NeedsHardwareKey
             | Outcome::NotAvailable
-            | Outcome::SigninFailed => Some(400),
+            | Outcome::SigninFailed
+            | Outcome::BadLogoutToken => Some(400),
             Outcome::Denied
             | Outcome::Forbidden
             | Outcome::BreakglassNotAllowed
@@ -284,7 +304,9 @@ impl Outcome {
             | Outcome::CrossSite
             | Outcome::Disabled
             | Outcome::NotEnough
-            | Outcome::PerRequestForeign => Some(403),
+            | Outcome::PerRequestForeign
+            | Outcome::ProviderRefused
+            | Outcome::UnknownPerson => Some(403),
             Outcome::NotFound => Some(404),
             Outcome::MethodNotAllowed => Some(405),
             Outcome::ClientTimeout => Some(408),
@@ -303,7 +325,7 @@ impl Outcome {
             Outcome::FlowRateLimited | Outcome::Throttled => Some(429),
             Outcome::HeadersTooLarge => Some(431),
             Outcome::Internal | Outcome::InternalError => Some(500),
-            Outcome::Upstream | Outcome::UpstreamError => Some(502),
+            Outcome::Upstream | Outcome::UpstreamError | Outcome::ProviderUnavailable => Some(502),
             Outcome::StoreUnavailable
             | Outcome::AuditUnavailable
             | Outcome::BreakglassUnavailable
@@ -335,6 +357,8 @@ impl Outcome {
             | Outcome::ResumeNoSession
             | Outcome::ResumeUpstreamError
             | Outcome::ClientGone
+            | Outcome::ProviderRedirect
+            | Outcome::ProviderLogout
             | Outcome::Error => None,
         }
     }
@@ -416,6 +440,12 @@ impl Outcome {
         Outcome::BreakglassUnavailable,
         Outcome::Busy,
         Outcome::SignInBusy,
+        Outcome::ProviderRedirect,
+        Outcome::ProviderRefused,
+        Outcome::ProviderUnavailable,
+        Outcome::UnknownPerson,
+        Outcome::ProviderLogout,
+        Outcome::BadLogoutToken,
     ];
 }
 

@@ -60,6 +60,8 @@ pub struct SignInService {
     pub decoy_load: tokio::sync::Mutex<Option<Instant>>,
     /// The hospital's identity providers.
     pub federation: crate::federation::Federation,
+    /// `public_origin` as configured (the providers' redirect URI is under it).
+    pub origin: String,
 }
 
 /// How often a sign-in start may load the decoy population itself, while the background

@@ -27,12 +27,8 @@ pub(crate) struct Handoff {
 }
 
 /// A new session record for `user` (ending this browser's previous one), the auth-origin
-/// cookie, and the way back to the kept URL.
+/// cookie, and the way back to the kept URL, as the JSON a ceremony's script reads.
 #[allow(clippy::too_many_arguments)]
-#[allow(
-    clippy::too_many_lines,
-    reason = "ends the previous session, then starts one: two halves of one step"
-)]
 pub(crate) async fn start_session(
     st: &State,
     x: &mut Exchange<'_>,
@@ -43,6 +39,35 @@ pub(crate) async fn start_session(
     kind: CredentialKind,
     flow: &Flow,
 ) -> Result<bool> {
+    let (record, s, set) = match begin_session(st, x, user, aal, amr, credential, kind.as_str()).await? {
+        Ok(started) => started,
+        Err(sent) => return Ok(sent),
+    };
+    let redirect = match redirect_for(st, &record, &s, flow, true).await {
+        Ok(r) => r,
+        Err(e) => {
+            return x.store_down(&e, "sign-in: store error").await;
+        }
+    };
+    x.ctx.outcome = Outcome::SignedIn;
+    let body = serde_json::json!({ "redirect": redirect });
+    x.send(Reply::json(200, body.to_string()).header("set-cookie", set))
+        .await
+}
+
+/// Ends this browser's previous session (replaced, or switched to another person) and
+/// stores a new record for `user`, linked to a new auth-origin cookie handle. Gives the
+/// record, the session and the `Set-Cookie`; `Err(sent)` once a store failure was answered.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn begin_session(
+    st: &State,
+    x: &mut Exchange<'_>,
+    user: &User,
+    aal: Aal,
+    amr: Vec<String>,
+    credential: &str,
+    kind: &str,
+) -> Result<std::result::Result<(SessionKey, UserSession, String), bool>> {
     let now = st.clock.now();
     // The previous session of this browser ends: replaced (same person) or switched.
     match st.current(x.session, x.ctx).await {
@@ -57,14 +82,14 @@ pub(crate) async fn start_session(
                 .await;
             if let Err(e) = ended {
                 // The previous person's session must end before a new one starts.
-                return x
+                return Ok(Err(x
                     .store_down(&e, "sign-in: could not end the previous session")
-                    .await;
+                    .await?));
             }
         }
         Ok(None) => {}
         Err(e) => {
-            return x.store_down(&e, "sign-in: store error").await;
+            return Ok(Err(x.store_down(&e, "sign-in: store error").await?));
         }
     }
     // One record serves every app: it lives as long as the loosest app allows at this level
@@ -86,11 +111,11 @@ pub(crate) async fn start_session(
     };
     let record = SessionId::generate().key();
     if let Err(e) = st.store.insert(&record, &s).await {
-        return x.store_down(&e, "sign-in: store error").await;
+        return Ok(Err(x.store_down(&e, "sign-in: store error").await?));
     }
     st.metrics
         .session_starts
-        .with_label_values(&[&aal.number().to_string(), kind.as_str()])
+        .with_label_values(&[&aal.number().to_string(), kind])
         .inc();
     let handle = SessionId::generate();
     let host = x.ctx.host.clone();
@@ -99,7 +124,7 @@ pub(crate) async fn start_session(
         .link(&handle.key(), &record, &host, s.expires_at)
         .await
     {
-        return x.store_down(&e, "sign-in: store error").await;
+        return Ok(Err(x.store_down(&e, "sign-in: store error").await?));
     }
     x.ctx.session = Some(s.clone());
     let set = cookie(
@@ -108,16 +133,7 @@ pub(crate) async fn start_session(
         x.ctx.tls,
         false,
     );
-    let redirect = match redirect_for(st, &record, &s, flow, true).await {
-        Ok(r) => r,
-        Err(e) => {
-            return x.store_down(&e, "sign-in: store error").await;
-        }
-    };
-    x.ctx.outcome = Outcome::SignedIn;
-    let body = serde_json::json!({ "redirect": redirect });
-    x.send(Reply::json(200, body.to_string()).header("set-cookie", set))
-        .await
+    Ok(Ok((record, s, set)))
 }
 
 /// Where the browser goes after a flow: the kept URL on this host, or the app host's

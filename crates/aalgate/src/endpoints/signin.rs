@@ -119,13 +119,20 @@ pub(crate) async fn auth_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> 
         None => None,
     };
     // (A person the directory does not know gets the usual page; the ceremony refuses them.)
-    if flow.need == FlowKind::StepUp
-        && person.as_ref().is_some_and(|p| {
-            !p.credentials
-                .iter()
-                .any(|c| c.usable() && c.aal >= flow.aal)
-        })
-    {
+    let no_key = person.as_ref().is_some_and(|p| {
+        !p.credentials
+            .iter()
+            .any(|c| c.usable() && c.aal >= flow.aal)
+    });
+    // The identity provider is offered where it can give the level and aalgate's own
+    // ceremony cannot (the person's own key wins when they have one at that level).
+    let providers = match flow.need {
+        FlowKind::Login | FlowKind::Switch => super::oidc::buttons(st, &id, None),
+        FlowKind::Reauth if flow.user.is_none() => super::oidc::buttons(st, &id, None),
+        _ if no_key && flow.binding.is_none() => super::oidc::buttons(st, &id, Some(flow.aal)),
+        _ => String::new(),
+    };
+    if flow.need == FlowKind::StepUp && no_key && providers.is_empty() {
         let app = st.display_name(x.ctx, &flow.app);
         let back = format!("{}://{}/", st.signin.scheme, flow.host);
         return x.no_suitable_key(&app, flow.aal, &back).await;
@@ -144,6 +151,22 @@ pub(crate) async fn auth_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> 
         _ => String::new(),
     };
     let (title, body) = match flow.need {
+        FlowKind::StepUp if no_key => (
+            "Confirm it's you",
+            format!(
+                "<p>This action in <strong>{app}</strong> needs a fresh sign-in.</p>\
+                 <p id=\"status\" role=\"status\" aria-live=\"polite\"></p>{providers}"
+            ),
+        ),
+        FlowKind::Reauth if flow.user.is_some() && no_key && !providers.is_empty() => (
+            "Continue where you were",
+            format!(
+                "<p>Your session in <strong>{app}</strong> paused. Sign in again to land on the same page.</p>\
+                 <p id=\"status\" role=\"status\" aria-live=\"polite\"></p>{providers}\
+                 <p>Not {name}? Someone else can sign in here instead; {name}'s session then ends.</p>\
+                 <p><button type=\"button\" class=\"secondary\" data-action=\"switch\">Sign in as someone else</button></p>"
+            ),
+        ),
         FlowKind::StepUp => (
             "Confirm it's you",
             format!(
@@ -172,7 +195,7 @@ pub(crate) async fn auth_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> 
             },
             format!(
                 "<p>Sign in to <strong>{app}</strong> with {}.</p>\
-                 <p id=\"status\" role=\"status\" aria-live=\"polite\"></p>\
+                 <p id=\"status\" role=\"status\" aria-live=\"polite\"></p>{providers}\
                  <button type=\"button\" data-action=\"switch\">Sign in with a passkey or key</button>\
                  <details><summary>Use a security key that asks for your user name</summary>\
                  <label for=\"username\">User name</label><input id=\"username\" name=\"username\" autocomplete=\"username\" autocapitalize=\"none\" spellcheck=\"false\">\

@@ -1,0 +1,584 @@
+//! Sign-in through the hospital's identity provider (OpenID Connect, authorization code with
+//! PKCE), on the auth origin:
+//!
+//! - `GET /.aalgate/oidc/start?flow=..&idp=..`: from the sign-in page's button to the
+//!   provider, with `state` and `nonce` bound to the flow and this browser;
+//! - `GET /.aalgate/oidc/callback`: the provider's answer becomes a session at the level the
+//!   provider's login maps to (AAL1 unless the config says more, never AAL3); a route that
+//!   needs more makes the flow a step-up with the person's own passkey or key;
+//! - `POST /.aalgate/oidc/backchannel-logout?idp=..`: the provider ends a person's sessions
+//!   (OpenID Connect Back-Channel Logout 1.0).
+
+use std::time::Duration;
+
+use aalgate_auth::{DirectoryError, User};
+use aalgate_oidc::Groups;
+use aalgate_policy::{Aal, Timestamp};
+use aalgate_session::{Flow, FlowId, FlowKind};
+use pingora::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::{audit_auth, query_param};
+use crate::federation::{FedError, Idp};
+use crate::http::{constant_eq, Exchange};
+use crate::outcome::Outcome;
+use crate::pages::{self, escape};
+use crate::state::{bind_cookie, Reply, State, FLOW_TTL};
+
+/// The pending provider login of a flow, by the flow's store key: one per flow (a new start
+/// replaces it), so starting again and again stores nothing more.
+pub(crate) const OIDC_NS: &str = "oidc";
+/// Which person a provider's `sub` and `sid` belong to, for back-channel logout.
+pub(crate) const OIDC_LINK_NS: &str = "oidc_link";
+/// Logout token ids already used.
+pub(crate) const OIDC_JTI_NS: &str = "oidc_jti";
+/// The callback path (the redirect URI registered at the provider is `public_origin` + this).
+pub(crate) const CALLBACK: &str = "/.aalgate/oidc/callback";
+/// How far before the start of this sign-in a provider login may lie and still count as
+/// asked for now (the two clocks differ).
+const FRESH_LEEWAY_SECS: u64 = 30;
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PendingLogin {
+    idp: String,
+    /// The random half of `state` (the other half names the flow).
+    secret: String,
+    /// Hash of this browser's binding cookie on the auth origin.
+    browser: String,
+    nonce: String,
+    verifier: String,
+    sent_at: Timestamp,
+    /// `prompt=login` was sent: the login must be new.
+    fresh: bool,
+    max_age: Option<u64>,
+}
+
+fn redirect_uri(st: &State) -> String {
+    format!("{}{CALLBACK}", st.signin.origin)
+}
+
+/// The sign-in page's provider buttons for a flow (empty without providers). `need`: the
+/// level the person must reach here; only providers that can give it are offered.
+pub(crate) fn buttons(st: &State, flow: &FlowId, need: Option<Aal>) -> String {
+    let mut out = String::new();
+    for idp in &st.signin.federation.idps {
+        if need.is_some_and(|a| idp.cfg.aal.best() < a) {
+            continue;
+        }
+        out.push_str(&format!(
+            "<p><a class=\"button\" data-idp=\"{id}\" href=\"/.aalgate/oidc/start?flow={flow}&amp;idp={id}\">Sign in with {name}</a></p>",
+            id = escape(&idp.cfg.id),
+            flow = escape(&flow.encode()),
+            name = escape(&idp.cfg.display_name),
+        ));
+    }
+    out
+}
+
+async fn page(x: &mut Exchange<'_>, outcome: Outcome, title: &str, body: &str) -> Result<bool> {
+    x.ctx.outcome = outcome;
+    let status = outcome.status().unwrap_or(200);
+    let html = x.page_forward(title, body, false);
+    x.send(Reply::html(status, html)).await
+}
+
+async fn expired(x: &mut Exchange<'_>) -> Result<bool> {
+    page(
+        x,
+        Outcome::FlowExpired,
+        "Sign-in link expired",
+        "<p>This sign-in is not valid any more (sign-ins expire after 10 minutes and work once).</p>\
+         <p>Go back to the application and open the page again.</p>",
+    )
+    .await
+}
+
+async fn unreachable(x: &mut Exchange<'_>, idp: &Idp, e: &FedError) -> Result<bool> {
+    tracing::warn!(request_id = %x.ctx.request_id, idp = %idp.cfg.id, error = %e, "identity provider unavailable");
+    let body = format!(
+        "<p>{} cannot be reached just now. Wait a moment and try again, or sign in with your passkey or security key.</p>",
+        escape(&idp.cfg.display_name)
+    );
+    page(x, Outcome::ProviderUnavailable, "Sign-in service unavailable", &body).await
+}
+
+/// `GET /.aalgate/oidc/start?flow=..&idp=..`.
+pub(crate) async fn start(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
+    if !st.on_auth_origin(x.ctx) {
+        return x.error(Outcome::NotFound).await;
+    }
+    let q = x.session.req_header().uri.query().map(str::to_string);
+    let id = query_param(q.as_deref(), "flow").and_then(FlowId::parse);
+    let idp = query_param(q.as_deref(), "idp").and_then(|i| st.signin.federation.get(i));
+    let (Some(id), Some(idp)) = (id, idp.cloned()) else {
+        return x.error(Outcome::BadRequest).await;
+    };
+    let now = st.clock.now();
+    let flow = match st.store.get_flow(&id.key(), now).await {
+        Ok(Some(f)) => f,
+        Ok(None) => return expired(x).await,
+        Err(e) => {
+            tracing::warn!(request_id = %x.ctx.request_id, error = %e, "session store error at a provider sign-in");
+            return x.error(Outcome::StoreUnavailable).await;
+        }
+    };
+    // A shared workstation: the provider's session outlives aalgate's, so unless IT allowed
+    // silent sign-ins, and this is a plain first sign-in keeping nothing, the provider must
+    // ask the person to log in now (never silently the previous clinician).
+    let fresh = !(idp.cfg.silent_login
+        && flow.need == FlowKind::Login
+        && flow.kept.is_none()
+        && flow.binding.is_none());
+    let max_age = if fresh { Some(0) } else { flow.max_age_secs };
+    let meta = match idp.metadata().await {
+        Ok(m) => m,
+        Err(e) => return unreachable(x, &idp, &e).await,
+    };
+    let (bind, set_bind) = x.binding();
+    let pending = PendingLogin {
+        idp: idp.cfg.id.clone(),
+        secret: aalgate_oidc::pkce::random(),
+        browser: bind.hash(),
+        nonce: aalgate_oidc::pkce::random(),
+        verifier: aalgate_oidc::pkce::random(),
+        sent_at: now,
+        fresh,
+        max_age,
+    };
+    let state = format!("{}.{}", id.encode(), pending.secret);
+    let url = match idp.authorize_url(
+        &meta,
+        &redirect_uri(st),
+        &state,
+        &pending.nonce,
+        &pending.verifier,
+        fresh,
+        max_age,
+    ) {
+        Ok(u) => u,
+        Err(e) => return unreachable(x, &idp, &e).await,
+    };
+    let left = FLOW_TTL
+        .saturating_sub(now.since(flow.created))
+        .max(Duration::from_secs(1));
+    let value = serde_json::to_vec(&pending).unwrap_or_default();
+    if let Err(e) = st.store.kv_put(OIDC_NS, &id.key(), &value, Some(left)).await {
+        tracing::warn!(request_id = %x.ctx.request_id, error = %e, "session store error at a provider sign-in");
+        return x.error(Outcome::StoreUnavailable).await;
+    }
+    x.ctx.outcome = Outcome::ProviderRedirect;
+    let mut reply = Reply::html(
+        302,
+        pages::page(
+            "Signing in",
+            &format!(
+                "<p>Taking you to {}.</p>",
+                escape(&idp.cfg.display_name)
+            ),
+            &x.ctx.request_id,
+        ),
+    )
+    .header("location", url);
+    if set_bind {
+        reply = reply.header("set-cookie", bind_cookie(&bind, x.ctx.tls));
+    }
+    x.send(reply).await
+}
+
+/// The person a provider vouched for, as the directory knows them: an existing account, a
+/// pending invite (the account is created from it, the invite stays for enrolling a key), or
+/// with `jit`, a member of a named provider group. `Ok(None)`: unknown.
+async fn person(
+    st: &State,
+    idp: &Idp,
+    username: &str,
+    groups: &Groups,
+    now: Timestamp,
+) -> std::result::Result<Option<(User, &'static str)>, DirectoryError> {
+    let dir = &st.signin.dir;
+    let mut names = vec![username.to_string()];
+    let lower = username.to_ascii_lowercase();
+    if lower != username {
+        names.push(lower);
+    }
+    for n in &names {
+        if let Some(u) = dir.user(n).await? {
+            return Ok(Some((u, "account")));
+        }
+    }
+    for (_, inv) in dir.invites().await? {
+        if names.contains(&inv.user) && inv.expires > now {
+            let u = super::enroll::new_user(&inv.user, &inv.display_name, inv.aal, now);
+            dir.put_user(&u).await?;
+            return Ok(Some((u, "invite")));
+        }
+    }
+    let Groups::Listed(g) = groups else {
+        return Ok(None);
+    };
+    if idp.cfg.jit_groups.iter().any(|j| g.contains(j)) {
+        let id = names.last().cloned().unwrap_or_default();
+        if dir.check_invite(&id, Aal::Aal2).await.is_err() {
+            return Ok(None);
+        }
+        let u = super::enroll::new_user(&id, &id, Aal::Aal2, now);
+        dir.put_user(&u).await?;
+        return Ok(Some((u, "jit")));
+    }
+    Ok(None)
+}
+
+/// `GET /.aalgate/oidc/callback?state=..&code=..` (or `error=..`).
+#[allow(clippy::too_many_lines, reason = "the provider's answer checked in order, each refusal audited")]
+pub(crate) async fn callback(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
+    if !st.on_auth_origin(x.ctx) {
+        return x.error(Outcome::NotFound).await;
+    }
+    let q = x.session.req_header().uri.query().unwrap_or("").to_string();
+    let params: Vec<(String, String)> = form_urlencoded::parse(q.as_bytes()).into_owned().collect();
+    let param = |n: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.as_str())
+    };
+    let Some((id, secret)) = param("state").and_then(|s| {
+        let (f, r) = s.split_once('.')?;
+        Some((FlowId::parse(f)?, r.to_string()))
+    }) else {
+        return x.error(Outcome::BadRequest).await;
+    };
+    let now = st.clock.now();
+    let store_err = |x: &Exchange<'_>, e: &dyn std::fmt::Display| {
+        tracing::warn!(request_id = %x.ctx.request_id, error = %e, "session store error at a provider callback");
+    };
+    // Taken once: a replayed callback, or one for a start this browser replaced, finds nothing.
+    let pending = match st.store.kv_take(OIDC_NS, &id.key()).await {
+        Ok(v) => v.and_then(|v| serde_json::from_slice::<PendingLogin>(&v).ok()),
+        Err(e) => {
+            store_err(x, &e);
+            return x.error(Outcome::StoreUnavailable).await;
+        }
+    };
+    let Some(pending) = pending.filter(|p| constant_eq(p.secret.as_bytes(), secret.as_bytes()))
+    else {
+        audit_auth(st, x.ctx, "signin_failure", None, None, None, Some("provider callback without its pending sign-in (replayed, expired, or a state this browser did not start)"));
+        return expired(x).await;
+    };
+    let (bind, fresh_bind) = x.binding();
+    if fresh_bind || !constant_eq(bind.hash().as_bytes(), pending.browser.as_bytes()) {
+        audit_auth(st, x.ctx, "signin_failure", None, None, None, Some("provider callback in another browser than the one that started it"));
+        return page(
+            x,
+            Outcome::Csrf,
+            "Sign-in refused",
+            "<p>This sign-in was started in another browser or window. Nothing was changed.</p>\
+             <p>Go back to the application and sign in from there.</p>",
+        )
+        .await;
+    }
+    let Some(idp) = st.signin.federation.get(&pending.idp).cloned() else {
+        return expired(x).await;
+    };
+    let provider = escape(&idp.cfg.display_name);
+    let again = format!(
+        "<p><a class=\"button\" href=\"/.aalgate/auth?flow={}\">Back to sign-in</a></p>",
+        escape(&id.encode())
+    );
+    let refuse = |why: &str| format!("identity provider {}: {why}", idp.cfg.id);
+    if let Some(err) = param("error") {
+        // The provider's words are not shown: only which kind of answer it was.
+        let err: String = err
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .take(64)
+            .collect();
+        audit_auth(st, x.ctx, "signin_failure", None, None, None, Some(&refuse(&format!("answered error={err}"))));
+        let body = format!("<p>The sign-in at {provider} did not finish ({}). Nothing was changed.</p>{again}", escape(&err));
+        return page(x, Outcome::ProviderRefused, "Sign-in not finished", &body).await;
+    }
+    let Some(code) = param("code") else {
+        return x.error(Outcome::BadRequest).await;
+    };
+    let verified = async {
+        let token = idp
+            .exchange_code(code, &pending.verifier, &redirect_uri(st))
+            .await?;
+        idp.verify_id_token(&token, &pending.nonce, now, pending.max_age)
+            .await
+    }
+    .await;
+    let claims = match verified {
+        Ok(c) => c,
+        Err(FedError::Refused(why)) => {
+            tracing::info!(request_id = %x.ctx.request_id, idp = %idp.cfg.id, reason = %why, "provider sign-in refused");
+            audit_auth(st, x.ctx, "signin_failure", None, None, None, Some(&refuse(&why)));
+            let body = format!("<p>The answer from {provider} could not be verified, so it does not count. Nothing was changed.</p>{again}");
+            return page(x, Outcome::ProviderRefused, "Sign-in refused", &body).await;
+        }
+        Err(e) => return unreachable(x, &idp, &e).await,
+    };
+    // Asked for a new login: one older than this sign-in's start is the provider's old
+    // session (perhaps the previous clinician's) answering silently.
+    let logged_in_now = claims
+        .auth_time
+        .is_some_and(|t| t.saturating_add(FRESH_LEEWAY_SECS) >= pending.sent_at.0);
+    if pending.fresh && !logged_in_now {
+        audit_auth(st, x.ctx, "signin_failure", None, None, None, Some(&refuse("asked for a new login, got an older one (auth_time)")));
+        let body = format!("<p>{provider} did not ask for your password or key just now, so this sign-in does not count: on a shared computer it could be the previous person's. Nothing was changed.</p>{again}");
+        return page(x, Outcome::ProviderRefused, "Sign-in refused", &body).await;
+    }
+    let Some(username) = idp.cfg.username(&claims.all).map(str::to_string) else {
+        audit_auth(st, x.ctx, "signin_failure", None, None, None, Some(&refuse(&format!("the token has no {} claim", idp.cfg.username_claim))));
+        let body = format!("<p>{provider} did not say who you are in a way this gateway can use. Contact IT.</p>");
+        return page(x, Outcome::UnknownPerson, "Not set up for access", &body).await;
+    };
+    let groups = idp.cfg.groups(&claims.all);
+    let user = match person(st, &idp, &username, &groups, now).await {
+        Ok(Some((u, _))) if !u.disabled => u,
+        Ok(found) => {
+            let why = if found.is_some() { "disabled in the directory" } else { "not in the directory" };
+            audit_auth(st, x.ctx, "signin_failure", Some(&username), None, None, Some(&refuse(why)));
+            let body = format!(
+                "<p>You signed in at {provider} as <strong>{}</strong>, but you are not set up for access to these applications here.</p>\
+                 <p>Contact IT: they can give you access.</p>",
+                escape(&username)
+            );
+            return page(x, Outcome::UnknownPerson, "Not set up for access", &body).await;
+        }
+        Err(e) => {
+            store_err(x, &e);
+            return x.error(Outcome::StoreUnavailable).await;
+        }
+    };
+    let flow = match st.store.get_flow(&id.key(), now).await {
+        Ok(Some(f)) => f,
+        Ok(None) => return expired(x).await,
+        Err(e) => {
+            store_err(x, &e);
+            return x.error(Outcome::StoreUnavailable).await;
+        }
+    };
+    if flow.need == FlowKind::StepUp && flow.user.as_deref() != Some(user.id.as_str()) {
+        audit_auth(st, x.ctx, "signin_failure", Some(&user.id), None, None, Some(&refuse("a step-up for another person")));
+        let body = format!("<p>This confirmation is for another person's session, and you signed in at {provider} as someone else. Nothing was changed.</p>{again}");
+        return page(x, Outcome::ProviderRefused, "Sign-in refused", &body).await;
+    }
+    // The groups the provider asserts replace those it asserted before; IT's stay. A token
+    // that could not carry them all changes nothing.
+    match &groups {
+        Groups::Overage => {
+            tracing::warn!(request_id = %x.ctx.request_id, idp = %idp.cfg.id, user = %user.id, "the token signals a groups overage: the person's groups are left as they were");
+        }
+        g => {
+            let listed = match g {
+                Groups::Listed(l) => l.as_slice(),
+                _ => &[],
+            };
+            match st.signin.dir.sync_provider_groups(&user.id, listed).await {
+                Ok(((before, after), skipped)) => {
+                    if !skipped.is_empty() {
+                        tracing::warn!(request_id = %x.ctx.request_id, idp = %idp.cfg.id, user = %user.id, ?skipped, "provider groups that are not valid group names were left out");
+                    }
+                    if before.groups != after.groups {
+                        audit_auth(st, x.ctx, "groups_changed", Some(&user.id), None, None, Some(&format!("by identity provider {}: now {}", idp.cfg.id, after.groups.join(","))));
+                    }
+                }
+                Err(e) => {
+                    store_err(x, &e);
+                    return x.error(Outcome::StoreUnavailable).await;
+                }
+            }
+        }
+    }
+    if let Some(email) = idp.cfg.email(&claims.all) {
+        if aalgate_auth::directory::valid_email(email) {
+            match st.signin.dir.membership(&user.id).await {
+                Ok(m) if m.email.is_none() => {
+                    if let Err(e) = st.signin.dir.set_email(&user.id, Some(email)).await {
+                        tracing::warn!(request_id = %x.ctx.request_id, user = %user.id, error = %e, "the provider's e-mail address was not recorded");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(request_id = %x.ctx.request_id, user = %user.id, error = %e, "the provider's e-mail address was not recorded");
+                }
+            }
+        }
+    }
+    let aal = idp.cfg.aal.level(&claims.amr, claims.acr.as_deref());
+    let event = if flow.user.as_deref().is_some_and(|u| u != user.id) {
+        "login"
+    } else {
+        flow.need.challenge()
+    };
+    let credential = format!("idp:{}", idp.cfg.id);
+    audit_auth(
+        st,
+        x.ctx,
+        event,
+        Some(&user.id),
+        Some(aal),
+        Some(&credential),
+        Some(&format!(
+            "identity provider {}: amr [{}], acr {}, login {}",
+            idp.cfg.id,
+            claims.amr.join(","),
+            claims.acr.as_deref().unwrap_or("-"),
+            if logged_in_now { "new" } else { "silent" },
+        )),
+    );
+    let mut amr = claims.amr.clone();
+    amr.push("fed".into());
+    let (record, s, set) = match super::handoff::begin_session(st, x, &user, aal, amr, &credential, "provider").await? {
+        Ok(started) => started,
+        Err(sent) => return Ok(sent),
+    };
+    // For back-channel logout: the provider names the person (`sub`) or its session (`sid`).
+    let ttl = Duration::from_secs(s.expires_at.0.saturating_sub(now.0).max(1));
+    for (kind, value) in [("sub", Some(&claims.sub)), ("sid", claims.sid.as_ref())] {
+        let Some(v) = value else { continue };
+        if let Err(e) = st
+            .store
+            .kv_put(OIDC_LINK_NS, &link_key(&idp.cfg.id, kind, v), user.id.as_bytes(), Some(ttl))
+            .await
+        {
+            // Without it, a logout at the provider could not end this session: none starts.
+            let _ = st.store.remove(&record).await;
+            store_err(x, &e);
+            return x.error(Outcome::StoreUnavailable).await;
+        }
+    }
+    x.ctx.outcome = Outcome::SignedIn;
+    let to = if super::signin::satisfies(&s, &flow, now) {
+        match st.store.take_flow(&id.key(), now).await {
+            Ok(Some(f)) => {
+                match super::handoff::redirect_for(st, &record, &s, &f, logged_in_now).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        store_err(x, &e);
+                        return x.error(Outcome::StoreUnavailable).await;
+                    }
+                }
+            }
+            Ok(None) => return expired(x).await,
+            Err(e) => {
+                store_err(x, &e);
+                return x.error(Outcome::StoreUnavailable).await;
+            }
+        }
+    } else {
+        // Not enough for where the person is going: their own passkey or key adds the rest,
+        // as a step-up of the session just started (no second sign-in).
+        let mut flow: Flow = flow;
+        flow.need = FlowKind::StepUp;
+        flow.user = Some(user.id.clone());
+        let left = FLOW_TTL
+            .saturating_sub(now.since(flow.created))
+            .max(Duration::from_secs(1));
+        if let Err(e) = st.store.put_flow(&id.key(), &flow, left).await {
+            store_err(x, &e);
+            return x.error(Outcome::StoreUnavailable).await;
+        }
+        format!("/.aalgate/auth?flow={}", id.encode())
+    };
+    let reply = Reply::html(
+        302,
+        pages::page("Signed in", "<p>Taking you back.</p>", &x.ctx.request_id),
+    )
+    .header("location", to)
+    .header("set-cookie", set);
+    x.send(reply).await
+}
+
+fn link_key(idp: &str, kind: &str, value: &str) -> String {
+    aalgate_auth::token::hash_str(&format!("{idp}\0{kind}\0{value}"))
+}
+
+/// `POST /.aalgate/oidc/backchannel-logout?idp=..`: the provider's signed logout token ends
+/// every session of the person it names (by `sub`, or by the `sid` of a provider session),
+/// on every instance within the session cache's second.
+pub(crate) async fn backchannel_logout(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
+    if !st.on_auth_origin(x.ctx) {
+        return x.error(Outcome::NotFound).await;
+    }
+    let q = x.session.req_header().uri.query().map(str::to_string);
+    let Some(idp) = query_param(q.as_deref(), "idp")
+        .and_then(|i| st.signin.federation.get(i))
+        .cloned()
+    else {
+        return x.json_error(Outcome::BadRequest, "unknown identity provider").await;
+    };
+    let Some(body) = x.read_body().await else {
+        return x.json_error(Outcome::BadRequest, "no body").await;
+    };
+    let Some(token) = form_urlencoded::parse(&body)
+        .find(|(k, _)| k == "logout_token")
+        .map(|(_, v)| v.into_owned())
+    else {
+        return x.json_error(Outcome::BadRequest, "no logout_token").await;
+    };
+    let now = st.clock.now();
+    let claims = match idp.verify_logout_token(&token, now).await {
+        Ok(c) => c,
+        Err(FedError::Refused(why)) => {
+            tracing::info!(request_id = %x.ctx.request_id, idp = %idp.cfg.id, reason = %why, "back-channel logout token refused");
+            return x.json_error(Outcome::BadLogoutToken, "invalid logout token").await;
+        }
+        Err(e) => {
+            tracing::warn!(request_id = %x.ctx.request_id, idp = %idp.cfg.id, error = %e, "back-channel logout: provider keys unavailable");
+            return x.json_error(Outcome::ProviderUnavailable, "keys unavailable").await;
+        }
+    };
+    let ttl = Duration::from_secs(aalgate_oidc::token::LOGOUT_TOKEN_MAX_AGE_SECS * 2);
+    match st
+        .store
+        .kv_incr(OIDC_JTI_NS, &link_key(&idp.cfg.id, "jti", &claims.jti), ttl)
+        .await
+    {
+        Ok(1) => {}
+        Ok(_) => {
+            tracing::info!(request_id = %x.ctx.request_id, idp = %idp.cfg.id, "back-channel logout token replayed");
+            return x.json_error(Outcome::BadLogoutToken, "logout token already used").await;
+        }
+        Err(e) => return x.store_down(&e, "back-channel logout: store error").await,
+    }
+    let mut users: Vec<String> = Vec::new();
+    for (kind, value) in [("sub", claims.sub.as_ref()), ("sid", claims.sid.as_ref())] {
+        let Some(v) = value else { continue };
+        match st.store.kv_get(OIDC_LINK_NS, &link_key(&idp.cfg.id, kind, v)).await {
+            Ok(Some(u)) => {
+                let u = String::from_utf8_lossy(&u).into_owned();
+                if !users.contains(&u) {
+                    users.push(u);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return x.store_down(&e, "back-channel logout: store error").await,
+        }
+    }
+    let named = match (&claims.sub, &claims.sid) {
+        (Some(_), Some(_)) => "sub and sid",
+        (Some(_), None) => "sub",
+        _ => "sid",
+    };
+    for u in &users {
+        match st.store.revoke_user(u).await {
+            Ok(n) => {
+                st.metrics
+                    .session_ends
+                    .with_label_values(&["logout"])
+                    .inc_by(n as u64);
+                audit_auth(st, x.ctx, "provider_logout", Some(u), None, Some(&format!("idp:{}", idp.cfg.id)), Some(&format!("back-channel logout by identity provider {} ({named}): {n} session(s) ended", idp.cfg.id)));
+            }
+            Err(e) => return x.store_down(&e, "back-channel logout: store error").await,
+        }
+    }
+    if users.is_empty() {
+        tracing::info!(request_id = %x.ctx.request_id, idp = %idp.cfg.id, "back-channel logout for nobody with a session here");
+    }
+    x.ctx.outcome = Outcome::ProviderLogout;
+    x.send(Reply::json(200, "{}".into()).header("cache-control", "no-store".into()))
+        .await
+}
