@@ -1091,3 +1091,79 @@ pub fn post_head_and_body(port: u16, head: &str, body: usize, timeout: Duration)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0)
 }
+
+/// A real OpenID Connect provider (npm `oidc-provider`, panva's certified implementation) on
+/// loopback: `tests/browser/oidc-provider.mjs`, with its test accounts and controls.
+pub struct OidcProvider {
+    /// Its port (the issuer is `http://127.0.0.1:PORT`).
+    pub port: u16,
+    child: Child,
+}
+
+impl OidcProvider {
+    /// Starts it for the client `aalgate` (secret `test-client-secret`) of the gateway on
+    /// `gateway_port`, whose redirect and back-channel logout URIs it registers.
+    pub fn start(port: u16, gateway_port: u16) -> OidcProvider {
+        let script = workspace().join("tests/browser/oidc-provider.mjs");
+        let mut child = Command::new("node")
+            .arg(&script)
+            .env("PORT", port.to_string())
+            .env("CLIENT_ID", "aalgate")
+            .env("CLIENT_SECRET", OIDC_CLIENT_SECRET)
+            .env(
+                "REDIRECT_URI",
+                format!("http://localhost:{gateway_port}/.aalgate/oidc/callback"),
+            )
+            .env(
+                "BACKCHANNEL_URI",
+                format!(
+                    "http://localhost:{gateway_port}/.aalgate/oidc/backchannel-logout?idp=mercy"
+                ),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run node (tests/run.sh installs it)");
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).expect("provider output");
+        assert_eq!(
+            line.trim(),
+            "listening",
+            "the OIDC provider did not start (npm ci --prefix tests/browser)"
+        );
+        OidcProvider { port, child }
+    }
+
+    /// A logout token for `sub`, signed by the provider but not sent.
+    pub fn logout_token(&self, sub: &str) -> String {
+        let r = send(
+            self.port,
+            format!("GET /test/logout-token?sub={sub} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.text()
+    }
+}
+
+/// The test client's secret at the provider.
+pub const OIDC_CLIENT_SECRET: &str = "test-client-secret";
+
+/// The `identity_providers:` entry of a gateway config for the provider that will run on
+/// `op_port` (`mercy`), with `more` lines (indented by four spaces); its client secret is
+/// written to `dir`.
+pub fn oidc_config(op_port: u16, dir: &Path, more: &str) -> String {
+    let secret = dir.join("oidc-secret");
+    std::fs::write(&secret, OIDC_CLIENT_SECRET).expect("write secret");
+    format!(
+        "identity_providers:\n  - id: mercy\n    display_name: Mercy Health SSO\n    issuer: http://127.0.0.1:{op_port}\n    client_id: aalgate\n    client_secret_file: {}\n{more}",
+        secret.display()
+    )
+}
+
+impl Drop for OidcProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -55,7 +55,8 @@ export async function landOn(page, pred, what) {
     await page.waitForURL(pred, { timeout: 15000 });
   } catch (e) {
     const s = await page.locator('#status').innerText().catch(() => '(no status)');
-    throw new Error(`${what}: still on ${page.url()} with status "${s}"`);
+    const body = await page.locator('body').innerText().catch(() => '');
+    throw new Error(`${what}: still on ${page.url()} with status "${s}"; the page says: ${body.slice(0, 600)}`);
   }
 }
 export async function launch() {

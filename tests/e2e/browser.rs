@@ -74,7 +74,7 @@ pub(crate) fn chromium() -> PathBuf {
 
 /// `node tests/browser/<script>` against `gw`, with what every scenario reads: the binary and
 /// its config, the gateway's port, the screenshot directory `out` and the browser.
-fn scenario(script: &str, gw: &Gateway, out: &Path) -> Command {
+pub(crate) fn scenario(script: &str, gw: &Gateway, out: &Path) -> Command {
     let mut c = Command::new("node");
     c.arg(root().join("tests/browser").join(script))
         .env("AALGATE_BIN", aalgate_bin())

@@ -10,6 +10,7 @@ mod deploy;
 mod faults;
 mod kept;
 mod listeners;
+mod oidc;
 mod ops;
 mod proxy;
 mod redis;

@@ -469,7 +469,11 @@ impl Directory {
                     .filter(|g| !m.from_provider.contains(g))
                     .cloned()
                     .collect();
-                m.from_provider = fresh.iter().filter(|g| !local.contains(g)).cloned().collect();
+                m.from_provider = fresh
+                    .iter()
+                    .filter(|g| !local.contains(g))
+                    .cloned()
+                    .collect();
                 m.groups = local.into_iter().chain(fresh.iter().cloned()).collect();
                 m.groups.sort();
                 m.groups.dedup();

@@ -595,7 +595,10 @@ impl Config {
                 .validate()
                 .map_err(|e| anyhow::anyhow!("identity_providers[{i}]: {e}"))?;
             if identity_providers.iter().any(|o| o.id == p.id) {
-                bail!("identity_providers[{i}]: id {:?} is used twice; give each provider its own id", p.id);
+                bail!(
+                    "identity_providers[{i}]: id {:?} is used twice; give each provider its own id",
+                    p.id
+                );
             }
             p.client_secret_file = rel(p.client_secret_file);
             identity_providers.push(p);

@@ -122,9 +122,16 @@ impl Idp {
             self.cfg.issuer.trim_end_matches('/')
         );
         let read = async {
-            let got = fetch("GET", &url, &[("accept", "application/json".into())], None, MAX_DOCUMENT, CALL_DEADLINE)
-                .await
-                .map_err(unavailable)?;
+            let got = fetch(
+                "GET",
+                &url,
+                &[("accept", "application/json".into())],
+                None,
+                MAX_DOCUMENT,
+                CALL_DEADLINE,
+            )
+            .await
+            .map_err(unavailable)?;
             if got.status != 200 {
                 return Err(unavailable(format!("{url} answered {}", got.status)));
             }
@@ -301,8 +308,12 @@ impl Idp {
         )
         .await
         .map_err(unavailable)?;
-        let json: serde_json::Value = serde_json::from_slice(&got.body)
-            .map_err(|_| unavailable(format!("token endpoint answered {} without JSON", got.status)))?;
+        let json: serde_json::Value = serde_json::from_slice(&got.body).map_err(|_| {
+            unavailable(format!(
+                "token endpoint answered {} without JSON",
+                got.status
+            ))
+        })?;
         if got.status != 200 {
             let err = json.get("error").and_then(|e| e.as_str()).unwrap_or("?");
             // A used or unknown code is the browser's problem, not the provider's.

@@ -39,10 +39,11 @@ pub(crate) async fn start_session(
     kind: CredentialKind,
     flow: &Flow,
 ) -> Result<bool> {
-    let (record, s, set) = match begin_session(st, x, user, aal, amr, credential, kind.as_str()).await? {
-        Ok(started) => started,
-        Err(sent) => return Ok(sent),
-    };
+    let (record, s, set) =
+        match begin_session(st, x, user, aal, amr, credential, kind.as_str()).await? {
+            Ok(started) => started,
+            Err(sent) => return Ok(sent),
+        };
     let redirect = match redirect_for(st, &record, &s, flow, true).await {
         Ok(r) => r,
         Err(e) => {

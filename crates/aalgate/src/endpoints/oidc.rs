@@ -100,7 +100,13 @@ async fn unreachable(x: &mut Exchange<'_>, idp: &Idp, e: &FedError) -> Result<bo
         "<p>{} cannot be reached just now. Wait a moment and try again, or sign in with your passkey or security key.</p>",
         escape(&idp.cfg.display_name)
     );
-    page(x, Outcome::ProviderUnavailable, "Sign-in service unavailable", &body).await
+    page(
+        x,
+        Outcome::ProviderUnavailable,
+        "Sign-in service unavailable",
+        &body,
+    )
+    .await
 }
 
 /// `GET /.aalgate/oidc/start?flow=..&idp=..`.
@@ -163,7 +169,11 @@ pub(crate) async fn start(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
         .saturating_sub(now.since(flow.created))
         .max(Duration::from_secs(1));
     let value = serde_json::to_vec(&pending).unwrap_or_default();
-    if let Err(e) = st.store.kv_put(OIDC_NS, &id.key(), &value, Some(left)).await {
+    if let Err(e) = st
+        .store
+        .kv_put(OIDC_NS, &id.key(), &value, Some(left))
+        .await
+    {
         tracing::warn!(request_id = %x.ctx.request_id, error = %e, "session store error at a provider sign-in");
         return x.error(Outcome::StoreUnavailable).await;
     }
@@ -172,10 +182,7 @@ pub(crate) async fn start(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
         302,
         pages::page(
             "Signing in",
-            &format!(
-                "<p>Taking you to {}.</p>",
-                escape(&idp.cfg.display_name)
-            ),
+            &format!("<p>Taking you to {}.</p>", escape(&idp.cfg.display_name)),
             &x.ctx.request_id,
         ),
     )
@@ -230,19 +237,17 @@ async fn person(
 }
 
 /// `GET /.aalgate/oidc/callback?state=..&code=..` (or `error=..`).
-#[allow(clippy::too_many_lines, reason = "the provider's answer checked in order, each refusal audited")]
+#[allow(
+    clippy::too_many_lines,
+    reason = "the provider's answer checked in order, each refusal audited"
+)]
 pub(crate) async fn callback(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     if !st.on_auth_origin(x.ctx) {
         return x.error(Outcome::NotFound).await;
     }
     let q = x.session.req_header().uri.query().unwrap_or("").to_string();
     let params: Vec<(String, String)> = form_urlencoded::parse(q.as_bytes()).into_owned().collect();
-    let param = |n: &str| {
-        params
-            .iter()
-            .find(|(k, _)| k == n)
-            .map(|(_, v)| v.as_str())
-    };
+    let param = |n: &str| params.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
     let Some((id, secret)) = param("state").and_then(|s| {
         let (f, r) = s.split_once('.')?;
         Some((FlowId::parse(f)?, r.to_string()))
@@ -268,7 +273,15 @@ pub(crate) async fn callback(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     };
     let (bind, fresh_bind) = x.binding();
     if fresh_bind || !constant_eq(bind.hash().as_bytes(), pending.browser.as_bytes()) {
-        audit_auth(st, x.ctx, "signin_failure", None, None, None, Some("provider callback in another browser than the one that started it"));
+        audit_auth(
+            st,
+            x.ctx,
+            "signin_failure",
+            None,
+            None,
+            None,
+            Some("provider callback in another browser than the one that started it"),
+        );
         return page(
             x,
             Outcome::Csrf,
@@ -294,9 +307,36 @@ pub(crate) async fn callback(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
             .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
             .take(64)
             .collect();
-        audit_auth(st, x.ctx, "signin_failure", None, None, None, Some(&refuse(&format!("answered error={err}"))));
-        let body = format!("<p>The sign-in at {provider} did not finish ({}). Nothing was changed.</p>{again}", escape(&err));
+        audit_auth(
+            st,
+            x.ctx,
+            "signin_failure",
+            None,
+            None,
+            None,
+            Some(&refuse(&format!("answered error={err}"))),
+        );
+        let body = format!(
+            "<p>The sign-in at {provider} did not finish ({}). Nothing was changed.</p>{again}",
+            escape(&err)
+        );
         return page(x, Outcome::ProviderRefused, "Sign-in not finished", &body).await;
+    }
+    // RFC 9207: a provider that names itself must be the one this sign-in went to (a
+    // mix-up between providers is refused before the code goes anywhere).
+    if param("iss").is_some_and(|iss| iss != idp.cfg.issuer) {
+        audit_auth(
+            st,
+            x.ctx,
+            "signin_failure",
+            None,
+            None,
+            None,
+            Some(&refuse("the callback names another issuer (iss)")),
+        );
+        let body =
+            format!("<p>The answer did not come from {provider}. Nothing was changed.</p>{again}");
+        return page(x, Outcome::ProviderRefused, "Sign-in refused", &body).await;
     }
     let Some(code) = param("code") else {
         return x.error(Outcome::BadRequest).await;
@@ -313,7 +353,15 @@ pub(crate) async fn callback(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
         Ok(c) => c,
         Err(FedError::Refused(why)) => {
             tracing::info!(request_id = %x.ctx.request_id, idp = %idp.cfg.id, reason = %why, "provider sign-in refused");
-            audit_auth(st, x.ctx, "signin_failure", None, None, None, Some(&refuse(&why)));
+            audit_auth(
+                st,
+                x.ctx,
+                "signin_failure",
+                None,
+                None,
+                None,
+                Some(&refuse(&why)),
+            );
             let body = format!("<p>The answer from {provider} could not be verified, so it does not count. Nothing was changed.</p>{again}");
             return page(x, Outcome::ProviderRefused, "Sign-in refused", &body).await;
         }
@@ -325,21 +373,56 @@ pub(crate) async fn callback(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
         .auth_time
         .is_some_and(|t| t.saturating_add(FRESH_LEEWAY_SECS) >= pending.sent_at.0);
     if pending.fresh && !logged_in_now {
-        audit_auth(st, x.ctx, "signin_failure", None, None, None, Some(&refuse("asked for a new login, got an older one (auth_time)")));
+        audit_auth(
+            st,
+            x.ctx,
+            "signin_failure",
+            None,
+            None,
+            None,
+            Some(&refuse(
+                "asked for a new login, got an older one (auth_time)",
+            )),
+        );
         let body = format!("<p>{provider} did not ask for your password or key just now, so this sign-in does not count: on a shared computer it could be the previous person's. Nothing was changed.</p>{again}");
         return page(x, Outcome::ProviderRefused, "Sign-in refused", &body).await;
     }
     let Some(username) = idp.cfg.username(&claims.all).map(str::to_string) else {
-        audit_auth(st, x.ctx, "signin_failure", None, None, None, Some(&refuse(&format!("the token has no {} claim", idp.cfg.username_claim))));
-        let body = format!("<p>{provider} did not say who you are in a way this gateway can use. Contact IT.</p>");
+        audit_auth(
+            st,
+            x.ctx,
+            "signin_failure",
+            None,
+            None,
+            None,
+            Some(&refuse(&format!(
+                "the token has no {} claim",
+                idp.cfg.username_claim
+            ))),
+        );
+        let body = format!(
+            "<p>{provider} did not say who you are in a way this gateway can use. Contact IT.</p>"
+        );
         return page(x, Outcome::UnknownPerson, "Not set up for access", &body).await;
     };
     let groups = idp.cfg.groups(&claims.all);
     let user = match person(st, &idp, &username, &groups, now).await {
         Ok(Some((u, _))) if !u.disabled => u,
         Ok(found) => {
-            let why = if found.is_some() { "disabled in the directory" } else { "not in the directory" };
-            audit_auth(st, x.ctx, "signin_failure", Some(&username), None, None, Some(&refuse(why)));
+            let why = if found.is_some() {
+                "disabled in the directory"
+            } else {
+                "not in the directory"
+            };
+            audit_auth(
+                st,
+                x.ctx,
+                "signin_failure",
+                Some(&username),
+                None,
+                None,
+                Some(&refuse(why)),
+            );
             let body = format!(
                 "<p>You signed in at {provider} as <strong>{}</strong>, but you are not set up for access to these applications here.</p>\
                  <p>Contact IT: they can give you access.</p>",
@@ -361,7 +444,15 @@ pub(crate) async fn callback(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
         }
     };
     if flow.need == FlowKind::StepUp && flow.user.as_deref() != Some(user.id.as_str()) {
-        audit_auth(st, x.ctx, "signin_failure", Some(&user.id), None, None, Some(&refuse("a step-up for another person")));
+        audit_auth(
+            st,
+            x.ctx,
+            "signin_failure",
+            Some(&user.id),
+            None,
+            None,
+            Some(&refuse("a step-up for another person")),
+        );
         let body = format!("<p>This confirmation is for another person's session, and you signed in at {provider} as someone else. Nothing was changed.</p>{again}");
         return page(x, Outcome::ProviderRefused, "Sign-in refused", &body).await;
     }
@@ -382,7 +473,19 @@ pub(crate) async fn callback(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
                         tracing::warn!(request_id = %x.ctx.request_id, idp = %idp.cfg.id, user = %user.id, ?skipped, "provider groups that are not valid group names were left out");
                     }
                     if before.groups != after.groups {
-                        audit_auth(st, x.ctx, "groups_changed", Some(&user.id), None, None, Some(&format!("by identity provider {}: now {}", idp.cfg.id, after.groups.join(","))));
+                        audit_auth(
+                            st,
+                            x.ctx,
+                            "groups_changed",
+                            Some(&user.id),
+                            None,
+                            None,
+                            Some(&format!(
+                                "by identity provider {}: now {}",
+                                idp.cfg.id,
+                                after.groups.join(",")
+                            )),
+                        );
                     }
                 }
                 Err(e) => {
@@ -408,6 +511,7 @@ pub(crate) async fn callback(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
         }
     }
     let aal = idp.cfg.aal.level(&claims.amr, claims.acr.as_deref());
+    tracing::info!(request_id = %x.ctx.request_id, idp = %idp.cfg.id, user = %user.id, amr = ?claims.amr, acr = claims.acr.as_deref().unwrap_or("-"), %aal, new_login = logged_in_now, "signed in through the identity provider");
     let event = if flow.user.as_deref().is_some_and(|u| u != user.id) {
         "login"
     } else {
@@ -431,17 +535,24 @@ pub(crate) async fn callback(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     );
     let mut amr = claims.amr.clone();
     amr.push("fed".into());
-    let (record, s, set) = match super::handoff::begin_session(st, x, &user, aal, amr, &credential, "provider").await? {
-        Ok(started) => started,
-        Err(sent) => return Ok(sent),
-    };
+    let (record, s, set) =
+        match super::handoff::begin_session(st, x, &user, aal, amr, &credential, "provider").await?
+        {
+            Ok(started) => started,
+            Err(sent) => return Ok(sent),
+        };
     // For back-channel logout: the provider names the person (`sub`) or its session (`sid`).
     let ttl = Duration::from_secs(s.expires_at.0.saturating_sub(now.0).max(1));
     for (kind, value) in [("sub", Some(&claims.sub)), ("sid", claims.sid.as_ref())] {
         let Some(v) = value else { continue };
         if let Err(e) = st
             .store
-            .kv_put(OIDC_LINK_NS, &link_key(&idp.cfg.id, kind, v), user.id.as_bytes(), Some(ttl))
+            .kv_put(
+                OIDC_LINK_NS,
+                &link_key(&idp.cfg.id, kind, v),
+                user.id.as_bytes(),
+                Some(ttl),
+            )
             .await
         {
             // Without it, a logout at the provider could not end this session: none starts.
@@ -508,7 +619,9 @@ pub(crate) async fn backchannel_logout(st: &State, x: &mut Exchange<'_>) -> Resu
         .and_then(|i| st.signin.federation.get(i))
         .cloned()
     else {
-        return x.json_error(Outcome::BadRequest, "unknown identity provider").await;
+        return x
+            .json_error(Outcome::BadRequest, "unknown identity provider")
+            .await;
     };
     let Some(body) = x.read_body().await else {
         return x.json_error(Outcome::BadRequest, "no body").await;
@@ -524,11 +637,15 @@ pub(crate) async fn backchannel_logout(st: &State, x: &mut Exchange<'_>) -> Resu
         Ok(c) => c,
         Err(FedError::Refused(why)) => {
             tracing::info!(request_id = %x.ctx.request_id, idp = %idp.cfg.id, reason = %why, "back-channel logout token refused");
-            return x.json_error(Outcome::BadLogoutToken, "invalid logout token").await;
+            return x
+                .json_error(Outcome::BadLogoutToken, "invalid logout token")
+                .await;
         }
         Err(e) => {
             tracing::warn!(request_id = %x.ctx.request_id, idp = %idp.cfg.id, error = %e, "back-channel logout: provider keys unavailable");
-            return x.json_error(Outcome::ProviderUnavailable, "keys unavailable").await;
+            return x
+                .json_error(Outcome::ProviderUnavailable, "keys unavailable")
+                .await;
         }
     };
     let ttl = Duration::from_secs(aalgate_oidc::token::LOGOUT_TOKEN_MAX_AGE_SECS * 2);
@@ -540,14 +657,20 @@ pub(crate) async fn backchannel_logout(st: &State, x: &mut Exchange<'_>) -> Resu
         Ok(1) => {}
         Ok(_) => {
             tracing::info!(request_id = %x.ctx.request_id, idp = %idp.cfg.id, "back-channel logout token replayed");
-            return x.json_error(Outcome::BadLogoutToken, "logout token already used").await;
+            return x
+                .json_error(Outcome::BadLogoutToken, "logout token already used")
+                .await;
         }
         Err(e) => return x.store_down(&e, "back-channel logout: store error").await,
     }
     let mut users: Vec<String> = Vec::new();
     for (kind, value) in [("sub", claims.sub.as_ref()), ("sid", claims.sid.as_ref())] {
         let Some(v) = value else { continue };
-        match st.store.kv_get(OIDC_LINK_NS, &link_key(&idp.cfg.id, kind, v)).await {
+        match st
+            .store
+            .kv_get(OIDC_LINK_NS, &link_key(&idp.cfg.id, kind, v))
+            .await
+        {
             Ok(Some(u)) => {
                 let u = String::from_utf8_lossy(&u).into_owned();
                 if !users.contains(&u) {

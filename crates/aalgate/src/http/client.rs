@@ -52,7 +52,9 @@ pub async fn fetch(
         url::Host::Ipv4(a) => a.to_string(),
         url::Host::Ipv6(a) => a.to_string(),
     };
-    let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
+    let port = url
+        .port_or_known_default()
+        .unwrap_or(if tls { 443 } else { 80 });
     let call = async {
         // Resolved here: `HttpPeer::new` would resolve by blocking.
         let addr = tokio::net::lookup_host((host.as_str(), port))
@@ -84,7 +86,8 @@ pub async fn fetch(
         }
         all.extend(headers.iter().map(|(n, v)| (n.to_string(), v.clone())));
         for (n, v) in all {
-            req.insert_header(n, v).map_err(|e| anyhow::anyhow!("{e}"))?;
+            req.insert_header(n, v)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         let io = async {
             http.write_request_header(Box::new(req)).await?;

@@ -1,0 +1,127 @@
+// Sign-in through the hospital's identity provider (a real oidc-provider, tests/e2e/oidc.rs),
+// with aalgate's own passkey on top where the provider's login is not enough:
+// - alice (invited by IT, no key yet) logs in at the provider with MFA: AAL2, straight to the EHR;
+// - a replayed callback and a made-up state are refused; an AAL3 route asks for a hardware key;
+// - a back-channel logout from the provider ends her open tab's session within a second;
+// - with `silent_login`, a plain sign-in rides the provider's session; after "switch user"
+//   the provider must ask for a login again (never silently the previous clinician);
+// - bob logs in with a password only (AAL1): aalgate asks for his own passkey, no second sign-in;
+// - carol, whom the directory does not know, gets a clear page, not an account;
+// - dan is created on first sign-in as a member of the `jit` group.
+// Env (beyond lib.mjs): OP (the provider's base URL).
+
+import { execFileSync } from 'node:child_process';
+import { rmSync } from 'node:fs';
+import { AALGATE_BIN, AALGATE_CONFIG, AUTH, PORT, check, click, invite, landOn, launch, sleep, snap, text, withAuthenticator } from './lib.mjs';
+
+const { OP } = process.env;
+const PASSKEY = { transport: 'internal', hasResidentKey: true, hasUserVerification: true, isUserVerified: true };
+const EHR = `http://ehr.localhost:${PORT}`;
+const inEhr = (u) => u.href.startsWith(`${EHR}/`) && !u.pathname.startsWith('/.aalgate');
+const atProvider = (u) => u.href.startsWith(`${OP}/interaction/`);
+const logins = async () => (await (await fetch(`${OP}/test/logins`)).json()).logins;
+
+async function providerLogin(page, who, what) {
+  await landOn(page, atProvider, `${what}: the provider's login form`);
+  await page.fill('#username', who);
+  await page.getByRole('button', { name: 'Log in' }).click();
+}
+
+const { ctx, profile } = await launch();
+try {
+  const A = await withAuthenticator(ctx, PASSKEY);
+  const page = A.page;
+  let callback = null;
+  page.on('request', (r) => { if (r.url().includes('/.aalgate/oidc/callback')) callback = r.url(); });
+
+  // bob enrolls a passkey (IT's invite), then the workstation is cleared for the next person.
+  await page.goto(invite('bob', 2));
+  await click(page, 'Create a passkey on this device');
+  await landOn(page, inEhr, 'bob after enrollment');
+  await ctx.clearCookies();
+  // alice is invited by IT but has not enrolled anything: the provider vouches for her.
+  invite('alice', 2);
+
+  await page.goto(`${EHR}/`);
+  await landOn(page, (u) => u.pathname === '/.aalgate/auth', 'the sign-in page');
+  await snap(page, 'sign-in-page-with-sso');
+  const sso = page.getByRole('link', { name: 'Sign in with Mercy Health SSO' });
+  check(await sso.isVisible(), 'the sign-in page offers the hospital SSO by its display name');
+  await sso.click();
+  await landOn(page, atProvider, 'the provider');
+  await snap(page, 'provider-login');
+  await providerLogin(page, 'alice', 'alice');
+  await landOn(page, inEhr, 'alice after SSO');
+  check((await text(page)).includes('signed in as alice'), 'an MFA login at the provider (amr mfa, mapped to aal2) opens an aal2 route');
+  await snap(page, 'alice-in-the-ehr');
+
+  // The same callback again (a replayed code and state), and a state nobody started.
+  check(callback !== null, 'the callback was seen');
+  let r = await page.goto(callback);
+  check(r.status() === 410 && (await text(page)).includes('not valid any more'), 'a replayed callback is refused');
+  await snap(page, 'replayed-callback');
+  r = await page.goto(`${AUTH}/.aalgate/oidc/callback?state=${'A'.repeat(43)}.made-up&code=stolen`);
+  check(r.status() === 410, 'a callback with a state this browser never started is refused');
+  r = await page.goto(`${AUTH}/.aalgate/oidc/callback?state=nonsense&code=stolen`);
+  check(r.status() === 400, 'a malformed state is refused');
+
+  // AAL3 needs aalgate's own attested hardware key: the provider is never enough.
+  await page.goto(`${EHR}/orders`);
+  await page.getByText('hardware security key').first().waitFor({ timeout: 10000 });
+  check(!(await page.getByRole('link', { name: /Mercy Health SSO/ }).count()), 'an aal3 route does not offer the provider');
+  await snap(page, 'aal3-asks-for-a-hardware-key');
+
+  // silent_login: a plain first sign-in on a cleared browser rides the provider's live
+  // session (no login form).
+  for (const domain of ['localhost', 'ehr.localhost']) await ctx.clearCookies({ domain });
+  const before = await logins();
+  await page.goto(`${EHR}/`);
+  await page.getByRole('link', { name: 'Sign in with Mercy Health SSO' }).click();
+  await landOn(page, inEhr, 'alice, silently');
+  check((await text(page)).includes('signed in as alice') && (await logins()) === before, 'with silent_login a plain sign-in uses the provider session without a form');
+
+  // The provider ends alice's session (e.g. IT disabled her there): her open tab's next click
+  // goes to sign-in within a second.
+  const sent = await fetch(`${OP}/test/backchannel?sub=alice`, { method: 'POST' });
+  check(sent.status === 200, `the provider's back-channel logout was accepted (${sent.status} ${await sent.text()})`);
+  await sleep(1100);
+  await page.reload();
+  await landOn(page, (u) => u.pathname === '/.aalgate/auth', 'sign-in after the back-channel logout');
+  check((await text(page)).includes('Sign in'), 'after the provider logged alice out, the next click asks to sign in');
+  await snap(page, 'after-back-channel-logout');
+
+  // Shared workstation: after "switch user" the provider must ask again.
+  await page.goto(`${EHR}/.aalgate/switch`);
+  await page.getByRole('link', { name: 'Sign in with Mercy Health SSO' }).click();
+  await landOn(page, atProvider, 'the provider after switch user');
+  check((await text(page)).includes('prompt: login'), 'after switch user the provider is told to ask for a login (prompt=login), never silently the previous clinician');
+  await snap(page, 'switch-user-asks-the-provider-again');
+  await providerLogin(page, 'bob', 'bob');
+  // bob's provider login is a password only (aal1): his own passkey adds the rest.
+  await landOn(page, (u) => u.pathname === '/.aalgate/auth', "bob's step-up page");
+  check((await text(page)).includes("Confirm it's you"), 'an aal1 provider login on an aal2 route asks for the passkey');
+  await snap(page, 'bob-passkey-step-up-after-sso');
+  await click(page, 'Confirm');
+  await landOn(page, inEhr, 'bob after the step-up');
+  check((await text(page)).includes('signed in as bob'), "bob reaches the EHR with his own passkey on top of the provider's login, with no second sign-in");
+
+  // carol: the provider knows her, the directory does not.
+  await page.goto(`${EHR}/.aalgate/switch`);
+  await page.getByRole('link', { name: 'Sign in with Mercy Health SSO' }).click();
+  await providerLogin(page, 'carol', 'carol');
+  await page.getByText('not set up for access').first().waitFor({ timeout: 10000 });
+  check((await text(page)).includes('signed in at Mercy Health SSO as carol'), 'an unknown person gets a clear page, not an account');
+  await snap(page, 'unknown-person');
+
+  // dan: created on first sign-in as a member of the jit group.
+  await page.goto(`${EHR}/.aalgate/switch`);
+  await page.getByRole('link', { name: 'Sign in with Mercy Health SSO' }).click();
+  await providerLogin(page, 'dan', 'dan');
+  await landOn(page, inEhr, 'dan after SSO');
+  check((await text(page)).includes('signed in as dan'), 'a member of the jit group is created on first sign-in');
+  const users = execFileSync(AALGATE_BIN, ['users', '--config', AALGATE_CONFIG, 'list'], { encoding: 'utf8' });
+  check(users.includes('dan') && !users.includes('carol'), 'dan is in the directory, carol is not');
+} finally {
+  await ctx.close();
+  rmSync(profile, { recursive: true, force: true });
+}
