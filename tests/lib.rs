@@ -1132,6 +1132,8 @@ impl OidcProvider {
             "listening",
             "the OIDC provider did not start (npm ci --prefix tests/browser)"
         );
+        // Whatever it prints later is read and dropped: a closed pipe would kill it (EPIPE).
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
         OidcProvider { port, child }
     }
 

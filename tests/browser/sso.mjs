@@ -7,7 +7,8 @@
 //   the provider must ask for a login again (never silently the previous clinician);
 // - bob logs in with a password only (AAL1): aalgate asks for his own passkey, no second sign-in;
 // - carol, whom the directory does not know, gets a clear page, not an account;
-// - dan is created on first sign-in as a member of the `jit` group.
+// - dan is created on first sign-in as a member of the `jit` group;
+// - aalgate's sign-out ends the provider's session too (RP-initiated logout).
 // Env (beyond lib.mjs): OP (the provider's base URL).
 
 import { execFileSync } from 'node:child_process';
@@ -121,6 +122,19 @@ try {
   check((await text(page)).includes('signed in as dan'), 'a member of the jit group is created on first sign-in');
   const users = execFileSync(AALGATE_BIN, ['users', '--config', AALGATE_CONFIG, 'list'], { encoding: 'utf8' });
   check(users.includes('dan') && !users.includes('carol'), 'dan is in the directory, carol is not');
+
+  // RP-initiated logout: aalgate's sign-out ends the provider's session too, so the next
+  // sign-in on this workstation asks the provider for a login (even with silent_login).
+  await page.goto(`${EHR}/.aalgate/logout`);
+  await click(page, 'Sign out');
+  await landOn(page, (u) => u.href.startsWith(`${OP}/session/end`), "the provider's sign-out page");
+  await snap(page, 'provider-sign-out');
+  await page.getByRole('button', { name: 'Yes, sign me out' }).click();
+  await page.getByText('Sign-out Success').first().waitFor({ timeout: 10000 }).catch(() => {});
+  await page.goto(`${EHR}/`);
+  await page.getByRole('link', { name: 'Sign in with Mercy Health SSO' }).click();
+  await landOn(page, atProvider, 'the provider after the sign-out');
+  check((await text(page)).includes('Log in'), "after aalgate's sign-out the provider's session is over too: it asks for a login");
 } finally {
   await ctx.close();
   rmSync(profile, { recursive: true, force: true });

@@ -45,7 +45,7 @@ fn sso_sign_in_with_passkey_step_up_and_back_channel_logout_in_chromium() {
     let _app = DemoApp::start(upstream);
     let (gw, op, _dir) = start(
         upstream,
-        "    silent_login: true\n    jit: { groups_any: [new-staff] }\n",
+        "    silent_login: true\n    end_provider_session: true\n    jit: { groups_any: [new-staff] }\n",
     );
     let out = root().join("target/browser-screenshots/sso");
     let _ = std::fs::remove_dir_all(&out);

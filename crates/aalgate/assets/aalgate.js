@@ -9,6 +9,11 @@
     if (back) back.addEventListener('click', () => window.history.back());
     return;
   }
+  // Signed out here; the identity provider's own sign-out comes next (RP-initiated logout).
+  if (main.dataset.next) {
+    window.location.assign(main.dataset.next);
+    return;
+  }
   const status = document.getElementById('status');
   const csrf = main.dataset.csrf;
   // The popup a script call opened for its ceremony: done, so it closes and the script retries.

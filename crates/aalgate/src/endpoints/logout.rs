@@ -62,6 +62,8 @@ pub(crate) async fn logout(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
             .filter_map(|v| SessionId::from_cookie(v))
             .collect();
     let now = st.clock.now();
+    // A session that came from an identity provider whose own session should end too.
+    let mut provider = None;
     for id in ids {
         // Break-glass sessions live here, not in the store: they end even while it is down.
         if st.signin.emergencies.remove(&id.key()) {
@@ -92,6 +94,15 @@ pub(crate) async fn logout(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
             let _ = st.store.unlink(&id.key()).await;
             continue;
         };
+        if let Some(idp) = existing
+            .credential
+            .as_deref()
+            .and_then(|c| c.strip_prefix("idp:"))
+            .and_then(|i| st.signin.federation.get(i))
+            .filter(|i| i.cfg.end_provider_session)
+        {
+            provider = Some(idp.clone());
+        }
         let ended = st
             .end_session(
                 x.ctx,
@@ -109,15 +120,44 @@ pub(crate) async fn logout(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
             return x.error(Outcome::StoreUnavailable).await;
         }
     }
+    // RP-initiated logout: the provider's session ends too, on its own page (it may ask the
+    // person to confirm), so the next sign-in there asks for a login. The page's script goes
+    // there (a redirect of this form post would break the pages' `form-action 'self'`); the
+    // link is for a browser without it.
+    let mut next = None;
+    if let Some(idp) = provider {
+        match idp.metadata().await {
+            Ok(m) => {
+                next = m.end_session_endpoint.as_deref().and_then(|e| {
+                    let mut u = url::Url::parse(e).ok()?;
+                    u.query_pairs_mut()
+                        .append_pair("client_id", &idp.cfg.client_id);
+                    Some((u.to_string(), idp.cfg.display_name.clone()))
+                });
+            }
+            Err(e) => {
+                tracing::warn!(request_id = %x.ctx.request_id, idp = %idp.cfg.id, error = %e, "the provider's session could not be ended (its discovery document is unavailable)");
+            }
+        }
+    }
+    let (more, attrs) = match &next {
+        Some((to, name)) => (
+            format!(
+                "<p>Signing you out of {name} too.</p><p><a class=\"button\" href=\"{to}\">Sign out of {name}</a></p>",
+                name = escape(name),
+                to = escape(to)
+            ),
+            format!(" data-next=\"{}\"", escape(to)),
+        ),
+        None => (x.to_app().unwrap_or_default(), String::new()),
+    };
     let reply = Reply::html(
         200,
-        pages::page(
+        pages::page_with(
             "Signed out",
-            &format!(
-                "<p>You are signed out. You can close this window.</p>{}",
-                x.to_app().unwrap_or_default()
-            ),
+            &format!("<p>You are signed out. You can close this window.</p>{more}"),
             &x.ctx.request_id,
+            &attrs,
         ),
     )
     .header(
