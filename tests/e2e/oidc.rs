@@ -2,7 +2,7 @@
 //! tests/browser/oidc-provider.mjs): Chromium end to end, and the back-channel logout endpoint
 //! against tokens the provider signed.
 
-use aalgate_tests::{free_port, oidc_config, send, Gateway, OidcProvider};
+use aalgate_tests::{free_port, get, oidc_config, send, Gateway, OidcProvider, Redis};
 
 use crate::browser::{root, scenario, DemoApp};
 
@@ -18,6 +18,15 @@ fn ehr(upstream: u16) -> String {
 /// the provider's discovery document only at the first sign-in). The directory holds the
 /// client secret.
 fn start(upstream: u16, more: &str) -> (Gateway, OidcProvider, tempfile::TempDir) {
+    start_on(None, upstream, more)
+}
+
+/// As [`start`], on `store` (`None`: the embedded store).
+fn start_on(
+    store: Option<&str>,
+    upstream: u16,
+    more: &str,
+) -> (Gateway, OidcProvider, tempfile::TempDir) {
     let op_port = free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let extra = format!(
@@ -30,7 +39,12 @@ fn start(upstream: u16, more: &str) -> (Gateway, OidcProvider, tempfile::TempDir
             )
         )
     );
-    let gw = Gateway::start_extra(&[("ehr.yaml", &ehr(upstream))], &extra);
+    let policies = [("ehr.yaml", ehr(upstream))];
+    let policies = [(policies[0].0, policies[0].1.as_str())];
+    let gw = match store {
+        Some(s) => Gateway::start_with_store_extra(s, &policies, &extra),
+        None => Gateway::start_extra(&policies, &extra),
+    };
     let op = OidcProvider::start(op_port, gw.port);
     (gw, op, dir)
 }
@@ -136,5 +150,64 @@ fn back_channel_logout_tokens_are_verified_and_used_once() {
         .as_bytes(),
     );
     assert_eq!(on_app.status, 404);
+    assert!(!gw.log().contains("panicked"));
+}
+
+fn redis_int(redis: &Redis, cmd: &str) -> u64 {
+    let r = redis.command(cmd);
+    r.trim()
+        .strip_prefix(':')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{cmd}: {r}"))
+}
+
+/// Anonymous clients cannot grow the store through provider sign-ins: a flow holds one
+/// pending provider login however often it is started (a real Redis, counted by key), and a
+/// flood of callbacks with made-up or used states stores nothing.
+#[test]
+fn provider_sign_ins_store_one_record_per_flow_under_a_flood() {
+    let redis = Redis::start();
+    let upstream = free_port();
+    let (gw, op, _dir) = start_on(Some(&redis.url()), upstream, "");
+    let app = format!("ehr.localhost:{}", gw.port);
+    let auth = format!("localhost:{}", gw.port);
+    let r = get(gw.port, &app, "/", &[]);
+    assert_eq!(r.status, 302, "{}", r.text());
+    let to = r.header("location").expect("location").to_string();
+    let flow = to.split("flow=").nth(1).expect("flow").to_string();
+    let pending = "EVAL \"return #redis.call('KEYS', ARGV[1])\" 0 aalgate:k:oidc:*";
+    for i in 0..200 {
+        let r = get(
+            gw.port,
+            &auth,
+            &format!("/.aalgate/oidc/start?flow={flow}&idp=mercy"),
+            &[],
+        );
+        assert_eq!(r.status, 302, "start {i}: {}", r.text());
+        assert!(
+            r.header("location")
+                .is_some_and(|l| l.starts_with(&format!("http://127.0.0.1:{}/auth?", op.port))),
+            "start {i} goes to the provider"
+        );
+    }
+    assert_eq!(
+        redis_int(&redis, pending),
+        1,
+        "one pending provider login for the flow"
+    );
+    let keys = redis_int(&redis, "DBSIZE");
+    for i in 0..200 {
+        let r = get(
+            gw.port,
+            &auth,
+            &format!("/.aalgate/oidc/callback?state={flow}.made-up-{i}&code=x"),
+            &[],
+        );
+        assert!(matches!(r.status, 400 | 410), "callback {i}: {}", r.status);
+    }
+    assert!(
+        redis_int(&redis, "DBSIZE") <= keys,
+        "made-up callbacks stored nothing"
+    );
     assert!(!gw.log().contains("panicked"));
 }

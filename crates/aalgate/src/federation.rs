@@ -46,6 +46,22 @@ struct Keys {
     fetched: Option<Instant>,
 }
 
+/// One authorization request: what binds the provider's answer to this sign-in.
+pub struct AuthRequest<'a> {
+    /// `public_origin` + the callback path.
+    pub redirect_uri: &'a str,
+    /// Names the flow and carries a secret.
+    pub state: &'a str,
+    /// Echoed in the ID token.
+    pub nonce: &'a str,
+    /// The PKCE verifier (its S256 challenge is sent).
+    pub verifier: &'a str,
+    /// `prompt=login`: the person logs in now.
+    pub fresh: bool,
+    /// `max_age`.
+    pub max_age: Option<u64>,
+}
+
 /// One configured provider with its caches.
 pub struct Idp {
     /// The validated config.
@@ -55,6 +71,8 @@ pub struct Idp {
     keys: tokio::sync::Mutex<Keys>,
     /// Key set fetches, for the tests of the refetch limit.
     pub key_fetches: std::sync::atomic::AtomicU64,
+    /// [`KEYS_REFETCH_INTERVAL`], shorter in tests.
+    refetch_interval: Duration,
 }
 
 /// Every configured provider.
@@ -92,6 +110,7 @@ impl Federation {
                 metadata: Default::default(),
                 keys: Default::default(),
                 key_fetches: Default::default(),
+                refetch_interval: KEYS_REFETCH_INTERVAL,
             }));
         }
         Ok(Federation { idps })
@@ -159,7 +178,7 @@ impl Idp {
         let mut k = self.keys.lock().await;
         let due = match k.fetched {
             None => true,
-            Some(at) => unknown && at.elapsed() >= KEYS_REFETCH_INTERVAL,
+            Some(at) => unknown && at.elapsed() >= self.refetch_interval,
         };
         if !due {
             return Ok(k.set.clone());
@@ -200,8 +219,8 @@ impl Idp {
                 let fresh = self.key_set(true).await?;
                 if Arc::ptr_eq(&fresh, &keys) {
                     return Err(FedError::Refused(format!(
-                        "no key {kid:?} in the provider's key set (read again less than {}s ago)",
-                        KEYS_REFETCH_INTERVAL.as_secs()
+                        "no key {kid:?} in the provider's key set (read again less than {:?} ago)",
+                        self.refetch_interval
                     )));
                 }
                 verify(&fresh).map_err(|e| FedError::Refused(e.to_string()))
@@ -245,28 +264,26 @@ impl Idp {
     pub fn authorize_url(
         &self,
         meta: &Metadata,
-        redirect_uri: &str,
-        state: &str,
-        nonce: &str,
-        verifier: &str,
-        fresh: bool,
-        max_age: Option<u64>,
+        req: &AuthRequest<'_>,
     ) -> Result<String, FedError> {
         let mut url = url::Url::parse(&meta.authorization_endpoint).map_err(unavailable)?;
         {
             let mut q = url.query_pairs_mut();
             q.append_pair("response_type", "code")
                 .append_pair("client_id", &self.cfg.client_id)
-                .append_pair("redirect_uri", redirect_uri)
+                .append_pair("redirect_uri", req.redirect_uri)
                 .append_pair("scope", &self.cfg.scopes.join(" "))
-                .append_pair("state", state)
-                .append_pair("nonce", nonce)
-                .append_pair("code_challenge", &aalgate_oidc::pkce::challenge(verifier))
+                .append_pair("state", req.state)
+                .append_pair("nonce", req.nonce)
+                .append_pair(
+                    "code_challenge",
+                    &aalgate_oidc::pkce::challenge(req.verifier),
+                )
                 .append_pair("code_challenge_method", "S256");
-            if fresh {
+            if req.fresh {
                 q.append_pair("prompt", "login");
             }
-            if let Some(m) = max_age {
+            if let Some(m) = req.max_age {
                 q.append_pair("max_age", &m.to_string());
             }
         }
@@ -327,5 +344,123 @@ impl Idp {
             .and_then(|t| t.as_str())
             .map(String::from)
             .ok_or_else(|| FedError::Refused("the token response has no id_token".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+    use std::sync::atomic::Ordering;
+    use std::sync::Mutex;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn b64(b: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(b)
+    }
+
+    fn key() -> Ed25519KeyPair {
+        let doc = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+        Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap()
+    }
+
+    fn jwk(kid: &str, k: &Ed25519KeyPair) -> serde_json::Value {
+        serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": b64(k.public_key().as_ref())})
+    }
+
+    fn logout_token(iss: &str, kid: &str, k: &Ed25519KeyPair, now: u64) -> String {
+        let h = serde_json::json!({"alg": "EdDSA", "kid": kid, "typ": "logout+jwt"});
+        let c = serde_json::json!({"iss": iss, "aud": "aalgate", "iat": now, "jti": format!("{kid}-{now}"), "sub": "alice",
+            "events": {"http://schemas.openid.net/event/backchannel-logout": {}}});
+        let input = format!(
+            "{}.{}",
+            b64(h.to_string().as_bytes()),
+            b64(c.to_string().as_bytes())
+        );
+        let sig = k.sign(input.as_bytes());
+        format!("{input}.{}", b64(sig.as_ref()))
+    }
+
+    /// A provider on loopback serving discovery and a key set the test swaps (a rotation).
+    async fn provider(keys: std::sync::Arc<Mutex<serde_json::Value>>) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let iss = format!("http://127.0.0.1:{}", l.local_addr().unwrap().port());
+        let issuer = iss.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut c, _)) = l.accept().await else {
+                    return;
+                };
+                let keys = keys.clone();
+                let iss = issuer.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let n = c.read(&mut buf).await.unwrap_or(0);
+                    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let body = if head.starts_with("GET /.well-known/openid-configuration") {
+                        serde_json::json!({"issuer": iss, "authorization_endpoint": format!("{iss}/auth"),
+                            "token_endpoint": format!("{iss}/token"), "jwks_uri": format!("{iss}/jwks")}).to_string()
+                    } else {
+                        keys.lock().unwrap().to_string()
+                    };
+                    let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                    let _ = c.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        iss
+    }
+
+    /// A token signed with a key the cache does not have makes the gateway read the key set
+    /// again (the provider rotated its keys), but at most once per interval: a flood of
+    /// made-up key ids costs the provider nothing more.
+    #[tokio::test]
+    async fn an_unknown_key_is_fetched_again_once_per_interval() {
+        let (k1, k2) = (key(), key());
+        let keys = std::sync::Arc::new(Mutex::new(serde_json::json!({"keys": [jwk("k1", &k1)]})));
+        let iss = provider(keys.clone()).await;
+        let raw: aalgate_oidc::RawProvider = serde_json::from_value(serde_json::json!({
+            "id": "mercy", "display_name": "Mercy", "issuer": iss, "client_id": "aalgate",
+            "client_secret_file": "unused"}))
+        .unwrap();
+        let idp = Idp {
+            cfg: raw.validate().unwrap(),
+            secret: "s".into(),
+            metadata: Default::default(),
+            keys: Default::default(),
+            key_fetches: Default::default(),
+            refetch_interval: Duration::from_millis(400),
+        };
+        let now = Timestamp::wall();
+        let fetches = |idp: &Idp| idp.key_fetches.load(Ordering::Relaxed);
+        idp.verify_logout_token(&logout_token(&iss, "k1", &k1, now.0), now)
+            .await
+            .unwrap();
+        assert_eq!(fetches(&idp), 1);
+        // The provider rotates to k2; within the interval a k2 token is refused unfetched.
+        *keys.lock().unwrap() = serde_json::json!({"keys": [jwk("k2", &k2)]});
+        let t2 = logout_token(&iss, "k2", &k2, now.0);
+        assert!(matches!(
+            idp.verify_logout_token(&t2, now).await,
+            Err(FedError::Refused(_))
+        ));
+        assert_eq!(fetches(&idp), 1);
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        idp.verify_logout_token(&t2, now).await.unwrap();
+        assert_eq!(fetches(&idp), 2, "one refetch for the new key");
+        // A flood of made-up key ids: no more fetches within the interval.
+        for i in 0..50 {
+            let t = logout_token(&iss, &format!("made-up-{i}"), &k1, now.0);
+            assert!(matches!(
+                idp.verify_logout_token(&t, now).await,
+                Err(FedError::Refused(_))
+            ));
+        }
+        assert_eq!(fetches(&idp), 2, "made-up key ids are rate-limited");
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        let t = logout_token(&iss, "made-up-again", &k1, now.0);
+        assert!(idp.verify_logout_token(&t, now).await.is_err());
+        assert_eq!(fetches(&idp), 3, "again once the interval passed");
     }
 }

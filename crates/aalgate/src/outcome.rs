@@ -184,6 +184,7 @@ impl Outcome {
     }
 
     /// The metric label, audit `decision` and JSON `error`.
+    #[allow(clippy::too_many_lines, reason = "one arm per outcome")]
     pub fn label(self) -> &'static str {
         match self {
             Outcome::Unset => "none",

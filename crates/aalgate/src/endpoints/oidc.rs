@@ -153,15 +153,15 @@ pub(crate) async fn start(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
         max_age,
     };
     let state = format!("{}.{}", id.encode(), pending.secret);
-    let url = match idp.authorize_url(
-        &meta,
-        &redirect_uri(st),
-        &state,
-        &pending.nonce,
-        &pending.verifier,
+    let request = crate::federation::AuthRequest {
+        redirect_uri: &redirect_uri(st),
+        state: &state,
+        nonce: &pending.nonce,
+        verifier: &pending.verifier,
         fresh,
         max_age,
-    ) {
+    };
+    let url = match idp.authorize_url(&meta, &request) {
         Ok(u) => u,
         Err(e) => return unreachable(x, &idp, &e).await,
     };
@@ -663,40 +663,17 @@ pub(crate) async fn backchannel_logout(st: &State, x: &mut Exchange<'_>) -> Resu
         }
         Err(e) => return x.store_down(&e, "back-channel logout: store error").await,
     }
-    let mut users: Vec<String> = Vec::new();
-    for (kind, value) in [("sub", claims.sub.as_ref()), ("sid", claims.sid.as_ref())] {
-        let Some(v) = value else { continue };
-        match st
-            .store
-            .kv_get(OIDC_LINK_NS, &link_key(&idp.cfg.id, kind, v))
-            .await
-        {
-            Ok(Some(u)) => {
-                let u = String::from_utf8_lossy(&u).into_owned();
-                if !users.contains(&u) {
-                    users.push(u);
-                }
-            }
-            Ok(None) => {}
-            Err(e) => return x.store_down(&e, "back-channel logout: store error").await,
-        }
-    }
+    let users = match users_named(st, &idp.cfg.id, &claims).await {
+        Ok(u) => u,
+        Err(e) => return x.store_down(&e, "back-channel logout: store error").await,
+    };
     let named = match (&claims.sub, &claims.sid) {
         (Some(_), Some(_)) => "sub and sid",
         (Some(_), None) => "sub",
         _ => "sid",
     };
-    for u in &users {
-        match st.store.revoke_user(u).await {
-            Ok(n) => {
-                st.metrics
-                    .session_ends
-                    .with_label_values(&["logout"])
-                    .inc_by(n as u64);
-                audit_auth(st, x.ctx, "provider_logout", Some(u), None, Some(&format!("idp:{}", idp.cfg.id)), Some(&format!("back-channel logout by identity provider {} ({named}): {n} session(s) ended", idp.cfg.id)));
-            }
-            Err(e) => return x.store_down(&e, "back-channel logout: store error").await,
-        }
+    if let Err(e) = end_sessions(st, x, &idp, &users, named).await {
+        return x.store_down(&e, "back-channel logout: store error").await;
     }
     if users.is_empty() {
         tracing::info!(request_id = %x.ctx.request_id, idp = %idp.cfg.id, "back-channel logout for nobody with a session here");
@@ -704,4 +681,58 @@ pub(crate) async fn backchannel_logout(st: &State, x: &mut Exchange<'_>) -> Resu
     x.ctx.outcome = Outcome::ProviderLogout;
     x.send(Reply::json(200, "{}".into()).header("cache-control", "no-store".into()))
         .await
+}
+
+/// Ends every session of `users` (a back-channel logout named them), audited one by one.
+async fn end_sessions(
+    st: &State,
+    x: &mut Exchange<'_>,
+    idp: &Idp,
+    users: &[String],
+    named: &str,
+) -> std::result::Result<(), aalgate_session::StoreError> {
+    for u in users {
+        let n = st.store.revoke_user(u).await?;
+        st.metrics
+            .session_ends
+            .with_label_values(&["logout"])
+            .inc_by(n as u64);
+        audit_auth(
+            st,
+            x.ctx,
+            "provider_logout",
+            Some(u),
+            None,
+            Some(&format!("idp:{}", idp.cfg.id)),
+            Some(&format!(
+                "back-channel logout by identity provider {} ({named}): {n} session(s) ended",
+                idp.cfg.id
+            )),
+        );
+    }
+    Ok(())
+}
+
+/// The people whose sessions a logout token ends: by its `sub` and by its `sid`, as each
+/// sign-in through the provider recorded them.
+async fn users_named(
+    st: &State,
+    idp: &str,
+    claims: &aalgate_oidc::LogoutClaims,
+) -> std::result::Result<Vec<String>, aalgate_session::StoreError> {
+    let mut users: Vec<String> = Vec::new();
+    for (kind, value) in [("sub", claims.sub.as_ref()), ("sid", claims.sid.as_ref())] {
+        let Some(v) = value else { continue };
+        if let Some(u) = st
+            .store
+            .kv_get(OIDC_LINK_NS, &link_key(idp, kind, v))
+            .await?
+        {
+            let u = String::from_utf8_lossy(&u).into_owned();
+            if !users.contains(&u) {
+                users.push(u);
+            }
+        }
+    }
+    Ok(users)
 }
