@@ -1104,8 +1104,18 @@ impl OidcProvider {
     /// Starts it for the client `aalgate` (secret `test-client-secret`) of the gateway on
     /// `gateway_port`, whose redirect and back-channel logout URIs it registers.
     pub fn start(port: u16, gateway_port: u16) -> OidcProvider {
+        OidcProvider::start_with(port, gateway_port, None)
+    }
+
+    /// As [`OidcProvider::start`]; with `client_key` (a PEM private key), the client
+    /// authenticates with `private_key_jwt` (its public key registered as `aalgate-1`).
+    pub fn start_with(port: u16, gateway_port: u16, client_key: Option<&Path>) -> OidcProvider {
         let script = workspace().join("tests/browser/oidc-provider.mjs");
-        let mut child = Command::new("node")
+        let mut cmd = Command::new("node");
+        if let Some(k) = client_key {
+            cmd.env("CLIENT_KEY_FILE", k);
+        }
+        let mut child = cmd
             .arg(&script)
             .env("PORT", port.to_string())
             .env("CLIENT_ID", "aalgate")

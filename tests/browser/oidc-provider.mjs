@@ -2,17 +2,19 @@
 // with a plain login form of its own (the interaction) and test accounts whose logins carry
 // different `amr`/`acr` and groups. It stands in for the hospital's Entra ID, Okta or Keycloak.
 //
-// Env: PORT, CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, BACKCHANNEL_URI.
+// Env: PORT, CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, BACKCHANNEL_URI; with CLIENT_KEY_FILE (a PEM
+// private key), the client authenticates with private_key_jwt and that key's public half.
 // Prints "listening" when ready. Test control (loopback only):
 //   POST /test/backchannel?sub=ACCOUNT  sends a back-channel logout token for ACCOUNT.
 //   GET  /test/logout-token?sub=ACCOUNT a logout token for ACCOUNT, not sent (for replays).
 //   GET  /test/logins                   how many times the login form was submitted, as JSON.
 
-import { generateKeyPairSync, randomUUID } from 'node:crypto';
+import { createPublicKey, generateKeyPairSync, randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import Provider from 'oidc-provider';
 
-const { PORT, CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, BACKCHANNEL_URI } = process.env;
+const { PORT, CLIENT_ID, CLIENT_SECRET, REDIRECT_URI, BACKCHANNEL_URI, CLIENT_KEY_FILE } = process.env;
 const ISSUER = `http://127.0.0.1:${PORT}`;
 
 // preferred_username, e-mail, groups and how the person logs in (amr/acr).
@@ -28,18 +30,26 @@ const key = (type, opts, alg) => {
   return { ...privateKey.export({ format: 'jwk' }), kid: randomUUID(), alg, use: 'sig' };
 };
 
+const client = {
+  client_id: CLIENT_ID,
+  client_secret: CLIENT_SECRET,
+  redirect_uris: [REDIRECT_URI],
+  backchannel_logout_uri: BACKCHANNEL_URI,
+  backchannel_logout_session_required: false,
+  grant_types: ['authorization_code'],
+  response_types: ['code'],
+  token_endpoint_auth_method: 'client_secret_basic',
+};
+if (CLIENT_KEY_FILE) {
+  const pub = createPublicKey(readFileSync(CLIENT_KEY_FILE)).export({ format: 'jwk' });
+  delete client.client_secret;
+  client.token_endpoint_auth_method = 'private_key_jwt';
+  client.jwks = { keys: [{ ...pub, kid: 'aalgate-1', use: 'sig' }] };
+}
+
 let logins = 0;
 const provider = new Provider(ISSUER, {
-  clients: [{
-    client_id: CLIENT_ID,
-    client_secret: CLIENT_SECRET,
-    redirect_uris: [REDIRECT_URI],
-    backchannel_logout_uri: BACKCHANNEL_URI,
-    backchannel_logout_session_required: false,
-    grant_types: ['authorization_code'],
-    response_types: ['code'],
-    token_endpoint_auth_method: 'client_secret_basic',
-  }],
+  clients: [client],
   jwks: { keys: [key('rsa', { modulusLength: 2048 }, 'RS256'), key('ec', { namedCurve: 'P-256' }, 'ES256')] },
   pkce: { required: () => true },
   conformIdTokenClaims: false,

@@ -211,3 +211,46 @@ fn provider_sign_ins_store_one_record_per_flow_under_a_flood() {
     );
     assert!(!gw.log().contains("panicked"));
 }
+
+/// `private_key_jwt`: the gateway authenticates at the token endpoint with its own P-256 key
+/// (no shared secret), and a person signs in through the provider in Chromium
+/// (tests/browser/sso-key.mjs).
+#[test]
+fn sso_with_a_private_key_jwt_client_in_chromium() {
+    let upstream = free_port();
+    let _app = DemoApp::start(upstream);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("client-key.pem");
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+        ])
+        .arg(&key)
+        .status()
+        .expect("openssl");
+    assert!(ok.success());
+    let op_port = free_port();
+    let extra = format!(
+        "rp_id: localhost\nidentity_providers:\n  - id: mercy\n    display_name: Mercy Health SSO\n    issuer: http://127.0.0.1:{op_port}\n    client_id: aalgate\n    private_key_jwt: {{ key_file: {}, kid: aalgate-1 }}\n    aal: {{ rules: [{{ amr_any: [mfa], aal: aal2 }}] }}\n",
+        key.display()
+    );
+    let policies = [("ehr.yaml", ehr(upstream))];
+    let gw = Gateway::start_extra(&[(policies[0].0, policies[0].1.as_str())], &extra);
+    let op = OidcProvider::start_with(op_port, gw.port, Some(&key));
+    let out = root().join("target/browser-screenshots/sso-key");
+    let _ = std::fs::remove_dir_all(&out);
+    let status = scenario("sso-key.mjs", &gw, &out)
+        .env("OP", format!("http://127.0.0.1:{}", op.port))
+        .status()
+        .expect("run node");
+    assert!(
+        status.success(),
+        "private_key_jwt scenario failed ({status}); gateway log:\n{}",
+        gw.log()
+    );
+}

@@ -7,8 +7,10 @@
 //! - [`jwt`]: compact JWS verified with `ring` against a [`JwkSet`], the algorithm pinned to
 //!   the key type.
 //! - [`token`]: the claim checks of ID tokens and back-channel logout tokens.
+//! - [`client_auth`]: `private_key_jwt` client assertions.
 //! - [`pkce`]: the PKCE verifier and its S256 challenge (RFC 7636).
 
+pub mod client_auth;
 pub mod jwt;
 pub mod provider;
 pub mod token;

@@ -20,7 +20,11 @@ pub struct RawProvider {
     /// This gateway's client id at the provider.
     pub client_id: String,
     /// A file holding the client secret (`client_secret_basic`).
-    pub client_secret_file: PathBuf,
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// Or the gateway's own key (`private_key_jwt`): no shared secret.
+    #[serde(default)]
+    pub private_key_jwt: Option<RawPrivateKeyJwt>,
     /// Scopes asked for; `openid` is always sent.
     #[serde(default)]
     pub scopes: Option<Vec<String>>,
@@ -40,6 +44,31 @@ pub struct RawProvider {
     /// person to log in again (off: for shared workstations).
     #[serde(default)]
     pub silent_login: bool,
+}
+
+/// `private_key_jwt:` of a provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrivateKeyJwt {
+    /// A PKCS#8 PEM private key (P-256, RSA or Ed25519) whose public key the provider has.
+    pub key_file: PathBuf,
+    /// The key's id at the provider, sent as `kid`.
+    #[serde(default)]
+    pub kid: Option<String>,
+}
+
+/// How the gateway proves it is the client at the token endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `client_secret_basic`, the secret read from this file.
+    SecretFile(PathBuf),
+    /// `private_key_jwt`, signed with the key in this file.
+    PrivateKeyJwt {
+        /// The key file.
+        key_file: PathBuf,
+        /// The key's id at the provider.
+        kid: Option<String>,
+    },
 }
 
 /// `claims:` of a provider.
@@ -147,8 +176,8 @@ pub struct Provider {
     pub issuer: String,
     /// Client id.
     pub client_id: String,
-    /// The client secret file.
-    pub client_secret_file: PathBuf,
+    /// How the gateway authenticates at the token endpoint.
+    pub client_auth: ClientAuth,
     /// Scopes, `openid` first.
     pub scopes: Vec<String>,
     /// Username claim.
@@ -221,6 +250,19 @@ impl RawProvider {
                 scopes.push(s);
             }
         }
+        let client_auth = match (self.client_secret_file, self.private_key_jwt) {
+            (Some(f), None) => ClientAuth::SecretFile(f),
+            (None, Some(k)) => ClientAuth::PrivateKeyJwt {
+                key_file: k.key_file,
+                kid: k.kid,
+            },
+            _ => {
+                return Err(at(
+                    "give exactly one of client_secret_file and private_key_jwt: { key_file }"
+                        .into(),
+                ))
+            }
+        };
         let claims = self.claims.unwrap_or(RawClaims {
             username: None,
             email: None,
@@ -261,7 +303,7 @@ impl RawProvider {
             display_name: self.display_name.trim().to_string(),
             issuer,
             client_id: self.client_id,
-            client_secret_file: self.client_secret_file,
+            client_auth,
             scopes,
             username_claim: claim_name(claims.username, "preferred_username", "username")
                 .map_err(at)?,

@@ -376,6 +376,22 @@ fn the_aal_mapping_is_honest_by_default_and_never_aal3() {
         provider(&BASE.replace("https://sso.example.org", "http://sso.example.org")).unwrap_err();
     assert!(e.contains("https"), "{e}");
     assert!(provider(&BASE.replace("https://sso.example.org", "http://127.0.0.1:9")).is_ok());
+    let e = provider(&BASE.replace("client_secret_file: s\n", "")).unwrap_err();
+    assert!(e.contains("exactly one"), "{e}");
+    let e = provider(&format!("{BASE}private_key_jwt: {{ key_file: k.pem }}\n")).unwrap_err();
+    assert!(e.contains("exactly one"), "{e}");
+    let p = provider(&BASE.replace(
+        "client_secret_file: s",
+        "private_key_jwt: { key_file: k.pem, kid: k1 }",
+    ))
+    .unwrap();
+    assert_eq!(
+        p.client_auth,
+        crate::provider::ClientAuth::PrivateKeyJwt {
+            key_file: "k.pem".into(),
+            kid: Some("k1".into())
+        }
+    );
     let e = provider(&BASE.replace("mercy-sso", "Mercy SSO")).unwrap_err();
     assert!(e.contains("lowercase"), "{e}");
 }
@@ -425,4 +441,47 @@ fn pkce_challenges_follow_rfc_7636() {
     let a = pkce::random();
     assert_eq!(a.len(), 43);
     assert_ne!(a, pkce::random());
+}
+
+#[test]
+fn client_assertions_verify_with_the_clients_public_key() {
+    let rng = SystemRandom::new();
+    let doc =
+        EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let key = crate::client_auth::ClientKey::from_pkcs8(doc.as_ref()).unwrap();
+    assert_eq!(key.alg(), "ES256");
+    let pair = EcdsaKeyPair::from_pkcs8(
+        &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        doc.as_ref(),
+        &rng,
+    )
+    .unwrap();
+    let point = pair.public_key().as_ref();
+    let set = JwkSet::parse(
+        json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "c1", "x": b64(&point[1..33]), "y": b64(&point[33..])}]})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    let a = key
+        .assertion(
+            CLIENT,
+            "https://sso.example.org/token",
+            NOW,
+            "j1",
+            Some("c1"),
+        )
+        .unwrap();
+    let claims = crate::jwt::decode(&a).unwrap().verify(&set).unwrap();
+    assert_eq!(claims["iss"], CLIENT);
+    assert_eq!(claims["sub"], CLIENT);
+    assert_eq!(claims["aud"], "https://sso.example.org/token");
+    assert_eq!(claims["exp"], NOW + 60);
+    assert_eq!(
+        crate::client_auth::ClientKey::from_pkcs8(RSA_PK8)
+            .unwrap()
+            .alg(),
+        "RS256"
+    );
+    assert!(crate::client_auth::ClientKey::from_pkcs8(b"junk").is_err());
 }

@@ -600,7 +600,17 @@ impl Config {
                     p.id
                 );
             }
-            p.client_secret_file = rel(p.client_secret_file);
+            p.client_auth = match p.client_auth {
+                aalgate_oidc::provider::ClientAuth::SecretFile(f) => {
+                    aalgate_oidc::provider::ClientAuth::SecretFile(rel(f))
+                }
+                aalgate_oidc::provider::ClientAuth::PrivateKeyJwt { key_file, kid } => {
+                    aalgate_oidc::provider::ClientAuth::PrivateKeyJwt {
+                        key_file: rel(key_file),
+                        kid,
+                    }
+                }
+            };
             identity_providers.push(p);
         }
         Ok(Config {

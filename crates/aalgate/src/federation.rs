@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aalgate_oidc::provider::ClientAuth;
 use aalgate_oidc::{IdClaims, IdTokenCheck, JwkSet, LogoutClaims, Metadata, Provider, TokenError};
 use aalgate_policy::Timestamp;
 use anyhow::{Context, Result};
@@ -62,11 +63,19 @@ pub struct AuthRequest<'a> {
     pub max_age: Option<u64>,
 }
 
+/// What proves the gateway is the client.
+enum Secret {
+    /// `client_secret_basic`.
+    Shared(String),
+    /// `private_key_jwt`, with the key's id at the provider.
+    Key(aalgate_oidc::client_auth::ClientKey, Option<String>),
+}
+
 /// One configured provider with its caches.
 pub struct Idp {
     /// The validated config.
     pub cfg: Provider,
-    secret: String,
+    secret: Secret,
     metadata: tokio::sync::Mutex<Option<(Arc<Metadata>, Instant)>>,
     keys: tokio::sync::Mutex<Keys>,
     /// Key set fetches, for the tests of the refetch limit.
@@ -87,23 +96,45 @@ impl Federation {
     pub fn load(providers: &[Provider]) -> Result<Federation> {
         let mut idps = Vec::new();
         for p in providers {
-            let secret = std::fs::read_to_string(&p.client_secret_file)
-                .with_context(|| {
-                    format!(
-                        "identity provider {}: client_secret_file {}",
-                        p.id,
-                        p.client_secret_file.display()
-                    )
-                })?
-                .trim()
-                .to_string();
-            if secret.is_empty() {
-                anyhow::bail!(
-                    "identity provider {}: client_secret_file {} is empty",
-                    p.id,
-                    p.client_secret_file.display()
-                );
-            }
+            let secret = match &p.client_auth {
+                ClientAuth::SecretFile(f) => {
+                    let secret = std::fs::read_to_string(f)
+                        .with_context(|| {
+                            format!(
+                                "identity provider {}: client_secret_file {}",
+                                p.id,
+                                f.display()
+                            )
+                        })?
+                        .trim()
+                        .to_string();
+                    if secret.is_empty() {
+                        anyhow::bail!(
+                            "identity provider {}: client_secret_file {} is empty",
+                            p.id,
+                            f.display()
+                        );
+                    }
+                    Secret::Shared(secret)
+                }
+                ClientAuth::PrivateKeyJwt { key_file, kid } => {
+                    use rustls_pki_types::pem::PemObject as _;
+                    let what = || {
+                        format!(
+                            "identity provider {}: private_key_jwt.key_file {}",
+                            p.id,
+                            key_file.display()
+                        )
+                    };
+                    let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_file(key_file)
+                        .map_err(|e| anyhow::anyhow!("{e}"))
+                        .with_context(|| format!("{}: not a PKCS#8 PEM private key (openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 writes one)", what()))?;
+                    let key =
+                        aalgate_oidc::client_auth::ClientKey::from_pkcs8(der.secret_pkcs8_der())
+                            .map_err(|e| anyhow::anyhow!("{}: {e}", what()))?;
+                    Secret::Key(key, kid.clone())
+                }
+            };
             idps.push(Arc::new(Idp {
                 cfg: p.clone(),
                 secret,
@@ -290,6 +321,60 @@ impl Idp {
         Ok(url.into())
     }
 
+    /// The token request's body and headers, with this client's authentication.
+    fn token_request(
+        &self,
+        meta: &Metadata,
+        code: &str,
+        verifier: &str,
+        redirect_uri: &str,
+    ) -> Result<(String, Vec<(&'static str, String)>), FedError> {
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair("grant_type", "authorization_code")
+            .append_pair("code", code)
+            .append_pair("redirect_uri", redirect_uri)
+            .append_pair("code_verifier", verifier);
+        let mut headers = vec![
+            (
+                "content-type",
+                "application/x-www-form-urlencoded".to_string(),
+            ),
+            ("accept", "application/json".to_string()),
+        ];
+        match &self.secret {
+            Secret::Shared(secret) => {
+                // RFC 6749 2.3.1: both parts form-encoded before the basic credentials.
+                let enc =
+                    |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+                    "{}:{}",
+                    enc(&self.cfg.client_id),
+                    enc(secret)
+                ));
+                headers.push(("authorization", format!("Basic {basic}")));
+            }
+            Secret::Key(key, kid) => {
+                let assertion = key
+                    .assertion(
+                        &self.cfg.client_id,
+                        &meta.token_endpoint,
+                        Timestamp::wall().0,
+                        &aalgate_oidc::pkce::random(),
+                        kid.as_deref(),
+                    )
+                    .map_err(unavailable)?;
+                form.append_pair("client_id", &self.cfg.client_id)
+                    .append_pair(
+                        "client_assertion_type",
+                        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    )
+                    .append_pair("client_assertion", &assertion);
+            }
+        }
+        let body = form.finish();
+        Ok((body, headers))
+    }
+
     /// Exchanges an authorization code for the ID token (`client_secret_basic`).
     pub async fn exchange_code(
         &self,
@@ -298,27 +383,11 @@ impl Idp {
         redirect_uri: &str,
     ) -> Result<String, FedError> {
         let meta = self.metadata().await?;
-        let body = form_urlencoded::Serializer::new(String::new())
-            .append_pair("grant_type", "authorization_code")
-            .append_pair("code", code)
-            .append_pair("redirect_uri", redirect_uri)
-            .append_pair("code_verifier", verifier)
-            .finish();
-        // RFC 6749 2.3.1: both parts form-encoded before the basic credentials.
-        let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
-            "{}:{}",
-            enc(&self.cfg.client_id),
-            enc(&self.secret)
-        ));
+        let (body, headers) = self.token_request(&meta, code, verifier, redirect_uri)?;
         let got = fetch(
             "POST",
             &meta.token_endpoint,
-            &[
-                ("content-type", "application/x-www-form-urlencoded".into()),
-                ("accept", "application/json".into()),
-                ("authorization", format!("Basic {basic}")),
-            ],
+            &headers,
             Some(body.into_bytes()),
             MAX_DOCUMENT,
             CALL_DEADLINE,
@@ -426,7 +495,7 @@ mod tests {
         .unwrap();
         let idp = Idp {
             cfg: raw.validate().unwrap(),
-            secret: "s".into(),
+            secret: Secret::Shared("s".into()),
             metadata: Default::default(),
             keys: Default::default(),
             key_fetches: Default::default(),
