@@ -1,16 +1,21 @@
 // The gateway as a `private_key_jwt` client (tests/e2e/oidc.rs): alice, invited by IT, signs in
-// through the provider; the token endpoint accepted the gateway's signed assertion.
+// through the provider (the token endpoint accepted the gateway's signed assertion). With
+// `enroll_after_sso`, the first step-up she cannot pass offers a passkey, enrolled without an
+// IT invite on the strength of that fresh aal2 login; the passkey then confirms the next one.
 // Env (beyond lib.mjs): OP (the provider's base URL).
 
 import { rmSync } from 'node:fs';
-import { PORT, check, invite, landOn, launch, snap, text } from './lib.mjs';
+import { AUTH, PORT, check, click, invite, landOn, launch, sleep, snap, text, withAuthenticator } from './lib.mjs';
 
 const { OP } = process.env;
 const EHR = `http://ehr.localhost:${PORT}`;
+const PASSKEY = { transport: 'internal', hasResidentKey: true, hasUserVerification: true, isUserVerified: true };
 
 const { ctx, profile } = await launch();
 try {
-  const page = await ctx.newPage();
+  const { page } = await withAuthenticator(ctx, PASSKEY);
+  const refused = await page.goto(`${AUTH}/.aalgate/oidc/enroll`);
+  check(refused.status() === 403, 'no enrollment without a provider sign-in');
   invite('alice', 2);
   await page.goto(`${EHR}/`);
   await page.getByRole('link', { name: 'Sign in with Mercy Health SSO' }).click();
@@ -20,6 +25,30 @@ try {
   await landOn(page, (u) => u.href.startsWith(`${EHR}/`) && !u.pathname.startsWith('/.aalgate'), 'alice after SSO');
   await snap(page, 'signed-in-with-private-key-jwt');
   check((await text(page)).includes('signed in as alice'), 'a private_key_jwt client signs people in');
+
+  // /notes wants a confirmation within 2 s; alice has no key yet.
+  await sleep(2100);
+  await page.goto(`${EHR}/notes`);
+  await landOn(page, (u) => u.pathname === '/.aalgate/auth', 'the step-up page');
+  await snap(page, 'step-up-offers-a-passkey');
+  await page.getByRole('link', { name: 'Create a passkey on this device' }).click();
+  await landOn(page, (u) => u.pathname === '/.aalgate/enroll', 'the enrollment page');
+  await snap(page, 'enroll-after-sso');
+  await click(page, 'Create a passkey on this device');
+  await landOn(page, (u) => u.href === `${EHR}/notes`, 'the notes after enrolling');
+  check((await text(page)).includes('signed in as alice'), 'after enrolling she lands where she was going');
+
+  // (The enrollment's flow admits its own request once, even after max_age: the first visit
+  // may spend that admission.)
+  for (let i = 0; i < 2 && !new URL(page.url()).pathname.startsWith('/.aalgate/auth'); i++) {
+    await sleep(2100);
+    await page.goto(`${EHR}/notes`);
+  }
+  await landOn(page, (u) => u.pathname === '/.aalgate/auth', 'the next step-up');
+  check((await text(page)).includes("Confirm it's you"), 'the next step-up asks for the new passkey');
+  await click(page, 'Confirm');
+  await landOn(page, (u) => u.href === `${EHR}/notes`, 'the notes after the passkey');
+  check((await text(page)).includes('signed in as alice'), 'the passkey enrolled after SSO confirms the step-up');
 } finally {
   await ctx.close();
   rmSync(profile, { recursive: true, force: true });

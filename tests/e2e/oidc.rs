@@ -6,10 +6,11 @@ use aalgate_tests::{free_port, get, oidc_config, send, Gateway, OidcProvider, Re
 
 use crate::browser::{root, scenario, DemoApp};
 
-/// The EHR for these tests: `clinical` may use it at aal2; `/orders` needs aal3.
+/// The EHR for these tests: `clinical` may use it at aal2; `/orders` needs aal3; `/notes` a
+/// confirmation within 2 s.
 fn ehr(upstream: u16) -> String {
     format!(
-        "app: ehr\ndisplay_name: Legacy EHR\nallow: {{ groups: [clinical] }}\nhost: ehr.localhost\nupstream: http://127.0.0.1:{upstream}\ndefault: aal2\nroutes:\n  - path: /orders\n    require: aal3\n"
+        "app: ehr\ndisplay_name: Legacy EHR\nallow: {{ groups: [clinical] }}\nhost: ehr.localhost\nupstream: http://127.0.0.1:{upstream}\ndefault: aal2\nroutes:\n  - path: /orders\n    require: aal3\n  - path: /notes\n    require: aal2\n    step_up: {{ max_age: 2s }}\n"
     )
 }
 
@@ -213,7 +214,8 @@ fn provider_sign_ins_store_one_record_per_flow_under_a_flood() {
 }
 
 /// `private_key_jwt`: the gateway authenticates at the token endpoint with its own P-256 key
-/// (no shared secret), and a person signs in through the provider in Chromium
+/// (no shared secret), and a person signs in through the provider in Chromium; with
+/// `enroll_after_sso`, her first step-up offers a passkey, which then confirms the next one
 /// (tests/browser/sso-key.mjs).
 #[test]
 fn sso_with_a_private_key_jwt_client_in_chromium() {
@@ -236,7 +238,7 @@ fn sso_with_a_private_key_jwt_client_in_chromium() {
     assert!(ok.success());
     let op_port = free_port();
     let extra = format!(
-        "rp_id: localhost\nidentity_providers:\n  - id: mercy\n    display_name: Mercy Health SSO\n    issuer: http://127.0.0.1:{op_port}\n    client_id: aalgate\n    private_key_jwt: {{ key_file: {}, kid: aalgate-1 }}\n    aal: {{ rules: [{{ amr_any: [mfa], aal: aal2 }}] }}\n",
+        "rp_id: localhost\nidentity_providers:\n  - id: mercy\n    display_name: Mercy Health SSO\n    issuer: http://127.0.0.1:{op_port}\n    client_id: aalgate\n    private_key_jwt: {{ key_file: {}, kid: aalgate-1 }}\n    aal: {{ rules: [{{ amr_any: [mfa], aal: aal2 }}] }}\n    enroll_after_sso: true\n",
         key.display()
     );
     let policies = [("ehr.yaml", ehr(upstream))];

@@ -44,6 +44,10 @@ pub struct RawProvider {
     /// person to log in again (off: for shared workstations).
     #[serde(default)]
     pub silent_login: bool,
+    /// Whether a person signed in through this provider at aal2 or more may enroll a passkey
+    /// for aalgate's step-ups without an IT invite (never a hardware key for AAL3).
+    #[serde(default)]
+    pub enroll_after_sso: bool,
 }
 
 /// `private_key_jwt:` of a provider.
@@ -195,6 +199,8 @@ pub struct Provider {
     /// A plain first sign-in may be silent at the provider (never a switch, a re-auth, a
     /// step-up or a flow that keeps a form).
     pub silent_login: bool,
+    /// Passkey enrollment without an invite after a sign-in here at aal2 or more.
+    pub enroll_after_sso: bool,
 }
 
 fn claim_name(v: Option<String>, default: &str, what: &str) -> Result<String, String> {
@@ -313,6 +319,7 @@ impl RawProvider {
             jit_groups,
             end_provider_session: self.end_provider_session,
             silent_login: self.silent_login,
+            enroll_after_sso: self.enroll_after_sso,
             id,
         })
     }

@@ -154,7 +154,7 @@
       ev.preventDefault();
       const a = b.dataset.action;
       if (a === 'enroll-passkey' || a === 'enroll-key') {
-        run({ purpose: 'enroll', invite: main.dataset.invite, kind: a === 'enroll-passkey' ? 'passkey' : 'security_key' }, b);
+        run({ purpose: 'enroll', invite: main.dataset.invite, flow: main.dataset.flow, kind: a === 'enroll-passkey' ? 'passkey' : 'security_key' }, b);
       } else if (a === 'signin') {
         run({ purpose: 'signin', flow: main.dataset.flow }, b);
       } else if (a === 'switch') {

@@ -156,10 +156,21 @@ pub(crate) async fn start(
                     return Ok(Err((Outcome::NotAvailable, MSG_KEY_NOT_APPROVED)));
                 }
             };
+            // A flow of this person's that the enrollment continues (after a provider
+            // sign-in); any other is ignored.
+            let flow = match req.flow.as_deref().and_then(FlowId::parse) {
+                Some(id) => st
+                    .store
+                    .get_flow(&id.key(), now)
+                    .await?
+                    .filter(|f| f.user.as_deref() == Some(user.id.as_str()) && f.binding.is_none())
+                    .map(|_| id.key()),
+                None => None,
+            };
             let pending = Pending {
                 purpose: Purpose::Enroll,
                 binding: bind.hash(),
-                flow: None,
+                flow,
                 user: Some(user.id.clone()),
                 invite: Some(token.hash()),
                 allowed: None,

@@ -67,8 +67,13 @@ pub(crate) async fn enroll_page(st: &State, x: &mut Exchange<'_>) -> Result<bool
     let (bind, set_bind) = x.binding();
     let hw = st.service().rp.hardware_keys_configured();
     let (title, body) = enroll_text(invite.aal, hw, existing.is_some(), name);
+    // An enrollment after a provider sign-in goes on to where the person was going.
+    let flow = query_param(x.session.req_header().uri.query(), "flow")
+        .and_then(aalgate_session::FlowId::parse)
+        .map(|f| format!(" data-flow=\"{}\"", escape(&f.encode())))
+        .unwrap_or_default();
     let attrs = format!(
-        " data-invite=\"{}\" data-csrf=\"{}\"",
+        " data-invite=\"{}\" data-csrf=\"{}\"{flow}",
         escape(token.expose()),
         escape(&csrf_of(bind.expose()))
     );
@@ -241,7 +246,19 @@ pub(crate) async fn finish_enroll(
         .first()
         .map(|a| a.host.to_string())
         .unwrap_or_else(|| st.public_host_str());
-    let flow = Flow {
+    // An enrollment that continues a flow of this person's (after a provider sign-in, on a
+    // step-up page) goes where that flow was going; otherwise to the first app.
+    let continued = match pending.flow.as_deref() {
+        Some(k) => match st.store.take_flow(k, now).await {
+            // Never a per-request flow: an enrollment signs no request.
+            Ok(f) => {
+                f.filter(|f| f.user.as_deref() == Some(user.id.as_str()) && f.binding.is_none())
+            }
+            Err(e) => return x.store_down(&e, "enrollment: store error").await,
+        },
+        None => None,
+    };
+    let flow = continued.unwrap_or_else(|| Flow {
         host: landing_host(&target, &st.public_host),
         method: "GET".into(),
         url: "/".into(),
@@ -255,7 +272,7 @@ pub(crate) async fn finish_enroll(
         kept: None,
         binding: None,
         script: false,
-    };
+    });
     let amr = match cred.kind {
         CredentialKind::SecurityKey => vec!["hwk".into(), "user".into(), "mfa".into()],
         CredentialKind::Passkey => vec!["swk".into(), "user".into(), "mfa".into()],

@@ -736,3 +736,135 @@ async fn users_named(
     }
     Ok(users)
 }
+
+/// How recent a provider sign-in must be for a passkey enrollment it allows: the key is bound
+/// to the person on the strength of that login, so it must be the one just made.
+pub(crate) const ENROLL_AFTER_SSO_WINDOW: Duration = Duration::from_secs(600);
+/// Enrollments a person may start this way in that window.
+const ENROLL_AFTER_SSO_PER_WINDOW: u64 = 5;
+/// Counters of those enrollments.
+const SSO_ENROLL_NS: &str = "sso_enroll";
+
+/// The provider through which `s` signed in, if that sign-in allows a passkey enrollment
+/// without an invite now: `enroll_after_sso`, at aal2 or more, within the window.
+pub(crate) fn enrolls_after_sso<'a>(
+    st: &'a State,
+    s: &aalgate_session::Session,
+    now: Timestamp,
+) -> Option<&'a std::sync::Arc<Idp>> {
+    let idp = s
+        .credential
+        .as_deref()?
+        .strip_prefix("idp:")
+        .and_then(|i| st.signin.federation.get(i))?;
+    (idp.cfg.enroll_after_sso
+        && s.aal >= Aal::Aal2
+        && now.since(s.last_auth) <= ENROLL_AFTER_SSO_WINDOW)
+        .then_some(idp)
+}
+
+/// `GET /.aalgate/oidc/enroll?flow=..`: a person just signed in through a provider at aal2 or
+/// more, with `enroll_after_sso`, gets a one-time enrollment for a passkey (AAL2 at most: a
+/// hardware key for AAL3 still needs IT's invite), which then continues the flow.
+pub(crate) async fn enroll(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
+    if !st.on_auth_origin(x.ctx) {
+        return x.error(Outcome::NotFound).await;
+    }
+    let flow = query_param(x.session.req_header().uri.query(), "flow").and_then(FlowId::parse);
+    let now = st.clock.now();
+    let current = match st.current(x.session, x.ctx).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(request_id = %x.ctx.request_id, error = %e, "session store error at an enrollment after SSO");
+            return x.error(Outcome::StoreUnavailable).await;
+        }
+    };
+    let Some((_, _, s, _)) = current else {
+        return x.error(Outcome::Forbidden).await;
+    };
+    let Some(idp) = enrolls_after_sso(st, &s, now).cloned() else {
+        audit_auth(st, x.ctx, "enroll_failure", Some(&s.user), Some(s.aal), s.credential.as_deref(), Some("enrollment after SSO refused: not a recent provider sign-in at aal2 that allows it"));
+        return page(
+            x,
+            Outcome::Forbidden,
+            "Enrollment not available",
+            "<p>Adding a passkey here needs a recent sign-in through the hospital's sign-in service at a level that allows it.</p>\
+             <p>Ask IT for an enrollment invite.</p>",
+        )
+        .await;
+    };
+    let dir = &st.signin.dir;
+    let counted = st
+        .store
+        .kv_incr(SSO_ENROLL_NS, &s.user, ENROLL_AFTER_SSO_WINDOW)
+        .await;
+    match counted {
+        Ok(n) if n > ENROLL_AFTER_SSO_PER_WINDOW => {
+            return page(
+                x,
+                Outcome::Throttled,
+                "Try again later",
+                "<p>Too many enrollments were started for you just now. Wait 10 minutes, or ask IT.</p>",
+            )
+            .await;
+        }
+        Ok(_) => {}
+        Err(e) => return x.store_down(&e, "enrollment after SSO: store error").await,
+    }
+    let user = match dir.user(&s.user).await {
+        Ok(Some(u)) if !u.disabled => u,
+        Ok(_) => return x.error(Outcome::Disabled).await,
+        Err(e) => return x.store_down(&e, "enrollment after SSO: store error").await,
+    };
+    // A person proofed for AAL3 enrolls only a hardware key, and only with IT's invite:
+    // binding is never weaker than the level it grants.
+    if user.proofed_aal > Aal::Aal2 {
+        return page(
+            x,
+            Outcome::Forbidden,
+            "Enrollment not available",
+            "<p>Your role needs a hardware security key, which IT registers with you in person. Ask IT for an enrollment invite.</p>",
+        )
+        .await;
+    }
+    let token = match dir
+        .invite(
+            &user.id,
+            &user.display_name,
+            Aal::Aal2,
+            ENROLL_AFTER_SSO_WINDOW,
+            now,
+        )
+        .await
+    {
+        Ok(t) => t,
+        Err(e) => return x.store_down(&e, "enrollment after SSO: store error").await,
+    };
+    audit_auth(
+        st,
+        x.ctx,
+        "invite_created",
+        Some(&user.id),
+        Some(Aal::Aal2),
+        s.credential.as_deref(),
+        Some(&format!(
+            "passkey enrollment after a sign-in through identity provider {} (enroll_after_sso)",
+            idp.cfg.id
+        )),
+    );
+    let mut to = format!("/.aalgate/enroll?invite={}", token.expose());
+    if let Some(f) = flow {
+        to.push_str(&format!("&flow={}", f.encode()));
+    }
+    x.ctx.outcome = Outcome::Gateway;
+    let reply = Reply::html(
+        302,
+        pages::page(
+            "Add a passkey",
+            "<p>Taking you to the enrollment.</p>",
+            &x.ctx.request_id,
+        ),
+    )
+    .header("location", to);
+    x.send(reply).await
+}

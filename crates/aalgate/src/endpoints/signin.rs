@@ -132,7 +132,35 @@ pub(crate) async fn auth_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> 
         _ if no_key && flow.binding.is_none() => super::oidc::buttons(st, &id, Some(flow.aal)),
         _ => String::new(),
     };
-    if flow.need == FlowKind::StepUp && no_key && providers.is_empty() {
+    // Just signed in through a provider that allows it: a passkey can be added here, once,
+    // and then confirms this step-up and the next ones.
+    // (Never for a request the key must sign: an enrollment signs nothing.)
+    let enroll = if flow.need == FlowKind::StepUp
+        && no_key
+        && flow.aal <= Aal::Aal2
+        && flow.binding.is_none()
+    {
+        match st.current(x.session, x.ctx).await {
+            Ok(Some((_, _, s, _)))
+                if Some(s.user.as_str()) == flow.user.as_deref()
+                    && super::oidc::enrolls_after_sso(st, &s, now).is_some() =>
+            {
+                format!(
+                    "<p><a class=\"button\" href=\"/.aalgate/oidc/enroll?flow={}\">Create a passkey on this device</a></p>\
+                     <p>A passkey lets you confirm with your fingerprint, face or device PIN from now on.</p>",
+                    escape(&id.encode())
+                )
+            }
+            Ok(_) => String::new(),
+            Err(e) => {
+                tracing::warn!(request_id = %x.ctx.request_id, error = %e, "session store error on the sign-in page");
+                return x.error(Outcome::StoreUnavailable).await;
+            }
+        }
+    } else {
+        String::new()
+    };
+    if flow.need == FlowKind::StepUp && no_key && providers.is_empty() && enroll.is_empty() {
         let app = st.display_name(x.ctx, &flow.app);
         let back = format!("{}://{}/", st.signin.scheme, flow.host);
         return x.no_suitable_key(&app, flow.aal, &back).await;
@@ -155,7 +183,7 @@ pub(crate) async fn auth_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> 
             "Confirm it's you",
             format!(
                 "<p>This action in <strong>{app}</strong> needs a fresh sign-in.</p>\
-                 <p id=\"status\" role=\"status\" aria-live=\"polite\"></p>{providers}"
+                 <p id=\"status\" role=\"status\" aria-live=\"polite\"></p>{enroll}{providers}"
             ),
         ),
         FlowKind::Reauth if flow.user.is_some() && no_key && !providers.is_empty() => (

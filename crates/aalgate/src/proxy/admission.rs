@@ -102,12 +102,21 @@ impl Gateway {
         let mut admission = admit(access, &facts, now);
         // A step-up: asked for only if one of the person's keys could pass it (looked up
         // only now, so an admitted request costs no directory read).
-        if let (Admission::StepUp { .. }, Some(p)) = (admission, facts.person.as_mut()) {
+        if let (Admission::StepUp { fresh, .. }, Some(p)) = (admission, facts.person.as_mut()) {
             if let Ok(Some(u)) = self.signin.dir.user(p.user).await {
-                p.reach = Reach::Known(
-                    u.max_aal()
-                        .map(|a| a.min(u.proofed_aal.max(aalgate_policy::Aal::Aal2))),
-                );
+                let keys = u
+                    .max_aal()
+                    .map(|a| a.min(u.proofed_aal.max(aalgate_policy::Aal::Aal2)));
+                // Someone who signed in through an identity provider can log in there again
+                // (or add a passkey, with `enroll_after_sso`) up to what it gives; never to
+                // sign one request, which takes their own key.
+                let provider = loaded
+                    .as_ref()
+                    .filter(|_| fresh != Some(aalgate_policy::StepUp::PerRequest))
+                    .and_then(|(_, _, s, _)| s.credential.as_deref()?.strip_prefix("idp:"))
+                    .and_then(|i| self.signin.federation.get(i))
+                    .map(|i| i.cfg.aal.best());
+                p.reach = Reach::Known(keys.max(provider));
                 admission = admit(access, &facts, now);
             }
         }
