@@ -63,12 +63,15 @@ pub struct AuthRequest<'a> {
     pub max_age: Option<u64>,
 }
 
+/// A token request's body and headers.
+type TokenRequest = (String, Vec<(&'static str, String)>);
+
 /// What proves the gateway is the client.
 enum Secret {
     /// `client_secret_basic`.
     Shared(String),
     /// `private_key_jwt`, with the key's id at the provider.
-    Key(aalgate_oidc::client_auth::ClientKey, Option<String>),
+    Key(Box<aalgate_oidc::client_auth::ClientKey>, Option<String>),
 }
 
 /// One configured provider with its caches.
@@ -132,7 +135,7 @@ impl Federation {
                     let key =
                         aalgate_oidc::client_auth::ClientKey::from_pkcs8(der.secret_pkcs8_der())
                             .map_err(|e| anyhow::anyhow!("{}: {e}", what()))?;
-                    Secret::Key(key, kid.clone())
+                    Secret::Key(Box::new(key), kid.clone())
                 }
             };
             idps.push(Arc::new(Idp {
@@ -328,7 +331,7 @@ impl Idp {
         code: &str,
         verifier: &str,
         redirect_uri: &str,
-    ) -> Result<(String, Vec<(&'static str, String)>), FedError> {
+    ) -> Result<TokenRequest, FedError> {
         let mut form = form_urlencoded::Serializer::new(String::new());
         form.append_pair("grant_type", "authorization_code")
             .append_pair("code", code)

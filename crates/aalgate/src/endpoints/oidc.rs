@@ -766,6 +766,10 @@ pub(crate) fn enrolls_after_sso<'a>(
 /// `GET /.aalgate/oidc/enroll?flow=..`: a person just signed in through a provider at aal2 or
 /// more, with `enroll_after_sso`, gets a one-time enrollment for a passkey (AAL2 at most: a
 /// hardware key for AAL3 still needs IT's invite), which then continues the flow.
+#[allow(
+    clippy::too_many_lines,
+    reason = "each refusal with its own page, in order"
+)]
 pub(crate) async fn enroll(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     if !st.on_auth_origin(x.ctx) {
         return x.error(Outcome::NotFound).await;
