@@ -5,7 +5,8 @@
 # Needs: cmake (pingora builds zlib-ng), redis-server, openssl and curl (TLS listener test),
 # promtool (Debian package prometheus: checks the metrics scrape and the alert rules),
 # chromium and node/npm (the browser tests: playwright-core from npm drives Debian's Chromium
-# with WebAuthn virtual authenticators; no browser download), and python3 with pip (httpbin and
+# with WebAuthn virtual authenticators, no browser download; npm oidc-provider is the real
+# OpenID Connect provider of the single sign-on tests), and python3 with pip (httpbin and
 # gunicorn from PyPI, the upstream of the transparency tests; PyJWT verifies the assertion;
 # Trac from PyPI, a real app under a path for kept forms),
 # libfaketime (Debian package faketime: wall-clock steps under the real binary), and
@@ -41,8 +42,8 @@ if ! python3 -c "import httpbin, gunicorn, jwt, trac" >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check "httpbin==0.10.*" "gunicorn>=22" "PyJWT[crypto]>=2.8" "Trac==1.6.*"
 fi
 
-# The browser driver (pinned in tests/browser/package-lock.json).
-if [ ! -d tests/browser/node_modules/playwright-core ]; then
+# The browser driver and the OIDC provider (pinned in tests/browser/package-lock.json).
+if [ ! -d tests/browser/node_modules/playwright-core ] || [ ! -d tests/browser/node_modules/oidc-provider ]; then
   npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 fi
 

@@ -847,7 +847,7 @@ pub(crate) async fn enroll(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     audit_auth(
         st,
         x.ctx,
-        "invite_created",
+        "user_invited",
         Some(&user.id),
         Some(Aal::Aal2),
         s.credential.as_deref(),
