@@ -527,7 +527,7 @@ pub async fn alert(webhook: &str, app: &str, code: &Code, when: Timestamp) -> Re
         "time": humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(when.0)).to_string(),
     })
     .to_string();
-    let got = crate::http::client::fetch(
+    let got = crate::client::fetch(
         "POST",
         webhook,
         &[("content-type", "application/json".to_string())],

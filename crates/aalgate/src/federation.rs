@@ -11,7 +11,7 @@ use aalgate_policy::Timestamp;
 use anyhow::{Context, Result};
 use base64::Engine as _;
 
-use crate::http::client::fetch;
+use crate::client::fetch;
 
 /// How long a discovery document is used before it is read again.
 const METADATA_TTL: Duration = Duration::from_secs(3600);

@@ -27,6 +27,7 @@ pub mod assertion;
 pub mod audit;
 pub mod breakglass;
 pub mod cache;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod demo;

@@ -334,6 +334,17 @@ pub(crate) fn safe_path(url: &str) -> String {
     }
 }
 
+/// Whether an existing session satisfies a flow without a new ceremony.
+pub(crate) fn satisfies(s: &UserSession, flow: &Flow, now: Timestamp) -> bool {
+    // The same edge as `decide`: at exactly `max_age` the authentication is too old. With
+    // `<=` here, a request at exactly the limit was sent to step up and then handed off
+    // silently, skipping the ceremony it was sent for (seen in CI on a `max_age: 1s` route).
+    let fresh = flow
+        .max_age_secs
+        .is_none_or(|m| now.since(s.last_auth) < std::time::Duration::from_secs(m));
+    s.aal >= flow.aal && fresh
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,5 +362,45 @@ mod tests {
         ] {
             assert_eq!(safe_path(bad), "/", "{bad:?}");
         }
+    }
+
+    #[test]
+    fn sessions_satisfy_flows_by_level_and_freshness() {
+        let now = Timestamp(10_000);
+        let s = UserSession {
+            user: "u".into(),
+            aal: Aal::Aal2,
+            amr: vec![],
+            credential: None,
+            auth_time: Timestamp(9_000),
+            last_auth: Timestamp(9_000),
+            last_seen: now,
+            expires_at: Timestamp(50_000),
+        };
+        let mut f = Flow {
+            host: "h".into(),
+            method: "GET".into(),
+            url: "/".into(),
+            need: aalgate_session::FlowKind::Login,
+            aal: Aal::Aal2,
+            max_age_secs: None,
+            app: "a".into(),
+            created: now,
+            user: None,
+            browser: None,
+            kept: None,
+            binding: None,
+            script: false,
+        };
+        assert!(satisfies(&s, &f, now));
+        f.max_age_secs = Some(999);
+        assert!(!satisfies(&s, &f, now));
+        // Exactly at the limit is too old, as `decide` has it.
+        f.max_age_secs = Some(1000);
+        assert!(!satisfies(&s, &f, now));
+        f.max_age_secs = Some(1001);
+        assert!(satisfies(&s, &f, now));
+        f.aal = Aal::Aal3;
+        assert!(!satisfies(&s, &f, now));
     }
 }

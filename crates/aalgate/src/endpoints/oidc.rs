@@ -562,7 +562,7 @@ pub(crate) async fn callback(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
         }
     }
     x.ctx.outcome = Outcome::SignedIn;
-    let to = if super::signin::satisfies(&s, &flow, now) {
+    let to = if super::handoff::satisfies(&s, &flow, now) {
         match st.store.take_flow(&id.key(), now).await {
             Ok(Some(f)) => {
                 match super::handoff::redirect_for(st, &record, &s, &f, logged_in_now).await {

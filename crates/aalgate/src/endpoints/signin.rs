@@ -2,13 +2,11 @@
 //! when this browser's session on the auth origin already satisfies the flow; and
 //! `GET /.aalgate/done`.
 
-use std::time::Duration;
-
-use aalgate_policy::{Aal, Timestamp};
+use aalgate_policy::Aal;
 use aalgate_session::{Flow, FlowId, FlowKind, Session as UserSession};
 use pingora::prelude::*;
 
-use super::handoff::hand_off;
+use super::handoff::{hand_off, satisfies};
 use super::query_param;
 use crate::http::Exchange;
 use crate::outcome::Outcome;
@@ -292,60 +290,4 @@ pub(crate) async fn done_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> 
     );
     x.ctx.outcome = Outcome::Done;
     x.send(reply).await
-}
-
-/// Whether an existing session satisfies a flow without a new ceremony.
-pub(crate) fn satisfies(s: &UserSession, flow: &Flow, now: Timestamp) -> bool {
-    // The same edge as `decide`: at exactly `max_age` the authentication is too old. With
-    // `<=` here, a request at exactly the limit was sent to step up and then handed off
-    // silently, skipping the ceremony it was sent for (seen in CI on a `max_age: 1s` route).
-    let fresh = flow
-        .max_age_secs
-        .is_none_or(|m| now.since(s.last_auth) < Duration::from_secs(m));
-    s.aal >= flow.aal && fresh
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sessions_satisfy_flows_by_level_and_freshness() {
-        let now = Timestamp(10_000);
-        let s = UserSession {
-            user: "u".into(),
-            aal: Aal::Aal2,
-            amr: vec![],
-            credential: None,
-            auth_time: Timestamp(9_000),
-            last_auth: Timestamp(9_000),
-            last_seen: now,
-            expires_at: Timestamp(50_000),
-        };
-        let mut f = Flow {
-            host: "h".into(),
-            method: "GET".into(),
-            url: "/".into(),
-            need: FlowKind::Login,
-            aal: Aal::Aal2,
-            max_age_secs: None,
-            app: "a".into(),
-            created: now,
-            user: None,
-            browser: None,
-            kept: None,
-            binding: None,
-            script: false,
-        };
-        assert!(satisfies(&s, &f, now));
-        f.max_age_secs = Some(999);
-        assert!(!satisfies(&s, &f, now));
-        // Exactly at the limit is too old, as `decide` has it.
-        f.max_age_secs = Some(1000);
-        assert!(!satisfies(&s, &f, now));
-        f.max_age_secs = Some(1001);
-        assert!(satisfies(&s, &f, now));
-        f.aal = Aal::Aal3;
-        assert!(!satisfies(&s, &f, now));
-    }
 }

@@ -2,7 +2,6 @@
 //! own responses (pages, JSON errors, refusals) with their security headers, and reading a
 //! bounded request body or a same-origin form.
 
-pub mod client;
 pub(crate) mod upstream;
 
 use aalgate_auth::Token;
