@@ -72,6 +72,24 @@ try {
   check(!(await page.getByRole('link', { name: /Mercy Health SSO/ }).count()), 'an aal3 route does not offer the provider');
   await snap(page, 'aal3-asks-for-a-hardware-key');
 
+  // A form sent after the idle limit is kept; its flow is never silent at the provider (even
+  // with silent_login): the provider asks for a login, and then the form is sent at once.
+  await page.goto(`${EHR}/invoices/new`);
+  await page.getByLabel('Account').fill('ACME-77');
+  await page.getByLabel('Amount').fill('12.00');
+  await page.getByLabel('Note').fill('Kept across a provider sign-in');
+  await sleep(4000);
+  await Promise.all([page.waitForEvent('load'), page.getByRole('button', { name: 'Save invoice' }).click()]);
+  check((await text(page)).includes('is kept'), 'the form is kept across the re-authentication');
+  await snap(page, 'kept-form-offers-sso');
+  const loginsBefore = await logins();
+  await page.getByRole('link', { name: 'Sign in with Mercy Health SSO' }).click();
+  await landOn(page, atProvider, 'the provider, for the kept form');
+  check((await text(page)).includes('prompt: login'), 'a flow that keeps a form makes the provider ask for a login');
+  await providerLogin(page, 'alice', 'alice with a kept form');
+  await page.getByText('Saved invoice #1').waitFor({ timeout: 15000 });
+  check((await logins()) === loginsBefore + 1 && (await text(page)).includes('signed in as alice'), 'after a new provider login the kept form reached the app as alice');
+
   // silent_login: a plain first sign-in on a cleared browser rides the provider's live
   // session (no login form).
   for (const domain of ['localhost', 'ehr.localhost']) await ctx.clearCookies({ domain });
