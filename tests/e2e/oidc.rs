@@ -62,15 +62,21 @@ fn sso_sign_in_with_passkey_step_up_and_back_channel_logout_in_chromium() {
         upstream,
         "    silent_login: true\n    end_provider_session: true\n    jit: { groups_any: [new-staff] }\n",
     );
-    let out = root().join("target/browser-screenshots/sso");
+    run("sso", &gw, &op);
+}
+
+/// Runs `tests/browser/<name>.mjs` against `gw` and `op` (screenshots in
+/// `target/browser-screenshots/<name>`), and fails with the gateway's log.
+fn run(name: &str, gw: &Gateway, op: &OidcProvider) {
+    let out = root().join("target/browser-screenshots").join(name);
     let _ = std::fs::remove_dir_all(&out);
-    let status = scenario("sso.mjs", &gw, &out)
+    let status = scenario(&format!("{name}.mjs"), gw, &out)
         .env("OP", format!("http://127.0.0.1:{}", op.port))
         .status()
         .expect("run node");
     assert!(
         status.success(),
-        "SSO scenario failed ({status}); screenshots in {}; gateway log:\n{}",
+        "{name} scenario failed ({status}); screenshots in {}; gateway log:\n{}",
         out.display(),
         gw.log()
     );
@@ -244,15 +250,5 @@ fn sso_with_a_private_key_jwt_client_in_chromium() {
     let policies = [("ehr.yaml", ehr(upstream))];
     let gw = Gateway::start_extra(&[(policies[0].0, policies[0].1.as_str())], &extra);
     let op = OidcProvider::start_with(op_port, gw.port, Some(&key));
-    let out = root().join("target/browser-screenshots/sso-key");
-    let _ = std::fs::remove_dir_all(&out);
-    let status = scenario("sso-key.mjs", &gw, &out)
-        .env("OP", format!("http://127.0.0.1:{}", op.port))
-        .status()
-        .expect("run node");
-    assert!(
-        status.success(),
-        "private_key_jwt scenario failed ({status}); gateway log:\n{}",
-        gw.log()
-    );
+    run("sso-key", &gw, &op);
 }

@@ -160,6 +160,24 @@ fn unavailable(e: impl std::fmt::Display) -> FedError {
     FedError::Unavailable(e.to_string())
 }
 
+/// A provider document (discovery, keys): 200 and at most [`MAX_DOCUMENT`] bytes.
+async fn get_json(url: &str) -> Result<Vec<u8>, FedError> {
+    let got = fetch(
+        "GET",
+        url,
+        &[("accept", "application/json".into())],
+        None,
+        MAX_DOCUMENT,
+        CALL_DEADLINE,
+    )
+    .await
+    .map_err(unavailable)?;
+    if got.status != 200 {
+        return Err(unavailable(format!("{url} answered {}", got.status)));
+    }
+    Ok(got.body)
+}
+
 impl Idp {
     /// The discovery document, read at most hourly; a stale one is used while the provider
     /// is unreachable.
@@ -175,20 +193,8 @@ impl Idp {
             self.cfg.issuer.trim_end_matches('/')
         );
         let read = async {
-            let got = fetch(
-                "GET",
-                &url,
-                &[("accept", "application/json".into())],
-                None,
-                MAX_DOCUMENT,
-                CALL_DEADLINE,
-            )
-            .await
-            .map_err(unavailable)?;
-            if got.status != 200 {
-                return Err(unavailable(format!("{url} answered {}", got.status)));
-            }
-            Metadata::parse(&got.body, &self.cfg.issuer).map_err(FedError::Unavailable)
+            let body = get_json(&url).await?;
+            Metadata::parse(&body, &self.cfg.issuer).map_err(FedError::Unavailable)
         };
         match read.await {
             Ok(doc) => {
@@ -223,20 +229,7 @@ impl Idp {
         self.key_fetches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let meta = self.metadata().await?;
-        let got = fetch(
-            "GET",
-            &meta.jwks_uri,
-            &[("accept", "application/json".into())],
-            None,
-            MAX_DOCUMENT,
-            CALL_DEADLINE,
-        )
-        .await
-        .map_err(unavailable)?;
-        if got.status != 200 {
-            return Err(unavailable(format!("jwks_uri answered {}", got.status)));
-        }
-        let set = JwkSet::parse(&got.body).map_err(FedError::Unavailable)?;
+        let set = JwkSet::parse(&get_json(&meta.jwks_uri).await?).map_err(FedError::Unavailable)?;
         k.set = Arc::new(set);
         Ok(k.set.clone())
     }

@@ -83,6 +83,20 @@ async fn page(x: &mut Exchange<'_>, outcome: Outcome, title: &str, body: &str) -
     x.send(Reply::html(status, html)).await
 }
 
+/// A provider sign-in refused: audited (`signin_failure`, with why), then its page.
+async fn refused(
+    st: &State,
+    x: &mut Exchange<'_>,
+    user: Option<&str>,
+    why: &str,
+    outcome: Outcome,
+    title: &str,
+    body: &str,
+) -> Result<bool> {
+    audit_auth(st, x.ctx, "signin_failure", user, None, None, Some(why));
+    page(x, outcome, title, body).await
+}
+
 async fn expired(x: &mut Exchange<'_>) -> Result<bool> {
     page(
         x,
@@ -273,17 +287,11 @@ pub(crate) async fn callback(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     };
     let (bind, fresh_bind) = x.binding();
     if fresh_bind || !constant_eq(bind.hash().as_bytes(), pending.browser.as_bytes()) {
-        audit_auth(
+        return refused(
             st,
-            x.ctx,
-            "signin_failure",
-            None,
-            None,
-            None,
-            Some("provider callback in another browser than the one that started it"),
-        );
-        return page(
             x,
+            None,
+            "provider callback in another browser than the one that started it",
             Outcome::Csrf,
             "Sign-in refused",
             "<p>This sign-in was started in another browser or window. Nothing was changed.</p>\
@@ -307,36 +315,36 @@ pub(crate) async fn callback(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
             .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
             .take(64)
             .collect();
-        audit_auth(
-            st,
-            x.ctx,
-            "signin_failure",
-            None,
-            None,
-            None,
-            Some(&refuse(&format!("answered error={err}"))),
-        );
         let body = format!(
             "<p>The sign-in at {provider} did not finish ({}). Nothing was changed.</p>{again}",
             escape(&err)
         );
-        return page(x, Outcome::ProviderRefused, "Sign-in not finished", &body).await;
+        return refused(
+            st,
+            x,
+            None,
+            &refuse(&format!("answered error={err}")),
+            Outcome::ProviderRefused,
+            "Sign-in not finished",
+            &body,
+        )
+        .await;
     }
     // RFC 9207: a provider that names itself must be the one this sign-in went to (a
     // mix-up between providers is refused before the code goes anywhere).
     if param("iss").is_some_and(|iss| iss != idp.cfg.issuer) {
-        audit_auth(
-            st,
-            x.ctx,
-            "signin_failure",
-            None,
-            None,
-            None,
-            Some(&refuse("the callback names another issuer (iss)")),
-        );
         let body =
             format!("<p>The answer did not come from {provider}. Nothing was changed.</p>{again}");
-        return page(x, Outcome::ProviderRefused, "Sign-in refused", &body).await;
+        return refused(
+            st,
+            x,
+            None,
+            &refuse("the callback names another issuer (iss)"),
+            Outcome::ProviderRefused,
+            "Sign-in refused",
+            &body,
+        )
+        .await;
     }
     let Some(code) = param("code") else {
         return x.error(Outcome::BadRequest).await;
@@ -353,17 +361,17 @@ pub(crate) async fn callback(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
         Ok(c) => c,
         Err(FedError::Refused(why)) => {
             tracing::info!(request_id = %x.ctx.request_id, idp = %idp.cfg.id, reason = %why, "provider sign-in refused");
-            audit_auth(
-                st,
-                x.ctx,
-                "signin_failure",
-                None,
-                None,
-                None,
-                Some(&refuse(&why)),
-            );
             let body = format!("<p>The answer from {provider} could not be verified, so it does not count. Nothing was changed.</p>{again}");
-            return page(x, Outcome::ProviderRefused, "Sign-in refused", &body).await;
+            return refused(
+                st,
+                x,
+                None,
+                &refuse(&why),
+                Outcome::ProviderRefused,
+                "Sign-in refused",
+                &body,
+            )
+            .await;
         }
         Err(e) => return unreachable(x, &idp, &e).await,
     };
@@ -373,37 +381,35 @@ pub(crate) async fn callback(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
         .auth_time
         .is_some_and(|t| t.saturating_add(FRESH_LEEWAY_SECS) >= pending.sent_at.0);
     if pending.fresh && !logged_in_now {
-        audit_auth(
-            st,
-            x.ctx,
-            "signin_failure",
-            None,
-            None,
-            None,
-            Some(&refuse(
-                "asked for a new login, got an older one (auth_time)",
-            )),
-        );
         let body = format!("<p>{provider} did not ask for your password or key just now, so this sign-in does not count: on a shared computer it could be the previous person's. Nothing was changed.</p>{again}");
-        return page(x, Outcome::ProviderRefused, "Sign-in refused", &body).await;
+        return refused(
+            st,
+            x,
+            None,
+            &refuse("asked for a new login, got an older one (auth_time)"),
+            Outcome::ProviderRefused,
+            "Sign-in refused",
+            &body,
+        )
+        .await;
     }
     let Some(username) = idp.cfg.username(&claims.all).map(str::to_string) else {
-        audit_auth(
-            st,
-            x.ctx,
-            "signin_failure",
-            None,
-            None,
-            None,
-            Some(&refuse(&format!(
-                "the token has no {} claim",
-                idp.cfg.username_claim
-            ))),
-        );
         let body = format!(
             "<p>{provider} did not say who you are in a way this gateway can use. Contact IT.</p>"
         );
-        return page(x, Outcome::UnknownPerson, "Not set up for access", &body).await;
+        return refused(
+            st,
+            x,
+            None,
+            &refuse(&format!(
+                "the token has no {} claim",
+                idp.cfg.username_claim
+            )),
+            Outcome::UnknownPerson,
+            "Not set up for access",
+            &body,
+        )
+        .await;
     };
     let groups = idp.cfg.groups(&claims.all);
     let user = match person(st, &idp, &username, &groups, now).await {
@@ -414,21 +420,21 @@ pub(crate) async fn callback(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
             } else {
                 "not in the directory"
             };
-            audit_auth(
-                st,
-                x.ctx,
-                "signin_failure",
-                Some(&username),
-                None,
-                None,
-                Some(&refuse(why)),
-            );
             let body = format!(
                 "<p>You signed in at {provider} as <strong>{}</strong>, but you are not set up for access to these applications here.</p>\
                  <p>Contact IT: they can give you access.</p>",
                 escape(&username)
             );
-            return page(x, Outcome::UnknownPerson, "Not set up for access", &body).await;
+            return refused(
+                st,
+                x,
+                Some(&username),
+                &refuse(why),
+                Outcome::UnknownPerson,
+                "Not set up for access",
+                &body,
+            )
+            .await;
         }
         Err(e) => {
             store_err(x, &e);
@@ -444,17 +450,17 @@ pub(crate) async fn callback(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
         }
     };
     if flow.need == FlowKind::StepUp && flow.user.as_deref() != Some(user.id.as_str()) {
-        audit_auth(
-            st,
-            x.ctx,
-            "signin_failure",
-            Some(&user.id),
-            None,
-            None,
-            Some(&refuse("a step-up for another person")),
-        );
         let body = format!("<p>This confirmation is for another person's session, and you signed in at {provider} as someone else. Nothing was changed.</p>{again}");
-        return page(x, Outcome::ProviderRefused, "Sign-in refused", &body).await;
+        return refused(
+            st,
+            x,
+            Some(&user.id),
+            &refuse("a step-up for another person"),
+            Outcome::ProviderRefused,
+            "Sign-in refused",
+            &body,
+        )
+        .await;
     }
     // The groups the provider asserts replace those it asserted before; IT's stay. A token
     // that could not carry them all changes nothing.
