@@ -72,6 +72,19 @@ try {
   check(!(await page.getByRole('link', { name: /Mercy Health SSO/ }).count()), 'an aal3 route does not offer the provider');
   await snap(page, 'aal3-asks-for-a-hardware-key');
 
+  // A route whose requests the person's own key must sign: a provider login, however strong,
+  // never admits one (a fresh browser goes there first, so the flow is a sign-in).
+  for (const domain of ['localhost', 'ehr.localhost']) await ctx.clearCookies({ domain });
+  await page.goto(`${EHR}/sign`);
+  await page.getByRole('link', { name: 'Sign in with Mercy Health SSO' }).click();
+  await providerLogin(page, 'alice', 'alice, for a signed request');
+  await page.waitForLoadState();
+  await sleep(500);
+  check(!(new URL(page.url()).pathname === '/sign' && (await text(page)).includes('signed in as alice')), `a provider login does not admit a request the key must sign (on ${page.url()})`);
+  await snap(page, 'per-request-needs-the-key');
+  await page.goto(`${EHR}/`);
+  check((await text(page)).includes('signed in as alice'), 'alice is still signed in through the provider');
+
   // A form sent after the idle limit is kept; its flow is never silent at the provider (even
   // with silent_login): the provider asks for a login, and then the form is sent at once.
   await page.goto(`${EHR}/invoices/new`);

@@ -143,6 +143,34 @@ pub(crate) async fn start(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
             return x.error(Outcome::StoreUnavailable).await;
         }
     };
+    // What the sign-in page offers, enforced: a step-up that signs a request takes the key;
+    // for a known person who has a key at the level, their own ceremony wins; and the provider
+    // must be able to give the level.
+    if flow.need.for_its_person() {
+        let own_key = match flow.user.as_deref() {
+            Some(u) => match st.signin.dir.user(u).await {
+                Ok(p) => p.is_some_and(|p| {
+                    p.credentials
+                        .iter()
+                        .any(|c| c.usable() && c.aal >= flow.aal)
+                }),
+                Err(e) => {
+                    tracing::warn!(request_id = %x.ctx.request_id, error = %e, "directory error at a provider sign-in");
+                    return x.error(Outcome::StoreUnavailable).await;
+                }
+            },
+            None => false,
+        };
+        if own_key || flow.binding.is_some() || idp.cfg.aal.best() < flow.aal {
+            return page(
+                x,
+                Outcome::BadRequest,
+                "Use your key",
+                "<p>This confirmation needs your own passkey or security key. Go back and press the button on the page.</p>",
+            )
+            .await;
+        }
+    }
     // A shared workstation: the provider's session outlives aalgate's, so unless IT allowed
     // silent sign-ins, and this is a plain first sign-in keeping nothing, the provider must
     // ask the person to log in now (never silently the previous clinician).
@@ -568,7 +596,9 @@ pub(crate) async fn callback(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
         }
     }
     x.ctx.outcome = Outcome::SignedIn;
-    let to = if super::handoff::satisfies(&s, &flow, now) {
+    // A request the person's key must sign is never admitted by a provider login: the flow
+    // goes on as a step-up, whose ceremony signs it.
+    let to = if flow.binding.is_none() && super::handoff::satisfies(&s, &flow, now) {
         match st.store.take_flow(&id.key(), now).await {
             Ok(Some(f)) => {
                 match super::handoff::redirect_for(st, &record, &s, &f, logged_in_now).await {
@@ -586,8 +616,8 @@ pub(crate) async fn callback(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
             }
         }
     } else {
-        // Not enough for where the person is going: their own passkey or key adds the rest,
-        // as a step-up of the session just started (no second sign-in).
+        // Not enough for where the person is going (or a request to sign): their own passkey
+        // or key adds the rest, as a step-up of the session just started (no second sign-in).
         let mut flow: Flow = flow;
         flow.need = FlowKind::StepUp;
         flow.user = Some(user.id.clone());
