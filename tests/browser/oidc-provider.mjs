@@ -23,6 +23,8 @@ const ACCOUNTS = {
   bob: { amr: ['pwd'], acr: 'urn:mercy:pwd', groups: ['clinical'], email: 'bob@mercy.example' },
   carol: { amr: ['pwd', 'mfa'], acr: 'urn:mercy:mfa', groups: ['clinical'], email: 'carol@mercy.example' },
   dan: { amr: ['pwd', 'mfa'], acr: 'urn:mercy:mfa', groups: ['clinical', 'new-staff'], email: 'dan@mercy.example' },
+  // A provider asserting a method name the gateway uses internally (break-glass).
+  eve: { amr: ['pwd', 'mfa', 'breakglass', 'hwk'], acr: 'urn:mercy:mfa', groups: ['visitors'], email: 'eve@mercy.example' },
 };
 
 const key = (type, opts, alg) => {

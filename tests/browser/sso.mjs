@@ -154,6 +154,17 @@ try {
   const users = execFileSync(AALGATE_BIN, ['users', '--config', AALGATE_CONFIG, 'list'], { encoding: 'utf8' });
   check(users.includes('dan') && !users.includes('carol'), 'dan is in the directory, carol is not');
 
+  // eve's provider asserts amr values aalgate uses itself ("breakglass", "hwk"): they mean
+  // nothing here. She is not in `clinical`, so the EHR refuses her, break-glass routes too.
+  invite('eve', 2);
+  await page.goto(`${EHR}/.aalgate/switch`);
+  await page.getByRole('link', { name: 'Sign in with Mercy Health SSO' }).click();
+  await providerLogin(page, 'eve', 'eve');
+  await landOn(page, (u) => u.href.startsWith(`${EHR}/`), 'eve back at the EHR');
+  await snap(page, 'eve-after-sso');
+  const chart = await page.goto(`${EHR}/chart/1`);
+  check(chart.status() === 403 && !(await text(page)).includes('signed in as eve'), `a provider's amr "breakglass" opens no emergency access (${chart.status()})`);
+
   // RP-initiated logout: aalgate's sign-out ends the provider's session too, so the next
   // sign-in on this workstation asks the provider for a login (even with silent_login).
   await page.goto(`${EHR}/.aalgate/logout`);

@@ -8,10 +8,10 @@ use crate::browser::{root, scenario, DemoApp};
 
 /// The EHR for these tests: `clinical` may use it at aal2; `/orders` needs aal3; `/notes` a
 /// confirmation within 2 s; a form POSTed to `/invoices` after 3 s idle is kept; `/sign`
-/// takes the person's key signing each request.
+/// takes the person's key signing each request; `/chart/**` opens to break-glass.
 fn ehr(upstream: u16) -> String {
     format!(
-        "app: ehr\ndisplay_name: Legacy EHR\nallow: {{ groups: [clinical] }}\nhost: ehr.localhost\nupstream: http://127.0.0.1:{upstream}\ndefault: aal2\nroutes:\n  - path: /orders\n    require: aal3\n  - path: /notes\n    require: aal2\n    step_up: {{ max_age: 2s }}\n  - path: /invoices\n    methods: [POST]\n    require: aal2\n    idle_timeout: 3s\n  - path: /sign\n    require: aal2\n    step_up: {{ per_request: true }}\n"
+        "app: ehr\ndisplay_name: Legacy EHR\nallow: {{ groups: [clinical] }}\nhost: ehr.localhost\nupstream: http://127.0.0.1:{upstream}\ndefault: aal2\nroutes:\n  - path: /orders\n    require: aal3\n  - path: /notes\n    require: aal2\n    step_up: {{ max_age: 2s }}\n  - path: /invoices\n    methods: [POST]\n    require: aal2\n    idle_timeout: 3s\n  - path: /sign\n    require: aal2\n    step_up: {{ per_request: true }}\n  - path: /chart/**\n    require: aal2\n    breakglass: allow\n"
     )
 }
 

@@ -567,8 +567,10 @@ pub(crate) async fn callback(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
             if logged_in_now { "new" } else { "silent" },
         )),
     );
-    let mut amr = claims.amr.clone();
-    amr.push("fed".into());
+    // The provider's own method names stay in the audit line above: in the session (and the
+    // assertion apps receive) they could claim what aalgate itself verifies ("hwk") or marks
+    // ("breakglass").
+    let amr = vec!["fed".to_string()];
     let (record, s, set) =
         match super::handoff::begin_session(st, x, &user, aal, amr, &credential, "provider").await?
         {
