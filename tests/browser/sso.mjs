@@ -105,12 +105,17 @@ try {
 
   // silent_login: a plain first sign-in on a cleared browser rides the provider's live
   // session (no login form).
+  await sleep(2500); // the provider's login is now older than /notes' max_age (2 s)
   for (const domain of ['localhost', 'ehr.localhost']) await ctx.clearCookies({ domain });
   const before = await logins();
   await page.goto(`${EHR}/`);
   await page.getByRole('link', { name: 'Sign in with Mercy Health SSO' }).click();
   await landOn(page, inEhr, 'alice, silently');
   check((await text(page)).includes('signed in as alice') && (await logins()) === before, 'with silent_login a plain sign-in uses the provider session without a form');
+  // That login is as old as the provider's session: it does not pass a fresh-confirmation route.
+  await page.goto(`${EHR}/notes`);
+  check(new URL(page.url()).pathname === '/.aalgate/auth', `a silent provider sign-in is not a fresh confirmation (on ${page.url()})`);
+  await page.goto(`${EHR}/`);
 
   // The provider ends alice's session (e.g. IT disabled her there): her open tab's next click
   // goes to sign-in within a second.

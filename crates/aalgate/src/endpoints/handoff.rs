@@ -39,11 +39,12 @@ pub(crate) async fn start_session(
     kind: CredentialKind,
     flow: &Flow,
 ) -> Result<bool> {
-    let (record, s, set) =
-        match begin_session(st, x, user, aal, amr, credential, kind.as_str()).await? {
-            Ok(started) => started,
-            Err(sent) => return Ok(sent),
-        };
+    let now = st.clock.now();
+    let started = begin_session(st, x, user, (aal, now), amr, credential, kind.as_str()).await?;
+    let (record, s, set) = match started {
+        Ok(started) => started,
+        Err(sent) => return Ok(sent),
+    };
     let redirect = match redirect_for(st, &record, &s, flow, true).await {
         Ok(r) => r,
         Err(e) => {
@@ -57,18 +58,21 @@ pub(crate) async fn start_session(
 }
 
 /// Ends this browser's previous session (replaced, or switched to another person) and
-/// stores a new record for `user`, linked to a new auth-origin cookie handle. Gives the
-/// record, the session and the `Set-Cookie`; `Err(sent)` once a store failure was answered.
+/// stores a new record for `user`, linked to a new auth-origin cookie handle. `level`: the
+/// AAL reached and when the person last authenticated (now, after a ceremony; a provider's
+/// login may be older). Gives the record, the session and the `Set-Cookie`; `Err(sent)` once
+/// a store failure was answered.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn begin_session(
     st: &State,
     x: &mut Exchange<'_>,
     user: &User,
-    aal: Aal,
+    level: (Aal, Timestamp),
     amr: Vec<String>,
     credential: &str,
     kind: &str,
 ) -> Result<std::result::Result<(SessionKey, UserSession, String), bool>> {
+    let (aal, last_auth) = level;
     let now = st.clock.now();
     // The previous session of this browser ends: replaced (same person) or switched.
     match st.current(x.session, x.ctx).await {
@@ -103,7 +107,7 @@ pub(crate) async fn begin_session(
         amr,
         credential: Some(credential.to_string()),
         auth_time: now,
-        last_auth: now,
+        last_auth: last_auth.min(now),
         last_seen: now,
         // Kept a flow's lifetime past the absolute limit (which the gateway enforces from
         // `auth_time`), so a form sent right at the limit is still known to be this

@@ -571,12 +571,25 @@ pub(crate) async fn callback(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     // assertion apps receive) they could claim what aalgate itself verifies ("hwk") or marks
     // ("breakglass").
     let amr = vec!["fed".to_string()];
-    let (record, s, set) =
-        match super::handoff::begin_session(st, x, &user, aal, amr, &credential, "provider").await?
-        {
-            Ok(started) => started,
-            Err(sent) => return Ok(sent),
-        };
+    // As fresh as the provider's login, not this callback: a silent sign-in on an old
+    // provider session (perhaps the previous clinician's) passes no fresh-confirmation route.
+    let last_auth = claims
+        .auth_time
+        .map_or(Timestamp(0), |t| Timestamp(t.min(now.0)));
+    let (record, s, set) = match super::handoff::begin_session(
+        st,
+        x,
+        &user,
+        (aal, last_auth),
+        amr,
+        &credential,
+        "provider",
+    )
+    .await?
+    {
+        Ok(started) => started,
+        Err(sent) => return Ok(sent),
+    };
     // For back-channel logout: the provider names the person (`sub`) or its session (`sid`).
     let ttl = Duration::from_secs(s.expires_at.0.saturating_sub(now.0).max(1));
     for (kind, value) in [("sub", Some(&claims.sub)), ("sid", claims.sid.as_ref())] {
