@@ -14,8 +14,8 @@ const PASSKEY = { transport: 'internal', hasResidentKey: true, hasUserVerificati
 const { ctx, profile } = await launch();
 try {
   const { page } = await withAuthenticator(ctx, PASSKEY);
-  const refused = await page.goto(`${AUTH}/.aalgate/oidc/enroll`);
-  check(refused.status() === 403, 'no enrollment without a provider sign-in');
+  const refused = await page.request.post(`${AUTH}/.aalgate/oidc/enroll`, { form: { flow: 'x' } });
+  check(refused.status() === 403, `no enrollment without the step-up page's form (${refused.status()})`);
   invite('alice', 2);
   await page.goto(`${EHR}/`);
   await page.getByRole('link', { name: 'Sign in with Mercy Health SSO' }).click();
@@ -31,7 +31,7 @@ try {
   await page.goto(`${EHR}/notes`);
   await landOn(page, (u) => u.pathname === '/.aalgate/auth', 'the step-up page');
   await snap(page, 'step-up-offers-a-passkey');
-  await page.getByRole('link', { name: 'Create a passkey on this device' }).click();
+  await page.getByRole('button', { name: 'Create a passkey on this device' }).click();
   await landOn(page, (u) => u.pathname === '/.aalgate/enroll', 'the enrollment page');
   await snap(page, 'enroll-after-sso');
   await click(page, 'Create a passkey on this device');
@@ -49,6 +49,17 @@ try {
   await click(page, 'Confirm');
   await landOn(page, (u) => u.href === `${EHR}/notes`, 'the notes after the passkey');
   check((await text(page)).includes('signed in as alice'), 'the passkey enrolled after SSO confirms the step-up');
+
+  // That passkey rides on the provider: it never signs in alone, so removing alice at the
+  // provider (and ending her sessions) ends her access here too.
+  for (const domain of ['localhost', 'ehr.localhost']) await ctx.clearCookies({ domain });
+  await page.goto(`${EHR}/`);
+  await landOn(page, (u) => u.pathname === '/.aalgate/auth', 'the sign-in page');
+  await page.locator('#status').evaluate((n) => { n.textContent = ''; });
+  await click(page, 'Sign in with a passkey or key');
+  await page.locator('#status.error').waitFor({ timeout: 15000 });
+  check(new URL(page.url()).pathname === '/.aalgate/auth', 'a passkey added after SSO does not sign in on its own');
+  await snap(page, 'passkey-after-sso-is-no-first-factor');
 } finally {
   await ctx.close();
   rmSync(profile, { recursive: true, force: true });

@@ -514,6 +514,7 @@ pub(crate) fn enrolled(id_len: usize, transports: &[&str]) -> aalgate_auth::Cred
         last_used: None,
         flagged: None,
         key: Passkey::from(key),
+        after_provider: None,
     }
 }
 

@@ -496,6 +496,7 @@ impl Ceremonies {
             last_used: None,
             flagged: None,
             key,
+            after_provider: None,
         })
     }
 
@@ -793,6 +794,7 @@ mod decoy_tests {
             last_used: None,
             flagged: flagged.then(|| "counter went backwards".into()),
             key,
+            after_provider: None,
         }
     }
 

@@ -233,6 +233,33 @@ impl Directory {
         ttl: Duration,
         now: Timestamp,
     ) -> Result<Token, DirectoryError> {
+        self.invite_with(user, display_name, aal, ttl, now, None)
+            .await
+    }
+
+    /// An AAL2 invite for a person who just signed in through identity provider `idp`
+    /// (`enroll_after_sso`): its passkey confirms step-ups only ([`crate::Credential::usable_for`]).
+    pub async fn invite_after_provider(
+        &self,
+        user: &str,
+        display_name: &str,
+        ttl: Duration,
+        now: Timestamp,
+        idp: &str,
+    ) -> Result<Token, DirectoryError> {
+        self.invite_with(user, display_name, Aal::Aal2, ttl, now, Some(idp))
+            .await
+    }
+
+    async fn invite_with(
+        &self,
+        user: &str,
+        display_name: &str,
+        aal: Aal,
+        ttl: Duration,
+        now: Timestamp,
+        after_provider: Option<&str>,
+    ) -> Result<Token, DirectoryError> {
         let aal = self.check_invite(user, aal).await?;
         let token = Token::generate();
         let invite = Invite {
@@ -241,6 +268,7 @@ impl Directory {
             aal,
             created: now,
             expires: now.plus(ttl),
+            after_provider: after_provider.map(str::to_string),
         };
         self.store
             .kv_put(

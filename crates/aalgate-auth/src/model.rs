@@ -48,12 +48,23 @@ pub struct Credential {
     pub flagged: Option<String>,
     /// The public key and counter, as webauthn-rs keeps them.
     pub key: Passkey,
+    /// Enrolled on the strength of a sign-in through this identity provider
+    /// (`enroll_after_sso`), without an IT invite: it confirms step-ups of a live session, and
+    /// never signs in on its own, so removing the person at the provider ends their access.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_provider: Option<String>,
 }
 
 impl Credential {
     /// A short, non-secret fingerprint of the credential id for the audit log.
     pub fn audit_id(&self) -> String {
         crate::token::hash_str(&self.id)[..16].to_string()
+    }
+
+    /// Whether it may answer a ceremony of this kind (`step_up`: a step-up of a live session;
+    /// otherwise a sign-in, re-authentication or switch).
+    pub fn usable_for(&self, step_up: bool) -> bool {
+        self.usable() && (step_up || self.after_provider.is_none())
     }
 
     /// Whether sign-in with it is accepted.
@@ -133,6 +144,10 @@ pub struct Invite {
     pub created: Timestamp,
     /// When it stops working.
     pub expires: Timestamp,
+    /// Minted after a sign-in through this identity provider (`enroll_after_sso`): the
+    /// credential it enrolls confirms step-ups only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_provider: Option<String>,
 }
 
 /// Where an invite stands, for reports.

@@ -231,7 +231,7 @@ pub(crate) async fn start(
                             u.credentials
                                 .iter()
                                 .filter(|c| {
-                                    c.usable()
+                                    c.usable_for(flow.need == FlowKind::StepUp)
                                         && (flow.need != FlowKind::StepUp || c.aal >= flow.aal)
                                 })
                                 .cloned()
@@ -437,6 +437,20 @@ pub(crate) async fn finish_sign_in(
             return failed_finish(st, x, &pending.binding).await;
         }
     };
+    // A passkey added after a provider sign-in only confirms step-ups of a live session.
+    let step_up = pending.purpose.flow_kind() == Some(FlowKind::StepUp);
+    if user
+        .credential(&v.credential_id)
+        .is_some_and(|c| !c.usable_for(step_up))
+    {
+        fail(
+            st,
+            x.ctx,
+            Some(&user.id),
+            "a passkey added after a provider sign-in confirms step-ups only; sign in through the provider",
+        );
+        return failed_finish(st, x, &pending.binding).await;
+    }
     let flow = match pending.flow.as_deref() {
         Some(k) => st.store.take_flow(k, now).await,
         None => Ok(None),

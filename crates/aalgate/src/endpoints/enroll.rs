@@ -205,6 +205,7 @@ pub(crate) async fn finish_enroll(
         // Never above the level IT proofed the person for.
         let mut cred = cred.clone();
         cred.aal = cred.aal.min(user.proofed_aal);
+        cred.after_provider = invite.after_provider.clone();
         user.credentials.push(cred);
         user.last_login = Some(now);
         svc.dir.put_user(&user).await?;

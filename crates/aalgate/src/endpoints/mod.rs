@@ -96,7 +96,7 @@ const ROUTES: &[Route] = &[
     Route { path: "/.aalgate/jwks.json", takes: Takes::Read, handler: to!(jwks::jwks) },
     Route { path: "/.aalgate/oidc/start", takes: Takes::Read, handler: to!(oidc::start) },
     Route { path: "/.aalgate/oidc/callback", takes: Takes::Read, handler: to!(oidc::callback) },
-    Route { path: "/.aalgate/oidc/enroll", takes: Takes::Read, handler: to!(oidc::enroll) },
+    Route { path: "/.aalgate/oidc/enroll", takes: Takes::Post, handler: to!(oidc::enroll) },
     Route { path: "/.aalgate/oidc/backchannel-logout", takes: Takes::Post, handler: to!(oidc::backchannel_logout) },
     Route { path: "/.aalgate/static/aalgate.js", takes: Takes::Read, handler: to!(|g, x| assets::static_file(g, x, "/.aalgate/static/aalgate.js")) },
     Route { path: "/.aalgate/static/aalgate.css", takes: Takes::Read, handler: to!(|g, x| assets::static_file(g, x, "/.aalgate/static/aalgate.css")) },

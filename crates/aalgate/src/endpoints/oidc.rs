@@ -124,6 +124,10 @@ async fn unreachable(x: &mut Exchange<'_>, idp: &Idp, e: &FedError) -> Result<bo
 }
 
 /// `GET /.aalgate/oidc/start?flow=..&idp=..`.
+#[allow(
+    clippy::too_many_lines,
+    reason = "the start's checks in order, then the request to the provider"
+)]
 pub(crate) async fn start(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     if !st.on_auth_origin(x.ctx) {
         return x.error(Outcome::NotFound).await;
@@ -146,22 +150,9 @@ pub(crate) async fn start(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     // What the sign-in page offers, enforced: a step-up that signs a request takes the key;
     // for a known person who has a key at the level, their own ceremony wins; and the provider
     // must be able to give the level.
-    if flow.need.for_its_person() {
-        let own_key = match flow.user.as_deref() {
-            Some(u) => match st.signin.dir.user(u).await {
-                Ok(p) => p.is_some_and(|p| {
-                    p.credentials
-                        .iter()
-                        .any(|c| c.usable() && c.aal >= flow.aal)
-                }),
-                Err(e) => {
-                    tracing::warn!(request_id = %x.ctx.request_id, error = %e, "directory error at a provider sign-in");
-                    return x.error(Outcome::StoreUnavailable).await;
-                }
-            },
-            None => false,
-        };
-        if own_key || flow.binding.is_some() || idp.cfg.aal.best() < flow.aal {
+    match offered(st, &flow, &idp).await {
+        Ok(true) => {}
+        Ok(false) => {
             return page(
                 x,
                 Outcome::BadRequest,
@@ -169,6 +160,10 @@ pub(crate) async fn start(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
                 "<p>This confirmation needs your own passkey or security key. Go back and press the button on the page.</p>",
             )
             .await;
+        }
+        Err(e) => {
+            tracing::warn!(request_id = %x.ctx.request_id, error = %e, "directory error at a provider sign-in");
+            return x.error(Outcome::StoreUnavailable).await;
         }
     }
     // A shared workstation: the provider's session outlives aalgate's, so unless IT allowed
@@ -233,6 +228,24 @@ pub(crate) async fn start(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
         reply = reply.header("set-cookie", bind_cookie(&bind, x.ctx.tls));
     }
     x.send(reply).await
+}
+
+/// Whether the sign-in page offers `idp` for `flow`: always for a sign-in; for a step-up or
+/// re-auth of a known person, only if it can give the level, no request is to be signed, and
+/// the person has no key at the level (their own ceremony wins).
+async fn offered(st: &State, flow: &Flow, idp: &Idp) -> std::result::Result<bool, DirectoryError> {
+    if !flow.need.for_its_person() {
+        return Ok(true);
+    }
+    let own_key = match flow.user.as_deref() {
+        Some(u) => st.signin.dir.user(u).await?.is_some_and(|p| {
+            p.credentials
+                .iter()
+                .any(|c| c.usable_for(flow.need == FlowKind::StepUp) && c.aal >= flow.aal)
+        }),
+        None => false,
+    };
+    Ok(!own_key && flow.binding.is_none() && idp.cfg.aal.best() >= flow.aal)
 }
 
 /// The person a provider vouched for, as the directory knows them: an existing account, a
@@ -825,7 +838,17 @@ pub(crate) async fn enroll(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     if !st.on_auth_origin(x.ctx) {
         return x.error(Outcome::NotFound).await;
     }
-    let flow = query_param(x.session.req_header().uri.query(), "flow").and_then(FlowId::parse);
+    // The step-up page's form: same origin, with its token.
+    let Some(fields) = x.form_post().await else {
+        return x.error(Outcome::Csrf).await;
+    };
+    let Some(flow_id) = fields
+        .iter()
+        .find(|(k, _)| k == "flow")
+        .and_then(|(_, v)| FlowId::parse(v))
+    else {
+        return x.error(Outcome::BadRequest).await;
+    };
     let now = st.clock.now();
     let current = match st.current(x.session, x.ctx).await {
         Ok(c) => c,
@@ -836,6 +859,20 @@ pub(crate) async fn enroll(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     };
     let Some((_, _, s, _)) = current else {
         return x.error(Outcome::Forbidden).await;
+    };
+    // Only for the step-up it was offered on: this person's, at most AAL2, signing no
+    // request, and one they have no key for.
+    let flow = match st.store.get_flow(&flow_id.key(), now).await {
+        Ok(f) => f.filter(|f| {
+            f.need == FlowKind::StepUp
+                && f.user.as_deref() == Some(s.user.as_str())
+                && f.aal <= Aal::Aal2
+                && f.binding.is_none()
+        }),
+        Err(e) => return x.store_down(&e, "enrollment after SSO: store error").await,
+    };
+    let Some(flow) = flow else {
+        return expired(x).await;
     };
     let Some(idp) = enrolls_after_sso(st, &s, now).cloned() else {
         audit_auth(st, x.ctx, "enroll_failure", Some(&s.user), Some(s.aal), s.credential.as_deref(), Some("enrollment after SSO refused: not a recent provider sign-in at aal2 that allows it"));
@@ -872,8 +909,13 @@ pub(crate) async fn enroll(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
         Err(e) => return x.store_down(&e, "enrollment after SSO: store error").await,
     };
     // A person proofed for AAL3 enrolls only a hardware key, and only with IT's invite:
-    // binding is never weaker than the level it grants.
-    if user.proofed_aal > Aal::Aal2 {
+    // binding is never weaker than the level it grants. Someone with a key for this step-up
+    // uses it.
+    let has_key = user
+        .credentials
+        .iter()
+        .any(|c| c.usable_for(true) && c.aal >= flow.aal);
+    if user.proofed_aal > Aal::Aal2 || has_key {
         return page(
             x,
             Outcome::Forbidden,
@@ -883,12 +925,12 @@ pub(crate) async fn enroll(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
         .await;
     }
     let token = match dir
-        .invite(
+        .invite_after_provider(
             &user.id,
             &user.display_name,
-            Aal::Aal2,
             ENROLL_AFTER_SSO_WINDOW,
             now,
+            &idp.cfg.id,
         )
         .await
     {
@@ -907,13 +949,14 @@ pub(crate) async fn enroll(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
             idp.cfg.id
         )),
     );
-    let mut to = format!("/.aalgate/enroll?invite={}", token.expose());
-    if let Some(f) = flow {
-        to.push_str(&format!("&flow={}", f.encode()));
-    }
+    let to = format!(
+        "/.aalgate/enroll?invite={}&flow={}",
+        token.expose(),
+        flow_id.encode()
+    );
     x.ctx.outcome = Outcome::Gateway;
     let reply = Reply::html(
-        302,
+        303,
         pages::page(
             "Add a passkey",
             "<p>Taking you to the enrollment.</p>",

@@ -98,7 +98,6 @@ pub(crate) async fn auth_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> 
         }
     }
 
-    let (bind, set_bind) = x.binding();
     let app = escape(&st.display_name(x.ctx, &flow.app));
     // What the route needs is said only to a person already known (step-up, re-auth):
     // before a session, a sign-in page tells nobody which routes want a hardware key.
@@ -117,10 +116,12 @@ pub(crate) async fn auth_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> 
         None => None,
     };
     // (A person the directory does not know gets the usual page; the ceremony refuses them.)
+    // One binding for the whole page (its forms' tokens and the cookie it may set).
+    let (bind, set_bind) = x.binding();
     let no_key = person.as_ref().is_some_and(|p| {
         !p.credentials
             .iter()
-            .any(|c| c.usable() && c.aal >= flow.aal)
+            .any(|c| c.usable_for(flow.need == FlowKind::StepUp) && c.aal >= flow.aal)
     });
     // The identity provider is offered where it can give the level and aalgate's own
     // ceremony cannot (the person's own key wins when they have one at that level).
@@ -144,8 +145,10 @@ pub(crate) async fn auth_page(st: &State, x: &mut Exchange<'_>) -> Result<bool> 
                     && super::oidc::enrolls_after_sso(st, &s, now).is_some() =>
             {
                 format!(
-                    "<p><a class=\"button\" href=\"/.aalgate/oidc/enroll?flow={}\">Create a passkey on this device</a></p>\
+                    "<form method=\"post\" action=\"/.aalgate/oidc/enroll\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"flow\" value=\"{}\">\
+                     <p><button type=\"submit\">Create a passkey on this device</button></p></form>\
                      <p>A passkey lets you confirm with your fingerprint, face or device PIN from now on.</p>",
+                    escape(&csrf_of(bind.expose())),
                     escape(&id.encode())
                 )
             }
