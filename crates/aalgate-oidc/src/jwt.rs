@@ -32,9 +32,9 @@ pub enum JwtError {
     /// The key found cannot verify this algorithm (wrong type, curve or use).
     #[error("key {0:?} does not fit algorithm {1}")]
     KeyMismatch(Option<String>, String),
-    /// The signature does not verify.
+    /// The signature does not verify (with the key id the token named, if any).
     #[error("signature does not verify")]
-    Signature,
+    Signature(Option<String>),
 }
 
 /// The header fields looked at.
@@ -248,7 +248,7 @@ impl Unverified<'_> {
         if ok {
             Ok(self.claims)
         } else {
-            Err(JwtError::Signature)
+            Err(JwtError::Signature(kid))
         }
     }
 }

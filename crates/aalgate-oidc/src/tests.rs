@@ -150,7 +150,7 @@ fn signatures_and_algorithms_are_pinned_to_the_key() {
     parts[1] = &forged_claims;
     assert_eq!(
         verify_id_token(&parts.join("."), &k.set, &check()).unwrap_err(),
-        TokenError::Jwt(JwtError::Signature)
+        TokenError::Jwt(JwtError::Signature(Some("rsa1".into())))
     );
     // alg none, with and without a signature.
     let none = format!(

@@ -18,6 +18,8 @@ const METADATA_TTL: Duration = Duration::from_secs(3600);
 /// The key set is read again on a token signed with an unknown key, at most this often: a
 /// flood of made-up key ids cannot make the gateway hammer the provider.
 pub const KEYS_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+/// The key set is read again after this long anyway.
+pub const KEYS_TTL: Duration = Duration::from_secs(3600);
 /// Largest discovery document, key set or token response read.
 const MAX_DOCUMENT: usize = 256 * 1024;
 /// Deadline of one call to the provider.
@@ -216,9 +218,13 @@ impl Idp {
     /// per [`KEYS_REFETCH_INTERVAL`].
     async fn key_set(&self, unknown: bool) -> Result<Arc<JwkSet>, FedError> {
         let mut k = self.keys.lock().await;
+        // Also read again once the set is an hour old: a key the provider withdrew (rotated
+        // out, or compromised) stops verifying within the hour.
         let due = match k.fetched {
             None => true,
-            Some(at) => unknown && at.elapsed() >= self.refetch_interval,
+            Some(at) => {
+                (unknown && at.elapsed() >= self.refetch_interval) || at.elapsed() >= KEYS_TTL
+            }
         };
         if !due {
             return Ok(k.set.clone());
@@ -242,7 +248,12 @@ impl Idp {
     ) -> Result<T, FedError> {
         let keys = self.key_set(false).await?;
         match verify(&keys) {
-            Err(TokenError::Jwt(aalgate_oidc::JwtError::UnknownKey(kid))) => {
+            // A key the set does not have, or a token without a key id whose one candidate
+            // does not verify it (the provider may have rotated to a new key).
+            Err(TokenError::Jwt(
+                aalgate_oidc::JwtError::UnknownKey(kid)
+                | aalgate_oidc::JwtError::Signature(kid @ None),
+            )) => {
                 let fresh = self.key_set(true).await?;
                 if Arc::ptr_eq(&fresh, &keys) {
                     return Err(FedError::Refused(format!(
@@ -435,7 +446,10 @@ mod tests {
     }
 
     fn logout_token(iss: &str, kid: &str, k: &Ed25519KeyPair, now: u64) -> String {
-        let h = serde_json::json!({"alg": "EdDSA", "kid": kid, "typ": "logout+jwt"});
+        let mut h = serde_json::json!({"alg": "EdDSA", "kid": kid, "typ": "logout+jwt"});
+        if kid.is_empty() {
+            h.as_object_mut().unwrap().remove("kid");
+        }
         let c = serde_json::json!({"iss": iss, "aud": "aalgate", "iat": now, "jti": format!("{kid}-{now}"), "sub": "alice",
             "events": {"http://schemas.openid.net/event/backchannel-logout": {}}});
         let input = format!(
@@ -527,5 +541,13 @@ mod tests {
         let t = logout_token(&iss, "made-up-again", &k1, now.0);
         assert!(idp.verify_logout_token(&t, now).await.is_err());
         assert_eq!(fetches(&idp), 3, "again once the interval passed");
+        // A rotation seen by a token without a key id: its one candidate key does not verify
+        // it, so the set is read again (within the same limit).
+        let k3 = key();
+        *keys.lock().unwrap() = serde_json::json!({"keys": [jwk("k3", &k3)]});
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        let t3 = logout_token(&iss, "", &k3, now.0 + 1);
+        idp.verify_logout_token(&t3, now).await.unwrap();
+        assert_eq!(fetches(&idp), 4, "a token without a kid after a rotation");
     }
 }
