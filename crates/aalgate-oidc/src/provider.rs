@@ -343,9 +343,10 @@ impl Provider {
         claims.get(&self.username_claim).and_then(Value::as_str)
     }
 
-    /// The e-mail claim's value, if the provider says it is verified (or says nothing).
+    /// The e-mail claim's value, only if the provider says it verified it (`email_verified`):
+    /// apps may identify people by it.
     pub fn email<'a>(&self, claims: &'a Map<String, Value>) -> Option<&'a str> {
-        if claims.get("email_verified").and_then(Value::as_bool) == Some(false) {
+        if claims.get("email_verified").and_then(Value::as_bool) != Some(true) {
             return None;
         }
         claims.get(&self.email_claim).and_then(Value::as_str)

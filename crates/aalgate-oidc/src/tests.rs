@@ -413,6 +413,11 @@ fn groups_overage_is_told_apart_from_no_groups() {
         p.email(&m(json!({"email": "a@x.org", "email_verified": false}))),
         None
     );
+    assert_eq!(p.email(&m(json!({"email": "a@x.org"}))), None, "unverified");
+    assert_eq!(
+        p.email(&m(json!({"email": "a@x.org", "email_verified": true}))),
+        Some("a@x.org")
+    );
 }
 
 #[test]

@@ -532,7 +532,7 @@ pub async fn alert(webhook: &str, app: &str, code: &Code, when: Timestamp) -> Re
         webhook,
         &[("content-type", "application/json".to_string())],
         Some(body.into_bytes()),
-        64 * 1024,
+        0,
         Duration::from_secs(10),
     )
     .await

@@ -32,7 +32,7 @@ fn connector() -> Result<&'static pingora::connectors::http::Connector> {
 }
 
 /// Sends `method url` with `headers` and `body`, and reads the answer (at most `limit` body
-/// bytes), all within `deadline`.
+/// bytes; with 0, only its status), all within `deadline`.
 pub async fn fetch(
     method: &str,
     url: &str,
@@ -73,9 +73,13 @@ pub async fn fetch(
         };
         let mut req = RequestHeader::build(method, path.as_bytes(), None)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let bare = match url.host() {
+            Some(url::Host::Ipv6(_)) => format!("[{host}]"),
+            _ => host.clone(),
+        };
         let authority = match url.port() {
-            Some(p) => format!("{host}:{p}"),
-            None => host.clone(),
+            Some(p) => format!("{bare}:{p}"),
+            None => bare,
         };
         let mut all = vec![
             ("host".to_string(), authority),
@@ -98,6 +102,9 @@ pub async fn fetch(
             http.read_response_header().await?;
             let status = http.response_header().map_or(0, |r| r.status.as_u16());
             let mut out = Vec::new();
+            if limit == 0 {
+                return Ok((status, Some(out)));
+            }
             while let Some(chunk) = http.read_response_body().await? {
                 if out.len() + chunk.len() > limit {
                     return Ok((status, None));

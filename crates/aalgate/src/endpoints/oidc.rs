@@ -313,16 +313,36 @@ pub(crate) async fn callback(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     let store_err = |x: &Exchange<'_>, e: &dyn std::fmt::Display| {
         tracing::warn!(request_id = %x.ctx.request_id, error = %e, "session store error at a provider callback");
     };
-    // Taken once: a replayed callback, or one for a start this browser replaced, finds nothing.
-    let pending = match st.store.kv_take(OIDC_NS, &id.key()).await {
-        Ok(v) => v.and_then(|v| serde_json::from_slice::<PendingLogin>(&v).ok()),
+    // Read, compared, then taken once: a replayed callback, or one for a start this browser
+    // replaced, finds nothing; a made-up secret takes nothing from the real sign-in.
+    let pending = match st.store.kv_get(OIDC_NS, &id.key()).await {
+        Ok(v) => v
+            .and_then(|v| serde_json::from_slice::<PendingLogin>(&v).ok())
+            .filter(|p| constant_eq(p.secret.as_bytes(), secret.as_bytes())),
         Err(e) => {
             store_err(x, &e);
             return x.error(Outcome::StoreUnavailable).await;
         }
     };
-    let Some(pending) = pending.filter(|p| constant_eq(p.secret.as_bytes(), secret.as_bytes()))
-    else {
+    let pending = match pending {
+        Some(p) => match st.store.kv_take(OIDC_NS, &id.key()).await {
+            Ok(Some(_)) => Some(p),
+            Ok(None) => None,
+            Err(e) => {
+                store_err(x, &e);
+                return x.error(Outcome::StoreUnavailable).await;
+            }
+        },
+        None => None,
+    };
+    let Some(pending) = pending else {
+        // Slowed like a failed sign-in: made-up callbacks cannot flood the audit log.
+        let (bind, _) = x.binding();
+        let wait = st
+            .service()
+            .failures
+            .failed(st.client_ip(x.session), &bind.hash());
+        tokio::time::sleep(wait).await;
         audit_auth(st, x.ctx, "signin_failure", None, None, None, Some("provider callback without its pending sign-in (replayed, expired, or a state this browser did not start)"));
         return expired(x).await;
     };
@@ -727,9 +747,10 @@ pub(crate) async fn backchannel_logout(st: &State, x: &mut Exchange<'_>) -> Resu
         }
         Err(e) => return x.store_down(&e, "back-channel logout: store error").await,
     }
+    let jti = link_key(&idp.cfg.id, "jti", &claims.jti);
     let users = match users_named(st, &idp.cfg.id, &claims).await {
         Ok(u) => u,
-        Err(e) => return x.store_down(&e, "back-channel logout: store error").await,
+        Err(e) => return unspent(st, x, &jti, &e).await,
     };
     let named = match (&claims.sub, &claims.sid) {
         (Some(_), Some(_)) => "sub and sid",
@@ -737,7 +758,7 @@ pub(crate) async fn backchannel_logout(st: &State, x: &mut Exchange<'_>) -> Resu
         _ => "sid",
     };
     if let Err(e) = end_sessions(st, x, &idp, &users, named).await {
-        return x.store_down(&e, "back-channel logout: store error").await;
+        return unspent(st, x, &jti, &e).await;
     }
     if users.is_empty() {
         tracing::info!(request_id = %x.ctx.request_id, idp = %idp.cfg.id, "back-channel logout for nobody with a session here");
@@ -745,6 +766,18 @@ pub(crate) async fn backchannel_logout(st: &State, x: &mut Exchange<'_>) -> Resu
     x.ctx.outcome = Outcome::ProviderLogout;
     x.send(Reply::json(200, "{}".into()).header("cache-control", "no-store".into()))
         .await
+}
+
+/// A back-channel logout that failed on the store after its token was marked used: the mark
+/// goes (best effort), so the provider's retry is not refused as a replay.
+async fn unspent(
+    st: &State,
+    x: &mut Exchange<'_>,
+    jti: &str,
+    e: &aalgate_session::StoreError,
+) -> Result<bool> {
+    let _ = st.store.kv_delete(OIDC_JTI_NS, jti).await;
+    x.store_down(e, "back-channel logout: store error").await
 }
 
 /// Ends every session of `users` (a back-channel logout named them), audited one by one.
