@@ -25,6 +25,8 @@ const ACCOUNTS = {
   dan: { amr: ['pwd', 'mfa'], acr: 'urn:mercy:mfa', groups: ['clinical', 'new-staff'], email: 'dan@mercy.example' },
   // A provider asserting a method name the gateway uses internally (break-glass).
   eve: { amr: ['pwd', 'mfa', 'breakglass', 'hwk'], acr: 'urn:mercy:mfa', groups: ['visitors'], email: 'eve@mercy.example' },
+  // Another provider account whose user name is alice's (a reused name).
+  'alice-2': { username: 'alice', amr: ['pwd', 'mfa'], acr: 'urn:mercy:mfa', groups: ['clinical'], email: 'alice2@mercy.example' },
 };
 
 const key = (type, opts, alg) => {
@@ -82,7 +84,7 @@ const provider = new Provider(ISSUER, {
     return {
       accountId: sub,
       async claims() {
-        return { sub, preferred_username: sub, name: sub.toUpperCase(), email: a.email, email_verified: true, groups: a.groups };
+        return { sub, preferred_username: a.username || sub, name: sub.toUpperCase(), email: a.email, email_verified: true, groups: a.groups };
       },
     };
   },

@@ -159,6 +159,14 @@ try {
   const users = execFileSync(AALGATE_BIN, ['users', '--config', AALGATE_CONFIG, 'list'], { encoding: 'utf8' });
   check(users.includes('dan') && !users.includes('carol'), 'dan is in the directory, carol is not');
 
+  // Another provider account with alice's user name: alice is bound to her own account.
+  await page.goto(`${EHR}/.aalgate/switch`);
+  await page.getByRole('link', { name: 'Sign in with Mercy Health SSO' }).click();
+  await providerLogin(page, 'alice-2', 'a second account named alice');
+  await page.getByText('not the one').first().waitFor({ timeout: 10000 }).catch(() => {});
+  check(!(await text(page)).includes('signed in as alice') && (await text(page)).includes('not the one'), 'another provider account with the same user name is refused');
+  await snap(page, 'reused-user-name');
+
   // eve's provider asserts amr values aalgate uses itself ("breakglass", "hwk"): they mean
   // nothing here. She is not in `clinical`, so the EHR refuses her, break-glass routes too.
   invite('eve', 2);

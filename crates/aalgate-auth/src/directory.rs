@@ -132,6 +132,12 @@ fn encode<T: Serialize>(what: &'static str, v: &T) -> Result<Vec<u8>, DirectoryE
 
 pub use aalgate_policy::{valid_group, valid_user_id};
 
+/// The identity-provider account (`<idp>` NUL `<sub>`) each person is bound to at their first
+/// sign-in through a provider, by user id: a later sign-in as another provider account (a
+/// reused user name, another provider asserting the same name) is refused. `users reset`
+/// clears it.
+pub const PROVIDER_SUBJECT_NS: &str = "oidc_subject";
+
 /// An e-mail address as IT may set it: one `@`, something on each side, no spaces or control
 /// characters, at most 254 bytes (RFC 5321). Not proof that the mailbox exists.
 pub fn valid_email(s: &str) -> bool {
@@ -429,6 +435,9 @@ impl Directory {
             }
         }
         self.put_user(&u).await?;
+        // The provider account the person signed in with before is forgotten too: after a
+        // re-proofing, the next provider sign-in binds again.
+        self.store.kv_delete(PROVIDER_SUBJECT_NS, id).await?;
         let n = self.store.revoke_user(id).await?;
         let aal = u.proofed_aal.max(Aal::Aal2);
         let token = self.invite(id, &u.display_name, aal, ttl, now).await?;

@@ -502,6 +502,32 @@ pub(crate) async fn callback(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
             return x.error(Outcome::StoreUnavailable).await;
         }
     };
+    // The provider account is bound to the person at the first sign-in through a provider:
+    // the same user name from another account (reused, or from another provider) is refused.
+    match bind_subject(st, &user.id, &idp.cfg.id, &claims.sub).await {
+        Ok(true) => {}
+        Ok(false) => {
+            let body = format!(
+                "<p>You signed in at {provider} with an account that is not the one <strong>{}</strong> signed in with before, so it does not count. Nothing was changed.</p>\
+                 <p>Contact IT.</p>",
+                escape(&user.id)
+            );
+            return refused(
+                st,
+                x,
+                Some(&user.id),
+                &refuse("another provider account than the one this person is bound to (sub)"),
+                Outcome::UnknownPerson,
+                "Not set up for access",
+                &body,
+            )
+            .await;
+        }
+        Err(e) => {
+            store_err(x, &e);
+            return x.error(Outcome::StoreUnavailable).await;
+        }
+    }
     let flow = match st.store.get_flow(&id.key(), now).await {
         Ok(Some(f)) => f,
         Ok(None) => return expired(x).await,
@@ -685,6 +711,33 @@ pub(crate) async fn callback(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     .header("location", to)
     .header("set-cookie", set);
     x.send(reply).await
+}
+
+/// Binds `user` to the provider account `idp`/`sub` if it is bound to none yet; whether it
+/// is (now) bound to that one.
+async fn bind_subject(
+    st: &State,
+    user: &str,
+    idp: &str,
+    sub: &str,
+) -> std::result::Result<bool, aalgate_session::StoreError> {
+    let ns = aalgate_auth::directory::PROVIDER_SUBJECT_NS;
+    let this = format!("{idp}\0{sub}");
+    for _ in 0..3 {
+        match st.store.kv_get(ns, user).await? {
+            Some(v) => return Ok(v == this.as_bytes()),
+            None => {
+                if st
+                    .store
+                    .kv_swap(ns, user, None, Some(this.as_bytes()))
+                    .await?
+                {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+    Ok(false)
 }
 
 fn link_key(idp: &str, kind: &str, value: &str) -> String {
