@@ -23,6 +23,7 @@ try {
   await page.fill('#username', 'alice');
   await page.getByRole('button', { name: 'Log in' }).click();
   await landOn(page, (u) => u.href.startsWith(`${EHR}/`) && !u.pathname.startsWith('/.aalgate'), 'alice after SSO');
+  const began = Date.now();
   await snap(page, 'signed-in-with-private-key-jwt');
   check((await text(page)).includes('signed in as alice'), 'a private_key_jwt client signs people in');
 
@@ -34,6 +35,18 @@ try {
   await page.getByRole('button', { name: 'Create a passkey on this device' }).click();
   await landOn(page, (u) => u.pathname === '/.aalgate/enroll', 'the enrollment page');
   await snap(page, 'enroll-after-sso');
+  // The link is worth nothing in another browser (a shared workstation's history, say).
+  const other = await launch();
+  try {
+    const { page: p2 } = await withAuthenticator(other.ctx, PASSKEY);
+    await p2.goto(page.url());
+    await click(p2, 'Create a passkey on this device');
+    await p2.locator('#status.error').waitFor({ timeout: 15000 });
+    check(new URL(p2.url()).pathname === '/.aalgate/enroll', 'the enrollment link does not work in another browser');
+  } finally {
+    await other.ctx.close();
+    rmSync(other.profile, { recursive: true, force: true });
+  }
   await click(page, 'Create a passkey on this device');
   await landOn(page, (u) => u.href === `${EHR}/notes`, 'the notes after enrolling');
   check((await text(page)).includes('signed in as alice'), 'after enrolling she lands where she was going');
@@ -49,6 +62,10 @@ try {
   await click(page, 'Confirm');
   await landOn(page, (u) => u.href === `${EHR}/notes`, 'the notes after the passkey');
   check((await text(page)).includes('signed in as alice'), 'the passkey enrolled after SSO confirms the step-up');
+  // The step-up continued the provider session: it ends 40 s after the provider sign-in.
+  await sleep(Math.max(0, began + 41000 - Date.now()));
+  await page.goto(`${EHR}/`);
+  check(new URL(page.url()).pathname === '/.aalgate/auth', `a passkey added after SSO never starts the session's clock again (on ${page.url()})`);
 
   // That passkey rides on the provider: it never signs in alone, so removing alice at the
   // provider (and ending her sessions) ends her access here too.

@@ -254,7 +254,12 @@ fn sso_with_a_private_key_jwt_client_in_chromium() {
         "rp_id: localhost\nidentity_providers:\n  - id: mercy\n    display_name: Mercy Health SSO\n    issuer: http://127.0.0.1:{op_port}\n    client_id: aalgate\n    private_key_jwt: {{ key_file: {}, kid: aalgate-1 }}\n    aal: {{ rules: [{{ amr_any: [mfa], aal: aal2 }}] }}\n    enroll_after_sso: true\n",
         key.display()
     );
-    let policies = [("ehr.yaml", ehr(upstream))];
+    // Sessions end 40 s after they begin: a passkey added after SSO continues the provider
+    // session, and never starts the clock again.
+    let policies = [(
+        "ehr.yaml",
+        format!("{}timeouts:\n  aal2: {{ max_session_age: 40s, idle_timeout: 40s }}\n", ehr(upstream)),
+    )];
     let gw = Gateway::start_extra(&[(policies[0].0, policies[0].1.as_str())], &extra);
     let op = OidcProvider::start_with(op_port, gw.port, Some(&key));
     run("sso-key", &gw, &op);

@@ -239,24 +239,34 @@ impl Directory {
         ttl: Duration,
         now: Timestamp,
     ) -> Result<Token, DirectoryError> {
-        self.invite_with(user, display_name, aal, ttl, now, None)
+        self.invite_with(user, display_name, aal, ttl, now, None, None)
             .await
     }
 
     /// An AAL2 invite for a person who just signed in through identity provider `idp`
-    /// (`enroll_after_sso`): its passkey confirms step-ups only ([`crate::Credential::usable_for`]).
+    /// (`enroll_after_sso`), for the browser whose binding hashes to `browser` only: its
+    /// passkey confirms step-ups only ([`crate::Credential::usable_for`]).
     pub async fn invite_after_provider(
         &self,
         user: &str,
         display_name: &str,
-        ttl: Duration,
-        now: Timestamp,
+        (ttl, now): (Duration, Timestamp),
         idp: &str,
+        browser: &str,
     ) -> Result<Token, DirectoryError> {
-        self.invite_with(user, display_name, Aal::Aal2, ttl, now, Some(idp))
-            .await
+        self.invite_with(
+            user,
+            display_name,
+            Aal::Aal2,
+            ttl,
+            now,
+            Some(idp),
+            Some(browser),
+        )
+        .await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn invite_with(
         &self,
         user: &str,
@@ -265,6 +275,7 @@ impl Directory {
         ttl: Duration,
         now: Timestamp,
         after_provider: Option<&str>,
+        browser: Option<&str>,
     ) -> Result<Token, DirectoryError> {
         let aal = self.check_invite(user, aal).await?;
         let token = Token::generate();
@@ -275,6 +286,7 @@ impl Directory {
             created: now,
             expires: now.plus(ttl),
             after_provider: after_provider.map(str::to_string),
+            browser: browser.map(str::to_string),
         };
         self.store
             .kv_put(

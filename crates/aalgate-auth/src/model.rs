@@ -148,6 +148,10 @@ pub struct Invite {
     /// credential it enrolls confirms step-ups only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_provider: Option<String>,
+    /// For such an invite: the hash of the browser binding it was minted for (it works only
+    /// there, with that person's live session).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub browser: Option<String>,
 }
 
 /// Where an invite stands, for reports.

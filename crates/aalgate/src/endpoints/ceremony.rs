@@ -93,7 +93,12 @@ pub(crate) async fn ceremony_start(st: &State, x: &mut Exchange<'_>) -> Result<b
     if st.service().failures.binding_blocked(&bind.hash()) {
         return x.json_error(Outcome::Throttled, MSG_THROTTLED).await;
     }
-    match start(st, &req, &bind, st.client_ip(x.session)).await {
+    // An enrollment after a provider sign-in continues this browser's live session.
+    let live = match super::handoff::live_session(st, x).await {
+        Ok(l) => l,
+        Err(e) => return x.store_down(&e, "ceremony start: store error").await,
+    };
+    match start(st, &req, &bind, st.client_ip(x.session), live).await {
         Ok(Ok((id, options, kind))) => {
             st.metrics
                 .challenges
@@ -122,6 +127,7 @@ pub(crate) async fn start(
     req: &StartReq,
     bind: &Token,
     client: Option<std::net::IpAddr>,
+    live: Option<(String, aalgate_policy::Timestamp)>,
 ) -> std::result::Result<
     std::result::Result<(String, serde_json::Value, &'static str), (Outcome, &'static str)>,
     DirectoryError,
@@ -140,6 +146,17 @@ pub(crate) async fn start(
                     "This enrollment link was used already or expired. Ask IT for a new one.",
                 )));
             };
+            // Minted after a provider sign-in: only in the browser it was minted for, with
+            // that person's live session (a leaked link is worth nothing elsewhere).
+            if invite.after_provider.is_some()
+                && (invite.browser.as_deref() != Some(bind.hash().as_str())
+                    || live.as_ref().map(|(u, _)| u.as_str()) != Some(invite.user.as_str()))
+            {
+                return Ok(Err((
+                    Outcome::Forbidden,
+                    "This enrollment works only in the browser, and the session, that asked for it. Start it again from the confirmation page.",
+                )));
+            }
             let kind = req.kind.unwrap_or(RegKind::Passkey);
             if invite.aal == Aal::Aal3 && kind != RegKind::SecurityKey {
                 return Ok(Err((Outcome::NeedsHardwareKey, MSG_NO_KEY)));
@@ -437,19 +454,30 @@ pub(crate) async fn finish_sign_in(
             return failed_finish(st, x, &pending.binding).await;
         }
     };
-    // A passkey added after a provider sign-in only confirms step-ups of a live session.
+    // A passkey added after a provider sign-in only confirms step-ups of a live session of
+    // its person, and the session it starts keeps that one's start (its absolute limit).
     let step_up = pending.purpose.flow_kind() == Some(FlowKind::StepUp);
+    let mut auth_time = now;
     if user
         .credential(&v.credential_id)
-        .is_some_and(|c| !c.usable_for(step_up))
+        .is_some_and(|c| c.after_provider.is_some())
     {
-        fail(
-            st,
-            x.ctx,
-            Some(&user.id),
-            "a passkey added after a provider sign-in confirms step-ups only; sign in through the provider",
-        );
-        return failed_finish(st, x, &pending.binding).await;
+        let live = match super::handoff::live_session(st, x).await {
+            Ok(l) => l.filter(|(u, _)| *u == user.id),
+            Err(e) => return x.store_down(&e, "sign-in: store error").await,
+        };
+        match live {
+            Some((_, began)) if step_up => auth_time = began,
+            _ => {
+                fail(
+                    st,
+                    x.ctx,
+                    Some(&user.id),
+                    "a passkey added after a provider sign-in confirms step-ups of a live session only; sign in through the provider",
+                );
+                return failed_finish(st, x, &pending.binding).await;
+            }
+        }
     }
     let flow = match pending.flow.as_deref() {
         Some(k) => st.store.take_flow(k, now).await,
@@ -601,7 +629,7 @@ pub(crate) async fn finish_sign_in(
         st,
         x,
         &user,
-        v.aal,
+        (v.aal, auth_time),
         v.amr.clone(),
         &v.audit_id,
         v.kind,

@@ -168,6 +168,12 @@ pub(crate) async fn finish_enroll(
             return x.json_error(Outcome::EnrollFailed, msg).await;
         }
     };
+    // An enrollment after a provider sign-in continues this browser's live session of the
+    // person (checked again: it may have ended since the start).
+    let live = match super::handoff::live_session(st, x).await {
+        Ok(l) => l,
+        Err(e) => return x.store_down(&e, "enrollment: store error").await,
+    };
     let outcome = async {
         if svc.dir.credential_owner(&cred.id).await?.is_some() {
             return Ok(Err("credential already registered"));
@@ -201,6 +207,15 @@ pub(crate) async fn finish_enroll(
         if user.disabled {
             return Ok(Err("user disabled"));
         }
+        let began = match (&invite.after_provider, &live) {
+            (None, _) => now,
+            (Some(_), Some((u, began))) if *u == user.id => *began,
+            (Some(_), _) => {
+                return Ok(Err(
+                    "enrollment after SSO without the person's live session",
+                ))
+            }
+        };
         user.proofed_aal = user.proofed_aal.max(invite.aal);
         // Never above the level IT proofed the person for.
         let mut cred = cred.clone();
@@ -209,10 +224,10 @@ pub(crate) async fn finish_enroll(
         user.credentials.push(cred);
         user.last_login = Some(now);
         svc.dir.put_user(&user).await?;
-        Ok::<_, DirectoryError>(Ok(user))
+        Ok::<_, DirectoryError>(Ok((user, began)))
     }
     .await;
-    let user = match outcome {
+    let (user, began) = match outcome {
         Ok(Ok(u)) => u,
         Ok(Err(why)) => {
             audit_auth(
@@ -282,7 +297,7 @@ pub(crate) async fn finish_enroll(
         st,
         x,
         &user,
-        cred.aal,
+        (cred.aal, began),
         amr,
         &cred.audit_id(),
         cred.kind,

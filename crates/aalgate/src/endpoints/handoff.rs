@@ -28,19 +28,29 @@ pub(crate) struct Handoff {
 
 /// A new session record for `user` (ending this browser's previous one), the auth-origin
 /// cookie, and the way back to the kept URL, as the JSON a ceremony's script reads.
+/// `auth_time`: when the session began (now, unless it continues a live one).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn start_session(
     st: &State,
     x: &mut Exchange<'_>,
     user: &User,
-    aal: Aal,
+    (aal, auth_time): (Aal, Timestamp),
     amr: Vec<String>,
     credential: &str,
     kind: CredentialKind,
     flow: &Flow,
 ) -> Result<bool> {
     let now = st.clock.now();
-    let started = begin_session(st, x, user, (aal, now), amr, credential, kind.as_str()).await?;
+    let started = begin_session(
+        st,
+        x,
+        user,
+        (aal, auth_time, now),
+        amr,
+        credential,
+        kind.as_str(),
+    )
+    .await?;
     let (record, s, set) = match started {
         Ok(started) => started,
         Err(sent) => return Ok(sent),
@@ -59,20 +69,20 @@ pub(crate) async fn start_session(
 
 /// Ends this browser's previous session (replaced, or switched to another person) and
 /// stores a new record for `user`, linked to a new auth-origin cookie handle. `level`: the
-/// AAL reached and when the person last authenticated (now, after a ceremony; a provider's
-/// login may be older). Gives the record, the session and the `Set-Cookie`; `Err(sent)` once
+/// AAL reached, when the session began (for its absolute limit) and when the person last
+/// authenticated (now, after a ceremony; a provider's login may be older). Gives the record, the session and the `Set-Cookie`; `Err(sent)` once
 /// a store failure was answered.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn begin_session(
     st: &State,
     x: &mut Exchange<'_>,
     user: &User,
-    level: (Aal, Timestamp),
+    level: (Aal, Timestamp, Timestamp),
     amr: Vec<String>,
     credential: &str,
     kind: &str,
 ) -> Result<std::result::Result<(SessionKey, UserSession, String), bool>> {
-    let (aal, last_auth) = level;
+    let (aal, auth_time, last_auth) = level;
     let now = st.clock.now();
     // The previous session of this browser ends: replaced (same person) or switched.
     match st.current(x.session, x.ctx).await {
@@ -106,7 +116,7 @@ pub(crate) async fn begin_session(
         aal,
         amr,
         credential: Some(credential.to_string()),
-        auth_time: now,
+        auth_time: auth_time.min(now),
         last_auth: last_auth.min(now),
         last_seen: now,
         // Kept a flow's lifetime past the absolute limit (which the gateway enforces from
@@ -139,6 +149,26 @@ pub(crate) async fn begin_session(
         false,
     );
     Ok(Ok((record, s, set)))
+}
+
+/// This browser's session on this host, if it is within the loosest limits of its level (not
+/// idle, not past its absolute limit): its person and when it began. What a passkey added
+/// after a provider sign-in may continue, never start.
+pub(crate) async fn live_session(
+    st: &State,
+    x: &Exchange<'_>,
+) -> std::result::Result<Option<(String, Timestamp)>, aalgate_session::StoreError> {
+    let now = st.clock.now();
+    Ok(st
+        .current(x.session, x.ctx)
+        .await?
+        .map(|(_, _, s, _)| s)
+        .filter(|s| {
+            let l = crate::ops::loosest(&x.ctx.policy).get(s.aal);
+            now < s.auth_time.plus(l.max_session_age)
+                && l.idle_timeout.is_none_or(|i| now < s.last_seen.plus(i))
+        })
+        .map(|s| (s.user, s.auth_time)))
 }
 
 /// Where the browser goes after a flow: the kept URL on this host, or the app host's

@@ -316,18 +316,20 @@ pub(crate) async fn callback(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     // Read, compared, then taken once: a replayed callback, or one for a start this browser
     // replaced, finds nothing; a made-up secret takes nothing from the real sign-in.
     let pending = match st.store.kv_get(OIDC_NS, &id.key()).await {
-        Ok(v) => v
-            .and_then(|v| serde_json::from_slice::<PendingLogin>(&v).ok())
-            .filter(|p| constant_eq(p.secret.as_bytes(), secret.as_bytes())),
+        Ok(v) => v.and_then(|raw| {
+            let p = serde_json::from_slice::<PendingLogin>(&raw).ok()?;
+            constant_eq(p.secret.as_bytes(), secret.as_bytes()).then_some((raw, p))
+        }),
         Err(e) => {
             store_err(x, &e);
             return x.error(Outcome::StoreUnavailable).await;
         }
     };
+    // Taken only if it is still the one read (a new start may have replaced it).
     let pending = match pending {
-        Some(p) => match st.store.kv_take(OIDC_NS, &id.key()).await {
-            Ok(Some(_)) => Some(p),
-            Ok(None) => None,
+        Some((raw, p)) => match st.store.kv_swap(OIDC_NS, &id.key(), Some(&raw), None).await {
+            Ok(true) => Some(p),
+            Ok(false) => None,
             Err(e) => {
                 store_err(x, &e);
                 return x.error(Outcome::StoreUnavailable).await;
@@ -639,7 +641,7 @@ pub(crate) async fn callback(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
         st,
         x,
         &user,
-        (aal, last_auth),
+        (aal, now, last_auth),
         amr,
         &credential,
         "provider",
@@ -674,7 +676,8 @@ pub(crate) async fn callback(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
     // goes on as a step-up, whose ceremony signs it.
     let to = if flow.binding.is_none() && super::handoff::satisfies(&s, &flow, now) {
         match st.store.take_flow(&id.key(), now).await {
-            Ok(Some(f)) => {
+            // (The flow as taken: it must still be one this login satisfies.)
+            Ok(Some(f)) if f.binding.is_none() && super::handoff::satisfies(&s, &f, now) => {
                 match super::handoff::redirect_for(st, &record, &s, &f, logged_in_now).await {
                     Ok(r) => r,
                     Err(e) => {
@@ -683,7 +686,7 @@ pub(crate) async fn callback(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
                     }
                 }
             }
-            Ok(None) => return expired(x).await,
+            Ok(_) => return expired(x).await,
             Err(e) => {
                 store_err(x, &e);
                 return x.error(Outcome::StoreUnavailable).await;
@@ -1014,9 +1017,9 @@ pub(crate) async fn enroll(st: &State, x: &mut Exchange<'_>) -> Result<bool> {
         .invite_after_provider(
             &user.id,
             &user.display_name,
-            ENROLL_AFTER_SSO_WINDOW,
-            now,
+            (ENROLL_AFTER_SSO_WINDOW, now),
             &idp.cfg.id,
+            &x.binding().0.hash(),
         )
         .await
     {
