@@ -258,7 +258,10 @@ fn sso_with_a_private_key_jwt_client_in_chromium() {
     // session, and never starts the clock again.
     let policies = [(
         "ehr.yaml",
-        format!("{}timeouts:\n  aal2: {{ max_session_age: 40s, idle_timeout: 40s }}\n", ehr(upstream)),
+        format!(
+            "{}timeouts:\n  aal2: {{ max_session_age: 40s, idle_timeout: 40s }}\n",
+            ehr(upstream)
+        ),
     )];
     let gw = Gateway::start_extra(&[(policies[0].0, policies[0].1.as_str())], &extra);
     let op = OidcProvider::start_with(op_port, gw.port, Some(&key));
