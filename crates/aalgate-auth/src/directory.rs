@@ -45,6 +45,9 @@ pub enum DirectoryError {
     /// Bad input from IT (a user name with spaces, say).
     #[error("{0}")]
     Invalid(String),
+    /// A name or address another person has (compared without case).
+    #[error("{0}")]
+    Taken(String),
 }
 
 /// What a ceremony is for. Stored as `enroll`, `login`, `step_up`, `reauth` or `switch`.
@@ -342,7 +345,7 @@ impl Directory {
             return Ok(());
         }
         match known.into_iter().find(|k| k.eq_ignore_ascii_case(user)) {
-            Some(other) => Err(DirectoryError::Invalid(format!(
+            Some(other) => Err(DirectoryError::Taken(format!(
                 "user name {user:?} differs from the existing {other:?} only in case: use {other:?}, or another name"
             ))),
             None => Ok(()),
@@ -398,6 +401,107 @@ impl Directory {
         u.disabled = true;
         self.put_user(&u).await?;
         Ok(self.store.revoke_user(id).await?)
+    }
+
+    /// Creates an account with no credential yet (provisioning: the person enrolls from an
+    /// invite, or signs in through an identity provider). A name already used, or one that
+    /// differs from a known one only in case, is [`DirectoryError::Taken`]; of two creations at
+    /// once, one succeeds.
+    pub async fn create_user(
+        &self,
+        id: &str,
+        display_name: &str,
+        disabled: bool,
+        now: Timestamp,
+    ) -> Result<User, DirectoryError> {
+        if !valid_user_id(id) {
+            return Err(DirectoryError::Invalid(format!(
+                "user name {id:?}: use 1-64 letters, digits, '.', '_', '-' or '@'"
+            )));
+        }
+        if self.user(id).await?.is_some() {
+            return Err(DirectoryError::Taken(format!("user {id} exists already")));
+        }
+        self.new_id_is_free(id).await?;
+        let user = User {
+            id: id.to_string(),
+            display_name: display_name.to_string(),
+            handle: Uuid::new_v4(),
+            disabled,
+            proofed_aal: Aal::Aal2,
+            created: now,
+            last_login: None,
+            credentials: Vec::new(),
+        };
+        if !self
+            .store
+            .kv_swap("user", id, None, Some(&encode("user", &user)?))
+            .await?
+        {
+            return Err(DirectoryError::Taken(format!("user {id} exists already")));
+        }
+        self.store
+            .kv_put("handle", &user.handle.to_string(), id.as_bytes(), None)
+            .await?;
+        Ok(user)
+    }
+
+    /// Sets the name shown on the person's own authenticator prompts.
+    pub async fn set_display_name(&self, id: &str, name: &str) -> Result<(), DirectoryError> {
+        let mut u = self
+            .user(id)
+            .await?
+            .ok_or_else(|| DirectoryError::NoUser(id.into()))?;
+        if u.display_name != name {
+            u.display_name = name.to_string();
+            self.put_user(&u).await?;
+        }
+        Ok(())
+    }
+
+    /// Lets a disabled person sign in again (their credentials were kept; their sessions
+    /// ended when they were disabled).
+    pub async fn enable(&self, id: &str) -> Result<(), DirectoryError> {
+        let mut u = self
+            .user(id)
+            .await?
+            .ok_or_else(|| DirectoryError::NoUser(id.into()))?;
+        if u.disabled {
+            u.disabled = false;
+            self.put_user(&u).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes a person: every session ends, and their account, credentials, invites, groups,
+    /// e-mail and provider binding are deleted, so a later person given the same name starts
+    /// with nothing of theirs. Returns the sessions ended and the removed credentials' audit
+    /// fingerprints (the audit log keeps the trail; the directory keeps no dead keys).
+    pub async fn remove_user(&self, id: &str) -> Result<(usize, Vec<String>), DirectoryError> {
+        let mut u = self
+            .user(id)
+            .await?
+            .ok_or_else(|| DirectoryError::NoUser(id.into()))?;
+        // Disabled first: a sign-in finishing meanwhile writes nothing back and fails.
+        u.disabled = true;
+        self.put_user(&u).await?;
+        let mut ended = self.store.revoke_user(id).await?;
+        for c in &u.credentials {
+            self.store.kv_delete("cred", &c.id).await?;
+        }
+        for (hash, i) in self.invites().await? {
+            if i.user == id {
+                self.store.kv_delete("invite", &hash).await?;
+            }
+        }
+        self.store.kv_delete(PROVIDER_SUBJECT_NS, id).await?;
+        self.store.kv_delete(aalgate_session::ACCESS_NS, id).await?;
+        self.store
+            .kv_delete("handle", &u.handle.to_string())
+            .await?;
+        self.store.kv_delete("user", id).await?;
+        ended += self.store.revoke_user(id).await?;
+        Ok((ended, u.credentials.iter().map(|c| c.audit_id()).collect()))
     }
 
     /// Removes one credential, and ends the user's sessions (one of them may have been
@@ -551,7 +655,7 @@ impl Directory {
                         .as_deref()
                         .is_some_and(|x| x.eq_ignore_ascii_case(e))
             }) {
-                return Err(DirectoryError::Invalid(format!(
+                return Err(DirectoryError::Taken(format!(
                     "e-mail address {e} belongs to {other} already: one address per person"
                 )));
             }
@@ -713,10 +817,7 @@ mod tests {
         assert_eq!((before.email, after.groups.len()), (None, 7));
         d.change_groups("omar", &[], &[]).await.unwrap();
         let taken = d.set_email("omar", Some("NORA@clinic.example")).await;
-        assert!(
-            matches!(taken, Err(DirectoryError::Invalid(_))),
-            "{taken:?}"
-        );
+        assert!(matches!(taken, Err(DirectoryError::Taken(_))), "{taken:?}");
         let bad = d.set_email("not a user", Some("x@y.example")).await;
         assert!(matches!(bad, Err(DirectoryError::Invalid(_))), "{bad:?}");
         let clash = d
@@ -728,10 +829,7 @@ mod tests {
                 Timestamp::wall(),
             )
             .await;
-        assert!(
-            matches!(clash, Err(DirectoryError::Invalid(_))),
-            "{clash:?}"
-        );
+        assert!(matches!(clash, Err(DirectoryError::Taken(_))), "{clash:?}");
         // The same id is no clash; a pending invite's id is taken too; a groups record for a
         // new id is held to the same rule.
         assert!(d.check_invite("nora", Aal::Aal2).await.is_ok());

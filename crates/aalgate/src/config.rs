@@ -68,6 +68,25 @@ struct RawConfig {
     shutdown_grace: Option<aalgate_policy::HumanDuration>,
     #[serde(default)]
     identity_providers: Vec<aalgate_oidc::RawProvider>,
+    #[serde(default)]
+    scim: Option<RawScim>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScim {
+    token_file: PathBuf,
+    #[serde(default)]
+    client: Option<String>,
+}
+
+/// Provisioning from the hospital's directory (`scim:`).
+#[derive(Clone, Debug)]
+pub struct ScimConfig {
+    /// Holds the SHA-256 (hex) of the provisioning token, never the token.
+    pub token_file: PathBuf,
+    /// The provisioning client's name in the audit log (`operator: scim:<client>`).
+    pub client: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -320,6 +339,8 @@ pub struct Config {
     /// The hospital's identity providers (`identity_providers:`), in the order of the sign-in
     /// page's buttons.
     pub identity_providers: Vec<aalgate_oidc::Provider>,
+    /// SCIM provisioning (`scim:`); `None`: the endpoint answers 404.
+    pub scim: Option<ScimConfig>,
 }
 
 /// Default of `shutdown_grace`.
@@ -613,7 +634,26 @@ impl Config {
             };
             identity_providers.push(p);
         }
+        let scim = match raw.scim {
+            None => None,
+            Some(r) => {
+                let client = r.client.unwrap_or_else(|| "directory".to_string());
+                if client.is_empty()
+                    || client.len() > 32
+                    || !client
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                {
+                    bail!("scim.client {client:?}: use 1-32 lowercase letters, digits or '-', e.g. entra");
+                }
+                Some(ScimConfig {
+                    token_file: rel(r.token_file),
+                    client,
+                })
+            }
+        };
         Ok(Config {
+            scim,
             identity_providers,
             preserve_quota: (quota, person_quota),
             preserve_concurrent_reads,

@@ -44,6 +44,7 @@ pub mod outcome;
 pub mod pages;
 pub mod policy_files;
 pub mod preserve;
+pub mod provisioning;
 pub mod proxy;
 pub mod report;
 pub mod state;

@@ -273,6 +273,18 @@ enum AuditAction {
 }
 
 #[derive(Subcommand)]
+enum ScimAction {
+    /// Mint the provisioning token: its hash goes to the config's `scim.token_file` (an older
+    /// token stops working once the gateway restarts or upgrades), the token is printed once,
+    /// for the directory's provisioning settings (Entra ID: Secret Token; Okta: API token).
+    Token {
+        /// The gateway config with a `scim:` section.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the gateway from a config file.
     Run {
@@ -321,6 +333,11 @@ enum Command {
     Groups(GroupsArgs),
     /// Emergency access codes.
     Breakglass(BreakglassArgs),
+    /// SCIM provisioning from the hospital's directory.
+    Scim {
+        #[command(subcommand)]
+        action: ScimAction,
+    },
     /// Compliance reports (enrollment, break-glass).
     Report(ReportArgs),
     /// Audit evidence: verify a per-request signature offline.
@@ -470,6 +487,9 @@ fn main() -> ExitCode {
         Command::Users(args) => return block_on(users_run(args)),
         Command::Groups(args) => return block_on(groups_run(args)),
         Command::Breakglass(args) => return block_on(breakglass_run(args)),
+        Command::Scim {
+            action: ScimAction::Token { config },
+        } => scim_token(&config),
         Command::Report(args) => return block_on(report_run(args)),
         Command::Audit(args) => return block_on(audit_run(args)),
         Command::Demo {
@@ -644,6 +664,7 @@ fn demo_config(
         }
     };
     Ok(Config {
+        scim: None,
         state_dir: state_dir.clone(),
         listen: vec![Listener {
             addr: listen,
@@ -843,6 +864,11 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         decoy_load: Default::default(),
         federation: aalgate::federation::Federation::load(&cfg.identity_providers)?,
         origin: cfg.public_origin.clone(),
+        scim: cfg
+            .scim
+            .as_ref()
+            .map(aalgate::provisioning::ScimAccess::load)
+            .transpose()?,
     });
     // A made-up break-glass code waits as long as a real check from the first attempt on.
     signin.emergencies.calibrate();
@@ -1022,6 +1048,24 @@ fn cli_store(args: &Target) -> Result<(Arc<dyn SessionStore>, String)> {
 }
 
 /// Runs an admin command; `Ok(false)` means "finished, but report failure" (exit 1).
+/// `aalgate scim token`.
+fn scim_token(config: &Path) -> Result<()> {
+    let c = Config::load(config)?;
+    let Some(scim) = c.scim else {
+        bail!(
+            "{} has no scim: section; add `scim: {{ token_file: scim-token.sha256, client: entra }}`",
+            config.display()
+        );
+    };
+    let token = aalgate::provisioning::mint(&scim.token_file)?;
+    eprintln!(
+        "wrote the token's hash to {}; restart (or upgrade) the gateway to use it. The token, shown once:",
+        scim.token_file.display()
+    );
+    println!("{token}");
+    Ok(())
+}
+
 fn block_on(f: impl std::future::Future<Output = Result<bool>>) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

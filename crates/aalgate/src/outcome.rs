@@ -171,6 +171,10 @@ pub enum Outcome {
     ProviderLogout,
     /// A back-channel logout token that does not verify, or was used before.
     BadLogoutToken,
+    /// A provisioning (SCIM) request was answered, its status whatever SCIM says.
+    Scim,
+    /// A provisioning request without the provisioning token.
+    ScimUnauthorized,
 }
 
 impl Outcome {
@@ -268,6 +272,8 @@ impl Outcome {
             Outcome::UnknownPerson => "unknown_person",
             Outcome::ProviderLogout => "provider_logout",
             Outcome::BadLogoutToken => "bad_logout_token",
+            Outcome::Scim => "scim",
+            Outcome::ScimUnauthorized => "scim_unauthorized",
         }
     }
 
@@ -308,6 +314,7 @@ impl Outcome {
             | Outcome::PerRequestForeign
             | Outcome::ProviderRefused
             | Outcome::UnknownPerson => Some(403),
+            Outcome::ScimUnauthorized => Some(401),
             Outcome::NotFound => Some(404),
             Outcome::MethodNotAllowed => Some(405),
             Outcome::ClientTimeout => Some(408),
@@ -360,6 +367,7 @@ impl Outcome {
             | Outcome::ClientGone
             | Outcome::ProviderRedirect
             | Outcome::ProviderLogout
+            | Outcome::Scim
             | Outcome::Error => None,
         }
     }
@@ -447,6 +455,8 @@ impl Outcome {
         Outcome::UnknownPerson,
         Outcome::ProviderLogout,
         Outcome::BadLogoutToken,
+        Outcome::Scim,
+        Outcome::ScimUnauthorized,
     ];
 }
 

@@ -62,6 +62,8 @@ pub struct SignInService {
     pub federation: crate::federation::Federation,
     /// `public_origin` as configured (the providers' redirect URI is under it).
     pub origin: String,
+    /// SCIM provisioning's client credential (`scim:`); `None`: no SCIM endpoint.
+    pub scim: Option<crate::provisioning::ScimAccess>,
 }
 
 /// How often a sign-in start may load the decoy population itself, while the background

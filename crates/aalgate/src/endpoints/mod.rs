@@ -11,6 +11,7 @@ mod jwks;
 mod logout;
 mod oidc;
 mod resume;
+mod scim;
 mod signin;
 mod switch;
 
@@ -105,6 +106,9 @@ const ROUTES: &[Route] = &[
 /// Answers a request for `path` under `/.aalgate/`.
 pub(crate) async fn dispatch(g: &State, x: &mut Exchange<'_>, path: &str) -> Result<bool> {
     x.ctx.outcome = Outcome::Gateway;
+    if path == scim::PREFIX || path.starts_with("/.aalgate/scim/v2/") {
+        return scim::handle(g, x, path).await;
+    }
     let method = &x.session.req_header().method;
     let takes = if method == http::Method::GET || method == http::Method::HEAD {
         Some(Takes::Read)
