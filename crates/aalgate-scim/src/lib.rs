@@ -12,7 +12,7 @@
 mod error;
 mod json;
 mod query;
-mod resource;
+pub(crate) mod resource;
 
 pub mod discovery;
 
