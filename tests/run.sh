@@ -8,7 +8,8 @@
 # with WebAuthn virtual authenticators, no browser download; npm oidc-provider is the real
 # OpenID Connect provider of the single sign-on tests), and python3 with pip (httpbin and
 # gunicorn from PyPI, the upstream of the transparency tests; PyJWT verifies the assertion;
-# Trac from PyPI, a real app under a path for kept forms),
+# Trac from PyPI, a real app under a path for kept forms; scim2-tester from PyPI, the SCIM
+# compliance checker),
 # libfaketime (Debian package faketime: wall-clock steps under the real binary), and
 # cargo-audit with the RustSec snapshot (tests/audit.sh).
 # As root on Debian it installs what is missing; otherwise it says what to install.
@@ -40,6 +41,11 @@ fi
 # (served by tracd under /env, Path=/env cookies) for kept forms in Chromium (PyPI).
 if ! python3 -c "import httpbin, gunicorn, jwt, trac" >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check "httpbin==0.10.*" "gunicorn>=22" "PyJWT[crypto]>=2.8" "Trac==1.6.*"
+fi
+# scim2-tester, the independent SCIM compliance checker the provisioning tests run (PyPI; its
+# client speaks httpx2). Pinned: a newer checker may add checks.
+if ! python3 -c "import scim2_tester, httpx2" >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check "scim2-tester==0.5.2" "scim2-client[httpx2]==0.13.2"
 fi
 
 # The browser driver and the OIDC provider (pinned in tests/browser/package-lock.json).

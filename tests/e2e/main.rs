@@ -14,6 +14,7 @@ mod oidc;
 mod ops;
 mod proxy;
 mod redis;
+mod scim;
 mod signin;
 mod structure;
 mod transparency;

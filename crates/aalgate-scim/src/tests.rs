@@ -73,16 +73,39 @@ fn filters_match_as_the_rfc_says() {
     ] {
         assert!(!hits(no), "{no} should not match");
     }
-    for bad in [r#"userName eq"#, r#"userName zz "a""#, "((userName eq \"a\"", ""] {
+    for bad in [
+        r#"userName eq"#,
+        r#"userName zz "a""#,
+        "((userName eq \"a\"",
+        "",
+    ] {
         let e = filter(bad).expect_err(bad);
-        assert_eq!((e.status, e.scim_type), (400, Some(ScimType::InvalidFilter)), "{bad}");
+        assert_eq!(
+            (e.status, e.scim_type),
+            (400, Some(ScimType::InvalidFilter)),
+            "{bad}"
+        );
     }
     let long = format!("userName eq \"{}\"", "a".repeat(MAX_FILTER_LEN));
-    assert_eq!(filter(&long).unwrap_err().scim_type, Some(ScimType::InvalidFilter));
-    let deep = format!("{}userName eq \"a\"{}", "not (".repeat(100), ")".repeat(100));
-    assert_eq!(filter(&deep).unwrap_err().scim_type, Some(ScimType::InvalidFilter));
+    assert_eq!(
+        filter(&long).unwrap_err().scim_type,
+        Some(ScimType::InvalidFilter)
+    );
+    let deep = format!(
+        "{}userName eq \"a\"{}",
+        "not (".repeat(100),
+        ")".repeat(100)
+    );
+    assert_eq!(
+        filter(&deep).unwrap_err().scim_type,
+        Some(ScimType::InvalidFilter)
+    );
     // Brackets alone nest nothing: bounded by the length.
-    let parens = format!("{}userName eq \"ann.lee@clinic.example\"{}", "(".repeat(900), ")".repeat(900));
+    let parens = format!(
+        "{}userName eq \"ann.lee@clinic.example\"{}",
+        "(".repeat(900),
+        ")".repeat(900)
+    );
     assert!(hits(&parens));
 }
 
@@ -113,13 +136,21 @@ fn entra_patches_apply() {
     assert!(!u.active);
     assert_eq!(u.display_name.as_deref(), Some("Annie Lee"));
     assert_eq!(u.name.given_name.as_deref(), Some("Annie"));
-    assert_eq!(u.name.family_name.as_deref(), Some("Lee"), "other name parts stay");
+    assert_eq!(
+        u.name.family_name.as_deref(),
+        Some("Lee"),
+        "other name parts stay"
+    );
     assert_eq!(u.email(), Some("annie.lee@clinic.example"));
     assert_eq!(u.emails.len(), 2);
     assert_eq!(u.emails[1].kind.as_deref(), Some("home"));
     // A path-less replace of the person's state, as Okta and Entra both send it.
     let off = json!({"Operations": [{"op": "replace", "value": {"active": false}}]});
-    assert!(!UserIn::parse(&patched(user(), off).unwrap()).unwrap().active);
+    assert!(
+        !UserIn::parse(&patched(user(), off).unwrap())
+            .unwrap()
+            .active
+    );
     let on = json!({"Operations": [{"op": "REPLACE", "value": {"active": "True"}}]});
     assert!(UserIn::parse(&patched(user(), on).unwrap()).unwrap().active);
 }
@@ -128,29 +159,70 @@ fn entra_patches_apply() {
 /// replaces the list or removes through a value path.
 #[test]
 fn member_patches_apply() {
-    let g = group_json("epcs-signers", None, &["u1".into(), "u2".into()], "https://gw.example/s");
+    let g = group_json(
+        "epcs-signers",
+        None,
+        &["u1".into(), "u2".into()],
+        "https://gw.example/s",
+    );
     let add = json!({"Operations": [{"op": "Add", "path": "members", "value": [{"value": "u3"}, {"value": "u1"}]}]});
     let v = patched(g.clone(), add).unwrap();
     assert_eq!(GroupIn::parse(&v).unwrap().members, ["u1", "u2", "u3"]);
-    let remove = json!({"Operations": [{"op": "Remove", "path": "members", "value": [{"value": "u2"}]}]});
-    assert_eq!(GroupIn::parse(&patched(v, remove).unwrap()).unwrap().members, ["u1", "u3"]);
+    let remove =
+        json!({"Operations": [{"op": "Remove", "path": "members", "value": [{"value": "u2"}]}]});
+    assert_eq!(
+        GroupIn::parse(&patched(v, remove).unwrap())
+            .unwrap()
+            .members,
+        ["u1", "u3"]
+    );
     let okta = json!({"Operations": [{"op": "remove", "path": "members[value eq \"u1\"]"}]});
-    assert_eq!(GroupIn::parse(&patched(g.clone(), okta).unwrap()).unwrap().members, ["u2"]);
-    let replace = json!({"Operations": [{"op": "replace", "path": "members", "value": [{"value": "u9"}]}]});
-    assert_eq!(GroupIn::parse(&patched(g.clone(), replace).unwrap()).unwrap().members, ["u9"]);
+    assert_eq!(
+        GroupIn::parse(&patched(g.clone(), okta).unwrap())
+            .unwrap()
+            .members,
+        ["u2"]
+    );
+    let replace =
+        json!({"Operations": [{"op": "replace", "path": "members", "value": [{"value": "u9"}]}]});
+    assert_eq!(
+        GroupIn::parse(&patched(g.clone(), replace).unwrap())
+            .unwrap()
+            .members,
+        ["u9"]
+    );
     let all = json!({"Operations": [{"op": "remove", "path": "members"}]});
-    assert!(GroupIn::parse(&patched(g.clone(), all).unwrap()).unwrap().members.is_empty());
+    assert!(GroupIn::parse(&patched(g.clone(), all).unwrap())
+        .unwrap()
+        .members
+        .is_empty());
     // A value path that selects nothing and describes no element.
     let none = json!({"Operations": [{"op": "replace", "path": "members[value co \"x\"].display", "value": "y"}]});
-    assert_eq!(patched(g.clone(), none).unwrap_err().scim_type, Some(ScimType::NoTarget));
+    assert_eq!(
+        patched(g.clone(), none).unwrap_err().scim_type,
+        Some(ScimType::NoTarget)
+    );
     for (bad, kind) in [
         (json!({"Operations": []}), ScimType::InvalidSyntax),
         (json!({"schemas": [PATCH_URN]}), ScimType::InvalidSyntax),
-        (json!({"Operations": [{"op": "move", "path": "members"}]}), ScimType::InvalidSyntax),
-        (json!({"Operations": [{"op": "add", "path": "members[", "value": 1}]}), ScimType::InvalidPath),
-        (json!({"Operations": [{"op": "add", "value": {"members[": 1}}]}), ScimType::InvalidPath),
+        (
+            json!({"Operations": [{"op": "move", "path": "members"}]}),
+            ScimType::InvalidSyntax,
+        ),
+        (
+            json!({"Operations": [{"op": "add", "path": "members[", "value": 1}]}),
+            ScimType::InvalidPath,
+        ),
+        (
+            json!({"Operations": [{"op": "add", "value": {"members[": 1}}]}),
+            ScimType::InvalidPath,
+        ),
     ] {
-        assert_eq!(patched(g.clone(), bad.clone()).unwrap_err().scim_type, Some(kind), "{bad}");
+        assert_eq!(
+            patched(g.clone(), bad.clone()).unwrap_err().scim_type,
+            Some(kind),
+            "{bad}"
+        );
     }
 }
 
@@ -184,14 +256,25 @@ fn what_cannot_be_held_is_refused() {
         json!({"displayName": "epcs-signers", "members": [{"display": "no value"}]}),
         json!({"members": []}),
     ] {
-        assert_eq!(GroupIn::parse(&bad).expect_err(&bad.to_string()).status, 400, "{bad}");
+        assert_eq!(
+            GroupIn::parse(&bad).expect_err(&bad.to_string()).status,
+            400,
+            "{bad}"
+        );
     }
-    let many: Vec<Value> = (0..=resource::MAX_MEMBERS).map(|i| json!({"value": i.to_string()})).collect();
+    let many: Vec<Value> = (0..=resource::MAX_MEMBERS)
+        .map(|i| json!({"value": i.to_string()}))
+        .collect();
     let e = GroupIn::parse(&json!({"displayName": "big", "members": many})).unwrap_err();
     assert_eq!(e.scim_type, Some(ScimType::TooMany));
-    let j: Value = serde_json::from_str(&ScimError::taken("user nora exists already").to_json()).unwrap();
+    let j: Value =
+        serde_json::from_str(&ScimError::taken("user nora exists already").to_json()).unwrap();
     assert_eq!(
-        (j["schemas"][0].as_str(), j["status"].as_str(), j["scimType"].as_str()),
+        (
+            j["schemas"][0].as_str(),
+            j["status"].as_str(),
+            j["scimType"].as_str()
+        ),
         (Some(ERROR_URN), Some("409"), Some("uniqueness"))
     );
 }
@@ -214,7 +297,10 @@ fn okta_put_keeps_no_password() {
     let u = UserIn::parse(&put).unwrap();
     assert!(!u.active);
     let kept = serde_json::to_string(&u.attrs("t0", "t1")).unwrap();
-    assert!(!kept.contains("Sup3r") && !kept.contains("locale"), "{kept}");
+    assert!(
+        !kept.contains("Sup3r") && !kept.contains("locale"),
+        "{kept}"
+    );
     assert_eq!(u.shown_name(), "Omar Khan");
 }
 
@@ -228,7 +314,15 @@ fn projection_and_paging() {
     assert_eq!(keys, ["id", "meta", "name", "schemas", "userName"]);
     assert_eq!(v["name"], json!({"givenName": "Ann"}));
     let mut v = user();
-    project(&mut v, &[], &["emails".into(), "urn:ietf:params:scim:schemas:core:2.0:User:name".into(), "id".into()]);
+    project(
+        &mut v,
+        &[],
+        &[
+            "emails".into(),
+            "urn:ietf:params:scim:schemas:core:2.0:User:name".into(),
+            "id".into(),
+        ],
+    );
     assert!(v.get("emails").is_none() && v.get("name").is_none() && v.get("id").is_some());
     let q = ListQuery::from_pairs([("startIndex", "0"), ("count", "5000")].into_iter()).unwrap();
     assert_eq!((q.start_index, q.count), (1, MAX_COUNT));
@@ -238,7 +332,15 @@ fn projection_and_paging() {
     assert_eq!(q.page(vec![1, 2]), (2, vec![]));
     assert!(ListQuery::from_pairs([("count", "x")].into_iter()).is_err());
     let q = ListQuery::from_search(&json!({"schemas": [SEARCH_URN], "filter": "active eq true", "startIndex": 2, "count": 1, "attributes": ["userName"]})).unwrap();
-    assert_eq!((q.start_index, q.count, q.attributes.len(), q.filter.is_some()), (2, 1, 1, true));
+    assert_eq!(
+        (
+            q.start_index,
+            q.count,
+            q.attributes.len(),
+            q.filter.is_some()
+        ),
+        (2, 1, 1, true)
+    );
     assert_eq!(discovery::schemas("b").len(), 2);
     assert_eq!(DEFAULT_COUNT, 100);
 }
