@@ -724,7 +724,7 @@ fn decoys(key: &[u8; 32], name: &str, from: Option<(u64, &[CredentialShape])>) -
 }
 
 /// The `i`th decoy credential of `name`, copying ring point `point`.
-fn decoy(
+pub(crate) fn decoy(
     key: &[u8; 32],
     name: &str,
     point: u64,

@@ -200,6 +200,30 @@ impl Directory {
         Ok(())
     }
 
+    /// Records a successful sign-in with `used` (its counter and last use) and when, onto the
+    /// person's current record. `false`: the person was disabled or removed, or the credential
+    /// revoked or flagged, meanwhile; nothing is written.
+    pub async fn record_sign_in(
+        &self,
+        id: &str,
+        used: &crate::model::Credential,
+        at: Timestamp,
+    ) -> Result<bool, DirectoryError> {
+        let Some(mut fresh) = self.user(id).await? else {
+            return Ok(false);
+        };
+        let Some(slot) = fresh.credentials.iter_mut().find(|c| c.id == used.id) else {
+            return Ok(false);
+        };
+        if fresh.disabled || !slot.usable() {
+            return Ok(false);
+        }
+        *slot = used.clone();
+        fresh.last_login = Some(at);
+        self.put_user(&fresh).await?;
+        Ok(true)
+    }
+
     /// The account a credential id is registered to.
     pub async fn credential_owner(&self, cred_id: &str) -> Result<Option<String>, DirectoryError> {
         Ok(self
@@ -778,6 +802,75 @@ impl Directory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn credential() -> crate::model::Credential {
+        let shape = crate::ceremony::CredentialShape {
+            id_len: 16,
+            transports: None,
+        };
+        let key = crate::ceremony::decoy(&[7u8; 32], &Uuid::new_v4().to_string(), 0, 0, &shape)
+            .unwrap();
+        crate::model::Credential {
+            id: Uuid::new_v4().to_string(),
+            kind: crate::model::CredentialKind::Passkey,
+            aaguid: None,
+            aal: Aal::Aal2,
+            backup_eligible: false,
+            created: Timestamp(0),
+            last_used: None,
+            flagged: None,
+            key,
+            after_provider: None,
+        }
+    }
+
+    /// A leaver disabled, or removed, while sign-ins of theirs finish stays disabled or
+    /// removed: no sign-in writes back a record it read before (it would bring back the
+    /// account, enabled, with its passkeys).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leaver_is_never_brought_back_by_a_sign_in_finishing_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn SessionStore> =
+            Arc::new(aalgate_session::EmbeddedStore::open(dir.path()).unwrap());
+        let d = Directory::new(store);
+        for round in 0..24 {
+            let id = format!("leaver{round}");
+            let c = credential();
+            d.create_user(&id, &id, false, Timestamp(1)).await.unwrap();
+            let mut u = d.user(&id).await.unwrap().unwrap();
+            u.credentials.push(c.clone());
+            d.put_user(&u).await.unwrap();
+            let mut tasks = Vec::new();
+            for _ in 0..4 {
+                let (d, id, c) = (d.clone(), id.clone(), c.clone());
+                tasks.push(tokio::spawn(async move {
+                    for _ in 0..6 {
+                        d.record_sign_in(&id, &c, Timestamp::wall()).await.unwrap();
+                    }
+                }));
+            }
+            let (d2, id2) = (d.clone(), id.clone());
+            let removing = round % 2 == 1;
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                if removing {
+                    d2.remove_user(&id2).await.unwrap();
+                } else {
+                    d2.disable(&id2).await.unwrap();
+                }
+            }));
+            for t in tasks {
+                t.await.unwrap();
+            }
+            let after = d.user(&id).await.unwrap();
+            if removing {
+                assert!(after.is_none(), "round {round}: a sign-in brought a removed account back: {after:?}");
+                assert_eq!(d.credential_owner(&c.id).await.unwrap(), None, "round {round}");
+            } else {
+                assert!(after.is_some_and(|u| u.disabled), "round {round}: a sign-in undid the disable");
+            }
+        }
+    }
 
     /// Two IT commands at once on one person's groups: neither undoes the other, and each
     /// gets the before and after of its own change.
