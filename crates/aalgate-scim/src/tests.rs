@@ -344,3 +344,19 @@ fn projection_and_paging() {
     assert_eq!(discovery::schemas("b").len(), 2);
     assert_eq!(DEFAULT_COUNT, 100);
 }
+
+/// Keys and attribute names with multi-byte characters where the schema URN would end are
+/// refused or ignored, never a panic (a byte slice through a character).
+#[test]
+fn multibyte_names_never_panic() {
+    let urn = USER_URN;
+    for cut in [urn.len() - 2, urn.len() - 1, urn.len(), urn.len() + 1] {
+        let key = format!("{}é:userName", &urn[..cut]);
+        let body = json!({ key.clone(): "x", "userName": "nora", "active": true });
+        assert!(UserIn::parse(&body).is_ok(), "{key}");
+        let mut v = user();
+        project(&mut v, &[key.clone()], &[key.clone()]);
+        let patch = json!({"Operations": [{"op": "add", "value": { key.clone(): "y" }}]});
+        let _ = apply_patch(&mut user(), &patch);
+    }
+}
