@@ -500,6 +500,7 @@ fn the_access_review_names_who_can_reach_what_and_fails_on_a_stuck_signer() {
             proofed_aal: if aal3 { Aal::Aal3 } else { Aal::Aal2 },
             created: aalgate_policy::Timestamp::wall(),
             last_login: None,
+            disabled_by: None,
             credentials: vec![key],
         }
     };

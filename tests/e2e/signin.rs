@@ -236,6 +236,7 @@ fn disable_beside_a_running_gateway(
         proofed_aal: Aal::Aal2,
         created: now,
         last_login: None,
+        disabled_by: None,
         credentials: vec![],
     };
     rt().block_on(dir.put_user(&user)).unwrap();
@@ -542,6 +543,7 @@ fn decoys_look_like_real_peoples_options_on_every_instance() {
         proofed_aal: Aal::Aal2,
         created: Timestamp::wall(),
         last_login: None,
+        disabled_by: None,
         credentials: vec![
             enrolled(16, &["internal", "hybrid"]),
             enrolled(64, &["usb", "nfc"]),
@@ -613,6 +615,7 @@ fn the_anonymous_quota_does_not_tell_real_names_from_made_up_ones() {
         proofed_aal: Aal::Aal2,
         created: Timestamp::wall(),
         last_login: None,
+        disabled_by: None,
         credentials: (0..4).map(|_| enrolled(64, &["usb", "nfc"])).collect(),
     };
     rt().block_on(dir.put_user(&user)).unwrap();
@@ -655,6 +658,7 @@ fn the_sign_in_page_knows_its_person() {
         proofed_aal: Aal::Aal3,
         created: Timestamp::wall(),
         last_login: None,
+        disabled_by: None,
         credentials: vec![enrolled(16, &["internal"])],
     };
     rt().block_on(Directory::new(store.clone()).put_user(&user))

@@ -810,6 +810,7 @@ mod decoy_tests {
             proofed_aal: Aal::Aal2,
             created: Timestamp(0),
             last_login: None,
+            disabled_by: None,
             credentials,
         }
     }

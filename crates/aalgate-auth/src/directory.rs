@@ -17,7 +17,7 @@ use aalgate_session::{FlowKind, SessionStore, StoreError};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::model::{Invite, Membership, User};
+use crate::model::{Deactivation, Invite, Membership, User};
 use crate::token::Token;
 
 /// Attempts of one group or e-mail change against concurrent ones.
@@ -179,12 +179,20 @@ impl Directory {
     /// A user by WebAuthn user handle.
     pub async fn user_by_handle(&self, handle: Uuid) -> Result<Option<User>, DirectoryError> {
         match self.store.kv_get("handle", &handle.to_string()).await? {
-            Some(id) => self.user(&String::from_utf8_lossy(&id)).await,
+            // A stale index entry (a removed person's name given to someone new) names
+            // nobody.
+            Some(id) => Ok(self
+                .user(&String::from_utf8_lossy(&id))
+                .await?
+                .filter(|u| u.handle == handle)),
             None => Ok(None),
         }
     }
 
-    /// Writes a user and its indexes.
+    /// Writes a user and its indexes as they are, over whatever is stored: for seeding a
+    /// store (tests, imports). The gateway's writers change a record with [`Directory::update_user`]
+    /// or create one with [`Directory::insert_new_user`], so no write restores a record read
+    /// before a `disable` or `remove_user`.
     pub async fn put_user(&self, user: &User) -> Result<(), DirectoryError> {
         self.store
             .kv_put("handle", &user.handle.to_string(), user.id.as_bytes(), None)
@@ -209,19 +217,96 @@ impl Directory {
         used: &crate::model::Credential,
         at: Timestamp,
     ) -> Result<bool, DirectoryError> {
-        let Some(mut fresh) = self.user(id).await? else {
-            return Ok(false);
-        };
-        let Some(slot) = fresh.credentials.iter_mut().find(|c| c.id == used.id) else {
-            return Ok(false);
-        };
-        if fresh.disabled || !slot.usable() {
+        let done = self
+            .update_user(id, |fresh| {
+                let Some(slot) = fresh.credentials.iter_mut().find(|c| c.id == used.id) else {
+                    return Ok(false);
+                };
+                if fresh.disabled || !slot.usable() {
+                    return Ok(false);
+                }
+                *slot = used.clone();
+                fresh.last_login = Some(at);
+                Ok(true)
+            })
+            .await?;
+        Ok(done.is_some_and(|(_, wrote)| wrote))
+    }
+
+    /// Flags one credential (a cloned key: its signature counter went backwards): it signs
+    /// nothing in again until IT replaces it.
+    pub async fn flag_credential(
+        &self,
+        id: &str,
+        cred: &str,
+        reason: &str,
+    ) -> Result<(), DirectoryError> {
+        self.update_user(id, |u| {
+            let Some(c) = u.credentials.iter_mut().find(|c| c.id == cred) else {
+                return Ok(false);
+            };
+            c.flagged = Some(reason.to_string());
+            Ok(true)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Changes a person's record by compare-and-swap: `change` runs on the current record
+    /// and says whether to write (`Ok(false)`: leave it); of two changes at once neither undoes
+    /// the other, and a change read before a `disable` or removal is run again on what they
+    /// left (or not at all: `None` when there is no record). Returns the record and whether it
+    /// was written. The handle and new credentials are indexed after the write.
+    pub async fn update_user(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&mut User) -> Result<bool, DirectoryError>,
+    ) -> Result<Option<(User, bool)>, DirectoryError> {
+        for _ in 0..MEMBERSHIP_RETRIES {
+            let Some(raw) = self.store.kv_get("user", id).await? else {
+                return Ok(None);
+            };
+            let mut u: User = decode("user", &raw)?;
+            if !change(&mut u)? {
+                return Ok(Some((u, false)));
+            }
+            if self
+                .store
+                .kv_swap("user", id, Some(&raw), Some(&encode("user", &u)?))
+                .await?
+            {
+                self.index(&u).await?;
+                return Ok(Some((u, true)));
+            }
+        }
+        Err(DirectoryError::Invalid(format!(
+            "{id}'s record kept changing under this change; try again"
+        )))
+    }
+
+    /// Creates a person's record if none exists (`false`: one does; nothing is written).
+    pub async fn insert_new_user(&self, user: &User) -> Result<bool, DirectoryError> {
+        if !self
+            .store
+            .kv_swap("user", &user.id, None, Some(&encode("user", user)?))
+            .await?
+        {
             return Ok(false);
         }
-        *slot = used.clone();
-        fresh.last_login = Some(at);
-        self.put_user(&fresh).await?;
+        self.index(user).await?;
         Ok(true)
+    }
+
+    async fn index(&self, user: &User) -> Result<(), DirectoryError> {
+        self.store
+            .kv_put("handle", &user.handle.to_string(), user.id.as_bytes(), None)
+            .await?;
+        for c in &user.credentials {
+            self.store
+                .kv_put("cred", &c.id, user.id.as_bytes(), None)
+                .await?;
+        }
+        Ok(())
     }
 
     /// The account a credential id is registered to.
@@ -418,12 +503,28 @@ impl Directory {
     /// Blocks sign-in and revokes every session of the user at once. Returns how many
     /// sessions ended.
     pub async fn disable(&self, id: &str) -> Result<usize, DirectoryError> {
-        let mut u = self
-            .user(id)
-            .await?
-            .ok_or_else(|| DirectoryError::NoUser(id.into()))?;
-        u.disabled = true;
-        self.put_user(&u).await?;
+        self.disable_as(id, Deactivation::Operator).await
+    }
+
+    /// [`Directory::disable`] on the word of the hospital's directory (SCIM `active: false`):
+    /// the directory may enable the person again, which it may not after IT's `disable`.
+    pub async fn disable_by_directory(&self, id: &str) -> Result<usize, DirectoryError> {
+        self.disable_as(id, Deactivation::Directory).await
+    }
+
+    async fn disable_as(&self, id: &str, by: Deactivation) -> Result<usize, DirectoryError> {
+        self.update_user(id, |u| {
+            if u.disabled
+                && (u.disabled_by == Some(Deactivation::Operator) || by == Deactivation::Directory)
+            {
+                return Ok(false);
+            }
+            u.disabled = true;
+            u.disabled_by = Some(by);
+            Ok(true)
+        })
+        .await?
+        .ok_or_else(|| DirectoryError::NoUser(id.into()))?;
         Ok(self.store.revoke_user(id).await?)
     }
 
@@ -456,45 +557,54 @@ impl Directory {
             created: now,
             last_login: None,
             credentials: Vec::new(),
+            disabled_by: disabled.then_some(Deactivation::Directory),
         };
-        if !self
-            .store
-            .kv_swap("user", id, None, Some(&encode("user", &user)?))
-            .await?
-        {
+        if !self.insert_new_user(&user).await? {
             return Err(DirectoryError::Taken(format!("user {id} exists already")));
         }
-        self.store
-            .kv_put("handle", &user.handle.to_string(), id.as_bytes(), None)
-            .await?;
         Ok(user)
     }
 
     /// Sets the name shown on the person's own authenticator prompts.
     pub async fn set_display_name(&self, id: &str, name: &str) -> Result<(), DirectoryError> {
-        let mut u = self
-            .user(id)
-            .await?
-            .ok_or_else(|| DirectoryError::NoUser(id.into()))?;
-        if u.display_name != name {
+        self.update_user(id, |u| {
+            let changed = u.display_name != name;
             u.display_name = name.to_string();
-            self.put_user(&u).await?;
-        }
+            Ok(changed)
+        })
+        .await?
+        .ok_or_else(|| DirectoryError::NoUser(id.into()))?;
         Ok(())
     }
 
-    /// Lets a disabled person sign in again (their credentials were kept; their sessions
-    /// ended when they were disabled).
-    pub async fn enable(&self, id: &str) -> Result<(), DirectoryError> {
-        let mut u = self
-            .user(id)
+    /// Lets a disabled person sign in again (`aalgate users enable`): their credentials were
+    /// kept; their sessions ended when they were disabled.
+    pub async fn enable(&self, id: &str) -> Result<bool, DirectoryError> {
+        self.enable_as(id, Deactivation::Operator).await
+    }
+
+    /// [`Directory::enable`] on the word of the hospital's directory: only a person the
+    /// directory disabled; one IT disabled stays disabled (`false`) until IT enables them.
+    pub async fn enable_by_directory(&self, id: &str) -> Result<bool, DirectoryError> {
+        self.enable_as(id, Deactivation::Directory).await
+    }
+
+    async fn enable_as(&self, id: &str, by: Deactivation) -> Result<bool, DirectoryError> {
+        let (u, _) = self
+            .update_user(id, |u| {
+                if !u.disabled
+                    || (by == Deactivation::Directory
+                        && u.disabled_by != Some(Deactivation::Directory))
+                {
+                    return Ok(false);
+                }
+                u.disabled = false;
+                u.disabled_by = None;
+                Ok(true)
+            })
             .await?
             .ok_or_else(|| DirectoryError::NoUser(id.into()))?;
-        if u.disabled {
-            u.disabled = false;
-            self.put_user(&u).await?;
-        }
-        Ok(())
+        Ok(!u.disabled)
     }
 
     /// Removes a person: every session ends, and their account, credentials, invites, groups,
@@ -502,15 +612,22 @@ impl Directory {
     /// with nothing of theirs. Returns the sessions ended and the removed credentials' audit
     /// fingerprints (the audit log keeps the trail; the directory keeps no dead keys).
     pub async fn remove_user(&self, id: &str) -> Result<(usize, Vec<String>), DirectoryError> {
-        let mut u = self
-            .user(id)
+        // First, in one write: disabled and without credentials, so whatever fails after
+        // this leaves nobody who can sign in, and a sign-in finishing meanwhile writes
+        // nothing back.
+        let mut removed = Vec::new();
+        let (u, _) = self
+            .update_user(id, |u| {
+                removed = u.credentials.clone();
+                u.disabled = true;
+                u.disabled_by = Some(Deactivation::Operator);
+                u.credentials.clear();
+                Ok(true)
+            })
             .await?
             .ok_or_else(|| DirectoryError::NoUser(id.into()))?;
-        // Disabled first: a sign-in finishing meanwhile writes nothing back and fails.
-        u.disabled = true;
-        self.put_user(&u).await?;
         let mut ended = self.store.revoke_user(id).await?;
-        for c in &u.credentials {
+        for c in &removed {
             self.store.kv_delete("cred", &c.id).await?;
         }
         for (hash, i) in self.invites().await? {
@@ -520,28 +637,30 @@ impl Directory {
         }
         self.store.kv_delete(PROVIDER_SUBJECT_NS, id).await?;
         self.store.kv_delete(aalgate_session::ACCESS_NS, id).await?;
+        self.store.kv_delete("user", id).await?;
+        // Last: until here a retry finds the person by their resource id and finishes.
         self.store
             .kv_delete("handle", &u.handle.to_string())
             .await?;
-        self.store.kv_delete("user", id).await?;
         ended += self.store.revoke_user(id).await?;
-        Ok((ended, u.credentials.iter().map(|c| c.audit_id()).collect()))
+        Ok((ended, removed.iter().map(|c| c.audit_id()).collect()))
     }
 
     /// Removes one credential, and ends the user's sessions (one of them may have been
     /// opened with it). Returns whether it existed.
     pub async fn revoke_credential(&self, id: &str, cred: &str) -> Result<bool, DirectoryError> {
-        let mut u = self
-            .user(id)
+        let (_, removed) = self
+            .update_user(id, |u| {
+                let before = u.credentials.len();
+                u.credentials.retain(|c| c.id != cred);
+                Ok(u.credentials.len() != before)
+            })
             .await?
             .ok_or_else(|| DirectoryError::NoUser(id.into()))?;
-        let before = u.credentials.len();
-        u.credentials.retain(|c| c.id != cred);
-        if u.credentials.len() == before {
+        if !removed {
             return Ok(false);
         }
         self.store.kv_delete("cred", cred).await?;
-        self.put_user(&u).await?;
         self.store.revoke_user(id).await?;
         Ok(true)
     }
@@ -555,26 +674,29 @@ impl Directory {
         ttl: Duration,
         now: Timestamp,
     ) -> Result<(usize, Aal, Token), DirectoryError> {
-        let mut u = self
-            .user(id)
+        let mut removed = Vec::new();
+        let (u, _) = self
+            .update_user(id, |u| {
+                if u.disabled {
+                    return Err(DirectoryError::Invalid(format!(
+                        "user {id} is disabled; a reset would not let them sign in"
+                    )));
+                }
+                removed = u.credentials.clone();
+                u.credentials.clear();
+                Ok(true)
+            })
             .await?
             .ok_or_else(|| DirectoryError::NoUser(id.into()))?;
-        if u.disabled {
-            return Err(DirectoryError::Invalid(format!(
-                "user {id} is disabled; a reset would not let them sign in"
-            )));
-        }
-        for c in &u.credentials {
+        for c in &removed {
             self.store.kv_delete("cred", &c.id).await?;
         }
-        u.credentials.clear();
         // Older enrollment links of this person stop working too.
         for (hash, i) in self.invites().await? {
             if i.user == id {
                 self.store.kv_delete("invite", &hash).await?;
             }
         }
-        self.put_user(&u).await?;
         // The provider account the person signed in with before is forgotten too: after a
         // re-proofing, the next provider sign-in binds again.
         self.store.kv_delete(PROVIDER_SUBJECT_NS, id).await?;
@@ -673,19 +795,26 @@ impl Directory {
                     "e-mail address {e:?} is not valid: write it as name@domain.example"
                 )));
             }
-            if let Some((other, _)) = self.memberships().await?.into_iter().find(|(u, m)| {
-                u != id
-                    && m.email
-                        .as_deref()
-                        .is_some_and(|x| x.eq_ignore_ascii_case(e))
-            }) {
-                return Err(DirectoryError::Taken(format!(
-                    "e-mail address {e} belongs to {other} already: one address per person"
-                )));
-            }
+            self.email_is_free(e, id).await?;
         }
         self.update_membership(id, |m| m.email = email.map(str::to_string))
             .await
+    }
+
+    /// [`DirectoryError::Taken`] when a person other than `id` has the address `e` (compared
+    /// without case).
+    pub async fn email_is_free(&self, e: &str, id: &str) -> Result<(), DirectoryError> {
+        if let Some((other, _)) = self.memberships().await?.into_iter().find(|(u, m)| {
+            u != id
+                && m.email
+                    .as_deref()
+                    .is_some_and(|x| x.eq_ignore_ascii_case(e))
+        }) {
+            return Err(DirectoryError::Taken(format!(
+                "e-mail address {e} belongs to {other} already: one address per person"
+            )));
+        }
+        Ok(())
     }
 
     /// Read, change, compare-and-swap, until no other change came in between.
@@ -808,8 +937,8 @@ mod tests {
             id_len: 16,
             transports: None,
         };
-        let key = crate::ceremony::decoy(&[7u8; 32], &Uuid::new_v4().to_string(), 0, 0, &shape)
-            .unwrap();
+        let key =
+            crate::ceremony::decoy(&[7u8; 32], &Uuid::new_v4().to_string(), 0, 0, &shape).unwrap();
         crate::model::Credential {
             id: Uuid::new_v4().to_string(),
             kind: crate::model::CredentialKind::Passkey,
@@ -864,10 +993,20 @@ mod tests {
             }
             let after = d.user(&id).await.unwrap();
             if removing {
-                assert!(after.is_none(), "round {round}: a sign-in brought a removed account back: {after:?}");
-                assert_eq!(d.credential_owner(&c.id).await.unwrap(), None, "round {round}");
+                assert!(
+                    after.is_none(),
+                    "round {round}: a sign-in brought a removed account back: {after:?}"
+                );
+                assert_eq!(
+                    d.credential_owner(&c.id).await.unwrap(),
+                    None,
+                    "round {round}"
+                );
             } else {
-                assert!(after.is_some_and(|u| u.disabled), "round {round}: a sign-in undid the disable");
+                assert!(
+                    after.is_some_and(|u| u.disabled),
+                    "round {round}: a sign-in undid the disable"
+                );
             }
         }
     }

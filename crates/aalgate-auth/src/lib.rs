@@ -35,5 +35,5 @@ pub use ceremony::{
     RegKind, RegState, SignIn, Verified,
 };
 pub use directory::{Directory, DirectoryError, Pending, Purpose};
-pub use model::{Credential, CredentialKind, Invite, InviteStatus, User};
+pub use model::{Credential, CredentialKind, Deactivation, Invite, InviteStatus, User};
 pub use token::Token;

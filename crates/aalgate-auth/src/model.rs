@@ -92,6 +92,20 @@ pub struct User {
     pub last_login: Option<Timestamp>,
     /// Registered authenticators.
     pub credentials: Vec<Credential>,
+    /// Who disabled the person: the hospital's directory (SCIM) may enable only those it
+    /// disabled itself. Absent on records older than SCIM: IT's, then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_by: Option<Deactivation>,
+}
+
+/// Who disabled a person.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Deactivation {
+    /// IT, with `aalgate users disable` (or a removal).
+    Operator,
+    /// The hospital's directory, over SCIM (`active: false`).
+    Directory,
 }
 
 impl User {

@@ -42,6 +42,7 @@ fn user(id: &str) -> User {
         proofed_aal: Aal::Aal2,
         created: Timestamp::wall(),
         last_login: None,
+        disabled_by: None,
         credentials: vec![],
     }
 }

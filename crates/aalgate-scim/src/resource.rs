@@ -134,11 +134,11 @@ pub(crate) fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a V
 /// `urn:ietf:params:scim:schemas:core:2.0:User:userName` -> `userName`.
 pub(crate) fn strip_urn(k: &str) -> &str {
     for urn in [USER_URN, GROUP_URN] {
-        if k.len() > urn.len() + 1
-            && k[..urn.len()].eq_ignore_ascii_case(urn)
-            && k.as_bytes()[urn.len()] == b':'
-        {
-            return &k[urn.len() + 1..];
+        if let (Some(head), Some(rest)) = (k.get(..urn.len()), k.get(urn.len() + 1..)) {
+            if head.eq_ignore_ascii_case(urn) && k.as_bytes()[urn.len()] == b':' && !rest.is_empty()
+            {
+                return rest;
+            }
         }
     }
     k

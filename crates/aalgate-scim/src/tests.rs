@@ -350,7 +350,7 @@ fn projection_and_paging() {
 #[test]
 fn multibyte_names_never_panic() {
     let urn = USER_URN;
-    for cut in [urn.len() - 2, urn.len() - 1, urn.len(), urn.len() + 1] {
+    for cut in [urn.len() - 2, urn.len() - 1, urn.len()] {
         let key = format!("{}é:userName", &urn[..cut]);
         let body = json!({ key.clone(): "x", "userName": "nora", "active": true });
         assert!(UserIn::parse(&body).is_ok(), "{key}");

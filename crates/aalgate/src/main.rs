@@ -212,6 +212,12 @@ enum UsersAction {
         /// The user.
         user: String,
     },
+    /// Let a disabled USER sign in again, with the credentials they had (the only way to
+    /// lift IT's own `disable`: the directory's SCIM `active: true` does not).
+    Enable {
+        /// The user.
+        user: String,
+    },
     /// Lost key: remove every credential and session of USER and print a new invite at the
     /// level the person was proofed for (after IT re-proofs them).
     Reset {
@@ -2002,6 +2008,15 @@ async fn users_run(args: UsersArgs) -> Result<bool> {
                 audit_change(a, "user_disabled", &user, format!("{n} session(s) ended")).await?;
             }
             println!("{user} disabled; {n} session(s) ended on every instance");
+        }
+        UsersAction::Enable { user } => {
+            if !dir.enable(&user).await? {
+                bail!("{user} could not be enabled");
+            }
+            if let Some(a) = audit {
+                audit_change(a, "user_enabled", &user, "may sign in again".into()).await?;
+            }
+            println!("{user} enabled: they may sign in again with their credentials");
         }
         UsersAction::RevokeCredential { user, id } => {
             if !dir.revoke_credential(&user, &id).await? {

@@ -449,7 +449,15 @@ pub(crate) async fn finish_sign_in(
                     Some(cred),
                     Some("credential flagged; sign-in refused"),
                 );
-                let _ = svc.dir.put_user(&user).await;
+                // Onto the current record: a stale write would undo a `disable`.
+                if let Some(c) = user
+                    .credentials
+                    .iter()
+                    .find(|c| c.flagged.is_some() && &c.audit_id() == cred)
+                {
+                    let reason = c.flagged.clone().unwrap_or_default();
+                    let _ = svc.dir.flag_credential(&user.id, &c.id, &reason).await;
+                }
             }
             return failed_finish(st, x, &pending.binding).await;
         }
@@ -504,27 +512,16 @@ pub(crate) async fn finish_sign_in(
         );
         return x.json_error(Outcome::NotEnough, MSG_NOT_ENOUGH).await;
     }
-    // Write back only what this sign-in changed, onto a fresh read: a `disable` or
-    // `revoke-credential` that ran meanwhile wins.
-    let merged = async {
-        let Some(mut fresh) = svc.dir.user(&user.id).await? else {
-            return Ok(false);
-        };
-        let Some(used) = user.credential(&v.credential_id).cloned() else {
-            return Ok(false);
-        };
-        let Some(slot) = fresh.credentials.iter_mut().find(|c| c.id == used.id) else {
-            return Ok(false);
-        };
-        if fresh.disabled || !slot.usable() {
-            return Ok(false);
+    // Write back only what this sign-in changed, by compare-and-swap onto the current record:
+    // a `disable`, removal or `revoke-credential` that ran meanwhile wins.
+    let merged = match user.credential(&v.credential_id) {
+        Some(used) => {
+            svc.dir
+                .record_sign_in(&user.id, used, user.last_login.unwrap_or(now))
+                .await
         }
-        *slot = used;
-        fresh.last_login = user.last_login;
-        svc.dir.put_user(&fresh).await?;
-        Ok::<_, DirectoryError>(true)
-    }
-    .await;
+        None => Ok(false),
+    };
     match merged {
         Ok(true) => {}
         Ok(false) => {

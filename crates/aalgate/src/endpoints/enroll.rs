@@ -192,15 +192,13 @@ pub(crate) async fn finish_enroll(
         if proofed == Aal::Aal3 && cred.aal < Aal::Aal3 {
             return Ok(Err("an AAL3 person needs an attested hardware key"));
         }
-        let mut user = match svc.dir.user(&invite.user).await? {
-            Some(u) => u,
-            None => {
-                let mut u = new_user(&invite.user, &invite.display_name, invite.aal, now);
-                // The handle the authenticator stored with the credential.
-                u.handle = pending.handle.unwrap_or(u.handle);
-                u
-            }
-        };
+        let existing = svc.dir.user(&invite.user).await?;
+        let user = existing.clone().unwrap_or_else(|| {
+            let mut u = new_user(&invite.user, &invite.display_name, invite.aal, now);
+            // The handle the authenticator stored with the credential.
+            u.handle = pending.handle.unwrap_or(u.handle);
+            u
+        });
         if Some(user.handle) != pending.handle {
             return Ok(Err("user handle changed during enrollment"));
         }
@@ -216,14 +214,40 @@ pub(crate) async fn finish_enroll(
                 ))
             }
         };
-        user.proofed_aal = user.proofed_aal.max(invite.aal);
         // Never above the level IT proofed the person for.
-        let mut cred = cred.clone();
-        cred.aal = cred.aal.min(user.proofed_aal);
-        cred.after_provider = invite.after_provider.clone();
-        user.credentials.push(cred);
-        user.last_login = Some(now);
-        svc.dir.put_user(&user).await?;
+        let add = |u: &mut User| {
+            u.proofed_aal = u.proofed_aal.max(invite.aal);
+            let mut c = cred.clone();
+            c.aal = c.aal.min(u.proofed_aal);
+            c.after_provider = invite.after_provider.clone();
+            u.credentials.push(c);
+            u.last_login = Some(now);
+        };
+        // Onto the current record by compare-and-swap (a `disable` or removal meanwhile wins),
+        // or a new record only if there still is none.
+        let user = if existing.is_some() {
+            let written = svc
+                .dir
+                .update_user(&invite.user, |u| {
+                    if u.disabled || Some(u.handle) != pending.handle {
+                        return Ok(false);
+                    }
+                    add(u);
+                    Ok(true)
+                })
+                .await?;
+            match written {
+                Some((u, true)) => u,
+                _ => return Ok(Err("user disabled or removed during enrollment")),
+            }
+        } else {
+            let mut u = user;
+            add(&mut u);
+            if !svc.dir.insert_new_user(&u).await? {
+                return Ok(Err("the account was created meanwhile"));
+            }
+            u
+        };
         Ok::<_, DirectoryError>(Ok((user, began)))
     }
     .await;
@@ -319,6 +343,7 @@ pub(crate) fn new_user(id: &str, display: &str, aal: Aal, now: Timestamp) -> Use
         proofed_aal: aal,
         created: now,
         last_login: None,
+        disabled_by: None,
         credentials: Vec::new(),
     }
 }

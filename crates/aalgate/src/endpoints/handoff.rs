@@ -141,6 +141,18 @@ pub(crate) async fn begin_session(
     {
         return Ok(Err(x.store_down(&e, "sign-in: store error").await?));
     }
+    // A `disable` or removal that ran while this sign-in was finishing: either it revoked
+    // this session (it was in the store first) or this read sees it. Fail closed.
+    match st.service().dir.user(&user.id).await {
+        Ok(Some(u)) if !u.disabled && u.handle == user.handle => {}
+        found => {
+            let _ = st.store.revoke_user(&user.id).await;
+            tracing::info!(request_id = %x.ctx.request_id, user = %user.id, store_error = found.is_err(), "sign-in: the person was disabled or removed meanwhile");
+            return Ok(Err(x
+                .refuse(Outcome::Disabled, "Sign-in did not work", super::MSG_FAILED)
+                .await?));
+        }
+    }
     x.ctx.session = Some(s.clone());
     let set = cookie(
         State::cookie_name(x.ctx),

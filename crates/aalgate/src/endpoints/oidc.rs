@@ -272,7 +272,10 @@ async fn person(
     for (_, inv) in dir.invites().await? {
         if names.contains(&inv.user) && inv.expires > now {
             let u = super::enroll::new_user(&inv.user, &inv.display_name, inv.aal, now);
-            dir.put_user(&u).await?;
+            if !dir.insert_new_user(&u).await? {
+                // Created meanwhile (an enrollment, provisioning): that account it is.
+                return Ok(dir.user(&inv.user).await?.map(|u| (u, "account")));
+            }
             return Ok(Some((u, "invite")));
         }
     }
@@ -285,7 +288,9 @@ async fn person(
             return Ok(None);
         }
         let u = super::enroll::new_user(&id, &id, Aal::Aal2, now);
-        dir.put_user(&u).await?;
+        if !dir.insert_new_user(&u).await? {
+            return Ok(dir.user(&id).await?.map(|u| (u, "account")));
+        }
         return Ok(Some((u, "jit")));
     }
     Ok(None)

@@ -449,20 +449,14 @@ fn audit(c: &Call<'_>, event: &str, user: Option<&str>, detail: String) {
 async fn create_user(c: &Call<'_>, body: &Value) -> Result<Answer, Fail> {
     let u = UserIn::parse(body)?;
     let disabled = !u.active;
+    // One address per person, checked before anything is written.
+    if let Some(e) = u.email() {
+        c.dir.email_is_free(e, &u.user_name).await?;
+    }
     let user = c
         .dir
         .create_user(&u.user_name, &u.shown_name(), disabled, c.st.clock.now())
         .await?;
-    if let Some(e) = u.email() {
-        if let Err(e) = c.dir.set_email(&user.id, Some(e)).await {
-            // One address per person: the account is not half made.
-            let _ = c.dir.remove_user(&user.id).await;
-            return Err(e.into());
-        }
-    }
-    let t = now(c);
-    let attrs = u.attrs(&t, &t);
-    put_attrs(c, &user.id, &attrs).await?;
     audit(
         c,
         "user_provisioned",
@@ -472,6 +466,35 @@ async fn create_user(c: &Call<'_>, body: &Value) -> Result<Answer, Fail> {
             if disabled { ", disabled" } else { "" }
         ),
     );
+    if let Some(e) = u.email() {
+        if let Err(e) = c.dir.set_email(&user.id, Some(e)).await {
+            // Taken meanwhile: the account this request made is not left half made (only
+            // it: an invite or groups IT set for the name stay).
+            let store = c.dir.store();
+            let undone = async {
+                store.kv_delete("user", &user.id).await?;
+                store.kv_delete("handle", &user.handle.to_string()).await
+            }
+            .await;
+            audit(
+                c,
+                "user_removed",
+                Some(&user.id),
+                format!(
+                    "account creation undone{}: its e-mail address could not be set",
+                    if undone.is_ok() {
+                        ""
+                    } else {
+                        " (not all of it: the store failed)"
+                    }
+                ),
+            );
+            return Err(e.into());
+        }
+    }
+    let t = now(c);
+    let attrs = u.attrs(&t, &t);
+    put_attrs(c, &user.id, &attrs).await?;
     let v = view_json(c, &user, Some(&attrs));
     let location = v["meta"]["location"].as_str().map(str::to_string);
     Ok(Answer {
@@ -512,7 +535,7 @@ async fn change_user(c: &Call<'_>, id: &str, change: Change<'_>) -> Result<Answe
     // Access first: a person being disabled loses every session before anything else.
     match (new.active, user.disabled) {
         (false, false) => {
-            let n = c.dir.disable(&user.id).await?;
+            let n = c.dir.disable_by_directory(&user.id).await?;
             audit(
                 c,
                 "user_disabled",
@@ -521,13 +544,23 @@ async fn change_user(c: &Call<'_>, id: &str, change: Change<'_>) -> Result<Answe
             );
         }
         (true, true) => {
-            c.dir.enable(&user.id).await?;
-            audit(
-                c,
-                "user_enabled",
-                Some(&user.id),
-                "may sign in again".into(),
-            );
+            if c.dir.enable_by_directory(&user.id).await? {
+                audit(
+                    c,
+                    "user_enabled",
+                    Some(&user.id),
+                    "may sign in again".into(),
+                );
+            } else {
+                // IT's own `users disable` (an incident, a leaver the directory has not
+                // caught up with) is not the directory's to lift.
+                audit(
+                    c,
+                    "user_enable_refused",
+                    Some(&user.id),
+                    "disabled by IT: only `aalgate users enable` lifts it".into(),
+                );
+            }
         }
         _ => {}
     }
@@ -574,7 +607,6 @@ async fn change_user(c: &Call<'_>, id: &str, change: Change<'_>) -> Result<Answe
 async fn delete_user(c: &Call<'_>, id: &str) -> Result<Answer, Fail> {
     let (user, _, _) = user_resource(c, id).await?;
     let (n, creds) = c.dir.remove_user(&user.id).await?;
-    c.dir.store().kv_delete(SCIM_USER_NS, &user.id).await?;
     audit(
         c,
         "user_removed",
@@ -589,6 +621,7 @@ async fn delete_user(c: &Call<'_>, id: &str) -> Result<Answer, Fail> {
             }
         ),
     );
+    c.dir.store().kv_delete(SCIM_USER_NS, &user.id).await?;
     Ok(Answer {
         status: 204,
         body: None,
