@@ -360,3 +360,20 @@ fn multibyte_names_never_panic() {
         let _ = apply_patch(&mut user(), &patch);
     }
 }
+
+/// One PATCH cannot make a resource grow without bound: a large value copied into every
+/// element of a long list is refused, not built.
+#[test]
+fn a_patch_cannot_multiply_its_body() {
+    let members: Vec<String> = (0..1000).map(|i| format!("u{i}")).collect();
+    let g = group_json("big", None, &members, "https://gw.example/s");
+    let big = "x".repeat(100 * 1024);
+    for path in ["members.display", "members[value sw \"u\"].display"] {
+        let body = json!({"Operations": [{"op": "add", "path": path, "value": big}]});
+        let e = patched(g.clone(), body).expect_err(path);
+        assert_eq!(e.scim_type, Some(ScimType::TooMany), "{path}");
+    }
+    // Small values on a long list are fine.
+    let body = json!({"Operations": [{"op": "add", "path": "members.display", "value": "x"}]});
+    assert!(patched(g, body).is_ok());
+}
