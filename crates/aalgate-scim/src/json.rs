@@ -13,6 +13,35 @@ use crate::resource::{field, strip_urn};
 
 /// Most operations in one PATCH.
 const MAX_OPS: usize = 1000;
+/// Largest resource a PATCH may produce, in bytes of JSON (a group of 20 000 members is
+/// under 2 MiB): a value copied into every element of a list is refused before it is built.
+const MAX_PATCHED: usize = 8 * 1024 * 1024;
+
+fn too_big() -> ScimError {
+    ScimError::bad(
+        ScimType::TooMany,
+        format!("this PATCH would make the resource larger than {MAX_PATCHED} bytes"),
+    )
+}
+
+/// `value` set into `n` elements stays within [`MAX_PATCHED`].
+fn copies_fit(value: &Value, n: usize) -> Result<(), ScimError> {
+    let size = serde_json::to_string(value).map(|s| s.len()).unwrap_or(usize::MAX);
+    if size.saturating_mul(n) > MAX_PATCHED {
+        return Err(too_big());
+    }
+    Ok(())
+}
+
+/// Appends what is not there yet (compared as JSON text: one pass, not one scan per value).
+fn append_new(cur: &mut Vec<Value>, new: Vec<Value>) {
+    let mut seen: std::collections::HashSet<String> = cur.iter().map(Value::to_string).collect();
+    for n in new {
+        if seen.insert(n.to_string()) {
+            cur.push(n);
+        }
+    }
+}
 
 /// Attributes compared with case (RFC 7643: `id` and `externalId` are `caseExact`).
 fn case_exact(p: &AttrPath) -> bool {
@@ -237,6 +266,9 @@ pub fn apply_patch(res: &mut Value, body: &Value) -> Result<(), ScimError> {
         })?;
         apply_one(res, op)?;
     }
+    if serde_json::to_string(res).map(|s| s.len()).unwrap_or(usize::MAX) > MAX_PATCHED {
+        return Err(too_big());
+    }
     Ok(())
 }
 
@@ -294,16 +326,10 @@ fn at_path(res: &mut Value, path: &PatchPath, value: Value, mode: Mode) -> Resul
             match &p.sub_attr {
                 None => match (obj.get_mut(&key), value) {
                     (Some(Value::Array(cur)), Value::Array(new)) if mode == Mode::Add => {
-                        for n in new {
-                            if !cur.contains(&n) {
-                                cur.push(n);
-                            }
-                        }
+                        append_new(cur, new);
                     }
                     (Some(Value::Array(cur)), v) if mode == Mode::Add && !v.is_null() => {
-                        if !cur.contains(&v) {
-                            cur.push(v);
-                        }
+                        append_new(cur, vec![v]);
                     }
                     (Some(Value::Object(cur)), Value::Object(new)) => merge(cur, new),
                     (_, v) => {
@@ -315,6 +341,7 @@ fn at_path(res: &mut Value, path: &PatchPath, value: Value, mode: Mode) -> Resul
                     match entry {
                         Value::Object(o) => set(o, sub, value),
                         Value::Array(a) => {
+                            copies_fit(&value, a.len())?;
                             for el in a.iter_mut() {
                                 if let Value::Object(o) = el {
                                     set(o, sub, value.clone());
@@ -357,6 +384,8 @@ fn value_path(
             format!("{} is not multi-valued", vp.attr),
         ));
     };
+    let hits = list.iter().filter(|el| val_filter(&vp.filter, el)).count();
+    copies_fit(&value, hits)?;
     let mut hit = false;
     for el in list.iter_mut() {
         if !val_filter(&vp.filter, el) {

@@ -371,6 +371,7 @@ pub(crate) fn members(list: &[Value]) -> Result<Vec<String>, ScimError> {
         ));
     }
     let mut out = Vec::with_capacity(list.len());
+    let mut seen = std::collections::HashSet::new();
     for m in list {
         let m = object(m, "a member")?;
         if let Some(t) = text(m, "type")? {
@@ -383,7 +384,7 @@ pub(crate) fn members(list: &[Value]) -> Result<Vec<String>, ScimError> {
         }
         let value = text(m, "value")?
             .ok_or_else(|| ScimError::bad(ScimType::InvalidValue, "a member without a value"))?;
-        if !out.contains(&value) {
+        if seen.insert(value.clone()) {
             out.push(value);
         }
     }
