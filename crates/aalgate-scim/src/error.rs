@@ -1,6 +1,7 @@
 //! SCIM error responses (RFC 7644 §3.12).
 
-use crate::resource::ERROR_URN;
+/// The error message schema.
+pub const ERROR_URN: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
 
 /// The `scimType` of a 400 or 409 (RFC 7644 Table 9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

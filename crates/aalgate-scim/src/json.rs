@@ -26,7 +26,9 @@ fn too_big() -> ScimError {
 
 /// `value` set into `n` elements stays within [`MAX_PATCHED`].
 fn copies_fit(value: &Value, n: usize) -> Result<(), ScimError> {
-    let size = serde_json::to_string(value).map(|s| s.len()).unwrap_or(usize::MAX);
+    let size = serde_json::to_string(value)
+        .map(|s| s.len())
+        .unwrap_or(usize::MAX);
     if size.saturating_mul(n) > MAX_PATCHED {
         return Err(too_big());
     }
@@ -266,7 +268,11 @@ pub fn apply_patch(res: &mut Value, body: &Value) -> Result<(), ScimError> {
         })?;
         apply_one(res, op)?;
     }
-    if serde_json::to_string(res).map(|s| s.len()).unwrap_or(usize::MAX) > MAX_PATCHED {
+    if serde_json::to_string(res)
+        .map(|s| s.len())
+        .unwrap_or(usize::MAX)
+        > MAX_PATCHED
+    {
         return Err(too_big());
     }
     Ok(())

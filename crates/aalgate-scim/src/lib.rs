@@ -16,12 +16,12 @@ pub(crate) mod resource;
 
 pub mod discovery;
 
-pub use error::{ScimError, ScimType};
+pub use error::{ScimError, ScimType, ERROR_URN};
 pub use json::{apply_patch, matches, project};
 pub use query::{ListQuery, DEFAULT_COUNT, MAX_COUNT, MAX_FILTER_LEN};
 pub use resource::{
     group_json, list_json, user_json, Email, GroupAttrs, GroupIn, Name, UserAttrs, UserIn,
-    UserView, ERROR_URN, GROUP_URN, LIST_URN, PATCH_URN, SEARCH_URN, USER_URN,
+    UserView, GROUP_URN, LIST_URN, PATCH_URN, SEARCH_URN, USER_URN,
 };
 
 /// Attribute names in SCIM are case-insensitive (RFC 7643 §2.1).

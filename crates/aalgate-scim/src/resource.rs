@@ -13,8 +13,6 @@ pub const GROUP_URN: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 pub const LIST_URN: &str = "urn:ietf:params:scim:api:messages:2.0:ListResponse";
 /// A PATCH body.
 pub const PATCH_URN: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
-/// An error.
-pub const ERROR_URN: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
 /// A `POST .search` body.
 pub const SEARCH_URN: &str = "urn:ietf:params:scim:api:messages:2.0:SearchRequest";
 

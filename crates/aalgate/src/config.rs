@@ -78,6 +78,8 @@ struct RawScim {
     token_file: PathBuf,
     #[serde(default)]
     client: Option<String>,
+    #[serde(default)]
+    groups: Option<Vec<String>>,
 }
 
 /// Provisioning from the hospital's directory (`scim:`).
@@ -87,6 +89,8 @@ pub struct ScimConfig {
     pub token_file: PathBuf,
     /// The provisioning client's name in the audit log (`operator: scim:<client>`).
     pub client: String,
+    /// The groups the directory may manage (`name`, or `prefix-*`); `None`: every group.
+    pub groups: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -646,9 +650,24 @@ impl Config {
                 {
                     bail!("scim.client {client:?}: use 1-32 lowercase letters, digits or '-', e.g. entra");
                 }
+                if let Some(g) = r
+                    .groups
+                    .iter()
+                    .flatten()
+                    .find(|g| !aalgate_policy::valid_group(g.strip_suffix('*').unwrap_or(g)))
+                {
+                    bail!("scim.groups: {g:?} is not a group name (lowercase letters, digits and '-') or a prefix of one followed by '*', e.g. clinical or entra-*");
+                }
+                if let Some(p) = identity_providers.iter().find(|p| !p.jit_groups.is_empty()) {
+                    bail!(
+                        "identity provider {:?} has jit: with scim:, the directory creates accounts, and a person it removed must not come back through a provider sign-in; remove jit",
+                        p.id
+                    );
+                }
                 Some(ScimConfig {
                     token_file: rel(r.token_file),
                     client,
+                    groups: r.groups,
                 })
             }
         };
@@ -723,6 +742,36 @@ mod tests {
         );
         assert_eq!(c.store_timeout, DEFAULT_EMBEDDED_STORE_TIMEOUT);
         assert_eq!(c.public_host.port, Some(8080));
+    }
+
+    /// `scim:`: the client's name and the group scope are checked; a provider's `jit` beside
+    /// it is refused (a person the directory removed could come back through it).
+    #[test]
+    fn scim_section() {
+        let base = "listen: [{addr: 127.0.0.1:8080}]\npublic_origin: http://localhost:8080\nstore: embedded:state\npolicies: policies\n";
+        let c = parse(&format!(
+            "{base}scim: {{ token_file: scim.sha256, groups: [clinical, entra-*] }}\n"
+        ))
+        .unwrap();
+        let s = c.scim.unwrap();
+        assert_eq!(
+            (s.client.as_str(), s.token_file),
+            ("directory", PathBuf::from("/etc/aalgate/scim.sha256"))
+        );
+        for bad in [
+            "client: Entra",
+            "client: ''",
+            "groups: [EPCS Signers]",
+            "groups: ['*']",
+            "token: x",
+        ] {
+            let e = parse(&format!("{base}scim: {{ token_file: t, {bad} }}\n"));
+            assert!(e.is_err(), "{bad}");
+        }
+        let idp = "identity_providers:\n  - id: sso\n    display_name: SSO\n    issuer: https://sso.example\n    client_id: c\n    client_secret_file: s\n    jit: { groups_any: [staff] }\n";
+        assert!(parse(&format!("{base}{idp}")).is_ok());
+        let e = parse(&format!("{base}{idp}scim: {{ token_file: t }}\n")).unwrap_err();
+        assert!(e.to_string().contains("jit"), "{e}");
     }
 
     #[test]

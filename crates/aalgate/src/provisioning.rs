@@ -14,6 +14,8 @@ pub struct ScimAccess {
     hash: String,
     /// The client's name for the audit log (`scim:<client>`).
     pub client: String,
+    /// The groups the directory may manage (`name` or `prefix-*`); `None`: every group.
+    pub groups: Option<Vec<String>>,
 }
 
 impl ScimAccess {
@@ -25,8 +27,20 @@ impl ScimAccess {
                 cfg.token_file.display()
             )
         })?;
-        ScimAccess::from_hash(text.trim(), &cfg.client)
-            .with_context(|| format!("scim.token_file {}", cfg.token_file.display()))
+        let mut a = ScimAccess::from_hash(text.trim(), &cfg.client)
+            .with_context(|| format!("scim.token_file {}", cfg.token_file.display()))?;
+        a.groups = cfg.groups.clone();
+        Ok(a)
+    }
+
+    /// Whether the directory may see and change group `name` (`scim.groups`).
+    pub fn may_manage(&self, name: &str) -> bool {
+        self.groups.as_ref().is_none_or(|list| {
+            list.iter().any(|g| match g.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => g == name,
+            })
+        })
     }
 
     /// From a hex SHA-256.
@@ -41,6 +55,7 @@ impl ScimAccess {
         Ok(ScimAccess {
             hash: hash.to_string(),
             client: client.to_string(),
+            groups: None,
         })
     }
 
@@ -108,5 +123,10 @@ mod tests {
         }
         assert!(!a.accepts(None));
         assert!(ScimAccess::from_hash(&token, "entra").is_err());
+        let mut scoped = a.clone();
+        assert!(scoped.may_manage("epcs-signers"));
+        scoped.groups = Some(vec!["clinical".into(), "entra-*".into()]);
+        assert!(scoped.may_manage("clinical") && scoped.may_manage("entra-nurses"));
+        assert!(!scoped.may_manage("epcs-signers") && !scoped.may_manage("clinical-x"));
     }
 }

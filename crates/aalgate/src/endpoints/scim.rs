@@ -84,7 +84,7 @@ struct Call<'a> {
     st: &'a State,
     dir: &'a Directory,
     ctx: &'a Ctx,
-    client: &'a str,
+    access: &'a crate::provisioning::ScimAccess,
     base: String,
 }
 
@@ -136,7 +136,7 @@ pub(crate) async fn handle(st: &State, x: &mut Exchange<'_>, path: &str) -> Resu
         st,
         dir: &svc.dir,
         ctx: x.ctx,
-        client: &access.client,
+        access: &access,
         base: format!("{}{PREFIX}", svc.origin),
     };
     let answer = route(&call, &method, &rest, query.as_deref(), body).await;
@@ -405,6 +405,8 @@ async fn all_groups(
     for (_, m) in out.values_mut() {
         m.sort();
     }
+    // Groups outside `scim.groups` are IT's alone: the directory neither sees nor changes them.
+    out.retain(|name, _| c.access.may_manage(name));
     Ok(out)
 }
 
@@ -439,7 +441,7 @@ fn audit(c: &Call<'_>, event: &str, user: Option<&str>, detail: String) {
             event,
             request_id: Some(&c.ctx.request_id),
             user,
-            operator: Some(format!("scim:{}", c.client)),
+            operator: Some(format!("scim:{}", c.access.client)),
             detail: Some(detail),
             ..Default::default()
         },
@@ -699,6 +701,12 @@ async fn set_members(
 
 async fn create_group(c: &Call<'_>, body: &Value) -> Result<Answer, Fail> {
     let g = GroupIn::parse(body)?;
+    if !c.access.may_manage(&g.name) {
+        return Err(Fail::Scim(ScimError::status(
+            403,
+            format!("group {} is not the directory's to manage: add it to scim.groups, or manage it with `aalgate users groups`", g.name),
+        )));
+    }
     if all_groups(c).await?.contains_key(&g.name) {
         return Err(Fail::Scim(ScimError::taken(format!(
             "group {} exists already",
