@@ -355,7 +355,11 @@ fn multibyte_names_never_panic() {
         let body = json!({ key.clone(): "x", "userName": "nora", "active": true });
         assert!(UserIn::parse(&body).is_ok(), "{key}");
         let mut v = user();
-        project(&mut v, &[key.clone()], &[key.clone()]);
+        project(
+            &mut v,
+            std::slice::from_ref(&key),
+            std::slice::from_ref(&key),
+        );
         let patch = json!({"Operations": [{"op": "add", "value": { key.clone(): "y" }}]});
         let _ = apply_patch(&mut user(), &patch);
     }

@@ -535,37 +535,7 @@ async fn change_user(c: &Call<'_>, id: &str, change: Change<'_>) -> Result<Answe
     }
     let mut changed = Vec::new();
     // Access first: a person being disabled loses every session before anything else.
-    match (new.active, user.disabled) {
-        (false, false) => {
-            let n = c.dir.disable_by_directory(&user.id).await?;
-            audit(
-                c,
-                "user_disabled",
-                Some(&user.id),
-                format!("{n} session(s) ended"),
-            );
-        }
-        (true, true) => {
-            if c.dir.enable_by_directory(&user.id).await? {
-                audit(
-                    c,
-                    "user_enabled",
-                    Some(&user.id),
-                    "may sign in again".into(),
-                );
-            } else {
-                // IT's own `users disable` (an incident, a leaver the directory has not
-                // caught up with) is not the directory's to lift.
-                audit(
-                    c,
-                    "user_enable_refused",
-                    Some(&user.id),
-                    "disabled by IT: only `aalgate users enable` lifts it".into(),
-                );
-            }
-        }
-        _ => {}
-    }
+    set_active(c, &user, new.active).await?;
     let before = c.dir.membership(&user.id).await?;
     let email = new.email();
     if before.email.as_deref() != email {
@@ -604,6 +574,43 @@ async fn change_user(c: &Call<'_>, id: &str, change: Change<'_>) -> Result<Answe
     }
     let (_, v, _) = user_resource(c, id).await?;
     Ok(ok(v))
+}
+
+/// `active` as the directory says: disabled (every session ends), or enabled again if the
+/// directory was the one that disabled the person.
+async fn set_active(c: &Call<'_>, user: &User, active: bool) -> Result<(), Fail> {
+    match (active, user.disabled) {
+        (false, false) => {
+            let n = c.dir.disable_by_directory(&user.id).await?;
+            audit(
+                c,
+                "user_disabled",
+                Some(&user.id),
+                format!("{n} session(s) ended"),
+            );
+        }
+        (true, true) => {
+            if c.dir.enable_by_directory(&user.id).await? {
+                audit(
+                    c,
+                    "user_enabled",
+                    Some(&user.id),
+                    "may sign in again".into(),
+                );
+            } else {
+                // IT's own `users disable` (an incident, a leaver the directory has not
+                // caught up with) is not the directory's to lift.
+                audit(
+                    c,
+                    "user_enable_refused",
+                    Some(&user.id),
+                    "disabled by IT: only `aalgate users enable` lifts it".into(),
+                );
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 async fn delete_user(c: &Call<'_>, id: &str) -> Result<Answer, Fail> {
