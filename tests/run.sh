@@ -10,7 +10,8 @@
 # gunicorn from PyPI, the upstream of the transparency tests; PyJWT verifies the assertion;
 # Trac from PyPI, a real app under a path for kept forms; scim2-tester from PyPI, the SCIM
 # compliance checker),
-# libfaketime (Debian package faketime: wall-clock steps under the real binary), and
+# libfaketime (Debian package faketime: wall-clock steps under the real binary), valgrind
+# (callgrind instruction counts: the SCIM token compare is constant-time), and
 # cargo-audit with the RustSec snapshot (tests/audit.sh).
 # As root on Debian it installs what is missing; otherwise it says what to install.
 set -euo pipefail
@@ -26,6 +27,7 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(faketime)
+command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "tests/run.sh: installing ${need[*]}" >&2
@@ -58,6 +60,7 @@ bash tests/audit.sh
 
 # Build the binary the end-to-end tests start.
 cargo build --locked -p aalgate --bin aalgate
+cargo build --locked -p aalgate-benches --bin token-compare
 # Smoke run of the micro-benchmarks: each once, unoptimized (real runs: cargo bench).
 cargo test --locked -p aalgate-benches --bench micro
 # Everything but the soak, then the soak alone (it measures the gateway's memory, so nothing
