@@ -141,21 +141,7 @@ pub use aalgate_policy::{valid_group, valid_user_id};
 /// clears it.
 pub const PROVIDER_SUBJECT_NS: &str = "oidc_subject";
 
-/// An e-mail address as IT may set it: one `@`, something on each side, no spaces or control
-/// characters, at most 254 bytes (RFC 5321). Not proof that the mailbox exists.
-pub fn valid_email(s: &str) -> bool {
-    let Some((local, domain)) = s.split_once('@') else {
-        return false;
-    };
-    s.len() <= 254
-        && !local.is_empty()
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && !s[local.len() + 1..].contains('@')
-        && s.chars()
-            .all(|c| c.is_ascii_graphic() && c != ',' && c != '"')
-}
+pub use aalgate_policy::valid_email;
 
 impl Directory {
     /// Over a (deadline-wrapped) store.
@@ -194,14 +180,7 @@ impl Directory {
     /// or create one with [`Directory::insert_new_user`], so no write restores a record read
     /// before a `disable` or `remove_user`.
     pub async fn put_user(&self, user: &User) -> Result<(), DirectoryError> {
-        self.store
-            .kv_put("handle", &user.handle.to_string(), user.id.as_bytes(), None)
-            .await?;
-        for c in &user.credentials {
-            self.store
-                .kv_put("cred", &c.id, user.id.as_bytes(), None)
-                .await?;
-        }
+        self.index(user).await?;
         self.store
             .kv_put("user", &user.id, &encode("user", user)?, None)
             .await?;
@@ -627,15 +606,7 @@ impl Directory {
             .await?
             .ok_or_else(|| DirectoryError::NoUser(id.into()))?;
         let mut ended = self.store.revoke_user(id).await?;
-        for c in &removed {
-            self.store.kv_delete("cred", &c.id).await?;
-        }
-        for (hash, i) in self.invites().await? {
-            if i.user == id {
-                self.store.kv_delete("invite", &hash).await?;
-            }
-        }
-        self.store.kv_delete(PROVIDER_SUBJECT_NS, id).await?;
+        self.forget_keys(id, &removed).await?;
         self.store.kv_delete(aalgate_session::ACCESS_NS, id).await?;
         self.store.kv_delete("user", id).await?;
         // Last: until here a retry finds the person by their resource id and finishes.
@@ -644,6 +615,26 @@ impl Directory {
             .await?;
         ended += self.store.revoke_user(id).await?;
         Ok((ended, removed.iter().map(|c| c.audit_id()).collect()))
+    }
+
+    /// After a person's credentials were taken off their record: their index entries, the
+    /// person's older enrollment links, and the provider account they signed in with (after a
+    /// re-proofing or a removal, the next provider sign-in binds again).
+    async fn forget_keys(
+        &self,
+        id: &str,
+        removed: &[crate::model::Credential],
+    ) -> Result<(), DirectoryError> {
+        for c in removed {
+            self.store.kv_delete("cred", &c.id).await?;
+        }
+        for (hash, i) in self.invites().await? {
+            if i.user == id {
+                self.store.kv_delete("invite", &hash).await?;
+            }
+        }
+        self.store.kv_delete(PROVIDER_SUBJECT_NS, id).await?;
+        Ok(())
     }
 
     /// Removes one credential, and ends the user's sessions (one of them may have been
@@ -688,18 +679,7 @@ impl Directory {
             })
             .await?
             .ok_or_else(|| DirectoryError::NoUser(id.into()))?;
-        for c in &removed {
-            self.store.kv_delete("cred", &c.id).await?;
-        }
-        // Older enrollment links of this person stop working too.
-        for (hash, i) in self.invites().await? {
-            if i.user == id {
-                self.store.kv_delete("invite", &hash).await?;
-            }
-        }
-        // The provider account the person signed in with before is forgotten too: after a
-        // re-proofing, the next provider sign-in binds again.
-        self.store.kv_delete(PROVIDER_SUBJECT_NS, id).await?;
+        self.forget_keys(id, &removed).await?;
         let n = self.store.revoke_user(id).await?;
         let aal = u.proofed_aal.max(Aal::Aal2);
         let token = self.invite(id, &u.display_name, aal, ttl, now).await?;

@@ -185,6 +185,22 @@ pub fn valid_group(s: &str) -> bool {
         && !s.starts_with('-')
 }
 
+/// An e-mail address as IT may set it: one `@`, something on each side, no spaces or control
+/// characters, at most 254 bytes (RFC 5321). Not proof that the mailbox exists.
+pub fn valid_email(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
+    s.len() <= 254
+        && !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains('@')
+        && s.chars()
+            .all(|c| c.is_ascii_graphic() && c != ',' && c != '"')
+}
+
 /// A user name: 1-64 letters, digits and `.`, `_`, `-`, `@`.
 pub fn valid_user_id(s: &str) -> bool {
     !s.is_empty()

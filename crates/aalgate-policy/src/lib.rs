@@ -44,8 +44,8 @@ pub mod time;
 pub use aal::{Aal, Requirement};
 pub use admit::{admit, Admission, AdmissionFacts, Ceremony, RequestKind, SessionKind, Subject};
 pub use allow::{
-    allowed, identity_header_problem, valid_group, valid_user_id, Allow, IdentityHeaders, Person,
-    Reach,
+    allowed, identity_header_problem, valid_email, valid_group, valid_user_id, Allow,
+    IdentityHeaders, Person, Reach,
 };
 pub use decide::{Access, ExpiryReason, Limits, SessionFacts, StepUp, Timeouts};
 pub use host::HostPort;

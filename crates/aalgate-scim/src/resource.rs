@@ -223,7 +223,7 @@ impl UserIn {
                     let value = text(e, "value")?.ok_or_else(|| {
                         ScimError::bad(ScimType::InvalidValue, "an e-mail without a value")
                     })?;
-                    if !valid_email(&value) {
+                    if !aalgate_policy::valid_email(&value) {
                         return Err(ScimError::bad(
                             ScimType::InvalidValue,
                             format!("e-mail address {value:?} is not valid"),
@@ -311,21 +311,6 @@ impl UserIn {
             last_modified: now.to_string(),
         }
     }
-}
-
-/// The same rule as aalgate's directory: one `@`, a dotted domain, no spaces.
-fn valid_email(s: &str) -> bool {
-    let Some((local, domain)) = s.split_once('@') else {
-        return false;
-    };
-    s.len() <= 254
-        && !local.is_empty()
-        && domain.contains('.')
-        && !domain.starts_with('.')
-        && !domain.ends_with('.')
-        && !domain.contains('@')
-        && s.chars()
-            .all(|c| c.is_ascii_graphic() && c != ',' && c != '"')
 }
 
 impl GroupIn {
