@@ -450,6 +450,11 @@ fn entra_and_okta_payloads_provision_and_deprovision() {
         member("ann.lee@clinic.example").email.as_deref(),
         Some("ann.lee@clinic.example")
     );
+    let (_, report, _) = cli(&g, &["report", "enrollment", "--format", "json"]);
+    assert!(
+        report.contains("\"provisioned\""),
+        "a provisioned person without a credential is not reported as such:\n{report}"
+    );
     let a = account("ann.lee@clinic.example").expect("an account");
     assert!(!a.disabled && a.credentials.is_empty() && a.display_name == "Ann Lee");
     // A group, then its first member.

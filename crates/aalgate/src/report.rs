@@ -20,7 +20,9 @@ pub fn rfc3339(t: Timestamp) -> String {
 pub struct EnrollmentRow {
     /// The user id.
     pub user: String,
-    /// `active`, `disabled`, `invited` or `invite expired`.
+    /// `active`, `disabled`, `provisioned` (an account the directory created, with no
+    /// credential and no sign-in yet: like `invited`, not yet counted), `invited` or
+    /// `invite expired`.
     pub status: &'static str,
     /// Usable passkeys.
     pub passkeys: usize,
@@ -57,7 +59,13 @@ pub async fn enrollment(
             let usable = || u.credentials.iter().filter(|c| c.usable());
             EnrollmentRow {
                 user: u.id.clone(),
-                status: if u.disabled { "disabled" } else { "active" },
+                status: if u.disabled {
+                    "disabled"
+                } else if u.credentials.is_empty() && u.last_login.is_none() {
+                    "provisioned"
+                } else {
+                    "active"
+                },
                 passkeys: usable()
                     .filter(|c| c.kind == CredentialKind::Passkey)
                     .count(),
