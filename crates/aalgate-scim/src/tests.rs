@@ -381,3 +381,26 @@ fn a_patch_cannot_multiply_its_body() {
     let body = json!({"Operations": [{"op": "add", "path": "members.display", "value": "x"}]});
     assert!(patched(g, body).is_ok());
 }
+
+/// The bound is on everything one PATCH inserts, not on each operation: values added and
+/// removed again, or spread over many operations or path-less keys, cannot build gigabytes
+/// before the result is measured.
+#[test]
+fn a_patch_has_one_budget() {
+    let members: Vec<String> = (0..10).map(|i| format!("u{i}")).collect();
+    let g = group_json("big", None, &members, "https://gw.example/s");
+    let chunk = "x".repeat(400 * 1024);
+    let mut ops = Vec::new();
+    for _ in 0..4 {
+        ops.push(json!({"op": "add", "path": "members.x", "value": chunk}));
+        ops.push(json!({"op": "remove", "path": "members.x"}));
+    }
+    let e = patched(g.clone(), json!({ "Operations": ops })).unwrap_err();
+    assert_eq!(e.scim_type, Some(ScimType::TooMany));
+    let mut keys = serde_json::Map::new();
+    for k in 0..30 {
+        keys.insert(format!("members.k{k}"), json!(chunk.clone()));
+    }
+    let e = patched(g, json!({"Operations": [{"op": "add", "value": keys}]})).unwrap_err();
+    assert_eq!(e.scim_type, Some(ScimType::TooMany));
+}
