@@ -24,14 +24,16 @@ fn too_big() -> ScimError {
     )
 }
 
-/// `value` set into `n` elements stays within [`MAX_PATCHED`].
-fn copies_fit(value: &Value, n: usize) -> Result<(), ScimError> {
+/// Takes `n` copies of `value` from what the PATCH may still insert.
+fn spend(left: &mut usize, value: &Value, n: usize) -> Result<(), ScimError> {
     let size = serde_json::to_string(value)
         .map(|s| s.len())
         .unwrap_or(usize::MAX);
-    if size.saturating_mul(n) > MAX_PATCHED {
+    let cost = size.saturating_mul(n);
+    if cost > *left {
         return Err(too_big());
     }
+    *left -= cost;
     Ok(())
 }
 
@@ -240,6 +242,11 @@ pub fn apply_patch(res: &mut Value, body: &Value) -> Result<(), ScimError> {
             format!("at most {MAX_OPS} operations per PATCH"),
         ));
     }
+    // One budget for everything this PATCH inserts: what it removes again is not given back.
+    let start = serde_json::to_string(res)
+        .map(|s| s.len())
+        .unwrap_or(usize::MAX);
+    let mut left = MAX_PATCHED.saturating_sub(start);
     for raw in ops {
         let mut raw = raw.clone();
         if let Some(o) = raw.as_object_mut() {
@@ -266,7 +273,7 @@ pub fn apply_patch(res: &mut Value, body: &Value) -> Result<(), ScimError> {
                 syntax(format!("PATCH: {m}"))
             }
         })?;
-        apply_one(res, op)?;
+        apply_one(res, op, &mut left)?;
     }
     if serde_json::to_string(res)
         .map(|s| s.len())
@@ -278,25 +285,30 @@ pub fn apply_patch(res: &mut Value, body: &Value) -> Result<(), ScimError> {
     Ok(())
 }
 
-fn apply_one(res: &mut Value, op: PatchOperation) -> Result<(), ScimError> {
+fn apply_one(res: &mut Value, op: PatchOperation, left: &mut usize) -> Result<(), ScimError> {
     match op {
         PatchOperation::Add(OperationTarget::WithPath { path, value }) => {
-            at_path(res, &path, value, Mode::Add)
+            at_path(res, &path, value, Mode::Add, left)
         }
         PatchOperation::Replace(OperationTarget::WithPath { path, value }) => {
-            at_path(res, &path, value, Mode::Replace)
+            at_path(res, &path, value, Mode::Replace, left)
         }
         PatchOperation::Add(OperationTarget::WithoutPath { value }) => {
-            pathless(res, value, Mode::Add)
+            pathless(res, value, Mode::Add, left)
         }
         PatchOperation::Replace(OperationTarget::WithoutPath { value }) => {
-            pathless(res, value, Mode::Replace)
+            pathless(res, value, Mode::Replace, left)
         }
         PatchOperation::Remove { path, value } => remove(res, &path, value),
     }
 }
 
-fn pathless(res: &mut Value, value: Map<String, Value>, mode: Mode) -> Result<(), ScimError> {
+fn pathless(
+    res: &mut Value,
+    value: Map<String, Value>,
+    mode: Mode,
+    left: &mut usize,
+) -> Result<(), ScimError> {
     for (k, v) in value {
         let k = strip_urn(&k).to_string();
         if k.starts_with("urn:") {
@@ -311,7 +323,7 @@ fn pathless(res: &mut Value, value: Map<String, Value>, mode: Mode) -> Result<()
         } else {
             PatchPath::Attr(AttrPath::with_name(k))
         };
-        at_path(res, &path, v, mode)?;
+        at_path(res, &path, v, mode, left)?;
     }
     Ok(())
 }
@@ -321,7 +333,13 @@ fn target(res: &mut Value) -> Result<&mut Map<String, Value>, ScimError> {
         .ok_or_else(|| syntax("the resource is not a JSON object"))
 }
 
-fn at_path(res: &mut Value, path: &PatchPath, value: Value, mode: Mode) -> Result<(), ScimError> {
+fn at_path(
+    res: &mut Value,
+    path: &PatchPath,
+    value: Value,
+    mode: Mode,
+    left: &mut usize,
+) -> Result<(), ScimError> {
     let obj = target(res)?;
     match path {
         PatchPath::Attr(p) => {
@@ -329,6 +347,11 @@ fn at_path(res: &mut Value, path: &PatchPath, value: Value, mode: Mode) -> Resul
                 return Ok(());
             }
             let key = key_of(obj, &p.name);
+            let copies = match (&p.sub_attr, obj.get(&key)) {
+                (Some(_), Some(Value::Array(a))) => a.len(),
+                _ => 1,
+            };
+            spend(left, &value, copies)?;
             match &p.sub_attr {
                 None => match (obj.get_mut(&key), value) {
                     (Some(Value::Array(cur)), Value::Array(new)) if mode == Mode::Add => {
@@ -347,7 +370,6 @@ fn at_path(res: &mut Value, path: &PatchPath, value: Value, mode: Mode) -> Resul
                     match entry {
                         Value::Object(o) => set(o, sub, value),
                         Value::Array(a) => {
-                            copies_fit(&value, a.len())?;
                             for el in a.iter_mut() {
                                 if let Value::Object(o) = el {
                                     set(o, sub, value.clone());
@@ -364,7 +386,7 @@ fn at_path(res: &mut Value, path: &PatchPath, value: Value, mode: Mode) -> Resul
             }
             Ok(())
         }
-        PatchPath::Value(vp) => value_path(obj, vp, value, mode),
+        PatchPath::Value(vp) => value_path(obj, vp, value, mode, left),
     }
 }
 
@@ -375,6 +397,7 @@ fn value_path(
     vp: &PatchValuePath,
     value: Value,
     _mode: Mode,
+    left: &mut usize,
 ) -> Result<(), ScimError> {
     if foreign(&vp.attr) {
         return Ok(());
@@ -391,7 +414,7 @@ fn value_path(
         ));
     };
     let hits = list.iter().filter(|el| val_filter(&vp.filter, el)).count();
-    copies_fit(&value, hits)?;
+    spend(left, &value, hits.max(1))?;
     let mut hit = false;
     for el in list.iter_mut() {
         if !val_filter(&vp.filter, el) {
