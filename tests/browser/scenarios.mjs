@@ -404,6 +404,13 @@ try {
   await A.page.goto(reset.out.trim());
   t = await text(A.page);
   check(t.includes('hardware security key') && !t.includes('Create a passkey'), "nora's new invite needs an AAL3 hardware key, like her enrollment");
+  // 12. A person proofed for AAL2 who registers an attested hardware key: the key, and the
+  // session it starts, stay at AAL2 (never above the level IT proofed the person for).
+  await B.page.goto(invite('pia', 2));
+  await click(B.page, 'Register a hardware security key');
+  await landOn(B.page, (u) => u.href.startsWith(`${EHR}/`) && !u.pathname.startsWith('/.aalgate'), "after pia's key enrollment");
+  t = await text(B.page);
+  check(t.includes('signed in as pia') && t.includes('AAL2') && !t.includes('AAL3'), `pia's hardware key, enrolled on an AAL2 invite, signs her in at AAL2, not above: ${t.slice(0, 200)}`);
   console.log('all browser scenarios passed');
 } finally {
   await ctx.close();
