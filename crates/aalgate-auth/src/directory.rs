@@ -109,6 +109,10 @@ pub struct Pending {
     /// user gets it when the enrollment finishes).
     #[serde(default)]
     pub handle: Option<Uuid>,
+    /// For an enrollment: the person had an account when it started (an enrollment that finds
+    /// it gone, removed meanwhile, must not create it again under the old handle).
+    #[serde(default)]
+    pub account_existed: bool,
     /// For a ceremony bound to one request: the ceremony nonce (base64url) its challenge was
     /// derived from, with the flow's request digest.
     #[serde(default)]

@@ -161,7 +161,9 @@ pub(crate) async fn start(
             if invite.aal == Aal::Aal3 && kind != RegKind::SecurityKey {
                 return Ok(Err((Outcome::NeedsHardwareKey, MSG_NO_KEY)));
             }
-            let user = match svc.dir.user(&invite.user).await? {
+            let found = svc.dir.user(&invite.user).await?;
+            let account_existed = found.is_some();
+            let user = match found {
                 Some(u) if u.disabled => return Ok(Err((Outcome::Disabled, MSG_FAILED))),
                 Some(u) => u,
                 None => new_user(&invite.user, &invite.display_name, invite.aal, now),
@@ -192,6 +194,7 @@ pub(crate) async fn start(
                 invite: Some(token.hash()),
                 allowed: None,
                 handle: Some(user.handle),
+                account_existed,
                 ceremony_nonce: None,
                 state: serde_json::to_value(&state)
                     .map_err(|e| DirectoryError::Corrupt("state", e.to_string()))?,
@@ -277,6 +280,7 @@ pub(crate) async fn start(
                 invite: None,
                 allowed,
                 handle: None,
+                account_existed: false,
                 ceremony_nonce: bound.map(|(_, n)| aalgate_auth::signing::b64(&n)),
                 state: serde_json::to_value(&state)
                     .map_err(|e| DirectoryError::Corrupt("state", e.to_string()))?,

@@ -193,6 +193,9 @@ pub(crate) async fn finish_enroll(
             return Ok(Err("an AAL3 person needs an attested hardware key"));
         }
         let existing = svc.dir.user(&invite.user).await?;
+        if pending.account_existed && existing.is_none() {
+            return Ok(Err("the account was removed during enrollment"));
+        }
         let user = existing.clone().unwrap_or_else(|| {
             let mut u = new_user(&invite.user, &invite.display_name, invite.aal, now);
             // The handle the authenticator stored with the credential.
@@ -269,12 +272,17 @@ pub(crate) async fn finish_enroll(
             return x.store_down(&e, "enrollment: store error").await;
         }
     };
+    // The credential as stored: its level capped at what IT proofed the person for.
+    let aal = user
+        .credential(&cred.id)
+        .map_or(Aal::Aal2, |c| c.aal)
+        .min(cred.aal);
     audit_auth(
         st,
         x.ctx,
         "enroll",
         Some(&user.id),
-        Some(cred.aal),
+        Some(aal),
         Some(&cred.audit_id()),
         Some(cred.kind.as_str()),
     );
@@ -303,7 +311,7 @@ pub(crate) async fn finish_enroll(
         method: "GET".into(),
         url: "/".into(),
         need: FlowKind::Login,
-        aal: cred.aal,
+        aal,
         max_age_secs: None,
         app: String::new(),
         created: now,
@@ -321,7 +329,7 @@ pub(crate) async fn finish_enroll(
         st,
         x,
         &user,
-        (cred.aal, began),
+        (aal, began),
         amr,
         &cred.audit_id(),
         cred.kind,
