@@ -250,6 +250,10 @@ impl Directory {
                 return Ok(None);
             };
             let mut u: User = decode("user", &raw)?;
+            let (handle, known): (Uuid, Vec<String>) = (
+                u.handle,
+                u.credentials.iter().map(|c| c.id.clone()).collect(),
+            );
             if !change(&mut u)? {
                 return Ok(Some((u, false)));
             }
@@ -258,7 +262,18 @@ impl Directory {
                 .kv_swap("user", id, Some(&raw), Some(&encode("user", &u)?))
                 .await?
             {
-                self.index(&u).await?;
+                // Only what this change added: rewriting the rest could restore an entry a
+                // concurrent revoke or removal just deleted (and costs a write per sign-in).
+                if u.handle != handle {
+                    self.store
+                        .kv_put("handle", &u.handle.to_string(), u.id.as_bytes(), None)
+                        .await?;
+                }
+                for c in u.credentials.iter().filter(|c| !known.contains(&c.id)) {
+                    self.store
+                        .kv_put("cred", &c.id, u.id.as_bytes(), None)
+                        .await?;
+                }
                 return Ok(Some((u, true)));
             }
         }
@@ -561,19 +576,20 @@ impl Directory {
     }
 
     /// Lets a disabled person sign in again (`aalgate users enable`): their credentials were
-    /// kept; their sessions ended when they were disabled.
+    /// kept; their sessions ended when they were disabled. `false`: they were not disabled.
     pub async fn enable(&self, id: &str) -> Result<bool, DirectoryError> {
         self.enable_as(id, Deactivation::Operator).await
     }
 
     /// [`Directory::enable`] on the word of the hospital's directory: only a person the
-    /// directory disabled; one IT disabled stays disabled (`false`) until IT enables them.
+    /// directory disabled; one IT disabled stays disabled (`false`, as for one not disabled)
+    /// until IT enables them.
     pub async fn enable_by_directory(&self, id: &str) -> Result<bool, DirectoryError> {
         self.enable_as(id, Deactivation::Directory).await
     }
 
     async fn enable_as(&self, id: &str, by: Deactivation) -> Result<bool, DirectoryError> {
-        let (u, _) = self
+        let (_, written) = self
             .update_user(id, |u| {
                 if !u.disabled
                     || (by == Deactivation::Directory
@@ -587,7 +603,7 @@ impl Directory {
             })
             .await?
             .ok_or_else(|| DirectoryError::NoUser(id.into()))?;
-        Ok(!u.disabled)
+        Ok(written)
     }
 
     /// Removes a person: every session ends, and their account, credentials, invites, groups,
@@ -613,7 +629,8 @@ impl Directory {
         self.forget_keys(id, &removed).await?;
         self.store.kv_delete(aalgate_session::ACCESS_NS, id).await?;
         self.store.kv_delete("user", id).await?;
-        // Last: until here a retry finds the person by their resource id and finishes.
+        // The handle last: a removal that failed before the record went is found again by
+        // its resource id and finished by the directory's retry.
         self.store
             .kv_delete("handle", &u.handle.to_string())
             .await?;

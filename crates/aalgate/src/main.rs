@@ -2011,7 +2011,8 @@ async fn users_run(args: UsersArgs) -> Result<bool> {
         }
         UsersAction::Enable { user } => {
             if !dir.enable(&user).await? {
-                bail!("{user} could not be enabled");
+                println!("{user} was not disabled; nothing changed");
+                return Ok(true);
             }
             if let Some(a) = audit {
                 audit_change(a, "user_enabled", &user, "may sign in again".into()).await?;

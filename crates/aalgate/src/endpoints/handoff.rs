@@ -141,17 +141,8 @@ pub(crate) async fn begin_session(
     {
         return Ok(Err(x.store_down(&e, "sign-in: store error").await?));
     }
-    // A `disable` or removal that ran while this sign-in was finishing: either it revoked
-    // this session (it was in the store first) or this read sees it. Fail closed.
-    match st.service().dir.user(&user.id).await {
-        Ok(Some(u)) if !u.disabled && u.handle == user.handle => {}
-        found => {
-            let _ = st.store.revoke_user(&user.id).await;
-            tracing::info!(request_id = %x.ctx.request_id, user = %user.id, store_error = found.is_err(), "sign-in: the person was disabled or removed meanwhile");
-            return Ok(Err(x
-                .refuse(Outcome::Disabled, "Sign-in did not work", super::MSG_FAILED)
-                .await?));
-        }
+    if let Some(sent) = recheck(st, x, user, credential, &record).await? {
+        return Ok(Err(sent));
     }
     x.ctx.session = Some(s.clone());
     let set = cookie(
@@ -161,6 +152,53 @@ pub(crate) async fn begin_session(
         false,
     );
     Ok(Ok((record, s, set)))
+}
+
+/// A session just stored is checked against its person's record: a `disable`, removal,
+/// `revoke-credential` or `reset` that ran while the sign-in was finishing either revoked the
+/// session (it was in the store first) or this read sees it. Fail closed. `Some`: refused
+/// (the answer is sent).
+async fn recheck(
+    st: &State,
+    x: &mut Exchange<'_>,
+    user: &User,
+    credential: &str,
+    record: &SessionKey,
+) -> Result<Option<bool>> {
+    let current = st.service().dir.user(&user.id).await;
+    let still = |u: &User| {
+        !u.disabled
+            && u.handle == user.handle
+            && (credential.starts_with("idp:")
+                || u.credentials
+                    .iter()
+                    .any(|c| c.usable() && c.audit_id() == credential))
+    };
+    match current {
+        Ok(Some(u)) if still(&u) => {}
+        Ok(_) => {
+            let _ = st.store.revoke_user(&user.id).await;
+            super::audit_auth(
+                st,
+                x.ctx,
+                "signin_failure",
+                Some(&user.id),
+                None,
+                Some(credential),
+                Some("disabled, removed or credential revoked while signing in; the new session was ended"),
+            );
+            return Ok(Some(
+                x.refuse(Outcome::Disabled, "Sign-in did not work", super::MSG_FAILED)
+                    .await?,
+            ));
+        }
+        Err(e) => {
+            // Only this new session goes: the person's others stand.
+            let _ = st.store.remove(record).await;
+            return Ok(Some(x.store_down(&e, "sign-in: store error").await?));
+        }
+    }
+    Ok(None)
 }
 
 /// This browser's session on this host, if it is within the loosest limits of its level (not
