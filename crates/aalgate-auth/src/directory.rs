@@ -309,11 +309,17 @@ impl Directory {
 
     /// The account a credential id is registered to.
     pub async fn credential_owner(&self, cred_id: &str) -> Result<Option<String>, DirectoryError> {
+        let Some(v) = self.store.kv_get("cred", cred_id).await? else {
+            return Ok(None);
+        };
+        // A stale index entry (its credential revoked or its person removed meanwhile) names
+        // nobody: the record decides.
+        let id = String::from_utf8_lossy(&v).into_owned();
         Ok(self
-            .store
-            .kv_get("cred", cred_id)
+            .user(&id)
             .await?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+            .filter(|u| u.credential(cred_id).is_some())
+            .map(|u| u.id))
     }
 
     /// Every user, sorted by id.
@@ -586,6 +592,15 @@ impl Directory {
     /// until IT enables them.
     pub async fn enable_by_directory(&self, id: &str) -> Result<bool, DirectoryError> {
         self.enable_as(id, Deactivation::Directory).await
+    }
+
+    /// Whether a person is disabled by IT (not by the directory): what only `users enable`
+    /// lifts.
+    pub async fn disabled_by_operator(&self, id: &str) -> Result<bool, DirectoryError> {
+        Ok(self
+            .user(id)
+            .await?
+            .is_some_and(|u| u.disabled && u.disabled_by != Some(Deactivation::Directory)))
     }
 
     async fn enable_as(&self, id: &str, by: Deactivation) -> Result<bool, DirectoryError> {

@@ -11,8 +11,9 @@ use serde_json::{Map, Value};
 use crate::error::{ScimError, ScimType};
 use crate::resource::{field, strip_urn};
 
-/// Most operations in one PATCH.
-const MAX_OPS: usize = 1000;
+/// Most operations in one PATCH (directories put many members in one operation; each
+/// operation may scan a list of up to 20 000).
+const MAX_OPS: usize = 256;
 /// Largest resource a PATCH may produce, in bytes of JSON (a group of 20 000 members is
 /// under 2 MiB): a value copied into every element of a list is refused before it is built.
 const MAX_PATCHED: usize = 8 * 1024 * 1024;

@@ -141,7 +141,7 @@ pub(crate) async fn begin_session(
     {
         return Ok(Err(x.store_down(&e, "sign-in: store error").await?));
     }
-    if let Some(sent) = recheck(st, x, user, credential, &record).await? {
+    if let Some(sent) = recheck(st, x, user, credential, (&record, &handle.key())).await? {
         return Ok(Err(sent));
     }
     x.ctx.session = Some(s.clone());
@@ -163,7 +163,7 @@ async fn recheck(
     x: &mut Exchange<'_>,
     user: &User,
     credential: &str,
-    record: &SessionKey,
+    (record, handle): (&SessionKey, &SessionKey),
 ) -> Result<Option<bool>> {
     let current = st.service().dir.user(&user.id).await;
     let still = |u: &User| {
@@ -174,10 +174,15 @@ async fn recheck(
                     .iter()
                     .any(|c| c.usable() && c.audit_id() == credential))
     };
+    // Only this new session goes: whatever ended access ended the person's others itself.
+    let drop_new = async {
+        let _ = st.store.unlink(handle).await;
+        let _ = st.store.remove(record).await;
+    };
     match current {
         Ok(Some(u)) if still(&u) => {}
         Ok(_) => {
-            let _ = st.store.revoke_user(&user.id).await;
+            drop_new.await;
             super::audit_auth(
                 st,
                 x.ctx,
@@ -193,8 +198,7 @@ async fn recheck(
             ));
         }
         Err(e) => {
-            // Only this new session goes: the person's others stand.
-            let _ = st.store.remove(record).await;
+            drop_new.await;
             return Ok(Some(x.store_down(&e, "sign-in: store error").await?));
         }
     }

@@ -597,7 +597,7 @@ async fn set_active(c: &Call<'_>, user: &User, active: bool) -> Result<(), Fail>
                     Some(&user.id),
                     "may sign in again".into(),
                 );
-            } else {
+            } else if c.dir.disabled_by_operator(&user.id).await? {
                 // IT's own `users disable` (an incident, a leaver the directory has not
                 // caught up with) is not the directory's to lift.
                 audit(
