@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use crate::http::Exchange;
 use crate::outcome::Outcome;
+use crate::report::rfc3339;
 use crate::state::{Ctx, Reply, State};
 
 /// Where the service lives.
@@ -264,11 +265,6 @@ fn one_of(all: Vec<Value>, id: &str, what: &str) -> Result<Answer, Fail> {
         .ok_or_else(|| Fail::Scim(ScimError::not_found(format!("no {what} {id}"))))
 }
 
-fn rfc3339(t: aalgate_policy::Timestamp) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.0))
-        .to_string()
-}
-
 fn now(c: &Call<'_>) -> String {
     rfc3339(c.st.clock.now())
 }
@@ -383,23 +379,14 @@ async fn all_groups(
         .into_iter()
         .map(|u| (u.id, u.handle.to_string()))
         .collect();
-    for (user, groups) in c
-        .dir
-        .groups()
-        .await?
-        .into_iter()
-        .flat_map(|(g, users)| users.into_iter().map(move |u| (u, g.clone())))
-        .fold(BTreeMap::<String, Vec<String>>::new(), |mut m, (u, g)| {
-            m.entry(u).or_default().push(g);
-            m
-        })
-    {
+    for (g, users) in c.dir.groups().await? {
         // People with groups but no account yet (an invite's groups) are not SCIM users.
-        let Some(h) = handles.get(&user) else {
-            continue;
-        };
-        for g in groups {
-            out.entry(g).or_insert((None, Vec::new())).1.push(h.clone());
+        let members: Vec<String> = users
+            .iter()
+            .filter_map(|u| handles.get(u).cloned())
+            .collect();
+        if !members.is_empty() {
+            out.entry(g).or_insert((None, Vec::new())).1.extend(members);
         }
     }
     for (_, m) in out.values_mut() {
