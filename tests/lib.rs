@@ -13,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
+pub mod cluster;
+
 /// A free loopback port (bound and released; fine for tests).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -519,6 +521,12 @@ impl Gateway {
         let store = store
             .map(str::to_string)
             .unwrap_or_else(|| format!("embedded:{}", dir.path().join("state").display()));
+        // A section (`{sentinels: …}`) as written; a string quoted.
+        let store = if store.starts_with('{') {
+            store
+        } else {
+            format!("\"{store}\"")
+        };
         let config = dir.path().join("aalgate.yaml");
         let tls = front == Front::Tls;
         let tls_line = if tls {
@@ -575,7 +583,7 @@ impl Gateway {
         let extra = extra.replace("store_timeout: default\n", "");
         let yaml = format!(
             "listen:\n  - addr: 127.0.0.1:{port}{tls_line}{more}\nadmin_listen: 127.0.0.1:{admin_port}\npublic_origin: {origin}\n\
-store: \"{store}\"\n{deadline}policies: policies\nstate_dir: state\nthreads: 2\nsession_count_interval: 1s\nshutdown_grace: 3s\n"
+store: {store}\n{deadline}policies: policies\nstate_dir: state\nthreads: 2\nsession_count_interval: 1s\nshutdown_grace: 3s\n"
         );
         std::fs::write(&config, format!("{yaml}{extra}")).expect("write config");
         let mut g = Gateway {

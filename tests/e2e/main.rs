@@ -15,6 +15,7 @@ mod ops;
 mod proxy;
 mod redis;
 mod scim;
+mod sentinel;
 mod signin;
 mod structure;
 mod transparency;

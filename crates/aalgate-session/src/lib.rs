@@ -12,7 +12,7 @@
 //!
 //! - `store`: [`Session`], [`Flow`], the [`SessionStore`] trait and [`Deadline`].
 //! - `id`: cookie ids and the store keys derived from them; `cookie`: reading cookie headers.
-//! - `embedded`, `redis_store`: the two backends; [`conformance`]: what both must do.
+//! - `embedded`, `redis_store`: the two backends (`redis_config`: how to reach Redis); [`conformance`]: what both must do.
 
 // Over about 80 lines, a function is a deliberate choice: `#[allow]` it with a reason.
 #![warn(clippy::too_many_lines)]
@@ -20,6 +20,7 @@
 pub mod cookie;
 mod embedded;
 mod id;
+mod redis_config;
 mod redis_store;
 mod store;
 
@@ -28,8 +29,9 @@ pub mod conformance;
 pub use cookie::cookie_values;
 pub use embedded::{EmbeddedStore, StoreClock, WallClock};
 pub use id::{FlowId, SessionId, SessionKey};
+pub use redis_config::{RedisConfig, RedisTarget, RedisTls};
 pub use redis_store::RedisStore;
 pub use store::{
     Deadline, Flow, FlowKind, RequestBinding, Resolved, Session, SessionStats, SessionStore,
-    StoreError, StoreSpec, ACCESS_NS, EXPIRY_WINDOWS,
+    StoreError, StoreHealth, StoreSpec, ACCESS_NS, EXPIRY_WINDOWS,
 };

@@ -188,6 +188,24 @@ pub struct Resolved {
     pub access: Option<Vec<u8>>,
 }
 
+/// The state of a replicated store's connection (metrics, logs): see
+/// [`SessionStore::health`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreHealth {
+    /// The master is found through Sentinel.
+    pub sentinel: bool,
+    /// The address of the master connected to; `None` while none is known.
+    pub master: Option<String>,
+    /// How many times the master changed to another address.
+    pub failovers: u64,
+    /// Writes that end access whose replicas did not confirm them in time.
+    pub acks_missed: u64,
+    /// Of those, how many are still denied locally and retried.
+    pub unconfirmed: u64,
+    /// Total time without a master to talk to.
+    pub without_master: Duration,
+}
+
 /// Why a store call failed. Every variant means "unknown": callers fail closed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -207,8 +225,8 @@ pub enum StoreError {
 pub enum StoreSpec {
     /// A redb file in this directory.
     Embedded(std::path::PathBuf),
-    /// A Redis URL (`redis://`, `rediss://`, `redis+unix://`).
-    Redis(String),
+    /// Redis: a URL (`redis://`, `rediss://`, `redis+unix://`) or Sentinel, with its settings.
+    Redis(Box<crate::redis_config::RedisConfig>),
 }
 
 impl std::str::FromStr for StoreSpec {
@@ -223,7 +241,9 @@ impl std::str::FromStr for StoreSpec {
             || s.starts_with("rediss://")
             || s.starts_with("redis+unix://")
         {
-            Ok(StoreSpec::Redis(s.to_string()))
+            Ok(StoreSpec::Redis(Box::new(
+                crate::redis_config::RedisConfig::url(s, Duration::from_millis(50)),
+            )))
         } else {
             Err(format!(
                 "unknown store {s:?}; use embedded:<dir> or redis://host:port/db"
@@ -326,6 +346,19 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn kv_incr(&self, ns: &str, key: &str, ttl: Duration) -> Result<u64, StoreError> {
         self.kv_add(ns, key, 1, ttl).await
     }
+
+    /// The connection to a replicated store (Redis): its master, failovers, unconfirmed
+    /// writes. `None` for a store of one machine.
+    fn health(&self) -> Option<StoreHealth> {
+        None
+    }
+
+    /// How much longer than other calls a write that ends access may take, because it waits
+    /// for replicas to confirm it: `remove`, `revoke_user`, `unlink`, `take_flow`, `kv_take`,
+    /// `kv_delete` and `kv_swap`.
+    fn ack_budget(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// Wraps a store so that every call has a deadline.
@@ -351,6 +384,20 @@ impl<S: ?Sized> Deadline<S> {
     }
 }
 
+impl<S: SessionStore + ?Sized> Deadline<S> {
+    /// A write that ends access: its replicas' confirmation gets its own budget.
+    async fn run_acked<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let limit = self.limit + self.inner.ack_budget();
+        match tokio::time::timeout(limit, f).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Timeout(limit)),
+        }
+    }
+}
+
 #[async_trait]
 impl<S: SessionStore + ?Sized> SessionStore for Deadline<S> {
     async fn insert(&self, key: &SessionKey, session: &Session) -> Result<(), StoreError> {
@@ -363,10 +410,10 @@ impl<S: SessionStore + ?Sized> SessionStore for Deadline<S> {
         self.run(self.inner.touch(key, last_seen)).await
     }
     async fn remove(&self, key: &SessionKey) -> Result<bool, StoreError> {
-        self.run(self.inner.remove(key)).await
+        self.run_acked(self.inner.remove(key)).await
     }
     async fn revoke_user(&self, user: &str) -> Result<usize, StoreError> {
-        self.run(self.inner.revoke_user(user)).await
+        self.run_acked(self.inner.revoke_user(user)).await
     }
     async fn put_flow(&self, key: &str, flow: &Flow, ttl: Duration) -> Result<(), StoreError> {
         self.run(self.inner.put_flow(key, flow, ttl)).await
@@ -375,7 +422,7 @@ impl<S: SessionStore + ?Sized> SessionStore for Deadline<S> {
         self.run(self.inner.get_flow(key, now)).await
     }
     async fn take_flow(&self, key: &str, now: Timestamp) -> Result<Option<Flow>, StoreError> {
-        self.run(self.inner.take_flow(key, now)).await
+        self.run_acked(self.inner.take_flow(key, now)).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.run(self.inner.ping()).await
@@ -394,7 +441,7 @@ impl<S: SessionStore + ?Sized> SessionStore for Deadline<S> {
             .await
     }
     async fn unlink(&self, handle: &SessionKey) -> Result<(), StoreError> {
-        self.run(self.inner.unlink(handle)).await
+        self.run_acked(self.inner.unlink(handle)).await
     }
     async fn resolve(
         &self,
@@ -426,10 +473,10 @@ impl<S: SessionStore + ?Sized> SessionStore for Deadline<S> {
         self.run(self.inner.kv_get(ns, key)).await
     }
     async fn kv_take(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.run(self.inner.kv_take(ns, key)).await
+        self.run_acked(self.inner.kv_take(ns, key)).await
     }
     async fn kv_delete(&self, ns: &str, key: &str) -> Result<bool, StoreError> {
-        self.run(self.inner.kv_delete(ns, key)).await
+        self.run_acked(self.inner.kv_delete(ns, key)).await
     }
     async fn kv_list(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         // A scan, like stats.
@@ -449,7 +496,14 @@ impl<S: SessionStore + ?Sized> SessionStore for Deadline<S> {
         expected: Option<&[u8]>,
         new: Option<&[u8]>,
     ) -> Result<bool, StoreError> {
-        self.run(self.inner.kv_swap(ns, key, expected, new)).await
+        self.run_acked(self.inner.kv_swap(ns, key, expected, new))
+            .await
+    }
+    fn health(&self) -> Option<StoreHealth> {
+        self.inner.health()
+    }
+    fn ack_budget(&self) -> Duration {
+        self.inner.ack_budget()
     }
     async fn stats(&self, now: Timestamp, limits: &Timeouts) -> Result<SessionStats, StoreError> {
         // A scan, not a request-path call: it gets a longer deadline of its own.

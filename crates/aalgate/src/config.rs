@@ -16,7 +16,7 @@ struct RawConfig {
     #[serde(default)]
     admin_listen: Option<String>,
     public_origin: String,
-    store: String,
+    store: crate::store_config::RawStore,
     #[serde(default)]
     store_timeout: Option<String>,
     policies: PathBuf,
@@ -478,11 +478,7 @@ impl Config {
         if !listen.iter().any(|l| l.external_port == origin_port) {
             bail!("public_origin {origin} is on port {origin_port}, which no listener serves; set external_port: {origin_port} on the listener browsers reach through a load balancer, or correct public_origin");
         }
-        let store = raw.store.parse::<StoreSpec>().map_err(anyhow::Error::msg)?;
-        let store = match store {
-            StoreSpec::Embedded(d) => StoreSpec::Embedded(rel(d)),
-            s => s,
-        };
+        let mut store = raw.store.build(&rel)?;
         let state_dir = match (raw.state_dir, &store) {
             (Some(d), _) => rel(d),
             (None, StoreSpec::Embedded(d)) => d.clone(),
@@ -516,6 +512,9 @@ impl Config {
                 StoreSpec::Redis(_) => DEFAULT_STORE_TIMEOUT,
             },
         };
+        if let StoreSpec::Redis(r) = &mut store {
+            r.timeout = store_timeout;
+        }
         let audit = match raw.audit {
             None => AuditConfig::default(),
             Some(a) => {
@@ -779,7 +778,9 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/aalgate.example.yaml");
         let c = Config::load(&path).unwrap();
         assert!(c.listen[0].tls.is_some());
-        assert_eq!(c.store, StoreSpec::Redis("redis://127.0.0.1:6379/0".into()));
+        assert!(
+            matches!(&c.store, StoreSpec::Redis(r) if r.target == aalgate_session::RedisTarget::Url("redis://127.0.0.1:6379/0".into()))
+        );
         assert_eq!(c.store_timeout, DEFAULT_STORE_TIMEOUT);
     }
 

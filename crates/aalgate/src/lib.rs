@@ -48,3 +48,4 @@ pub mod provisioning;
 pub mod proxy;
 pub mod report;
 pub mod state;
+pub mod store_config;

@@ -556,6 +556,9 @@ fn validate(paths: Vec<PathBuf>, config: Option<&Path>) -> ExitCode {
                 println!("{w}");
             }
             if let Some(c) = &cfg {
+                for w in aalgate::store_config::store_warnings(&c.store) {
+                    println!("{w}");
+                }
                 let problems = config::listener_problems(&set, &c.listen);
                 for p in &problems {
                     println!("{p}");
@@ -818,6 +821,9 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
     // The gateway's clock, which the embedded store times its records by too.
     let clock = Arc::new(aalgate::clock::Clock::system());
     clock.load_floor(&cfg.clock_floor);
+    for w in aalgate::store_config::store_warnings(&cfg.store) {
+        tracing::warn!("{}", w.trim_start_matches("warning: "));
+    }
     let (raw_store, embedded): (Arc<dyn SessionStore>, Option<EmbeddedStore>) = match &cfg.store {
         StoreSpec::Embedded(dir) => {
             let s = EmbeddedStore::open(dir)
@@ -825,7 +831,7 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
                 .with_clock(clock.clone());
             (Arc::new(s.clone()), Some(s))
         }
-        StoreSpec::Redis(url) => (Arc::new(RedisStore::new(url, cfg.store_timeout)?), None),
+        StoreSpec::Redis(r) => (Arc::new(RedisStore::with_config(r)?), None),
     };
     let scan_store = raw_store.clone();
     let deadline: Arc<dyn SessionStore> = Arc::new(Deadline::new(raw_store, cfg.store_timeout));
@@ -1048,7 +1054,10 @@ fn cli_store(args: &Target) -> Result<(Arc<dyn SessionStore>, String)> {
             EmbeddedStore::open(&dir)
                 .with_context(|| format!("embedded store in {}", dir.display()))?,
         ),
-        StoreSpec::Redis(url) => Arc::new(RedisStore::new(&url, timeout)?),
+        StoreSpec::Redis(mut r) => {
+            r.timeout = timeout;
+            Arc::new(RedisStore::with_config(&r)?)
+        }
     };
     Ok((Arc::new(Deadline::new(store, timeout)), origin))
 }

@@ -62,6 +62,16 @@ pub struct Metrics {
     pub store_up: IntGauge,
     /// 1 when the store keeps every acknowledged write across a restart (Redis AOF on).
     pub store_durable: IntGauge,
+    /// Redis: the master's address, as a label (1 on the current one; none while unknown).
+    pub store_master: IntGaugeVec,
+    /// Redis: changes of master seen.
+    pub store_failovers: IntCounter,
+    /// Redis: writes that end access whose replicas did not confirm them in time.
+    pub store_acks_missed: IntCounter,
+    /// Redis: of those, how many are still held (denied here, retried).
+    pub store_unconfirmed: IntGauge,
+    /// Redis: time without a master to talk to.
+    pub store_without_master: prometheus::Counter,
     /// Size of the embedded store's file (0 with Redis).
     pub embedded_store_bytes: IntGauge,
     /// Policy reloads by result.
@@ -182,6 +192,31 @@ impl Metrics {
                 let g = IntGauge::new("aalgate_store_durable", "1 if the session store keeps every acknowledged write across a restart (Redis: appendonly yes), else 0. At 0, a restart from an older snapshot revives logged-out sessions.")?;
                 r.register(Box::new(g.clone()))?;
                 g
+            },
+            store_master: {
+                let g = IntGaugeVec::new(prometheus::Opts::new("aalgate_store_master_info", "Redis: 1 on the address of the master the gateway talks to; no series while none is known."), &["address"])?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            store_failovers: {
+                let c = IntCounter::new("aalgate_store_failovers_total", "Redis: times the master changed to another address (a Sentinel failover).")?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
+            store_acks_missed: {
+                let c = IntCounter::new("aalgate_store_replica_acks_missed_total", "Redis: writes that end access (logout, revocation, a used one-time token) that the replicas did not confirm in time. Each is denied on this instance and written again until confirmed.")?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
+            store_unconfirmed: {
+                let g = IntGauge::new("aalgate_store_unconfirmed_writes", "Redis: writes that end access not yet confirmed by the replicas (denied here, retried).")?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
+            store_without_master: {
+                let c = prometheus::Counter::new("aalgate_store_without_master_seconds_total", "Redis: time the gateway had no master to talk to (protected routes answer 503 meanwhile).")?;
+                r.register(Box::new(c.clone()))?;
+                c
             },
             reloads: counter_vec(&r, "aalgate_policy_reloads_total", "Policy loads and reloads, by result.", &["result"])?,
             reload_success_time: {
@@ -308,6 +343,10 @@ mod tests {
             "aalgate_sessions_active",
             "aalgate_store_up",
             "aalgate_store_durable",
+            "aalgate_store_failovers_total",
+            "aalgate_store_replica_acks_missed_total",
+            "aalgate_store_unconfirmed_writes",
+            "aalgate_store_without_master_seconds_total",
             "aalgate_policy_reloads_total",
             "aalgate_breakglass_uses_total",
             "aalgate_sign_count_regressions_total",

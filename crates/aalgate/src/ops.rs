@@ -78,6 +78,12 @@ impl SessionStore for Instrumented {
     async fn durable(&self) -> Result<bool, StoreError> {
         self.timed("durable", self.inner.durable()).await
     }
+    fn health(&self) -> Option<aalgate_session::StoreHealth> {
+        self.inner.health()
+    }
+    fn ack_budget(&self) -> Duration {
+        self.inner.ack_budget()
+    }
     async fn stats(&self, now: Timestamp, limits: &Timeouts) -> Result<SessionStats, StoreError> {
         self.timed("stats", self.inner.stats(now, limits)).await
     }
@@ -392,12 +398,34 @@ pub fn loosest(set: &PolicySet) -> Timeouts {
     t
 }
 
+/// Moves the Redis connection's figures into the metrics (counters by their increase).
+fn record_health(
+    m: &Metrics,
+    seen: &aalgate_session::StoreHealth,
+    h: &aalgate_session::StoreHealth,
+) {
+    if seen.master != h.master {
+        m.store_master.reset();
+    }
+    if let Some(a) = &h.master {
+        m.store_master.with_label_values(&[a]).set(1);
+    }
+    m.store_failovers
+        .inc_by(h.failovers.saturating_sub(seen.failovers));
+    m.store_acks_missed
+        .inc_by(h.acks_missed.saturating_sub(seen.acks_missed));
+    m.store_unconfirmed.set(h.unconfirmed as i64);
+    let more = h.without_master.saturating_sub(seen.without_master);
+    m.store_without_master.inc_by(more.as_secs_f64());
+}
+
 #[async_trait]
 impl BackgroundService for StoreMonitor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tick = tokio::time::interval(MONITOR);
         let mut last_count: Option<Instant> = None;
         let mut last_durable: Option<bool> = None;
+        let mut seen = aalgate_session::StoreHealth::default();
         loop {
             tokio::select! {
                 _ = tick.tick() => {
@@ -405,6 +433,10 @@ impl BackgroundService for StoreMonitor {
                     let m = &self.metrics;
                     let up = self.store.ping().await.is_ok();
                     m.store_up.set(i64::from(up));
+                    if let Some(h) = self.store.health() {
+                        record_health(m, &seen, &h);
+                        seen = h;
+                    }
                     if up {
                         if let Ok(d) = self.store.durable().await {
                             if !d && last_durable != Some(false) {

@@ -6,19 +6,29 @@
 //! - `l:<handle>`: `<session key> <host>`, a cookie handle linked to a session, with a TTL;
 //! - `k:<ns>:<key>`: an opaque value (users, invites, ceremony state), optionally with a TTL.
 //!
-//! The connection manager reconnects by itself; until it has, calls fail fast and the gateway
-//! fails closed. It is created lazily, so the gateway starts even when Redis is down.
+//! `link`: the connection to the master (a URL, or Sentinel), found again after a failover.
+//! `acked`: writes that end access wait for `N` replicas, and are held until they do. Nothing
+//! is connected until the first call, so the gateway starts even when Redis is down.
 
-use std::sync::RwLock;
+mod acked;
+mod link;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use aalgate_policy::{Timeouts, Timestamp};
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::AsyncCommands;
+use redis::{AsyncCommands, Cmd, RedisError};
+
+use crate::redis_config::RedisConfig;
 
 use crate::id::SessionKey;
-use crate::store::{Flow, Resolved, Session, SessionStats, SessionStore, StoreError, ACCESS_NS};
+use crate::store::{
+    Flow, Resolved, Session, SessionStats, SessionStore, StoreError, StoreHealth, ACCESS_NS,
+};
+use acked::{Acks, Deny, Pending};
+use link::{Conn, Link};
 
 const PREFIX: &str = "aalgate:";
 
@@ -55,54 +65,119 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// How often held writes are retried; the Sentinels are asked every fourth time.
+const TICK: Duration = Duration::from_millis(250);
+
 /// Sessions and flows in Redis.
 pub struct RedisStore {
-    client: redis::Client,
+    link: Arc<Link>,
+    acks: Arc<Acks>,
     resolve: redis::Script,
     incr: redis::Script,
     swap: redis::Script,
-    conn: RwLock<Option<ConnectionManager>>,
-    init: tokio::sync::Mutex<()>,
-    connect_timeout: Duration,
+    monitor: AtomicBool,
 }
 
 impl RedisStore {
     /// Prepares a store for `url`; nothing is connected until the first call.
     pub fn new(url: &str, connect_timeout: Duration) -> Result<RedisStore, StoreError> {
-        let client =
-            redis::Client::open(url).map_err(|e| unavailable(format!("bad redis url: {e}")))?;
+        RedisStore::with_config(&RedisConfig::url(url, connect_timeout))
+    }
+
+    /// Prepares a store (a URL or Sentinel, TLS, ACL user, replica confirmations).
+    pub fn with_config(cfg: &RedisConfig) -> Result<RedisStore, StoreError> {
         Ok(RedisStore {
-            client,
+            link: Arc::new(Link::new(cfg)?),
+            acks: Arc::new(Acks::new(cfg.replicas_ack, cfg.ack_timeout)),
             resolve: redis::Script::new(RESOLVE),
             incr: redis::Script::new(INCR),
             swap: redis::Script::new(SWAP),
-            conn: RwLock::new(None),
-            init: tokio::sync::Mutex::new(()),
-            connect_timeout,
+            monitor: AtomicBool::new(false),
         })
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
-        if let Some(c) = self.conn.read().ok().and_then(|g| g.clone()) {
-            return Ok(c);
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        if !self.monitor.swap(true, Ordering::AcqRel) {
+            tokio::spawn(monitor(Arc::downgrade(&self.link), Arc::downgrade(&self.acks)));
         }
-        let _guard = self.init.lock().await;
-        if let Some(c) = self.conn.read().ok().and_then(|g| g.clone()) {
-            return Ok(c);
-        }
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.connect_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let c = ConnectionManager::new_with_config(self.client.clone(), cfg)
-            .await
-            .map_err(unavailable)?;
-        if let Ok(mut g) = self.conn.write() {
-            *g = Some(c.clone());
-        }
-        Ok(c)
+        self.link.shared().await
     }
+
+    /// A failed call: the connection is dropped if the error means it may not reach the
+    /// master any more.
+    fn fail(&self, c: &Conn, e: RedisError) -> StoreError {
+        self.link.failed(c.generation, &e);
+        unavailable(e)
+    }
+
+    /// A write that ends access: with replica confirmations on, it waits for them (see
+    /// `acked`); otherwise it runs on the shared connection.
+    async fn end<T: redis::FromRedisValue + Send + 'static>(
+        &self,
+        cmd: Cmd,
+        changed: fn(&T) -> bool,
+        deny: Deny,
+        reissue: Cmd,
+    ) -> Result<T, StoreError> {
+        if self.acks.on() {
+            let _ = self.conn().await?;
+            return self
+                .acks
+                .write(&self.link, cmd, changed, Pending { deny, reissue })
+                .await;
+        }
+        let mut c = self.conn().await?;
+        match cmd.query_async::<T>(&mut c.conn).await {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.fail(&c, e)),
+        }
+    }
+
+    /// What a held write says about `key` (see [`Acks::shadow`]).
+    fn shadow(&self, key: &str) -> Option<Option<Vec<u8>>> {
+        self.acks.shadow(key)
+    }
+}
+
+/// Retries held writes, and with Sentinel checks the master is still the one connected to.
+async fn monitor(link: Weak<Link>, acks: Weak<Acks>) {
+    let mut n: u64 = 0;
+    loop {
+        tokio::time::sleep(TICK).await;
+        let (Some(link), Some(acks)) = (link.upgrade(), acks.upgrade()) else {
+            return;
+        };
+        n += 1;
+        if link.generation().is_none() {
+            link.reconnect();
+        } else if n % 4 == 0 {
+            link.verify().await;
+        }
+        acks.retry(&link).await;
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn del(key: &str) -> Cmd {
+    let mut c = redis::cmd("DEL");
+    c.arg(key);
+    c
+}
+
+fn getdel(key: &str) -> Cmd {
+    let mut c = redis::cmd("GETDEL");
+    c.arg(key);
+    c
+}
+
+fn gone(key: String) -> Deny {
+    Deny::Key { key, value: None }
 }
 
 fn skey(key: &SessionKey) -> String {
@@ -133,17 +208,21 @@ impl RedisStore {
         handle: &SessionKey,
         host: &str,
         now: Timestamp,
-        access: bool,
+        with_access: bool,
     ) -> Result<Option<Resolved>, StoreError> {
+        self.acks.check()?;
+        if self.shadow(&lkey(handle)).is_some() {
+            return Ok(None);
+        }
         let mut c = self.conn().await?;
         let mut call = self.resolve.key(lkey(handle));
         call.arg(host).arg(format!("{PREFIX}s:"));
-        if access {
+        if with_access {
             call.arg(kkey(ACCESS_NS, ""));
         }
         let row: Option<(String, String, String, Option<Vec<u8>>)> =
-            call.invoke_async(&mut c).await.map_err(unavailable)?;
-        let Some((record, data, seen, access)) = row else {
+            call.invoke_async(&mut c.conn).await.map_err(|e| self.fail(&c, e))?;
+        let Some((record, data, seen, mut access)) = row else {
             return Ok(None);
         };
         let record = SessionKey::from_hex(&record)
@@ -152,6 +231,14 @@ impl RedisStore {
             serde_json::from_str(&data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         if let Ok(seen) = seen.parse::<u64>() {
             s.last_seen = s.last_seen.max(Timestamp(seen));
+        }
+        if self.acks.unconfirmed() > 0 {
+            if self.shadow(&skey(&record)).is_some() || self.acks.revoked(&s.user, s.auth_time.0) {
+                return Ok(None);
+            }
+            if let (true, Some(held)) = (with_access, self.shadow(&kkey(ACCESS_NS, &s.user))) {
+                access = held;
+            }
         }
         Ok((s.expires_at > now).then_some(Resolved {
             record,
@@ -195,25 +282,32 @@ impl SessionStore for RedisStore {
             .arg(exp)
             .arg("GT")
             .ignore()
-            .query_async::<()>(&mut c)
+            .query_async::<()>(&mut c.conn)
             .await
-            .map_err(unavailable)
+            .map_err(|e| self.fail(&c, e))
     }
 
     async fn get(&self, key: &SessionKey, now: Timestamp) -> Result<Option<Session>, StoreError> {
+        self.acks.check()?;
+        if self.shadow(&skey(key)).is_some() {
+            return Ok(None);
+        }
         let mut c = self.conn().await?;
         let (data, seen): (Option<String>, Option<u64>) = redis::cmd("HMGET")
             .arg(skey(key))
             .arg("data")
             .arg("seen")
-            .query_async(&mut c)
+            .query_async(&mut c.conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.fail(&c, e))?;
         let Some(data) = data else { return Ok(None) };
         let mut s: Session =
             serde_json::from_str(&data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         if let Some(seen) = seen {
             s.last_seen = s.last_seen.max(Timestamp(seen));
+        }
+        if self.acks.revoked(&s.user, s.auth_time.0) {
+            return Ok(None);
         }
         Ok((s.expires_at > now).then_some(s))
     }
@@ -225,27 +319,28 @@ impl SessionStore for RedisStore {
             .arg(1)
             .arg(skey(key))
             .arg(last_seen.0)
-            .query_async::<()>(&mut c)
+            .query_async::<()>(&mut c.conn)
             .await
-            .map_err(unavailable)
+            .map_err(|e| self.fail(&c, e))
     }
 
     async fn remove(&self, key: &SessionKey) -> Result<bool, StoreError> {
-        let mut c = self.conn().await?;
-        let n: u64 = c.del(skey(key)).await.map_err(unavailable)?;
+        let k = skey(key);
+        let n: u64 = self.end(del(&k), |n| *n > 0, gone(k.clone()), del(&k)).await?;
         Ok(n > 0)
     }
 
     async fn revoke_user(&self, user: &str) -> Result<usize, StoreError> {
-        let mut c = self.conn().await?;
-        let n: u64 = redis::cmd("EVAL")
-            .arg(REVOKE)
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(REVOKE)
             .arg(1)
             .arg(ukey(user))
-            .arg(format!("{PREFIX}s:"))
-            .query_async(&mut c)
-            .await
-            .map_err(unavailable)?;
+            .arg(format!("{PREFIX}s:"));
+        let deny = Deny::User {
+            user: user.to_string(),
+            at: now_secs(),
+        };
+        let n: u64 = self.end(cmd.clone(), |n| *n > 0, deny, cmd).await?;
         Ok(n as usize)
     }
 
@@ -258,25 +353,31 @@ impl SessionStore for RedisStore {
             .arg(data)
             .arg("PX")
             .arg(ms)
-            .query_async::<()>(&mut c)
+            .query_async::<()>(&mut c.conn)
             .await
-            .map_err(unavailable)
+            .map_err(|e| self.fail(&c, e))
     }
 
     async fn get_flow(&self, key: &str, _now: Timestamp) -> Result<Option<Flow>, StoreError> {
+        self.acks.check()?;
+        if self.shadow(&fkey(key)).is_some() {
+            return Ok(None);
+        }
         let mut c = self.conn().await?;
-        let v: Option<String> = c.get(fkey(key)).await.map_err(unavailable)?;
+        let v: Option<String> = c.conn.get(fkey(key)).await.map_err(|e| self.fail(&c, e))?;
         v.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(e.to_string())))
             .transpose()
     }
 
     async fn take_flow(&self, key: &str, _now: Timestamp) -> Result<Option<Flow>, StoreError> {
-        let mut c = self.conn().await?;
-        let v: Option<String> = redis::cmd("GETDEL")
-            .arg(fkey(key))
-            .query_async(&mut c)
-            .await
-            .map_err(unavailable)?;
+        self.acks.check()?;
+        let k = fkey(key);
+        if self.shadow(&k).is_some() {
+            return Ok(None);
+        }
+        let v: Option<String> = self
+            .end(getdel(&k), Option::is_some, gone(k.clone()), del(&k))
+            .await?;
         v.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(e.to_string())))
             .transpose()
     }
@@ -284,19 +385,19 @@ impl SessionStore for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         let mut c = self.conn().await?;
         redis::cmd("PING")
-            .query_async::<String>(&mut c)
+            .query_async::<String>(&mut c.conn)
             .await
             .map(|_| ())
-            .map_err(unavailable)
+            .map_err(|e| self.fail(&c, e))
     }
 
     async fn durable(&self) -> Result<bool, StoreError> {
         let mut c = self.conn().await?;
         let info: String = redis::cmd("INFO")
             .arg("persistence")
-            .query_async(&mut c)
+            .query_async(&mut c.conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.fail(&c, e))?;
         Ok(info.lines().any(|l| l.trim() == "aof_enabled:1"))
     }
 
@@ -316,14 +417,16 @@ impl SessionStore for RedisStore {
             .arg(lkey(handle))
             .arg(expires_at.0 as i64)
             .ignore()
-            .query_async::<()>(&mut c)
+            .query_async::<()>(&mut c.conn)
             .await
-            .map_err(unavailable)
+            .map_err(|e| self.fail(&c, e))
     }
 
     async fn unlink(&self, handle: &SessionKey) -> Result<(), StoreError> {
-        let mut c = self.conn().await?;
-        c.del::<_, ()>(lkey(handle)).await.map_err(unavailable)
+        let k = lkey(handle);
+        self.end::<u64>(del(&k), |n| *n > 0, gone(k.clone()), del(&k))
+            .await
+            .map(|_| ())
     }
 
     async fn resolve(
@@ -360,30 +463,36 @@ impl SessionStore for RedisStore {
         if let Some(t) = ttl {
             cmd.arg("PX").arg(t.as_millis().max(1) as u64);
         }
-        cmd.query_async::<()>(&mut c).await.map_err(unavailable)
+        cmd.query_async::<()>(&mut c.conn).await.map_err(|e| self.fail(&c, e))
     }
 
     async fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.acks.check()?;
+        if let Some(v) = self.shadow(&kkey(ns, key)) {
+            return Ok(v);
+        }
         let mut c = self.conn().await?;
-        c.get(kkey(ns, key)).await.map_err(unavailable)
+        c.conn.get(kkey(ns, key)).await.map_err(|e| self.fail(&c, e))
     }
 
     async fn kv_take(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut c = self.conn().await?;
-        redis::cmd("GETDEL")
-            .arg(kkey(ns, key))
-            .query_async(&mut c)
+        self.acks.check()?;
+        let k = kkey(ns, key);
+        if self.shadow(&k).is_some() {
+            return Ok(None);
+        }
+        self.end(getdel(&k), Option::is_some, gone(k.clone()), del(&k))
             .await
-            .map_err(unavailable)
     }
 
     async fn kv_delete(&self, ns: &str, key: &str) -> Result<bool, StoreError> {
-        let mut c = self.conn().await?;
-        let n: u64 = c.del(kkey(ns, key)).await.map_err(unavailable)?;
+        let k = kkey(ns, key);
+        let n: u64 = self.end(del(&k), |n| *n > 0, gone(k.clone()), del(&k)).await?;
         Ok(n > 0)
     }
 
     async fn kv_list(&self, ns: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.acks.check()?;
         let mut c = self.conn().await?;
         let prefix = kkey(ns, "");
         let mut out = Vec::new();
@@ -395,15 +504,15 @@ impl SessionStore for RedisStore {
                 .arg(format!("{}*", glob_escape(&prefix)))
                 .arg("COUNT")
                 .arg(1000)
-                .query_async(&mut c)
+                .query_async(&mut c.conn)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| self.fail(&c, e))?;
             if !keys.is_empty() {
                 let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
                     .arg(&keys)
-                    .query_async(&mut c)
+                    .query_async(&mut c.conn)
                     .await
-                    .map_err(unavailable)?;
+                    .map_err(|e| self.fail(&c, e))?;
                 for (k, v) in keys.into_iter().zip(values) {
                     if let Some(v) = v {
                         out.push((k[prefix.len()..].to_string(), v));
@@ -411,6 +520,16 @@ impl SessionStore for RedisStore {
                 }
             }
             if next == 0 {
+                if self.acks.unconfirmed() > 0 {
+                    out.retain_mut(|(k, v)| match self.shadow(&kkey(ns, k)) {
+                        Some(Some(held)) => {
+                            *v = held;
+                            true
+                        }
+                        Some(None) => false,
+                        None => true,
+                    });
+                }
                 out.sort_by(|a, b| a.0.cmp(&b.0));
                 return Ok(out);
             }
@@ -424,9 +543,9 @@ impl SessionStore for RedisStore {
             .key(kkey(ns, key))
             .arg(ttl.as_millis().max(1) as u64)
             .arg(by)
-            .invoke_async(&mut c)
+            .invoke_async(&mut c.conn)
             .await
-            .map_err(unavailable)
+            .map_err(|e| self.fail(&c, e))
     }
 
     async fn kv_swap(
@@ -436,18 +555,52 @@ impl SessionStore for RedisStore {
         expected: Option<&[u8]>,
         new: Option<&[u8]>,
     ) -> Result<bool, StoreError> {
-        let mut c = self.conn().await?;
-        let swapped: i64 = self
-            .swap
-            .key(kkey(ns, key))
+        let k = kkey(ns, key);
+        if !self.acks.on() {
+            let mut c = self.conn().await?;
+            let swapped: i64 = self
+                .swap
+                .key(&k)
+                .arg(if expected.is_some() { "1" } else { "0" })
+                .arg(expected.unwrap_or_default())
+                .arg(if new.is_some() { "1" } else { "0" })
+                .arg(new.unwrap_or_default())
+                .invoke_async(&mut c.conn)
+                .await
+                .map_err(|e| self.fail(&c, e))?;
+            return Ok(swapped == 1);
+        }
+        // The script's text, not its digest: a new master after a failover may not have it.
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(SWAP)
+            .arg(1)
+            .arg(&k)
             .arg(if expected.is_some() { "1" } else { "0" })
             .arg(expected.unwrap_or_default())
             .arg(if new.is_some() { "1" } else { "0" })
-            .arg(new.unwrap_or_default())
-            .invoke_async(&mut c)
-            .await
-            .map_err(unavailable)?;
+            .arg(new.unwrap_or_default());
+        let deny = Deny::Key {
+            key: k,
+            value: new.map(<[u8]>::to_vec),
+        };
+        let swapped: i64 = self.end(cmd.clone(), |n| *n == 1, deny, cmd).await?;
         Ok(swapped == 1)
+    }
+
+    fn health(&self) -> Option<StoreHealth> {
+        let (master, failovers, without_master) = self.link.health();
+        Some(StoreHealth {
+            sentinel: self.link.sentinel(),
+            master,
+            failovers,
+            acks_missed: self.acks.missed(),
+            unconfirmed: self.acks.unconfirmed(),
+            without_master,
+        })
+    }
+
+    fn ack_budget(&self) -> Duration {
+        self.acks.budget()
     }
 
     async fn stats(&self, now: Timestamp, limits: &Timeouts) -> Result<SessionStats, StoreError> {
@@ -461,16 +614,16 @@ impl SessionStore for RedisStore {
                 .arg(format!("{PREFIX}s:*"))
                 .arg("COUNT")
                 .arg(1000)
-                .query_async(&mut c)
+                .query_async(&mut c.conn)
                 .await
-                .map_err(unavailable)?;
+                .map_err(|e| self.fail(&c, e))?;
             if !keys.is_empty() {
                 let mut pipe = redis::pipe();
                 for k in &keys {
                     pipe.cmd("HMGET").arg(k).arg("data").arg("seen");
                 }
                 let rows: Vec<(Option<String>, Option<u64>)> =
-                    pipe.query_async(&mut c).await.map_err(unavailable)?;
+                    pipe.query_async(&mut c.conn).await.map_err(|e| self.fail(&c, e))?;
                 for (data, seen) in rows {
                     let Some(mut s) = data.and_then(|d| serde_json::from_str::<Session>(&d).ok())
                     else {
