@@ -12,6 +12,14 @@ use std::time::{Duration, Instant};
 
 use crate::{free_port, redis_server_bin, wait_for_port};
 
+/// What goes through the [`SplitProxy`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Proxied {
+    Nothing,
+    Master,
+    Replication,
+}
+
 /// The master name the sentinels watch.
 pub const MASTER: &str = "aalgate";
 
@@ -85,20 +93,33 @@ impl Cluster {
     /// Starts the nodes (the first is the master) and the sentinels, and waits until every
     /// sentinel knows both replicas and the other sentinels.
     pub fn start() -> Cluster {
-        Cluster::start_inner(false)
+        Cluster::start_inner(Proxied::Nothing)
     }
 
     /// As [`Cluster::start`], with everyone (replicas, sentinels, the gateway) reaching the
     /// first master through a [`SplitProxy`].
     pub fn start_split() -> Cluster {
-        Cluster::start_inner(true)
+        Cluster::start_inner(Proxied::Master)
     }
 
-    fn start_inner(split: bool) -> Cluster {
+    /// As [`Cluster::start`], with only the replicas' replication links to the first master
+    /// going through a [`SplitProxy`]: cutting it keeps a write from reaching any replica.
+    /// (SIGSTOP of the replicas does not: the kernel keeps what the master sent, and a
+    /// thawed replica reads it even after the master died.)
+    pub fn start_replication_split() -> Cluster {
+        Cluster::start_inner(Proxied::Replication)
+    }
+
+    fn start_inner(proxied: Proxied) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let proxy = split.then(|| SplitProxy::start(ports[0]));
-        let master_port = proxy.as_ref().map_or(ports[0], |p| p.port);
+        let proxy = (proxied != Proxied::Nothing).then(|| SplitProxy::start(ports[0]));
+        let replicate_from = proxy.as_ref().map_or(ports[0], |p| p.port);
+        let master_port = if proxied == Proxied::Master {
+            replicate_from
+        } else {
+            ports[0]
+        };
         let mut nodes = Vec::new();
         for (i, port) in ports.iter().enumerate() {
             let d = dir.path().join(format!("node{i}"));
@@ -124,7 +145,11 @@ impl Cluster {
             .to_vec();
             args.push(d.display().to_string());
             if i > 0 {
-                args.extend(["--replicaof".into(), "127.0.0.1".into(), master_port.to_string()]);
+                args.extend([
+                    "--replicaof".into(),
+                    "127.0.0.1".into(),
+                    replicate_from.to_string(),
+                ]);
             }
             let child = spawn(&redis_server_bin(), &args);
             wait_for_port(*port, "redis-server", Duration::from_secs(10));
