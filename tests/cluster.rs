@@ -17,7 +17,6 @@ use crate::{free_port, redis_server_bin, wait_for_port};
 enum Proxied {
     Nothing,
     Master,
-    Replication,
 }
 
 /// The master name the sentinels watch.
@@ -102,24 +101,11 @@ impl Cluster {
         Cluster::start_inner(Proxied::Master)
     }
 
-    /// As [`Cluster::start`], with only the replicas' replication links to the first master
-    /// going through a [`SplitProxy`]: cutting it keeps a write from reaching any replica.
-    /// (SIGSTOP of the replicas does not: the kernel keeps what the master sent, and a
-    /// thawed replica reads it even after the master died.)
-    pub fn start_replication_split() -> Cluster {
-        Cluster::start_inner(Proxied::Replication)
-    }
-
     fn start_inner(proxied: Proxied) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let proxy = (proxied != Proxied::Nothing).then(|| SplitProxy::start(ports[0]));
-        let replicate_from = proxy.as_ref().map_or(ports[0], |p| p.port);
-        let master_port = if proxied == Proxied::Master {
-            replicate_from
-        } else {
-            ports[0]
-        };
+        let proxy = (proxied == Proxied::Master).then(|| SplitProxy::start(ports[0]));
+        let master_port = proxy.as_ref().map_or(ports[0], |p| p.port);
         let mut nodes = Vec::new();
         for (i, port) in ports.iter().enumerate() {
             let d = dir.path().join(format!("node{i}"));
@@ -148,7 +134,7 @@ impl Cluster {
                 args.extend([
                     "--replicaof".into(),
                     "127.0.0.1".into(),
-                    replicate_from.to_string(),
+                    master_port.to_string(),
                 ]);
             }
             let child = spawn(&redis_server_bin(), &args);
@@ -345,15 +331,15 @@ impl Drop for Cluster {
 }
 
 /// A TCP proxy in front of one server. [`SplitProxy::cut`] makes the server unreachable but
-/// alive, like a network split: open connections are dropped and new ones hang (accepted,
-/// never forwarded), until [`SplitProxy::heal`].
+/// alive, like a network split: open connections are shut at once and new ones hang
+/// (accepted, never forwarded), until [`SplitProxy::heal`].
 pub struct SplitProxy {
     /// Where clients connect.
     pub port: u16,
     /// The server behind it.
     pub target: u16,
     cut: Arc<AtomicBool>,
-    epoch: Arc<std::sync::atomic::AtomicU64>,
+    open: Arc<std::sync::Mutex<Vec<TcpStream>>>,
 }
 
 impl SplitProxy {
@@ -361,26 +347,28 @@ impl SplitProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         let port = listener.local_addr().expect("addr").port();
         let cut = Arc::new(AtomicBool::new(false));
-        let epoch = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (c, e) = (cut.clone(), epoch.clone());
+        let open: Arc<std::sync::Mutex<Vec<TcpStream>>> = Arc::default();
+        let (c, o) = (cut.clone(), open.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
-                let (c, e) = (c.clone(), e.clone());
-                std::thread::spawn(move || forward(client, target, &c, &e));
+                let (c, o) = (c.clone(), o.clone());
+                std::thread::spawn(move || forward(client, target, &c, &o));
             }
         });
         SplitProxy {
             port,
             target,
             cut,
-            epoch,
+            open,
         }
     }
 
     /// Cuts the server off.
     pub fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
     }
 
     /// Reconnects it.
@@ -393,16 +381,23 @@ fn forward(
     client: TcpStream,
     target: u16,
     cut: &Arc<AtomicBool>,
-    epoch: &Arc<std::sync::atomic::AtomicU64>,
+    open: &Arc<std::sync::Mutex<Vec<TcpStream>>>,
 ) {
     // While cut, a new connection is held open and silent.
     while cut.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let start = epoch.load(Ordering::SeqCst);
     let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
         return;
     };
+    {
+        let mut o = open.lock().unwrap();
+        for s in [&client, &server] {
+            if let Ok(s) = s.try_clone() {
+                o.push(s);
+            }
+        }
+    }
     let pairs = [
         (client.try_clone(), server.try_clone()),
         (server.try_clone(), client.try_clone()),
@@ -412,27 +407,8 @@ fn forward(
         let (Ok(mut from), Ok(mut to)) = (from, to) else {
             return;
         };
-        let epoch = epoch.clone();
         threads.push(std::thread::spawn(move || {
-            let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
-            let mut buf = [0u8; 16384];
-            loop {
-                if epoch.load(Ordering::SeqCst) != start {
-                    break;
-                }
-                match from.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        if to.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    Err(e)
-                        if e.kind() == std::io::ErrorKind::WouldBlock
-                            || e.kind() == std::io::ErrorKind::TimedOut => {}
-                    Err(_) => break,
-                }
-            }
+            let _ = std::io::copy(&mut from, &mut to);
             let _ = to.shutdown(Shutdown::Both);
             let _ = from.shutdown(Shutdown::Both);
         }));

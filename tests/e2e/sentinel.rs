@@ -125,11 +125,12 @@ fn a_sentinel_failover_under_load_never_opens_and_recovers_without_a_new_sign_in
     assert!(!g.log().contains("panicked"), "{}", g.log());
 }
 
-/// Logs a session out while the replication links are cut, kills the master: the promoted
-/// replica never received the logout. Returns whether a fresh gateway (nothing
+/// Logs a session out while the replicas are frozen and their links dropped, kills the
+/// master, thaws the replicas: the promoted replica never received the logout. (SIGSTOP alone
+/// is not enough: the kernel keeps what the master sent, and a thawed replica reads it.) Returns whether a fresh gateway (nothing
 /// held locally) then accepts the logged-out cookie, i.e. whether the logout was undone.
 fn logout_then_failover(wait: bool) -> bool {
-    let mut cl = Cluster::start_replication_split();
+    let mut cl = Cluster::start();
     let up = Upstream::start();
     let section = if wait {
         cl.store(", wait: {replicas: 1, timeout: 300ms}")
@@ -142,7 +143,17 @@ fn logout_then_failover(wait: bool) -> bool {
     replicated(&cl);
     assert_eq!(hit(g.port, Some(&cookie)).0, 200);
 
-    cl.proxy.as_ref().unwrap().cut();
+    let replicas = cl.replica_indexes();
+    for r in &replicas {
+        cl.signal_node(*r, "-STOP");
+    }
+    cl.node_command(cl.master(), "CLIENT KILL TYPE replica");
+    // Nothing written from now on reaches a replica.
+    eventually(Duration::from_secs(5), "replication links dropped", || {
+        cl.node_command(cl.master(), "INFO replication")
+            .contains("connected_slaves:0")
+            .then_some(())
+    });
     let out = logout(g.port, &host, &cookie);
     if wait {
         // Not confirmed by a replica: not reported as done.
@@ -154,6 +165,9 @@ fn logout_then_failover(wait: bool) -> bool {
     assert_ne!(hit(g.port, Some(&cookie)).0, 200);
     let old = cl.master_port();
     cl.kill_master();
+    for r in &replicas {
+        cl.signal_node(*r, "-CONT");
+    }
     cl.wait_failover(old, Duration::from_secs(30));
     // With WAIT, the instance that logged out never lets the cookie through again.
     let mut revived_here = false;
