@@ -2,7 +2,7 @@
 # Runs aalgate's whole test suite: unit tests, the store conformance suite (embedded and a real
 # redis-server) and the end-to-end tests of the built binary.
 #
-# Needs: cmake (pingora builds zlib-ng), redis-server, openssl and curl (TLS listener test),
+# Needs: cmake (pingora builds zlib-ng), redis-server and redis-sentinel (failover tests), openssl and curl (TLS listener test),
 # promtool (Debian package prometheus: checks the metrics scrape and the alert rules),
 # chromium and node/npm (the browser tests: playwright-core from npm drives Debian's Chromium
 # with WebAuthn virtual authenticators, no browser download; npm oidc-provider is the real
@@ -20,6 +20,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)

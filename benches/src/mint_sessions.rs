@@ -34,7 +34,10 @@ async fn main() -> Result<()> {
     let store: Box<dyn SessionStore> =
         match spec.parse::<StoreSpec>().map_err(anyhow::Error::msg)? {
             StoreSpec::Embedded(dir) => Box::new(EmbeddedStore::open(&dir)?),
-            StoreSpec::Redis(url) => Box::new(RedisStore::new(&url, Duration::from_secs(5))?),
+            StoreSpec::Redis(mut r) => {
+                r.timeout = Duration::from_secs(5);
+                Box::new(RedisStore::with_config(&r)?)
+            }
         };
     let now = Timestamp::wall();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());

@@ -50,9 +50,17 @@ fn replicated(c: &Cluster) {
 fn hit(port: u16, cookie: Option<&str>) -> (u16, Option<String>) {
     let h = format!("localhost:{port}");
     let c = cookie.map(|c| format!("Cookie: aalgate={c}"));
-    let r = get(port, &h, "/x", &c.iter().map(String::as_str).collect::<Vec<_>>());
+    let r = get(
+        port,
+        &h,
+        "/x",
+        &c.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     (r.status, r.header("retry-after").map(str::to_string))
 }
+
+/// When, whether signed in, status, Retry-After.
+type Hit = (Instant, bool, u16, Option<String>);
 
 #[test]
 fn a_sentinel_failover_under_load_never_opens_and_recovers_without_a_new_sign_in() {
@@ -65,14 +73,16 @@ fn a_sentinel_failover_under_load_never_opens_and_recovers_without_a_new_sign_in
     assert_eq!(hit(g.port, Some(&cookie)).0, 200);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let log: Arc<Mutex<Vec<(Instant, bool, u16, Option<String>)>>> = Arc::default();
+    let log: Arc<Mutex<Vec<Hit>>> = Arc::default();
     let mut threads = Vec::new();
     for signed_in in [true, true, false] {
         let (stop, log, port, cookie) = (stop.clone(), log.clone(), g.port, cookie.clone());
         threads.push(std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
                 let (s, retry) = hit(port, signed_in.then_some(cookie.as_str()));
-                log.lock().unwrap().push((Instant::now(), signed_in, s, retry));
+                log.lock()
+                    .unwrap()
+                    .push((Instant::now(), signed_in, s, retry));
                 std::thread::sleep(Duration::from_millis(20));
             }
         }));
@@ -83,12 +93,18 @@ fn a_sentinel_failover_under_load_never_opens_and_recovers_without_a_new_sign_in
     cl.kill_master();
     let new = cl.wait_failover(old, Duration::from_secs(30));
     // Sessions are valid again on the promoted master, with no new sign-in.
-    eventually(Duration::from_secs(20), "signed-in requests pass again", || {
-        let l = log.lock().unwrap();
-        l.iter()
-            .any(|(t, signed, s, _)| *signed && *s == 200 && *t > killed + Duration::from_secs(1))
-            .then_some(())
-    });
+    eventually(
+        Duration::from_secs(20),
+        "signed-in requests pass again",
+        || {
+            let l = log.lock().unwrap();
+            l.iter()
+                .any(|(t, signed, s, _)| {
+                    *signed && *s == 200 && *t > killed + Duration::from_secs(1)
+                })
+                .then_some(())
+        },
+    );
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::SeqCst);
     for t in threads {
@@ -110,7 +126,11 @@ fn a_sentinel_failover_under_load_never_opens_and_recovers_without_a_new_sign_in
     }
     let (first, last) = gap.expect("protected routes answered 503 during the failover");
     let passed = log.iter().filter(|(_, s, st, _)| *s && *st == 200).count();
-    assert_eq!(up.seen().len(), passed + 1, "upstream saw exactly the passed requests");
+    assert_eq!(
+        up.seen().len(),
+        passed + 1,
+        "upstream saw exactly the passed requests"
+    );
     eprintln!(
         "FIGURE failover: master killed -> first 503 {:?}, 503s for {:?}, master {old} -> {new}",
         first.saturating_duration_since(killed),
@@ -119,7 +139,9 @@ fn a_sentinel_failover_under_load_never_opens_and_recovers_without_a_new_sign_in
     eventually(Duration::from_secs(15), "failover counted", || {
         let m = g.scrape();
         (sample(&m, "aalgate_store_failovers_total").unwrap_or(0.0) >= 1.0
-            && m.contains(&format!("aalgate_store_master_info{{address=\"127.0.0.1:{new}\"}} 1")))
+            && m.contains(&format!(
+                "aalgate_store_master_info{{address=\"127.0.0.1:{new}\"}} 1"
+            )))
         .then_some(())
     });
     assert!(!g.log().contains("panicked"), "{}", g.log());
@@ -187,15 +209,19 @@ fn logout_then_failover(wait: bool) -> bool {
     }
     // Another instance, holding nothing: it sees only what the new master has.
     let other = Gateway::start(Some(&section), &[("billing.yaml", &policy(up.port))]);
-    let revived = eventually(Duration::from_secs(15), "the other instance answers", || {
-        let r = get(
-            other.port,
-            &host,
-            "/x",
-            &[&format!("Cookie: aalgate={cookie}")],
-        );
-        (r.status != 503).then_some(r.status == 200)
-    });
+    let revived = eventually(
+        Duration::from_secs(15),
+        "the other instance answers",
+        || {
+            let r = get(
+                other.port,
+                &host,
+                "/x",
+                &[&format!("Cookie: aalgate={cookie}")],
+            );
+            (r.status != 503).then_some(r.status == 200)
+        },
+    );
     assert!(!g.log().contains("panicked"), "{}", g.log());
     revived || revived_here
 }
@@ -260,15 +286,32 @@ fn isolated_master(how: Isolation) {
     // The old master returns; the sentinels make it a replica. Nothing opens meanwhile.
     let until = Instant::now() + Duration::from_secs(6);
     while Instant::now() < until {
-        assert_ne!(hit(g.port, Some(&leaving)).0, 200, "{how:?}: the logged-out session came back");
-        assert_ne!(hit(g.port, None).0, 200, "{how:?}: a request without a session passed");
+        assert_ne!(
+            hit(g.port, Some(&leaving)).0,
+            200,
+            "{how:?}: the logged-out session came back"
+        );
+        assert_ne!(
+            hit(g.port, None).0,
+            200,
+            "{how:?}: a request without a session passed"
+        );
         let (s, _) = hit(g.port, Some(&staying));
-        assert!(s == 200 || s == 503, "{how:?}: signed-in request answered {s}");
+        assert!(
+            s == 200 || s == 503,
+            "{how:?}: signed-in request answered {s}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    eventually(Duration::from_secs(20), "the old master is a replica", || {
-        cl.node_command(old_node, "ROLE").contains("slave").then_some(())
-    });
+    eventually(
+        Duration::from_secs(20),
+        "the old master is a replica",
+        || {
+            cl.node_command(old_node, "ROLE")
+                .contains("slave")
+                .then_some(())
+        },
+    );
     assert_ne!(hit(g.port, Some(&leaving)).0, 200);
     assert!(!g.log().contains("panicked"), "{}", g.log());
 }

@@ -85,4 +85,3 @@ pub struct RedisTls {
     /// A client certificate and its key, for servers with `tls-auth-clients yes`.
     pub client: Option<(Vec<u8>, Vec<u8>)>,
 }
-

@@ -76,7 +76,9 @@ impl<'de> Deserialize<'de> for RawStore {
         impl<'de> Visitor<'de> for V {
             type Value = RawStore;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("embedded:<dir>, redis://host:port/db, or a section with url: or sentinels:")
+                f.write_str(
+                    "embedded:<dir>, redis://host:port/db, or a section with url: or sentinels:",
+                )
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<RawStore, E> {
                 Ok(RawStore::Simple(s.to_string()))
@@ -201,24 +203,7 @@ impl RawStoreSection {
         let sentinel = matches!(target, RedisTarget::Sentinel { .. });
         let (replicas_ack, ack_timeout) = match self.wait {
             None => (u32::from(sentinel), DEFAULT_WAIT_TIMEOUT),
-            Some(w) => {
-                if w.replicas > 16 {
-                    bail!("store.wait.replicas: {} is more than 16", w.replicas);
-                }
-                let t = match w.timeout {
-                    None => DEFAULT_WAIT_TIMEOUT,
-                    Some(s) => {
-                        let d = humantime::parse_duration(s.trim()).with_context(|| {
-                            format!("store.wait.timeout {s:?}: write e.g. 500ms")
-                        })?;
-                        if d < Duration::from_millis(10) || d > Duration::from_secs(10) {
-                            bail!("store.wait.timeout {s:?}: must be between 10ms and 10s");
-                        }
-                        d
-                    }
-                };
-                (w.replicas, t)
-            }
+            Some(w) => w.build()?,
         };
         Ok(RedisConfig {
             target,
@@ -231,6 +216,26 @@ impl RawStoreSection {
             ack_timeout,
             timeout: Duration::from_millis(50),
         })
+    }
+}
+
+impl RawWait {
+    fn build(self) -> Result<(u32, Duration)> {
+        if self.replicas > 16 {
+            bail!("store.wait.replicas: {} is more than 16", self.replicas);
+        }
+        let t = match self.timeout {
+            None => DEFAULT_WAIT_TIMEOUT,
+            Some(s) => {
+                let d = humantime::parse_duration(s.trim())
+                    .with_context(|| format!("store.wait.timeout {s:?}: write e.g. 500ms"))?;
+                if d < Duration::from_millis(10) || d > Duration::from_secs(10) {
+                    bail!("store.wait.timeout {s:?}: must be between 10ms and 10s");
+                }
+                d
+            }
+        };
+        Ok((self.replicas, t))
     }
 }
 
@@ -302,4 +307,94 @@ pub fn store_warnings(spec: &StoreSpec) -> Vec<String> {
         out.push("warning: store.wait.replicas is 0: a failover can bring back a session that was logged out or revoked just before it".to_string());
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(yaml: &str) -> Result<StoreSpec> {
+        let raw: RawStore = serde_saphyr::from_str(yaml).map_err(|e| anyhow::anyhow!("{e}"))?;
+        raw.build(&|p| p)
+    }
+
+    #[test]
+    fn a_sentinel_section_reads_its_secrets_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        let spec = build(&format!(
+            "{{sentinels: [10.0.0.11:26379, '[::1]:26380'], master_name: aalgate, username: gw, password_file: {}}}",
+            pw.display()
+        ))
+        .unwrap();
+        let StoreSpec::Redis(r) = &spec else {
+            panic!("not redis")
+        };
+        assert_eq!(
+            r.target,
+            RedisTarget::Sentinel {
+                sentinels: vec![("10.0.0.11".into(), 26379), ("::1".into(), 26380)],
+                master_name: "aalgate".into()
+            }
+        );
+        assert_eq!(r.password.as_deref(), Some("s3cret"));
+        assert_eq!(
+            r.replicas_ack, 1,
+            "one replica confirms by default with sentinels"
+        );
+        assert!(
+            !format!("{r:?}").contains("s3cret"),
+            "the password is never printed"
+        );
+        // Remote, authenticated, no TLS: one warning, about TLS.
+        let w = store_warnings(&spec);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("without TLS"), "{w:?}");
+    }
+
+    #[test]
+    fn ambiguous_or_unsafe_sections_are_refused_with_the_fix() {
+        for (yaml, says) in [
+            (
+                "{url: redis://a/0, sentinels: [a:1], master_name: m}",
+                "exclusive",
+            ),
+            ("{sentinels: [a:1]}", "master_name: required"),
+            ("{sentinels: [a], master_name: m}", "no port"),
+            ("{url: redis://a/0, master_name: m}", "only with sentinels"),
+            ("{url: 'redis://u:pw@a/0'}", "password_file"),
+            ("{url: redis://a/0, tls: {ca: /nonexistent}}", "rediss://"),
+            (
+                "{url: rediss://a/0, tls: {ca: /nonexistent}}",
+                "cannot read",
+            ),
+            ("{url: redis://a/0, username: u}", "needs password_file"),
+            (
+                "{url: redis://a/0, wait: {replicas: 1, timeout: 1h}}",
+                "between",
+            ),
+            ("{url: redis://a/0, typo: 1}", "typo"),
+            ("{}", "needs url: or sentinels:"),
+        ] {
+            let e = format!("{:#}", build(yaml).unwrap_err());
+            assert!(e.contains(says), "{yaml}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_remote_redis_without_auth_or_tls_is_warned_about_and_loopback_is_not() {
+        let w = store_warnings(&build("redis://10.1.2.3:6379/0").unwrap());
+        assert!(
+            w.iter().any(|w| w.contains("does not authenticate")),
+            "{w:?}"
+        );
+        assert!(w.iter().any(|w| w.contains("without TLS")), "{w:?}");
+        assert!(store_warnings(&build("redis://127.0.0.1:6379/0").unwrap()).is_empty());
+        let w = store_warnings(
+            &build("{sentinels: [127.0.0.1:1], master_name: m, wait: {replicas: 0}}").unwrap(),
+        );
+        assert!(w.iter().any(|w| w.contains("bring back")), "{w:?}");
+        assert!(store_warnings(&build("embedded:/x").unwrap()).is_empty());
+    }
 }

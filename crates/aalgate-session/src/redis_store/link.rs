@@ -354,7 +354,10 @@ impl Link {
         let cfg = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(t))
             .set_response_timeout(Some(t + self.ack_timeout));
-        match client.get_multiplexed_async_connection_with_config(&cfg).await {
+        match client
+            .get_multiplexed_async_connection_with_config(&cfg)
+            .await
+        {
             Ok(conn) => Ok(Conn {
                 generation: shared.generation,
                 conn,
@@ -367,11 +370,7 @@ impl Link {
     }
 
     pub(crate) fn generation(&self) -> Option<u64> {
-        self.current
-            .read()
-            .ok()?
-            .as_ref()
-            .map(|c| c.generation)
+        self.current.read().ok()?.as_ref().map(|c| c.generation)
     }
 
     /// With Sentinel: asks whether the master is still the one connected to, and drops the

@@ -98,7 +98,10 @@ impl RedisStore {
 
     async fn conn(&self) -> Result<Conn, StoreError> {
         if !self.monitor.swap(true, Ordering::AcqRel) {
-            tokio::spawn(monitor(Arc::downgrade(&self.link), Arc::downgrade(&self.acks)));
+            tokio::spawn(monitor(
+                Arc::downgrade(&self.link),
+                Arc::downgrade(&self.acks),
+            ));
         }
         self.link.shared().await
     }
@@ -150,7 +153,7 @@ async fn monitor(link: Weak<Link>, acks: Weak<Acks>) {
         n += 1;
         if link.generation().is_none() {
             link.reconnect();
-        } else if n % 4 == 0 {
+        } else if n.is_multiple_of(4) {
             link.verify().await;
         }
         acks.retry(&link).await;
@@ -220,8 +223,10 @@ impl RedisStore {
         if with_access {
             call.arg(kkey(ACCESS_NS, ""));
         }
-        let row: Option<(String, String, String, Option<Vec<u8>>)> =
-            call.invoke_async(&mut c.conn).await.map_err(|e| self.fail(&c, e))?;
+        let row: Option<(String, String, String, Option<Vec<u8>>)> = call
+            .invoke_async(&mut c.conn)
+            .await
+            .map_err(|e| self.fail(&c, e))?;
         let Some((record, data, seen, mut access)) = row else {
             return Ok(None);
         };
@@ -326,7 +331,9 @@ impl SessionStore for RedisStore {
 
     async fn remove(&self, key: &SessionKey) -> Result<bool, StoreError> {
         let k = skey(key);
-        let n: u64 = self.end(del(&k), |n| *n > 0, gone(k.clone()), del(&k)).await?;
+        let n: u64 = self
+            .end(del(&k), |n| *n > 0, gone(k.clone()), del(&k))
+            .await?;
         Ok(n > 0)
     }
 
@@ -463,7 +470,9 @@ impl SessionStore for RedisStore {
         if let Some(t) = ttl {
             cmd.arg("PX").arg(t.as_millis().max(1) as u64);
         }
-        cmd.query_async::<()>(&mut c.conn).await.map_err(|e| self.fail(&c, e))
+        cmd.query_async::<()>(&mut c.conn)
+            .await
+            .map_err(|e| self.fail(&c, e))
     }
 
     async fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -472,7 +481,10 @@ impl SessionStore for RedisStore {
             return Ok(v);
         }
         let mut c = self.conn().await?;
-        c.conn.get(kkey(ns, key)).await.map_err(|e| self.fail(&c, e))
+        c.conn
+            .get(kkey(ns, key))
+            .await
+            .map_err(|e| self.fail(&c, e))
     }
 
     async fn kv_take(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -487,7 +499,9 @@ impl SessionStore for RedisStore {
 
     async fn kv_delete(&self, ns: &str, key: &str) -> Result<bool, StoreError> {
         let k = kkey(ns, key);
-        let n: u64 = self.end(del(&k), |n| *n > 0, gone(k.clone()), del(&k)).await?;
+        let n: u64 = self
+            .end(del(&k), |n| *n > 0, gone(k.clone()), del(&k))
+            .await?;
         Ok(n > 0)
     }
 
@@ -622,8 +636,10 @@ impl SessionStore for RedisStore {
                 for k in &keys {
                     pipe.cmd("HMGET").arg(k).arg("data").arg("seen");
                 }
-                let rows: Vec<(Option<String>, Option<u64>)> =
-                    pipe.query_async(&mut c.conn).await.map_err(|e| self.fail(&c, e))?;
+                let rows: Vec<(Option<String>, Option<u64>)> = pipe
+                    .query_async(&mut c.conn)
+                    .await
+                    .map_err(|e| self.fail(&c, e))?;
                 for (data, seen) in rows {
                     let Some(mut s) = data.and_then(|d| serde_json::from_str::<Session>(&d).ok())
                     else {
