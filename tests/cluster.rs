@@ -221,6 +221,20 @@ impl Cluster {
             .join(", ")
     }
 
+    /// How a store in the test reaches the cluster (no replica confirmations: it seeds).
+    pub fn redis_config(&self) -> aalgate_session::RedisConfig {
+        let mut cfg = aalgate_session::RedisConfig::url("redis://unused", Duration::from_secs(2));
+        cfg.target = aalgate_session::RedisTarget::Sentinel {
+            sentinels: self
+                .sentinels
+                .iter()
+                .map(|s| ("127.0.0.1".to_string(), s.port))
+                .collect(),
+            master_name: MASTER.into(),
+        };
+        cfg
+    }
+
     /// The store section of the gateway config (YAML flow mapping), with extra keys.
     pub fn store(&self, extra: &str) -> String {
         format!(

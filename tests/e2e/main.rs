@@ -3,6 +3,7 @@
 
 mod attacks;
 mod authz;
+mod backup;
 mod breakglass;
 mod browser;
 mod cli;
@@ -14,6 +15,7 @@ mod oidc;
 mod ops;
 mod proxy;
 mod redis;
+mod redis_tls;
 mod scim;
 mod sentinel;
 mod signin;

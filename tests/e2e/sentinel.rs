@@ -7,28 +7,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aalgate_policy::Aal;
-use aalgate_session::{RedisConfig, RedisStore, RedisTarget};
-use aalgate_tests::cluster::{Cluster, MASTER};
+use aalgate_session::RedisStore;
+use aalgate_tests::cluster::Cluster;
 use aalgate_tests::{eventually, get, logout, sample, Gateway, Upstream};
 
 use crate::{make_session, policy};
 
 /// A store in the test, through the same sentinels (no replica confirmations: it only seeds).
 fn store(c: &Cluster) -> RedisStore {
-    let sentinels = c
-        .sentinel_list()
-        .split(", ")
-        .map(|s| {
-            let (h, p) = s.rsplit_once(':').unwrap();
-            (h.to_string(), p.parse().unwrap())
-        })
-        .collect();
-    let mut cfg = RedisConfig::url("redis://unused", Duration::from_secs(2));
-    cfg.target = RedisTarget::Sentinel {
-        sentinels,
-        master_name: MASTER.into(),
-    };
-    RedisStore::with_config(&cfg).unwrap()
+    RedisStore::with_config(&c.redis_config()).unwrap()
 }
 
 /// Waits until every replica holds as many keys as the master (the seed has replicated).

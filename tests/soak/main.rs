@@ -1,4 +1,7 @@
-//! Soak: a bounded mixed load against the real binary with a real Redis, restarted twice.
+//! Soak: a bounded mixed load against the real binary with Redis Sentinel (three
+//! `redis-server`, three `redis-sentinel`), through two failovers: each time the master is
+//! SIGKILLed, a replica is promoted, and the killed node is started again (it rejoins as a
+//! replica).
 //!
 //! `AALGATE_SOAK_SECS` sets the length (default 150 s; tests/run.sh runs it on its own after
 //! the rest of the suite). The load mixes public requests, valid sessions, expired sessions,
@@ -7,7 +10,7 @@
 //! - 0 requests forwarded without a valid session (and each forwarded one carries its user);
 //! - 0 panics, the gateway alive at the end;
 //! - gateway memory flat: RSS at the end within 10% of RSS after warm-up;
-//! - valid sessions are served again after each Redis restart (no login loop).
+//! - valid sessions are served again after each failover (no login loop, no new sign-in).
 //!
 //! The figures go to stderr and to `target/soak-report.txt`.
 
@@ -22,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use aalgate_policy::Aal;
 use aalgate_session::{RedisStore, SessionId};
-use aalgate_tests::{read_request, send, workspace, Gateway, Redis};
+use aalgate_tests::cluster::Cluster;
+use aalgate_tests::{read_request, send, workspace, Gateway};
 
 /// The last, `stepup`, only in the embedded soak.
 const KINDS: [&str; 7] = [
@@ -102,8 +106,8 @@ fn median(v: &mut [u64]) -> u64 {
     v.get(v.len() / 2).copied().unwrap_or(0)
 }
 
-fn mint(redis: &Redis, host: &str, user: &str, idle: u64) -> String {
-    let store = RedisStore::new(&redis.url(), Duration::from_secs(2)).expect("store");
+fn mint(cluster: &Cluster, host: &str, user: &str, idle: u64) -> String {
+    let store = RedisStore::with_config(&cluster.redis_config()).expect("store");
     aalgate_tests::make_session(&store, host, user, Aal::Aal2, 60, idle)
 }
 
@@ -223,10 +227,10 @@ fn soak() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(150);
     let run = Duration::from_secs(secs);
-    let mut redis = Redis::start();
+    let mut redis = Cluster::start();
     let seen = Arc::new(Seen::default());
     let up = upstream(seen.clone());
-    let mut g = Gateway::start(Some(&redis.url()), &[("soak.yaml", &policy(up))]);
+    let mut g = Gateway::start(Some(&redis.store("")), &[("soak.yaml", &policy(up))]);
     let host = format!("localhost:{}", g.port);
 
     let valid: Vec<(String, String)> = (0..40)
@@ -270,7 +274,10 @@ fn soak() {
         samples.push((frac, rss_kib(pid)));
         if (restarts == 0 && frac >= 0.4) || (restarts == 1 && frac >= 0.7) {
             restarts += 1;
-            redis.restart();
+            let old = redis.master_port();
+            let killed = redis.kill_master();
+            redis.wait_failover(old, Duration::from_secs(30));
+            redis.restart_node(killed);
             // A valid session is served again by itself, with the same cookie.
             let (c, u) = &valid[0];
             let t0 = Instant::now();
@@ -310,12 +317,12 @@ fn soak() {
     let t = tally.lock().map(|t| t.by.clone()).unwrap_or_default();
     let total: u64 = t.values().sum();
     let mut report = format!(
-        "soak: {secs} s, {total} requests ({:.0}/s), Redis restarted {restarts} times\n",
+        "soak: {secs} s, {total} requests ({:.0}/s), {restarts} Sentinel failovers\n",
         total as f64 / secs as f64
     );
     report.push_str(&by_kind(&t, &seen));
     report.push_str(&format!(
-        "  forwarded without a valid session: {}\n  recovery after Redis restarts: {:?}\n  gateway RSS: {warm} KiB after warm-up, {end} KiB at the end ({:+.1}%)\n",
+        "  forwarded without a valid session: {}\n  recovery after failovers: {:?}\n  gateway RSS: {warm} KiB after warm-up, {end} KiB at the end ({:+.1}%)\n",
         seen.violations.load(Ordering::Relaxed),
         recovered,
         growth * 100.0

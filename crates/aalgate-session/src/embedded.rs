@@ -178,6 +178,35 @@ fn write_side(side: &Path, value: &[u8]) -> Result<String, StoreError> {
 }
 
 impl EmbeddedStore {
+    /// Every live value of `namespaces` (namespace, key, value), read in one transaction: a
+    /// consistent copy while the gateway writes (`aalgate store backup`).
+    pub async fn snapshot(
+        &self,
+        namespaces: &[&str],
+    ) -> Result<Vec<(String, String, Vec<u8>)>, StoreError> {
+        let ranges: Vec<(String, String, String)> = namespaces
+            .iter()
+            .map(|ns| (ns.to_string(), format!("{ns}\0"), format!("{ns}\u{1}")))
+            .collect();
+        let side = self.side.clone();
+        let now = self.clock.now();
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(unavailable)?;
+            let t = tx.open_table(KV).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for (ns, lo, hi) in &ranges {
+                for row in t.range(lo.as_str()..hi.as_str()).map_err(unavailable)? {
+                    let (k, v) = row.map_err(unavailable)?;
+                    if let Some(v) = kv_resolve(&side, v.value(), now) {
+                        out.push((ns.clone(), k.value()[lo.len()..].to_string(), v));
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Opens (or creates) `<dir>/sessions.redb`, creating `dir` with mode 0700.
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
         std::fs::create_dir_all(dir)

@@ -48,7 +48,7 @@ impl RedisConfig {
 impl std::fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisConfig")
-            .field("target", &self.target)
+            .field("target", &redacted(&self.target))
             .field("db", &self.db)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
@@ -60,6 +60,20 @@ impl std::fmt::Debug for RedisConfig {
             .field("replicas_ack", &self.replicas_ack)
             .field("ack_timeout", &self.ack_timeout)
             .finish()
+    }
+}
+
+/// The target without a password a URL may hold.
+fn redacted(t: &RedisTarget) -> RedisTarget {
+    match t {
+        RedisTarget::Url(u) => match u.split_once('@') {
+            Some((scheme_user, host)) => {
+                let scheme = scheme_user.split("://").next().unwrap_or("redis");
+                RedisTarget::Url(format!("{scheme}://<redacted>@{host}"))
+            }
+            None => t.clone(),
+        },
+        t => t.clone(),
     }
 }
 

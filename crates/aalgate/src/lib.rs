@@ -25,6 +25,7 @@
 pub mod admin;
 pub mod assertion;
 pub mod audit;
+pub mod backup;
 pub mod breakglass;
 pub mod cache;
 pub mod client;

@@ -82,6 +82,36 @@ enum GroupsAction {
 }
 
 #[derive(clap::Args)]
+struct StoreArgs {
+    #[command(flatten)]
+    target: Target,
+    #[command(subcommand)]
+    action: StoreAction,
+}
+
+#[derive(Subcommand)]
+enum StoreAction {
+    /// Copy people, their credentials and groups to FILE (mode 0600), consistently, while the
+    /// gateway runs. Never sessions or one-time tokens. The embedded store only: Redis keeps
+    /// its own copies (replicas, AOF).
+    Backup {
+        /// Where to write the copy.
+        file: PathBuf,
+    },
+    /// Bring back people, credentials and groups from FILE, into a store with nobody yet.
+    /// Sessions and one-time tokens are never restored, so nothing logged out or used since
+    /// the backup comes back.
+    Restore {
+        /// A file written by `aalgate store backup`.
+        file: PathBuf,
+        /// Write over the current people: nobody is enabled by it (disabled now, or removed
+        /// since the backup: disabled), and every restored person's sessions end.
+        #[arg(long)]
+        replace: bool,
+    },
+}
+
+#[derive(clap::Args)]
 struct BreakglassArgs {
     #[command(flatten)]
     target: Target,
@@ -346,6 +376,8 @@ enum Command {
     },
     /// Compliance reports (enrollment, break-glass).
     Report(ReportArgs),
+    /// Back up and restore the directory (people, credentials, groups).
+    Store(StoreArgs),
     /// Audit evidence: verify a per-request signature offline.
     Audit(AuditArgs),
     /// Check policy files; print every problem as file:line:column: what; how to fix.
@@ -454,6 +486,7 @@ impl<W: std::fmt::Write> std::fmt::Write for Escaped<'_, W> {
     }
 }
 
+#[allow(clippy::too_many_lines, reason = "one arm per subcommand")]
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -497,6 +530,7 @@ fn main() -> ExitCode {
             action: ScimAction::Token { config },
         } => scim_token(&config),
         Command::Report(args) => return block_on(report_run(args)),
+        Command::Store(args) => return block_on(store_run(args)),
         Command::Audit(args) => return block_on(audit_run(args)),
         Command::Demo {
             listen,
@@ -1807,6 +1841,61 @@ async fn audit_change(
         );
     }
     Ok(())
+}
+
+async fn store_run(args: StoreArgs) -> Result<bool> {
+    match args.action {
+        StoreAction::Backup { file } => {
+            let dir = match &args.target.config {
+                Some(path) => match Config::load(path)?.store {
+                    StoreSpec::Embedded(d) => d,
+                    StoreSpec::Redis(_) => bail!("store backup copies the embedded store; Redis keeps its own copies: back up its append-only file or RDB (redis-cli --rdb FILE), and run replicas (README, High availability)"),
+                },
+                None => demo_state(&args.target)?,
+            };
+            let store = EmbeddedStore::open(&dir)
+                .with_context(|| format!("embedded store in {}", dir.display()))?;
+            let rows = store.snapshot(&aalgate::backup::DIRECTORY_NS).await?;
+            let b = aalgate::backup::Backup::new(rows);
+            b.write(&file)?;
+            println!(
+                "{}: {} person(s), as of {}; no sessions and no one-time tokens",
+                file.display(),
+                b.users(),
+                b.created
+            );
+        }
+        StoreAction::Restore { file, replace } => {
+            let b = aalgate::backup::Backup::read(&file)?;
+            let audit = cli_audit(&args.target)?;
+            let (store, _) = cli_store(&args.target)?;
+            let r = aalgate::backup::restore(store, &b, replace).await?;
+            audit_change(
+                &audit,
+                "directory_restored",
+                "*",
+                format!(
+                    "{} person(s) from a backup of {}; disabled: {}; {} session(s) ended",
+                    r.users,
+                    b.created,
+                    r.disabled.join(","),
+                    r.sessions
+                ),
+            )
+            .await?;
+            println!(
+                "restored {} record(s), {} person(s) as of {}; {} session(s) ended",
+                r.records, r.users, b.created, r.sessions
+            );
+            if !r.disabled.is_empty() {
+                println!(
+                    "disabled (disabled now, or removed since the backup): {}; `aalgate users enable NAME` lets one sign in again",
+                    r.disabled.join(", ")
+                );
+            }
+        }
+    }
+    Ok(true)
 }
 
 async fn groups_run(args: GroupsArgs) -> Result<bool> {

@@ -25,16 +25,32 @@ const MAX_HELD: usize = 100_000;
 const POOL: usize = 4;
 /// Dedicated connections at once: more writes wait for a free one (within their deadline).
 const SLOTS: usize = 16;
-/// Written with each retry, so that its `WAIT` covers every earlier write on that master.
+/// Written before each `WAIT`, so that it covers every earlier write on that master.
 const PROBE_KEY: &str = "aalgate:ack-probe";
+/// Held writes written again per retry (after a failover, each must be).
+const BATCH: usize = 1000;
 
 /// What a held write hides from this instance's reads until it is confirmed.
 #[derive(Clone, Debug)]
 pub(crate) enum Deny {
-    /// The key reads as this value (`None`: absent).
-    Key { key: String, value: Option<Vec<u8>> },
+    /// The key reads as absent.
+    Gone { key: String },
+    /// While the key still holds `expected` (the write did not land, or was lost in a
+    /// failover), it reads as `new`; any other value is newer than the write and wins.
+    Swap {
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+    },
     /// Every session of the user first authenticated at or before `at` (seconds).
     User { user: String, at: u64 },
+}
+
+impl Deny {
+    /// A pure removal: held on any error, since it can only end access.
+    fn removes(&self) -> bool {
+        !matches!(self, Deny::Swap { .. })
+    }
 }
 
 /// A write that ends access: what it hides meanwhile, and how to write it again.
@@ -43,10 +59,14 @@ pub(crate) struct Pending {
     pub(crate) reissue: Cmd,
 }
 
+/// A held swap: the value it replaced, and its own.
+type Swapped = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 struct Entry {
     seq: u64,
     generation: u64,
-    value: Option<Vec<u8>>,
+    /// `None`: a removal.
+    held: Option<Swapped>,
     at: u64,
     reissue: Cmd,
 }
@@ -55,18 +75,18 @@ struct Entry {
 struct Held {
     keys: HashMap<String, Entry>,
     users: HashMap<String, Entry>,
-    seq: u64,
-    /// Set when a write could not be held (the limit): the generation it happened on.
-    overflow: Option<u64>,
+    /// Set when a write could not be held (the limit).
+    overflow: bool,
 }
 
 pub(crate) struct Acks {
     replicas: u32,
     timeout: Duration,
     pool: Mutex<Vec<Conn>>,
-    slots: tokio::sync::Semaphore,
+    slots: Arc<tokio::sync::Semaphore>,
     held: Mutex<Held>,
     count: AtomicUsize,
+    seq: AtomicU64,
     missed: AtomicU64,
 }
 
@@ -79,15 +99,31 @@ fn maybe_written(e: &redis::RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_timeout()
 }
 
+/// `cmd`, a probe write, then `WAIT`: the probe makes the `WAIT` cover every earlier write on
+/// this master, this one included, even when `cmd` itself changed nothing (a retried logout,
+/// say, after the first attempt's write was not confirmed).
+fn add_wait(p: &mut redis::Pipeline, replicas: u32, timeout: Duration) {
+    p.cmd("SET")
+        .arg(PROBE_KEY)
+        .arg(1)
+        .arg("PX")
+        .arg(60_000)
+        .ignore()
+        .cmd("WAIT")
+        .arg(replicas)
+        .arg(timeout.as_millis() as u64);
+}
+
 impl Acks {
     pub(crate) fn new(replicas: u32, timeout: Duration) -> Acks {
         Acks {
             replicas,
             timeout,
             pool: Mutex::new(Vec::new()),
-            slots: tokio::sync::Semaphore::new(SLOTS),
+            slots: Arc::new(tokio::sync::Semaphore::new(SLOTS)),
             held: Mutex::new(Held::default()),
             count: AtomicUsize::new(0),
+            seq: AtomicU64::new(0),
             missed: AtomicU64::new(0),
         }
     }
@@ -115,7 +151,8 @@ impl Acks {
     }
 
     /// Runs `cmd` and waits for the replicas. `changed` says whether the reply means the
-    /// write changed something (a `GETDEL` of nothing needs no confirmation and is not held).
+    /// write changed something: only such a write is held when unconfirmed (a `GETDEL` of
+    /// nothing has nothing to hide), but every write needs the confirmation to succeed.
     pub(crate) async fn write<T: FromRedisValue + Send + 'static>(
         self: &Arc<Self>,
         link: &Arc<Link>,
@@ -123,10 +160,21 @@ impl Acks {
         changed: fn(&T) -> bool,
         pending: Pending,
     ) -> Result<T, StoreError> {
+        let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
+        // Taken under the caller's deadline: at most SLOTS such writes (and tasks) at once.
+        let slot = match Arc::clone(&self.slots).acquire_owned().await {
+            Ok(s) => s,
+            Err(e) => return Err(unavailable(e)),
+        };
         let (me, link) = (Arc::clone(self), Arc::clone(link));
-        tokio::spawn(async move { me.run(&link, cmd, changed, pending).await })
-            .await
-            .map_err(unavailable)?
+        // Its own task: the caller's deadline cannot cancel it between the write and the hold.
+        tokio::spawn(async move {
+            let r = me.run(&link, cmd, changed, pending, seq).await;
+            drop(slot);
+            r
+        })
+        .await
+        .map_err(unavailable)?
     }
 
     async fn run<T: FromRedisValue>(
@@ -135,28 +183,34 @@ impl Acks {
         cmd: Cmd,
         changed: fn(&T) -> bool,
         pending: Pending,
+        seq: u64,
     ) -> Result<T, StoreError> {
-        let _slot = self.slots.acquire().await.map_err(unavailable)?;
-        let mut c = self.connection(link).await?;
+        let mut c = match self.connection(link).await {
+            Ok(c) => c,
+            Err(e) => {
+                // Not sent: a removal is still held (and sent once a master is known).
+                if pending.deny.removes() {
+                    self.hold(pending, 0, seq);
+                }
+                return Err(e);
+            }
+        };
         let mut p = redis::pipe();
-        p.add_command(cmd)
-            .cmd("WAIT")
-            .arg(self.replicas)
-            .arg(self.timeout.as_millis() as u64);
+        p.add_command(cmd);
+        add_wait(&mut p, self.replicas, self.timeout);
         match p.query_async::<(T, i64)>(&mut c.conn).await {
             Ok((v, acks)) => {
                 let generation = c.generation;
                 self.give_back(c);
-                if !changed(&v) {
-                    return Ok(v);
-                }
                 if acks >= i64::from(self.replicas) {
-                    self.confirmed(&pending.deny);
+                    self.confirmed(&pending.deny, seq);
                     return Ok(v);
                 }
                 self.missed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(acks, wanted = self.replicas, "a write that ends access was not confirmed by enough replicas in time; it is denied here and written again until confirmed");
-                self.hold(pending, generation);
+                if changed(&v) {
+                    tracing::warn!(acks, wanted = self.replicas, "a write that ends access was not confirmed by enough replicas in time; it is denied here and written again until confirmed");
+                    self.hold(pending, generation, seq);
+                }
                 Err(unavailable(format!(
                     "{acks} of {} replicas confirmed the write within {:?}",
                     self.replicas, self.timeout
@@ -164,8 +218,9 @@ impl Acks {
             }
             Err(e) => {
                 link.failed(c.generation, &e);
-                if maybe_written(&e) {
-                    self.hold(pending, c.generation);
+                // Applied or not, nobody knows: held as never sent (written again).
+                if pending.deny.removes() || maybe_written(&e) {
+                    self.hold(pending, 0, seq);
                 }
                 Err(unavailable(e))
             }
@@ -192,18 +247,24 @@ impl Acks {
         }
     }
 
-    /// A confirmed write replaces what was held for the same key (or an older revocation).
-    fn confirmed(&self, deny: &Deny) {
+    /// A confirmed write replaces what was held, earlier, for the same key (or an older
+    /// revocation).
+    fn confirmed(&self, deny: &Deny, seq: u64) {
         if self.count.load(Ordering::Acquire) == 0 {
             return;
         }
         if let Ok(mut h) = self.held.lock() {
             match deny {
-                Deny::Key { key, .. } => {
-                    h.keys.remove(key);
+                Deny::Gone { key } | Deny::Swap { key, .. } => {
+                    if h.keys.get(key).is_some_and(|e| e.seq < seq) {
+                        h.keys.remove(key);
+                    }
                 }
                 Deny::User { user, at } => {
-                    if h.users.get(user).is_some_and(|e| e.at <= *at) {
+                    if h.users
+                        .get(user)
+                        .is_some_and(|e| e.seq < seq && e.at <= *at)
+                    {
                         h.users.remove(user);
                     }
                 }
@@ -213,7 +274,7 @@ impl Acks {
     }
 
     fn recount(&self, h: &Held) {
-        let n = if h.overflow.is_some() {
+        let n = if h.overflow {
             MAX_HELD
         } else {
             h.keys.len() + h.users.len()
@@ -221,43 +282,37 @@ impl Acks {
         self.count.store(n, Ordering::Release);
     }
 
-    fn hold(&self, pending: Pending, generation: u64) {
+    fn hold(&self, pending: Pending, generation: u64, seq: u64) {
         let Ok(mut h) = self.held.lock() else {
             return;
         };
         if h.keys.len() + h.users.len() >= MAX_HELD {
             tracing::error!("too many writes that end access await their replicas; every read fails closed until they are confirmed");
-            h.overflow.get_or_insert(generation);
+            h.overflow = true;
             self.recount(&h);
             return;
         }
-        h.seq += 1;
-        let seq = h.seq;
+        let entry = |held, at| Entry {
+            seq,
+            generation,
+            held,
+            at,
+            reissue: pending.reissue,
+        };
         match pending.deny {
-            Deny::Key { key, value } => {
-                h.keys.insert(
-                    key,
-                    Entry {
-                        seq,
-                        generation,
-                        value,
-                        at: 0,
-                        reissue: pending.reissue,
-                    },
-                );
+            Deny::Gone { key } => {
+                if h.keys.get(&key).is_none_or(|e| e.seq < seq) {
+                    h.keys.insert(key, entry(None, 0));
+                }
+            }
+            Deny::Swap { key, expected, new } => {
+                if h.keys.get(&key).is_none_or(|e| e.seq < seq) {
+                    h.keys.insert(key, entry(Some((expected, new)), 0));
+                }
             }
             Deny::User { user, at } => {
                 let at = h.users.get(&user).map_or(at, |e| e.at.max(at));
-                h.users.insert(
-                    user,
-                    Entry {
-                        seq,
-                        generation,
-                        value: None,
-                        at,
-                        reissue: pending.reissue,
-                    },
-                );
+                h.users.insert(user, entry(None, at));
             }
         }
         self.recount(&h);
@@ -269,21 +324,39 @@ impl Acks {
             return Ok(());
         }
         match self.held.lock() {
-            Ok(h) if h.overflow.is_none() => Ok(()),
+            Ok(h) if !h.overflow => Ok(()),
             _ => Err(unavailable(
                 "too many writes that end access await confirmation by the replicas",
             )),
         }
     }
 
-    /// What a held write says about `key`: `Some(None)` absent, `Some(Some(v))` that value,
-    /// `None` nothing held.
-    pub(crate) fn shadow(&self, key: &str) -> Option<Option<Vec<u8>>> {
+    /// Whether a held removal hides `key` (a poisoned lock hides everything).
+    pub(crate) fn gone(&self, key: &str) -> bool {
         if self.count.load(Ordering::Acquire) == 0 {
-            return None;
+            return false;
         }
-        let h = self.held.lock().ok()?;
-        h.keys.get(key).map(|e| e.value.clone())
+        self.held
+            .lock()
+            .map(|h| h.keys.get(key).is_some_and(|e| e.held.is_none()))
+            .unwrap_or(true)
+    }
+
+    /// What `key` reads as on this instance, given what Redis returned: a held removal hides
+    /// it; a held swap shows its value while Redis still has the value it replaced.
+    pub(crate) fn read(&self, key: &str, current: Option<Vec<u8>>) -> Option<Vec<u8>> {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return current;
+        }
+        let Ok(h) = self.held.lock() else {
+            return None;
+        };
+        match h.keys.get(key).map(|e| &e.held) {
+            None => current,
+            Some(None) => None,
+            Some(Some((expected, new))) if *expected == current => new.clone(),
+            Some(Some(_)) => current,
+        }
     }
 
     /// Whether a held revocation ends a session of `user` first authenticated at `auth_time`.
@@ -299,8 +372,9 @@ impl Acks {
 
     /// Writes the held writes again, with a probe write, on the current master, and forgets
     /// those a `WAIT` then confirms. Writes held on the same master are only confirmed (the
-    /// probe's `WAIT` covers every earlier write there); after a failover each is written
-    /// again, since the new master may never have had it.
+    /// probe's `WAIT` covers every earlier write there); the others (written before a
+    /// failover, or never sent) are written again, since this master may not have them, at
+    /// most `BATCH` at a time.
     pub(crate) async fn retry(&self, link: &Arc<Link>) {
         if self.count.load(Ordering::Acquire) == 0 {
             return;
@@ -309,39 +383,36 @@ impl Acks {
             link.reconnect();
             return;
         };
-        let (mut p, mut keys, mut users, overflow) = (redis::pipe(), Vec::new(), Vec::new(), {
-            let Ok(h) = self.held.lock() else { return };
-            h.overflow
-        });
-        if let Ok(h) = self.held.lock() {
-            for (k, e) in &h.keys {
-                if e.generation != current {
-                    p.add_command(e.reissue.clone()).ignore();
-                }
-                keys.push((k.clone(), e.seq));
-            }
-            for (u, e) in &h.users {
-                if e.generation != current {
-                    p.add_command(e.reissue.clone()).ignore();
-                }
-                users.push((u.clone(), e.seq));
-            }
-        }
-        p.cmd("SET")
-            .arg(PROBE_KEY)
-            .arg(current)
-            .arg("PX")
-            .arg(60_000)
-            .ignore()
-            .cmd("WAIT")
-            .arg(self.replicas)
-            .arg(self.timeout.as_millis() as u64);
-        let Ok(_slot) = self.slots.acquire().await else {
+        let Ok(_slot) = Arc::clone(&self.slots).try_acquire_owned() else {
             return;
         };
+        let mut p = redis::pipe();
+        let (mut keys, mut users, mut reissued) = (Vec::new(), Vec::new(), 0);
+        if let Ok(h) = self.held.lock() {
+            let all = h
+                .keys
+                .iter()
+                .map(|(k, e)| (true, k, e))
+                .chain(h.users.iter().map(|(u, e)| (false, u, e)));
+            for (is_key, name, e) in all {
+                if e.generation != current {
+                    if reissued == BATCH {
+                        continue;
+                    }
+                    reissued += 1;
+                    p.add_command(e.reissue.clone()).ignore();
+                }
+                if is_key {
+                    keys.push((name.clone(), e.seq));
+                } else {
+                    users.push((name.clone(), e.seq));
+                }
+            }
+        }
         let Ok(mut c) = self.connection(link).await else {
             return;
         };
+        add_wait(&mut p, self.replicas, self.timeout);
         let acks = match p.query_async::<(i64,)>(&mut c.conn).await {
             Ok((acks,)) => acks,
             Err(e) => {
@@ -365,9 +436,10 @@ impl Acks {
                     h.users.remove(&u);
                 }
             }
-            if overflow == Some(current) && h.overflow == Some(current) {
-                h.overflow = None;
-            }
+            // What could not be held was written on some master before this probe; with no
+            // failover since, this `WAIT` covers it too. After one, it may be lost: the log
+            // said so when it happened.
+            h.overflow = false;
             self.recount(&h);
             tracing::info!(
                 left = h.keys.len() + h.users.len(),

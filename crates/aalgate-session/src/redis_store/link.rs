@@ -47,11 +47,18 @@ struct Record {
     without: Duration,
     last_error: String,
     last_attempt: Option<Instant>,
+    /// When the Sentinels last named the master connected to (or it was found).
+    confirmed: Option<Instant>,
 }
 
 /// No new attempt to find the master within this long of a failed one: a flood of requests
 /// during a failover does not become a flood of Sentinel queries.
 const RETRY_GAP: Duration = Duration::from_millis(200);
+
+/// With Sentinel, how long the connection is trusted without the Sentinels naming its master
+/// again: past it, an instance cut off from every Sentinel (perhaps beside a demoted master)
+/// fails closed instead of reading stale sessions.
+const LEASE: Duration = Duration::from_secs(5);
 
 pub(crate) struct Link {
     source: Source,
@@ -147,10 +154,13 @@ fn drops_connection(e: &RedisError) -> bool {
         || e.code() == Some("READONLY")
         || e.code() == Some("MASTERDOWN")
         || e.code() == Some("LOADING")
+        || e.code() == Some("NOREPLICAS")
 }
 
 impl Link {
     pub(crate) fn new(cfg: &RedisConfig) -> Result<Link, StoreError> {
+        // Already installed (by pingora's server, say) is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let source = match &cfg.target {
             RedisTarget::Url(url) => Source::Url(url_client(url, cfg)?),
             RedisTarget::Sentinel {
@@ -244,6 +254,16 @@ impl Link {
         }
         let me = Arc::clone(self);
         tokio::spawn(async move {
+            // Whatever happens to this task (a panic in a dependency included), the next call
+            // may start another attempt.
+            struct Done(Arc<Link>);
+            impl Drop for Done {
+                fn drop(&mut self) {
+                    self.0.connecting.store(false, Ordering::Release);
+                    self.0.attempts.send_modify(|n| *n += 1);
+                }
+            }
+            let done = Done(Arc::clone(&me));
             let result = me.attempt().await;
             if let Ok(mut r) = me.record.lock() {
                 match result {
@@ -254,15 +274,16 @@ impl Link {
                     }
                 }
             }
-            me.connecting.store(false, Ordering::Release);
-            me.attempts.send_modify(|n| *n += 1);
+            drop(done);
         });
         true
     }
 
     /// Budget of one attempt: the Sentinels, the master's role check, and the connection.
     fn attempt_budget(&self) -> Duration {
-        (self.timeout * 10).clamp(Duration::from_millis(500), Duration::from_secs(5))
+        // Over redis-rs's 1 s connect timeout to a Sentinel: one Sentinel host that drops
+        // packets must not make every attempt run out.
+        (self.timeout * 10).clamp(Duration::from_secs(3), Duration::from_secs(10))
     }
 
     async fn master_client(&self) -> Result<Client, RedisError> {
@@ -313,6 +334,7 @@ impl Link {
             }
             r.last_master = Some(addr.clone());
             r.master = Some(addr);
+            r.confirmed = Some(Instant::now());
         }
         Ok(())
     }
@@ -394,15 +416,26 @@ impl Link {
                         &format!("the sentinels now name {addr} as the master"),
                     );
                     self.reconnect();
+                } else if let Ok(mut r) = self.record.lock() {
+                    r.confirmed = Some(Instant::now());
                 }
+                return;
             }
             // No master named: the one connected to may be cut off. Writes to it would not
             // reach the next master, and reads may be stale; calls fail closed until found.
             Ok(Err(e)) if e.kind() == ErrorKind::MasterNameNotFoundBySentinel => {
                 self.drop_connection(generation, &e.to_string());
             }
-            // Sentinels unreachable, or the check timed out: nothing new is known.
+            // Sentinels unreachable, or the check timed out: nothing new is known, for a while.
             Ok(Err(_)) | Err(_) => {}
+        }
+        let stale = self
+            .record
+            .lock()
+            .map(|r| r.confirmed.is_none_or(|t| t.elapsed() > LEASE))
+            .unwrap_or(true);
+        if stale {
+            self.drop_connection(generation, "no sentinel has confirmed the master for 5 s");
         }
     }
 

@@ -136,9 +136,9 @@ impl RedisStore {
         }
     }
 
-    /// What a held write says about `key` (see [`Acks::shadow`]).
-    fn shadow(&self, key: &str) -> Option<Option<Vec<u8>>> {
-        self.acks.shadow(key)
+    /// Whether a held removal hides `key` (see [`Acks::gone`]).
+    fn gone(&self, key: &str) -> bool {
+        self.acks.gone(key)
     }
 }
 
@@ -180,7 +180,7 @@ fn getdel(key: &str) -> Cmd {
 }
 
 fn gone(key: String) -> Deny {
-    Deny::Key { key, value: None }
+    Deny::Gone { key }
 }
 
 fn skey(key: &SessionKey) -> String {
@@ -214,7 +214,7 @@ impl RedisStore {
         with_access: bool,
     ) -> Result<Option<Resolved>, StoreError> {
         self.acks.check()?;
-        if self.shadow(&lkey(handle)).is_some() {
+        if self.gone(&lkey(handle)) {
             return Ok(None);
         }
         let mut c = self.conn().await?;
@@ -238,11 +238,11 @@ impl RedisStore {
             s.last_seen = s.last_seen.max(Timestamp(seen));
         }
         if self.acks.unconfirmed() > 0 {
-            if self.shadow(&skey(&record)).is_some() || self.acks.revoked(&s.user, s.auth_time.0) {
+            if self.gone(&skey(&record)) || self.acks.revoked(&s.user, s.auth_time.0) {
                 return Ok(None);
             }
-            if let (true, Some(held)) = (with_access, self.shadow(&kkey(ACCESS_NS, &s.user))) {
-                access = held;
+            if with_access {
+                access = self.acks.read(&kkey(ACCESS_NS, &s.user), access);
             }
         }
         Ok((s.expires_at > now).then_some(Resolved {
@@ -294,7 +294,7 @@ impl SessionStore for RedisStore {
 
     async fn get(&self, key: &SessionKey, now: Timestamp) -> Result<Option<Session>, StoreError> {
         self.acks.check()?;
-        if self.shadow(&skey(key)).is_some() {
+        if self.gone(&skey(key)) {
             return Ok(None);
         }
         let mut c = self.conn().await?;
@@ -343,9 +343,11 @@ impl SessionStore for RedisStore {
             .arg(1)
             .arg(ukey(user))
             .arg(format!("{PREFIX}s:"));
+        // Another instance's clock may run ahead of this one: sessions begun up to 5 min
+        // "after" the revocation are hidden too while it is held (fail closed).
         let deny = Deny::User {
             user: user.to_string(),
-            at: now_secs(),
+            at: now_secs() + 300,
         };
         let n: u64 = self.end(cmd.clone(), |n| *n > 0, deny, cmd).await?;
         Ok(n as usize)
@@ -367,7 +369,7 @@ impl SessionStore for RedisStore {
 
     async fn get_flow(&self, key: &str, _now: Timestamp) -> Result<Option<Flow>, StoreError> {
         self.acks.check()?;
-        if self.shadow(&fkey(key)).is_some() {
+        if self.gone(&fkey(key)) {
             return Ok(None);
         }
         let mut c = self.conn().await?;
@@ -379,7 +381,7 @@ impl SessionStore for RedisStore {
     async fn take_flow(&self, key: &str, _now: Timestamp) -> Result<Option<Flow>, StoreError> {
         self.acks.check()?;
         let k = fkey(key);
-        if self.shadow(&k).is_some() {
+        if self.gone(&k) {
             return Ok(None);
         }
         let v: Option<String> = self
@@ -477,20 +479,19 @@ impl SessionStore for RedisStore {
 
     async fn kv_get(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.acks.check()?;
-        if let Some(v) = self.shadow(&kkey(ns, key)) {
-            return Ok(v);
+        let k = kkey(ns, key);
+        if self.gone(&k) {
+            return Ok(None);
         }
         let mut c = self.conn().await?;
-        c.conn
-            .get(kkey(ns, key))
-            .await
-            .map_err(|e| self.fail(&c, e))
+        let v: Option<Vec<u8>> = c.conn.get(&k).await.map_err(|e| self.fail(&c, e))?;
+        Ok(self.acks.read(&k, v))
     }
 
     async fn kv_take(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.acks.check()?;
         let k = kkey(ns, key);
-        if self.shadow(&k).is_some() {
+        if self.gone(&k) {
             return Ok(None);
         }
         self.end(getdel(&k), Option::is_some, gone(k.clone()), del(&k))
@@ -535,14 +536,13 @@ impl SessionStore for RedisStore {
             }
             if next == 0 {
                 if self.acks.unconfirmed() > 0 {
-                    out.retain_mut(|(k, v)| match self.shadow(&kkey(ns, k)) {
-                        Some(Some(held)) => {
-                            *v = held;
-                            true
-                        }
-                        Some(None) => false,
-                        None => true,
-                    });
+                    out = out
+                        .into_iter()
+                        .filter_map(|(k, v)| {
+                            let v = self.acks.read(&kkey(ns, &k), Some(v))?;
+                            Some((k, v))
+                        })
+                        .collect();
                 }
                 out.sort_by(|a, b| a.0.cmp(&b.0));
                 return Ok(out);
@@ -593,9 +593,10 @@ impl SessionStore for RedisStore {
             .arg(expected.unwrap_or_default())
             .arg(if new.is_some() { "1" } else { "0" })
             .arg(new.unwrap_or_default());
-        let deny = Deny::Key {
+        let deny = Deny::Swap {
             key: k,
-            value: new.map(<[u8]>::to_vec),
+            expected: expected.map(<[u8]>::to_vec),
+            new: new.map(<[u8]>::to_vec),
         };
         let swapped: i64 = self.end(cmd.clone(), |n| *n == 1, deny, cmd).await?;
         Ok(swapped == 1)

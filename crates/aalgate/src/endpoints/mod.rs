@@ -11,7 +11,7 @@ mod jwks;
 mod logout;
 mod oidc;
 mod resume;
-mod scim;
+pub(crate) mod scim;
 mod signin;
 mod switch;
 
