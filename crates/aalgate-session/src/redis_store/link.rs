@@ -49,7 +49,11 @@ struct Record {
     last_attempt: Option<Instant>,
     /// When the Sentinels last named the master connected to (or it was found).
     confirmed: Option<Instant>,
+    /// When a failed attempt was last logged.
+    logged: Option<Instant>,
 }
+
+const LOG_EVERY: Duration = Duration::from_secs(30);
 
 /// No new attempt to find the master within this long of a failed one: a flood of requests
 /// during a failover does not become a flood of Sentinel queries.
@@ -269,7 +273,11 @@ impl Link {
                 match result {
                     Ok(()) => r.last_error.clear(),
                     Err(e) => {
-                        tracing::warn!(error = %e, "the session store's master could not be reached");
+                        // Once per cause, and again every 30 s while it lasts.
+                        if r.last_error != e || r.logged.is_none_or(|t| t.elapsed() > LOG_EVERY) {
+                            tracing::warn!(error = %e, "the session store's master could not be reached");
+                            r.logged = Some(Instant::now());
+                        }
                         r.last_error = e;
                     }
                 }
