@@ -278,11 +278,20 @@ fn isolated_master(how: Isolation) {
     // The old master returns; the sentinels make it a replica. Nothing opens meanwhile.
     let until = Instant::now() + Duration::from_secs(6);
     while Instant::now() < until {
-        assert_ne!(
-            hit(g.port, Some(&leaving)).0,
-            200,
-            "{how:?}: the logged-out session came back"
-        );
+        if hit(g.port, Some(&leaving)).0 == 200 {
+            for i in 0..3 {
+                eprintln!(
+                    "node {i} ({}): {:?} {:?}",
+                    cl.node_ports()[i],
+                    cl.node_command(i, "ROLE"),
+                    cl.node_command(i, "KEYS aalgate:*")
+                );
+            }
+            panic!(
+                "{how:?}: the logged-out session came back\n{}",
+                g.log()
+            );
+        }
         assert_ne!(
             hit(g.port, None).0,
             200,

@@ -324,6 +324,21 @@ impl Link {
         .map_err(|_| format!("no answer within {budget:?}"))??;
         let (client, conn) = found;
         let addr = client.get_connection_info().addr().to_string();
+        // The Sentinels' answer may predate a failover that finished while the connection was
+        // being made (a master cut off, then back, still says "master" until the Sentinels
+        // demote it). Asked again, they must still name this address.
+        if self.sentinel() {
+            let again = tokio::time::timeout(budget, self.master_client())
+                .await
+                .map_err(|_| format!("the sentinels did not confirm {addr} within {budget:?}"))?
+                .map_err(|e| format!("the sentinels name no reachable master: {e}"))?;
+            let named = again.get_connection_info().addr().to_string();
+            if named != addr {
+                return Err(format!(
+                    "the sentinels named {addr}, then {named}: a failover is under way"
+                ));
+            }
+        }
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         if let Ok(mut c) = self.current.write() {
             *c = Some(Current {
