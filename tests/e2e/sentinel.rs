@@ -287,10 +287,7 @@ fn isolated_master(how: Isolation) {
                     cl.node_command(i, "KEYS aalgate:*")
                 );
             }
-            panic!(
-                "{how:?}: the logged-out session came back\n{}",
-                g.log()
-            );
+            panic!("{how:?}: the logged-out session came back\n{}", g.log());
         }
         assert_ne!(
             hit(g.port, None).0,
