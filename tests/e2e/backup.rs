@@ -70,29 +70,47 @@ fn a_restore_brings_back_people_keys_and_groups_but_no_session_and_enables_nobod
     }
     assert!(!text.contains(&cookie), "no cookie in the backup");
 
-    // After the backup: ivan logs out, judy is disabled.
+    // After the backup: ivan logs out and is then removed (say, by the hospital's
+    // directory); judy is disabled, and a key of hers revoked.
     assert_eq!(logout(g.port, &host, &cookie).status, 200);
+    rt().block_on(dir.remove_user("ivan")).unwrap();
     ok(cli(&g, &["users", "disable", "judy"]));
+    let judy_key = judy.credentials[0].id.clone();
+    ok(cli(&g, &["users", "revoke-credential", "judy", &judy_key]));
 
-    // Into the same store: refused without --replace (people are there).
+    // Into the same store: refused without --merge (people are there).
     let (code, _, err) = cli(&g, &["store", "restore", file.to_str().unwrap()]);
     assert_ne!(code, 0);
-    assert!(err.contains("--replace"), "{err}");
+    assert!(err.contains("--merge"), "{err}");
     let said = ok(cli(
         &g,
-        &["store", "restore", "--replace", file.to_str().unwrap()],
+        &["store", "restore", "--merge", file.to_str().unwrap()],
     ));
-    assert!(said.contains("disabled") && said.contains("judy"), "{said}");
+    assert!(
+        said.contains("restored disabled") && said.contains("ivan"),
+        "{said}"
+    );
     // The logout stays: the old cookie is no session.
     assert_ne!(get(g.port, &host, "/x", &[&c]).status, 200);
     let users = ok(cli(&g, &["users", "list"]));
-    let judy_line = users
-        .lines()
-        .find(|l| l.contains("judy"))
-        .unwrap_or_default();
+    let line = |who: &str| {
+        users
+            .lines()
+            .find(|l| l.starts_with(who))
+            .unwrap_or_default()
+            .to_string()
+    };
     assert!(
-        judy_line.contains("disabled"),
+        line("ivan").contains("disabled"),
+        "removed since the backup: back, disabled: {users}"
+    );
+    assert!(
+        line("judy").contains("disabled"),
         "judy stays disabled: {users}"
+    );
+    assert!(
+        !users.contains(&judy_key),
+        "judy's revoked key stays revoked: {users}"
     );
     let groups = ok(cli(&g, &["groups", "list"]));
     assert!(

@@ -323,3 +323,59 @@ fn a_paused_master_is_failed_over_and_opens_nothing_when_it_returns() {
 fn a_master_cut_off_by_a_split_opens_nothing_when_it_returns_as_a_replica() {
     isolated_master(Isolation::Split);
 }
+
+/// On a master whose replicas are frozen and cut off: a write that ends access is never
+/// reported done without a replica (asked twice, the second finds nothing to change), and a
+/// held compare-and-swap never hides a newer write made elsewhere.
+#[test]
+fn unconfirmed_writes_are_never_reported_done_and_newer_writes_win_over_held_ones() {
+    let cl = Cluster::start();
+    let url = format!("redis://127.0.0.1:{}/0", cl.master_port());
+    let mut cfg = aalgate_session::RedisConfig::url(&url, Duration::from_secs(2));
+    cfg.replicas_ack = 1;
+    cfg.ack_timeout = Duration::from_millis(200);
+    make_session(
+        &RedisStore::new(&url, Duration::from_secs(2)).unwrap(),
+        "ehr.example",
+        "tina",
+        Aal::Aal2,
+        60,
+        1,
+    );
+    let replicas = cl.replica_indexes();
+    for r in &replicas {
+        cl.signal_node(*r, "-STOP");
+    }
+    cl.node_command(cl.master(), "CLIENT KILL TYPE replica");
+    crate::rt().block_on(async {
+        use aalgate_session::SessionStore;
+        let waiting = RedisStore::with_config(&cfg).unwrap();
+        let plain = RedisStore::new(&url, Duration::from_secs(2)).unwrap();
+        assert!(
+            waiting.revoke_user("tina").await.is_err(),
+            "no replica has it"
+        );
+        assert!(
+            waiting.revoke_user("tina").await.is_err(),
+            "a retried revocation was reported done while no replica has it"
+        );
+        let (old, new) = (&b"clinical,epcs-signers"[..], &b"clinical"[..]);
+        assert!(waiting
+            .kv_swap("access", "tina", None, Some(old))
+            .await
+            .is_err());
+        // Elsewhere, IT removes the group: the master has the held write's value, so it swaps.
+        assert!(plain
+            .kv_swap("access", "tina", Some(old), Some(new))
+            .await
+            .unwrap());
+        assert_eq!(
+            waiting.kv_get("access", "tina").await.unwrap().as_deref(),
+            Some(new),
+            "a held write hid a newer group removal"
+        );
+    });
+    for r in &replicas {
+        cl.signal_node(*r, "-CONT");
+    }
+}

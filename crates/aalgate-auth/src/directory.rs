@@ -517,19 +517,24 @@ impl Directory {
     }
 
     async fn disable_as(&self, id: &str, by: Deactivation) -> Result<usize, DirectoryError> {
-        self.update_user(id, |u| {
-            if u.disabled
-                && (u.disabled_by == Some(Deactivation::Operator) || by == Deactivation::Directory)
-            {
-                return Ok(false);
-            }
-            u.disabled = true;
-            u.disabled_by = Some(by);
-            Ok(true)
-        })
-        .await?
-        .ok_or_else(|| DirectoryError::NoUser(id.into()))?;
-        Ok(self.store.revoke_user(id).await?)
+        let updated = self
+            .update_user(id, |u| {
+                if u.disabled
+                    && (u.disabled_by == Some(Deactivation::Operator)
+                        || by == Deactivation::Directory)
+                {
+                    return Ok(false);
+                }
+                u.disabled = true;
+                u.disabled_by = Some(by);
+                Ok(true)
+            })
+            .await;
+        // The sessions end even when the record's change was not confirmed (a replicated
+        // store's replicas away): the caller is told of the failure and runs it again.
+        let revoked = self.store.revoke_user(id).await;
+        updated?.ok_or_else(|| DirectoryError::NoUser(id.into()))?;
+        Ok(revoked?)
     }
 
     /// Creates an account with no credential yet (provisioning: the person enrolls from an

@@ -2,16 +2,15 @@
 //! their groups), never of sessions or one-time tokens.
 //!
 //! A restore that brought back sessions, invites, handoff codes or ceremony state would revive
-//! what was logged out or used after the backup. So only these namespaces are copied, and a
-//! restore never enables anyone: over an existing directory (`--replace`), a person disabled
-//! now stays disabled and a person removed since the backup comes back disabled, and every
-//! restored person's sessions end.
+//! what was logged out or used after the backup. So only these namespaces are copied. Into a
+//! store that has people already (`--merge`), a restore writes only what the store lacks:
+//! everyone present stays exactly as they are now (keys revoked, groups removed, a disable
+//! since the backup all stay), and a person removed since the backup comes back disabled.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use aalgate_auth::Directory;
 use aalgate_session::SessionStore;
 use anyhow::{bail, Context, Result};
 use base64::Engine;
@@ -51,6 +50,19 @@ struct Entry {
     value: String,
 }
 
+impl Entry {
+    fn bytes(&self) -> Result<Vec<u8>> {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&self.value)
+            .with_context(|| format!("backup record {}/{}: bad base64", self.ns, self.key))
+    }
+
+    fn user(&self) -> Result<aalgate_auth::User> {
+        serde_json::from_slice(&self.bytes()?)
+            .with_context(|| format!("backup person {:?}: not a person record", self.key))
+    }
+}
+
 impl Backup {
     /// From a store's snapshot (namespace, key, value).
     pub fn new(rows: Vec<(String, String, Vec<u8>)>) -> Backup {
@@ -75,11 +87,18 @@ impl Backup {
         self.entries.iter().filter(|e| e.ns == "user").count()
     }
 
-    /// Writes it to `path` (mode 0600: it names every person), atomically.
+    /// Writes it to `path` (mode 0600: it names every person), atomically: a new file of its
+    /// own beside it, synced, renamed over `path`, and the directory synced.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let tmp = path.with_extension("tmp");
+        let name = path
+            .file_name()
+            .with_context(|| format!("{}: not a file name", path.display()))?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".{}.tmp", std::process::id()));
+        let tmp = path.with_file_name(tmp_name);
         let mut o = std::fs::OpenOptions::new();
-        o.write(true).create(true).truncate(true);
+        o.write(true).create_new(true);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt;
@@ -87,10 +106,19 @@ impl Backup {
         }
         let f = o
             .open(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        serde_json::to_writer(std::io::BufWriter::new(&f), self)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let written = serde_json::to_writer(std::io::BufWriter::new(&f), self)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| f.sync_all().map_err(anyhow::Error::from))
+            .and_then(|()| std::fs::rename(&tmp, path).map_err(anyhow::Error::from));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.context(format!("cannot write {}", path.display())));
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir).and_then(|d| d.sync_all())?;
+        }
+        Ok(())
     }
 
     /// Reads and checks a backup file.
@@ -105,16 +133,24 @@ impl Backup {
                 path.display()
             );
         }
-        if let Some(e) = b
-            .entries
-            .iter()
-            .find(|e| !DIRECTORY_NS.contains(&e.ns.as_str()))
-        {
-            bail!(
-                "{}: holds {:?} records; a backup holds only people, credentials and groups",
-                path.display(),
-                e.ns
-            );
+        for e in &b.entries {
+            if !DIRECTORY_NS.contains(&e.ns.as_str()) {
+                bail!(
+                    "{}: holds {:?} records; a backup holds only people, credentials and groups",
+                    path.display(),
+                    e.ns
+                );
+            }
+            e.bytes()?;
+            if e.ns == "user"
+                && (e.user()?.id != e.key || !aalgate_auth::directory::valid_user_id(&e.key))
+            {
+                bail!(
+                    "{}: the person record {:?} is not well-formed",
+                    path.display(),
+                    e.key
+                );
+            }
         }
         Ok(b)
     }
@@ -126,51 +162,61 @@ pub struct Restored {
     pub records: usize,
     /// People restored.
     pub users: usize,
-    /// Of those, kept or made disabled (disabled now, or removed since the backup).
+    /// Of those, restored disabled (removed since the backup, in a merge).
     pub disabled: Vec<String>,
     /// Sessions ended.
     pub sessions: usize,
 }
 
-/// Writes a backup into `store`. Without `replace`, only into a store that has nobody yet.
-pub async fn restore(store: Arc<dyn SessionStore>, b: &Backup, replace: bool) -> Result<Restored> {
-    let dir = Directory::new(store.clone());
-    let now: HashMap<String, bool> = {
-        let mut m = HashMap::new();
-        for (id, _) in store.kv_list("user").await? {
-            let disabled = dir.user(&id).await?.is_none_or(|u| u.disabled);
-            m.insert(id, disabled);
-        }
-        m
-    };
-    if !now.is_empty() && !replace {
+/// Writes a backup into `store`: all of it into a store with nobody yet; with `merge`, only
+/// the records the store lacks, people among them disabled.
+pub async fn restore(store: Arc<dyn SessionStore>, b: &Backup, merge: bool) -> Result<Restored> {
+    let people = store.kv_list("user").await?.len();
+    if people > 0 && !merge {
         bail!(
-            "the store already has {} person(s); a restore is for a new, empty store. To write the backup's people, credentials and groups over the current ones, add --replace: nobody is enabled by it (a person disabled now, or removed since the backup, stays or comes back disabled), and every restored person's sessions end",
-            now.len()
+            "the store already has {people} person(s); a restore is for a new, empty store. To add only what the store lacks (people removed since the backup come back disabled; everyone present stays exactly as now), add --merge"
         );
     }
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let mut users = Vec::new();
-    for e in &b.entries {
-        let v = b64
-            .decode(&e.value)
-            .with_context(|| format!("backup record {}/{}: bad base64", e.ns, e.key))?;
-        store.kv_put(&e.ns, &e.key, &v, None).await?;
-        if e.ns == "user" {
-            users.push(e.key.clone());
+    let mut present: HashMap<&str, HashSet<String>> = HashMap::new();
+    if people > 0 {
+        for ns in DIRECTORY_NS {
+            let keys = store.kv_list(ns).await?.into_iter().map(|(k, _)| k);
+            present.insert(ns, keys.collect());
         }
     }
-    let (mut disabled, mut sessions) = (Vec::new(), 0);
-    for id in &users {
-        if replace && now.get(id).is_none_or(|d| *d) {
-            sessions += dir.disable(id).await?;
-            disabled.push(id.clone());
-        } else {
-            sessions += store.revoke_user(id).await?;
+    let (mut records, mut users, mut disabled) = (0, Vec::new(), Vec::new());
+    for e in &b.entries {
+        if present
+            .get(e.ns.as_str())
+            .is_some_and(|keys| keys.contains(&e.key))
+        {
+            continue;
         }
+        let value = if e.ns == "user" {
+            let mut u = e.user()?;
+            if people > 0 && !u.disabled {
+                u.disabled = true;
+                u.disabled_by = Some(aalgate_auth::Deactivation::Operator);
+                disabled.push(e.key.clone());
+            }
+            serde_json::to_vec(&u)?
+        } else {
+            e.bytes()?
+        };
+        // Written only if still absent: what was created meanwhile is not overwritten.
+        if store.kv_swap(&e.ns, &e.key, None, Some(&value)).await? {
+            records += 1;
+            if e.ns == "user" {
+                users.push(e.key.clone());
+            }
+        }
+    }
+    let mut sessions = 0;
+    for id in &users {
+        sessions += store.revoke_user(id).await?;
     }
     Ok(Restored {
-        records: b.entries.len(),
+        records,
         users: users.len(),
         disabled,
         sessions,

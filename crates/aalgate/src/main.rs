@@ -104,10 +104,10 @@ enum StoreAction {
     Restore {
         /// A file written by `aalgate store backup`.
         file: PathBuf,
-        /// Write over the current people: nobody is enabled by it (disabled now, or removed
-        /// since the backup: disabled), and every restored person's sessions end.
+        /// Into a store with people: add only what it lacks. Everyone present stays exactly as
+        /// now; a person removed since the backup comes back disabled.
         #[arg(long)]
-        replace: bool,
+        merge: bool,
     },
 }
 
@@ -1853,6 +1853,9 @@ async fn store_run(args: StoreArgs) -> Result<bool> {
                 },
                 None => demo_state(&args.target)?,
             };
+            if !dir.join("sessions.redb").exists() {
+                bail!("no embedded store in {}: nothing to back up", dir.display());
+            }
             let store = EmbeddedStore::open(&dir)
                 .with_context(|| format!("embedded store in {}", dir.display()))?;
             let rows = store.snapshot(&aalgate::backup::DIRECTORY_NS).await?;
@@ -1865,11 +1868,19 @@ async fn store_run(args: StoreArgs) -> Result<bool> {
                 b.created
             );
         }
-        StoreAction::Restore { file, replace } => {
+        StoreAction::Restore { file, merge } => {
             let b = aalgate::backup::Backup::read(&file)?;
             let audit = cli_audit(&args.target)?;
             let (store, _) = cli_store(&args.target)?;
-            let r = aalgate::backup::restore(store, &b, replace).await?;
+            // On record before anything is written: a restore that fails half-way is known.
+            audit_change(
+                &audit,
+                "directory_restore_started",
+                "*",
+                format!("from a backup of {} ({} person(s))", b.created, b.users()),
+            )
+            .await?;
+            let r = aalgate::backup::restore(store, &b, merge).await?;
             audit_change(
                 &audit,
                 "directory_restored",
@@ -1889,7 +1900,7 @@ async fn store_run(args: StoreArgs) -> Result<bool> {
             );
             if !r.disabled.is_empty() {
                 println!(
-                    "disabled (disabled now, or removed since the backup): {}; `aalgate users enable NAME` lets one sign in again",
+                    "restored disabled (removed since the backup): {}; `aalgate users enable NAME` lets one sign in again",
                     r.disabled.join(", ")
                 );
             }

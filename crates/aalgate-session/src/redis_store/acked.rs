@@ -2,12 +2,17 @@
 //! token), acknowledged by `N` replicas (`WAIT N ms`) before they count.
 //!
 //! With asynchronous replication, a replica promoted before it received a logout brings the
-//! session back. So such a write runs, with its `WAIT`, on a connection of its own (`WAIT`
-//! blocks the connection it runs on; session lookups on the shared one never queue behind
-//! it), in a task of its own (a caller's deadline cannot cancel it half-way). When replicas
-//! do not confirm in time, the caller gets an error, and the write is *held*: what it removed
-//! stays removed for this instance's reads, and it is written again, on whichever master is
-//! current, until a `WAIT` confirms it.
+//! session back. So such a write runs, with a probe write and its `WAIT`, on a connection of
+//! its own (`WAIT` blocks the connection it runs on; session lookups on the shared one never
+//! queue behind it), in a task of its own (a caller's deadline cannot cancel it half-way).
+//! When replicas do not confirm in time, the caller gets an error.
+//!
+//! A *removal* (a key deleted or taken, a person's sessions revoked) is also *held* from
+//! before it is sent: what it removes stays removed for this instance's reads, and it is
+//! written again, on whichever master is current, until a `WAIT` confirms it. A
+//! compare-and-swap is never held: resent later it could undo a newer change (an old grant
+//! over a newer removal), and shown locally it could hide one; its caller gets the error and
+//! runs it again.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -19,7 +24,7 @@ use redis::{Cmd, FromRedisValue};
 use super::link::{Conn, Link};
 use crate::store::StoreError;
 
-/// At most this many held writes; past it, every read fails closed until they are confirmed.
+/// At most this many held removals; past it, every read fails closed until a restart.
 const MAX_HELD: usize = 100_000;
 /// Idle dedicated connections kept for the next write.
 const POOL: usize = 4;
@@ -29,44 +34,28 @@ const SLOTS: usize = 16;
 const PROBE_KEY: &str = "aalgate:ack-probe";
 /// Held writes written again per retry (after a failover, each must be).
 const BATCH: usize = 1000;
+/// How long a retry waits for a free slot.
+const TICK_WAIT: Duration = Duration::from_millis(200);
 
-/// What a held write hides from this instance's reads until it is confirmed.
+/// What a held removal hides from this instance's reads until it is confirmed.
 #[derive(Clone, Debug)]
 pub(crate) enum Deny {
     /// The key reads as absent.
     Gone { key: String },
-    /// While the key still holds `expected` (the write did not land, or was lost in a
-    /// failover), it reads as `new`; any other value is newer than the write and wins.
-    Swap {
-        key: String,
-        expected: Option<Vec<u8>>,
-        new: Option<Vec<u8>>,
-    },
     /// Every session of the user first authenticated at or before `at` (seconds).
     User { user: String, at: u64 },
 }
 
-impl Deny {
-    /// A pure removal: held on any error, since it can only end access.
-    fn removes(&self) -> bool {
-        !matches!(self, Deny::Swap { .. })
-    }
-}
-
-/// A write that ends access: what it hides meanwhile, and how to write it again.
+/// A removal: what it hides meanwhile, and how to write it again.
+#[derive(Clone)]
 pub(crate) struct Pending {
     pub(crate) deny: Deny,
     pub(crate) reissue: Cmd,
 }
 
-/// A held swap: the value it replaced, and its own.
-type Swapped = (Option<Vec<u8>>, Option<Vec<u8>>);
-
 struct Entry {
     seq: u64,
     generation: u64,
-    /// `None`: a removal.
-    held: Option<Swapped>,
     at: u64,
     reissue: Cmd,
 }
@@ -75,7 +64,8 @@ struct Entry {
 struct Held {
     keys: HashMap<String, Entry>,
     users: HashMap<String, Entry>,
-    /// Set when a write could not be held (the limit).
+    /// Set when a removal could not be held (the limit): from then on every read fails
+    /// closed until a restart, since that removal may never reach a replica.
     overflow: bool,
 }
 
@@ -94,14 +84,9 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-/// The write may have reached the master even though no reply came.
-fn maybe_written(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_timeout()
-}
-
-/// `cmd`, a probe write, then `WAIT`: the probe makes the `WAIT` cover every earlier write on
-/// this master, this one included, even when `cmd` itself changed nothing (a retried logout,
-/// say, after the first attempt's write was not confirmed).
+/// A probe write, then `WAIT`: the probe makes the `WAIT` cover every earlier write on this
+/// master, the one before it included, even when that one changed nothing (a retried logout,
+/// say, after the first attempt was not confirmed).
 fn add_wait(p: &mut redis::Pipeline, replicas: u32, timeout: Duration) {
     p.cmd("SET")
         .arg(PROBE_KEY)
@@ -150,26 +135,29 @@ impl Acks {
         self.count.load(Ordering::Relaxed) as u64
     }
 
-    /// Runs `cmd` and waits for the replicas. `changed` says whether the reply means the
-    /// write changed something: only such a write is held when unconfirmed (a `GETDEL` of
-    /// nothing has nothing to hide), but every write needs the confirmation to succeed.
+    /// Runs `cmd` and waits for the replicas; every write needs the confirmation to succeed.
+    /// A removal (`pending`) is held from before anything can fail (no master, no free slot,
+    /// the caller's deadline), and stays held unless the reply says it is confirmed or it
+    /// changed nothing (a `GETDEL` of nothing has nothing to hide).
     pub(crate) async fn write<T: FromRedisValue + Send + 'static>(
         self: &Arc<Self>,
         link: &Arc<Link>,
         cmd: Cmd,
         changed: fn(&T) -> bool,
-        pending: Pending,
+        pending: Option<Pending>,
     ) -> Result<T, StoreError> {
         let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
+        if let Some(p) = &pending {
+            self.hold(p.clone(), 0, seq);
+        }
         // Taken under the caller's deadline: at most SLOTS such writes (and tasks) at once.
         let slot = match Arc::clone(&self.slots).acquire_owned().await {
             Ok(s) => s,
             Err(e) => return Err(unavailable(e)),
         };
         let (me, link) = (Arc::clone(self), Arc::clone(link));
-        // Its own task: the caller's deadline cannot cancel it between the write and the hold.
         tokio::spawn(async move {
-            let r = me.run(&link, cmd, changed, pending, seq).await;
+            let r = me.run(&link, cmd, changed, pending.as_ref(), seq).await;
             drop(slot);
             r
         })
@@ -182,34 +170,28 @@ impl Acks {
         link: &Arc<Link>,
         cmd: Cmd,
         changed: fn(&T) -> bool,
-        pending: Pending,
+        pending: Option<&Pending>,
         seq: u64,
     ) -> Result<T, StoreError> {
-        let mut c = match self.connection(link).await {
-            Ok(c) => c,
-            Err(e) => {
-                // Not sent: a removal is still held (and sent once a master is known).
-                if pending.deny.removes() {
-                    self.hold(pending, 0, seq);
-                }
-                return Err(e);
-            }
-        };
+        let mut c = self.connection(link).await?;
         let mut p = redis::pipe();
         p.add_command(cmd);
         add_wait(&mut p, self.replicas, self.timeout);
         match p.query_async::<(T, i64)>(&mut c.conn).await {
             Ok((v, acks)) => {
-                let generation = c.generation;
                 self.give_back(c);
                 if acks >= i64::from(self.replicas) {
-                    self.confirmed(&pending.deny, seq);
+                    if let Some(p) = pending {
+                        self.forget(&p.deny, |e| e.seq <= seq);
+                    }
                     return Ok(v);
                 }
                 self.missed.fetch_add(1, Ordering::Relaxed);
-                if changed(&v) {
-                    tracing::warn!(acks, wanted = self.replicas, "a write that ends access was not confirmed by enough replicas in time; it is denied here and written again until confirmed");
-                    self.hold(pending, generation, seq);
+                match pending {
+                    // Nothing removed: nothing to hide (its own hold goes, no earlier one).
+                    Some(p) if !changed(&v) => self.forget(&p.deny, |e| e.seq == seq),
+                    Some(_) => tracing::warn!(acks, wanted = self.replicas, "a removal was not confirmed by enough replicas in time; it is denied here and written again until confirmed"),
+                    None => tracing::warn!(acks, wanted = self.replicas, "a change was not confirmed by enough replicas in time; its caller was told it failed"),
                 }
                 Err(unavailable(format!(
                     "{acks} of {} replicas confirmed the write within {:?}",
@@ -217,10 +199,9 @@ impl Acks {
                 )))
             }
             Err(e) => {
-                link.failed(c.generation, &e);
-                // Applied or not, nobody knows: held as never sent (written again).
-                if pending.deny.removes() || maybe_written(&e) {
-                    self.hold(pending, 0, seq);
+                // A slow `WAIT` on this connection says nothing about the shared one.
+                if !e.is_timeout() {
+                    link.failed(c.generation, &e);
                 }
                 Err(unavailable(e))
             }
@@ -247,24 +228,21 @@ impl Acks {
         }
     }
 
-    /// A confirmed write replaces what was held, earlier, for the same key (or an older
-    /// revocation).
-    fn confirmed(&self, deny: &Deny, seq: u64) {
+    /// Drops the hold of `deny`'s key (or person) if `which` says so. A confirmed removal
+    /// settles every earlier one of the same key: the key is gone on the master and a replica.
+    fn forget(&self, deny: &Deny, which: impl Fn(&Entry) -> bool) {
         if self.count.load(Ordering::Acquire) == 0 {
             return;
         }
         if let Ok(mut h) = self.held.lock() {
             match deny {
-                Deny::Gone { key } | Deny::Swap { key, .. } => {
-                    if h.keys.get(key).is_some_and(|e| e.seq < seq) {
+                Deny::Gone { key } => {
+                    if h.keys.get(key).is_some_and(&which) {
                         h.keys.remove(key);
                     }
                 }
                 Deny::User { user, at } => {
-                    if h.users
-                        .get(user)
-                        .is_some_and(|e| e.seq < seq && e.at <= *at)
-                    {
+                    if h.users.get(user).is_some_and(|e| which(e) && e.at <= *at) {
                         h.users.remove(user);
                     }
                 }
@@ -284,41 +262,37 @@ impl Acks {
 
     fn hold(&self, pending: Pending, generation: u64, seq: u64) {
         let Ok(mut h) = self.held.lock() else {
+            // Nothing can be held any more: every read fails closed.
+            self.count.store(MAX_HELD, Ordering::Release);
             return;
         };
         if h.keys.len() + h.users.len() >= MAX_HELD {
-            tracing::error!("too many writes that end access await their replicas; every read fails closed until they are confirmed");
+            tracing::error!("too many removals await their replicas: one could not be held, so every read fails closed from now on; restart the gateway once the replicas are back");
             h.overflow = true;
             self.recount(&h);
             return;
         }
-        let entry = |held, at| Entry {
+        let entry = |at| Entry {
             seq,
             generation,
-            held,
             at,
             reissue: pending.reissue,
         };
         match pending.deny {
             Deny::Gone { key } => {
                 if h.keys.get(&key).is_none_or(|e| e.seq < seq) {
-                    h.keys.insert(key, entry(None, 0));
-                }
-            }
-            Deny::Swap { key, expected, new } => {
-                if h.keys.get(&key).is_none_or(|e| e.seq < seq) {
-                    h.keys.insert(key, entry(Some((expected, new)), 0));
+                    h.keys.insert(key, entry(0));
                 }
             }
             Deny::User { user, at } => {
                 let at = h.users.get(&user).map_or(at, |e| e.at.max(at));
-                h.users.insert(user, entry(None, at));
+                h.users.insert(user, entry(at));
             }
         }
         self.recount(&h);
     }
 
-    /// Reads fail closed while a write could not even be held.
+    /// Reads fail closed once a removal could not be held.
     pub(crate) fn check(&self) -> Result<(), StoreError> {
         if self.count.load(Ordering::Acquire) < MAX_HELD {
             return Ok(());
@@ -326,7 +300,7 @@ impl Acks {
         match self.held.lock() {
             Ok(h) if !h.overflow => Ok(()),
             _ => Err(unavailable(
-                "too many writes that end access await confirmation by the replicas",
+                "a removal could not be held while its replicas were away; restart the gateway",
             )),
         }
     }
@@ -338,25 +312,8 @@ impl Acks {
         }
         self.held
             .lock()
-            .map(|h| h.keys.get(key).is_some_and(|e| e.held.is_none()))
+            .map(|h| h.keys.contains_key(key))
             .unwrap_or(true)
-    }
-
-    /// What `key` reads as on this instance, given what Redis returned: a held removal hides
-    /// it; a held swap shows its value while Redis still has the value it replaced.
-    pub(crate) fn read(&self, key: &str, current: Option<Vec<u8>>) -> Option<Vec<u8>> {
-        if self.count.load(Ordering::Acquire) == 0 {
-            return current;
-        }
-        let Ok(h) = self.held.lock() else {
-            return None;
-        };
-        match h.keys.get(key).map(|e| &e.held) {
-            None => current,
-            Some(None) => None,
-            Some(Some((expected, new))) if *expected == current => new.clone(),
-            Some(Some(_)) => current,
-        }
     }
 
     /// Whether a held revocation ends a session of `user` first authenticated at `auth_time`.
@@ -383,7 +340,9 @@ impl Acks {
             link.reconnect();
             return;
         };
-        let Ok(_slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+        // Waits a little for a slot (a busy instance must still retry), never for long.
+        let slot = tokio::time::timeout(TICK_WAIT, Arc::clone(&self.slots).acquire_owned()).await;
+        let Ok(Ok(_slot)) = slot else {
             return;
         };
         let mut p = redis::pipe();
@@ -416,7 +375,9 @@ impl Acks {
         let acks = match p.query_async::<(i64,)>(&mut c.conn).await {
             Ok((acks,)) => acks,
             Err(e) => {
-                link.failed(c.generation, &e);
+                if !e.is_timeout() {
+                    link.failed(c.generation, &e);
+                }
                 return;
             }
         };
@@ -436,10 +397,6 @@ impl Acks {
                     h.users.remove(&u);
                 }
             }
-            // What could not be held was written on some master before this probe; with no
-            // failover since, this `WAIT` covers it too. After one, it may be lost: the log
-            // said so when it happened.
-            h.overflow = false;
             self.recount(&h);
             tracing::info!(
                 left = h.keys.len() + h.users.len(),

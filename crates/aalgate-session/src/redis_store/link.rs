@@ -73,6 +73,9 @@ pub(crate) struct Link {
     connecting: AtomicBool,
     attempts: tokio::sync::watch::Sender<u64>,
     record: Mutex<Record>,
+    /// With Sentinel: when (ms after `born`) the Sentinels last named the connected master.
+    confirmed_ms: AtomicU64,
+    born: Instant,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -188,6 +191,8 @@ impl Link {
                 lost_since: Some(Instant::now()),
                 ..Record::default()
             }),
+            confirmed_ms: AtomicU64::new(0),
+            born: Instant::now(),
         })
     }
 
@@ -202,10 +207,29 @@ impl Link {
         })
     }
 
+    fn confirm(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.confirmed_ms.store(ms, Ordering::Release);
+        if let Ok(mut r) = self.record.lock() {
+            r.confirmed = Some(Instant::now());
+        }
+    }
+
+    /// With Sentinel, whether no Sentinel has named the connected master for [`LEASE`].
+    fn lease_expired(&self) -> bool {
+        let since = (self.born.elapsed().as_millis() as u64)
+            .saturating_sub(self.confirmed_ms.load(Ordering::Acquire));
+        self.sentinel() && since > LEASE.as_millis() as u64
+    }
+
     /// The shared connection to the master (session lookups and every other call).
     pub(crate) async fn shared(self: &Arc<Self>) -> Result<Conn, StoreError> {
         if let Some(c) = self.connected() {
-            return Ok(c);
+            if !self.lease_expired() {
+                return Ok(c);
+            }
+            // Cut off from every Sentinel: fail closed rather than read a replaced master.
+            self.drop_connection(c.generation, "no sentinel has confirmed the master for 5 s");
         }
         let mut attempts = self.attempts.subscribe();
         if !self.reconnect() {
@@ -340,6 +364,7 @@ impl Link {
             }
         }
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.confirm();
         if let Ok(mut c) = self.current.write() {
             *c = Some(Current {
                 generation,
@@ -357,7 +382,6 @@ impl Link {
             }
             r.last_master = Some(addr.clone());
             r.master = Some(addr);
-            r.confirmed = Some(Instant::now());
         }
         Ok(())
     }
@@ -439,8 +463,8 @@ impl Link {
                         &format!("the sentinels now name {addr} as the master"),
                     );
                     self.reconnect();
-                } else if let Ok(mut r) = self.record.lock() {
-                    r.confirmed = Some(Instant::now());
+                } else {
+                    self.confirm();
                 }
                 return;
             }

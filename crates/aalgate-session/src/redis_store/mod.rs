@@ -97,13 +97,17 @@ impl RedisStore {
     }
 
     async fn conn(&self) -> Result<Conn, StoreError> {
+        self.start_monitor();
+        self.link.shared().await
+    }
+
+    fn start_monitor(&self) {
         if !self.monitor.swap(true, Ordering::AcqRel) {
             tokio::spawn(monitor(
                 Arc::downgrade(&self.link),
                 Arc::downgrade(&self.acks),
             ));
         }
-        self.link.shared().await
     }
 
     /// A failed call: the connection is dropped if the error means it may not reach the
@@ -119,15 +123,12 @@ impl RedisStore {
         &self,
         cmd: Cmd,
         changed: fn(&T) -> bool,
-        deny: Deny,
-        reissue: Cmd,
+        removal: Option<(Deny, Cmd)>,
     ) -> Result<T, StoreError> {
         if self.acks.on() {
-            let _ = self.conn().await?;
-            return self
-                .acks
-                .write(&self.link, cmd, changed, Pending { deny, reissue })
-                .await;
+            self.start_monitor();
+            let pending = removal.map(|(deny, reissue)| Pending { deny, reissue });
+            return self.acks.write(&self.link, cmd, changed, pending).await;
         }
         let mut c = self.conn().await?;
         match cmd.query_async::<T>(&mut c.conn).await {
@@ -227,7 +228,7 @@ impl RedisStore {
             .invoke_async(&mut c.conn)
             .await
             .map_err(|e| self.fail(&c, e))?;
-        let Some((record, data, seen, mut access)) = row else {
+        let Some((record, data, seen, access)) = row else {
             return Ok(None);
         };
         let record = SessionKey::from_hex(&record)
@@ -237,13 +238,10 @@ impl RedisStore {
         if let Ok(seen) = seen.parse::<u64>() {
             s.last_seen = s.last_seen.max(Timestamp(seen));
         }
-        if self.acks.unconfirmed() > 0 {
-            if self.gone(&skey(&record)) || self.acks.revoked(&s.user, s.auth_time.0) {
-                return Ok(None);
-            }
-            if with_access {
-                access = self.acks.read(&kkey(ACCESS_NS, &s.user), access);
-            }
+        if self.acks.unconfirmed() > 0
+            && (self.gone(&skey(&record)) || self.acks.revoked(&s.user, s.auth_time.0))
+        {
+            return Ok(None);
         }
         Ok((s.expires_at > now).then_some(Resolved {
             record,
@@ -332,7 +330,7 @@ impl SessionStore for RedisStore {
     async fn remove(&self, key: &SessionKey) -> Result<bool, StoreError> {
         let k = skey(key);
         let n: u64 = self
-            .end(del(&k), |n| *n > 0, gone(k.clone()), del(&k))
+            .end(del(&k), |n| *n > 0, Some((gone(k.clone()), del(&k))))
             .await?;
         Ok(n > 0)
     }
@@ -349,7 +347,7 @@ impl SessionStore for RedisStore {
             user: user.to_string(),
             at: now_secs() + 300,
         };
-        let n: u64 = self.end(cmd.clone(), |n| *n > 0, deny, cmd).await?;
+        let n: u64 = self.end(cmd.clone(), |n| *n > 0, Some((deny, cmd))).await?;
         Ok(n as usize)
     }
 
@@ -385,7 +383,11 @@ impl SessionStore for RedisStore {
             return Ok(None);
         }
         let v: Option<String> = self
-            .end(getdel(&k), Option::is_some, gone(k.clone()), del(&k))
+            .end(
+                getdel(&k),
+                Option::is_some,
+                Some((gone(k.clone()), del(&k))),
+            )
             .await?;
         v.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(e.to_string())))
             .transpose()
@@ -433,7 +435,7 @@ impl SessionStore for RedisStore {
 
     async fn unlink(&self, handle: &SessionKey) -> Result<(), StoreError> {
         let k = lkey(handle);
-        self.end::<u64>(del(&k), |n| *n > 0, gone(k.clone()), del(&k))
+        self.end::<u64>(del(&k), |n| *n > 0, Some((gone(k.clone()), del(&k))))
             .await
             .map(|_| ())
     }
@@ -484,8 +486,7 @@ impl SessionStore for RedisStore {
             return Ok(None);
         }
         let mut c = self.conn().await?;
-        let v: Option<Vec<u8>> = c.conn.get(&k).await.map_err(|e| self.fail(&c, e))?;
-        Ok(self.acks.read(&k, v))
+        c.conn.get(&k).await.map_err(|e| self.fail(&c, e))
     }
 
     async fn kv_take(&self, ns: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -494,14 +495,18 @@ impl SessionStore for RedisStore {
         if self.gone(&k) {
             return Ok(None);
         }
-        self.end(getdel(&k), Option::is_some, gone(k.clone()), del(&k))
-            .await
+        self.end(
+            getdel(&k),
+            Option::is_some,
+            Some((gone(k.clone()), del(&k))),
+        )
+        .await
     }
 
     async fn kv_delete(&self, ns: &str, key: &str) -> Result<bool, StoreError> {
         let k = kkey(ns, key);
         let n: u64 = self
-            .end(del(&k), |n| *n > 0, gone(k.clone()), del(&k))
+            .end(del(&k), |n| *n > 0, Some((gone(k.clone()), del(&k))))
             .await?;
         Ok(n > 0)
     }
@@ -536,13 +541,7 @@ impl SessionStore for RedisStore {
             }
             if next == 0 {
                 if self.acks.unconfirmed() > 0 {
-                    out = out
-                        .into_iter()
-                        .filter_map(|(k, v)| {
-                            let v = self.acks.read(&kkey(ns, &k), Some(v))?;
-                            Some((k, v))
-                        })
-                        .collect();
+                    out.retain(|(k, _)| !self.gone(&kkey(ns, k)));
                 }
                 out.sort_by(|a, b| a.0.cmp(&b.0));
                 return Ok(out);
@@ -593,12 +592,8 @@ impl SessionStore for RedisStore {
             .arg(expected.unwrap_or_default())
             .arg(if new.is_some() { "1" } else { "0" })
             .arg(new.unwrap_or_default());
-        let deny = Deny::Swap {
-            key: k,
-            expected: expected.map(<[u8]>::to_vec),
-            new: new.map(<[u8]>::to_vec),
-        };
-        let swapped: i64 = self.end(cmd.clone(), |n| *n == 1, deny, cmd).await?;
+        // Never held (see `acked`): unconfirmed, the caller is told, and runs it again.
+        let swapped: i64 = self.end(cmd, |n| *n == 1, None).await?;
         Ok(swapped == 1)
     }
 
