@@ -11,18 +11,15 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{
-    AsyncConnectionConfig, Client, ClientTlsConfig, ConnectionAddr, ErrorKind, IntoConnectionInfo,
-    RedisError, TlsCertificates, TlsMode,
-};
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, RedisError};
 
-use crate::redis_config::{RedisConfig, RedisTarget, RedisTls};
+use super::sentinels::{certificates, Named, Sentinels};
+use crate::redis_config::{RedisConfig, RedisTarget};
 use crate::store::StoreError;
 
 enum Source {
     Url(Client),
-    Sentinel(tokio::sync::Mutex<SentinelClient>),
+    Sentinel(Sentinels),
 }
 
 /// A connection and the generation of the master it goes to.
@@ -82,16 +79,6 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn certificates(tls: &RedisTls) -> TlsCertificates {
-    TlsCertificates {
-        client_tls: tls.client.as_ref().map(|(cert, key)| ClientTlsConfig {
-            client_cert: cert.clone(),
-            client_key: key.clone(),
-        }),
-        root_cert: Some(tls.ca.clone()),
-    }
-}
-
 fn url_client(url: &str, cfg: &RedisConfig) -> Result<Client, StoreError> {
     let info = url
         .into_connection_info()
@@ -112,43 +99,6 @@ fn url_client(url: &str, cfg: &RedisConfig) -> Result<Client, StoreError> {
         None => Client::open(info),
     }
     .map_err(|e| unavailable(format!("bad redis settings: {e}")))
-}
-
-fn sentinel_client(
-    sentinels: &[(String, u16)],
-    master_name: &str,
-    cfg: &RedisConfig,
-) -> Result<SentinelClient, StoreError> {
-    let addrs = sentinels.iter().map(|(host, port)| match cfg.tls {
-        Some(_) => ConnectionAddr::TcpTls {
-            host: host.clone(),
-            port: *port,
-            insecure: false,
-            tls_params: None,
-        },
-        None => ConnectionAddr::Tcp(host.clone(), *port),
-    });
-    let mut b = SentinelClientBuilder::new(addrs, master_name, SentinelServerType::Master)
-        .map_err(unavailable)?
-        .set_client_to_redis_db(cfg.db.unwrap_or(0));
-    if let Some(u) = &cfg.username {
-        b = b.set_client_to_redis_username(u);
-    }
-    if let Some(p) = &cfg.password {
-        b = b.set_client_to_redis_password(p);
-    }
-    if let Some(p) = &cfg.sentinel_password {
-        b = b.set_client_to_sentinel_password(p);
-    }
-    if let Some(tls) = &cfg.tls {
-        b = b
-            .set_client_to_redis_tls_mode(TlsMode::Secure)
-            .set_client_to_redis_certificates(certificates(tls))
-            .set_client_to_sentinel_tls_mode(TlsMode::Secure)
-            .set_client_to_sentinel_certificates(certificates(tls));
-    }
-    b.build()
-        .map_err(|e| unavailable(format!("bad sentinel settings: {e}")))
 }
 
 /// Errors after which the connection cannot be trusted to reach the master.
@@ -173,11 +123,7 @@ impl Link {
             RedisTarget::Sentinel {
                 sentinels,
                 master_name,
-            } => Source::Sentinel(tokio::sync::Mutex::new(sentinel_client(
-                sentinels,
-                master_name,
-                cfg,
-            )?)),
+            } => Source::Sentinel(Sentinels::new(sentinels, master_name, cfg)?),
         };
         Ok(Link {
             source,
@@ -318,30 +264,30 @@ impl Link {
         (self.timeout * 10).clamp(Duration::from_secs(3), Duration::from_secs(10))
     }
 
-    async fn master_client(&self) -> Result<Client, RedisError> {
+    async fn master_client(&self) -> Result<Client, String> {
         match &self.source {
             Source::Url(c) => Ok(c.clone()),
-            Source::Sentinel(s) => s.lock().await.async_get_client().await,
+            Source::Sentinel(s) => match s.named().await {
+                Named::Master(host, port) => s.master(&host, port),
+                Named::Down(e) | Named::Unknown(e) => Err(e),
+            },
         }
     }
 
     async fn attempt(&self) -> Result<(), String> {
         let budget = self.attempt_budget();
         let found = tokio::time::timeout(budget, async {
-            let client = self.master_client().await.map_err(|e| {
-                if self.sentinel() {
-                    format!("the sentinels name no reachable master: {e}")
-                } else {
-                    e.to_string()
-                }
-            })?;
+            let client = self.master_client().await?;
             let cfg = AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(100))))
                 .set_response_timeout(Some(self.timeout.max(Duration::from_millis(100))));
-            let conn = client
+            let mut conn = client
                 .get_multiplexed_async_connection_with_config(&cfg)
                 .await
                 .map_err(|e| e.to_string())?;
+            if let Source::Sentinel(s) = &self.source {
+                s.check_master(&mut conn).await?;
+            }
             Ok::<_, String>((client, conn))
         })
         .await
@@ -354,8 +300,7 @@ impl Link {
         if self.sentinel() {
             let again = tokio::time::timeout(budget, self.master_client())
                 .await
-                .map_err(|_| format!("the sentinels did not confirm {addr} within {budget:?}"))?
-                .map_err(|e| format!("the sentinels name no reachable master: {e}"))?;
+                .map_err(|_| format!("the sentinels did not confirm {addr} within {budget:?}"))??;
             let named = again.get_connection_info().addr().to_string();
             if named != addr {
                 return Err(format!(
@@ -442,46 +387,47 @@ impl Link {
         self.current.read().ok()?.as_ref().map(|c| c.generation)
     }
 
-    /// With Sentinel: asks whether the master is still the one connected to, and drops the
-    /// connection when it is not (a demoted master still answers reads).
+    /// With Sentinel: asks whether the master is still the one connected to, and still a
+    /// master with its replicas, and drops the connection when it is not (a demoted master
+    /// still answers reads; one cut off from its replicas may have been replaced).
     pub(crate) async fn verify(self: &Arc<Self>) {
-        let Source::Sentinel(_) = &self.source else {
+        let Source::Sentinel(s) = &self.source else {
             return;
         };
-        let Some(generation) = self.generation() else {
+        let Some(Conn {
+            generation,
+            mut conn,
+        }) = self.connected()
+        else {
             self.reconnect();
             return;
         };
         let connected = self.record.lock().ok().and_then(|r| r.master.clone());
-        let named = tokio::time::timeout(self.attempt_budget(), self.master_client()).await;
+        let named = tokio::time::timeout(self.attempt_budget(), s.named()).await;
         match named {
-            Ok(Ok(client)) => {
-                let addr = client.get_connection_info().addr().to_string();
+            Ok(Named::Master(host, port)) => {
+                let addr = format!("{host}:{port}");
                 if connected.as_deref() != Some(addr.as_str()) {
                     self.drop_connection(
                         generation,
                         &format!("the sentinels now name {addr} as the master"),
                     );
                     self.reconnect();
-                } else {
-                    self.confirm();
+                    return;
                 }
-                return;
+                let role = tokio::time::timeout(self.attempt_budget(), s.check_master(&mut conn));
+                match role.await {
+                    Ok(Ok(())) => self.confirm(),
+                    Ok(Err(e)) => self.drop_connection(generation, &e),
+                    Err(_) => {}
+                }
             }
-            // No master named: the one connected to may be cut off. Writes to it would not
-            // reach the next master, and reads may be stale; calls fail closed until found.
-            Ok(Err(e)) if e.kind() == ErrorKind::MasterNameNotFoundBySentinel => {
-                self.drop_connection(generation, &e.to_string());
-            }
-            // Sentinels unreachable, or the check timed out: nothing new is known, for a while.
-            Ok(Err(_)) | Err(_) => {}
+            Ok(Named::Down(e)) => self.drop_connection(generation, &e),
+            // Too few Sentinels answered, or the check timed out: nothing new is known, for a
+            // while (the lease).
+            Ok(Named::Unknown(_)) | Err(_) => {}
         }
-        let stale = self
-            .record
-            .lock()
-            .map(|r| r.confirmed.is_none_or(|t| t.elapsed() > LEASE))
-            .unwrap_or(true);
-        if stale {
+        if self.lease_expired() {
             self.drop_connection(generation, "no sentinel has confirmed the master for 5 s");
         }
     }

@@ -7,11 +7,13 @@
 //! - `k:<ns>:<key>`: an opaque value (users, invites, ceremony state), optionally with a TTL.
 //!
 //! `link`: the connection to the master (a URL, or Sentinel), found again after a failover.
+//! `sentinels`: which master the Sentinels name (highest configuration epoch of a majority).
 //! `acked`: writes that end access wait for `N` replicas, and are held until they do. Nothing
 //! is connected until the first call, so the gateway starts even when Redis is down.
 
 mod acked;
 mod link;
+mod sentinels;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
