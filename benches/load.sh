@@ -10,10 +10,11 @@
 #   6 aalgate, authenticated route, Redis
 #   7 row 6 with a cold cache: every request a different session, so every request a store read
 #   8 two aalgate instances sharing one Redis, loaded at once (sum), one session valid on both
+#   9 row 6 through Redis Sentinel: the same master, two replicas attached, three Sentinels
 #
 # Prints one markdown table (requests/s at CONNS connections, ratios against row 2, and p50/p99
 # at LAT_CONNS connections, a moderate load) plus the scale figures, ready for RESULTS.md.
-# Needs nginx, wrk, redis-server (installed with apt-get when run as root). Usage:
+# Needs nginx, wrk, redis-server, redis-sentinel (installed with apt-get when run as root). Usage:
 #   benches/load.sh            # DURATION=8 CONNS=16 LAT_CONNS=2 WORKERS=1 SESSIONS=100000
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,7 @@ SESSIONS=${SESSIONS:-100000}
 EMBEDDED_SESSIONS=${EMBEDDED_SESSIONS:-100000}
 
 need=()
-for c in nginx wrk redis-server; do command -v "$c" >/dev/null 2>&1 || need+=("$c"); done
+for c in nginx wrk redis-server redis-sentinel; do command -v "$c" >/dev/null 2>&1 || need+=("$c"); done
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -55,6 +56,7 @@ wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/n
 
 P_UP=$(port); P_PROXY=$(port); P_AUTHREQ=$(port); P_AUTH=$(port); P_REDIS=$(port)
 P_GW_EMB=$(port); P_GW_RED=$(port); P_GW_RED2=$(port); A1=$(port); A2=$(port); A3=$(port)
+P_R1=$(port); P_R2=$(port); P_S1=$(port); P_S2=$(port); P_S3=$(port); P_GW_SEN=$(port); A4=$(port)
 
 mkdir -p "$work/www/app" "$work/www/static" "$work/nginx"
 head -c 512 /dev/zero | tr '\0' 'x' > "$work/www/app/index.html"
@@ -85,6 +87,21 @@ nginx -c "$work/nginx/upstream.conf" -p "$work/nginx" & pids+=($!)
 nginx -c "$work/nginx/proxy.conf" -p "$work/nginx" & pids+=($!)
 redis-server --bind 127.0.0.1 --port "$P_REDIS" --save "" --appendonly no >/dev/null & pids+=($!)
 wait_port "$P_UP"; wait_port "$P_PROXY"; wait_port "$P_AUTHREQ"; wait_port "$P_REDIS"
+# Row 9: two replicas of the same Redis and three Sentinels watching it.
+for p in "$P_R1" "$P_R2"; do
+  redis-server --bind 127.0.0.1 --port "$p" --save "" --appendonly no --replicaof 127.0.0.1 "$P_REDIS" \
+    --repl-diskless-sync-delay 0 >/dev/null & pids+=($!)
+done
+for p in "$P_S1" "$P_S2" "$P_S3"; do
+  printf 'port %s\nbind 127.0.0.1\ndir %s\nsentinel monitor aalgate 127.0.0.1 %s 2\nsentinel down-after-milliseconds aalgate 1000\n' \
+    "$p" "$work" "$P_REDIS" > "$work/sentinel-$p.conf"
+  redis-sentinel "$work/sentinel-$p.conf" >/dev/null & pids+=($!)
+done
+for _ in $(seq 300); do
+  m=$(redis-cli -p "$P_S1" SENTINEL MASTER aalgate 2>/dev/null | tr '\n' ' ')
+  [[ "$m" == *"num-slaves 2 "* && "$m" == *"num-other-sentinels 2 "* ]] && break
+  sleep 0.1
+done
 
 mkdir -p "$work/policies"
 cat > "$work/policies/bench.yaml" <<EOF
@@ -101,7 +118,7 @@ gateway() { # name port admin store
 listen: [{ addr: 127.0.0.1:$2 }]
 admin_listen: 127.0.0.1:$3
 public_origin: http://localhost:$2
-store: "$4"
+$(case "$4" in "{"*) echo "store: $4" ;; *) echo "store: \"$4\"" ;; esac)
 policies: policies
 state_dir: $work/state-$1
 signing_key: $work/signing-key.pem
@@ -119,6 +136,8 @@ read -r COOKIE_RED COOKIE_RED2 < <("$MINT" "redis://127.0.0.1:$P_REDIS/0" 1 "127
 "$MINT" "redis://127.0.0.1:$P_REDIS/0" "$SESSIONS" "127.0.0.1:$P_GW_RED" > "$work/cookies.txt"
 gateway red "$P_GW_RED" "$A2" "redis://127.0.0.1:$P_REDIS/0"
 gateway red2 "$P_GW_RED2" "$A3" "redis://127.0.0.1:$P_REDIS/0"
+read -r COOKIE_SEN < <("$MINT" "redis://127.0.0.1:$P_REDIS/0" 1 "127.0.0.1:$P_GW_SEN")
+gateway sen "$P_GW_SEN" "$A4" "{sentinels: [127.0.0.1:$P_S1, 127.0.0.1:$P_S2, 127.0.0.1:$P_S3], master_name: aalgate}"
 
 cat > "$work/cold.lua" <<EOF
 local cookies = {}
@@ -145,7 +164,7 @@ measure() { # conns url [wrk args...] -> "rps p50us p99us"
 }
 
 declare -A RPS P50 P99 LP50 LP99
-ROWS=${ROWS:-1 2 3 4 5 6 7 8}
+ROWS=${ROWS:-1 2 3 4 5 6 7 8 9}
 row() { # key url [wrk args...]
   local k=$1; shift
   [[ " $ROWS " == *" $k "* ]] || { RPS[$k]=0; P50[$k]=0; P99[$k]=0; LP50[$k]=0; LP99[$k]=0; return; }
@@ -159,6 +178,7 @@ row 4 "http://127.0.0.1:$P_GW_EMB/static/index.html"
 row 5 "http://127.0.0.1:$P_GW_EMB/app/index.html" -H "Cookie: aalgate=$COOKIE_EMB"
 row 6 "http://127.0.0.1:$P_GW_RED/app/index.html" -H "Cookie: aalgate=$COOKIE_RED"
 row 7 "http://127.0.0.1:$P_GW_RED/app/index.html" -s "$work/cold.lua"
+row 9 "http://127.0.0.1:$P_GW_SEN/app/index.html" -H "Cookie: aalgate=$COOKIE_SEN"
 # Row 8: both instances at once, half the connections each, the same session on both.
 if [[ " $ROWS " == *" 8 "* ]]; then
 half=$((CONNS / 2))
@@ -172,13 +192,13 @@ else RPS[8]=0; fi
 
 names=([1]="direct to upstream" [2]="nginx proxy_pass" [3]="nginx auth_request (204)" [4]="aalgate, public route"
   [5]="aalgate, authenticated, embedded" [6]="aalgate, authenticated, Redis" [7]="aalgate, Redis, cold cache"
-  [8]="2 × aalgate sharing Redis (sum)")
+  [8]="2 × aalgate sharing Redis (sum)" [9]="aalgate, authenticated, Redis via Sentinel")
 echo
 echo "Machine: $(nproc) cores, $(uname -m); $(date -u +%Y-%m-%d). wrk -t1, ${DURATION}s per row; ${WORKERS} worker(s) for nginx and aalgate."
 echo
 echo "| # | configuration | req/s (c=$CONNS) | × nginx proxy_pass | p50 µs (c=$CONNS) | p99 µs (c=$CONNS) | p50 µs (c=$LAT_CONNS) | p99 µs (c=$LAT_CONNS) | added p50 / p99 µs over direct (c=$LAT_CONNS) |"
 echo "|---|---|---|---|---|---|---|---|---|"
-for k in 1 2 3 4 5 6 7 8; do
+for k in 1 2 3 4 5 6 7 8 9; do
   ratio=$(awk -v a="${RPS[$k]}" -v b="${RPS[2]}" 'BEGIN {printf "%.2f", a/b}')
   if [ "$k" = 8 ]; then
     echo "| $k | ${names[$k]} | ${RPS[$k]} | $ratio | | | | | |"
