@@ -89,8 +89,10 @@ redis-server --bind 127.0.0.1 --port "$P_REDIS" --save "" --appendonly no >/dev/
 wait_port "$P_UP"; wait_port "$P_PROXY"; wait_port "$P_AUTHREQ"; wait_port "$P_REDIS"
 # Row 9: two replicas of the same Redis and three Sentinels watching it.
 for p in "$P_R1" "$P_R2"; do
+  # A replica writes the master's snapshot to its --dir on every full sync.
+  mkdir -p "$work/replica-$p"
   redis-server --bind 127.0.0.1 --port "$p" --save "" --appendonly no --replicaof 127.0.0.1 "$P_REDIS" \
-    --repl-diskless-sync-delay 0 >/dev/null & pids+=($!)
+    --repl-diskless-sync-delay 0 --dir "$work/replica-$p" >/dev/null & pids+=($!)
 done
 for p in "$P_S1" "$P_S2" "$P_S3"; do
   printf 'port %s\nbind 127.0.0.1\ndir %s\nsentinel monitor aalgate 127.0.0.1 %s 2\nsentinel down-after-milliseconds aalgate 1000\n' \

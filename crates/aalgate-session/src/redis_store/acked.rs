@@ -55,7 +55,6 @@ pub(crate) struct Pending {
 
 struct Entry {
     seq: u64,
-    generation: u64,
     at: u64,
     reissue: Cmd,
 }
@@ -148,7 +147,7 @@ impl Acks {
     ) -> Result<T, StoreError> {
         let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
         if let Some(p) = &pending {
-            self.hold(p.clone(), 0, seq);
+            self.hold(p.clone(), seq);
         }
         // Taken under the caller's deadline: at most SLOTS such writes (and tasks) at once.
         let slot = match Arc::clone(&self.slots).acquire_owned().await {
@@ -260,7 +259,7 @@ impl Acks {
         self.count.store(n, Ordering::Release);
     }
 
-    fn hold(&self, pending: Pending, generation: u64, seq: u64) {
+    fn hold(&self, pending: Pending, seq: u64) {
         let Ok(mut h) = self.held.lock() else {
             // Nothing can be held any more: every read fails closed.
             self.count.store(MAX_HELD, Ordering::Release);
@@ -274,7 +273,6 @@ impl Acks {
         }
         let entry = |at| Entry {
             seq,
-            generation,
             at,
             reissue: pending.reissue,
         };
@@ -327,11 +325,8 @@ impl Acks {
             .unwrap_or(true)
     }
 
-    /// Writes the held writes again, with a probe write, on the current master, and forgets
-    /// those a `WAIT` then confirms. Writes held on the same master are only confirmed (the
-    /// probe's `WAIT` covers every earlier write there); the others (written before a
-    /// failover, or never sent) are written again, since this master may not have them, at
-    /// most `BATCH` at a time.
+    /// Writes the held removals again (at most `BATCH` at a time), with a probe write, on the
+    /// current master, and forgets those a `WAIT` then confirms.
     pub(crate) async fn retry(&self, link: &Arc<Link>) {
         if self.count.load(Ordering::Acquire) == 0 {
             return;
@@ -353,14 +348,14 @@ impl Acks {
                 .iter()
                 .map(|(k, e)| (true, k, e))
                 .chain(h.users.iter().map(|(u, e)| (false, u, e)));
+            // Every held removal is written again: this master may never have had it (a
+            // failover, or it was never sent), and a DEL or revocation twice is harmless.
             for (is_key, name, e) in all {
-                if e.generation != current {
-                    if reissued == BATCH {
-                        continue;
-                    }
-                    reissued += 1;
-                    p.add_command(e.reissue.clone()).ignore();
+                if reissued == BATCH {
+                    break;
                 }
+                reissued += 1;
+                p.add_command(e.reissue.clone()).ignore();
                 if is_key {
                     keys.push((name.clone(), e.seq));
                 } else {

@@ -44,8 +44,6 @@ struct Record {
     without: Duration,
     last_error: String,
     last_attempt: Option<Instant>,
-    /// When the Sentinels last named the master connected to (or it was found).
-    confirmed: Option<Instant>,
     /// When a failed attempt was last logged.
     logged: Option<Instant>,
 }
@@ -156,9 +154,6 @@ impl Link {
     fn confirm(&self) {
         let ms = self.born.elapsed().as_millis() as u64;
         self.confirmed_ms.store(ms, Ordering::Release);
-        if let Ok(mut r) = self.record.lock() {
-            r.confirmed = Some(Instant::now());
-        }
     }
 
     /// With Sentinel, whether no Sentinel has named the connected master for [`LEASE`].

@@ -217,11 +217,12 @@ impl RedisStore {
         with_access: bool,
     ) -> Result<Option<Resolved>, StoreError> {
         self.acks.check()?;
-        if self.gone(&lkey(handle)) {
+        let link = lkey(handle);
+        if self.gone(&link) {
             return Ok(None);
         }
         let mut c = self.conn().await?;
-        let mut call = self.resolve.key(lkey(handle));
+        let mut call = self.resolve.key(link);
         call.arg(host).arg(format!("{PREFIX}s:"));
         if with_access {
             call.arg(kkey(ACCESS_NS, ""));
@@ -294,12 +295,13 @@ impl SessionStore for RedisStore {
 
     async fn get(&self, key: &SessionKey, now: Timestamp) -> Result<Option<Session>, StoreError> {
         self.acks.check()?;
-        if self.gone(&skey(key)) {
+        let k = skey(key);
+        if self.gone(&k) {
             return Ok(None);
         }
         let mut c = self.conn().await?;
         let (data, seen): (Option<String>, Option<u64>) = redis::cmd("HMGET")
-            .arg(skey(key))
+            .arg(k)
             .arg("data")
             .arg("seen")
             .query_async(&mut c.conn)
@@ -369,11 +371,12 @@ impl SessionStore for RedisStore {
 
     async fn get_flow(&self, key: &str, _now: Timestamp) -> Result<Option<Flow>, StoreError> {
         self.acks.check()?;
-        if self.gone(&fkey(key)) {
+        let k = fkey(key);
+        if self.gone(&k) {
             return Ok(None);
         }
         let mut c = self.conn().await?;
-        let v: Option<String> = c.conn.get(fkey(key)).await.map_err(|e| self.fail(&c, e))?;
+        let v: Option<String> = c.conn.get(k).await.map_err(|e| self.fail(&c, e))?;
         v.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(e.to_string())))
             .transpose()
     }
