@@ -75,6 +75,9 @@ pub struct Seen {
     pub headers: Vec<(String, String)>,
     /// Body length.
     pub body_len: usize,
+    /// Whether the whole body arrived (false: the connection ended, or its chunking broke,
+    /// after the head).
+    pub complete: bool,
 }
 
 /// All values of header `name` in a lowercased header list.
@@ -103,11 +106,21 @@ impl Seen {
     }
 }
 
-/// An echo upstream on its own thread. `/setcookie` answers with Set-Cookie headers.
+/// Requests as they arrive: each is recorded when its head parses (`complete: false`), and
+/// completed in place once its body has arrived.
+type Record = Arc<Mutex<Vec<Arc<Mutex<Seen>>>>>;
+
+fn snapshot(v: &[Arc<Mutex<Seen>>]) -> Vec<Seen> {
+    v.iter().filter_map(|s| s.lock().ok().map(|s| s.clone())).collect()
+}
+
+/// An echo upstream on its own thread. `/setcookie` answers with Set-Cookie headers. A
+/// request is recorded as soon as its head parses, so a head whose body never arrives whole
+/// (the gateway abandoned it) shows as `complete: false`.
 pub struct Upstream {
     /// Port.
     pub port: u16,
-    seen: Arc<Mutex<Vec<Seen>>>,
+    seen: Record,
 }
 
 impl Upstream {
@@ -127,16 +140,16 @@ impl Upstream {
         Upstream { port, seen }
     }
 
-    /// Every request received so far.
+    /// Every request received so far (those whose body is still arriving as incomplete).
     pub fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().map(|v| v.clone()).unwrap_or_default()
+        self.seen.lock().map(|v| snapshot(&v)).unwrap_or_default()
     }
 
     /// Every request received so far, forgotten at once (none can slip between read and clear).
     pub fn take(&self) -> Vec<Seen> {
         self.seen
             .lock()
-            .map(|mut v| std::mem::take(&mut *v))
+            .map(|mut v| snapshot(&std::mem::take(&mut *v)))
             .unwrap_or_default()
     }
 
@@ -149,53 +162,75 @@ impl Upstream {
 }
 
 /// Reads the next request off `conn`: its head and its body, by `Content-Length` or chunked
-/// (what follows stays in `buf` for the next call). `None` at EOF or on a read error. A head or
-/// chunked body that does not parse is returned as method `<malformed>` (and the rest of the
-/// buffer dropped), so a test sees that *something* reached the upstream.
+/// (what follows stays in `buf` for the next call). `None` at EOF before a head or on a read
+/// error. A head that does not parse is returned as method `<malformed>` (and the rest of the
+/// buffer dropped), so a test sees that *something* reached the upstream. A head whose body
+/// does not arrive whole (EOF mid-body, or chunking that does not parse) is returned with
+/// `complete: false`: the upstream saw that head, which a test must account for.
 pub fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Seen> {
-    let malformed = |buf: &mut Vec<u8>| {
-        let target = String::from_utf8_lossy(&buf[..buf.len().min(80)]).into_owned();
+    let mut seen = read_head(conn, buf)?;
+    if seen.complete && read_body(conn, buf, &mut seen).is_none() {
         buf.clear();
-        Some(Seen {
-            method: "<malformed>".into(),
-            target,
-            headers: Vec::new(),
-            body_len: 0,
-        })
-    };
-    let (mut seen, chunked) = loop {
+        seen.complete = false;
+    }
+    Some(seen)
+}
+
+/// Reads the next head off `conn` (`complete: true` until its body is read; `<malformed>`,
+/// incomplete, when it does not parse). `None` at EOF or on a read error.
+fn read_head(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Seen> {
+    loop {
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(buf) {
             Ok(httparse::Status::Complete(head_len)) => {
                 let hs = header_list(req.headers);
-                let chunked = hs.iter().any(|(n, v)| {
-                    n == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked")
-                });
-                let cl: usize = hs
-                    .iter()
-                    .find(|(n, _)| n == "content-length")
-                    .and_then(|(_, v)| v.trim().parse().ok())
-                    .unwrap_or(0);
                 let seen = Seen {
                     method: req.method.unwrap_or("").to_string(),
                     target: req.path.unwrap_or("").to_string(),
                     headers: hs,
-                    body_len: if chunked { 0 } else { cl },
+                    body_len: 0,
+                    complete: true,
                 };
                 buf.drain(..head_len);
-                break (seen, chunked);
+                return Some(seen);
             }
             Ok(httparse::Status::Partial) => fill(conn, buf)?,
-            Err(_) => return malformed(buf),
+            Err(_) => {
+                let target = String::from_utf8_lossy(&buf[..buf.len().min(80)]).into_owned();
+                buf.clear();
+                return Some(Seen {
+                    method: "<malformed>".into(),
+                    target,
+                    headers: Vec::new(),
+                    body_len: 0,
+                    complete: false,
+                });
+            }
         }
-    };
+    }
+}
+
+/// Reads the body of `seen` (by `Content-Length` or chunked) off `conn`, adding chunked
+/// trailers to its headers. `None` when it does not arrive whole.
+fn read_body(conn: &mut TcpStream, buf: &mut Vec<u8>, seen: &mut Seen) -> Option<()> {
+    let chunked = seen
+        .headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
     if !chunked {
-        while buf.len() < seen.body_len {
+        let cl: usize = seen
+            .headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < cl {
             fill(conn, buf)?;
         }
-        buf.drain(..seen.body_len);
-        return Some(seen);
+        buf.drain(..cl);
+        seen.body_len = cl;
+        return Some(());
     }
     // Chunked: size line, data, CRLF; then trailers up to an empty line.
     loop {
@@ -208,11 +243,9 @@ pub fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Seen> {
             fill(conn, buf)?;
         };
         let size = line.split(';').next().unwrap_or("").trim();
-        let Ok(size) = usize::from_str_radix(size, 16) else {
-            return malformed(buf);
-        };
+        let size = usize::from_str_radix(size, 16).ok()?;
         if size > 64 << 20 {
-            return malformed(buf);
+            return None;
         }
         if size == 0 {
             // Trailers count as headers: a backend may merge them.
@@ -221,7 +254,7 @@ pub fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Seen> {
                     let line = String::from_utf8_lossy(&buf[..i]).into_owned();
                     buf.drain(..i + 2);
                     if i == 0 {
-                        return Some(seen);
+                        return Some(());
                     }
                     if let Some((n, v)) = line.split_once(':') {
                         seen.headers
@@ -236,7 +269,7 @@ pub fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Seen> {
             fill(conn, buf)?;
         }
         if &buf[size..size + 2] != b"\r\n" {
-            return malformed(buf);
+            return None;
         }
         buf.drain(..size + 2);
         seen.body_len += size;
@@ -255,13 +288,23 @@ fn fill(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
     }
 }
 
-fn serve_conn(mut conn: TcpStream, seen: Arc<Mutex<Vec<Seen>>>) {
+fn serve_conn(mut conn: TcpStream, seen: Record) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     let mut buf = Vec::new();
-    while let Some(s) = read_request(&mut conn, &mut buf) {
+    while let Some(mut s) = read_head(&mut conn, &mut buf) {
         let (method, target) = (s.method.clone(), s.target.clone());
+        let malformed = !s.complete;
+        s.complete = false;
+        let entry = Arc::new(Mutex::new(s.clone()));
         if let Ok(mut v) = seen.lock() {
-            v.push(s.clone());
+            v.push(entry.clone());
+        }
+        if malformed || read_body(&mut conn, &mut buf, &mut s).is_none() {
+            return;
+        }
+        s.complete = true;
+        if let Ok(mut e) = entry.lock() {
+            *e = s.clone();
         }
         let body = serde_json::json!({ "method": method, "target": target, "headers": s.headers })
             .to_string();
@@ -809,8 +852,19 @@ fn header_list(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
 }
 
 /// Sends raw bytes and reads one response (until its length is complete, EOF, or 5 s).
+/// Panics when nothing accepts the connection (see [`try_send`]).
 pub fn send(port: u16, raw: &[u8]) -> Response {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    try_send(port, raw).unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"))
+}
+
+/// [`send`], with a refused connection as an error: for load threads, whose panics a join
+/// would have to report.
+pub fn try_send(port: u16, raw: &[u8]) -> std::io::Result<Response> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    Ok(read_response(&mut s, raw))
+}
+
+fn read_response(s: &mut TcpStream, raw: &[u8]) -> Response {
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let _ = s.write_all(raw);
     let mut buf = Vec::new();
@@ -868,13 +922,19 @@ pub fn send(port: u16, raw: &[u8]) -> Response {
 
 /// A GET with extra header lines (`"Name: value"`), `Connection: close`.
 pub fn get(port: u16, host: &str, target: &str, extra: &[&str]) -> Response {
+    try_get(port, host, target, extra)
+        .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"))
+}
+
+/// [`get`], with a refused connection as an error (see [`try_send`]).
+pub fn try_get(port: u16, host: &str, target: &str, extra: &[&str]) -> std::io::Result<Response> {
     let mut req = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     for h in extra {
         req.push_str(h);
         req.push_str("\r\n");
     }
     req.push_str("\r\n");
-    send(port, req.as_bytes())
+    try_send(port, req.as_bytes())
 }
 
 /// A browser binding and its CSRF token, the way a browser gets them: the sign-out

@@ -133,7 +133,10 @@ try {
 
   // 5. Usernameless sign-in with the passkey: AAL2. Then an AAL3 route asks for a step-up.
   // An attacker planted a well-formed session cookie on every host first (fixation).
-  const PLANT = 'fixatedfixatedfixatedfixatedfixatedfixated';
+  // 43 base64url characters, the last with its two spare bits zero: exactly what the gateway
+  // accepts as a session id, so only sign-in's own choice can replace it.
+  const PLANT = 'fixatedfixatedfixatedfixatedfixatedfixatedA';
+  check(PLANT.length === 43 && Buffer.from(PLANT, 'base64url').toString('base64url') === PLANT, 'the planted cookie is a well-formed session id');
   await ctx.addCookies([AUTH, EHR, BILLING].map((url) => ({ name: 'aalgate', value: PLANT, url })));
   const sessionCookie = async (url) => (await ctx.cookies(url)).find((c) => c.name === 'aalgate')?.value;
   await snap(A.page, 'signin-page');

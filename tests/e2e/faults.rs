@@ -466,3 +466,84 @@ fn sigterm_lets_in_flight_requests_finish() {
     );
     assert!(!g.log().contains("panicked"), "{}", g.log());
 }
+
+/// A client that sends a request's head and part of its body, then nothing, gets 408 once
+/// `client_timeout` passes, on a forwarded route (the upstream saw the head and sees the
+/// request end unfinished) and on a step-up route whose body the gateway reads itself to keep
+/// it (nothing is kept, nothing forwarded).
+#[test]
+fn a_client_that_stops_mid_request_gets_408() {
+    let up = Upstream::start();
+    let mut g = Gateway::start_extra(&[("billing.yaml", &policy(up.port))], "client_timeout: 1s\n");
+    let h = format!("localhost:{}", g.port);
+    let store = EmbeddedStore::open(&g.state_dir()).expect("open embedded store");
+    // Signed in 10 min ago: /confirm asks for a step-up, and keeps the form.
+    let stale = make_session(&store, &h, "sid", Aal::Aal2, 600, 1);
+    let fresh = make_session(&store, &h, "sal", Aal::Aal2, 60, 1);
+    for (target, cookie, forwarded) in [
+        ("/static/upload", None, true),
+        ("/orders", Some(&fresh), true),
+        ("/confirm", Some(&stale), false),
+    ] {
+        up.clear();
+        let mut c = TcpStream::connect(("127.0.0.1", g.port)).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let cookie = cookie.map_or(String::new(), |c| format!("Cookie: aalgate={c}\r\n"));
+        let head = format!(
+            "POST {target} HTTP/1.1\r\nHost: {h}\r\n{cookie}Origin: http://{h}\r\nSec-Fetch-Mode: navigate\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nnote=part"
+        );
+        c.write_all(head.as_bytes()).unwrap();
+        let t0 = Instant::now();
+        let mut answer = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut c, &mut answer);
+        let took = t0.elapsed();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 408"),
+            "{target}: {answer:.300}\n{}",
+            g.log()
+        );
+        assert!(answer.contains("Request timed out"), "{target}: {answer}");
+        // The 1 s of silence, not pingora's default 60 s, nor a second wait.
+        assert!(
+            took >= Duration::from_millis(950) && took < Duration::from_millis(1800),
+            "{target}: 408 after {took:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let seen: Vec<(String, bool)> = up
+            .seen()
+            .into_iter()
+            .map(|s| (s.target, s.complete))
+            .collect();
+        let expected = if forwarded {
+            vec![(target.to_string(), false)]
+        } else {
+            Vec::new()
+        };
+        assert_eq!(seen, expected, "{target}: what the upstream saw");
+    }
+    let kept = rt().block_on(store.kv_list("kept")).expect("list kept forms");
+    assert!(kept.is_empty(), "a form cut short was kept: {kept:?}");
+    assert!(g.alive(), "gateway died");
+    assert!(!g.log().contains("panicked"), "{}", g.log());
+}
+
+#[test]
+fn zz_debug_chunk() {
+    let up = Upstream::start();
+    let g = Gateway::start(None, &[("billing.yaml", &policy(up.port))]);
+    let h = format!("localhost:{}", g.port);
+    for body in ["0x5\r\nhello\r\n0\r\n\r\n", "zz\r\nhello\r\n0\r\n\r\n", "+5\r\nhello\r\n0\r\n\r\n"] {
+        let t0 = Instant::now();
+        let r = send(g.port, format!("POST /static/x HTTP/1.1\r\nHost: {h}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{body}").as_bytes());
+        eprintln!("{body:?}: status {} at {:?}; seen {:?}", r.status, t0.elapsed(), up.seen().iter().map(|s| (s.target.clone(), s.complete)).collect::<Vec<_>>());
+        for _ in 0..400 {
+            std::thread::sleep(Duration::from_millis(5));
+            let s = up.take();
+            if !s.is_empty() {
+                eprintln!("  at {:?}: {:?}", t0.elapsed(), s.iter().map(|s| (s.target.clone(), s.complete)).collect::<Vec<_>>());
+            }
+        }
+    }
+    eprintln!("{}", g.log());
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aalgate_policy::Aal;
 use aalgate_session::EmbeddedStore;
-use aalgate_tests::{aalgate_bin, eventually, get, promtool, sample, Gateway, Upstream};
+use aalgate_tests::{aalgate_bin, eventually, get, promtool, sample, try_get, Gateway, Upstream};
 
 use crate::{make_session, policy};
 
@@ -413,7 +413,17 @@ fn graceful_upgrade_under_load_fails_no_request() {
                 let deadline = std::time::Instant::now() + Duration::from_secs(60);
                 while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
                     let sent = t0.elapsed();
-                    let r = get(port, &h, "/static/load.css", &[]);
+                    // A refused connection (a gap in the hand-over) is a failure like any other.
+                    let r = match try_get(port, &h, "/static/load.css", &[]) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            if let Ok(mut f) = failures.lock() {
+                                f.push(format!("sent at {sent:?}: connect: {e}"));
+                            }
+                            continue;
+                        }
+                    };
                     if r.status == 200 {
                         ok.fetch_add(1, Ordering::Relaxed);
                     } else {
@@ -443,9 +453,15 @@ fn graceful_upgrade_under_load_fails_no_request() {
                 std::thread::sleep(Duration::from_millis(60 * i));
                 while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
                     let sent = t0.elapsed();
-                    let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        continue;
+                    let mut c = match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            if let Ok(mut f) = failures.lock() {
+                                f.push(format!("slow client at {sent:?}: connect: {e}"));
+                            }
+                            continue;
+                        }
                     };
                     let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
                     std::thread::sleep(Duration::from_millis(250));
@@ -483,7 +499,7 @@ fn graceful_upgrade_under_load_fails_no_request() {
     std::thread::sleep(Duration::from_millis(800));
     stop.store(true, Ordering::Relaxed);
     for w in workers.into_iter().chain(slow) {
-        let _ = w.join();
+        assert!(w.join().is_ok(), "a load thread panicked");
     }
     let after = ok.load(Ordering::Relaxed);
     let still_serving = get(port, &h, "/static/after.css", &[]).status;
@@ -588,9 +604,14 @@ fn sigterm_drains_every_request_event() {
         .map(|_| {
             let (stop, answered, h) = (stop.clone(), answered.clone(), h.clone());
             std::thread::spawn(move || {
+                // Until the gateway has gone (connections refused) or the test stops.
                 while !stop.load(Ordering::Relaxed) {
-                    if get(port, &h, "/static/x.css", &[]).status == 200 {
-                        answered.fetch_add(1, Ordering::Relaxed);
+                    match try_get(port, &h, "/static/x.css", &[]) {
+                        Ok(r) if r.status == 200 => {
+                            answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
                     }
                 }
             })
@@ -604,7 +625,7 @@ fn sigterm_drains_every_request_event() {
     );
     stop.store(true, Ordering::Relaxed);
     for w in workers {
-        let _ = w.join();
+        assert!(w.join().is_ok(), "a load thread panicked");
     }
     let log = std::fs::read_to_string(g.dir.path().join("audit.jsonl")).unwrap_or_default();
     let events = log

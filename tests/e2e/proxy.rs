@@ -3,7 +3,9 @@
 
 use aalgate_policy::Aal;
 use aalgate_session::EmbeddedStore;
-use aalgate_tests::{get, pyjwt_decode, send, Gateway, Upstream};
+use std::time::Duration;
+
+use aalgate_tests::{eventually, get, pyjwt_decode, send, Gateway, Upstream};
 
 use crate::{make_session, policy};
 
@@ -14,18 +16,24 @@ fn host(g: &Gateway) -> String {
 #[test]
 fn allowed_request_is_forwarded_with_identity_and_nothing_spoofed() {
     let up = Upstream::start();
-    let g = Gateway::start(None, &[("billing.yaml", &policy(up.port))]);
+    let g = Gateway::start_extra(
+        &[("billing.yaml", &policy(up.port))],
+        "audit:\n  output: file:audit.jsonl\n  requests: true\n",
+    );
     // The CLI-style second opener writes the session while the gateway runs.
     let store =
         EmbeddedStore::open(&g.state_dir()).expect("open embedded store beside the gateway");
+    // Signed in 20 min ago: the forwarded auth time must be that, not the request's time.
+    let minted = aalgate_policy::Timestamp::wall().0 - 1200;
     let cookie = make_session(
         &store,
         &format!("localhost:{}", g.port),
         "alice",
         Aal::Aal2,
-        60,
+        1200,
         1,
     );
+    let auth_time = minted..=aalgate_policy::Timestamp::wall().0 - 1200;
 
     let r = get(
         g.port,
@@ -58,7 +66,14 @@ fn allowed_request_is_forwarded_with_identity_and_nothing_spoofed() {
     );
     assert_eq!(s.all("x-aalgate-user"), ["alice"]);
     assert_eq!(s.one("x-aalgate-aal"), Some("2"));
-    assert!(s.one("x-aalgate-auth-time").is_some());
+    let forwarded_auth_time: u64 = s
+        .one("x-aalgate-auth-time")
+        .and_then(|t| t.parse().ok())
+        .expect("x-aalgate-auth-time, in seconds");
+    assert!(
+        auth_time.contains(&forwarded_auth_time),
+        "x-aalgate-auth-time {forwarded_auth_time}, the session's is in {auth_time:?}"
+    );
     assert_eq!(s.one("x-forwarded-for"), Some("127.0.0.1"));
     assert_eq!(s.one("x-forwarded-proto"), Some("http"));
     assert_eq!(s.one("x-forwarded-host"), Some(host(&g).as_str()));
@@ -76,10 +91,21 @@ fn allowed_request_is_forwarded_with_identity_and_nothing_spoofed() {
         && !v.contains("6.6.6.6")
         && !v.contains("evil.example")
         && n != "x_aalgate_user"));
-    assert_ne!(s.one("x-request-id"), Some("chosen-by-client"));
+    // The app's request id is the gateway's own, the one its audit record of this request
+    // carries (not the client's).
+    let request_id = s.one("x-request-id").expect("x-request-id");
+    assert_ne!(request_id, "chosen-by-client");
+    let audit = eventually(Duration::from_secs(5), "the request's audit record", || {
+        std::fs::read_to_string(g.dir.path().join("audit.jsonl"))
+            .ok()?
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|e| e["event"] == "request" && e["user"] == "alice")
+    });
     assert_eq!(
-        s.one("x-request-id"),
-        r.header("x-request-id").or(s.one("x-request-id"))
+        audit["request_id"].as_str(),
+        Some(request_id),
+        "the audit record names the forwarded request id: {audit}"
     );
     assert_eq!(
         s.one("cookie"),
@@ -98,7 +124,7 @@ fn allowed_request_is_forwarded_with_identity_and_nothing_spoofed() {
     let exp = claims["exp"].as_u64().unwrap();
     let iat = claims["iat"].as_u64().unwrap();
     assert!(exp > iat && exp - iat <= 60, "short-lived");
-    assert!(claims["auth_time"].as_u64().is_some());
+    assert_eq!(claims["auth_time"].as_u64(), Some(forwarded_auth_time));
     assert!(
         pyjwt_decode(token, &jwks.to_string(), "ehr", &issuer).is_err(),
         "aud binds the app"
@@ -427,6 +453,7 @@ fn embedded_sessions_survive_a_gateway_restart() {
         .status,
         200
     );
+    let jwks = get(g.port, &host(&g), "/.aalgate/jwks.json", &[]).json();
     g.restart();
     assert_eq!(
         get(
@@ -438,9 +465,18 @@ fn embedded_sessions_survive_a_gateway_restart() {
         .status,
         200
     );
-    // The signing key survives too, so upstreams keep verifying.
+    // The signing key survives too: the same JWKS, and the new process's assertion verifies
+    // against the one an upstream fetched before the restart.
+    let again = get(g.port, &host(&g), "/.aalgate/jwks.json", &[]).json();
+    assert!(jwks["keys"][0]["x"].is_string(), "{jwks}");
+    assert_eq!(jwks, again, "the JWKS changed across the restart");
     let seen = up.seen();
     assert_eq!(seen.len(), 2);
+    let token = seen[1].one("x-aalgate-assertion").expect("assertion");
+    let issuer = format!("http://localhost:{}", g.port);
+    let claims = pyjwt_decode(token, &jwks.to_string(), "billing", &issuer)
+        .expect("the assertion after the restart verifies against the JWKS before it");
+    assert_eq!(claims["sub"], "grace");
 }
 
 /// No gateway page is a dead end: a refusal, an expired link and the signed-out page each

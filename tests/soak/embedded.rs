@@ -117,11 +117,11 @@ fn the_embedded_store_keeps_its_deadline_under_the_soak_load() {
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Mutex::new(Tally::default()));
     let started = Instant::now();
-    let workers = spawn_load(g.port, &host, &cookies, &stop, &tally);
+    let workers = spawn_load(g.port, &host, &cookies, &stop, &tally, started);
     std::thread::sleep(Duration::from_secs(secs));
     stop.store(true, Ordering::Relaxed);
     for w in workers {
-        let _ = w.join();
+        assert!(w.join().is_ok(), "a load thread panicked");
     }
     let elapsed = started.elapsed();
     let scrape = g.scrape();

@@ -10,12 +10,14 @@ use aalgate_auth::{
 };
 use aalgate_policy::{Aal, Timestamp};
 use aalgate_session::EmbeddedStore;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use der::Encode;
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use webauthn_authenticator_rs::softpasskey::SoftPasskey;
 use webauthn_authenticator_rs::softtoken::{SoftToken, AAGUID};
-use webauthn_authenticator_rs::WebauthnAuthenticator;
+use webauthn_authenticator_rs::{AuthenticatorBackendHashedClientData, WebauthnAuthenticator};
 use webauthn_rs::prelude::{CreationChallengeResponse, RequestChallengeResponse, Url};
 
 const ORIGIN: &str = "http://localhost:8080";
@@ -99,13 +101,50 @@ fn register_with(
         sel.insert("requireResidentKey".into(), false.into());
     }
     let opts: CreationChallengeResponse = serde_json::from_value(opts).unwrap();
+    // Every refusal a test sees comes from the server: an authenticator that refuses the
+    // options is a broken test.
     let resp = auth
         .do_registration(origin(), opts)
-        .map_err(|e| CeremonyError::Rejected(format!("authenticator: {e:?}")))?;
+        .unwrap_or_else(|e| panic!("the authenticator refused to register: {e:?}"));
     let json = serde_json::to_vec(&resp).unwrap();
     let cred = rp.finish_registration(&json, &state, Timestamp::wall())?;
     u.credentials.push(cred);
     Ok(())
+}
+
+/// Turns every "user verification required" under a UV key into "discouraged".
+fn relax(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::String(s) if s == "required" => *s = "discouraged".into(),
+        serde_json::Value::Array(a) => a.iter_mut().for_each(relax),
+        serde_json::Value::Object(o) => {
+            for (k, x) in o.iter_mut() {
+                // Strings only under a UV key; objects and arrays everywhere.
+                let k = k.to_ascii_lowercase();
+                let uv_key = k.contains("policy") || k.contains("verification");
+                if uv_key || x.is_object() || x.is_array() {
+                    relax(x);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Relaxes user verification in the options and in the server's state: an enrollment made
+/// under a lax policy.
+fn relax_uv(opts: &mut serde_json::Value, state: RegState) -> RegState {
+    relax(opts);
+    let mut v = serde_json::to_value(&state).unwrap();
+    relax(&mut v);
+    serde_json::from_value(v).unwrap()
+}
+
+/// Relaxes user verification in the options only (a tampered page): the state the server
+/// kept still requires it.
+fn relax_uv_options(opts: &mut serde_json::Value, state: RegState) -> RegState {
+    relax(opts);
+    state
 }
 
 fn sign_in_json(
@@ -225,11 +264,45 @@ fn security_key_from_an_untrusted_vendor_is_refused() {
 
 #[test]
 fn authenticator_without_user_verification_is_refused() {
+    // The page told the authenticator that user verification is not needed, so it answers
+    // with UV=0; the server's own state still requires it and refuses.
     let (_, rp) = token_and_rp();
-    let (mut no_uv, _) = SoftToken::new(false).unwrap();
     let mut u = user("uv");
-    let e = register(&rp, &mut no_uv, &mut u, RegKind::Passkey).unwrap_err();
+    let e = register_with(
+        &rp,
+        &mut SoftPasskey::new(false),
+        &mut u,
+        RegKind::Passkey,
+        relax_uv_options,
+    )
+    .unwrap_err();
     assert!(matches!(e, CeremonyError::Rejected(_)), "{e:?}");
+    let (mut token, ca) = SoftToken::new(false).unwrap();
+    let keys = HardwareKeys {
+        aaguids: vec![AAGUID],
+        ca_pems: vec![pem(&ca.to_der().unwrap())],
+    };
+    let rp2 = Ceremonies::new("localhost", ORIGIN, &keys).unwrap();
+    let e = register_with(
+        &rp2,
+        &mut token,
+        &mut u,
+        RegKind::SecurityKey,
+        relax_uv_options,
+    )
+    .unwrap_err();
+    assert!(matches!(e, CeremonyError::Rejected(_)), "{e:?}");
+    assert!(u.credentials.is_empty());
+    // The control: the same UV=0 answer against a state that does not require UV passes,
+    // so it was the server's requirement that refused it above.
+    register_with(
+        &rp,
+        &mut SoftPasskey::new(false),
+        &mut u,
+        RegKind::Passkey,
+        relax_uv,
+    )
+    .expect("a lax state accepts UV=0");
 }
 
 #[test]
@@ -242,14 +315,27 @@ fn wrong_origin_challenge_and_replay_are_refused() {
     // An assertion made for another origin (a phishing site).
     let (opts, st) = rp.start_sign_in(Some(&u.credentials)).unwrap();
     let opts: RequestChallengeResponse = serde_json::from_value(opts).unwrap();
-    let evil = Url::parse("http://localhost.evil.example:8080").unwrap();
-    if let Ok(resp) = pk.do_authentication(evil, opts) {
-        let r = SignIn::parse(&serde_json::to_vec(&resp).unwrap()).unwrap();
-        assert!(matches!(
-            rp.finish_sign_in(&r, st, &mut u, None, Timestamp::wall()),
-            Err(CeremonyError::Rejected(_))
-        ));
-    }
+    // The soft authenticator refuses to sign for a non-localhost http origin itself, so the
+    // client data is written here, as a phishing page's browser would write it.
+    let client = serde_json::to_vec(&serde_json::json!({
+        "type": "webauthn.get",
+        "challenge": URL_SAFE_NO_PAD.encode(&opts.public_key.challenge),
+        "origin": "http://localhost.evil.example:8080",
+    }))
+    .unwrap();
+    let mut cred = AuthenticatorBackendHashedClientData::perform_auth(
+        &mut pk,
+        Sha256::digest(&client).to_vec(),
+        opts.public_key,
+        60_000,
+    )
+    .expect("the authenticator signs");
+    cred.response.client_data_json = client;
+    let r = SignIn::parse(&serde_json::to_vec(&cred).unwrap()).unwrap();
+    let e = rp
+        .finish_sign_in(&r, st, &mut u, None, Timestamp::wall())
+        .unwrap_err();
+    assert!(matches!(e, CeremonyError::Rejected(_)), "{e:?}");
 
     // A valid assertion replayed against a new challenge.
     let (json, st) = sign_in_json(&rp, &mut pk, Some(&u.clone()));
@@ -362,10 +448,7 @@ async fn invites_are_single_use_and_expire() {
 /// The WebAuthn part of the attack corpus: `tests/attacks/unit-webauthn.yaml`.
 mod corpus {
     use super::*;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use serde::Deserialize;
-    use sha2::{Digest, Sha256};
-    use webauthn_authenticator_rs::AuthenticatorBackendHashedClientData;
 
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -397,32 +480,6 @@ mod corpus {
         #[serde(default)]
         mutate: Option<String>,
         expect: String,
-    }
-
-    /// Turns every "user verification required" in a serialized server state into
-    /// "discouraged".
-    fn relax_uv(opts: &mut serde_json::Value, state: RegState) -> RegState {
-        fn walk(v: &mut serde_json::Value) {
-            match v {
-                serde_json::Value::String(s) if s == "required" => *s = "discouraged".into(),
-                serde_json::Value::Array(a) => a.iter_mut().for_each(walk),
-                serde_json::Value::Object(o) => {
-                    for (k, x) in o.iter_mut() {
-                        // Strings only under a UV key; objects and arrays everywhere.
-                        let k = k.to_ascii_lowercase();
-                        let uv_key = k.contains("policy") || k.contains("verification");
-                        if uv_key || x.is_object() || x.is_array() {
-                            walk(x);
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        walk(opts);
-        let mut v = serde_json::to_value(&state).unwrap();
-        walk(&mut v);
-        serde_json::from_value(v).unwrap()
     }
 
     /// Signs a sign-in for `opts` with exactly the client data the case describes.

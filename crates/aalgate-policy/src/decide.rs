@@ -450,8 +450,41 @@ mod tests {
 
     #[test]
     fn clock_going_backwards_does_not_extend_anything() {
+        // A session stamped at T0 read by a clock 100 s behind it: allowed, and every limit
+        // still falls where the stamps put it, not 100 s later.
         let a = access(Requirement::Aal2);
         let s = session(Aal::Aal2, T0);
         assert_eq!(decide(&a, Some(&s), Timestamp(T0 - 100)), Decision::Allow);
+        let idle = Decision::Reauth {
+            aal: Aal::Aal2,
+            reason: ExpiryReason::Idle,
+        };
+        assert_eq!(decide(&a, Some(&s), Timestamp(T0 + 30 * MIN - 1)), Decision::Allow);
+        assert_eq!(decide(&a, Some(&s), Timestamp(T0 + 30 * MIN)), idle);
+        let mut busy = s;
+        busy.last_seen = Timestamp(T0 + 12 * HOUR - 1);
+        assert_eq!(
+            decide(&a, Some(&busy), Timestamp(T0 + 12 * HOUR - 1)),
+            Decision::Allow
+        );
+        assert_eq!(
+            decide(&a, Some(&busy), Timestamp(T0 + 12 * HOUR)),
+            Decision::Reauth {
+                aal: Aal::Aal2,
+                reason: ExpiryReason::Absolute
+            }
+        );
+        // A step-up window counts from the ceremony too.
+        let mut a = access(Requirement::Aal2);
+        a.step_up = Some(StepUp::MaxAge(Duration::from_secs(300)));
+        assert_eq!(decide(&a, Some(&s), Timestamp(T0 - 100)), Decision::Allow);
+        assert_eq!(decide(&a, Some(&s), Timestamp(T0 + 299)), Decision::Allow);
+        assert_eq!(
+            decide(&a, Some(&s), Timestamp(T0 + 300)),
+            Decision::StepUp {
+                aal: Aal::Aal2,
+                fresh: a.step_up
+            }
+        );
     }
 }

@@ -89,6 +89,7 @@ fn every_limit_holds_one_second_either_side() {
             } => "reauth_idle",
             Admission::Reauth { .. } => "reauth_absolute",
             Admission::Deny => "deny",
+            Admission::FromTheFuture { .. } => "from_the_future",
             other => panic!("{}: {other:?}", c.name),
         };
         if got != c.expect {

@@ -236,10 +236,12 @@ mod tests {
             aal: Aal::Aal2,
             amr: vec!["hwk".into()],
             credential: None,
-            auth_time: now,
-            last_auth: now,
-            last_seen: now,
-            expires_at: now.plus(Duration::from_secs(60)),
+            // Each time distinct from the signing time, so a claim taken from the wrong one
+            // shows.
+            auth_time: Timestamp(now.0 - 3000),
+            last_auth: Timestamp(now.0 - 200),
+            last_seen: Timestamp(now.0 - 10),
+            expires_at: now.plus(Duration::from_secs(600)),
         };
         let token = s.sign(&session, "billing", now).unwrap();
         let jwks: serde_json::Value = serde_json::from_str(s.jwks()).unwrap();
@@ -265,6 +267,8 @@ mod tests {
         assert_eq!(claims["aud"], "billing");
         assert_eq!(claims["iss"], "https://gw.example");
         assert_eq!(claims["exp"].as_u64(), Some(now.0 + 60));
+        assert_eq!(claims["iat"].as_u64(), Some(now.0));
+        assert_eq!(claims["auth_time"].as_u64(), Some(now.0 - 3000));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

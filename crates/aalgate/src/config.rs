@@ -65,6 +65,8 @@ struct RawConfig {
     #[serde(default)]
     upstream_timeout: Option<aalgate_policy::HumanDuration>,
     #[serde(default)]
+    client_timeout: Option<aalgate_policy::HumanDuration>,
+    #[serde(default)]
     shutdown_grace: Option<aalgate_policy::HumanDuration>,
     #[serde(default)]
     identity_providers: Vec<aalgate_oidc::RawProvider>,
@@ -334,6 +336,9 @@ pub struct Config {
     pub upstream_connect_timeout: Duration,
     /// How long an upstream may stay silent (between reads or writes) before the answer is 504.
     pub upstream_timeout: Duration,
+    /// How long a client may stay silent while sending a request's body before the answer is
+    /// 408 (what reached the upstream of it is abandoned there).
+    pub client_timeout: Duration,
     /// Where the clock floor is saved every few seconds, so that a clock stepped back across a
     /// restart does not make time run backwards (`<state_dir>/clock-floor`).
     pub clock_floor: PathBuf,
@@ -354,6 +359,21 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default of `upstream_timeout`.
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default of `client_timeout` (pingora's, and nginx's `client_body_timeout`).
+pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `client_timeout`, checked: long enough for a slow network, short enough that a silent
+/// client cannot hold a connection (and what reached the upstream) for long.
+fn client_timeout(raw: Option<aalgate_policy::HumanDuration>) -> Result<Duration> {
+    let d = raw.map_or(DEFAULT_CLIENT_TIMEOUT, |d| d.0);
+    if d < Duration::from_secs(1) || d > Duration::from_secs(600) {
+        bail!(
+            "client_timeout {} must be between 1s and 10m (the default, 60s, suits most networks)",
+            humantime::format_duration(d)
+        );
+    }
+    Ok(d)
+}
 
 /// Default of `session_count_interval`.
 pub const DEFAULT_SESSION_COUNT_INTERVAL: Duration = Duration::from_secs(30);
@@ -498,6 +518,7 @@ impl Config {
         if threads == 0 || threads > 256 {
             bail!("threads must be 1 to 256");
         }
+        let client_timeout = client_timeout(raw.client_timeout)?;
         let store_timeout = match raw.store_timeout {
             Some(s) => {
                 let d = humantime::parse_duration(s.trim())
@@ -694,6 +715,7 @@ impl Config {
                 .upstream_timeout
                 .map(|d| d.0)
                 .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
+            client_timeout,
             preserve_body_limit,
             request_key: raw
                 .request_key

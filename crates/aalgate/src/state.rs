@@ -211,6 +211,8 @@ pub struct State {
     pub signin: Arc<crate::state::SignInService>,
     /// Upstream connect timeout, and how long an upstream may stay silent.
     pub upstream_timeouts: (Duration, Duration),
+    /// How long a client may stay silent while sending a request body (then 408).
+    pub client_timeout: Duration,
     /// The public listeners, to tell which one a request arrived on.
     pub listeners: Vec<crate::config::Listener>,
     /// Send `Strict-Transport-Security` on https (`hsts`).

@@ -157,6 +157,9 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.tls = self.browser_https(session);
+        // Every body read of this request (the gateway's own and the one forwarded) may wait
+        // this long for the client; then 408 (`fail_to_proxy`).
+        session.set_read_timeout(Some(self.client_timeout));
         let mut x = Exchange::new(self, session, ctx);
         // 1. A head the gateway and every upstream read alike, with one Host.
         let host = match self.well_formed(x.session) {
