@@ -524,26 +524,20 @@ fn a_client_that_stops_mid_request_gets_408() {
     }
     let kept = rt().block_on(store.kv_list("kept")).expect("list kept forms");
     assert!(kept.is_empty(), "a form cut short was kept: {kept:?}");
+    // A body that does not parse gets 400. Neither it nor the silence above is a failure of
+    // the gateway: anonymous clients must not be able to fill its log with warnings.
+    let r = send(
+        g.port,
+        format!("POST /static/x HTTP/1.1\r\nHost: {h}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nhello\r\n0\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    std::thread::sleep(Duration::from_millis(200));
+    let log = g.log();
+    let loud: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    assert!(loud.is_empty(), "client-caused failures logged loudly:\n{}", loud.join("\n"));
     assert!(g.alive(), "gateway died");
     assert!(!g.log().contains("panicked"), "{}", g.log());
-}
-
-#[test]
-fn zz_debug_chunk() {
-    let up = Upstream::start();
-    let g = Gateway::start(None, &[("billing.yaml", &policy(up.port))]);
-    let h = format!("localhost:{}", g.port);
-    for body in ["0x5\r\nhello\r\n0\r\n\r\n", "zz\r\nhello\r\n0\r\n\r\n", "+5\r\nhello\r\n0\r\n\r\n"] {
-        let t0 = Instant::now();
-        let r = send(g.port, format!("POST /static/x HTTP/1.1\r\nHost: {h}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{body}").as_bytes());
-        eprintln!("{body:?}: status {} at {:?}; seen {:?}", r.status, t0.elapsed(), up.seen().iter().map(|s| (s.target.clone(), s.complete)).collect::<Vec<_>>());
-        for _ in 0..400 {
-            std::thread::sleep(Duration::from_millis(5));
-            let s = up.take();
-            if !s.is_empty() {
-                eprintln!("  at {:?}: {:?}", t0.elapsed(), s.iter().map(|s| (s.target.clone(), s.complete)).collect::<Vec<_>>());
-            }
-        }
-    }
-    eprintln!("{}", g.log());
 }

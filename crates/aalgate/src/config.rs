@@ -796,6 +796,18 @@ mod tests {
     }
 
     #[test]
+    fn client_timeout_is_bounded() {
+        let base = "listen: [{addr: 127.0.0.1:8080}]\npublic_origin: http://localhost:8080\nstore: embedded:state\npolicies: policies\n";
+        assert_eq!(parse(base).unwrap().client_timeout, DEFAULT_CLIENT_TIMEOUT);
+        let c = parse(&format!("{base}client_timeout: 5s\n")).unwrap();
+        assert_eq!(c.client_timeout, Duration::from_secs(5));
+        for bad in ["0s", "500ms", "11m"] {
+            let e = parse(&format!("{base}client_timeout: {bad}\n")).unwrap_err();
+            assert!(format!("{e:#}").contains("client_timeout"), "{bad}: {e:#}");
+        }
+    }
+
+    #[test]
     fn shipped_example_config_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/aalgate.example.yaml");
         let c = Config::load(&path).unwrap();

@@ -10,7 +10,7 @@ use aalgate_session::{Flow, RequestBinding};
 use pingora::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::http::{read_limited, Exchange};
+use crate::http::{read_limited, BodyError, Exchange};
 use crate::outcome::Outcome;
 use crate::pages::{self};
 use crate::preserve::{KeptRequest, NotKept, KEPT_HEADERS};
@@ -63,6 +63,22 @@ pub(crate) const MIN_CLIENT_SHARE: u64 = 64 * 1024;
 /// The bytes one client may hold of `quota`.
 pub(crate) fn client_share(quota: u64) -> u64 {
     (quota / CLIENT_SHARE).max(MIN_CLIENT_SHARE.min(quota / 4))
+}
+
+/// Why a form could not be kept, beyond the reasons the sign-in page explains
+/// ([`NotKept`]).
+#[derive(Debug)]
+pub(crate) enum KeepFailed {
+    /// The store failed.
+    Store(String),
+    /// The client broke its body off: the request ends with this outcome.
+    Body(Outcome),
+}
+
+impl From<String> for KeepFailed {
+    fn from(e: String) -> KeepFailed {
+        KeepFailed::Store(e)
+    }
 }
 
 impl State {
@@ -171,14 +187,16 @@ impl State {
         bind: &Token,
         person: &str,
         bound: bool,
-    ) -> std::result::Result<std::result::Result<(String, Option<RequestBinding>), NotKept>, String>
+    ) -> std::result::Result<std::result::Result<(String, Option<RequestBinding>), NotKept>, KeepFailed>
     {
         // Each read holds up to the body limit in memory: at most this many at once.
         let Ok(_permit) = self.signin.reads.try_acquire() else {
             return Ok(Err(NotKept::Busy));
         };
-        let Some(body) = read_limited(session, self.signin.body_limit).await else {
-            return Ok(Err(NotKept::TooLarge));
+        let body = match read_limited(session, self.signin.body_limit).await {
+            Ok(b) => b,
+            Err(BodyError::TooLarge) => return Ok(Err(NotKept::TooLarge)),
+            Err(BodyError::Broken(o)) => return Err(KeepFailed::Body(o)),
         };
         let req = session.req_header();
         let binding = bound.then(|| {

@@ -118,12 +118,13 @@ pub(crate) async fn handle(st: &State, x: &mut Exchange<'_>, path: &str) -> Resu
     let body: Result<Value, ScimError> =
         if [http::Method::POST, http::Method::PUT, http::Method::PATCH].contains(&method) {
             match crate::http::read_limited(x.session, MAX_SCIM_BODY).await {
-                None => {
+                Err(crate::http::BodyError::TooLarge) => {
                     let e =
                         ScimError::status(413, format!("the body is over {MAX_SCIM_BODY} bytes"));
                     return send(x, Outcome::Scim, Err(Fail::Scim(e))).await;
                 }
-                Some(b) => serde_json::from_slice::<Value>(&b).map_err(|e| {
+                Err(crate::http::BodyError::Broken(o)) => return x.broken_body(o).await,
+                Ok(b) => serde_json::from_slice::<Value>(&b).map_err(|e| {
                     ScimError::bad(
                         ScimType::InvalidSyntax,
                         format!("the body is not JSON: {e}"),

@@ -318,8 +318,21 @@ impl Exchange<'_> {
         constant_eq(token.as_bytes(), csrf_of(bind.expose()).as_bytes()).then_some(bind)
     }
 
+    /// The body of a request to the gateway's own endpoints: `None` when it is too large or
+    /// broken off (the caller's refusal; a broken connection ends with it anyway).
     pub(crate) async fn read_body(&mut self) -> Option<Vec<u8>> {
-        crate::http::read_limited(self.session, MAX_BODY).await
+        crate::http::read_limited(self.session, MAX_BODY).await.ok()
+    }
+
+    /// The answer to a body the client broke off: none to a client that is gone, else the
+    /// outcome's page (408 for silence, 400 for broken framing).
+    pub(crate) async fn broken_body(&mut self, outcome: Outcome) -> Result<bool> {
+        tracing::debug!(request_id = %self.ctx.request_id, outcome = outcome.label(), "request body broken off");
+        if outcome == Outcome::ClientGone {
+            self.ctx.outcome = outcome;
+            return Ok(true);
+        }
+        self.error(outcome).await
     }
 
     /// A same-origin form POST with the page's token in its `csrf` field: its fields, or `None`.
@@ -349,9 +362,33 @@ pub(crate) fn constant_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
-/// The request body, up to `limit` bytes; `None` if it is larger (then it is not read at all
-/// when its length is declared) or the client stopped sending.
-pub(crate) async fn read_limited(session: &mut Session, limit: usize) -> Option<Vec<u8>> {
+/// Why a request body was not read whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BodyError {
+    /// Over the limit (declared or as it arrived).
+    TooLarge,
+    /// The client broke it off: silent past `client_timeout` (`ClientTimeout`), framing that
+    /// does not parse (`BadRequest`), or gone (`ClientGone`).
+    Broken(Outcome),
+}
+
+impl BodyError {
+    fn from_read(e: &pingora::Error) -> BodyError {
+        use pingora::ErrorType;
+        BodyError::Broken(match e.etype() {
+            ErrorType::ReadTimedout => Outcome::ClientTimeout,
+            ErrorType::ReadError | ErrorType::ConnectionClosed => Outcome::ClientGone,
+            _ => Outcome::BadRequest,
+        })
+    }
+}
+
+/// The request body, up to `limit` bytes. Too large: not read at all when its length is
+/// declared.
+pub(crate) async fn read_limited(
+    session: &mut Session,
+    limit: usize,
+) -> std::result::Result<Vec<u8>, BodyError> {
     let declared = session
         .req_header()
         .headers
@@ -360,7 +397,7 @@ pub(crate) async fn read_limited(session: &mut Session, limit: usize) -> Option<
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         // Not read at all; the connection closes when the answer goes out.
-        return None;
+        return Err(BodyError::TooLarge);
     }
     // Sized once from the declared length (already checked against the limit).
     let mut body = Vec::with_capacity(declared.unwrap_or(0));
@@ -368,12 +405,12 @@ pub(crate) async fn read_limited(session: &mut Session, limit: usize) -> Option<
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
                 if body.len() + chunk.len() > limit {
-                    return None;
+                    return Err(BodyError::TooLarge);
                 }
                 body.extend_from_slice(&chunk);
             }
-            Ok(None) => return Some(body),
-            Err(_) => return None,
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(BodyError::from_read(&e)),
         }
     }
 }

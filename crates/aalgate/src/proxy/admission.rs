@@ -16,7 +16,7 @@ use pingora::prelude::*;
 use super::Gateway;
 use crate::headers;
 use crate::http::has_request_body;
-use crate::http::{browser_binding, read_limited, Exchange};
+use crate::http::{browser_binding, read_limited, BodyError, Exchange};
 use crate::outcome::Outcome;
 use crate::pages::{self};
 use crate::state::{
@@ -591,7 +591,8 @@ impl Gateway {
                             flow.binding = binding;
                             token
                         }),
-                        Err(e) => {
+                        Err(crate::kept::KeepFailed::Body(o)) => return x.broken_body(o).await,
+                        Err(crate::kept::KeepFailed::Store(e)) => {
                             tracing::warn!(request_id = %x.ctx.request_id, error = %e, "could not keep the submitted form");
                             return x.error(Outcome::StoreUnavailable).await;
                         }
@@ -632,8 +633,9 @@ impl Gateway {
                     return x.error(Outcome::Busy).await;
                 };
                 match read_limited(x.session, self.signin.body_limit).await {
-                    Some(b) => Some(b),
-                    None => {
+                    Ok(b) => Some(b),
+                    Err(BodyError::Broken(o)) => return x.broken_body(o).await,
+                    Err(BodyError::TooLarge) => {
                         return x.refuse(Outcome::TooLargeToSign, "Too large to sign", "This request is larger than the gateway signs (preserve_body_limit). Ask IT to raise the limit for this application.")
                             .await
                     }

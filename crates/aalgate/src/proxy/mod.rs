@@ -287,10 +287,10 @@ impl ProxyHttp for Gateway {
         crate::http::upstream::peer(self, session.req_header(), ctx)
     }
 
-    /// pingora's own "Fail to proxy" line, silenced for a client that went away (logged at
+    /// pingora's own "Fail to proxy" line, silenced for what a client caused (logged at
     /// debug in `fail_to_proxy`, which runs first and sets the outcome).
     fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _error: &Error) -> bool {
-        ctx.outcome == Outcome::ClientGone
+        client_caused(ctx.outcome)
     }
 
     /// Upstream failures get the gateway's own page: 504 when the upstream did not answer in
@@ -313,9 +313,11 @@ impl ProxyHttp for Gateway {
             (ErrorSource::Downstream, _) => (400, Outcome::BadRequest),
             _ => (500, Outcome::InternalError),
         };
-        // A browser that went away (an aborted image, a closed tab) is no failure of ours.
-        if outcome == Outcome::ClientGone {
-            tracing::debug!(request_id = %ctx.request_id, error = %e, "client went away");
+        // A browser that went away (an aborted image, a closed tab), fell silent or sent a
+        // body that does not parse is no failure of ours; metrics and the audit count them,
+        // and an anonymous client cannot fill the log with them.
+        if client_caused(outcome) {
+            tracing::debug!(request_id = %ctx.request_id, status = code, error = %e, "the client broke the request off");
         } else {
             tracing::warn!(request_id = %ctx.request_id, status = code, error = %e, "proxying failed");
         }
@@ -391,4 +393,13 @@ impl ProxyHttp for Gateway {
             "request"
         );
     }
+}
+
+/// Failures of the client's half of a request: a client gone, silent, or sending a body that
+/// does not parse.
+fn client_caused(outcome: Outcome) -> bool {
+    matches!(
+        outcome,
+        Outcome::ClientGone | Outcome::ClientTimeout | Outcome::BadRequest
+    )
 }
