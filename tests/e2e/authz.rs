@@ -223,14 +223,19 @@ fn allow_admits_only_the_people_granted(redis: Option<&Redis>) {
     let (code, out, err) = cli(&g, &["users", "groups", "nora", "--remove", "clinical"]);
     assert_eq!(code, 0, "{out}{err}");
     let t0 = Instant::now();
-    while get(g.port, &eh, "/chart", &[&cookie(&nora)]).status == 200 {
+    let refused = loop {
+        let s = get(g.port, &eh, "/chart", &[&cookie(&nora)]).status;
+        if s != 200 {
+            break s;
+        }
         assert!(
             t0.elapsed() < Duration::from_millis(1500),
             "still admitted after {:?}",
             t0.elapsed()
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
+    };
+    assert_eq!(refused, 403, "the removal is refused as a removal");
     // A new group shows in the next assertion, not when the cached one ages out.
     cli(
         &g,
@@ -408,13 +413,13 @@ fn a_websocket_closes_when_its_person_loses_the_route() {
         .expect("remove");
     let t = Instant::now();
     let mut b = [0u8; 1];
-    let n = leaving.read(&mut b).unwrap_or(0);
-    assert_eq!(
-        n, 0,
+    assert!(
+        matches!(leaving.read(&mut b), Ok(0)),
         "the connection of a person removed from the group stayed open"
     );
+    // Within the once-a-second check, not the one after.
     assert!(
-        t.elapsed() < Duration::from_secs(3),
+        t.elapsed() < Duration::from_millis(1600),
         "closed only after {:?}",
         t.elapsed()
     );
@@ -429,13 +434,13 @@ fn a_websocket_closes_when_its_person_loses_the_route() {
     std::fs::write(g.policy_dir().join("ws.yaml"), &aal3).expect("write policy");
     g.signal("HUP");
     let t = Instant::now();
-    let n = staying.read(&mut b).unwrap_or(0);
-    assert_eq!(
-        n, 0,
+    assert!(
+        matches!(staying.read(&mut b), Ok(0)),
         "an AAL2 connection stayed open on a route raised to AAL3"
     );
+    // The reload, then the once-a-second check.
     assert!(
-        t.elapsed() < Duration::from_secs(4),
+        t.elapsed() < Duration::from_millis(2000),
         "closed only after {:?}",
         t.elapsed()
     );
@@ -455,13 +460,12 @@ fn a_websocket_closes_when_its_person_loses_the_route() {
     .expect("write policy");
     g.signal("HUP");
     let t = Instant::now();
-    let n = strong.read(&mut b).unwrap_or(0);
-    assert_eq!(
-        n, 0,
+    assert!(
+        matches!(strong.read(&mut b), Ok(0)),
         "a connection the reloaded policy no longer allows stayed open"
     );
     assert!(
-        t.elapsed() < Duration::from_secs(4),
+        t.elapsed() < Duration::from_millis(2000),
         "closed only after {:?}",
         t.elapsed()
     );
@@ -702,13 +706,16 @@ fn a_cli_writing_beside_the_gateway_never_hides_a_session() {
         ));
         std::thread::spawn(move || {
             let rt = crate::rt();
-            let mut i = 0u32;
+            let (mut i, mut failed) = (0u32, Vec::new());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 i += 1;
                 let who = format!("p{}", i % 50);
-                let _ = rt.block_on(dir.change_groups(&who, &[format!("g{}", i % 7)], &[]));
+                if let Err(e) = rt.block_on(dir.change_groups(&who, &[format!("g{}", i % 7)], &[]))
+                {
+                    failed.push(format!("{who}: {e}"));
+                }
             }
-            i
+            (i, failed)
         })
     };
     let t0 = Instant::now();
@@ -727,8 +734,14 @@ fn a_cli_writing_beside_the_gateway_never_hides_a_session() {
         std::thread::sleep(Duration::from_millis(5));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let writes = writer.join().unwrap_or(0);
+    let (writes, failed) = writer.join().expect("the writer thread");
     assert!(writes > 50, "the writer ran: {writes}");
+    assert!(
+        failed.is_empty(),
+        "{} of {writes} group changes failed beside the gateway, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
     assert_eq!(
         statuses.keys().copied().collect::<Vec<_>>(),
         vec![200],

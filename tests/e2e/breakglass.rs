@@ -258,8 +258,10 @@ fn breakglass_codes_tell_nothing_by_time_and_survive_a_spray() {
     times.0.sort();
     times.1.sort();
     let (real, unknown) = (times.0[3], times.1[3]);
+    // The unknown id waits as long as the measured check (within noise): half the time
+    // would tell the ids apart at a glance.
     assert!(
-        unknown * 2 >= real,
+        unknown * 10 >= real * 7,
         "an unknown id answers in {unknown:?}, a real one in {real:?}: the time tells which ids exist"
     );
     // A spray of made-up codes from many addresses, and the genuine code in the middle of it.
@@ -341,8 +343,9 @@ fn a_breakglass_websocket_ends_with_the_emergency_session() {
         .unwrap();
     // Ok(0) is the close; a timeout (Err) means the socket stayed open.
     assert!(matches!(out_ws.read(&mut b), Ok(0)), "open after sign-out");
+    // Within the once-a-second check, not the one after.
     assert!(
-        t.elapsed() < Duration::from_secs(3),
+        t.elapsed() < Duration::from_millis(1600),
         "closed only after {:?}",
         t.elapsed()
     );

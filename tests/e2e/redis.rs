@@ -139,8 +139,12 @@ fn a_hung_store_hits_the_deadline_and_fails_closed() {
     let took = t0.elapsed();
     redis.resume();
     assert_eq!(r.status, 503, "{}", r.text());
-    // The harness sets store_timeout: 1s; the answer comes at the deadline, not after a hang.
-    assert!(took < Duration::from_secs(3), "took {took:?}");
+    // The harness sets store_timeout: 1s; the answer comes at the deadline, not after a hang
+    // nor after a second try.
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_millis(1800),
+        "took {took:?}"
+    );
     assert_eq!(up.seen().len(), 1);
     // Once the store answers again, the same cookie works.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -545,6 +545,7 @@ fn entra_and_okta_payloads_provision_and_deprovision() {
         ],
     );
     assert_ne!(code, 0, "{err}");
+    assert!(err.contains("disabled"), "refused for another reason: {err}");
     // Deleted: gone, and the name is free again, for a new account with a new id.
     assert_eq!(
         scim(p, "DELETE", &format!("/Users/{ann}"), tok, None).status,
@@ -833,10 +834,13 @@ fn a_leaver_loses_every_session_on_every_instance_within_a_second() {
     );
     let t0 = Instant::now();
     let mut byte = [0u8; 1];
-    let n = socket.read(&mut byte).unwrap_or(0);
-    assert_eq!(n, 0, "the leaver's WebSocket stayed open");
     assert!(
-        t0.elapsed() < Duration::from_secs(3),
+        matches!(socket.read(&mut byte), Ok(0)),
+        "the leaver's WebSocket stayed open"
+    );
+    // Within the once-a-second check, not the one after.
+    assert!(
+        t0.elapsed() < Duration::from_millis(1600),
         "closed only after {:?}",
         t0.elapsed()
     );

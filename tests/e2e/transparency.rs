@@ -741,10 +741,14 @@ fn websockets_pass_and_close_when_the_session_ends() {
     let mut ws = ws_open(g.port, &ending);
     let t = Instant::now();
     let mut b = [0u8; 1];
-    let n = ws.read(&mut b).unwrap_or(0);
-    assert_eq!(n, 0, "a silent connection stayed open");
+    // Ok(0) is the close; a read timeout (Err) means it stayed open.
     assert!(
-        t.elapsed() < Duration::from_secs(4),
+        matches!(ws.read(&mut b), Ok(0)),
+        "a silent connection stayed open"
+    );
+    // The limit falls 1 to 2 s after the session was made, and is checked once a second.
+    assert!(
+        t.elapsed() < Duration::from_millis(3300),
         "closed only after {:?}",
         t.elapsed()
     );
@@ -765,10 +769,13 @@ fn websockets_pass_and_close_when_the_session_ends() {
         .block_on(aalgate_session::SessionStore::revoke_user(&store, "victor"))
         .unwrap();
     let t = Instant::now();
-    let n = ws.read(&mut b).unwrap_or(0);
-    assert_eq!(n, 0, "a revoked session's connection stayed open");
     assert!(
-        t.elapsed() < Duration::from_secs(3),
+        matches!(ws.read(&mut b), Ok(0)),
+        "a revoked session's connection stayed open"
+    );
+    // Within the once-a-second check, not the one after.
+    assert!(
+        t.elapsed() < Duration::from_millis(1600),
         "closed only after {:?}",
         t.elapsed()
     );

@@ -176,9 +176,15 @@ fn a_flood_stays_within_its_limits_beside_a_clinician() {
     stop.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
     for t in threads {
-        let _ = t.join();
+        assert!(t.join().is_ok(), "a flood thread panicked");
     }
-    eprintln!("threads joined in {:?}", t0.elapsed());
+    let joined = t0.elapsed();
+    eprintln!("threads joined in {joined:?}");
+    // Each thread's last request ends within its client timeout.
+    assert!(
+        joined < LAST + Duration::from_secs(1),
+        "threads joined only after {joined:?}"
+    );
     let kept: u64 = rt()
         .block_on(store.kv_list("kept"))
         .expect("list kept forms")
@@ -261,6 +267,14 @@ fn a_flood_stays_within_its_limits_beside_a_clinician() {
         ok * 100 >= total * 99,
         "the clinician's requests: {ok}/{total} ok, other {other:?}"
     );
-    // Nobody completed a ceremony: the upstream saw only the clinician.
-    assert!(up.seen().iter().all(|s| s.method == "GET"));
+    // Nobody completed a ceremony: the upstream saw only the clinician, once per 200.
+    let seen = up.seen();
+    for s in &seen {
+        assert_eq!(
+            (s.method.as_str(), s.target.as_str(), s.one("x-aalgate-user")),
+            ("GET", "/orders", Some("carla")),
+            "forwarded during the flood"
+        );
+    }
+    assert_eq!(seen.len() as u64, ok, "forwarded requests vs the clinician's 200s");
 }
