@@ -147,6 +147,28 @@ fn relax_uv_options(opts: &mut serde_json::Value, state: RegState) -> RegState {
     state
 }
 
+/// A sign-in for `opts` whose client data names `origin`: the soft authenticator refuses to
+/// sign for a non-localhost http origin itself, so the client data is written here, as a
+/// phishing page's browser would write it, and the key signs its hash.
+fn signed_for_origin(pk: &mut SoftPasskey, opts: serde_json::Value, origin: &str) -> Vec<u8> {
+    let opts: RequestChallengeResponse = serde_json::from_value(opts).unwrap();
+    let client = serde_json::to_vec(&serde_json::json!({
+        "type": "webauthn.get",
+        "challenge": URL_SAFE_NO_PAD.encode(&opts.public_key.challenge),
+        "origin": origin,
+    }))
+    .unwrap();
+    let mut cred = AuthenticatorBackendHashedClientData::perform_auth(
+        pk,
+        Sha256::digest(&client).to_vec(),
+        opts.public_key,
+        60_000,
+    )
+    .expect("the authenticator signs");
+    cred.response.client_data_json = client;
+    serde_json::to_vec(&cred).unwrap()
+}
+
 fn sign_in_json(
     rp: &Ceremonies,
     auth: &mut dyn WebauthnAuthenticator,
@@ -312,30 +334,28 @@ fn wrong_origin_challenge_and_replay_are_refused() {
     let mut u = user("ann");
     register(&rp, &mut pk, &mut u, RegKind::Passkey).unwrap();
 
-    // An assertion made for another origin (a phishing site).
-    let (opts, st) = rp.start_sign_in(Some(&u.credentials)).unwrap();
-    let opts: RequestChallengeResponse = serde_json::from_value(opts).unwrap();
-    // The soft authenticator refuses to sign for a non-localhost http origin itself, so the
-    // client data is written here, as a phishing page's browser would write it.
-    let client = serde_json::to_vec(&serde_json::json!({
-        "type": "webauthn.get",
-        "challenge": URL_SAFE_NO_PAD.encode(&opts.public_key.challenge),
-        "origin": "http://localhost.evil.example:8080",
-    }))
-    .unwrap();
-    let mut cred = AuthenticatorBackendHashedClientData::perform_auth(
-        &mut pk,
-        Sha256::digest(&client).to_vec(),
-        opts.public_key,
-        60_000,
-    )
-    .expect("the authenticator signs");
-    cred.response.client_data_json = client;
-    let r = SignIn::parse(&serde_json::to_vec(&cred).unwrap()).unwrap();
-    let e = rp
-        .finish_sign_in(&r, st, &mut u, None, Timestamp::wall())
-        .unwrap_err();
-    assert!(matches!(e, CeremonyError::Rejected(_)), "{e:?}");
+    // An assertion made for another origin (a phishing site, or a sibling host), refused by
+    // the server's origin check...
+    for evil in [
+        "http://localhost.evil.example:8080",
+        "http://phish.localhost:8080",
+    ] {
+        let (opts, st) = rp.start_sign_in(Some(&u.credentials)).unwrap();
+        let r = SignIn::parse(&signed_for_origin(&mut pk, opts, evil)).unwrap();
+        let e = rp
+            .finish_sign_in(&r, st, &mut u.clone(), None, Timestamp::wall())
+            .unwrap_err();
+        assert!(matches!(e, CeremonyError::Rejected(_)), "{evil}: {e:?}");
+    }
+    // ...and by nothing else: a relying party whose origin that is accepts the same kind of
+    // assertion from the same key.
+    let sibling = Ceremonies::new("localhost", "http://phish.localhost:8080", &HardwareKeys::default())
+        .unwrap();
+    let (opts, st) = sibling.start_sign_in(Some(&u.credentials)).unwrap();
+    let r = SignIn::parse(&signed_for_origin(&mut pk, opts, "http://phish.localhost:8080")).unwrap();
+    sibling
+        .finish_sign_in(&r, st, &mut u.clone(), None, Timestamp::wall())
+        .expect("the control: accepted where the origin is right");
 
     // A valid assertion replayed against a new challenge.
     let (json, st) = sign_in_json(&rp, &mut pk, Some(&u.clone()));
