@@ -369,16 +369,29 @@ fn soak() {
     );
     let valid_ok = t.get(&(1, 200)).copied().unwrap_or(0);
     let valid_all: u64 = t.iter().filter(|((k, _), _)| *k == 1).map(|(_, n)| n).sum();
-    // 503 only while a master was gone, and few of them: each outage is about 2.5 s of a
-    // load of 150 s or more.
+    // 503 only while a master was gone. Every valid request then gets one once its cached
+    // second runs out (fail closed), so their share is about the outages' share of the run
+    // (2 x 3 s of 150 s, 4%): the windows are held short, and the share to the windows'.
     assert!(
         stray_503.is_empty(),
         "valid sessions got 503 outside the failovers at {stray_503:?}\n{report}"
     );
+    for (from, to) in &outages {
+        assert!(
+            *to - *from < Duration::from_secs(8),
+            "an outage from {from:?} to {to:?}\n{report}"
+        );
+    }
     let unavailable = valid_503.len() as u64;
+    let outage_share: f64 = outages
+        .iter()
+        .map(|(from, to)| (*to - *from).as_secs_f64())
+        .sum::<f64>()
+        / run.as_secs_f64();
     assert!(
-        unavailable * 100 <= valid_all * 5,
-        "valid sessions: {unavailable} of {valid_all} answered 503\n{report}"
+        (unavailable as f64) <= valid_all as f64 * outage_share * 1.2,
+        "valid sessions: {unavailable} of {valid_all} answered 503, outages {:.1}% of the run\n{report}",
+        outage_share * 100.0
     );
     assert!(
         valid_all > 0 && valid_ok * 100 >= (valid_all - unavailable) * 99,
