@@ -111,7 +111,9 @@ impl Seen {
 type Record = Arc<Mutex<Vec<Arc<Mutex<Seen>>>>>;
 
 fn snapshot(v: &[Arc<Mutex<Seen>>]) -> Vec<Seen> {
-    v.iter().filter_map(|s| s.lock().ok().map(|s| s.clone())).collect()
+    v.iter()
+        .filter_map(|s| s.lock().ok().map(|s| s.clone()))
+        .collect()
 }
 
 /// An echo upstream on its own thread. `/setcookie` answers with Set-Cookie headers. A

@@ -536,10 +536,7 @@ fn apps_get_a_logout_token_for_one_click_sign_out() {
         assert_eq!(get(g.port, &h, "/static/a.css", &all).status, 200);
         let seen = up.take();
         assert_eq!(seen.len(), 1, "{seen:?}");
-        assert!(
-            seen[0].one("x-aalgate-logout-token").is_none(),
-            "{seen:?}"
-        );
+        assert!(seen[0].one("x-aalgate-logout-token").is_none(), "{seen:?}");
     }
     // The app's form, posting what it got, signs out at once.
     let body = format!("csrf={}", got[0].one("x-aalgate-logout-token").unwrap());

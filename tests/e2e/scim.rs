@@ -545,7 +545,10 @@ fn entra_and_okta_payloads_provision_and_deprovision() {
         ],
     );
     assert_ne!(code, 0, "{err}");
-    assert!(err.contains("disabled"), "refused for another reason: {err}");
+    assert!(
+        err.contains("disabled"),
+        "refused for another reason: {err}"
+    );
     // Deleted: gone, and the name is free again, for a new account with a new id.
     assert_eq!(
         scim(p, "DELETE", &format!("/Users/{ann}"), tok, None).status,

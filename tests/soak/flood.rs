@@ -89,6 +89,7 @@ fn a_flood_stays_within_its_limits_beside_a_clinician() {
         );
         assert_eq!(r.status, 200);
     }
+    up.clear();
     let state = g.state_dir();
     let file_before = dir_bytes(&state);
     let warm_rss = rss_bytes(g.pid());
@@ -271,10 +272,18 @@ fn a_flood_stays_within_its_limits_beside_a_clinician() {
     let seen = up.seen();
     for s in &seen {
         assert_eq!(
-            (s.method.as_str(), s.target.as_str(), s.one("x-aalgate-user")),
+            (
+                s.method.as_str(),
+                s.target.as_str(),
+                s.one("x-aalgate-user")
+            ),
             ("GET", "/orders", Some("carla")),
             "forwarded during the flood"
         );
     }
-    assert_eq!(seen.len() as u64, ok, "forwarded requests vs the clinician's 200s");
+    assert_eq!(
+        seen.len() as u64,
+        ok,
+        "forwarded requests vs the clinician's 200s"
+    );
 }

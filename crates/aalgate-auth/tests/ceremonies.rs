@@ -349,10 +349,19 @@ fn wrong_origin_challenge_and_replay_are_refused() {
     }
     // ...and by nothing else: a relying party whose origin that is accepts the same kind of
     // assertion from the same key.
-    let sibling = Ceremonies::new("localhost", "http://phish.localhost:8080", &HardwareKeys::default())
-        .unwrap();
+    let sibling = Ceremonies::new(
+        "localhost",
+        "http://phish.localhost:8080",
+        &HardwareKeys::default(),
+    )
+    .unwrap();
     let (opts, st) = sibling.start_sign_in(Some(&u.credentials)).unwrap();
-    let r = SignIn::parse(&signed_for_origin(&mut pk, opts, "http://phish.localhost:8080")).unwrap();
+    let r = SignIn::parse(&signed_for_origin(
+        &mut pk,
+        opts,
+        "http://phish.localhost:8080",
+    ))
+    .unwrap();
     sibling
         .finish_sign_in(&r, st, &mut u.clone(), None, Timestamp::wall())
         .expect("the control: accepted where the origin is right");

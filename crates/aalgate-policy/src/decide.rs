@@ -459,7 +459,10 @@ mod tests {
             aal: Aal::Aal2,
             reason: ExpiryReason::Idle,
         };
-        assert_eq!(decide(&a, Some(&s), Timestamp(T0 + 30 * MIN - 1)), Decision::Allow);
+        assert_eq!(
+            decide(&a, Some(&s), Timestamp(T0 + 30 * MIN - 1)),
+            Decision::Allow
+        );
         assert_eq!(decide(&a, Some(&s), Timestamp(T0 + 30 * MIN)), idle);
         let mut busy = s;
         busy.last_seen = Timestamp(T0 + 12 * HOUR - 1);

@@ -142,7 +142,10 @@ mod tests {
         let path = dir.path().join("clock-floor");
         let c = Clock::system();
         let t = c.now();
-        assert!(t.0.abs_diff(Timestamp::wall().0) <= 1, "{t} is not the wall clock");
+        assert!(
+            t.0.abs_diff(Timestamp::wall().0) <= 1,
+            "{t} is not the wall clock"
+        );
         std::fs::write(&path, t.plus(Duration::from_secs(200)).0.to_string()).unwrap();
         let next = Clock::system();
         next.load_floor(&path);

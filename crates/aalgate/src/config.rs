@@ -363,7 +363,9 @@ pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `client_timeout`, checked: long enough for a slow network, short enough that a silent
-/// client cannot hold a connection (and what reached the upstream) for long.
+/// client cannot hold a connection (and what reached the upstream) for long. Bodies the
+/// gateway reads itself into one of its few shared slots (kept forms, per-request signing)
+/// get it as their whole time, so a trickle cannot hold a slot either.
 fn client_timeout(raw: Option<aalgate_policy::HumanDuration>) -> Result<Duration> {
     let d = raw.map_or(DEFAULT_CLIENT_TIMEOUT, |d| d.0);
     if d < Duration::from_secs(1) || d > Duration::from_secs(600) {

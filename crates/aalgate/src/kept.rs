@@ -10,7 +10,7 @@ use aalgate_session::{Flow, RequestBinding};
 use pingora::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::http::{read_limited, BodyError, Exchange};
+use crate::http::{read_limited_within, BodyError, Exchange};
 use crate::outcome::Outcome;
 use crate::pages::{self};
 use crate::preserve::{KeptRequest, NotKept, KEPT_HEADERS};
@@ -187,17 +187,20 @@ impl State {
         bind: &Token,
         person: &str,
         bound: bool,
-    ) -> std::result::Result<std::result::Result<(String, Option<RequestBinding>), NotKept>, KeepFailed>
-    {
+    ) -> std::result::Result<
+        std::result::Result<(String, Option<RequestBinding>), NotKept>,
+        KeepFailed,
+    > {
         // Each read holds up to the body limit in memory: at most this many at once.
         let Ok(_permit) = self.signin.reads.try_acquire() else {
             return Ok(Err(NotKept::Busy));
         };
-        let body = match read_limited(session, self.signin.body_limit).await {
-            Ok(b) => b,
-            Err(BodyError::TooLarge) => return Ok(Err(NotKept::TooLarge)),
-            Err(BodyError::Broken(o)) => return Err(KeepFailed::Body(o)),
-        };
+        let body =
+            match read_limited_within(session, self.signin.body_limit, self.client_timeout).await {
+                Ok(b) => b,
+                Err(BodyError::TooLarge) => return Ok(Err(NotKept::TooLarge)),
+                Err(BodyError::Broken(o)) => return Err(KeepFailed::Body(o)),
+            };
         let req = session.req_header();
         let binding = bound.then(|| {
             self.sealed_binding(aalgate_auth::signing::bind(

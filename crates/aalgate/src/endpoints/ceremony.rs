@@ -64,11 +64,15 @@ pub(crate) async fn ceremony_input<T: serde::de::DeserializeOwned>(
     let Some(bind) = x.checked_post() else {
         return x.json_error(Outcome::Csrf, MSG_FORBIDDEN).await.map(Err);
     };
-    let Some(body) = x.read_body().await else {
-        return x
-            .json_error(Outcome::BodyTooLarge, MSG_FAILED)
-            .await
-            .map(Err);
+    let body = match x.read_body().await {
+        Ok(b) => b,
+        Err(crate::http::BodyError::TooLarge) => {
+            return x
+                .json_error(Outcome::BodyTooLarge, MSG_FAILED)
+                .await
+                .map(Err)
+        }
+        Err(crate::http::BodyError::Broken(o)) => return x.broken_body(o).await.map(Err),
     };
     match serde_json::from_slice(&body) {
         Ok(r) => Ok(Ok((bind, r))),

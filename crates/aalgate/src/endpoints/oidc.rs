@@ -768,8 +768,12 @@ pub(crate) async fn backchannel_logout(st: &State, x: &mut Exchange<'_>) -> Resu
             .json_error(Outcome::BadRequest, "unknown identity provider")
             .await;
     };
-    let Some(body) = x.read_body().await else {
-        return x.json_error(Outcome::BadRequest, "no body").await;
+    let body = match x.read_body().await {
+        Ok(b) => b,
+        Err(crate::http::BodyError::TooLarge) => {
+            return x.json_error(Outcome::BadRequest, "no body").await
+        }
+        Err(crate::http::BodyError::Broken(o)) => return x.broken_body(o).await,
     };
     let Some(token) = form_urlencoded::parse(&body)
         .find(|(k, _)| k == "logout_token")

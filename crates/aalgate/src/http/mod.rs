@@ -318,10 +318,9 @@ impl Exchange<'_> {
         constant_eq(token.as_bytes(), csrf_of(bind.expose()).as_bytes()).then_some(bind)
     }
 
-    /// The body of a request to the gateway's own endpoints: `None` when it is too large or
-    /// broken off (the caller's refusal; a broken connection ends with it anyway).
-    pub(crate) async fn read_body(&mut self) -> Option<Vec<u8>> {
-        crate::http::read_limited(self.session, MAX_BODY).await.ok()
+    /// The body of a request to the gateway's own endpoints (at most `MAX_BODY`).
+    pub(crate) async fn read_body(&mut self) -> std::result::Result<Vec<u8>, BodyError> {
+        crate::http::read_limited(self.session, MAX_BODY).await
     }
 
     /// The answer to a body the client broke off: none to a client that is gone, else the
@@ -329,6 +328,8 @@ impl Exchange<'_> {
     pub(crate) async fn broken_body(&mut self, outcome: Outcome) -> Result<bool> {
         tracing::debug!(request_id = %self.ctx.request_id, outcome = outcome.label(), "request body broken off");
         if outcome == Outcome::ClientGone {
+            // Nothing to answer, and a connection with an unread body is never reused.
+            self.session.set_keepalive(None);
             self.ctx.outcome = outcome;
             return Ok(true);
         }
@@ -338,7 +339,7 @@ impl Exchange<'_> {
     /// A same-origin form POST with the page's token in its `csrf` field: its fields, or `None`.
     pub(crate) async fn form_post(&mut self) -> Option<Vec<(String, String)>> {
         let bind = self.same_origin_binding()?;
-        let body = self.read_body().await?;
+        let body = self.read_body().await.ok()?;
         let fields: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
         let want = csrf_of(bind.expose());
         fields
@@ -381,6 +382,18 @@ impl BodyError {
             _ => Outcome::BadRequest,
         })
     }
+}
+
+/// [`read_limited`] within `total` as a whole: for the reads that hold one of the few
+/// shared body slots, so a client trickling a byte per `client_timeout` cannot keep one.
+pub(crate) async fn read_limited_within(
+    session: &mut Session,
+    limit: usize,
+    total: std::time::Duration,
+) -> std::result::Result<Vec<u8>, BodyError> {
+    tokio::time::timeout(total, read_limited(session, limit))
+        .await
+        .unwrap_or(Err(BodyError::Broken(Outcome::ClientTimeout)))
 }
 
 /// The request body, up to `limit` bytes. Too large: not read at all when its length is

@@ -16,7 +16,7 @@ use pingora::prelude::*;
 use super::Gateway;
 use crate::headers;
 use crate::http::has_request_body;
-use crate::http::{browser_binding, read_limited, BodyError, Exchange};
+use crate::http::{browser_binding, read_limited_within, BodyError, Exchange};
 use crate::outcome::Outcome;
 use crate::pages::{self};
 use crate::state::{
@@ -632,7 +632,9 @@ impl Gateway {
                 let Ok(_permit) = self.signin.reads.try_acquire() else {
                     return x.error(Outcome::Busy).await;
                 };
-                match read_limited(x.session, self.signin.body_limit).await {
+                match read_limited_within(x.session, self.signin.body_limit, self.client_timeout)
+                    .await
+                {
                     Ok(b) => Some(b),
                     Err(BodyError::Broken(o)) => return x.broken_body(o).await,
                     Err(BodyError::TooLarge) => {

@@ -158,8 +158,18 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.tls = self.browser_https(session);
         // Every body read of this request (the gateway's own and the one forwarded) may wait
-        // this long for the client; then 408 (`fail_to_proxy`).
-        session.set_read_timeout(Some(self.client_timeout));
+        // this long for the client; then 408 (`fail_to_proxy`). An upgrade's connection is a
+        // WebSocket's: its own silence limit (shortened to the session's end where one is
+        // watched). HTTP/2 has no read timeout in pingora; the listeners offer only HTTP/1.1.
+        let upgrade = session
+            .req_header()
+            .headers
+            .contains_key(http::header::UPGRADE);
+        session.set_read_timeout(Some(if upgrade {
+            crate::state::WEBSOCKET_SILENCE
+        } else {
+            self.client_timeout
+        }));
         let mut x = Exchange::new(self, session, ctx);
         // 1. A head the gateway and every upstream read alike, with one Host.
         let host = match self.well_formed(x.session) {
@@ -289,8 +299,8 @@ impl ProxyHttp for Gateway {
 
     /// pingora's own "Fail to proxy" line, silenced for what a client caused (logged at
     /// debug in `fail_to_proxy`, which runs first and sets the outcome).
-    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _error: &Error) -> bool {
-        client_caused(ctx.outcome)
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, error: &Error) -> bool {
+        client_caused(ctx.outcome, error)
     }
 
     /// Upstream failures get the gateway's own page: 504 when the upstream did not answer in
@@ -316,7 +326,7 @@ impl ProxyHttp for Gateway {
         // A browser that went away (an aborted image, a closed tab), fell silent or sent a
         // body that does not parse is no failure of ours; metrics and the audit count them,
         // and an anonymous client cannot fill the log with them.
-        if client_caused(outcome) {
+        if client_caused(outcome, e) {
             tracing::debug!(request_id = %ctx.request_id, status = code, error = %e, "the client broke the request off");
         } else {
             tracing::warn!(request_id = %ctx.request_id, status = code, error = %e, "proxying failed");
@@ -395,11 +405,14 @@ impl ProxyHttp for Gateway {
     }
 }
 
-/// Failures of the client's half of a request: a client gone, silent, or sending a body that
-/// does not parse.
-fn client_caused(outcome: Outcome) -> bool {
-    matches!(
-        outcome,
-        Outcome::ClientGone | Outcome::ClientTimeout | Outcome::BadRequest
-    )
+/// Failures of the client's half of a request: a client gone, silent, or sending a chunked
+/// body that does not parse. Other refusals of a client's request (pingora's own checks on
+/// an admitted one) stay warnings: they may be probes worth seeing.
+fn client_caused(outcome: Outcome, e: &Error) -> bool {
+    match outcome {
+        Outcome::ClientGone | Outcome::ClientTimeout => true,
+        // pingora's own (crate-private) error type for a broken chunked body.
+        Outcome::BadRequest => e.etype().as_str() == "InvalidChunk",
+        _ => false,
+    }
 }
