@@ -275,8 +275,9 @@ fn soak() {
     let mut samples: Vec<(f64, u64)> = Vec::new();
     let mut restarts = 0;
     let mut recovered = Vec::new();
-    // From each master's kill to its session's recovery plus 1 s (a request sent while
-    // Redis was gone, answered just after): the only times a valid session may get a 503.
+    // From each master's kill until a session is served again and the cluster has settled,
+    // plus 1 s (a request sent while Redis was gone, answered just after): the only times a
+    // valid session may get a 503.
     let mut outages: Vec<(Duration, Duration)> = Vec::new();
     while started.elapsed() < run {
         std::thread::sleep(Duration::from_secs(1));
@@ -305,6 +306,9 @@ fn soak() {
                 std::thread::sleep(Duration::from_millis(100));
             }
             recovered.push((ok, t0.elapsed()));
+            // The outage lasts until the cluster has settled too (both replicas online again:
+            // until then a master without the replicas writes wait for may be refused).
+            redis.wait_settled(Duration::from_secs(20));
             outages.push((down_at, started.elapsed() + Duration::from_secs(1)));
         }
     }
@@ -371,14 +375,26 @@ fn soak() {
     let valid_all: u64 = t.iter().filter(|((k, _), _)| *k == 1).map(|(_, n)| n).sum();
     // 503 only while a master was gone. Every valid request then gets one once its cached
     // second runs out (fail closed), so their share is about the outages' share of the run
-    // (2 x 3 s of 150 s, 4%): the windows are held short, and the share to the windows'.
-    assert!(
-        stray_503.is_empty(),
-        "valid sessions got 503 outside the failovers at {stray_503:?}\n{report}"
-    );
+    // (2 x 4 s of 150 s, 5%): the windows are held short, and the share to the windows'.
+    if !stray_503.is_empty() {
+        let (first, last) = (
+            stray_503.iter().min().copied().copied().unwrap_or_default(),
+            stray_503.iter().max().copied().copied().unwrap_or_default(),
+        );
+        let log = g.log();
+        let loud: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("master"))
+            .collect();
+        panic!(
+            "valid sessions got {} 503s outside the failovers, from {first:?} to {last:?}\n{report}\ngateway log:\n{}",
+            stray_503.len(),
+            loud.join("\n")
+        );
+    }
     for (from, to) in &outages {
         assert!(
-            *to - *from < Duration::from_secs(8),
+            *to - *from < Duration::from_secs(10),
             "an outage from {from:?} to {to:?}\n{report}"
         );
     }
