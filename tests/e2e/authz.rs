@@ -438,9 +438,10 @@ fn a_websocket_closes_when_its_person_loses_the_route() {
         matches!(staying.read(&mut b), Ok(0)),
         "an AAL2 connection stayed open on a route raised to AAL3"
     );
-    // The reload, then the once-a-second check.
+    // The reload, then the once-a-second check (CI saw 2.0 s: the reload lands just after
+    // a check).
     assert!(
-        t.elapsed() < Duration::from_millis(2000),
+        t.elapsed() < Duration::from_millis(2500),
         "closed only after {:?}",
         t.elapsed()
     );
@@ -465,7 +466,7 @@ fn a_websocket_closes_when_its_person_loses_the_route() {
         "a connection the reloaded policy no longer allows stayed open"
     );
     assert!(
-        t.elapsed() < Duration::from_millis(2000),
+        t.elapsed() < Duration::from_millis(2500),
         "closed only after {:?}",
         t.elapsed()
     );
