@@ -186,16 +186,19 @@ impl Sentinels {
     }
 }
 
-/// The master a majority's answers name.
+/// The master a majority's answers name, or `Down` when they cannot tell.
 ///
-/// - The highest `config-epoch` wins.
-/// - A Sentinel that is leading a failover is left out: it reports the new epoch with the old
-///   master's address until every replica is reconfigured (about 1-4 s).
-/// - Answers of the top epoch that name different masters tell nothing yet.
-///
-/// Reply order used to break ties, so a connection that had just found the new master was
-/// dropped again, at random, while the leader finished (seen in the soak as 1.6 s of 503s
-/// after the recovery).
+/// - The highest `config-epoch` among settled answers wins, and all of its answers must name
+///   the same master.
+/// - A Sentinel that is leading a failover reports the new epoch with the old master's
+///   address until every replica is reconfigured (about 1-4 s). Its answer does not pick the
+///   master: reply order used to break epoch ties, so a connection that had just found the
+///   new master was dropped again at random (seen in the soak as 1.6 s of 503s after the
+///   recovery).
+/// - But it vetoes: a failover answer of a higher epoch than every settled one (the others
+///   have not heard of the promotion yet, or a stale minority still sees the old master), or
+///   one that names the master the others name (the failover is moving away from it), means
+///   no master for now.
 fn choose(answers: &[HashMap<String, String>]) -> Named {
     let flags = |m: &HashMap<String, String>| m.get("flags").cloned().unwrap_or_default();
     let has = |m: &HashMap<String, String>, f: &str| flags(m).split(',').any(|x| x == f);
@@ -204,12 +207,16 @@ fn choose(answers: &[HashMap<String, String>]) -> Named {
             .and_then(|e| e.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    let settled: Vec<&HashMap<String, String>> = answers
-        .iter()
-        .filter(|m| !has(m, "failover_in_progress"))
-        .collect();
+    let address = |m: &HashMap<String, String>| {
+        (
+            m.get("ip").cloned(),
+            m.get("port").and_then(|p| p.parse::<u16>().ok()),
+        )
+    };
+    let (failing_over, settled): (Vec<_>, Vec<_>) =
+        answers.iter().partition(|m| has(m, "failover_in_progress"));
     let Some(top) = settled.iter().map(|m| epoch(m)).max() else {
-        return Named::Unknown("a failover is in progress".into());
+        return Named::Down("a failover is in progress".into());
     };
     let tops: Vec<&HashMap<String, String>> =
         settled.into_iter().filter(|m| epoch(m) == top).collect();
@@ -219,17 +226,17 @@ fn choose(answers: &[HashMap<String, String>]) -> Named {
             flags(down)
         ));
     }
-    let address = |m: &HashMap<String, String>| {
-        (
-            m.get("ip").cloned(),
-            m.get("port").and_then(|p| p.parse::<u16>().ok()),
-        )
-    };
     let first = address(tops[0]);
     if tops.iter().any(|m| address(m) != first) {
-        return Named::Unknown(format!(
+        return Named::Down(format!(
             "the sentinels of epoch {top} name different masters"
         ));
+    }
+    if failing_over
+        .iter()
+        .any(|m| epoch(m) > top || address(m) == first)
+    {
+        return Named::Down("a failover away from this master is in progress".into());
     }
     match first {
         (Some(ip), Some(port)) => Named::Master(ip, port),
@@ -275,10 +282,15 @@ mod tests {
                 all.rotate_left(1);
             }
         }
-        // Only the leader knows the new epoch yet: nothing is known until it is done.
+        // Only the leader knows the new epoch yet: no master until the others hear of it,
+        // even from a stale minority that still sees the old master up (a partition).
         let old = answer(1, 6379, "master,s_down,o_down");
-        assert_eq!(name(&[leader.clone(), old.clone(), old.clone()]), "down");
-        assert_eq!(name(&[leader.clone(), leader]), "unknown");
+        assert_eq!(name(&[leader.clone(), old.clone(), old]), "down");
+        assert_eq!(name(&[leader.clone(), answer(1, 6379, "master")]), "down");
+        assert_eq!(name(&[leader.clone(), leader]), "down");
+        // Before the promotion the leader still names the old master: it is being left.
+        let electing = answer(1, 6379, "master,failover_in_progress");
+        assert_eq!(name(&[electing, answer(1, 6379, "master")]), "down");
     }
 
     #[test]
@@ -288,7 +300,7 @@ mod tests {
             name(&[old.clone(), new.clone(), old.clone()]),
             "master 6380"
         );
-        assert_eq!(name(&[new.clone(), answer(2, 6381, "master")]), "unknown");
+        assert_eq!(name(&[new.clone(), answer(2, 6381, "master")]), "down");
         assert_eq!(name(&[new, answer(2, 6380, "master,s_down")]), "down");
         assert_eq!(name(&[old]), "master 6379");
     }
