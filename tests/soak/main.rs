@@ -279,6 +279,8 @@ fn soak() {
     // plus 1 s (a request sent while Redis was gone, answered just after): the only times a
     // valid session may get a 503.
     let mut outages: Vec<(Duration, Duration)> = Vec::new();
+    // From each kill until the probe's session was served again.
+    let mut back: Vec<Duration> = Vec::new();
     while started.elapsed() < run {
         std::thread::sleep(Duration::from_secs(1));
         let frac = started.elapsed().as_secs_f64() / run.as_secs_f64();
@@ -306,6 +308,7 @@ fn soak() {
                 std::thread::sleep(Duration::from_millis(100));
             }
             recovered.push((ok, t0.elapsed()));
+            back.push(started.elapsed() - down_at);
             // The outage lasts until the cluster has settled too (both replicas online again:
             // until then a master without the replicas writes wait for may be refused).
             redis.wait_settled(Duration::from_secs(20));
@@ -345,7 +348,7 @@ fn soak() {
     );
     report.push_str(&by_kind(&t, &seen));
     report.push_str(&format!(
-        "  forwarded without a valid session: {}\n  recovery after failovers: {:?}\n  valid sessions answered 503: {} (outages {outages:?}), {} outside them\n  gateway RSS: {warm} KiB after warm-up, {end} KiB at the end ({:+.1}%)\n",
+        "  forwarded without a valid session: {}\n  recovery after failovers: {:?}\n  valid sessions answered 503: {} (outages {outages:?}, back after {back:?}), {} outside them\n  gateway RSS: {warm} KiB after warm-up, {end} KiB at the end ({:+.1}%)\n",
         seen.violations.load(Ordering::Relaxed),
         recovered,
         valid_503.len(),
@@ -392,10 +395,12 @@ fn soak() {
             loud.join("\n")
         );
     }
-    for (from, to) in &outages {
+    // The gateway is back within a few seconds of each kill (failover about 2.5 s, then the
+    // restart of the killed node); the cluster may take longer to settle (the windows).
+    for b in &back {
         assert!(
-            *to - *from < Duration::from_secs(10),
-            "an outage from {from:?} to {to:?}\n{report}"
+            *b < Duration::from_secs(8),
+            "a session was served again only {b:?} after the kill\n{report}"
         );
     }
     let unavailable = valid_503.len() as u64;
