@@ -523,6 +523,11 @@ impl Gateway {
         Gateway::start_with(None, policies, Front::Tls, "", None)
     }
 
+    /// As [`Gateway::start_tls`], with extra config lines.
+    pub fn start_tls_extra(policies: &[(&str, &str)], extra: &str) -> Gateway {
+        Gateway::start_with(None, policies, Front::Tls, extra, None)
+    }
+
     /// As [`Gateway::start_extra`], as deployed behind a TLS-terminating load balancer: a
     /// plain listener with `external_port: 443`, `insecure_http: true` and
     /// `public_origin: https://localhost`. Requests reach it in plain HTTP, with a `Host`
@@ -1248,4 +1253,91 @@ impl Drop for OidcProvider {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// An HTTP/2 exchange as `tests/h2client.py` reports it (see there): one fresh TLS connection
+/// per request, with ALPN h2, sending exactly the given headers.
+#[derive(Debug, serde::Deserialize)]
+pub struct H2Answer {
+    /// The protocol the server chose by ALPN (`None`: no TLS, or none).
+    pub alpn: Option<String>,
+    /// The response status (`None`: no response, e.g. the stream was reset).
+    pub status: Option<u16>,
+    /// Response headers (pseudo-headers included).
+    pub headers: Vec<(String, String)>,
+    /// Response body (Latin-1).
+    pub body: String,
+    /// The stream's RST_STREAM error code, if the server reset it.
+    pub reset: Option<String>,
+    /// The connection's GOAWAY error code, if the server ended it.
+    pub goaway: Option<String>,
+    /// Seconds from sending the headers to the end of the exchange.
+    pub elapsed: f64,
+    /// The client's own failure (a refused connection).
+    #[serde(default)]
+    pub error: Option<String>,
+    /// With `streams`: each stream's status.
+    #[serde(default)]
+    pub statuses: Vec<Option<u16>>,
+}
+
+impl H2Answer {
+    /// Whether the server refused the request: a 4xx or 5xx answer, a reset stream or an ended
+    /// connection.
+    pub fn refused(&self) -> bool {
+        self.status.is_none_or(|s| s >= 400)
+    }
+}
+
+/// Sends HTTP/2 requests with `tests/h2client.py` (Python's hyper-h2, installed by
+/// `tests/run.sh`), which sends malformed requests exactly as given: each request is a JSON
+/// object as that script documents.
+pub fn h2_send(requests: &[serde_json::Value]) -> Vec<H2Answer> {
+    use std::io::Write as _;
+    let mut child = Command::new("python3")
+        .arg(workspace().join("tests/h2client.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 (tests/run.sh installs the h2 package)");
+    let input = serde_json::to_vec(requests).expect("requests as JSON");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&input)
+        .expect("write requests");
+    let out = child.wait_with_output().expect("h2client.py");
+    assert!(
+        out.status.success(),
+        "h2client.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answers: Vec<H2Answer> =
+        serde_json::from_slice(&out.stdout).expect("h2client.py answers as JSON");
+    assert_eq!(answers.len(), requests.len());
+    answers
+}
+
+/// The headers of an HTTP/2 request: the four pseudo-headers (`:authority` left out when
+/// `None`), then `extra` in order.
+pub fn h2_headers(
+    method: &str,
+    authority: Option<&str>,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> serde_json::Value {
+    let mut h = vec![
+        serde_json::json!([":method", method]),
+        serde_json::json!([":scheme", "https"]),
+    ];
+    if let Some(a) = authority {
+        h.push(serde_json::json!([":authority", a]));
+    }
+    h.push(serde_json::json!([":path", path]));
+    for (n, v) in extra {
+        h.push(serde_json::json!([n, v]));
+    }
+    serde_json::Value::Array(h)
 }

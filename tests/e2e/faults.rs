@@ -473,7 +473,8 @@ fn sigterm_lets_in_flight_requests_finish() {
 }
 
 /// A client that sends a request's head and part of its body, then nothing, gets 408 once
-/// `client_timeout` passes, on a forwarded route (the upstream saw the head and sees the
+/// `client_timeout` passes: on a forwarded route (a small body is read whole first, so the
+/// upstream sees nothing; a large one streams, so the upstream saw the head and sees the
 /// request end unfinished) and on a step-up route whose body the gateway reads itself to keep
 /// it (nothing is kept, nothing forwarded).
 #[test]
@@ -488,17 +489,19 @@ fn a_client_that_stops_mid_request_gets_408() {
     // Signed in 10 min ago: /confirm asks for a step-up, and keeps the form.
     let stale = make_session(&store, &h, "sid", Aal::Aal2, 600, 1);
     let fresh = make_session(&store, &h, "sal", Aal::Aal2, 60, 1);
-    for (target, cookie, forwarded) in [
-        ("/static/upload", None, true),
-        ("/orders", Some(&fresh), true),
-        ("/confirm", Some(&stale), false),
+    for (target, cookie, length, forwarded) in [
+        ("/static/upload", None, 100, false),
+        ("/orders", Some(&fresh), 100, false),
+        ("/static/upload", None, 100_000, true),
+        ("/orders", Some(&fresh), 100_000, true),
+        ("/confirm", Some(&stale), 100, false),
     ] {
         up.clear();
         let mut c = TcpStream::connect(("127.0.0.1", g.port)).expect("connect");
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let cookie = cookie.map_or(String::new(), |c| format!("Cookie: aalgate={c}\r\n"));
         let head = format!(
-            "POST {target} HTTP/1.1\r\nHost: {h}\r\n{cookie}Origin: http://{h}\r\nSec-Fetch-Mode: navigate\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nnote=part"
+            "POST {target} HTTP/1.1\r\nHost: {h}\r\n{cookie}Origin: http://{h}\r\nSec-Fetch-Mode: navigate\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {length}\r\n\r\nnote=part"
         );
         c.write_all(head.as_bytes()).unwrap();
         let t0 = Instant::now();
@@ -528,8 +531,41 @@ fn a_client_that_stops_mid_request_gets_408() {
         } else {
             Vec::new()
         };
-        assert_eq!(seen, expected, "{target}: what the upstream saw");
+        assert_eq!(seen, expected, "{target} ({length}): what the upstream saw");
     }
+    // Nor can a trickle hold a small body's read on a public route: it gets the same bound.
+    let mut c = TcpStream::connect(("127.0.0.1", g.port)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(
+        format!("POST /static/upload HTTP/1.1\r\nHost: {h}\r\nContent-Length: 100\r\n\r\n")
+            .as_bytes(),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let mut w = c.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..30 {
+            std::thread::sleep(Duration::from_millis(300));
+            if w.write_all(b"n").is_err() {
+                break;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut c, &mut answer);
+    let took = t0.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "public trickle: {answer:.300}"
+    );
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_millis(1800),
+        "public trickle: 408 after {took:?}"
+    );
+    drop(c);
+    let _ = trickle.join();
+    assert!(up.seen().is_empty(), "{:?}", up.seen());
     // A trickle (a byte every 300 ms, never silent for the 1 s) cannot hold one of the few
     // slots the gateway reads kept forms into: the whole body gets client_timeout.
     let mut c = TcpStream::connect(("127.0.0.1", g.port)).expect("connect");

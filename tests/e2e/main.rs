@@ -9,6 +9,7 @@ mod browser;
 mod cli;
 mod deploy;
 mod faults;
+mod h2;
 mod kept;
 mod listeners;
 mod oidc;

@@ -186,6 +186,9 @@ struct RawListener {
     name: Option<String>,
     #[serde(default)]
     external_port: Option<u16>,
+    /// HTTP/2 by ALPN on a TLS listener (default on). Never on plain HTTP: h2c is refused.
+    #[serde(default)]
+    http2: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -220,6 +223,8 @@ pub struct Listener {
     pub external_port: u16,
     /// The port a `Host` without one means: 443 when browsers reach it over https.
     pub default_port: u16,
+    /// Offers HTTP/2 by ALPN (TLS listeners only; HTTP/1.1 stays the fallback).
+    pub http2: bool,
 }
 
 impl Listener {
@@ -456,6 +461,9 @@ impl Config {
                     "listen {addr}: name {name:?} is used twice; give each listener its own name"
                 );
             }
+            if l.tls.is_none() && l.http2 == Some(true) {
+                bail!("listen {addr}: http2 needs tls: browsers negotiate HTTP/2 by ALPN, and cleartext HTTP/2 (h2c) is refused; add tls: {{cert, key}} or remove http2");
+            }
             if l.external_port == Some(0) {
                 bail!("listen {addr}: external_port 0 is not a port");
             }
@@ -466,6 +474,7 @@ impl Config {
             };
             listen.push(Listener {
                 addr,
+                http2: l.tls.is_some() && l.http2.unwrap_or(true),
                 tls: l.tls.map(|t| (rel(t.cert), rel(t.key))),
                 name,
                 external_port: l.external_port.unwrap_or(addr.port()),

@@ -410,11 +410,67 @@ fn init_logging(format: LogFormat) {
         .with_env_filter(filter)
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let _ = match format {
         // JSON strings escape control characters already.
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.fmt_fields(OneLineFields).try_init(),
+        LogFormat::Json => builder.json().finish().with(QuietHandshakes).try_init(),
+        LogFormat::Text => builder
+            .fmt_fields(OneLineFields)
+            .finish()
+            .with(QuietHandshakes)
+            .try_init(),
     };
+}
+
+/// Drops pingora's ERROR line for each client handshake that fails (a TLS client that hangs up
+/// or rejects the certificate, a scanner, a broken HTTP/2 preface) and counts it in
+/// `aalgate_client_handshake_failures_total`: anyone who can reach the port could otherwise
+/// fill the log. pingora's other errors are kept.
+struct QuietHandshakes;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for QuietHandshakes {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        // pingora logs through the `log` crate: its records arrive with the target and the
+        // message as fields.
+        if *event.metadata().level() != tracing::Level::ERROR {
+            return true;
+        }
+        let mut m = HandshakeMessage::default();
+        event.record(&mut m);
+        let failed = m.pingora && m.handshake;
+        if failed {
+            aalgate::metrics::CLIENT_HANDSHAKE_FAILURES.inc();
+        }
+        !failed
+    }
+}
+
+/// Whether an event is one of pingora's client handshake failures.
+#[derive(Default)]
+struct HandshakeMessage {
+    pingora: bool,
+    handshake: bool,
+}
+
+impl tracing::field::Visit for HandshakeMessage {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "log.target" {
+            self.pingora = value.starts_with("pingora_core::");
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let text = format!("{value:?}");
+            self.handshake =
+                text.starts_with("Downstream handshake") || text.starts_with("H2 handshake error");
+        }
+    }
 }
 
 /// Text-log fields with every control character escaped (`\n`, `\r`, `\u{1b}`): a value from
@@ -715,6 +771,7 @@ fn demo_config(
             name: "public".into(),
             external_port: listen.port(),
             default_port: 80,
+            http2: false,
         }],
         admin_listen: Some(admin),
         public_origin: format!("http://localhost:{}", listen.port()),
@@ -957,9 +1014,16 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
         listeners: cfg.listen.clone(),
         hsts: cfg.hsts,
         clock: clock.clone(),
+        read_ahead: tokio::sync::Semaphore::new(aalgate::state::READ_AHEAD_SLOTS),
     });
     let mut inner = pingora::proxy::HttpProxy::new(gw, server.configuration.clone());
     inner.handle_init_modules();
+    // An HTTP/2 connection with no stream open is closed after the client timeout, as an idle
+    // HTTP/1.1 one is. pingora's h2 defaults already bound a connection: 100 concurrent
+    // streams, a 64 KiB header list, 32 malformed streams; h2c stays off.
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2_idle_timeout = Some(cfg.client_timeout);
+    inner.server_options = Some(options);
     let mut proxy = Service::new(
         "Pingora HTTP Proxy Service".to_string(),
         Draining(Arc::new(inner)),
@@ -976,8 +1040,12 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
             None => endpoint,
             Some((cert, key)) => {
                 let (c, k) = (cert.to_string_lossy(), key.to_string_lossy());
-                let tls = pingora::listeners::tls::TlsSettings::intermediate(&c, &k)
+                let mut tls = pingora::listeners::tls::TlsSettings::intermediate(&c, &k)
                     .map_err(|e| anyhow::anyhow!("TLS listener {addr}: {e}"))?;
+                if l.http2 {
+                    // ALPN offers h2 and http/1.1; a client that offers neither gets HTTP/1.1.
+                    tls.enable_h2();
+                }
                 endpoint.tls(tls)
             }
         };

@@ -27,6 +27,18 @@ pub const END_REASONS: [&str; 5] = ["idle", "absolute", "logout", "revoked", "sw
 /// Kinds of challenge.
 pub const CHALLENGE_KINDS: [&str; 3] = ["login", "step_up", "reauth"];
 
+/// Handshakes (TLS, HTTP/2) that clients broke off or got wrong. pingora logs each as an
+/// ERROR; anonymous clients could fill the log with them, so they are counted here instead
+/// (see `QuietHandshakes` in the binary). One counter for the process, in every registry.
+pub static CLIENT_HANDSHAKE_FAILURES: std::sync::LazyLock<IntCounter> =
+    std::sync::LazyLock::new(|| {
+        IntCounter::new(
+            "aalgate_client_handshake_failures_total",
+            "TLS and HTTP/2 handshakes that clients broke off or got wrong (counted, not logged).",
+        )
+        .unwrap_or_else(|_| unreachable!("a valid metric name"))
+    });
+
 /// Every metric aalgate exports.
 pub struct Metrics {
     registry: Registry,
@@ -257,7 +269,10 @@ impl Metrics {
                 r.register(Box::new(c.clone()))?;
                 c
             },
-            registry: r,
+            registry: {
+                r.register(Box::new(CLIENT_HANDSHAKE_FAILURES.clone()))?;
+                r
+            },
         };
         for o in KEPT_OUTCOMES {
             m.kept_forms.with_label_values(&[o]);

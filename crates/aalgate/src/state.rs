@@ -219,7 +219,13 @@ pub struct State {
     pub hsts: bool,
     /// The time admissions are made at: never runs backwards.
     pub clock: Arc<crate::clock::Clock>,
+    /// Slots for reading small request bodies whole before the app is contacted
+    /// ([`crate::http::READ_AHEAD`] each, so [`READ_AHEAD_SLOTS`] × 64 KiB at most).
+    pub read_ahead: tokio::sync::Semaphore,
 }
+
+/// How many request bodies may be read ahead at once; beyond that, bodies stream as they come.
+pub const READ_AHEAD_SLOTS: usize = 256;
 
 /// Per-request state, written by the phases and read once in `logging`.
 pub struct Ctx {
@@ -258,6 +264,9 @@ pub struct Ctx {
     /// A kept form this request sends on (`/.aalgate/resume`): its audit line has the
     /// method and path the upstream sees, and the kept request's id.
     pub(crate) replay: Option<Replay>,
+    /// The length of a request body read whole before forwarding: the app gets it as
+    /// `Content-Length` (legacy apps may not read a chunked request body).
+    pub(crate) body_length: Option<usize>,
 }
 
 /// The person behind a request that was not admitted.

@@ -9,6 +9,7 @@ use aalgate_policy::Aal;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::protocols::http::ServerSession;
 
 use crate::headers;
 use crate::outcome::Outcome;
@@ -23,6 +24,72 @@ pub(crate) fn has_request_body(req: &RequestHeader) -> bool {
         .and_then(|v| v.to_str().ok())
         .map(str::trim);
     req.headers.contains_key(http::header::TRANSFER_ENCODING) || cl.is_some_and(|v| v != "0")
+}
+
+/// Whether the request carries a body. HTTP/1 declares one (Content-Length or
+/// Transfer-Encoding); an HTTP/2 request has one unless its headers ended the stream, with or
+/// without a Content-Length.
+pub(crate) fn has_body(session: &Session) -> bool {
+    match session.as_downstream() {
+        ServerSession::H2(h2) => !h2.is_body_empty(),
+        _ => has_request_body(session.req_header()),
+    }
+}
+
+/// Bodies up to this size are read whole, within the client timeout, before the app is
+/// contacted (as nginx buffers requests): a client that stalls or breaks one off gets 408 or
+/// 400 and the app sees nothing. It fits pingora's 64 KiB retry buffer, which then sends it:
+/// an HTTP/2 read returns one DATA frame (at most 16 KiB), so reading stops below 64 KiB.
+pub(crate) const READ_AHEAD: usize = 48 * 1024;
+
+/// Reads a small request body ahead (see [`READ_AHEAD`]), or leaves the body to stream: a
+/// larger or unsized HTTP/1 body, one announced with `Expect: 100-continue` (the app answers
+/// the 100), an upgrade, or all slots taken. An HTTP/2 body without a length is read up to
+/// [`READ_AHEAD`] and the rest streams. Returns the body's length when it was read whole.
+pub(crate) async fn read_ahead(
+    session: &mut Session,
+    slots: &tokio::sync::Semaphore,
+    total: std::time::Duration,
+) -> std::result::Result<Option<usize>, Outcome> {
+    if !has_body(session) {
+        return Ok(None);
+    }
+    let req = session.req_header();
+    let declared = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let h2 = matches!(session.as_downstream(), ServerSession::H2(_));
+    let sized = declared.map_or(h2, |n| n <= READ_AHEAD);
+    if !sized
+        || req.headers.contains_key(http::header::EXPECT)
+        || req.headers.contains_key(http::header::UPGRADE)
+    {
+        return Ok(None);
+    }
+    let Ok(_slot) = slots.try_acquire() else {
+        return Ok(None);
+    };
+    session.as_downstream_mut().enable_retry_buffering();
+    let read = async {
+        let mut read = 0;
+        while read < READ_AHEAD {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => read += chunk.len(),
+                Ok(None) => return Ok(Some(read)),
+                Err(e) => return Err(BodyError::from_read(&e)),
+            }
+        }
+        Ok(None)
+    };
+    // In total, not per read: a slot is not held by a trickle.
+    match tokio::time::timeout(total, read).await {
+        Ok(Ok(whole)) => Ok(whole),
+        Ok(Err(BodyError::Broken(o))) => Err(o),
+        Ok(Err(BodyError::TooLarge)) => Err(Outcome::BadRequest),
+        Err(_) => Err(Outcome::ClientTimeout),
+    }
 }
 
 /// The store is down: constant words for users; the detail goes to the log.
@@ -57,7 +124,7 @@ impl Exchange<'_> {
         let req = self.session.req_header();
         let head = req.method == http::Method::HEAD;
         // A body the client is still sending would be read as the next request: close instead.
-        if has_request_body(req) {
+        if has_body(self.session) {
             self.session.set_keepalive(None);
         }
         let mut resp = ResponseHeader::build(reply.status, Some(8))?;

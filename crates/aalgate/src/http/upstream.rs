@@ -57,6 +57,12 @@ pub(crate) fn prepare_request(
     upstream.set_raw_path(target.path_and_query().as_bytes())?;
     // The upstream sees the host that matching used, not another spelling of it.
     upstream.insert_header(http::header::HOST, ctx.host.as_str())?;
+    // A body read whole goes with its length, as nginx sends a buffered one; otherwise pingora
+    // sends an HTTP/2 body of unknown length chunked.
+    if let Some(n) = ctx.body_length {
+        upstream.remove_header(&http::header::TRANSFER_ENCODING);
+        upstream.insert_header(http::header::CONTENT_LENGTH, n.to_string())?;
+    }
 
     // pingora has already removed hop-by-hop headers and those named in Connection (and
     // refuses a Connection that names Host or X-Forwarded-*); what is left of Connection

@@ -15,7 +15,7 @@ use pingora::prelude::*;
 
 use super::Gateway;
 use crate::headers;
-use crate::http::has_request_body;
+use crate::http::has_body;
 use crate::http::{browser_binding, read_limited_within, BodyError, Exchange};
 use crate::outcome::Outcome;
 use crate::pages::{self};
@@ -380,7 +380,7 @@ impl Gateway {
         let signed: Option<aalgate_session::RequestBinding> = serde_json::from_slice(&grant)
             .ok()
             .and_then(|b| self.opened_binding(&b));
-        let has_body = has_request_body(session.req_header());
+        let has_body = has_body(session);
         Some(signed.filter(|b| {
             b.body == has_body
                 && (b.body || aalgate_auth::signing::matches(b, method, &host, &url, None))
@@ -628,7 +628,7 @@ impl Gateway {
                 return x.refuse(Outcome::PerRequestForeign, "Start this from the application", &format!("This action in {app} needs your signature, and it did not come from {app} itself. Open {app} and start it there."))
                     .await;
             }
-            let body = if has_request_body(req) {
+            let body = if has_body(x.session) {
                 let Ok(_permit) = self.signin.reads.try_acquire() else {
                     return x.error(Outcome::Busy).await;
                 };

@@ -152,6 +152,7 @@ impl ProxyHttp for Gateway {
             verify_body: None,
             audit: Default::default(),
             replay: None,
+            body_length: None,
         }
     }
 
@@ -160,7 +161,9 @@ impl ProxyHttp for Gateway {
         // Every body read of this request (the gateway's own and the one forwarded) may wait
         // this long for the client; then 408 (`fail_to_proxy`). An upgrade's connection is a
         // WebSocket's: its own silence limit (shortened to the session's end where one is
-        // watched). HTTP/2 has no read timeout in pingora; the listeners offer only HTTP/1.1.
+        // watched). pingora's HTTP/2 has no read timeout: there, the read ahead (step 5) gives
+        // small bodies this deadline in total, and a larger body that stalls past its first
+        // 48 KiB is ended by `upstream_timeout` (the app waiting for it falls silent).
         let upgrade = session
             .req_header()
             .headers
@@ -194,7 +197,18 @@ impl ProxyHttp for Gateway {
             return crate::endpoints::dispatch(self, &mut x, &path).await;
         }
         // 4. The rule, the session and [`admit`].
-        self.admission(&mut x, &host).await
+        if self.admission(&mut x, &host).await? {
+            return Ok(true);
+        }
+        // 5. Forwarded: a small body is read whole first, so the app never sees a request
+        // whose body stalls or breaks off.
+        match crate::http::read_ahead(x.session, &self.read_ahead, self.client_timeout).await {
+            Ok(whole) => {
+                x.ctx.body_length = whole;
+                Ok(false)
+            }
+            Err(o) => x.broken_body(o).await,
+        }
     }
 
     async fn request_body_filter(

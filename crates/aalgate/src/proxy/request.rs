@@ -133,19 +133,7 @@ impl Gateway {
             return Err(Outcome::BadFraming);
         }
 
-        // Exactly one Host header.
-        let mut hosts = req.headers.get_all(http::header::HOST).iter();
-        let (Some(host_value), None) = (hosts.next(), hosts.next()) else {
-            return Err(Outcome::BadHost);
-        };
-        let Some(host) = host_value
-            .to_str()
-            .ok()
-            .and_then(|h| HostPort::parse(h).ok())
-        else {
-            return Err(Outcome::BadHost);
-        };
-        Ok(host)
+        request_host(session)
     }
 
     /// Phase 2: normalizes the target once (as the host's app says), and checks the listener
@@ -193,6 +181,38 @@ impl Gateway {
             return Err(own_status(Outcome::ForeignListener));
         }
         Ok(app.is_some())
+    }
+}
+
+/// The one host a request names. HTTP/1: exactly one Host header (an absolute-form target's
+/// authority is checked against it later). HTTP/2: the `:authority`, which every Host header
+/// sent beside it must name too; without one, exactly one Host header. So each admission check
+/// sees the same host whichever version carried the request.
+pub(crate) fn request_host(session: &Session) -> std::result::Result<HostPort, Outcome> {
+    let req = session.req_header();
+    let parse = |v: &[u8]| {
+        std::str::from_utf8(v)
+            .ok()
+            .and_then(|h| HostPort::parse(h).ok())
+            .ok_or(Outcome::BadHost)
+    };
+    let authority = match session.as_downstream() {
+        ServerSession::H1(_) => None,
+        _ => req.uri.authority(),
+    };
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    match authority {
+        Some(a) => {
+            let host = parse(a.as_str().as_bytes())?;
+            if hosts.any(|h| h.as_bytes() != a.as_str().as_bytes()) {
+                return Err(Outcome::BadHost);
+            }
+            Ok(host)
+        }
+        None => match (hosts.next(), hosts.next()) {
+            (Some(h), None) => parse(h.as_bytes()),
+            _ => Err(Outcome::BadHost),
+        },
     }
 }
 
