@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """An HTTP/2 client that sends what it is told, for the end-to-end tests (`tests/e2e/h2.rs`).
 
-Reads a JSON list of requests on stdin and writes a JSON list of answers on stdout. Each request
+Reads a JSON list of requests on stdin and writes a JSON list of answers on stdout (with
+`--lines`: one request per line, each answered on its own line as soon as it is done). Each request
 goes on a fresh TLS connection with ALPN `h2` (hyper-h2 with every outbound check off, so
 malformed headers, pseudo-headers in any order, connection-specific headers and uppercase names
 reach the server exactly as given; header values and bodies are Latin-1 strings).
@@ -161,6 +162,18 @@ def many(req):
 
 
 def main():
+    if sys.argv[1:] == ["--lines"]:
+        # One request per line in, one answer per line out, until stdin ends.
+        for line in sys.stdin:
+            try:
+                r = json.loads(line)
+                a = many(r) if "streams" in r else one(r)
+            except Exception as e:
+                a = {"alpn": None, "status": None, "headers": [], "body": "", "reset": None,
+                     "goaway": None, "error": repr(e), "elapsed": 0.0}
+            sys.stdout.write(json.dumps(a) + "\n")
+            sys.stdout.flush()
+        return
     reqs = json.load(sys.stdin)
     out = []
     for r in reqs:

@@ -1320,6 +1320,48 @@ pub fn h2_send(requests: &[serde_json::Value]) -> Vec<H2Answer> {
     answers
 }
 
+/// A running `tests/h2client.py --lines`: requests one at a time, without a process each.
+pub struct H2Client {
+    child: Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl H2Client {
+    /// Starts the client.
+    pub fn start() -> H2Client {
+        let mut child = Command::new("python3")
+            .arg(workspace().join("tests/h2client.py"))
+            .arg("--lines")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 (tests/run.sh installs the h2 package)");
+        let out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        H2Client { child, out }
+    }
+
+    /// Sends one request (a JSON object as `tests/h2client.py` documents) and waits for its
+    /// answer.
+    pub fn send(&mut self, request: &serde_json::Value) -> H2Answer {
+        use std::io::{BufRead as _, Write as _};
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{request}").expect("write to h2client.py");
+        stdin.flush().expect("flush");
+        let mut line = String::new();
+        self.out
+            .read_line(&mut line)
+            .expect("read from h2client.py");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("h2client.py said {line:?}: {e}"))
+    }
+}
+
+impl Drop for H2Client {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The headers of an HTTP/2 request: the four pseudo-headers (`:authority` left out when
 /// `None`), then `extra` in order.
 pub fn h2_headers(

@@ -327,6 +327,106 @@ fn shown(s: &Seen) -> String {
     }
 }
 
+/// The raw HTTP/1.1 request of a case, with its placeholders filled in: `{cookie}` is the
+/// case's session as the browser holds it for the request's host, under `cookie_name`.
+fn raw_request(
+    case: &Case,
+    vars: &mut Vec<(String, String)>,
+    sessions: &Sessions,
+    host: &str,
+    cookie_name: &str,
+    fname: &str,
+) -> String {
+    let named = case.request.as_deref().map(|r| expand(r, vars));
+    let on = named.as_deref().and_then(host_header);
+    let cookie = format!(
+        "{cookie_name}={}",
+        sessions
+            .for_host(&case.session, on)
+            .map_or("", String::as_str)
+    );
+    vars.push(("{cookie}".into(), cookie.clone()));
+    match (&case.request, &case.target) {
+        (Some(r), None) => {
+            // `{content-length}`: the length of the body as sent (after expansion).
+            let r = expand(r, vars);
+            let body = r.split_once("\r\n\r\n").map_or(0, |(_, b)| b.len());
+            r.replace("{content-length}", &body.to_string())
+        }
+        (None, Some(t)) => {
+            let mut r = format!(
+                "{} {} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n",
+                case.method.as_deref().unwrap_or("GET"),
+                expand(t, vars)
+            );
+            if case.session != "none" {
+                r.push_str(&format!("Cookie: {cookie}\r\n"));
+            }
+            for h in &case.headers {
+                r.push_str(&expand(h, vars));
+                r.push_str("\r\n");
+            }
+            r.push_str("\r\n");
+            r
+        }
+        _ => panic!("{fname}: a case needs exactly one of `target` and `request`"),
+    }
+}
+
+/// The corpus's apps: billing (the test policy), an EHR on its own host that matches paths
+/// case-insensitively, and a legacy app with double encoding, identity headers of its own and
+/// a route for one group.
+fn corpus_policies(upstream: u16) -> Vec<(String, String)> {
+    let ehr = format!(
+        "app: ehr\nhost: ehr.localhost\nupstream: http://127.0.0.1:{upstream}\ncase_insensitive: true\n\
+default: aal2\nroutes:\n  - path: /admin/**\n    require: deny\n"
+    );
+    let legacy = format!(
+        "app: legacy\nhost: legacy.localhost\nupstream: http://127.0.0.1:{upstream}\n\
+allow_double_encoding: true\ndefault: aal2\n\
+identity_headers: {{ user: X-Remote-Login, groups: X-Remote-Groups, email: X-Remote-Email }}\n\
+routes:\n  - path: /staff/**\n    require: aal2\n    allow: {{ groups: [staff] }}\n"
+    );
+    vec![
+        ("billing.yaml".into(), policy(upstream)),
+        ("ehr.yaml".into(), ehr),
+        ("legacy.yaml".into(), legacy),
+    ]
+}
+
+fn as_refs(p: &[(String, String)]) -> Vec<(&str, &str)> {
+    p.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
+}
+
+/// The gateway's store, with cat (the aal3 session) in `staff` and an address; nobody else is
+/// in a group.
+fn corpus_store(g: &Gateway) -> EmbeddedStore {
+    let store = EmbeddedStore::open(&g.state_dir()).expect("open embedded store");
+    rt().block_on(aalgate_session::SessionStore::kv_put(
+        &store,
+        aalgate_session::ACCESS_NS,
+        "cat-aal3",
+        br#"{"groups":["other","staff"],"email":"cat@clinic.example"}"#,
+        None,
+    ))
+    .expect("groups");
+    store
+}
+
+/// The gateway's assertion key, from its JWKS.
+fn jwks_key(jwks: &serde_json::Value) -> VerifyingKey {
+    let x = jwks["keys"][0]["x"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let bytes: [u8; 32] = URL_SAFE_NO_PAD
+        .decode(x)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .expect("JWKS key");
+    VerifyingKey::from_bytes(&bytes).expect("Ed25519 key")
+}
+
 fn corpus_files() -> Vec<PathBuf> {
     let dir = workspace().join("tests/attacks");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -347,38 +447,8 @@ fn corpus_files() -> Vec<PathBuf> {
 #[test]
 fn attack_corpus() {
     let up = Upstream::start();
-    let ehr = format!(
-        "app: ehr\nhost: ehr.localhost\nupstream: http://127.0.0.1:{}\ncase_insensitive: true\n\
-default: aal2\nroutes:\n  - path: /admin/**\n    require: deny\n",
-        up.port
-    );
-    // An app whose paths really hold an encoded `%` (`allow_double_encoding`), that reads
-    // the identity from headers of its own, with a route for one group.
-    let legacy = format!(
-        "app: legacy\nhost: legacy.localhost\nupstream: http://127.0.0.1:{}\n\
-allow_double_encoding: true\ndefault: aal2\n\
-identity_headers: {{ user: X-Remote-Login, groups: X-Remote-Groups, email: X-Remote-Email }}\n\
-routes:\n  - path: /staff/**\n    require: aal2\n    allow: {{ groups: [staff] }}\n",
-        up.port
-    );
-    let mut g = Gateway::start(
-        None,
-        &[
-            ("billing.yaml", &policy(up.port)),
-            ("ehr.yaml", &ehr),
-            ("legacy.yaml", &legacy),
-        ],
-    );
-    let store = EmbeddedStore::open(&g.state_dir()).expect("open embedded store");
-    // cat (the aal3 session) is in `staff` and has an address; nobody else is in a group.
-    rt().block_on(aalgate_session::SessionStore::kv_put(
-        &store,
-        aalgate_session::ACCESS_NS,
-        "cat-aal3",
-        br#"{"groups":["other","staff"],"email":"cat@clinic.example"}"#,
-        None,
-    ))
-    .expect("groups");
+    let mut g = Gateway::start(None, &as_refs(&corpus_policies(up.port)));
+    let store = corpus_store(&g);
     let host = format!("localhost:{}", g.port);
     let sessions = Sessions::mint(
         &store,
@@ -388,16 +458,7 @@ routes:\n  - path: /staff/**\n    require: aal2\n    allow: {{ groups: [staff] }
     );
     let origin = format!("http://{host}");
     let port = g.port.to_string();
-    let jwks = {
-        let j = get(g.port, &host, "/.aalgate/jwks.json", &[]).json();
-        let x = j["keys"][0]["x"].as_str().unwrap_or_default().to_string();
-        let bytes: [u8; 32] = URL_SAFE_NO_PAD
-            .decode(x)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .expect("JWKS key");
-        VerifyingKey::from_bytes(&bytes).expect("Ed25519 key")
-    };
+    let jwks = jwks_key(&get(g.port, &host, "/.aalgate/jwks.json", &[]).json());
     // A real browser binding and its CSRF token, so the CSRF cases vary only the origin.
     let (bind, csrf) = browser_binding(g.port, &host);
 
@@ -436,41 +497,7 @@ routes:\n  - path: /staff/**\n    require: aal2\n    allow: {{ groups: [staff] }
             for (kind, (c, _, _)) in &sessions.cookies {
                 vars.push((format!("{{cookie:{kind}}}"), c[0].clone()));
             }
-            // `{cookie}`: the case's session as the browser holds it for the request's host.
-            let named = case.request.as_deref().map(|r| expand(r, &vars));
-            let on = named.as_deref().and_then(host_header);
-            let cookie = format!(
-                "aalgate={}",
-                sessions
-                    .for_host(&case.session, on)
-                    .map_or("", String::as_str)
-            );
-            vars.push(("{cookie}".into(), cookie.clone()));
-            let raw = match (&case.request, &case.target) {
-                (Some(r), None) => {
-                    // `{content-length}`: the length of the body as sent (after expansion).
-                    let r = expand(r, &vars);
-                    let body = r.split_once("\r\n\r\n").map_or(0, |(_, b)| b.len());
-                    r.replace("{content-length}", &body.to_string())
-                }
-                (None, Some(t)) => {
-                    let mut r = format!(
-                        "{} {} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n",
-                        case.method.as_deref().unwrap_or("GET"),
-                        expand(t, &vars)
-                    );
-                    if case.session != "none" {
-                        r.push_str(&format!("Cookie: {cookie}\r\n"));
-                    }
-                    for h in &case.headers {
-                        r.push_str(&expand(h, &vars));
-                        r.push_str("\r\n");
-                    }
-                    r.push_str("\r\n");
-                    r
-                }
-                _ => panic!("{fname}: a case needs exactly one of `target` and `request`"),
-            };
+            let raw = raw_request(&case, &mut vars, &sessions, &host, "aalgate", &fname);
             let name = case.name.clone().unwrap_or_else(|| {
                 case.target
                     .clone()
@@ -590,5 +617,224 @@ routes:\n  - path: /staff/**\n    require: aal2\n    allow: {{ groups: [staff] }
     );
     eprintln!(
         "attack corpus: {total} cases, {forwarded_total} forwarded requests, all as expected"
+    );
+}
+
+/// The classes of the corpus HTTP/2 must not open: paths, hosts, identity headers and
+/// smuggling.
+const H2_CLASSES: [&str; 4] = [
+    "paths.yaml",
+    "hosts.yaml",
+    "identity.yaml",
+    "smuggling.yaml",
+];
+
+/// An HTTP/1.1 request as HTTP/2 headers and body: the method and target as `:method` and
+/// `:path` (as sent: an absolute form stays one), the first Host as `:authority` and every
+/// Host line also as `host` (so two Host lines stay two), other header names lowercased as
+/// HTTP/2 requires and values as sent. The short form's own `Connection: close` is left out.
+/// `None`: the request has no HTTP/2 form (a request line or header section not delimited by
+/// CRLF, obsolete line folding, or a `#` in the target, which HTTP/2's URI parser cuts before
+/// the gateway sees the request: `h2::http2_carries_nothing_the_http1_checks_refuse` shows
+/// that the checks and the app then see the same path without it).
+fn as_h2(raw: &str) -> Option<(serde_json::Value, String)> {
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let mut lines = head.split("\r\n");
+    let mut parts = lines.next()?.split(' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some()
+        || !["HTTP/1.1", "HTTP/1.0"].contains(&version)
+        || method.is_empty()
+        || target.is_empty()
+        || target.contains('#')
+    {
+        return None;
+    }
+    let mut authority: Option<&str> = None;
+    let mut rest = Vec::new();
+    for line in lines {
+        if line.starts_with([' ', '\t']) || line.contains(['\r', '\n']) {
+            return None;
+        }
+        let (name, value) = line.split_once(':')?;
+        let value = value.trim_matches([' ', '\t']);
+        if name.eq_ignore_ascii_case("host") && authority.is_none() {
+            authority = Some(value);
+        }
+        if !(name.eq_ignore_ascii_case("connection") && value == "close") {
+            rest.push((name.to_ascii_lowercase(), value.to_string()));
+        }
+    }
+    let extra: Vec<(&str, &str)> = rest.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    Some((
+        aalgate_tests::h2_headers(method, authority, target, &extra),
+        body.to_string(),
+    ))
+}
+
+/// The path, host, identity-header and smuggling classes of the corpus, sent as HTTP/2 to a
+/// TLS listener: nothing reaches the upstream that the case's HTTP/1 form does not let
+/// through, what does reach it carries only the gateway's identity, what HTTP/1 refuses is
+/// refused, and no redirect leaves the origin. (Statuses may differ: HTTP/2 refuses some
+/// requests at the framing layer, with a reset stream.)
+#[test]
+fn attack_corpus_over_http2() {
+    let up = Upstream::start();
+    let mut g = Gateway::start_tls(&as_refs(&corpus_policies(up.port)));
+    let store = corpus_store(&g);
+    let host = format!("localhost:{}", g.port);
+    let sessions = Sessions::mint(
+        &store,
+        ["localhost", "ehr.localhost", "legacy.localhost"]
+            .map(|h| format!("{h}:{}", g.port))
+            .to_vec(),
+    );
+    let origin = format!("https://{host}");
+    let port = g.port.to_string();
+    let mut client = aalgate_tests::H2Client::start();
+    let jwks = client.send(&serde_json::json!({
+        "port": g.port,
+        "headers": aalgate_tests::h2_headers("GET", Some(&host), "/.aalgate/jwks.json", &[]),
+    }));
+    let jwks = jwks_key(&serde_json::from_str(&jwks.body).expect("JWKS"));
+
+    let mut failures = Vec::new();
+    let mut previous = String::new();
+    let (mut total, mut same, mut refused_only_h2, mut no_h2_form) = (0, 0, 0, 0);
+    for file in corpus_files() {
+        let fname = file
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if !H2_CLASSES.contains(&fname.as_str()) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).expect("read corpus file");
+        let cf: CaseFile = serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{fname}: {e}"));
+        for case in cf.cases {
+            total += 1;
+            let (user, aal) = match case.session.as_str() {
+                "none" => ("nobody", "-"),
+                k => match sessions.cookies.get(k) {
+                    Some((_, u, a)) => (*u, *a),
+                    None => panic!("{fname}: unknown session kind {k:?}"),
+                },
+            };
+            let mut vars: Vec<(String, String)> = [
+                ("{host}", host.as_str()),
+                ("{origin}", origin.as_str()),
+                ("{port}", port.as_str()),
+                ("{user}", user),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            for (kind, (c, _, _)) in &sessions.cookies {
+                vars.push((format!("{{cookie:{kind}}}"), c[0].clone()));
+            }
+            let raw = raw_request(&case, &mut vars, &sessions, &host, "__Host-aalgate", &fname)
+                .replace("Cookie: aalgate=", "Cookie: __Host-aalgate=");
+            let name = case.name.clone().unwrap_or_else(|| {
+                case.target
+                    .clone()
+                    .unwrap_or_else(|| raw.lines().next().unwrap_or_default().to_string())
+            });
+            let id = format!("{fname}: {name} [{}]", case.session);
+            let Some((headers, body)) = as_h2(&raw) else {
+                no_h2_form += 1;
+                continue;
+            };
+            // What reached the upstream after the previous case was checked is that case's.
+            let late = up.take();
+            if !late.is_empty() {
+                let t: Vec<String> = late.iter().map(shown).collect();
+                failures.push(format!(
+                    "{previous}: late upstream requests over HTTP/2 {t:?}"
+                ));
+            }
+            previous = id.clone();
+            std::thread::sleep(Duration::from_millis(case.pause_ms));
+            let r = client.send(&serde_json::json!({
+                "port": g.port, "headers": headers, "body": body,
+            }));
+            if r.elapsed > 1.0 {
+                eprintln!("slow case over HTTP/2 ({} s): {id}", r.elapsed);
+            }
+            // What HTTP/1 lets through may arrive a moment after the answer.
+            let allowed: Vec<String> = case
+                .upstream
+                .iter()
+                .map(|t| {
+                    expand(t, &vars)
+                        .trim_end_matches(" (incomplete)")
+                        .to_string()
+                })
+                .collect();
+            let waited = std::time::Instant::now();
+            while up.seen().len() < allowed.len() && waited.elapsed() < Duration::from_secs(1) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let seen = up.take();
+            let mut fail = |what: String| {
+                failures.push(format!(
+                    "{id}: {what} (over HTTP/2: {:?} {:?})",
+                    r.status,
+                    r.reset.as_ref().or(r.goaway.as_ref())
+                ))
+            };
+            for s in &seen {
+                if !allowed.contains(&s.target) {
+                    fail(format!(
+                        "the upstream received {} (HTTP/1 lets through {allowed:?})",
+                        shown(s)
+                    ));
+                }
+                if let Err(e) = identity_is_ours(s, user, aal, &jwks) {
+                    fail(e);
+                }
+            }
+            if case.status >= 400 && !r.refused() {
+                fail(format!(
+                    "HTTP/1 is refused ({}), HTTP/2 is not",
+                    case.status
+                ));
+            }
+            for (n, v) in &r.headers {
+                if n == "location" && !location_is_safe(v, &origin) {
+                    fail(format!("redirect off the gateway: {v}"));
+                }
+            }
+            for s in &case.never_echoed {
+                let s = expand(s, &vars);
+                if format!("{:?}{}", r.headers, r.body).contains(&s) {
+                    fail(format!("response echoes {s:?}"));
+                }
+            }
+            if r.status == Some(case.status) {
+                same += 1;
+            } else if r.refused() {
+                refused_only_h2 += 1;
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        up.seen().is_empty(),
+        "late upstream requests: {:?}",
+        up.seen()
+    );
+    assert!(g.alive(), "gateway died");
+    assert!(!g.log().contains("panicked"), "{}", g.log());
+    assert!(total >= 300, "only {total} cases");
+    assert!(
+        failures.is_empty(),
+        "{} of {total} cases failed over HTTP/2:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    eprintln!(
+        "attack corpus over HTTP/2: {total} cases; {same} answered as over HTTP/1, \
+{refused_only_h2} refused where HTTP/1 answers otherwise, {no_h2_form} without an HTTP/2 form"
     );
 }

@@ -285,6 +285,7 @@ fn http2_carries_nothing_the_http1_checks_refuse() {
     let host = format!("localhost:{port}");
     let a = Some(host.as_str());
     let big = "a".repeat(70 * 1024);
+    let many: Vec<(&str, &str)> = vec![("x-h", "v"); 257];
     let h = |m: &str, p: &str, extra: &[(&str, &str)]| h2_headers(m, a, p, extra);
     // (what, headers, body, answer, forwarded target)
     let cases: Vec<(&str, serde_json::Value, &str, &str, Option<&str>)> = vec![
@@ -407,6 +408,13 @@ fn http2_carries_nothing_the_http1_checks_refuse() {
         (
             "head over 64 KiB",
             h("GET", "/static/a", &[("x-big", &big)]),
+            "",
+            "431",
+            None,
+        ),
+        (
+            "more header fields than HTTP/1 reads (256)",
+            h("GET", "/static/a", &many),
             "",
             "431",
             None,

@@ -16,6 +16,9 @@ use crate::state::{MAX_COOKIES, TOMBSTONES};
 /// Largest request head accepted (request line and headers), as nginx's default buffers allow.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
+/// Most header fields in a request: what pingora's HTTP/1 parser reads (more is a 400).
+pub const MAX_HEADER_COUNT: usize = 256;
+
 /// The request target exactly as received. pingora drops a `#fragment` before the path is
 /// stored, so for HTTP/1 it is read back from the raw request line; `#` must be refused, not
 /// silently cut.
@@ -99,12 +102,21 @@ impl Gateway {
     /// Phase 1 of a request: refuses a head that the gateway and an upstream could read
     /// differently (framing, method case, tunnels, oversized headers) and returns its one Host.
     pub(crate) fn well_formed(&self, session: &Session) -> std::result::Result<HostPort, Outcome> {
-        if let ServerSession::H1(h1) = session.as_downstream() {
-            if h1.get_headers_raw_bytes().len() > MAX_HEADER_BYTES {
-                return Err(Outcome::HeadersTooLarge);
+        let req = session.req_header();
+        match session.as_downstream() {
+            ServerSession::H1(h1) => {
+                if h1.get_headers_raw_bytes().len() > MAX_HEADER_BYTES {
+                    return Err(Outcome::HeadersTooLarge);
+                }
+            }
+            // HTTP/2 bounds the size of a head (64 KiB, pingora's setting), not the number of
+            // fields: as many as HTTP/1 parses, so an app never gets more than over HTTP/1.
+            _ => {
+                if req.headers.len() > MAX_HEADER_COUNT {
+                    return Err(Outcome::HeadersTooLarge);
+                }
             }
         }
-        let req = session.req_header();
 
         // Method names are case-sensitive; a lowercase one could be matched as one method and
         // run as another upstream.
