@@ -11,6 +11,8 @@
 #   7 row 6 with a cold cache: every request a different session, so every request a store read
 #   8 two aalgate instances sharing one Redis, loaded at once (sum), one session valid on both
 #   9 row 6 through Redis Sentinel: the same master, two replicas attached, three Sentinels
+#  10 a minimal pingora proxy (benches/src/minimal_proxy.rs: pingora's defaults, one route check,
+#     one counter): how much of aalgate's cost is pingora's own
 #
 # Prints one markdown table (requests/s at CONNS connections, ratios against row 2, and p50/p99
 # at LAT_CONNS connections, a moderate load) plus the scale figures, ready for RESULTS.md.
@@ -40,6 +42,7 @@ fi
 cargo build --release --locked -q -p aalgate -p aalgate-benches --bins
 BIN=target/release/aalgate
 MINT=target/release/mint-sessions
+MINIMAL=target/release/minimal-proxy
 
 work=$(mktemp -d)
 chmod 755 "$work"  # nginx workers (another user) read the test files
@@ -57,6 +60,7 @@ wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/n
 P_UP=$(port); P_PROXY=$(port); P_AUTHREQ=$(port); P_AUTH=$(port); P_REDIS=$(port)
 P_GW_EMB=$(port); P_GW_RED=$(port); P_GW_RED2=$(port); A1=$(port); A2=$(port); A3=$(port)
 P_R1=$(port); P_R2=$(port); P_S1=$(port); P_S2=$(port); P_S3=$(port); P_GW_SEN=$(port); A4=$(port)
+P_MIN=$(port)
 
 mkdir -p "$work/www/app" "$work/www/static" "$work/nginx"
 head -c 512 /dev/zero | tr '\0' 'x' > "$work/www/app/index.html"
@@ -141,6 +145,9 @@ gateway red2 "$P_GW_RED2" "$A3" "redis://127.0.0.1:$P_REDIS/0"
 read -r COOKIE_SEN < <("$MINT" "redis://127.0.0.1:$P_REDIS/0" 1 "127.0.0.1:$P_GW_SEN")
 gateway sen "$P_GW_SEN" "$A4" "{sentinels: [127.0.0.1:$P_S1, 127.0.0.1:$P_S2, 127.0.0.1:$P_S3], master_name: aalgate}"
 
+"$MINIMAL" "127.0.0.1:$P_MIN" "127.0.0.1:$P_UP" "$WORKERS" 2>"$work/minimal.log" & pids+=($!)
+wait_port "$P_MIN"
+
 cat > "$work/cold.lua" <<EOF
 local cookies = {}
 for line in io.lines("$work/cookies.txt") do cookies[#cookies + 1] = "aalgate=" .. line end
@@ -166,7 +173,7 @@ measure() { # conns url [wrk args...] -> "rps p50us p99us"
 }
 
 declare -A RPS P50 P99 LP50 LP99
-ROWS=${ROWS:-1 2 3 4 5 6 7 8 9}
+ROWS=${ROWS:-1 2 3 4 5 6 7 8 9 10}
 row() { # key url [wrk args...]
   local k=$1; shift
   [[ " $ROWS " == *" $k "* ]] || { RPS[$k]=0; P50[$k]=0; P99[$k]=0; LP50[$k]=0; LP99[$k]=0; return; }
@@ -181,6 +188,7 @@ row 5 "http://127.0.0.1:$P_GW_EMB/app/index.html" -H "Cookie: aalgate=$COOKIE_EM
 row 6 "http://127.0.0.1:$P_GW_RED/app/index.html" -H "Cookie: aalgate=$COOKIE_RED"
 row 7 "http://127.0.0.1:$P_GW_RED/app/index.html" -s "$work/cold.lua"
 row 9 "http://127.0.0.1:$P_GW_SEN/app/index.html" -H "Cookie: aalgate=$COOKIE_SEN"
+row 10 "http://127.0.0.1:$P_MIN/app/index.html"
 # Row 8: both instances at once, half the connections each, the same session on both.
 if [[ " $ROWS " == *" 8 "* ]]; then
 half=$((CONNS / 2))
@@ -194,13 +202,14 @@ else RPS[8]=0; fi
 
 names=([1]="direct to upstream" [2]="nginx proxy_pass" [3]="nginx auth_request (204)" [4]="aalgate, public route"
   [5]="aalgate, authenticated, embedded" [6]="aalgate, authenticated, Redis" [7]="aalgate, Redis, cold cache"
-  [8]="2 × aalgate sharing Redis (sum)" [9]="aalgate, authenticated, Redis via Sentinel")
+  [8]="2 × aalgate sharing Redis (sum)" [9]="aalgate, authenticated, Redis via Sentinel"
+  [10]="minimal pingora proxy (defaults, one route check, one counter)")
 echo
 echo "Machine: $(nproc) cores, $(uname -m); $(date -u +%Y-%m-%d). wrk -t1, ${DURATION}s per row; ${WORKERS} worker(s) for nginx and aalgate."
 echo
 echo "| # | configuration | req/s (c=$CONNS) | × nginx proxy_pass | p50 µs (c=$CONNS) | p99 µs (c=$CONNS) | p50 µs (c=$LAT_CONNS) | p99 µs (c=$LAT_CONNS) | added p50 / p99 µs over direct (c=$LAT_CONNS) |"
 echo "|---|---|---|---|---|---|---|---|---|"
-for k in 1 2 3 4 5 6 7 8 9; do
+for k in 1 2 3 4 5 6 7 8 9 10; do
   ratio=$(awk -v a="${RPS[$k]}" -v b="${RPS[2]}" 'BEGIN {printf "%.2f", a/b}')
   if [ "$k" = 8 ]; then
     echo "| $k | ${names[$k]} | ${RPS[$k]} | $ratio | | | | | |"

@@ -12,11 +12,12 @@ Request: {"port": 8443, "headers": [[":method", "GET"], [":path", "/"], ...], "b
   - `headers`, in order, pseudo-headers included (the caller decides which);
   - `body` is sent after the headers; the stream is ended after it unless `end` is false;
   - `wait`: seconds to keep reading after the body (for deadlines: the gateway must answer);
-  - `alpn`: the protocols offered (default ["h2"]).
+  - `alpn`: the protocols offered (default ["h2"]);
+  - `reset_after`: seconds after which the client resets the stream (CANCEL).
 Answer: {"alpn": "h2", "status": 200, "headers": [[n, v], ...], "body": "...",
          "reset": null or an error code name, "goaway": null or a code name, "elapsed": s}
 With "streams": N, the request is opened N times on one connection and never ended (a flood
-of stalled requests); the answer's "statuses" lists each stream's status.
+of stalled requests); the answer's "statuses" lists each stream's status and "resets" each one's reset code.
 """
 
 import json
@@ -27,6 +28,7 @@ import time
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 
 
@@ -61,7 +63,15 @@ def one(req):
     sent = 0
     if not body and not end:
         sent = -1  # nothing to send, and the stream stays open
+    reset_at = t0 + req["reset_after"] if "reset_after" in req else None
     while not done and time.monotonic() < deadline:
+        if reset_at is not None and time.monotonic() >= reset_at:
+            # The client gives up on the stream (a cancelled fetch, a closed tab).
+            conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+            sock.sendall(conn.data_to_send())
+            time.sleep(0.2)
+            out["reset"] = "sent CANCEL"
+            break
         # The body as flow control allows; the stream ends with it unless told otherwise.
         while 0 <= sent < len(body):
             room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size,
@@ -71,10 +81,15 @@ def one(req):
             conn.send_data(sid, body[sent:sent + room], end_stream=end and sent + room == len(body))
             sent += room
             sock.sendall(conn.data_to_send())
-        sock.settimeout(max(0.05, deadline - time.monotonic()))
+        limit = deadline if reset_at is None else min(deadline, reset_at)
+        sock.settimeout(max(0.05, limit - time.monotonic()))
         try:
             chunk = sock.recv(65536)
-        except (socket.timeout, ssl.SSLError, ConnectionError):
+        except socket.timeout:
+            if reset_at is not None:
+                continue
+            break
+        except (ssl.SSLError, ConnectionError):
             break
         if not chunk:
             break
@@ -132,6 +147,7 @@ def many(req):
         ids.append(sid)
     sock.sendall(conn.data_to_send())
     status = {}
+    resets = {}
     open_ids = set(ids)
     deadline = time.monotonic() + req.get("wait", 0.0) + 5.0
     while open_ids and time.monotonic() < deadline:
@@ -149,7 +165,10 @@ def many(req):
                         status[ev.stream_id] = int(v)
             elif isinstance(ev, h2.events.DataReceived):
                 conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-            elif isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset)):
+            elif isinstance(ev, h2.events.StreamEnded):
+                open_ids.discard(ev.stream_id)
+            elif isinstance(ev, h2.events.StreamReset):
+                resets[ev.stream_id] = ev.error_code.name
                 open_ids.discard(ev.stream_id)
         try:
             sock.sendall(conn.data_to_send())
@@ -158,7 +177,7 @@ def many(req):
     sock.close()
     return {"alpn": "h2", "status": None, "headers": [], "body": "", "reset": None,
             "goaway": None, "elapsed": time.monotonic() - t0,
-            "statuses": [status.get(i) for i in ids]}
+            "statuses": [status.get(i) for i in ids], "resets": [resets.get(i) for i in ids]}
 
 
 def main():

@@ -75,6 +75,8 @@ pub struct Seen {
     pub headers: Vec<(String, String)>,
     /// Body length.
     pub body_len: usize,
+    /// FNV-1a hash of the body (see [`fnv1a`]): the bytes and their order.
+    pub body_hash: u64,
     /// Whether the whole body arrived (false: the connection ended, or its chunking broke,
     /// after the head).
     pub complete: bool,
@@ -192,6 +194,7 @@ fn read_head(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Seen> {
                     target: req.path.unwrap_or("").to_string(),
                     headers: hs,
                     body_len: 0,
+                    body_hash: 0,
                     complete: true,
                 };
                 buf.drain(..head_len);
@@ -206,6 +209,7 @@ fn read_head(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Seen> {
                     target,
                     headers: Vec::new(),
                     body_len: 0,
+                    body_hash: 0,
                     complete: false,
                 });
             }
@@ -230,6 +234,7 @@ fn read_body(conn: &mut TcpStream, buf: &mut Vec<u8>, seen: &mut Seen) -> Option
         while buf.len() < cl {
             fill(conn, buf)?;
         }
+        seen.body_hash = fnv1a_more(FNV_START, &buf[..cl]);
         buf.drain(..cl);
         seen.body_len = cl;
         return Some(());
@@ -273,9 +278,28 @@ fn read_body(conn: &mut TcpStream, buf: &mut Vec<u8>, seen: &mut Seen) -> Option
         if &buf[size..size + 2] != b"\r\n" {
             return None;
         }
+        if seen.body_len == 0 {
+            seen.body_hash = FNV_START;
+        }
+        seen.body_hash = fnv1a_more(seen.body_hash, &buf[..size]);
         buf.drain(..size + 2);
         seen.body_len += size;
     }
+}
+
+const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv1a_more(mut h: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// FNV-1a of `bytes`, as [`Seen::body_hash`] holds it for a body the upstream received.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    fnv1a_more(FNV_START, bytes)
 }
 
 /// Reads more bytes into `buf`; `None` at EOF or on an error.
@@ -1279,6 +1303,9 @@ pub struct H2Answer {
     /// With `streams`: each stream's status.
     #[serde(default)]
     pub statuses: Vec<Option<u16>>,
+    /// With `streams`: each stream's reset code, if the server reset it.
+    #[serde(default)]
+    pub resets: Vec<Option<String>>,
 }
 
 impl H2Answer {

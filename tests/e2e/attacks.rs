@@ -761,6 +761,11 @@ fn attack_corpus_over_http2() {
             if r.elapsed > 1.0 {
                 eprintln!("slow case over HTTP/2 ({} s): {id}", r.elapsed);
             }
+            // A client that failed, or a connection without HTTP/2, would prove nothing.
+            assert!(
+                r.error.is_none() && r.alpn.as_deref() == Some("h2"),
+                "{id}: {r:?}"
+            );
             // What HTTP/1 lets through may arrive a moment after the answer.
             let allowed: Vec<String> = case
                 .upstream
@@ -793,6 +798,13 @@ fn attack_corpus_over_http2() {
                 if let Err(e) = identity_is_ours(s, user, aal, &jwks) {
                     fail(e);
                 }
+            }
+            let complete = case.upstream.iter().all(|t| !t.ends_with("(incomplete)"));
+            if r.status == Some(case.status) && !allowed.is_empty() && complete && seen.is_empty() {
+                fail(format!(
+                    "answered {} as over HTTP/1, but nothing reached the app",
+                    case.status
+                ));
             }
             if case.status >= 400 && !r.refused() {
                 fail(format!(
@@ -827,6 +839,12 @@ fn attack_corpus_over_http2() {
     assert!(g.alive(), "gateway died");
     assert!(!g.log().contains("panicked"), "{}", g.log());
     assert!(total >= 300, "only {total} cases");
+    // Most cases must be answered as over HTTP/1: a gateway that refused every HTTP/2 request
+    // would otherwise pass.
+    assert!(
+        same * 10 >= total * 6 && no_h2_form <= 25,
+        "{same} the same, {no_h2_form} without an HTTP/2 form, of {total}"
+    );
     assert!(
         failures.is_empty(),
         "{} of {total} cases failed over HTTP/2:\n{}",

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aalgate_policy::Aal;
 use aalgate_session::EmbeddedStore;
-use aalgate_tests::{h2_headers, h2_send, send, Gateway, Upstream};
+use aalgate_tests::{fnv1a, h2_headers, h2_send, send, Gateway, Upstream};
 use serde_json::json;
 
 use crate::{make_session, policy};
@@ -533,8 +533,10 @@ fn http2_carries_nothing_the_http1_checks_refuse() {
 
 /// Bodies over HTTP/2, which pingora reads without a timeout: a small one is read whole within
 /// `client_timeout` before the app is contacted (so a stalled one gets 408 and the app sees
-/// nothing), one without a length goes to the app with its Content-Length, a large one
-/// streams; and a per-request signature covers a body sent without a length.
+/// nothing), and one without a length goes to the app with its Content-Length, byte for byte;
+/// one too large to read ahead is sent back to HTTP/1.1 (`HTTP_1_1_REQUIRED`), never streamed
+/// (the app could answer early and leave the stream open for ever); and a per-request
+/// signature covers a body sent without a length.
 #[test]
 fn http2_request_bodies_keep_the_client_timeout() {
     let up = Upstream::start();
@@ -556,17 +558,27 @@ fn http2_request_bodies_keep_the_client_timeout() {
     );
     let origin = format!("https://{rx}");
     let a = Some(host.as_str());
-    let large = "z".repeat(200_000);
-    let unsized_large = "y".repeat(100_000);
+    // Patterned bodies: the app must get these bytes, in this order.
+    let pattern = |n: usize| -> String {
+        (0..n)
+            .map(|i| char::from(b'a' + u8::try_from((i * 7 + i / 251) % 26).unwrap_or(0)))
+            .collect()
+    };
+    let small = pattern(40_000);
+    let large = pattern(200_000);
+    let unsized_large = pattern(100_000);
     let r = h2_send(&[
         // Stalled: a length and part of the body; no length and part of it; no body at all yet.
         json!({"port": port, "headers": h2_headers("POST", a, "/static/up", &[("content-length", "100")]), "body": "note=part", "end": false, "wait": 2}),
         json!({"port": port, "headers": h2_headers("POST", a, "/static/up", &[]), "body": "note=part", "end": false, "wait": 2}),
         json!({"port": port, "headers": h2_headers("POST", a, "/static/up", &[]), "body": "", "end": false, "wait": 2}),
         // Whole: without a length, the app gets one.
-        json!({"port": port, "headers": h2_headers("POST", a, "/static/small", &[]), "body": "x=1&y=2"}),
+        json!({"port": port, "headers": h2_headers("POST", a, "/static/small", &[]), "body": small}),
+        // Too large to read ahead: sent back to HTTP/1.1 (browsers retry there), never
+        // streamed over HTTP/2, where pingora reads without a timeout.
         json!({"port": port, "headers": h2_headers("POST", a, "/static/large", &[("content-length", "200000")]), "body": large}),
         json!({"port": port, "headers": h2_headers("POST", a, "/static/unsized", &[]), "body": unsized_large}),
+        json!({"port": port, "headers": h2_headers("GET", a, "/static/answers-early", &[("content-length", "100000")]), "body": "", "end": false}),
         // A script's POST to a route that signs each request, with its body and no length:
         // the gateway reads the body to sign it, so a stalled one gets 408 (the old check
         // looked for a Content-Length, signed it as "no body" and sent it to the ceremony).
@@ -580,29 +592,42 @@ fn http2_request_bodies_keep_the_client_timeout() {
             a.elapsed
         );
     }
-    assert_eq!(r[6].status, Some(408), "signed, stalled: {:?}", r[6]);
-    for (i, a) in r[3..6].iter().enumerate() {
-        assert_eq!(a.status, Some(200), "whole {i}: {a:?}");
+    assert_eq!(r[7].status, Some(408), "signed, stalled: {:?}", r[7]);
+    assert_eq!(r[3].status, Some(200), "whole: {:?}", r[3]);
+    for (i, a) in r[4..7].iter().enumerate() {
+        assert_eq!(
+            (a.status, a.reset.as_deref()),
+            (None, Some("HTTP_1_1_REQUIRED")),
+            "too large {i}: {a:?}"
+        );
+        assert!(a.elapsed < 0.5, "too large {i}: after {} s", a.elapsed);
     }
+    // What a browser does then: the same request over HTTP/1.1, which streams.
+    let body_file = g.state_dir().join("large-body");
+    std::fs::write(&body_file, &large).expect("write body");
+    let out = Command::new("curl")
+        .args(["-sk", "--http1.1", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg("--data-binary")
+        .arg(format!("@{}", body_file.display()))
+        .arg(format!("https://{host}/static/large"))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
     std::thread::sleep(Duration::from_millis(200));
     let seen = up.take();
-    let got: Vec<(&str, usize, bool)> = seen
+    let got: Vec<(&str, usize, u64, bool)> = seen
         .iter()
-        .map(|s| (s.target.as_str(), s.body_len, s.complete))
+        .map(|s| (s.target.as_str(), s.body_len, s.body_hash, s.complete))
         .collect();
     assert_eq!(
         got,
         [
-            ("/static/small", 7, true),
-            ("/static/large", 200_000, true),
-            ("/static/unsized", 100_000, true)
+            ("/static/small", 40_000, fnv1a(small.as_bytes()), true),
+            ("/static/large", 200_000, fnv1a(large.as_bytes()), true),
         ]
     );
-    assert_eq!(seen[0].one("content-length"), Some("7"));
+    assert_eq!(seen[0].one("content-length"), Some("40000"));
     assert!(seen[0].all("transfer-encoding").is_empty());
-    assert_eq!(seen[1].one("content-length"), Some("200000"));
-    // Larger than what is read ahead and without a length: it streams, chunked.
-    assert_eq!(seen[2].one("transfer-encoding"), Some("chunked"));
     // (The policy's own warning at start, about where signed evidence goes, aside.)
     let log = g.log();
     let loud: Vec<&str> = log
@@ -614,15 +639,16 @@ fn http2_request_bodies_keep_the_client_timeout() {
 }
 
 /// A flood of stalled HTTP/2 bodies (300 streams on 3 connections) takes the 256 read-ahead
-/// slots (64 KiB each at most), which end in 408 within the client timeout; the rest stream to
-/// the app as before, until `upstream_timeout` (504). A clinician's form sent meanwhile is
-/// forwarded whole.
+/// slots (64 KiB each at most), which end in 408 within the client timeout; the other streams
+/// are sent back to HTTP/1.1 at once, and none reaches the app. A clinician's form sent
+/// meanwhile over HTTP/2 is sent back too, and goes through over HTTP/1.1, as a browser
+/// retries it.
 #[test]
 fn a_flood_of_stalled_http2_bodies_leaves_room_for_real_requests() {
     let up = Upstream::start();
     let mut g = Gateway::start_tls_extra(
         &[("billing.yaml", &policy(up.port))],
-        "client_timeout: 1s\nupstream_timeout: 2s\n",
+        "client_timeout: 1s\n",
     );
     let port = g.port;
     let host = format!("localhost:{port}");
@@ -638,28 +664,90 @@ fn a_flood_of_stalled_http2_bodies_leaves_room_for_real_requests() {
     let r = h2_send(&[
         json!({"port": port, "headers": h2_headers("POST", Some(&host), "/static/form", &[]), "body": "note=hello"}),
     ]);
-    assert_eq!(r[0].status, Some(200), "{:?}", r[0]);
-    assert!(r[0].elapsed < 0.9, "the form waited {} s", r[0].elapsed);
-    let mut statuses = Vec::new();
+    assert_eq!(
+        r[0].reset.as_deref(),
+        Some("HTTP_1_1_REQUIRED"),
+        "{:?}",
+        r[0]
+    );
+    let out = Command::new("curl")
+        .args([
+            "-sk",
+            "--http1.1",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-d",
+            "note=hello",
+        ])
+        .arg(format!("https://{host}/static/form"))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    let (mut statuses, mut resets) = (Vec::new(), Vec::new());
     for f in flood {
         let a = f.join().expect("flood thread");
         statuses.extend(a[0].statuses.clone());
+        resets.extend(a[0].resets.clone());
     }
     assert_eq!(statuses.len(), 300);
-    let count = |want: u16| statuses.iter().filter(|s| **s == Some(want)).count();
-    assert_eq!((count(408), count(504)), (256, 44), "{statuses:?}");
-    std::thread::sleep(Duration::from_millis(200));
-    let seen = up.take();
-    let form: Vec<_> = seen.iter().filter(|s| s.target == "/static/form").collect();
-    assert_eq!(form.len(), 1);
-    assert_eq!((form[0].body_len, form[0].complete), (10, true));
-    // Streams beyond the read slots went to the app, which saw them end unfinished.
-    let streamed: Vec<bool> = seen
+    let timed_out = statuses.iter().filter(|s| **s == Some(408)).count();
+    let sent_back = resets
         .iter()
-        .filter(|s| s.target == "/static/flood")
-        .map(|s| s.complete)
+        .filter(|r| r.as_deref() == Some("HTTP_1_1_REQUIRED"))
+        .count();
+    assert_eq!((timed_out, sent_back), (256, 44), "{statuses:?} {resets:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    let seen: Vec<(String, usize, bool)> = up
+        .take()
+        .into_iter()
+        .map(|s| (s.target, s.body_len, s.complete))
         .collect();
-    assert_eq!(streamed, vec![false; 44]);
+    assert_eq!(seen, [("/static/form".to_string(), 10, true)]);
+    assert!(g.alive());
+}
+
+/// A client that gives up on a forwarded HTTP/2 request (a cancelled fetch, a closed tab)
+/// resets its stream: no failure of the gateway's, so nothing is logged above debug (an
+/// anonymous client resetting streams in a loop must not fill the log).
+#[test]
+fn a_stream_the_client_resets_is_not_a_warning() {
+    // An app that accepts and never answers.
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hang_port = hang.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in hang.incoming() {
+            held.push(c);
+        }
+    });
+    let slow = format!("app: slow\nhost: slow.localhost\nupstream: http://127.0.0.1:{hang_port}\ndefault: deny\nroutes:\n  - path: /report\n    require: public\n");
+    let mut g = Gateway::start_tls(&[("slow.yaml", &slow)]);
+    let port = g.port;
+    let host = format!("slow.localhost:{port}");
+    let reqs: Vec<_> = (0..5)
+        .map(|_| json!({"port": port, "headers": h2_headers("GET", Some(&host), "/report", &[]), "reset_after": 0.3}))
+        .collect();
+    for a in h2_send(&reqs) {
+        assert_eq!(
+            (a.status, a.reset.as_deref()),
+            (None, Some("sent CANCEL")),
+            "{a:?}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let log = g.log();
+    let loud: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    assert!(
+        loud.is_empty(),
+        "{} loud lines:\n{}",
+        loud.len(),
+        loud.join("\n")
+    );
     assert!(g.alive());
 }
 

@@ -955,6 +955,23 @@ mod tests {
     }
 
     #[test]
+    fn http2_is_on_for_tls_listeners_and_never_on_plain_ones() {
+        let base = "public_origin: https://gw.example\nstore: embedded:/s\npolicies: p\n";
+        let c = parse(&format!(
+            "listen: [{{addr: 0.0.0.0:443, tls: {{cert: c, key: k}}}}, {{addr: 0.0.0.0:8443, tls: {{cert: c, key: k}}, http2: false}}, {{addr: 127.0.0.1:8080, external_port: 443}}]\n{base}"
+        ))
+        .unwrap();
+        let h2: Vec<bool> = c.listen.iter().map(|l| l.http2).collect();
+        assert_eq!(h2, [true, false, false]);
+        let e = parse(&format!(
+            "listen: [{{addr: 127.0.0.1:8080, external_port: 443, http2: true}}]\n{base}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("h2c") && e.contains("add tls"), "{e}");
+    }
+
+    #[test]
     fn rp_id_and_hardware_keys() {
         let base = "listen: [{addr: 127.0.0.1:1, external_port: 443}]\npublic_origin: https://gw.clinic.example\nstore: embedded:/s\npolicies: p\n";
         assert_eq!(parse(base).unwrap().rp_id, "gw.clinic.example");

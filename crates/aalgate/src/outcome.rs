@@ -64,6 +64,9 @@ pub enum Outcome {
     FlowRateLimited,
     /// The client went away while the gateway answered.
     ClientGone,
+    /// An HTTP/2 request whose body the gateway cannot read whole: sent back to be retried
+    /// over HTTP/1.1 (`RST_STREAM` `HTTP_1_1_REQUIRED`).
+    Http1Required,
     /// A method name in lower case.
     BadMethod,
     /// An upgrade other than WebSocket.
@@ -219,6 +222,7 @@ impl Outcome {
             Outcome::ResumeUpstreamError => "resume_upstream_error",
             Outcome::FlowRateLimited => "flow_rate_limited",
             Outcome::ClientGone => "client_gone",
+            Outcome::Http1Required => "http1_required",
             Outcome::BadMethod => "bad_method",
             Outcome::BadUpgrade => "bad_upgrade",
             Outcome::BadFraming => "bad_framing",
@@ -365,6 +369,7 @@ impl Outcome {
             | Outcome::ResumeNoSession
             | Outcome::ResumeUpstreamError
             | Outcome::ClientGone
+            | Outcome::Http1Required
             | Outcome::ProviderRedirect
             | Outcome::ProviderLogout
             | Outcome::Scim
@@ -402,6 +407,7 @@ impl Outcome {
         Outcome::ResumeUpstreamError,
         Outcome::FlowRateLimited,
         Outcome::ClientGone,
+        Outcome::Http1Required,
         Outcome::BadMethod,
         Outcome::BadUpgrade,
         Outcome::BadFraming,
@@ -472,7 +478,9 @@ mod tests {
             let l = o.label();
             assert!(seen.insert(l), "{l} twice");
             assert!(
-                l.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                    && l.starts_with(|c: char| c.is_ascii_lowercase()),
                 "{l}"
             );
             assert!(o.status().is_none_or(|s| (400..600).contains(&s)), "{l}");

@@ -38,21 +38,33 @@ pub(crate) fn has_body(session: &Session) -> bool {
 
 /// Bodies up to this size are read whole, within the client timeout, before the app is
 /// contacted (as nginx buffers requests): a client that stalls or breaks one off gets 408 or
-/// 400 and the app sees nothing. It fits pingora's 64 KiB retry buffer, which then sends it:
-/// an HTTP/2 read returns one DATA frame (at most 16 KiB), so reading stops below 64 KiB.
+/// 400 and the app sees nothing. It fits pingora's 64 KiB retry buffer, which then sends it
+/// (pingora keeps up to 64 KiB of every forwarded body there for the request's life anyway).
 pub(crate) const READ_AHEAD: usize = 48 * 1024;
 
-/// Reads a small request body ahead (see [`READ_AHEAD`]), or leaves the body to stream: a
-/// larger or unsized HTTP/1 body, one announced with `Expect: 100-continue` (the app answers
-/// the 100), an upgrade, or all slots taken. An HTTP/2 body without a length is read up to
-/// [`READ_AHEAD`] and the rest streams. Returns the body's length when it was read whole.
+/// What [`read_ahead`] did with a request's body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReadAhead {
+    /// No body, or one left to stream (HTTP/1: larger than [`READ_AHEAD`], unsized,
+    /// `Expect: 100-continue`, an upgrade, or every slot taken).
+    Stream,
+    /// Read whole: its length.
+    Whole(usize),
+    /// An HTTP/2 body that cannot be read whole: pingora reads HTTP/2 bodies without a
+    /// timeout, so it is not streamed; the stream is reset with `HTTP_1_1_REQUIRED` and the
+    /// browser sends the request again over HTTP/1.1, where each read has `client_timeout`.
+    Http1Required,
+}
+
+/// Reads a small request body ahead (see [`READ_AHEAD`]) within `total`, holding one of
+/// `slots` meanwhile.
 pub(crate) async fn read_ahead(
     session: &mut Session,
     slots: &tokio::sync::Semaphore,
     total: std::time::Duration,
-) -> std::result::Result<Option<usize>, Outcome> {
+) -> std::result::Result<ReadAhead, Outcome> {
     if !has_body(session) {
-        return Ok(None);
+        return Ok(ReadAhead::Stream);
     }
     let req = session.req_header();
     let declared = req
@@ -61,19 +73,27 @@ pub(crate) async fn read_ahead(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     let h2 = matches!(session.as_downstream(), ServerSession::H2(_));
-    let sized = declared.map_or(h2, |n| n <= READ_AHEAD);
-    if !sized
+    let too_large = declared.is_none_or(|n| n > READ_AHEAD);
+    let h1_streams = too_large
         || req.headers.contains_key(http::header::EXPECT)
-        || req.headers.contains_key(http::header::UPGRADE)
-    {
-        return Ok(None);
+        || req.headers.contains_key(http::header::UPGRADE);
+    if h2 && declared.is_some_and(|n| n > READ_AHEAD) {
+        return Ok(ReadAhead::Http1Required);
+    }
+    if !h2 && h1_streams {
+        return Ok(ReadAhead::Stream);
     }
     let Ok(_slot) = slots.try_acquire() else {
-        return Ok(None);
+        return Ok(if h2 {
+            ReadAhead::Http1Required
+        } else {
+            ReadAhead::Stream
+        });
     };
     session.as_downstream_mut().enable_retry_buffering();
     let read = async {
         let mut read = 0;
+        // HTTP/2 reads return one DATA frame (16 KiB at most): below 64 KiB in all.
         while read < READ_AHEAD {
             match session.read_request_body().await {
                 Ok(Some(chunk)) => read += chunk.len(),
@@ -84,12 +104,27 @@ pub(crate) async fn read_ahead(
         Ok(None)
     };
     // In total, not per read: a slot is not held by a trickle.
-    match tokio::time::timeout(total, read).await {
-        Ok(Ok(whole)) => Ok(whole),
-        Ok(Err(BodyError::Broken(o))) => Err(o),
-        Ok(Err(BodyError::TooLarge)) => Err(Outcome::BadRequest),
-        Err(_) => Err(Outcome::ClientTimeout),
+    let whole = match tokio::time::timeout(total, read).await {
+        Ok(Ok(whole)) => whole,
+        Ok(Err(BodyError::Broken(o))) => return Err(o),
+        Ok(Err(BodyError::TooLarge)) => return Err(Outcome::BadRequest),
+        Err(_) => return Err(Outcome::ClientTimeout),
+    };
+    let truncated = match session.as_downstream() {
+        ServerSession::H1(s) => s.retry_buffer_truncated(),
+        ServerSession::H2(s) => s.retry_buffer_truncated(),
+        _ => false,
+    };
+    if truncated {
+        // Never forward a body whose start pingora no longer holds (cannot happen: reads
+        // stop below its 64 KiB).
+        return Err(Outcome::InternalError);
     }
+    Ok(match whole {
+        Some(n) => ReadAhead::Whole(n),
+        None if h2 => ReadAhead::Http1Required,
+        None => ReadAhead::Stream,
+    })
 }
 
 /// The store is down: constant words for users; the detail goes to the log.

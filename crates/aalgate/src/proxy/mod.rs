@@ -162,8 +162,7 @@ impl ProxyHttp for Gateway {
         // this long for the client; then 408 (`fail_to_proxy`). An upgrade's connection is a
         // WebSocket's: its own silence limit (shortened to the session's end where one is
         // watched). pingora's HTTP/2 has no read timeout: there, the read ahead (step 5) gives
-        // small bodies this deadline in total, and a larger body that stalls past its first
-        // 48 KiB is ended by `upstream_timeout` (the app waiting for it falls silent).
+        // bodies this deadline in total, and a body it cannot read whole goes over HTTP/1.1.
         let upgrade = session
             .req_header()
             .headers
@@ -202,10 +201,19 @@ impl ProxyHttp for Gateway {
         }
         // 5. Forwarded: a small body is read whole first, so the app never sees a request
         // whose body stalls or breaks off.
+        use crate::http::ReadAhead;
         match crate::http::read_ahead(x.session, &self.read_ahead, self.client_timeout).await {
-            Ok(whole) => {
-                x.ctx.body_length = whole;
+            Ok(ReadAhead::Stream) => Ok(false),
+            Ok(ReadAhead::Whole(n)) => {
+                x.ctx.body_length = Some(n);
                 Ok(false)
+            }
+            Ok(ReadAhead::Http1Required) => {
+                x.session
+                    .as_downstream_mut()
+                    .shutdown_with_reason(h2::Reason::HTTP_1_1_REQUIRED);
+                x.ctx.outcome = Outcome::Http1Required;
+                Ok(true)
             }
             Err(o) => x.broken_body(o).await,
         }
@@ -334,6 +342,8 @@ impl ProxyHttp for Gateway {
                 ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
             ) => (0, Outcome::ClientGone),
             (ErrorSource::Downstream, ErrorType::ReadTimedout) => (408, Outcome::ClientTimeout),
+            // An HTTP/2 stream the client reset (a cancelled fetch, a closed tab).
+            (ErrorSource::Downstream, ErrorType::H2Error) => (0, Outcome::ClientGone),
             (ErrorSource::Downstream, _) => (400, Outcome::BadRequest),
             _ => (500, Outcome::InternalError),
         };
