@@ -4,8 +4,8 @@
 # public, authenticated (embedded store and Redis) and cold-cache routes. Instruction counts
 # barely move between runs on a noisy machine, where requests/s move by ±30%.
 #
-# Each server runs alone under callgrind (1 worker thread); a client outside it (wrk, one
-# keep-alive connection) sends a fixed number of GETs of a 512-byte file through it. Counters are
+# Each server runs alone under callgrind (1 worker thread); a client outside it (Python's
+# http.client, one keep-alive connection) sends a fixed number of GETs of a 512-byte file through it. Counters are
 # zeroed, SMALL requests sent and counted, zeroed again, LARGE requests sent and counted: the
 # difference divided by LARGE - SMALL is the cost of one request, without start-up and with
 # the background tasks' share made small.
@@ -14,7 +14,7 @@
 #   PROFILE=auth benches/instructions.sh          # also keeps the callgrind dump of a row (nginx,
 #                                                 # minimal, public, auth, redis, cold) in target/
 #                                                 # and prints its top 10 functions, inclusive
-# Needs nginx, wrk, valgrind, redis-server (installed with apt-get when run as root).
+# Needs nginx, valgrind, redis-server (installed with apt-get when run as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,34 +23,9 @@ LARGE=${LARGE:-2500}
 COLD_SESSIONS=${COLD_SESSIONS:-5000}
 PROFILE=${PROFILE:-}
 
-need=()
-for c in nginx wrk valgrind redis-server; do command -v "$c" >/dev/null 2>&1 || need+=("$c"); done
-if ((${#need[@]})); then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-  else
-    echo "install first: ${need[*]}" >&2
-    exit 1
-  fi
-fi
-
-cargo build --release --locked -q -p aalgate -p aalgate-benches --bins
-BIN=target/release/aalgate
-MINT=target/release/mint-sessions
-MINIMAL=target/release/minimal-proxy
-
-work=$(mktemp -d)
-chmod 755 "$work"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+# shellcheck source=benches/common.sh
+source benches/common.sh
+need nginx valgrind redis-server
 
 P_UP=$(port); P_REDIS=$(port)
 mkdir -p "$work/www/app" "$work/www/static" "$work/nginx" "$work/policies"
@@ -77,43 +52,40 @@ routes:
     require: public
 EOF
 
-# wrk sends exactly N requests on one connection: a Lua script counts the answers and stops.
-# With COOKIES set, each request carries the next cookie of that file (the cold cache).
-cat > "$work/count.lua" <<'EOF'
-local n = tonumber(os.getenv("N"))
-local cookies = {}
-local file = os.getenv("COOKIES")
-if file and file ~= "" then
-  for line in io.lines(file) do cookies[#cookies + 1] = "aalgate=" .. line end
-end
-local i, got = 0, 0
-request = function()
-  if #cookies > 0 then
-    i = i % #cookies + 1
-    return wrk.format(nil, nil, { ["Cookie"] = cookies[i] })
-  end
-  return wrk.format()
-end
-response = function(status)
-  -- A 302 (a cookie that does not resolve) would count the sign-in redirect, not the proxy.
-  if status ~= 200 then io.stderr:write("answer " .. status .. "\n") os.exit(1) end
-  got = got + 1
-  if got >= n then wrk.thread:stop() end
-end
-done = function(summary)
-  if summary.requests < n then io.stderr:write("only " .. summary.requests .. " requests\n") os.exit(1) end
-end
+# Exactly N GETs on one keep-alive connection (wrk stops only at its duration): each must be
+# answered 200 (a 302 would count the sign-in redirect, not the proxy). With COOKIES, each
+# request carries the next cookie of that file (the cold cache).
+cat > "$work/client.py" <<'EOF'
+import http.client, sys
+n, url, cookie_file, header = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+host, _, path = url.removeprefix("http://").partition("/")
+h, p = host.split(":")
+cookies = [l.strip() for l in open(cookie_file)] if cookie_file else []
+conn = http.client.HTTPConnection(h, int(p))
+for i in range(n):
+    headers = {"Host": host}
+    if cookies:
+        headers["Cookie"] = "aalgate=" + cookies[i % len(cookies)]
+    elif header:
+        k, _, v = header.partition(": ")
+        headers[k] = v
+    conn.request("GET", "/" + path, headers=headers)
+    r = conn.getresponse()
+    r.read()
+    if r.status != 200:
+        sys.exit(f"answer {r.status} to request {i}")
 EOF
+send() { python3 "$work/client.py" "$@"; }
 
-# count PROC N URL COOKIES [wrk args...]: zeroes the counters of the server running under
+# count PROC N URL COOKIES [HEADER]: zeroes the counters of the server running under
 # callgrind as PROC, sends N requests and prints the instructions counted meanwhile.
 count() {
   local proc=$1 n=$2 url=$3 cookies=$4; shift 4
   local pid; pid=$(cat "$work/cg-$proc.pid")
-  callgrind_control -z "$pid" >/dev/null
-  N=$n COOKIES=$cookies wrk -t1 -c1 -d600s -s "$work/count.lua" "$@" "$url" >/dev/null
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  send "$n" "$url" "$cookies" "${1:-}"
   local before; before=$(ls "$work/cg-$proc.$pid".* 2>/dev/null | wc -l)
-  callgrind_control -d "$pid" >/dev/null
+  callgrind_control -d "$pid" >/dev/null 2>&1
   for _ in $(seq 100); do
     [ "$(ls "$work/cg-$proc.$pid".* 2>/dev/null | wc -l)" -gt "$before" ] && break
     sleep 0.1
@@ -122,11 +94,11 @@ count() {
   awk '/^summary:/ {print $2; exit}' "$f"
 }
 
-# per_request PROC URL COOKIES [wrk args...]: instructions per request.
+# per_request PROC URL COOKIES [HEADER]: instructions per request.
 per_request() {
   local proc=$1 url=$2 cookies=$3; shift 3
   # Warm up (caches, pools, the first session read).
-  N=50 COOKIES=$cookies wrk -t1 -c1 -d600s -s "$work/count.lua" "$@" "$url" >/dev/null
+  send 50 "$url" "$cookies" "${1:-}"
   local a b
   a=$(count "$proc" "$SMALL" "$url" "$cookies" "$@")
   b=$(count "$proc" "$LARGE" "$url" "$cookies" "$@")
@@ -140,7 +112,7 @@ under_callgrind() { # name cmd...: starts cmd under callgrind, dumps into $work/
   echo $! > "$work/cg-$name.pid"
 }
 
-stop_last() { local p=${pids[-1]}; kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; unset 'pids[-1]'; }
+stop_last() { local p=${pids[-1]}; kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; unset 'pids[-1]'; }
 
 gateway_conf() { # name port admin store
   cat > "$work/$1.yaml" <<EOF
@@ -158,7 +130,7 @@ EOF
 }
 
 declare -A IR
-measure_row() { # key proc url cookies [wrk args...]
+measure_row() { # key proc url cookies [header]
   local key=$1; shift
   IR[$key]=$(per_request "$@")
   [ "$PROFILE" != "$key" ] || cp "$(ls -t "$work/cg-$1.$(cat "$work/cg-$1.pid")".* | head -1)" "target/callgrind-$key.out"
@@ -193,7 +165,7 @@ gateway_conf emb "$P" "$A" "embedded:$work/emb"
 RUST_LOG=warn under_callgrind emb "$BIN" run --config "$work/emb.yaml"
 wait_port "$P"
 measure_row public emb "http://127.0.0.1:$P/static/index.html" ""
-measure_row auth emb "http://127.0.0.1:$P/app/index.html" "" -H "Cookie: aalgate=$COOKIE_EMB"
+measure_row auth emb "http://127.0.0.1:$P/app/index.html" "" "Cookie: aalgate=$COOKIE_EMB"
 stop_last
 
 # 5-6. aalgate with Redis: authenticated (one cached session) and cold (each request another
@@ -204,7 +176,7 @@ COOKIE_RED=$("$MINT" "redis://127.0.0.1:$P_REDIS/0" 1 "127.0.0.1:$P")
 gateway_conf red "$P" "$A" "redis://127.0.0.1:$P_REDIS/0"
 RUST_LOG=warn under_callgrind redis "$BIN" run --config "$work/red.yaml"
 wait_port "$P"
-measure_row redis redis "http://127.0.0.1:$P/app/index.html" "" -H "Cookie: aalgate=$COOKIE_RED"
+measure_row redis redis "http://127.0.0.1:$P/app/index.html" "" "Cookie: aalgate=$COOKIE_RED"
 measure_row cold redis "http://127.0.0.1:$P/app/index.html" "$work/cookies.txt"
 stop_last
 
@@ -225,7 +197,11 @@ echo
 echo "Targets: authenticated - public = $(( IR[auth] - IR[public] )) (≤ 10000); public - minimal pingora = $(( IR[public] - IR[minimal] )) (≤ 40000)."
 
 if [ -n "$PROFILE" ]; then
+  f="target/callgrind-$PROFILE.out"
   echo
-  echo "Top 10 functions by inclusive cost ($PROFILE, the dump of its $LARGE requests), target/callgrind-$PROFILE.out:"
-  callgrind_annotate --inclusive=yes "target/callgrind-$PROFILE.out" 2>/dev/null | grep -E '^ *[0-9,]+ ' | head -12
+  echo "Top 10 functions of row $PROFILE by inclusive cost, runtime frames left out (instructions per request; $f):"
+  callgrind_annotate --inclusive=yes "$f" 2>/dev/null \
+    | grep -E '^ *[0-9,]+ ' \
+    | grep -vE 'PROGRAM TOTALS|clone\.S|start_thread|thread_start|call_once|backtrace|tokio-[0-9.]+/src/runtime|services/listening\.rs|apps/mod\.rs|Draining|future/future\.rs' \
+    | head -10 | awk -v n="$LARGE" '{ c=$1; gsub(",", "", c); $1=""; $2=""; printf "%8d %s\n", c/n, $0 }' || true
 fi

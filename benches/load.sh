@@ -28,34 +28,9 @@ WORKERS=${WORKERS:-1}
 SESSIONS=${SESSIONS:-100000}
 EMBEDDED_SESSIONS=${EMBEDDED_SESSIONS:-100000}
 
-need=()
-for c in nginx wrk redis-server redis-sentinel; do command -v "$c" >/dev/null 2>&1 || need+=("$c"); done
-if ((${#need[@]})); then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-  else
-    echo "install first: ${need[*]}" >&2
-    exit 1
-  fi
-fi
-
-cargo build --release --locked -q -p aalgate -p aalgate-benches --bins
-BIN=target/release/aalgate
-MINT=target/release/mint-sessions
-MINIMAL=target/release/minimal-proxy
-
-work=$(mktemp -d)
-chmod 755 "$work"  # nginx workers (another user) read the test files
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+# shellcheck source=benches/common.sh
+source benches/common.sh
+need nginx wrk redis-server redis-sentinel
 
 P_UP=$(port); P_PROXY=$(port); P_AUTHREQ=$(port); P_AUTH=$(port); P_REDIS=$(port)
 P_GW_EMB=$(port); P_GW_RED=$(port); P_GW_RED2=$(port); A1=$(port); A2=$(port); A3=$(port)

@@ -773,6 +773,26 @@ store: {store}\n{deadline}policies: policies\nstate_dir: state\nthreads: 2\nsess
         }
     }
 
+    /// Asserts the log has no WARN or ERROR line: what clients cause must not fill it.
+    pub fn assert_quiet(&self, what: &str) {
+        self.assert_quiet_but(what, "\0");
+    }
+
+    /// As [`Gateway::assert_quiet`], leaving out lines that contain `except`.
+    pub fn assert_quiet_but(&self, what: &str, except: &str) {
+        let log = self.log();
+        let loud: Vec<&str> = log
+            .lines()
+            .filter(|l| (l.contains(" WARN ") || l.contains(" ERROR ")) && !l.contains(except))
+            .collect();
+        assert!(
+            loud.is_empty(),
+            "{what}: {} lines logged loudly:\n{}",
+            loud.len(),
+            loud.join("\n")
+        );
+    }
+
     /// The embedded state directory.
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")

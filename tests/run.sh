@@ -6,7 +6,8 @@
 # promtool (Debian package prometheus: checks the metrics scrape and the alert rules),
 # chromium and node/npm (the browser tests: playwright-core from npm drives Debian's Chromium
 # with WebAuthn virtual authenticators, no browser download; npm oidc-provider is the real
-# OpenID Connect provider of the single sign-on tests), and python3 with pip (httpbin and
+# OpenID Connect provider of the single sign-on tests), and python3 with pip (hyper-h2, the
+# HTTP/2 client that sends malformed requests; httpbin and
 # gunicorn from PyPI, the upstream of the transparency tests; PyJWT verifies the assertion;
 # Trac from PyPI, a real app under a path for kept forms; scim2-tester from PyPI, the SCIM
 # compliance checker),
@@ -44,6 +45,11 @@ fi
 # (served by tracd under /env, Path=/env cookies) for kept forms in Chromium (PyPI).
 if ! python3 -c "import httpbin, gunicorn, jwt, trac" >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check "httpbin==0.10.*" "gunicorn>=22" "PyJWT[crypto]>=2.8" "Trac==1.6.*"
+fi
+# hyper-h2, the HTTP/2 client of the h2 tests (tests/h2client.py): it sends malformed requests
+# exactly as given, which curl and Rust's h2 refuse to.
+if ! python3 -c "import h2" >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check "h2==4.*"
 fi
 # scim2-tester, the independent SCIM compliance checker the provisioning tests run (PyPI; its
 # client speaks httpx2). Pinned: a newer checker may add checks.

@@ -472,6 +472,35 @@ fn sigterm_lets_in_flight_requests_finish() {
     assert!(!g.log().contains("panicked"), "{}", g.log());
 }
 
+/// Sends `head` (a request with `Content-Length: 100`), then a byte every 300 ms, never silent
+/// for the 1 s client timeout: the body as a whole gets that second, then 408.
+fn trickle_gets_408(port: u16, head: &str) {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(head.as_bytes()).unwrap();
+    let t0 = Instant::now();
+    let mut w = c.try_clone().unwrap();
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..30 {
+            std::thread::sleep(Duration::from_millis(300));
+            if w.write_all(b"n").is_err() {
+                break;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut c, &mut answer);
+    let took = t0.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "trickle: {answer:.300}");
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_millis(1800),
+        "trickle: 408 after {took:?}"
+    );
+    drop(c);
+    let _ = trickle.join();
+}
+
 /// A client that sends a request's head and part of its body, then nothing, gets 408 once
 /// `client_timeout` passes: on a forwarded route (a small body is read whole first, so the
 /// upstream sees nothing; a large one streams, so the upstream saw the head and sees the
@@ -534,70 +563,19 @@ fn a_client_that_stops_mid_request_gets_408() {
         assert_eq!(seen, expected, "{target} ({length}): what the upstream saw");
     }
     // Nor can a trickle hold a small body's read on a public route: it gets the same bound.
-    let mut c = TcpStream::connect(("127.0.0.1", g.port)).expect("connect");
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c.write_all(
-        format!("POST /static/upload HTTP/1.1\r\nHost: {h}\r\nContent-Length: 100\r\n\r\n")
-            .as_bytes(),
-    )
-    .unwrap();
-    let t0 = Instant::now();
-    let mut w = c.try_clone().unwrap();
-    let trickle = std::thread::spawn(move || {
-        for _ in 0..30 {
-            std::thread::sleep(Duration::from_millis(300));
-            if w.write_all(b"n").is_err() {
-                break;
-            }
-        }
-    });
-    let mut answer = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut c, &mut answer);
-    let took = t0.elapsed();
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(
-        answer.starts_with("HTTP/1.1 408"),
-        "public trickle: {answer:.300}"
+    trickle_gets_408(
+        g.port,
+        &format!("POST /static/upload HTTP/1.1\r\nHost: {h}\r\nContent-Length: 100\r\n\r\n"),
     );
-    assert!(
-        took >= Duration::from_millis(950) && took < Duration::from_millis(1800),
-        "public trickle: 408 after {took:?}"
-    );
-    drop(c);
-    let _ = trickle.join();
     assert!(up.seen().is_empty(), "{:?}", up.seen());
     // A trickle (a byte every 300 ms, never silent for the 1 s) cannot hold one of the few
     // slots the gateway reads kept forms into: the whole body gets client_timeout.
-    let mut c = TcpStream::connect(("127.0.0.1", g.port)).expect("connect");
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c.write_all(
-        format!(
+    trickle_gets_408(
+        g.port,
+        &format!(
             "POST /confirm HTTP/1.1\r\nHost: {h}\r\nCookie: aalgate={stale}\r\nOrigin: http://{h}\r\nSec-Fetch-Mode: navigate\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .unwrap();
-    let t0 = Instant::now();
-    let mut w = c.try_clone().unwrap();
-    let trickle = std::thread::spawn(move || {
-        for _ in 0..30 {
-            std::thread::sleep(Duration::from_millis(300));
-            if w.write_all(b"n").is_err() {
-                break;
-            }
-        }
-    });
-    let mut answer = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut c, &mut answer);
-    let took = t0.elapsed();
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 408"), "trickle: {answer:.300}");
-    assert!(
-        took >= Duration::from_millis(950) && took < Duration::from_millis(1800),
-        "trickle: 408 after {took:?}"
+        ),
     );
-    drop(c);
-    let _ = trickle.join();
     let kept = rt()
         .block_on(store.kv_list("kept"))
         .expect("list kept forms");
@@ -610,16 +588,7 @@ fn a_client_that_stops_mid_request_gets_408() {
     );
     assert_eq!(r.status, 400, "{}", r.text());
     std::thread::sleep(Duration::from_millis(200));
-    let log = g.log();
-    let loud: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
-        .collect();
-    assert!(
-        loud.is_empty(),
-        "client-caused failures logged loudly:\n{}",
-        loud.join("\n")
-    );
+    g.assert_quiet("client-caused failures");
     assert!(g.alive(), "gateway died");
     assert!(!g.log().contains("panicked"), "{}", g.log());
 }

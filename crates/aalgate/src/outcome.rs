@@ -292,6 +292,7 @@ impl Outcome {
 
     /// The status of a refusal the gateway answers itself (`None`: not a refusal, or one whose
     /// status comes from elsewhere).
+    #[allow(clippy::too_many_lines, reason = "one arm per outcome, listed in full")]
     pub fn status(self) -> Option<u16> {
         match self {
             Outcome::BadMethod
