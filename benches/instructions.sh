@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 
 SMALL=${SMALL:-500}
 LARGE=${LARGE:-2500}
-COLD_SESSIONS=${COLD_SESSIONS:-5000}
+COLD_SESSIONS=${COLD_SESSIONS:-$((50 + SMALL + LARGE))}
 PROFILE=${PROFILE:-}
 
 # shellcheck source=benches/common.sh
@@ -57,7 +57,7 @@ EOF
 # request carries the next cookie of that file (the cold cache).
 cat > "$work/client.py" <<'EOF'
 import http.client, sys
-n, url, cookie_file, header = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+n, url, cookie_file, header, offset = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 host, _, path = url.removeprefix("http://").partition("/")
 h, p = host.split(":")
 cookies = [l.strip() for l in open(cookie_file)] if cookie_file else []
@@ -65,43 +65,54 @@ conn = http.client.HTTPConnection(h, int(p))
 for i in range(n):
     headers = {"Host": host}
     if cookies:
-        headers["Cookie"] = "aalgate=" + cookies[i % len(cookies)]
+        headers["Cookie"] = "aalgate=" + cookies[(offset + i) % len(cookies)]
     elif header:
         k, _, v = header.partition(": ")
         headers[k] = v
     conn.request("GET", "/" + path, headers=headers)
+    sock = conn.sock
     r = conn.getresponse()
     r.read()
     if r.status != 200:
         sys.exit(f"answer {r.status} to request {i}")
+    if i > 0 and sock is not first:
+        sys.exit(f"the connection was not kept alive (request {i})")
+    if i == 0:
+        first = sock
 EOF
 send() { python3 "$work/client.py" "$@"; }
 
-# count PROC N URL COOKIES [HEADER]: zeroes the counters of the server running under
-# callgrind as PROC, sends N requests and prints the instructions counted meanwhile.
+# count PROC N URL COOKIES OFFSET [HEADER]: zeroes the counters of the server running under
+# callgrind as PROC, sends N requests (the cold cache: cookies from OFFSET on, so that no run
+# reuses another's sessions) and prints the instructions counted meanwhile.
 count() {
-  local proc=$1 n=$2 url=$3 cookies=$4; shift 4
+  local proc=$1 n=$2 url=$3 cookies=$4 offset=$5; shift 5
   local pid; pid=$(cat "$work/cg-$proc.pid")
-  callgrind_control -z "$pid" >/dev/null 2>&1
-  send "$n" "$url" "$cookies" "${1:-}"
+  callgrind_control -z "$pid" >/dev/null 2>&1 || { echo "callgrind_control -z $pid failed" >&2; exit 1; }
+  send "$n" "$url" "$cookies" "${1:-}" "$offset" || exit 1
   local before; before=$(ls "$work/cg-$proc.$pid".* 2>/dev/null | wc -l)
-  callgrind_control -d "$pid" >/dev/null 2>&1
-  for _ in $(seq 100); do
-    [ "$(ls "$work/cg-$proc.$pid".* 2>/dev/null | wc -l)" -gt "$before" ] && break
+  callgrind_control -d "$pid" >/dev/null 2>&1 || { echo "callgrind_control -d $pid failed" >&2; exit 1; }
+  local after=$before
+  for _ in $(seq 300); do
+    after=$(ls "$work/cg-$proc.$pid".* 2>/dev/null | wc -l)
+    [ "$after" -gt "$before" ] && break
     sleep 0.1
   done
+  [ "$after" -gt "$before" ] || { echo "no new callgrind dump from $proc" >&2; exit 1; }
   local f; f=$(ls -t "$work/cg-$proc.$pid".* | head -1)
-  awk '/^summary:/ {print $2; exit}' "$f"
+  local ir; ir=$(awk '/^summary:/ {print $2; exit}' "$f")
+  [[ "$ir" =~ ^[0-9]+$ ]] || { echo "no instruction count in $f" >&2; exit 1; }
+  echo "$ir"
 }
 
 # per_request PROC URL COOKIES [HEADER]: instructions per request.
 per_request() {
   local proc=$1 url=$2 cookies=$3; shift 3
   # Warm up (caches, pools, the first session read).
-  send 50 "$url" "$cookies" "${1:-}"
+  send 50 "$url" "$cookies" "${1:-}" 0 || exit 1
   local a b
-  a=$(count "$proc" "$SMALL" "$url" "$cookies" "$@")
-  b=$(count "$proc" "$LARGE" "$url" "$cookies" "$@")
+  a=$(count "$proc" "$SMALL" "$url" "$cookies" 50 "$@") || exit 1
+  b=$(count "$proc" "$LARGE" "$url" "$cookies" $((50 + SMALL)) "$@") || exit 1
   echo $(( (b - a) / (LARGE - SMALL) ))
 }
 

@@ -56,6 +56,20 @@ pub(crate) enum ReadAhead {
     Http1Required,
 }
 
+/// Whether an HTTP/2 request declares a body larger than [`READ_AHEAD`] (see
+/// [`ReadAhead::Http1Required`]).
+pub(crate) fn h2_too_large(session: &Session) -> bool {
+    matches!(session.as_downstream(), ServerSession::H2(_))
+        && declared_length(session.req_header()).is_some_and(|n| n > READ_AHEAD)
+}
+
+fn declared_length(req: &RequestHeader) -> Option<usize> {
+    req.headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+}
+
 /// Reads a small request body ahead (see [`READ_AHEAD`]) within `total`, holding one of
 /// `slots` meanwhile.
 pub(crate) async fn read_ahead(
@@ -67,11 +81,7 @@ pub(crate) async fn read_ahead(
         return Ok(ReadAhead::Stream);
     }
     let req = session.req_header();
-    let declared = req
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared = declared_length(req);
     let h2 = matches!(session.as_downstream(), ServerSession::H2(_));
     let too_large = declared.is_none_or(|n| n > READ_AHEAD);
     let h1_streams = too_large
@@ -93,8 +103,9 @@ pub(crate) async fn read_ahead(
     session.as_downstream_mut().enable_retry_buffering();
     let read = async {
         let mut read = 0;
-        // HTTP/2 reads return one DATA frame (16 KiB at most): below 64 KiB in all.
-        while read < READ_AHEAD {
+        // HTTP/2 reads return one DATA frame (16 KiB at most): below 64 KiB in all. A body of
+        // exactly READ_AHEAD is whole once its end is read.
+        while read <= READ_AHEAD {
             match session.read_request_body().await {
                 Ok(Some(chunk)) => read += chunk.len(),
                 Ok(None) => return Ok(Some(read)),

@@ -195,6 +195,11 @@ impl ProxyHttp for Gateway {
         {
             return crate::endpoints::dispatch(self, &mut x, &path).await;
         }
+        // An HTTP/2 body too large to read ahead goes over HTTP/1.1 (step 5), sent back before
+        // admission so that a one-time admission (a step-up's) is not spent on it.
+        if crate::http::h2_too_large(x.session) {
+            return Ok(self.http1_required(&mut x));
+        }
         // 4. The rule, the session and [`admit`].
         if self.admission(&mut x, &host).await? {
             return Ok(true);
@@ -208,13 +213,7 @@ impl ProxyHttp for Gateway {
                 x.ctx.body_length = Some(n);
                 Ok(false)
             }
-            Ok(ReadAhead::Http1Required) => {
-                x.session
-                    .as_downstream_mut()
-                    .shutdown_with_reason(h2::Reason::HTTP_1_1_REQUIRED);
-                x.ctx.outcome = Outcome::Http1Required;
-                Ok(true)
-            }
+            Ok(ReadAhead::Http1Required) => Ok(self.http1_required(&mut x)),
             Err(o) => x.broken_body(o).await,
         }
     }
@@ -342,8 +341,10 @@ impl ProxyHttp for Gateway {
                 ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
             ) => (0, Outcome::ClientGone),
             (ErrorSource::Downstream, ErrorType::ReadTimedout) => (408, Outcome::ClientTimeout),
-            // An HTTP/2 stream the client reset (a cancelled fetch, a closed tab).
-            (ErrorSource::Downstream, ErrorType::H2Error) => (0, Outcome::ClientGone),
+            // An HTTP/2 stream the client itself ended (a cancelled fetch, a closed tab).
+            (ErrorSource::Downstream, ErrorType::H2Error) if client_reset(e) => {
+                (0, Outcome::ClientGone)
+            }
             (ErrorSource::Downstream, _) => (400, Outcome::BadRequest),
             _ => (500, Outcome::InternalError),
         };
@@ -427,6 +428,27 @@ impl ProxyHttp for Gateway {
             "request"
         );
     }
+}
+
+impl Gateway {
+    /// Resets an HTTP/2 stream with `HTTP_1_1_REQUIRED`: the browser sends the request again
+    /// over HTTP/1.1. Returns that the request was answered.
+    fn http1_required(&self, x: &mut Exchange<'_>) -> bool {
+        x.session
+            .as_downstream_mut()
+            .shutdown_with_reason(h2::Reason::HTTP_1_1_REQUIRED);
+        x.ctx.outcome = Outcome::Http1Required;
+        true
+    }
+}
+
+/// An HTTP/2 stream the client reset with CANCEL or NO_ERROR (pingora's "Client closed H2");
+/// other HTTP/2 errors (a reset of ours, a protocol error) stay warnings.
+fn client_reset(e: &Error) -> bool {
+    let text = e.to_string();
+    [h2::Reason::CANCEL, h2::Reason::NO_ERROR]
+        .iter()
+        .any(|r| text.contains(&format!("Client closed H2, reason: {r}")))
 }
 
 /// Failures of the client's half of a request: a client gone, silent, or sending a chunked
