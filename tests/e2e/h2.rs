@@ -805,3 +805,56 @@ fn failed_handshakes_are_counted_not_logged() {
     g.assert_quiet("the gateway");
     assert!(g.alive());
 }
+
+/// The gateway's own endpoints read their bodies themselves (a sign-out form, a ceremony's
+/// JSON): over HTTP/2, where pingora has no read timeout, a body that stalls must still end
+/// within `client_timeout`, or anyone could hold streams open for ever.
+#[test]
+fn the_gateways_own_endpoints_end_a_stalled_http2_body() {
+    let up = Upstream::start();
+    let mut g = Gateway::start_tls_extra(
+        &[("billing.yaml", &policy(up.port))],
+        "client_timeout: 1s\n",
+    );
+    let port = g.port;
+    let host = format!("localhost:{port}");
+    let origin = format!("https://{host}");
+    // A browser binding and its token, as any visitor gets them from the sign-out page.
+    let page = &h2_send(&[
+        json!({"port": port, "headers": h2_headers("GET", Some(&host), "/.aalgate/logout", &[])}),
+    ])[0];
+    let bind = page
+        .headers
+        .iter()
+        .find_map(|(n, v)| {
+            (n == "set-cookie").then(|| v.split(';').next().unwrap_or("").to_string())
+        })
+        .expect("binding cookie");
+    let csrf = page
+        .body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .expect("csrf token")
+        .to_string();
+    let reqs: Vec<_> = ["/.aalgate/logout", "/.aalgate/webauthn/start"]
+        .iter()
+        .map(|p| {
+            json!({"port": port, "headers": h2_headers("POST", Some(&host), p, &[("origin", &origin), ("cookie", &bind), ("x-aalgate-csrf", &csrf), ("sec-fetch-site", "same-origin"), ("content-type", "application/x-www-form-urlencoded")]), "body": "csrf=", "end": false, "wait": 3})
+        })
+        .collect();
+    for (i, a) in h2_send(&reqs).iter().enumerate() {
+        assert!(
+            a.status.is_some() || a.reset.is_some(),
+            "request {i} still open after {} s: {a:?}",
+            a.elapsed
+        );
+        assert!(
+            a.elapsed < 1.8,
+            "request {i} ended after {} s: {a:?}",
+            a.elapsed
+        );
+    }
+    assert!(up.seen().is_empty());
+    assert!(g.alive());
+}

@@ -117,7 +117,9 @@ pub(crate) async fn handle(st: &State, x: &mut Exchange<'_>, path: &str) -> Resu
     let rest = path[PREFIX.len()..].trim_end_matches('/').to_string();
     let body: Result<Value, ScimError> =
         if [http::Method::POST, http::Method::PUT, http::Method::PATCH].contains(&method) {
-            match crate::http::read_limited(x.session, MAX_SCIM_BODY).await {
+            match crate::http::read_limited_within(x.session, MAX_SCIM_BODY, st.client_timeout)
+                .await
+            {
                 Err(crate::http::BodyError::TooLarge) => {
                     let e =
                         ScimError::status(413, format!("the body is over {MAX_SCIM_BODY} bytes"));

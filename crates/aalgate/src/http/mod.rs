@@ -81,16 +81,17 @@ pub(crate) async fn read_ahead(
         return Ok(ReadAhead::Stream);
     }
     let req = session.req_header();
-    let declared = declared_length(req);
     let h2 = matches!(session.as_downstream(), ServerSession::H2(_));
-    let too_large = declared.is_none_or(|n| n > READ_AHEAD);
-    let h1_streams = too_large
-        || req.headers.contains_key(http::header::EXPECT)
-        || req.headers.contains_key(http::header::UPGRADE);
-    if h2 && declared.is_some_and(|n| n > READ_AHEAD) {
+    if h2_too_large(session) {
         return Ok(ReadAhead::Http1Required);
     }
-    if !h2 && h1_streams {
+    // HTTP/1: only a declared length within bounds, and no interim answer or upgrade to wait
+    // for (the app answers `Expect: 100-continue`).
+    if !h2
+        && (declared_length(req).is_none_or(|n| n > READ_AHEAD)
+            || req.headers.contains_key(http::header::EXPECT)
+            || req.headers.contains_key(http::header::UPGRADE))
+    {
         return Ok(ReadAhead::Stream);
     }
     let Ok(_slot) = slots.try_acquire() else {
@@ -109,7 +110,12 @@ pub(crate) async fn read_ahead(
             match session.read_request_body().await {
                 Ok(Some(chunk)) => read += chunk.len(),
                 Ok(None) => return Ok(Some(read)),
-                Err(e) => return Err(BodyError::from_read(&e)),
+                Err(e) => {
+                    return Err(match BodyError::from_read(&e) {
+                        BodyError::Broken(o) => o,
+                        BodyError::TooLarge => Outcome::BadRequest,
+                    })
+                }
             }
         }
         Ok(None)
@@ -117,8 +123,7 @@ pub(crate) async fn read_ahead(
     // In total, not per read: a slot is not held by a trickle.
     let whole = match tokio::time::timeout(total, read).await {
         Ok(Ok(whole)) => whole,
-        Ok(Err(BodyError::Broken(o))) => return Err(o),
-        Ok(Err(BodyError::TooLarge)) => return Err(Outcome::BadRequest),
+        Ok(Err(e)) => return Err(e),
         Err(_) => return Err(Outcome::ClientTimeout),
     };
     let truncated = match session.as_downstream() {
@@ -431,9 +436,10 @@ impl Exchange<'_> {
         constant_eq(token.as_bytes(), csrf_of(bind.expose()).as_bytes()).then_some(bind)
     }
 
-    /// The body of a request to the gateway's own endpoints (at most `MAX_BODY`).
+    /// The body of a request to the gateway's own endpoints (at most `MAX_BODY`), within the
+    /// client timeout in all (pingora's HTTP/2 reads have no timeout of their own).
     pub(crate) async fn read_body(&mut self) -> std::result::Result<Vec<u8>, BodyError> {
-        crate::http::read_limited(self.session, MAX_BODY).await
+        read_limited_within(self.session, MAX_BODY, self.st.client_timeout).await
     }
 
     /// The answer to a body the client broke off: none to a client that is gone, else the
@@ -497,8 +503,9 @@ impl BodyError {
     }
 }
 
-/// [`read_limited`] within `total` as a whole: for the reads that hold one of the few
-/// shared body slots, so a client trickling a byte per `client_timeout` cannot keep one.
+/// [`read_limited`] within `total` as a whole, the only way the gateway reads a body itself:
+/// a client trickling a byte per `client_timeout` cannot keep one of the few shared body slots,
+/// and over HTTP/2, whose reads pingora does not time, a stalled body still ends.
 pub(crate) async fn read_limited_within(
     session: &mut Session,
     limit: usize,
@@ -511,7 +518,7 @@ pub(crate) async fn read_limited_within(
 
 /// The request body, up to `limit` bytes. Too large: not read at all when its length is
 /// declared.
-pub(crate) async fn read_limited(
+async fn read_limited(
     session: &mut Session,
     limit: usize,
 ) -> std::result::Result<Vec<u8>, BodyError> {
