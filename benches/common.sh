@@ -15,10 +15,13 @@ need() {
   fi
 }
 
-cargo build --release --locked -q -p aalgate -p aalgate-benches --bins
-BIN=target/release/aalgate
-MINT=target/release/mint-sessions
-MINIMAL=target/release/minimal-proxy
+# BINS=dir uses the binaries already there (no build): one build while another runs.
+if [ -z "${BINS:-}" ]; then
+  cargo build --release --locked -q -p aalgate -p aalgate-benches --bins
+fi
+BIN=${BINS:-target/release}/aalgate
+MINT=${BINS:-target/release}/mint-sessions
+MINIMAL=${BINS:-target/release}/minimal-proxy
 
 work=$(mktemp -d)
 chmod 755 "$work"  # nginx workers (another user) read the test files

@@ -11,9 +11,10 @@
 # the background tasks' share made small.
 #
 #   benches/instructions.sh                       # SMALL=500 LARGE=2500
-#   PROFILE=auth benches/instructions.sh          # also keeps the callgrind dump of a row (nginx,
-#                                                 # minimal, public, auth, redis, cold) in target/
-#                                                 # and prints its top 10 functions, inclusive
+#   PROFILE="public auth" benches/instructions.sh # also keeps the callgrind dumps of these rows
+#                                                 # (nginx, minimal, public, auth, redis, cold) in
+#                                                 # target/ and prints their top 10 functions
+#   ROWS="public auth" benches/instructions.sh    # only these rows (a quicker profiling loop)
 # Needs nginx, valgrind, redis-server (installed with apt-get when run as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +23,8 @@ SMALL=${SMALL:-500}
 LARGE=${LARGE:-2500}
 COLD_SESSIONS=${COLD_SESSIONS:-$((50 + SMALL + LARGE))}
 PROFILE=${PROFILE:-}
+ROWS=${ROWS:-nginx minimal public auth redis cold}
+want() { [[ " $ROWS " == *" $1 "* ]]; }
 
 # shellcheck source=benches/common.sh
 source benches/common.sh
@@ -143,11 +146,13 @@ EOF
 declare -A IR
 measure_row() { # key proc url cookies [header]
   local key=$1; shift
+  want "$key" || return 0
   IR[$key]=$(per_request "$@")
-  [ "$PROFILE" != "$key" ] || cp "$(ls -t "$work/cg-$1.$(cat "$work/cg-$1.pid")".* | head -1)" "target/callgrind-$key.out"
+  [[ " $PROFILE " != *" $key "* ]] || cp "$(ls -t "$work/cg-$1.$(cat "$work/cg-$1.pid")".* | head -1)" "target/callgrind-$key.out"
 }
 
 # 1. nginx proxy_pass, one process (no master) so that callgrind sees the worker.
+if want nginx; then
 P=$(port)
 cat > "$work/nginx/proxy.conf" <<EOF
 worker_processes 1; daemon off; master_process off; pid $work/nginx/proxy.pid; error_log $work/nginx/proxy-error.log;
@@ -161,15 +166,19 @@ under_callgrind nginx nginx -c "$work/nginx/proxy.conf" -p "$work/nginx"
 wait_port "$P"
 measure_row nginx nginx "http://127.0.0.1:$P/app/index.html" ""
 stop_last
+fi
 
 # 2. The minimal pingora proxy.
+if want minimal; then
 P=$(port)
 under_callgrind minimal "$MINIMAL" "127.0.0.1:$P" "127.0.0.1:$P_UP" 1
 wait_port "$P"
 measure_row minimal minimal "http://127.0.0.1:$P/app/index.html" ""
 stop_last
+fi
 
 # 3-4. aalgate with the embedded store: public and authenticated (one cached session).
+if want public || want auth; then
 P=$(port); A=$(port)
 COOKIE_EMB=$("$MINT" "embedded:$work/emb" 1 "127.0.0.1:$P")
 gateway_conf emb "$P" "$A" "embedded:$work/emb"
@@ -178,9 +187,11 @@ wait_port "$P"
 measure_row public emb "http://127.0.0.1:$P/static/index.html" ""
 measure_row auth emb "http://127.0.0.1:$P/app/index.html" "" "Cookie: aalgate=$COOKIE_EMB"
 stop_last
+fi
 
 # 5-6. aalgate with Redis: authenticated (one cached session) and cold (each request another
 # session: a store read per request).
+if want redis || want cold; then
 P=$(port); A=$(port)
 COOKIE_RED=$("$MINT" "redis://127.0.0.1:$P_REDIS/0" 1 "127.0.0.1:$P")
 "$MINT" "redis://127.0.0.1:$P_REDIS/0" "$COLD_SESSIONS" "127.0.0.1:$P" > "$work/cookies.txt"
@@ -190,6 +201,7 @@ wait_port "$P"
 measure_row redis redis "http://127.0.0.1:$P/app/index.html" "" "Cookie: aalgate=$COOKIE_RED"
 measure_row cold redis "http://127.0.0.1:$P/app/index.html" "$work/cookies.txt"
 stop_last
+fi
 
 names=([1]=nginx [2]=minimal [3]=public [4]=auth [5]=redis [6]=cold)
 label=([1]="nginx proxy_pass" [2]="minimal pingora proxy" [3]="aalgate, public route"
@@ -200,19 +212,25 @@ echo "Machine: $(nproc) cores, $(uname -m); $(date -u +%Y-%m-%d). callgrind, use
 echo
 echo "| configuration | instructions per request | × nginx proxy_pass | × minimal pingora |"
 echo "|---|---|---|---|"
+ratio() { [ -n "${IR[$2]:-}" ] && awk -v a="$1" -v b="${IR[$2]}" 'BEGIN {printf "%.2f", a/b}' || echo -; }
 for k in 1 2 3 4 5 6; do
-  n=${IR[${names[$k]}]}
-  echo "| ${label[$k]} | $n | $(awk -v a="$n" -v b="${IR[nginx]}" 'BEGIN {printf "%.2f", a/b}') | $(awk -v a="$n" -v b="${IR[minimal]}" 'BEGIN {printf "%.2f", a/b}') |"
+  n=${IR[${names[$k]}]:-}
+  [ -n "$n" ] || continue
+  echo "| ${label[$k]} | $n | $(ratio "$n" nginx) | $(ratio "$n" minimal) |"
 done
 echo
-echo "Targets: authenticated - public = $(( IR[auth] - IR[public] )) (≤ 10000); public - minimal pingora = $(( IR[public] - IR[minimal] )) (≤ 40000)."
+[ -z "${IR[auth]:-}" ] || [ -z "${IR[public]:-}" ] ||
+  echo "Target: authenticated - public = $(( IR[auth] - IR[public] )) (≤ 10000)."
+[ -z "${IR[public]:-}" ] || [ -z "${IR[minimal]:-}" ] ||
+  echo "Target: public - minimal pingora = $(( IR[public] - IR[minimal] )) (≤ 40000)."
 
-if [ -n "$PROFILE" ]; then
-  f="target/callgrind-$PROFILE.out"
+for row in $PROFILE; do
+  f="target/callgrind-$row.out"
+  [ -f "$f" ] || continue
   echo
-  echo "Top 10 functions of row $PROFILE by inclusive cost, runtime frames left out (instructions per request; $f):"
+  echo "Top 10 functions of row $row by inclusive cost, runtime frames left out (instructions per request; $f):"
   callgrind_annotate --inclusive=yes "$f" 2>/dev/null \
     | grep -E '^ *[0-9,]+ ' \
     | grep -vE 'PROGRAM TOTALS|clone\.S|start_thread|thread_start|call_once|backtrace|tokio-[0-9.]+/src/runtime|services/listening\.rs|apps/mod\.rs|Draining|future/future\.rs' \
     | head -10 | awk -v n="$LARGE" '{ c=$1; gsub(",", "", c); $1=""; $2=""; printf "%8d %s\n", c/n, $0 }' || true
-fi
+done
