@@ -858,3 +858,29 @@ fn the_gateways_own_endpoints_end_a_stalled_http2_body() {
     assert!(up.seen().is_empty());
     assert!(g.alive());
 }
+
+/// A TLS listener with `http2: false` still names HTTP/1.1 by ALPN, as nginx does: a client
+/// that offers h2 and http/1.1 learns which one it got instead of guessing (found by the
+/// page-load benchmark: Chromium reported no protocol for a revalidated page).
+#[test]
+fn a_tls_listener_without_http2_names_http1_by_alpn() {
+    let up = Upstream::start();
+    let mut g = Gateway::start_tls(&[("billing.yaml", &policy(up.port))]);
+    g.stop();
+    let config = g.dir.path().join("aalgate.yaml");
+    let yaml = std::fs::read_to_string(&config).expect("read config");
+    let yaml = yaml.replacen(" }\n", " }\n    http2: false\n", 1);
+    assert!(yaml.contains("http2: false"), "{yaml}");
+    std::fs::write(&config, yaml).expect("write config");
+    g.restart();
+    let port = g.port;
+    let host = format!("localhost:{port}");
+    let r = h2_send(&[
+        json!({"port": port, "alpn": ["h2", "http/1.1"], "headers": []}),
+        json!({"port": port, "alpn": ["http/1.1"], "headers": []}),
+    ]);
+    assert_eq!(r[0].alpn.as_deref(), Some("http/1.1"), "{r:?}\n{}", g.log());
+    assert_eq!(r[1].alpn.as_deref(), Some("http/1.1"), "{r:?}");
+    assert_eq!(h1_status(port, &host, "/static/a.css"), 200);
+    assert!(g.alive());
+}

@@ -11,10 +11,10 @@ use crate::time::Timestamp;
 /// What kind of request asks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RequestKind {
-    /// A top-level page load or form post: a refusal sends it to the sign-in page.
-    Navigation,
-    /// A script's call (`fetch`, XHR): a refusal is a 401 JSON naming what is needed.
-    Script,
+    /// A page load, form post or script call (`fetch`, XHR). Admission treats them alike;
+    /// only the edge's answer to a refusal differs (the sign-in page, or a 401 JSON naming what
+    /// is needed), so the edge looks at which it is only then.
+    Http,
     /// A WebSocket upgrade: checked once, then held to the session's end.
     WebSocket,
     /// A form kept across a sign-in, sent by `/.aalgate/resume`.
@@ -285,7 +285,7 @@ mod tests {
     }
 
     use Admission as A;
-    use RequestKind::{Navigation as Nav, Replay, Script, WebSocket as Ws};
+    use RequestKind::{Http as Nav, Replay, WebSocket as Ws};
     use Requirement as R;
 
     type Row = (
@@ -326,7 +326,7 @@ mod tests {
             ("deny beats any session", access(R::Deny, None, true), n3, Nav, None, A::Deny),
             ("deny, emergency", access(R::Deny, None, true), em, Nav, None, A::Deny),
             ("no session", access(R::Aal2, None, false), none, Nav, None, A::Login { aal: Aal::Aal2 }),
-            ("no session, script", access(R::Aal3, None, false), none, Script, None, A::Login { aal: Aal::Aal3 }),
+            ("no session, aal3", access(R::Aal3, None, false), none, Nav, None, A::Login { aal: Aal::Aal3 }),
             ("aal2 on aal2", access(R::Aal2, None, false), n2, Nav, None, A::Allow),
             ("aal2 on aal2, websocket", access(R::Aal2, None, false), n2, Ws, None, A::Allow),
             ("aal2 on aal2, replay", access(R::Aal2, None, false), n2, Replay, None, A::Allow),
@@ -459,7 +459,7 @@ mod tests {
         assert!(would(
             &access(R::Aal2, Some(StepUp::PerRequest), false),
             n2,
-            Script
+            Nav
         ));
         assert!(!would(&access(R::Aal2, five, false), stale2, Ws));
         assert!(

@@ -75,7 +75,7 @@ fn every_limit_holds_one_second_either_side() {
         };
         let facts = AdmissionFacts {
             session,
-            request: RequestKind::Navigation,
+            request: RequestKind::Http,
             ceremony: None,
             person: None,
         };

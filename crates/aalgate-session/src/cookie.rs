@@ -9,28 +9,33 @@ use crate::SessionId;
 /// byte outside RFC 6265's cookie-octet (a space or quote inside, a comma, a backslash, a
 /// control) is skipped, as is a header that is not UTF-8.
 pub fn cookie_values<'a>(headers: impl IntoIterator<Item = &'a [u8]>, name: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for v in headers {
-        let Ok(v) = std::str::from_utf8(v) else {
-            continue;
-        };
-        for pair in v.split(';') {
-            if let Some((n, val)) = pair.trim().split_once('=') {
-                if n.trim() != name {
-                    continue;
-                }
-                let v = val.trim();
-                let v = v
-                    .strip_prefix('"')
-                    .and_then(|q| q.strip_suffix('"'))
-                    .unwrap_or(v);
-                if v.bytes().all(is_cookie_octet) {
-                    out.push(v.to_string());
-                }
+    cookie_value_iter(headers, name)
+        .map(str::to_string)
+        .collect()
+}
+
+/// [`cookie_values`] without copying them: the request path reads its cookies with no
+/// allocation.
+pub fn cookie_value_iter<'a, 'n, H: IntoIterator<Item = &'a [u8]>>(
+    headers: H,
+    name: &'n str,
+) -> impl Iterator<Item = &'a str> + use<'a, 'n, H> {
+    headers
+        .into_iter()
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(move |pair| {
+            let (n, val) = pair.trim().split_once('=')?;
+            if n.trim() != name {
+                return None;
             }
-        }
-    }
-    out
+            let v = val.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|q| q.strip_suffix('"'))
+                .unwrap_or(v);
+            v.bytes().all(is_cookie_octet).then_some(v)
+        })
 }
 
 /// RFC 6265 section 4.1.1 `cookie-octet`.

@@ -55,7 +55,7 @@ impl SessionId {
 
     /// The store key.
     pub fn key(&self) -> SessionKey {
-        SessionKey(hash_hex(&self.0))
+        SessionKey(hash_hex(&self.0).into())
     }
 }
 
@@ -65,9 +65,10 @@ impl fmt::Debug for SessionId {
     }
 }
 
-/// The SHA-256 (hex) of a [`SessionId`]: what stores and indexes hold.
+/// The SHA-256 (hex) of a [`SessionId`]: what stores and indexes hold. Shared, so that the
+/// request path copies it without allocating.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionKey(String);
+pub struct SessionKey(std::sync::Arc<str>);
 
 impl SessionKey {
     /// The hex string.
@@ -80,7 +81,7 @@ impl SessionKey {
         (s.len() == 64
             && s.bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-        .then(|| SessionKey(s.to_string()))
+        .then(|| SessionKey(s.into()))
     }
 }
 

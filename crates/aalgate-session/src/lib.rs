@@ -26,7 +26,7 @@ mod store;
 
 pub mod conformance;
 
-pub use cookie::cookie_values;
+pub use cookie::{cookie_value_iter, cookie_values};
 pub use embedded::{EmbeddedStore, StoreClock, WallClock};
 pub use id::{FlowId, SessionId, SessionKey};
 pub use redis_config::{RedisConfig, RedisTarget, RedisTls};

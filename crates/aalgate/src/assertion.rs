@@ -64,20 +64,6 @@ pub struct Identity<'a> {
     pub email: Option<&'a str>,
 }
 
-impl Identity<'_> {
-    /// What the assertion cache keys on besides the session and app: a group removal or a
-    /// changed address signs a new assertion at once, not when the cached one ages out.
-    pub fn fingerprint(&self) -> String {
-        format!(
-            "{}\0{}",
-            self.groups
-                .map(|g| g.join(","))
-                .unwrap_or_else(|| "-".into()),
-            self.email.unwrap_or("-")
-        )
-    }
-}
-
 /// Signs assertions and serves the public key.
 pub struct Signer {
     key: SigningKey,

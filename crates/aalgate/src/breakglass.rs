@@ -361,6 +361,9 @@ pub fn is_emergency(s: &UserSession) -> bool {
 /// Live break-glass sessions of this instance, and the failure throttle.
 pub struct Emergencies {
     sessions: Cache<SessionKey, Emergency>,
+    /// Whether this instance ever started one: until then a request does not look (asking the
+    /// cache whether it is empty visits every shard).
+    started: std::sync::atomic::AtomicBool,
     /// Failures by client, at most [`THROTTLED_CLIENTS`]: when full, expired entries go first,
     /// then the oldest of those not throttled (the oldest throttled one only when every entry
     /// is throttled), so a spray of fresh addresses cannot reset a throttled one.
@@ -399,6 +402,7 @@ impl Default for Emergencies {
     fn default() -> Self {
         Emergencies {
             sessions: Cache::new(1024),
+            started: std::sync::atomic::AtomicBool::new(false),
             failures: Mutex::new(Default::default()),
             checks: tokio::sync::Semaphore::new(2),
             made_up: tokio::sync::Semaphore::new(2),
@@ -410,7 +414,7 @@ impl Default for Emergencies {
 impl Emergencies {
     /// A live session for this cookie key on this host.
     pub fn get(&self, key: &SessionKey, host: &str, now: Timestamp) -> Option<Emergency> {
-        if self.sessions.is_empty() {
+        if !self.started.load(std::sync::atomic::Ordering::Acquire) {
             return None;
         }
         self.sessions
@@ -473,6 +477,8 @@ impl Emergencies {
     /// Starts a session.
     pub fn insert(&self, key: SessionKey, e: Emergency) {
         self.sessions.insert(key, e);
+        self.started
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Ends a session (logout).

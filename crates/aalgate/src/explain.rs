@@ -208,7 +208,7 @@ pub fn run(a: ExplainArgs) -> Result<()> {
     }
     let facts = AdmissionFacts {
         session,
-        request: RequestKind::Navigation,
+        request: RequestKind::Http,
         ceremony: None,
         person: (a.user.is_some() || a.groups.is_some()).then_some(person),
     };

@@ -47,8 +47,16 @@ pub const REQUEST_DIGEST: &str = "x-aalgate-request-digest";
 
 /// Lowercases and maps every other non-alphanumeric byte to `-`, the way servers and CGI
 /// gateways fold header names, so that `X_Aalgate.User` is caught as `x-aalgate-user`.
-fn fold(name: &str) -> String {
-    aalgate_policy::allow::fold_header(name)
+/// A name already in that form (every name `http` parsed: they are lowercase) is borrowed.
+fn fold(name: &str) -> std::borrow::Cow<'_, str> {
+    if name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        std::borrow::Cow::Borrowed(name)
+    } else {
+        std::borrow::Cow::Owned(aalgate_policy::allow::fold_header(name))
+    }
 }
 
 /// Whether a client-sent header must be removed before forwarding: the gateway's identity
@@ -150,6 +158,20 @@ pub fn set_cookie_without_domain(value: &[u8]) -> Option<Vec<u8>> {
         out.extend_from_slice(attr);
     }
     dropped.then_some(out)
+}
+
+/// The values of cookie `name` across every `Cookie` header, borrowed.
+pub fn cookie_value_iter<'a>(
+    headers: &'a HeaderMap,
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> {
+    aalgate_session::cookie_value_iter(
+        headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .map(|v| v.as_bytes()),
+        name,
+    )
 }
 
 /// The values of cookie `name` across every `Cookie` header.

@@ -1045,6 +1045,9 @@ fn serve(cfg: Config, demo_upstream: Option<SocketAddr>, upgrade: bool) -> Resul
                 if l.http2 {
                     // ALPN offers h2 and http/1.1; a client that offers neither gets HTTP/1.1.
                     tls.enable_h2();
+                } else {
+                    // Named, as nginx does: a client offering both learns it got HTTP/1.1.
+                    tls.set_alpn(pingora::protocols::ALPN::H1);
                 }
                 endpoint.tls(tls)
             }

@@ -237,7 +237,7 @@ pub struct Ctx {
     pub(crate) tls: bool,
     pub(crate) target: Option<NormalizedTarget>,
     pub(crate) rule: Option<usize>,
-    pub(crate) session: Option<UserSession>,
+    pub(crate) session: Option<Arc<UserSession>>,
     /// Who sent a request that was not admitted (sent to step up, sign in again, or
     /// refused): only for its audit line, never an identity for the upstream.
     pub(crate) known: Option<Known>,
@@ -487,7 +487,7 @@ impl SessionEnd {
 
 /// A session found through the request's cookie: (cookie handle key, record key, session,
 /// the person's groups and e-mail as the directory holds them now).
-pub(crate) type Loaded = (SessionKey, SessionKey, UserSession, Arc<Membership>);
+pub(crate) type Loaded = (SessionKey, SessionKey, Arc<UserSession>, Arc<Membership>);
 
 /// A person's access record as the store returned it. Unreadable: no groups (so no `allow`
 /// admits them: fail closed), and an error in the log.
@@ -720,18 +720,25 @@ impl State {
         now: Timestamp,
         how: Lookup,
     ) -> Result<Option<Loaded>, aalgate_session::StoreError> {
-        for value in headers::cookie_values(&req.headers, Self::cookie_name(ctx))
-            .iter()
-            .take(MAX_COOKIES)
+        for value in
+            headers::cookie_value_iter(&req.headers, Self::cookie_name(ctx)).take(MAX_COOKIES)
         {
-            let Some(id) = SessionId::from_cookie(value) else {
-                continue;
+            let key = match self.sessions.known_key(value) {
+                Some(k) => k,
+                None => match SessionId::from_cookie(value) {
+                    Some(id) => id.key(),
+                    None => continue,
+                },
             };
-            let key = id.key();
             if how == Lookup::Cached {
                 // Break-glass sessions live in this instance only: no store call.
                 if let Some(e) = self.signin.emergencies.get(&key, &ctx.host, now) {
-                    return Ok(Some((key.clone(), key, e.session(), Arc::default())));
+                    return Ok(Some((
+                        key.clone(),
+                        key,
+                        Arc::new(e.session()),
+                        Arc::default(),
+                    )));
                 }
                 if let Some((record, s, a)) = self.sessions.get_with_record(&key, &ctx.host, now) {
                     return Ok(Some((key, record, s, a)));
@@ -739,11 +746,13 @@ impl State {
             }
             if let Some(r) = self.store.resolve_with_access(&key, &ctx.host, now).await? {
                 let access = membership(&r.session.user, r.access.as_deref());
+                let session = Arc::new(r.session);
                 if how == Lookup::Cached {
                     self.sessions
-                        .put_linked(&key, &r.record, &ctx.host, &r.session, &access);
+                        .put_linked(&key, &r.record, &ctx.host, &session, &access);
+                    self.sessions.remember_key(value, &key);
                 }
-                return Ok(Some((key, r.record, r.session, access)));
+                return Ok(Some((key, r.record, session, access)));
             }
         }
         Ok(None)

@@ -144,7 +144,7 @@ pub(crate) async fn begin_session(
     if let Some(sent) = recheck(st, x, user, credential, (&record, &handle.key())).await? {
         return Ok(Err(sent));
     }
-    x.ctx.session = Some(s.clone());
+    x.ctx.session = Some(std::sync::Arc::new(s.clone()));
     let set = cookie(
         State::cookie_name(x.ctx),
         &handle.to_cookie(),
@@ -222,7 +222,7 @@ pub(crate) async fn live_session(
             now < s.auth_time.plus(l.max_session_age)
                 && l.idle_timeout.is_none_or(|i| now < s.last_seen.plus(i))
         })
-        .map(|s| (s.user, s.auth_time)))
+        .map(|s| (s.user.clone(), s.auth_time)))
 }
 
 /// Where the browser goes after a flow: the kept URL on this host, or the app host's

@@ -5,11 +5,13 @@
 //! call these.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
+use crate::cache::{Forwarded, IdentityRef};
 use crate::headers;
 use crate::state::{Ctx, State};
 
@@ -72,19 +74,18 @@ pub(crate) fn prepare_request(
         .rule
         .and_then(|i| ctx.policy.rules().get(i))
         .map(|r| &ctx.policy.app_of(r).identity_headers);
-    let reserved: Vec<String> = upstream
+    let reserved: Vec<http::HeaderName> = upstream
         .headers
         .keys()
-        .map(|k| k.as_str().to_string())
-        .filter(|k| headers::is_reserved(k) || custom.is_some_and(|c| c.names(k)))
+        .filter(|k| headers::is_reserved(k.as_str()) || custom.is_some_and(|c| c.names(k.as_str())))
+        .cloned()
         .collect();
     for name in reserved {
         upstream.remove_header(&name);
     }
     // The browser's logout token, read before its cookie is dropped (see LOGOUT_TOKEN).
-    let logout = headers::cookie_values(&upstream.headers, crate::state::bind_name(ctx.tls))
-        .iter()
-        .find_map(|v| aalgate_auth::Token::parse(v))
+    let logout = headers::cookie_value_iter(&upstream.headers, crate::state::bind_name(ctx.tls))
+        .find_map(aalgate_auth::Token::parse)
         .map(|b| crate::state::csrf_of(b.expose()));
     if let Some(cookies) = headers::cookies_without_ours(&upstream.headers) {
         upstream.remove_header("cookie");
@@ -113,79 +114,101 @@ fn set_identity(
     ctx: &Ctx,
     logout: Option<&str>,
 ) -> Result<()> {
-    if let (Some(s), Some(rule)) = (
+    let (Some(s), Some(rule)) = (
         &ctx.session,
         ctx.rule.and_then(|i| ctx.policy.rules().get(i)),
-    ) {
-        let app_policy = ctx.policy.app_of(rule);
-        let app = &app_policy.name;
-        let now = st.clock.now();
-        // Only the groups this app's policy names: an app never learns the others.
-        let visible: Option<Vec<String>> = (!app_policy.groups.is_empty()).then(|| {
-            ctx.access
-                .as_ref()
-                .map(|a| {
-                    a.groups
-                        .iter()
-                        .filter(|g| app_policy.groups.binary_search(g).is_ok())
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default()
-        });
-        let who = crate::assertion::Identity {
-            groups: visible.as_deref(),
-            email: ctx
-                .access
-                .as_ref()
-                .and_then(|a| a.email.as_deref())
-                .filter(|_| app_policy.share_email),
+    ) else {
+        return Ok(());
+    };
+    let app_policy = ctx.policy.app_of(rule);
+    let app = &app_policy.name;
+    let now = st.clock.now();
+    // Only the groups this app's policy names: an app never learns the others.
+    let visible: Option<Vec<String>> = (!app_policy.groups.is_empty()).then(|| {
+        ctx.access
+            .as_ref()
+            .map(|a| {
+                a.groups
+                    .iter()
+                    .filter(|g| app_policy.groups.binary_search(g).is_ok())
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
+    let who = crate::assertion::Identity {
+        groups: visible.as_deref(),
+        email: ctx
+            .access
+            .as_ref()
+            .and_then(|a| a.email.as_deref())
+            .filter(|_| app_policy.share_email),
+    };
+    let build = |digest: Option<&str>| -> Result<Forwarded> {
+        let token = st
+            .signer
+            .sign_request(s, who, app, now, digest)
+            .map_err(|e| Error::because(ErrorType::InternalError, "cannot sign assertion", e))?;
+        let value = |v: String| {
+            http::HeaderValue::try_from(v)
+                .map_err(|e| Error::because(ErrorType::InternalError, "identity header value", e))
         };
-        let sign = || st.signer.sign_request(s, who, app, now, None);
-        let token = match (&ctx.signed, &ctx.session_key) {
-            // A signed request's assertion names its digest: one of its own, never cached.
-            (Some(b), _) => st
-                .signer
-                .sign_request(s, who, app, now, Some(b.digest.as_str())),
-            (None, Some(k)) => st
-                .assertions
-                .get_or_sign(k, app, &who.fingerprint(), now, sign),
-            (None, None) => sign(),
+        Ok(Forwarded {
+            assertion: value(token)?,
+            user: value(s.user.clone())?,
+            aal: value(s.aal.number().to_string())?,
+            auth_time: value(s.auth_time.0.to_string())?,
+            groups: who.groups.map(|g| value(g.join(","))).transpose()?,
+            email: who.email.map(|e| value(e.to_string())).transpose()?,
+            issued: now,
+        })
+    };
+    let f = match (&ctx.signed, &ctx.session_key) {
+        // A signed request's assertion names its digest: one of its own, never cached.
+        (Some(b), _) => Arc::new(build(Some(b.digest.as_str()))?),
+        (None, Some(k)) => {
+            let key = IdentityRef {
+                session: k,
+                app,
+                groups: who.groups,
+                email: who.email,
+            };
+            st.assertions.get_or_build(key, now, || build(None))?
         }
-        .map_err(|e| Error::because(ErrorType::InternalError, "cannot sign assertion", e))?;
-        let custom = &app_policy.identity_headers;
-        if let Some(g) = &visible {
-            upstream.insert_header(headers::GROUPS, g.join(","))?;
-            if let Some(name) = &custom.groups {
-                upstream.insert_header(name.clone(), g.join(","))?;
-            }
+        (None, None) => Arc::new(build(None)?),
+    };
+    let custom = &app_policy.identity_headers;
+    if let Some(g) = &f.groups {
+        upstream.insert_header(headers::GROUPS, g.clone())?;
+        if let Some(name) = &custom.groups {
+            upstream.insert_header(name.clone(), g.clone())?;
         }
-        if let Some(e) = who.email {
-            upstream.insert_header(headers::EMAIL, e)?;
-            if let Some(name) = &custom.email {
-                upstream.insert_header(name.clone(), e)?;
-            }
+    }
+    if let Some(e) = &f.email {
+        upstream.insert_header(headers::EMAIL, e.clone())?;
+        if let Some(name) = &custom.email {
+            upstream.insert_header(name.clone(), e.clone())?;
         }
-        if let Some(name) = &custom.user {
-            upstream.insert_header(name.clone(), s.user.as_str())?;
-        }
-        upstream.insert_header(headers::USER, s.user.as_str())?;
-        upstream.insert_header(headers::AAL, s.aal.number().to_string())?;
-        upstream.insert_header(headers::AUTH_TIME, s.auth_time.0.to_string())?;
-        upstream.insert_header(headers::ASSERTION, token)?;
-        if let Some(token) = logout {
-            upstream.insert_header(headers::LOGOUT_TOKEN, token)?;
-        }
-        if crate::breakglass::is_emergency(s) {
-            upstream.insert_header(
-                headers::BREAKGLASS,
-                s.credential.clone().unwrap_or_default(),
-            )?;
-        }
-        if let Some(b) = &ctx.signed {
-            upstream.insert_header(headers::REQUEST_NONCE, b.nonce.as_str())?;
-            upstream.insert_header(headers::REQUEST_DIGEST, b.digest.as_str())?;
-        }
+    }
+    if let Some(name) = &custom.user {
+        upstream.insert_header(name.clone(), f.user.clone())?;
+    }
+    upstream.insert_header(headers::USER, f.user.clone())?;
+    upstream.insert_header(headers::AAL, f.aal.clone())?;
+    upstream.insert_header(headers::AUTH_TIME, f.auth_time.clone())?;
+    upstream.insert_header(headers::ASSERTION, f.assertion.clone())?;
+    if let Some(token) = logout {
+        upstream.insert_header(headers::LOGOUT_TOKEN, token)?;
+    }
+    if crate::breakglass::is_emergency(s) {
+        upstream.insert_header(
+            headers::BREAKGLASS,
+            s.credential.clone().unwrap_or_default(),
+        )?;
+    }
+    if let Some(b) = &ctx.signed {
+        upstream.insert_header(headers::REQUEST_NONCE, b.nonce.as_str())?;
+        upstream.insert_header(headers::REQUEST_DIGEST, b.digest.as_str())?;
     }
     Ok(())
 }

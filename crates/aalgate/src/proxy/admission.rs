@@ -84,13 +84,11 @@ impl Gateway {
             .contains_key(http::header::UPGRADE);
         let request = if upgrade {
             RequestKind::WebSocket
-        } else if headers::is_script_request(&x.session.req_header().headers) {
-            RequestKind::Script
         } else {
-            RequestKind::Navigation
+            RequestKind::Http
         };
         let mut facts = AdmissionFacts {
-            session: session_kind(loaded.as_ref().map(|(_, _, s, _)| s)),
+            session: session_kind(loaded.as_ref().map(|(_, _, s, _)| &**s)),
             request,
             ceremony: None,
             person: loaded.as_ref().map(|(_, _, s, a)| Person {
@@ -224,7 +222,7 @@ impl Gateway {
         access: &aalgate_policy::Access,
         handle: SessionKey,
         key: SessionKey,
-        s: UserSession,
+        s: Arc<UserSession>,
         now: Timestamp,
     ) {
         let upgrade = session
@@ -392,7 +390,7 @@ impl Gateway {
         &self,
         ctx: &mut Ctx,
         record: &SessionKey,
-        s: &UserSession,
+        s: &Arc<UserSession>,
         signed: Option<aalgate_session::RequestBinding>,
     ) -> Result<bool> {
         if let Some(b) = &signed {
