@@ -884,3 +884,42 @@ fn a_tls_listener_without_http2_names_http1_by_alpn() {
     assert_eq!(h1_status(port, &host, "/static/a.css"), 200);
     assert!(g.alive());
 }
+
+/// A client that names the server by IP address in SNI (wrk does, and so can anyone) makes
+/// rustls log a WARN per handshake ("Illegal SNI extension"): anyone who can reach the port
+/// could fill the log with them. They are counted, not logged, and the request is served.
+#[test]
+fn clients_naming_an_ip_by_sni_do_not_fill_the_log() {
+    let up = Upstream::start();
+    let mut g = Gateway::start_tls(&[("billing.yaml", &policy(up.port))]);
+    let port = g.port;
+    for _ in 0..20 {
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-servername", "127.0.0.1", "-alpn", "http/1.1"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write as _;
+                if let Some(mut i) = c.stdin.take() {
+                    let _ = i.write_all(format!("GET /static/a HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n").as_bytes());
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                c.wait_with_output()
+            })
+            .expect("openssl s_client");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("HTTP/1.1 200"), "{text}\n{}", g.log());
+    }
+    let metric = |g: &Gateway| -> u64 {
+        let m = aalgate_tests::get(g.admin_port, "localhost", "/metrics", &[]).text();
+        m.lines()
+            .find_map(|l| l.strip_prefix("aalgate_client_tls_notices_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    g.assert_quiet("the gateway");
+    assert!(metric(&g) >= 20, "the notices counted");
+    assert!(g.alive());
+}

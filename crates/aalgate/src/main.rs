@@ -426,7 +426,9 @@ fn init_logging(format: LogFormat) {
 /// Drops pingora's ERROR line for each client handshake that fails (a TLS client that hangs up
 /// or rejects the certificate, a scanner, a broken HTTP/2 preface) and counts it in
 /// `aalgate_client_handshake_failures_total`: anyone who can reach the port could otherwise
-/// fill the log. pingora's other errors are kept.
+/// fill the log. pingora's other errors are kept. Likewise rustls's warnings, each about what a
+/// client sent (an IP address as the server name, as wrk sends: one WARN per handshake), are
+/// counted in `aalgate_client_tls_notices_total` instead.
 struct QuietHandshakes;
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for QuietHandshakes {
@@ -435,9 +437,19 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for QuietHandshakes {
         event: &tracing::Event<'_>,
         _: tracing_subscriber::layer::Context<'_, S>,
     ) -> bool {
-        // pingora logs through the `log` crate: its records arrive with the target and the
-        // message as fields.
-        if *event.metadata().level() != tracing::Level::ERROR {
+        // pingora and rustls log through the `log` crate: their records arrive with the
+        // target and the message as fields.
+        let level = *event.metadata().level();
+        if level > tracing::Level::ERROR && level <= tracing::Level::INFO {
+            let mut m = HandshakeMessage::default();
+            event.record(&mut m);
+            if m.rustls {
+                aalgate::metrics::CLIENT_TLS_NOTICES.inc();
+                return false;
+            }
+            return true;
+        }
+        if level != tracing::Level::ERROR {
             return true;
         }
         let mut m = HandshakeMessage::default();
@@ -454,6 +466,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for QuietHandshakes {
 #[derive(Default)]
 struct HandshakeMessage {
     pingora: bool,
+    rustls: bool,
     handshake: bool,
 }
 
@@ -461,6 +474,7 @@ impl tracing::field::Visit for HandshakeMessage {
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
         if field.name() == "log.target" {
             self.pingora = value.starts_with("pingora_core::");
+            self.rustls = value.starts_with("rustls::");
         }
     }
 

@@ -39,6 +39,16 @@ pub static CLIENT_HANDSHAKE_FAILURES: std::sync::LazyLock<IntCounter> =
         .unwrap_or_else(|_| unreachable!("a valid metric name"))
     });
 
+/// rustls's warnings about what a TLS client sent (an IP address as the server name, as wrk
+/// sends): one per handshake, so counted here instead of logged (see `QuietHandshakes`).
+pub static CLIENT_TLS_NOTICES: std::sync::LazyLock<IntCounter> = std::sync::LazyLock::new(|| {
+    IntCounter::new(
+        "aalgate_client_tls_notices_total",
+        "rustls warnings about what TLS clients sent, e.g. an IP address as the server name (counted, not logged).",
+    )
+    .unwrap_or_else(|_| unreachable!("a valid metric name"))
+});
+
 /// Every metric aalgate exports.
 pub struct Metrics {
     registry: Registry,
@@ -271,6 +281,7 @@ impl Metrics {
             },
             registry: {
                 r.register(Box::new(CLIENT_HANDSHAKE_FAILURES.clone()))?;
+                r.register(Box::new(CLIENT_TLS_NOTICES.clone()))?;
                 r
             },
         };
