@@ -15,6 +15,8 @@
 #                                                 # (nginx, minimal, public, auth, redis, cold) in
 #                                                 # target/ and prints their top 10 functions
 #   ROWS="public auth" benches/instructions.sh    # only these rows (a quicker profiling loop)
+#   HEADERS=browser benches/instructions.sh       # each request with the 14 headers Chromium
+#                                                 # sends with a page load (default: Python's 2)
 # Needs nginx, valgrind, redis-server (installed with apt-get when run as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,14 +61,31 @@ EOF
 # answered 200 (a 302 would count the sign-in redirect, not the proxy). With COOKIES, each
 # request carries the next cookie of that file (the cold cache).
 cat > "$work/client.py" <<'EOF'
-import http.client, sys
+import http.client, os, sys
 n, url, cookie_file, header, offset = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 host, _, path = url.removeprefix("http://").partition("/")
 h, p = host.split(":")
 cookies = [l.strip() for l in open(cookie_file)] if cookie_file else []
 conn = http.client.HTTPConnection(h, int(p))
+# HEADERS=browser: the headers Chromium sends with a page load, besides Host and the cookie.
+browser = {
+    "Connection": "keep-alive",
+    "sec-ch-ua": '"Chromium";v="131", "Not_A Brand";v="24"',
+    "sec-ch-ua-mobile": "?0",
+    "sec-ch-ua-platform": '"Windows"',
+    "Upgrade-Insecure-Requests": "1",
+    "User-Agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+    "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8",
+    "Sec-Fetch-Site": "same-origin",
+    "Sec-Fetch-Mode": "navigate",
+    "Sec-Fetch-User": "?1",
+    "Sec-Fetch-Dest": "document",
+    "Referer": "http://" + host + "/app/",
+    "Accept-Encoding": "gzip, deflate, br, zstd",
+    "Accept-Language": "en-US,en;q=0.9",
+} if os.environ.get("HEADERS") == "browser" else {}
 for i in range(n):
-    headers = {"Host": host}
+    headers = {"Host": host, **browser}
     if cookies:
         headers["Cookie"] = "aalgate=" + cookies[(offset + i) % len(cookies)]
     elif header:
@@ -208,7 +227,7 @@ label=([1]="nginx proxy_pass" [2]="minimal pingora proxy" [3]="aalgate, public r
   [4]="aalgate, authenticated, embedded (cached session)" [5]="aalgate, authenticated, Redis (cached session)"
   [6]="aalgate, Redis, cold cache (a store read per request)")
 echo
-echo "Machine: $(nproc) cores, $(uname -m); $(date -u +%Y-%m-%d). callgrind, user space, 1 worker; ($LARGE - $SMALL) keep-alive GETs of a 512-byte file."
+echo "Machine: $(nproc) cores, $(uname -m); $(date -u +%Y-%m-%d). callgrind, user space, 1 worker; ($LARGE - $SMALL) keep-alive GETs of a 512-byte file; request headers: ${HEADERS:-python (Host, Accept-Encoding)}."
 echo
 echo "| configuration | instructions per request | × nginx proxy_pass | × minimal pingora |"
 echo "|---|---|---|---|"

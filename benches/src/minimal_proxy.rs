@@ -48,8 +48,11 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("usage: minimal-proxy LISTEN UPSTREAM [THREADS]");
     };
     let threads = args.next().map_or(Ok(1), |t| t.parse())?;
+    // pingora's defaults otherwise, but a benchmark's SIGTERM should not drain for minutes.
     let conf = ServerConf {
         threads,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
