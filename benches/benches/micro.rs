@@ -54,7 +54,7 @@ fn admit_bench(c: &mut Criterion) {
             facts: session(now).facts(),
             ends_at: Timestamp(u64::MAX),
         }),
-        request: RequestKind::Navigation,
+        request: RequestKind::Http,
         ceremony: None,
         person: None,
     };
@@ -77,11 +77,25 @@ fn cookie_bench(c: &mut Criterion) {
     );
     c.bench_function("cookie_parse_and_session_id_hash", |b| {
         b.iter(|| {
-            let v = aalgate::headers::cookie_values(
+            let v = aalgate::headers::cookie_value_iter(
                 black_box(&headers),
                 aalgate::headers::COOKIE_PLAIN,
-            );
-            black_box(SessionId::from_cookie(&v[0]).map(|id| id.key()))
+            )
+            .next();
+            black_box(v.and_then(SessionId::from_cookie).map(|id| id.key()))
+        })
+    });
+    // What a cached request does instead: the value's keyed tag, looked up.
+    let cache = SessionCache::new(1024);
+    cache.remember_key(&id.to_cookie(), &id.key());
+    c.bench_function("cookie_parse_and_remembered_key", |b| {
+        b.iter(|| {
+            let v = aalgate::headers::cookie_value_iter(
+                black_box(&headers),
+                aalgate::headers::COOKIE_PLAIN,
+            )
+            .next();
+            black_box(v.and_then(|v| cache.known_key(v)))
         })
     });
 }
@@ -99,11 +113,28 @@ fn jwt_bench(c: &mut Criterion) {
     g.bench_function("sign", |b| {
         b.iter(|| black_box(signer.sign(&s, "billing", now).unwrap()))
     });
+    let who = aalgate::cache::IdentityRef {
+        session: &key,
+        app: "billing",
+        groups: None,
+        email: None,
+    };
+    let value = |v: String| http::HeaderValue::try_from(v).unwrap();
     g.bench_function("cached", |b| {
         b.iter(|| {
             black_box(
                 cache
-                    .get_or_sign(&key, "billing", "", now, || signer.sign(&s, "billing", now))
+                    .get_or_build(who, now, || {
+                        Ok::<_, ()>(aalgate::cache::Forwarded {
+                            assertion: value(signer.sign(&s, "billing", now).unwrap()),
+                            user: value(s.user.clone()),
+                            aal: value("2".into()),
+                            auth_time: value(s.auth_time.0.to_string()),
+                            groups: None,
+                            email: None,
+                            issued: now,
+                        })
+                    })
                     .unwrap(),
             )
         })
@@ -133,7 +164,7 @@ fn lookup_bench(c: &mut Criterion) {
         &key,
         &key,
         "ehr.example",
-        &session(now),
+        &std::sync::Arc::new(session(now)),
         &Default::default(),
     );
     g.bench_function("cache_hit", |b| {

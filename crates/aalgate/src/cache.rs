@@ -412,6 +412,42 @@ mod tests {
     }
 
     #[test]
+    fn a_borrowed_identity_hashes_and_compares_as_its_owned_key() {
+        use quick_cache::Equivalent;
+        use std::hash::BuildHasher;
+        let h = std::collections::hash_map::RandomState::new();
+        let k = SessionId::generate().key();
+        let g = ["icu".to_string(), "ward7".to_string()];
+        let cases = [
+            (None, None),
+            (Some(&g[..]), None),
+            (Some(&g[..1]), Some("a@b")),
+            (Some(&[][..]), None),
+            (None, Some("")),
+        ];
+        for (i, &(groups, email)) in cases.iter().enumerate() {
+            let r = IdentityRef {
+                session: &k,
+                app: "ehr",
+                groups,
+                email,
+            };
+            let owned = r.to_owned_key();
+            assert_eq!(h.hash_one(r), h.hash_one(&owned), "case {i}");
+            assert!(r.equivalent(&owned), "case {i}");
+            for (j, &(g2, e2)) in cases.iter().enumerate().filter(|(j, _)| *j != i) {
+                let other = IdentityRef {
+                    groups: g2,
+                    email: e2,
+                    ..r
+                }
+                .to_owned_key();
+                assert!(!r.equivalent(&other), "case {i} against {j}");
+            }
+        }
+    }
+
+    #[test]
     fn assertions_are_reused_for_half_their_lifetime() {
         let c = AssertionCache::new(10, Duration::from_secs(60));
         let k = SessionId::generate().key();

@@ -8,6 +8,22 @@ use http::HeaderMap;
 use ipnet::IpNet;
 use quick_cache::sync::Cache;
 
+/// A cache keyed by what anonymous clients choose (their addresses): hashed with SipHash under a
+/// random key (std's `RandomState`), not quick_cache's fast hasher, so that no one can aim keys
+/// at one bucket.
+type ClientCache<K, V> =
+    Cache<K, V, quick_cache::UnitWeighter, std::collections::hash_map::RandomState>;
+
+fn client_cache<K: Eq + std::hash::Hash + Clone, V: Clone>(n: usize) -> ClientCache<K, V> {
+    Cache::with(
+        n,
+        n as u64,
+        quick_cache::UnitWeighter,
+        std::collections::hash_map::RandomState::new(),
+        Default::default(),
+    )
+}
+
 /// Default of `flows_per_client_per_minute`: a clinic of a hundred people behind one NAT,
 /// each starting a sign-in every few minutes, stays well under it.
 pub const DEFAULT_FLOWS_PER_CLIENT_PER_MINUTE: u32 = 600;
@@ -85,7 +101,7 @@ const PER_48: u32 = 10;
 pub struct FlowLimiter {
     per_minute: u32,
     // Keyed by network and prefix length: a /64 and its /48 have the same address.
-    buckets: Cache<(IpAddr, u8), (f64, Instant)>,
+    buckets: ClientCache<(IpAddr, u8), (f64, Instant)>,
     // One lock for the read-modify-write of a bucket; held for nanoseconds.
     lock: Mutex<()>,
 }
@@ -95,7 +111,7 @@ impl FlowLimiter {
     pub fn new(per_minute: u32) -> FlowLimiter {
         FlowLimiter {
             per_minute,
-            buckets: Cache::new(CLIENTS),
+            buckets: client_cache(CLIENTS),
             lock: Mutex::new(()),
         }
     }
@@ -142,7 +158,7 @@ impl FlowLimiter {
 /// They slow down the one who fails (a growing delay before the failure answer) and, past
 /// [`SignInFailures::BINDING_LIMIT`], stop that browser binding from starting new ceremonies.
 pub struct SignInFailures {
-    counts: Cache<FailureKey, (u32, Instant)>,
+    counts: ClientCache<FailureKey, (u32, Instant)>,
     lock: Mutex<()>,
 }
 
@@ -155,7 +171,7 @@ enum FailureKey {
 impl Default for SignInFailures {
     fn default() -> Self {
         SignInFailures {
-            counts: Cache::new(CLIENTS),
+            counts: client_cache(CLIENTS),
             lock: Mutex::new(()),
         }
     }

@@ -426,10 +426,14 @@ fn init_logging(format: LogFormat) {
 /// Drops pingora's ERROR line for each client handshake that fails (a TLS client that hangs up
 /// or rejects the certificate, a scanner, a broken HTTP/2 preface) and counts it in
 /// `aalgate_client_handshake_failures_total`: anyone who can reach the port could otherwise
-/// fill the log. pingora's other errors are kept. Likewise rustls's warnings, each about what a
-/// client sent (an IP address as the server name, as wrk sends: one WARN per handshake), are
-/// counted in `aalgate_client_tls_notices_total` instead.
+/// fill the log. pingora's other errors are kept. Likewise rustls's warnings, mostly about what
+/// a peer sent (a client naming an IP address as the server name, as wrk does: one WARN per
+/// handshake), are counted in `aalgate_tls_notices_total`, and only the first in a minute is
+/// logged: one about an upstream's TLS still shows, a flood does not.
 struct QuietHandshakes;
+
+/// When a rustls warning was last let through (Unix seconds).
+static TLS_NOTICE_LOGGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for QuietHandshakes {
     fn event_enabled(
@@ -440,12 +444,20 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for QuietHandshakes {
         // pingora and rustls log through the `log` crate: their records arrive with the
         // target and the message as fields.
         let level = *event.metadata().level();
-        if level > tracing::Level::ERROR && level <= tracing::Level::INFO {
+        if level == tracing::Level::WARN {
             let mut m = HandshakeMessage::default();
             event.record(&mut m);
             if m.rustls {
-                aalgate::metrics::CLIENT_TLS_NOTICES.inc();
-                return false;
+                use std::sync::atomic::Ordering;
+                aalgate::metrics::TLS_NOTICES.inc();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let last = TLS_NOTICE_LOGGED.load(Ordering::Relaxed);
+                return now >= last.saturating_add(60)
+                    && TLS_NOTICE_LOGGED
+                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok();
             }
             return true;
         }

@@ -39,12 +39,13 @@ pub static CLIENT_HANDSHAKE_FAILURES: std::sync::LazyLock<IntCounter> =
         .unwrap_or_else(|_| unreachable!("a valid metric name"))
     });
 
-/// rustls's warnings about what a TLS client sent (an IP address as the server name, as wrk
-/// sends): one per handshake, so counted here instead of logged (see `QuietHandshakes`).
-pub static CLIENT_TLS_NOTICES: std::sync::LazyLock<IntCounter> = std::sync::LazyLock::new(|| {
+/// rustls's warnings, mostly about what a TLS peer sent (a client naming an IP address as
+/// the server name, as wrk does): one per handshake, so counted here and logged at most once a
+/// minute (see `QuietHandshakes`).
+pub static TLS_NOTICES: std::sync::LazyLock<IntCounter> = std::sync::LazyLock::new(|| {
     IntCounter::new(
-        "aalgate_client_tls_notices_total",
-        "rustls warnings about what TLS clients sent, e.g. an IP address as the server name (counted, not logged).",
+        "aalgate_tls_notices_total",
+        "rustls warnings, e.g. a TLS client naming an IP address as the server name (counted; the first in a minute is logged).",
     )
     .unwrap_or_else(|_| unreachable!("a valid metric name"))
 });
@@ -281,7 +282,7 @@ impl Metrics {
             },
             registry: {
                 r.register(Box::new(CLIENT_HANDSHAKE_FAILURES.clone()))?;
-                r.register(Box::new(CLIENT_TLS_NOTICES.clone()))?;
+                r.register(Box::new(TLS_NOTICES.clone()))?;
                 r
             },
         };

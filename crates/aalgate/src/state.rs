@@ -23,6 +23,8 @@ use crate::outcome::Outcome;
 
 /// At most this many session cookies are tried (duplicates planted by a sibling domain).
 pub(crate) const MAX_COOKIES: usize = 4;
+/// A session cookie's value: 256 bits in base64url without padding.
+const SESSION_COOKIE_LEN: usize = 43;
 
 /// The anonymous-state counters count in 2-minute buckets (`kept`'s quota).
 pub(crate) const ANON_BUCKET_SECS: u64 = 120;
@@ -723,7 +725,11 @@ impl State {
         for value in
             headers::cookie_value_iter(&req.headers, Self::cookie_name(ctx)).take(MAX_COOKIES)
         {
-            let key = match self.sessions.known_key(value) {
+            // Only a value of a session id's length can be one it remembers.
+            let known = (value.len() == SESSION_COOKIE_LEN)
+                .then(|| self.sessions.known_key(value))
+                .flatten();
+            let key = match known {
                 Some(k) => k,
                 None => match SessionId::from_cookie(value) {
                     Some(id) => id.key(),

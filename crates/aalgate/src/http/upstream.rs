@@ -121,6 +121,51 @@ fn set_identity(
         return Ok(());
     };
     let app_policy = ctx.policy.app_of(rule);
+    let f = forwarded(st, ctx, s, app_policy)?;
+    let custom = &app_policy.identity_headers;
+    if let Some(g) = &f.groups {
+        upstream.insert_header(headers::GROUPS, g.clone())?;
+        if let Some(name) = &custom.groups {
+            upstream.insert_header(name.clone(), g.clone())?;
+        }
+    }
+    if let Some(e) = &f.email {
+        upstream.insert_header(headers::EMAIL, e.clone())?;
+        if let Some(name) = &custom.email {
+            upstream.insert_header(name.clone(), e.clone())?;
+        }
+    }
+    if let Some(name) = &custom.user {
+        upstream.insert_header(name.clone(), f.user.clone())?;
+    }
+    upstream.insert_header(headers::USER, f.user.clone())?;
+    upstream.insert_header(headers::AAL, f.aal.clone())?;
+    upstream.insert_header(headers::AUTH_TIME, f.auth_time.clone())?;
+    upstream.insert_header(headers::ASSERTION, f.assertion.clone())?;
+    if let Some(token) = logout {
+        upstream.insert_header(headers::LOGOUT_TOKEN, token)?;
+    }
+    if crate::breakglass::is_emergency(s) {
+        upstream.insert_header(
+            headers::BREAKGLASS,
+            s.credential.clone().unwrap_or_default(),
+        )?;
+    }
+    if let Some(b) = &ctx.signed {
+        upstream.insert_header(headers::REQUEST_NONCE, b.nonce.as_str())?;
+        upstream.insert_header(headers::REQUEST_DIGEST, b.digest.as_str())?;
+    }
+    Ok(())
+}
+
+/// The identity headers of a session for an app: cached beside their assertion, except for a
+/// request a per-request ceremony signed (its assertion names its digest).
+fn forwarded(
+    st: &State,
+    ctx: &Ctx,
+    s: &aalgate_session::Session,
+    app_policy: &aalgate_policy::App,
+) -> Result<Arc<Forwarded>> {
     let app = &app_policy.name;
     let now = st.clock.now();
     // Only the groups this app's policy names: an app never learns the others.
@@ -163,7 +208,7 @@ fn set_identity(
             issued: now,
         })
     };
-    let f = match (&ctx.signed, &ctx.session_key) {
+    Ok(match (&ctx.signed, &ctx.session_key) {
         // A signed request's assertion names its digest: one of its own, never cached.
         (Some(b), _) => Arc::new(build(Some(b.digest.as_str()))?),
         (None, Some(k)) => {
@@ -176,41 +221,7 @@ fn set_identity(
             st.assertions.get_or_build(key, now, || build(None))?
         }
         (None, None) => Arc::new(build(None)?),
-    };
-    let custom = &app_policy.identity_headers;
-    if let Some(g) = &f.groups {
-        upstream.insert_header(headers::GROUPS, g.clone())?;
-        if let Some(name) = &custom.groups {
-            upstream.insert_header(name.clone(), g.clone())?;
-        }
-    }
-    if let Some(e) = &f.email {
-        upstream.insert_header(headers::EMAIL, e.clone())?;
-        if let Some(name) = &custom.email {
-            upstream.insert_header(name.clone(), e.clone())?;
-        }
-    }
-    if let Some(name) = &custom.user {
-        upstream.insert_header(name.clone(), f.user.clone())?;
-    }
-    upstream.insert_header(headers::USER, f.user.clone())?;
-    upstream.insert_header(headers::AAL, f.aal.clone())?;
-    upstream.insert_header(headers::AUTH_TIME, f.auth_time.clone())?;
-    upstream.insert_header(headers::ASSERTION, f.assertion.clone())?;
-    if let Some(token) = logout {
-        upstream.insert_header(headers::LOGOUT_TOKEN, token)?;
-    }
-    if crate::breakglass::is_emergency(s) {
-        upstream.insert_header(
-            headers::BREAKGLASS,
-            s.credential.clone().unwrap_or_default(),
-        )?;
-    }
-    if let Some(b) = &ctx.signed {
-        upstream.insert_header(headers::REQUEST_NONCE, b.nonce.as_str())?;
-        upstream.insert_header(headers::REQUEST_DIGEST, b.digest.as_str())?;
-    }
-    Ok(())
+    })
 }
 
 /// The response the browser gets: counted, the gateway's cookie names reserved, the app's
