@@ -98,7 +98,7 @@ for p in "$P_S1" "$P_S2" "$P_S3"; do
   redis-sentinel "$work/sentinel-$p.conf" >/dev/null & pids+=($!)
 done
 for _ in $(seq 300); do
-  m=$(redis-cli -p "$P_S1" SENTINEL MASTER aalgate 2>/dev/null | tr '\n' ' ')
+  m=$(redis-cli -p "$P_S1" SENTINEL MASTER aalgate 2>/dev/null | tr '\n' ' ') || true  # not up yet
   [[ "$m" == *"num-slaves 2 "* && "$m" == *"num-other-sentinels 2 "* ]] && break
   sleep 0.1
 done
