@@ -33,6 +33,27 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# gateway_yaml NAME LISTEN ADMIN_PORT ORIGIN STORE POLICIES THREADS [EXTRA]: writes
+# $work/NAME.yaml, an aalgate config. LISTEN is one listener's YAML mapping; STORE a URL, or a
+# YAML section (`{sentinels: ...}`); EXTRA more top-level lines. Every gateway of a run signs
+# with one key, and writes every request to its audit file (AUDIT_REQUESTS=false: not).
+gateway_yaml() {
+  local store=$5
+  case "$store" in "{"*) ;; *) store="\"$store\"" ;; esac
+  cat > "$work/$1.yaml" <<EOF
+listen: [$2]
+admin_listen: 127.0.0.1:$3
+public_origin: $4
+store: $store
+policies: $6
+state_dir: $work/state-$1
+signing_key: $work/signing-key.pem
+threads: $7
+audit: { output: "file:$work/audit-$1.jsonl", requests: ${AUDIT_REQUESTS:-true} }
+${8:-}
+EOF
+}
+
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # Waits for a port to listen (a server under valgrind may take seconds).
 wait_port() { for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }

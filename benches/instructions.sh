@@ -148,18 +148,7 @@ under_callgrind() { # name cmd...: starts cmd under callgrind, dumps into $work/
 stop_last() { local p=${pids[-1]}; kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; unset 'pids[-1]'; }
 
 gateway_conf() { # name port admin store
-  cat > "$work/$1.yaml" <<EOF
-listen: [{ addr: 127.0.0.1:$2 }]
-admin_listen: 127.0.0.1:$3
-public_origin: http://localhost:$2
-store: "$4"
-policies: policies
-state_dir: $work/state-$1
-signing_key: $work/signing-key.pem
-threads: 1
-session_count_interval: 1h
-audit: { output: "file:$work/audit-$1.jsonl", requests: true }
-EOF
+  gateway_yaml "$1" "{ addr: 127.0.0.1:$2 }" "$3" "http://localhost:$2" "$4" policies 1 "session_count_interval: 1h"
 }
 
 declare -A IR

@@ -123,17 +123,7 @@ gateway() { # name port admin store [tls]
     listen="{ addr: 127.0.0.1:$2, tls: { cert: $work/tls/cert.pem, key: $work/tls/key.pem } }"
     origin="https://localhost:$2" policies=policies-tls
   fi
-  cat > "$work/$1.yaml" <<EOF
-listen: [$listen]
-admin_listen: 127.0.0.1:$3
-public_origin: $origin
-$(case "$4" in "{"*) echo "store: $4" ;; *) echo "store: \"$4\"" ;; esac)
-policies: $policies
-state_dir: $work/state-$1
-signing_key: $work/signing-key.pem
-threads: $WORKERS
-audit: { output: "file:$work/audit-$1.jsonl", requests: ${AUDIT_REQUESTS:-true} }
-EOF
+  gateway_yaml "$1" "$listen" "$3" "$origin" "$4" "$policies" "$WORKERS"
   RUST_LOG=warn "$BIN" run --config "$work/$1.yaml" 2>"$work/$1.log" & pids+=($!)
   wait_port "$2"
 }

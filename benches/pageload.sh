@@ -157,17 +157,8 @@ upstream: http://127.0.0.1:$P_UP
 default: aal2
 EOF
 gateway() { # name port admin http2
-  cat > "$work/$1.yaml" <<EOF
-listen: [{ addr: 127.0.0.1:$2, tls: { cert: $work/cert.pem, key: $work/key.pem }, http2: $4 }]
-admin_listen: 127.0.0.1:$3
-public_origin: https://localhost:$2
-store: "embedded:$work/emb-$1"
-policies: policies
-state_dir: $work/state-$1
-signing_key: $work/signing-key-$1.pem
-threads: $WORKERS
-audit: { output: "file:$work/audit-$1.jsonl", requests: ${AUDIT_REQUESTS:-true} }
-EOF
+  gateway_yaml "$1" "{ addr: 127.0.0.1:$2, tls: { cert: $work/cert.pem, key: $work/key.pem }, http2: $4 }" \
+    "$3" "https://localhost:$2" "embedded:$work/emb-$1" policies "$WORKERS"
   RUST_LOG=warn "$BIN" run --config "$work/$1.yaml" 2>"$work/$1.log" & pids+=($!)
   wait_port "$2"
 }

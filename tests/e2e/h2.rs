@@ -751,6 +751,15 @@ fn a_stream_the_client_resets_is_not_a_warning() {
     assert!(g.alive());
 }
 
+/// The value of an unlabelled counter on the admin listener (0 before it is first scraped).
+fn counter(g: &Gateway, name: &str) -> u64 {
+    let m = aalgate_tests::get(g.admin_port, "localhost", "/metrics", &[]).text();
+    m.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Anyone who can reach a TLS port can fail handshakes: hang up at once, send plain HTTP,
 /// or negotiate h2 and send no HTTP/2 preface. None of it may write to the log (pingora logs
 /// each as an ERROR); each is counted in `aalgate_client_handshake_failures_total`.
@@ -786,13 +795,7 @@ fn failed_handshakes_are_counted_not_logged() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let metric = |g: &Gateway| -> u64 {
-        let m = aalgate_tests::get(g.admin_port, "localhost", "/metrics", &[]).text();
-        m.lines()
-            .find_map(|l| l.strip_prefix("aalgate_client_handshake_failures_total "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    };
+    let metric = |g: &Gateway| counter(g, "aalgate_client_handshake_failures_total");
     aalgate_tests::eventually(Duration::from_secs(5), "the failures counted", || {
         (metric(&g) >= 80).then_some(())
     });
@@ -913,13 +916,7 @@ fn clients_naming_an_ip_by_sni_do_not_fill_the_log() {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("HTTP/1.1 200"), "{text}\n{}", g.log());
     }
-    let metric = |g: &Gateway| -> u64 {
-        let m = aalgate_tests::get(g.admin_port, "localhost", "/metrics", &[]).text();
-        m.lines()
-            .find_map(|l| l.strip_prefix("aalgate_tls_notices_total "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
-    };
+    let metric = |g: &Gateway| counter(g, "aalgate_tls_notices_total");
     g.assert_quiet_but("the gateway", "rustls::");
     let logged = g.log().lines().filter(|l| l.contains("rustls::")).count();
     assert_eq!(
