@@ -54,6 +54,16 @@ ${8:-}
 EOF
 }
 
+# bench_policy DIR HOST UPSTREAM_PORT [PUBLIC]: writes DIR/bench.yaml, the benchmarks' app on
+# HOST (default aal2: everything signed in), with the paths under PUBLIC (a glob) public.
+bench_policy() {
+  mkdir -p "$1"
+  {
+    printf 'app: bench\nhost: %s\nupstream: http://127.0.0.1:%s\ndefault: aal2\n' "$2" "$3"
+    [ -z "${4:-}" ] || printf 'routes:\n  - path: %s\n    require: public\n' "$4"
+  } > "$1/bench.yaml"
+}
+
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # Waits for a port to listen (a server under valgrind may take seconds).
 wait_port() { for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }

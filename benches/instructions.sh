@@ -47,15 +47,7 @@ nginx -c "$work/nginx/upstream.conf" -p "$work/nginx" & pids+=($!)
 redis-server --bind 127.0.0.1 --port "$P_REDIS" --save "" --appendonly no >/dev/null & pids+=($!)
 wait_port "$P_UP"; wait_port "$P_REDIS"
 
-cat > "$work/policies/bench.yaml" <<EOF
-app: bench
-host: 127.0.0.1
-upstream: http://127.0.0.1:$P_UP
-default: aal2
-routes:
-  - path: /static/**
-    require: public
-EOF
+bench_policy "$work/policies" 127.0.0.1 "$P_UP" "/static/**"
 
 # Exactly N GETs on one keep-alive connection (wrk stops only at its duration): each must be
 # answered 200 (a 302 would count the sign-in redirect, not the proxy). With COOKIES, each

@@ -103,20 +103,10 @@ for _ in $(seq 300); do
   sleep 0.1
 done
 
-mkdir -p "$work/policies"
-cat > "$work/policies/bench.yaml" <<EOF
-app: bench
-host: 127.0.0.1
-upstream: http://127.0.0.1:$P_UP
-default: aal2
-routes:
-  - path: /static/**
-    require: public
-EOF
+bench_policy "$work/policies" 127.0.0.1 "$P_UP" "/static/**"
 # The TLS rows name the host `localhost`, as a browser would: an IP address is not a valid SNI
 # name, and rustls logs a warning for every handshake that sends one.
-mkdir -p "$work/policies-tls"
-sed 's/^host: .*/host: localhost/' "$work/policies/bench.yaml" > "$work/policies-tls/bench.yaml"
+bench_policy "$work/policies-tls" localhost "$P_UP" "/static/**"
 gateway() { # name port admin store [tls]
   local listen="{ addr: 127.0.0.1:$2 }" origin="http://localhost:$2" policies=policies
   if [ "${5:-}" = tls ]; then

@@ -149,13 +149,7 @@ nginx -c "$work/nginx/upstream.conf" -p "$work/nginx" & pids+=($!)
 nginx -c "$work/nginx/proxy.conf" -p "$work/nginx" & pids+=($!)
 wait_port "$P_UP"; wait_port "$P_DIRECT"; wait_port "$P_PROXY"
 
-mkdir -p "$work/policies"
-cat > "$work/policies/bench.yaml" <<EOF
-app: bench
-host: 127.0.0.1
-upstream: http://127.0.0.1:$P_UP
-default: aal2
-EOF
+bench_policy "$work/policies" 127.0.0.1 "$P_UP"
 gateway() { # name port admin http2
   gateway_yaml "$1" "{ addr: 127.0.0.1:$2, tls: { cert: $work/cert.pem, key: $work/key.pem }, http2: $4 }" \
     "$3" "https://localhost:$2" "embedded:$work/emb-$1" policies "$WORKERS"

@@ -327,6 +327,57 @@ fn shown(s: &Seen) -> String {
     }
 }
 
+/// A case made ready to send (see [`prepare_case`]).
+struct Prepared {
+    raw: String,
+    id: String,
+    user: &'static str,
+    aal: &'static str,
+    /// The placeholders and their values, for the case's expected upstream requests.
+    vars: Vec<(String, String)>,
+}
+
+/// A case as sent: its placeholders filled (`base`, `{user}` and every `{cookie:kind}`), its
+/// raw request, its id in messages, and the user and AAL its session has.
+fn prepare_case(
+    case: &Case,
+    sessions: &Sessions,
+    base: &[(&str, &str)],
+    host: &str,
+    cookie_name: &str,
+    fname: &str,
+) -> Prepared {
+    let (user, aal) = match case.session.as_str() {
+        "none" => ("nobody", "-"),
+        k => match sessions.cookies.get(k) {
+            Some((_, u, a)) => (*u, *a),
+            None => panic!("{fname}: unknown session kind {k:?}"),
+        },
+    };
+    let mut vars: Vec<(String, String)> = base
+        .iter()
+        .chain(&[("{user}", user)])
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for (kind, (c, _, _)) in &sessions.cookies {
+        vars.push((format!("{{cookie:{kind}}}"), c[0].clone()));
+    }
+    let raw = raw_request(case, &mut vars, sessions, host, cookie_name, fname);
+    let name = case.name.clone().unwrap_or_else(|| {
+        case.target
+            .clone()
+            .unwrap_or_else(|| raw.lines().next().unwrap_or_default().to_string())
+    });
+    let id = format!("{fname}: {name} [{}]", case.session);
+    Prepared {
+        raw,
+        id,
+        user,
+        aal,
+        vars,
+    }
+}
+
 /// The raw HTTP/1.1 request of a case, with its placeholders filled in: `{cookie}` is the
 /// case's session as the browser holds it for the request's host, under `cookie_name`.
 fn raw_request(
@@ -476,34 +527,20 @@ fn attack_corpus() {
         let cf: CaseFile = serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{fname}: {e}"));
         for case in cf.cases {
             total += 1;
-            let (user, aal) = match case.session.as_str() {
-                "none" => ("nobody", "-"),
-                k => match sessions.cookies.get(k) {
-                    Some((_, u, a)) => (*u, *a),
-                    None => panic!("{fname}: unknown session kind {k:?}"),
-                },
-            };
-            let mut vars: Vec<(String, String)> = [
+            let base = [
                 ("{host}", host.as_str()),
                 ("{origin}", origin.as_str()),
                 ("{port}", port.as_str()),
-                ("{user}", user),
                 ("{bind}", bind.as_str()),
                 ("{csrf}", csrf.as_str()),
-            ]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-            for (kind, (c, _, _)) in &sessions.cookies {
-                vars.push((format!("{{cookie:{kind}}}"), c[0].clone()));
-            }
-            let raw = raw_request(&case, &mut vars, &sessions, &host, "aalgate", &fname);
-            let name = case.name.clone().unwrap_or_else(|| {
-                case.target
-                    .clone()
-                    .unwrap_or_else(|| raw.lines().next().unwrap_or_default().to_string())
-            });
-            let id = format!("{fname}: {name} [{}]", case.session);
+            ];
+            let Prepared {
+                raw,
+                id,
+                user,
+                aal,
+                vars,
+            } = prepare_case(&case, &sessions, &base, &host, "aalgate", &fname);
             // Whatever reached the upstream after the previous case was checked (a smuggled
             // request, a late retry) belongs to that case.
             let late = up.take();
@@ -714,33 +751,19 @@ fn attack_corpus_over_http2() {
         let cf: CaseFile = serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{fname}: {e}"));
         for case in cf.cases {
             total += 1;
-            let (user, aal) = match case.session.as_str() {
-                "none" => ("nobody", "-"),
-                k => match sessions.cookies.get(k) {
-                    Some((_, u, a)) => (*u, *a),
-                    None => panic!("{fname}: unknown session kind {k:?}"),
-                },
-            };
-            let mut vars: Vec<(String, String)> = [
+            let base = [
                 ("{host}", host.as_str()),
                 ("{origin}", origin.as_str()),
                 ("{port}", port.as_str()),
-                ("{user}", user),
-            ]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-            for (kind, (c, _, _)) in &sessions.cookies {
-                vars.push((format!("{{cookie:{kind}}}"), c[0].clone()));
-            }
-            let raw = raw_request(&case, &mut vars, &sessions, &host, "__Host-aalgate", &fname)
-                .replace("Cookie: aalgate=", "Cookie: __Host-aalgate=");
-            let name = case.name.clone().unwrap_or_else(|| {
-                case.target
-                    .clone()
-                    .unwrap_or_else(|| raw.lines().next().unwrap_or_default().to_string())
-            });
-            let id = format!("{fname}: {name} [{}]", case.session);
+            ];
+            let Prepared {
+                raw,
+                id,
+                user,
+                aal,
+                vars,
+            } = prepare_case(&case, &sessions, &base, &host, "__Host-aalgate", &fname);
+            let raw = raw.replace("Cookie: aalgate=", "Cookie: __Host-aalgate=");
             let Some((headers, body)) = as_h2(&raw) else {
                 no_h2_form += 1;
                 continue;
